@@ -1,0 +1,95 @@
+//! The `api-version` query parameter: required on every ARM call and checked against the versions each resource
+//! type serves.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::error::ApiError;
+
+/// A resource type and the api-versions it serves.
+pub trait Versioned {
+    const SUPPORTED: &'static [&'static str];
+}
+
+/// `Microsoft.Kubernetes/connectedClusters`.
+pub struct Clusters;
+impl Versioned for Clusters {
+    const SUPPORTED: &'static [&'static str] = &["2024-01-01", "2026-05-01"];
+}
+
+/// `Microsoft.KubernetesConfiguration/fluxConfigurations` and its operation statuses.
+pub struct FluxConfigurations;
+impl Versioned for FluxConfigurations {
+    const SUPPORTED: &'static [&'static str] = &["2023-05-01", "2024-11-01", "2025-04-01"];
+}
+
+/// The validated `api-version` of a request for resource type `R`.
+#[derive(Debug)]
+pub struct ApiVersion<R> {
+    pub version: &'static str,
+    resource: PhantomData<R>,
+}
+
+/// Finds `api-version` in a raw query string (ARM matches parameter names case-insensitively).
+pub fn find_api_version(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(name, _)| name.eq_ignore_ascii_case("api-version"))
+        .map(|(_, value)| value.into_owned())
+}
+
+pub fn check<R: Versioned>(query: Option<&str>) -> Result<&'static str, ApiError> {
+    let given = find_api_version(query).ok_or(ApiError::MissingApiVersion)?;
+    R::SUPPORTED
+        .iter()
+        .find(|v| **v == given)
+        .copied()
+        .ok_or_else(|| ApiError::InvalidApiVersion {
+            given,
+            supported: R::SUPPORTED.join(", "),
+        })
+}
+
+impl<S: Send + Sync, R: Versioned> FromRequestParts<S> for ApiVersion<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            version: check::<R>(parts.uri.query())?,
+            resource: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_version_is_required() {
+        assert_eq!(
+            check::<Clusters>(Some("x=1")).unwrap_err().code(),
+            "MissingApiVersionParameter"
+        );
+        assert_eq!(
+            check::<Clusters>(None).unwrap_err().code(),
+            "MissingApiVersionParameter"
+        );
+    }
+
+    #[test]
+    fn unknown_api_versions_are_refused_with_the_supported_list() {
+        let err = check::<FluxConfigurations>(Some("api-version=2019-01-01")).unwrap_err();
+        assert_eq!(err.code(), "InvalidApiVersionParameter");
+        assert!(err.to_string().contains("2025-04-01"));
+    }
+
+    #[test]
+    fn api_version_name_matches_case_insensitively() {
+        assert_eq!(
+            check::<FluxConfigurations>(Some("API-Version=2024-11-01")).unwrap(),
+            "2024-11-01"
+        );
+    }
+}

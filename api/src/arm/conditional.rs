@@ -1,0 +1,136 @@
+//! Conditional requests: `If-Match` and `If-None-Match` against a resource's ETag, answered with 412
+//! `PreconditionFailed` when they do not hold.
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Condition {
+    Any,
+    OneOf(Vec<String>),
+}
+
+impl Condition {
+    fn parse(headers: &HeaderMap, name: &str) -> Result<Option<Self>, ApiError> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::invalid(name, format!("{name} must be ASCII")))?
+            .trim();
+        if value == "*" {
+            return Ok(Some(Self::Any));
+        }
+        let tags = value
+            .split(',')
+            .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"').to_owned())
+            .filter(|tag| !tag.is_empty())
+            .collect::<Vec<_>>();
+        if tags.is_empty() {
+            return Err(ApiError::invalid(name, format!("{name} holds no entity tag")));
+        }
+        Ok(Some(Self::OneOf(tags)))
+    }
+
+    fn matches(&self, current: Option<&str>) -> bool {
+        match (self, current) {
+            (_, None) => false,
+            (Self::Any, Some(_)) => true,
+            (Self::OneOf(tags), Some(etag)) => tags.iter().any(|t| t == etag),
+        }
+    }
+}
+
+/// The preconditions of a write.
+#[derive(Debug, Clone, Default)]
+pub struct Preconditions {
+    if_match: Option<Condition>,
+    if_none_match: Option<Condition>,
+}
+
+impl Preconditions {
+    /// True when the caller made the write conditional: a lost race must then fail rather than be retried.
+    pub fn is_conditional(&self) -> bool {
+        self.if_match.is_some() || self.if_none_match.is_some()
+    }
+
+    /// Checks the preconditions against the current etag (`None` when the resource does not exist).
+    pub fn check(&self, current: Option<&str>) -> Result<(), ApiError> {
+        if let Some(condition) = &self.if_match
+            && !condition.matches(current)
+        {
+            return Err(ApiError::PreconditionFailed(match current {
+                None => "If-Match was given but the resource does not exist".into(),
+                Some(_) => "the resource's ETag does not match If-Match; read it again and retry".into(),
+            }));
+        }
+        if let Some(condition) = &self.if_none_match
+            && condition.matches(current)
+        {
+            return Err(ApiError::PreconditionFailed(
+                "the resource already exists and If-None-Match forbids replacing it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn lost_race() -> ApiError {
+        ApiError::PreconditionFailed("the resource changed while this request was applied; read it again".into())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            if_match: Condition::parse(&parts.headers, "if-match")?,
+            if_none_match: Condition::parse(&parts.headers, "if-none-match")?,
+        })
+    }
+}
+
+/// An ETag header value for a stored etag.
+pub fn etag_header(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pre(if_match: Option<&str>, if_none_match: Option<&str>) -> Preconditions {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = if_match {
+            headers.insert("if-match", v.parse().unwrap());
+        }
+        if let Some(v) = if_none_match {
+            headers.insert("if-none-match", v.parse().unwrap());
+        }
+        Preconditions {
+            if_match: Condition::parse(&headers, "if-match").unwrap(),
+            if_none_match: Condition::parse(&headers, "if-none-match").unwrap(),
+        }
+    }
+
+    #[test]
+    fn if_match_must_name_the_current_etag() {
+        assert!(pre(Some("\"abc\""), None).check(Some("abc")).is_ok());
+        assert!(pre(Some("W/\"x\", \"abc\""), None).check(Some("abc")).is_ok());
+        assert_eq!(
+            pre(Some("\"old\""), None).check(Some("abc")).unwrap_err().code(),
+            "PreconditionFailed"
+        );
+        assert!(pre(Some("*"), None).check(None).is_err());
+    }
+
+    #[test]
+    fn if_none_match_star_only_creates() {
+        assert!(pre(None, Some("*")).check(None).is_ok());
+        assert!(pre(None, Some("*")).check(Some("abc")).is_err());
+    }
+}

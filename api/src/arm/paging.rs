@@ -1,0 +1,186 @@
+//! List paging: `$top` and an opaque `$skipToken` (never `api-version`, which Azure's SDKs replace when they
+//! follow `nextLink`), and the base URL that `nextLink` and `Azure-AsyncOperation` point at.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Query parameters of a list call.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Largest number of items in one page (1-1000, default 100).
+    #[serde(rename = "$top")]
+    #[param(rename = "$top")]
+    pub top: Option<String>,
+    /// Continuation token from a previous page's `nextLink`.
+    #[serde(rename = "$skipToken")]
+    #[param(rename = "$skipToken")]
+    pub skip_token: Option<String>,
+}
+
+/// A validated page request: where to start (after which store key) and how many items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+impl ListParams {
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        let limit = match &self.top {
+            None => DEFAULT_PAGE_SIZE,
+            Some(top) => top
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid("$top", format!("$top must be a whole number from 1 to {MAX_PAGE_SIZE}"))
+                })?,
+        };
+        let after = match &self.skip_token {
+            None => None,
+            Some(token) => Some(decode_token(token)?),
+        };
+        Ok(PageRequest { after, limit })
+    }
+}
+
+fn decode_token(token: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::invalid("$skipToken", "$skipToken is not a token this server issued"))
+}
+
+pub fn encode_token(last_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last_key.as_bytes())
+}
+
+/// One page of an ARM list.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub value: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds the page from up to `limit + 1` items fetched from the store: the extra one only tells that another
+    /// page exists. `key` gives the store key an item continues after.
+    pub fn from_items<I>(
+        mut items: Vec<I>,
+        page: &PageRequest,
+        key: impl Fn(&I) -> String,
+        link: impl Fn(&str) -> String,
+        render: impl Fn(I) -> T,
+    ) -> Self {
+        let next_link = if items.len() > page.limit as usize {
+            items.truncate(page.limit as usize);
+            items.last().map(|last| link(&encode_token(&key(last))))
+        } else {
+            None
+        };
+        Self {
+            value: items.into_iter().map(render).collect(),
+            next_link,
+        }
+    }
+}
+
+/// The externally visible base URL (scheme and authority, no trailing slash).
+#[derive(Debug, Clone)]
+pub struct BaseUrl(pub String);
+
+impl BaseUrl {
+    /// `{base}{path}?api-version={v}&$skipToken={token}` plus `$top` when the caller chose a page size.
+    pub fn next_link(&self, path: &str, api_version: &str, top: Option<&str>, token: &str) -> String {
+        let mut link = format!("{}{}?api-version={}&$skipToken={}", self.0, path, api_version, token);
+        if let Some(top) = top {
+            link.push_str("&$top=");
+            link.push_str(top);
+        }
+        link
+    }
+}
+
+impl FromRequestParts<AppState> for BaseUrl {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(public) = &state.config.public_url {
+            return Ok(Self(public.trim_end_matches('/').to_owned()));
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("localhost");
+        let scheme = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+            .filter(|p| *p == "https" || *p == "http")
+            .unwrap_or("http");
+        Ok(Self(format!("{scheme}://{host}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_must_be_within_bounds() {
+        for bad in ["0", "1001", "-1", "ten"] {
+            let params = ListParams {
+                top: Some(bad.into()),
+                skip_token: None,
+            };
+            assert_eq!(params.page().unwrap_err().code(), "InvalidParameter", "{bad}");
+        }
+        let params = ListParams {
+            top: Some("5".into()),
+            skip_token: Some(encode_token("rg/c1")),
+        };
+        assert_eq!(
+            params.page().unwrap(),
+            PageRequest {
+                after: Some("rg/c1".into()),
+                limit: 5
+            }
+        );
+    }
+
+    #[test]
+    fn forged_skip_tokens_are_refused() {
+        let params = ListParams {
+            top: None,
+            skip_token: Some("%%%".into()),
+        };
+        assert_eq!(params.page().unwrap_err().code(), "InvalidParameter");
+    }
+
+    #[test]
+    fn a_page_links_onwards_only_when_more_items_exist() {
+        let page = PageRequest { after: None, limit: 2 };
+        let full = Page::from_items(vec!["a", "b", "c"], &page, |s| s.to_string(), |t| t.to_owned(), |s| s);
+        assert_eq!(full.value, vec!["a", "b"]);
+        assert_eq!(full.next_link.as_deref(), Some(encode_token("b").as_str()));
+        let last = Page::from_items(vec!["a", "b"], &page, |s| s.to_string(), |t| t.to_owned(), |s| s);
+        assert!(last.next_link.is_none());
+    }
+}

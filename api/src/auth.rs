@@ -1,0 +1,381 @@
+//! User authentication and authorisation.
+//!
+//! Every ARM call carries `Authorization: Bearer <JWT>`. The signature algorithm is pinned by configuration and
+//! never read from the token; signature, `exp`, `nbf`, `iss` and `aud` are checked. The token's `roles` claim lists
+//! role assignments (`Reader` < `Contributor` < `Owner`, each at a scope); a call is allowed when one assignment
+//! of a sufficient role covers the resource's id. Authorisation looks at the path alone, before the store is
+//! touched, so a caller never learns whether a resource outside its scope exists.
+
+use std::path::Path;
+
+use anyhow::Context;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::Utc;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{JwtAlgorithm, ServeConfig};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Shortest HS256 secret accepted: 256 bits, as RFC 7518 requires for HS256.
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Role {
+    Reader,
+    Contributor,
+    Owner,
+}
+
+/// A role granted at a scope: `/`, `/subscriptions/{sub}` or `/subscriptions/{sub}/resourceGroups/{rg}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleAssignment {
+    pub role: Role,
+    pub scope: String,
+}
+
+impl RoleAssignment {
+    pub fn parse(role: Role, scope: &str) -> anyhow::Result<Self> {
+        let segments: Vec<&str> = scope.trim_end_matches('/').split('/').skip(1).collect();
+        let valid = scope == "/"
+            || matches!(segments.as_slice(), [s, sub] if s.eq_ignore_ascii_case("subscriptions") && !sub.is_empty())
+            || matches!(segments.as_slice(), [s, sub, r, rg]
+                if s.eq_ignore_ascii_case("subscriptions") && r.eq_ignore_ascii_case("resourceGroups")
+                    && !sub.is_empty() && !rg.is_empty());
+        anyhow::ensure!(
+            valid,
+            "scope '{scope}' must be '/', '/subscriptions/{{sub}}' or '/subscriptions/{{sub}}/resourceGroups/{{rg}}'"
+        );
+        let scope = if scope == "/" {
+            scope
+        } else {
+            scope.trim_end_matches('/')
+        };
+        Ok(Self {
+            role,
+            scope: scope.to_owned(),
+        })
+    }
+
+    fn covers(&self, resource_id: &str) -> bool {
+        if self.scope == "/" {
+            return true;
+        }
+        let scope = self.scope.to_ascii_lowercase();
+        let id = resource_id.to_ascii_lowercase();
+        id == scope || id.starts_with(&format!("{scope}/"))
+    }
+}
+
+/// The claims of a user token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    #[serde(default)]
+    pub roles: Vec<RoleAssignment>,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub subject: String,
+    pub roles: Vec<RoleAssignment>,
+}
+
+impl Caller {
+    /// Allows the call if an assignment of at least `role` covers `resource_id`.
+    pub fn require(&self, role: Role, resource_id: &str) -> Result<(), ApiError> {
+        if self.roles.iter().any(|a| a.role >= role && a.covers(resource_id)) {
+            Ok(())
+        } else {
+            Err(ApiError::AuthorizationFailed(format!(
+                "the client '{}' does not have the {role:?} role at scope '{resource_id}' or above",
+                self.subject
+            )))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::AuthenticationFailed("no authenticated caller".into()))
+    }
+}
+
+enum Keys {
+    Shared(DecodingKey),
+    Set(Vec<(Option<String>, DecodingKey)>),
+}
+
+/// Verifies user tokens.
+pub struct Authenticator {
+    keys: Keys,
+    validation: Validation,
+}
+
+impl Authenticator {
+    /// An authenticator for HS256 tokens signed with `secret`.
+    pub fn shared_secret(secret: &[u8], issuer: &str, audience: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            secret.len() >= MIN_SECRET_BYTES,
+            "the JWT secret must be at least {MIN_SECRET_BYTES} bytes"
+        );
+        Ok(Self {
+            keys: Keys::Shared(DecodingKey::from_secret(secret)),
+            validation: validation(Algorithm::HS256, issuer, audience),
+        })
+    }
+
+    /// An authenticator for tokens signed by one of the keys of a JSON Web Key Set.
+    pub fn key_set(jwks: &JwkSet, algorithm: Algorithm, issuer: &str, audience: &str) -> anyhow::Result<Self> {
+        let keys = jwks
+            .keys
+            .iter()
+            .map(|jwk| Ok((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)?)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("the JWKS holds a key that cannot verify signatures")?;
+        anyhow::ensure!(!keys.is_empty(), "the JWKS holds no key");
+        Ok(Self {
+            keys: Keys::Set(keys),
+            validation: validation(algorithm, issuer, audience),
+        })
+    }
+
+    /// Builds the authenticator the configuration asks for.
+    pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
+        if let Some(path) = &config.jwks_file {
+            let algorithm = match config.jwt_algorithm.unwrap_or(JwtAlgorithm::Rs256) {
+                JwtAlgorithm::Rs256 => Algorithm::RS256,
+                JwtAlgorithm::Es256 => Algorithm::ES256,
+                JwtAlgorithm::Hs256 => anyhow::bail!("--jwt-algorithm HS256 goes with --jwt-secret-file, not a JWKS"),
+            };
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let jwks: JwkSet = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            return Self::key_set(&jwks, algorithm, &config.jwt_issuer, &config.jwt_audience);
+        }
+        if matches!(config.jwt_algorithm, Some(JwtAlgorithm::Rs256 | JwtAlgorithm::Es256)) {
+            anyhow::bail!("--jwt-algorithm RS256/ES256 needs --jwks-file");
+        }
+        let secret = read_secret_file(&config.jwt_secret_path())?;
+        Self::shared_secret(&secret, &config.jwt_issuer, &config.jwt_audience)
+    }
+
+    /// Verifies a bearer token and returns its caller.
+    pub fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        let fail = |why: &str| ApiError::AuthenticationFailed(format!("the access token is invalid: {why}"));
+        let key = match &self.keys {
+            Keys::Shared(key) => key,
+            Keys::Set(keys) => {
+                let kid = jsonwebtoken::decode_header(token)
+                    .map_err(|_| fail("malformed token"))?
+                    .kid;
+                keys.iter()
+                    .find(|(id, _)| kid.is_none() && keys.len() == 1 || id.is_some() && *id == kid)
+                    .map(|(_, key)| key)
+                    .ok_or_else(|| fail("signed by an unknown key"))?
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|err| {
+            use jsonwebtoken::errors::ErrorKind;
+            match err.kind() {
+                ErrorKind::ExpiredSignature => fail("the token has expired"),
+                ErrorKind::ImmatureSignature => fail("the token is not valid yet"),
+                ErrorKind::InvalidIssuer => fail("wrong issuer"),
+                ErrorKind::InvalidAudience => fail("wrong audience"),
+                ErrorKind::InvalidAlgorithm => fail("wrong signing algorithm"),
+                ErrorKind::InvalidSignature => fail("bad signature"),
+                ErrorKind::MissingRequiredClaim(claim) => fail(&format!("the {claim} claim is missing")),
+                _ => fail("malformed token"),
+            }
+        })?;
+        Ok(Caller {
+            subject: data.claims.sub,
+            roles: data.claims.roles,
+        })
+    }
+}
+
+fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation
+}
+
+/// Reads a key file, ignoring surrounding white space.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes.trim_ascii().to_vec())
+}
+
+/// Mints an HS256 user token, as `fluxplane token` does.
+pub fn mint(
+    secret: &[u8],
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    roles: Vec<RoleAssignment>,
+    ttl: chrono::Duration,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(!subject.is_empty(), "the subject must not be empty");
+    let now = Utc::now().timestamp();
+    let claims = Claims {
+        sub: subject.to_owned(),
+        iss: issuer.to_owned(),
+        aud: audience.to_owned(),
+        iat: now,
+        nbf: now,
+        exp: now + ttl.num_seconds(),
+        roles,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )?)
+}
+
+/// Middleware: authenticates the bearer token and records the caller for the handlers.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::AuthenticationFailed("the Authorization header is missing".into()))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::AuthenticationFailed("the Authorization header must be 'Bearer <token>'".into()))?;
+    let caller = state.auth.authenticate(token)?;
+    tracing::Span::current().record("caller", caller.subject.as_str());
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn owner_of(scope: &str) -> Vec<RoleAssignment> {
+        vec![RoleAssignment::parse(Role::Owner, scope).unwrap()]
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::shared_secret(SECRET, "fluxplane", "fluxplane").unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_authenticates_its_subject() {
+        let token = mint(
+            SECRET,
+            "fluxplane",
+            "fluxplane",
+            "alice",
+            owner_of("/"),
+            chrono::Duration::hours(1),
+        )
+        .unwrap();
+        let caller = auth().authenticate(&token).unwrap();
+        assert_eq!(caller.subject, "alice");
+        assert_eq!(caller.roles[0].role, Role::Owner);
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let token = mint(
+            SECRET,
+            "fluxplane",
+            "fluxplane",
+            "a",
+            owner_of("/"),
+            chrono::Duration::hours(-2),
+        )
+        .unwrap();
+        let err = auth().authenticate(&token).unwrap_err();
+        assert_eq!(err.code(), "AuthenticationFailed");
+        assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn wrong_audience_issuer_and_key_are_refused() {
+        let hour = chrono::Duration::hours(1);
+        let other_aud = mint(SECRET, "fluxplane", "other", "a", owner_of("/"), hour).unwrap();
+        assert!(auth().authenticate(&other_aud).is_err());
+        let other_iss = mint(SECRET, "evil", "fluxplane", "a", owner_of("/"), hour).unwrap();
+        assert!(auth().authenticate(&other_iss).is_err());
+        let other_key = mint(&[7u8; 32], "fluxplane", "fluxplane", "a", owner_of("/"), hour).unwrap();
+        assert!(auth().authenticate(&other_key).is_err());
+    }
+
+    #[test]
+    fn unsigned_tokens_are_refused() {
+        // header {"alg":"none","typ":"JWT"}, a valid-looking payload, no signature
+        let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiaXNzIjoiZmx1eHBsYW5lIiwiYXVkIjoiZmx1eHBsYW5lIiwiaWF0IjowLCJuYmYiOjAsImV4cCI6OTk5OTk5OTk5OSwicm9sZXMiOlt7InJvbGUiOiJPd25lciIsInNjb3BlIjoiLyJ9XX0.";
+        assert!(auth().authenticate(token).is_err());
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Authenticator::shared_secret(b"short", "i", "a").is_err());
+    }
+
+    #[test]
+    fn roles_cover_their_scope_and_below_only() {
+        let caller = Caller {
+            subject: "bob".into(),
+            roles: vec![RoleAssignment::parse(Role::Contributor, "/subscriptions/S1/resourceGroups/rg1").unwrap()],
+        };
+        let inside = "/subscriptions/s1/resourcegroups/RG1/providers/Microsoft.Kubernetes/connectedClusters/c";
+        assert!(caller.require(Role::Reader, inside).is_ok());
+        assert!(caller.require(Role::Contributor, inside).is_ok());
+        assert_eq!(
+            caller.require(Role::Owner, inside).unwrap_err().code(),
+            "AuthorizationFailed"
+        );
+        assert!(
+            caller
+                .require(Role::Reader, "/subscriptions/s1/resourceGroups/rg10/x")
+                .is_err()
+        );
+        assert!(caller.require(Role::Reader, "/subscriptions/s1").is_err());
+    }
+
+    #[test]
+    fn malformed_scopes_are_refused() {
+        for bad in [
+            "subscriptions/x",
+            "/subscriptions",
+            "/subscriptions/x/resourceGroups",
+            "/tenants/x",
+        ] {
+            assert!(RoleAssignment::parse(Role::Reader, bad).is_err(), "{bad}");
+        }
+    }
+}

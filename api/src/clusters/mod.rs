@@ -1,0 +1,4 @@
+//! Connected clusters: registration, tags and the read-only state agents report.
+
+pub mod model;
+pub mod routes;

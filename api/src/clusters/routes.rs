@@ -1,0 +1,466 @@
+//! HTTP handlers of `Microsoft.Kubernetes/connectedClusters`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::model::{
+    ClusterPatch, ClusterProperties, ClusterRequest, ClusterSpec, ConnectedCluster, ConnectedClusterProperties,
+    ConnectivityStatus, READ_ONLY_FIELDS, READ_ONLY_IDENTITY, READ_ONLY_PROPERTIES, validate,
+};
+use crate::arm::api_version::Clusters;
+use crate::arm::body::{parse, strip_read_only};
+use crate::arm::conditional::{Preconditions, etag_header};
+use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
+use crate::arm::paging::{BaseUrl, ListParams, Page};
+use crate::arm::system_data::SystemData;
+use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::state::AppState;
+use crate::store::{self, ClusterRecord, Write};
+
+const TYPE: &str = "Microsoft.Kubernetes/connectedClusters";
+/// How often an unconditional write re-reads and retries after losing a race before giving up.
+pub(crate) const WRITE_ATTEMPTS: usize = 8;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_cluster, put_cluster, patch_cluster, delete_cluster))
+        .routes(routes!(list_by_resource_group))
+        .routes(routes!(list_by_subscription))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct ClusterNamePath {
+    subscription_id: String,
+    resource_group_name: String,
+    cluster_name: String,
+}
+
+impl ClusterNamePath {
+    fn cluster(&self) -> Result<ClusterRef, ApiError> {
+        ClusterRef::parse(&self.subscription_id, &self.resource_group_name, &self.cluster_name)
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct ResourceGroupPath {
+    subscription_id: String,
+    resource_group_name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct SubscriptionPath {
+    subscription_id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ApiVersionParam {
+    /// The API version: 2024-01-01 or 2026-05-01.
+    #[serde(rename = "api-version")]
+    #[param(rename = "api-version")]
+    #[allow(dead_code)]
+    api_version: String,
+}
+
+fn render(record: ClusterRecord) -> ConnectedCluster {
+    let cluster = ClusterRef::parse(&record.subscription, &record.resource_group, &record.name)
+        .expect("stored names were validated when written");
+    ConnectedCluster {
+        id: cluster.id(),
+        name: record.name,
+        type_: TYPE.to_owned(),
+        location: record.location,
+        tags: record.tags,
+        identity: record.spec.identity,
+        kind: record.spec.kind,
+        system_data: record.system_data,
+        properties: ConnectedClusterProperties {
+            spec: record.spec.properties,
+            provisioning_state: "Succeeded".to_owned(),
+            connectivity_status: record.connectivity_status,
+            last_connectivity_time: record.last_connectivity_time,
+            agent_version: record.agent_version,
+            kubernetes_version: record.kubernetes_version,
+            total_node_count: record.total_node_count,
+        },
+    }
+}
+
+fn respond(status: StatusCode, record: ClusterRecord) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&etag_header(&record.etag)) {
+        headers.insert(header::ETAG, etag);
+    }
+    (status, headers, Json(render(record))).into_response()
+}
+
+fn not_found(cluster: &ClusterRef) -> ApiError {
+    ApiError::ResourceNotFound(format!(
+        "The Resource '{TYPE}/{}' under resource group '{}' was not found.",
+        cluster.name.as_str(),
+        cluster.resource_group.as_str()
+    ))
+}
+
+pub(crate) fn new_etag() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Registers a cluster or replaces its location-independent fields.
+#[utoipa::path(
+    put,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters/{clusterName}",
+    tag = "ConnectedClusters",
+    operation_id = "ConnectedCluster_CreateOrReplace",
+    params(ClusterNamePath, ApiVersionParam),
+    request_body = ClusterRequest,
+    responses(
+        (status = 200, description = "Replaced", body = ConnectedCluster),
+        (status = 201, description = "Registered", body = ConnectedCluster),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Clusters>,
+    ArmPath(path): ArmPath<ClusterNamePath>,
+    preconditions: Preconditions,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult<Response> {
+    let cluster = path.cluster()?;
+    caller.require(Role::Contributor, &cluster.id())?;
+    strip_read_only(&mut body, READ_ONLY_FIELDS);
+    strip_read_only(&mut body["properties"], READ_ONLY_PROPERTIES);
+    strip_read_only(&mut body["identity"], READ_ONLY_IDENTITY);
+    let request: ClusterRequest = parse(body, "")?;
+    let tags = request.tags.unwrap_or_default();
+    validate(&request.location, &tags, &request.properties)?;
+    let spec = ClusterSpec {
+        identity: request.identity,
+        kind: request.kind,
+        properties: request.properties,
+    };
+    let key = cluster.key();
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.store.get_cluster(&key).await?;
+        preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
+        let now = Utc::now();
+        let (record, outcome) = match current {
+            None => {
+                let record = ClusterRecord {
+                    id: 0,
+                    key: key.clone(),
+                    subscription_key: cluster.subscription.key(),
+                    resource_group_key: cluster.resource_group.key(),
+                    subscription: cluster.subscription.as_str().to_owned(),
+                    resource_group: cluster.resource_group.as_str().to_owned(),
+                    name: cluster.name.as_str().to_owned(),
+                    location: request.location.clone(),
+                    tags: tags.clone(),
+                    spec: spec.clone(),
+                    connectivity_status: connectivity(ConnectivityStatus::Connecting),
+                    last_connectivity_time: None,
+                    agent_version: None,
+                    kubernetes_version: None,
+                    total_node_count: None,
+                    etag: new_etag(),
+                    system_data: SystemData::created(&caller.subject, now),
+                };
+                let outcome = state.store.insert_cluster(&record).await?;
+                ((record, StatusCode::CREATED), outcome)
+            }
+            Some(current) => {
+                if !same_location(&current.location, &request.location) {
+                    return Err(ApiError::invalid(
+                        "location",
+                        format!(
+                            "the cluster is registered in '{}'; its location cannot change to '{}'",
+                            current.location, request.location
+                        ),
+                    ));
+                }
+                let expected = current.etag.clone();
+                let record = ClusterRecord {
+                    tags: tags.clone(),
+                    spec: spec.clone(),
+                    etag: new_etag(),
+                    system_data: current.system_data.modified(&caller.subject, now),
+                    ..current
+                };
+                let outcome = state.store.update_cluster(&record, &expected).await?;
+                ((record, StatusCode::OK), outcome)
+            }
+        };
+        match outcome {
+            Write::Written => {
+                let (record, status) = record;
+                tracing::info!(cluster = %cluster.id(), created = status == StatusCode::CREATED, "cluster written");
+                return Ok(respond(status, record));
+            }
+            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Write::Conflict | Write::ParentMissing => continue,
+        }
+    }
+    Err(contention())
+}
+
+pub(crate) fn contention() -> ApiError {
+    ApiError::Conflict("the resource is being changed by other requests; retry".into())
+}
+
+fn connectivity(status: ConnectivityStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .expect("a unit variant serialises to a string")
+}
+
+/// ARM treats "West Europe" and "westeurope" as one location.
+fn same_location(a: &str, b: &str) -> bool {
+    let normal = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase()
+    };
+    normal(a) == normal(b)
+}
+
+/// Updates a cluster's tags (replaced as a whole) and patchable properties (merged).
+#[utoipa::path(
+    patch,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters/{clusterName}",
+    tag = "ConnectedClusters",
+    operation_id = "ConnectedCluster_Update",
+    params(ClusterNamePath, ApiVersionParam),
+    request_body = ClusterPatch,
+    responses(
+        (status = 200, description = "Updated", body = ConnectedCluster),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn patch_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Clusters>,
+    ArmPath(path): ArmPath<ClusterNamePath>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let cluster = path.cluster()?;
+    caller.require(Role::Contributor, &cluster.id())?;
+    let patch: ClusterPatch = parse(body.clone(), "")?;
+    let key = cluster.key();
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state
+            .store
+            .get_cluster(&key)
+            .await?
+            .ok_or_else(|| not_found(&cluster))?;
+        preconditions.check(Some(&current.etag))?;
+        let mut properties = serde_json::to_value(&current.spec.properties).map_err(anyhow::Error::from)?;
+        if let Some(changes) = body.get("properties") {
+            json_patch::merge(&mut properties, changes);
+        }
+        let properties: ClusterProperties = parse(properties, "properties")?;
+        let tags: BTreeMap<String, String> = patch.tags.clone().unwrap_or_else(|| current.tags.clone());
+        validate(&current.location, &tags, &properties)?;
+        let expected = current.etag.clone();
+        let record = ClusterRecord {
+            tags,
+            spec: ClusterSpec {
+                properties,
+                ..current.spec.clone()
+            },
+            etag: new_etag(),
+            system_data: current.system_data.modified(&caller.subject, Utc::now()),
+            ..current
+        };
+        match state.store.update_cluster(&record, &expected).await? {
+            Write::Written => return Ok(respond(StatusCode::OK, record)),
+            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Write::Conflict | Write::ParentMissing => continue,
+        }
+    }
+    Err(contention())
+}
+
+/// Reads a cluster.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters/{clusterName}",
+    tag = "ConnectedClusters",
+    operation_id = "ConnectedCluster_Get",
+    params(ClusterNamePath, ApiVersionParam),
+    responses(
+        (status = 200, description = "The cluster", body = ConnectedCluster),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Clusters>,
+    ArmPath(path): ArmPath<ClusterNamePath>,
+) -> ApiResult<Response> {
+    let cluster = path.cluster()?;
+    caller.require(Role::Reader, &cluster.id())?;
+    let record = state
+        .store
+        .get_cluster(&cluster.key())
+        .await?
+        .ok_or_else(|| not_found(&cluster))?;
+    Ok(respond(StatusCode::OK, record))
+}
+
+/// Deletes a cluster and all its Flux configurations.
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters/{clusterName}",
+    tag = "ConnectedClusters",
+    operation_id = "ConnectedCluster_Delete",
+    params(ClusterNamePath, ApiVersionParam),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 204, description = "There was no such cluster"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Clusters>,
+    ArmPath(path): ArmPath<ClusterNamePath>,
+) -> ApiResult<StatusCode> {
+    let cluster = path.cluster()?;
+    caller.require(Role::Contributor, &cluster.id())?;
+    if state.store.delete_cluster(&cluster.key()).await? {
+        tracing::info!(cluster = %cluster.id(), "cluster deleted with its configurations");
+        Ok(StatusCode::OK)
+    } else {
+        Ok(StatusCode::NO_CONTENT)
+    }
+}
+
+/// Lists the clusters of a resource group.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters",
+    tag = "ConnectedClusters",
+    operation_id = "ConnectedCluster_ListByResourceGroup",
+    params(ResourceGroupPath, ApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of clusters", body = Page<ConnectedCluster>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_by_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Clusters>,
+    ArmPath(path): ArmPath<ResourceGroupPath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    let subscription = SubscriptionId::parse(&path.subscription_id)?;
+    let resource_group = ResourceGroupName::parse(&path.resource_group_name)?;
+    let scope_path = format!(
+        "/subscriptions/{}/resourceGroups/{}",
+        subscription.as_str(),
+        resource_group.as_str()
+    );
+    caller.require(Role::Reader, &scope_path)?;
+    let scope = store::ClusterScope::ResourceGroup {
+        subscription_key: subscription.key(),
+        resource_group_key: resource_group.key(),
+    };
+    list(
+        &state,
+        &scope,
+        &params,
+        &base,
+        version.version,
+        &format!("{scope_path}/providers/{TYPE}"),
+    )
+    .await
+}
+
+/// Lists the clusters of a subscription.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Microsoft.Kubernetes/connectedClusters",
+    tag = "ConnectedClusters",
+    operation_id = "ConnectedCluster_ListBySubscription",
+    params(SubscriptionPath, ApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of clusters", body = Page<ConnectedCluster>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_by_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Clusters>,
+    ArmPath(path): ArmPath<SubscriptionPath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    let subscription = SubscriptionId::parse(&path.subscription_id)?;
+    let scope_path = format!("/subscriptions/{}", subscription.as_str());
+    caller.require(Role::Reader, &scope_path)?;
+    let scope = store::ClusterScope::Subscription {
+        subscription_key: subscription.key(),
+    };
+    list(
+        &state,
+        &scope,
+        &params,
+        &base,
+        version.version,
+        &format!("{scope_path}/providers/{TYPE}"),
+    )
+    .await
+}
+
+async fn list(
+    state: &AppState,
+    scope: &store::ClusterScope,
+    params: &ListParams,
+    base: &BaseUrl,
+    api_version: &str,
+    path: &str,
+) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    let page = params.page()?;
+    let records = state.store.list_clusters(scope, &page).await?;
+    Ok(Json(Page::from_items(
+        records,
+        &page,
+        |c| c.key.clone(),
+        |token| base.next_link(path, api_version, params.top.as_deref(), token),
+        render,
+    )))
+}

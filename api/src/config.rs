@@ -1,0 +1,101 @@
+//! Server configuration: one clap struct whose every flag also reads a `FLUXPLANE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Options of `fluxplane serve` (and of `dev`, which adds its own on top).
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "FLUXPLANE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `postgres://...` or `sqlite://...`. Default: a SQLite file in the data directory.
+    #[arg(long, env = "FLUXPLANE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded store and generated keys; created if missing.
+    #[arg(long, env = "FLUXPLANE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Externally visible base URL for `nextLink` and `Azure-AsyncOperation` (default: from the request's Host).
+    #[arg(long, env = "FLUXPLANE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// File holding the 32-byte key (base64) that encrypts secrets at rest. Default: `<data-dir>/secret.key`.
+    #[arg(long, env = "FLUXPLANE_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// File holding the HS256 secret that signs user tokens. Default: `<data-dir>/jwt-secret` unless
+    /// `--jwks-file` is given.
+    #[arg(long, env = "FLUXPLANE_JWT_SECRET_FILE", conflicts_with = "jwks_file")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// JSON Web Key Set of the identity provider that signs user tokens (RS256 or ES256).
+    #[arg(long, env = "FLUXPLANE_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Algorithm user tokens must be signed with; never taken from the token itself.
+    #[arg(long, env = "FLUXPLANE_JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+
+    /// Required `iss` claim of user tokens.
+    #[arg(long, env = "FLUXPLANE_JWT_ISSUER", default_value = "fluxplane")]
+    pub jwt_issuer: String,
+
+    /// Required `aud` claim of user tokens.
+    #[arg(long, env = "FLUXPLANE_JWT_AUDIENCE", default_value = "fluxplane")]
+    pub jwt_audience: String,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Log format.
+    #[arg(long, env = "FLUXPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("fluxplane.db").display()))
+    }
+
+    /// Whether the store is the embedded default, where generating missing keys into the data directory is safe
+    /// (a shared PostgreSQL needs every replica to use the same keys, so there they must be given).
+    pub fn uses_default_store(&self) -> bool {
+        self.database_url.is_none()
+    }
+
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    pub fn jwt_secret_path(&self) -> PathBuf {
+        self.jwt_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("jwt-secret"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}

@@ -1,0 +1,210 @@
+//! The server's one error type and its mapping to ARM error bodies.
+//!
+//! Every failure a handler can meet is a variant here; `IntoResponse` is the only place that turns one into an
+//! HTTP status and a `{"error":{"code","message","target","details"}}` body. Internal errors are logged with their
+//! whole cause chain inside the request's span and answered with a body that leaks nothing.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One ARM error detail; `details` nests further ones (one per invalid field, for instance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
+    pub details: Vec<ErrorDetail>,
+}
+
+impl ErrorDetail {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            target: None,
+            details: Vec::new(),
+        }
+    }
+
+    pub fn with_target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+}
+
+/// The ARM error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field or parameter is invalid; `details` lists every problem found.
+    #[error("{message}")]
+    InvalidParameter {
+        message: String,
+        target: Option<String>,
+        details: Vec<ErrorDetail>,
+    },
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidRequestContent(String),
+    #[error("the api-version query parameter is required")]
+    MissingApiVersion,
+    #[error("api-version '{given}' is not supported; supported versions: {supported}")]
+    InvalidApiVersion { given: String, supported: String },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    RequestEntityTooLarge { limit: usize },
+    #[error("{0}")]
+    ResourceNotFound(String),
+    #[error("{0}")]
+    ParentResourceNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    AuthenticationFailed(String),
+    #[error("{0}")]
+    AuthorizationFailed(String),
+    #[error("the service is not ready: {0}")]
+    NotReady(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(target: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidParameter {
+            message: message.into(),
+            target: Some(target.into()),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidParameter { .. }
+            | ApiError::InvalidRequestContent(_)
+            | ApiError::MissingApiVersion
+            | ApiError::InvalidApiVersion { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ResourceNotFound(_) | ApiError::ParentResourceNotFound(_) | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidParameter { .. } => "InvalidParameter",
+            ApiError::InvalidRequestContent(_) => "InvalidRequestContent",
+            ApiError::MissingApiVersion => "MissingApiVersionParameter",
+            ApiError::InvalidApiVersion { .. } => "InvalidApiVersionParameter",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::ResourceNotFound(_) => "ResourceNotFound",
+            ApiError::ParentResourceNotFound(_) => "ParentResourceNotFound",
+            ApiError::NotFound(_) => "NotFound",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::PreconditionFailed(_) => "PreconditionFailed",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::AuthenticationFailed(_) => "AuthenticationFailed",
+            ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
+            ApiError::NotReady(_) => "ServiceUnavailable",
+            ApiError::Internal(_) => "InternalServerError",
+        }
+    }
+
+    /// The ARM error body; for internal errors a fixed message, never the cause.
+    pub fn detail(&self) -> ErrorDetail {
+        match self {
+            ApiError::InvalidParameter {
+                message,
+                target,
+                details,
+            } => ErrorDetail {
+                code: self.code().to_owned(),
+                message: message.clone(),
+                target: target.clone(),
+                details: details.clone(),
+            },
+            ApiError::Internal(_) => ErrorDetail::new(
+                self.code(),
+                "The server encountered an internal error. Please retry the request.",
+            ),
+            other => ErrorDetail::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(err) = &self {
+            tracing::error!(error = format!("{err:#}"), "request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut response = (status, axum::Json(ErrorResponse { error: self.detail() })).into_response();
+        let headers = response.headers_mut();
+        headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let err = ApiError::Internal(anyhow::anyhow!("password=hunter2 at db.internal"));
+        let detail = err.detail();
+        assert_eq!(detail.code, "InternalServerError");
+        assert!(!detail.message.contains("hunter2"));
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn invalid_parameter_keeps_target_and_details() {
+        let err = ApiError::InvalidParameter {
+            message: "2 problems".into(),
+            target: Some("properties".into()),
+            details: vec![ErrorDetail::new("InvalidParameter", "bad url").with_target("properties.gitRepository.url")],
+        };
+        let body = serde_json::to_value(ErrorResponse { error: err.detail() }).unwrap();
+        assert_eq!(body["error"]["target"], "properties");
+        assert_eq!(body["error"]["details"][0]["target"], "properties.gitRepository.url");
+    }
+}

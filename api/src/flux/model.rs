@@ -1,0 +1,128 @@
+//! The fluxConfigurations resource as the API answers it: the stored desired state plus the state agents report.
+
+use chrono::{DateTime, Utc};
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec, ObjectStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::arm::system_data::SystemData;
+
+/// Provisioning state of a configuration: where the last write stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ProvisioningState {
+    Succeeded,
+    Failed,
+    Canceled,
+    Creating,
+    Updating,
+    Deleting,
+}
+
+impl ProvisioningState {
+    const ALL: [ProvisioningState; 6] = [
+        ProvisioningState::Succeeded,
+        ProvisioningState::Failed,
+        ProvisioningState::Canceled,
+        ProvisioningState::Creating,
+        ProvisioningState::Updating,
+        ProvisioningState::Deleting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProvisioningState::Succeeded => "Succeeded",
+            ProvisioningState::Failed => "Failed",
+            ProvisioningState::Canceled => "Canceled",
+            ProvisioningState::Creating => "Creating",
+            ProvisioningState::Updating => "Updating",
+            ProvisioningState::Deleting => "Deleting",
+        }
+    }
+}
+
+impl TryFrom<String> for ProvisioningState {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == value)
+            .ok_or_else(|| format!("unknown provisioning state '{value}'"))
+    }
+}
+
+/// What agents last reported about a configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    #[serde(default)]
+    pub statuses: Vec<ObjectStatus>,
+    pub source_synced_commit_id: Option<String>,
+    pub source_updated_at: Option<DateTime<Utc>>,
+    pub status_updated_at: Option<DateTime<Utc>>,
+    pub repository_public_key: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// A Flux configuration (`Microsoft.KubernetesConfiguration/fluxConfigurations`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxConfiguration {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub system_data: SystemData,
+    pub properties: FluxConfigurationProperties,
+}
+
+/// The properties of a Flux configuration: the desired state with defaults applied, and the observed state.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxConfigurationProperties {
+    #[serde(flatten)]
+    pub spec: FluxConfigurationSpec,
+    /// Status of each Flux object the configuration created in the cluster.
+    #[schema(read_only)]
+    pub statuses: Vec<ObjectStatus>,
+    #[schema(read_only)]
+    pub repository_public_key: Option<String>,
+    /// Branch and commit last synced from the source, e.g. `main@sha1:...`.
+    #[schema(read_only)]
+    pub source_synced_commit_id: Option<String>,
+    #[schema(read_only)]
+    pub source_updated_at: Option<DateTime<Utc>>,
+    #[schema(read_only)]
+    pub status_updated_at: Option<DateTime<Utc>>,
+    #[schema(read_only)]
+    pub compliance_state: ComplianceState,
+    #[schema(read_only)]
+    pub provisioning_state: ProvisioningState,
+    #[schema(read_only)]
+    pub error_message: Option<String>,
+}
+
+/// Read-only properties a client may send back from a GET; they are ignored on writes, as ARM does.
+pub const READ_ONLY_PROPERTIES: &[&str] = &[
+    "statuses",
+    "repositoryPublicKey",
+    "sourceSyncedCommitId",
+    "sourceUpdatedAt",
+    "statusUpdatedAt",
+    "complianceState",
+    "provisioningState",
+    "errorMessage",
+];
+
+/// The status of a long-running operation, named by the `Azure-AsyncOperation` header.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationStatus {
+    pub id: String,
+    pub name: String,
+    /// `InProgress`, `Succeeded`, `Failed` or `Canceled`.
+    pub status: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub error: Option<crate::error::ErrorDetail>,
+}

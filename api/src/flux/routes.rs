@@ -1,0 +1,616 @@
+//! HTTP handlers of `Microsoft.KubernetesConfiguration/fluxConfigurations` and their operation statuses.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::model::{
+    FluxConfiguration, FluxConfigurationProperties, OperationStatus, ProvisioningState, READ_ONLY_PROPERTIES,
+};
+use super::secrets::SecretFields;
+use super::validate::normalize;
+use crate::arm::api_version::FluxConfigurations;
+use crate::arm::body::{parse, strip_read_only};
+use crate::arm::conditional::{Preconditions, etag_header};
+use crate::arm::ids::{ClusterPath, ClusterScope, ConfigurationName};
+use crate::arm::paging::{BaseUrl, ListParams, Page};
+use crate::arm::system_data::SystemData;
+use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers};
+use crate::auth::{Caller, Role};
+use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag};
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::state::AppState;
+use crate::store::{ClusterRecord, ConfigurationRecord, OperationRecord, Write};
+
+const TYPE: &str = "Microsoft.KubernetesConfiguration/fluxConfigurations";
+const TOP_LEVEL_READ_ONLY: &[&str] = &["id", "name", "type", "systemData"];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            get_configuration,
+            put_configuration,
+            patch_configuration,
+            delete_configuration
+        ))
+        .routes(routes!(list_configurations))
+        .routes(routes!(get_operation))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct ConfigurationParams {
+    subscription_id: String,
+    resource_group_name: String,
+    /// The cluster's resource provider.
+    cluster_rp: String,
+    /// The cluster's resource type.
+    cluster_resource_name: String,
+    cluster_name: String,
+    flux_configuration_name: String,
+}
+
+impl ConfigurationParams {
+    fn cluster(&self) -> ClusterPath {
+        ClusterPath {
+            subscription_id: self.subscription_id.clone(),
+            resource_group_name: self.resource_group_name.clone(),
+            cluster_rp: self.cluster_rp.clone(),
+            cluster_resource_name: self.cluster_resource_name.clone(),
+            cluster_name: self.cluster_name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct OperationParams {
+    subscription_id: String,
+    resource_group_name: String,
+    /// The cluster's resource provider.
+    cluster_rp: String,
+    /// The cluster's resource type.
+    cluster_resource_name: String,
+    cluster_name: String,
+    flux_configuration_name: String,
+    operation_id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ApiVersionParam {
+    /// The API version: 2023-05-01, 2024-11-01 or 2025-04-01.
+    #[serde(rename = "api-version")]
+    #[param(rename = "api-version")]
+    #[allow(dead_code)]
+    api_version: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// Delete at once instead of waiting for the agent to remove the configuration from the cluster.
+    #[serde(rename = "forceDelete")]
+    #[param(rename = "forceDelete", value_type = Option<bool>)]
+    force_delete: Option<String>,
+}
+
+/// A configuration addressed by a request, with the registered cluster it hangs under.
+struct Target {
+    scope: ClusterScope,
+    name: ConfigurationName,
+    cluster: ClusterRecord,
+}
+
+impl Target {
+    fn id(&self) -> String {
+        self.scope.configuration_id(self.name.as_str())
+    }
+
+    /// The key operations are filed under: the same whichever cluster type the path used.
+    fn resource_key(&self) -> String {
+        format!("{}/{}", self.scope.cluster.key(), self.name.as_str())
+    }
+}
+
+/// Parses the path, authorises the caller for it, and finds the registered cluster.
+async fn resolve(state: &AppState, caller: &Caller, params: &ConfigurationParams, role: Role) -> ApiResult<Target> {
+    let scope = ClusterScope::parse(&params.cluster())?;
+    let name = ConfigurationName::parse(&params.flux_configuration_name)?;
+    caller.require(role, &scope.configuration_id(name.as_str()))?;
+    let cluster = find_cluster(state, &scope).await?;
+    Ok(Target { scope, name, cluster })
+}
+
+async fn find_cluster(state: &AppState, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
+    state.store.get_cluster(&scope.cluster.key()).await?.ok_or_else(|| {
+        ApiError::ParentResourceNotFound(format!(
+            "The parent resource '{}' was not found; register the cluster first.",
+            scope.id()
+        ))
+    })
+}
+
+fn render(scope: &ClusterScope, record: ConfigurationRecord) -> FluxConfiguration {
+    FluxConfiguration {
+        id: scope.configuration_id(&record.name),
+        name: record.name,
+        type_: TYPE.to_owned(),
+        system_data: record.system_data,
+        properties: FluxConfigurationProperties {
+            spec: record.spec,
+            statuses: record.observed.statuses,
+            repository_public_key: record.observed.repository_public_key,
+            source_synced_commit_id: record.observed.source_synced_commit_id,
+            source_updated_at: record.observed.source_updated_at,
+            status_updated_at: record.observed.status_updated_at,
+            compliance_state: record.compliance_state,
+            provisioning_state: record.provisioning_state,
+            error_message: record.observed.error_message,
+        },
+    }
+}
+
+fn not_found(target: &Target) -> ApiError {
+    ApiError::ResourceNotFound(format!(
+        "The Flux configuration '{}' was not found on cluster '{}'.",
+        target.name.as_str(),
+        target.scope.cluster.name.as_str()
+    ))
+}
+
+fn being_deleted(target: &Target) -> ApiError {
+    ApiError::Conflict(format!(
+        "The Flux configuration '{}' is being deleted; wait for the deletion to finish or delete with forceDelete=true.",
+        target.name.as_str()
+    ))
+}
+
+fn operation_url(base: &BaseUrl, id: &str, operation: &str, api_version: &str) -> String {
+    format!("{}{id}/operations/{operation}?api-version={api_version}", base.0)
+}
+
+fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecord {
+    OperationRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        resource_key: target.resource_key(),
+        resource_id: target.id(),
+        kind: kind.to_owned(),
+        generation,
+        status: "InProgress".to_owned(),
+        start_time: Utc::now(),
+        end_time: None,
+        error: None,
+    }
+}
+
+/// Splits the secret fields from the properties and checks their types; the rest is parsed by the caller.
+fn split_secrets(properties: &mut Value) -> ApiResult<SecretFields> {
+    let secrets = SecretFields::split_from(properties);
+    parse::<FluxConfigurationSpec>(secrets.as_value(), "properties")?;
+    Ok(secrets)
+}
+
+fn seal(state: &AppState, secrets: &SecretFields, resource_key: &str) -> ApiResult<Option<Vec<u8>>> {
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(state.cipher.seal(&secrets.to_bytes(), resource_key)?))
+}
+
+/// Answers a write: the resource, its ETag, and where to poll the operation.
+fn written(status: StatusCode, target: &Target, record: ConfigurationRecord, operation_url: &str) -> Response {
+    let mut headers = async_operation_headers(operation_url);
+    if let Ok(etag) = HeaderValue::from_str(&etag_header(&record.etag)) {
+        headers.insert(header::ETAG, etag);
+    }
+    (status, headers, Json(render(&target.scope, record))).into_response()
+}
+
+/// Writes `spec` and `secrets` as the next generation of the configuration, creating it if needed.
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    current: Option<ConfigurationRecord>,
+    spec: FluxConfigurationSpec,
+    secrets: &SecretFields,
+) -> ApiResult<(Write, ConfigurationRecord, OperationRecord, StatusCode)> {
+    let now = Utc::now();
+    let sealed = seal(state, secrets, &target.resource_key())?;
+    match current {
+        None => {
+            let record = ConfigurationRecord {
+                id: 0,
+                cluster_id: target.cluster.id,
+                name: target.name.as_str().to_owned(),
+                spec,
+                secrets: sealed,
+                generation: 1,
+                etag: new_etag(),
+                provisioning_state: ProvisioningState::Creating,
+                compliance_state: ComplianceState::Pending,
+                observed: Default::default(),
+                system_data: SystemData::created(&caller.subject, now),
+            };
+            let operation = new_operation(target, "Create", record.generation);
+            let outcome = state.store.insert_configuration(&record, &operation).await?;
+            Ok((outcome, record, operation, StatusCode::CREATED))
+        }
+        Some(current) => {
+            let expected = current.etag.clone();
+            let record = ConfigurationRecord {
+                spec,
+                secrets: sealed,
+                generation: current.generation + 1,
+                etag: new_etag(),
+                provisioning_state: ProvisioningState::Updating,
+                compliance_state: ComplianceState::Pending,
+                system_data: current.system_data.modified(&caller.subject, now),
+                ..current
+            };
+            let operation = new_operation(target, "Update", record.generation);
+            let outcome = state.store.update_configuration(&record, &expected, &operation).await?;
+            Ok((outcome, record, operation, StatusCode::OK))
+        }
+    }
+}
+
+/// Creates a Flux configuration or replaces it as a whole (secrets included).
+#[utoipa::path(
+    put,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigurations_CreateOrUpdate",
+    params(ConfigurationParams, ApiVersionParam),
+    request_body = FluxConfigurationRequest,
+    responses(
+        (status = 200, description = "Updated; the agent applies it next", body = FluxConfiguration,
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+        (status = 201, description = "Created; the agent applies it next", body = FluxConfiguration,
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_configuration(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<FluxConfigurations>,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+    preconditions: Preconditions,
+    base: BaseUrl,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult<Response> {
+    let target = resolve(&state, &caller, &params, Role::Contributor).await?;
+    strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
+    let mut properties = match body.as_object_mut().and_then(|b| b.remove("properties")) {
+        Some(properties) if properties.is_object() => properties,
+        Some(_) => return Err(ApiError::invalid("properties", "properties must be an object")),
+        None => return Err(ApiError::invalid("properties", "properties is required")),
+    };
+    parse::<FluxConfigurationRequest>(body, "")?;
+    strip_read_only(&mut properties, READ_ONLY_PROPERTIES);
+    let secrets = split_secrets(&mut properties)?;
+    let spec: FluxConfigurationSpec = parse(properties, "properties")?;
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state
+            .store
+            .get_configuration(target.cluster.id, target.name.as_str())
+            .await?;
+        preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
+        if current
+            .as_ref()
+            .is_some_and(|c| c.provisioning_state == ProvisioningState::Deleting)
+        {
+            return Err(being_deleted(&target));
+        }
+        let mut spec = spec.clone();
+        normalize(&mut spec, &target.name, current.as_ref().map(|c| &c.spec))?;
+        let (outcome, record, operation, status) = write(&state, &caller, &target, current, spec, &secrets).await?;
+        match outcome {
+            Write::Written => {
+                tracing::info!(configuration = %target.id(), generation = record.generation, "configuration written");
+                let url = operation_url(&base, &target.id(), &operation.id, version.version);
+                return Ok(written(status, &target, record, &url));
+            }
+            Write::ParentMissing => {
+                return Err(find_cluster(&state, &target.scope)
+                    .await
+                    .err()
+                    .unwrap_or_else(contention));
+            }
+            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Write::Conflict => continue,
+        }
+    }
+    Err(contention())
+}
+
+/// The body of a configuration PUT or PATCH besides `properties`: nothing else is accepted.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FluxConfigurationRequest {
+    #[serde(default)]
+    #[allow(dead_code)]
+    properties: Option<FluxConfigurationSpec>,
+}
+
+/// Changes part of a configuration by JSON merge: fields given replace, `null` removes (a kustomization, say).
+#[utoipa::path(
+    patch,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigurations_Update",
+    params(ConfigurationParams, ApiVersionParam),
+    request_body = FluxConfigurationRequest,
+    responses(
+        (status = 200, description = "Updated; the agent applies it next", body = FluxConfiguration,
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn patch_configuration(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<FluxConfigurations>,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+    preconditions: Preconditions,
+    base: BaseUrl,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult<Response> {
+    let target = resolve(&state, &caller, &params, Role::Contributor).await?;
+    strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
+    let mut changes = body
+        .as_object_mut()
+        .and_then(|b| b.remove("properties"))
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if !changes.is_object() {
+        return Err(ApiError::invalid("properties", "properties must be an object"));
+    }
+    parse::<FluxConfigurationRequest>(body, "")?;
+    strip_read_only(&mut changes, READ_ONLY_PROPERTIES);
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state
+            .store
+            .get_configuration(target.cluster.id, target.name.as_str())
+            .await?
+            .ok_or_else(|| not_found(&target))?;
+        preconditions.check(Some(&current.etag))?;
+        if current.provisioning_state == ProvisioningState::Deleting {
+            return Err(being_deleted(&target));
+        }
+        // the full current properties, secrets included, so that the merge sees what the user sees as set
+        let mut properties = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
+        if let Some(sealed) = &current.secrets {
+            let opened = state.cipher.open(sealed, &target.resource_key())?;
+            json_patch::merge(&mut properties, &SecretFields::from_bytes(&opened)?.as_value());
+        }
+        json_patch::merge(&mut properties, &changes);
+        let secrets = split_secrets(&mut properties)?;
+        let mut spec: FluxConfigurationSpec = parse(properties, "properties")?;
+        normalize(&mut spec, &target.name, Some(&current.spec))?;
+        let (outcome, record, operation, _) = write(&state, &caller, &target, Some(current), spec, &secrets).await?;
+        match outcome {
+            Write::Written => {
+                tracing::info!(configuration = %target.id(), generation = record.generation, "configuration patched");
+                let url = operation_url(&base, &target.id(), &operation.id, version.version);
+                return Ok(written(StatusCode::OK, &target, record, &url));
+            }
+            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Write::Conflict | Write::ParentMissing => continue,
+        }
+    }
+    Err(contention())
+}
+
+/// Reads a Flux configuration.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigurations_Get",
+    params(ConfigurationParams, ApiVersionParam),
+    responses(
+        (status = 200, description = "The configuration", body = FluxConfiguration),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_configuration(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<FluxConfigurations>,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+) -> ApiResult<Response> {
+    let target = resolve(&state, &caller, &params, Role::Reader).await?;
+    let record = state
+        .store
+        .get_configuration(target.cluster.id, target.name.as_str())
+        .await?
+        .ok_or_else(|| not_found(&target))?;
+    let mut headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&etag_header(&record.etag)) {
+        headers.insert(header::ETAG, etag);
+    }
+    Ok((headers, Json(render(&target.scope, record))).into_response())
+}
+
+/// Deletes a Flux configuration: at once with `forceDelete=true`, otherwise once the agent has removed it.
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigurations_Delete",
+    params(ConfigurationParams, ApiVersionParam, DeleteParams),
+    responses(
+        (status = 200, description = "Deleted at once (forceDelete=true)"),
+        (status = 202, description = "Deletion started; the agent completes it",
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+        (status = 204, description = "There was no such configuration"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_configuration(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<FluxConfigurations>,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+    ArmQuery(query): ArmQuery<DeleteParams>,
+    preconditions: Preconditions,
+    base: BaseUrl,
+) -> ApiResult<Response> {
+    let force = match query.force_delete.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "forceDelete",
+                format!("'{other}' is not true or false"),
+            ));
+        }
+    };
+    let target = resolve(&state, &caller, &params, Role::Contributor).await?;
+    for _ in 0..WRITE_ATTEMPTS {
+        let Some(current) = state
+            .store
+            .get_configuration(target.cluster.id, target.name.as_str())
+            .await?
+        else {
+            preconditions.check(None)?;
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        preconditions.check(Some(&current.etag))?;
+        if force {
+            let deleted = state
+                .store
+                .delete_configuration(target.cluster.id, target.name.as_str(), &target.resource_key())
+                .await?;
+            tracing::info!(configuration = %target.id(), "configuration force-deleted");
+            return Ok(if deleted {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            }
+            .into_response());
+        }
+        let expected = current.etag.clone();
+        let record = ConfigurationRecord {
+            generation: current.generation + 1,
+            etag: new_etag(),
+            provisioning_state: ProvisioningState::Deleting,
+            system_data: current.system_data.modified(&caller.subject, Utc::now()),
+            ..current
+        };
+        let operation = new_operation(&target, "Delete", record.generation);
+        match state.store.update_configuration(&record, &expected, &operation).await? {
+            Write::Written => {
+                tracing::info!(configuration = %target.id(), "configuration deletion started");
+                let url = operation_url(&base, &target.id(), &operation.id, version.version);
+                let mut headers = async_operation_headers(&url);
+                if let Ok(location) = HeaderValue::from_str(&url) {
+                    headers.insert(header::LOCATION, location);
+                }
+                return Ok((StatusCode::ACCEPTED, headers).into_response());
+            }
+            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Write::Conflict | Write::ParentMissing => continue,
+        }
+    }
+    Err(contention())
+}
+
+/// Lists the Flux configurations of a cluster.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigurations_List",
+    params(ClusterPath, ApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of configurations", body = Page<FluxConfiguration>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_configurations(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<FluxConfigurations>,
+    ArmPath(params): ArmPath<ClusterPath>,
+    ArmQuery(list): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<FluxConfiguration>>> {
+    let scope = ClusterScope::parse(&params)?;
+    let path = format!("{}/providers/{TYPE}", scope.id());
+    caller.require(Role::Reader, &path)?;
+    let page = list.page()?;
+    let cluster = find_cluster(&state, &scope).await?;
+    let records = state.store.list_configurations(cluster.id, &page).await?;
+    Ok(Json(Page::from_items(
+        records,
+        &page,
+        |c| c.name.clone(),
+        |token| base.next_link(&path, version.version, list.top.as_deref(), token),
+        |record| render(&scope, record),
+    )))
+}
+
+/// Reads the status of a long-running operation on a configuration.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}/operations/{operationId}",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigOperationStatus_Get",
+    params(OperationParams, ApiVersionParam),
+    responses(
+        (status = 200, description = "The operation's status", body = OperationStatus),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_operation(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<FluxConfigurations>,
+    ArmPath(params): ArmPath<OperationParams>,
+) -> ApiResult<Json<OperationStatus>> {
+    let scope = ClusterScope::parse(&ClusterPath {
+        subscription_id: params.subscription_id,
+        resource_group_name: params.resource_group_name,
+        cluster_rp: params.cluster_rp,
+        cluster_resource_name: params.cluster_resource_name,
+        cluster_name: params.cluster_name,
+    })?;
+    let name = ConfigurationName::parse(&params.flux_configuration_name)?;
+    let id = scope.configuration_id(name.as_str());
+    caller.require(Role::Reader, &id)?;
+    let resource_key = format!("{}/{}", scope.cluster.key(), name.as_str());
+    let operation = state
+        .store
+        .get_operation(&params.operation_id)
+        .await?
+        .filter(|op| op.resource_key == resource_key)
+        .ok_or_else(|| ApiError::ResourceNotFound(format!("The operation '{}' was not found.", params.operation_id)))?;
+    Ok(Json(OperationStatus {
+        id: format!("{id}/operations/{}", operation.id),
+        name: operation.id,
+        status: operation.status,
+        start_time: operation.start_time,
+        end_time: operation.end_time,
+        error: operation.error,
+    }))
+}

@@ -1,0 +1,34 @@
+//! Liveness, readiness and metrics endpoints, outside the ARM API and its authentication.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The process is up.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The database answers and its schema is current.
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.check_ready().await.map_err(|err| {
+        tracing::warn!(error = %err, "not ready");
+        ApiError::NotReady(err.to_string())
+    })?;
+    Ok("ready")
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,21 @@
+//! The fluxplane control plane: an ARM-compatible REST API for clusters and Flux configurations over PostgreSQL or
+//! an embedded SQLite store.
+//!
+//! `server::app` builds the HTTP application from a `ServeConfig` and a `Store`; `server::serve` runs it on a
+//! listener the caller binds. The binary (`fluxplane`) is a thin shell around these.
+
+pub mod arm;
+pub mod auth;
+pub mod cipher;
+pub mod clusters;
+pub mod config;
+pub mod error;
+pub mod flux;
+pub mod health;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,173 @@
+//! Persistence: one `Store` interface with a PostgreSQL and a SQLite implementation.
+//!
+//! The store offers conditional primitives (insert-if-absent, update-if-etag-matches) rather than business
+//! operations, so that the optimistic-concurrency loop and every rule live once, above it, for both backends.
+//! Both implementations share their SQL (see `sql.rs`); each adds only what its engine needs to connect.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+
+use crate::arm::paging::PageRequest;
+use crate::arm::system_data::SystemData;
+use crate::clusters::model::ClusterSpec;
+use crate::error::ErrorDetail;
+use crate::flux::model::{Observed, ProvisioningState};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the database failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database is not ready: {0}")]
+    NotReady(String),
+    #[error("unsupported database URL scheme '{0}': use postgres://... or sqlite://...")]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How a conditional write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Written,
+    /// Another writer got there first: the row exists (insert) or its etag moved on (update).
+    Conflict,
+    /// The parent the row hangs under is gone.
+    ParentMissing,
+}
+
+/// A registered cluster.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClusterRecord {
+    pub id: i64,
+    pub key: String,
+    pub subscription_key: String,
+    pub resource_group_key: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    #[sqlx(json)]
+    pub tags: BTreeMap<String, String>,
+    #[sqlx(json)]
+    pub spec: ClusterSpec,
+    pub connectivity_status: String,
+    pub last_connectivity_time: Option<DateTime<Utc>>,
+    pub agent_version: Option<String>,
+    pub kubernetes_version: Option<String>,
+    pub total_node_count: Option<i64>,
+    pub etag: String,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+}
+
+/// A Flux configuration of a cluster.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConfigurationRecord {
+    pub id: i64,
+    pub cluster_id: i64,
+    pub name: String,
+    #[sqlx(json)]
+    pub spec: FluxConfigurationSpec,
+    /// Ciphertext of the secret fields.
+    pub secrets: Option<Vec<u8>>,
+    pub generation: i64,
+    pub etag: String,
+    #[sqlx(try_from = "String")]
+    pub provisioning_state: ProvisioningState,
+    #[sqlx(try_from = "String")]
+    pub compliance_state: ComplianceState,
+    #[sqlx(json)]
+    pub observed: Observed,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+}
+
+/// The status of a long-running operation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OperationRecord {
+    pub id: String,
+    pub resource_key: String,
+    pub resource_id: String,
+    pub kind: String,
+    pub generation: i64,
+    pub status: String,
+    pub start_time: DateTime<Utc>,
+    pub end_time: Option<DateTime<Utc>>,
+    #[sqlx(json(nullable))]
+    pub error: Option<ErrorDetail>,
+}
+
+/// Which clusters a list covers.
+#[derive(Debug, Clone)]
+pub enum ClusterScope {
+    Subscription {
+        subscription_key: String,
+    },
+    ResourceGroup {
+        subscription_key: String,
+        resource_group_key: String,
+    },
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the database answers and every migration this build knows is applied.
+    async fn check_ready(&self) -> StoreResult<()>;
+
+    async fn get_cluster(&self, key: &str) -> StoreResult<Option<ClusterRecord>>;
+    /// Up to `page.limit + 1` clusters in key order after `page.after`.
+    async fn list_clusters(&self, scope: &ClusterScope, page: &PageRequest) -> StoreResult<Vec<ClusterRecord>>;
+    /// Inserts unless a cluster with the same key exists (`Conflict`).
+    async fn insert_cluster(&self, cluster: &ClusterRecord) -> StoreResult<Write>;
+    /// Replaces the writable columns if the stored etag is still `expected_etag`.
+    async fn update_cluster(&self, cluster: &ClusterRecord, expected_etag: &str) -> StoreResult<Write>;
+    /// Deletes the cluster and its configurations; false if it did not exist.
+    async fn delete_cluster(&self, key: &str) -> StoreResult<bool>;
+
+    async fn get_configuration(&self, cluster_id: i64, name: &str) -> StoreResult<Option<ConfigurationRecord>>;
+    /// Up to `page.limit + 1` configurations in name order after `page.after`.
+    async fn list_configurations(&self, cluster_id: i64, page: &PageRequest) -> StoreResult<Vec<ConfigurationRecord>>;
+    /// Inserts the configuration and starts `operation`, superseding operations still running on it.
+    async fn insert_configuration(
+        &self,
+        config: &ConfigurationRecord,
+        operation: &OperationRecord,
+    ) -> StoreResult<Write>;
+    /// Replaces the configuration if its etag is still `expected_etag`, and starts `operation`.
+    async fn update_configuration(
+        &self,
+        config: &ConfigurationRecord,
+        expected_etag: &str,
+        operation: &OperationRecord,
+    ) -> StoreResult<Write>;
+    /// Deletes the configuration at once, superseding its running operations; false if it did not exist.
+    async fn delete_configuration(&self, cluster_id: i64, name: &str, resource_key: &str) -> StoreResult<bool>;
+
+    async fn get_operation(&self, id: &str) -> StoreResult<Option<OperationRecord>>;
+}
+
+/// Opens the store a database URL names and brings its schema up to date.
+pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        // only the scheme: the rest of a URL may hold a password
+        let scheme = url.split(':').next().unwrap_or_default();
+        Err(StoreError::UnsupportedUrl(scheme.to_owned()))
+    }
+}

@@ -1,0 +1,343 @@
+//! The SQL both backends share. PostgreSQL and SQLite accept the same statements here (`$n` parameters,
+//! `ON CONFLICT`, `RETURNING`), and sqlx maps JSON, timestamps and bytes to each engine's own column types, so one
+//! body, instantiated per engine by `sql_store!`, serves both.
+
+use sqlx::error::ErrorKind;
+
+/// The columns of `ClusterRecord`, as a macro so that statements stay `&'static str` (sqlx refuses built strings).
+macro_rules! cluster_columns {
+    () => {
+        "id, key, subscription_key, resource_group_key, subscription, resource_group, name, location, tags, spec, \
+         connectivity_status, last_connectivity_time, agent_version, kubernetes_version, total_node_count, etag, \
+         system_data"
+    };
+}
+
+/// The columns of `ConfigurationRecord`.
+macro_rules! configuration_columns {
+    () => {
+        "id, cluster_id, name, spec, secrets, generation, etag, provisioning_state, compliance_state, observed, \
+         system_data"
+    };
+}
+
+pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.kind() == ErrorKind::ForeignKeyViolation)
+}
+
+/// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`.
+macro_rules! sql_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn check_ready(&self) -> $crate::store::StoreResult<()> {
+                let applied: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                        .fetch_one(&self.pool)
+                        .await?;
+                let expected = self.migrator().iter().map(|m| m.version).max();
+                if applied < expected {
+                    return Err($crate::store::StoreError::NotReady(format!(
+                        "schema version {applied:?}, this build needs {expected:?}"
+                    )));
+                }
+                Ok(())
+            }
+
+            async fn get_cluster(&self, key: &str) -> $crate::store::StoreResult<Option<$crate::store::ClusterRecord>> {
+                let sql = concat!("SELECT ", cluster_columns!(), " FROM clusters WHERE key = $1");
+                Ok(sqlx::query_as::<$db, $crate::store::ClusterRecord>(sql)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_clusters(
+                &self,
+                scope: &$crate::store::ClusterScope,
+                page: &$crate::arm::paging::PageRequest,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterRecord>> {
+                let after = page.after.clone().unwrap_or_default();
+                let limit = i64::from(page.limit) + 1;
+                let rows = match scope {
+                    $crate::store::ClusterScope::Subscription { subscription_key } => {
+                        let sql = concat!(
+                            "SELECT ",
+                            cluster_columns!(),
+                            " FROM clusters WHERE subscription_key = $1 AND key > $2 ORDER BY key LIMIT $3"
+                        );
+                        sqlx::query_as::<$db, $crate::store::ClusterRecord>(sql)
+                            .bind(subscription_key)
+                            .bind(after)
+                            .bind(limit)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    $crate::store::ClusterScope::ResourceGroup {
+                        subscription_key,
+                        resource_group_key,
+                    } => {
+                        let sql = concat!(
+                            "SELECT ",
+                            cluster_columns!(),
+                            " FROM clusters WHERE subscription_key = $1 AND resource_group_key = $2 AND key > $3 \
+                             ORDER BY key LIMIT $4"
+                        );
+                        sqlx::query_as::<$db, $crate::store::ClusterRecord>(sql)
+                            .bind(subscription_key)
+                            .bind(resource_group_key)
+                            .bind(after)
+                            .bind(limit)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                Ok(rows)
+            }
+
+            async fn insert_cluster(
+                &self,
+                c: &$crate::store::ClusterRecord,
+            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                let done = sqlx::query::<$db>(
+                    "INSERT INTO clusters (key, subscription_key, resource_group_key, subscription, resource_group, \
+                     name, location, tags, spec, connectivity_status, last_connectivity_time, agent_version, \
+                     kubernetes_version, total_node_count, etag, system_data) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&c.key)
+                .bind(&c.subscription_key)
+                .bind(&c.resource_group_key)
+                .bind(&c.subscription)
+                .bind(&c.resource_group)
+                .bind(&c.name)
+                .bind(&c.location)
+                .bind(sqlx::types::Json(&c.tags))
+                .bind(sqlx::types::Json(&c.spec))
+                .bind(&c.connectivity_status)
+                .bind(c.last_connectivity_time)
+                .bind(&c.agent_version)
+                .bind(&c.kubernetes_version)
+                .bind(c.total_node_count)
+                .bind(&c.etag)
+                .bind(sqlx::types::Json(&c.system_data))
+                .execute(&self.pool)
+                .await?;
+                Ok(if done.rows_affected() == 1 {
+                    $crate::store::Write::Written
+                } else {
+                    $crate::store::Write::Conflict
+                })
+            }
+
+            async fn update_cluster(
+                &self,
+                c: &$crate::store::ClusterRecord,
+                expected_etag: &str,
+            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                let done = sqlx::query::<$db>(
+                    "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5 \
+                     WHERE key = $6 AND etag = $7",
+                )
+                .bind(&c.location)
+                .bind(sqlx::types::Json(&c.tags))
+                .bind(sqlx::types::Json(&c.spec))
+                .bind(&c.etag)
+                .bind(sqlx::types::Json(&c.system_data))
+                .bind(&c.key)
+                .bind(expected_etag)
+                .execute(&self.pool)
+                .await?;
+                Ok(if done.rows_affected() == 1 {
+                    $crate::store::Write::Written
+                } else {
+                    $crate::store::Write::Conflict
+                })
+            }
+
+            async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query::<$db>("DELETE FROM clusters WHERE key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn get_configuration(
+                &self,
+                cluster_id: i64,
+                name: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ConfigurationRecord>> {
+                let sql = concat!(
+                    "SELECT ",
+                    configuration_columns!(),
+                    " FROM flux_configurations WHERE cluster_id = $1 AND name = $2"
+                );
+                Ok(sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                    .bind(cluster_id)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_configurations(
+                &self,
+                cluster_id: i64,
+                page: &$crate::arm::paging::PageRequest,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ConfigurationRecord>> {
+                let sql = concat!(
+                    "SELECT ",
+                    configuration_columns!(),
+                    " FROM flux_configurations WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+                );
+                Ok(sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                    .bind(cluster_id)
+                    .bind(page.after.clone().unwrap_or_default())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn insert_configuration(
+                &self,
+                c: &$crate::store::ConfigurationRecord,
+                op: &$crate::store::OperationRecord,
+            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query::<$db>(
+                    "INSERT INTO flux_configurations (cluster_id, name, spec, secrets, generation, etag, \
+                     provisioning_state, compliance_state, observed, system_data) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (cluster_id, name) DO NOTHING",
+                )
+                .bind(c.cluster_id)
+                .bind(&c.name)
+                .bind(sqlx::types::Json(&c.spec))
+                .bind(&c.secrets)
+                .bind(c.generation)
+                .bind(&c.etag)
+                .bind(c.provisioning_state.as_str())
+                .bind(c.compliance_state.as_str())
+                .bind(sqlx::types::Json(&c.observed))
+                .bind(sqlx::types::Json(&c.system_data))
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
+                        return Ok($crate::store::Write::ParentMissing);
+                    }
+                    Err(err) => return Err(err.into()),
+                    Ok(done) if done.rows_affected() == 0 => return Ok($crate::store::Write::Conflict),
+                    Ok(_) => {}
+                }
+                Self::start_operation(&mut tx, op).await?;
+                tx.commit().await?;
+                Ok($crate::store::Write::Written)
+            }
+
+            async fn update_configuration(
+                &self,
+                c: &$crate::store::ConfigurationRecord,
+                expected_etag: &str,
+                op: &$crate::store::OperationRecord,
+            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query::<$db>(
+                    "UPDATE flux_configurations SET spec = $1, secrets = $2, generation = $3, etag = $4, \
+                     provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8 \
+                     WHERE id = $9 AND etag = $10",
+                )
+                .bind(sqlx::types::Json(&c.spec))
+                .bind(&c.secrets)
+                .bind(c.generation)
+                .bind(&c.etag)
+                .bind(c.provisioning_state.as_str())
+                .bind(c.compliance_state.as_str())
+                .bind(sqlx::types::Json(&c.observed))
+                .bind(sqlx::types::Json(&c.system_data))
+                .bind(c.id)
+                .bind(expected_etag)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok($crate::store::Write::Conflict);
+                }
+                Self::start_operation(&mut tx, op).await?;
+                tx.commit().await?;
+                Ok($crate::store::Write::Written)
+            }
+
+            async fn delete_configuration(
+                &self,
+                cluster_id: i64,
+                name: &str,
+                resource_key: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query::<$db>("DELETE FROM flux_configurations WHERE cluster_id = $1 AND name = $2")
+                    .bind(cluster_id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::supersede_operations(&mut tx, resource_key, chrono::Utc::now()).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn get_operation(&self, id: &str) -> $crate::store::StoreResult<Option<$crate::store::OperationRecord>> {
+                Ok(sqlx::query_as::<$db, $crate::store::OperationRecord>(
+                    "SELECT id, resource_key, resource_id, kind, generation, status, start_time, end_time, error \
+                     FROM operations WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+        }
+
+        impl $store {
+            /// Marks the operations still running on the resource as superseded by a newer write.
+            async fn supersede_operations(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                resource_key: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query::<$db>(
+                    "UPDATE operations SET status = 'Canceled', end_time = $1 \
+                     WHERE resource_key = $2 AND status = 'InProgress'",
+                )
+                .bind(at)
+                .bind(resource_key)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn start_operation(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                op: &$crate::store::OperationRecord,
+            ) -> Result<(), sqlx::Error> {
+                Self::supersede_operations(tx, &op.resource_key, op.start_time).await?;
+                sqlx::query::<$db>(
+                    "INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, start_time, \
+                     end_time, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&op.id)
+                .bind(&op.resource_key)
+                .bind(&op.resource_id)
+                .bind(&op.kind)
+                .bind(op.generation)
+                .bind(&op.status)
+                .bind(op.start_time)
+                .bind(op.end_time)
+                .bind(op.error.as_ref().map(sqlx::types::Json))
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use {cluster_columns, configuration_columns, sql_store};
