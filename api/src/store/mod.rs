@@ -7,6 +7,8 @@
 mod postgres;
 mod sql;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,343 @@
+//! The store conformance suite: every case runs against SQLite and PostgreSQL, each on a fresh database.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+
+use super::{ClusterRecord, ClusterScope, ConfigurationRecord, OperationRecord, Store, Write};
+use crate::arm::paging::PageRequest;
+use crate::arm::system_data::SystemData;
+use crate::clusters::model::ClusterSpec;
+use crate::flux::model::ProvisioningState;
+use crate::on_both_backends;
+use crate::testing::{Backend, with_database};
+
+fn cluster(subscription: &str, resource_group: &str, name: &str) -> ClusterRecord {
+    ClusterRecord {
+        id: 0,
+        key: format!("{subscription}/{resource_group}/{name}").to_lowercase(),
+        subscription_key: subscription.to_lowercase(),
+        resource_group_key: resource_group.to_lowercase(),
+        subscription: subscription.to_owned(),
+        resource_group: resource_group.to_owned(),
+        name: name.to_owned(),
+        location: "westeurope".to_owned(),
+        tags: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+        spec: serde_json::from_value::<ClusterSpec>(serde_json::json!({
+            "identity": null, "kind": null, "properties": {"agentPublicKeyCertificate": "a2V5"}
+        }))
+        .unwrap(),
+        connectivity_status: "Connecting".to_owned(),
+        last_connectivity_time: None,
+        agent_version: None,
+        kubernetes_version: None,
+        total_node_count: None,
+        etag: uuid::Uuid::new_v4().to_string(),
+        system_data: SystemData::created("tester", Utc::now()),
+    }
+}
+
+fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
+    ConfigurationRecord {
+        id: 0,
+        cluster_id,
+        name: name.to_owned(),
+        spec: FluxConfigurationSpec::default(),
+        secrets: Some(vec![1, 2, 3]),
+        generation: 1,
+        etag: uuid::Uuid::new_v4().to_string(),
+        provisioning_state: ProvisioningState::Creating,
+        compliance_state: ComplianceState::Pending,
+        observed: Default::default(),
+        system_data: SystemData::created("tester", Utc::now()),
+    }
+}
+
+fn operation(resource_key: &str, generation: i64) -> OperationRecord {
+    OperationRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        resource_key: resource_key.to_owned(),
+        resource_id: format!("/id/{resource_key}"),
+        kind: "Create".to_owned(),
+        generation,
+        status: "InProgress".to_owned(),
+        start_time: Utc::now(),
+        end_time: None,
+        error: None,
+    }
+}
+
+async fn registered(store: &Arc<dyn Store>, name: &str) -> ClusterRecord {
+    let record = cluster("sub", "rg", name);
+    assert_eq!(store.insert_cluster(&record).await.unwrap(), Write::Written);
+    store
+        .get_cluster(&record.key)
+        .await
+        .unwrap()
+        .expect("the cluster just inserted")
+}
+
+fn page(after: Option<String>, limit: u32) -> PageRequest {
+    PageRequest { after, limit }
+}
+
+on_both_backends!(a_migrated_store_is_ready, a_migrated_store_is_ready_case);
+async fn a_migrated_store_is_ready_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        db.store().await.check_ready().await.unwrap();
+    })
+    .await;
+}
+
+on_both_backends!(clusters_round_trip_and_refuse_duplicates, clusters_round_trip_case);
+async fn clusters_round_trip_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let stored = registered(&store, "Cluster1").await;
+        assert_eq!(stored.name, "Cluster1");
+        assert_eq!(stored.tags["env"], "prod");
+        assert_eq!(stored.spec.properties.agent_public_key_certificate, "a2V5");
+        assert_eq!(
+            store.insert_cluster(&cluster("sub", "rg", "Cluster1")).await.unwrap(),
+            Write::Conflict
+        );
+        assert!(store.get_cluster("sub/rg/other").await.unwrap().is_none());
+    })
+    .await;
+}
+
+on_both_backends!(
+    updates_succeed_only_against_the_current_etag,
+    updates_need_current_etag_case
+);
+async fn updates_need_current_etag_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let stored = registered(&store, "c1").await;
+        let mut changed = stored.clone();
+        changed.tags.insert("team".into(), "blue".into());
+        changed.etag = "second".into();
+        assert_eq!(store.update_cluster(&changed, "stale").await.unwrap(), Write::Conflict);
+        assert_eq!(
+            store.update_cluster(&changed, &stored.etag).await.unwrap(),
+            Write::Written
+        );
+        let reread = store.get_cluster(&stored.key).await.unwrap().unwrap();
+        assert_eq!(reread.etag, "second");
+        assert_eq!(reread.tags["team"], "blue");
+    })
+    .await;
+}
+
+on_both_backends!(
+    concurrent_writers_with_one_etag_have_exactly_one_winner,
+    one_winner_case
+);
+async fn one_winner_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let stored = registered(&store, "c1").await;
+        let mut writers = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            let expected = stored.etag.clone();
+            let mut next = stored.clone();
+            next.etag = format!("writer-{i}");
+            writers.push(tokio::spawn(async move {
+                store.update_cluster(&next, &expected).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for writer in writers {
+            if writer.await.unwrap() == Write::Written {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    })
+    .await;
+}
+
+on_both_backends!(cluster_lists_page_in_key_order_within_scope, cluster_paging_case);
+async fn cluster_paging_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        for (rg, name) in [("rg-a", "c3"), ("rg-a", "c1"), ("rg-b", "c2"), ("rg-a", "c2")] {
+            store.insert_cluster(&cluster("sub", rg, name)).await.unwrap();
+        }
+        store.insert_cluster(&cluster("other-sub", "rg-a", "c9")).await.unwrap();
+        let rg = ClusterScope::ResourceGroup {
+            subscription_key: "sub".into(),
+            resource_group_key: "rg-a".into(),
+        };
+        let first = store.list_clusters(&rg, &page(None, 2)).await.unwrap();
+        // limit + 1 items tell the caller another page exists
+        assert_eq!(
+            first.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["c1", "c2", "c3"]
+        );
+        let rest = store
+            .list_clusters(&rg, &page(Some(first[1].key.clone()), 2))
+            .await
+            .unwrap();
+        assert_eq!(rest.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["c3"]);
+        let sub = ClusterScope::Subscription {
+            subscription_key: "sub".into(),
+        };
+        assert_eq!(store.list_clusters(&sub, &page(None, 100)).await.unwrap().len(), 4);
+    })
+    .await;
+}
+
+on_both_backends!(
+    configurations_need_their_cluster,
+    configurations_need_their_cluster_case
+);
+async fn configurations_need_their_cluster_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let missing = configuration(987_654, "cfg");
+        let outcome = store.insert_configuration(&missing, &operation("k", 1)).await.unwrap();
+        assert_eq!(outcome, Write::ParentMissing);
+        assert!(store.get_operation("k").await.unwrap().is_none());
+    })
+    .await;
+}
+
+on_both_backends!(a_new_write_supersedes_the_running_operation, supersede_case);
+async fn supersede_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let first_op = operation("sub/rg/c1/cfg", 1);
+        let record = configuration(c.id, "cfg");
+        assert_eq!(
+            store.insert_configuration(&record, &first_op).await.unwrap(),
+            Write::Written
+        );
+        assert_eq!(
+            store.insert_configuration(&record, &operation("x", 1)).await.unwrap(),
+            Write::Conflict
+        );
+        let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        assert_eq!(stored.secrets.as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(stored.provisioning_state, ProvisioningState::Creating);
+        assert_eq!(
+            store.get_operation(&first_op.id).await.unwrap().unwrap().status,
+            "InProgress"
+        );
+
+        let second_op = operation("sub/rg/c1/cfg", 2);
+        let next = ConfigurationRecord {
+            generation: 2,
+            etag: "e2".into(),
+            provisioning_state: ProvisioningState::Updating,
+            ..stored.clone()
+        };
+        assert_eq!(
+            store.update_configuration(&next, "stale", &second_op).await.unwrap(),
+            Write::Conflict
+        );
+        assert!(
+            store.get_operation(&second_op.id).await.unwrap().is_none(),
+            "a lost write starts nothing"
+        );
+        assert_eq!(
+            store
+                .update_configuration(&next, &stored.etag, &second_op)
+                .await
+                .unwrap(),
+            Write::Written
+        );
+        let first = store.get_operation(&first_op.id).await.unwrap().unwrap();
+        assert_eq!(first.status, "Canceled");
+        assert!(first.end_time.is_some());
+        assert_eq!(
+            store.get_operation(&second_op.id).await.unwrap().unwrap().status,
+            "InProgress"
+        );
+        let reread = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        assert_eq!(
+            (reread.generation, reread.provisioning_state),
+            (2, ProvisioningState::Updating)
+        );
+    })
+    .await;
+}
+
+on_both_backends!(deleting_a_cluster_removes_its_configurations, cascade_case);
+async fn cascade_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        store
+            .insert_configuration(&configuration(c.id, "a"), &operation("k/a", 1))
+            .await
+            .unwrap();
+        store
+            .insert_configuration(&configuration(c.id, "b"), &operation("k/b", 1))
+            .await
+            .unwrap();
+        assert!(store.delete_cluster(&c.key).await.unwrap());
+        assert!(!store.delete_cluster(&c.key).await.unwrap());
+        assert!(store.get_configuration(c.id, "a").await.unwrap().is_none());
+        let again = registered(&store, "c1").await;
+        assert!(
+            store
+                .list_configurations(again.id, &page(None, 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+on_both_backends!(configuration_lists_page_by_name, configuration_paging_case);
+async fn configuration_paging_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let other = registered(&store, "c2").await;
+        for name in ["b", "a", "d", "c"] {
+            store
+                .insert_configuration(&configuration(c.id, name), &operation(name, 1))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_configuration(&configuration(other.id, "z"), &operation("z", 1))
+            .await
+            .unwrap();
+        let first = store.list_configurations(c.id, &page(None, 3)).await.unwrap();
+        assert_eq!(
+            first.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c", "d"]
+        );
+        let rest = store
+            .list_configurations(c.id, &page(Some("c".into()), 3))
+            .await
+            .unwrap();
+        assert_eq!(rest.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["d"]);
+    })
+    .await;
+}
+
+on_both_backends!(force_deleting_a_configuration_ends_its_operations, force_delete_case);
+async fn force_delete_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let op = operation("sub/rg/c1/cfg", 1);
+        store
+            .insert_configuration(&configuration(c.id, "cfg"), &op)
+            .await
+            .unwrap();
+        assert!(store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap());
+        assert!(!store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap());
+        assert_eq!(store.get_operation(&op.id).await.unwrap().unwrap().status, "Canceled");
+    })
+    .await;
+}

@@ -1,0 +1,265 @@
+//! Test support shared by this crate's tests and the end-to-end tests: a fresh database per test on either
+//! backend, and a real server on port 0.
+//!
+//! PostgreSQL comes from `FLUXPLANE_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! When it cannot be reached the PostgreSQL half of a test is skipped with a message, except under `CI=true`,
+//! where it fails: CI must never pass without exercising the production backend.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::auth::{self, Role, RoleAssignment};
+use crate::config::{LogFormat, ServeConfig};
+use crate::state::AppState;
+use crate::store::{self, Store};
+
+/// The two store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs the test body once per backend, as `sqlite` and `postgres` tests in a module named after the test.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* $name:ident, $body:ident) => {
+        $(#[$meta])*
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::testing::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::testing::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+fn admin_url() -> String {
+    std::env::var("FLUXPLANE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A database made for one test, removed when dropped.
+pub struct TestDatabase {
+    pub url: String,
+    pub backend: Backend,
+    /// Holds the SQLite file, the key files and anything else the test writes.
+    pub dir: TempDir,
+    postgres_name: Option<String>,
+}
+
+impl TestDatabase {
+    /// A fresh, empty database, or `None` when PostgreSQL is unreachable outside CI (the test is then skipped).
+    pub async fn create(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        match backend {
+            Backend::Sqlite => Some(Self {
+                url: format!("sqlite://{}?mode=rwc", dir.path().join("fluxplane.db").display()),
+                backend,
+                dir,
+                postgres_name: None,
+            }),
+            Backend::Postgres => {
+                let admin = admin_url();
+                let connected = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await;
+                let mut conn = match connected {
+                    Ok(Ok(conn)) => conn,
+                    failure => {
+                        let why = match failure {
+                            Ok(Err(err)) => err.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
+                        assert!(
+                            !in_ci(),
+                            "CI=true: the PostgreSQL tests must run, but PostgreSQL is unreachable: {why}"
+                        );
+                        eprintln!("skipping the PostgreSQL half of this test: {why}");
+                        return None;
+                    }
+                };
+                let name = format!("fluxplane_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("creating a test database");
+                let url = match admin.rsplit_once('/') {
+                    Some((server, _)) => format!("{server}/{name}"),
+                    None => panic!("FLUXPLANE_TEST_POSTGRES_URL must name a database"),
+                };
+                Some(Self {
+                    url,
+                    backend,
+                    dir,
+                    postgres_name: Some(name),
+                })
+            }
+        }
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        store::connect(&self.url).await.expect("opening the test store")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on async work: use a thread of our own.
+        let admin = admin_url();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+                Ok::<_, sqlx::Error>(())
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+    }
+}
+
+/// A server configuration for tests: keys in `dir`, the given database, port 0.
+pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        database_url: Some(database_url.to_owned()),
+        data_dir: dir.to_path_buf(),
+        public_url: None,
+        secret_key_file: Some(dir.join("secret.key")),
+        jwt_secret_file: Some(dir.join("jwt-secret")),
+        jwks_file: None,
+        jwt_algorithm: None,
+        jwt_issuer: "fluxplane".to_owned(),
+        jwt_audience: "fluxplane".to_owned(),
+        max_body_bytes: 1024 * 1024,
+        log_format: LogFormat::Text,
+    }
+}
+
+/// The real app, serving on a port of its own until dropped.
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub base: String,
+    pub state: AppState,
+    pub database: TestDatabase,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh database, or `None` when the backend is unavailable (see `TestDatabase`).
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like `start`, letting the test adjust the configuration first.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut ServeConfig)) -> Option<Self> {
+        let database = TestDatabase::create(backend).await?;
+        let mut config = test_config(database.dir.path(), &database.url);
+        adjust(&mut config);
+        crate::keys::prepare(&config, true).expect("preparing keys");
+        let store = database.store().await;
+        let state = AppState::new(config, store).expect("building the app state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding port 0");
+        let address = listener.local_addr().expect("a bound address");
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let app = crate::server::app(state.clone());
+        let task = tokio::spawn(crate::server::serve(listener, app, async {
+            let _ = signal.await;
+        }));
+        Some(Self {
+            address,
+            base: format!("http://{address}"),
+            state,
+            database,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        })
+    }
+
+    /// A token for `subject` with the given role assignments, valid for an hour.
+    pub fn token(&self, subject: &str, roles: &[(Role, &str)]) -> String {
+        let secret = auth::read_secret_file(&self.state.config.jwt_secret_path()).expect("reading the JWT secret");
+        let roles = roles
+            .iter()
+            .map(|(role, scope)| RoleAssignment::parse(*role, scope).expect("a valid scope"))
+            .collect();
+        auth::mint(
+            &secret,
+            "fluxplane",
+            "fluxplane",
+            subject,
+            roles,
+            chrono::Duration::hours(1),
+        )
+        .expect("minting")
+    }
+
+    /// A token that may do anything anywhere.
+    pub fn owner_token(&self) -> String {
+        self.token("test-owner", &[(Role::Owner, "/")])
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.database.dir.path().to_path_buf()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown_now().await;
+    }
+
+    async fn shutdown_now(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Runs `body` only when the backend is available.
+pub async fn with_database<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(TestDatabase) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some(database) = TestDatabase::create(backend).await {
+        body(database).await;
+    }
+}
