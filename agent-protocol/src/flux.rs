@@ -30,9 +30,41 @@ impl Secret {
     }
 }
 
+/// Serialising a secret is always an error: secrets are write-only, and the fields holding them are skipped
+/// (`write_only`), so this only fires if a new path tries to send one out.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, _serializer: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("secrets are write-only and never serialised"))
+    }
+}
+
+/// `skip_serializing_if` predicate of every secret field: always skip. (A plain `skip_serializing` would also drop
+/// the field from the OpenAPI schema, where it must appear as `writeOnly`.)
+fn write_only<T>(_: &T) -> bool {
+    true
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_never_serialised() {
+        let spec: FluxConfigurationSpec = serde_json::from_value(serde_json::json!({
+            "configurationProtectedSettings": {"sshPrivateKey": "hunter2"},
+            "ociRepository": {"tlsConfig": {"privateKey": "hunter3"}}
+        }))
+        .unwrap();
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(serde_json::to_string(&Secret::new("hunter4")).is_err());
+        assert!(!format!("{spec:?}").contains("hunter"));
     }
 }
 
@@ -165,14 +197,29 @@ pub struct FluxConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kustomizations: Option<BTreeMap<String, Kustomization>>,
     /// Write-only settings such as `sshPrivateKey`, `httpsKey` and `bucketSecretKey` (base64).
-    #[serde(skip_serializing)]
-    #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<BTreeMap<String, String>>))]
+    #[serde(skip_serializing_if = "write_only")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = protected_settings_schema))]
     pub configuration_protected_settings: Option<BTreeMap<String, Secret>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_for_reconciliation: Option<bool>,
     /// ISO 8601 duration to wait for reconciliation, e.g. `PT30M`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconciliation_wait_duration: Option<String>,
+}
+
+/// `configurationProtectedSettings` in the OpenAPI document: a write-only map of strings. (utoipa's own
+/// `write_only` is dropped on map fields.)
+#[cfg(feature = "openapi")]
+fn protected_settings_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .write_only(true)
+        .description(Some(
+            "Write-only settings such as `sshPrivateKey`, `httpsKey` and `bucketSecretKey` (base64).",
+        ))
+        .build()
 }
 
 /// A Flux `GitRepository` source.
@@ -253,10 +300,10 @@ pub struct AzureBlob {
     pub sync_interval_in_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_principal: Option<ServicePrincipal>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub account_key: Option<Secret>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub sas_token: Option<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,13 +321,13 @@ pub struct ServicePrincipal {
     pub client_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub client_secret: Option<Secret>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub client_certificate: Option<Secret>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub client_certificate_password: Option<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -379,13 +426,13 @@ pub struct MatchOidcIdentity {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct TlsConfig {
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub client_certificate: Option<Secret>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub private_key: Option<Secret>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "write_only")]
     #[cfg_attr(feature = "openapi", schema(write_only, value_type = Option<String>, format = Password))]
     pub ca_certificate: Option<Secret>,
 }

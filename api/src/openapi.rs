@@ -48,3 +48,65 @@ pub fn document_json() -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json");
+
+    #[test]
+    fn the_committed_document_matches_the_code() {
+        let committed = std::fs::read_to_string(COMMITTED).unwrap_or_default();
+        assert!(
+            committed == document_json(),
+            "openapi/openapi.json is stale: run `cargo run -q -- openapi > openapi/openapi.json` and commit it"
+        );
+    }
+
+    #[test]
+    fn secret_fields_are_write_only_in_the_document() {
+        let doc: serde_json::Value = serde_json::from_str(&document_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("FluxConfigurationSpec", "configurationProtectedSettings"),
+            ("AzureBlob", "accountKey"),
+            ("AzureBlob", "sasToken"),
+            ("ServicePrincipal", "clientSecret"),
+            ("ServicePrincipal", "clientCertificate"),
+            ("ServicePrincipal", "clientCertificatePassword"),
+            ("TlsConfig", "clientCertificate"),
+            ("TlsConfig", "privateKey"),
+            ("TlsConfig", "caCertificate"),
+        ] {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(property["writeOnly"], true, "{schema}.{field}: {property}");
+        }
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        let doc: serde_json::Value = serde_json::from_str(&document_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let flux = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations";
+        for (path, methods) in [
+            (
+                format!("{flux}/{{fluxConfigurationName}}"),
+                &["get", "put", "patch", "delete"][..],
+            ),
+            (flux.to_owned(), &["get"][..]),
+            (
+                format!("{flux}/{{fluxConfigurationName}}/operations/{{operationId}}"),
+                &["get"][..],
+            ),
+            (
+                "/subscriptions/{subscriptionId}/providers/Microsoft.Kubernetes/connectedClusters".to_owned(),
+                &["get"][..],
+            ),
+        ] {
+            for method in methods {
+                assert!(paths[&path].get(*method).is_some(), "{method} {path}");
+            }
+        }
+    }
+}

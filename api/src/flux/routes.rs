@@ -195,9 +195,16 @@ fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecor
 }
 
 /// Splits the secret fields from the properties and checks their types; the rest is parsed by the caller.
+/// A type error names the field but never quotes the value, which serde's message would.
 fn split_secrets(properties: &mut Value) -> ApiResult<SecretFields> {
     let secrets = SecretFields::split_from(properties);
-    parse::<FluxConfigurationSpec>(secrets.as_value(), "properties")?;
+    if let Err(err) = parse::<FluxConfigurationSpec>(secrets.as_value(), "properties") {
+        let target = err.detail().target.unwrap_or_else(|| "properties".into());
+        return Err(ApiError::invalid(
+            target.clone(),
+            format!("{target}: secret fields take strings (configurationProtectedSettings: an object of strings)"),
+        ));
+    }
     Ok(secrets)
 }
 
