@@ -38,7 +38,7 @@ struct TokenArgs {
     #[arg(long, env = "FLUXPLANE_TOKEN_SUBJECT")]
     subject: String,
     /// Role granted; repeat together with --scope for several assignments.
-    #[arg(long, value_enum, required = true)]
+    #[arg(long, value_enum, ignore_case = true, required = true)]
     role: Vec<Role>,
     /// Scope of the matching --role: `/`, `/subscriptions/{sub}` or `/subscriptions/{sub}/resourceGroups/{rg}`.
     #[arg(long, required = true)]

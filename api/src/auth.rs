@@ -27,6 +27,7 @@ use crate::state::AppState;
 const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
 pub enum Role {
     Reader,
     Contributor,

@@ -1,0 +1,250 @@
+//! End-to-end: the real `fluxplane` binary, as users start it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use fluxplane_api::keys::ensure_key_file;
+use fluxplane_api::testing::{Backend, TestDatabase};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_fluxplane");
+const SENTINEL: &str = "binary-test-secret-SENTINEL";
+
+/// A running binary whose output lines arrive on channels.
+struct Process {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str], dir: &Path) -> Self {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "debug")
+            .env_remove("FLUXPLANE_DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the binary");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a line of stdout that contains `needle`.
+    fn stdout_line(&mut self, needle: &str) -> String {
+        loop {
+            match self.stdout.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no stdout line with {needle:?}; log: {:#?}", self.drain_log()),
+            }
+        }
+    }
+
+    /// Waits for a JSON log line whose message is `message`.
+    fn log_event(&mut self, message: &str) -> Value {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log event {message:?}; log: {:#?}", self.log));
+            self.log.push(line.clone());
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == message
+            {
+                return event;
+            }
+        }
+    }
+
+    fn drain_log(&mut self) -> Vec<String> {
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            self.log.push(line);
+        }
+        self.log.clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(&mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        for _ in 0..100 {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                assert!(exit.success(), "exited with {exit}; log: {:#?}", self.drain_log());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill().ok();
+        panic!("the binary did not stop within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BINARY).args(args).output().expect("running the binary")
+}
+
+#[tokio::test]
+async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut dev = Process::start(
+        &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--log-format", "json"],
+        dir.path(),
+    );
+    let url = dev.stdout_line("API:").split_whitespace().last().unwrap().to_owned();
+    let token = dev.stdout_line("export TOKEN=").trim().trim_start_matches("export TOKEN=").to_owned();
+    let listening = dev.log_event("fluxplane listening");
+    assert!(url.ends_with(listening["address"].as_str().unwrap()), "{url} vs {listening}");
+
+    let client = reqwest::Client::new();
+    let cluster = cluster_path("00000000-0000-0000-0000-000000000000", "demo", "kind-1");
+    let registered = client
+        .put(format!("{url}{}", with_version(&cluster, CLUSTER_API)))
+        .bearer_auth(&token)
+        .json(&cluster_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let mut body = git_config_body();
+    body["properties"]["configurationProtectedSettings"] = json!({"httpsKey": SENTINEL});
+    let created = client
+        .put(format!("{url}{}", with_version(&config_path(&cluster, "demo"), FLUX_API)))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let docs = client.get(format!("{url}/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("swagger"), "the API documentation page is served offline");
+
+    dev.terminate();
+    let log = dev.drain_log().join("\n");
+    assert!(log.contains("configuration written"), "{log}");
+    assert!(!log.contains(SENTINEL), "a secret reached the log");
+    assert!(!log.contains(&token), "a token reached the log");
+    for line in log.lines() {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "not a JSON log line: {line}");
+    }
+    for file in ["fluxplane.db", "secret.key", "jwt-secret"] {
+        assert!(data.join(file).exists(), "{file} in the data directory");
+    }
+}
+
+#[tokio::test]
+async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
+    let Some(database) = TestDatabase::create(Backend::Postgres).await else { return };
+    let dir = database.dir.path();
+    let (secret_key, jwt_secret) = (dir.join("secret.key"), dir.join("jwt-secret"));
+    let common = [
+        "--database-url",
+        database.url.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+
+    // a shared database needs every replica to use the same keys, so serve never invents them there
+    let missing = run(&[&["serve"][..], &common[..]].concat());
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("jwt-secret"), "{missing:?}");
+
+    ensure_key_file(&secret_key).unwrap();
+    ensure_key_file(&jwt_secret).unwrap();
+    let keys = ["--secret-key-file", secret_key.to_str().unwrap(), "--jwt-secret-file", jwt_secret.to_str().unwrap()];
+    let mut serve = Process::start(&[&["serve"][..], &common[..], &keys[..]].concat(), dir);
+    let address = serve.log_event("fluxplane listening")["address"].as_str().unwrap().to_owned();
+    let token = run(&[
+        "token",
+        "--subject",
+        "ops",
+        "--role",
+        "Contributor",
+        "--scope",
+        "/subscriptions/s",
+        "--jwt-secret-file",
+        jwt_secret.to_str().unwrap(),
+    ]);
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("http://{address}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let registered = client
+        .put(format!("http://{address}{}", with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API)))
+        .bearer_auth(&token)
+        .json(&cluster_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let body: Value = registered.json().await.unwrap();
+    assert_eq!(body["systemData"]["createdBy"], "ops");
+    serve.terminate();
+}
+
+#[test]
+fn token_refuses_mismatched_roles_and_malformed_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt-secret");
+    ensure_key_file(&secret).unwrap();
+    let secret = secret.to_str().unwrap();
+    let base = ["token", "--subject", "a", "--jwt-secret-file", secret];
+    let mismatched = run(&[&base[..], &["--role", "Reader", "--role", "Owner", "--scope", "/"]].concat());
+    assert!(!mismatched.status.success());
+    assert!(String::from_utf8_lossy(&mismatched.stderr).contains("one --scope for each --role"));
+    let malformed = run(&[&base[..], &["--role", "Reader", "--scope", "subscriptions/x"]].concat());
+    assert!(!malformed.status.success());
+    let no_key = run(&["token", "--subject", "a", "--role", "Reader", "--scope", "/", "--jwt-secret-file", "/nonexistent"]);
+    assert!(!no_key.status.success());
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("/nonexistent"));
+}
+
+#[test]
+fn the_openapi_subcommand_prints_the_committed_document() {
+    let printed = run(&["openapi"]);
+    assert!(printed.status.success());
+    let committed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap();
+    assert_eq!(printed.stdout, committed);
+}
