@@ -82,7 +82,10 @@ impl Process {
 
     /// Sends SIGTERM and waits for a clean exit.
     fn terminate(&mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         for _ in 0..100 {
             if let Some(exit) = self.child.try_wait().unwrap() {
@@ -123,13 +126,28 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut dev = Process::start(
-        &["dev", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--log-format", "json"],
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
         dir.path(),
     );
     let url = dev.stdout_line("API:").split_whitespace().last().unwrap().to_owned();
-    let token = dev.stdout_line("export TOKEN=").trim().trim_start_matches("export TOKEN=").to_owned();
+    let token = dev
+        .stdout_line("export TOKEN=")
+        .trim()
+        .trim_start_matches("export TOKEN=")
+        .to_owned();
     let listening = dev.log_event("fluxplane listening");
-    assert!(url.ends_with(listening["address"].as_str().unwrap()), "{url} vs {listening}");
+    assert!(
+        url.ends_with(listening["address"].as_str().unwrap()),
+        "{url} vs {listening}"
+    );
 
     let client = reqwest::Client::new();
     let cluster = cluster_path("00000000-0000-0000-0000-000000000000", "demo", "kind-1");
@@ -144,7 +162,10 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
     let mut body = git_config_body();
     body["properties"]["configurationProtectedSettings"] = json!({"httpsKey": SENTINEL});
     let created = client
-        .put(format!("{url}{}", with_version(&config_path(&cluster, "demo"), FLUX_API)))
+        .put(format!(
+            "{url}{}",
+            with_version(&config_path(&cluster, "demo"), FLUX_API)
+        ))
         .bearer_auth(&token)
         .json(&body)
         .send()
@@ -153,7 +174,10 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
     assert_eq!(created.status(), StatusCode::CREATED);
     let docs = client.get(format!("{url}/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
-    assert!(docs.text().await.unwrap().contains("swagger"), "the API documentation page is served offline");
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "the API documentation page is served offline"
+    );
 
     dev.terminate();
     let log = dev.drain_log().join("\n");
@@ -161,7 +185,10 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
     assert!(!log.contains(SENTINEL), "a secret reached the log");
     assert!(!log.contains(&token), "a token reached the log");
     for line in log.lines() {
-        assert!(serde_json::from_str::<Value>(line).is_ok(), "not a JSON log line: {line}");
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not a JSON log line: {line}"
+        );
     }
     for file in ["fluxplane.db", "secret.key", "jwt-secret"] {
         assert!(data.join(file).exists(), "{file} in the data directory");
@@ -170,7 +197,9 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
 
 #[tokio::test]
 async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
-    let Some(database) = TestDatabase::create(Backend::Postgres).await else { return };
+    let Some(database) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
     let dir = database.dir.path();
     let (secret_key, jwt_secret) = (dir.join("secret.key"), dir.join("jwt-secret"));
     let common = [
@@ -187,13 +216,24 @@ async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
     // a shared database needs every replica to use the same keys, so serve never invents them there
     let missing = run(&[&["serve"][..], &common[..]].concat());
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("jwt-secret"), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("jwt-secret"),
+        "{missing:?}"
+    );
 
     ensure_key_file(&secret_key).unwrap();
     ensure_key_file(&jwt_secret).unwrap();
-    let keys = ["--secret-key-file", secret_key.to_str().unwrap(), "--jwt-secret-file", jwt_secret.to_str().unwrap()];
+    let keys = [
+        "--secret-key-file",
+        secret_key.to_str().unwrap(),
+        "--jwt-secret-file",
+        jwt_secret.to_str().unwrap(),
+    ];
     let mut serve = Process::start(&[&["serve"][..], &common[..], &keys[..]].concat(), dir);
-    let address = serve.log_event("fluxplane listening")["address"].as_str().unwrap().to_owned();
+    let address = serve.log_event("fluxplane listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let token = run(&[
         "token",
         "--subject",
@@ -212,7 +252,10 @@ async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
     let ready = client.get(format!("http://{address}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let registered = client
-        .put(format!("http://{address}{}", with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API)))
+        .put(format!(
+            "http://{address}{}",
+            with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API)
+        ))
         .bearer_auth(&token)
         .json(&cluster_body())
         .send()
@@ -236,7 +279,17 @@ fn token_refuses_mismatched_roles_and_malformed_scopes() {
     assert!(String::from_utf8_lossy(&mismatched.stderr).contains("one --scope for each --role"));
     let malformed = run(&[&base[..], &["--role", "Reader", "--scope", "subscriptions/x"]].concat());
     assert!(!malformed.status.success());
-    let no_key = run(&["token", "--subject", "a", "--role", "Reader", "--scope", "/", "--jwt-secret-file", "/nonexistent"]);
+    let no_key = run(&[
+        "token",
+        "--subject",
+        "a",
+        "--role",
+        "Reader",
+        "--scope",
+        "/",
+        "--jwt-secret-file",
+        "/nonexistent",
+    ]);
     assert!(!no_key.status.success());
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("/nonexistent"));
 }
