@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::ServeConfig;
-use fluxplane_api::{openapi, server, telemetry};
+use fluxplane_api::{keys, openapi, server, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +30,12 @@ enum Command {
     Token(TokenArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// Create key files (32 random bytes, base64, mode 0600) for --secret-key-file and --jwt-secret-file;
+    /// existing files are left as they are.
+    Keygen {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +82,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Openapi => {
             print!("{}", openapi::document_json());
+            Ok(())
+        }
+        Command::Keygen { files } => {
+            for file in files {
+                let created = keys::ensure_key_file(&file)?;
+                println!(
+                    "{} {}",
+                    if created { "created" } else { "kept existing" },
+                    file.display()
+                );
+            }
             Ok(())
         }
     }

@@ -221,8 +221,15 @@ async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
         "{missing:?}"
     );
 
-    ensure_key_file(&secret_key).unwrap();
-    ensure_key_file(&jwt_secret).unwrap();
+    let keygen = run(&["keygen", secret_key.to_str().unwrap(), jwt_secret.to_str().unwrap()]);
+    assert!(keygen.status.success(), "{keygen:?}");
+    let first = std::fs::read(&secret_key).unwrap();
+    assert!(run(&["keygen", secret_key.to_str().unwrap()]).status.success());
+    assert_eq!(
+        std::fs::read(&secret_key).unwrap(),
+        first,
+        "keygen keeps an existing key"
+    );
     let keys = [
         "--secret-key-file",
         secret_key.to_str().unwrap(),
