@@ -1,0 +1,334 @@
+//! `fluxplane-bench`: measures the control plane over real HTTP against a server it starts itself, on each backend.
+//!
+//! The `foundation` scenarios: configuration PUT throughput with concurrent clients, and listing a cluster's
+//! configurations through paging. Results print as a table and, with `--json`, as a JSON file.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use fluxplane_api::testing::{Backend, TestServer};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "fluxplane-bench", about = "Benchmarks of the fluxplane control plane")]
+struct Args {
+    /// Which backends to measure.
+    #[arg(long, value_enum, default_value_t = Backends::Both)]
+    backend: Backends,
+    /// Configuration PUTs in the throughput scenario.
+    #[arg(long, default_value_t = 8000)]
+    puts: usize,
+    /// Concurrent clients in the throughput scenario.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Configurations listed in the paging scenario.
+    #[arg(long, default_value_t = 10_000)]
+    configurations: usize,
+    /// Times each list is repeated; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Small sizes that finish in seconds (for CI, so the benchmark never rots).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backends {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    backend: &'static str,
+    scenario: String,
+    value: f64,
+    unit: &'static str,
+    target: Option<String>,
+    met: Option<bool>,
+    detail: String,
+}
+
+const CLUSTER: &str = "/subscriptions/bench/resourceGroups/bench/providers/Microsoft.Kubernetes/connectedClusters";
+
+fn config_body(i: usize) -> Value {
+    json!({"properties": {
+        "namespace": "flux-system",
+        "gitRepository": {"url": "https://github.com/example/fleet", "repositoryRef": {"branch": "main"}},
+        "kustomizations": {
+            "infra": {"path": format!("./clusters/{i}/infra")},
+            "apps": {"path": format!("./clusters/{i}/apps"), "dependsOn": ["infra"], "prune": true}
+        }
+    }})
+}
+
+struct Target {
+    server: TestServer,
+    client: reqwest::Client,
+    token: String,
+}
+
+impl Target {
+    async fn start(backend: Backend) -> anyhow::Result<Self> {
+        let server = TestServer::start(backend)
+            .await
+            .context("PostgreSQL is unreachable (set FLUXPLANE_TEST_POSTGRES_URL)")?;
+        let token = server.owner_token();
+        Ok(Self {
+            server,
+            client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            token,
+        })
+    }
+
+    async fn put(&self, path: &str, version: &str, body: &Value) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .put(format!("{}{path}?api-version={version}", self.server.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "PUT {path}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn register(&self, cluster: &str) -> anyhow::Result<String> {
+        let path = format!("{CLUSTER}/{cluster}");
+        let body = json!({"location": "westeurope", "properties": {"agentPublicKeyCertificate": "a2V5"}});
+        self.put(&path, "2024-01-01", &body).await?;
+        Ok(path)
+    }
+
+    fn config_path(cluster: &str, name: &str) -> String {
+        format!("{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{name}")
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `puts` PUTs spread over `clients` concurrent clients, each creating then updating its own configurations.
+async fn put_throughput(
+    target: &Target,
+    puts: usize,
+    clients: usize,
+    figures: &mut Vec<Figure>,
+    backend: &'static str,
+) -> anyhow::Result<()> {
+    let cluster = target.register("throughput").await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let share = puts / clients + usize::from(client < puts % clients);
+        let http = target.client.clone();
+        let base = target.server.base.clone();
+        let token = target.token.clone();
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            for i in 0..share {
+                // half creates, half updates of what this client created
+                let name = format!("c{client}-{}", i % share.div_ceil(2).max(1));
+                let path = Target::config_path(&cluster, &name);
+                let sent = Instant::now();
+                let response = http
+                    .put(format!("{base}{path}?api-version=2025-04-01"))
+                    .bearer_auth(&token)
+                    .json(&config_body(i))
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!("PUT {path}: {}", response.status());
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(puts);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let rate = puts as f64 / elapsed.as_secs_f64();
+    let target_met = (backend == "postgres").then_some(rate > 2000.0);
+    figures.push(Figure {
+        backend,
+        scenario: format!("configuration PUTs, {clients} clients"),
+        value: rate,
+        unit: "PUT/s",
+        target: (backend == "postgres").then(|| "> 2000 PUT/s".to_owned()),
+        met: target_met,
+        detail: format!(
+            "{puts} PUTs in {:.2} s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+            elapsed.as_secs_f64(),
+            ms(percentile(&latencies, 0.50)),
+            ms(percentile(&latencies, 0.95)),
+            ms(percentile(&latencies, 0.99)),
+        ),
+    });
+    Ok(())
+}
+
+/// Seeds `count` configurations on one cluster, then times reading them all through `nextLink`.
+async fn list_paging(
+    target: &Target,
+    count: usize,
+    repeat: usize,
+    figures: &mut Vec<Figure>,
+    backend: &'static str,
+) -> anyhow::Result<()> {
+    let cluster = target.register("listing").await?;
+    let seeding = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let http = target.client.clone();
+        let base = target.server.base.clone();
+        let token = target.token.clone();
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..count).step_by(8) {
+                let path = Target::config_path(&cluster, &format!("cfg-{i:05}"));
+                let response = http
+                    .put(format!("{base}{path}?api-version=2025-04-01"))
+                    .bearer_auth(&token)
+                    .json(&config_body(i))
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!("seeding {path}: {}", response.status());
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    eprintln!(
+        "  seeded {count} configurations in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+
+    for top in [1000, 100] {
+        let mut runs = Vec::with_capacity(repeat);
+        let mut pages = 0;
+        for _ in 0..repeat {
+            let started = Instant::now();
+            let mut next = Some(format!(
+                "{}{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01&$top={top}",
+                target.server.base
+            ));
+            let (mut items, mut page_count) = (0, 0);
+            while let Some(link) = next {
+                let page: Value = target
+                    .client
+                    .get(&link)
+                    .bearer_auth(&target.token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                items += page["value"].as_array().map_or(0, Vec::len);
+                page_count += 1;
+                next = page["nextLink"].as_str().map(str::to_owned);
+            }
+            if items != count {
+                bail!("listed {items} configurations, expected {count}");
+            }
+            runs.push(started.elapsed());
+            pages = page_count;
+        }
+        runs.sort();
+        let median = runs[runs.len() / 2];
+        let is_target = top == 1000 && backend == "postgres";
+        figures.push(Figure {
+            backend,
+            scenario: format!("list {count} configurations, $top={top}"),
+            value: ms(median),
+            unit: "ms",
+            target: is_target.then(|| "< 200 ms".to_owned()),
+            met: is_target.then_some(ms(median) < 200.0),
+            detail: format!("{pages} pages; median of {repeat}, fastest {:.1} ms", ms(runs[0])),
+        });
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.puts = 400;
+        args.configurations = 300;
+        args.repeat = 2;
+    }
+    let backends: &[(Backend, &'static str)] = match args.backend {
+        Backends::Sqlite => &[(Backend::Sqlite, "sqlite")],
+        Backends::Postgres => &[(Backend::Postgres, "postgres")],
+        Backends::Both => &[(Backend::Sqlite, "sqlite"), (Backend::Postgres, "postgres")],
+    };
+    let mut figures = Vec::new();
+    for (backend, name) in backends {
+        eprintln!(
+            "{name}: configuration PUT throughput ({} PUTs, {} clients)",
+            args.puts, args.clients
+        );
+        let target = Target::start(*backend).await?;
+        put_throughput(&target, args.puts, args.clients, &mut figures, name).await?;
+        target.server.stop().await;
+        eprintln!("{name}: listing {} configurations", args.configurations);
+        let target = Target::start(*backend).await?;
+        list_paging(&target, args.configurations, args.repeat, &mut figures, name).await?;
+        target.server.stop().await;
+    }
+
+    println!(
+        "{:<9} {:<42} {:>12} {:<8} {:<14} detail",
+        "backend", "scenario", "value", "unit", "target"
+    );
+    for f in &figures {
+        let target = match (&f.target, f.met) {
+            (Some(t), Some(true)) => format!("{t} met"),
+            (Some(t), Some(false)) => format!("{t} MISSED"),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:<9} {:<42} {:>12.1} {:<8} {:<14} {}",
+            f.backend, f.scenario, f.value, f.unit, target, f.detail
+        );
+    }
+    if let Some(path) = &args.json {
+        let machine = json!({
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "quick": args.quick,
+        });
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&json!({"machine": machine, "figures": figures}))?,
+        )?;
+    }
+    Ok(())
+}
