@@ -1,0 +1,34 @@
+"""The Kubernetes manifests in deploy/ parse and wire the server the way its flags and endpoints expect."""
+
+import pathlib
+
+import yaml
+
+DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
+
+
+def documents():
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                yield path, document
+
+
+def test_every_manifest_parses_as_kubernetes_objects():
+    found = list(documents())
+    assert found, "deploy/ holds manifests"
+    for path, document in found:
+        assert document.get("apiVersion") and document.get("kind"), f"{path}: {document}"
+        assert document["metadata"].get("name"), path
+
+
+def test_the_control_plane_probes_and_keys_match_the_server():
+    deployment = next(d for _, d in documents() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("FLUXPLANE_DATABASE_URL", "FLUXPLANE_SECRET_KEY_FILE", "FLUXPLANE_JWT_SECRET_FILE"):
+        assert name in env, name
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert pathlib.PurePath(env["FLUXPLANE_SECRET_KEY_FILE"]["value"]).parent.as_posix() in mounted
