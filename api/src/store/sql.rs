@@ -158,10 +158,23 @@ macro_rules! sql_store {
             }
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
                 let done = sqlx::query::<$db>("DELETE FROM clusters WHERE key = $1")
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                // the configurations went with the cluster: their running operations end too. Their keys are
+                // "{cluster key}/{name}", the range ["{key}/", "{key}0") ('0' follows '/').
+                sqlx::query::<$db>(
+                    "UPDATE operations SET status = 'Canceled', end_time = $1 \
+                     WHERE resource_key >= $2 AND resource_key < $3 AND status = 'InProgress'",
+                )
+                .bind(chrono::Utc::now())
+                .bind(format!("{key}/"))
+                .bind(format!("{key}0"))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -231,7 +244,8 @@ macro_rules! sql_store {
                     Ok(done) if done.rows_affected() == 0 => return Ok($crate::store::Write::Conflict),
                     Ok(_) => {}
                 }
-                Self::start_operation(&mut tx, op).await?;
+                // a configuration that did not exist has no running operation: deletes end theirs
+                Self::insert_operation(&mut tx, op).await?;
                 tx.commit().await?;
                 Ok($crate::store::Write::Written)
             }
@@ -314,11 +328,19 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// Starts `op`, superseding the operations still running on its resource.
             async fn start_operation(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 op: &$crate::store::OperationRecord,
             ) -> Result<(), sqlx::Error> {
                 Self::supersede_operations(tx, &op.resource_key, op.start_time).await?;
+                Self::insert_operation(tx, op).await
+            }
+
+            async fn insert_operation(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                op: &$crate::store::OperationRecord,
+            ) -> Result<(), sqlx::Error> {
                 sqlx::query::<$db>(
                     "INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, start_time, \
                      end_time, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

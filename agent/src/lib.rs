@@ -1,0 +1,5 @@
+//! The per-cluster agent: turns the desired state the control plane hands out into objects in its cluster.
+//!
+//! `objects` derives the Flux objects a configuration implies; the poll loop and the cluster targets build on it.
+
+pub mod objects;

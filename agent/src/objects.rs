@@ -1,0 +1,384 @@
+//! The Flux objects a Flux configuration implies, named as Azure's Flux extension names them: the source object
+//! takes the configuration's name, each kustomization becomes `{configuration}-{kustomization}`, and credentials
+//! live in the secret `localAuthRef` names or, when the configuration carries its own, `{configuration}-auth`.
+
+use fluxplane_agent_protocol::flux::{
+    FluxConfigurationSpec, Kustomization, OciRepository, ProviderType, ScopeType, SourceKind,
+};
+use serde_json::{Map, Value, json};
+
+pub const SOURCE_API: &str = "source.toolkit.fluxcd.io/v1";
+pub const KUSTOMIZE_API: &str = "kustomize.toolkit.fluxcd.io/v1";
+
+/// The name of the secret holding the credentials a configuration brings along.
+pub fn auth_secret_name(configuration: &str) -> String {
+    format!("{configuration}-auth")
+}
+
+/// The Flux objects of a configuration whose spec the control plane has normalised (defaults filled in):
+/// first the source, then one `Kustomization` per kustomization in name order.
+pub fn flux_objects(configuration: &str, spec: &FluxConfigurationSpec) -> Vec<Value> {
+    let namespace = spec.namespace.as_deref().unwrap_or("default");
+    let mut objects = vec![source_object(configuration, namespace, spec)];
+    let kind = spec.source_kind.unwrap_or(SourceKind::GitRepository);
+    for (name, kustomization) in spec.kustomizations.iter().flatten() {
+        objects.push(kustomization_object(
+            configuration,
+            namespace,
+            kind,
+            name,
+            kustomization,
+            spec,
+        ));
+    }
+    objects
+}
+
+fn metadata(name: &str, namespace: &str, configuration: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": "fluxplane",
+            "fluxplane.io/configuration": configuration,
+        }
+    })
+}
+
+fn seconds(value: Option<i64>) -> Option<Value> {
+    value.map(|s| Value::String(format!("{s}s")))
+}
+
+/// Inserts `value` under `key` unless it is absent.
+fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(value) = value {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+fn secret_ref(name: Option<String>) -> Option<Value> {
+    name.map(|name| json!({ "name": name }))
+}
+
+/// The secret the source authenticates with: the user's own (`localAuthRef`) or the one built from what the
+/// configuration carries.
+fn auth_secret(configuration: &str, local_auth_ref: Option<&String>, carries_credentials: bool) -> Option<String> {
+    local_auth_ref
+        .cloned()
+        .or_else(|| carries_credentials.then(|| auth_secret_name(configuration)))
+}
+
+fn source_object(configuration: &str, namespace: &str, spec: &FluxConfigurationSpec) -> Value {
+    let protected = spec
+        .configuration_protected_settings
+        .as_ref()
+        .is_some_and(|s| !s.is_empty());
+    let mut s = Map::new();
+    let kind = match spec.source_kind.unwrap_or(SourceKind::GitRepository) {
+        SourceKind::GitRepository => {
+            let git = spec.git_repository.clone().unwrap_or_default();
+            put(&mut s, "url", git.url.clone().map(Value::String));
+            put(&mut s, "interval", seconds(git.sync_interval_in_seconds));
+            put(&mut s, "timeout", seconds(git.timeout_in_seconds));
+            if let Some(r) = &git.repository_ref {
+                let mut reference = Map::new();
+                put(&mut reference, "branch", r.branch.clone().map(Value::String));
+                put(&mut reference, "tag", r.tag.clone().map(Value::String));
+                put(&mut reference, "semver", r.semver.clone().map(Value::String));
+                put(&mut reference, "commit", r.commit.clone().map(Value::String));
+                s.insert("ref".into(), Value::Object(reference));
+            }
+            let carries =
+                protected || git.https_user.is_some() || git.https_ca_cert.is_some() || git.ssh_known_hosts.is_some();
+            put(
+                &mut s,
+                "secretRef",
+                secret_ref(auth_secret(configuration, git.local_auth_ref.as_ref(), carries)),
+            );
+            let provider = git.provider.map(|p| match p {
+                ProviderType::Azure => "azure",
+                ProviderType::GitHub => "github",
+                ProviderType::Generic => "generic",
+            });
+            put(&mut s, "provider", provider.map(|p| Value::String(p.into())));
+            "GitRepository"
+        }
+        SourceKind::Bucket => {
+            let bucket = spec.bucket.clone().unwrap_or_default();
+            s.insert("provider".into(), json!("generic"));
+            put(&mut s, "bucketName", bucket.bucket_name.clone().map(Value::String));
+            put(
+                &mut s,
+                "endpoint",
+                bucket.url.as_deref().map(endpoint).map(Value::String),
+            );
+            put(&mut s, "insecure", bucket.insecure.map(Value::Bool));
+            put(&mut s, "interval", seconds(bucket.sync_interval_in_seconds));
+            put(&mut s, "timeout", seconds(bucket.timeout_in_seconds));
+            let carries = protected || bucket.access_key.is_some();
+            put(
+                &mut s,
+                "secretRef",
+                secret_ref(auth_secret(configuration, bucket.local_auth_ref.as_ref(), carries)),
+            );
+            "Bucket"
+        }
+        SourceKind::AzureBlob => {
+            let blob = spec.azure_blob.clone().unwrap_or_default();
+            s.insert("provider".into(), json!("azure"));
+            put(&mut s, "bucketName", blob.container_name.clone().map(Value::String));
+            put(&mut s, "endpoint", blob.url.clone().map(Value::String));
+            put(&mut s, "interval", seconds(blob.sync_interval_in_seconds));
+            put(&mut s, "timeout", seconds(blob.timeout_in_seconds));
+            let carries = protected
+                || blob.account_key.is_some()
+                || blob.sas_token.is_some()
+                || blob.service_principal.is_some()
+                || blob.managed_identity.is_some();
+            put(
+                &mut s,
+                "secretRef",
+                secret_ref(auth_secret(configuration, blob.local_auth_ref.as_ref(), carries)),
+            );
+            "Bucket"
+        }
+        SourceKind::OciRepository => {
+            oci_spec(&mut s, configuration, spec.oci_repository.as_ref(), protected);
+            "OCIRepository"
+        }
+    };
+    json!({
+        "apiVersion": SOURCE_API,
+        "kind": kind,
+        "metadata": metadata(configuration, namespace, configuration),
+        "spec": Value::Object(s),
+    })
+}
+
+fn oci_spec(s: &mut Map<String, Value>, configuration: &str, oci: Option<&OciRepository>, protected: bool) {
+    let oci = oci.cloned().unwrap_or_default();
+    put(s, "url", oci.url.clone().map(Value::String));
+    put(s, "interval", seconds(oci.sync_interval_in_seconds));
+    put(s, "timeout", seconds(oci.timeout_in_seconds));
+    if let Some(r) = &oci.repository_ref {
+        let mut reference = Map::new();
+        put(&mut reference, "tag", r.tag.clone().map(Value::String));
+        put(&mut reference, "semver", r.semver.clone().map(Value::String));
+        put(&mut reference, "digest", r.digest.clone().map(Value::String));
+        s.insert("ref".into(), Value::Object(reference));
+    }
+    if let Some(selector) = &oci.layer_selector {
+        let mut layer = Map::new();
+        put(&mut layer, "mediaType", selector.media_type.clone().map(Value::String));
+        put(
+            &mut layer,
+            "operation",
+            selector.operation.map(|o| serde_json::to_value(o).expect("an enum")),
+        );
+        s.insert("layerSelector".into(), Value::Object(layer));
+    }
+    if let Some(verify) = &oci.verify {
+        let mut v = Map::new();
+        put(&mut v, "provider", verify.provider.clone().map(Value::String));
+        let identities: Option<Vec<Value>> = verify.match_oidc_identity.as_ref().map(|ids| {
+            ids.iter()
+                .map(|id| json!({"issuer": id.issuer, "subject": id.subject}))
+                .collect()
+        });
+        put(&mut v, "matchOIDCIdentity", identities.map(Value::Array));
+        s.insert("verify".into(), Value::Object(v));
+    }
+    put(s, "insecure", oci.insecure.map(Value::Bool));
+    put(
+        s,
+        "serviceAccountName",
+        oci.service_account_name.clone().map(Value::String),
+    );
+    if oci.use_workload_identity == Some(true) {
+        s.insert("provider".into(), json!("azure"));
+    }
+    let carries_tls = oci.tls_config.is_some();
+    if carries_tls {
+        s.insert(
+            "certSecretRef".into(),
+            json!({ "name": auth_secret_name(configuration) }),
+        );
+    }
+    put(
+        s,
+        "secretRef",
+        secret_ref(auth_secret(configuration, oci.local_auth_ref.as_ref(), protected)),
+    );
+}
+
+/// A bucket endpoint is a host (and port) without a scheme.
+fn endpoint(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.trim_end_matches('/').to_owned()
+}
+
+fn kustomization_object(
+    configuration: &str,
+    namespace: &str,
+    source_kind: SourceKind,
+    name: &str,
+    k: &Kustomization,
+    spec: &FluxConfigurationSpec,
+) -> Value {
+    let mut s = Map::new();
+    let source = match source_kind {
+        SourceKind::GitRepository => "GitRepository",
+        SourceKind::Bucket | SourceKind::AzureBlob => "Bucket",
+        SourceKind::OciRepository => "OCIRepository",
+    };
+    s.insert(
+        "sourceRef".into(),
+        json!({"kind": source, "name": configuration, "namespace": namespace}),
+    );
+    s.insert("path".into(), json!(k.path.clone().unwrap_or_default()));
+    put(&mut s, "interval", seconds(k.sync_interval_in_seconds));
+    put(&mut s, "timeout", seconds(k.timeout_in_seconds));
+    put(&mut s, "retryInterval", seconds(k.retry_interval_in_seconds));
+    put(&mut s, "prune", k.prune.map(Value::Bool));
+    put(&mut s, "force", k.force.map(Value::Bool));
+    put(&mut s, "wait", k.wait.map(Value::Bool));
+    put(&mut s, "suspend", spec.suspend.map(Value::Bool));
+    let depends: Vec<Value> = k
+        .depends_on
+        .iter()
+        .flatten()
+        .map(|d| json!({ "name": format!("{configuration}-{d}") }))
+        .collect();
+    if !depends.is_empty() {
+        s.insert("dependsOn".into(), Value::Array(depends));
+    }
+    if spec.scope == Some(ScopeType::Namespace) {
+        s.insert("targetNamespace".into(), json!(namespace));
+    }
+    if let Some(post) = &k.post_build {
+        let mut p = Map::new();
+        put(&mut p, "substitute", post.substitute.as_ref().map(|m| json!(m)));
+        let from: Option<Vec<Value>> = post.substitute_from.as_ref().map(|list| {
+            list.iter()
+                .map(|f| json!({"kind": f.kind, "name": f.name, "optional": f.optional.unwrap_or(false)}))
+                .collect()
+        });
+        put(&mut p, "substituteFrom", from.map(Value::Array));
+        s.insert("postBuild".into(), Value::Object(p));
+    }
+    json!({
+        "apiVersion": KUSTOMIZE_API,
+        "kind": "Kustomization",
+        "metadata": metadata(&format!("{configuration}-{name}"), namespace, configuration),
+        "spec": Value::Object(s),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: Value) -> FluxConfigurationSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_git_configuration_becomes_a_git_repository_and_its_kustomizations() {
+        let objects = flux_objects(
+            "cfg",
+            &spec(json!({
+                "namespace": "flux-system", "sourceKind": "GitRepository", "suspend": false,
+                "gitRepository": {"url": "https://github.com/org/repo", "syncIntervalInSeconds": 600,
+                                  "timeoutInSeconds": 120, "repositoryRef": {"branch": "main"}},
+                "kustomizations": {
+                    "infra": {"path": "./infra", "syncIntervalInSeconds": 600, "prune": false, "wait": true},
+                    "apps": {"path": "./apps", "dependsOn": ["infra"], "prune": true,
+                             "postBuild": {"substitute": {"env": "prod"},
+                                           "substituteFrom": [{"kind": "ConfigMap", "name": "vars"}]}}
+                }
+            })),
+        );
+        assert_eq!(objects.len(), 3);
+        let source = &objects[0];
+        assert_eq!(source["apiVersion"], SOURCE_API);
+        assert_eq!(source["kind"], "GitRepository");
+        assert_eq!(source["metadata"]["name"], "cfg");
+        assert_eq!(source["metadata"]["namespace"], "flux-system");
+        assert_eq!(source["spec"]["ref"], json!({"branch": "main"}));
+        assert_eq!(source["spec"]["interval"], "600s");
+        assert_eq!(source["spec"]["timeout"], "120s");
+        assert!(
+            source["spec"].get("secretRef").is_none(),
+            "nothing to authenticate with"
+        );
+
+        let apps = objects.iter().find(|o| o["metadata"]["name"] == "cfg-apps").unwrap();
+        assert_eq!(apps["kind"], "Kustomization");
+        assert_eq!(
+            apps["spec"]["sourceRef"],
+            json!({"kind": "GitRepository", "name": "cfg", "namespace": "flux-system"})
+        );
+        assert_eq!(apps["spec"]["dependsOn"], json!([{"name": "cfg-infra"}]));
+        assert_eq!(apps["spec"]["prune"], true);
+        assert_eq!(apps["spec"]["postBuild"]["substitute"], json!({"env": "prod"}));
+        assert_eq!(apps["spec"]["postBuild"]["substituteFrom"][0]["optional"], false);
+        assert_eq!(apps["spec"]["suspend"], false);
+    }
+
+    #[test]
+    fn credentials_point_at_the_auth_secret_or_the_users_own() {
+        let with_key = spec(json!({
+            "gitRepository": {"url": "ssh://git@github.com/org/repo", "repositoryRef": {"tag": "v1"}},
+            "configurationProtectedSettings": {"sshPrivateKey": "a2V5"}
+        }));
+        assert_eq!(
+            flux_objects("cfg", &with_key)[0]["spec"]["secretRef"],
+            json!({"name": "cfg-auth"})
+        );
+        let own = spec(json!({
+            "gitRepository": {"url": "https://x.io/r", "repositoryRef": {"branch": "m"}, "localAuthRef": "mine"}
+        }));
+        assert_eq!(
+            flux_objects("cfg", &own)[0]["spec"]["secretRef"],
+            json!({"name": "mine"})
+        );
+    }
+
+    #[test]
+    fn buckets_blobs_and_oci_repositories_map_to_their_flux_kinds() {
+        let bucket = flux_objects(
+            "b",
+            &spec(
+                json!({"sourceKind": "Bucket", "bucket": {"url": "https://minio.local:9000/", "bucketName": "gitops",
+                                                             "insecure": true, "accessKey": "id"}}),
+            ),
+        );
+        assert_eq!(bucket[0]["kind"], "Bucket");
+        assert_eq!(bucket[0]["spec"]["endpoint"], "minio.local:9000");
+        assert_eq!(bucket[0]["spec"]["secretRef"], json!({"name": "b-auth"}));
+        let blob = flux_objects(
+            "z",
+            &spec(
+                json!({"sourceKind": "AzureBlob", "azureBlob": {"url": "https://acct.blob.core.windows.net",
+                                                                    "containerName": "c"}}),
+            ),
+        );
+        assert_eq!(
+            (blob[0]["kind"].clone(), blob[0]["spec"]["provider"].clone()),
+            (json!("Bucket"), json!("azure"))
+        );
+        let oci = flux_objects(
+            "o",
+            &spec(
+                json!({"sourceKind": "OCIRepository", "scope": "namespace", "namespace": "team",
+                         "ociRepository": {"url": "oci://ghcr.io/org/manifests", "repositoryRef": {"semver": ">=1.0"},
+                                           "useWorkloadIdentity": true},
+                         "kustomizations": {"k": {"path": "./"}}}),
+            ),
+        );
+        assert_eq!(oci[0]["kind"], "OCIRepository");
+        assert_eq!(oci[0]["spec"]["provider"], "azure");
+        assert_eq!(oci[1]["spec"]["sourceRef"]["kind"], "OCIRepository");
+        assert_eq!(oci[1]["spec"]["targetNamespace"], "team");
+    }
+}
