@@ -43,14 +43,21 @@ struct TokenArgs {
     /// Who the token names (`sub`); recorded as createdBy/lastModifiedBy.
     #[arg(long, env = "FLUXPLANE_TOKEN_SUBJECT")]
     subject: String,
-    /// Role granted; repeat together with --scope for several assignments.
-    #[arg(long, value_enum, ignore_case = true, required = true)]
+    /// Role granted; repeat together with --scope for several assignments (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "FLUXPLANE_TOKEN_ROLE",
+        value_delimiter = ',',
+        value_enum,
+        ignore_case = true,
+        required = true
+    )]
     role: Vec<Role>,
     /// Scope of the matching --role: `/`, `/subscriptions/{sub}` or `/subscriptions/{sub}/resourceGroups/{rg}`.
-    #[arg(long, required = true)]
+    #[arg(long, env = "FLUXPLANE_TOKEN_SCOPE", value_delimiter = ',', required = true)]
     scope: Vec<String>,
     /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLUXPLANE_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
     /// The HS256 secret file. Default: `<data-dir>/jwt-secret`.
     #[arg(long, env = "FLUXPLANE_JWT_SECRET_FILE")]
