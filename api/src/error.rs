@@ -183,6 +183,41 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Collects every validation problem of a request, so that one answer lists them all.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<ErrorDetail>);
+
+impl Problems {
+    /// Records that the field at `target` is invalid, and why.
+    pub fn add(&mut self, target: impl Into<String>, message: impl Into<String>) {
+        let target = target.into();
+        let message = format!("{}: {}", target, message.into());
+        self.0
+            .push(ErrorDetail::new("InvalidParameter", message).with_target(target));
+    }
+
+    /// `Ok` when nothing was recorded; otherwise one `InvalidParameter` error listing every problem in `details`
+    /// (`what` names the resource in the summary, `target` is the summary's target).
+    pub fn into_result(self, what: &str, target: Option<&str>) -> ApiResult<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => {
+                let only = self.0.into_iter().next().expect("one problem");
+                Err(ApiError::InvalidParameter {
+                    message: only.message.clone(),
+                    target: only.target.clone(),
+                    details: vec![only],
+                })
+            }
+            n => Err(ApiError::InvalidParameter {
+                message: format!("the {what} has {n} invalid fields; see details"),
+                target: target.map(str::to_owned),
+                details: self.0,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,8 @@
 //! `PreconditionFailed` when they do not hold.
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::error::ApiError;
 
@@ -94,9 +94,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
     }
 }
 
-/// An ETag header value for a stored etag.
-pub fn etag_header(etag: &str) -> String {
-    format!("\"{etag}\"")
+/// Adds the `ETag` header for a stored etag.
+pub fn insert_etag(headers: &mut HeaderMap, etag: &str) {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        headers.insert(header::ETAG, value);
+    }
 }
 
 #[cfg(test)]

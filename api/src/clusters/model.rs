@@ -11,7 +11,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::arm::system_data::SystemData;
-use crate::error::{ApiError, ErrorDetail};
+use crate::error::{ApiError, Problems};
 
 /// ARM's limits on tags.
 const MAX_TAGS: usize = 50;
@@ -178,6 +178,17 @@ pub enum ConnectivityStatus {
     Expired,
 }
 
+impl ConnectivityStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectivityStatus::Connecting => "Connecting",
+            ConnectivityStatus::Connected => "Connected",
+            ConnectivityStatus::Offline => "Offline",
+            ConnectivityStatus::Expired => "Expired",
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectedClusterProperties {
@@ -203,25 +214,22 @@ pub fn validate(
     tags: &BTreeMap<String, String>,
     properties: &ClusterProperties,
 ) -> Result<(), ApiError> {
-    let mut details = Vec::new();
-    let mut add = |target: String, message: String| {
-        details.push(ErrorDetail::new("InvalidParameter", format!("{target}: {message}")).with_target(target));
-    };
+    let mut p = Problems::default();
     if location.trim().is_empty() || location.len() > 100 {
-        add("location".into(), "must be 1-100 characters".into());
+        p.add("location", "must be 1-100 characters");
     }
     if tags.len() > MAX_TAGS {
-        add("tags".into(), format!("at most {MAX_TAGS} tags are allowed"));
+        p.add("tags", format!("at most {MAX_TAGS} tags are allowed"));
     }
     for (name, value) in tags {
         if name.is_empty() || name.len() > MAX_TAG_NAME || name.chars().any(|c| "<>%&\\?/".contains(c)) {
-            add(
+            p.add(
                 format!("tags.{name}"),
                 format!("tag names must be 1-{MAX_TAG_NAME} characters without < > % & \\ ? /"),
             );
         }
         if value.len() > MAX_TAG_VALUE {
-            add(
+            p.add(
                 format!("tags.{name}"),
                 format!("tag values must be at most {MAX_TAG_VALUE} characters"),
             );
@@ -229,27 +237,12 @@ pub fn validate(
     }
     let key = properties.agent_public_key_certificate.trim();
     if key.is_empty() || STANDARD.decode(key).is_err() {
-        add(
-            "properties.agentPublicKeyCertificate".into(),
-            "must be the agent's public key, base64-encoded".into(),
+        p.add(
+            "properties.agentPublicKeyCertificate",
+            "must be the agent's public key, base64-encoded",
         );
     }
-    match details.len() {
-        0 => Ok(()),
-        1 => {
-            let only = details.remove(0);
-            Err(ApiError::InvalidParameter {
-                message: only.message.clone(),
-                target: only.target.clone(),
-                details: vec![only],
-            })
-        }
-        n => Err(ApiError::InvalidParameter {
-            message: format!("the cluster has {n} invalid fields; see details"),
-            target: None,
-            details,
-        }),
-    }
+    p.into_result("cluster", None)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use super::model::{
 };
 use crate::arm::api_version::Clusters;
 use crate::arm::body::{parse, strip_read_only};
-use crate::arm::conditional::{Preconditions, etag_header};
+use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::system_data::SystemData;
@@ -105,9 +105,7 @@ fn render(record: ClusterRecord) -> ConnectedCluster {
 
 fn respond(status: StatusCode, record: ClusterRecord) -> Response {
     let mut headers = HeaderMap::new();
-    if let Ok(etag) = HeaderValue::from_str(&etag_header(&record.etag)) {
-        headers.insert(header::ETAG, etag);
-    }
+    insert_etag(&mut headers, &record.etag);
     (status, headers, Json(render(record))).into_response()
 }
 
@@ -177,7 +175,7 @@ async fn put_cluster(
                     location: request.location.clone(),
                     tags: tags.clone(),
                     spec: spec.clone(),
-                    connectivity_status: connectivity(ConnectivityStatus::Connecting),
+                    connectivity_status: ConnectivityStatus::Connecting.as_str().to_owned(),
                     last_connectivity_time: None,
                     agent_version: None,
                     kubernetes_version: None,
@@ -225,13 +223,6 @@ async fn put_cluster(
 
 pub(crate) fn contention() -> ApiError {
     ApiError::Conflict("the resource is being changed by other requests; retry".into())
-}
-
-fn connectivity(status: ConnectivityStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .expect("a unit variant serialises to a string")
 }
 
 /// ARM treats "West Europe" and "westeurope" as one location.

@@ -19,7 +19,7 @@ use super::secrets::SecretFields;
 use super::validate::normalize;
 use crate::arm::api_version::FluxConfigurations;
 use crate::arm::body::{parse, strip_read_only};
-use crate::arm::conditional::{Preconditions, etag_header};
+use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::ids::{ClusterPath, ClusterScope, ConfigurationName};
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::system_data::SystemData;
@@ -218,9 +218,7 @@ fn seal(state: &AppState, secrets: &SecretFields, resource_key: &str) -> ApiResu
 /// Answers a write: the resource, its ETag, and where to poll the operation.
 fn written(status: StatusCode, target: &Target, record: ConfigurationRecord, operation_url: &str) -> Response {
     let mut headers = async_operation_headers(operation_url);
-    if let Ok(etag) = HeaderValue::from_str(&etag_header(&record.etag)) {
-        headers.insert(header::ETAG, etag);
-    }
+    insert_etag(&mut headers, &record.etag);
     (status, headers, Json(render(&target.scope, record))).into_response()
 }
 
@@ -449,9 +447,7 @@ async fn get_configuration(
         .await?
         .ok_or_else(|| not_found(&target))?;
     let mut headers = HeaderMap::new();
-    if let Ok(etag) = HeaderValue::from_str(&etag_header(&record.etag)) {
-        headers.insert(header::ETAG, etag);
-    }
+    insert_etag(&mut headers, &record.etag);
     Ok((headers, Json(render(&target.scope, record))).into_response())
 }
 

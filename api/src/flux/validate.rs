@@ -12,44 +12,13 @@ use fluxplane_agent_protocol::flux::{
 };
 
 use crate::arm::ids::{ConfigurationName, is_dns1123_label, is_dns1123_subdomain};
-use crate::error::{ApiError, ErrorDetail};
+use crate::error::{ApiError, Problems};
 
 /// The interval and timeout Flux uses when none is given (Azure's documented default).
 pub const DEFAULT_INTERVAL_SECONDS: i64 = 600;
 const MAX_INTERVAL_SECONDS: i64 = 365 * 24 * 3600;
 /// Flux names each Kustomization `{configuration}-{kustomization}`, which must fit a 63-character label.
 const MAX_COMBINED_NAME: usize = 62;
-
-#[derive(Default)]
-struct Problems(Vec<ErrorDetail>);
-
-impl Problems {
-    fn add(&mut self, target: impl Into<String>, message: impl Into<String>) {
-        let target = target.into();
-        let message = format!("{}: {}", target, message.into());
-        self.0
-            .push(ErrorDetail::new("InvalidParameter", message).with_target(target));
-    }
-
-    fn into_result(self) -> Result<(), ApiError> {
-        match self.0.len() {
-            0 => Ok(()),
-            1 => {
-                let only = self.0.into_iter().next().expect("one problem");
-                Err(ApiError::InvalidParameter {
-                    message: only.message.clone(),
-                    target: only.target.clone(),
-                    details: vec![only],
-                })
-            }
-            n => Err(ApiError::InvalidParameter {
-                message: format!("the Flux configuration has {n} invalid properties; see details"),
-                target: Some("properties".into()),
-                details: self.0,
-            }),
-        }
-    }
-}
 
 /// Validates `spec`, fills in defaults, and checks that immutable properties match `previous` (on update).
 pub fn normalize(
@@ -255,7 +224,7 @@ pub fn normalize(
         }
     }
 
-    p.into_result()
+    p.into_result("Flux configuration", Some("properties"))
 }
 
 fn kustomizations_valid(p: &mut Problems, config: &ConfigurationName, ks: &mut BTreeMap<String, Kustomization>) {
