@@ -117,18 +117,6 @@ async fn roles_case(backend: Backend) {
         (StatusCode::FORBIDDEN, "AuthorizationFailed")
     );
     assert_eq!((missing.status, missing.code()), (existing.status, existing.code()));
-    let listing = api
-        .call_as(
-            &contributor,
-            Method::GET,
-            &with_version(
-                "/subscriptions/s/providers/Microsoft.Kubernetes/connectedClusters",
-                CLUSTER_API,
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(listing.status, StatusCode::FORBIDDEN);
     let configs = with_version(
         &format!(
             "{}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations",
@@ -138,6 +126,64 @@ async fn roles_case(backend: Backend) {
     );
     assert_eq!(
         api.call_as(&contributor, Method::GET, &configs, None).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+on_both_backends!(
+    a_subscription_list_shows_only_what_the_caller_may_read,
+    filtered_list_case
+);
+async fn filtered_list_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    // group names whose keys sort differently from the names themselves ('-' and '.' sort before '/')
+    for (group, cluster) in [("a", "c1"), ("a", "c2"), ("a-b", "c1"), ("a.c", "c1"), ("hidden", "c1")] {
+        api.put_cluster("s", group, cluster).await;
+    }
+    let caller = api.server.token(
+        "team",
+        &[
+            (Role::Reader, "/subscriptions/s/resourceGroups/a"),
+            (Role::Contributor, "/subscriptions/s/resourceGroups/A-B"),
+            (Role::Reader, "/subscriptions/s/resourceGroups/a.c"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut next = Some(format!(
+        "{}&$top=1",
+        with_version(
+            "/subscriptions/s/providers/Microsoft.Kubernetes/connectedClusters",
+            CLUSTER_API
+        )
+    ));
+    while let Some(link) = next {
+        let page = api.call_as(&caller, Method::GET, &link, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        assert!(page.body["value"].as_array().unwrap().len() <= 1);
+        seen.extend(
+            page.body["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned()),
+        );
+        next = page.body["nextLink"].as_str().map(str::to_owned);
+    }
+    seen.sort();
+    let mut expected: Vec<String> = [("a", "c1"), ("a", "c2"), ("a-b", "c1"), ("a.c", "c1")]
+        .iter()
+        .map(|(g, c)| cluster_path("s", g, c))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every readable cluster once, nothing from 'hidden'");
+
+    let stranger = api.server.token("stranger", &[(Role::Owner, "/subscriptions/other")]);
+    let path = with_version(
+        "/subscriptions/s/providers/Microsoft.Kubernetes/connectedClusters",
+        CLUSTER_API,
+    );
+    assert_eq!(
+        api.call_as(&stranger, Method::GET, &path, None).await.status,
         StatusCode::FORBIDDEN
     );
 }

@@ -108,6 +108,23 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The resource groups of `subscription` (lower-cased) where an assignment of at least `role` is scoped to
+    /// the group itself: what a caller without a subscription-wide role may still see of the subscription.
+    pub fn resource_groups_with(&self, role: Role, subscription: &str) -> Vec<String> {
+        let prefix = format!("/subscriptions/{}/resourcegroups/", subscription.to_ascii_lowercase());
+        let mut groups: Vec<String> = self
+            .roles
+            .iter()
+            .filter(|a| a.role >= role)
+            .filter_map(|a| a.scope.to_ascii_lowercase().strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
@@ -366,6 +383,21 @@ mod tests {
                 .is_err()
         );
         assert!(caller.require(Role::Reader, "/subscriptions/s1").is_err());
+    }
+
+    #[test]
+    fn resource_group_roles_are_found_per_subscription() {
+        let caller = Caller {
+            subject: "c".into(),
+            roles: vec![
+                RoleAssignment::parse(Role::Reader, "/subscriptions/S1/resourceGroups/B").unwrap(),
+                RoleAssignment::parse(Role::Owner, "/subscriptions/s1/resourceGroups/a").unwrap(),
+                RoleAssignment::parse(Role::Owner, "/subscriptions/s2/resourceGroups/c").unwrap(),
+            ],
+        };
+        assert_eq!(caller.resource_groups_with(Role::Reader, "s1"), ["a", "b"]);
+        assert_eq!(caller.resource_groups_with(Role::Contributor, "S1"), ["a"]);
+        assert!(caller.resource_groups_with(Role::Reader, "s3").is_empty());
     }
 
     #[test]

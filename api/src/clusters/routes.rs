@@ -20,7 +20,7 @@ use crate::arm::api_version::Clusters;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
-use crate::arm::paging::{BaseUrl, ListParams, Page};
+use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
@@ -422,19 +422,58 @@ async fn list_by_subscription(
 ) -> ApiResult<Json<Page<ConnectedCluster>>> {
     let subscription = SubscriptionId::parse(&path.subscription_id)?;
     let scope_path = format!("/subscriptions/{}", subscription.as_str());
-    caller.require(Role::Reader, &scope_path)?;
-    let scope = store::ClusterScope::Subscription {
-        subscription_key: subscription.key(),
-    };
-    list(
-        &state,
-        &scope,
-        &params,
-        &base,
-        version.version,
-        &format!("{scope_path}/providers/{TYPE}"),
-    )
-    .await
+    let list_path = format!("{scope_path}/providers/{TYPE}");
+    if caller.require(Role::Reader, &scope_path).is_ok() {
+        let scope = store::ClusterScope::Subscription {
+            subscription_key: subscription.key(),
+        };
+        return list(&state, &scope, &params, &base, version.version, &list_path).await;
+    }
+    // as in ARM, a caller who may read only some resource groups sees the clusters of those
+    let groups = caller.resource_groups_with(Role::Reader, subscription.as_str());
+    if groups.is_empty() {
+        caller.require(Role::Reader, &scope_path)?;
+    }
+    let page = params.page()?;
+    let records = list_resource_groups(&state, &subscription.key(), groups, &page).await?;
+    Ok(Json(Page::from_items(
+        records,
+        &page,
+        |c| c.key.clone(),
+        |token| base.next_link(&list_path, version.version, params.top.as_deref(), token),
+        render,
+    )))
+}
+
+/// Up to `page.limit + 1` clusters of several resource groups, in key order. Every key of a group starts with
+/// `{subscription}/{group}/`, so the groups' key ranges are disjoint and ordered by that prefix, and reading the
+/// groups in prefix order continues any page where the last one stopped.
+async fn list_resource_groups(
+    state: &AppState,
+    subscription_key: &str,
+    mut groups: Vec<String>,
+    page: &PageRequest,
+) -> ApiResult<Vec<ClusterRecord>> {
+    groups.sort_by_cached_key(|group| format!("{subscription_key}/{group}/"));
+    let wanted = page.limit as usize + 1;
+    let mut records = Vec::with_capacity(wanted);
+    for group in groups {
+        let scope = store::ClusterScope::ResourceGroup {
+            subscription_key: subscription_key.to_owned(),
+            resource_group_key: group,
+        };
+        let rest = PageRequest {
+            after: page.after.clone(),
+            // list_clusters answers up to limit + 1
+            limit: (wanted - records.len() - 1) as u32,
+        };
+        records.extend(state.store.list_clusters(&scope, &rest).await?);
+        if records.len() >= wanted {
+            break;
+        }
+    }
+    records.truncate(wanted);
+    Ok(records)
 }
 
 async fn list(
