@@ -4,4 +4,5 @@
 //! pulling in the server, a database driver or an HTTP stack. The OpenAPI schemas are derived behind the `openapi`
 //! feature. Evolution is additive: new fields are optional, so an older peer keeps working.
 
+pub mod agent;
 pub mod flux;

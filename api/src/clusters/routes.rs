@@ -182,6 +182,7 @@ async fn put_cluster(
                     total_node_count: None,
                     etag: new_etag(),
                     system_data: SystemData::created(&caller.subject, now),
+                    revision: 0,
                 };
                 let outcome = state.store.insert_cluster(&record).await?;
                 ((record, StatusCode::CREATED), outcome)

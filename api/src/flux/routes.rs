@@ -248,6 +248,7 @@ async fn write(
                 compliance_state: ComplianceState::Pending,
                 observed: Default::default(),
                 system_data: SystemData::created(&caller.subject, now),
+                reported_generation: None,
             };
             let operation = new_operation(target, "Create", record.generation);
             let outcome = state.store.insert_configuration(&record, &operation).await?;

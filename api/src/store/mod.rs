@@ -73,6 +73,8 @@ pub struct ClusterRecord {
     pub etag: String,
     #[sqlx(json)]
     pub system_data: SystemData,
+    /// Grows with every change to the cluster's desired state (kept by the database, see migration 0002).
+    pub revision: i64,
 }
 
 /// A Flux configuration of a cluster.
@@ -95,6 +97,8 @@ pub struct ConfigurationRecord {
     pub observed: Observed,
     #[sqlx(json)]
     pub system_data: SystemData,
+    /// The generation `observed` describes; `None` until an agent reports.
+    pub reported_generation: Option<i64>,
 }
 
 /// The status of a long-running operation.
@@ -111,6 +115,27 @@ pub struct OperationRecord {
     #[sqlx(json(nullable))]
     pub error: Option<ErrorDetail>,
 }
+
+/// What an agent's report does to a configuration at the generation it names.
+#[derive(Debug, Clone)]
+pub enum ReportWrite {
+    /// The agent applied the generation, or failed to: the configuration's status and its operation's end.
+    Status {
+        provisioning_state: ProvisioningState,
+        compliance_state: ComplianceState,
+        observed: Observed,
+        operation_status: &'static str,
+        operation_error: Option<ErrorDetail>,
+    },
+    /// The agent removed a configuration that is being deleted.
+    Removed,
+}
+
+/// How an agent's report was taken.
+pub use fluxplane_agent_protocol::agent::ReportDisposition;
+
+/// Facts an agent reports about itself and its cluster.
+pub use fluxplane_agent_protocol::agent::AgentInfo;
 
 /// Which clusters a list covers.
 #[derive(Debug, Clone)]
@@ -159,6 +184,24 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_configuration(&self, cluster_id: i64, name: &str, resource_key: &str) -> StoreResult<bool>;
 
     async fn get_operation(&self, id: &str) -> StoreResult<Option<OperationRecord>>;
+
+    /// Records that the cluster's agent was heard from at `at` (with what it says of itself, if anything) and
+    /// answers the cluster's revision; `None` if the cluster is gone.
+    async fn heartbeat(&self, cluster_id: i64, at: DateTime<Utc>, info: Option<&AgentInfo>)
+    -> StoreResult<Option<i64>>;
+    /// The cluster's revision and every configuration of it, in name order, read together.
+    async fn desired_state(&self, cluster_id: i64) -> StoreResult<(i64, Vec<ConfigurationRecord>)>;
+    /// Applies a report about the configuration `name` at `generation`, if that is still its generation, and ends
+    /// the operation of that generation. `resource_key` names the configuration's operations.
+    async fn apply_report(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        generation: i64,
+        resource_key: &str,
+        write: &ReportWrite,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReportDisposition>;
 }
 
 /// Opens the store a database URL names and brings its schema up to date.

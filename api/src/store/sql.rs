@@ -9,7 +9,7 @@ macro_rules! cluster_columns {
     () => {
         "id, key, subscription_key, resource_group_key, subscription, resource_group, name, location, tags, spec, \
          connectivity_status, last_connectivity_time, agent_version, kubernetes_version, total_node_count, etag, \
-         system_data"
+         system_data, revision"
     };
 }
 
@@ -17,7 +17,7 @@ macro_rules! cluster_columns {
 macro_rules! configuration_columns {
     () => {
         "id, cluster_id, name, spec, secrets, generation, etag, provisioning_state, compliance_state, observed, \
-         system_data"
+         system_data, reported_generation"
     };
 }
 
@@ -307,6 +307,129 @@ macro_rules! sql_store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn heartbeat(
+                &self,
+                cluster_id: i64,
+                at: chrono::DateTime<chrono::Utc>,
+                info: Option<&$crate::store::AgentInfo>,
+            ) -> $crate::store::StoreResult<Option<i64>> {
+                let info = info.cloned().unwrap_or_default();
+                Ok(sqlx::query_scalar::<$db, i64>(
+                    "UPDATE clusters SET last_connectivity_time = $1, connectivity_status = 'Connected', \
+                     agent_version = COALESCE($2, agent_version), \
+                     kubernetes_version = COALESCE($3, kubernetes_version), \
+                     total_node_count = COALESCE($4, total_node_count) \
+                     WHERE id = $5 RETURNING revision",
+                )
+                .bind(at)
+                .bind(info.agent_version)
+                .bind(info.kubernetes_version)
+                .bind(info.total_node_count)
+                .bind(cluster_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn desired_state(
+                &self,
+                cluster_id: i64,
+            ) -> $crate::store::StoreResult<(i64, Vec<$crate::store::ConfigurationRecord>)> {
+                // one transaction, so that the revision and the configurations agree
+                let mut tx = self.pool.begin().await?;
+                let revision = sqlx::query_scalar::<$db, i64>("SELECT revision FROM clusters WHERE id = $1")
+                    .bind(cluster_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or_default();
+                let sql = concat!(
+                    "SELECT ",
+                    configuration_columns!(),
+                    " FROM flux_configurations WHERE cluster_id = $1 ORDER BY name"
+                );
+                let configurations = sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                    .bind(cluster_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok((revision, configurations))
+            }
+
+            async fn apply_report(
+                &self,
+                cluster_id: i64,
+                name: &str,
+                generation: i64,
+                resource_key: &str,
+                write: &$crate::store::ReportWrite,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<$crate::store::ReportDisposition> {
+                let mut tx = self.pool.begin().await?;
+                let (changed, operation_status, operation_error) = match write {
+                    $crate::store::ReportWrite::Status {
+                        provisioning_state,
+                        compliance_state,
+                        observed,
+                        operation_status,
+                        operation_error,
+                    } => {
+                        let done = sqlx::query::<$db>(
+                            "UPDATE flux_configurations SET provisioning_state = $1, compliance_state = $2, \
+                             observed = $3, reported_generation = $4 \
+                             WHERE cluster_id = $5 AND name = $6 AND generation = $4 \
+                             AND provisioning_state <> 'Deleting'",
+                        )
+                        .bind(provisioning_state.as_str())
+                        .bind(compliance_state.as_str())
+                        .bind(sqlx::types::Json(observed))
+                        .bind(generation)
+                        .bind(cluster_id)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                        (done.rows_affected() > 0, *operation_status, operation_error.clone())
+                    }
+                    $crate::store::ReportWrite::Removed => {
+                        let done = sqlx::query::<$db>(
+                            "DELETE FROM flux_configurations WHERE cluster_id = $1 AND name = $2 \
+                             AND generation = $3 AND provisioning_state = 'Deleting'",
+                        )
+                        .bind(cluster_id)
+                        .bind(name)
+                        .bind(generation)
+                        .execute(&mut *tx)
+                        .await?;
+                        (done.rows_affected() > 0, "Succeeded", None)
+                    }
+                };
+                if !changed {
+                    let current = sqlx::query_scalar::<$db, i64>(
+                        "SELECT generation FROM flux_configurations WHERE cluster_id = $1 AND name = $2",
+                    )
+                    .bind(cluster_id)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    tx.rollback().await?;
+                    return Ok(match current {
+                        None => $crate::store::ReportDisposition::Unknown,
+                        Some(_) => $crate::store::ReportDisposition::Stale,
+                    });
+                }
+                sqlx::query::<$db>(
+                    "UPDATE operations SET status = $1, end_time = $2, error = $3 \
+                     WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress'",
+                )
+                .bind(operation_status)
+                .bind(at)
+                .bind(operation_error.as_ref().map(sqlx::types::Json))
+                .bind(resource_key)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok($crate::store::ReportDisposition::Recorded)
             }
         }
 

@@ -36,6 +36,7 @@ fn cluster(subscription: &str, resource_group: &str, name: &str) -> ClusterRecor
         total_node_count: None,
         etag: uuid::Uuid::new_v4().to_string(),
         system_data: SystemData::created("tester", Utc::now()),
+        revision: 0,
     }
 }
 
@@ -52,6 +53,7 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
         compliance_state: ComplianceState::Pending,
         observed: Default::default(),
         system_data: SystemData::created("tester", Utc::now()),
+        reported_generation: None,
     }
 }
 
@@ -338,6 +340,196 @@ async fn force_delete_case(backend: Backend) {
         assert!(store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap());
         assert!(!store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap());
         assert_eq!(store.get_operation(&op.id).await.unwrap().unwrap().status, "Canceled");
+    })
+    .await;
+}
+
+fn applied(compliance: ComplianceState) -> super::ReportWrite {
+    super::ReportWrite::Status {
+        provisioning_state: ProvisioningState::Succeeded,
+        compliance_state: compliance,
+        observed: crate::flux::model::Observed {
+            source_synced_commit_id: Some("main@sha1:abc".into()),
+            ..Default::default()
+        },
+        operation_status: "Succeeded",
+        operation_error: None,
+    }
+}
+
+on_both_backends!(
+    the_revision_follows_desired_state_changes_and_not_status_reports,
+    revision_case
+);
+async fn revision_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let revision = |store: Arc<dyn Store>| async move { store.desired_state(c.id).await.unwrap().0 };
+        assert_eq!(revision(store.clone()).await, 0);
+        let record = configuration(c.id, "cfg");
+        store
+            .insert_configuration(&record, &operation("sub/rg/c1/cfg", 1))
+            .await
+            .unwrap();
+        assert_eq!(revision(store.clone()).await, 1);
+        let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        let next = ConfigurationRecord {
+            generation: 2,
+            etag: "e2".into(),
+            ..stored.clone()
+        };
+        store
+            .update_configuration(&next, &stored.etag, &operation("sub/rg/c1/cfg", 2))
+            .await
+            .unwrap();
+        assert_eq!(revision(store.clone()).await, 2);
+        let outcome = store
+            .apply_report(
+                c.id,
+                "cfg",
+                2,
+                "sub/rg/c1/cfg",
+                &applied(ComplianceState::Compliant),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, super::ReportDisposition::Recorded);
+        assert_eq!(
+            revision(store.clone()).await,
+            2,
+            "a status report is not a desired-state change"
+        );
+        store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap();
+        let (after_delete, configurations) = store.desired_state(c.id).await.unwrap();
+        assert_eq!((after_delete, configurations.len()), (3, 0));
+    })
+    .await;
+}
+
+on_both_backends!(heartbeats_mark_the_cluster_connected, heartbeat_case);
+async fn heartbeat_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let info = super::AgentInfo {
+            agent_version: Some("0.1.0".into()),
+            kubernetes_version: Some("v1.31.2".into()),
+            total_node_count: Some(3),
+        };
+        let at = Utc::now();
+        assert_eq!(store.heartbeat(c.id, at, Some(&info)).await.unwrap(), Some(0));
+        assert_eq!(
+            store.heartbeat(c.id, at, None).await.unwrap(),
+            Some(0),
+            "a poll keeps what reports said"
+        );
+        let reread = store.get_cluster(&c.key).await.unwrap().unwrap();
+        assert_eq!(reread.connectivity_status, "Connected");
+        assert_eq!(reread.kubernetes_version.as_deref(), Some("v1.31.2"));
+        assert_eq!(reread.total_node_count, Some(3));
+        assert!(reread.last_connectivity_time.is_some());
+        assert_eq!(store.heartbeat(987_654, at, None).await.unwrap(), None);
+    })
+    .await;
+}
+
+on_both_backends!(reports_apply_to_their_own_generation_only, report_case);
+async fn report_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let key = "sub/rg/c1/cfg";
+        let first = operation(key, 1);
+        store
+            .insert_configuration(&configuration(c.id, "cfg"), &first)
+            .await
+            .unwrap();
+        let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        let second = operation(key, 2);
+        let next = ConfigurationRecord {
+            generation: 2,
+            etag: "e2".into(),
+            provisioning_state: ProvisioningState::Updating,
+            ..stored.clone()
+        };
+        store.update_configuration(&next, &stored.etag, &second).await.unwrap();
+
+        let report = applied(ComplianceState::Compliant);
+        let stale = store
+            .apply_report(c.id, "cfg", 1, key, &report, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(stale, super::ReportDisposition::Stale);
+        let now = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        assert_eq!(
+            now.provisioning_state,
+            ProvisioningState::Updating,
+            "an old report changed nothing"
+        );
+
+        for _ in 0..2 {
+            let recorded = store
+                .apply_report(c.id, "cfg", 2, key, &report, Utc::now())
+                .await
+                .unwrap();
+            assert_eq!(
+                recorded,
+                super::ReportDisposition::Recorded,
+                "replaying a report is harmless"
+            );
+        }
+        let now = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        assert_eq!(now.provisioning_state, ProvisioningState::Succeeded);
+        assert_eq!(now.compliance_state, ComplianceState::Compliant);
+        assert_eq!(now.reported_generation, Some(2));
+        assert_eq!(now.observed.source_synced_commit_id.as_deref(), Some("main@sha1:abc"));
+        assert_eq!(
+            store.get_operation(&second.id).await.unwrap().unwrap().status,
+            "Succeeded"
+        );
+        assert_eq!(
+            store.get_operation(&first.id).await.unwrap().unwrap().status,
+            "Canceled"
+        );
+
+        let removed = super::ReportWrite::Removed;
+        let refused = store
+            .apply_report(c.id, "cfg", 2, key, &removed, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            refused,
+            super::ReportDisposition::Stale,
+            "only a configuration being deleted is removed"
+        );
+        let deleting = ConfigurationRecord {
+            generation: 3,
+            etag: "e3".into(),
+            provisioning_state: ProvisioningState::Deleting,
+            ..now.clone()
+        };
+        let delete_op = operation(key, 3);
+        store
+            .update_configuration(&deleting, &now.etag, &delete_op)
+            .await
+            .unwrap();
+        let gone = store
+            .apply_report(c.id, "cfg", 3, key, &removed, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(gone, super::ReportDisposition::Recorded);
+        assert!(store.get_configuration(c.id, "cfg").await.unwrap().is_none());
+        assert_eq!(
+            store.get_operation(&delete_op.id).await.unwrap().unwrap().status,
+            "Succeeded"
+        );
+        let unknown = store
+            .apply_report(c.id, "cfg", 3, key, &report, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(unknown, super::ReportDisposition::Unknown);
     })
     .await;
 }

@@ -1,0 +1,147 @@
+//! The agent API, version 1: `/agent/v1/...`.
+//!
+//! - `GET /agent/v1/desired-state?after={revision}&wait={seconds}` answers the full desired state of the calling
+//!   agent's cluster once its revision is past `after`, or when `wait` runs out (then with the same revision).
+//! - `POST /agent/v1/status` takes a batch of per-configuration reports; each is keyed by configuration name and
+//!   the generation it describes, so replaying a report changes nothing and an older one never overwrites a newer.
+//!
+//! Every request carries `Authorization: Bearer <token>`, a JWT the agent signs with its own private key (EdDSA),
+//! with the cluster's ARM id as `sub`, `aud` = [`AGENT_AUDIENCE`] and a lifetime of at most
+//! [`MAX_TOKEN_LIFETIME_SECONDS`]. Every request is also a heartbeat.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+use crate::flux::{ComplianceState, FluxConfigurationSpec, ObjectStatus};
+
+/// Path prefix of this version of the agent API.
+pub const PREFIX: &str = "/agent/v1";
+/// The `aud` claim of agent tokens; user tokens never carry it.
+pub const AGENT_AUDIENCE: &str = "fluxplane-agent";
+/// Longest lifetime (`exp - iat`) the control plane accepts for an agent token.
+pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 300;
+/// Longest long-poll wait the control plane grants.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// The claims of an agent token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentClaims {
+    /// The cluster's ARM id (`/subscriptions/.../connectedClusters/{name}`).
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Facts about the agent and its cluster, sent with every status report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AgentInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_node_count: Option<i64>,
+}
+
+/// Everything the cluster should hold: the answer to a desired-state poll.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DesiredState {
+    /// The cluster's ARM id.
+    pub cluster_id: String,
+    /// Grows with every change to the cluster's configurations; poll with `after` set to it.
+    pub revision: i64,
+    /// Every configuration of the cluster, those being deleted included, in name order.
+    pub configurations: Vec<DesiredConfiguration>,
+}
+
+/// One configuration as the cluster should hold it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DesiredConfiguration {
+    pub name: String,
+    /// Bumped by every write; reports name the generation they describe.
+    pub generation: i64,
+    /// The configuration is being deleted: remove its objects, then report `removed`.
+    #[serde(default)]
+    pub deleting: bool,
+    /// The desired state with every default filled in (secret fields are never part of it).
+    pub spec: FluxConfigurationSpec,
+}
+
+/// A batch of reports: the body of `POST /agent/v1/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StatusReport {
+    #[serde(default)]
+    pub agent: AgentInfo,
+    #[serde(default)]
+    pub configurations: Vec<ConfigurationReport>,
+}
+
+/// What the agent observed of one configuration at one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConfigurationReport {
+    pub name: String,
+    pub generation: i64,
+    /// Whether the objects of this generation are in the cluster (`Applied`), could not be written (`Failed`), or
+    /// were removed after a delete (`Removed`).
+    pub outcome: ApplyOutcome,
+    pub compliance_state: ComplianceState,
+    /// Why the configuration failed or is not compliant; empty when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub statuses: Vec<ObjectStatus>,
+    /// The source revision the objects reflect, e.g. `main@sha1:0ba6f0d3...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_synced_commit_id: Option<String>,
+    /// When that source revision was produced (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum ApplyOutcome {
+    Applied,
+    Failed,
+    Removed,
+}
+
+/// The answer to a status report: what became of each entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StatusAccepted {
+    pub results: Vec<ReportResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReportResult {
+    pub name: String,
+    pub generation: i64,
+    pub result: ReportDisposition,
+}
+
+/// `Recorded`: the report is now the configuration's status. `Stale`: a newer generation exists; nothing changed.
+/// `Unknown`: no such configuration (already deleted); nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum ReportDisposition {
+    Recorded,
+    Stale,
+    Unknown,
+}
