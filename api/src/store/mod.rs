@@ -123,7 +123,7 @@ pub enum ReportWrite {
     Status {
         provisioning_state: ProvisioningState,
         compliance_state: ComplianceState,
-        observed: Observed,
+        observed: Box<Observed>,
         operation_status: &'static str,
         operation_error: Option<ErrorDetail>,
     },

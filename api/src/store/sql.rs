@@ -382,7 +382,7 @@ macro_rules! sql_store {
                         )
                         .bind(provisioning_state.as_str())
                         .bind(compliance_state.as_str())
-                        .bind(sqlx::types::Json(observed))
+                        .bind(sqlx::types::Json(observed.as_ref()))
                         .bind(generation)
                         .bind(cluster_id)
                         .bind(name)

@@ -348,10 +348,10 @@ fn applied(compliance: ComplianceState) -> super::ReportWrite {
     super::ReportWrite::Status {
         provisioning_state: ProvisioningState::Succeeded,
         compliance_state: compliance,
-        observed: crate::flux::model::Observed {
+        observed: Box::new(crate::flux::model::Observed {
             source_synced_commit_id: Some("main@sha1:abc".into()),
             ..Default::default()
-        },
+        }),
         operation_status: "Succeeded",
         operation_error: None,
     }
