@@ -49,6 +49,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_JWT_AUDIENCE", default_value = "fluxplane")]
     pub jwt_audience: String,
 
+    /// A cluster whose agent has not been heard from for this long shows as Offline.
+    #[arg(long, env = "FLUXPLANE_OFFLINE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub offline_after: std::time::Duration,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

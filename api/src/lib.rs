@@ -4,6 +4,7 @@
 //! `server::app` builds the HTTP application from a `ServeConfig` and a `Store`; `server::serve` runs it on a
 //! listener the caller binds. The binary (`fluxplane`) is a thin shell around these.
 
+pub mod agents;
 pub mod arm;
 pub mod auth;
 pub mod cipher;
@@ -14,6 +15,7 @@ pub mod flux;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod notify;
 pub mod openapi;
 pub mod server;
 pub mod state;

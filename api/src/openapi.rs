@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "ConnectedClusters", description = "Clusters registered with the control plane"),
         (name = "FluxConfigurations", description = "Flux configurations of a cluster"),
+        (name = "Agent", description = "The agent API (v1): desired state by long-poll, status back"),
     )
 )]
 pub struct ApiDoc;

@@ -28,41 +28,68 @@ use crate::cipher::SecretCipher;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
+use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
-use crate::state::AppState;
+use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
-use crate::{clusters, flux, health};
+use crate::{agents, clusters, flux, health};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
-/// The ARM API's routes with their OpenAPI description.
+/// Every API route with its OpenAPI description: the ARM API for users and the agent API.
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(arm_router())
+        .merge(agents::routes::router())
+}
+
+/// The ARM API users call.
+fn arm_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(clusters::routes::router())
         .merge(flux::routes::router())
 }
 
 impl AppState {
-    /// Builds the state from a configuration and a store: loads the keys the configuration names.
+    /// Builds the state from a configuration and a store: loads the keys the configuration names, and starts
+    /// following the store's changes for the long-polls (inside a Tokio runtime).
     pub fn new(config: ServeConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let auth = Authenticator::from_config(&config).context("loading the user token key")?;
         let cipher = SecretCipher::from_file(&config.secret_key_path()).context("loading the secret key")?;
+        let notifier = Arc::new(Notifier::default());
+        let follower = tokio::spawn({
+            let (store, notifier) = (store.clone(), notifier.clone());
+            async move {
+                if let Err(err) = store.follow_changes(notifier).await {
+                    tracing::error!(error = %err, "following desired-state changes stopped; polls wake on their own writes and timeouts only");
+                }
+            }
+        });
         Ok(Self {
             config: Arc::new(config),
             store,
             auth: Arc::new(auth),
             cipher: Arc::new(cipher),
             metrics: Arc::new(Metrics::default()),
+            notifier,
+            _follower: Arc::new(TaskGuard(follower.abort_handle())),
         })
     }
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let (api, openapi) = api_router().split_for_parts();
-    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let (_, openapi) = api_router().split_for_parts();
+    let (arm, _) = arm_router().split_for_parts();
+    let arm = arm.route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let (agent, _) = agents::routes::router().split_for_parts();
+    let agent = agent.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        agents::auth::authenticate,
+    ));
     Router::new()
-        .merge(api)
+        .merge(arm)
+        .merge(agent)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -111,13 +138,19 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then finishes the requests in flight.
+/// Serves the app on `listener` until `shutdown` completes, then ends the long-polls and finishes the requests in
+/// flight.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let notifier = state.notifier.clone();
+    let shutdown = async move {
+        shutdown.await;
+        notifier.close();
+    };
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -165,7 +198,7 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, "fluxplane listening");
     announce(address);
-    serve(listener, app(state), shutdown_signal()).await?;
+    serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@ use crate::auth::Authenticator;
 use crate::cipher::SecretCipher;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -15,4 +16,17 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub cipher: Arc<SecretCipher>,
     pub metrics: Arc<Metrics>,
+    pub notifier: Arc<Notifier>,
+    /// Ends the store's change-following task when the last clone of the state goes.
+    pub(crate) _follower: Arc<TaskGuard>,
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+pub(crate) struct TaskGuard(pub(crate) tokio::task::AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -155,6 +155,7 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         jwt_algorithm: None,
         jwt_issuer: "fluxplane".to_owned(),
         jwt_audience: "fluxplane".to_owned(),
+        offline_after: std::time::Duration::from_secs(300),
         max_body_bytes: 1024 * 1024,
         log_format: LogFormat::Text,
     }
@@ -189,8 +190,7 @@ impl TestServer {
             .expect("binding port 0");
         let address = listener.local_addr().expect("a bound address");
         let (shutdown, signal) = oneshot::channel::<()>();
-        let app = crate::server::app(state.clone());
-        let task = tokio::spawn(crate::server::serve(listener, app, async {
+        let task = tokio::spawn(crate::server::serve(listener, state.clone(), async {
             let _ = signal.await;
         }));
         Some(Self {

@@ -79,7 +79,21 @@ pub struct ApiVersionParam {
     api_version: String,
 }
 
-fn render(record: ClusterRecord) -> ConnectedCluster {
+/// A connected cluster whose agent has been silent for `offline_after` is Offline: derived when read, so that no
+/// sweeper has to run for it.
+fn connectivity(record: &ClusterRecord, offline_after: std::time::Duration) -> String {
+    let silent_too_long = record
+        .last_connectivity_time
+        .is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last > limit));
+    if record.connectivity_status == ConnectivityStatus::Connected.as_str() && silent_too_long {
+        ConnectivityStatus::Offline.as_str().to_owned()
+    } else {
+        record.connectivity_status.clone()
+    }
+}
+
+fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {
+    let connectivity_status = connectivity(&record, offline_after);
     let cluster = ClusterRef::parse(&record.subscription, &record.resource_group, &record.name)
         .expect("stored names were validated when written");
     ConnectedCluster {
@@ -94,7 +108,7 @@ fn render(record: ClusterRecord) -> ConnectedCluster {
         properties: ConnectedClusterProperties {
             spec: record.spec.properties,
             provisioning_state: "Succeeded".to_owned(),
-            connectivity_status: record.connectivity_status,
+            connectivity_status,
             last_connectivity_time: record.last_connectivity_time,
             agent_version: record.agent_version,
             kubernetes_version: record.kubernetes_version,
@@ -103,10 +117,10 @@ fn render(record: ClusterRecord) -> ConnectedCluster {
     }
 }
 
-fn respond(status: StatusCode, record: ClusterRecord) -> Response {
+fn respond(state: &AppState, status: StatusCode, record: ClusterRecord) -> Response {
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
-    (status, headers, Json(render(record))).into_response()
+    (status, headers, Json(render(record, state.config.offline_after))).into_response()
 }
 
 fn not_found(cluster: &ClusterRef) -> ApiError {
@@ -213,7 +227,7 @@ async fn put_cluster(
             Write::Written => {
                 let (record, status) = record;
                 tracing::info!(cluster = %cluster.id(), created = status == StatusCode::CREATED, "cluster written");
-                return Ok(respond(status, record));
+                return Ok(respond(&state, status, record));
             }
             Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
             Write::Conflict | Write::ParentMissing => continue,
@@ -289,7 +303,7 @@ async fn patch_cluster(
             ..current
         };
         match state.store.update_cluster(&record, &expected).await? {
-            Write::Written => return Ok(respond(StatusCode::OK, record)),
+            Write::Written => return Ok(respond(&state, StatusCode::OK, record)),
             Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
             Write::Conflict | Write::ParentMissing => continue,
         }
@@ -323,7 +337,7 @@ async fn get_cluster(
         .get_cluster(&cluster.key())
         .await?
         .ok_or_else(|| not_found(&cluster))?;
-    Ok(respond(StatusCode::OK, record))
+    Ok(respond(&state, StatusCode::OK, record))
 }
 
 /// Deletes a cluster and all its Flux configurations.
@@ -349,6 +363,7 @@ async fn delete_cluster(
     let cluster = path.cluster()?;
     caller.require(Role::Contributor, &cluster.id())?;
     if state.store.delete_cluster(&cluster.key()).await? {
+        state.notifier.notify(&cluster.key());
         tracing::info!(cluster = %cluster.id(), "cluster deleted with its configurations");
         Ok(StatusCode::OK)
     } else {
@@ -442,7 +457,7 @@ async fn list_by_subscription(
         &page,
         |c| c.key.clone(),
         |token| base.next_link(&list_path, version.version, params.top.as_deref(), token),
-        render,
+        |record| render(record, state.config.offline_after),
     )))
 }
 
@@ -492,6 +507,6 @@ async fn list(
         &page,
         |c| c.key.clone(),
         |token| base.next_link(path, api_version, params.top.as_deref(), token),
-        render,
+        |record| render(record, state.config.offline_after),
     )))
 }

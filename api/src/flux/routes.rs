@@ -327,6 +327,7 @@ async fn put_configuration(
         let (outcome, record, operation, status) = write(&state, &caller, &target, current, spec, &secrets).await?;
         match outcome {
             Write::Written => {
+                state.notifier.notify(&target.scope.cluster.key());
                 tracing::info!(configuration = %target.id(), generation = record.generation, "configuration written");
                 let url = operation_url(&base, &target.id(), &operation.id, version.version);
                 return Ok(written(status, &target, record, &url));
@@ -411,6 +412,7 @@ async fn patch_configuration(
         let (outcome, record, operation, _) = write(&state, &caller, &target, Some(current), spec, &secrets).await?;
         match outcome {
             Write::Written => {
+                state.notifier.notify(&target.scope.cluster.key());
                 tracing::info!(configuration = %target.id(), generation = record.generation, "configuration patched");
                 let url = operation_url(&base, &target.id(), &operation.id, version.version);
                 return Ok(written(StatusCode::OK, &target, record, &url));
@@ -503,6 +505,7 @@ async fn delete_configuration(
                 .store
                 .delete_configuration(target.cluster.id, target.name.as_str(), &target.resource_key())
                 .await?;
+            state.notifier.notify(&target.scope.cluster.key());
             tracing::info!(configuration = %target.id(), "configuration force-deleted");
             return Ok(if deleted {
                 StatusCode::OK
@@ -522,6 +525,7 @@ async fn delete_configuration(
         let operation = new_operation(&target, "Delete", record.generation);
         match state.store.update_configuration(&record, &expected, &operation).await? {
             Write::Written => {
+                state.notifier.notify(&target.scope.cluster.key());
                 tracing::info!(configuration = %target.id(), "configuration deletion started");
                 let url = operation_url(&base, &target.id(), &operation.id, version.version);
                 let mut headers = async_operation_headers(&url);

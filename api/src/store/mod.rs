@@ -22,6 +22,7 @@ use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
 use crate::flux::model::{Observed, ProvisioningState};
+use crate::notify::Notifier;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -153,6 +154,10 @@ pub enum ClusterScope {
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database answers and every migration this build knows is applied.
     async fn check_ready(&self) -> StoreResult<()>;
+
+    /// Wakes this process's waiting polls for desired-state changes made by other processes sharing the
+    /// database. Runs until dropped (returns at once where no other process can write).
+    async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()>;
 
     async fn get_cluster(&self, key: &str) -> StoreResult<Option<ClusterRecord>>;
     /// Up to `page.limit + 1` clusters in key order after `page.after`.

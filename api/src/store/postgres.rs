@@ -3,12 +3,19 @@
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::sync::Arc;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+
+use crate::notify::Notifier;
 
 use super::StoreResult;
 use super::sql::{cluster_columns, configuration_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel migration 0002's trigger notifies with a cluster's key when its desired state changes.
+const DESIRED_STATE_CHANNEL: &str = "fluxplane_desired";
 
 pub struct PgStore {
     pool: PgPool,
@@ -30,4 +37,23 @@ impl PgStore {
     }
 }
 
-sql_store!(PgStore, sqlx::Postgres);
+sql_store!(PgStore, sqlx::Postgres, {
+    /// Forwards the `fluxplane_desired` notifications (see migration 0002) to this replica's waiting polls, so a
+    /// write on any replica wakes agents polling any other. Runs until the task is dropped.
+    async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(DESIRED_STATE_CHANNEL).await?;
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => notifier.notify(notification.payload()),
+                // the connection dropped and was re-established: what it missed is unknown
+                Ok(None) => notifier.notify_all(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "listening for desired-state changes failed; retrying");
+                    notifier.notify_all();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+});

@@ -26,11 +26,14 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
         .is_some_and(|e| e.kind() == ErrorKind::ForeignKeyViolation)
 }
 
-/// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`.
+/// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`; `$extra` holds the methods the
+/// engine implements its own way.
 macro_rules! sql_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, { $($extra:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
+            $($extra)*
+
             async fn check_ready(&self) -> $crate::store::StoreResult<()> {
                 let applied: Option<i64> =
                     sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")

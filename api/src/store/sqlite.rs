@@ -37,4 +37,9 @@ impl SqliteStore {
     }
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite);
+sql_store!(SqliteStore, sqlx::Sqlite, {
+    /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
+    async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
+        Ok(())
+    }
+});

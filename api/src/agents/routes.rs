@@ -1,0 +1,198 @@
+//! HTTP handlers of the agent API.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use fluxplane_agent_protocol::agent::{
+    ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, MAX_WAIT_SECONDS, ReportResult,
+    StatusAccepted, StatusReport,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::AgentCaller;
+use crate::arm::body::parse;
+use crate::arm::{ArmQuery, JsonBody};
+use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
+use crate::flux::model::{Observed, ProvisioningState};
+use crate::state::AppState;
+use crate::store::ReportWrite;
+
+/// How long a poll waits when the agent does not say.
+const DEFAULT_WAIT_SECONDS: u64 = 30;
+/// Most configuration reports one request may carry.
+const MAX_REPORTS: usize = 1000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(desired_state))
+        .routes(routes!(report_status))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PollParams {
+    /// Answer once the cluster's revision is past this one (default: answer at once).
+    after: Option<i64>,
+    /// Seconds to wait for a change (default 30, at most 60).
+    wait: Option<u64>,
+}
+
+/// The cluster's desired state, once its revision is past `after` or when `wait` runs out.
+#[utoipa::path(
+    get,
+    path = "/agent/v1/desired-state",
+    tag = "Agent",
+    operation_id = "Agent_DesiredState",
+    params(PollParams),
+    responses(
+        (status = 200, description = "The full desired state of the agent's cluster", body = DesiredState),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("agent" = []))
+)]
+async fn desired_state(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    ArmQuery(params): ArmQuery<PollParams>,
+) -> ApiResult<Json<DesiredState>> {
+    let wait = Duration::from_secs(params.wait.unwrap_or(DEFAULT_WAIT_SECONDS).min(MAX_WAIT_SECONDS));
+    // subscribe before reading the revision: a write in between still wakes this poll
+    let mut changes = state.notifier.subscribe(&agent.cluster.key());
+    let revision = state
+        .store
+        .heartbeat(agent.cluster_id, Utc::now(), None)
+        .await?
+        .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
+    if params.after.is_some_and(|after| revision <= after) {
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = state.notifier.closed() => {}
+        }
+    }
+    let (revision, configurations) = state.store.desired_state(agent.cluster_id).await?;
+    Ok(Json(DesiredState {
+        cluster_id: agent.cluster.id(),
+        revision,
+        configurations: configurations
+            .into_iter()
+            .map(|c| DesiredConfiguration {
+                deleting: c.provisioning_state == ProvisioningState::Deleting,
+                name: c.name,
+                generation: c.generation,
+                spec: c.spec,
+            })
+            .collect(),
+    }))
+}
+
+/// Records a batch of status reports; also a heartbeat.
+#[utoipa::path(
+    post,
+    path = "/agent/v1/status",
+    tag = "Agent",
+    operation_id = "Agent_ReportStatus",
+    request_body = StatusReport,
+    responses(
+        (status = 200, description = "What became of each report", body = StatusAccepted),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("agent" = []))
+)]
+async fn report_status(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<StatusAccepted>> {
+    let report: StatusReport = parse(body, "")?;
+    if report.configurations.len() > MAX_REPORTS {
+        return Err(ApiError::invalid(
+            "configurations",
+            format!("at most {MAX_REPORTS} reports fit in one request"),
+        ));
+    }
+    let now = Utc::now();
+    let writes = report
+        .configurations
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| Ok((entry, report_write(entry, now, i)?)))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let mut results = Vec::with_capacity(writes.len());
+    for (entry, write) in writes {
+        let resource_key = format!("{}/{}", agent.cluster.key(), entry.name);
+        let result = state
+            .store
+            .apply_report(
+                agent.cluster_id,
+                &entry.name,
+                entry.generation,
+                &resource_key,
+                &write,
+                now,
+            )
+            .await?;
+        results.push(ReportResult {
+            name: entry.name.clone(),
+            generation: entry.generation,
+            result,
+        });
+    }
+    state
+        .store
+        .heartbeat(agent.cluster_id, now, Some(&report.agent))
+        .await?
+        .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
+    Ok(Json(StatusAccepted { results }))
+}
+
+/// What a report does to its configuration.
+fn report_write(entry: &ConfigurationReport, now: DateTime<Utc>, index: usize) -> ApiResult<ReportWrite> {
+    let (provisioning_state, operation_status, operation_error) = match entry.outcome {
+        ApplyOutcome::Removed => return Ok(ReportWrite::Removed),
+        ApplyOutcome::Applied => (ProvisioningState::Succeeded, "Succeeded", None),
+        ApplyOutcome::Failed => {
+            let message = entry
+                .message
+                .clone()
+                .unwrap_or_else(|| "the agent could not apply the configuration".into());
+            (
+                ProvisioningState::Failed,
+                "Failed",
+                Some(ErrorDetail::new("FluxConfigurationFailed", message)),
+            )
+        }
+    };
+    let source_updated_at = match &entry.source_updated_at {
+        None => None,
+        Some(text) => Some(
+            DateTime::parse_from_rfc3339(text)
+                .map_err(|_| {
+                    ApiError::invalid(
+                        format!("configurations[{index}].sourceUpdatedAt"),
+                        "must be an RFC 3339 timestamp",
+                    )
+                })?
+                .with_timezone(&Utc),
+        ),
+    };
+    Ok(ReportWrite::Status {
+        provisioning_state,
+        compliance_state: entry.compliance_state,
+        observed: Box::new(Observed {
+            statuses: entry.statuses.clone(),
+            source_synced_commit_id: entry.source_synced_commit_id.clone(),
+            source_updated_at,
+            status_updated_at: Some(now),
+            repository_public_key: None,
+            error_message: entry.message.clone(),
+        }),
+        operation_status,
+        operation_error,
+    })
+}
