@@ -5,8 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::identity::Identity;
+use fluxplane_agent::register::{Registration, register};
+use fluxplane_agent::run;
+use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
-use fluxplane_api::config::ServeConfig;
+use fluxplane_api::config::{LogFormat, ServeConfig};
 use fluxplane_api::{keys, openapi, server, telemetry};
 
 #[derive(Debug, Parser)]
@@ -30,12 +35,77 @@ enum Command {
     Token(TokenArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// The per-cluster agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Create key files (32 random bytes, base64, mode 0600) for --secret-key-file and --jwt-secret-file;
     /// existing files are left as they are.
     Keygen {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Generate the agent's key pair, register its public key on the cluster (creating the cluster if needed)
+    /// and write the identity file. Registering again rotates the key.
+    Register(RegisterArgs),
+    /// Run the agent: long-poll the cluster's desired state, materialise it in the target, report status.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegisterArgs {
+    /// The control plane's base URL.
+    #[arg(long, env = "FLUXPLANE_SERVER")]
+    server: String,
+    /// A user token allowed to write the cluster (Contributor).
+    #[arg(long, env = "FLUXPLANE_TOKEN")]
+    token: String,
+    /// The cluster's ARM id: /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Kubernetes/connectedClusters/{name}.
+    #[arg(long, env = "FLUXPLANE_CLUSTER")]
+    cluster: String,
+    /// A tag `key=value` to set on the cluster; repeat for several.
+    #[arg(long = "tag", env = "FLUXPLANE_TAGS", value_delimiter = ',', value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// The cluster's location (used when the cluster is created; default `local`).
+    #[arg(long, env = "FLUXPLANE_LOCATION")]
+    location: Option<String>,
+    /// Where to write the identity (mode 0600).
+    #[arg(long, env = "FLUXPLANE_AGENT_IDENTITY")]
+    identity: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The identity file written by `agent register`.
+    #[arg(long, env = "FLUXPLANE_AGENT_IDENTITY")]
+    identity: PathBuf,
+    /// Where to materialise the configurations: `dir:PATH` writes their objects as YAML files under PATH.
+    #[arg(long, env = "FLUXPLANE_AGENT_TARGET", value_parser = parse_target)]
+    target: PathBuf,
+    /// Longest wait of one desired-state poll.
+    #[arg(long, env = "FLUXPLANE_POLL_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    poll_wait: Duration,
+    #[arg(long, env = "FLUXPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("'{text}' is not key=value"))
+}
+
+fn parse_target(text: &str) -> Result<PathBuf, String> {
+    match text.split_once(':') {
+        Some(("dir", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(format!("'{text}' is not a target this agent supports: use dir:PATH")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", openapi::document_json());
             Ok(())
         }
+        Command::Agent { command } => agent(command).await,
         Command::Keygen { files } => {
             for file in files {
                 let created = keys::ensure_key_file(&file)?;
@@ -101,6 +172,39 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+    }
+}
+
+async fn agent(command: AgentCommand) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::Register(args) => {
+            let registration = Registration {
+                server: args.server,
+                user_token: args.token,
+                cluster_id: args.cluster,
+                tags: args.tags.into_iter().collect(),
+                location: args.location,
+            };
+            let identity = register(&registration, &args.identity).await?;
+            println!(
+                "registered {} with a new key; identity written to {}",
+                identity.cluster_id,
+                args.identity.display()
+            );
+            Ok(())
+        }
+        AgentCommand::Run(args) => {
+            telemetry::init(args.log_format);
+            let identity = Identity::load(&args.identity)?;
+            let control_plane = ControlPlane::new(identity)?;
+            let target = DirTarget::new(&args.target)?;
+            let options = run::Options {
+                poll_wait: args.poll_wait,
+                ..Default::default()
+            };
+            let agent = run::Agent::new(control_plane, Box::new(target), options).await?;
+            agent.run(server::shutdown_signal()).await
         }
     }
 }

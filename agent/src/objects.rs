@@ -266,10 +266,12 @@ fn kustomization_object(
         put(&mut p, "substituteFrom", from.map(Value::Array));
         s.insert("postBuild".into(), Value::Object(p));
     }
+    let mut metadata = metadata(&format!("{configuration}-{name}"), namespace, configuration);
+    metadata["labels"]["fluxplane.io/kustomization"] = json!(name);
     json!({
         "apiVersion": KUSTOMIZE_API,
         "kind": "Kustomization",
-        "metadata": metadata(&format!("{configuration}-{name}"), namespace, configuration),
+        "metadata": metadata,
         "spec": Value::Object(s),
     })
 }

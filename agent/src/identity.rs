@@ -1,0 +1,145 @@
+//! The agent's identity: an Ed25519 key pair it generates itself, the public half registered on its cluster, the
+//! private half kept in a file only the agent can read, and the short-lived tokens it signs with it.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+
+/// How long the tokens the agent signs live; the control plane accepts at most five minutes.
+const TOKEN_LIFETIME_SECONDS: i64 = 120;
+
+/// What the identity file holds.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The control plane's base URL.
+    pub server: String,
+    /// The cluster's ARM id.
+    pub cluster_id: String,
+    /// The private key, PKCS#8 PEM.
+    pub private_key: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("server", &self.server)
+            .field("cluster_id", &self.cluster_id)
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A freshly generated key pair: the identity to save and the public key to register (base64 SPKI DER).
+pub struct NewIdentity {
+    pub identity: Identity,
+    pub public_key: String,
+}
+
+impl Identity {
+    pub fn generate(server: &str, cluster_id: &str) -> anyhow::Result<NewIdentity> {
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        let key = SigningKey::from_bytes(&seed);
+        let private_key = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .context("encoding the private key")?
+            .to_string();
+        let public_key = STANDARD.encode(
+            key.verifying_key()
+                .to_public_key_der()
+                .context("encoding the public key")?
+                .as_bytes(),
+        );
+        Ok(NewIdentity {
+            identity: Identity {
+                server: server.trim_end_matches('/').to_owned(),
+                cluster_id: cluster_id.to_owned(),
+                private_key,
+            },
+            public_key,
+        })
+    }
+
+    /// Writes the identity readable by its owner only; an existing file is replaced atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let temporary = dir.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("identity")
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&temporary)
+            .with_context(|| format!("creating {}", temporary.display()))?;
+        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the identity {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not an agent identity", path.display()))
+    }
+
+    /// A token for one request to the control plane.
+    pub fn token(&self) -> anyhow::Result<String> {
+        let now = Utc::now().timestamp();
+        let claims = AgentClaims {
+            sub: self.cluster_id.clone(),
+            aud: AGENT_AUDIENCE.to_owned(),
+            iat: now,
+            exp: now + TOKEN_LIFETIME_SECONDS,
+        };
+        let key = EncodingKey::from_ed_pem(self.private_key.as_bytes()).context("the identity's private key")?;
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_privately_and_sign_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.json");
+        let new = Identity::generate(
+            "http://cp:8080/",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c",
+        )
+        .unwrap();
+        assert!(STANDARD.decode(&new.public_key).is_ok());
+        new.identity.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let loaded = Identity::load(&path).unwrap();
+        assert_eq!(loaded.server, "http://cp:8080");
+        assert!(!format!("{loaded:?}").contains("PRIVATE KEY"));
+        let token = loaded.token().unwrap();
+        let claims: AgentClaims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+        assert_eq!(claims.aud, AGENT_AUDIENCE);
+        assert!(claims.exp - claims.iat <= 300);
+    }
+}

@@ -1,0 +1,344 @@
+//! The agent's loop: long-poll the desired state, bring the target in line, report what it observed, and re-check
+//! each configuration's source on its sync interval. Every failure backs off exponentially with jitter; nothing
+//! is lost across failures, because every poll answers the full desired state and reports are kept until sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::Duration;
+
+use fluxplane_agent_protocol::agent::{
+    AgentInfo, ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, StatusReport,
+};
+use fluxplane_agent_protocol::flux::{ComplianceState, SourceKind};
+use tokio::time::Instant;
+
+use crate::client::{ClientError, ControlPlane};
+use crate::targets::{Observation, Target};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Longest wait of one desired-state poll.
+    pub poll_wait: Duration,
+    /// Facts sent with every report.
+    pub info: AgentInfo,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            poll_wait: Duration::from_secs(30),
+            info: AgentInfo {
+                agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, from 250 ms to 30 s.
+#[derive(Debug)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(250);
+    const CAP: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    /// The next delay: a random duration up to `BASE * 2^attempt`, capped.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = Self::BASE.saturating_mul(1 << self.attempt.min(16)).min(Self::CAP);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the agent knows of one configuration.
+#[derive(Debug)]
+struct Held {
+    generation: i64,
+    /// When its source is due for another check.
+    next_check: Instant,
+    /// What was last reported for it, to report again only on change.
+    reported: Option<ConfigurationReport>,
+}
+
+fn sync_interval(configuration: &DesiredConfiguration) -> Duration {
+    let spec = &configuration.spec;
+    let seconds = match spec.source_kind.unwrap_or(SourceKind::GitRepository) {
+        SourceKind::GitRepository => spec.git_repository.as_ref().and_then(|g| g.sync_interval_in_seconds),
+        SourceKind::Bucket => spec.bucket.as_ref().and_then(|b| b.sync_interval_in_seconds),
+        SourceKind::AzureBlob => spec.azure_blob.as_ref().and_then(|b| b.sync_interval_in_seconds),
+        SourceKind::OciRepository => spec.oci_repository.as_ref().and_then(|o| o.sync_interval_in_seconds),
+    };
+    Duration::from_secs(seconds.unwrap_or(600).max(1) as u64)
+}
+
+fn report_of(
+    configuration: &DesiredConfiguration,
+    outcome: ApplyOutcome,
+    observation: Observation,
+) -> ConfigurationReport {
+    ConfigurationReport {
+        name: configuration.name.clone(),
+        generation: configuration.generation,
+        outcome,
+        compliance_state: observation.compliance,
+        message: observation.message,
+        statuses: observation.statuses,
+        source_synced_commit_id: observation.source_synced_commit_id,
+        source_updated_at: observation.source_updated_at,
+    }
+}
+
+/// The agent: a control plane, a target, and what it holds.
+pub struct Agent {
+    control_plane: ControlPlane,
+    target: Box<dyn Target>,
+    options: Options,
+    held: HashMap<String, Held>,
+    /// Reports not yet accepted by the control plane, by configuration.
+    pending: BTreeMap<String, ConfigurationReport>,
+}
+
+impl Agent {
+    pub async fn new(control_plane: ControlPlane, target: Box<dyn Target>, options: Options) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        // what an earlier run wrote need not be written again: only observed
+        let held = target
+            .inventory()
+            .await?
+            .into_iter()
+            .map(|(name, generation)| {
+                (
+                    name,
+                    Held {
+                        generation,
+                        next_check: now,
+                        reported: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            control_plane,
+            target,
+            options,
+            held,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut revision = None;
+        let mut backoff = Backoff::new();
+        tracing::info!(
+            cluster = self.control_plane.cluster_id(),
+            held = self.held.len(),
+            "agent started"
+        );
+        loop {
+            let wait = self.next_wait();
+            let polled = tokio::select! {
+                () = &mut shutdown => break,
+                polled = self.control_plane.desired_state(revision, wait) => polled,
+            };
+            let desired = match polled {
+                Ok(desired) => desired,
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    match &err {
+                        ClientError::Unauthorized(_) => {
+                            tracing::error!(error = %err, "refused: was the cluster deleted or registered again?")
+                        }
+                        _ => tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "polling failed"),
+                    }
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            if revision != Some(desired.revision) {
+                tracing::debug!(
+                    revision = desired.revision,
+                    configurations = desired.configurations.len(),
+                    "desired state"
+                );
+            }
+            revision = Some(desired.revision);
+            self.reconcile(&desired).await;
+            self.send_reports().await;
+        }
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+
+    /// How long the next poll may wait: until the earliest source check is due, at most the poll wait; at once
+    /// while reports wait to be sent.
+    fn next_wait(&self) -> Duration {
+        if !self.pending.is_empty() {
+            return Duration::from_secs(1);
+        }
+        let now = Instant::now();
+        self.held
+            .values()
+            .map(|h| h.next_check.saturating_duration_since(now))
+            .min()
+            .unwrap_or(self.options.poll_wait)
+            .clamp(Duration::from_secs(1), self.options.poll_wait)
+    }
+
+    /// Brings the target in line with `desired` and queues the reports that changed.
+    pub async fn reconcile(&mut self, desired: &DesiredState) {
+        let now = Instant::now();
+        for configuration in &desired.configurations {
+            let name = configuration.name.clone();
+            if configuration.deleting {
+                match self.target.remove(&name).await {
+                    Ok(()) => {
+                        tracing::info!(configuration = %name, "removed");
+                        self.held.remove(&name);
+                        let observation = Observation {
+                            compliance: ComplianceState::Unknown,
+                            message: None,
+                            statuses: Vec::new(),
+                            source_synced_commit_id: None,
+                            source_updated_at: None,
+                        };
+                        self.queue(report_of(configuration, ApplyOutcome::Removed, observation));
+                    }
+                    Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
+                }
+                continue;
+            }
+            let held = self.held.get(&name);
+            let changed = held.is_none_or(|h| h.generation != configuration.generation);
+            let due = held.is_none_or(|h| h.next_check <= now);
+            if !changed && !due {
+                continue;
+            }
+            let report = if changed {
+                match self.target.apply(configuration).await {
+                    Ok(()) => {
+                        tracing::info!(configuration = %name, generation = configuration.generation, "applied");
+                        let observation = self.target.observe(configuration).await;
+                        report_of(configuration, ApplyOutcome::Applied, observation)
+                    }
+                    Err(err) => {
+                        let message = format!("{err:#}");
+                        tracing::warn!(configuration = %name, error = %message, "applying failed");
+                        let observation = Observation {
+                            compliance: ComplianceState::NonCompliant,
+                            message: Some(message),
+                            statuses: Vec::new(),
+                            source_synced_commit_id: None,
+                            source_updated_at: None,
+                        };
+                        report_of(configuration, ApplyOutcome::Failed, observation)
+                    }
+                }
+            } else {
+                let observation = self.target.observe(configuration).await;
+                report_of(configuration, ApplyOutcome::Applied, observation)
+            };
+            let held = self.held.entry(name).or_insert(Held {
+                generation: configuration.generation,
+                next_check: now,
+                reported: None,
+            });
+            held.generation = configuration.generation;
+            held.next_check = now + sync_interval(configuration);
+            if held.reported.as_ref() != Some(&report) {
+                held.reported = Some(report.clone());
+                self.pending.insert(report.name.clone(), report);
+            }
+        }
+        // configurations deleted at once (forceDelete) leave the desired state without passing through Deleting
+        let wanted: std::collections::HashSet<&str> = desired.configurations.iter().map(|c| c.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .held
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            match self.target.remove(&name).await {
+                Ok(()) => {
+                    tracing::info!(configuration = %name, "removed (no longer desired)");
+                    self.held.remove(&name);
+                    self.pending.remove(&name);
+                }
+                Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
+            }
+        }
+    }
+
+    fn queue(&mut self, report: ConfigurationReport) {
+        self.pending.insert(report.name.clone(), report);
+    }
+
+    /// Sends the pending reports; those not accepted stay pending for the next round.
+    pub async fn send_reports(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let report = StatusReport {
+            agent: self.options.info.clone(),
+            configurations: self.pending.values().cloned().collect(),
+        };
+        match self.control_plane.report(&report).await {
+            Ok(accepted) => {
+                for result in accepted.results {
+                    if self
+                        .pending
+                        .get(&result.name)
+                        .is_some_and(|r| r.generation == result.generation)
+                    {
+                        self.pending.remove(&result.name);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, pending = self.pending.len(), "reporting failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let first = backoff.next_delay();
+        assert!(first <= Duration::from_millis(250) && first >= Duration::from_millis(125));
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= Duration::from_secs(30));
+        }
+        assert!(
+            backoff.next_delay() >= Duration::from_secs(15),
+            "it has reached the cap"
+        );
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(250));
+    }
+}

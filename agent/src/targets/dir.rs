@@ -1,0 +1,288 @@
+//! The `dir` target: the objects of each configuration as YAML files, for clusters reached through GitOps tooling
+//! of their own, for trying fluxplane out, and for tests.
+//!
+//! Layout, under the target directory:
+//!
+//! ```text
+//! {configuration}/fluxconfig.yaml            the FluxConfig (fluxplane.io/v1alpha1) as received
+//! {configuration}/source.yaml                the GitRepository, Bucket or OCIRepository it implies
+//! {configuration}/kustomization-{name}.yaml  one Flux Kustomization per kustomization
+//! .fluxplane/git/{configuration}.git         the bare mirror the source check fetches into
+//! ```
+//!
+//! Each file is written to a temporary name and renamed into place, so a reader never sees half a file. No Flux
+//! runs here, so the target checks Git sources itself (see `git.rs`); sources it cannot check report `Unknown`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::Utc;
+use fluxplane_agent_protocol::agent::DesiredConfiguration;
+use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatusCondition, SourceKind};
+use serde_json::{Value, json};
+
+use super::{Observation, Target};
+use crate::git::{Mirror, mirror_path};
+use crate::objects::flux_objects;
+
+pub const FLUXCONFIG_API: &str = "fluxplane.io/v1alpha1";
+const GENERATION_ANNOTATION: &str = "fluxplane.io/generation";
+const FLUXCONFIG_FILE: &str = "fluxconfig.yaml";
+
+pub struct DirTarget {
+    root: PathBuf,
+}
+
+impl DirTarget {
+    pub fn new(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).with_context(|| format!("creating the target directory {}", root.display()))?;
+        Ok(Self { root })
+    }
+
+    fn dir(&self, configuration: &str) -> PathBuf {
+        self.root.join(configuration)
+    }
+}
+
+/// The FluxConfig object of a configuration.
+pub fn flux_config_object(configuration: &DesiredConfiguration) -> Value {
+    json!({
+        "apiVersion": FLUXCONFIG_API,
+        "kind": "FluxConfig",
+        "metadata": {
+            "name": configuration.name,
+            "namespace": configuration.spec.namespace.as_deref().unwrap_or("default"),
+            "annotations": {GENERATION_ANNOTATION: configuration.generation.to_string()},
+            "labels": {"app.kubernetes.io/managed-by": "fluxplane"},
+        },
+        "spec": configuration.spec,
+    })
+}
+
+fn file_name(object: &Value) -> String {
+    match object["kind"].as_str() {
+        Some("Kustomization") => format!(
+            "kustomization-{}.yaml",
+            object["metadata"]["labels"]["fluxplane.io/kustomization"]
+                .as_str()
+                .unwrap_or_default()
+        ),
+        Some("FluxConfig") => FLUXCONFIG_FILE.to_owned(),
+        _ => "source.yaml".to_owned(),
+    }
+}
+
+fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let temporary = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("object")
+    ));
+    std::fs::write(&temporary, contents).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn condition(ok: bool, reason: &str, message: &str) -> ObjectStatusCondition {
+    ObjectStatusCondition {
+        last_transition_time: Some(Utc::now().to_rfc3339()),
+        message: Some(message.to_owned()),
+        reason: Some(reason.to_owned()),
+        status: Some(if ok { "True" } else { "False" }.to_owned()),
+        type_: Some("Ready".to_owned()),
+    }
+}
+
+fn status(
+    name: &str,
+    namespace: &str,
+    kind: &str,
+    state: ComplianceState,
+    condition: ObjectStatusCondition,
+) -> ObjectStatus {
+    ObjectStatus {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        kind: Some(kind.to_owned()),
+        compliance_state: Some(state),
+        applied_by: None,
+        status_conditions: Some(vec![condition]),
+        helm_release_properties: None,
+    }
+}
+
+#[async_trait]
+impl Target for DirTarget {
+    async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let mut held = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(entry.path().join(FLUXCONFIG_FILE)) else {
+                continue;
+            };
+            let object: Value = serde_yaml_ng::from_str(&text).unwrap_or_default();
+            if let Some(generation) = object["metadata"]["annotations"][GENERATION_ANNOTATION]
+                .as_str()
+                .and_then(|g| g.parse().ok())
+            {
+                held.insert(name, generation);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn apply(&self, configuration: &DesiredConfiguration) -> anyhow::Result<()> {
+        let dir = self.dir(&configuration.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut objects = flux_objects(&configuration.name, &configuration.spec);
+        objects.push(flux_config_object(configuration));
+        let mut written = BTreeSet::new();
+        // the FluxConfig goes last: its generation annotation says the rest is in place
+        for object in &objects {
+            let file = file_name(object);
+            write_atomically(&dir.join(&file), &serde_yaml_ng::to_string(object)?)?;
+            written.insert(file);
+        }
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") && !written.contains(&name) {
+                std::fs::remove_file(dir.join(&name)).with_context(|| format!("removing {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        for path in [self.dir(name), mirror_path(&self.root, name)] {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {
+        let spec = &configuration.spec;
+        let name = configuration.name.as_str();
+        let namespace = spec.namespace.as_deref().unwrap_or("default");
+        let kind = spec.source_kind.unwrap_or(SourceKind::GitRepository);
+        if spec.suspend == Some(true) {
+            return Observation {
+                compliance: ComplianceState::Suspended,
+                message: Some("reconciliation is suspended".into()),
+                statuses: Vec::new(),
+                source_synced_commit_id: None,
+                source_updated_at: None,
+            };
+        }
+        let Some(git) = spec
+            .git_repository
+            .as_ref()
+            .filter(|_| kind == SourceKind::GitRepository)
+        else {
+            let message = format!(
+                "the dir target checks Git sources only; a {} source is verified by Flux in a cluster",
+                kind.as_str()
+            );
+            return Observation {
+                compliance: ComplianceState::Unknown,
+                message: Some(message.clone()),
+                statuses: vec![status(
+                    name,
+                    namespace,
+                    kind.as_str(),
+                    ComplianceState::Unknown,
+                    condition(false, "Unverified", &message),
+                )],
+                source_synced_commit_id: None,
+                source_updated_at: None,
+            };
+        };
+        let timeout = Duration::from_secs(git.timeout_in_seconds.unwrap_or(600).max(1) as u64);
+        let mirror = Mirror::new(mirror_path(&self.root, name), timeout);
+        let url = git.url.clone().unwrap_or_default();
+        let resolved = match mirror.fetch(&url).await {
+            Ok(()) => mirror.resolve(&git.repository_ref.clone().unwrap_or_default()).await,
+            Err(err) => Err(err),
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(err) => {
+                let message = format!("{err:#}");
+                return Observation {
+                    compliance: ComplianceState::NonCompliant,
+                    message: Some(message.clone()),
+                    statuses: vec![status(
+                        name,
+                        namespace,
+                        "GitRepository",
+                        ComplianceState::NonCompliant,
+                        condition(false, "GitOperationFailed", &message),
+                    )],
+                    source_synced_commit_id: None,
+                    source_updated_at: None,
+                };
+            }
+        };
+        let mut statuses = vec![status(
+            name,
+            namespace,
+            "GitRepository",
+            ComplianceState::Compliant,
+            condition(
+                true,
+                "Succeeded",
+                &format!("stored artifact for revision '{}'", resolved.synced_id),
+            ),
+        )];
+        let mut problems = Vec::new();
+        for (kustomization, k) in spec.kustomizations.iter().flatten() {
+            let path = k.path.clone().unwrap_or_default();
+            let object = format!("{name}-{kustomization}");
+            match mirror.check_path(&resolved.commit, &path).await {
+                Ok(_) => statuses.push(status(
+                    &object,
+                    namespace,
+                    "Kustomization",
+                    ComplianceState::Compliant,
+                    condition(
+                        true,
+                        "ReconciliationSucceeded",
+                        &format!("Applied revision: {}", resolved.synced_id),
+                    ),
+                )),
+                Err(err) => {
+                    let message = format!("kustomization '{kustomization}': {err:#}");
+                    statuses.push(status(
+                        &object,
+                        namespace,
+                        "Kustomization",
+                        ComplianceState::NonCompliant,
+                        condition(false, "BuildFailed", &message),
+                    ));
+                    problems.push(message);
+                }
+            }
+        }
+        Observation {
+            compliance: if problems.is_empty() {
+                ComplianceState::Compliant
+            } else {
+                ComplianceState::NonCompliant
+            },
+            message: (!problems.is_empty()).then(|| problems.join("; ")),
+            statuses,
+            source_synced_commit_id: Some(resolved.synced_id),
+            source_updated_at: Some(resolved.committed_at),
+        }
+    }
+}

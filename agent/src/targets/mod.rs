@@ -1,0 +1,33 @@
+//! Where an agent materialises its cluster's configurations.
+
+pub mod dir;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use fluxplane_agent_protocol::agent::DesiredConfiguration;
+use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus};
+
+/// The observed state of a configuration's objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub compliance: ComplianceState,
+    /// Why it is not compliant, or why its state is unknown.
+    pub message: Option<String>,
+    pub statuses: Vec<ObjectStatus>,
+    pub source_synced_commit_id: Option<String>,
+    pub source_updated_at: Option<String>,
+}
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// The configurations the target holds, with the generation each was written at: what a restarted agent
+    /// need not write again.
+    async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>>;
+    /// Writes the configuration's objects (replacing an older generation, removing objects it no longer implies).
+    async fn apply(&self, configuration: &DesiredConfiguration) -> anyhow::Result<()>;
+    /// Removes every object of the configuration; removing what is absent succeeds.
+    async fn remove(&self, name: &str) -> anyhow::Result<()>;
+    /// Observes the configuration's objects as they are now.
+    async fn observe(&self, configuration: &DesiredConfiguration) -> Observation;
+}
