@@ -203,6 +203,59 @@ impl TestServer {
         })
     }
 
+    /// Another server on the same database and keys: a second replica.
+    pub async fn replica(&self) -> TestServer {
+        let database = TestDatabase {
+            url: self.database.url.clone(),
+            backend: self.database.backend,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            postgres_name: None,
+        };
+        let config = (*self.state.config).clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding port 0");
+        Self::serve(database, config, listener).await
+    }
+
+    /// Stops the server and starts it again on the same address, database and keys (a restart).
+    pub async fn restart(&mut self) {
+        self.shutdown_now().await;
+        let config = (*self.state.config).clone();
+        let listener = tokio::net::TcpListener::bind(self.address)
+            .await
+            .expect("binding the same address again");
+        let database = TestDatabase {
+            url: self.database.url.clone(),
+            backend: self.database.backend,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            postgres_name: None,
+        };
+        let restarted = Self::serve(database, config, listener).await;
+        self.state = restarted.state.clone();
+        let mut restarted = restarted;
+        self.shutdown = restarted.shutdown.take();
+        self.task = restarted.task.take();
+    }
+
+    async fn serve(database: TestDatabase, config: ServeConfig, listener: tokio::net::TcpListener) -> TestServer {
+        let store = database.store().await;
+        let state = AppState::new(config, store).expect("building the app state");
+        let address = listener.local_addr().expect("a bound address");
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::server::serve(listener, state.clone(), async {
+            let _ = signal.await;
+        }));
+        TestServer {
+            address,
+            base: format!("http://{address}"),
+            state,
+            database,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
     /// A token for `subject` with the given role assignments, valid for an hour.
     pub fn token(&self, subject: &str, roles: &[(Role, &str)]) -> String {
         let secret = auth::read_secret_file(&self.state.config.jwt_secret_path()).expect("reading the JWT secret");

@@ -167,3 +167,5 @@ pub fn assert_contains(actual: &Value, expected: &Value, at: &str) {
         _ => assert_eq!(actual, expected, "{at}"),
     }
 }
+
+pub mod git;

@@ -1,0 +1,477 @@
+//! End-to-end: agents with their own identities long-poll a real server, materialise configurations of real Git
+//! repositories (served over real HTTP) in `dir` targets, and report status back.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::git::{FileServer, MANIFEST, Repository};
+use common::*;
+use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::identity::Identity;
+use fluxplane_agent::register::{Registration, register};
+use fluxplane_agent::run::{Agent, Options};
+use fluxplane_agent::targets::dir::DirTarget;
+use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
+use fluxplane_api::on_both_backends;
+use fluxplane_api::testing::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+async fn registered(api: &Api, name: &str, dir: &Path) -> Identity {
+    let registration = Registration {
+        server: api.server.base.clone(),
+        user_token: api.token.clone(),
+        cluster_id: cluster_path("s", "rg", name),
+        tags: [("env".to_owned(), "test".to_owned())].into(),
+        location: Some("westeurope".into()),
+    };
+    register(&registration, &dir.join(format!("{name}.json")))
+        .await
+        .expect("registering the agent")
+}
+
+/// A running agent with a `dir` target, stopped when dropped.
+struct RunningAgent {
+    target: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningAgent {
+    async fn start(identity: Identity) -> Self {
+        let target = tempfile::tempdir().unwrap();
+        let agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(DirTarget::new(target.path()).unwrap()),
+            Options {
+                poll_wait: Duration::from_secs(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            target,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    fn file(&self, configuration: &str, file: &str) -> std::path::PathBuf {
+        self.target.path().join(configuration).join(file)
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Reads the configuration until `done` holds of its properties (or fails after 20 s).
+async fn until(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = api.get(path).await;
+        if answer.status == StatusCode::OK && done(&answer.body["properties"]) {
+            return answer.body;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}; last answer: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn config_body(url: &str) -> Value {
+    json!({"properties": {
+        "namespace": "flux-system",
+        "gitRepository": {"url": url, "repositoryRef": {"branch": "main"}, "syncIntervalInSeconds": 1},
+        "kustomizations": {
+            "infra": {"path": "./infra"},
+            "apps": {"path": "./apps", "dependsOn": ["infra"]}
+        }
+    }})
+}
+
+fn agent_token(identity: &Identity, claims: &AgentClaims) -> String {
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(identity.private_key.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA), claims, &key).unwrap()
+}
+
+on_both_backends!(
+    agents_materialise_configurations_and_report_real_status,
+    materialise_case
+);
+async fn materialise_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
+    let git = FileServer::start(repository.served_root()).await;
+    let url = format!("{}/repo.git", git.base);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "demo"), FLUX_API);
+
+    let created = api.put_config(&cluster, "demo", config_body(&url)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let head = repository.head();
+    let ready = until(&api, &path, "Succeeded and Compliant", |p| {
+        p["provisioningState"] == "Succeeded" && p["complianceState"] == "Compliant"
+    })
+    .await;
+    assert_eq!(ready["properties"]["sourceSyncedCommitId"], format!("main@sha1:{head}"));
+    assert_eq!(
+        ready["properties"]["statuses"].as_array().unwrap().len(),
+        3,
+        "the source and two kustomizations"
+    );
+    let operation = api.get(created.header("azure-asyncoperation").unwrap()).await;
+    assert_eq!(operation.body["status"], "Succeeded");
+    for file in [
+        "fluxconfig.yaml",
+        "source.yaml",
+        "kustomization-infra.yaml",
+        "kustomization-apps.yaml",
+    ] {
+        assert!(agent.file("demo", file).exists(), "{file}");
+    }
+    let source = std::fs::read_to_string(agent.file("demo", "source.yaml")).unwrap();
+    assert!(
+        source.contains("kind: GitRepository") && source.contains(&url),
+        "{source}"
+    );
+    let cluster_state = api.get(&with_version(&cluster, CLUSTER_API)).await;
+    assert_eq!(cluster_state.body["properties"]["connectivityStatus"], "Connected");
+    assert!(cluster_state.body["properties"]["agentVersion"].is_string());
+
+    // a new commit is picked up on the sync interval
+    let next = repository.commit(&[("apps/more.yaml", MANIFEST)], "more");
+    until(&api, &path, "the new commit", |p| {
+        p["sourceSyncedCommitId"] == format!("main@sha1:{next}")
+    })
+    .await;
+
+    // a missing branch is reported, with the reason
+    let patch = |body: Value| api.call(Method::PATCH, &path, Some(json!({ "properties": body })));
+    assert_eq!(
+        patch(json!({"gitRepository": {"repositoryRef": {"branch": "missing"}}}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let broken = until(&api, &path, "Non-Compliant", |p| {
+        p["complianceState"] == "Non-Compliant"
+    })
+    .await;
+    assert!(
+        broken["properties"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{broken}"
+    );
+    assert_eq!(
+        broken["properties"]["provisioningState"], "Succeeded",
+        "the objects are written; the source is not"
+    );
+
+    // so is a missing path
+    patch(json!({"gitRepository": {"repositoryRef": {"branch": "main"}}, "kustomizations": {"apps": {"path": "./nowhere"}}})).await;
+    let no_path = until(&api, &path, "a missing path", |p| {
+        p["complianceState"] == "Non-Compliant" && p["errorMessage"].as_str().is_some_and(|m| m.contains("nowhere"))
+    })
+    .await;
+    assert!(no_path["properties"]["errorMessage"].as_str().unwrap().contains("apps"));
+
+    patch(json!({"suspend": true, "kustomizations": {"apps": {"path": "./apps"}}})).await;
+    until(&api, &path, "Suspended", |p| p["complianceState"] == "Suspended").await;
+
+    // deleting waits for the agent, which removes the files
+    let deleted = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.get(&path).await.status != StatusCode::NOT_FOUND {
+        assert!(Instant::now() < deadline, "the agent did not confirm the deletion");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!agent.file("demo", "fluxconfig.yaml").exists());
+    assert_eq!(
+        api.get(deleted.header("azure-asyncoperation").unwrap()).await.body["status"],
+        "Succeeded"
+    );
+    agent.stop().await;
+}
+
+on_both_backends!(
+    agent_tokens_other_than_the_clusters_own_are_refused_without_side_effects,
+    tokens_case
+);
+async fn tokens_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = registered(&api, "a", dir.path()).await;
+    let b = registered(&api, "b", dir.path()).await;
+    let poll = format!("{}/agent/v1/desired-state?wait=0", api.server.base);
+    let now = chrono::Utc::now().timestamp();
+    let claims = |sub: &Identity, aud: &str, iat: i64, exp: i64| AgentClaims {
+        sub: sub.cluster_id.clone(),
+        aud: aud.to_owned(),
+        iat,
+        exp,
+    };
+    let mut tampered = b.token().unwrap();
+    let middle = tampered.len() / 2;
+    tampered.replace_range(
+        middle..middle + 1,
+        if &tampered[middle..middle + 1] == "A" { "B" } else { "A" },
+    );
+    let refused = [
+        (
+            "a's key claiming b",
+            agent_token(&a, &claims(&b, AGENT_AUDIENCE, now, now + 60)),
+        ),
+        (
+            "expired",
+            agent_token(&b, &claims(&b, AGENT_AUDIENCE, now - 600, now - 300)),
+        ),
+        (
+            "wrong audience",
+            agent_token(&b, &claims(&b, "fluxplane", now, now + 60)),
+        ),
+        (
+            "too long-lived",
+            agent_token(&b, &claims(&b, AGENT_AUDIENCE, now, now + 3600)),
+        ),
+        ("tampered", tampered),
+        ("a user token", api.token.clone()),
+    ];
+    for (what, token) in refused {
+        let answer = api.raw(api.client.get(&poll).bearer_auth(&token)).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::UNAUTHORIZED, "AuthenticationFailed"),
+            "{what}"
+        );
+        let report = api
+            .raw(
+                api.client
+                    .post(format!("{}/agent/v1/status", api.server.base))
+                    .bearer_auth(&token)
+                    .json(&json!({})),
+            )
+            .await;
+        assert_eq!(report.status, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    let b_cluster = api.get(&with_version(&cluster_path("s", "rg", "b"), CLUSTER_API)).await;
+    assert_eq!(
+        b_cluster.body["properties"]["connectivityStatus"], "Connecting",
+        "no refused call was a heartbeat"
+    );
+    assert_eq!(b_cluster.body["properties"]["lastConnectivityTime"], Value::Null);
+
+    // an agent token cannot call the user API
+    let user_api = api
+        .raw(
+            api.client
+                .get(api.url(&with_version(&cluster_path("s", "rg", "b"), CLUSTER_API)))
+                .bearer_auth(b.token().unwrap()),
+        )
+        .await;
+    assert_eq!(user_api.status, StatusCode::UNAUTHORIZED);
+
+    // b's own token works; registering b again rotates its key and the old one stops working
+    assert_eq!(
+        api.raw(api.client.get(&poll).bearer_auth(b.token().unwrap()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let rotated = registered(&api, "b", dir.path()).await;
+    let old = api.raw(api.client.get(&poll).bearer_auth(b.token().unwrap())).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.raw(api.client.get(&poll).bearer_auth(rotated.token().unwrap()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+on_both_backends!(an_agent_sees_and_writes_only_its_own_cluster, isolation_case);
+async fn isolation_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
+    let git = FileServer::start(repository.served_root()).await;
+    let url = format!("{}/repo.git", git.base);
+    let dir = tempfile::tempdir().unwrap();
+    let a = RunningAgent::start(registered(&api, "a", dir.path()).await).await;
+    let b_identity = registered(&api, "b", dir.path()).await;
+    api.put_config(&cluster_path("s", "rg", "a"), "only-a", config_body(&url))
+        .await;
+    api.put_config(&cluster_path("s", "rg", "b"), "only-b", config_body(&url))
+        .await;
+    until(
+        &api,
+        &with_version(&config_path(&cluster_path("s", "rg", "a"), "only-a"), FLUX_API),
+        "a applied",
+        |p| p["provisioningState"] == "Succeeded",
+    )
+    .await;
+    assert!(a.file("only-a", "fluxconfig.yaml").exists());
+    assert!(!a.file("only-b", "fluxconfig.yaml").exists());
+    let desired = ControlPlane::new(b_identity.clone())
+        .unwrap()
+        .desired_state(None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        desired
+            .configurations
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["only-b"]
+    );
+    // b reporting about a's configuration name changes nothing of a's
+    let report = json!({"configurations": [{"name": "only-a", "generation": 1, "outcome": "Failed",
+                                            "complianceState": "Non-Compliant", "message": "forged"}]});
+    let answer = api
+        .raw(
+            api.client
+                .post(format!("{}/agent/v1/status", api.server.base))
+                .bearer_auth(b_identity.token().unwrap())
+                .json(&report),
+        )
+        .await;
+    assert_eq!(answer.body["results"][0]["result"], "Unknown");
+    let a_config = api
+        .get(&with_version(
+            &config_path(&cluster_path("s", "rg", "a"), "only-a"),
+            FLUX_API,
+        ))
+        .await;
+    assert_eq!(a_config.body["properties"]["provisioningState"], "Succeeded");
+    a.stop().await;
+}
+
+on_both_backends!(a_write_wakes_the_waiting_poll_at_once, wake_case);
+async fn wake_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let client = ControlPlane::new(identity).unwrap();
+    let first = client.desired_state(None, Duration::ZERO).await.unwrap();
+
+    // an idle poll waits, then answers the same revision
+    let started = Instant::now();
+    let idle = client
+        .desired_state(Some(first.revision), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(idle.revision, first.revision);
+    assert!(started.elapsed() >= Duration::from_millis(900), "the poll waited");
+
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let state = client
+            .desired_state(Some(first.revision), Duration::from_secs(20))
+            .await
+            .unwrap();
+        (state, started)
+    });
+    wait_for_poll(&api.server).await;
+    let written = Instant::now();
+    api.put_config(&cluster_path("s", "rg", "c1"), "cfg", git_config_body())
+        .await;
+    let (state, _) = waiting.await.unwrap();
+    assert!(
+        written.elapsed() < Duration::from_secs(1),
+        "woken in {:?}",
+        written.elapsed()
+    );
+    assert!(state.revision > first.revision);
+    assert_eq!(state.configurations[0].name, "cfg");
+    assert_eq!(state.configurations[0].generation, 1);
+}
+
+/// Waits until a poll is waiting on the server.
+async fn wait_for_poll(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.notifier.waiting_clusters() == 0 {
+        assert!(Instant::now() < deadline, "no poll started waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_wakes_a_poll_on_another() {
+    let Some(api) = Api::start(Backend::Postgres).await else {
+        return;
+    };
+    let replica = api.server.replica().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = registered(&api, "c1", dir.path()).await;
+    identity.server = replica.base.clone();
+    let client = ControlPlane::new(identity).unwrap();
+    let first = client.desired_state(None, Duration::ZERO).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        client
+            .desired_state(Some(first.revision), Duration::from_secs(20))
+            .await
+    });
+    wait_for_poll(&replica).await;
+    let written = Instant::now();
+    // the write goes to the first replica; the poll waits on the second
+    api.put_config(&cluster_path("s", "rg", "c1"), "cfg", git_config_body())
+        .await;
+    let state = waiting.await.unwrap().unwrap();
+    assert!(
+        written.elapsed() < Duration::from_secs(1),
+        "woken across replicas in {:?}",
+        written.elapsed()
+    );
+    assert_eq!(state.configurations.len(), 1);
+}
+
+on_both_backends!(the_agent_recovers_when_the_server_restarts, restart_case);
+async fn restart_case(backend: Backend) {
+    let Some(mut api) = Api::start(backend).await else {
+        return;
+    };
+    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
+    let git = FileServer::start(repository.served_root()).await;
+    let url = format!("{}/repo.git", git.base);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    api.put_config(&cluster, "before", config_body(&url)).await;
+    let before = with_version(&config_path(&cluster, "before"), FLUX_API);
+    until(&api, &before, "applied before the restart", |p| {
+        p["provisioningState"] == "Succeeded"
+    })
+    .await;
+
+    api.server.restart().await;
+    api.put_config(&cluster, "after", config_body(&url)).await;
+    let after = with_version(&config_path(&cluster, "after"), FLUX_API);
+    until(&api, &after, "applied after the restart", |p| {
+        p["provisioningState"] == "Succeeded" && p["complianceState"] == "Compliant"
+    })
+    .await;
+    assert!(agent.file("after", "fluxconfig.yaml").exists());
+    agent.stop().await;
+}
