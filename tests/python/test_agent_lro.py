@@ -1,0 +1,140 @@
+"""Azure's Python SDK waits through a whole long-running operation: `begin_create_or_update(...).result()`
+returns once a real agent has applied the configuration of a real Git repository, and `begin_delete(...).result()`
+once it has removed it."""
+
+import functools
+import http.server
+import json
+import pathlib
+import subprocess
+import threading
+import time
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+
+from test_azure_sdks import BINARY, StaticBearer, UnusedCredential
+
+SUBSCRIPTION = "00000000-0000-0000-0000-0000000000bb"
+GROUP = "lro-rg"
+CLUSTER = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Kubernetes/connectedClusters/lro"
+MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n"
+
+
+def git(cwd, *args):
+    subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+             "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    """A Git repository served over HTTP (the dumb protocol) by a thread of this process."""
+    root = tmp_path_factory.mktemp("git")
+    work = root / "work"
+    (work / "apps").mkdir(parents=True)
+    (work / "apps" / "app.yaml").write_text(MANIFEST)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "initial")
+    served = root / "served"
+    served.mkdir()
+    git(served, "clone", "-q", "--bare", str(work), "repo.git")
+    git(served / "repo.git", "update-server-info")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/repo.git"
+    httpd.shutdown()
+
+
+def wait_for_log(path, message, process):
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None:
+        for line in path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("message") == message:
+                return event
+        time.sleep(0.05)
+    raise AssertionError(f"no log event {message!r}")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """fluxplane serve, and one agent registered for CLUSTER running with a dir target."""
+    data = tmp_path_factory.mktemp("fluxplane")
+    server_log = data / "server.log"
+    with open(server_log, "w") as log:
+        server = subprocess.Popen(
+            [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), "--log-format", "json"],
+            stderr=log,
+        )
+    address = wait_for_log(server_log, "fluxplane listening", server)["address"]
+    base_url = f"http://{address}"
+    token = subprocess.run(
+        [BINARY, "token", "--data-dir", str(data), "--subject", "lro-user", "--role", "Owner", "--scope", "/"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    identity = data / "agent.json"
+    subprocess.run(
+        [BINARY, "agent", "register", "--server", base_url, "--token", token, "--cluster", CLUSTER,
+         "--tag", "env=test", "--identity", str(identity)],
+        check=True, capture_output=True, text=True,
+    )
+    target = data / "cluster"
+    agent_log = data / "agent.log"
+    with open(agent_log, "w") as log:
+        agent = subprocess.Popen(
+            [BINARY, "agent", "run", "--identity", str(identity), "--target", f"dir:{target}",
+             "--poll-wait", "5s", "--log-format", "json"],
+            stderr=log,
+        )
+    wait_for_log(agent_log, "agent started", agent)
+    yield {"base_url": base_url, "token": token, "target": target}
+    for process in (agent, server):
+        process.terminate()
+        process.wait(timeout=10)
+        assert process.returncode == 0, "stopped cleanly on SIGTERM"
+
+
+def test_create_and_delete_wait_for_the_agent(fleet, repository):
+    from azure.mgmt.kubernetesconfiguration.fluxconfigurations import (
+        KubernetesConfigurationFluxConfigurationsMgmtClient,
+        models,
+    )
+
+    client = KubernetesConfigurationFluxConfigurationsMgmtClient(
+        UnusedCredential(), SUBSCRIPTION, base_url=fleet["base_url"],
+        authentication_policy=StaticBearer(fleet["token"]), polling_interval=0.2,
+    )
+    where = (GROUP, "Microsoft.Kubernetes", "connectedClusters", "lro")
+    config = models.FluxConfiguration(
+        properties=models.FluxConfigurationProperties(
+            namespace="flux-system",
+            git_repository=models.GitRepositoryDefinition(
+                url=repository, repository_ref=models.RepositoryRefDefinition(branch="main")
+            ),
+            kustomizations={"apps": models.KustomizationDefinition(path="./apps")},
+        )
+    )
+    started = time.time()
+    created = client.flux_configurations.begin_create_or_update(*where, "lro-config", config).result()
+    assert created.properties.provisioning_state == "Succeeded"
+    assert created.properties.compliance_state == "Compliant"
+    assert created.properties.source_synced_commit_id.startswith("main@sha1:")
+    assert time.time() - started < 10
+    assert (fleet["target"] / "lro-config" / "fluxconfig.yaml").exists()
+
+    client.flux_configurations.begin_delete(*where, "lro-config").result()
+    with pytest.raises(ResourceNotFoundError):
+        client.flux_configurations.get(*where, "lro-config")
+    assert not (fleet["target"] / "lro-config").exists()
