@@ -1,5 +1,7 @@
 //! `fluxplane`: the one binary, with a subcommand per role. Each subcommand is a thin shell around the libraries.
 
+mod dev;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,8 +31,9 @@ struct Cli {
 enum Command {
     /// Run the control plane.
     Serve(ServeConfig),
-    /// Run the control plane on the embedded store with generated keys, and print an Owner token.
-    Dev(ServeConfig),
+    /// Run the control plane on the embedded store with generated keys, a demo Git repository and local agents,
+    /// and print an Owner token.
+    Dev(DevArgs),
     /// Mint a user token signed with the HS256 key.
     Token(TokenArgs),
     /// Print the OpenAPI document.
@@ -46,6 +49,15 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    #[command(flatten)]
+    serve: ServeConfig,
+    /// Local agents to start, each for its own cluster with a `dir` target in the data directory.
+    #[arg(long, env = "FLUXPLANE_DEV_AGENTS", default_value_t = 3)]
+    agents: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,10 +160,13 @@ async fn main() -> anyhow::Result<()> {
             let generate = config.uses_default_store();
             server::run(config, generate, |_| {}).await
         }
-        Command::Dev(config) => {
+        Command::Dev(DevArgs { serve: config, agents }) => {
             telemetry::init(config.log_format);
-            let banner = config.clone();
-            server::run(config, true, move |address| print_dev_banner(&banner, address)).await
+            let demo = config.clone();
+            server::run(config, true, move |address| {
+                tokio::spawn(dev::start(demo, address, agents));
+            })
+            .await
         }
         Command::Token(args) => {
             println!("{}", mint(&args)?);
@@ -229,37 +244,4 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
     let secret = auth::read_secret_file(&path).context("the token is signed with the server's HS256 secret")?;
     let ttl = chrono::Duration::from_std(args.ttl).context("--ttl is too long")?;
     auth::mint(&secret, &args.jwt_issuer, &args.jwt_audience, &args.subject, roles, ttl)
-}
-
-fn print_dev_banner(config: &ServeConfig, address: std::net::SocketAddr) {
-    let token = auth::read_secret_file(&config.jwt_secret_path()).and_then(|secret| {
-        let owner = RoleAssignment::parse(Role::Owner, "/")?;
-        auth::mint(
-            &secret,
-            &config.jwt_issuer,
-            &config.jwt_audience,
-            "dev-owner",
-            vec![owner],
-            chrono::Duration::hours(24),
-        )
-    });
-    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
-    println!(
-        "fluxplane dev is running on the {} store",
-        if config.uses_default_store() {
-            "embedded SQLite"
-        } else {
-            "given"
-        }
-    );
-    println!("  API:   {url}");
-    println!("  Docs:  {url}/docs");
-    match token {
-        Ok(token) => {
-            println!("  Owner token (every subscription, valid 24 hours):");
-            println!("  export TOKEN={token}");
-        }
-        Err(err) => println!("  (no token: {err:#})"),
-    }
-    println!("  Stop with Ctrl-C.");
 }

@@ -172,6 +172,38 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
+    // the demo: local agents turn their clusters' demo configuration Compliant with the demo repository's commit
+    let demo = format!(
+        "{url}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dev/providers/Microsoft.Kubernetes/connectedClusters/dev-3/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer: Value = client
+            .get(&demo)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if answer["properties"]["complianceState"] == "Compliant" {
+            assert!(
+                answer["properties"]["sourceSyncedCommitId"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("main@sha1:")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not turn Compliant: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(data.join("clusters/dev-3/demo/fluxconfig.yaml").exists());
+
     // the API documentation page loads nothing from the internet: its scripts come from the binary
     let docs = client.get(format!("{url}/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);

@@ -1,0 +1,219 @@
+//! `fluxplane dev`: everything on one machine for trying fluxplane out. Beside the control plane on the embedded
+//! store it makes a small demo Git repository (served over HTTP on a port of its own), registers a few local
+//! agents with `dir` targets in the data directory, and gives each cluster a demo configuration, so that a
+//! newcomer sees configurations turn Compliant within seconds.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::identity::Identity;
+use fluxplane_agent::register::{Registration, register};
+use fluxplane_agent::run::{Agent, Options};
+use fluxplane_agent::targets::dir::DirTarget;
+use fluxplane_api::auth::{self, Role, RoleAssignment};
+use fluxplane_api::config::ServeConfig;
+use fluxplane_api::server;
+use serde_json::json;
+
+pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
+const RESOURCE_GROUP: &str = "dev";
+
+fn cluster_id(index: usize) -> String {
+    format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-{index}"
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "fluxplane dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@fluxplane.invalid")
+        .env("GIT_COMMITTER_NAME", "fluxplane dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@fluxplane.invalid")
+        .output()
+        .context("running git (is it installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The demo repository: `infrastructure/` and `apps/`, published as a bare repository under `served/`.
+fn demo_repository(root: &Path) -> anyhow::Result<()> {
+    let bare = root.join("served").join("fleet.git");
+    if bare.join("HEAD").exists() {
+        return Ok(());
+    }
+    let work = root.join("work");
+    if !work.join(".git").exists() {
+        let files = [
+            (
+                "infrastructure/namespace.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n",
+            ),
+            (
+                "apps/hello.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\n  namespace: demo\ndata:\n  greeting: hello from fluxplane\n",
+            ),
+        ];
+        for (path, contents) in files {
+            let file = work.join(path);
+            std::fs::create_dir_all(file.parent().expect("a parent"))?;
+            std::fs::write(file, contents)?;
+        }
+        git(&work, &["init", "-q", "-b", "main"])?;
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "-q", "-m", "A demo fleet repository"])?;
+    }
+    let work = std::fs::canonicalize(&work)?;
+    std::fs::create_dir_all(root.join("served"))?;
+    git(
+        &root.join("served"),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().context("a UTF-8 path")?,
+            "fleet.git",
+        ],
+    )?;
+    git(&bare, &["update-server-info"])?;
+    Ok(())
+}
+
+/// Serves `root` as static files (Git's dumb HTTP protocol) on a port of its own; answers the base URL.
+async fn serve_files(root: &Path) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(root));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(base)
+}
+
+/// Sets up the demo against the control plane listening on `address` and prints how to use it.
+pub async fn start(config: ServeConfig, address: SocketAddr, agents: usize) {
+    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
+    let token = match owner_token(&config) {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("fluxplane dev: no token: {err:#}");
+            return;
+        }
+    };
+    let demo = if agents == 0 {
+        Ok(None)
+    } else {
+        demo(&config, &url, &token, agents).await.map(Some)
+    };
+    println!(
+        "fluxplane dev is running on the {} store",
+        if config.uses_default_store() {
+            "embedded SQLite"
+        } else {
+            "given"
+        }
+    );
+    println!("  API:   {url}");
+    println!("  Docs:  {url}/docs");
+    match demo {
+        Ok(Some(repository)) => {
+            println!(
+                "  Demo:  {agents} agents (clusters dev-1..dev-{agents}, files under {}),",
+                config.data_dir.join("clusters").display()
+            );
+            println!("         each with the configuration 'demo' of {repository}");
+        }
+        Ok(None) => {}
+        Err(err) => println!("  Demo:  not started: {err:#}"),
+    }
+    println!("  Owner token (every subscription, valid 24 hours):");
+    println!("  export TOKEN={token}");
+    println!(
+        "  Try:   curl -s -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
+    );
+    println!("  Stop with Ctrl-C.");
+}
+
+fn owner_token(config: &ServeConfig) -> anyhow::Result<String> {
+    let secret = auth::read_secret_file(&config.jwt_secret_path())?;
+    let owner = RoleAssignment::parse(Role::Owner, "/")?;
+    auth::mint(
+        &secret,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        "dev-owner",
+        vec![owner],
+        chrono::Duration::hours(24),
+    )
+}
+
+/// The demo repository, the agents and their configurations; answers the repository's URL.
+async fn demo(config: &ServeConfig, url: &str, token: &str, agents: usize) -> anyhow::Result<String> {
+    let root = config.data_dir.join("demo");
+    demo_repository(&root)?;
+    let repository = format!("{}/fleet.git", serve_files(&root.join("served")).await?);
+    let http = reqwest::Client::new();
+    for index in 1..=agents {
+        let cluster = cluster_id(index);
+        let identity_path = config.data_dir.join("agents").join(format!("dev-{index}.json"));
+        let identity = match Identity::load(&identity_path) {
+            Ok(mut identity) => {
+                // the address changes between runs when the port does
+                identity.server = url.to_owned();
+                identity
+            }
+            Err(_) => {
+                let registration = Registration {
+                    server: url.to_owned(),
+                    user_token: token.to_owned(),
+                    cluster_id: cluster.clone(),
+                    tags: [
+                        ("env".to_owned(), "dev".to_owned()),
+                        ("agent".to_owned(), index.to_string()),
+                    ]
+                    .into(),
+                    location: Some("local".to_owned()),
+                };
+                register(&registration, &identity_path).await?
+            }
+        };
+        let target = DirTarget::new(config.data_dir.join("clusters").join(format!("dev-{index}")))?;
+        let options = Options {
+            poll_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let agent = Agent::new(ControlPlane::new(identity)?, Box::new(target), options).await?;
+        tokio::spawn(agent.run(server::shutdown_signal()));
+        let body = json!({"properties": {
+            "namespace": "demo",
+            "gitRepository": {"url": repository, "repositoryRef": {"branch": "main"}, "syncIntervalInSeconds": 60},
+            "kustomizations": {
+                "infrastructure": {"path": "./infrastructure"},
+                "apps": {"path": "./apps", "dependsOn": ["infrastructure"], "prune": true}
+            }
+        }});
+        let configuration = format!(
+            "{url}{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
+        );
+        let written = http.put(configuration).bearer_auth(token).json(&body).send().await?;
+        if !written.status().is_success() {
+            bail!(
+                "writing the demo configuration failed: {}",
+                written.text().await.unwrap_or_default()
+            );
+        }
+    }
+    Ok(repository)
+}
