@@ -475,3 +475,48 @@ async fn restart_case(backend: Backend) {
     assert!(agent.file("after", "fluxconfig.yaml").exists());
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_clusters_status_is_not_shown_as_fresh() {
+    let Some(server) = TestServer::start_with(Backend::Sqlite, |c| c.offline_after = Duration::from_secs(1)).await
+    else {
+        return;
+    };
+    let api = Api {
+        token: server.owner_token(),
+        server,
+        client: reqwest::Client::new(),
+    };
+    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
+    let git = FileServer::start(repository.served_root()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    until(
+        &api,
+        &with_version(&cluster, CLUSTER_API),
+        "the agent's first poll",
+        |p| p["connectivityStatus"] == "Connected",
+    )
+    .await;
+    let before = api
+        .put_config(&cluster, "cfg", config_body(&format!("{}/repo.git", git.base)))
+        .await;
+    assert_eq!(
+        before.body["properties"]["statusFreshness"], "Stale",
+        "no report on this generation yet"
+    );
+    until(&api, &path, "a fresh Compliant", |p| {
+        p["complianceState"] == "Compliant" && p["statusFreshness"] == "Fresh"
+    })
+    .await;
+    agent.stop().await;
+    let offline = until(&api, &path, "Offline", |p| p["statusFreshness"] == "Offline").await;
+    assert_eq!(
+        offline["properties"]["complianceState"], "Compliant",
+        "the last report is kept, marked as not fresh"
+    );
+    let cluster_state = api.get(&with_version(&cluster, CLUSTER_API)).await;
+    assert_eq!(cluster_state.body["properties"]["connectivityStatus"], "Offline");
+}

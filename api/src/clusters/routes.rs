@@ -82,14 +82,18 @@ pub struct ApiVersionParam {
 /// A connected cluster whose agent has been silent for `offline_after` is Offline: derived when read, so that no
 /// sweeper has to run for it.
 fn connectivity(record: &ClusterRecord, offline_after: std::time::Duration) -> String {
-    let silent_too_long = record
-        .last_connectivity_time
-        .is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last > limit));
-    if record.connectivity_status == ConnectivityStatus::Connected.as_str() && silent_too_long {
+    if record.connectivity_status == ConnectivityStatus::Connected.as_str() && !agent_online(record, offline_after) {
         ConnectivityStatus::Offline.as_str().to_owned()
     } else {
         record.connectivity_status.clone()
     }
+}
+
+/// Whether the cluster's agent has been heard from within `offline_after`.
+pub(crate) fn agent_online(record: &ClusterRecord, offline_after: std::time::Duration) -> bool {
+    record
+        .last_connectivity_time
+        .is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last <= limit))
 }
 
 fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {

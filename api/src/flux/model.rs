@@ -51,6 +51,18 @@ impl TryFrom<String> for ProvisioningState {
     }
 }
 
+/// How current a configuration's reported status is, kept apart from what the status says: an offline cluster's
+/// configuration may have last reported `Compliant`, which is then no longer news.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum StatusFreshness {
+    /// The agent is connected and has reported on the current generation.
+    Fresh,
+    /// The agent is connected but has not yet reported on the current generation.
+    Stale,
+    /// The cluster's agent has not been heard from within the server's `--offline-after`, or never.
+    Offline,
+}
+
 /// What agents last reported about a configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -100,6 +112,9 @@ pub struct FluxConfigurationProperties {
     pub provisioning_state: ProvisioningState,
     #[schema(read_only)]
     pub error_message: Option<String>,
+    /// fluxplane's addition: how current the status above is (see `statusUpdatedAt` for when it was reported).
+    #[schema(read_only)]
+    pub status_freshness: StatusFreshness,
 }
 
 /// Read-only properties a client may send back from a GET; they are ignored on writes, as ARM does.
@@ -112,6 +127,7 @@ pub const READ_ONLY_PROPERTIES: &[&str] = &[
     "complianceState",
     "provisioningState",
     "errorMessage",
+    "statusFreshness",
 ];
 
 /// The status of a long-running operation, named by the `Azure-AsyncOperation` header.

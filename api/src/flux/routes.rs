@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use super::model::{
     FluxConfiguration, FluxConfigurationProperties, OperationStatus, ProvisioningState, READ_ONLY_PROPERTIES,
+    StatusFreshness,
 };
 use super::secrets::SecretFields;
 use super::validate::normalize;
@@ -25,7 +26,7 @@ use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers};
 use crate::auth::{Caller, Role};
-use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag};
+use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::state::AppState;
 use crate::store::{ClusterRecord, ConfigurationRecord, OperationRecord, Write};
@@ -110,6 +111,8 @@ struct Target {
     scope: ClusterScope,
     name: ConfigurationName,
     cluster: ClusterRecord,
+    /// Whether the cluster's agent is online, for the freshness of what reads show.
+    online: bool,
 }
 
 impl Target {
@@ -129,7 +132,13 @@ async fn resolve(state: &AppState, caller: &Caller, params: &ConfigurationParams
     let name = ConfigurationName::parse(&params.flux_configuration_name)?;
     caller.require(role, &scope.configuration_id(name.as_str()))?;
     let cluster = find_cluster(state, &scope).await?;
-    Ok(Target { scope, name, cluster })
+    let online = agent_online(&cluster, state.config.offline_after);
+    Ok(Target {
+        scope,
+        name,
+        cluster,
+        online,
+    })
 }
 
 async fn find_cluster(state: &AppState, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
@@ -141,7 +150,12 @@ async fn find_cluster(state: &AppState, scope: &ClusterScope) -> ApiResult<Clust
     })
 }
 
-fn render(scope: &ClusterScope, record: ConfigurationRecord) -> FluxConfiguration {
+fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> FluxConfiguration {
+    let status_freshness = match (online, record.reported_generation == Some(record.generation)) {
+        (false, _) => StatusFreshness::Offline,
+        (true, true) => StatusFreshness::Fresh,
+        (true, false) => StatusFreshness::Stale,
+    };
     FluxConfiguration {
         id: scope.configuration_id(&record.name),
         name: record.name,
@@ -157,6 +171,7 @@ fn render(scope: &ClusterScope, record: ConfigurationRecord) -> FluxConfiguratio
             compliance_state: record.compliance_state,
             provisioning_state: record.provisioning_state,
             error_message: record.observed.error_message,
+            status_freshness,
         },
     }
 }
@@ -219,7 +234,7 @@ fn seal(state: &AppState, secrets: &SecretFields, resource_key: &str) -> ApiResu
 fn written(status: StatusCode, target: &Target, record: ConfigurationRecord, operation_url: &str) -> Response {
     let mut headers = async_operation_headers(operation_url);
     insert_etag(&mut headers, &record.etag);
-    (status, headers, Json(render(&target.scope, record))).into_response()
+    (status, headers, Json(render(&target.scope, target.online, record))).into_response()
 }
 
 /// Writes `spec` and `secrets` as the next generation of the configuration, creating it if needed.
@@ -451,7 +466,7 @@ async fn get_configuration(
         .ok_or_else(|| not_found(&target))?;
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
-    Ok((headers, Json(render(&target.scope, record))).into_response())
+    Ok((headers, Json(render(&target.scope, target.online, record))).into_response())
 }
 
 /// Deletes a Flux configuration: at once with `forceDelete=true`, otherwise once the agent has removed it.
@@ -567,13 +582,14 @@ async fn list_configurations(
     caller.require(Role::Reader, &path)?;
     let page = list.page()?;
     let cluster = find_cluster(&state, &scope).await?;
+    let online = agent_online(&cluster, state.config.offline_after);
     let records = state.store.list_configurations(cluster.id, &page).await?;
     Ok(Json(Page::from_items(
         records,
         &page,
         |c| c.name.clone(),
         |token| base.next_link(&path, version.version, list.top.as_deref(), token),
-        |record| render(&scope, record),
+        |record| render(&scope, online, record),
     )))
 }
 
