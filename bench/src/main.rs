@@ -1,7 +1,10 @@
 //! `fluxplane-bench`: measures the control plane over real HTTP against a server it starts itself, on each backend.
 //!
-//! The `foundation` scenarios: configuration PUT throughput with concurrent clients, and listing a cluster's
-//! configurations through paging. Results print as a table and, with `--json`, as a JSON file.
+//! Scenarios: configuration PUT throughput with concurrent clients, listing a cluster's configurations through
+//! paging, and propagation (write to agent receipt, write to first status) with simulated agents long-polling.
+//! Results print as a table and, with `--json`, as a JSON file.
+
+mod propagation;
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,12 @@ struct Args {
     /// Times each list is repeated; the median is reported.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Simulated agents long-polling in the propagation scenario.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Configuration writes timed in the propagation scenario.
+    #[arg(long, default_value_t = 500)]
+    writes: usize,
     /// Small sizes that finish in seconds (for CI, so the benchmark never rots).
     #[arg(long)]
     quick: bool,
@@ -46,14 +55,14 @@ enum Backends {
 }
 
 #[derive(Debug, Serialize)]
-struct Figure {
-    backend: &'static str,
-    scenario: String,
-    value: f64,
-    unit: &'static str,
-    target: Option<String>,
-    met: Option<bool>,
-    detail: String,
+pub(crate) struct Figure {
+    pub(crate) backend: &'static str,
+    pub(crate) scenario: String,
+    pub(crate) value: f64,
+    pub(crate) unit: &'static str,
+    pub(crate) target: Option<String>,
+    pub(crate) met: Option<bool>,
+    pub(crate) detail: String,
 }
 
 /// A list page as the benchmark reads it: items are counted, not built, so that the load generator, which shares
@@ -65,9 +74,10 @@ struct ListPage {
     next_link: Option<String>,
 }
 
-const CLUSTER: &str = "/subscriptions/bench/resourceGroups/bench/providers/Microsoft.Kubernetes/connectedClusters";
+pub(crate) const CLUSTER: &str =
+    "/subscriptions/bench/resourceGroups/bench/providers/Microsoft.Kubernetes/connectedClusters";
 
-fn config_body(i: usize) -> Value {
+pub(crate) fn config_body(i: usize) -> Value {
     json!({"properties": {
         "namespace": "flux-system",
         "gitRepository": {"url": "https://github.com/example/fleet", "repositoryRef": {"branch": "main"}},
@@ -78,8 +88,8 @@ fn config_body(i: usize) -> Value {
     }})
 }
 
-struct Target {
-    server: TestServer,
+pub(crate) struct Target {
+    pub(crate) server: TestServer,
     client: reqwest::Client,
     token: String,
 }
@@ -97,7 +107,7 @@ impl Target {
         })
     }
 
-    async fn put(&self, path: &str, version: &str, body: &Value) -> anyhow::Result<()> {
+    pub(crate) async fn put(&self, path: &str, version: &str, body: &Value) -> anyhow::Result<()> {
         let response = self
             .client
             .put(format!("{}{path}?api-version={version}", self.server.base))
@@ -122,17 +132,17 @@ impl Target {
         Ok(path)
     }
 
-    fn config_path(cluster: &str, name: &str) -> String {
+    pub(crate) fn config_path(cluster: &str, name: &str) -> String {
         format!("{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{name}")
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -294,6 +304,8 @@ async fn main() -> anyhow::Result<()> {
         args.puts = 400;
         args.configurations = 300;
         args.repeat = 2;
+        args.agents = 20;
+        args.writes = 40;
     }
     let backends: &[(Backend, &'static str)] = match args.backend {
         Backends::Sqlite => &[(Backend::Sqlite, "sqlite")],
@@ -313,10 +325,14 @@ async fn main() -> anyhow::Result<()> {
         let target = Target::start(*backend).await?;
         list_paging(&target, args.configurations, args.repeat, &mut figures, name).await?;
         target.server.stop().await;
+        eprintln!("{name}: propagation ({} agents, {} writes)", args.agents, args.writes);
+        let target = Target::start(*backend).await?;
+        propagation::propagation(&target, args.agents, args.writes, &mut figures, name).await?;
+        target.server.stop().await;
     }
 
     println!(
-        "{:<9} {:<42} {:>12} {:<8} {:<14} detail",
+        "{:<9} {:<54} {:>10} {:<7} {:<30} detail",
         "backend", "scenario", "value", "unit", "target"
     );
     for f in &figures {
@@ -326,7 +342,7 @@ async fn main() -> anyhow::Result<()> {
             _ => "-".to_owned(),
         };
         println!(
-            "{:<9} {:<42} {:>12.1} {:<8} {:<14} {}",
+            "{:<9} {:<54} {:>10.1} {:<7} {:<30} {}",
             f.backend, f.scenario, f.value, f.unit, target, f.detail
         );
     }
