@@ -32,3 +32,15 @@ def test_the_control_plane_probes_and_keys_match_the_server():
         assert name in env, name
     mounted = {m["mountPath"] for m in container["volumeMounts"]}
     assert pathlib.PurePath(env["FLUXPLANE_SECRET_KEY_FILE"]["value"]).parent.as_posix() in mounted
+
+
+def test_the_fluxconfig_crd_matches_what_agents_write():
+    crd = next(d for _, d in documents() if d["kind"] == "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == f"{crd['spec']['names']['plural']}.{crd['spec']['group']}"
+    assert crd["spec"]["names"]["kind"] == "FluxConfig"
+    version = crd["spec"]["versions"][0]
+    # the dir target writes apiVersion fluxplane.io/v1alpha1 (agent/src/targets/dir.rs)
+    assert f"{crd['spec']['group']}/{version['name']}" == "fluxplane.io/v1alpha1"
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for field in ("scope", "namespace", "sourceKind", "suspend", "gitRepository", "kustomizations"):
+        assert field in spec, field
