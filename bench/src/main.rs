@@ -154,15 +154,18 @@ async fn put_throughput(
     figures: &mut Vec<Figure>,
     backend: &'static str,
 ) -> anyhow::Result<()> {
-    let cluster = target.register("throughput").await?;
+    // each client writes to clusters of its own, as operators of different clusters do
+    let mut clusters = Vec::with_capacity(clients);
+    for client in 0..clients {
+        clusters.push(target.register(&format!("throughput-{client}")).await?);
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for client in 0..clients {
+    for (client, cluster) in clusters.into_iter().enumerate() {
         let share = puts / clients + usize::from(client < puts % clients);
         let http = target.client.clone();
         let base = target.server.base.clone();
         let token = target.token.clone();
-        let cluster = cluster.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(share);
             let body = serde_json::to_vec(&config_body(client))?;
