@@ -11,7 +11,9 @@ use fluxplane_agent::client::ControlPlane;
 use fluxplane_agent::identity::Identity;
 use fluxplane_agent::register::{Registration, register};
 use fluxplane_agent::run;
+use fluxplane_agent::targets::Target;
 use fluxplane_agent::targets::dir::DirTarget;
+use fluxplane_agent::targets::kube::KubeTarget;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::{LogFormat, ServeConfig};
 use fluxplane_api::{keys, openapi, server, telemetry};
@@ -96,9 +98,10 @@ struct RunArgs {
     /// The identity file written by `agent register`.
     #[arg(long, env = "FLUXPLANE_AGENT_IDENTITY")]
     identity: PathBuf,
-    /// Where to materialise the configurations: `dir:PATH` writes their objects as YAML files under PATH.
+    /// Where to materialise the configurations: `kube` applies them to the cluster the agent runs in (or the one the
+    /// kubeconfig names); `dir:PATH` writes their objects as YAML files under PATH.
     #[arg(long, env = "FLUXPLANE_AGENT_TARGET", value_parser = parse_target)]
-    target: PathBuf,
+    target: TargetArg,
     /// Longest wait of one desired-state poll.
     #[arg(long, env = "FLUXPLANE_POLL_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     poll_wait: Duration,
@@ -113,10 +116,17 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("'{text}' is not key=value"))
 }
 
-fn parse_target(text: &str) -> Result<PathBuf, String> {
+#[derive(Debug, Clone)]
+enum TargetArg {
+    Kube,
+    Dir(PathBuf),
+}
+
+fn parse_target(text: &str) -> Result<TargetArg, String> {
     match text.split_once(':') {
-        Some(("dir", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
-        _ => Err(format!("'{text}' is not a target this agent supports: use dir:PATH")),
+        None if text == "kube" => Ok(TargetArg::Kube),
+        Some(("dir", path)) if !path.is_empty() => Ok(TargetArg::Dir(PathBuf::from(path))),
+        _ => Err(format!("'{text}' is not a target: use kube or dir:PATH")),
     }
 }
 
@@ -213,12 +223,15 @@ async fn agent(command: AgentCommand) -> anyhow::Result<()> {
             telemetry::init(args.log_format);
             let identity = Identity::load(&args.identity)?;
             let control_plane = ControlPlane::new(identity)?;
-            let target = DirTarget::new(&args.target)?;
+            let target: Box<dyn Target> = match &args.target {
+                TargetArg::Kube => Box::new(KubeTarget::from_environment().await?),
+                TargetArg::Dir(path) => Box::new(DirTarget::new(path)?),
+            };
             let options = run::Options {
                 poll_wait: args.poll_wait,
                 ..Default::default()
             };
-            let agent = run::Agent::new(control_plane, Box::new(target), options).await?;
+            let agent = run::Agent::new(control_plane, target, options).await?;
             agent.run(server::shutdown_signal()).await
         }
     }

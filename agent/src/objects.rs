@@ -2,6 +2,7 @@
 //! takes the configuration's name, each kustomization becomes `{configuration}-{kustomization}`, and credentials
 //! live in the secret `localAuthRef` names or, when the configuration carries its own, `{configuration}-auth`.
 
+use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{
     FluxConfigurationSpec, Kustomization, OciRepository, ProviderType, ScopeType, SourceKind,
 };
@@ -9,6 +10,14 @@ use serde_json::{Map, Value, json};
 
 pub const SOURCE_API: &str = "source.toolkit.fluxcd.io/v1";
 pub const KUSTOMIZE_API: &str = "kustomize.toolkit.fluxcd.io/v1";
+/// Our own resource: the configuration as received (deploy/crds/fluxconfigs.fluxplane.io.yaml).
+pub const FLUXCONFIG_API: &str = "fluxplane.io/v1alpha1";
+/// The annotation of a FluxConfig that records the generation its objects were written at.
+pub const GENERATION_ANNOTATION: &str = "fluxplane.io/generation";
+/// The label every object of a configuration carries, naming the configuration.
+pub const CONFIGURATION_LABEL: &str = "fluxplane.io/configuration";
+/// The label every object fluxplane writes carries.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fluxplane");
 
 /// The name of the secret holding the credentials a configuration brings along.
 pub fn auth_secret_name(configuration: &str) -> String {
@@ -39,9 +48,22 @@ fn metadata(name: &str, namespace: &str, configuration: &str) -> Value {
         "name": name,
         "namespace": namespace,
         "labels": {
-            "app.kubernetes.io/managed-by": "fluxplane",
-            "fluxplane.io/configuration": configuration,
+            MANAGED_BY.0: MANAGED_BY.1,
+            CONFIGURATION_LABEL: configuration,
         }
+    })
+}
+
+/// The FluxConfig object of a configuration, annotated with the generation it describes.
+pub fn flux_config_object(configuration: &DesiredConfiguration) -> Value {
+    let namespace = configuration.spec.namespace.as_deref().unwrap_or("default");
+    let mut metadata = metadata(&configuration.name, namespace, &configuration.name);
+    metadata["annotations"] = json!({GENERATION_ANNOTATION: configuration.generation.to_string()});
+    json!({
+        "apiVersion": FLUXCONFIG_API,
+        "kind": "FluxConfig",
+        "metadata": metadata,
+        "spec": configuration.spec,
     })
 }
 

@@ -23,7 +23,7 @@ def test_every_manifest_parses_as_kubernetes_objects():
 
 
 def test_the_control_plane_probes_and_keys_match_the_server():
-    deployment = next(d for _, d in documents() if d["kind"] == "Deployment")
+    deployment = next(d for p, d in documents() if d["kind"] == "Deployment" and p.parent.name == "kubernetes")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -44,3 +44,21 @@ def test_the_fluxconfig_crd_matches_what_agents_write():
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     for field in ("scope", "namespace", "sourceKind", "suspend", "gitRepository", "kustomizations"):
         assert field in spec, field
+
+
+def test_the_agent_may_write_every_kind_the_kube_target_writes_and_reads_its_identity():
+    role = next(d for _, d in documents() if d["kind"] == "ClusterRole")
+    granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+               if {"get", "list", "patch", "delete"} <= set(rule["verbs"])}
+    # the kinds of agent/src/targets/kube.rs (KINDS)
+    for needed in [("fluxplane.io", "fluxconfigs"), ("source.toolkit.fluxcd.io", "gitrepositories"),
+                   ("source.toolkit.fluxcd.io", "buckets"), ("source.toolkit.fluxcd.io", "ocirepositories"),
+                   ("kustomize.toolkit.fluxcd.io", "kustomizations")]:
+        assert needed in granted, needed
+    agent = next(d for p, d in documents() if d["kind"] == "Deployment" and p.parent.name == "agent")
+    container = agent["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["agent", "run"] and args[args.index("--target") + 1] == "kube"
+    identity = args[args.index("--identity") + 1]
+    assert any(identity.startswith(m["mountPath"]) for m in container["volumeMounts"])
+    assert agent["spec"]["replicas"] == 1

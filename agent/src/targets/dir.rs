@@ -22,14 +22,12 @@ use async_trait::async_trait;
 use chrono::Utc;
 use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatusCondition, SourceKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Observation, Target};
 use crate::git::{Mirror, mirror_path};
-use crate::objects::flux_objects;
+use crate::objects::{GENERATION_ANNOTATION, flux_config_object, flux_objects};
 
-pub const FLUXCONFIG_API: &str = "fluxplane.io/v1alpha1";
-const GENERATION_ANNOTATION: &str = "fluxplane.io/generation";
 const FLUXCONFIG_FILE: &str = "fluxconfig.yaml";
 
 pub struct DirTarget {
@@ -46,21 +44,6 @@ impl DirTarget {
     fn dir(&self, configuration: &str) -> PathBuf {
         self.root.join(configuration)
     }
-}
-
-/// The FluxConfig object of a configuration.
-pub fn flux_config_object(configuration: &DesiredConfiguration) -> Value {
-    json!({
-        "apiVersion": FLUXCONFIG_API,
-        "kind": "FluxConfig",
-        "metadata": {
-            "name": configuration.name,
-            "namespace": configuration.spec.namespace.as_deref().unwrap_or("default"),
-            "annotations": {GENERATION_ANNOTATION: configuration.generation.to_string()},
-            "labels": {"app.kubernetes.io/managed-by": "fluxplane"},
-        },
-        "spec": configuration.spec,
-    })
 }
 
 fn file_name(object: &Value) -> String {

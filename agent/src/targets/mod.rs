@@ -1,6 +1,7 @@
 //! Where an agent materialises its cluster's configurations.
 
 pub mod dir;
+pub mod kube;
 
 use std::collections::BTreeMap;
 
