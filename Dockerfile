@@ -6,7 +6,7 @@ RUN cargo build --release --locked --bin fluxplane
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl git \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/fluxplane --create-home fluxplane
 COPY --from=build /src/target/release/fluxplane /usr/local/bin/fluxplane

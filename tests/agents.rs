@@ -320,19 +320,20 @@ async fn isolation_case(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let a = RunningAgent::start(registered(&api, "a", dir.path()).await).await;
     let b_identity = registered(&api, "b", dir.path()).await;
+    let b = RunningAgent::start(b_identity.clone()).await;
     api.put_config(&cluster_path("s", "rg", "a"), "only-a", config_body(&url))
         .await;
     api.put_config(&cluster_path("s", "rg", "b"), "only-b", config_body(&url))
         .await;
-    until(
-        &api,
-        &with_version(&config_path(&cluster_path("s", "rg", "a"), "only-a"), FLUX_API),
-        "a applied",
-        |p| p["provisioningState"] == "Succeeded",
-    )
-    .await;
-    assert!(a.file("only-a", "fluxconfig.yaml").exists());
-    assert!(!a.file("only-b", "fluxconfig.yaml").exists());
+    for (cluster, name) in [("a", "only-a"), ("b", "only-b")] {
+        let path = with_version(&config_path(&cluster_path("s", "rg", cluster), name), FLUX_API);
+        until(&api, &path, "applied by its own agent", |p| {
+            p["provisioningState"] == "Succeeded"
+        })
+        .await;
+    }
+    assert!(a.file("only-a", "fluxconfig.yaml").exists() && !a.file("only-b", "fluxconfig.yaml").exists());
+    assert!(b.file("only-b", "fluxconfig.yaml").exists() && !b.file("only-a", "fluxconfig.yaml").exists());
     let desired = ControlPlane::new(b_identity.clone())
         .unwrap()
         .desired_state(None, Duration::ZERO)
@@ -366,6 +367,7 @@ async fn isolation_case(backend: Backend) {
         .await;
     assert_eq!(a_config.body["properties"]["provisioningState"], "Succeeded");
     a.stop().await;
+    b.stop().await;
 }
 
 on_both_backends!(a_write_wakes_the_waiting_poll_at_once, wake_case);

@@ -301,8 +301,13 @@ impl Agent {
         if self.pending.is_empty() {
             return;
         }
+        let facts = self.target.cluster_facts().await;
         let report = StatusReport {
-            agent: self.options.info.clone(),
+            agent: AgentInfo {
+                kubernetes_version: facts.kubernetes_version,
+                total_node_count: facts.total_node_count,
+                ..self.options.info.clone()
+            },
             configurations: self.pending.values().cloned().collect(),
         };
         match self.control_plane.report(&report).await {

@@ -24,7 +24,7 @@ use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatusCondition, SourceKind};
 use serde_json::Value;
 
-use super::{Observation, Target};
+use super::{ClusterFacts, Observation, Target};
 use crate::git::{Mirror, mirror_path};
 use crate::objects::{GENERATION_ANNOTATION, flux_config_object, flux_objects};
 
@@ -151,6 +151,11 @@ impl Target for DirTarget {
             }
         }
         Ok(())
+    }
+
+    /// A directory is no cluster: nothing to report.
+    async fn cluster_facts(&self) -> ClusterFacts {
+        ClusterFacts::default()
     }
 
     async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {

@@ -13,7 +13,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::ApiResource;
 use serde_json::Value;
 
-use super::{Observation, Target};
+use k8s_openapi::api::core::v1::Node;
+
+use super::{ClusterFacts, Observation, Target};
 use crate::objects::{
     CONFIGURATION_LABEL, FLUXCONFIG_API, GENERATION_ANNOTATION, KUSTOMIZE_API, MANAGED_BY, SOURCE_API,
     flux_config_object, flux_objects,
@@ -192,6 +194,28 @@ impl Target for KubeTarget {
             }
         }
         Ok(())
+    }
+
+    async fn cluster_facts(&self) -> ClusterFacts {
+        let kubernetes_version = match self.client.apiserver_version().await {
+            Ok(info) => Some(info.git_version),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the Kubernetes version failed");
+                None
+            }
+        };
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let total_node_count = match nodes.list_metadata(&ListParams::default()).await {
+            Ok(list) => i64::try_from(list.items.len()).ok(),
+            Err(err) => {
+                tracing::warn!(error = %err, "counting the nodes failed");
+                None
+            }
+        };
+        ClusterFacts {
+            kubernetes_version,
+            total_node_count,
+        }
     }
 
     async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {

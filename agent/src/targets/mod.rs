@@ -31,4 +31,13 @@ pub trait Target: Send + Sync {
     async fn remove(&self, name: &str) -> anyhow::Result<()>;
     /// Observes the configuration's objects as they are now.
     async fn observe(&self, configuration: &DesiredConfiguration) -> Observation;
+    /// What the target knows of its cluster: the Kubernetes version and the node count, where there is a cluster.
+    async fn cluster_facts(&self) -> ClusterFacts;
+}
+
+/// Facts about the cluster a target writes to, reported with every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    pub kubernetes_version: Option<String>,
+    pub total_node_count: Option<i64>,
 }

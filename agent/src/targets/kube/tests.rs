@@ -132,6 +132,24 @@ async fn start() -> (KubeTarget, Arc<FakeApi>) {
             get(object).patch(object).delete(object),
         )
         .route("/apis/{group}/{version}/{plural}", get(list))
+        .route(
+            "/version",
+            get(|| async {
+                axum::Json(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.4",
+            "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "", "platform": ""}))
+            }),
+        )
+        .route(
+            "/api/v1/nodes",
+            get(|| async {
+                axum::Json(
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+            "metadata": {"resourceVersion": "1"}, "items": [
+                {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "node-1"}},
+                {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "node-2"}}]}),
+                )
+            }),
+        )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -300,4 +318,12 @@ fn ready_conditions_map_to_compliance() {
         compliance_of(&json!({"spec": {"suspend": true}})).0,
         ComplianceState::Suspended
     );
+}
+
+#[tokio::test]
+async fn the_heartbeat_carries_the_clusters_version_and_node_count() {
+    let (target, _) = start().await;
+    let facts = target.cluster_facts().await;
+    assert_eq!(facts.kubernetes_version.as_deref(), Some("v1.33.4"));
+    assert_eq!(facts.total_node_count, Some(2));
 }
