@@ -4,8 +4,6 @@ once it has removed it."""
 
 import functools
 import http.server
-import json
-import pathlib
 import subprocess
 import threading
 import time
@@ -13,7 +11,7 @@ import time
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
-from test_azure_sdks import BINARY, StaticBearer, UnusedCredential
+import support
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000bb"
 GROUP = "lro-rg"
@@ -54,56 +52,26 @@ def repository(tmp_path_factory):
     httpd.shutdown()
 
 
-def wait_for_log(path, message, process):
-    deadline = time.time() + 60
-    while time.time() < deadline and process.poll() is None:
-        for line in path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == message:
-                return event
-        time.sleep(0.05)
-    raise AssertionError(f"no log event {message!r}")
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """fluxplane serve, and one agent registered for CLUSTER running with a dir target."""
     data = tmp_path_factory.mktemp("fluxplane")
-    server_log = data / "server.log"
-    with open(server_log, "w") as log:
-        server = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), "--log-format", "json"],
-            stderr=log,
-        )
-    address = wait_for_log(server_log, "fluxplane listening", server)["address"]
-    base_url = f"http://{address}"
-    token = subprocess.run(
-        [BINARY, "token", "--data-dir", str(data), "--subject", "lro-user", "--role", "Owner", "--scope", "/"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    server_process, server = support.start_server(data, "lro-user")
     identity = data / "agent.json"
     subprocess.run(
-        [BINARY, "agent", "register", "--server", base_url, "--token", token, "--cluster", CLUSTER,
-         "--tag", "env=test", "--identity", str(identity)],
+        [support.BINARY, "agent", "register", "--server", server["base_url"], "--token", server["token"],
+         "--cluster", CLUSTER, "--tag", "env=test", "--identity", str(identity)],
         check=True, capture_output=True, text=True,
     )
     target = data / "cluster"
-    agent_log = data / "agent.log"
-    with open(agent_log, "w") as log:
-        agent = subprocess.Popen(
-            [BINARY, "agent", "run", "--identity", str(identity), "--target", f"dir:{target}",
-             "--poll-wait", "5s", "--log-format", "json"],
-            stderr=log,
-        )
-    wait_for_log(agent_log, "agent started", agent)
-    yield {"base_url": base_url, "token": token, "target": target}
-    for process in (agent, server):
-        process.terminate()
-        process.wait(timeout=10)
-        assert process.returncode == 0, "stopped cleanly on SIGTERM"
+    agent = support.start_logged(
+        ["agent", "run", "--identity", str(identity), "--target", f"dir:{target}", "--poll-wait", "5s"],
+        data / "agent.log",
+    )
+    support.wait_for_log(data / "agent.log", "agent started", agent)
+    yield {**server, "target": target}
+    support.stop(agent)
+    support.stop(server_process)
 
 
 def test_create_and_delete_wait_for_the_agent(fleet, repository):
@@ -112,10 +80,7 @@ def test_create_and_delete_wait_for_the_agent(fleet, repository):
         models,
     )
 
-    client = KubernetesConfigurationFluxConfigurationsMgmtClient(
-        UnusedCredential(), SUBSCRIPTION, base_url=fleet["base_url"],
-        authentication_policy=StaticBearer(fleet["token"]), polling_interval=0.2,
-    )
+    client = support.client(KubernetesConfigurationFluxConfigurationsMgmtClient, fleet, SUBSCRIPTION)
     where = (GROUP, "Microsoft.Kubernetes", "connectedClusters", "lro")
     config = models.FluxConfiguration(
         properties=models.FluxConfigurationProperties(

@@ -1,87 +1,30 @@
 """Azure's official Python SDKs, pointed at a real fluxplane server, do what they do against Azure.
 
 The server is the real binary (FLUXPLANE_BIN, default target/debug/fluxplane) on the embedded store in a
-temporary data directory; a user token comes from `fluxplane token`. Azure's bearer-token policy refuses plain
-HTTP, so the clients get an authentication policy that sends the fluxplane token instead.
+temporary data directory; a user token comes from `fluxplane token` (see support.py).
 """
 
 import json
-import os
-import pathlib
-import subprocess
-import time
 import urllib.request
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BINARY = os.environ.get("FLUXPLANE_BIN", str(ROOT / "target" / "debug" / "fluxplane"))
+import support
+
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 GROUP = "sdk-rg"
 
 
-class StaticBearer(SansIOHTTPPolicy):
-    """Sends a fluxplane user token on every request."""
-
-    def __init__(self, token):
-        super().__init__()
-        self._token = token
-
-    def on_request(self, request):
-        request.http_request.headers["Authorization"] = f"Bearer {self._token}"
-
-
-class UnusedCredential:
-    """The clients insist on a credential; the authentication policy above makes it unused."""
-
-    def get_token(self, *scopes, **kwargs):
-        raise AssertionError("the static bearer policy should have replaced the credential")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("fluxplane")
-    log_path = data / "server.log"
-    # the log goes to a file: a pipe nobody drains would stall the server once full
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), "--log-format", "json"],
-            stderr=log,
-        )
-    address = None
-    deadline = time.time() + 60
-    while time.time() < deadline and address is None and process.poll() is None:
-        for line in log_path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "fluxplane listening":
-                address = event["address"]
-        time.sleep(0.05)
-    assert address, "fluxplane did not start"
-    token = subprocess.run(
-        [BINARY, "token", "--data-dir", str(data), "--subject", "sdk-user", "--role", "Owner", "--scope", "/"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    yield {"base_url": f"http://{address}", "token": token}
-    process.terminate()
-    process.wait(timeout=10)
+    process, server = support.start_server(tmp_path_factory.mktemp("fluxplane"), "sdk-user")
+    yield server
+    support.stop(process)
 
 
 def client(cls, server, **kwargs):
-    return cls(
-        UnusedCredential(),
-        SUBSCRIPTION,
-        base_url=server["base_url"],
-        authentication_policy=StaticBearer(server["token"]),
-        polling_interval=0.1,
-        **kwargs,
-    )
+    return support.client(cls, server, SUBSCRIPTION, **kwargs)
 
 
 def raw_put(server, path, body, api_version):
