@@ -53,6 +53,18 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_OFFLINE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
     pub offline_after: std::time::Duration,
 
+    /// Longest time any secret stays in the store, delivered or not.
+    #[arg(long, env = "FLUXPLANE_SECRET_TTL", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub secret_ttl: std::time::Duration,
+
+    /// A change its cluster's agent has not picked up within this long fails and must be applied again.
+    #[arg(long, env = "FLUXPLANE_PENDING_TTL", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub pending_ttl: std::time::Duration,
+
+    /// How often each replica enforces the time limits above.
+    #[arg(long, env = "FLUXPLANE_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: std::time::Duration,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

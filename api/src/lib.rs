@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -32,7 +32,7 @@ use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
-use crate::{agents, clusters, flux, health};
+use crate::{agents, clusters, flux, health, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -65,6 +65,11 @@ impl AppState {
                 }
             }
         });
+        let sweeper = tokio::spawn(sweep::run(
+            store.clone(),
+            sweep::messages(&config),
+            config.sweep_interval,
+        ));
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -72,7 +77,7 @@ impl AppState {
             cipher: Arc::new(cipher),
             metrics: Arc::new(Metrics::default()),
             notifier,
-            _follower: Arc::new(TaskGuard(follower.abort_handle())),
+            _tasks: Arc::new([TaskGuard(follower.abort_handle()), TaskGuard(sweeper.abort_handle())]),
         })
     }
 }

@@ -17,8 +17,8 @@ pub struct AppState {
     pub cipher: Arc<SecretCipher>,
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<Notifier>,
-    /// Ends the store's change-following task when the last clone of the state goes.
-    pub(crate) _follower: Arc<TaskGuard>,
+    /// Ends the background tasks (following the store's changes, sweeping) when the last clone of the state goes.
+    pub(crate) _tasks: Arc<[TaskGuard; 2]>,
 }
 
 /// Aborts a background task when dropped.

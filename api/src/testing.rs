@@ -156,6 +156,9 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         jwt_issuer: "fluxplane".to_owned(),
         jwt_audience: "fluxplane".to_owned(),
         offline_after: std::time::Duration::from_secs(300),
+        secret_ttl: std::time::Duration::from_secs(48 * 3600),
+        pending_ttl: std::time::Duration::from_secs(48 * 3600),
+        sweep_interval: std::time::Duration::from_millis(200),
         max_body_bytes: 1024 * 1024,
         log_format: LogFormat::Text,
     }

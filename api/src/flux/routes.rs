@@ -170,7 +170,7 @@ fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> Fl
             status_updated_at: record.observed.status_updated_at,
             compliance_state: record.compliance_state,
             provisioning_state: record.provisioning_state,
-            error_message: record.observed.error_message,
+            error_message: record.failure.or(record.observed.error_message),
             status_freshness,
         },
     }
@@ -249,6 +249,9 @@ async fn write(
 ) -> ApiResult<(Write, ConfigurationRecord, OperationRecord, StatusCode)> {
     let now = Utc::now();
     let sealed = seal(state, secrets, &target.resource_key())?;
+    let ttl = |limit: std::time::Duration| chrono::Duration::from_std(limit).ok().map(|d| now + d);
+    let secrets_expire_at = sealed.as_ref().and_then(|_| ttl(state.config.secret_ttl));
+    let generation_expires_at = ttl(state.config.pending_ttl);
     match current {
         None => {
             let record = ConfigurationRecord {
@@ -264,6 +267,9 @@ async fn write(
                 observed: Default::default(),
                 system_data: SystemData::created(&caller.subject, now),
                 reported_generation: None,
+                secrets_expire_at,
+                generation_expires_at,
+                failure: None,
             };
             let operation = new_operation(target, "Create", record.generation);
             let outcome = state.store.insert_configuration(&record, &operation).await?;
@@ -279,6 +285,9 @@ async fn write(
                 provisioning_state: ProvisioningState::Updating,
                 compliance_state: ComplianceState::Pending,
                 system_data: current.system_data.modified(&caller.subject, now),
+                secrets_expire_at,
+                generation_expires_at,
+                failure: None,
                 ..current
             };
             let operation = new_operation(target, "Update", record.generation);
@@ -535,6 +544,9 @@ async fn delete_configuration(
             etag: new_etag(),
             provisioning_state: ProvisioningState::Deleting,
             system_data: current.system_data.modified(&caller.subject, Utc::now()),
+            // a delete is not failed by expiry: the configuration goes once its agent confirms or is forced
+            generation_expires_at: None,
+            failure: None,
             ..current
         };
         let operation = new_operation(&target, "Delete", record.generation);

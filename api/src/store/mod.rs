@@ -100,6 +100,12 @@ pub struct ConfigurationRecord {
     pub system_data: SystemData,
     /// The generation `observed` describes; `None` until an agent reports.
     pub reported_generation: Option<i64>,
+    /// When the stored secrets must be gone.
+    pub secrets_expire_at: Option<DateTime<Utc>>,
+    /// When the current generation fails unless its agent has picked it up.
+    pub generation_expires_at: Option<DateTime<Utc>>,
+    /// Why the control plane failed the configuration (an expiry), shown as its error message.
+    pub failure: Option<String>,
 }
 
 /// The status of a long-running operation.
@@ -137,6 +143,25 @@ pub use fluxplane_agent_protocol::agent::ReportDisposition;
 
 /// Facts an agent reports about itself and its cluster.
 pub use fluxplane_agent_protocol::agent::AgentInfo;
+
+/// A configuration the sweeper failed, with the operation it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub cluster_id: i64,
+    pub name: String,
+    pub generation: i64,
+    /// True when its secrets were removed; false when its generation was not picked up in time.
+    pub secrets: bool,
+    /// Whether the configuration turned Failed (secrets its agent had already picked up expire quietly).
+    pub failed: bool,
+}
+
+/// The messages a configuration failed by expiry shows.
+#[derive(Debug, Clone)]
+pub struct ExpiryMessages {
+    pub secrets: String,
+    pub pending: String,
+}
 
 /// Which clusters a list covers.
 #[derive(Debug, Clone)]
@@ -196,6 +221,12 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<Option<i64>>;
     /// The cluster's revision and every configuration of it, in name order, read together.
     async fn desired_state(&self, cluster_id: i64) -> StoreResult<(i64, Vec<ConfigurationRecord>)>;
+    /// Enforces the time limits as of `now`: deletes stored secrets past `secrets_expire_at` (failing the
+    /// configuration if its agent had not picked up that generation) and fails generations past
+    /// `generation_expires_at`, ending their operations. Safe to run on every replica at once: each row changes
+    /// once.
+    async fn expire(&self, now: DateTime<Utc>, messages: &ExpiryMessages) -> StoreResult<Vec<Expired>>;
+
     /// Applies a report about the configuration `name` at `generation`, if that is still its generation, and ends
     /// the operation of that generation. `resource_key` names the configuration's operations.
     async fn apply_report(

@@ -17,7 +17,7 @@ macro_rules! cluster_columns {
 macro_rules! configuration_columns {
     () => {
         "id, cluster_id, name, spec, secrets, generation, etag, provisioning_state, compliance_state, observed, \
-         system_data, reported_generation"
+         system_data, reported_generation, secrets_expire_at, generation_expires_at, failure"
     };
 }
 
@@ -224,8 +224,10 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await?;
                 let inserted = sqlx::query::<$db>(
                     "INSERT INTO flux_configurations (cluster_id, name, spec, secrets, generation, etag, \
-                     provisioning_state, compliance_state, observed, system_data) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (cluster_id, name) DO NOTHING",
+                     provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
+                     generation_expires_at, failure) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (cluster_id, name) DO NOTHING",
                 )
                 .bind(c.cluster_id)
                 .bind(&c.name)
@@ -237,6 +239,9 @@ macro_rules! sql_store {
                 .bind(c.compliance_state.as_str())
                 .bind(sqlx::types::Json(&c.observed))
                 .bind(sqlx::types::Json(&c.system_data))
+                .bind(c.secrets_expire_at)
+                .bind(c.generation_expires_at)
+                .bind(&c.failure)
                 .execute(&mut *tx)
                 .await;
                 match inserted {
@@ -262,7 +267,8 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await?;
                 let done = sqlx::query::<$db>(
                     "UPDATE flux_configurations SET spec = $1, secrets = $2, generation = $3, etag = $4, \
-                     provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8 \
+                     provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
+                     secrets_expire_at = $11, generation_expires_at = $12, failure = $13 \
                      WHERE id = $9 AND etag = $10",
                 )
                 .bind(sqlx::types::Json(&c.spec))
@@ -275,6 +281,9 @@ macro_rules! sql_store {
                 .bind(sqlx::types::Json(&c.system_data))
                 .bind(c.id)
                 .bind(expected_etag)
+                .bind(c.secrets_expire_at)
+                .bind(c.generation_expires_at)
+                .bind(&c.failure)
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
@@ -359,6 +368,75 @@ macro_rules! sql_store {
                 Ok((revision, configurations))
             }
 
+            async fn expire(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                messages: &$crate::store::ExpiryMessages,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
+                let mut tx = self.pool.begin().await?;
+                // secrets: gone in any case; the configuration fails if its agent had not picked that generation up
+                let secrets: Vec<(i64, String, i64, String)> = sqlx::query_as::<$db, (i64, String, i64, String)>(
+                    "UPDATE flux_configurations SET secrets = NULL, secrets_expire_at = NULL, \
+                     failure = CASE WHEN reported_generation IS NULL OR reported_generation < generation \
+                         THEN $2 ELSE failure END, \
+                     generation_expires_at = CASE WHEN reported_generation IS NULL OR reported_generation < generation \
+                         THEN NULL ELSE generation_expires_at END, \
+                     provisioning_state = CASE WHEN reported_generation IS NULL OR reported_generation < generation \
+                         THEN 'Failed' ELSE provisioning_state END \
+                     WHERE secrets IS NOT NULL AND secrets_expire_at <= $1 \
+                     RETURNING cluster_id, name, generation, provisioning_state",
+                )
+                .bind(now)
+                .bind(&messages.secrets)
+                .fetch_all(&mut *tx)
+                .await?;
+                let pending: Vec<(i64, String, i64)> = sqlx::query_as::<$db, (i64, String, i64)>(
+                    "UPDATE flux_configurations SET provisioning_state = 'Failed', failure = $2, \
+                     generation_expires_at = NULL \
+                     WHERE generation_expires_at <= $1 AND provisioning_state <> 'Deleting' \
+                     RETURNING cluster_id, name, generation",
+                )
+                .bind(now)
+                .bind(&messages.pending)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut expired = Vec::with_capacity(secrets.len() + pending.len());
+                for (cluster_id, name, generation, state) in secrets {
+                    expired.push($crate::store::Expired {
+                        cluster_id,
+                        name,
+                        generation,
+                        secrets: true,
+                        failed: state == "Failed",
+                    });
+                }
+                expired.extend(pending.into_iter().map(|(cluster_id, name, generation)| $crate::store::Expired {
+                    cluster_id,
+                    name,
+                    generation,
+                    secrets: false,
+                    failed: true,
+                }));
+                for e in expired.iter().filter(|e| e.failed) {
+                    let message = if e.secrets { &messages.secrets } else { &messages.pending };
+                    let error = $crate::error::ErrorDetail::new("Expired", message.clone());
+                    sqlx::query::<$db>(
+                        "UPDATE operations SET status = 'Failed', end_time = $1, error = $2 \
+                         WHERE resource_key = (SELECT key FROM clusters WHERE id = $3) || '/' || $4 \
+                         AND generation = $5 AND status = 'InProgress'",
+                    )
+                    .bind(now)
+                    .bind(sqlx::types::Json(&error))
+                    .bind(e.cluster_id)
+                    .bind(&e.name)
+                    .bind(e.generation)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(expired)
+            }
+
             async fn apply_report(
                 &self,
                 cluster_id: i64,
@@ -379,9 +457,9 @@ macro_rules! sql_store {
                     } => {
                         let done = sqlx::query::<$db>(
                             "UPDATE flux_configurations SET provisioning_state = $1, compliance_state = $2, \
-                             observed = $3, reported_generation = $4 \
+                             observed = $3, reported_generation = $4, generation_expires_at = NULL \
                              WHERE cluster_id = $5 AND name = $6 AND generation = $4 \
-                             AND provisioning_state <> 'Deleting'",
+                             AND provisioning_state <> 'Deleting' AND failure IS NULL",
                         )
                         .bind(provisioning_state.as_str())
                         .bind(compliance_state.as_str())

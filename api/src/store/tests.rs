@@ -54,6 +54,9 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
         observed: Default::default(),
         system_data: SystemData::created("tester", Utc::now()),
         reported_generation: None,
+        secrets_expire_at: None,
+        generation_expires_at: None,
+        failure: None,
     }
 }
 
@@ -530,6 +533,148 @@ async fn report_case(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(unknown, super::ReportDisposition::Unknown);
+    })
+    .await;
+}
+
+fn messages() -> super::ExpiryMessages {
+    super::ExpiryMessages {
+        secrets: "secrets expired".into(),
+        pending: "not picked up".into(),
+    }
+}
+
+on_both_backends!(stored_secrets_and_unpicked_changes_expire_once, expiry_case);
+async fn expiry_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        let future = Utc::now() + chrono::Duration::hours(1);
+        // undelivered secrets past their time
+        let undelivered = ConfigurationRecord {
+            secrets_expire_at: Some(past),
+            generation_expires_at: Some(future),
+            ..configuration(c.id, "undelivered")
+        };
+        let undelivered_op = operation("sub/rg/c1/undelivered", 1);
+        store.insert_configuration(&undelivered, &undelivered_op).await.unwrap();
+        // secrets of a generation the agent reported on: removed quietly
+        let delivered = ConfigurationRecord {
+            secrets_expire_at: Some(past),
+            ..configuration(c.id, "delivered")
+        };
+        store
+            .insert_configuration(&delivered, &operation("sub/rg/c1/delivered", 1))
+            .await
+            .unwrap();
+        let report = applied(ComplianceState::Compliant);
+        store
+            .apply_report(c.id, "delivered", 1, "sub/rg/c1/delivered", &report, Utc::now())
+            .await
+            .unwrap();
+        // a change nobody picked up in time
+        let pending = ConfigurationRecord {
+            secrets: None,
+            generation_expires_at: Some(past),
+            ..configuration(c.id, "pending")
+        };
+        let pending_op = operation("sub/rg/c1/pending", 1);
+        store.insert_configuration(&pending, &pending_op).await.unwrap();
+        // one with time left
+        let fresh = ConfigurationRecord {
+            secrets_expire_at: Some(future),
+            generation_expires_at: Some(future),
+            ..configuration(c.id, "fresh")
+        };
+        store
+            .insert_configuration(&fresh, &operation("sub/rg/c1/fresh", 1))
+            .await
+            .unwrap();
+
+        let mut expired = store.expire(Utc::now(), &messages()).await.unwrap();
+        expired.sort_by(|a, b| a.name.cmp(&b.name));
+        let summary: Vec<_> = expired.iter().map(|e| (e.name.as_str(), e.secrets, e.failed)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("delivered", true, false),
+                ("pending", false, true),
+                ("undelivered", true, true)
+            ]
+        );
+
+        let get = |name: &'static str| {
+            let store = store.clone();
+            async move { store.get_configuration(c.id, name).await.unwrap().unwrap() }
+        };
+        let undelivered = get("undelivered").await;
+        assert!(undelivered.secrets.is_none());
+        assert_eq!(undelivered.provisioning_state, ProvisioningState::Failed);
+        assert_eq!(undelivered.failure.as_deref(), Some("secrets expired"));
+        assert_eq!(
+            store.get_operation(&undelivered_op.id).await.unwrap().unwrap().status,
+            "Failed"
+        );
+        let delivered = get("delivered").await;
+        assert!(delivered.secrets.is_none());
+        assert_eq!(delivered.provisioning_state, ProvisioningState::Succeeded);
+        let pending = get("pending").await;
+        assert_eq!(pending.failure.as_deref(), Some("not picked up"));
+        let pending_op = store.get_operation(&pending_op.id).await.unwrap().unwrap();
+        assert_eq!(pending_op.status, "Failed");
+        assert_eq!(pending_op.error.unwrap().message, "not picked up");
+        assert!(get("fresh").await.secrets.is_some());
+
+        assert!(
+            store.expire(Utc::now(), &messages()).await.unwrap().is_empty(),
+            "nothing expires twice"
+        );
+        // a late report does not revive an expired generation
+        let late = store
+            .apply_report(c.id, "pending", 1, "sub/rg/c1/pending", &report, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(late, super::ReportDisposition::Stale);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sweeping_at_once_expire_each_row_once() {
+    with_database(Backend::Postgres, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        for i in 0..50 {
+            let record = ConfigurationRecord {
+                generation_expires_at: Some(past),
+                secrets_expire_at: Some(past),
+                ..configuration(c.id, &format!("cfg-{i}"))
+            };
+            store
+                .insert_configuration(&record, &operation(&format!("sub/rg/c1/cfg-{i}"), 1))
+                .await
+                .unwrap();
+        }
+        let replicas = [db.store().await, db.store().await, db.store().await];
+        let sweeps: Vec<_> = replicas
+            .into_iter()
+            .map(|replica| tokio::spawn(async move { replica.expire(Utc::now(), &messages()).await.unwrap() }))
+            .collect();
+        let mut names = Vec::new();
+        for sweep in sweeps {
+            names.extend(sweep.await.unwrap().into_iter().map(|e| (e.name, e.secrets)));
+        }
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "no row expired twice");
+        assert_eq!(
+            names.iter().filter(|(_, secrets)| *secrets).count(),
+            50,
+            "every secret set expired once"
+        );
     })
     .await;
 }

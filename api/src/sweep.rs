@@ -1,0 +1,51 @@
+//! The 48-hour rules, enforced: on every replica, on a schedule, the store deletes secrets past their time to live
+//! and fails changes their agent has not picked up in time. Each row changes once however many replicas sweep at
+//! once, and nothing is kept in memory, so a restart loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::config::ServeConfig;
+use crate::store::{ExpiryMessages, Store};
+
+/// What a configuration failed by expiry tells its user.
+pub fn messages(config: &ServeConfig) -> ExpiryMessages {
+    let secret_ttl = humantime::format_duration(config.secret_ttl);
+    let pending_ttl = humantime::format_duration(config.pending_ttl);
+    ExpiryMessages {
+        secrets: format!(
+            "The protected settings expired before the cluster's agent received them (secrets are kept at most \
+             {secret_ttl}). Apply the protected settings again (PUT or PATCH configurationProtectedSettings)."
+        ),
+        pending: format!(
+            "The cluster's agent did not pick up this change within {pending_ttl}: the cluster is disconnected or \
+             its agent is failing. Apply the configuration again once the cluster is connected."
+        ),
+    }
+}
+
+/// Sweeps every `interval` until dropped.
+pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.expire(Utc::now(), &messages).await {
+            Ok(expired) => {
+                for e in expired {
+                    tracing::info!(
+                        cluster_id = e.cluster_id,
+                        configuration = %e.name,
+                        generation = e.generation,
+                        secrets = e.secrets,
+                        failed = e.failed,
+                        "expired"
+                    );
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "sweeping expired secrets and changes failed; will retry"),
+        }
+    }
+}
