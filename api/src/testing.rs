@@ -113,6 +113,16 @@ impl TestDatabase {
         }
     }
 
+    /// The same database for another server; only the original drops it.
+    fn shared(&self) -> TestDatabase {
+        TestDatabase {
+            url: self.url.clone(),
+            backend: self.backend,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            postgres_name: None,
+        }
+    }
+
     pub async fn store(&self) -> Arc<dyn Store> {
         store::connect(&self.url).await.expect("opening the test store")
     }
@@ -208,17 +218,11 @@ impl TestServer {
 
     /// Another server on the same database and keys: a second replica.
     pub async fn replica(&self) -> TestServer {
-        let database = TestDatabase {
-            url: self.database.url.clone(),
-            backend: self.database.backend,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            postgres_name: None,
-        };
         let config = (*self.state.config).clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding port 0");
-        Self::serve(database, config, listener).await
+        Self::serve(self.database.shared(), config, listener).await
     }
 
     /// Stops the server and starts it again on the same address, database and keys (a restart).
@@ -228,13 +232,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind(self.address)
             .await
             .expect("binding the same address again");
-        let database = TestDatabase {
-            url: self.database.url.clone(),
-            backend: self.database.backend,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            postgres_name: None,
-        };
-        let restarted = Self::serve(database, config, listener).await;
+        let restarted = Self::serve(self.database.shared(), config, listener).await;
         self.state = restarted.state.clone();
         let mut restarted = restarted;
         self.shutdown = restarted.shutdown.take();
