@@ -145,3 +145,47 @@ pub enum ReportDisposition {
     Stale,
     Unknown,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON blocks of README.md, in order.
+    fn readme_examples() -> Vec<serde_json::Value> {
+        let readme = include_str!("../README.md");
+        readme
+            .split("```json")
+            .skip(1)
+            .map(|block| {
+                let json = block.split("```").next().expect("a closed block");
+                serde_json::from_str(json).unwrap_or_else(|err| panic!("README example is not JSON: {err}\n{json}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_examples_are_what_the_types_read() {
+        let examples = readme_examples();
+        assert_eq!(examples.len(), 4, "claims, desired state, report, answer");
+        let claims: AgentClaims = serde_json::from_value(examples[0].clone()).unwrap();
+        assert_eq!(claims.aud, AGENT_AUDIENCE);
+        assert!(claims.exp - claims.iat <= MAX_TOKEN_LIFETIME_SECONDS);
+        let desired: DesiredState = serde_json::from_value(examples[1].clone()).unwrap();
+        assert_eq!(desired.configurations[0].generation, 3);
+        let report: StatusReport = serde_json::from_value(examples[2].clone()).unwrap();
+        assert_eq!(report.configurations[0].outcome, ApplyOutcome::Applied);
+        assert_eq!(report.agent.total_node_count, Some(3));
+        let accepted: StatusAccepted = serde_json::from_value(examples[3].clone()).unwrap();
+        assert_eq!(accepted.results[0].result, ReportDisposition::Recorded);
+    }
+
+    #[test]
+    fn older_peers_without_new_fields_still_parse() {
+        // additive evolution: a report with only the fields of the first version is accepted
+        let minimal = serde_json::json!({"configurations": [{"name": "c", "generation": 1, "outcome": "Removed",
+                                                             "complianceState": "Unknown"}]});
+        let report: StatusReport = serde_json::from_value(minimal).unwrap();
+        assert_eq!(report.agent, AgentInfo::default());
+        assert!(report.configurations[0].statuses.is_empty());
+    }
+}
