@@ -105,6 +105,7 @@ struct RunArgs {
     /// Longest wait of one desired-state poll.
     #[arg(long, env = "FLUXPLANE_POLL_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     poll_wait: Duration,
+    /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLUXPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
