@@ -68,11 +68,16 @@ impl Default for Backoff {
     }
 }
 
+/// How soon a configuration whose objects could not be written is tried again.
+const RETRY_FAILED_APPLY: Duration = Duration::from_secs(10);
+
 /// What the agent knows of one configuration.
 #[derive(Debug)]
 struct Held {
     generation: i64,
-    /// When its source is due for another check.
+    /// Whether that generation's objects were written; a failed write is retried when `next_check` comes.
+    applied: bool,
+    /// When its source is due for another check (or its failed write for another try).
     next_check: Instant,
     /// What was last reported for it, to report again only on change.
     reported: Option<ConfigurationReport>,
@@ -129,6 +134,7 @@ impl Agent {
                     name,
                     Held {
                         generation,
+                        applied: true,
                         next_check: now,
                         reported: None,
                     },
@@ -231,12 +237,14 @@ impl Agent {
                 continue;
             }
             let held = self.held.get(&name);
-            let changed = held.is_none_or(|h| h.generation != configuration.generation);
+            let new_generation = held.is_none_or(|h| h.generation != configuration.generation);
             let due = held.is_none_or(|h| h.next_check <= now);
-            if !changed && !due {
+            if !new_generation && !due {
                 continue;
             }
-            let report = if changed {
+            let write = new_generation || held.is_some_and(|h| !h.applied);
+            let mut applied = true;
+            let report = if write {
                 match self.target.apply(configuration).await {
                     Ok(()) => {
                         tracing::info!(configuration = %name, generation = configuration.generation, "applied");
@@ -244,8 +252,9 @@ impl Agent {
                         report_of(configuration, ApplyOutcome::Applied, observation)
                     }
                     Err(err) => {
+                        applied = false;
                         let message = format!("{err:#}");
-                        tracing::warn!(configuration = %name, error = %message, "applying failed");
+                        tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
                         let observation = Observation {
                             compliance: ComplianceState::NonCompliant,
                             message: Some(message),
@@ -262,11 +271,18 @@ impl Agent {
             };
             let held = self.held.entry(name).or_insert(Held {
                 generation: configuration.generation,
+                applied,
                 next_check: now,
                 reported: None,
             });
             held.generation = configuration.generation;
-            held.next_check = now + sync_interval(configuration);
+            held.applied = applied;
+            held.next_check = now
+                + if applied {
+                    sync_interval(configuration)
+                } else {
+                    RETRY_FAILED_APPLY
+                };
             if held.reported.as_ref() != Some(&report) {
                 held.reported = Some(report.clone());
                 self.pending.insert(report.name.clone(), report);
@@ -329,7 +345,88 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::identity::Identity;
+    use crate::targets::ClusterFacts;
+
+    /// A target whose first write fails; clones share what they count.
+    #[derive(Default, Clone)]
+    struct Flaky {
+        writes: Arc<AtomicUsize>,
+        observed: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Target for Flaky {
+        async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+            Ok(BTreeMap::new())
+        }
+        async fn apply(&self, _: &DesiredConfiguration) -> anyhow::Result<()> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
+                anyhow::bail!("disk full");
+            }
+            Ok(())
+        }
+        async fn remove(&self, _: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {
+            self.observed.lock().unwrap().push(configuration.name.clone());
+            Observation {
+                compliance: ComplianceState::Compliant,
+                message: None,
+                statuses: Vec::new(),
+                source_synced_commit_id: None,
+                source_updated_at: None,
+            }
+        }
+        async fn cluster_facts(&self) -> ClusterFacts {
+            ClusterFacts::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_retried_not_mistaken_for_applied() {
+        let identity = Identity::generate(
+            "http://127.0.0.1:9",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c",
+        )
+        .unwrap()
+        .identity;
+        let target = Flaky::default();
+        let mut agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(target.clone()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let desired = DesiredState {
+            cluster_id: "c".into(),
+            revision: 1,
+            configurations: vec![DesiredConfiguration {
+                name: "cfg".into(),
+                generation: 1,
+                deleting: false,
+                spec: Default::default(),
+            }],
+        };
+        agent.reconcile(&desired).await;
+        assert_eq!(agent.pending["cfg"].outcome, ApplyOutcome::Failed);
+        assert!(
+            target.observed.lock().unwrap().is_empty(),
+            "a failed write is not observed as applied"
+        );
+        agent.reconcile(&desired).await;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 1, "the retry waits for its time");
+        tokio::time::advance(RETRY_FAILED_APPLY).await;
+        agent.reconcile(&desired).await;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 2, "then the write is tried again");
+        assert_eq!(agent.pending["cfg"].outcome, ApplyOutcome::Applied);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
