@@ -219,7 +219,8 @@ pub trait Store: Send + Sync + 'static {
     /// answers the cluster's revision; `None` if the cluster is gone.
     async fn heartbeat(&self, cluster_id: i64, at: DateTime<Utc>, info: Option<&AgentInfo>)
     -> StoreResult<Option<i64>>;
-    /// The cluster's revision and every configuration of it, in name order, read together.
+    /// The cluster's revision and every configuration of it, in name order; the configurations are never older
+    /// than the revision.
     async fn desired_state(&self, cluster_id: i64) -> StoreResult<(i64, Vec<ConfigurationRecord>)>;
     /// Enforces the time limits as of `now`: deletes stored secrets past `secrets_expire_at` (failing the
     /// configuration if its agent had not picked up that generation) and fails generations past

@@ -348,11 +348,13 @@ macro_rules! sql_store {
                 &self,
                 cluster_id: i64,
             ) -> $crate::store::StoreResult<(i64, Vec<$crate::store::ConfigurationRecord>)> {
-                // one transaction, so that the revision and the configurations agree
-                let mut tx = self.pool.begin().await?;
+                // The revision first, then the configurations, without a transaction: a write in between makes
+                // the configurations newer than the revision, which costs the agent one redundant wake-up; the
+                // other order could hand out an old desired state under a new revision, and the agent would miss
+                // the change until the next one.
                 let revision = sqlx::query_scalar::<$db, i64>("SELECT revision FROM clusters WHERE id = $1")
                     .bind(cluster_id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await?
                     .unwrap_or_default();
                 let sql = concat!(
@@ -362,9 +364,8 @@ macro_rules! sql_store {
                 );
                 let configurations = sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
                     .bind(cluster_id)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&self.pool)
                     .await?;
-                tx.commit().await?;
                 Ok((revision, configurations))
             }
 
