@@ -96,6 +96,14 @@ async fn until(api: &Api, path: &str, what: &str, done: impl Fn(&Value) -> bool)
     }
 }
 
+/// A repository with `infra/` and `apps/`, served over HTTP, and its URL.
+async fn served_repository() -> (Repository, FileServer, String) {
+    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
+    let git = FileServer::start(repository.served_root()).await;
+    let url = format!("{}/repo.git", git.base);
+    (repository, git, url)
+}
+
 fn config_body(url: &str) -> Value {
     json!({"properties": {
         "namespace": "flux-system",
@@ -118,9 +126,7 @@ on_both_backends!(
 );
 async fn materialise_case(backend: Backend) {
     let Some(api) = Api::start(backend).await else { return };
-    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
-    let git = FileServer::start(repository.served_root()).await;
-    let url = format!("{}/repo.git", git.base);
+    let (repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
     let cluster = cluster_path("s", "rg", "c1");
@@ -304,9 +310,7 @@ async fn tokens_case(backend: Backend) {
 on_both_backends!(an_agent_sees_and_writes_only_its_own_cluster, isolation_case);
 async fn isolation_case(backend: Backend) {
     let Some(api) = Api::start(backend).await else { return };
-    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
-    let git = FileServer::start(repository.served_root()).await;
-    let url = format!("{}/repo.git", git.base);
+    let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
     let a = RunningAgent::start(registered(&api, "a", dir.path()).await).await;
     let b_identity = registered(&api, "b", dir.path()).await;
@@ -444,9 +448,7 @@ async fn restart_case(backend: Backend) {
     let Some(mut api) = Api::start(backend).await else {
         return;
     };
-    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
-    let git = FileServer::start(repository.served_root()).await;
-    let url = format!("{}/repo.git", git.base);
+    let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
     let cluster = cluster_path("s", "rg", "c1");
@@ -479,8 +481,7 @@ async fn an_offline_clusters_status_is_not_shown_as_fresh() {
         server,
         client: reqwest::Client::new(),
     };
-    let repository = Repository::new(&[("infra/ns.yaml", MANIFEST), ("apps/app.yaml", MANIFEST)]);
-    let git = FileServer::start(repository.served_root()).await;
+    let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
     let cluster = cluster_path("s", "rg", "c1");
@@ -492,9 +493,7 @@ async fn an_offline_clusters_status_is_not_shown_as_fresh() {
         |p| p["connectivityStatus"] == "Connected",
     )
     .await;
-    let before = api
-        .put_config(&cluster, "cfg", config_body(&format!("{}/repo.git", git.base)))
-        .await;
+    let before = api.put_config(&cluster, "cfg", config_body(&url)).await;
     assert_eq!(
         before.body["properties"]["statusFreshness"], "Stale",
         "no report on this generation yet"

@@ -196,24 +196,10 @@ impl TestServer {
         let mut config = test_config(database.dir.path(), &database.url);
         adjust(&mut config);
         crate::keys::prepare(&config, true).expect("preparing keys");
-        let store = database.store().await;
-        let state = AppState::new(config, store).expect("building the app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding port 0");
-        let address = listener.local_addr().expect("a bound address");
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::server::serve(listener, state.clone(), async {
-            let _ = signal.await;
-        }));
-        Some(Self {
-            address,
-            base: format!("http://{address}"),
-            state,
-            database,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        })
+        Some(Self::serve(database, config, listener).await)
     }
 
     /// Another server on the same database and keys: a second replica.
