@@ -45,8 +45,8 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
-    /// Create key files (32 random bytes, base64, mode 0600) for --secret-key-file and --jwt-secret-file;
-    /// existing files are left as they are.
+    /// Create key files (32 random bytes, base64, mode 0600), such as the --jwt-secret-file every replica
+    /// shares; existing files are left as they are.
     Keygen {
         #[arg(required = true)]
         files: Vec<PathBuf>,

@@ -15,7 +15,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_fluxplane");
-const SENTINEL: &str = "binary-test-secret-SENTINEL";
+/// A protected setting (base64, as Azure's CLI sends them) to look for in the logs.
+const SENTINEL: &str = "YmluYXJ5LXRlc3Qtc2VjcmV0LVNFTlRJTkVM";
 
 /// A running binary whose output lines arrive on channels.
 struct Process {
@@ -150,28 +151,18 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
     );
 
     let client = reqwest::Client::new();
-    let cluster = cluster_path("00000000-0000-0000-0000-000000000000", "demo", "kind-1");
-    let registered = client
-        .put(format!("{url}{}", with_version(&cluster, CLUSTER_API)))
+    // a secret for dev-1's demo configuration: sealed to its agent, which writes it beside the demo's objects
+    let demo_1 = format!(
+        "{url}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dev/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
+    );
+    let patched = client
+        .patch(&demo_1)
         .bearer_auth(&token)
-        .json(&cluster_body())
+        .json(&json!({"properties": {"configurationProtectedSettings": {"httpsKey": SENTINEL}}}))
         .send()
         .await
         .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let mut body = git_config_body();
-    body["properties"]["configurationProtectedSettings"] = json!({"httpsKey": SENTINEL});
-    let created = client
-        .put(format!(
-            "{url}{}",
-            with_version(&config_path(&cluster, "demo"), FLUX_API)
-        ))
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(patched.status(), StatusCode::OK);
     // the demo: local agents turn their clusters' demo configuration Compliant with the demo repository's commit
     let demo = format!(
         "{url}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dev/providers/Microsoft.Kubernetes/connectedClusters/dev-3/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
@@ -203,6 +194,15 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(data.join("clusters/dev-3/demo/fluxconfig.yaml").exists());
+    let secret = data.join("clusters/dev-1/demo/secret.yaml");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&secret).is_ok_and(|text| text.contains(SENTINEL)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev-1's agent did not write the secret"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // the API documentation page loads nothing from the internet: its scripts come from the binary
     let docs = client.get(format!("{url}/docs/")).send().await.unwrap();
@@ -239,7 +239,7 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
             "not a JSON log line: {line}"
         );
     }
-    for file in ["fluxplane.db", "secret.key", "jwt-secret"] {
+    for file in ["fluxplane.db", "jwt-secret"] {
         assert!(data.join(file).exists(), "{file} in the data directory");
     }
 }
@@ -250,7 +250,7 @@ async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
         return;
     };
     let dir = database.dir.path();
-    let (secret_key, jwt_secret) = (dir.join("secret.key"), dir.join("jwt-secret"));
+    let jwt_secret = dir.join("jwt-secret");
     let common = [
         "--database-url",
         database.url.as_str(),
@@ -270,21 +270,16 @@ async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
         "{missing:?}"
     );
 
-    let keygen = run(&["keygen", secret_key.to_str().unwrap(), jwt_secret.to_str().unwrap()]);
+    let keygen = run(&["keygen", jwt_secret.to_str().unwrap()]);
     assert!(keygen.status.success(), "{keygen:?}");
-    let first = std::fs::read(&secret_key).unwrap();
-    assert!(run(&["keygen", secret_key.to_str().unwrap()]).status.success());
+    let first = std::fs::read(&jwt_secret).unwrap();
+    assert!(run(&["keygen", jwt_secret.to_str().unwrap()]).status.success());
     assert_eq!(
-        std::fs::read(&secret_key).unwrap(),
+        std::fs::read(&jwt_secret).unwrap(),
         first,
         "keygen keeps an existing key"
     );
-    let keys = [
-        "--secret-key-file",
-        secret_key.to_str().unwrap(),
-        "--jwt-secret-file",
-        jwt_secret.to_str().unwrap(),
-    ];
+    let keys = ["--jwt-secret-file", jwt_secret.to_str().unwrap()];
     let mut serve = Process::start(&[&["serve"][..], &common[..], &keys[..]].concat(), dir);
     let address = serve.log_event("fluxplane listening")["address"]
         .as_str()

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::agents::registered;
 use common::*;
+use fluxplane_agent::client::ControlPlane;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
@@ -45,7 +47,9 @@ async fn secrets_case(backend: Backend) {
         return;
     };
     let cluster = cluster_path("s", "rg", "c1");
-    api.put_cluster("s", "rg", "c1").await;
+    // a registered agent that never runs: nobody collects the secrets
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
     let mut body = git_config_body();
     body["properties"]["configurationProtectedSettings"] = json!({"httpsKey": "ZXhwaXJpbmc="});
     let created = api.put_config(&cluster, "cfg", body).await;
@@ -58,16 +62,13 @@ async fn secrets_case(backend: Backend) {
     );
     let operation = api.get(created.header("azure-asyncoperation").unwrap()).await;
     assert_eq!(operation.body["status"], "Failed");
-    let store = &api.server.state.store;
-    let id = store.get_cluster("s/rg/c1").await.unwrap().unwrap().id;
+    let offered = ControlPlane::new(identity)
+        .unwrap()
+        .desired_state(None, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(
-        store
-            .get_configuration(id, "cfg")
-            .await
-            .unwrap()
-            .unwrap()
-            .secrets
-            .is_none(),
+        offered.configurations[0].sealed_secrets.is_empty(),
         "no ciphertext is left"
     );
 

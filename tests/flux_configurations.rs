@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use fluxplane_agent::register::{Registration, register};
 use fluxplane_api::flux::model::ProvisioningState;
 use fluxplane_api::flux::secrets::SECRET_FIELDS;
 use fluxplane_api::on_both_backends;
@@ -46,7 +47,16 @@ on_both_backends!(every_property_of_azures_examples_round_trips, round_trip_case
 async fn round_trip_case(backend: Backend) {
     let Some(api) = Api::start(backend).await else { return };
     let cluster = cluster_path("subId1", "rg1", "clusterName1");
-    api.put_cluster("subId1", "rg1", "clusterName1").await;
+    // an agent to seal the examples' secrets to
+    let dir = tempfile::tempdir().unwrap();
+    let registration = Registration {
+        server: api.server.base.clone(),
+        user_token: api.token.clone(),
+        cluster_id: cluster.clone(),
+        tags: Default::default(),
+        location: Some("westeurope".into()),
+    };
+    register(&registration, &dir.path().join("agent.json")).await.unwrap();
     for (i, (file, body)) in azure_examples().into_iter().enumerate() {
         let name = format!("example-{i}");
         let created = api.put_config(&cluster, &name, body.clone()).await;

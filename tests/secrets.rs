@@ -1,23 +1,33 @@
-//! End-to-end: secret fields are write-only. No answer carries them, the database holds only their ciphertext,
-//! and a PATCH keeps them unless it changes them.
+//! End-to-end: secret fields are write-only and sealed to the cluster's agent. No answer carries them, the database
+//! holds only what the agent alone can open, a real agent writes them to its cluster and acknowledges them, and
+//! then the control plane holds nothing of them at all.
 
 mod common;
 
+use std::time::Duration;
+
+use common::agents::*;
 use common::*;
-use fluxplane_api::flux::secrets::SecretFields;
+use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::identity::Identity;
+use fluxplane_agent_protocol::agent::{DesiredConfiguration, SecretsChange};
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+/// Every secret value the tests write, each findable in any byte dump. Protected settings are base64 (as Azure's
+/// CLI sends them); the text of the first two is `sentinel-ssh-key-1` and `sentinel-https-key-2`.
 const SECRETS: [&str; 5] = [
-    "ssh-private-key-SENTINEL-1",
-    "https-key-SENTINEL-2",
+    "c2VudGluZWwtc3NoLWtleS0x",
+    "c2VudGluZWwtaHR0cHMta2V5LTI=",
     "account-key-SENTINEL-3",
     "client-secret-SENTINEL-4",
     "sas-token-SENTINEL-5",
 ];
+/// `sentinel-new-bucket-key-7`, written by a PATCH.
+const PATCHED: &str = "c2VudGluZWwtbmV3LWJ1Y2tldC1rZXktNw==";
 
 fn blob_body() -> Value {
     json!({"properties": {
@@ -35,12 +45,12 @@ fn blob_body() -> Value {
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    for secret in SECRETS {
+    for secret in SECRETS.iter().chain([&PATCHED]) {
         assert!(!text.contains(secret), "{what} contains {secret}: {text}");
     }
 }
 
-/// Every byte the database holds, as text.
+/// Every byte the database holds, as text: the SQLite files, or every row of every PostgreSQL table.
 async fn database_dump(api: &Api) -> String {
     let db = &api.server.database;
     match db.backend {
@@ -52,13 +62,22 @@ async fn database_dump(api: &Api) -> String {
                     all.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
                 }
             }
-            assert!(all.contains("gitops"), "the dump reads the database");
+            assert!(
+                all.contains("gitops") || all.contains("flux-system"),
+                "the dump reads the database"
+            );
             all
         }
         Backend::Postgres => {
             let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            let tables: Vec<String> =
+                sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            assert!(tables.contains(&"sealed_secrets".to_owned()), "{tables:?}");
             let mut all = String::new();
-            for table in ["clusters", "flux_configurations", "operations"] {
+            for table in tables {
                 let rows: Vec<String> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {table} t")))
                         .fetch_all(&mut conn)
@@ -66,32 +85,54 @@ async fn database_dump(api: &Api) -> String {
                         .unwrap();
                 all.push_str(&rows.join("\n"));
             }
-            assert!(all.contains("gitops"), "the dump reads the database");
+            assert!(
+                all.contains("gitops") || all.contains("flux-system"),
+                "the dump reads the database"
+            );
             all
         }
     }
 }
 
-/// The secrets the store holds for the configuration, decrypted with the server's key.
-async fn stored_secrets(api: &Api, name: &str) -> Option<Value> {
-    let store = &api.server.state.store;
-    let cluster = store.get_cluster("s/rg/c1").await.unwrap().unwrap();
-    let record = store.get_configuration(cluster.id, name).await.unwrap().unwrap();
-    let sealed = record.secrets?;
-    let plain = api
-        .server
-        .state
-        .cipher
-        .open(&sealed, &format!("s/rg/c1/{name}"))
+/// What the agent is offered for the configuration `name`: the desired state over the agent API.
+async fn offered(identity: &Identity, name: &str) -> DesiredConfiguration {
+    let desired = ControlPlane::new(identity.clone())
+        .unwrap()
+        .desired_state(None, Duration::ZERO)
+        .await
         .unwrap();
-    Some(SecretFields::from_bytes(&plain).unwrap().as_value())
+    desired
+        .configurations
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("the configuration is offered")
 }
 
-on_both_backends!(secrets_never_appear_in_answers_or_in_the_database, never_out_case);
+/// The sealed changes offered for `name`, opened with the agent's key: (version, change, plaintext).
+async fn opened(identity: &Identity, name: &str) -> Vec<(i64, SecretsChange, Value)> {
+    let key = identity.encryption_key().unwrap();
+    offered(identity, name)
+        .await
+        .sealed_secrets
+        .iter()
+        .map(|sealed| {
+            let plain = key
+                .open(&identity.cluster_id, name, sealed)
+                .expect("the agent opens it");
+            (sealed.version, sealed.change, serde_json::from_slice(&plain).unwrap())
+        })
+        .collect()
+}
+
+on_both_backends!(
+    secrets_never_appear_in_answers_and_are_stored_sealed_to_the_agent,
+    never_out_case
+);
 async fn never_out_case(backend: Backend) {
     let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
     let cluster = cluster_path("s", "rg", "c1");
-    api.put_cluster("s", "rg", "c1").await;
     let created = api.put_config(&cluster, "cfg", blob_body()).await;
     assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
     assert_no_secret(&created.body.to_string(), "the PUT answer");
@@ -126,60 +167,124 @@ async fn never_out_case(backend: Backend) {
     ] {
         assert_no_secret(&format!("{:?} {}", answer.headers, answer.body), what);
     }
-    let mistyped = api
-        .put_config(
-            &cluster,
-            "typo",
-            json!({"properties": {
-                "gitRepository": {"url": "https://x.io/r", "repositoryRef": {"branch": "main"}},
-                "configurationProtectedSettings": SECRETS[1]
-            }}),
-        )
-        .await;
-    assert_eq!(mistyped.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        mistyped.body["error"]["target"],
-        "properties.configurationProtectedSettings"
-    );
-    assert_no_secret(&mistyped.body.to_string(), "an error about a mistyped secret");
+    for (body, target) in [
+        (json!(SECRETS[1]), "properties.configurationProtectedSettings"),
+        (
+            json!({"httpsKey": "not base64: sentinel-plain-8"}),
+            "properties.configurationProtectedSettings.httpsKey",
+        ),
+    ] {
+        let mistyped = api
+            .put_config(
+                &cluster,
+                "typo",
+                json!({"properties": {
+                    "gitRepository": {"url": "https://x.io/r", "repositoryRef": {"branch": "main"}},
+                    "configurationProtectedSettings": body
+                }}),
+            )
+            .await;
+        assert_eq!(mistyped.status, StatusCode::BAD_REQUEST, "{mistyped:?}");
+        assert_eq!(mistyped.body["error"]["target"], target);
+        assert_no_secret(&mistyped.body.to_string(), "an error about a mistyped secret");
+        assert!(!mistyped.body.to_string().contains("sentinel-plain-8"));
+    }
+    // the database holds ciphertext only, which the agent's key opens (and only for this configuration)
     assert_no_secret(&database_dump(&api).await, "the database");
-
-    let stored = stored_secrets(&api, "cfg")
-        .await
-        .expect("the secrets are kept, encrypted");
-    assert_eq!(stored["configurationProtectedSettings"]["sshPrivateKey"], SECRETS[0]);
-    assert_eq!(stored["azureBlob"]["servicePrincipal"]["clientSecret"], SECRETS[3]);
+    let sealed = opened(&identity, "cfg").await;
+    assert_eq!(sealed.len(), 1);
+    let (version, change, set) = &sealed[0];
+    assert_eq!((*version, *change), (1, SecretsChange::Replace));
+    assert_eq!(set["configurationProtectedSettings"]["sshPrivateKey"], SECRETS[0]);
+    assert_eq!(set["azureBlob"]["servicePrincipal"]["clientSecret"], SECRETS[3]);
+    assert_eq!(
+        set["azureBlob"].get("containerName"),
+        None,
+        "nothing but secrets is sealed"
+    );
+    let offer = offered(&identity, "cfg").await;
+    assert_eq!(
+        offer.secrets_version,
+        Some(1),
+        "the suspend PATCH left the secrets as they were"
+    );
+    let key = identity.encryption_key().unwrap();
+    assert!(
+        key.open(&identity.cluster_id, "other", &offer.sealed_secrets[0])
+            .is_err()
+    );
 }
 
-on_both_backends!(a_patch_keeps_secrets_it_does_not_touch, patch_keeps_case);
-async fn patch_keeps_case(backend: Backend) {
+on_both_backends!(
+    secrets_cannot_be_written_before_the_agent_can_receive_them,
+    no_agent_key_case
+);
+async fn no_agent_key_case(backend: Backend) {
     let Some(api) = Api::start(backend).await else { return };
     let cluster = cluster_path("s", "rg", "c1");
     api.put_cluster("s", "rg", "c1").await;
+    let refused = api.put_config(&cluster, "cfg", blob_body()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert_eq!(refused.code(), "AgentEncryptionKeyMissing");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fluxplane agent register")
+    );
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    assert_eq!(
+        api.get(&path).await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was written"
+    );
+    // a configuration without secrets needs no agent yet
+    assert_eq!(
+        api.put_config(&cluster, "plain", git_config_body()).await.status,
+        StatusCode::CREATED
+    );
+}
+
+on_both_backends!(
+    a_patch_delivers_secret_changes_and_leaves_untouched_ones_alone,
+    patch_case
+);
+async fn patch_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let cluster = cluster_path("s", "rg", "c1");
     api.put_config(&cluster, "cfg", blob_body()).await;
     let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
 
-    api.call(
-        Method::PATCH,
-        &path,
-        Some(json!({"properties": {"azureBlob": {"containerName": "other"}}})),
-    )
-    .await;
-    let kept = stored_secrets(&api, "cfg").await.unwrap();
-    assert_eq!(kept["azureBlob"]["accountKey"], SECRETS[2]);
-    assert_eq!(kept["configurationProtectedSettings"]["httpsKey"], SECRETS[1]);
+    let untouched = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"properties": {"azureBlob": {"containerName": "other"}}})),
+        )
+        .await;
+    assert_eq!(untouched.status, StatusCode::OK);
+    let offer = offered(&identity, "cfg").await;
+    assert_eq!((offer.generation, offer.secrets_version), (2, Some(1)));
+    assert_eq!(offer.sealed_secrets.len(), 1);
 
-    api.call(
-        Method::PATCH,
-        &path,
-        Some(json!({"properties": {"configurationProtectedSettings": {"httpsKey": null, "bucketSecretKey": "new"}}})),
-    )
-    .await;
-    let changed = stored_secrets(&api, "cfg").await.unwrap();
+    let changed = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"properties": {"configurationProtectedSettings": {"httpsKey": null, "bucketSecretKey": PATCHED}}})),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+    let sealed = opened(&identity, "cfg").await;
+    assert_eq!(sealed.len(), 2, "the undelivered set and the patch on top of it");
+    assert_eq!((sealed[1].0, sealed[1].1), (3, SecretsChange::Merge));
     assert_eq!(
-        changed["configurationProtectedSettings"],
-        json!({"sshPrivateKey": SECRETS[0], "bucketSecretKey": "new"})
+        sealed[1].2,
+        json!({"configurationProtectedSettings": {"httpsKey": null, "bucketSecretKey": PATCHED}})
     );
+    assert_eq!(offered(&identity, "cfg").await.sealed_secrets[1].base_version, Some(1));
 
     // a PUT replaces the whole configuration, secrets included
     let mut without = blob_body();
@@ -190,5 +295,177 @@ async fn patch_keeps_case(backend: Backend) {
         blob.remove(field);
     }
     assert_eq!(api.put_config(&cluster, "cfg", without).await.status, StatusCode::OK);
-    assert!(stored_secrets(&api, "cfg").await.is_none());
+    let offer = offered(&identity, "cfg").await;
+    assert_eq!(offer.secrets_version, None);
+    assert!(offer.sealed_secrets.is_empty());
+    assert_no_secret(&database_dump(&api).await, "the database");
+}
+
+/// The secret the agent wrote to its `dir` target for `configuration`, parsed.
+fn written_secret(agent: &RunningAgent, configuration: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(agent.file(configuration, "secret.yaml")).ok()?;
+    Some(serde_yaml_ng::from_str(&text).unwrap())
+}
+
+/// Waits until the agent's secret for `configuration` holds `version` (`None`: until it is gone).
+async fn secret_version(agent: &RunningAgent, configuration: &str, version: Option<i64>) -> Option<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let secret = written_secret(agent, configuration);
+        let held = secret.as_ref().map(|s| {
+            s["metadata"]["annotations"]["fluxplane.io/secrets-version"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        });
+        if held == version {
+            return secret;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent holds {held:?}, not {version:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+on_both_backends!(
+    an_agent_receives_secrets_once_and_the_control_plane_then_holds_nothing,
+    delivery_case
+);
+async fn delivery_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let agent = RunningAgent::start(identity.clone()).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    let mut body = config_body(&url);
+    body["properties"]["gitRepository"]["httpsUser"] = json!("deploy-bot");
+    body["properties"]["configurationProtectedSettings"] = json!({"httpsKey": SECRETS[1]});
+    assert_eq!(api.put_config(&cluster, "cfg", body).await.status, StatusCode::CREATED);
+
+    // the agent writes the secret where Flux reads it: a 0600 file for the dir target
+    let secret = secret_version(&agent, "cfg", Some(1)).await.unwrap();
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "cfg-auth");
+    assert_eq!(secret["data"]["password"], SECRETS[1]);
+    assert_eq!(
+        secret["data"]["username"], "ZGVwbG95LWJvdA==",
+        "base64 of the HTTPS user"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(agent.file("cfg", "secret.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let source = std::fs::read_to_string(agent.file("cfg", "source.yaml")).unwrap();
+    assert!(source.contains("cfg-auth"), "the source refers to the secret: {source}");
+    until(&api, &path, "applied", |p| p["provisioningState"] == "Succeeded").await;
+    // acknowledged with the status report: the control plane's copy is gone, ciphertext included
+    let offer = offered(&identity, "cfg").await;
+    assert_eq!(offer.secrets_version, Some(1));
+    assert!(offer.sealed_secrets.is_empty(), "nothing left to deliver");
+    let dump = database_dump(&api).await;
+    assert_no_secret(&dump, "the database after acknowledgement");
+
+    // a PATCH that does not touch secrets keeps the cluster's copy
+    let suspended = api
+        .call(Method::PATCH, &path, Some(json!({"properties": {"suspend": true}})))
+        .await;
+    assert_eq!(suspended.status, StatusCode::OK);
+    until(&api, &path, "suspended", |p| p["complianceState"] == "Suspended").await;
+    let kept = written_secret(&agent, "cfg").unwrap();
+    assert_eq!(kept["data"]["password"], SECRETS[1]);
+    assert_eq!(kept["metadata"]["annotations"]["fluxplane.io/secrets-version"], "1");
+
+    // one that changes them delivers the merged set
+    let changed = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"properties": {"suspend": false, "configurationProtectedSettings": {"httpsKey": PATCHED}}})),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let merged = secret_version(&agent, "cfg", Some(3)).await.unwrap();
+    assert_eq!(merged["data"]["password"], PATCHED);
+    until(&api, &path, "re-applied", |p| p["provisioningState"] == "Succeeded").await;
+    assert!(offered(&identity, "cfg").await.sealed_secrets.is_empty());
+    assert_no_secret(
+        &database_dump(&api).await,
+        "the database after the second acknowledgement",
+    );
+
+    // a PUT without secrets removes the cluster's copy
+    assert_eq!(
+        api.put_config(&cluster, "cfg", config_body(&url)).await.status,
+        StatusCode::OK
+    );
+    assert!(secret_version(&agent, "cfg", None).await.is_none());
+    agent.stop().await;
+}
+
+on_both_backends!(
+    secrets_sealed_to_a_replaced_agent_key_must_be_applied_again,
+    rotation_case
+);
+async fn rotation_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    registered(&api, "c1", dir.path()).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    let created = api.put_config(&cluster, "cfg", blob_body()).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+
+    // the cluster's agent is registered again (a new identity, new keys) before it received them
+    let identity = registered(&api, "c1", dir.path()).await;
+    let failed = api.get(&path).await;
+    assert_eq!(failed.body["properties"]["provisioningState"], "Failed");
+    let message = failed.body["properties"]["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("registered again") && message.contains("Apply the protected settings again"),
+        "{message}"
+    );
+    let operation = api.get(created.header("azure-asyncoperation").unwrap()).await;
+    assert_eq!(operation.body["status"], "Failed");
+    assert!(offered(&identity, "cfg").await.sealed_secrets.is_empty());
+    assert_no_secret(&database_dump(&api).await, "the database");
+
+    // writing them again seals them to the new key
+    assert_eq!(
+        api.put_config(&cluster, "cfg", blob_body()).await.status,
+        StatusCode::OK
+    );
+    let sealed = opened(&identity, "cfg").await;
+    assert_eq!(sealed[0].2["configurationProtectedSettings"]["httpsKey"], SECRETS[1]);
+}
+
+on_both_backends!(an_agent_registers_only_well_formed_encryption_keys, bad_key_case);
+async fn bad_key_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let url = api.url("/agent/v1/encryption-key");
+    for body in [json!({"publicKey": "a2V5"}), json!({"publicKey": 5}), json!({})] {
+        let request = api.client.put(&url).bearer_auth(identity.token().unwrap()).json(&body);
+        let answer = api.raw(request).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}: {answer:?}");
+    }
+    let users = api
+        .client
+        .put(&url)
+        .bearer_auth(&api.token)
+        .json(&json!({"publicKey": "a2V5"}));
+    assert_eq!(api.raw(users).await.status, StatusCode::UNAUTHORIZED);
+    // the registered key is still the agent's own: secrets written now open with it
+    api.put_config(&cluster_path("s", "rg", "c1"), "cfg", blob_body()).await;
+    assert_eq!(opened(&identity, "cfg").await.len(), 1);
 }

@@ -62,7 +62,7 @@ pub struct DesiredState {
 }
 
 /// One configuration as the cluster should hold it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct DesiredConfiguration {
@@ -72,8 +72,84 @@ pub struct DesiredConfiguration {
     /// The configuration is being deleted: remove its objects, then report `removed`.
     #[serde(default)]
     pub deleting: bool,
-    /// The desired state with every default filled in (secret fields are never part of it).
+    /// The desired state with every default filled in (secret fields are never part of it: see `sealedSecrets`).
     pub spec: FluxConfigurationSpec,
+    /// The version of the secret set the cluster should hold (the generation that last wrote secrets); absent when
+    /// the configuration has none, and then the cluster's copy is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_version: Option<i64>,
+    /// Secret changes the cluster has not acknowledged yet, oldest first, each sealed to the agent's encryption
+    /// key. Applied in order on top of the cluster's copy, they bring it to `secretsVersion`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_secrets: Vec<SealedSecrets>,
+}
+
+/// One change to a configuration's secrets, sealed so that only the agent holding the private half of
+/// `recipient` can open it (HPKE, RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305).
+///
+/// The plaintext is JSON shaped like a configuration's `properties` holding secret fields only: the whole set for
+/// `Replace`, a JSON merge patch (RFC 7396, `null` removes) for `Merge`. The associated data is
+/// [`sealed_secrets_aad`], so a payload moved to another cluster, configuration or version does not open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SealedSecrets {
+    /// The secret set's version after this change.
+    pub version: i64,
+    pub change: SecretsChange,
+    /// For `Merge`: the version the patch applies to (absent: to no secrets at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<i64>,
+    /// The X25519 public key (base64) it is sealed to.
+    pub recipient: String,
+    /// The HPKE encapsulated key (base64).
+    pub encapsulated_key: String,
+    /// The sealed JSON (base64).
+    pub ciphertext: String,
+}
+
+/// Whether a sealed change replaces the secret set or patches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum SecretsChange {
+    Replace,
+    Merge,
+}
+
+impl SecretsChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replace => "Replace",
+            Self::Merge => "Merge",
+        }
+    }
+}
+
+/// The associated data a sealed change is bound to: the cluster (its ARM id, case-insensitively), the
+/// configuration, the version, the kind of change and the version it applies to.
+pub fn sealed_secrets_aad(
+    cluster_id: &str,
+    configuration: &str,
+    version: i64,
+    change: SecretsChange,
+    base_version: Option<i64>,
+) -> Vec<u8> {
+    let base = base_version.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    format!(
+        "fluxplane-secrets:{}:{configuration}:{version}:{}:{base}",
+        cluster_id.to_ascii_lowercase(),
+        change.as_str()
+    )
+    .into_bytes()
+}
+
+/// The body of `PUT /agent/v1/encryption-key`: the agent's X25519 public key, which secrets are sealed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EncryptionKeyRegistration {
+    /// 32 bytes in base64.
+    pub public_key: String,
 }
 
 /// A batch of reports: the body of `POST /agent/v1/status`.
@@ -109,6 +185,10 @@ pub struct ConfigurationReport {
     /// When that source revision was produced (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_updated_at: Option<String>,
+    /// The version of the secret set the cluster now holds: acknowledges every sealed change up to it, which the
+    /// control plane then deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_version: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use fluxplane_agent_protocol::agent::{DesiredState, PREFIX, StatusAccepted, StatusReport};
+use fluxplane_agent_protocol::agent::{DesiredState, EncryptionKeyRegistration, PREFIX, StatusAccepted, StatusReport};
+use fluxplane_agent_protocol::sealing::EncryptionKey;
 use reqwest::StatusCode;
 
 use crate::identity::Identity;
@@ -23,6 +24,7 @@ pub enum ClientError {
 pub struct ControlPlane {
     http: reqwest::Client,
     identity: Identity,
+    encryption_key: EncryptionKey,
 }
 
 impl ControlPlane {
@@ -31,11 +33,37 @@ impl ControlPlane {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, identity })
+        let encryption_key = identity.encryption_key()?;
+        Ok(Self {
+            http,
+            identity,
+            encryption_key,
+        })
     }
 
     pub fn cluster_id(&self) -> &str {
         &self.identity.cluster_id
+    }
+
+    /// The key pair secrets for this cluster are sealed to.
+    pub fn encryption_key(&self) -> &EncryptionKey {
+        &self.encryption_key
+    }
+
+    /// Registers the encryption key's public half, so that the control plane can seal secrets to it.
+    pub async fn register_encryption_key(&self) -> Result<(), ClientError> {
+        let body = EncryptionKeyRegistration {
+            public_key: self.encryption_key.public_base64(),
+        };
+        let response = self
+            .http
+            .put(format!("{}{PREFIX}/encryption-key", self.identity.server))
+            .timeout(Duration::from_secs(30))
+            .bearer_auth(self.identity.token()?)
+            .json(&body)
+            .send()
+            .await?;
+        refusal(response).await.map(drop)
     }
 
     /// The desired state once its revision is past `after` (at once without one), waiting up to `wait`.
@@ -65,9 +93,14 @@ impl ControlPlane {
 }
 
 async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    Ok(refusal(response).await?.json().await?)
+}
+
+/// The response if it is a success, else the error it tells of.
+async fn refusal(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
     let status = response.status();
     if status.is_success() {
-        return Ok(response.json().await?);
+        return Ok(response);
     }
     let body = response.text().await.unwrap_or_default();
     if status == StatusCode::UNAUTHORIZED {

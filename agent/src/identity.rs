@@ -12,6 +12,7 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
+use fluxplane_agent_protocol::sealing::EncryptionKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +27,12 @@ pub struct Identity {
     pub server: String,
     /// The cluster's ARM id.
     pub cluster_id: String,
-    /// The private key, PKCS#8 PEM.
+    /// The Ed25519 signing key (PKCS#8 PEM) whose public half is the cluster's `agentPublicKeyCertificate`.
     pub private_key: String,
+    /// The X25519 key (base64) the control plane seals secrets to; identities written before secrets were sealed
+    /// lack it, and get one when loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<String>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -36,6 +41,7 @@ impl std::fmt::Debug for Identity {
             .field("server", &self.server)
             .field("cluster_id", &self.cluster_id)
             .field("private_key", &"<redacted>")
+            .field("encryption_key", &"<redacted>")
             .finish()
     }
 }
@@ -66,6 +72,7 @@ impl Identity {
                 server: server.trim_end_matches('/').to_owned(),
                 cluster_id: cluster_id.to_owned(),
                 private_key,
+                encryption_key: Some(EncryptionKey::generate().private_base64()),
             },
             public_key,
         })
@@ -97,7 +104,23 @@ impl Identity {
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading the identity {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not an agent identity", path.display()))
+        let mut identity: Self =
+            serde_json::from_str(&text).with_context(|| format!("{} is not an agent identity", path.display()))?;
+        if identity.encryption_key.is_none() {
+            identity.encryption_key = Some(EncryptionKey::generate().private_base64());
+            identity.save(path)?;
+            tracing::info!(path = %path.display(), "added an encryption key to the identity");
+        }
+        Ok(identity)
+    }
+
+    /// The key pair secrets are sealed to.
+    pub fn encryption_key(&self) -> anyhow::Result<EncryptionKey> {
+        let text = self
+            .encryption_key
+            .as_deref()
+            .context("the identity has no encryption key")?;
+        EncryptionKey::from_private_base64(text).context("the identity's encryption key")
     }
 
     /// A token for one request to the control plane.
@@ -137,9 +160,30 @@ mod tests {
         let loaded = Identity::load(&path).unwrap();
         assert_eq!(loaded.server, "http://cp:8080");
         assert!(!format!("{loaded:?}").contains("PRIVATE KEY"));
+        assert!(!format!("{loaded:?}").contains(loaded.encryption_key.as_deref().unwrap()));
+        assert_eq!(
+            loaded.encryption_key().unwrap().public_base64(),
+            new.identity.encryption_key().unwrap().public_base64()
+        );
         let token = loaded.token().unwrap();
         let claims: AgentClaims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
         assert_eq!(claims.aud, AGENT_AUDIENCE);
         assert!(claims.exp - claims.iat <= 300);
+    }
+
+    #[test]
+    fn an_identity_written_without_an_encryption_key_gets_one_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.json");
+        let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
+        let mut old = Identity::generate("http://cp", cluster).unwrap().identity;
+        old.encryption_key = None;
+        old.save(&path).unwrap();
+        let upgraded = Identity::load(&path).unwrap();
+        let key = upgraded.encryption_key().unwrap().public_base64();
+        assert_eq!(
+            Identity::load(&path).unwrap().encryption_key().unwrap().public_base64(),
+            key
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The per-cluster agent: turns the desired state the control plane hands out into objects in its cluster.
 //!
-//! `objects` derives the Flux objects a configuration implies; the poll loop and the cluster targets build on it.
+//! `objects` derives the Flux objects a configuration implies, `secrets` the secret set its sealed secrets bring;
+//! the poll loop and the cluster targets build on them.
 
 pub mod client;
 pub mod git;
@@ -8,4 +9,5 @@ pub mod identity;
 pub mod objects;
 pub mod register;
 pub mod run;
+pub mod secrets;
 pub mod targets;

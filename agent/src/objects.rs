@@ -2,11 +2,15 @@
 //! takes the configuration's name, each kustomization becomes `{configuration}-{kustomization}`, and credentials
 //! live in the secret `localAuthRef` names or, when the configuration carries its own, `{configuration}-auth`.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{
     FluxConfigurationSpec, Kustomization, OciRepository, ProviderType, ScopeType, SourceKind,
 };
 use serde_json::{Map, Value, json};
+
+use crate::secrets::{SecretSet, flux_secret_data, spec_with};
 
 pub const SOURCE_API: &str = "source.toolkit.fluxcd.io/v1";
 pub const KUSTOMIZE_API: &str = "kustomize.toolkit.fluxcd.io/v1";
@@ -19,9 +23,62 @@ pub const CONFIGURATION_LABEL: &str = "fluxplane.io/configuration";
 /// The label every object fluxplane writes carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fluxplane");
 
+/// The annotation of a configuration's secret that records the version of the secret set it holds.
+pub const SECRETS_VERSION_ANNOTATION: &str = "fluxplane.io/secrets-version";
+/// The key of a configuration's secret that holds the secret set as delivered (JSON), which later patches of the
+/// set apply to; Flux reads the other keys.
+pub const SECRET_SET_KEY: &str = "fluxplane.json";
+
 /// The name of the secret holding the credentials a configuration brings along.
 pub fn auth_secret_name(configuration: &str) -> String {
     format!("{configuration}-auth")
+}
+
+/// Every object a configuration's generation puts in the cluster, the FluxConfig last (its generation annotation
+/// says the rest is in place): the Flux objects, and the secret when the configuration has secrets.
+pub fn configuration_objects(configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> Vec<Value> {
+    let spec = spec_with(&configuration.spec, secrets);
+    let mut objects = flux_objects(&configuration.name, &spec);
+    if let Some(secrets) = secrets {
+        objects.push(auth_secret_object(configuration, &spec, secrets));
+    }
+    objects.push(flux_config_object(configuration));
+    objects
+}
+
+/// The configuration's secret: what Flux reads under its own key names, and the secret set itself.
+fn auth_secret_object(
+    configuration: &DesiredConfiguration,
+    spec: &FluxConfigurationSpec,
+    secrets: &SecretSet,
+) -> Value {
+    let namespace = spec.namespace.as_deref().unwrap_or("default");
+    let name = auth_secret_name(&configuration.name);
+    let mut metadata = metadata(&name, namespace, &configuration.name);
+    metadata["annotations"] = json!({SECRETS_VERSION_ANNOTATION: secrets.version.to_string()});
+    let mut data = flux_secret_data(spec, secrets);
+    let set = serde_json::to_vec(&secrets.settings).expect("a JSON map serialises");
+    data.insert(SECRET_SET_KEY.to_owned(), STANDARD.encode(set));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+/// The secret set a configuration's secret (as read back from the cluster) holds; `None` for anything else.
+pub fn secret_set_of(object: &Value) -> Option<SecretSet> {
+    let version = object["metadata"]["annotations"][SECRETS_VERSION_ANNOTATION]
+        .as_str()?
+        .parse()
+        .ok()?;
+    let set = STANDARD.decode(object["data"][SECRET_SET_KEY].as_str()?).ok()?;
+    Some(SecretSet {
+        version,
+        settings: serde_json::from_slice(&set).ok()?,
+    })
 }
 
 /// The Flux objects of a configuration whose spec the control plane has normalised (defaults filled in):

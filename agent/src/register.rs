@@ -1,6 +1,8 @@
 //! `fluxplane agent register`: a new key pair for the agent, its public half registered on the cluster with a
-//! user token (creating the cluster if needed), its private half saved in the identity file. Registering again
-//! rotates the key: the old one stops working at once.
+//! user token (creating the cluster if needed), its private half saved in the identity file with a new encryption
+//! key, whose public half is then registered over the agent API. Registering again rotates both keys: the old
+//! signing key stops working at once, and secrets sealed to the old encryption key that were not delivered yet
+//! must be written again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::client::ControlPlane;
 use crate::identity::Identity;
 
 const CLUSTER_API_VERSION: &str = "2024-01-01";
@@ -81,5 +84,10 @@ pub async fn register(registration: &Registration, identity_path: &Path) -> anyh
         );
     }
     new.identity.save(identity_path)?;
+    // secrets can be written for the cluster from here on (`agent run` registers it again at every start)
+    ControlPlane::new(new.identity.clone())?
+        .register_encryption_key()
+        .await
+        .context("registering the agent's encryption key")?;
     Ok(new.identity)
 }

@@ -13,6 +13,7 @@ use fluxplane_agent_protocol::flux::{ComplianceState, SourceKind};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, ControlPlane};
+use crate::secrets::resolve;
 use crate::targets::{Observation, Target};
 
 /// How the agent runs.
@@ -77,6 +78,8 @@ struct Held {
     generation: i64,
     /// Whether that generation's objects were written; a failed write is retried when `next_check` comes.
     applied: bool,
+    /// The version of the secret set written with them (`None`: none, or not known after a restart).
+    secrets_version: Option<i64>,
     /// When its source is due for another check (or its failed write for another try).
     next_check: Instant,
     /// What was last reported for it, to report again only on change.
@@ -98,8 +101,10 @@ fn report_of(
     configuration: &DesiredConfiguration,
     outcome: ApplyOutcome,
     observation: Observation,
+    secrets_version: Option<i64>,
 ) -> ConfigurationReport {
     ConfigurationReport {
+        secrets_version,
         name: configuration.name.clone(),
         generation: configuration.generation,
         outcome,
@@ -135,6 +140,7 @@ impl Agent {
                     Held {
                         generation,
                         applied: true,
+                        secrets_version: None,
                         next_check: now,
                         reported: None,
                     },
@@ -160,6 +166,21 @@ impl Agent {
             held = self.held.len(),
             "agent started"
         );
+        // the control plane seals secrets to this key; registering it again is harmless
+        loop {
+            let registered = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                registered = self.control_plane.register_encryption_key() => registered,
+            };
+            let Err(err) = registered else { break };
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registering the encryption key failed");
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        backoff.reset();
         loop {
             let wait = self.next_wait();
             let polled = tokio::select! {
@@ -230,7 +251,7 @@ impl Agent {
                             source_synced_commit_id: None,
                             source_updated_at: None,
                         };
-                        self.queue(report_of(configuration, ApplyOutcome::Removed, observation));
+                        self.queue(report_of(configuration, ApplyOutcome::Removed, observation, None));
                     }
                     Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
                 }
@@ -238,22 +259,26 @@ impl Agent {
             }
             let held = self.held.get(&name);
             let new_generation = held.is_none_or(|h| h.generation != configuration.generation);
+            // sealed secrets still on offer were not acknowledged (say, by the run before a restart): write them
+            let undelivered = !configuration.sealed_secrets.is_empty()
+                && held.is_none_or(|h| h.secrets_version != configuration.secrets_version);
             let due = held.is_none_or(|h| h.next_check <= now);
-            if !new_generation && !due {
+            if !new_generation && !undelivered && !due {
                 continue;
             }
-            let write = new_generation || held.is_some_and(|h| !h.applied);
+            let write = new_generation || undelivered || held.is_some_and(|h| !h.applied);
             let mut applied = true;
+            let mut secrets_version = held.and_then(|h| h.secrets_version);
             let report = if write {
-                match self.target.apply(configuration).await {
-                    Ok(()) => {
+                match self.write(configuration).await {
+                    Ok(written) => {
                         tracing::info!(configuration = %name, generation = configuration.generation, "applied");
+                        secrets_version = written;
                         let observation = self.target.observe(configuration).await;
-                        report_of(configuration, ApplyOutcome::Applied, observation)
+                        report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
                     }
-                    Err(err) => {
+                    Err(message) => {
                         applied = false;
-                        let message = format!("{err:#}");
                         tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
                         let observation = Observation {
                             compliance: ComplianceState::NonCompliant,
@@ -262,21 +287,23 @@ impl Agent {
                             source_synced_commit_id: None,
                             source_updated_at: None,
                         };
-                        report_of(configuration, ApplyOutcome::Failed, observation)
+                        report_of(configuration, ApplyOutcome::Failed, observation, secrets_version)
                     }
                 }
             } else {
                 let observation = self.target.observe(configuration).await;
-                report_of(configuration, ApplyOutcome::Applied, observation)
+                report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
             };
             let held = self.held.entry(name).or_insert(Held {
                 generation: configuration.generation,
                 applied,
+                secrets_version,
                 next_check: now,
                 reported: None,
             });
             held.generation = configuration.generation;
             held.applied = applied;
+            held.secrets_version = secrets_version;
             held.next_check = now
                 + if applied {
                     sync_interval(configuration)
@@ -306,6 +333,30 @@ impl Agent {
                 Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
             }
         }
+    }
+
+    /// Writes the configuration with the secret set it should have; answers that set's version, or why it failed.
+    async fn write(&self, configuration: &DesiredConfiguration) -> Result<Option<i64>, String> {
+        let secrets = if configuration.secrets_version.is_some() {
+            let held = self
+                .target
+                .secrets(configuration)
+                .await
+                .map_err(|err| format!("{err:#}"))?;
+            resolve(
+                self.control_plane.cluster_id(),
+                configuration,
+                held,
+                self.control_plane.encryption_key(),
+            )?
+        } else {
+            None
+        };
+        self.target
+            .apply(configuration, secrets.as_ref())
+            .await
+            .map_err(|err| format!("{err:#}"))?;
+        Ok(secrets.map(|s| s.version))
     }
 
     fn queue(&mut self, report: ConfigurationReport) {
@@ -350,6 +401,7 @@ mod tests {
 
     use super::*;
     use crate::identity::Identity;
+    use crate::secrets::SecretSet;
     use crate::targets::ClusterFacts;
 
     /// A target whose first write fails; clones share what they count.
@@ -364,11 +416,14 @@ mod tests {
         async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>> {
             Ok(BTreeMap::new())
         }
-        async fn apply(&self, _: &DesiredConfiguration) -> anyhow::Result<()> {
+        async fn apply(&self, _: &DesiredConfiguration, _: Option<&SecretSet>) -> anyhow::Result<()> {
             if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
                 anyhow::bail!("disk full");
             }
             Ok(())
+        }
+        async fn secrets(&self, _: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>> {
+            Ok(None)
         }
         async fn remove(&self, _: &str) -> anyhow::Result<()> {
             Ok(())
@@ -410,8 +465,7 @@ mod tests {
             configurations: vec![DesiredConfiguration {
                 name: "cfg".into(),
                 generation: 1,
-                deleting: false,
-                spec: Default::default(),
+                ..Default::default()
             }],
         };
         agent.reconcile(&desired).await;

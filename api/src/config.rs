@@ -24,10 +24,6 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// File holding the 32-byte key (base64) that encrypts secrets at rest. Default: `<data-dir>/secret.key`.
-    #[arg(long, env = "FLUXPLANE_SECRET_KEY_FILE")]
-    pub secret_key_file: Option<PathBuf>,
-
     /// File holding the HS256 secret that signs user tokens. Default: `<data-dir>/jwt-secret` unless
     /// `--jwks-file` is given.
     #[arg(long, env = "FLUXPLANE_JWT_SECRET_FILE", conflicts_with = "jwks_file")]
@@ -85,12 +81,6 @@ impl ServeConfig {
     /// (a shared PostgreSQL needs every replica to use the same keys, so there they must be given).
     pub fn uses_default_store(&self) -> bool {
         self.database_url.is_none()
-    }
-
-    pub fn secret_key_path(&self) -> PathBuf {
-        self.secret_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("secret.key"))
     }
 
     pub fn jwt_secret_path(&self) -> PathBuf {

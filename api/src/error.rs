@@ -74,6 +74,9 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("{0}")]
     Conflict(String),
+    /// Secrets were written for a cluster whose agent has registered no key to seal them to.
+    #[error("{0}")]
+    AgentEncryptionKeyMissing(String),
     #[error("{0}")]
     AuthenticationFailed(String),
     #[error("{0}")]
@@ -106,7 +109,7 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::AgentEncryptionKeyMissing(_) => StatusCode::CONFLICT,
             ApiError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +131,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::PreconditionFailed(_) => "PreconditionFailed",
             ApiError::Conflict(_) => "Conflict",
+            ApiError::AgentEncryptionKeyMissing(_) => "AgentEncryptionKeyMissing",
             ApiError::AuthenticationFailed(_) => "AuthenticationFailed",
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
             ApiError::NotReady(_) => "ServiceUnavailable",

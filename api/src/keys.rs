@@ -6,8 +6,17 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::cipher::generate_key_text;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
 use crate::config::ServeConfig;
+
+/// A fresh random 32-byte key in base64, the format of the JWT secret file.
+fn generate_key_text() -> String {
+    let mut key = [0u8; 32];
+    rand::fill(&mut key);
+    STANDARD.encode(key)
+}
 
 /// Creates `path` with a fresh random key unless it exists. Returns whether it created one.
 pub fn ensure_key_file(path: &Path) -> anyhow::Result<bool> {
@@ -35,11 +44,8 @@ pub fn prepare(config: &ServeConfig, generate: bool) -> anyhow::Result<()> {
     if !generate {
         return Ok(());
     }
-    let mut files = vec![config.secret_key_path()];
     if config.jwks_file.is_none() {
-        files.push(config.jwt_secret_path());
-    }
-    for path in files {
+        let path = config.jwt_secret_path();
         if ensure_key_file(&path)? {
             tracing::info!(path = %path.display(), "generated a new key file");
         }
@@ -54,7 +60,7 @@ mod tests {
     #[test]
     fn key_files_are_created_once_and_private() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/secret.key");
+        let path = dir.path().join("nested/jwt-secret");
         assert!(ensure_key_file(&path).unwrap());
         let first = std::fs::read_to_string(&path).unwrap();
         assert!(!ensure_key_file(&path).unwrap());

@@ -7,7 +7,6 @@
 pub mod agents;
 pub mod arm;
 pub mod auth;
-pub mod cipher;
 pub mod clusters;
 pub mod config;
 pub mod error;

@@ -24,7 +24,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{self, Authenticator};
-use crate::cipher::SecretCipher;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
@@ -55,8 +54,8 @@ impl AppState {
     /// following the store's changes for the long-polls (inside a Tokio runtime).
     pub fn new(config: ServeConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let auth = Authenticator::from_config(&config).context("loading the user token key")?;
-        let cipher = SecretCipher::from_file(&config.secret_key_path()).context("loading the secret key")?;
         let notifier = Arc::new(Notifier::default());
+        let messages = Arc::new(sweep::messages(&config));
         let follower = tokio::spawn({
             let (store, notifier) = (store.clone(), notifier.clone());
             async move {
@@ -67,14 +66,14 @@ impl AppState {
         });
         let sweeper = tokio::spawn(sweep::run(
             store.clone(),
-            sweep::messages(&config),
+            messages.as_ref().clone(),
             config.sweep_interval,
         ));
         Ok(Self {
             config: Arc::new(config),
             store,
             auth: Arc::new(auth),
-            cipher: Arc::new(cipher),
+            messages,
             metrics: Arc::new(Metrics::default()),
             notifier,
             _tasks: Arc::new([TaskGuard(follower.abort_handle()), TaskGuard(sweeper.abort_handle())]),

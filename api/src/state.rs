@@ -3,18 +3,18 @@
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
-use crate::cipher::SecretCipher;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::store::Store;
+use crate::store::{ExpiryMessages, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub store: Arc<dyn Store>,
     pub auth: Arc<Authenticator>,
-    pub cipher: Arc<SecretCipher>,
+    /// What configurations the control plane fails itself say.
+    pub messages: Arc<ExpiryMessages>,
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<Notifier>,
     /// Ends the background tasks (following the store's changes, sweeping) when the last clone of the state goes.

@@ -17,8 +17,12 @@ pub fn messages(config: &ServeConfig) -> ExpiryMessages {
     ExpiryMessages {
         secrets: format!(
             "The protected settings expired before the cluster's agent received them (secrets are kept at most \
-             {secret_ttl}). Apply the protected settings again (PUT or PATCH configurationProtectedSettings)."
+             {secret_ttl}). Apply the protected settings again (PUT the configuration with them)."
         ),
+        rotated: "The cluster's agent was registered again (its keys changed) before it received the protected \
+                  settings sealed to its old key, which cannot be opened any more. Apply the protected settings \
+                  again (PUT the configuration with them)."
+            .to_owned(),
         pending: format!(
             "The cluster's agent did not pick up this change within {pending_ttl}: the cluster is disconnected or \
              its agent is failing. Apply the configuration again once the cluster is connected."
@@ -40,7 +44,6 @@ pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Dura
                         configuration = %e.name,
                         generation = e.generation,
                         secrets = e.secrets,
-                        failed = e.failed,
                         "expired"
                     );
                 }

@@ -159,7 +159,6 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         database_url: Some(database_url.to_owned()),
         data_dir: dir.to_path_buf(),
         public_url: None,
-        secret_key_file: Some(dir.join("secret.key")),
         jwt_secret_file: Some(dir.join("jwt-secret")),
         jwks_file: None,
         jwt_algorithm: None,

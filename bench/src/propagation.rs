@@ -56,6 +56,7 @@ async fn simulated_agent(control_plane: ControlPlane, receipts: mpsc::UnboundedS
                     statuses: Vec::new(),
                     source_synced_commit_id: Some("main@sha1:0000000000000000000000000000000000000000".into()),
                     source_updated_at: None,
+                    secrets_version: None,
                 })
                 .collect(),
         };

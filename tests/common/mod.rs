@@ -168,4 +168,5 @@ pub fn assert_contains(actual: &Value, expected: &Value, at: &str) {
     }
 }
 
+pub mod agents;
 pub mod git;

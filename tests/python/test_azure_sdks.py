@@ -5,6 +5,7 @@ temporary data directory; a user token comes from `fluxplane token` (see support
 """
 
 import json
+import subprocess
 import urllib.request
 
 import pytest
@@ -56,6 +57,20 @@ def registered(clusters):
         properties=models.ConnectedClusterProperties(agent_public_key_certificate="a2V5", distribution="k3s"),
     )
     return clusters.connected_cluster.begin_create_or_replace(GROUP, "sdk-cluster", cluster).result()
+
+
+@pytest.fixture(scope="module")
+def with_agent(server, registered, tmp_path_factory):
+    """sdk-cluster with a fluxplane agent registered (not running): secrets are sealed to its encryption key."""
+    cluster = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Kubernetes/"
+               "connectedClusters/sdk-cluster")
+    identity = tmp_path_factory.mktemp("agent") / "agent.json"
+    subprocess.run(
+        [support.BINARY, "agent", "register", "--server", server["base_url"], "--token", server["token"],
+         "--cluster", cluster, "--identity", str(identity)],
+        check=True, capture_output=True, text=True,
+    )
+    return identity
 
 
 def test_hybridkubernetes_creates_gets_lists_updates_and_deletes_clusters(clusters, registered):
@@ -111,7 +126,7 @@ def flux_body(branch="main"):
     }
 
 
-def test_fluxconfigurations_sdk_creates_gets_lists_patches_and_deletes(server, registered):
+def test_fluxconfigurations_sdk_creates_gets_lists_patches_and_deletes(server, with_agent):
     from azure.mgmt.kubernetesconfiguration.fluxconfigurations import (
         KubernetesConfigurationFluxConfigurationsMgmtClient,
         models,
@@ -185,7 +200,7 @@ def test_fluxconfigurations_sdk_creates_gets_lists_patches_and_deletes(server, r
     assert refused.value.error.code == "InvalidParameter"
 
 
-def test_kubernetesconfiguration_multi_api_sdk_reads_and_writes_flux_configurations(server, registered):
+def test_kubernetesconfiguration_multi_api_sdk_reads_and_writes_flux_configurations(server, with_agent):
     from azure.mgmt.kubernetesconfiguration import SourceControlConfigurationClient
     from azure.mgmt.kubernetesconfiguration.v2023_05_01 import models
 

@@ -7,6 +7,7 @@
 //! {configuration}/fluxconfig.yaml            the FluxConfig (fluxplane.io/v1alpha1) as received
 //! {configuration}/source.yaml                the GitRepository, Bucket or OCIRepository it implies
 //! {configuration}/kustomization-{name}.yaml  one Flux Kustomization per kustomization
+//! {configuration}/secret.yaml                the Secret of its secrets, if it has any (mode 0600)
 //! .fluxplane/git/{configuration}.git         the bare mirror the source check fetches into
 //! ```
 //!
@@ -26,9 +27,11 @@ use serde_json::Value;
 
 use super::{ClusterFacts, Observation, Target};
 use crate::git::{Mirror, mirror_path};
-use crate::objects::{GENERATION_ANNOTATION, flux_config_object, flux_objects};
+use crate::objects::{GENERATION_ANNOTATION, configuration_objects, secret_set_of};
+use crate::secrets::SecretSet;
 
 const FLUXCONFIG_FILE: &str = "fluxconfig.yaml";
+const SECRET_FILE: &str = "secret.yaml";
 
 pub struct DirTarget {
     root: PathBuf,
@@ -55,16 +58,35 @@ fn file_name(object: &Value) -> String {
                 .unwrap_or_default()
         ),
         Some("FluxConfig") => FLUXCONFIG_FILE.to_owned(),
+        Some("Secret") => SECRET_FILE.to_owned(),
         _ => "source.yaml".to_owned(),
     }
 }
 
-fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes `contents` to `path` by renaming a temporary file into place; the file is readable by its owner only
+/// when `private`, from its creation on (never briefly readable by others).
+fn write_atomically(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     let temporary = path.with_file_name(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("object")
     ));
-    std::fs::write(&temporary, contents).with_context(|| format!("writing {}", temporary.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    let mut file = options
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    #[cfg(unix)]
+    if private {
+        // a temporary left by an earlier run keeps its mode: set it
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::io::Write::write_all(&mut file, contents.as_bytes())
+        .with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -121,16 +143,14 @@ impl Target for DirTarget {
         Ok(held)
     }
 
-    async fn apply(&self, configuration: &DesiredConfiguration) -> anyhow::Result<()> {
+    async fn apply(&self, configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> anyhow::Result<()> {
         let dir = self.dir(&configuration.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut objects = flux_objects(&configuration.name, &configuration.spec);
-        objects.push(flux_config_object(configuration));
         let mut written = BTreeSet::new();
-        // the FluxConfig goes last: its generation annotation says the rest is in place
-        for object in &objects {
+        for object in &configuration_objects(configuration, secrets) {
             let file = file_name(object);
-            write_atomically(&dir.join(&file), &serde_yaml_ng::to_string(object)?)?;
+            let private = file == SECRET_FILE;
+            write_atomically(&dir.join(&file), &serde_yaml_ng::to_string(object)?, private)?;
             written.insert(file);
         }
         for entry in std::fs::read_dir(&dir)? {
@@ -140,6 +160,17 @@ impl Target for DirTarget {
             }
         }
         Ok(())
+    }
+
+    async fn secrets(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>> {
+        let path = self.dir(&configuration.name).join(SECRET_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        let object: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        Ok(secret_set_of(&object))
     }
 
     async fn remove(&self, name: &str) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! The `kube` target: each configuration as a `FluxConfig` plus the Flux objects it implies, written with
 //! server-side apply (field manager `fluxplane-agent`), and its compliance read back from the Flux objects' `Ready`
 //! conditions: True → Compliant, False → Non-Compliant, unknown or not yet reconciled → Pending, suspended →
-//! Suspended. Every object carries the label `fluxplane.io/configuration`, which is how stale ones are found.
+//! Suspended. Every object carries the label `fluxplane.io/configuration`, which is how stale ones are found. A
+//! configuration's secrets become the Secret `{configuration}-auth` in its namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,18 +19,20 @@ use k8s_openapi::api::core::v1::Node;
 use super::{ClusterFacts, Observation, Target};
 use crate::objects::{
     CONFIGURATION_LABEL, FLUXCONFIG_API, GENERATION_ANNOTATION, KUSTOMIZE_API, MANAGED_BY, SOURCE_API,
-    flux_config_object, flux_objects,
+    auth_secret_name, configuration_objects, secret_set_of,
 };
+use crate::secrets::SecretSet;
 
 pub const FIELD_MANAGER: &str = "fluxplane-agent";
 
 /// Every kind this target writes, as (apiVersion, kind, plural).
-const KINDS: [(&str, &str, &str); 5] = [
+const KINDS: [(&str, &str, &str); 6] = [
     (FLUXCONFIG_API, "FluxConfig", "fluxconfigs"),
     (SOURCE_API, "GitRepository", "gitrepositories"),
     (SOURCE_API, "Bucket", "buckets"),
     (SOURCE_API, "OCIRepository", "ocirepositories"),
     (KUSTOMIZE_API, "Kustomization", "kustomizations"),
+    ("v1", "Secret", "secrets"),
 ];
 
 fn resource(api_version: &str, kind: &str) -> anyhow::Result<ApiResource> {
@@ -37,7 +40,8 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<ApiResource> {
         .iter()
         .find(|(v, k, _)| *v == api_version && *k == kind)
         .with_context(|| format!("{api_version} {kind} is not a kind this target writes"))?;
-    let (group, version) = api_version.split_once('/').context("a grouped apiVersion")?;
+    // the core group ("v1") has no group name
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     Ok(ApiResource {
         group: group.to_owned(),
         version: version.to_owned(),
@@ -150,10 +154,8 @@ impl Target for KubeTarget {
             .collect())
     }
 
-    async fn apply(&self, configuration: &DesiredConfiguration) -> anyhow::Result<()> {
-        let mut objects = flux_objects(&configuration.name, &configuration.spec);
-        // the FluxConfig goes last: its generation annotation says the rest is in place
-        objects.push(flux_config_object(configuration));
+    async fn apply(&self, configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> anyhow::Result<()> {
+        let objects = configuration_objects(configuration, secrets);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut wanted = BTreeSet::new();
         for object in &objects {
@@ -183,6 +185,19 @@ impl Target for KubeTarget {
             }
         }
         Ok(())
+    }
+
+    async fn secrets(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>> {
+        let namespace = configuration.spec.namespace.as_deref().unwrap_or("default");
+        let found = self
+            .get(
+                &resource("v1", "Secret")?,
+                namespace,
+                &auth_secret_name(&configuration.name),
+            )
+            .await
+            .context("reading the configuration's secret")?;
+        Ok(found.and_then(|secret| secret_set_of(&serde_json::to_value(secret).ok()?)))
     }
 
     async fn remove(&self, name: &str) -> anyhow::Result<()> {

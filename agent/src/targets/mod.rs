@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus};
 
+use crate::secrets::SecretSet;
+
 /// The observed state of a configuration's objects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -25,8 +27,11 @@ pub trait Target: Send + Sync {
     /// The configurations the target holds, with the generation each was written at: what a restarted agent
     /// need not write again.
     async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>>;
-    /// Writes the configuration's objects (replacing an older generation, removing objects it no longer implies).
-    async fn apply(&self, configuration: &DesiredConfiguration) -> anyhow::Result<()>;
+    /// Writes the configuration's objects with its secret set, if it has one (replacing an older generation,
+    /// removing objects it no longer implies, the secret included).
+    async fn apply(&self, configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> anyhow::Result<()>;
+    /// The secret set the target holds for the configuration, if any.
+    async fn secrets(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>>;
     /// Removes every object of the configuration; removing what is absent succeeds.
     async fn remove(&self, name: &str) -> anyhow::Result<()>;
     /// Observes the configuration's objects as they are now.

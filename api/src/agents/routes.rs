@@ -1,14 +1,17 @@
-//! HTTP handlers of the agent API.
+//! HTTP handlers of the agent API (`fluxplane_agent_protocol::agent` describes the protocol).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{
-    ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, MAX_WAIT_SECONDS, ReportResult,
-    StatusAccepted, StatusReport,
+    ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, EncryptionKeyRegistration, MAX_WAIT_SECONDS,
+    ReportResult, SealedSecrets, StatusAccepted, StatusReport,
 };
+use fluxplane_agent_protocol::sealing;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(desired_state))
         .routes(routes!(report_status))
+        .routes(routes!(register_encryption_key))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -75,17 +79,24 @@ async fn desired_state(
             () = state.notifier.closed() => {}
         }
     }
-    let (revision, configurations) = state.store.desired_state(agent.cluster_id).await?;
+    let desired = state.store.desired_state(agent.cluster_id).await?;
+    let mut sealed: HashMap<i64, Vec<SealedSecrets>> = HashMap::new();
+    for row in desired.sealed {
+        sealed.entry(row.configuration_id).or_default().push(row.into_wire());
+    }
     Ok(Json(DesiredState {
         cluster_id: agent.cluster.id(),
-        revision,
-        configurations: configurations
+        revision: desired.revision,
+        configurations: desired
+            .configurations
             .into_iter()
             .map(|c| DesiredConfiguration {
                 deleting: c.provisioning_state == ProvisioningState::Deleting,
+                sealed_secrets: sealed.remove(&c.id).unwrap_or_default(),
                 name: c.name,
                 generation: c.generation,
                 spec: c.spec,
+                secrets_version: c.secrets_version,
             })
             .collect(),
     }))
@@ -134,6 +145,7 @@ async fn report_status(
                 entry.generation,
                 &resource_key,
                 &write,
+                entry.secrets_version,
                 now,
             )
             .await?;
@@ -149,6 +161,44 @@ async fn report_status(
         .await?
         .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     Ok(Json(StatusAccepted { results }))
+}
+
+/// Registers the agent's encryption key, which the control plane seals its cluster's secrets to. Registering
+/// another key fails the configurations whose undelivered secrets were sealed to the old one: they must be written
+/// again. Registering the same key again changes nothing.
+#[utoipa::path(
+    put,
+    path = "/agent/v1/encryption-key",
+    tag = "Agent",
+    operation_id = "Agent_RegisterEncryptionKey",
+    request_body = EncryptionKeyRegistration,
+    responses(
+        (status = 204, description = "Registered"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("agent" = []))
+)]
+async fn register_encryption_key(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    JsonBody(body): JsonBody,
+) -> ApiResult<StatusCode> {
+    let registration: EncryptionKeyRegistration = parse(body, "")?;
+    let key = sealing::parse_public_key(&registration.public_key)
+        .map_err(|err| ApiError::invalid("publicKey", err.to_string()))?;
+    let failed = state
+        .store
+        .set_agent_encryption_key(agent.cluster_id, &key, &state.messages.rotated)
+        .await?;
+    for f in &failed {
+        tracing::warn!(
+            configuration = %f.name,
+            generation = f.generation,
+            "undelivered secrets sealed to the agent's previous key dropped; the configuration must be written again"
+        );
+    }
+    tracing::info!(cluster = %agent.cluster.id(), "agent encryption key registered");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// What a report does to its configuration.

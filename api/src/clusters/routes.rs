@@ -201,6 +201,7 @@ async fn put_cluster(
                     etag: new_etag(),
                     system_data: SystemData::created(&caller.subject, now),
                     revision: 0,
+                    agent_encryption_key: None,
                 };
                 let outcome = state.store.insert_cluster(&record).await?;
                 ((record, StatusCode::CREATED), outcome)
@@ -216,6 +217,7 @@ async fn put_cluster(
                     ));
                 }
                 let expected = current.etag.clone();
+                let identity_changed = identity_changed(&state, &current.spec.properties, &spec.properties);
                 let record = ClusterRecord {
                     tags: tags.clone(),
                     spec: spec.clone(),
@@ -223,7 +225,7 @@ async fn put_cluster(
                     system_data: current.system_data.modified(&caller.subject, now),
                     ..current
                 };
-                let outcome = state.store.update_cluster(&record, &expected).await?;
+                let outcome = state.store.update_cluster(&record, &expected, identity_changed).await?;
                 ((record, StatusCode::OK), outcome)
             }
         };
@@ -238,6 +240,13 @@ async fn put_cluster(
         }
     }
     Err(contention())
+}
+
+/// When a write replaces the agent's key, the message that configurations with secrets sealed to the old agent
+/// fail with: a new key means a new agent, which registers a new encryption key.
+fn identity_changed<'a>(state: &'a AppState, old: &ClusterProperties, new: &ClusterProperties) -> Option<&'a str> {
+    (old.agent_public_key_certificate.trim() != new.agent_public_key_certificate.trim())
+        .then_some(state.messages.rotated.as_str())
 }
 
 pub(crate) fn contention() -> ApiError {
@@ -296,6 +305,7 @@ async fn patch_cluster(
         let tags: BTreeMap<String, String> = patch.tags.clone().unwrap_or_else(|| current.tags.clone());
         validate(&current.location, &tags, &properties)?;
         let expected = current.etag.clone();
+        let identity_changed = identity_changed(&state, &current.spec.properties, &properties);
         let record = ClusterRecord {
             tags,
             spec: ClusterSpec {
@@ -306,7 +316,7 @@ async fn patch_cluster(
             system_data: current.system_data.modified(&caller.subject, Utc::now()),
             ..current
         };
-        match state.store.update_cluster(&record, &expected).await? {
+        match state.store.update_cluster(&record, &expected, identity_changed).await? {
             Write::Written => return Ok(respond(&state, StatusCode::OK, record)),
             Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
             Write::Conflict | Write::ParentMissing => continue,

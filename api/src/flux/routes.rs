@@ -5,7 +5,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use fluxplane_agent_protocol::sealing::{self, Envelope};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
@@ -17,7 +19,7 @@ use super::model::{
     StatusFreshness,
 };
 use super::secrets::SecretFields;
-use super::validate::normalize;
+use super::validate::{self, normalize};
 use crate::arm::api_version::FluxConfigurations;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -29,7 +31,7 @@ use crate::auth::{Caller, Role};
 use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::state::AppState;
-use crate::store::{ClusterRecord, ConfigurationRecord, OperationRecord, Write};
+use crate::store::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
 
 const TYPE: &str = "Microsoft.KubernetesConfiguration/fluxConfigurations";
 const TOP_LEVEL_READ_ONLY: &[&str] = &["id", "name", "type", "systemData"];
@@ -209,25 +211,56 @@ fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecor
     }
 }
 
-/// Splits the secret fields from the properties and checks their types; the rest is parsed by the caller.
-/// A type error names the field but never quotes the value, which serde's message would.
-fn split_secrets(properties: &mut Value) -> ApiResult<SecretFields> {
-    let secrets = SecretFields::split_from(properties);
-    if let Err(err) = parse::<FluxConfigurationSpec>(secrets.as_value(), "properties") {
-        let target = err.detail().target.unwrap_or_else(|| "properties".into());
-        return Err(ApiError::invalid(
-            target.clone(),
-            format!("{target}: secret fields take strings (configurationProtectedSettings: an object of strings)"),
-        ));
-    }
-    Ok(secrets)
+/// The secret fields a write brings.
+enum SecretsInput {
+    /// A PUT's: the whole set (empty: the configuration has no secrets any more).
+    Replace(SecretFields),
+    /// A PATCH's: a merge patch of the set (empty: secrets untouched).
+    Merge(SecretFields),
 }
 
-fn seal(state: &AppState, secrets: &SecretFields, resource_key: &str) -> ApiResult<Option<Vec<u8>>> {
-    if secrets.is_empty() {
-        return Ok(None);
+/// Checks the split secret fields: their types and the protected settings. A type error names the field but never
+/// quotes the value, which serde's message would.
+fn check_secrets(secrets: &SecretFields) -> ApiResult<()> {
+    let set = match parse::<FluxConfigurationSpec>(secrets.without_removals(), "properties") {
+        Ok(set) => set,
+        Err(err) => {
+            let target = err.detail().target.unwrap_or_else(|| "properties".into());
+            return Err(ApiError::invalid(
+                target.clone(),
+                format!("{target}: secret fields take strings (configurationProtectedSettings: an object of strings)"),
+            ));
+        }
+    };
+    match &set.configuration_protected_settings {
+        Some(settings) => validate::protected_settings(settings),
+        None => Ok(()),
     }
-    Ok(Some(state.cipher.seal(&secrets.to_bytes(), resource_key)?))
+}
+
+/// Seals `secrets` to the cluster's agent as the change to `version`.
+fn seal(
+    target: &Target,
+    secrets: &SecretFields,
+    version: i64,
+    change: SecretsChange,
+    base_version: Option<i64>,
+) -> ApiResult<SealedSecrets> {
+    let Some(key) = target.cluster.agent_encryption_key.as_deref() else {
+        return Err(ApiError::AgentEncryptionKeyMissing(format!(
+            "secrets are sealed to the agent of cluster '{}', which has not registered its encryption key yet: \
+             register the agent (fluxplane agent register) and write the configuration again",
+            target.scope.cluster.name.as_str()
+        )));
+    };
+    let envelope = Envelope {
+        cluster_id: &target.scope.cluster.id(),
+        configuration: target.name.as_str(),
+        version,
+        change,
+        base_version,
+    };
+    Ok(sealing::seal(key, envelope, &secrets.to_bytes()).map_err(anyhow::Error::from)?)
 }
 
 /// Answers a write: the resource, its ETag, and where to poll the operation.
@@ -238,19 +271,39 @@ fn written(status: StatusCode, target: &Target, record: ConfigurationRecord, ope
 }
 
 /// Writes `spec` and `secrets` as the next generation of the configuration, creating it if needed.
-#[allow(clippy::too_many_arguments)]
 async fn write(
     state: &AppState,
     caller: &Caller,
     target: &Target,
     current: Option<ConfigurationRecord>,
     spec: FluxConfigurationSpec,
-    secrets: &SecretFields,
+    secrets: &SecretsInput,
 ) -> ApiResult<(Write, ConfigurationRecord, OperationRecord, StatusCode)> {
     let now = Utc::now();
-    let sealed = seal(state, secrets, &target.resource_key())?;
     let ttl = |limit: std::time::Duration| chrono::Duration::from_std(limit).ok().map(|d| now + d);
-    let secrets_expire_at = sealed.as_ref().and_then(|_| ttl(state.config.secret_ttl));
+    let generation = current.as_ref().map_or(1, |c| c.generation + 1);
+    let held = current.as_ref().map(|c| (c.secrets_version, c.secrets_expire_at));
+    // the secret set's version is the generation that last wrote it; undelivered changes expire with the oldest
+    let (secrets_write, secrets_version, secrets_expire_at) = match secrets {
+        SecretsInput::Replace(set) if set.is_empty() => (SecretsWrite::Clear, None, None),
+        SecretsInput::Replace(set) => (
+            SecretsWrite::Replace(seal(target, set, generation, SecretsChange::Replace, None)?),
+            Some(generation),
+            ttl(state.config.secret_ttl),
+        ),
+        SecretsInput::Merge(patch) if patch.is_empty() => {
+            let (version, expire_at) = held.unwrap_or_default();
+            (SecretsWrite::Keep, version, expire_at)
+        }
+        SecretsInput::Merge(patch) => {
+            let (base, expire_at) = held.unwrap_or_default();
+            (
+                SecretsWrite::Merge(seal(target, patch, generation, SecretsChange::Merge, base)?),
+                Some(generation),
+                expire_at.or_else(|| ttl(state.config.secret_ttl)),
+            )
+        }
+    };
     let generation_expires_at = ttl(state.config.pending_ttl);
     match current {
         None => {
@@ -259,8 +312,8 @@ async fn write(
                 cluster_id: target.cluster.id,
                 name: target.name.as_str().to_owned(),
                 spec,
-                secrets: sealed,
-                generation: 1,
+                secrets_version,
+                generation,
                 etag: new_etag(),
                 provisioning_state: ProvisioningState::Creating,
                 compliance_state: ComplianceState::Pending,
@@ -272,15 +325,18 @@ async fn write(
                 failure: None,
             };
             let operation = new_operation(target, "Create", record.generation);
-            let outcome = state.store.insert_configuration(&record, &operation).await?;
+            let outcome = state
+                .store
+                .insert_configuration(&record, &secrets_write, &operation)
+                .await?;
             Ok((outcome, record, operation, StatusCode::CREATED))
         }
         Some(current) => {
             let expected = current.etag.clone();
             let record = ConfigurationRecord {
                 spec,
-                secrets: sealed,
-                generation: current.generation + 1,
+                secrets_version,
+                generation,
                 etag: new_etag(),
                 provisioning_state: ProvisioningState::Updating,
                 compliance_state: ComplianceState::Pending,
@@ -291,7 +347,10 @@ async fn write(
                 ..current
             };
             let operation = new_operation(target, "Update", record.generation);
-            let outcome = state.store.update_configuration(&record, &expected, &operation).await?;
+            let outcome = state
+                .store
+                .update_configuration(&record, &secrets_write, &expected, &operation)
+                .await?;
             Ok((outcome, record, operation, StatusCode::OK))
         }
     }
@@ -332,7 +391,9 @@ async fn put_configuration(
     };
     parse::<FluxConfigurationRequest>(body, "")?;
     strip_read_only(&mut properties, READ_ONLY_PROPERTIES);
-    let secrets = split_secrets(&mut properties)?;
+    let secrets = SecretFields::split_from(&mut properties);
+    check_secrets(&secrets)?;
+    let secrets = SecretsInput::Replace(secrets);
     let spec: FluxConfigurationSpec = parse(properties, "properties")?;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state
@@ -413,6 +474,10 @@ async fn patch_configuration(
     }
     parse::<FluxConfigurationRequest>(body, "")?;
     strip_read_only(&mut changes, READ_ONLY_PROPERTIES);
+    // the control plane cannot read the secrets it holds: a patch of them travels to the agent as a patch
+    let secrets = SecretFields::split_patch_from(&mut changes);
+    check_secrets(&secrets)?;
+    let secrets = SecretsInput::Merge(secrets);
     for _ in 0..WRITE_ATTEMPTS {
         let current = state
             .store
@@ -423,14 +488,8 @@ async fn patch_configuration(
         if current.provisioning_state == ProvisioningState::Deleting {
             return Err(being_deleted(&target));
         }
-        // the full current properties, secrets included, so that the merge sees what the user sees as set
         let mut properties = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
-        if let Some(sealed) = &current.secrets {
-            let opened = state.cipher.open(sealed, &target.resource_key())?;
-            json_patch::merge(&mut properties, &SecretFields::from_bytes(&opened)?.as_value());
-        }
         json_patch::merge(&mut properties, &changes);
-        let secrets = split_secrets(&mut properties)?;
         let mut spec: FluxConfigurationSpec = parse(properties, "properties")?;
         normalize(&mut spec, &target.name, Some(&current.spec))?;
         let (outcome, record, operation, _) = write(&state, &caller, &target, Some(current), spec, &secrets).await?;
@@ -547,10 +606,17 @@ async fn delete_configuration(
             // a delete is not failed by expiry: the configuration goes once its agent confirms or is forced
             generation_expires_at: None,
             failure: None,
+            // nor are its secrets delivered any more: the agent removes the cluster's copy with the rest
+            secrets_version: None,
+            secrets_expire_at: None,
             ..current
         };
         let operation = new_operation(&target, "Delete", record.generation);
-        match state.store.update_configuration(&record, &expected, &operation).await? {
+        match state
+            .store
+            .update_configuration(&record, &SecretsWrite::Clear, &expected, &operation)
+            .await?
+        {
             Write::Written => {
                 state.notifier.notify(&target.scope.cluster.key());
                 tracing::info!(configuration = %target.id(), "configuration deletion started");

@@ -1,5 +1,6 @@
 //! The secret fields of a Flux configuration: the one list of them, and how they are split from the rest of the
-//! properties so that only ciphertext of them is ever stored and no response carries them.
+//! properties, to be sealed to the cluster's agent, so that the control plane stores only what it cannot read and
+//! no response carries them.
 
 use std::fmt;
 
@@ -51,22 +52,66 @@ impl SecretFields {
         }
     }
 
+    /// Moves every secret field out of a JSON merge patch of `properties` into the returned patch of the secret
+    /// set. Removals stay: a secret field set to `null`, and an object above secret fields set to `null` (which
+    /// removes them with it; that `null` also stays in `patch`, for the other fields of the object).
+    pub fn split_patch_from(patch: &mut Value) -> Self {
+        let mut secrets = Value::Object(Map::new());
+        for pointer in SECRET_FIELDS {
+            let (parent, field) = pointer.rsplit_once('/').expect("pointers start with '/'");
+            if let Some(removed) = removed_ancestor(patch, parent) {
+                let (above, name) = removed.rsplit_once('/').expect("pointers start with '/'");
+                insert_at(&mut secrets, above, name, Value::Null);
+                continue;
+            }
+            let taken = patch
+                .pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .and_then(|object| object.remove(field));
+            if let Some(value) = taken {
+                insert_at(&mut secrets, parent, field, value);
+            }
+        }
+        match secrets {
+            Value::Object(map) => Self(map),
+            _ => unreachable!("built as an object"),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// The sparse properties document, for merging back into the full properties (PATCH) or for validation.
-    pub fn as_value(&self) -> Value {
-        Value::Object(self.0.clone())
+    /// The set without its removals (`null`s), for checking the types of what it sets.
+    pub fn without_removals(&self) -> Value {
+        fn strip(value: &mut Value) {
+            if let Value::Object(map) = value {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(strip);
+            }
+        }
+        let mut value = Value::Object(self.0.clone());
+        strip(&mut value);
+        value
     }
 
+    /// The JSON the agent receives, sealed.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.0).expect("a JSON map serialises")
     }
+}
 
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
-        Ok(Self(serde_json::from_slice(bytes)?))
+/// The first object on the way to `parent` (itself included) that `patch` sets to `null`, as a pointer.
+fn removed_ancestor(patch: &Value, parent: &str) -> Option<String> {
+    let mut pointer = String::new();
+    for segment in parent.split('/').skip(1) {
+        pointer.push('/');
+        pointer.push_str(segment);
+        if patch.pointer(&pointer).is_some_and(Value::is_null) {
+            return Some(pointer);
+        }
     }
+    None
 }
 
 fn insert_at(root: &mut Value, parent: &str, field: &str, value: Value) {
@@ -109,7 +154,7 @@ mod tests {
         }
         assert_eq!(props["azureBlob"]["servicePrincipal"]["clientId"], "id");
         assert_eq!(props["azureBlob"]["url"], "https://x.blob.core.windows.net");
-        let sparse = secrets.as_value();
+        let sparse: Value = serde_json::from_slice(&secrets.to_bytes()).unwrap();
         assert_eq!(sparse["azureBlob"]["servicePrincipal"]["clientSecret"], "s1");
         assert_eq!(sparse["configurationProtectedSettings"]["sshPrivateKey"], "c2VjcmV0");
         assert!(sparse["azureBlob"].get("sasToken").is_none());
@@ -121,6 +166,41 @@ mod tests {
         let mut props = json!({"configurationProtectedSettings": {"k": "hunter2"}});
         let secrets = SecretFields::split_from(&mut props);
         assert!(!format!("{secrets:?}").contains("hunter2"));
-        assert_eq!(SecretFields::from_bytes(&secrets.to_bytes()).unwrap(), secrets);
+    }
+
+    #[test]
+    fn a_patch_keeps_its_removals_of_secrets() {
+        let mut patch = json!({
+            "configurationProtectedSettings": {"sshPrivateKey": null, "httpsKey": "bmV3"},
+            "azureBlob": null,
+            "ociRepository": {"tlsConfig": {"privateKey": null}, "url": "oci://r/x"},
+            "suspend": true
+        });
+        let secrets = SecretFields::split_patch_from(&mut patch);
+        let sealed: Value = serde_json::from_slice(&secrets.to_bytes()).unwrap();
+        assert_eq!(
+            sealed,
+            json!({
+                "configurationProtectedSettings": {"sshPrivateKey": null, "httpsKey": "bmV3"},
+                "azureBlob": null,
+                "ociRepository": {"tlsConfig": {"privateKey": null}}
+            })
+        );
+        // what is not secret stays in the patch, the removal of a whole source included
+        assert_eq!(
+            patch,
+            json!({"azureBlob": null, "ociRepository": {"tlsConfig": {}, "url": "oci://r/x"}, "suspend": true})
+        );
+        assert_eq!(
+            secrets.without_removals(),
+            json!({"configurationProtectedSettings": {"httpsKey": "bmV3"}, "ociRepository": {"tlsConfig": {}}})
+        );
+    }
+
+    #[test]
+    fn a_patch_without_secrets_leaves_them_untouched() {
+        let mut patch = json!({"suspend": true, "gitRepository": {"url": "https://x"}});
+        assert!(SecretFields::split_patch_from(&mut patch).is_empty());
+        assert_eq!(patch["gitRepository"]["url"], "https://x");
     }
 }

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use fluxplane_agent_protocol::flux::{
-    FluxConfigurationSpec, Kustomization, PostBuild, ScopeType, SourceKind, SubstituteFrom,
+    FluxConfigurationSpec, Kustomization, PostBuild, ScopeType, Secret, SourceKind, SubstituteFrom,
 };
 
 use crate::arm::ids::{ConfigurationName, is_dns1123_label, is_dns1123_subdomain};
-use crate::error::{ApiError, Problems};
+use crate::error::{ApiError, ApiResult, Problems};
 
 /// The interval and timeout Flux uses when none is given (Azure's documented default).
 pub const DEFAULT_INTERVAL_SECONDS: i64 = 600;
@@ -208,22 +208,30 @@ pub fn normalize(
         );
     }
 
-    if let Some(settings) = &spec.configuration_protected_settings {
-        for key in settings.keys() {
-            let valid = !key.is_empty()
-                && key.len() <= 253
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !valid {
-                p.add(
-                    format!("properties.configurationProtectedSettings.{key}"),
-                    "keys must be 1-253 letters, digits, '-', '_' or '.' (Kubernetes secret keys)",
-                );
-            }
+    p.into_result("Flux configuration", Some("properties"))
+}
+
+/// Checks the protected settings a write sets: they become the keys and values of a Kubernetes Secret's `data`,
+/// so keys must be Secret keys and values base64 (as Azure's CLI sends them). Messages never quote a value.
+pub fn protected_settings(settings: &BTreeMap<String, Secret>) -> ApiResult<()> {
+    let mut p = Problems::default();
+    for (key, value) in settings {
+        let target = format!("properties.configurationProtectedSettings.{key}");
+        let valid = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            p.add(
+                &target,
+                "keys must be 1-253 letters, digits, '-', '_' or '.' (Kubernetes secret keys)",
+            );
+        }
+        if STANDARD.decode(value.expose()).is_err() {
+            p.add(&target, "values must be base64-encoded");
         }
     }
-
     p.into_result("Flux configuration", Some("properties"))
 }
 

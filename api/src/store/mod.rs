@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
 use crate::arm::paging::PageRequest;
@@ -76,6 +77,8 @@ pub struct ClusterRecord {
     pub system_data: SystemData,
     /// Grows with every change to the cluster's desired state (kept by the database, see migration 0002).
     pub revision: i64,
+    /// The X25519 public key (base64) the agent registered for sealing secrets to it.
+    pub agent_encryption_key: Option<String>,
 }
 
 /// A Flux configuration of a cluster.
@@ -86,8 +89,8 @@ pub struct ConfigurationRecord {
     pub name: String,
     #[sqlx(json)]
     pub spec: FluxConfigurationSpec,
-    /// Ciphertext of the secret fields.
-    pub secrets: Option<Vec<u8>>,
+    /// The version of the secret set the cluster should hold (the generation that last wrote secrets).
+    pub secrets_version: Option<i64>,
     pub generation: i64,
     pub etag: String,
     #[sqlx(try_from = "String")]
@@ -100,7 +103,7 @@ pub struct ConfigurationRecord {
     pub system_data: SystemData,
     /// The generation `observed` describes; `None` until an agent reports.
     pub reported_generation: Option<i64>,
-    /// When the stored secrets must be gone.
+    /// When the stored sealed secrets must be gone (set while any await acknowledgement).
     pub secrets_expire_at: Option<DateTime<Utc>>,
     /// When the current generation fails unless its agent has picked it up.
     pub generation_expires_at: Option<DateTime<Utc>>,
@@ -144,23 +147,89 @@ pub use fluxplane_agent_protocol::agent::ReportDisposition;
 /// Facts an agent reports about itself and its cluster.
 pub use fluxplane_agent_protocol::agent::AgentInfo;
 
-/// A configuration the sweeper failed, with the operation it ended.
+/// A sealed secret change awaiting its agent's acknowledgement.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedSecretsRecord {
+    pub configuration_id: i64,
+    pub version: i64,
+    pub change: String,
+    pub base_version: Option<i64>,
+    pub recipient: String,
+    pub encapsulated_key: String,
+    pub ciphertext: String,
+}
+
+impl SealedSecretsRecord {
+    pub fn new(configuration_id: i64, sealed: &SealedSecrets) -> Self {
+        Self {
+            configuration_id,
+            version: sealed.version,
+            change: sealed.change.as_str().to_owned(),
+            base_version: sealed.base_version,
+            recipient: sealed.recipient.clone(),
+            encapsulated_key: sealed.encapsulated_key.clone(),
+            ciphertext: sealed.ciphertext.clone(),
+        }
+    }
+
+    pub fn into_wire(self) -> SealedSecrets {
+        SealedSecrets {
+            version: self.version,
+            change: if self.change == SecretsChange::Merge.as_str() {
+                SecretsChange::Merge
+            } else {
+                SecretsChange::Replace
+            },
+            base_version: self.base_version,
+            recipient: self.recipient,
+            encapsulated_key: self.encapsulated_key,
+            ciphertext: self.ciphertext,
+        }
+    }
+}
+
+/// What a configuration write does to its sealed secrets.
+#[derive(Debug, Clone)]
+pub enum SecretsWrite {
+    /// Leaves them as they are (a PATCH that does not touch secrets).
+    Keep,
+    /// Removes every undelivered change (a PUT without secrets).
+    Clear,
+    /// Replaces every undelivered change with this one (a PUT with secrets).
+    Replace(SealedSecrets),
+    /// Adds this change after the undelivered ones (a PATCH of secrets).
+    Merge(SealedSecrets),
+}
+
+/// The desired state of one cluster as stored.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredRecords {
+    pub revision: i64,
+    /// In name order.
+    pub configurations: Vec<ConfigurationRecord>,
+    /// The undelivered secret changes of those configurations, in version order.
+    pub sealed: Vec<SealedSecretsRecord>,
+}
+
+/// A configuration the control plane failed itself, with the operation it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
     pub cluster_id: i64,
     pub name: String,
     pub generation: i64,
-    /// True when its secrets were removed; false when its generation was not picked up in time.
+    /// True when its undelivered secrets were removed; false when its generation was not picked up in time.
     pub secrets: bool,
-    /// Whether the configuration turned Failed (secrets its agent had already picked up expire quietly).
-    pub failed: bool,
 }
 
-/// The messages a configuration failed by expiry shows.
+/// The messages a configuration the control plane failed shows.
 #[derive(Debug, Clone)]
 pub struct ExpiryMessages {
+    /// Undelivered secrets reached their time to live.
     pub secrets: String,
+    /// The agent did not pick the generation up in time.
     pub pending: String,
+    /// The agent's keys changed while secrets sealed to the old ones were undelivered.
+    pub rotated: String,
 }
 
 /// Which clusters a list covers.
@@ -189,24 +258,37 @@ pub trait Store: Send + Sync + 'static {
     async fn list_clusters(&self, scope: &ClusterScope, page: &PageRequest) -> StoreResult<Vec<ClusterRecord>>;
     /// Inserts unless a cluster with the same key exists (`Conflict`).
     async fn insert_cluster(&self, cluster: &ClusterRecord) -> StoreResult<Write>;
-    /// Replaces the writable columns if the stored etag is still `expected_etag`.
-    async fn update_cluster(&self, cluster: &ClusterRecord, expected_etag: &str) -> StoreResult<Write>;
+    /// Replaces the writable columns if the stored etag is still `expected_etag`. With `identity_changed` (the
+    /// agent's key was replaced), the agent's encryption key is forgotten and every configuration with secrets
+    /// sealed to it fails with that message, in the same transaction.
+    async fn update_cluster(
+        &self,
+        cluster: &ClusterRecord,
+        expected_etag: &str,
+        identity_changed: Option<&str>,
+    ) -> StoreResult<Write>;
+    /// Records the agent's encryption key; configurations with undelivered secrets sealed to another key fail
+    /// with `message`. Answers those configurations.
+    async fn set_agent_encryption_key(&self, cluster_id: i64, key: &str, message: &str) -> StoreResult<Vec<Expired>>;
     /// Deletes the cluster and its configurations; false if it did not exist.
     async fn delete_cluster(&self, key: &str) -> StoreResult<bool>;
 
     async fn get_configuration(&self, cluster_id: i64, name: &str) -> StoreResult<Option<ConfigurationRecord>>;
     /// Up to `page.limit + 1` configurations in name order after `page.after`.
     async fn list_configurations(&self, cluster_id: i64, page: &PageRequest) -> StoreResult<Vec<ConfigurationRecord>>;
-    /// Inserts the configuration and starts `operation`, superseding operations still running on it.
+    /// Inserts the configuration with its sealed secrets and starts `operation`.
     async fn insert_configuration(
         &self,
         config: &ConfigurationRecord,
+        secrets: &SecretsWrite,
         operation: &OperationRecord,
     ) -> StoreResult<Write>;
-    /// Replaces the configuration if its etag is still `expected_etag`, and starts `operation`.
+    /// Replaces the configuration if its etag is still `expected_etag`, writes its sealed secrets, and starts
+    /// `operation`, superseding operations still running on it.
     async fn update_configuration(
         &self,
         config: &ConfigurationRecord,
+        secrets: &SecretsWrite,
         expected_etag: &str,
         operation: &OperationRecord,
     ) -> StoreResult<Write>;
@@ -219,17 +301,18 @@ pub trait Store: Send + Sync + 'static {
     /// answers the cluster's revision; `None` if the cluster is gone.
     async fn heartbeat(&self, cluster_id: i64, at: DateTime<Utc>, info: Option<&AgentInfo>)
     -> StoreResult<Option<i64>>;
-    /// The cluster's revision and every configuration of it, in name order; the configurations are never older
-    /// than the revision.
-    async fn desired_state(&self, cluster_id: i64) -> StoreResult<(i64, Vec<ConfigurationRecord>)>;
-    /// Enforces the time limits as of `now`: deletes stored secrets past `secrets_expire_at` (failing the
-    /// configuration if its agent had not picked up that generation) and fails generations past
-    /// `generation_expires_at`, ending their operations. Safe to run on every replica at once: each row changes
-    /// once.
+    /// The cluster's revision, every configuration of it and their undelivered sealed secrets; the
+    /// configurations are never older than the revision.
+    async fn desired_state(&self, cluster_id: i64) -> StoreResult<DesiredRecords>;
+    /// Enforces the time limits as of `now`: deletes undelivered secrets past `secrets_expire_at` and fails
+    /// generations past `generation_expires_at`, failing their configurations and operations. Safe to run on
+    /// every replica at once: each row changes once.
     async fn expire(&self, now: DateTime<Utc>, messages: &ExpiryMessages) -> StoreResult<Vec<Expired>>;
 
     /// Applies a report about the configuration `name` at `generation`, if that is still its generation, and ends
-    /// the operation of that generation. `resource_key` names the configuration's operations.
+    /// the operation of that generation. `resource_key` names the configuration's operations. Whatever the
+    /// generation, `secrets_version` acknowledges the sealed secrets up to it, which are deleted.
+    #[allow(clippy::too_many_arguments)]
     async fn apply_report(
         &self,
         cluster_id: i64,
@@ -237,6 +320,7 @@ pub trait Store: Send + Sync + 'static {
         generation: i64,
         resource_key: &str,
         write: &ReportWrite,
+        secrets_version: Option<i64>,
         at: DateTime<Utc>,
     ) -> StoreResult<ReportDisposition>;
 }

@@ -9,15 +9,15 @@ macro_rules! cluster_columns {
     () => {
         "id, key, subscription_key, resource_group_key, subscription, resource_group, name, location, tags, spec, \
          connectivity_status, last_connectivity_time, agent_version, kubernetes_version, total_node_count, etag, \
-         system_data, revision"
+         system_data, revision, agent_encryption_key"
     };
 }
 
 /// The columns of `ConfigurationRecord`.
 macro_rules! configuration_columns {
     () => {
-        "id, cluster_id, name, spec, secrets, generation, etag, provisioning_state, compliance_state, observed, \
-         system_data, reported_generation, secrets_expire_at, generation_expires_at, failure"
+        "id, cluster_id, name, spec, secrets_version, generation, etag, provisioning_state, compliance_state, \
+         observed, system_data, reported_generation, secrets_expire_at, generation_expires_at, failure"
     };
 }
 
@@ -139,10 +139,13 @@ macro_rules! sql_store {
                 &self,
                 c: &$crate::store::ClusterRecord,
                 expected_etag: &str,
+                identity_changed: Option<&str>,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let done = sqlx::query::<$db>(
-                    "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5 \
-                     WHERE key = $6 AND etag = $7",
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query_scalar::<$db, i64>(
+                    "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5, \
+                     agent_encryption_key = CASE WHEN $8 THEN NULL ELSE agent_encryption_key END \
+                     WHERE key = $6 AND etag = $7 RETURNING id",
                 )
                 .bind(&c.location)
                 .bind(sqlx::types::Json(&c.tags))
@@ -151,13 +154,35 @@ macro_rules! sql_store {
                 .bind(sqlx::types::Json(&c.system_data))
                 .bind(&c.key)
                 .bind(expected_etag)
-                .execute(&self.pool)
+                .bind(identity_changed.is_some())
+                .fetch_optional(&mut *tx)
                 .await?;
-                Ok(if done.rows_affected() == 1 {
-                    $crate::store::Write::Written
-                } else {
-                    $crate::store::Write::Conflict
-                })
+                let Some(cluster_id) = updated else {
+                    return Ok($crate::store::Write::Conflict);
+                };
+                if let Some(message) = identity_changed {
+                    Self::fail_undelivered_secrets(&mut tx, cluster_id, None, message, chrono::Utc::now()).await?;
+                }
+                tx.commit().await?;
+                Ok($crate::store::Write::Written)
+            }
+
+            async fn set_agent_encryption_key(
+                &self,
+                cluster_id: i64,
+                key: &str,
+                message: &str,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query::<$db>("UPDATE clusters SET agent_encryption_key = $1 WHERE id = $2")
+                    .bind(key)
+                    .bind(cluster_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let failed =
+                    Self::fail_undelivered_secrets(&mut tx, cluster_id, Some(key), message, chrono::Utc::now()).await?;
+                tx.commit().await?;
+                Ok(failed)
             }
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
@@ -219,20 +244,21 @@ macro_rules! sql_store {
             async fn insert_configuration(
                 &self,
                 c: &$crate::store::ConfigurationRecord,
+                secrets: &$crate::store::SecretsWrite,
                 op: &$crate::store::OperationRecord,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
                 let mut tx = self.pool.begin().await?;
-                let inserted = sqlx::query::<$db>(
-                    "INSERT INTO flux_configurations (cluster_id, name, spec, secrets, generation, etag, \
+                let inserted = sqlx::query_scalar::<$db, i64>(
+                    "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
                      provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
                      generation_expires_at, failure) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                     ON CONFLICT (cluster_id, name) DO NOTHING",
+                     ON CONFLICT (cluster_id, name) DO NOTHING RETURNING id",
                 )
                 .bind(c.cluster_id)
                 .bind(&c.name)
                 .bind(sqlx::types::Json(&c.spec))
-                .bind(&c.secrets)
+                .bind(c.secrets_version)
                 .bind(c.generation)
                 .bind(&c.etag)
                 .bind(c.provisioning_state.as_str())
@@ -242,16 +268,17 @@ macro_rules! sql_store {
                 .bind(c.secrets_expire_at)
                 .bind(c.generation_expires_at)
                 .bind(&c.failure)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await;
-                match inserted {
+                let id = match inserted {
                     Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
                         return Ok($crate::store::Write::ParentMissing);
                     }
                     Err(err) => return Err(err.into()),
-                    Ok(done) if done.rows_affected() == 0 => return Ok($crate::store::Write::Conflict),
-                    Ok(_) => {}
-                }
+                    Ok(None) => return Ok($crate::store::Write::Conflict),
+                    Ok(Some(id)) => id,
+                };
+                Self::write_secrets(&mut tx, id, secrets).await?;
                 // a configuration that did not exist has no running operation: deletes end theirs
                 Self::insert_operation(&mut tx, op).await?;
                 tx.commit().await?;
@@ -261,18 +288,19 @@ macro_rules! sql_store {
             async fn update_configuration(
                 &self,
                 c: &$crate::store::ConfigurationRecord,
+                secrets: &$crate::store::SecretsWrite,
                 expected_etag: &str,
                 op: &$crate::store::OperationRecord,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
                 let mut tx = self.pool.begin().await?;
                 let done = sqlx::query::<$db>(
-                    "UPDATE flux_configurations SET spec = $1, secrets = $2, generation = $3, etag = $4, \
+                    "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
                      provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
                      secrets_expire_at = $11, generation_expires_at = $12, failure = $13 \
                      WHERE id = $9 AND etag = $10",
                 )
                 .bind(sqlx::types::Json(&c.spec))
-                .bind(&c.secrets)
+                .bind(c.secrets_version)
                 .bind(c.generation)
                 .bind(&c.etag)
                 .bind(c.provisioning_state.as_str())
@@ -289,6 +317,7 @@ macro_rules! sql_store {
                 if done.rows_affected() == 0 {
                     return Ok($crate::store::Write::Conflict);
                 }
+                Self::write_secrets(&mut tx, c.id, secrets).await?;
                 Self::start_operation(&mut tx, op).await?;
                 tx.commit().await?;
                 Ok($crate::store::Write::Written)
@@ -347,7 +376,7 @@ macro_rules! sql_store {
             async fn desired_state(
                 &self,
                 cluster_id: i64,
-            ) -> $crate::store::StoreResult<(i64, Vec<$crate::store::ConfigurationRecord>)> {
+            ) -> $crate::store::StoreResult<$crate::store::DesiredRecords> {
                 // The revision first, then the configurations, without a transaction: a write in between makes
                 // the configurations newer than the revision, which costs the agent one redundant wake-up; the
                 // other order could hand out an old desired state under a new revision, and the agent would miss
@@ -366,7 +395,25 @@ macro_rules! sql_store {
                     .bind(cluster_id)
                     .fetch_all(&self.pool)
                     .await?;
-                Ok((revision, configurations))
+                // most polls find no undelivered secrets (an expiry is set exactly while some exist): skip the query
+                let sealed = if configurations.iter().any(|c| c.secrets_expire_at.is_some()) {
+                    sqlx::query_as::<$db, $crate::store::SealedSecretsRecord>(
+                        "SELECT s.configuration_id, s.version, s.change, s.base_version, s.recipient, \
+                         s.encapsulated_key, s.ciphertext \
+                         FROM sealed_secrets s JOIN flux_configurations c ON c.id = s.configuration_id \
+                         WHERE c.cluster_id = $1 ORDER BY s.configuration_id, s.version",
+                    )
+                    .bind(cluster_id)
+                    .fetch_all(&self.pool)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                Ok($crate::store::DesiredRecords {
+                    revision,
+                    configurations,
+                    sealed,
+                })
             }
 
             async fn expire(
@@ -375,64 +422,36 @@ macro_rules! sql_store {
                 messages: &$crate::store::ExpiryMessages,
             ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
                 let mut tx = self.pool.begin().await?;
-                // secrets: gone in any case; the configuration fails if its agent had not picked that generation up
-                let secrets: Vec<(i64, String, i64, String)> = sqlx::query_as::<$db, (i64, String, i64, String)>(
-                    "UPDATE flux_configurations SET secrets = NULL, secrets_expire_at = NULL, \
-                     failure = CASE WHEN reported_generation IS NULL OR reported_generation < generation \
-                         THEN $2 ELSE failure END, \
-                     generation_expires_at = CASE WHEN reported_generation IS NULL OR reported_generation < generation \
-                         THEN NULL ELSE generation_expires_at END, \
-                     provisioning_state = CASE WHEN reported_generation IS NULL OR reported_generation < generation \
-                         THEN 'Failed' ELSE provisioning_state END \
-                     WHERE secrets IS NOT NULL AND secrets_expire_at <= $1 \
-                     RETURNING cluster_id, name, generation, provisioning_state",
+                // every stored secret is undelivered (acknowledged ones are deleted at once): all fail
+                let secrets = sqlx::query_as::<$db, (i64, i64, String, i64)>(
+                    "UPDATE flux_configurations SET secrets_expire_at = NULL, generation_expires_at = NULL, \
+                     provisioning_state = 'Failed', failure = $2 \
+                     WHERE secrets_expire_at <= $1 \
+                     RETURNING id, cluster_id, name, generation",
                 )
                 .bind(now)
                 .bind(&messages.secrets)
                 .fetch_all(&mut *tx)
                 .await?;
-                let pending: Vec<(i64, String, i64)> = sqlx::query_as::<$db, (i64, String, i64)>(
+                let pending = sqlx::query_as::<$db, (i64, i64, String, i64)>(
                     "UPDATE flux_configurations SET provisioning_state = 'Failed', failure = $2, \
                      generation_expires_at = NULL \
                      WHERE generation_expires_at <= $1 AND provisioning_state <> 'Deleting' \
-                     RETURNING cluster_id, name, generation",
+                     RETURNING id, cluster_id, name, generation",
                 )
                 .bind(now)
                 .bind(&messages.pending)
                 .fetch_all(&mut *tx)
                 .await?;
                 let mut expired = Vec::with_capacity(secrets.len() + pending.len());
-                for (cluster_id, name, generation, state) in secrets {
-                    expired.push($crate::store::Expired {
-                        cluster_id,
-                        name,
-                        generation,
-                        secrets: true,
-                        failed: state == "Failed",
-                    });
+                for (id, cluster_id, name, generation) in secrets {
+                    Self::delete_sealed_secrets(&mut tx, id).await?;
+                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ("Expired", &messages.secrets), now).await?;
+                    expired.push($crate::store::Expired { cluster_id, name, generation, secrets: true });
                 }
-                expired.extend(pending.into_iter().map(|(cluster_id, name, generation)| $crate::store::Expired {
-                    cluster_id,
-                    name,
-                    generation,
-                    secrets: false,
-                    failed: true,
-                }));
-                for e in expired.iter().filter(|e| e.failed) {
-                    let message = if e.secrets { &messages.secrets } else { &messages.pending };
-                    let error = $crate::error::ErrorDetail::new("Expired", message.clone());
-                    sqlx::query::<$db>(
-                        "UPDATE operations SET status = 'Failed', end_time = $1, error = $2 \
-                         WHERE resource_key = (SELECT key FROM clusters WHERE id = $3) || '/' || $4 \
-                         AND generation = $5 AND status = 'InProgress'",
-                    )
-                    .bind(now)
-                    .bind(sqlx::types::Json(&error))
-                    .bind(e.cluster_id)
-                    .bind(&e.name)
-                    .bind(e.generation)
-                    .execute(&mut *tx)
-                    .await?;
+                for (_, cluster_id, name, generation) in pending {
+                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ("Expired", &messages.pending), now).await?;
+                    expired.push($crate::store::Expired { cluster_id, name, generation, secrets: false });
                 }
                 tx.commit().await?;
                 Ok(expired)
@@ -445,9 +464,33 @@ macro_rules! sql_store {
                 generation: i64,
                 resource_key: &str,
                 write: &$crate::store::ReportWrite,
+                secrets_version: Option<i64>,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::ReportDisposition> {
                 let mut tx = self.pool.begin().await?;
+                if let Some(version) = secrets_version {
+                    // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest
+                    let acknowledged = sqlx::query::<$db>(
+                        "DELETE FROM sealed_secrets WHERE version <= $3 AND configuration_id = \
+                         (SELECT id FROM flux_configurations WHERE cluster_id = $1 AND name = $2)",
+                    )
+                    .bind(cluster_id)
+                    .bind(name)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+                    if acknowledged.rows_affected() > 0 {
+                        sqlx::query::<$db>(
+                            "UPDATE flux_configurations SET secrets_expire_at = NULL \
+                             WHERE cluster_id = $1 AND name = $2 AND NOT EXISTS \
+                             (SELECT 1 FROM sealed_secrets WHERE configuration_id = flux_configurations.id)",
+                        )
+                        .bind(cluster_id)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
                 let (changed, operation_status, operation_error) = match write {
                     $crate::store::ReportWrite::Status {
                         provisioning_state,
@@ -493,7 +536,7 @@ macro_rules! sql_store {
                     .bind(name)
                     .fetch_optional(&mut *tx)
                     .await?;
-                    tx.rollback().await?;
+                    tx.commit().await?;
                     return Ok(match current {
                         None => $crate::store::ReportDisposition::Unknown,
                         Some(_) => $crate::store::ReportDisposition::Stale,
@@ -516,6 +559,101 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// Writes what a configuration write does to its sealed secrets.
+            async fn write_secrets(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                configuration_id: i64,
+                secrets: &$crate::store::SecretsWrite,
+            ) -> Result<(), sqlx::Error> {
+                use $crate::store::SecretsWrite;
+                if matches!(secrets, SecretsWrite::Clear | SecretsWrite::Replace(_)) {
+                    Self::delete_sealed_secrets(tx, configuration_id).await?;
+                }
+                if let SecretsWrite::Replace(sealed) | SecretsWrite::Merge(sealed) = secrets {
+                    let row = $crate::store::SealedSecretsRecord::new(configuration_id, sealed);
+                    sqlx::query::<$db>(
+                        "INSERT INTO sealed_secrets (configuration_id, version, change, base_version, recipient, \
+                         encapsulated_key, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(row.configuration_id)
+                    .bind(row.version)
+                    .bind(&row.change)
+                    .bind(row.base_version)
+                    .bind(&row.recipient)
+                    .bind(&row.encapsulated_key)
+                    .bind(&row.ciphertext)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            async fn delete_sealed_secrets(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                configuration_id: i64,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query::<$db>("DELETE FROM sealed_secrets WHERE configuration_id = $1")
+                    .bind(configuration_id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// Fails the cluster's configurations holding undelivered secrets sealed to any key but `keep` (to any
+            /// key at all without it), deleting those secrets: their agent can no longer open them.
+            async fn fail_undelivered_secrets(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                cluster_id: i64,
+                keep: Option<&str>,
+                message: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::Expired>, sqlx::Error> {
+                let failed = sqlx::query_as::<$db, (i64, String, i64)>(
+                    "UPDATE flux_configurations SET provisioning_state = 'Failed', failure = $2, \
+                     secrets_expire_at = NULL, generation_expires_at = NULL \
+                     WHERE cluster_id = $1 AND EXISTS (SELECT 1 FROM sealed_secrets s \
+                         WHERE s.configuration_id = flux_configurations.id AND ($3 IS NULL OR s.recipient <> $3)) \
+                     RETURNING id, name, generation",
+                )
+                .bind(cluster_id)
+                .bind(message)
+                .bind(keep)
+                .fetch_all(&mut **tx)
+                .await?;
+                let mut expired = Vec::with_capacity(failed.len());
+                for (id, name, generation) in failed {
+                    Self::delete_sealed_secrets(tx, id).await?;
+                    Self::fail_operation(tx, cluster_id, &name, generation, ("AgentKeyChanged", message), now).await?;
+                    expired.push($crate::store::Expired { cluster_id, name, generation, secrets: true });
+                }
+                Ok(expired)
+            }
+
+            /// Ends the running operation of the configuration's generation as failed with `message`.
+            async fn fail_operation(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                cluster_id: i64,
+                name: &str,
+                generation: i64,
+                (code, message): (&str, &str),
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), sqlx::Error> {
+                let error = $crate::error::ErrorDetail::new(code, message.to_owned());
+                sqlx::query::<$db>(
+                    "UPDATE operations SET status = 'Failed', end_time = $1, error = $2 \
+                     WHERE resource_key = (SELECT key FROM clusters WHERE id = $3) || '/' || $4 \
+                     AND generation = $5 AND status = 'InProgress'",
+                )
+                .bind(now)
+                .bind(sqlx::types::Json(&error))
+                .bind(cluster_id)
+                .bind(name)
+                .bind(generation)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// Marks the operations still running on the resource as superseded by a newer write.
             async fn supersede_operations(
                 tx: &mut sqlx::Transaction<'_, $db>,

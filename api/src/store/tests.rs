@@ -6,13 +6,15 @@ use std::sync::Arc;
 use chrono::Utc;
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
-use super::{ClusterRecord, ClusterScope, ConfigurationRecord, OperationRecord, Store, Write};
+use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
+
+use super::{ClusterRecord, ClusterScope, ConfigurationRecord, OperationRecord, SecretsWrite, Store, Write};
 use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::flux::model::ProvisioningState;
 use crate::on_both_backends;
-use crate::testing::{Backend, with_database};
+use crate::testing::{Backend, TestDatabase, with_database};
 
 fn cluster(subscription: &str, resource_group: &str, name: &str) -> ClusterRecord {
     ClusterRecord {
@@ -37,6 +39,7 @@ fn cluster(subscription: &str, resource_group: &str, name: &str) -> ClusterRecor
         etag: uuid::Uuid::new_v4().to_string(),
         system_data: SystemData::created("tester", Utc::now()),
         revision: 0,
+        agent_encryption_key: None,
     }
 }
 
@@ -46,7 +49,7 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
         cluster_id,
         name: name.to_owned(),
         spec: FluxConfigurationSpec::default(),
-        secrets: Some(vec![1, 2, 3]),
+        secrets_version: None,
         generation: 1,
         etag: uuid::Uuid::new_v4().to_string(),
         provisioning_state: ProvisioningState::Creating,
@@ -124,9 +127,12 @@ async fn updates_need_current_etag_case(backend: Backend) {
         let mut changed = stored.clone();
         changed.tags.insert("team".into(), "blue".into());
         changed.etag = "second".into();
-        assert_eq!(store.update_cluster(&changed, "stale").await.unwrap(), Write::Conflict);
         assert_eq!(
-            store.update_cluster(&changed, &stored.etag).await.unwrap(),
+            store.update_cluster(&changed, "stale", None).await.unwrap(),
+            Write::Conflict
+        );
+        assert_eq!(
+            store.update_cluster(&changed, &stored.etag, None).await.unwrap(),
             Write::Written
         );
         let reread = store.get_cluster(&stored.key).await.unwrap().unwrap();
@@ -151,7 +157,7 @@ async fn one_winner_case(backend: Backend) {
             let mut next = stored.clone();
             next.etag = format!("writer-{i}");
             writers.push(tokio::spawn(async move {
-                store.update_cluster(&next, &expected).await.unwrap()
+                store.update_cluster(&next, &expected, None).await.unwrap()
             }));
         }
         let mut winners = 0;
@@ -204,7 +210,10 @@ async fn configurations_need_their_cluster_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
         let missing = configuration(987_654, "cfg");
-        let outcome = store.insert_configuration(&missing, &operation("k", 1)).await.unwrap();
+        let outcome = store
+            .insert_configuration(&missing, &SecretsWrite::Keep, &operation("k", 1))
+            .await
+            .unwrap();
         assert_eq!(outcome, Write::ParentMissing);
         assert!(store.get_operation("k").await.unwrap().is_none());
     })
@@ -219,15 +228,20 @@ async fn supersede_case(backend: Backend) {
         let first_op = operation("sub/rg/c1/cfg", 1);
         let record = configuration(c.id, "cfg");
         assert_eq!(
-            store.insert_configuration(&record, &first_op).await.unwrap(),
+            store
+                .insert_configuration(&record, &SecretsWrite::Keep, &first_op)
+                .await
+                .unwrap(),
             Write::Written
         );
         assert_eq!(
-            store.insert_configuration(&record, &operation("x", 1)).await.unwrap(),
+            store
+                .insert_configuration(&record, &SecretsWrite::Keep, &operation("x", 1))
+                .await
+                .unwrap(),
             Write::Conflict
         );
         let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
-        assert_eq!(stored.secrets.as_deref(), Some(&[1u8, 2, 3][..]));
         assert_eq!(stored.provisioning_state, ProvisioningState::Creating);
         assert_eq!(
             store.get_operation(&first_op.id).await.unwrap().unwrap().status,
@@ -242,7 +256,10 @@ async fn supersede_case(backend: Backend) {
             ..stored.clone()
         };
         assert_eq!(
-            store.update_configuration(&next, "stale", &second_op).await.unwrap(),
+            store
+                .update_configuration(&next, &SecretsWrite::Keep, "stale", &second_op)
+                .await
+                .unwrap(),
             Write::Conflict
         );
         assert!(
@@ -251,7 +268,7 @@ async fn supersede_case(backend: Backend) {
         );
         assert_eq!(
             store
-                .update_configuration(&next, &stored.etag, &second_op)
+                .update_configuration(&next, &SecretsWrite::Keep, &stored.etag, &second_op)
                 .await
                 .unwrap(),
             Write::Written
@@ -278,11 +295,11 @@ async fn cascade_case(backend: Backend) {
         let store = db.store().await;
         let c = registered(&store, "c1").await;
         store
-            .insert_configuration(&configuration(c.id, "a"), &operation("k/a", 1))
+            .insert_configuration(&configuration(c.id, "a"), &SecretsWrite::Keep, &operation("k/a", 1))
             .await
             .unwrap();
         store
-            .insert_configuration(&configuration(c.id, "b"), &operation("k/b", 1))
+            .insert_configuration(&configuration(c.id, "b"), &SecretsWrite::Keep, &operation("k/b", 1))
             .await
             .unwrap();
         assert!(store.delete_cluster(&c.key).await.unwrap());
@@ -308,12 +325,12 @@ async fn configuration_paging_case(backend: Backend) {
         let other = registered(&store, "c2").await;
         for name in ["b", "a", "d", "c"] {
             store
-                .insert_configuration(&configuration(c.id, name), &operation(name, 1))
+                .insert_configuration(&configuration(c.id, name), &SecretsWrite::Keep, &operation(name, 1))
                 .await
                 .unwrap();
         }
         store
-            .insert_configuration(&configuration(other.id, "z"), &operation("z", 1))
+            .insert_configuration(&configuration(other.id, "z"), &SecretsWrite::Keep, &operation("z", 1))
             .await
             .unwrap();
         let first = store.list_configurations(c.id, &page(None, 3)).await.unwrap();
@@ -337,7 +354,7 @@ async fn force_delete_case(backend: Backend) {
         let c = registered(&store, "c1").await;
         let op = operation("sub/rg/c1/cfg", 1);
         store
-            .insert_configuration(&configuration(c.id, "cfg"), &op)
+            .insert_configuration(&configuration(c.id, "cfg"), &SecretsWrite::Keep, &op)
             .await
             .unwrap();
         assert!(store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap());
@@ -368,11 +385,11 @@ async fn revision_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
         let c = registered(&store, "c1").await;
-        let revision = |store: Arc<dyn Store>| async move { store.desired_state(c.id).await.unwrap().0 };
+        let revision = |store: Arc<dyn Store>| async move { store.desired_state(c.id).await.unwrap().revision };
         assert_eq!(revision(store.clone()).await, 0);
         let record = configuration(c.id, "cfg");
         store
-            .insert_configuration(&record, &operation("sub/rg/c1/cfg", 1))
+            .insert_configuration(&record, &SecretsWrite::Keep, &operation("sub/rg/c1/cfg", 1))
             .await
             .unwrap();
         assert_eq!(revision(store.clone()).await, 1);
@@ -383,7 +400,7 @@ async fn revision_case(backend: Backend) {
             ..stored.clone()
         };
         store
-            .update_configuration(&next, &stored.etag, &operation("sub/rg/c1/cfg", 2))
+            .update_configuration(&next, &SecretsWrite::Keep, &stored.etag, &operation("sub/rg/c1/cfg", 2))
             .await
             .unwrap();
         assert_eq!(revision(store.clone()).await, 2);
@@ -394,6 +411,7 @@ async fn revision_case(backend: Backend) {
                 2,
                 "sub/rg/c1/cfg",
                 &applied(ComplianceState::Compliant),
+                None,
                 Utc::now(),
             )
             .await
@@ -405,8 +423,8 @@ async fn revision_case(backend: Backend) {
             "a status report is not a desired-state change"
         );
         store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap();
-        let (after_delete, configurations) = store.desired_state(c.id).await.unwrap();
-        assert_eq!((after_delete, configurations.len()), (3, 0));
+        let after_delete = store.desired_state(c.id).await.unwrap();
+        assert_eq!((after_delete.revision, after_delete.configurations.len()), (3, 0));
     })
     .await;
 }
@@ -446,7 +464,7 @@ async fn report_case(backend: Backend) {
         let key = "sub/rg/c1/cfg";
         let first = operation(key, 1);
         store
-            .insert_configuration(&configuration(c.id, "cfg"), &first)
+            .insert_configuration(&configuration(c.id, "cfg"), &SecretsWrite::Keep, &first)
             .await
             .unwrap();
         let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
@@ -457,11 +475,14 @@ async fn report_case(backend: Backend) {
             provisioning_state: ProvisioningState::Updating,
             ..stored.clone()
         };
-        store.update_configuration(&next, &stored.etag, &second).await.unwrap();
+        store
+            .update_configuration(&next, &SecretsWrite::Keep, &stored.etag, &second)
+            .await
+            .unwrap();
 
         let report = applied(ComplianceState::Compliant);
         let stale = store
-            .apply_report(c.id, "cfg", 1, key, &report, Utc::now())
+            .apply_report(c.id, "cfg", 1, key, &report, None, Utc::now())
             .await
             .unwrap();
         assert_eq!(stale, super::ReportDisposition::Stale);
@@ -474,7 +495,7 @@ async fn report_case(backend: Backend) {
 
         for _ in 0..2 {
             let recorded = store
-                .apply_report(c.id, "cfg", 2, key, &report, Utc::now())
+                .apply_report(c.id, "cfg", 2, key, &report, None, Utc::now())
                 .await
                 .unwrap();
             assert_eq!(
@@ -499,7 +520,7 @@ async fn report_case(backend: Backend) {
 
         let removed = super::ReportWrite::Removed;
         let refused = store
-            .apply_report(c.id, "cfg", 2, key, &removed, Utc::now())
+            .apply_report(c.id, "cfg", 2, key, &removed, None, Utc::now())
             .await
             .unwrap();
         assert_eq!(
@@ -515,11 +536,11 @@ async fn report_case(backend: Backend) {
         };
         let delete_op = operation(key, 3);
         store
-            .update_configuration(&deleting, &now.etag, &delete_op)
+            .update_configuration(&deleting, &SecretsWrite::Keep, &now.etag, &delete_op)
             .await
             .unwrap();
         let gone = store
-            .apply_report(c.id, "cfg", 3, key, &removed, Utc::now())
+            .apply_report(c.id, "cfg", 3, key, &removed, None, Utc::now())
             .await
             .unwrap();
         assert_eq!(gone, super::ReportDisposition::Recorded);
@@ -529,7 +550,7 @@ async fn report_case(backend: Backend) {
             "Succeeded"
         );
         let unknown = store
-            .apply_report(c.id, "cfg", 3, key, &report, Utc::now())
+            .apply_report(c.id, "cfg", 3, key, &report, None, Utc::now())
             .await
             .unwrap();
         assert_eq!(unknown, super::ReportDisposition::Unknown);
@@ -541,10 +562,261 @@ fn messages() -> super::ExpiryMessages {
     super::ExpiryMessages {
         secrets: "secrets expired".into(),
         pending: "not picked up".into(),
+        rotated: "keys changed".into(),
     }
 }
 
-on_both_backends!(stored_secrets_and_unpicked_changes_expire_once, expiry_case);
+/// A sealed change as the store sees it: opaque text.
+fn sealed(version: i64, change: SecretsChange, base_version: Option<i64>, recipient: &str) -> SealedSecrets {
+    SealedSecrets {
+        version,
+        change,
+        base_version,
+        recipient: recipient.to_owned(),
+        encapsulated_key: format!("enc-{version}"),
+        ciphertext: format!("ct-{version}"),
+    }
+}
+
+/// The versions of the undelivered sealed secrets of the cluster's configuration `name`.
+async fn undelivered(store: &Arc<dyn Store>, cluster_id: i64, name: &str) -> Vec<i64> {
+    let desired = store.desired_state(cluster_id).await.unwrap();
+    let id = desired
+        .configurations
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.id)
+        .expect("the configuration exists");
+    desired
+        .sealed
+        .into_iter()
+        .filter(|s| s.configuration_id == id)
+        .map(|s| s.version)
+        .collect()
+}
+
+/// How many sealed changes the database holds, read directly (the store's reads skip them when no configuration
+/// expects any).
+async fn sealed_rows(db: &TestDatabase) -> i64 {
+    let sql = "SELECT COUNT(*) FROM sealed_secrets";
+    match db.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+        }
+    }
+}
+
+/// Inserts the configuration `name` with undelivered secrets sealed to `recipient`, expiring at `expire_at`.
+async fn with_secrets(
+    store: &Arc<dyn Store>,
+    cluster_id: i64,
+    name: &str,
+    recipient: &str,
+    expire_at: chrono::DateTime<Utc>,
+) -> OperationRecord {
+    let record = ConfigurationRecord {
+        secrets_version: Some(1),
+        secrets_expire_at: Some(expire_at),
+        ..configuration(cluster_id, name)
+    };
+    let op = operation(&format!("sub/rg/c1/{name}"), 1);
+    let secrets = SecretsWrite::Replace(sealed(1, SecretsChange::Replace, None, recipient));
+    assert_eq!(
+        store.insert_configuration(&record, &secrets, &op).await.unwrap(),
+        Write::Written
+    );
+    op
+}
+
+on_both_backends!(sealed_secrets_are_kept_in_order_until_acknowledged, sealed_secrets_case);
+async fn sealed_secrets_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let expire_at = Utc::now() + chrono::Duration::hours(1);
+        with_secrets(&store, c.id, "cfg", "agent-key", expire_at).await;
+        assert_eq!(undelivered(&store, c.id, "cfg").await, [1]);
+        let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        let patched = ConfigurationRecord {
+            generation: 2,
+            secrets_version: Some(2),
+            etag: "e2".into(),
+            ..stored.clone()
+        };
+        let patch = SecretsWrite::Merge(sealed(2, SecretsChange::Merge, Some(1), "agent-key"));
+        store
+            .update_configuration(&patched, &patch, &stored.etag, &operation("sub/rg/c1/cfg", 2))
+            .await
+            .unwrap();
+        let desired = store.desired_state(c.id).await.unwrap();
+        let wire: Vec<SealedSecrets> = desired.sealed.into_iter().map(|s| s.into_wire()).collect();
+        assert_eq!(
+            wire,
+            [
+                sealed(1, SecretsChange::Replace, None, "agent-key"),
+                sealed(2, SecretsChange::Merge, Some(1), "agent-key")
+            ],
+            "every undelivered change, in order, as written"
+        );
+
+        // an acknowledgement removes what it covers, even from a report about an older generation
+        let report = applied(ComplianceState::Compliant);
+        let stale = store
+            .apply_report(c.id, "cfg", 1, "sub/rg/c1/cfg", &report, Some(1), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(stale, super::ReportDisposition::Stale);
+        assert_eq!(undelivered(&store, c.id, "cfg").await, [2]);
+        assert!(
+            store
+                .get_configuration(c.id, "cfg")
+                .await
+                .unwrap()
+                .unwrap()
+                .secrets_expire_at
+                .is_some()
+        );
+        store
+            .apply_report(c.id, "cfg", 2, "sub/rg/c1/cfg", &report, Some(2), Utc::now())
+            .await
+            .unwrap();
+        assert!(undelivered(&store, c.id, "cfg").await.is_empty());
+        let acknowledged = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
+        assert_eq!(acknowledged.secrets_expire_at, None, "nothing left to expire");
+        assert_eq!(acknowledged.secrets_version, Some(2), "the cluster keeps its copy");
+
+        // a replacement drops the undelivered changes before it; clearing drops them all
+        let next = ConfigurationRecord {
+            generation: 3,
+            etag: "e3".into(),
+            secrets_expire_at: Some(expire_at),
+            ..acknowledged.clone()
+        };
+        let patch = SecretsWrite::Merge(sealed(3, SecretsChange::Merge, Some(2), "agent-key"));
+        store
+            .update_configuration(&next, &patch, &acknowledged.etag, &operation("sub/rg/c1/cfg", 3))
+            .await
+            .unwrap();
+        let last = ConfigurationRecord {
+            generation: 4,
+            etag: "e4".into(),
+            ..next.clone()
+        };
+        let replace = SecretsWrite::Replace(sealed(4, SecretsChange::Replace, None, "agent-key"));
+        store
+            .update_configuration(&last, &replace, &next.etag, &operation("sub/rg/c1/cfg", 4))
+            .await
+            .unwrap();
+        assert_eq!(undelivered(&store, c.id, "cfg").await, [4]);
+        let cleared = ConfigurationRecord {
+            generation: 5,
+            etag: "e5".into(),
+            ..last.clone()
+        };
+        store
+            .update_configuration(
+                &cleared,
+                &SecretsWrite::Clear,
+                &last.etag,
+                &operation("sub/rg/c1/cfg", 5),
+            )
+            .await
+            .unwrap();
+        assert!(undelivered(&store, c.id, "cfg").await.is_empty());
+        // and they go with their configuration
+        with_secrets(&store, c.id, "other", "agent-key", expire_at).await;
+        store
+            .delete_configuration(c.id, "other", "sub/rg/c1/other")
+            .await
+            .unwrap();
+        assert_eq!(sealed_rows(&db).await, 0);
+    })
+    .await;
+}
+
+on_both_backends!(undelivered_secrets_fail_when_the_agents_keys_change, key_change_case);
+async fn key_change_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let old_op = with_secrets(&store, c.id, "old", "old-key", later).await;
+        with_secrets(&store, c.id, "new", "new-key", later).await;
+
+        let failed = store
+            .set_agent_encryption_key(c.id, "new-key", "keys changed")
+            .await
+            .unwrap();
+        assert_eq!(failed.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["old"]);
+        let old = store.get_configuration(c.id, "old").await.unwrap().unwrap();
+        assert_eq!(old.provisioning_state, ProvisioningState::Failed);
+        assert_eq!(old.failure.as_deref(), Some("keys changed"));
+        assert_eq!(old.secrets_expire_at, None);
+        assert_eq!(
+            sealed_rows(&db).await,
+            1,
+            "only the secrets sealed to the registered key are left"
+        );
+        let op = store.get_operation(&old_op.id).await.unwrap().unwrap();
+        assert_eq!(
+            (op.status.as_str(), op.error.unwrap().message.as_str()),
+            ("Failed", "keys changed")
+        );
+        assert_eq!(
+            undelivered(&store, c.id, "new").await,
+            [1],
+            "sealed to the registered key: kept"
+        );
+        let cluster = store.get_cluster(&c.key).await.unwrap().unwrap();
+        assert_eq!(cluster.agent_encryption_key.as_deref(), Some("new-key"));
+        assert!(
+            store
+                .set_agent_encryption_key(c.id, "new-key", "keys changed")
+                .await
+                .unwrap()
+                .is_empty(),
+            "registering the same key again changes nothing"
+        );
+
+        // a new agent identity: the encryption key is forgotten, and nothing sealed to it can be delivered
+        let renamed = ClusterRecord {
+            etag: "e2".into(),
+            ..cluster.clone()
+        };
+        assert_eq!(
+            store
+                .update_cluster(&renamed, &cluster.etag, Some("identity changed"))
+                .await
+                .unwrap(),
+            Write::Written
+        );
+        let cluster = store.get_cluster(&c.key).await.unwrap().unwrap();
+        assert_eq!(cluster.agent_encryption_key, None);
+        let new = store.get_configuration(c.id, "new").await.unwrap().unwrap();
+        assert_eq!(new.failure.as_deref(), Some("identity changed"));
+        assert_eq!(sealed_rows(&db).await, 0);
+        // a write that keeps the identity keeps the key
+        store
+            .set_agent_encryption_key(c.id, "newer-key", "keys changed")
+            .await
+            .unwrap();
+        let tagged = ClusterRecord {
+            etag: "e3".into(),
+            ..cluster.clone()
+        };
+        store.update_cluster(&tagged, &cluster.etag, None).await.unwrap();
+        let cluster = store.get_cluster(&c.key).await.unwrap().unwrap();
+        assert_eq!(cluster.agent_encryption_key.as_deref(), Some("newer-key"));
+    })
+    .await;
+}
+
+on_both_backends!(undelivered_secrets_and_unpicked_changes_expire_once, expiry_case);
 async fn expiry_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
@@ -552,87 +824,56 @@ async fn expiry_case(backend: Backend) {
         let past = Utc::now() - chrono::Duration::seconds(1);
         let future = Utc::now() + chrono::Duration::hours(1);
         // undelivered secrets past their time
-        let undelivered = ConfigurationRecord {
-            secrets_expire_at: Some(past),
-            generation_expires_at: Some(future),
-            ..configuration(c.id, "undelivered")
-        };
-        let undelivered_op = operation("sub/rg/c1/undelivered", 1);
-        store.insert_configuration(&undelivered, &undelivered_op).await.unwrap();
-        // secrets of a generation the agent reported on: removed quietly
-        let delivered = ConfigurationRecord {
-            secrets_expire_at: Some(past),
-            ..configuration(c.id, "delivered")
-        };
-        store
-            .insert_configuration(&delivered, &operation("sub/rg/c1/delivered", 1))
-            .await
-            .unwrap();
-        let report = applied(ComplianceState::Compliant);
-        store
-            .apply_report(c.id, "delivered", 1, "sub/rg/c1/delivered", &report, Utc::now())
-            .await
-            .unwrap();
+        let undelivered_op = with_secrets(&store, c.id, "undelivered", "key", past).await;
         // a change nobody picked up in time
         let pending = ConfigurationRecord {
-            secrets: None,
             generation_expires_at: Some(past),
             ..configuration(c.id, "pending")
         };
         let pending_op = operation("sub/rg/c1/pending", 1);
-        store.insert_configuration(&pending, &pending_op).await.unwrap();
-        // one with time left
-        let fresh = ConfigurationRecord {
-            secrets_expire_at: Some(future),
-            generation_expires_at: Some(future),
-            ..configuration(c.id, "fresh")
-        };
         store
-            .insert_configuration(&fresh, &operation("sub/rg/c1/fresh", 1))
+            .insert_configuration(&pending, &SecretsWrite::Keep, &pending_op)
             .await
             .unwrap();
+        // one with time left
+        with_secrets(&store, c.id, "fresh", "key", future).await;
 
         let mut expired = store.expire(Utc::now(), &messages()).await.unwrap();
         expired.sort_by(|a, b| a.name.cmp(&b.name));
-        let summary: Vec<_> = expired.iter().map(|e| (e.name.as_str(), e.secrets, e.failed)).collect();
-        assert_eq!(
-            summary,
-            [
-                ("delivered", true, false),
-                ("pending", false, true),
-                ("undelivered", true, true)
-            ]
-        );
+        let summary: Vec<_> = expired.iter().map(|e| (e.name.as_str(), e.secrets)).collect();
+        assert_eq!(summary, [("pending", false), ("undelivered", true)]);
 
         let get = |name: &'static str| {
             let store = store.clone();
             async move { store.get_configuration(c.id, name).await.unwrap().unwrap() }
         };
-        let undelivered = get("undelivered").await;
-        assert!(undelivered.secrets.is_none());
-        assert_eq!(undelivered.provisioning_state, ProvisioningState::Failed);
-        assert_eq!(undelivered.failure.as_deref(), Some("secrets expired"));
+        let failed = get("undelivered").await;
+        assert_eq!(
+            sealed_rows(&db).await,
+            1,
+            "the expired ciphertext is gone, the fresh one kept"
+        );
+        assert_eq!(failed.provisioning_state, ProvisioningState::Failed);
+        assert_eq!(failed.failure.as_deref(), Some("secrets expired"));
         assert_eq!(
             store.get_operation(&undelivered_op.id).await.unwrap().unwrap().status,
             "Failed"
         );
-        let delivered = get("delivered").await;
-        assert!(delivered.secrets.is_none());
-        assert_eq!(delivered.provisioning_state, ProvisioningState::Succeeded);
         let pending = get("pending").await;
         assert_eq!(pending.failure.as_deref(), Some("not picked up"));
         let pending_op = store.get_operation(&pending_op.id).await.unwrap().unwrap();
         assert_eq!(pending_op.status, "Failed");
         assert_eq!(pending_op.error.unwrap().message, "not picked up");
-        assert!(get("fresh").await.secrets.is_some());
+        assert_eq!(undelivered(&store, c.id, "fresh").await, [1]);
 
         assert!(
             store.expire(Utc::now(), &messages()).await.unwrap().is_empty(),
             "nothing expires twice"
         );
         // a late report does not revive an expired generation
+        let report = applied(ComplianceState::Compliant);
         let late = store
-            .apply_report(c.id, "pending", 1, "sub/rg/c1/pending", &report, Utc::now())
+            .apply_report(c.id, "pending", 1, "sub/rg/c1/pending", &report, None, Utc::now())
             .await
             .unwrap();
         assert_eq!(late, super::ReportDisposition::Stale);
@@ -647,15 +888,7 @@ async fn replicas_sweeping_at_once_expire_each_row_once() {
         let c = registered(&store, "c1").await;
         let past = Utc::now() - chrono::Duration::seconds(1);
         for i in 0..50 {
-            let record = ConfigurationRecord {
-                generation_expires_at: Some(past),
-                secrets_expire_at: Some(past),
-                ..configuration(c.id, &format!("cfg-{i}"))
-            };
-            store
-                .insert_configuration(&record, &operation(&format!("sub/rg/c1/cfg-{i}"), 1))
-                .await
-                .unwrap();
+            with_secrets(&store, c.id, &format!("cfg-{i}"), "key", past).await;
         }
         let replicas = [db.store().await, db.store().await, db.store().await];
         let sweeps: Vec<_> = replicas
@@ -675,6 +908,7 @@ async fn replicas_sweeping_at_once_expire_each_row_once() {
             50,
             "every secret set expired once"
         );
+        assert_eq!(sealed_rows(&db).await, 0, "no ciphertext is left");
     })
     .await;
 }

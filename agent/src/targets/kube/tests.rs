@@ -40,6 +40,7 @@ fn matches(object: &Value, selector: Option<&String>) -> bool {
     })
 }
 
+/// An object of a named API group: `/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}`.
 async fn object(
     State(fake): State<Arc<FakeApi>>,
     Path((group, version, namespace, plural, name)): Path<(String, String, String, String, String)>,
@@ -48,12 +49,38 @@ async fn object(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = (
-        format!("{group}/{version}"),
-        plural.clone(),
-        namespace.clone(),
-        name.clone(),
-    );
+    let key = (format!("{group}/{version}"), plural, namespace, name);
+    handle(&fake, key, query, method, headers, body)
+}
+
+/// An object of the core group: `/api/v1/namespaces/{namespace}/{plural}/{name}`.
+async fn core_object(
+    State(fake): State<Arc<FakeApi>>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(
+        &fake,
+        ("v1".to_owned(), plural, namespace, name),
+        query,
+        method,
+        headers,
+        body,
+    )
+}
+
+fn handle(
+    fake: &FakeApi,
+    key: Key,
+    query: BTreeMap<String, String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_, plural, namespace, name) = key.clone();
     let mut objects = fake.objects.lock().unwrap();
     match method.as_str() {
         "GET" => objects
@@ -113,7 +140,18 @@ async fn list(
     Path((group, version, plural)): Path<(String, String, String)>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let api_version = format!("{group}/{version}");
+    list_of(&fake, format!("{group}/{version}"), plural, query)
+}
+
+async fn core_list(
+    State(fake): State<Arc<FakeApi>>,
+    Path(plural): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    list_of(&fake, "v1".to_owned(), plural, query)
+}
+
+fn list_of(fake: &FakeApi, api_version: String, plural: String, query: BTreeMap<String, String>) -> Response {
     let objects = fake.objects.lock().unwrap();
     let items: Vec<Value> = objects
         .iter()
@@ -133,6 +171,10 @@ async fn start() -> (KubeTarget, Arc<FakeApi>) {
         )
         .route("/apis/{group}/{version}/{plural}", get(list))
         .route(
+            "/api/v1/namespaces/{namespace}/{plural}/{name}",
+            get(core_object).patch(core_object).delete(core_object),
+        )
+        .route(
             "/version",
             get(|| async {
                 axum::Json(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.4",
@@ -150,6 +192,7 @@ async fn start() -> (KubeTarget, Arc<FakeApi>) {
                 )
             }),
         )
+        .route("/api/v1/{plural}", get(core_list))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -170,6 +213,7 @@ fn configuration(generation: i64, kustomizations: Value) -> DesiredConfiguration
             "kustomizations": kustomizations,
         }))
         .unwrap(),
+        ..Default::default()
     }
 }
 
@@ -204,7 +248,7 @@ fn ready(status: &str, message: &str) -> Value {
 async fn applying_writes_every_object_by_server_side_apply_and_prunes_what_is_gone() {
     let (target, fake) = start().await;
     let two = json!({"infra": {"path": "./infra"}, "apps": {"path": "./apps", "dependsOn": ["infra"]}});
-    target.apply(&configuration(1, two)).await.unwrap();
+    target.apply(&configuration(1, two), None).await.unwrap();
     assert!(
         fake.violations.lock().unwrap().is_empty(),
         "{:?}",
@@ -226,7 +270,7 @@ async fn applying_writes_every_object_by_server_side_apply_and_prunes_what_is_go
     );
 
     target
-        .apply(&configuration(2, json!({"infra": {"path": "./infra"}})))
+        .apply(&configuration(2, json!({"infra": {"path": "./infra"}})), None)
         .await
         .unwrap();
     assert_eq!(
@@ -252,7 +296,7 @@ async fn applying_writes_every_object_by_server_side_apply_and_prunes_what_is_go
 async fn compliance_follows_the_flux_objects_ready_conditions() {
     let (target, fake) = start().await;
     let config = configuration(1, json!({"infra": {"path": "./infra"}}));
-    target.apply(&config).await.unwrap();
+    target.apply(&config, None).await.unwrap();
     let observed = target.observe(&config).await;
     assert_eq!(observed.compliance, ComplianceState::Pending, "nothing reconciled yet");
 
@@ -289,12 +333,12 @@ async fn compliance_follows_the_flux_objects_ready_conditions() {
     );
     assert_eq!(target.observe(&config).await.compliance, ComplianceState::Compliant);
     // applying again keeps the status the controllers wrote
-    target.apply(&config).await.unwrap();
+    target.apply(&config, None).await.unwrap();
     assert_eq!(target.observe(&config).await.compliance, ComplianceState::Compliant);
 
     let mut suspended = configuration(2, json!({"infra": {"path": "./infra"}}));
     suspended.spec.suspend = Some(true);
-    target.apply(&suspended).await.unwrap();
+    target.apply(&suspended, None).await.unwrap();
     assert_eq!(target.observe(&suspended).await.compliance, ComplianceState::Suspended);
 }
 
@@ -326,4 +370,63 @@ async fn the_heartbeat_carries_the_clusters_version_and_node_count() {
     let facts = target.cluster_facts().await;
     assert_eq!(facts.kubernetes_version.as_deref(), Some("v1.33.4"));
     assert_eq!(facts.total_node_count, Some(2));
+}
+
+#[tokio::test]
+async fn a_configurations_secrets_become_its_auth_secret_and_leave_with_them() {
+    let (target, fake) = start().await;
+    let mut config = configuration(1, json!({"infra": {"path": "./infra"}}));
+    config.secrets_version = Some(1);
+    let secrets = SecretSet {
+        version: 1,
+        settings: json!({"configurationProtectedSettings": {"sshPrivateKey": "a2V5"}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    target.apply(&config, Some(&secrets)).await.unwrap();
+    assert!(
+        fake.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.violations.lock().unwrap()
+    );
+    assert!(
+        names(&fake).contains(&"secrets/cfg-auth".to_owned()),
+        "{:?}",
+        names(&fake)
+    );
+    let stored = fake.objects.lock().unwrap()[&(
+        "v1".to_owned(),
+        "secrets".to_owned(),
+        "flux-system".to_owned(),
+        "cfg-auth".to_owned(),
+    )]
+        .clone();
+    assert_eq!(
+        stored["data"]["identity"], "a2V5",
+        "Flux reads the SSH key as `identity`"
+    );
+    let source = fake.objects.lock().unwrap()[&(
+        SOURCE_API.to_owned(),
+        "gitrepositories".to_owned(),
+        "flux-system".to_owned(),
+        "cfg".to_owned(),
+    )]
+        .clone();
+    assert_eq!(source["spec"]["secretRef"]["name"], "cfg-auth");
+    assert_eq!(target.secrets(&config).await.unwrap(), Some(secrets));
+
+    // the next generation without secrets prunes the secret; removing the configuration removes everything
+    config.generation = 2;
+    config.secrets_version = None;
+    target.apply(&config, None).await.unwrap();
+    assert!(!names(&fake).contains(&"secrets/cfg-auth".to_owned()));
+    assert_eq!(target.secrets(&config).await.unwrap(), None);
+    target.remove("cfg").await.unwrap();
+    assert!(names(&fake).is_empty());
+    assert!(
+        fake.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.violations.lock().unwrap()
+    );
 }
