@@ -246,7 +246,11 @@ mod tests {
     #[test]
     fn the_documented_examples_are_what_the_types_read() {
         let examples = readme_examples();
-        assert_eq!(examples.len(), 4, "claims, desired state, report, answer");
+        assert_eq!(
+            examples.len(),
+            7,
+            "claims, desired state, report, answer, encryption key, sealed secrets, acknowledgement"
+        );
         let claims: AgentClaims = serde_json::from_value(examples[0].clone()).unwrap();
         assert_eq!(claims.aud, AGENT_AUDIENCE);
         assert!(claims.exp - claims.iat <= MAX_TOKEN_LIFETIME_SECONDS);
@@ -257,6 +261,14 @@ mod tests {
         assert_eq!(report.agent.total_node_count, Some(3));
         let accepted: StatusAccepted = serde_json::from_value(examples[3].clone()).unwrap();
         assert_eq!(accepted.results[0].result, ReportDisposition::Recorded);
+        let key: EncryptionKeyRegistration = serde_json::from_value(examples[4].clone()).unwrap();
+        let sealed: DesiredConfiguration = serde_json::from_value(examples[5].clone()).unwrap();
+        assert_eq!(sealed.secrets_version, Some(4));
+        assert_eq!(sealed.sealed_secrets[1].change, SecretsChange::Merge);
+        assert_eq!(sealed.sealed_secrets[1].base_version, Some(3));
+        assert!(sealed.sealed_secrets.iter().all(|s| s.recipient == key.public_key));
+        let acknowledgement: StatusReport = serde_json::from_value(examples[6].clone()).unwrap();
+        assert_eq!(acknowledgement.configurations[0].secrets_version, Some(4));
     }
 
     #[test]

@@ -53,7 +53,7 @@ def test_the_agent_may_write_every_kind_the_kube_target_writes_and_reads_its_ide
     # the kinds of agent/src/targets/kube.rs (KINDS)
     for needed in [("fluxplane.io", "fluxconfigs"), ("source.toolkit.fluxcd.io", "gitrepositories"),
                    ("source.toolkit.fluxcd.io", "buckets"), ("source.toolkit.fluxcd.io", "ocirepositories"),
-                   ("kustomize.toolkit.fluxcd.io", "kustomizations")]:
+                   ("kustomize.toolkit.fluxcd.io", "kustomizations"), ("", "secrets")]:
         assert needed in granted, needed
     agent = next(d for p, d in documents() if d["kind"] == "Deployment" and p.parent.name == "agent")
     container = agent["spec"]["template"]["spec"]["containers"][0]
