@@ -28,10 +28,12 @@ def test_the_control_plane_probes_and_keys_match_the_server():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e for e in container["env"]}
-    for name in ("FLUXPLANE_DATABASE_URL", "FLUXPLANE_SECRET_KEY_FILE", "FLUXPLANE_JWT_SECRET_FILE"):
+    for name in ("FLUXPLANE_DATABASE_URL", "FLUXPLANE_JWT_SECRET_FILE"):
         assert name in env, name
+    # the control plane has no key for secrets: they are sealed to the agents
+    assert "FLUXPLANE_SECRET_KEY_FILE" not in env
     mounted = {m["mountPath"] for m in container["volumeMounts"]}
-    assert pathlib.PurePath(env["FLUXPLANE_SECRET_KEY_FILE"]["value"]).parent.as_posix() in mounted
+    assert pathlib.PurePath(env["FLUXPLANE_JWT_SECRET_FILE"]["value"]).parent.as_posix() in mounted
 
 
 def test_the_fluxconfig_crd_matches_what_agents_write():
