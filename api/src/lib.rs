@@ -10,6 +10,7 @@ pub mod auth;
 pub mod clusters;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod flux;
 pub mod health;
 pub mod keys;

@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         (name = "ConnectedClusters", description = "Clusters registered with the control plane"),
         (name = "FluxConfigurations", description = "Flux configurations of a cluster"),
         (name = "Agent", description = "The agent API (v1): desired state by long-poll, status back"),
+        (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
     )
 )]
 pub struct ApiDoc;

@@ -31,7 +31,7 @@ use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
-use crate::{agents, clusters, flux, health, sweep};
+use crate::{agents, clusters, fleet, flux, health, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -47,6 +47,7 @@ fn arm_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(clusters::routes::router())
         .merge(flux::routes::router())
+        .merge(fleet::groups::router())
 }
 
 impl AppState {

@@ -25,6 +25,12 @@ impl Versioned for FluxConfigurations {
     const SUPPORTED: &'static [&'static str] = &["2023-05-01", "2024-11-01", "2025-04-01"];
 }
 
+/// The `Fluxplane.Fleet` resource types: cluster groups and policy assignments.
+pub struct Fleet;
+impl Versioned for Fleet {
+    const SUPPORTED: &'static [&'static str] = &["2026-01-01"];
+}
+
 /// The validated `api-version` of a request for resource type `R`.
 #[derive(Debug)]
 pub struct ApiVersion<R> {

@@ -96,7 +96,7 @@ pub(crate) fn agent_online(record: &ClusterRecord, offline_after: std::time::Dur
         .is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last <= limit))
 }
 
-fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {
+pub(crate) fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {
     let connectivity_status = connectivity(&record, offline_after);
     let cluster = ClusterRef::parse(&record.subscription, &record.resource_group, &record.name)
         .expect("stored names were validated when written");

@@ -22,6 +22,7 @@ use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
+use crate::fleet::selector::LabelSelector;
 use crate::flux::model::{Observed, ProvisioningState};
 use crate::notify::Notifier;
 
@@ -147,6 +148,33 @@ pub use fluxplane_agent_protocol::agent::ReportDisposition;
 /// Facts an agent reports about itself and its cluster.
 pub use fluxplane_agent_protocol::agent::AgentInfo;
 
+/// A cluster group: a label selector over the tags of the clusters in its scope.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClusterGroupRecord {
+    pub id: i64,
+    pub key: String,
+    pub subscription_key: String,
+    /// Empty for a group at subscription scope.
+    pub resource_group_key: String,
+    pub subscription: String,
+    pub resource_group: Option<String>,
+    pub name: String,
+    #[sqlx(json)]
+    pub selector: LabelSelector,
+    pub etag: String,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+}
+
+/// A cluster's tags, for evaluating selectors.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClusterTags {
+    pub id: i64,
+    pub key: String,
+    #[sqlx(json)]
+    pub tags: BTreeMap<String, String>,
+}
+
 /// A sealed secret change awaiting its agent's acknowledgement.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SealedSecretsRecord {
@@ -244,6 +272,19 @@ pub enum ClusterScope {
     },
 }
 
+impl ClusterScope {
+    /// The subscription key and the resource group key, empty at subscription scope.
+    pub fn keys(&self) -> (&str, &str) {
+        match self {
+            Self::Subscription { subscription_key } => (subscription_key, ""),
+            Self::ResourceGroup {
+                subscription_key,
+                resource_group_key,
+            } => (subscription_key, resource_group_key),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the database answers and every migration this build knows is applied.
@@ -296,6 +337,23 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_configuration(&self, cluster_id: i64, name: &str, resource_key: &str) -> StoreResult<bool>;
 
     async fn get_operation(&self, id: &str) -> StoreResult<Option<OperationRecord>>;
+
+    async fn get_cluster_group(&self, key: &str) -> StoreResult<Option<ClusterGroupRecord>>;
+    /// Up to `page.limit + 1` groups in key order after `page.after`: at a subscription, its own and those of its
+    /// resource groups.
+    async fn list_cluster_groups(
+        &self,
+        scope: &ClusterScope,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<ClusterGroupRecord>>;
+    /// Inserts unless a group with the same key exists (`Conflict`).
+    async fn insert_cluster_group(&self, group: &ClusterGroupRecord) -> StoreResult<Write>;
+    /// Replaces the selector if the stored etag is still `expected_etag`.
+    async fn update_cluster_group(&self, group: &ClusterGroupRecord, expected_etag: &str) -> StoreResult<Write>;
+    /// False if it did not exist.
+    async fn delete_cluster_group(&self, key: &str) -> StoreResult<bool>;
+    /// The tags of every cluster in the scope, in key order.
+    async fn cluster_tags(&self, scope: &ClusterScope) -> StoreResult<Vec<ClusterTags>>;
 
     /// Records that the cluster's agent was heard from at `at` (with what it says of itself, if anything) and
     /// answers the cluster's revision; `None` if the cluster is gone.

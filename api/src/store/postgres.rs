@@ -10,7 +10,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use crate::notify::Notifier;
 
 use super::StoreResult;
-use super::sql::{cluster_columns, configuration_columns, sql_store};
+use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 

@@ -21,6 +21,14 @@ macro_rules! configuration_columns {
     };
 }
 
+/// The columns of `ClusterGroupRecord`.
+macro_rules! cluster_group_columns {
+    () => {
+        "id, key, subscription_key, resource_group_key, subscription, resource_group, name, selector, etag, \
+         system_data"
+    };
+}
+
 pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(|e| e.kind() == ErrorKind::ForeignKeyViolation)
@@ -347,6 +355,113 @@ macro_rules! sql_store {
                 )
                 .bind(id)
                 .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn get_cluster_group(
+                &self,
+                key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ClusterGroupRecord>> {
+                let sql = concat!("SELECT ", cluster_group_columns!(), " FROM cluster_groups WHERE key = $1");
+                Ok(sqlx::query_as::<$db, $crate::store::ClusterGroupRecord>(sql)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_cluster_groups(
+                &self,
+                scope: &$crate::store::ClusterScope,
+                page: &$crate::arm::paging::PageRequest,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterGroupRecord>> {
+                let after = page.after.clone().unwrap_or_default();
+                let limit = i64::from(page.limit) + 1;
+                let (subscription_key, resource_group_key) = scope.keys();
+                // an empty resource group key stands for "any": a subscription lists its groups' too
+                let sql = concat!(
+                    "SELECT ",
+                    cluster_group_columns!(),
+                    " FROM cluster_groups WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
+                     AND key > $3 ORDER BY key LIMIT $4"
+                );
+                Ok(sqlx::query_as::<$db, $crate::store::ClusterGroupRecord>(sql)
+                    .bind(subscription_key)
+                    .bind(resource_group_key)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn insert_cluster_group(
+                &self,
+                g: &$crate::store::ClusterGroupRecord,
+            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                let done = sqlx::query::<$db>(
+                    "INSERT INTO cluster_groups (key, subscription_key, resource_group_key, subscription, \
+                     resource_group, name, selector, etag, system_data) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&g.key)
+                .bind(&g.subscription_key)
+                .bind(&g.resource_group_key)
+                .bind(&g.subscription)
+                .bind(&g.resource_group)
+                .bind(&g.name)
+                .bind(sqlx::types::Json(&g.selector))
+                .bind(&g.etag)
+                .bind(sqlx::types::Json(&g.system_data))
+                .execute(&self.pool)
+                .await?;
+                Ok(if done.rows_affected() == 1 {
+                    $crate::store::Write::Written
+                } else {
+                    $crate::store::Write::Conflict
+                })
+            }
+
+            async fn update_cluster_group(
+                &self,
+                g: &$crate::store::ClusterGroupRecord,
+                expected_etag: &str,
+            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                let done = sqlx::query::<$db>(
+                    "UPDATE cluster_groups SET selector = $1, etag = $2, system_data = $3 WHERE key = $4 AND etag = $5",
+                )
+                .bind(sqlx::types::Json(&g.selector))
+                .bind(&g.etag)
+                .bind(sqlx::types::Json(&g.system_data))
+                .bind(&g.key)
+                .bind(expected_etag)
+                .execute(&self.pool)
+                .await?;
+                Ok(if done.rows_affected() == 1 {
+                    $crate::store::Write::Written
+                } else {
+                    $crate::store::Write::Conflict
+                })
+            }
+
+            async fn delete_cluster_group(&self, key: &str) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query::<$db>("DELETE FROM cluster_groups WHERE key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn cluster_tags(
+                &self,
+                scope: &$crate::store::ClusterScope,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
+                let (subscription_key, resource_group_key) = scope.keys();
+                Ok(sqlx::query_as::<$db, $crate::store::ClusterTags>(
+                    "SELECT id, key, tags FROM clusters \
+                     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) ORDER BY key",
+                )
+                .bind(subscription_key)
+                .bind(resource_group_key)
+                .fetch_all(&self.pool)
                 .await?)
             }
 
@@ -705,4 +820,4 @@ macro_rules! sql_store {
     };
 }
 
-pub(super) use {cluster_columns, configuration_columns, sql_store};
+pub(super) use {cluster_columns, cluster_group_columns, configuration_columns, sql_store};

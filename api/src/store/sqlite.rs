@@ -9,7 +9,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::StoreResult;
-use super::sql::{cluster_columns, configuration_columns, sql_store};
+use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 

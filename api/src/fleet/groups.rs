@@ -1,0 +1,588 @@
+//! `Fluxplane.Fleet/clusterGroups`: a named label selector over the tags of the clusters in its scope (a
+//! subscription or a resource group). Membership is never stored: it is what the selector matches now, so a
+//! cluster joins or leaves a group in the same write that changes its tags.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::selector::LabelSelector;
+use super::{FleetScope, parse_name};
+use crate::arm::api_version::Fleet;
+use crate::arm::body::{parse, strip_read_only};
+use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
+use crate::arm::system_data::SystemData;
+use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::auth::{Caller, Role};
+use crate::clusters::model::ConnectedCluster;
+use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag, render as render_cluster};
+use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
+use crate::state::AppState;
+use crate::store::{ClusterGroupRecord, Write};
+
+const TYPE: &str = "Fluxplane.Fleet/clusterGroups";
+const TYPE_NAME: &str = "clusterGroups";
+/// How many clusters one read of a members page scans at a time.
+const MEMBER_SCAN: u32 = 1000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            get_at_subscription,
+            put_at_subscription,
+            delete_at_subscription
+        ))
+        .routes(routes!(
+            get_at_resource_group,
+            put_at_resource_group,
+            delete_at_resource_group
+        ))
+        .routes(routes!(list_at_subscription))
+        .routes(routes!(list_at_resource_group))
+        .routes(routes!(members_at_subscription))
+        .routes(routes!(members_at_resource_group))
+}
+
+/// A cluster group as the API answers it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterGroup {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub system_data: SystemData,
+    pub properties: ClusterGroupProperties,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterGroupProperties {
+    pub selector: LabelSelector,
+    /// How many clusters of the group's scope the selector matches now.
+    pub member_count: u64,
+    pub provisioning_state: String,
+}
+
+/// The body of a cluster group PUT.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterGroupRequest {
+    properties: ClusterGroupRequestProperties,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClusterGroupRequestProperties {
+    /// Which clusters of the scope belong to the group; an empty selector takes them all.
+    selector: LabelSelector,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct SubscriptionGroupPath {
+    subscription_id: String,
+    cluster_group_name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct ResourceGroupGroupPath {
+    subscription_id: String,
+    resource_group_name: String,
+    cluster_group_name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct SubscriptionScopePath {
+    subscription_id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct ResourceGroupScopePath {
+    subscription_id: String,
+    resource_group_name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FleetApiVersionParam {
+    /// The API version: 2026-01-01.
+    #[serde(rename = "api-version")]
+    #[param(rename = "api-version")]
+    #[allow(dead_code)]
+    api_version: String,
+}
+
+impl SubscriptionGroupPath {
+    fn target(&self) -> ApiResult<(FleetScope, String)> {
+        Ok((
+            FleetScope::parse(&self.subscription_id, None)?,
+            parse_name("clusterGroupName", &self.cluster_group_name)?,
+        ))
+    }
+}
+
+impl ResourceGroupGroupPath {
+    fn target(&self) -> ApiResult<(FleetScope, String)> {
+        Ok((
+            FleetScope::parse(&self.subscription_id, Some(&self.resource_group_name))?,
+            parse_name("clusterGroupName", &self.cluster_group_name)?,
+        ))
+    }
+}
+
+fn not_found(scope: &FleetScope, name: &str) -> ApiError {
+    ApiError::ResourceNotFound(format!(
+        "The Resource '{TYPE}/{name}' under '{}' was not found.",
+        scope.id()
+    ))
+}
+
+/// The clusters of the scope the selector matches.
+async fn member_count(state: &AppState, scope: &FleetScope, selector: &LabelSelector) -> ApiResult<u64> {
+    let tags = state.store.cluster_tags(&scope.clusters()).await?;
+    Ok(tags.iter().filter(|c| selector.matches(&c.tags)).count() as u64)
+}
+
+async fn render(state: &AppState, record: ClusterGroupRecord) -> ApiResult<ClusterGroup> {
+    let scope = FleetScope::parse(&record.subscription, record.resource_group.as_deref())
+        .map_err(|_| anyhow::anyhow!("a stored cluster group has an invalid scope"))?;
+    let member_count = member_count(state, &scope, &record.selector).await?;
+    Ok(ClusterGroup {
+        id: scope.resource_id(TYPE_NAME, &record.name),
+        name: record.name,
+        type_: TYPE.to_owned(),
+        system_data: record.system_data,
+        properties: ClusterGroupProperties {
+            selector: record.selector,
+            member_count,
+            provisioning_state: "Succeeded".to_owned(),
+        },
+    })
+}
+
+async fn respond(state: &AppState, status: StatusCode, record: ClusterGroupRecord) -> ApiResult<Response> {
+    let mut headers = HeaderMap::new();
+    insert_etag(&mut headers, &record.etag);
+    Ok((status, headers, Json(render(state, record).await?)).into_response())
+}
+
+async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<Response> {
+    caller.require(Role::Reader, &scope.resource_id(TYPE_NAME, &name))?;
+    let record = state
+        .store
+        .get_cluster_group(&scope.key(&name))
+        .await?
+        .ok_or_else(|| not_found(&scope, &name))?;
+    respond(state, StatusCode::OK, record).await
+}
+
+async fn put(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    preconditions: &Preconditions,
+    mut body: Value,
+) -> ApiResult<Response> {
+    caller.require(Role::Contributor, &scope.resource_id(TYPE_NAME, &name))?;
+    strip_read_only(&mut body, &["id", "name", "type", "systemData"]);
+    if let Some(properties) = body.get_mut("properties") {
+        strip_read_only(properties, &["memberCount", "provisioningState"]);
+    }
+    let request: ClusterGroupRequest = parse(body, "")?;
+    let selector = request.properties.selector;
+    let mut problems = Problems::default();
+    selector.validate("properties.selector", &mut problems);
+    problems.into_result("cluster group", Some("properties.selector"))?;
+    let key = scope.key(&name);
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.store.get_cluster_group(&key).await?;
+        preconditions.check(current.as_ref().map(|g| g.etag.as_str()))?;
+        let now = Utc::now();
+        let (record, status, outcome) = match current {
+            None => {
+                let record = ClusterGroupRecord {
+                    id: 0,
+                    key: key.clone(),
+                    subscription_key: scope.subscription.key(),
+                    resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
+                    subscription: scope.subscription.as_str().to_owned(),
+                    resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
+                    name: name.clone(),
+                    selector: selector.clone(),
+                    etag: new_etag(),
+                    system_data: SystemData::created(&caller.subject, now),
+                };
+                let outcome = state.store.insert_cluster_group(&record).await?;
+                (record, StatusCode::CREATED, outcome)
+            }
+            Some(current) => {
+                let expected = current.etag.clone();
+                let record = ClusterGroupRecord {
+                    selector: selector.clone(),
+                    etag: new_etag(),
+                    system_data: current.system_data.modified(&caller.subject, now),
+                    ..current
+                };
+                let outcome = state.store.update_cluster_group(&record, &expected).await?;
+                (record, StatusCode::OK, outcome)
+            }
+        };
+        match outcome {
+            Write::Written => {
+                tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group written");
+                return respond(state, status, record).await;
+            }
+            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Write::Conflict | Write::ParentMissing => continue,
+        }
+    }
+    Err(contention())
+}
+
+async fn delete(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
+    caller.require(Role::Contributor, &scope.resource_id(TYPE_NAME, &name))?;
+    let deleted = state.store.delete_cluster_group(&scope.key(&name)).await?;
+    if deleted {
+        tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group deleted");
+    }
+    Ok(if deleted {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn list(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    params: &ListParams,
+    base: &BaseUrl,
+    api_version: &str,
+) -> ApiResult<Json<Page<ClusterGroup>>> {
+    caller.require(Role::Reader, &scope.id())?;
+    let page = params.page()?;
+    let records = state.store.list_cluster_groups(&scope.clusters(), &page).await?;
+    let path = format!("{}/providers/{TYPE}", scope.id());
+    let mut rendered = Vec::with_capacity(records.len());
+    for record in records {
+        rendered.push((record.key.clone(), render(state, record).await?));
+    }
+    Ok(Json(Page::from_items(
+        rendered,
+        &page,
+        |(key, _)| key.clone(),
+        |token| base.next_link(&path, api_version, params.top.as_deref(), token),
+        |(_, group)| group,
+    )))
+}
+
+/// The clusters the group's selector matches, in key order, paged.
+async fn members(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    params: &ListParams,
+    base: &BaseUrl,
+    api_version: &str,
+) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    let id = scope.resource_id(TYPE_NAME, &name);
+    caller.require(Role::Reader, &id)?;
+    let group = state
+        .store
+        .get_cluster_group(&scope.key(&name))
+        .await?
+        .ok_or_else(|| not_found(&scope, &name))?;
+    let page = params.page()?;
+    let wanted = page.limit as usize + 1;
+    let mut found = Vec::with_capacity(wanted);
+    let mut after = page.after.clone();
+    loop {
+        let scan = PageRequest {
+            after: after.clone(),
+            limit: MEMBER_SCAN,
+        };
+        let clusters = state.store.list_clusters(&scope.clusters(), &scan).await?;
+        let exhausted = clusters.len() <= MEMBER_SCAN as usize;
+        after = clusters.last().map(|c| c.key.clone());
+        found.extend(clusters.into_iter().filter(|c| group.selector.matches(&c.tags)));
+        if found.len() >= wanted || exhausted {
+            break;
+        }
+    }
+    found.truncate(wanted);
+    let offline_after = state.config.offline_after;
+    Ok(Json(Page::from_items(
+        found,
+        &page,
+        |c| c.key.clone(),
+        |token| base.next_link(&format!("{id}/members"), api_version, params.top.as_deref(), token),
+        |record| render_cluster(record, offline_after),
+    )))
+}
+
+/// Reads a cluster group of a subscription.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_GetAtSubscription",
+    params(SubscriptionGroupPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "The group", body = ClusterGroup),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionGroupPath>,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    get(&state, &caller, scope, name).await
+}
+
+/// Reads a cluster group of a resource group.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_Get",
+    params(ResourceGroupGroupPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "The group", body = ClusterGroup),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    get(&state, &caller, scope, name).await
+}
+
+/// Creates or replaces a cluster group of a subscription: its selector sees every cluster of the subscription.
+#[utoipa::path(
+    put,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_CreateOrUpdateAtSubscription",
+    params(SubscriptionGroupPath, FleetApiVersionParam),
+    request_body = ClusterGroupRequest,
+    responses(
+        (status = 200, description = "Replaced", body = ClusterGroup),
+        (status = 201, description = "Created", body = ClusterGroup),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionGroupPath>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    put(&state, &caller, scope, name, &preconditions, body).await
+}
+
+/// Creates or replaces a cluster group of a resource group: its selector sees the clusters of that group only.
+#[utoipa::path(
+    put,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_CreateOrUpdate",
+    params(ResourceGroupGroupPath, FleetApiVersionParam),
+    request_body = ClusterGroupRequest,
+    responses(
+        (status = 200, description = "Replaced", body = ClusterGroup),
+        (status = 201, description = "Created", body = ClusterGroup),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    put(&state, &caller, scope, name, &preconditions, body).await
+}
+
+/// Deletes a cluster group of a subscription (200), or finds nothing to delete (204).
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_DeleteAtSubscription",
+    params(SubscriptionGroupPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 204, description = "There was no such group"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionGroupPath>,
+) -> ApiResult<StatusCode> {
+    let (scope, name) = path.target()?;
+    delete(&state, &caller, scope, name).await
+}
+
+/// Deletes a cluster group of a resource group (200), or finds nothing to delete (204).
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_Delete",
+    params(ResourceGroupGroupPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 204, description = "There was no such group"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
+) -> ApiResult<StatusCode> {
+    let (scope, name) = path.target()?;
+    delete(&state, &caller, scope, name).await
+}
+
+/// Lists the cluster groups of a subscription, those of its resource groups included.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_ListBySubscription",
+    params(SubscriptionScopePath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of groups", body = Page<ClusterGroup>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionScopePath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ClusterGroup>>> {
+    let scope = FleetScope::parse(&path.subscription_id, None)?;
+    list(&state, &caller, scope, &params, &base, version.version).await
+}
+
+/// Lists the cluster groups of a resource group.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_ListByResourceGroup",
+    params(ResourceGroupScopePath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of groups", body = Page<ClusterGroup>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupScopePath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ClusterGroup>>> {
+    let scope = FleetScope::parse(&path.subscription_id, Some(&path.resource_group_name))?;
+    list(&state, &caller, scope, &params, &base, version.version).await
+}
+
+/// Lists the clusters a subscription's cluster group takes in now.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}/members",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_ListMembersAtSubscription",
+    params(SubscriptionGroupPath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of member clusters", body = Page<ConnectedCluster>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn members_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionGroupPath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    let (scope, name) = path.target()?;
+    members(&state, &caller, scope, name, &params, &base, version.version).await
+}
+
+/// Lists the clusters a resource group's cluster group takes in now.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}/members",
+    tag = "ClusterGroups",
+    operation_id = "ClusterGroups_ListMembers",
+    params(ResourceGroupGroupPath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of member clusters", body = Page<ConnectedCluster>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn members_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    let (scope, name) = path.target()?;
+    members(&state, &caller, scope, name, &params, &base, version.version).await
+}

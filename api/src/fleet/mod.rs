@@ -1,0 +1,121 @@
+//! `Fluxplane.Fleet`: resources over many clusters at once, at subscription or resource-group scope. Cluster
+//! groups select clusters by their tags (`selector`); `groups` serves them.
+
+pub mod groups;
+pub mod selector;
+
+use crate::arm::ids::{ResourceGroupName, SubscriptionId};
+use crate::error::ApiError;
+use crate::store::ClusterScope;
+
+/// The resource provider namespace of fleet resources.
+pub const PROVIDER: &str = "Fluxplane.Fleet";
+
+/// Where a fleet resource lives: a subscription, or one of its resource groups. It only ever sees the clusters
+/// inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetScope {
+    pub subscription: SubscriptionId,
+    pub resource_group: Option<ResourceGroupName>,
+}
+
+impl FleetScope {
+    pub fn parse(subscription: &str, resource_group: Option<&str>) -> Result<Self, ApiError> {
+        Ok(Self {
+            subscription: SubscriptionId::parse(subscription)?,
+            resource_group: resource_group.map(ResourceGroupName::parse).transpose()?,
+        })
+    }
+
+    /// The scope's ARM id: `/subscriptions/{s}` or `/subscriptions/{s}/resourceGroups/{rg}`.
+    pub fn id(&self) -> String {
+        match &self.resource_group {
+            None => format!("/subscriptions/{}", self.subscription.as_str()),
+            Some(group) => format!(
+                "/subscriptions/{}/resourceGroups/{}",
+                self.subscription.as_str(),
+                group.as_str()
+            ),
+        }
+    }
+
+    /// The ARM id of the resource `name` of `type_` (e.g. `clusterGroups`) in this scope.
+    pub fn resource_id(&self, type_: &str, name: &str) -> String {
+        format!("{}/providers/{PROVIDER}/{type_}/{name}", self.id())
+    }
+
+    /// The store key of the resource `name` in this scope: lower-cased, as ARM names are case-insensitive.
+    pub fn key(&self, name: &str) -> String {
+        match &self.resource_group {
+            None => format!("{}/{}", self.subscription.key(), name.to_ascii_lowercase()),
+            Some(group) => format!(
+                "{}/{}/{}",
+                self.subscription.key(),
+                group.key(),
+                name.to_ascii_lowercase()
+            ),
+        }
+    }
+
+    /// The clusters the scope holds.
+    pub fn clusters(&self) -> ClusterScope {
+        match &self.resource_group {
+            None => ClusterScope::Subscription {
+                subscription_key: self.subscription.key(),
+            },
+            Some(group) => ClusterScope::ResourceGroup {
+                subscription_key: self.subscription.key(),
+                resource_group_key: group.key(),
+            },
+        }
+    }
+}
+
+/// The name of a fleet resource: 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or
+/// digit.
+pub fn parse_name(target: &str, value: &str) -> Result<String, ApiError> {
+    let bytes = value.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            target,
+            format!(
+                "'{value}' is not a valid {target}: use 1-63 letters, digits, '-', '_' or '.', starting and ending \
+                 with a letter or digit"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_name_their_resources_and_clusters() {
+        let subscription = FleetScope::parse("Sub1", None).unwrap();
+        assert_eq!(
+            subscription.resource_id("clusterGroups", "Prod"),
+            "/subscriptions/Sub1/providers/Fluxplane.Fleet/clusterGroups/Prod"
+        );
+        assert_eq!(subscription.key("Prod"), "sub1/prod");
+        let group = FleetScope::parse("Sub1", Some("RG")).unwrap();
+        assert_eq!(
+            group.resource_id("clusterGroups", "prod"),
+            "/subscriptions/Sub1/resourceGroups/RG/providers/Fluxplane.Fleet/clusterGroups/prod"
+        );
+        assert_eq!(group.key("prod"), "sub1/rg/prod");
+        assert_eq!(group.clusters().keys(), ("sub1", "rg"));
+        assert!(FleetScope::parse("Sub1", Some("bad/")).is_err());
+        assert!(parse_name("clusterGroupName", "-x").is_err());
+        assert!(parse_name("clusterGroupName", "eu.prod_1").is_ok());
+    }
+}

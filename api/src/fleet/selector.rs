@@ -1,0 +1,279 @@
+//! Label selectors over connected-cluster tags, with Kubernetes' syntax and semantics: `matchLabels` and
+//! `matchExpressions` (`In`, `NotIn`, `Exists`, `DoesNotExist`), all of which must hold; an empty selector matches
+//! every cluster. Tag names and values compare exactly (case-sensitively), as Kubernetes labels do.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::arm::ids::is_dns1123_subdomain;
+use crate::error::Problems;
+
+/// Which clusters a group or an assignment takes in, by their tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Tags a cluster must carry with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Requirements a cluster's tags must all meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    /// For `In` and `NotIn`, at least one; for `Exists` and `DoesNotExist`, none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether a cluster with these tags is selected.
+    pub fn matches(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| tags.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(tags))
+    }
+
+    /// Records every problem of the selector under `target` (its JSON path).
+    pub fn validate(&self, target: &str, p: &mut Problems) {
+        for (key, value) in &self.match_labels {
+            let at = format!("{target}.matchLabels.{key}");
+            check_key(key, &at, p);
+            check_value(value, &at, p);
+        }
+        for (i, requirement) in self.match_expressions.iter().enumerate() {
+            let at = format!("{target}.matchExpressions[{i}]");
+            check_key(&requirement.key, &format!("{at}.key"), p);
+            match requirement.operator {
+                Operator::In | Operator::NotIn if requirement.values.is_empty() => {
+                    p.add(format!("{at}.values"), "In and NotIn need at least one value")
+                }
+                Operator::Exists | Operator::DoesNotExist if !requirement.values.is_empty() => {
+                    p.add(format!("{at}.values"), "Exists and DoesNotExist take no values")
+                }
+                _ => {}
+            }
+            for value in &requirement.values {
+                check_value(value, &format!("{at}.values"), p);
+            }
+        }
+    }
+}
+
+impl Requirement {
+    fn matches(&self, tags: &BTreeMap<String, String>) -> bool {
+        let value = tags.get(&self.key);
+        match self.operator {
+            Operator::In => value.is_some_and(|v| self.values.contains(v)),
+            // as in Kubernetes, a cluster without the tag is not in the set
+            Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// A label name: 1-63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
+fn is_label_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A key is a label name with an optional DNS-subdomain prefix: `env`, `fluxplane.io/tier`.
+fn check_key(key: &str, target: &str, p: &mut Problems) {
+    let valid = match key.split_once('/') {
+        Some((prefix, name)) => !prefix.is_empty() && is_dns1123_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
+    };
+    if !valid {
+        p.add(
+            target,
+            format!(
+                "'{key}' is not a valid key: a name of 1-63 letters, digits, '-', '_' or '.' starting and ending with \
+                 a letter or digit, optionally after a DNS subdomain and '/'"
+            ),
+        );
+    }
+}
+
+/// A value is empty or a label name.
+fn check_value(value: &str, target: &str, p: &mut Problems) {
+    if !value.is_empty() && !is_label_name(value) {
+        p.add(
+            target,
+            format!(
+                "'{value}' is not a valid value: empty, or 1-63 letters, digits, '-', '_' or '.' starting and ending \
+                 with a letter or digit"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn selector(value: serde_json::Value) -> LabelSelector {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn each_operator_selects_as_kubernetes_does() {
+        let prod_eu = tags(&[("env", "prod"), ("region", "eu")]);
+        let prod = tags(&[("env", "prod")]);
+        let dev_us = tags(&[("env", "dev"), ("region", "us")]);
+        let none = tags(&[]);
+        let cases = [
+            (json!({}), [true, true, true, true]),
+            (json!({"matchLabels": {"env": "prod"}}), [true, true, false, false]),
+            (
+                json!({"matchLabels": {"env": "prod", "region": "eu"}}),
+                [true, false, false, false],
+            ),
+            (
+                json!({"matchExpressions": [{"key": "region", "operator": "In", "values": ["eu", "us"]}]}),
+                [true, false, true, false],
+            ),
+            (
+                json!({"matchExpressions": [{"key": "region", "operator": "NotIn", "values": ["eu"]}]}),
+                [false, true, true, true],
+            ),
+            (
+                json!({"matchExpressions": [{"key": "region", "operator": "Exists"}]}),
+                [true, false, true, false],
+            ),
+            (
+                json!({"matchExpressions": [{"key": "region", "operator": "DoesNotExist"}]}),
+                [false, true, false, true],
+            ),
+            (
+                json!({"matchLabels": {"env": "prod"},
+                       "matchExpressions": [{"key": "region", "operator": "NotIn", "values": ["us"]}]}),
+                [true, true, false, false],
+            ),
+        ];
+        for (value, expected) in cases {
+            let s = selector(value.clone());
+            let got = [&prod_eu, &prod, &dev_us, &none].map(|t| s.matches(t));
+            assert_eq!(got, expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn malformed_selectors_are_refused_with_every_problem_named() {
+        let s = selector(json!({
+            "matchLabels": {"bad key!": "v", "ok": "-bad-value"},
+            "matchExpressions": [
+                {"key": "region", "operator": "In", "values": []},
+                {"key": "region", "operator": "Exists", "values": ["eu"]},
+                {"key": "fluxplane.io/tier", "operator": "NotIn", "values": ["gold"]},
+                {"key": "/tier", "operator": "Exists"}
+            ]
+        }));
+        let mut p = Problems::default();
+        s.validate("properties.selector", &mut p);
+        let err = p.into_result("cluster group", Some("properties")).unwrap_err();
+        let targets: Vec<String> = err.detail().details.iter().filter_map(|d| d.target.clone()).collect();
+        assert_eq!(
+            targets,
+            [
+                "properties.selector.matchLabels.bad key!",
+                "properties.selector.matchLabels.ok",
+                "properties.selector.matchExpressions[0].values",
+                "properties.selector.matchExpressions[1].values",
+                "properties.selector.matchExpressions[3].key",
+            ]
+        );
+        assert!(
+            serde_json::from_value::<LabelSelector>(json!({"matchExpressions": [
+            {"key": "a", "operator": "Gt", "values": ["1"]}]}))
+            .is_err()
+        );
+        assert!(serde_json::from_value::<LabelSelector>(json!({"matchLabel": {}})).is_err());
+    }
+
+    fn tag_sets() -> impl Strategy<Value = BTreeMap<String, String>> {
+        prop::collection::btree_map("[abc]", "[xyz]", 0..3)
+    }
+
+    proptest! {
+        #[test]
+        fn not_in_is_the_complement_of_in(t in tag_sets(), key in "[abc]", values in prop::collection::vec("[xyz]", 1..3)) {
+            let with = |operator| LabelSelector {
+                match_expressions: vec![Requirement { key: key.clone(), operator, values: values.clone() }],
+                ..Default::default()
+            };
+            prop_assert_eq!(with(Operator::NotIn).matches(&t), !with(Operator::In).matches(&t));
+        }
+
+        #[test]
+        fn does_not_exist_is_the_complement_of_exists(t in tag_sets(), key in "[abc]") {
+            let with = |operator| LabelSelector {
+                match_expressions: vec![Requirement { key: key.clone(), operator, values: vec![] }],
+                ..Default::default()
+            };
+            prop_assert_eq!(with(Operator::DoesNotExist).matches(&t), !with(Operator::Exists).matches(&t));
+        }
+
+        #[test]
+        fn a_match_label_is_an_in_of_one_value(t in tag_sets(), key in "[abc]", value in "[xyz]") {
+            let labels = LabelSelector { match_labels: BTreeMap::from([(key.clone(), value.clone())]), ..Default::default() };
+            let expression = LabelSelector {
+                match_expressions: vec![Requirement { key, operator: Operator::In, values: vec![value] }],
+                ..Default::default()
+            };
+            prop_assert_eq!(labels.matches(&t), expression.matches(&t));
+        }
+
+        #[test]
+        fn requirements_are_a_conjunction(
+            t in tag_sets(),
+            a in "[abc]", b in "[abc]", va in "[xyz]", vb in "[xyz]",
+        ) {
+            let one = |key: &String, value: &String| Requirement {
+                key: key.clone(), operator: Operator::In, values: vec![value.clone()],
+            };
+            let both = LabelSelector { match_expressions: vec![one(&a, &va), one(&b, &vb)], ..Default::default() };
+            let first = LabelSelector { match_expressions: vec![one(&a, &va)], ..Default::default() };
+            let second = LabelSelector { match_expressions: vec![one(&b, &vb)], ..Default::default() };
+            prop_assert_eq!(both.matches(&t), first.matches(&t) && second.matches(&t));
+        }
+
+        #[test]
+        fn only_the_keys_it_names_decide(t in tag_sets(), extra in "[def]", value in "[xyz]") {
+            let s = LabelSelector {
+                match_labels: BTreeMap::from([("a".to_owned(), "x".to_owned())]),
+                match_expressions: vec![Requirement { key: "b".into(), operator: Operator::NotIn, values: vec!["y".into()] }],
+            };
+            let mut changed = t.clone();
+            changed.insert(extra.clone(), value);
+            prop_assert_eq!(s.matches(&t), s.matches(&changed));
+        }
+    }
+}
