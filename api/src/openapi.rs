@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         (name = "FluxConfigurations", description = "Flux configurations of a cluster"),
         (name = "Agent", description = "The agent API (v1): desired state by long-poll, status back"),
         (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
+        (name = "PolicyAssignments", description = "A Flux configuration for every cluster a selector matches (Fluxplane.Fleet)"),
     )
 )]
 pub struct ApiDoc;

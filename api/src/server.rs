@@ -48,6 +48,7 @@ fn arm_router() -> OpenApiRouter<AppState> {
         .merge(clusters::routes::router())
         .merge(flux::routes::router())
         .merge(fleet::groups::router())
+        .merge(fleet::assignments::routes::router())
 }
 
 impl AppState {

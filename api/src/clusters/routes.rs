@@ -25,6 +25,7 @@ use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::fleet::managed_write;
 use crate::state::AppState;
 use crate::store::{self, ClusterRecord, Write};
 
@@ -203,7 +204,7 @@ async fn put_cluster(
                     revision: 0,
                     agent_encryption_key: None,
                 };
-                let outcome = state.store.insert_cluster(&record).await?;
+                let outcome = state.store.insert_cluster(&record, &managed_write(&state)).await?;
                 ((record, StatusCode::CREATED), outcome)
             }
             Some(current) => {
@@ -225,13 +226,18 @@ async fn put_cluster(
                     system_data: current.system_data.modified(&caller.subject, now),
                     ..current
                 };
-                let outcome = state.store.update_cluster(&record, &expected, identity_changed).await?;
+                let outcome = state
+                    .store
+                    .update_cluster(&record, &expected, identity_changed, &managed_write(&state))
+                    .await?;
                 ((record, StatusCode::OK), outcome)
             }
         };
         match outcome {
             Write::Written => {
                 let (record, status) = record;
+                // policy assignments may have given or taken configurations with the new tags
+                state.notifier.notify(&key);
                 tracing::info!(cluster = %cluster.id(), created = status == StatusCode::CREATED, "cluster written");
                 return Ok(respond(&state, status, record));
             }
@@ -316,8 +322,16 @@ async fn patch_cluster(
             system_data: current.system_data.modified(&caller.subject, Utc::now()),
             ..current
         };
-        match state.store.update_cluster(&record, &expected, identity_changed).await? {
-            Write::Written => return Ok(respond(&state, StatusCode::OK, record)),
+        match state
+            .store
+            .update_cluster(&record, &expected, identity_changed, &managed_write(&state))
+            .await?
+        {
+            Write::Written => {
+                // policy assignments may have given or taken configurations with the new tags
+                state.notifier.notify(&key);
+                return Ok(respond(&state, StatusCode::OK, record));
+            }
             Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
             Write::Conflict | Write::ParentMissing => continue,
         }

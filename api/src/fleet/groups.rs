@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::selector::LabelSelector;
-use super::{FleetScope, parse_name};
+use super::{FleetScope, managed_write, parse_name, wake};
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -26,7 +26,7 @@ use crate::clusters::model::ConnectedCluster;
 use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag, render as render_cluster};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
 use crate::state::AppState;
-use crate::store::{ClusterGroupRecord, Write};
+use crate::store::{ClusterGroupRecord, GroupDelete, Write};
 
 const TYPE: &str = "Fluxplane.Fleet/clusterGroups";
 const TYPE_NAME: &str = "clusterGroups";
@@ -110,12 +110,25 @@ pub struct SubscriptionScopePath {
     subscription_id: String,
 }
 
+impl SubscriptionScopePath {
+    pub fn subscription(&self) -> &str {
+        &self.subscription_id
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Path)]
 pub struct ResourceGroupScopePath {
     subscription_id: String,
     resource_group_name: String,
+}
+
+impl ResourceGroupScopePath {
+    /// The subscription and the resource group.
+    pub fn scope(&self) -> (&str, &str) {
+        (&self.subscription_id, &self.resource_group_name)
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -240,12 +253,17 @@ async fn put(
                     system_data: current.system_data.modified(&caller.subject, now),
                     ..current
                 };
-                let outcome = state.store.update_cluster_group(&record, &expected).await?;
+                let outcome = state
+                    .store
+                    .update_cluster_group(&record, &expected, &managed_write(state))
+                    .await?;
                 (record, StatusCode::OK, outcome)
             }
         };
         match outcome {
             Write::Written => {
+                // the assignments that follow the group may have changed its clusters' configurations
+                wake(state, &scope.clusters()).await?;
                 tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group written");
                 return respond(state, status, record).await;
             }
@@ -258,15 +276,16 @@ async fn put(
 
 async fn delete(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
     caller.require(Role::Contributor, &scope.resource_id(TYPE_NAME, &name))?;
-    let deleted = state.store.delete_cluster_group(&scope.key(&name)).await?;
-    if deleted {
-        tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group deleted");
+    match state.store.delete_cluster_group(&scope.key(&name)).await? {
+        GroupDelete::Deleted => {
+            tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group deleted");
+            Ok(StatusCode::OK)
+        }
+        GroupDelete::Missing => Ok(StatusCode::NO_CONTENT),
+        GroupDelete::InUse => Err(ApiError::Conflict(format!(
+            "policy assignments follow the cluster group '{name}': delete them or point them elsewhere first"
+        ))),
     }
-    Ok(if deleted {
-        StatusCode::OK
-    } else {
-        StatusCode::NO_CONTENT
-    })
 }
 
 async fn list(
@@ -439,7 +458,8 @@ async fn put_at_resource_group(
     put(&state, &caller, scope, name, &preconditions, body).await
 }
 
-/// Deletes a cluster group of a subscription (200), or finds nothing to delete (204).
+/// Deletes a cluster group of a subscription (200), or finds nothing to delete (204); 409 while policy
+/// assignments follow it.
 #[utoipa::path(
     delete,
     path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
@@ -463,7 +483,8 @@ async fn delete_at_subscription(
     delete(&state, &caller, scope, name).await
 }
 
-/// Deletes a cluster group of a resource group (200), or finds nothing to delete (204).
+/// Deletes a cluster group of a resource group (200), or finds nothing to delete (204); 409 while policy
+/// assignments follow it.
 #[utoipa::path(
     delete,
     path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",

@@ -1,12 +1,16 @@
 //! `Fluxplane.Fleet`: resources over many clusters at once, at subscription or resource-group scope. Cluster
-//! groups select clusters by their tags (`selector`); `groups` serves them.
+//! groups select clusters by their tags (`selector`, served by `groups`); policy assignments give every cluster
+//! they select a Flux configuration rendered from a template (`template`, served by `assignments`).
 
+pub mod assignments;
 pub mod groups;
 pub mod selector;
+pub mod template;
 
 use crate::arm::ids::{ResourceGroupName, SubscriptionId};
 use crate::error::ApiError;
-use crate::store::ClusterScope;
+use crate::state::AppState;
+use crate::store::{ClusterScope, ManagedWrite};
 
 /// The resource provider namespace of fleet resources.
 pub const PROVIDER: &str = "Fluxplane.Fleet";
@@ -69,6 +73,24 @@ impl FleetScope {
             },
         }
     }
+}
+
+/// What fleet writes tell the store: when the generations they write expire unless picked up.
+pub fn managed_write(state: &AppState) -> ManagedWrite {
+    ManagedWrite {
+        generation_expires_at: chrono::Duration::from_std(state.config.pending_ttl)
+            .ok()
+            .map(|ttl| chrono::Utc::now() + ttl),
+    }
+}
+
+/// Wakes the long-polls of every cluster of the scope: a fleet write may have changed any of their configurations
+/// (PostgreSQL also wakes them through its notifications; the embedded store relies on this).
+pub async fn wake(state: &AppState, scope: &ClusterScope) -> Result<(), ApiError> {
+    for cluster in state.store.cluster_tags(scope).await? {
+        state.notifier.notify(&cluster.key);
+    }
+    Ok(())
 }
 
 /// The name of a fleet resource: 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or

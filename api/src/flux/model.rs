@@ -115,6 +115,10 @@ pub struct FluxConfigurationProperties {
     /// fluxplane's addition: how current the status above is (see `statusUpdatedAt` for when it was reported).
     #[schema(read_only)]
     pub status_freshness: StatusFreshness,
+    /// fluxplane's addition: the policy assignment (ARM id) that manages this configuration, if one does.
+    #[schema(read_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 /// Read-only properties a client may send back from a GET; they are ignored on writes, as ARM does.
@@ -128,6 +132,7 @@ pub const READ_ONLY_PROPERTIES: &[&str] = &[
     "provisioningState",
     "errorMessage",
     "statusFreshness",
+    "managedBy",
 ];
 
 /// The status of a long-running operation, named by the `Azure-AsyncOperation` header.

@@ -174,6 +174,7 @@ fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> Fl
             provisioning_state: record.provisioning_state,
             error_message: record.failure.or(record.observed.error_message),
             status_freshness,
+            managed_by: record.managed_by_id,
         },
     }
 }
@@ -323,6 +324,7 @@ async fn write(
                 secrets_expire_at,
                 generation_expires_at,
                 failure: None,
+                managed_by_id: None,
             };
             let operation = new_operation(target, "Create", record.generation);
             let outcome = state

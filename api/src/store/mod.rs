@@ -4,6 +4,7 @@
 //! operations, so that the optimistic-concurrency loop and every rule live once, above it, for both backends.
 //! Both implementations share their SQL (see `sql.rs`); each adds only what its engine needs to connect.
 
+mod fleet;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -22,6 +23,7 @@ use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
+use crate::fleet::assignments::model::AssignmentSpec;
 use crate::fleet::selector::LabelSelector;
 use crate::flux::model::{Observed, ProvisioningState};
 use crate::notify::Notifier;
@@ -110,6 +112,8 @@ pub struct ConfigurationRecord {
     pub generation_expires_at: Option<DateTime<Utc>>,
     /// Why the control plane failed the configuration (an expiry), shown as its error message.
     pub failure: Option<String>,
+    /// The ARM id of the policy assignment that manages it (written by the store only).
+    pub managed_by_id: Option<String>,
 }
 
 /// The status of a long-running operation.
@@ -166,11 +170,71 @@ pub struct ClusterGroupRecord {
     pub system_data: SystemData,
 }
 
+/// A policy assignment: a configuration template for every cluster its selector (or group) matches.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PolicyAssignmentRecord {
+    pub id: i64,
+    pub key: String,
+    pub subscription_key: String,
+    /// Empty for an assignment at subscription scope.
+    pub resource_group_key: String,
+    pub subscription: String,
+    pub resource_group: Option<String>,
+    pub name: String,
+    pub cluster_group_id: Option<i64>,
+    pub configuration_name: String,
+    #[sqlx(json)]
+    pub spec: AssignmentSpec,
+    /// The configuration each matching cluster gets.
+    #[sqlx(json)]
+    pub rendered: FluxConfigurationSpec,
+    /// Bumped when `rendered` changes.
+    pub generation: i64,
+    pub etag: String,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+}
+
+/// How an assignment write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentWrite {
+    Written,
+    /// Another writer got there first (insert: the name exists; update: the etag moved on).
+    Conflict,
+    /// These other assignments would write the same configuration on some of the same clusters.
+    Overlap(Vec<String>),
+}
+
+/// How a cluster group delete ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupDelete {
+    Deleted,
+    Missing,
+    /// Policy assignments follow the group.
+    InUse,
+}
+
+/// What writes made for policy assignments need to know beside the assignment.
+#[derive(Debug, Clone, Default)]
+pub struct ManagedWrite {
+    /// When a generation written for an assignment fails unless its agent has picked it up.
+    pub generation_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A configuration of a given name on a cluster, as assignment status sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NamedConfiguration {
+    pub cluster_id: i64,
+    pub managed_by: Option<i64>,
+}
+
 /// A cluster's tags, for evaluating selectors.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClusterTags {
     pub id: i64,
     pub key: String,
+    pub resource_group: String,
+    pub name: String,
     #[sqlx(json)]
     pub tags: BTreeMap<String, String>,
 }
@@ -297,16 +361,19 @@ pub trait Store: Send + Sync + 'static {
     async fn get_cluster(&self, key: &str) -> StoreResult<Option<ClusterRecord>>;
     /// Up to `page.limit + 1` clusters in key order after `page.after`.
     async fn list_clusters(&self, scope: &ClusterScope, page: &PageRequest) -> StoreResult<Vec<ClusterRecord>>;
-    /// Inserts unless a cluster with the same key exists (`Conflict`).
-    async fn insert_cluster(&self, cluster: &ClusterRecord) -> StoreResult<Write>;
+    /// Inserts unless a cluster with the same key exists (`Conflict`), giving it the configurations of the policy
+    /// assignments that match it, in the same transaction.
+    async fn insert_cluster(&self, cluster: &ClusterRecord, managed: &ManagedWrite) -> StoreResult<Write>;
     /// Replaces the writable columns if the stored etag is still `expected_etag`. With `identity_changed` (the
     /// agent's key was replaced), the agent's encryption key is forgotten and every configuration with secrets
     /// sealed to it fails with that message, in the same transaction.
+    /// Policy assignments follow the new tags in the same transaction.
     async fn update_cluster(
         &self,
         cluster: &ClusterRecord,
         expected_etag: &str,
         identity_changed: Option<&str>,
+        managed: &ManagedWrite,
     ) -> StoreResult<Write>;
     /// Records the agent's encryption key; configurations with undelivered secrets sealed to another key fail
     /// with `message`. Answers those configurations.
@@ -348,10 +415,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ClusterGroupRecord>>;
     /// Inserts unless a group with the same key exists (`Conflict`).
     async fn insert_cluster_group(&self, group: &ClusterGroupRecord) -> StoreResult<Write>;
-    /// Replaces the selector if the stored etag is still `expected_etag`.
-    async fn update_cluster_group(&self, group: &ClusterGroupRecord, expected_etag: &str) -> StoreResult<Write>;
-    /// False if it did not exist.
-    async fn delete_cluster_group(&self, key: &str) -> StoreResult<bool>;
+    /// Replaces the selector if the stored etag is still `expected_etag`; the assignments that follow the group
+    /// follow the new selector in the same transaction.
+    async fn update_cluster_group(
+        &self,
+        group: &ClusterGroupRecord,
+        expected_etag: &str,
+        managed: &ManagedWrite,
+    ) -> StoreResult<Write>;
+    async fn delete_cluster_group(&self, key: &str) -> StoreResult<GroupDelete>;
+
+    async fn get_policy_assignment(&self, key: &str) -> StoreResult<Option<PolicyAssignmentRecord>>;
+    /// Up to `page.limit + 1` assignments in key order after `page.after`: at a subscription, its own and those of
+    /// its resource groups.
+    async fn list_policy_assignments(
+        &self,
+        scope: &ClusterScope,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<PolicyAssignmentRecord>>;
+    /// Inserts the assignment (`expected_etag` `None`) or replaces it, and brings every matching cluster's
+    /// configuration in line with it, in one transaction.
+    async fn write_policy_assignment(
+        &self,
+        assignment: &PolicyAssignmentRecord,
+        expected_etag: Option<&str>,
+        managed: &ManagedWrite,
+    ) -> StoreResult<AssignmentWrite>;
+    /// Deletes the assignment; its configurations are deleted or orphaned as its `onUnmatch` says. False if it did
+    /// not exist.
+    async fn delete_policy_assignment(&self, key: &str) -> StoreResult<bool>;
+    /// The configurations named `name` on the clusters of the scope.
+    async fn configurations_named(&self, scope: &ClusterScope, name: &str) -> StoreResult<Vec<NamedConfiguration>>;
     /// The tags of every cluster in the scope, in key order.
     async fn cluster_tags(&self, scope: &ClusterScope) -> StoreResult<Vec<ClusterTags>>;
 

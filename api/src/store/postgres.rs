@@ -10,7 +10,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use crate::notify::Notifier;
 
 use super::StoreResult;
-use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, sql_store};
+use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -37,23 +37,30 @@ impl PgStore {
     }
 }
 
-sql_store!(PgStore, sqlx::Postgres, {
-    /// Forwards the `fluxplane_desired` notifications (see migration 0002) to this replica's waiting polls, so a
-    /// write on any replica wakes agents polling any other. Runs until the task is dropped.
-    async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(DESIRED_STATE_CHANNEL).await?;
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => notifier.notify(notification.payload()),
-                // the connection dropped and was re-established: what it missed is unknown
-                Ok(None) => notifier.notify_all(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "listening for desired-state changes failed; retrying");
-                    notifier.notify_all();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+// Fleet writes of one subscription take a transaction-scoped advisory lock, so that two of them never decide on
+// what the other is changing (READ COMMITTED alone would let each miss the other's write).
+sql_store!(
+    PgStore,
+    sqlx::Postgres,
+    fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1))",
+    {
+        /// Forwards the `fluxplane_desired` notifications (see migration 0002) to this replica's waiting polls, so a
+        /// write on any replica wakes agents polling any other. Runs until the task is dropped.
+        async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()> {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(DESIRED_STATE_CHANNEL).await?;
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => notifier.notify(notification.payload()),
+                    // the connection dropped and was re-established: what it missed is unknown
+                    Ok(None) => notifier.notify_all(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "listening for desired-state changes failed; retrying");
+                        notifier.notify_all();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
         }
     }
-});
+);

@@ -17,7 +17,15 @@ macro_rules! cluster_columns {
 macro_rules! configuration_columns {
     () => {
         "id, cluster_id, name, spec, secrets_version, generation, etag, provisioning_state, compliance_state, \
-         observed, system_data, reported_generation, secrets_expire_at, generation_expires_at, failure"
+         observed, system_data, reported_generation, secrets_expire_at, generation_expires_at, failure, managed_by_id"
+    };
+}
+
+/// The columns of `PolicyAssignmentRecord`.
+macro_rules! policy_assignment_columns {
+    () => {
+        "id, key, subscription_key, resource_group_key, subscription, resource_group, name, cluster_group_id, \
+         configuration_name, spec, rendered, generation, etag, system_data"
     };
 }
 
@@ -35,9 +43,10 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 }
 
 /// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`; `$extra` holds the methods the
-/// engine implements its own way.
+/// engine implements its own way, `$lock` the statement that serialises fleet writes of one subscription (its
+/// key is `$1`) where the engine needs it.
 macro_rules! sql_store {
-    ($store:ty, $db:ty, { $($extra:tt)* }) => {
+    ($store:ty, $db:ty, fleet_lock = $lock:literal, { $($extra:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             $($extra)*
@@ -110,13 +119,16 @@ macro_rules! sql_store {
             async fn insert_cluster(
                 &self,
                 c: &$crate::store::ClusterRecord,
+                managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let done = sqlx::query::<$db>(
+                let mut tx = self.pool.begin().await?;
+                Self::lock_fleet(&mut tx, &c.subscription_key).await?;
+                let inserted = sqlx::query_scalar::<$db, i64>(
                     "INSERT INTO clusters (key, subscription_key, resource_group_key, subscription, resource_group, \
                      name, location, tags, spec, connectivity_status, last_connectivity_time, agent_version, \
                      kubernetes_version, total_node_count, etag, system_data) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-                     ON CONFLICT (key) DO NOTHING",
+                     ON CONFLICT (key) DO NOTHING RETURNING id",
                 )
                 .bind(&c.key)
                 .bind(&c.subscription_key)
@@ -134,13 +146,14 @@ macro_rules! sql_store {
                 .bind(c.total_node_count)
                 .bind(&c.etag)
                 .bind(sqlx::types::Json(&c.system_data))
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-                Ok(if done.rows_affected() == 1 {
-                    $crate::store::Write::Written
-                } else {
-                    $crate::store::Write::Conflict
-                })
+                let Some(id) = inserted else {
+                    return Ok($crate::store::Write::Conflict);
+                };
+                Self::reconcile_cluster(&mut tx, id, &c.subscription_key, &c.resource_group_key, managed).await?;
+                tx.commit().await?;
+                Ok($crate::store::Write::Written)
             }
 
             async fn update_cluster(
@@ -148,8 +161,10 @@ macro_rules! sql_store {
                 c: &$crate::store::ClusterRecord,
                 expected_etag: &str,
                 identity_changed: Option<&str>,
+                managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
                 let mut tx = self.pool.begin().await?;
+                Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5, \
                      agent_encryption_key = CASE WHEN $8 THEN NULL ELSE agent_encryption_key END \
@@ -171,6 +186,8 @@ macro_rules! sql_store {
                 if let Some(message) = identity_changed {
                     Self::fail_undelivered_secrets(&mut tx, cluster_id, None, message, chrono::Utc::now()).await?;
                 }
+                Self::reconcile_cluster(&mut tx, cluster_id, &c.subscription_key, &c.resource_group_key, managed)
+                    .await?;
                 tx.commit().await?;
                 Ok($crate::store::Write::Written)
             }
@@ -424,30 +441,191 @@ macro_rules! sql_store {
                 &self,
                 g: &$crate::store::ClusterGroupRecord,
                 expected_etag: &str,
+                managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let done = sqlx::query::<$db>(
-                    "UPDATE cluster_groups SET selector = $1, etag = $2, system_data = $3 WHERE key = $4 AND etag = $5",
+                let mut tx = self.pool.begin().await?;
+                Self::lock_fleet(&mut tx, &g.subscription_key).await?;
+                let updated = sqlx::query_scalar::<$db, i64>(
+                    "UPDATE cluster_groups SET selector = $1, etag = $2, system_data = $3 \
+                     WHERE key = $4 AND etag = $5 RETURNING id",
                 )
                 .bind(sqlx::types::Json(&g.selector))
                 .bind(&g.etag)
                 .bind(sqlx::types::Json(&g.system_data))
                 .bind(&g.key)
                 .bind(expected_etag)
-                .execute(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-                Ok(if done.rows_affected() == 1 {
-                    $crate::store::Write::Written
-                } else {
-                    $crate::store::Write::Conflict
-                })
+                let Some(id) = updated else {
+                    return Ok($crate::store::Write::Conflict);
+                };
+                let sql = concat!(
+                    "SELECT ",
+                    policy_assignment_columns!(),
+                    " FROM policy_assignments WHERE cluster_group_id = $1 ORDER BY id"
+                );
+                let following = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for assignment in &following {
+                    Self::reconcile(&mut tx, assignment, None, managed).await?;
+                }
+                tx.commit().await?;
+                Ok($crate::store::Write::Written)
             }
 
-            async fn delete_cluster_group(&self, key: &str) -> $crate::store::StoreResult<bool> {
+            async fn delete_cluster_group(
+                &self,
+                key: &str,
+            ) -> $crate::store::StoreResult<$crate::store::GroupDelete> {
                 let done = sqlx::query::<$db>("DELETE FROM cluster_groups WHERE key = $1")
                     .bind(key)
                     .execute(&self.pool)
+                    .await;
+                Ok(match done {
+                    Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
+                        $crate::store::GroupDelete::InUse
+                    }
+                    Err(err) => return Err(err.into()),
+                    Ok(done) if done.rows_affected() > 0 => $crate::store::GroupDelete::Deleted,
+                    Ok(_) => $crate::store::GroupDelete::Missing,
+                })
+            }
+
+            async fn get_policy_assignment(
+                &self,
+                key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::PolicyAssignmentRecord>> {
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
+                Ok(sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_policy_assignments(
+                &self,
+                scope: &$crate::store::ClusterScope,
+                page: &$crate::arm::paging::PageRequest,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::PolicyAssignmentRecord>> {
+                let (subscription_key, resource_group_key) = scope.keys();
+                let sql = concat!(
+                    "SELECT ",
+                    policy_assignment_columns!(),
+                    " FROM policy_assignments WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
+                     AND key > $3 ORDER BY key LIMIT $4"
+                );
+                Ok(sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .bind(subscription_key)
+                    .bind(resource_group_key)
+                    .bind(page.after.clone().unwrap_or_default())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn write_policy_assignment(
+                &self,
+                a: &$crate::store::PolicyAssignmentRecord,
+                expected_etag: Option<&str>,
+                managed: &$crate::store::ManagedWrite,
+            ) -> $crate::store::StoreResult<$crate::store::AssignmentWrite> {
+                let mut tx = self.pool.begin().await?;
+                Self::lock_fleet(&mut tx, &a.subscription_key).await?;
+                let written = match expected_etag {
+                    None => {
+                        sqlx::query_scalar::<$db, i64>(
+                            "INSERT INTO policy_assignments (key, subscription_key, resource_group_key, subscription, \
+                             resource_group, name, cluster_group_id, configuration_name, spec, rendered, generation, \
+                             etag, system_data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                             ON CONFLICT (key) DO NOTHING RETURNING id",
+                        )
+                        .bind(&a.key)
+                        .bind(&a.subscription_key)
+                        .bind(&a.resource_group_key)
+                        .bind(&a.subscription)
+                        .bind(&a.resource_group)
+                        .bind(&a.name)
+                        .bind(a.cluster_group_id)
+                        .bind(&a.configuration_name)
+                        .bind(sqlx::types::Json(&a.spec))
+                        .bind(sqlx::types::Json(&a.rendered))
+                        .bind(a.generation)
+                        .bind(&a.etag)
+                        .bind(sqlx::types::Json(&a.system_data))
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    }
+                    Some(expected) => {
+                        sqlx::query_scalar::<$db, i64>(
+                            "UPDATE policy_assignments SET cluster_group_id = $1, configuration_name = $2, spec = $3, \
+                             rendered = $4, generation = $5, etag = $6, system_data = $7 \
+                             WHERE key = $8 AND etag = $9 RETURNING id",
+                        )
+                        .bind(a.cluster_group_id)
+                        .bind(&a.configuration_name)
+                        .bind(sqlx::types::Json(&a.spec))
+                        .bind(sqlx::types::Json(&a.rendered))
+                        .bind(a.generation)
+                        .bind(&a.etag)
+                        .bind(sqlx::types::Json(&a.system_data))
+                        .bind(&a.key)
+                        .bind(expected)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    }
+                };
+                let Some(id) = written else {
+                    return Ok($crate::store::AssignmentWrite::Conflict);
+                };
+                let a = $crate::store::PolicyAssignmentRecord { id, ..a.clone() };
+                let overlapping = Self::overlapping(&mut tx, &a).await?;
+                if !overlapping.is_empty() {
+                    tx.rollback().await?;
+                    return Ok($crate::store::AssignmentWrite::Overlap(overlapping));
+                }
+                Self::reconcile(&mut tx, &a, None, managed).await?;
+                tx.commit().await?;
+                Ok($crate::store::AssignmentWrite::Written)
+            }
+
+            async fn delete_policy_assignment(&self, key: &str) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
+                let Some(a) = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Ok(false);
+                };
+                Self::lock_fleet(&mut tx, &a.subscription_key).await?;
+                Self::let_go(&mut tx, &a, None, &uuid::Uuid::new_v4().to_string()).await?;
+                sqlx::query::<$db>("DELETE FROM policy_assignments WHERE id = $1")
+                    .bind(a.id)
+                    .execute(&mut *tx)
                     .await?;
-                Ok(done.rows_affected() > 0)
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn configurations_named(
+                &self,
+                scope: &$crate::store::ClusterScope,
+                name: &str,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::NamedConfiguration>> {
+                let (subscription_key, resource_group_key) = scope.keys();
+                Ok(sqlx::query_as::<$db, $crate::store::NamedConfiguration>(
+                    "SELECT f.cluster_id, f.managed_by FROM flux_configurations f \
+                     JOIN clusters c ON c.id = f.cluster_id \
+                     WHERE f.name = $1 AND c.subscription_key = $2 AND ($3 = '' OR c.resource_group_key = $3)",
+                )
+                .bind(name)
+                .bind(subscription_key)
+                .bind(resource_group_key)
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn cluster_tags(
@@ -456,7 +634,7 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 Ok(sqlx::query_as::<$db, $crate::store::ClusterTags>(
-                    "SELECT id, key, tags FROM clusters \
+                    "SELECT id, key, resource_group, name, tags FROM clusters \
                      WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) ORDER BY key",
                 )
                 .bind(subscription_key)
@@ -673,6 +851,8 @@ macro_rules! sql_store {
             }
         }
 
+        $crate::store::fleet::fleet_helpers!($store, $db, $lock);
+
         impl $store {
             /// Writes what a configuration write does to its sealed secrets.
             async fn write_secrets(
@@ -820,4 +1000,4 @@ macro_rules! sql_store {
     };
 }
 
-pub(super) use {cluster_columns, cluster_group_columns, configuration_columns, sql_store};
+pub(super) use {cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};

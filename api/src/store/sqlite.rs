@@ -9,7 +9,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::StoreResult;
-use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, sql_store};
+use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -37,7 +37,9 @@ impl SqliteStore {
     }
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, {
+// SQLite lets one transaction write at a time and every fleet transaction writes first, so fleet writes are
+// serialised already: the lock statement does nothing.
+sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
     /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
     async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
         Ok(())

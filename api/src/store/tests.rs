@@ -8,7 +8,9 @@ use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
 use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
 
-use super::{ClusterRecord, ClusterScope, ConfigurationRecord, OperationRecord, SecretsWrite, Store, Write};
+use super::{
+    ClusterRecord, ClusterScope, ConfigurationRecord, ManagedWrite, OperationRecord, SecretsWrite, Store, Write,
+};
 use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
@@ -60,6 +62,7 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
         secrets_expire_at: None,
         generation_expires_at: None,
         failure: None,
+        managed_by_id: None,
     }
 }
 
@@ -79,7 +82,10 @@ fn operation(resource_key: &str, generation: i64) -> OperationRecord {
 
 async fn registered(store: &Arc<dyn Store>, name: &str) -> ClusterRecord {
     let record = cluster("sub", "rg", name);
-    assert_eq!(store.insert_cluster(&record).await.unwrap(), Write::Written);
+    assert_eq!(
+        store.insert_cluster(&record, &ManagedWrite::default()).await.unwrap(),
+        Write::Written
+    );
     store
         .get_cluster(&record.key)
         .await
@@ -108,7 +114,10 @@ async fn clusters_round_trip_case(backend: Backend) {
         assert_eq!(stored.tags["env"], "prod");
         assert_eq!(stored.spec.properties.agent_public_key_certificate, "a2V5");
         assert_eq!(
-            store.insert_cluster(&cluster("sub", "rg", "Cluster1")).await.unwrap(),
+            store
+                .insert_cluster(&cluster("sub", "rg", "Cluster1"), &ManagedWrite::default())
+                .await
+                .unwrap(),
             Write::Conflict
         );
         assert!(store.get_cluster("sub/rg/other").await.unwrap().is_none());
@@ -128,11 +137,17 @@ async fn updates_need_current_etag_case(backend: Backend) {
         changed.tags.insert("team".into(), "blue".into());
         changed.etag = "second".into();
         assert_eq!(
-            store.update_cluster(&changed, "stale", None).await.unwrap(),
+            store
+                .update_cluster(&changed, "stale", None, &ManagedWrite::default())
+                .await
+                .unwrap(),
             Write::Conflict
         );
         assert_eq!(
-            store.update_cluster(&changed, &stored.etag, None).await.unwrap(),
+            store
+                .update_cluster(&changed, &stored.etag, None, &ManagedWrite::default())
+                .await
+                .unwrap(),
             Write::Written
         );
         let reread = store.get_cluster(&stored.key).await.unwrap().unwrap();
@@ -157,7 +172,10 @@ async fn one_winner_case(backend: Backend) {
             let mut next = stored.clone();
             next.etag = format!("writer-{i}");
             writers.push(tokio::spawn(async move {
-                store.update_cluster(&next, &expected, None).await.unwrap()
+                store
+                    .update_cluster(&next, &expected, None, &ManagedWrite::default())
+                    .await
+                    .unwrap()
             }));
         }
         let mut winners = 0;
@@ -176,9 +194,15 @@ async fn cluster_paging_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
         for (rg, name) in [("rg-a", "c3"), ("rg-a", "c1"), ("rg-b", "c2"), ("rg-a", "c2")] {
-            store.insert_cluster(&cluster("sub", rg, name)).await.unwrap();
+            store
+                .insert_cluster(&cluster("sub", rg, name), &ManagedWrite::default())
+                .await
+                .unwrap();
         }
-        store.insert_cluster(&cluster("other-sub", "rg-a", "c9")).await.unwrap();
+        store
+            .insert_cluster(&cluster("other-sub", "rg-a", "c9"), &ManagedWrite::default())
+            .await
+            .unwrap();
         let rg = ClusterScope::ResourceGroup {
             subscription_key: "sub".into(),
             resource_group_key: "rg-a".into(),
@@ -790,7 +814,12 @@ async fn key_change_case(backend: Backend) {
         };
         assert_eq!(
             store
-                .update_cluster(&renamed, &cluster.etag, Some("identity changed"))
+                .update_cluster(
+                    &renamed,
+                    &cluster.etag,
+                    Some("identity changed"),
+                    &ManagedWrite::default()
+                )
                 .await
                 .unwrap(),
             Write::Written
@@ -809,7 +838,10 @@ async fn key_change_case(backend: Backend) {
             etag: "e3".into(),
             ..cluster.clone()
         };
-        store.update_cluster(&tagged, &cluster.etag, None).await.unwrap();
+        store
+            .update_cluster(&tagged, &cluster.etag, None, &ManagedWrite::default())
+            .await
+            .unwrap();
         let cluster = store.get_cluster(&c.key).await.unwrap().unwrap();
         assert_eq!(cluster.agent_encryption_key.as_deref(), Some("newer-key"));
     })

@@ -1,0 +1,224 @@
+//! The policyAssignments resource: what users write, how a write is checked and rendered into the configuration
+//! every matching cluster gets, and what the API answers.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::arm::body::parse;
+use crate::arm::ids::ConfigurationName;
+use crate::arm::system_data::SystemData;
+use crate::error::{ApiError, ApiResult, ErrorDetail, Problems};
+use crate::fleet::selector::LabelSelector;
+use crate::fleet::template::substitute;
+use crate::flux::secrets::SecretFields;
+use crate::flux::validate::normalize;
+use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
+
+/// Whether an assignment writes configurations or only reports what it would write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum EnforcementMode {
+    #[default]
+    Default,
+    DoNotEnforce,
+}
+
+/// What becomes of a managed configuration whose cluster no longer matches (or whose assignment is deleted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum OnUnmatch {
+    /// It is deleted from the cluster (through its agent).
+    #[default]
+    Delete,
+    /// It stays, no longer managed: an ordinary configuration from then on.
+    Orphan,
+}
+
+/// The writable properties of a policy assignment, stored as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssignmentSpec {
+    /// The ARM id of the cluster group whose members get the configuration (or give `selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_group_id: Option<String>,
+    /// An inline selector over the tags of the clusters in the assignment's scope (or give `clusterGroupId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// The name of the fluxConfiguration each cluster gets.
+    pub configuration_name: String,
+    /// The properties of that fluxConfiguration; a string `"[parameters('name')]"` takes a parameter's value.
+    #[schema(value_type = Object)]
+    pub configuration_template: Value,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: Map<String, Value>,
+    #[serde(default)]
+    pub enforcement_mode: EnforcementMode,
+    #[serde(default)]
+    pub on_unmatch: OnUnmatch,
+}
+
+/// The body of a policy assignment PUT.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyAssignmentRequest {
+    pub properties: AssignmentSpec,
+}
+
+/// A policy assignment as the API answers it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAssignment {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub system_data: SystemData,
+    pub properties: PolicyAssignmentProperties,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAssignmentProperties {
+    #[serde(flatten)]
+    pub spec: AssignmentSpec,
+    pub provisioning_state: String,
+    /// Read-only: where the assignment stands now.
+    pub status: AssignmentStatus,
+}
+
+/// Where an assignment stands, computed when read.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentStatus {
+    /// Clusters of the scope its selector matches now.
+    pub matched_clusters: u64,
+    /// Configurations it manages.
+    pub managed_configurations: u64,
+    /// Matched clusters holding a configuration of that name that the assignment does not manage (never
+    /// overwritten), in cluster order; `conflictCount` counts them all.
+    pub conflicts: Vec<ErrorDetail>,
+    pub conflict_count: u64,
+}
+
+/// Checks what a PUT gives and renders the configuration each cluster gets: the template with its parameters
+/// substituted and every default filled in. Every problem is named at once.
+pub fn render(spec: &AssignmentSpec) -> ApiResult<FluxConfigurationSpec> {
+    let mut p = Problems::default();
+    match (&spec.cluster_group_id, &spec.selector) {
+        (Some(_), Some(_)) => p.add("properties.selector", "give clusterGroupId or selector, not both"),
+        (None, None) => p.add("properties.selector", "give clusterGroupId or selector"),
+        (None, Some(selector)) => selector.validate("properties.selector", &mut p),
+        (Some(_), None) => {}
+    }
+    let name = ConfigurationName::parse(&spec.configuration_name)
+        .map_err(|err| p.add("properties.configurationName", err.to_string()))
+        .ok();
+    const TEMPLATE: &str = "properties.configurationTemplate";
+    if !spec.configuration_template.is_object() {
+        p.add(
+            TEMPLATE,
+            "the template must be an object: the properties of a fluxConfiguration",
+        );
+    }
+    let mut rendered = substitute(&spec.configuration_template, &spec.parameters, TEMPLATE, &mut p);
+    if !SecretFields::split_from(&mut rendered).is_empty() {
+        p.add(
+            TEMPLATE,
+            "a template cannot carry secrets (they are sealed to each cluster's agent): point the source at a \
+             secret in the cluster with localAuthRef",
+        );
+    }
+    p.into_result("policy assignment", Some("properties"))?;
+    let mut config: FluxConfigurationSpec = parse(rendered, TEMPLATE)?;
+    let name = name.expect("checked above");
+    normalize(&mut config, &name, None).map_err(|err| retarget(err, TEMPLATE))?;
+    Ok(config)
+}
+
+/// Moves a configuration's validation errors from `properties.*` to where they are in the template.
+fn retarget(err: ApiError, template: &str) -> ApiError {
+    let moved = |target: Option<String>| target.map(|t| t.replacen("properties", template, 1));
+    match err {
+        ApiError::InvalidParameter {
+            message,
+            target,
+            details,
+        } => ApiError::InvalidParameter {
+            message: message.replacen("properties", template, 1),
+            target: moved(target),
+            details: details
+                .into_iter()
+                .map(|d| ErrorDetail {
+                    message: d.message.replacen("properties", template, 1),
+                    target: moved(d.target),
+                    ..d
+                })
+                .collect(),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(value: Value) -> AssignmentSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_template_renders_into_a_complete_configuration() {
+        let rendered = render(&spec(json!({
+            "selector": {"matchLabels": {"env": "prod"}},
+            "configurationName": "baseline",
+            "configurationTemplate": {
+                "gitRepository": {"url": "https://github.com/org/fleet", "repositoryRef": {"branch": "[parameters('branch')]"}},
+                "kustomizations": {"infra": {"path": "./infra"}}
+            },
+            "parameters": {"branch": "release"}
+        })))
+        .unwrap();
+        let git = rendered.git_repository.unwrap();
+        assert_eq!(git.repository_ref.unwrap().branch.as_deref(), Some("release"));
+        assert_eq!(git.sync_interval_in_seconds, Some(600), "defaults filled in");
+        assert_eq!(rendered.namespace.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn every_problem_of_an_assignment_is_named_where_it_is() {
+        let err = render(&spec(json!({
+            "configurationName": "Not_A_Label",
+            "configurationTemplate": {"gitRepository": {"url": "[parameters('url')]"},
+                                      "configurationProtectedSettings": {"k": "dg=="}}
+        })))
+        .unwrap_err();
+        let targets: Vec<String> = err.detail().details.iter().filter_map(|d| d.target.clone()).collect();
+        assert_eq!(
+            targets,
+            [
+                "properties.selector",
+                "properties.configurationName",
+                "properties.configurationTemplate.gitRepository.url",
+                "properties.configurationTemplate"
+            ]
+        );
+        let invalid = render(&spec(json!({
+            "selector": {},
+            "configurationName": "ok",
+            "configurationTemplate": {"gitRepository": {"url": "ftp://x"}}
+        })))
+        .unwrap_err();
+        assert!(
+            invalid.detail().details.iter().all(|d| d
+                .target
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("properties.configurationTemplate")),
+            "{:?}",
+            invalid.detail()
+        );
+    }
+}

@@ -1,0 +1,558 @@
+//! HTTP handlers of `Fluxplane.Fleet/policyAssignments`. Writing one needs the Owner role at its scope: it writes
+//! configurations on every cluster it selects.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::model::{
+    AssignmentSpec, AssignmentStatus, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest, render,
+};
+use crate::arm::api_version::Fleet;
+use crate::arm::body::{parse, strip_read_only};
+use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::paging::{BaseUrl, ListParams, Page};
+use crate::arm::system_data::SystemData;
+use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::auth::{Caller, Role};
+use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag};
+use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
+use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::fleet::selector::LabelSelector;
+use crate::fleet::{FleetScope, managed_write, parse_name, wake};
+use crate::state::AppState;
+use crate::store::{AssignmentWrite, ClusterScope, PolicyAssignmentRecord};
+
+const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
+const TYPE_NAME: &str = "policyAssignments";
+/// Most conflicts an assignment's status lists (`conflictCount` counts them all).
+const MAX_LISTED_CONFLICTS: usize = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            get_at_subscription,
+            put_at_subscription,
+            delete_at_subscription
+        ))
+        .routes(routes!(
+            get_at_resource_group,
+            put_at_resource_group,
+            delete_at_resource_group
+        ))
+        .routes(routes!(list_at_subscription))
+        .routes(routes!(list_at_resource_group))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct SubscriptionAssignmentPath {
+    subscription_id: String,
+    policy_assignment_name: String,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct ResourceGroupAssignmentPath {
+    subscription_id: String,
+    resource_group_name: String,
+    policy_assignment_name: String,
+}
+
+impl SubscriptionAssignmentPath {
+    fn target(&self) -> ApiResult<(FleetScope, String)> {
+        Ok((
+            FleetScope::parse(&self.subscription_id, None)?,
+            parse_name("policyAssignmentName", &self.policy_assignment_name)?,
+        ))
+    }
+}
+
+impl ResourceGroupAssignmentPath {
+    fn target(&self) -> ApiResult<(FleetScope, String)> {
+        Ok((
+            FleetScope::parse(&self.subscription_id, Some(&self.resource_group_name))?,
+            parse_name("policyAssignmentName", &self.policy_assignment_name)?,
+        ))
+    }
+}
+
+fn not_found(scope: &FleetScope, name: &str) -> ApiError {
+    ApiError::ResourceNotFound(format!(
+        "The Resource '{TYPE}/{name}' under '{}' was not found.",
+        scope.id()
+    ))
+}
+
+/// The group a `clusterGroupId` names, which must exist in the assignment's subscription and share a scope with
+/// it: (its store id, its selector, the clusters the assignment sees through it).
+async fn resolve_group(
+    state: &AppState,
+    scope: &FleetScope,
+    id: &str,
+) -> ApiResult<(i64, LabelSelector, ClusterScope)> {
+    const TARGET: &str = "properties.clusterGroupId";
+    let invalid = |message: &str| ApiError::invalid(TARGET, format!("'{id}': {message}"));
+    let segments: Vec<&str> = id.trim_matches('/').split('/').collect();
+    let (subscription, resource_group, rest) = match segments.as_slice() {
+        ["subscriptions", s, "resourceGroups" | "resourcegroups", rg, rest @ ..] => (*s, Some(*rg), rest),
+        ["subscriptions", s, rest @ ..] => (*s, None, rest),
+        _ => return Err(invalid("not the ARM id of a cluster group")),
+    };
+    let name = match rest {
+        ["providers", provider, kind, name]
+            if provider.eq_ignore_ascii_case(super::super::PROVIDER) && kind.eq_ignore_ascii_case("clusterGroups") =>
+        {
+            *name
+        }
+        _ => return Err(invalid("not the ARM id of a cluster group")),
+    };
+    let group_scope = FleetScope::parse(subscription, resource_group).map_err(|_| invalid("not a valid ARM id"))?;
+    if group_scope.subscription.key() != scope.subscription.key() {
+        return Err(invalid("the group must be in the assignment's subscription"));
+    }
+    let clusters = match (&scope.resource_group, &group_scope.resource_group) {
+        (Some(a), Some(g)) if a.key() != g.key() => {
+            return Err(invalid(
+                "the group's resource group and the assignment's share no cluster",
+            ));
+        }
+        (Some(_), _) => scope.clusters(),
+        (None, _) => group_scope.clusters(),
+    };
+    let group = state
+        .store
+        .get_cluster_group(&group_scope.key(name))
+        .await?
+        .ok_or_else(|| invalid("no such cluster group"))?;
+    Ok((group.id, group.selector, clusters))
+}
+
+/// Where the assignment stands now: what its selector matches and what it manages.
+async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &FleetScope) -> ApiResult<AssignmentStatus> {
+    let (selector, clusters) = match &record.spec.cluster_group_id {
+        Some(id) => match resolve_group(state, scope, id).await {
+            Ok((_, selector, clusters)) => (Some(selector), clusters),
+            Err(_) => (None, scope.clusters()),
+        },
+        None => (record.spec.selector.clone(), scope.clusters()),
+    };
+    let tags = state.store.cluster_tags(&clusters).await?;
+    let matched: Vec<_> = match &selector {
+        Some(selector) => tags.into_iter().filter(|c| selector.matches(&c.tags)).collect(),
+        None => Vec::new(),
+    };
+    let configurations: HashMap<i64, Option<i64>> = state
+        .store
+        .configurations_named(&scope.clusters(), &record.configuration_name)
+        .await?
+        .into_iter()
+        .map(|c| (c.cluster_id, c.managed_by))
+        .collect();
+    let managed_configurations = configurations.values().filter(|by| **by == Some(record.id)).count() as u64;
+    let conflicting: Vec<_> = matched
+        .iter()
+        .filter(|c| configurations.get(&c.id).is_some_and(|by| *by != Some(record.id)))
+        .collect();
+    let conflicts = conflicting
+        .iter()
+        .take(MAX_LISTED_CONFLICTS)
+        .map(|c| {
+            let cluster = format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}",
+                record.subscription, c.resource_group, c.name
+            );
+            ErrorDetail::new(
+                "ConfigurationConflict",
+                format!(
+                    "the cluster has a configuration '{}' that this assignment does not manage: it is left as it is",
+                    record.configuration_name
+                ),
+            )
+            .with_target(cluster)
+        })
+        .collect();
+    Ok(AssignmentStatus {
+        matched_clusters: matched.len() as u64,
+        managed_configurations,
+        conflict_count: conflicting.len() as u64,
+        conflicts,
+    })
+}
+
+fn scope_of(record: &PolicyAssignmentRecord) -> ApiResult<FleetScope> {
+    FleetScope::parse(&record.subscription, record.resource_group.as_deref())
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("a stored policy assignment has an invalid scope")))
+}
+
+async fn render_record(state: &AppState, record: PolicyAssignmentRecord) -> ApiResult<PolicyAssignment> {
+    let scope = scope_of(&record)?;
+    let status = status(state, &record, &scope).await?;
+    Ok(PolicyAssignment {
+        id: record.arm_id(),
+        name: record.name,
+        type_: TYPE.to_owned(),
+        system_data: record.system_data,
+        properties: PolicyAssignmentProperties {
+            spec: record.spec,
+            provisioning_state: "Succeeded".to_owned(),
+            status,
+        },
+    })
+}
+
+async fn respond(state: &AppState, status: StatusCode, record: PolicyAssignmentRecord) -> ApiResult<Response> {
+    let mut headers = HeaderMap::new();
+    insert_etag(&mut headers, &record.etag);
+    Ok((status, headers, Json(render_record(state, record).await?)).into_response())
+}
+
+async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<Response> {
+    caller.require(Role::Reader, &scope.resource_id(TYPE_NAME, &name))?;
+    let record = state
+        .store
+        .get_policy_assignment(&scope.key(&name))
+        .await?
+        .ok_or_else(|| not_found(&scope, &name))?;
+    respond(state, StatusCode::OK, record).await
+}
+
+async fn put(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    preconditions: &Preconditions,
+    mut body: Value,
+) -> ApiResult<Response> {
+    caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
+    strip_read_only(&mut body, &["id", "name", "type", "systemData"]);
+    if let Some(properties) = body.get_mut("properties") {
+        strip_read_only(properties, &["status", "provisioningState"]);
+    }
+    let request: PolicyAssignmentRequest = parse(body, "")?;
+    let spec: AssignmentSpec = request.properties;
+    let rendered = render(&spec)?;
+    let (group, clusters) = match &spec.cluster_group_id {
+        Some(id) => {
+            let (group, _, clusters) = resolve_group(state, &scope, id).await?;
+            (Some(group), clusters)
+        }
+        None => (None, scope.clusters()),
+    };
+    let key = scope.key(&name);
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.store.get_policy_assignment(&key).await?;
+        preconditions.check(current.as_ref().map(|a| a.etag.as_str()))?;
+        let now = Utc::now();
+        let expected = current.as_ref().map(|a| a.etag.clone());
+        let record = match current {
+            None => PolicyAssignmentRecord {
+                id: 0,
+                key: key.clone(),
+                subscription_key: scope.subscription.key(),
+                resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
+                subscription: scope.subscription.as_str().to_owned(),
+                resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
+                name: name.clone(),
+                cluster_group_id: group,
+                configuration_name: spec.configuration_name.clone(),
+                spec: spec.clone(),
+                rendered: rendered.clone(),
+                generation: 1,
+                etag: new_etag(),
+                system_data: SystemData::created(&caller.subject, now),
+            },
+            Some(current) => PolicyAssignmentRecord {
+                cluster_group_id: group,
+                configuration_name: spec.configuration_name.clone(),
+                spec: spec.clone(),
+                // managed configurations get a new generation only when what they hold changes
+                generation: current.generation + i64::from(current.rendered != rendered),
+                rendered: rendered.clone(),
+                etag: new_etag(),
+                system_data: current.system_data.modified(&caller.subject, now),
+                ..current
+            },
+        };
+        let status = if expected.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        match state
+            .store
+            .write_policy_assignment(&record, expected.as_deref(), &managed_write(state))
+            .await?
+        {
+            AssignmentWrite::Written => {
+                wake(state, &clusters).await?;
+                tracing::info!(assignment = %record.arm_id(), generation = record.generation, "policy assignment written");
+                let record = state.store.get_policy_assignment(&key).await?.unwrap_or(record);
+                return respond(state, status, record).await;
+            }
+            AssignmentWrite::Overlap(others) => {
+                return Err(ApiError::Conflict(format!(
+                    "the assignment would write the configuration '{}' on clusters that the assignments {} already \
+                     write it on: narrow one of the selectors or use another configuration name",
+                    spec.configuration_name,
+                    others.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            AssignmentWrite::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            AssignmentWrite::Conflict => continue,
+        }
+    }
+    Err(contention())
+}
+
+async fn delete(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
+    caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
+    let deleted = state.store.delete_policy_assignment(&scope.key(&name)).await?;
+    if deleted {
+        wake(state, &scope.clusters()).await?;
+        tracing::info!(assignment = %scope.resource_id(TYPE_NAME, &name), "policy assignment deleted");
+    }
+    Ok(if deleted {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn list(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    params: &ListParams,
+    base: &BaseUrl,
+    api_version: &str,
+) -> ApiResult<Json<Page<PolicyAssignment>>> {
+    caller.require(Role::Reader, &scope.id())?;
+    let page = params.page()?;
+    let records = state.store.list_policy_assignments(&scope.clusters(), &page).await?;
+    let path = format!("{}/providers/{TYPE}", scope.id());
+    let mut rendered = Vec::with_capacity(records.len());
+    for record in records {
+        rendered.push((record.key.clone(), render_record(state, record).await?));
+    }
+    Ok(Json(Page::from_items(
+        rendered,
+        &page,
+        |(key, _)| key.clone(),
+        |token| base.next_link(&path, api_version, params.top.as_deref(), token),
+        |(_, assignment)| assignment,
+    )))
+}
+
+/// Reads a policy assignment of a subscription.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_GetAtSubscription",
+    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "The assignment and where it stands", body = PolicyAssignment),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    get(&state, &caller, scope, name).await
+}
+
+/// Reads a policy assignment of a resource group.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_Get",
+    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "The assignment and where it stands", body = PolicyAssignment),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    get(&state, &caller, scope, name).await
+}
+
+/// Creates or replaces a policy assignment of a subscription; every matching cluster gets its configuration in the
+/// same transaction.
+#[utoipa::path(
+    put,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_CreateOrUpdateAtSubscription",
+    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    request_body = PolicyAssignmentRequest,
+    responses(
+        (status = 200, description = "Replaced", body = PolicyAssignment),
+        (status = 201, description = "Created", body = PolicyAssignment),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    put(&state, &caller, scope, name, &preconditions, body).await
+}
+
+/// Creates or replaces a policy assignment of a resource group; every matching cluster of the group gets its
+/// configuration in the same transaction.
+#[utoipa::path(
+    put,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_CreateOrUpdate",
+    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
+    request_body = PolicyAssignmentRequest,
+    responses(
+        (status = 200, description = "Replaced", body = PolicyAssignment),
+        (status = 201, description = "Created", body = PolicyAssignment),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let (scope, name) = path.target()?;
+    put(&state, &caller, scope, name, &preconditions, body).await
+}
+
+/// Deletes a policy assignment of a subscription (200), its configurations going as its `onUnmatch` says; 204
+/// when there is none.
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_DeleteAtSubscription",
+    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 204, description = "There was no such assignment"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
+) -> ApiResult<StatusCode> {
+    let (scope, name) = path.target()?;
+    delete(&state, &caller, scope, name).await
+}
+
+/// Deletes a policy assignment of a resource group (200), its configurations going as its `onUnmatch` says; 204
+/// when there is none.
+#[utoipa::path(
+    delete,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_Delete",
+    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "Deleted"),
+        (status = 204, description = "There was no such assignment"),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
+) -> ApiResult<StatusCode> {
+    let (scope, name) = path.target()?;
+    delete(&state, &caller, scope, name).await
+}
+
+/// Lists the policy assignments of a subscription, those of its resource groups included.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_ListBySubscription",
+    params(SubscriptionScopePath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of assignments", body = Page<PolicyAssignment>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionScopePath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<PolicyAssignment>>> {
+    let scope = FleetScope::parse(path.subscription(), None)?;
+    list(&state, &caller, scope, &params, &base, version.version).await
+}
+
+/// Lists the policy assignments of a resource group.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_ListByResourceGroup",
+    params(ResourceGroupScopePath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of assignments", body = Page<PolicyAssignment>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupScopePath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<PolicyAssignment>>> {
+    let (subscription, resource_group) = path.scope();
+    let scope = FleetScope::parse(subscription, Some(resource_group))?;
+    list(&state, &caller, scope, &params, &base, version.version).await
+}

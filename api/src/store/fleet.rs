@@ -1,0 +1,296 @@
+//! The SQL of policy assignments, shared by both engines: which clusters an assignment matches, and the set-based
+//! writes that bring their configurations in line with it. Every helper runs inside the caller's transaction, so a
+//! cluster's tags, a group's selector or an assignment change together with the configurations they imply.
+
+/// Clusters per statement of a set-based write (each statement binds one parameter per cluster).
+pub(super) const CHUNK: usize = 1000;
+
+/// Adds the fleet helpers to `$store`; `$lock` serialises fleet writes of one subscription (key `$1`).
+macro_rules! fleet_helpers {
+    ($store:ty, $db:ty, $lock:literal) => {
+        impl $store {
+            /// Serialises the transactions that decide which clusters get which managed configurations, so that
+            /// none of them decides on what another is changing.
+            async fn lock_fleet(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                subscription_key: &str,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query::<$db>($lock)
+                    .bind(subscription_key)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// The selector an assignment follows and the clusters it may see: (selector, subscription key,
+            /// resource group key or ''), the narrower of its own scope and its group's; `None` if its group is gone.
+            async fn target(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                a: &$crate::store::PolicyAssignmentRecord,
+            ) -> Result<Option<($crate::fleet::selector::LabelSelector, String, String)>, sqlx::Error> {
+                let Some(group) = a.cluster_group_id else {
+                    let selector = a.spec.selector.clone().unwrap_or_default();
+                    return Ok(Some((
+                        selector,
+                        a.subscription_key.clone(),
+                        a.resource_group_key.clone(),
+                    )));
+                };
+                let row = sqlx::query_as::<$db, (sqlx::types::Json<$crate::fleet::selector::LabelSelector>, String)>(
+                    "SELECT selector, resource_group_key FROM cluster_groups WHERE id = $1",
+                )
+                .bind(group)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(row.map(|(selector, group_resource_group)| {
+                    let resource_group = if a.resource_group_key.is_empty() {
+                        group_resource_group
+                    } else {
+                        a.resource_group_key.clone()
+                    };
+                    (selector.0, a.subscription_key.clone(), resource_group)
+                }))
+            }
+
+            /// The ids of the clusters the assignment matches (of `only`, if given), in key order.
+            async fn matched(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                a: &$crate::store::PolicyAssignmentRecord,
+                only: Option<i64>,
+            ) -> Result<Vec<i64>, sqlx::Error> {
+                let Some((selector, subscription_key, resource_group_key)) = Self::target(tx, a).await? else {
+                    return Ok(Vec::new());
+                };
+                let clusters = sqlx::query_as::<$db, $crate::store::ClusterTags>(
+                    "SELECT id, key, resource_group, name, tags FROM clusters WHERE subscription_key = $1 \
+                     AND ($2 = '' OR resource_group_key = $2) AND ($3 = 0 OR id = $3) ORDER BY key",
+                )
+                .bind(subscription_key)
+                .bind(resource_group_key)
+                .bind(only.unwrap_or(0))
+                .fetch_all(&mut **tx)
+                .await?;
+                Ok(clusters
+                    .into_iter()
+                    .filter(|c| selector.matches(&c.tags))
+                    .map(|c| c.id)
+                    .collect())
+            }
+
+            /// The names of the other enforced assignments of the subscription that write the same configuration
+            /// on a cluster this one matches.
+            async fn overlapping(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                a: &$crate::store::PolicyAssignmentRecord,
+            ) -> Result<Vec<String>, sqlx::Error> {
+                use $crate::fleet::assignments::model::EnforcementMode;
+                if a.spec.enforcement_mode != EnforcementMode::Default {
+                    return Ok(Vec::new());
+                }
+                let sql = concat!(
+                    "SELECT ",
+                    policy_assignment_columns!(),
+                    " FROM policy_assignments WHERE subscription_key = $1 AND configuration_name = $2 AND id <> $3 \
+                     ORDER BY key"
+                );
+                let others = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .bind(&a.subscription_key)
+                    .bind(&a.configuration_name)
+                    .bind(a.id)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let mine: std::collections::HashSet<i64> = Self::matched(tx, a, None).await?.into_iter().collect();
+                let mut names = Vec::new();
+                for other in others
+                    .iter()
+                    .filter(|o| o.spec.enforcement_mode == EnforcementMode::Default)
+                {
+                    if Self::matched(tx, other, None)
+                        .await?
+                        .iter()
+                        .any(|id| mine.contains(id))
+                    {
+                        names.push(other.name.clone());
+                    }
+                }
+                Ok(names)
+            }
+
+            /// Brings the cluster's managed configurations in line with every assignment that may see it, oldest
+            /// assignment first (it keeps a configuration name two would write).
+            async fn reconcile_cluster(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                cluster_id: i64,
+                subscription_key: &str,
+                resource_group_key: &str,
+                managed: &$crate::store::ManagedWrite,
+            ) -> Result<(), sqlx::Error> {
+                let sql = concat!(
+                    "SELECT ",
+                    policy_assignment_columns!(),
+                    " FROM policy_assignments WHERE subscription_key = $1 \
+                     AND (resource_group_key = '' OR resource_group_key = $2) ORDER BY id"
+                );
+                let assignments = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .bind(subscription_key)
+                    .bind(resource_group_key)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                for a in &assignments {
+                    Self::reconcile(tx, a, Some(cluster_id), managed).await?;
+                }
+                Ok(())
+            }
+
+            /// Gives the assignment's configuration to every cluster it matches (of `only`, if given) that lacks
+            /// it, brings those it manages up to its generation, and lets go of those whose cluster it no longer
+            /// matches. A configuration of that name it does not manage is left alone: a conflict.
+            async fn reconcile(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                a: &$crate::store::PolicyAssignmentRecord,
+                only: Option<i64>,
+                managed: &$crate::store::ManagedWrite,
+            ) -> Result<(), sqlx::Error> {
+                use $crate::fleet::assignments::model::EnforcementMode;
+                if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
+                    return Ok(()); // audit only: writes nothing
+                }
+                let matched = Self::matched(tx, a, only).await?;
+                let existing = sqlx::query_as::<$db, (i64, Option<i64>, Option<i64>, String)>(
+                    "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state \
+                     FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
+                     WHERE f.name = $1 AND c.subscription_key = $2 AND ($3 = '' OR c.resource_group_key = $3) \
+                     AND ($4 = 0 OR c.id = $4)",
+                )
+                .bind(&a.configuration_name)
+                .bind(&a.subscription_key)
+                .bind(&a.resource_group_key)
+                .bind(only.unwrap_or(0))
+                .fetch_all(&mut **tx)
+                .await?;
+                let by_cluster: std::collections::HashMap<i64, (Option<i64>, Option<i64>, String)> = existing
+                    .into_iter()
+                    .map(|(cluster, by, generation, state)| (cluster, (by, generation, state)))
+                    .collect();
+                let wanted: std::collections::HashSet<i64> = matched.iter().copied().collect();
+                let mine = |by: &Option<i64>| *by == Some(a.id);
+                let inserts: Vec<i64> = matched
+                    .iter()
+                    .copied()
+                    .filter(|c| !by_cluster.contains_key(c))
+                    .collect();
+                let updates: Vec<i64> = matched
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        by_cluster.get(c).is_some_and(|(by, generation, state)| {
+                            mine(by) && (*generation != Some(a.generation) || state == "Deleting")
+                        })
+                    })
+                    .collect();
+                let mut gone: Vec<i64> = by_cluster
+                    .iter()
+                    .filter(|(c, (by, _, state))| mine(by) && !wanted.contains(c) && state != "Deleting")
+                    .map(|(c, _)| *c)
+                    .collect();
+                gone.sort_unstable();
+                let now = chrono::Utc::now();
+                let etag = uuid::Uuid::new_v4().to_string();
+                let arm_id = a.arm_id();
+                for chunk in inserts.chunks($crate::store::fleet::CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO flux_configurations (cluster_id, name, spec, generation, etag, \
+                         provisioning_state, compliance_state, observed, system_data, generation_expires_at, \
+                         managed_by, managed_by_id, managed_generation) ",
+                    );
+                    q.push_values(chunk, |mut row, cluster| {
+                        row.push_bind(*cluster)
+                            .push_bind(&a.configuration_name)
+                            .push_bind(sqlx::types::Json(&a.rendered))
+                            .push_bind(1_i64)
+                            .push_bind(&etag)
+                            .push_bind("Creating")
+                            .push_bind("Pending")
+                            .push_bind(sqlx::types::Json($crate::flux::model::Observed::default()))
+                            .push_bind(sqlx::types::Json($crate::arm::system_data::SystemData::created(
+                                &arm_id, now,
+                            )))
+                            .push_bind(managed.generation_expires_at)
+                            .push_bind(a.id)
+                            .push_bind(&arm_id)
+                            .push_bind(a.generation);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                for chunk in updates.chunks($crate::store::fleet::CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE flux_configurations SET spec = ");
+                    q.push_bind(sqlx::types::Json(&a.rendered))
+                        .push(", generation = generation + 1, etag = ")
+                        .push_bind(&etag)
+                        .push(
+                            ", provisioning_state = 'Updating', compliance_state = 'Pending', failure = NULL, \
+                             generation_expires_at = ",
+                        )
+                        .push_bind(managed.generation_expires_at)
+                        .push(", managed_generation = ")
+                        .push_bind(a.generation)
+                        .push(" WHERE managed_by = ")
+                        .push_bind(a.id);
+                    Self::push_clusters(&mut q, chunk);
+                    q.build().execute(&mut **tx).await?;
+                }
+                for chunk in gone.chunks($crate::store::fleet::CHUNK) {
+                    Self::let_go(tx, a, Some(chunk), &etag).await?;
+                }
+                Ok(())
+            }
+
+            /// Lets go of the assignment's configurations (on `clusters`, or all): deletes them from their
+            /// clusters or orphans them, as its `onUnmatch` says.
+            async fn let_go(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                a: &$crate::store::PolicyAssignmentRecord,
+                clusters: Option<&[i64]>,
+                etag: &str,
+            ) -> Result<(), sqlx::Error> {
+                use $crate::fleet::assignments::model::OnUnmatch;
+                let mut q = match a.spec.on_unmatch {
+                    OnUnmatch::Delete => {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "UPDATE flux_configurations SET generation = generation + 1, \
+                             provisioning_state = 'Deleting', generation_expires_at = NULL, etag = ",
+                        );
+                        q.push_bind(etag.to_owned())
+                            .push(" WHERE provisioning_state <> 'Deleting' AND managed_by = ")
+                            .push_bind(a.id);
+                        q
+                    }
+                    OnUnmatch::Orphan => {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "UPDATE flux_configurations SET managed_by = NULL, managed_by_id = NULL, \
+                             managed_generation = NULL WHERE managed_by = ",
+                        );
+                        q.push_bind(a.id);
+                        q
+                    }
+                };
+                if let Some(clusters) = clusters {
+                    Self::push_clusters(&mut q, clusters);
+                }
+                q.build().execute(&mut **tx).await?;
+                Ok(())
+            }
+
+            fn push_clusters(q: &mut sqlx::QueryBuilder<$db>, clusters: &[i64]) {
+                q.push(" AND cluster_id IN (");
+                let mut list = q.separated(", ");
+                for cluster in clusters {
+                    list.push_bind(*cluster);
+                }
+                list.push_unseparated(")");
+            }
+        }
+    };
+}
+
+pub(super) use fleet_helpers;

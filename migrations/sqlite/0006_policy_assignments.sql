@@ -1,0 +1,35 @@
+-- The same as migrations/postgres/0006_policy_assignments.sql, in SQLite's types.
+-- Fluxplane.Fleet/policyAssignments: a Flux configuration template that every cluster its selector matches gets,
+-- kept in step in the same transaction as each change to the assignment, its group or a cluster.
+CREATE TABLE policy_assignments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- lower-cased "subscription/name" or "subscription/resourceGroup/name"
+    key TEXT NOT NULL UNIQUE,
+    subscription_key TEXT NOT NULL,
+    -- '' for an assignment at subscription scope
+    resource_group_key TEXT NOT NULL,
+    subscription TEXT NOT NULL,
+    resource_group TEXT,
+    name TEXT NOT NULL,
+    -- the group whose selector it follows; a group cannot be deleted while assignments follow it
+    cluster_group_id INTEGER REFERENCES cluster_groups (id),
+    configuration_name TEXT NOT NULL,
+    -- the properties as written: selector or clusterGroupId, template, parameters, modes
+    spec TEXT NOT NULL,
+    -- the template with its parameters substituted and every default filled in: what each cluster gets
+    rendered TEXT NOT NULL,
+    -- bumped when `rendered` changes; managed configurations record the one they were written from
+    generation INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    system_data TEXT NOT NULL
+);
+
+CREATE INDEX policy_assignments_by_scope ON policy_assignments (subscription_key, resource_group_key, key);
+CREATE INDEX policy_assignments_by_configuration ON policy_assignments (subscription_key, configuration_name);
+
+-- Which assignment manages a configuration (NULL: written by hand), its ARM id for display, and the assignment
+-- generation it was written from.
+ALTER TABLE flux_configurations ADD COLUMN managed_by INTEGER REFERENCES policy_assignments (id) ON DELETE SET NULL;
+ALTER TABLE flux_configurations ADD COLUMN managed_by_id TEXT;
+ALTER TABLE flux_configurations ADD COLUMN managed_generation INTEGER;
+CREATE INDEX flux_configurations_managed ON flux_configurations (managed_by, cluster_id) WHERE managed_by IS NOT NULL;

@@ -1,0 +1,404 @@
+//! End-to-end: `Fluxplane.Fleet/policyAssignments` give every matching cluster a configuration rendered from a
+//! template, follow clusters that join or leave through their tags in the same write, never overwrite what they
+//! do not manage, and refuse to write a configuration another assignment writes.
+
+mod common;
+
+use common::*;
+use fluxplane_api::auth::Role;
+use fluxplane_api::on_both_backends;
+use fluxplane_api::testing::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const FLEET_API: &str = "2026-01-01";
+const SUBSCRIPTION: &str = "/subscriptions/s";
+
+fn fleet_path(scope: &str, kind: &str, name: &str) -> String {
+    with_version(&format!("{scope}/providers/Fluxplane.Fleet/{kind}/{name}"), FLEET_API)
+}
+
+fn assignment_path(name: &str) -> String {
+    fleet_path(SUBSCRIPTION, "policyAssignments", name)
+}
+
+async fn tagged_cluster(api: &Api, name: &str, tags: Value) {
+    let body = json!({"location": "westeurope", "tags": tags, "properties": {"agentPublicKeyCertificate": "a2V5"}});
+    let path = with_version(&cluster_path("s", "rg", name), CLUSTER_API);
+    let answer = api.call(Method::PUT, &path, Some(body)).await;
+    assert!(answer.status.is_success(), "{answer:?}");
+}
+
+async fn retag(api: &Api, name: &str, tags: Value) {
+    let path = with_version(&cluster_path("s", "rg", name), CLUSTER_API);
+    let answer = api.call(Method::PATCH, &path, Some(json!({"tags": tags}))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+}
+
+/// The configuration `name` of the cluster, as read through the ARM API.
+async fn configuration(api: &Api, cluster: &str, name: &str) -> Answer {
+    api.get(&with_version(
+        &config_path(&cluster_path("s", "rg", cluster), name),
+        FLUX_API,
+    ))
+    .await
+}
+
+fn assignment(selector: Value, branch: &str) -> Value {
+    json!({"properties": {
+        "selector": selector,
+        "configurationName": "baseline",
+        "configurationTemplate": {
+            "gitRepository": {"url": "https://github.com/org/fleet",
+                              "repositoryRef": {"branch": "[parameters('branch')]"}},
+            "kustomizations": {"infra": {"path": "./infra"}}
+        },
+        "parameters": {"branch": branch}
+    }})
+}
+
+fn prod() -> Value {
+    json!({"matchLabels": {"env": "prod"}})
+}
+
+on_both_backends!(
+    an_assignment_gives_every_matching_cluster_its_configuration_and_follows_tag_changes,
+    apply_case
+);
+async fn apply_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod"})).await;
+    tagged_cluster(&api, "dev-1", json!({"env": "dev"})).await;
+
+    let created = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline"),
+            Some(assignment(prod(), "main")),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let id = "/subscriptions/s/providers/Fluxplane.Fleet/policyAssignments/baseline";
+    assert_eq!(created.body["id"], id);
+    assert_eq!(created.body["properties"]["status"]["matchedClusters"], 2);
+    assert_eq!(created.body["properties"]["status"]["managedConfigurations"], 2);
+    assert_eq!(created.body["properties"]["enforcementMode"], "Default");
+    assert_eq!(created.body["properties"]["onUnmatch"], "Delete");
+    for cluster in ["prod-1", "prod-2"] {
+        let config = configuration(&api, cluster, "baseline").await;
+        assert_eq!(config.status, StatusCode::OK, "{cluster}: {config:?}");
+        assert_eq!(config.body["properties"]["managedBy"], id);
+        assert_eq!(
+            config.body["properties"]["gitRepository"]["repositoryRef"]["branch"],
+            "main"
+        );
+        assert_eq!(config.body["properties"]["provisioningState"], "Creating");
+    }
+    assert_eq!(
+        configuration(&api, "dev-1", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // a new parameter value reaches every managed configuration as a new generation
+    let store = &api.server.state.store;
+    let prod_1 = store.get_cluster("s/rg/prod-1").await.unwrap().unwrap();
+    let before = store.get_configuration(prod_1.id, "baseline").await.unwrap().unwrap();
+    let same = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline"),
+            Some(assignment(prod(), "main")),
+        )
+        .await;
+    assert_eq!(same.status, StatusCode::OK);
+    let unchanged = store.get_configuration(prod_1.id, "baseline").await.unwrap().unwrap();
+    assert_eq!(
+        unchanged.generation, before.generation,
+        "nothing to change, no new generation"
+    );
+    api.call(
+        Method::PUT,
+        &assignment_path("baseline"),
+        Some(assignment(prod(), "release")),
+    )
+    .await;
+    let after = store.get_configuration(prod_1.id, "baseline").await.unwrap().unwrap();
+    assert_eq!(after.generation, before.generation + 1);
+    let config = configuration(&api, "prod-2", "baseline").await;
+    assert_eq!(
+        config.body["properties"]["gitRepository"]["repositoryRef"]["branch"],
+        "release"
+    );
+
+    // a cluster that registers with matching tags has the configuration as soon as its registration answers
+    tagged_cluster(&api, "prod-3", json!({"env": "prod"})).await;
+    assert_eq!(configuration(&api, "prod-3", "baseline").await.status, StatusCode::OK);
+    // one whose tags stop matching loses it (onUnmatch Delete: through its agent), one that starts gains it
+    retag(&api, "prod-1", json!({"env": "dev"})).await;
+    assert_eq!(
+        configuration(&api, "prod-1", "baseline").await.body["properties"]["provisioningState"],
+        "Deleting"
+    );
+    retag(&api, "dev-1", json!({"env": "prod"})).await;
+    assert_eq!(
+        configuration(&api, "dev-1", "baseline").await.body["properties"]["managedBy"],
+        id
+    );
+    // and coming back restores a configuration being deleted
+    retag(&api, "prod-1", json!({"env": "prod"})).await;
+    let back = configuration(&api, "prod-1", "baseline").await;
+    assert_eq!(back.body["properties"]["provisioningState"], "Updating");
+    let status = api.get(&assignment_path("baseline")).await;
+    assert_eq!(status.body["properties"]["status"]["matchedClusters"], 4);
+    assert_eq!(status.body["properties"]["status"]["managedConfigurations"], 4);
+}
+
+on_both_backends!(what_an_assignment_does_not_manage_is_never_overwritten, conflict_case);
+async fn conflict_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod"})).await;
+    let own = api
+        .put_config(&cluster_path("s", "rg", "prod-1"), "baseline", git_config_body())
+        .await;
+    assert_eq!(own.status, StatusCode::CREATED);
+    let created = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline"),
+            Some(assignment(prod(), "main")),
+        )
+        .await;
+    let status = &created.body["properties"]["status"];
+    assert_eq!(status["matchedClusters"], 2);
+    assert_eq!(status["managedConfigurations"], 1);
+    assert_eq!(status["conflictCount"], 1);
+    assert_eq!(
+        status["conflicts"][0]["target"],
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/prod-1"
+    );
+    let kept = configuration(&api, "prod-1", "baseline").await;
+    assert_eq!(kept.body["properties"]["managedBy"], Value::Null);
+    assert_eq!(
+        kept.body["properties"]["gitRepository"]["url"], "https://github.com/Azure/arc-k8s-demo",
+        "the hand-written configuration is as it was"
+    );
+
+    // a second assignment writing the same configuration on the same clusters is refused; elsewhere it is fine
+    let overlapping = api
+        .call(Method::PUT, &assignment_path("other"), Some(assignment(prod(), "main")))
+        .await;
+    assert_eq!(overlapping.status, StatusCode::CONFLICT, "{overlapping:?}");
+    assert!(
+        overlapping.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'baseline'")
+    );
+    assert_eq!(api.get(&assignment_path("other")).await.status, StatusCode::NOT_FOUND);
+    let elsewhere = assignment(json!({"matchLabels": {"env": "dev"}}), "main");
+    assert_eq!(
+        api.call(Method::PUT, &assignment_path("other"), Some(elsewhere))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+on_both_backends!(
+    an_audit_only_assignment_writes_nothing_and_deleting_one_follows_on_unmatch,
+    audit_and_delete_case
+);
+async fn audit_and_delete_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod"})).await;
+    let mut audit = assignment(prod(), "main");
+    audit["properties"]["enforcementMode"] = json!("DoNotEnforce");
+    let created = api.call(Method::PUT, &assignment_path("audit"), Some(audit)).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.body["properties"]["status"]["matchedClusters"], 2);
+    assert_eq!(created.body["properties"]["status"]["managedConfigurations"], 0);
+    assert_eq!(
+        configuration(&api, "prod-1", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+    tagged_cluster(&api, "prod-3", json!({"env": "prod"})).await;
+    assert_eq!(
+        configuration(&api, "prod-3", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // enforced with onUnmatch Orphan: deleting the assignment leaves its configurations, unmanaged
+    let mut orphaning = assignment(prod(), "main");
+    orphaning["properties"]["onUnmatch"] = json!("Orphan");
+    let enforced = api.call(Method::PUT, &assignment_path("audit"), Some(orphaning)).await;
+    assert_eq!(enforced.body["properties"]["status"]["managedConfigurations"], 3);
+    assert_eq!(
+        api.call(Method::DELETE, &assignment_path("audit"), None).await.status,
+        StatusCode::OK
+    );
+    let orphan = configuration(&api, "prod-1", "baseline").await;
+    assert_eq!(orphan.status, StatusCode::OK);
+    assert_eq!(orphan.body["properties"]["managedBy"], Value::Null);
+    assert_eq!(orphan.body["properties"]["provisioningState"], "Creating");
+
+    // with onUnmatch Delete (the default): deleting it deletes them through their agents
+    let again = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline-2"),
+            Some(assignment(
+                json!({"matchLabels": {"env": "prod"},
+            "matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}),
+                "main",
+            )),
+        )
+        .await;
+    assert_eq!(
+        again.body["properties"]["status"]["conflictCount"], 3,
+        "the orphans are not its own"
+    );
+    let mut fresh = assignment(prod(), "main");
+    fresh["properties"]["configurationName"] = json!("apps");
+    api.call(Method::PUT, &assignment_path("apps"), Some(fresh)).await;
+    assert_eq!(configuration(&api, "prod-2", "apps").await.status, StatusCode::OK);
+    assert_eq!(
+        api.call(Method::DELETE, &assignment_path("apps"), None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        configuration(&api, "prod-2", "apps").await.body["properties"]["provisioningState"],
+        "Deleting"
+    );
+    assert_eq!(
+        api.call(Method::DELETE, &assignment_path("apps"), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+on_both_backends!(assignments_through_a_group_follow_its_selector, group_case);
+async fn group_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "eu-1", json!({"region": "eu"})).await;
+    tagged_cluster(&api, "us-1", json!({"region": "us"})).await;
+    let group = fleet_path(SUBSCRIPTION, "clusterGroups", "eu");
+    api.call(
+        Method::PUT,
+        &group,
+        Some(json!({"properties": {"selector": {"matchLabels": {"region": "eu"}}}})),
+    )
+    .await;
+    let mut body = assignment(json!(null), "main");
+    let properties = body["properties"].as_object_mut().unwrap();
+    properties.remove("selector");
+    properties.insert(
+        "clusterGroupId".into(),
+        json!("/subscriptions/s/providers/Fluxplane.Fleet/clusterGroups/eu"),
+    );
+    let created = api.call(Method::PUT, &assignment_path("eu-baseline"), Some(body)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(configuration(&api, "eu-1", "baseline").await.status, StatusCode::OK);
+    assert_eq!(
+        configuration(&api, "us-1", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // the group takes in the US too: the assignment follows in the same write
+    api.call(
+        Method::PUT,
+        &group,
+        Some(json!({"properties": {"selector": {"matchExpressions": [{"key": "region", "operator": "Exists"}]}}})),
+    )
+    .await;
+    assert_eq!(configuration(&api, "us-1", "baseline").await.status, StatusCode::OK);
+    let refused = api.call(Method::DELETE, &group, None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+}
+
+on_both_backends!(bad_assignments_get_clear_errors_and_change_nothing, errors_case);
+async fn errors_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    let path = assignment_path("bad");
+    let mut both = assignment(prod(), "main");
+    both["properties"]["clusterGroupId"] = json!("/subscriptions/s/providers/Fluxplane.Fleet/clusterGroups/g");
+    let mut unknown_parameter = assignment(prod(), "main");
+    unknown_parameter["properties"]["parameters"] = json!({});
+    let mut with_secret = assignment(prod(), "main");
+    with_secret["properties"]["configurationTemplate"]["configurationProtectedSettings"] = json!({"k": "dg=="});
+    let mut invalid_config = assignment(prod(), "main");
+    invalid_config["properties"]["configurationTemplate"]["gitRepository"]["url"] = json!("ftp://nope");
+    let mut missing_group = assignment(json!(null), "main");
+    missing_group["properties"].as_object_mut().unwrap().remove("selector");
+    missing_group["properties"]["clusterGroupId"] =
+        json!("/subscriptions/s/providers/Fluxplane.Fleet/clusterGroups/none");
+    let mut bad_mode = assignment(prod(), "main");
+    bad_mode["properties"]["enforcementMode"] = json!("Sometimes");
+    let cases = [
+        (both, "properties.selector"),
+        (
+            unknown_parameter,
+            "properties.configurationTemplate.gitRepository.repositoryRef.branch",
+        ),
+        (with_secret, "properties.configurationTemplate"),
+        (invalid_config, "properties.configurationTemplate.gitRepository.url"),
+        (missing_group, "properties.clusterGroupId"),
+        (bad_mode, "properties.enforcementMode"),
+    ];
+    for (body, target) in cases {
+        let answer = api.call(Method::PUT, &path, Some(body.clone())).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}: {answer:?}");
+        let targets: Vec<&str> = std::iter::once(&answer.body["error"])
+            .chain(answer.body["error"]["details"].as_array().into_iter().flatten())
+            .filter_map(|d| d["target"].as_str())
+            .collect();
+        assert!(targets.contains(&target), "{target} not in {targets:?}: {answer:?}");
+    }
+    assert_eq!(
+        api.get(&path).await.status,
+        StatusCode::NOT_FOUND,
+        "nothing was written"
+    );
+    assert_eq!(
+        configuration(&api, "prod-1", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+on_both_backends!(assignments_need_the_owner_role_at_their_scope, auth_case);
+async fn auth_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    let in_rg = "/subscriptions/s/resourceGroups/rg";
+    let path = fleet_path(in_rg, "policyAssignments", "baseline");
+    let contributor = api.server.token("contributor", &[(Role::Contributor, SUBSCRIPTION)]);
+    let owner = api.server.token("owner", &[(Role::Owner, in_rg)]);
+    let reader = api.server.token("reader", &[(Role::Reader, in_rg)]);
+    let body = assignment(prod(), "main");
+    let refused = api.call_as(&contributor, Method::PUT, &path, Some(body.clone())).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    assert_eq!(
+        configuration(&api, "prod-1", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let created = api.call_as(&owner, Method::PUT, &path, Some(body.clone())).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.body["properties"]["status"]["managedConfigurations"], 1);
+    assert_eq!(
+        api.call_as(&reader, Method::GET, &path, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call_as(&reader, Method::DELETE, &path, None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let at_subscription = assignment_path("baseline");
+    assert_eq!(
+        api.call_as(&owner, Method::PUT, &at_subscription, Some(body))
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "an Owner of a resource group is no Owner of its subscription"
+    );
+}
