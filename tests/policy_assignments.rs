@@ -402,3 +402,115 @@ async fn auth_case(backend: Backend) {
         "an Owner of a resource group is no Owner of its subscription"
     );
 }
+
+fn plan_path(name: &str) -> String {
+    with_version(
+        &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/policyAssignments/{name}/plan"),
+        FLEET_API,
+    )
+}
+
+fn config_id(cluster: &str, name: &str) -> String {
+    config_path(&cluster_path("s", "rg", cluster), name)
+}
+
+on_both_backends!(a_plan_writes_nothing_and_says_what_applying_then_does, plan_case);
+async fn plan_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod", "tier": "gold"})).await;
+    tagged_cluster(&api, "dev-1", json!({"env": "dev"})).await;
+    api.put_config(&cluster_path("s", "rg", "dev-1"), "baseline", git_config_body())
+        .await;
+
+    let first = api
+        .call(Method::POST, &plan_path("baseline"), Some(assignment(prod(), "main")))
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(
+        first.body["enteringClusters"],
+        json!([cluster_path("s", "rg", "prod-1"), cluster_path("s", "rg", "prod-2")])
+    );
+    assert_eq!(
+        first.body["create"],
+        json!([config_id("prod-1", "baseline"), config_id("prod-2", "baseline")])
+    );
+    assert_eq!(first.body["leavingClusters"], json!([]));
+    assert_eq!(
+        api.get(&assignment_path("baseline")).await.status,
+        StatusCode::NOT_FOUND,
+        "the plan wrote nothing"
+    );
+    assert_eq!(
+        configuration(&api, "prod-1", "baseline").await.status,
+        StatusCode::NOT_FOUND
+    );
+    api.call(
+        Method::PUT,
+        &assignment_path("baseline"),
+        Some(assignment(prod(), "main")),
+    )
+    .await;
+    for cluster in ["prod-1", "prod-2"] {
+        assert_eq!(
+            configuration(&api, cluster, "baseline").await.status,
+            StatusCode::OK,
+            "as planned"
+        );
+    }
+
+    let store = &api.server.state.store;
+    let prod_1 = store.get_cluster("s/rg/prod-1").await.unwrap().unwrap();
+    let before = store.get_configuration(prod_1.id, "baseline").await.unwrap().unwrap();
+    let change = assignment(
+        json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "dev"]},
+                                    {"key": "tier", "operator": "NotIn", "values": ["gold"]}]}),
+        "release",
+    );
+    let second = api
+        .call(Method::POST, &plan_path("baseline"), Some(change.clone()))
+        .await;
+    assert_eq!(
+        second.body["enteringClusters"],
+        json!([cluster_path("s", "rg", "dev-1")])
+    );
+    assert_eq!(
+        second.body["leavingClusters"],
+        json!([cluster_path("s", "rg", "prod-2")])
+    );
+    assert_eq!(second.body["create"], json!([]));
+    assert_eq!(second.body["update"], json!([config_id("prod-1", "baseline")]));
+    assert_eq!(second.body["delete"], json!([config_id("prod-2", "baseline")]));
+    assert_eq!(second.body["conflicts"], json!([config_id("dev-1", "baseline")]));
+    let unchanged = store.get_configuration(prod_1.id, "baseline").await.unwrap().unwrap();
+    assert_eq!(unchanged.generation, before.generation, "the plan wrote nothing");
+
+    // applying does what the plan said
+    api.call(Method::PUT, &assignment_path("baseline"), Some(change)).await;
+    let updated = store.get_configuration(prod_1.id, "baseline").await.unwrap().unwrap();
+    assert_eq!(updated.generation, before.generation + 1);
+    assert_eq!(
+        configuration(&api, "prod-2", "baseline").await.body["properties"]["provisioningState"],
+        "Deleting"
+    );
+    assert_eq!(
+        configuration(&api, "dev-1", "baseline").await.body["properties"]["managedBy"],
+        Value::Null
+    );
+
+    // a plan that would overlap another assignment says so, as applying would refuse it
+    let mut apps = assignment(json!({"matchLabels": {"env": "dev"}}), "main");
+    apps["properties"]["configurationName"] = json!("apps");
+    api.call(Method::PUT, &assignment_path("apps"), Some(apps.clone()))
+        .await;
+    let overlap = api.call(Method::POST, &plan_path("apps-2"), Some(apps)).await;
+    assert_eq!(overlap.body["overlappingAssignments"], json!(["apps"]));
+    let invalid = api
+        .call(
+            Method::POST,
+            &plan_path("apps-2"),
+            Some(json!({"properties": {"selector": {}}})),
+        )
+        .await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+}

@@ -151,7 +151,7 @@ macro_rules! fleet_helpers {
                 only: Option<i64>,
                 managed: &$crate::store::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
-                use $crate::fleet::assignments::model::EnforcementMode;
+                use $crate::fleet::assignments::model::{Decision, EnforcementMode, Existing, decide};
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
                 }
@@ -168,32 +168,26 @@ macro_rules! fleet_helpers {
                 .bind(only.unwrap_or(0))
                 .fetch_all(&mut **tx)
                 .await?;
-                let by_cluster: std::collections::HashMap<i64, (Option<i64>, Option<i64>, String)> = existing
+                let existing = existing
                     .into_iter()
-                    .map(|(cluster, by, generation, state)| (cluster, (by, generation, state)))
-                    .collect();
-                let wanted: std::collections::HashSet<i64> = matched.iter().copied().collect();
-                let mine = |by: &Option<i64>| *by == Some(a.id);
-                let inserts: Vec<i64> = matched
-                    .iter()
-                    .copied()
-                    .filter(|c| !by_cluster.contains_key(c))
-                    .collect();
-                let updates: Vec<i64> = matched
-                    .iter()
-                    .copied()
-                    .filter(|c| {
-                        by_cluster.get(c).is_some_and(|(by, generation, state)| {
-                            mine(by) && (*generation != Some(a.generation) || state == "Deleting")
-                        })
+                    .map(|(cluster, managed_by, managed_generation, state)| {
+                        let deleting = state == "Deleting";
+                        (
+                            cluster,
+                            Existing {
+                                managed_by,
+                                managed_generation,
+                                deleting,
+                            },
+                        )
                     })
                     .collect();
-                let mut gone: Vec<i64> = by_cluster
-                    .iter()
-                    .filter(|(c, (by, _, state))| mine(by) && !wanted.contains(c) && state != "Deleting")
-                    .map(|(c, _)| *c)
-                    .collect();
-                gone.sort_unstable();
+                let Decision {
+                    create: inserts,
+                    update: updates,
+                    release: gone,
+                    ..
+                } = decide(a.id, a.generation, &matched, &existing);
                 let now = chrono::Utc::now();
                 let etag = uuid::Uuid::new_v4().to_string();
                 let arm_id = a.arm_id();

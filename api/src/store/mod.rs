@@ -226,6 +226,9 @@ pub struct ManagedWrite {
 pub struct NamedConfiguration {
     pub cluster_id: i64,
     pub managed_by: Option<i64>,
+    pub managed_generation: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub provisioning_state: ProvisioningState,
 }
 
 /// A cluster's tags, for evaluating selectors.

@@ -617,7 +617,8 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::NamedConfiguration>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 Ok(sqlx::query_as::<$db, $crate::store::NamedConfiguration>(
-                    "SELECT f.cluster_id, f.managed_by FROM flux_configurations f \
+                    "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state \
+                     FROM flux_configurations f \
                      JOIN clusters c ON c.id = f.cluster_id \
                      WHERE f.name = $1 AND c.subscription_key = $2 AND ($3 = '' OR c.resource_group_key = $3)",
                 )

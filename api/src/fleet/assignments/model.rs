@@ -100,6 +100,80 @@ pub struct AssignmentStatus {
     pub conflict_count: u64,
 }
 
+/// What applying a proposed assignment would do: the answer of `POST {assignmentId}/plan`, which writes nothing.
+/// Clusters and configurations are named by ARM id, in cluster key order.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentPlan {
+    /// Clusters the proposal selects that the assignment does not select now.
+    pub entering_clusters: Vec<String>,
+    /// Clusters the assignment selects now that the proposal does not.
+    pub leaving_clusters: Vec<String>,
+    /// Configurations it would create.
+    pub create: Vec<String>,
+    /// Configurations it would rewrite as a new generation.
+    pub update: Vec<String>,
+    /// Configurations it would delete from their clusters (`onUnmatch: Delete`).
+    pub delete: Vec<String>,
+    /// Configurations it would stop managing and leave in place (`onUnmatch: Orphan`).
+    pub orphan: Vec<String>,
+    /// Configurations of that name on selected clusters that it does not manage: left alone.
+    pub conflicts: Vec<String>,
+    /// Other assignments writing the same configuration on some of the same clusters: applying would be refused.
+    pub overlapping_assignments: Vec<String>,
+}
+
+/// A configuration of the assignment's name on a cluster, as the decision about it needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    pub managed_by: Option<i64>,
+    pub managed_generation: Option<i64>,
+    pub deleting: bool,
+}
+
+/// What applying an assignment does, by cluster id (each list in the order of `matched`, `release` ascending).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Matched clusters without a configuration of that name: it is created.
+    pub create: Vec<i64>,
+    /// Matched clusters whose managed configuration is of another generation, or being deleted: it is rewritten.
+    pub update: Vec<i64>,
+    /// Clusters it no longer matches whose configuration it manages: deleted or orphaned (`onUnmatch`).
+    pub release: Vec<i64>,
+    /// Matched clusters whose configuration of that name it does not manage: left alone.
+    pub conflicts: Vec<i64>,
+}
+
+/// Decides what the assignment `id` at `generation` does to the configurations of its name (`existing`, by
+/// cluster), given the clusters it matches. The store applies exactly this; a plan answers it.
+pub fn decide(
+    id: i64,
+    generation: i64,
+    matched: &[i64],
+    existing: &std::collections::HashMap<i64, Existing>,
+) -> Decision {
+    let mut decision = Decision::default();
+    for cluster in matched {
+        match existing.get(cluster) {
+            None => decision.create.push(*cluster),
+            Some(e) if e.managed_by == Some(id) => {
+                if e.managed_generation != Some(generation) || e.deleting {
+                    decision.update.push(*cluster);
+                }
+            }
+            Some(_) => decision.conflicts.push(*cluster),
+        }
+    }
+    let wanted: std::collections::HashSet<&i64> = matched.iter().collect();
+    decision.release = existing
+        .iter()
+        .filter(|(cluster, e)| e.managed_by == Some(id) && !e.deleting && !wanted.contains(cluster))
+        .map(|(cluster, _)| *cluster)
+        .collect();
+    decision.release.sort_unstable();
+    decision
+}
+
 /// Checks what a PUT gives and renders the configuration each cluster gets: the template with its parameters
 /// substituted and every default filled in. Every problem is named at once.
 pub fn render(spec: &AssignmentSpec) -> ApiResult<FluxConfigurationSpec> {

@@ -13,7 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{
-    AssignmentSpec, AssignmentStatus, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest, render,
+    AssignmentPlan, AssignmentSpec, AssignmentStatus, EnforcementMode, Existing, OnUnmatch, PolicyAssignment,
+    PolicyAssignmentProperties, PolicyAssignmentRequest, decide, render,
 };
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
@@ -28,7 +29,7 @@ use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, Subscri
 use crate::fleet::selector::LabelSelector;
 use crate::fleet::{FleetScope, managed_write, parse_name, wake};
 use crate::state::AppState;
-use crate::store::{AssignmentWrite, ClusterScope, PolicyAssignmentRecord};
+use crate::store::{AssignmentWrite, ClusterScope, ClusterTags, PolicyAssignmentRecord};
 
 const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
 const TYPE_NAME: &str = "policyAssignments";
@@ -49,6 +50,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(list_at_subscription))
         .routes(routes!(list_at_resource_group))
+        .routes(routes!(plan_at_subscription))
+        .routes(routes!(plan_at_resource_group))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -138,19 +141,25 @@ async fn resolve_group(
 }
 
 /// Where the assignment stands now: what its selector matches and what it manages.
-async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &FleetScope) -> ApiResult<AssignmentStatus> {
-    let (selector, clusters) = match &record.spec.cluster_group_id {
+/// The clusters the assignment's properties select now, in key order (none if its group is gone).
+async fn matched(state: &AppState, spec: &AssignmentSpec, scope: &FleetScope) -> ApiResult<Vec<ClusterTags>> {
+    let (selector, clusters) = match &spec.cluster_group_id {
         Some(id) => match resolve_group(state, scope, id).await {
             Ok((_, selector, clusters)) => (Some(selector), clusters),
             Err(_) => (None, scope.clusters()),
         },
-        None => (record.spec.selector.clone(), scope.clusters()),
+        None => (spec.selector.clone(), scope.clusters()),
+    };
+    let Some(selector) = selector else {
+        return Ok(Vec::new());
     };
     let tags = state.store.cluster_tags(&clusters).await?;
-    let matched: Vec<_> = match &selector {
-        Some(selector) => tags.into_iter().filter(|c| selector.matches(&c.tags)).collect(),
-        None => Vec::new(),
-    };
+    Ok(tags.into_iter().filter(|c| selector.matches(&c.tags)).collect())
+}
+
+/// Where the assignment stands now: what its selector matches and what it manages.
+async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &FleetScope) -> ApiResult<AssignmentStatus> {
+    let matched = matched(state, &record.spec, scope).await?;
     let configurations: HashMap<i64, Option<i64>> = state
         .store
         .configurations_named(&scope.clusters(), &record.configuration_name)
@@ -167,10 +176,7 @@ async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &Fleet
         .iter()
         .take(MAX_LISTED_CONFLICTS)
         .map(|c| {
-            let cluster = format!(
-                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}",
-                record.subscription, c.resource_group, c.name
-            );
+            let cluster = cluster_id(&record.subscription, c);
             ErrorDetail::new(
                 "ConfigurationConflict",
                 format!(
@@ -187,6 +193,13 @@ async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &Fleet
         conflict_count: conflicting.len() as u64,
         conflicts,
     })
+}
+
+fn cluster_id(subscription: &str, cluster: &ClusterTags) -> String {
+    format!(
+        "/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}",
+        cluster.resource_group, cluster.name
+    )
 }
 
 fn scope_of(record: &PolicyAssignmentRecord) -> ApiResult<FleetScope> {
@@ -232,15 +245,10 @@ async fn put(
     scope: FleetScope,
     name: String,
     preconditions: &Preconditions,
-    mut body: Value,
+    body: Value,
 ) -> ApiResult<Response> {
     caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
-    strip_read_only(&mut body, &["id", "name", "type", "systemData"]);
-    if let Some(properties) = body.get_mut("properties") {
-        strip_read_only(properties, &["status", "provisioningState"]);
-    }
-    let request: PolicyAssignmentRequest = parse(body, "")?;
-    let spec: AssignmentSpec = request.properties;
+    let spec = proposal(body)?;
     let rendered = render(&spec)?;
     let (group, clusters) = match &spec.cluster_group_id {
         Some(id) => {
@@ -313,6 +321,154 @@ async fn put(
         }
     }
     Err(contention())
+}
+
+/// Parses and checks a proposed assignment as a PUT does.
+fn proposal(mut body: Value) -> ApiResult<AssignmentSpec> {
+    strip_read_only(&mut body, &["id", "name", "type", "systemData"]);
+    if let Some(properties) = body.get_mut("properties") {
+        strip_read_only(properties, &["status", "provisioningState"]);
+    }
+    let request: PolicyAssignmentRequest = parse(body, "")?;
+    Ok(request.properties)
+}
+
+/// What applying `body` as the assignment `name` would do, computed as the store would apply it.
+async fn plan(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    body: Value,
+) -> ApiResult<Json<AssignmentPlan>> {
+    caller.require(Role::Reader, &scope.resource_id(TYPE_NAME, &name))?;
+    let spec = proposal(body)?;
+    let rendered = render(&spec)?;
+    if let Some(id) = &spec.cluster_group_id {
+        resolve_group(state, &scope, id).await?;
+    }
+    let current = state.store.get_policy_assignment(&scope.key(&name)).await?;
+    let now = match &current {
+        Some(current) => matched(state, &current.spec, &scope).await?,
+        None => Vec::new(),
+    };
+    let next = matched(state, &spec, &scope).await?;
+    let every: HashMap<i64, ClusterTags> = state
+        .store
+        .cluster_tags(&scope.clusters())
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let cluster = |id: &i64| {
+        every
+            .get(id)
+            .map(|c| cluster_id(&scope.subscription.as_str().to_owned(), c))
+    };
+    let configuration = |id: &i64| {
+        cluster(id).map(|c| {
+            format!(
+                "{c}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{}",
+                spec.configuration_name
+            )
+        })
+    };
+    let in_key_order = |mut ids: Vec<i64>| {
+        ids.sort_by_key(|id| every.get(id).map(|c| c.key.clone()));
+        ids
+    };
+    let now_ids: std::collections::HashSet<i64> = now.iter().map(|c| c.id).collect();
+    let next_ids: Vec<i64> = next.iter().map(|c| c.id).collect();
+    let mut plan = AssignmentPlan {
+        entering_clusters: next_ids
+            .iter()
+            .filter(|id| !now_ids.contains(id))
+            .filter_map(cluster)
+            .collect(),
+        leaving_clusters: now
+            .iter()
+            .filter(|c| !next_ids.contains(&c.id))
+            .filter_map(|c| cluster(&c.id))
+            .collect(),
+        ..Default::default()
+    };
+    let existing: HashMap<i64, Existing> = state
+        .store
+        .configurations_named(&scope.clusters(), &spec.configuration_name)
+        .await?
+        .into_iter()
+        .map(|c| {
+            let deleting = c.provisioning_state == crate::flux::model::ProvisioningState::Deleting;
+            (
+                c.cluster_id,
+                Existing {
+                    managed_by: c.managed_by,
+                    managed_generation: c.managed_generation,
+                    deleting,
+                },
+            )
+        })
+        .collect();
+    let (id, generation) = match &current {
+        Some(current) => (current.id, current.generation + i64::from(current.rendered != rendered)),
+        None => (0, 1),
+    };
+    let decision = decide(id, generation, &next_ids, &existing);
+    plan.conflicts = decision.conflicts.iter().filter_map(configuration).collect();
+    if spec.enforcement_mode == EnforcementMode::Default {
+        plan.create = decision.create.iter().filter_map(configuration).collect();
+        plan.update = decision.update.iter().filter_map(configuration).collect();
+        let released = in_key_order(decision.release)
+            .iter()
+            .filter_map(configuration)
+            .collect();
+        match spec.on_unmatch {
+            OnUnmatch::Delete => plan.delete = released,
+            OnUnmatch::Orphan => plan.orphan = released,
+        }
+        plan.overlapping_assignments = overlapping(state, &scope, &name, &spec, &next_ids).await?;
+    }
+    Ok(Json(plan))
+}
+
+/// The other enforced assignments of the subscription that write the configuration `spec` names on any of
+/// `clusters`.
+async fn overlapping(
+    state: &AppState,
+    scope: &FleetScope,
+    name: &str,
+    spec: &AssignmentSpec,
+    clusters: &[i64],
+) -> ApiResult<Vec<String>> {
+    let subscription = FleetScope::parse(scope.subscription.as_str(), None)?;
+    let mut names = Vec::new();
+    let mut page = crate::arm::paging::PageRequest {
+        after: None,
+        limit: 1000,
+    };
+    loop {
+        let batch = state
+            .store
+            .list_policy_assignments(&subscription.clusters(), &page)
+            .await?;
+        let more = batch.len() > page.limit as usize;
+        page.after = batch.iter().take(page.limit as usize).last().map(|a| a.key.clone());
+        for other in batch.iter().take(page.limit as usize) {
+            if other.key == scope.key(name)
+                || other.configuration_name != spec.configuration_name
+                || other.spec.enforcement_mode != EnforcementMode::Default
+            {
+                continue;
+            }
+            let theirs = matched(state, &other.spec, &scope_of(other)?).await?;
+            if theirs.iter().any(|c| clusters.contains(&c.id)) {
+                names.push(other.name.clone());
+            }
+        }
+        if !more {
+            return Ok(names);
+        }
+    }
 }
 
 async fn delete(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
@@ -555,4 +711,54 @@ async fn list_at_resource_group(
     let (subscription, resource_group) = path.scope();
     let scope = FleetScope::parse(subscription, Some(resource_group))?;
     list(&state, &caller, scope, &params, &base, version.version).await
+}
+
+/// What applying a proposed policy assignment of a subscription would do; writes nothing.
+#[utoipa::path(
+    post,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/plan",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_PlanAtSubscription",
+    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    request_body = PolicyAssignmentRequest,
+    responses(
+        (status = 200, description = "What applying it would do", body = AssignmentPlan),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn plan_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<AssignmentPlan>> {
+    let (scope, name) = path.target()?;
+    plan(&state, &caller, scope, name, body).await
+}
+
+/// What applying a proposed policy assignment of a resource group would do; writes nothing.
+#[utoipa::path(
+    post,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/plan",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_Plan",
+    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
+    request_body = PolicyAssignmentRequest,
+    responses(
+        (status = 200, description = "What applying it would do", body = AssignmentPlan),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn plan_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Json<AssignmentPlan>> {
+    let (scope, name) = path.target()?;
+    plan(&state, &caller, scope, name, body).await
 }
