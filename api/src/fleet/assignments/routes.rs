@@ -360,11 +360,7 @@ async fn plan(
         .into_iter()
         .map(|c| (c.id, c))
         .collect();
-    let cluster = |id: &i64| {
-        every
-            .get(id)
-            .map(|c| cluster_id(&scope.subscription.as_str().to_owned(), c))
-    };
+    let cluster = |id: &i64| every.get(id).map(|c| cluster_id(scope.subscription.as_str(), c));
     let configuration = |id: &i64| {
         cluster(id).map(|c| {
             format!(
@@ -452,8 +448,9 @@ async fn overlapping(
             .list_policy_assignments(&subscription.clusters(), &page)
             .await?;
         let more = batch.len() > page.limit as usize;
-        page.after = batch.iter().take(page.limit as usize).last().map(|a| a.key.clone());
-        for other in batch.iter().take(page.limit as usize) {
+        let batch = &batch[..batch.len().min(page.limit as usize)];
+        page.after = batch.last().map(|a| a.key.clone());
+        for other in batch {
             if other.key == scope.key(name)
                 || other.configuration_name != spec.configuration_name
                 || other.spec.enforcement_mode != EnforcementMode::Default
