@@ -514,3 +514,121 @@ async fn plan_case(backend: Backend) {
         .await;
     assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
 }
+
+on_both_backends!(
+    a_managed_configuration_edited_by_hand_is_reported_as_drifted_and_restored,
+    drift_case
+);
+async fn drift_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod"})).await;
+    api.call(
+        Method::PUT,
+        &assignment_path("baseline"),
+        Some(assignment(prod(), "main")),
+    )
+    .await;
+    let path = with_version(&config_path(&cluster_path("s", "rg", "prod-1"), "baseline"), FLUX_API);
+    let edited = api
+        .call(Method::PATCH, &path, Some(json!({"properties": {"suspend": true}})))
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "the edit itself is taken");
+    let status = api.get(&assignment_path("baseline")).await;
+    assert_eq!(status.body["properties"]["status"]["compliance"]["drifted"], 1);
+    let compliance = with_version(
+        &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/policyAssignments/baseline/compliance"),
+        FLEET_API,
+    );
+    let (entries, _) = api.list_all(&compliance).await;
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["clusterId"], cluster_path("s", "rg", "prod-1"));
+    assert_eq!(entries[0]["state"], "Drifted");
+    assert!(
+        entries[0]["reason"].as_str().unwrap().contains("written by hand"),
+        "{entries:?}"
+    );
+    assert_eq!(entries[1]["state"], "Offline", "no agent ever connected: {entries:?}");
+    // a configuration deleted by hand is restored too
+    let other = with_version(&config_path(&cluster_path("s", "rg", "prod-2"), "baseline"), FLUX_API);
+    let forced = api
+        .call(Method::DELETE, &format!("{other}&forceDelete=true"), None)
+        .await;
+    assert_eq!(forced.status, StatusCode::OK);
+    assert_eq!(
+        api.get(&assignment_path("baseline")).await.body["properties"]["status"]["compliance"]["missing"],
+        1
+    );
+
+    // the sweeper's reconciliation (run here directly) restores both from the assignment
+    let store = &api.server.state.store;
+    store.reconcile_assignments(&Default::default()).await.unwrap();
+    let restored = api.get(&path).await;
+    assert_eq!(restored.body["properties"]["suspend"], false);
+    assert_eq!(
+        restored.body["properties"]["managedBy"],
+        "/subscriptions/s/providers/Fluxplane.Fleet/policyAssignments/baseline"
+    );
+    assert_eq!(api.get(&other).await.status, StatusCode::OK);
+    let counts = &api.get(&assignment_path("baseline")).await.body["properties"]["status"]["compliance"];
+    assert_eq!(
+        (counts["drifted"].as_u64(), counts["missing"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(counts["offline"], 2);
+}
+
+on_both_backends!(assignment_compliance_follows_what_real_agents_report, compliance_case);
+async fn compliance_case(backend: Backend) {
+    use common::agents::{RunningAgent, registered, served_repository};
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = RunningAgent::start(registered(&api, "a", dir.path()).await).await;
+    let b = RunningAgent::start(registered(&api, "b", dir.path()).await).await;
+    let body = json!({"properties": {
+        "selector": {"matchLabels": {"env": "test"}},
+        "configurationName": "baseline",
+        "configurationTemplate": {
+            "namespace": "flux-system",
+            "gitRepository": {"url": "[parameters('url')]", "repositoryRef": {"branch": "[parameters('branch')]"}},
+            "kustomizations": {"infra": {"path": "./infra"}}
+        },
+        "parameters": {"url": url, "branch": "main"}
+    }});
+    let created = api
+        .call(Method::PUT, &assignment_path("baseline"), Some(body.clone()))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let counts =
+        || async { api.get(&assignment_path("baseline")).await.body["properties"]["status"]["compliance"].clone() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while counts().await["compliant"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", counts().await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(a.file("baseline", "fluxconfig.yaml").exists() && b.file("baseline", "fluxconfig.yaml").exists());
+    // a branch that does not exist: both turn non-compliant, with the agents' message as the reason
+    let mut broken = body;
+    broken["properties"]["parameters"]["branch"] = json!("no-such-branch");
+    api.call(Method::PUT, &assignment_path("baseline"), Some(broken)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while counts().await["nonCompliant"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", counts().await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let compliance = with_version(
+        &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/policyAssignments/baseline/compliance"),
+        FLEET_API,
+    );
+    let (entries, _) = api.list_all(&format!("{compliance}&$top=1")).await;
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["state"] == "NonCompliant" && e["reason"].as_str().unwrap().contains("no-such-branch")),
+        "{entries:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

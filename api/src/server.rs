@@ -70,6 +70,7 @@ impl AppState {
             store.clone(),
             messages.as_ref().clone(),
             config.sweep_interval,
+            config.pending_ttl,
         ));
         Ok(Self {
             config: Arc::new(config),

@@ -1,6 +1,7 @@
 //! The 48-hour rules, enforced: on every replica, on a schedule, the store deletes secrets past their time to live
 //! and fails changes their agent has not picked up in time. Each row changes once however many replicas sweep at
-//! once, and nothing is kept in memory, so a restart loses nothing.
+//! once, and nothing is kept in memory, so a restart loses nothing. The same schedule reconciles policy
+//! assignments, restoring the configurations they manage that were edited or deleted by hand (drift).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::config::ServeConfig;
-use crate::store::{ExpiryMessages, Store};
+use crate::store::{ExpiryMessages, ManagedWrite, Store};
 
 /// What a configuration failed by expiry tells its user.
 pub fn messages(config: &ServeConfig) -> ExpiryMessages {
@@ -30,8 +31,9 @@ pub fn messages(config: &ServeConfig) -> ExpiryMessages {
     }
 }
 
-/// Sweeps every `interval` until dropped.
-pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Duration) {
+/// Sweeps every `interval` until dropped; generations it writes for policy assignments expire after
+/// `pending_ttl` unless picked up.
+pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Duration, pending_ttl: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,6 +51,12 @@ pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Dura
                 }
             }
             Err(err) => tracing::warn!(error = %err, "sweeping expired secrets and changes failed; will retry"),
+        }
+        let managed = ManagedWrite {
+            generation_expires_at: chrono::Duration::from_std(pending_ttl).ok().map(|ttl| Utc::now() + ttl),
+        };
+        if let Err(err) = store.reconcile_assignments(&managed).await {
+            tracing::warn!(error = %err, "reconciling policy assignments failed; will retry");
         }
     }
 }

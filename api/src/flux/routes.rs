@@ -325,6 +325,9 @@ async fn write(
                 generation_expires_at,
                 failure: None,
                 managed_by_id: None,
+                drifted_at: None,
+                managed_by: None,
+                managed_generation: None,
             };
             let operation = new_operation(target, "Create", record.generation);
             let outcome = state

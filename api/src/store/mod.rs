@@ -114,6 +114,12 @@ pub struct ConfigurationRecord {
     pub failure: Option<String>,
     /// The ARM id of the policy assignment that manages it (written by the store only).
     pub managed_by_id: Option<String>,
+    /// When it was last written by hand while an assignment managed it.
+    pub drifted_at: Option<DateTime<Utc>>,
+    /// The policy assignment that manages it, and the assignment generation it was written from (`None` after a
+    /// write by hand: the assignment restores it).
+    pub managed_by: Option<i64>,
+    pub managed_generation: Option<i64>,
 }
 
 /// The status of a long-running operation.
@@ -221,16 +227,6 @@ pub struct ManagedWrite {
     pub generation_expires_at: Option<DateTime<Utc>>,
 }
 
-/// A configuration of a given name on a cluster, as assignment status sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct NamedConfiguration {
-    pub cluster_id: i64,
-    pub managed_by: Option<i64>,
-    pub managed_generation: Option<i64>,
-    #[sqlx(try_from = "String")]
-    pub provisioning_state: ProvisioningState,
-}
-
 /// A cluster's tags, for evaluating selectors.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClusterTags {
@@ -240,6 +236,7 @@ pub struct ClusterTags {
     pub name: String,
     #[sqlx(json)]
     pub tags: BTreeMap<String, String>,
+    pub last_connectivity_time: Option<DateTime<Utc>>,
 }
 
 /// A sealed secret change awaiting its agent's acknowledgement.
@@ -447,8 +444,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the assignment; its configurations are deleted or orphaned as its `onUnmatch` says. False if it did
     /// not exist.
     async fn delete_policy_assignment(&self, key: &str) -> StoreResult<bool>;
+    /// Brings every assignment's configurations in line with it again, restoring those written by hand (drift)
+    /// or deleted: what the sweeper runs on every replica. Answers how many assignments it went through.
+    async fn reconcile_assignments(&self, managed: &ManagedWrite) -> StoreResult<usize>;
     /// The configurations named `name` on the clusters of the scope.
-    async fn configurations_named(&self, scope: &ClusterScope, name: &str) -> StoreResult<Vec<NamedConfiguration>>;
+    async fn configurations_named(&self, scope: &ClusterScope, name: &str) -> StoreResult<Vec<ConfigurationRecord>>;
     /// The tags of every cluster in the scope, in key order.
     async fn cluster_tags(&self, scope: &ClusterScope) -> StoreResult<Vec<ClusterTags>>;
 

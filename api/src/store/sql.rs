@@ -17,7 +17,8 @@ macro_rules! cluster_columns {
 macro_rules! configuration_columns {
     () => {
         "id, cluster_id, name, spec, secrets_version, generation, etag, provisioning_state, compliance_state, \
-         observed, system_data, reported_generation, secrets_expire_at, generation_expires_at, failure, managed_by_id"
+         observed, system_data, reported_generation, secrets_expire_at, generation_expires_at, failure, managed_by_id, \
+         drifted_at, managed_by, managed_generation"
     };
 }
 
@@ -321,7 +322,8 @@ macro_rules! sql_store {
                 let done = sqlx::query::<$db>(
                     "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
                      provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
-                     secrets_expire_at = $11, generation_expires_at = $12, failure = $13 \
+                     secrets_expire_at = $11, generation_expires_at = $12, failure = $13, \
+                     managed_generation = NULL, drifted_at = CASE WHEN managed_by IS NULL THEN NULL ELSE $14 END \
                      WHERE id = $9 AND etag = $10",
                 )
                 .bind(sqlx::types::Json(&c.spec))
@@ -337,6 +339,8 @@ macro_rules! sql_store {
                 .bind(c.secrets_expire_at)
                 .bind(c.generation_expires_at)
                 .bind(&c.failure)
+                // a write by hand to a configuration an assignment manages is drift: the assignment restores it
+                .bind(chrono::Utc::now())
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
@@ -610,23 +614,50 @@ macro_rules! sql_store {
                 Ok(true)
             }
 
+            async fn reconcile_assignments(
+                &self,
+                managed: &$crate::store::ManagedWrite,
+            ) -> $crate::store::StoreResult<usize> {
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments ORDER BY id");
+                let assignments = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    .fetch_all(&self.pool)
+                    .await?;
+                // one transaction each: the lock is held for one assignment at a time
+                for a in &assignments {
+                    let mut tx = self.pool.begin().await?;
+                    Self::lock_fleet(&mut tx, &a.subscription_key).await?;
+                    let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
+                    // it may have changed or gone since the list was read
+                    if let Some(current) = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                        .bind(a.id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    {
+                        Self::reconcile(&mut tx, &current, None, managed).await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(assignments.len())
+            }
+
             async fn configurations_named(
                 &self,
                 scope: &$crate::store::ClusterScope,
                 name: &str,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::NamedConfiguration>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ConfigurationRecord>> {
                 let (subscription_key, resource_group_key) = scope.keys();
-                Ok(sqlx::query_as::<$db, $crate::store::NamedConfiguration>(
-                    "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state \
-                     FROM flux_configurations f \
-                     JOIN clusters c ON c.id = f.cluster_id \
-                     WHERE f.name = $1 AND c.subscription_key = $2 AND ($3 = '' OR c.resource_group_key = $3)",
-                )
-                .bind(name)
-                .bind(subscription_key)
-                .bind(resource_group_key)
-                .fetch_all(&self.pool)
-                .await?)
+                let sql = concat!(
+                    "SELECT ",
+                    configuration_columns!(),
+                    " FROM flux_configurations WHERE name = $1 AND cluster_id IN (SELECT id FROM clusters \
+                     WHERE subscription_key = $2 AND ($3 = '' OR resource_group_key = $3))"
+                );
+                Ok(sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                    .bind(name)
+                    .bind(subscription_key)
+                    .bind(resource_group_key)
+                    .fetch_all(&self.pool)
+                    .await?)
             }
 
             async fn cluster_tags(
@@ -635,7 +666,7 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 Ok(sqlx::query_as::<$db, $crate::store::ClusterTags>(
-                    "SELECT id, key, resource_group, name, tags FROM clusters \
+                    "SELECT id, key, resource_group, name, tags, last_connectivity_time FROM clusters \
                      WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) ORDER BY key",
                 )
                 .bind(subscription_key)

@@ -63,6 +63,9 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
         generation_expires_at: None,
         failure: None,
         managed_by_id: None,
+        drifted_at: None,
+        managed_by: None,
+        managed_generation: None,
     }
 }
 

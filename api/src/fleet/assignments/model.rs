@@ -11,9 +11,11 @@ use crate::arm::system_data::SystemData;
 use crate::error::{ApiError, ApiResult, ErrorDetail, Problems};
 use crate::fleet::selector::LabelSelector;
 use crate::fleet::template::substitute;
+use crate::flux::model::ProvisioningState;
 use crate::flux::secrets::SecretFields;
 use crate::flux::validate::normalize;
-use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
+use crate::store::ConfigurationRecord;
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
 /// Whether an assignment writes configurations or only reports what it would write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -86,10 +88,129 @@ pub struct PolicyAssignmentProperties {
     pub status: AssignmentStatus,
 }
 
+/// Where one selected cluster stands with the assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ClusterCompliance {
+    /// The configuration is in line with the assignment and its agent reports it compliant.
+    Compliant,
+    /// Its agent reports it non-compliant or failed.
+    NonCompliant,
+    /// Its agent has not reported the current generation yet, or reports it pending or suspended.
+    Pending,
+    /// The cluster has no configuration of that name (audit only, or not written yet).
+    Missing,
+    /// It was written by hand; the assignment restores it.
+    Drifted,
+    /// A configuration of that name the assignment does not manage is there: left alone.
+    Conflict,
+    /// The cluster's agent is silent: what it last reported may be stale.
+    Offline,
+}
+
+/// How many selected clusters stand where.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComplianceCounts {
+    pub compliant: u64,
+    pub non_compliant: u64,
+    pub pending: u64,
+    pub missing: u64,
+    pub drifted: u64,
+    pub conflict: u64,
+    pub offline: u64,
+}
+
+impl ComplianceCounts {
+    pub fn add(&mut self, state: ClusterCompliance) {
+        let count = match state {
+            ClusterCompliance::Compliant => &mut self.compliant,
+            ClusterCompliance::NonCompliant => &mut self.non_compliant,
+            ClusterCompliance::Pending => &mut self.pending,
+            ClusterCompliance::Missing => &mut self.missing,
+            ClusterCompliance::Drifted => &mut self.drifted,
+            ClusterCompliance::Conflict => &mut self.conflict,
+            ClusterCompliance::Offline => &mut self.offline,
+        };
+        *count += 1;
+    }
+}
+
+/// One selected cluster in an assignment's compliance list.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterComplianceEntry {
+    pub cluster_id: String,
+    pub configuration_id: String,
+    pub state: ClusterCompliance,
+    pub reason: String,
+}
+
+/// Where a selected cluster stands with the assignment `id` at `generation`, and why. `online` says whether its
+/// agent was heard from recently.
+pub fn assess(
+    id: i64,
+    generation: i64,
+    configuration: Option<&ConfigurationRecord>,
+    online: bool,
+) -> (ClusterCompliance, String) {
+    let Some(c) = configuration else {
+        return (
+            ClusterCompliance::Missing,
+            "the cluster has no configuration of that name".into(),
+        );
+    };
+    if c.managed_by != Some(id) {
+        return (
+            ClusterCompliance::Conflict,
+            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
+        );
+    }
+    if c.managed_generation.is_none() {
+        let when = c
+            .drifted_at
+            .map(|t| format!(" at {}", t.to_rfc3339()))
+            .unwrap_or_default();
+        return (
+            ClusterCompliance::Drifted,
+            format!("written by hand{when}; the assignment restores it at its next reconciliation"),
+        );
+    }
+    if !online {
+        return (
+            ClusterCompliance::Offline,
+            "the cluster's agent is silent: its last report may be stale".into(),
+        );
+    }
+    if c.managed_generation != Some(generation) || c.reported_generation != Some(c.generation) {
+        return (
+            ClusterCompliance::Pending,
+            format!("the agent has not reported generation {} yet", c.generation),
+        );
+    }
+    let message = c.failure.clone().or_else(|| c.observed.error_message.clone());
+    match (c.provisioning_state, c.compliance_state) {
+        (ProvisioningState::Failed, _) => (
+            ClusterCompliance::NonCompliant,
+            message.unwrap_or_else(|| "the agent could not apply it".into()),
+        ),
+        (_, ComplianceState::Compliant) => (ClusterCompliance::Compliant, "compliant".into()),
+        (_, ComplianceState::NonCompliant) => (
+            ClusterCompliance::NonCompliant,
+            message.unwrap_or_else(|| "the agent reports it non-compliant".into()),
+        ),
+        (_, state) => (
+            ClusterCompliance::Pending,
+            format!("the agent reports it {}", state.as_str()),
+        ),
+    }
+}
+
 /// Where an assignment stands, computed when read.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignmentStatus {
+    /// How many selected clusters stand where (`GET {assignmentId}/compliance` lists them with the reason).
+    pub compliance: ComplianceCounts,
     /// Clusters of the scope its selector matches now.
     pub matched_clusters: u64,
     /// Configurations it manages.

@@ -13,8 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{
-    AssignmentPlan, AssignmentSpec, AssignmentStatus, EnforcementMode, Existing, OnUnmatch, PolicyAssignment,
-    PolicyAssignmentProperties, PolicyAssignmentRequest, decide, render,
+    AssignmentPlan, AssignmentSpec, AssignmentStatus, ClusterCompliance, ClusterComplianceEntry, ComplianceCounts,
+    EnforcementMode, Existing, OnUnmatch, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest,
+    assess, decide, render,
 };
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
@@ -29,7 +30,7 @@ use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, Subscri
 use crate::fleet::selector::LabelSelector;
 use crate::fleet::{FleetScope, managed_write, parse_name, wake};
 use crate::state::AppState;
-use crate::store::{AssignmentWrite, ClusterScope, ClusterTags, PolicyAssignmentRecord};
+use crate::store::{AssignmentWrite, ClusterScope, ClusterTags, ConfigurationRecord, PolicyAssignmentRecord};
 
 const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
 const TYPE_NAME: &str = "policyAssignments";
@@ -52,6 +53,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_at_resource_group))
         .routes(routes!(plan_at_subscription))
         .routes(routes!(plan_at_resource_group))
+        .routes(routes!(compliance_at_subscription))
+        .routes(routes!(compliance_at_resource_group))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -140,7 +143,6 @@ async fn resolve_group(
     Ok((group.id, group.selector, clusters))
 }
 
-/// Where the assignment stands now: what its selector matches and what it manages.
 /// The clusters the assignment's properties select now, in key order (none if its group is gone).
 async fn matched(state: &AppState, spec: &AssignmentSpec, scope: &FleetScope) -> ApiResult<Vec<ClusterTags>> {
     let (selector, clusters) = match &spec.cluster_group_id {
@@ -157,42 +159,111 @@ async fn matched(state: &AppState, spec: &AssignmentSpec, scope: &FleetScope) ->
     Ok(tags.into_iter().filter(|c| selector.matches(&c.tags)).collect())
 }
 
-/// Where the assignment stands now: what its selector matches and what it manages.
-async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &FleetScope) -> ApiResult<AssignmentStatus> {
+/// Every selected cluster with where it stands, in cluster key order.
+async fn assessed(
+    state: &AppState,
+    record: &PolicyAssignmentRecord,
+    scope: &FleetScope,
+) -> ApiResult<Vec<(ClusterTags, ClusterCompliance, String)>> {
     let matched = matched(state, &record.spec, scope).await?;
-    let configurations: HashMap<i64, Option<i64>> = state
+    let configurations: HashMap<i64, ConfigurationRecord> = state
         .store
         .configurations_named(&scope.clusters(), &record.configuration_name)
         .await?
         .into_iter()
-        .map(|c| (c.cluster_id, c.managed_by))
+        .map(|c| (c.cluster_id, c))
         .collect();
-    let managed_configurations = configurations.values().filter(|by| **by == Some(record.id)).count() as u64;
-    let conflicting: Vec<_> = matched
+    let offline_after = chrono::Duration::from_std(state.config.offline_after).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    Ok(matched
+        .into_iter()
+        .map(|cluster| {
+            let online = cluster
+                .last_connectivity_time
+                .is_some_and(|last| now - last <= offline_after);
+            let (compliance, reason) = assess(record.id, record.generation, configurations.get(&cluster.id), online);
+            (cluster, compliance, reason)
+        })
+        .collect())
+}
+
+/// Where the assignment stands now: what its selector matches, what it manages, and how those clusters fare.
+async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &FleetScope) -> ApiResult<AssignmentStatus> {
+    let assessed = assessed(state, record, scope).await?;
+    let managed_configurations = state
+        .store
+        .configurations_named(&scope.clusters(), &record.configuration_name)
+        .await?
         .iter()
-        .filter(|c| configurations.get(&c.id).is_some_and(|by| *by != Some(record.id)))
+        .filter(|c| c.managed_by == Some(record.id))
+        .count() as u64;
+    let mut compliance = ComplianceCounts::default();
+    for (_, state, _) in &assessed {
+        compliance.add(*state);
+    }
+    let conflicting: Vec<_> = assessed
+        .iter()
+        .filter(|(_, state, _)| *state == ClusterCompliance::Conflict)
         .collect();
     let conflicts = conflicting
         .iter()
         .take(MAX_LISTED_CONFLICTS)
-        .map(|c| {
-            let cluster = cluster_id(&record.subscription, c);
-            ErrorDetail::new(
-                "ConfigurationConflict",
-                format!(
-                    "the cluster has a configuration '{}' that this assignment does not manage: it is left as it is",
-                    record.configuration_name
-                ),
-            )
-            .with_target(cluster)
+        .map(|(cluster, _, reason)| {
+            ErrorDetail::new("ConfigurationConflict", reason.clone())
+                .with_target(cluster_id(&record.subscription, cluster))
         })
         .collect();
     Ok(AssignmentStatus {
-        matched_clusters: matched.len() as u64,
+        compliance,
+        matched_clusters: assessed.len() as u64,
         managed_configurations,
         conflict_count: conflicting.len() as u64,
         conflicts,
     })
+}
+
+/// Every selected cluster with where it stands and why, paged in cluster key order.
+async fn compliance(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    params: &ListParams,
+    base: &BaseUrl,
+    api_version: &str,
+) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
+    let id = scope.resource_id(TYPE_NAME, &name);
+    caller.require(Role::Reader, &id)?;
+    let record = state
+        .store
+        .get_policy_assignment(&scope.key(&name))
+        .await?
+        .ok_or_else(|| not_found(&scope, &name))?;
+    let page = params.page()?;
+    let entries: Vec<_> = assessed(state, &record, &scope)
+        .await?
+        .into_iter()
+        .filter(|(cluster, _, _)| page.after.as_ref().is_none_or(|after| cluster.key > *after))
+        .take(page.limit as usize + 1)
+        .collect();
+    Ok(Json(Page::from_items(
+        entries,
+        &page,
+        |(cluster, _, _)| cluster.key.clone(),
+        |token| base.next_link(&format!("{id}/compliance"), api_version, params.top.as_deref(), token),
+        |(cluster, state, reason)| {
+            let cluster_id = cluster_id(&record.subscription, &cluster);
+            ClusterComplianceEntry {
+                configuration_id: format!(
+                    "{cluster_id}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{}",
+                    record.configuration_name
+                ),
+                cluster_id,
+                state,
+                reason,
+            }
+        },
+    )))
 }
 
 fn cluster_id(subscription: &str, cluster: &ClusterTags) -> String {
@@ -758,4 +829,54 @@ async fn plan_at_resource_group(
 ) -> ApiResult<Json<AssignmentPlan>> {
     let (scope, name) = path.target()?;
     plan(&state, &caller, scope, name, body).await
+}
+
+/// Where every cluster a subscription's policy assignment selects stands, and why; paged.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/compliance",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_ListComplianceAtSubscription",
+    params(SubscriptionAssignmentPath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of selected clusters", body = Page<ClusterComplianceEntry>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn compliance_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
+    let (scope, name) = path.target()?;
+    compliance(&state, &caller, scope, name, &params, &base, version.version).await
+}
+
+/// Where every cluster a resource group's policy assignment selects stands, and why; paged.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/compliance",
+    tag = "PolicyAssignments",
+    operation_id = "PolicyAssignments_ListCompliance",
+    params(ResourceGroupAssignmentPath, FleetApiVersionParam, ListParams),
+    responses(
+        (status = 200, description = "A page of selected clusters", body = Page<ClusterComplianceEntry>),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn compliance_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
+    ArmQuery(params): ArmQuery<ListParams>,
+    base: BaseUrl,
+) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
+    let (scope, name) = path.target()?;
+    compliance(&state, &caller, scope, name, &params, &base, version.version).await
 }
