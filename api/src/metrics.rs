@@ -31,6 +31,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    /// How long the transaction that applies a policy assignment to its clusters takes.
+    pub assignment_apply: Histogram,
 }
 
 impl Default for Metrics {
@@ -47,10 +49,17 @@ impl Default for Metrics {
             "Time to answer HTTP requests",
             latency.clone(),
         );
+        let assignment_apply = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "policy_assignment_apply_seconds",
+            "Time of the transaction that writes a policy assignment and brings its clusters' configurations in line",
+            assignment_apply.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            assignment_apply,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! `fluxplane-bench`: measures the control plane over real HTTP against a server it starts itself, on each backend.
 //!
 //! Scenarios: configuration PUT throughput with concurrent clients, listing a cluster's configurations through
-//! paging, and propagation (write to agent receipt, write to first status) with simulated agents long-polling.
+//! paging, propagation (write to agent receipt, write to first status) with simulated agents long-polling, and a
+//! policy assignment reaching a fleet.
 //! Results print as a table and, with `--json`, as a JSON file.
 
+mod assignment;
 mod propagation;
 
 use std::time::{Duration, Instant};
@@ -39,12 +41,26 @@ struct Args {
     /// Configuration writes timed in the propagation scenario.
     #[arg(long, default_value_t = 500)]
     writes: usize,
+    /// Clusters a policy assignment matches in the assignment scenario.
+    #[arg(long, default_value_t = 10_000)]
+    fleet: usize,
+    /// Run only these scenarios (default: all).
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Scenario>,
     /// Small sizes that finish in seconds (for CI, so the benchmark never rots).
     #[arg(long)]
     quick: bool,
     /// Also write the results to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Throughput,
+    Listing,
+    Propagation,
+    Assignment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,8 +106,8 @@ pub(crate) fn config_body(i: usize) -> Value {
 
 pub(crate) struct Target {
     pub(crate) server: TestServer,
-    client: reqwest::Client,
-    token: String,
+    pub(crate) client: reqwest::Client,
+    pub(crate) token: String,
 }
 
 impl Target {
@@ -309,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
         args.repeat = 2;
         args.agents = 20;
         args.writes = 40;
+        args.fleet = 50;
     }
     let backends: &[(Backend, &'static str)] = match args.backend {
         Backends::Sqlite => &[(Backend::Sqlite, "sqlite")],
@@ -316,22 +333,35 @@ async fn main() -> anyhow::Result<()> {
         Backends::Both => &[(Backend::Sqlite, "sqlite"), (Backend::Postgres, "postgres")],
     };
     let mut figures = Vec::new();
+    let wanted = |scenario| args.scenarios.is_empty() || args.scenarios.contains(&scenario);
     for (backend, name) in backends {
-        eprintln!(
-            "{name}: configuration PUT throughput ({} PUTs, {} clients)",
-            args.puts, args.clients
-        );
-        let target = Target::start(*backend).await?;
-        put_throughput(&target, args.puts, args.clients, &mut figures, name).await?;
-        target.server.stop().await;
-        eprintln!("{name}: listing {} configurations", args.configurations);
-        let target = Target::start(*backend).await?;
-        list_paging(&target, args.configurations, args.repeat, &mut figures, name).await?;
-        target.server.stop().await;
-        eprintln!("{name}: propagation ({} agents, {} writes)", args.agents, args.writes);
-        let target = Target::start(*backend).await?;
-        propagation::propagation(&target, args.agents, args.writes, &mut figures, name).await?;
-        target.server.stop().await;
+        if wanted(Scenario::Throughput) {
+            eprintln!(
+                "{name}: configuration PUT throughput ({} PUTs, {} clients)",
+                args.puts, args.clients
+            );
+            let target = Target::start(*backend).await?;
+            put_throughput(&target, args.puts, args.clients, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Listing) {
+            eprintln!("{name}: listing {} configurations", args.configurations);
+            let target = Target::start(*backend).await?;
+            list_paging(&target, args.configurations, args.repeat, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Propagation) {
+            eprintln!("{name}: propagation ({} agents, {} writes)", args.agents, args.writes);
+            let target = Target::start(*backend).await?;
+            propagation::propagation(&target, args.agents, args.writes, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Assignment) {
+            eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
+            let target = Target::start(*backend).await?;
+            assignment::assignment_reach(&target, args.fleet, &mut figures, name).await?;
+            target.server.stop().await;
+        }
     }
 
     println!(

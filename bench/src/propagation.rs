@@ -16,14 +16,18 @@ use tokio::sync::mpsc;
 use crate::{CLUSTER, Figure, Target, config_body, ms, percentile};
 
 /// What a simulated agent saw of one configuration.
-struct Receipt {
-    name: String,
-    received: Instant,
-    reported: Instant,
+pub(crate) struct Receipt {
+    pub(crate) name: String,
+    pub(crate) generation: i64,
+    pub(crate) received: Instant,
+    pub(crate) reported: Instant,
 }
 
 /// One simulated agent: polls, and reports every new generation at once.
-async fn simulated_agent(control_plane: ControlPlane, receipts: mpsc::UnboundedSender<Receipt>) -> anyhow::Result<()> {
+pub(crate) async fn simulated_agent(
+    control_plane: ControlPlane,
+    receipts: mpsc::UnboundedSender<Receipt>,
+) -> anyhow::Result<()> {
     let mut revision = None;
     let mut seen = std::collections::HashMap::<String, i64>::new();
     loop {
@@ -66,6 +70,7 @@ async fn simulated_agent(control_plane: ControlPlane, receipts: mpsc::UnboundedS
             seen.insert(configuration.name.clone(), configuration.generation);
             let _ = receipts.send(Receipt {
                 name: configuration.name.clone(),
+                generation: configuration.generation,
                 received,
                 reported,
             });

@@ -191,29 +191,36 @@ macro_rules! fleet_helpers {
                 let now = chrono::Utc::now();
                 let etag = uuid::Uuid::new_v4().to_string();
                 let arm_id = a.arm_id();
+                // the same configuration for every cluster: bound once per statement, the clusters as a list
                 for chunk in inserts.chunks($crate::store::fleet::CHUNK) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO flux_configurations (cluster_id, name, spec, generation, etag, \
                          provisioning_state, compliance_state, observed, system_data, generation_expires_at, \
-                         managed_by, managed_by_id, managed_generation) ",
+                         managed_by, managed_by_id, managed_generation) SELECT id, ",
                     );
-                    q.push_values(chunk, |mut row, cluster| {
-                        row.push_bind(*cluster)
-                            .push_bind(&a.configuration_name)
-                            .push_bind(sqlx::types::Json(&a.rendered))
-                            .push_bind(1_i64)
-                            .push_bind(&etag)
-                            .push_bind("Creating")
-                            .push_bind("Pending")
-                            .push_bind(sqlx::types::Json($crate::flux::model::Observed::default()))
-                            .push_bind(sqlx::types::Json($crate::arm::system_data::SystemData::created(
-                                &arm_id, now,
-                            )))
-                            .push_bind(managed.generation_expires_at)
-                            .push_bind(a.id)
-                            .push_bind(&arm_id)
-                            .push_bind(a.generation);
-                    });
+                    q.push_bind(&a.configuration_name)
+                        .push(", ")
+                        .push_bind(sqlx::types::Json(&a.rendered))
+                        .push(", 1, ")
+                        .push_bind(&etag)
+                        .push(", 'Creating', 'Pending', ")
+                        .push_bind(sqlx::types::Json($crate::flux::model::Observed::default()))
+                        .push(", ")
+                        .push_bind(sqlx::types::Json($crate::arm::system_data::SystemData::created(&arm_id, now)))
+                        .push(", ")
+                        .push_bind(managed.generation_expires_at)
+                        .push(", ")
+                        .push_bind(a.id)
+                        .push(", ")
+                        .push_bind(&arm_id)
+                        .push(", ")
+                        .push_bind(a.generation)
+                        .push(" FROM clusters WHERE id IN (");
+                    let mut list = q.separated(", ");
+                    for cluster in chunk {
+                        list.push_bind(*cluster);
+                    }
+                    list.push_unseparated(")");
                     q.build().execute(&mut **tx).await?;
                 }
                 for chunk in updates.chunks($crate::store::fleet::CHUNK) {

@@ -368,11 +368,13 @@ async fn put(
         } else {
             StatusCode::CREATED
         };
-        match state
+        let started = std::time::Instant::now();
+        let outcome = state
             .store
             .write_policy_assignment(&record, expected.as_deref(), &managed_write(state))
-            .await?
-        {
+            .await?;
+        state.metrics.assignment_apply.observe(started.elapsed().as_secs_f64());
+        match outcome {
             AssignmentWrite::Written => {
                 wake(state, &clusters).await?;
                 tracing::info!(assignment = %record.arm_id(), generation = record.generation, "policy assignment written");
