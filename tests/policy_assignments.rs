@@ -644,3 +644,110 @@ async fn compliance_case(backend: Backend) {
     a.stop().await;
     b.stop().await;
 }
+
+on_both_backends!(
+    a_template_change_rolls_out_batch_by_batch_and_halts_at_the_failure_threshold,
+    rollout_case
+);
+async fn rollout_case(backend: Backend) {
+    use common::agents::{RunningAgent, registered, served_repository};
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for name in ["a", "b", "c"] {
+        agents.push(RunningAgent::start(registered(&api, name, dir.path()).await).await);
+    }
+    let body = |path: &str| {
+        json!({"properties": {
+            "selector": {"matchLabels": {"env": "test"}},
+            "configurationName": "baseline",
+            "configurationTemplate": {
+                "namespace": "flux-system",
+                "gitRepository": {"url": url, "repositoryRef": {"branch": "main"}},
+                "kustomizations": {"k": {"path": "[parameters('path')]"}}
+            },
+            "parameters": {"path": path},
+            "rollout": {"batchSize": 1, "waitForCompliance": true, "maxFailures": 0}
+        }})
+    };
+    let status = || async { api.get(&assignment_path("baseline")).await.body["properties"]["status"].clone() };
+    let wait_for = |what: &'static str, done: fn(&Value) -> bool| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let now = status().await;
+            if done(&now) {
+                return now;
+            }
+            assert!(std::time::Instant::now() < deadline, "waiting for {what}: {now}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    api.call(Method::PUT, &assignment_path("baseline"), Some(body("./infra")))
+        .await;
+    wait_for("all compliant", |s| s["compliance"]["compliant"] == 3).await;
+
+    // the change reaches a, then b, then c (key order), each after the one before is compliant
+    let store = &api.server.state.store;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        ids.push(store.get_cluster(&format!("s/rg/{name}")).await.unwrap().unwrap().id);
+    }
+    let generations = || async {
+        let mut generations = Vec::new();
+        for id in &ids {
+            generations.push(
+                store
+                    .get_configuration(*id, "baseline")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .generation,
+            );
+        }
+        generations
+    };
+    let before = generations().await;
+    api.call(Method::PUT, &assignment_path("baseline"), Some(body("./apps")))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = generations().await;
+        let changed: Vec<bool> = now.iter().zip(&before).map(|(n, b)| n > b).collect();
+        assert!(
+            changed.windows(2).all(|w| w[0] || !w[1]),
+            "a later batch moved before an earlier one: {changed:?}"
+        );
+        if changed.iter().all(|c| *c) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout did not finish: {}",
+            status().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let done = wait_for("completed", |s| {
+        s["rollout"]["state"] == "Completed" && s["compliance"]["compliant"] == 3
+    })
+    .await;
+    assert_eq!(done["rollout"]["failures"], 0);
+
+    // a broken change fails on a, the first batch, and goes no further
+    let before = generations().await;
+    api.call(Method::PUT, &assignment_path("baseline"), Some(body("./missing")))
+        .await;
+    let halted = wait_for("halted", |s| s["rollout"]["state"] == "Halted").await;
+    assert!(
+        halted["rollout"]["message"].as_str().unwrap().contains("maxFailures 0"),
+        "{halted}"
+    );
+    let after = generations().await;
+    assert!(after[0] > before[0], "a got the change");
+    assert_eq!(&after[1..], &before[1..], "b and c kept what they had");
+    assert_eq!(halted["compliance"]["nonCompliant"], 1);
+    for agent in agents {
+        agent.stop().await;
+    }
+}

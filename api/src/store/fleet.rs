@@ -151,13 +151,17 @@ macro_rules! fleet_helpers {
                 only: Option<i64>,
                 managed: &$crate::store::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
-                use $crate::fleet::assignments::model::{Decision, EnforcementMode, Existing, decide};
+                use $crate::fleet::assignments::model::{
+                    BatchMember, Decision, EnforcementMode, Existing, RolloutPhase, advance, decide,
+                };
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
                 }
                 let matched = Self::matched(tx, a, only).await?;
-                let existing = sqlx::query_as::<$db, (i64, Option<i64>, Option<i64>, String)>(
-                    "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state \
+                type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String);
+                let existing = sqlx::query_as::<$db, Row>(
+                    "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state, f.generation, \
+                     f.reported_generation, f.compliance_state \
                      FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
                      WHERE f.name = $1 AND c.subscription_key = $2 AND ($3 = '' OR c.resource_group_key = $3) \
                      AND ($4 = 0 OR c.id = $4)",
@@ -168,26 +172,50 @@ macro_rules! fleet_helpers {
                 .bind(only.unwrap_or(0))
                 .fetch_all(&mut **tx)
                 .await?;
-                let existing = existing
-                    .into_iter()
-                    .map(|(cluster, managed_by, managed_generation, state)| {
-                        let deleting = state == "Deleting";
-                        (
-                            cluster,
-                            Existing {
-                                managed_by,
-                                managed_generation,
-                                deleting,
-                            },
-                        )
+                let members: std::collections::HashMap<i64, BatchMember> = existing
+                    .iter()
+                    .map(|(cluster, by, managed_generation, state, generation, reported, compliance)| {
+                        let current = *by == Some(a.id) && *managed_generation == Some(a.generation);
+                        let reported = current && *reported == Some(*generation);
+                        let failed = reported && (state == "Failed" || compliance == "Non-Compliant");
+                        let compliant = reported && !failed && compliance == "Compliant";
+                        (*cluster, BatchMember { reported, compliant, failed })
                     })
                     .collect();
-                let Decision {
-                    create: inserts,
-                    update: updates,
-                    release: gone,
-                    ..
-                } = decide(a.id, a.generation, &matched, &existing);
+                let existing = existing
+                    .into_iter()
+                    .map(|(cluster, managed_by, managed_generation, state, ..)| {
+                        let deleting = state == "Deleting";
+                        (cluster, Existing { managed_by, managed_generation, deleting })
+                    })
+                    .collect();
+                let Decision { create: inserts, update: mut updates, release: gone, .. } =
+                    decide(a.id, a.generation, &matched, &existing);
+                // a rollout in progress lets the new generation reach the clusters of its batches so far only; a
+                // single cluster's write (a tag change) leaves its configuration to the rollout
+                let rolling = a.rollout_state.as_ref().filter(|s| {
+                    s.generation == a.generation && s.state != RolloutPhase::Completed && a.spec.rollout.is_some()
+                });
+                if only.is_some() && rolling.is_some() {
+                    updates.clear();
+                }
+                if let (Some(rollout), Some(state), None) = (&a.spec.rollout, rolling, only) {
+                    let size = rollout.batch_count(matched.len()).unwrap_or(1);
+                    let batches: Vec<Vec<i64>> = matched.chunks(size).map(<[i64]>::to_vec).collect();
+                    let next = advance(rollout, state, &batches, &members, chrono::Utc::now());
+                    if next != *state {
+                        sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
+                            .bind(sqlx::types::Json(&next))
+                            .bind(a.id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    if next.state != RolloutPhase::Completed {
+                        let reached: std::collections::HashSet<i64> =
+                            batches.iter().take(next.batch + 1).flatten().copied().collect();
+                        updates.retain(|c| reached.contains(c));
+                    }
+                }
                 let now = chrono::Utc::now();
                 let etag = uuid::Uuid::new_v4().to_string();
                 let arm_id = a.arm_id();

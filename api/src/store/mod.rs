@@ -23,7 +23,7 @@ use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
-use crate::fleet::assignments::model::AssignmentSpec;
+use crate::fleet::assignments::model::{AssignmentSpec, RolloutState};
 use crate::fleet::selector::LabelSelector;
 use crate::flux::model::{Observed, ProvisioningState};
 use crate::notify::Notifier;
@@ -199,6 +199,9 @@ pub struct PolicyAssignmentRecord {
     pub etag: String,
     #[sqlx(json)]
     pub system_data: SystemData,
+    /// Where the rollout of `generation` stands, if the assignment rolls out in batches.
+    #[sqlx(json(nullable))]
+    pub rollout_state: Option<RolloutState>,
 }
 
 /// How an assignment write ended.

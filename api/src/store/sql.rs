@@ -26,7 +26,7 @@ macro_rules! configuration_columns {
 macro_rules! policy_assignment_columns {
     () => {
         "id, key, subscription_key, resource_group_key, subscription, resource_group, name, cluster_group_id, \
-         configuration_name, spec, rendered, generation, etag, system_data"
+         configuration_name, spec, rendered, generation, etag, system_data, rollout_state"
     };
 }
 
@@ -542,7 +542,8 @@ macro_rules! sql_store {
                         sqlx::query_scalar::<$db, i64>(
                             "INSERT INTO policy_assignments (key, subscription_key, resource_group_key, subscription, \
                              resource_group, name, cluster_group_id, configuration_name, spec, rendered, generation, \
-                             etag, system_data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                             etag, system_data, rollout_state) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                              ON CONFLICT (key) DO NOTHING RETURNING id",
                         )
                         .bind(&a.key)
@@ -558,13 +559,14 @@ macro_rules! sql_store {
                         .bind(a.generation)
                         .bind(&a.etag)
                         .bind(sqlx::types::Json(&a.system_data))
+                        .bind(a.rollout_state.as_ref().map(sqlx::types::Json))
                         .fetch_optional(&mut *tx)
                         .await?
                     }
                     Some(expected) => {
                         sqlx::query_scalar::<$db, i64>(
                             "UPDATE policy_assignments SET cluster_group_id = $1, configuration_name = $2, spec = $3, \
-                             rendered = $4, generation = $5, etag = $6, system_data = $7 \
+                             rendered = $4, generation = $5, etag = $6, system_data = $7, rollout_state = $10 \
                              WHERE key = $8 AND etag = $9 RETURNING id",
                         )
                         .bind(a.cluster_group_id)
@@ -576,6 +578,7 @@ macro_rules! sql_store {
                         .bind(sqlx::types::Json(&a.system_data))
                         .bind(&a.key)
                         .bind(expected)
+                        .bind(a.rollout_state.as_ref().map(sqlx::types::Json))
                         .fetch_optional(&mut *tx)
                         .await?
                     }

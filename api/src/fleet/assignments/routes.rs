@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use super::model::{
     AssignmentPlan, AssignmentSpec, AssignmentStatus, ClusterCompliance, ClusterComplianceEntry, ComplianceCounts,
     EnforcementMode, Existing, OnUnmatch, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest,
-    assess, decide, render,
+    RolloutPhase, RolloutState, assess, decide, render,
 };
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
@@ -219,6 +219,7 @@ async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &Fleet
         managed_configurations,
         conflict_count: conflicting.len() as u64,
         conflicts,
+        rollout: record.rollout_state.clone(),
     })
 }
 
@@ -350,11 +351,26 @@ async fn put(
                 generation: 1,
                 etag: new_etag(),
                 system_data: SystemData::created(&caller.subject, now),
+                // a new assignment creates every configuration at once: there is nothing to roll out
+                rollout_state: None,
             },
             Some(current) => PolicyAssignmentRecord {
                 cluster_group_id: group,
                 configuration_name: spec.configuration_name.clone(),
                 spec: spec.clone(),
+                // a new generation starts a new rollout, from the first batch
+                rollout_state: match (&spec.rollout, current.rendered != rendered) {
+                    (None, _) => None,
+                    (Some(_), true) => Some(RolloutState {
+                        generation: current.generation + 1,
+                        state: RolloutPhase::Progressing,
+                        batch: 0,
+                        batch_started_at: now,
+                        failures: 0,
+                        message: None,
+                    }),
+                    (Some(_), false) => current.rollout_state.clone(),
+                },
                 // managed configurations get a new generation only when what they hold changes
                 generation: current.generation + i64::from(current.rendered != rendered),
                 rendered: rendered.clone(),
