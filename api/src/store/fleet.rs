@@ -99,12 +99,16 @@ macro_rules! fleet_helpers {
                     .bind(a.id)
                     .fetch_all(&mut **tx)
                     .await?;
+                let others: Vec<_> = others
+                    .into_iter()
+                    .filter(|o| o.spec.enforcement_mode == EnforcementMode::Default)
+                    .collect();
+                if others.is_empty() {
+                    return Ok(Vec::new()); // the usual case: no need to evaluate the selector here
+                }
                 let mine: std::collections::HashSet<i64> = Self::matched(tx, a, None).await?.into_iter().collect();
                 let mut names = Vec::new();
-                for other in others
-                    .iter()
-                    .filter(|o| o.spec.enforcement_mode == EnforcementMode::Default)
-                {
+                for other in &others {
                     if Self::matched(tx, other, None)
                         .await?
                         .iter()
