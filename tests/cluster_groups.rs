@@ -287,4 +287,25 @@ async fn auth_case(backend: Backend) {
     );
     let anonymous = api.raw(api.client.get(api.url(&group_path(in_rg, "g")))).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // listing the subscription, a resource-group reader sees the groups of its resource group only
+    api.call(Method::PUT, &at_subscription, Some(body.clone())).await;
+    let list = with_version("/subscriptions/s/providers/Fluxplane.Fleet/clusterGroups", FLEET_API);
+    let seen = api.call_as(&reader, Method::GET, &list, None).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let ids: Vec<&str> = seen.body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["/subscriptions/s/resourceGroups/rg/providers/Fluxplane.Fleet/clusterGroups/g"]
+    );
+    let stranger = api.server.token("stranger", &[(Role::Reader, "/subscriptions/other")]);
+    assert_eq!(
+        api.call_as(&stranger, Method::GET, &list, None).await.status,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::selector::LabelSelector;
-use super::{FleetScope, managed_write, parse_name, wake};
+use super::{FleetScope, list_scopes, managed_write, parse_name, readable_scopes, wake};
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -296,9 +296,12 @@ async fn list(
     base: &BaseUrl,
     api_version: &str,
 ) -> ApiResult<Json<Page<ClusterGroup>>> {
-    caller.require(Role::Reader, &scope.id())?;
+    let scopes = readable_scopes(caller, &scope)?;
     let page = params.page()?;
-    let records = state.store.list_cluster_groups(&scope.clusters(), &page).await?;
+    let records = list_scopes(scopes, &page, |scope, page| async move {
+        state.store.list_cluster_groups(&scope, &page).await
+    })
+    .await?;
     let path = format!("{}/providers/{TYPE}", scope.id());
     let mut rendered = Vec::with_capacity(records.len());
     for record in records {
@@ -508,7 +511,8 @@ async fn delete_at_resource_group(
     delete(&state, &caller, scope, name).await
 }
 
-/// Lists the cluster groups of a subscription, those of its resource groups included.
+/// Lists the cluster groups of a subscription, those of its resource groups included (a caller who may read only
+/// some resource groups sees theirs, as ARM lists).
 #[utoipa::path(
     get,
     path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups",

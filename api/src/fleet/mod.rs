@@ -8,6 +8,8 @@ pub mod selector;
 pub mod template;
 
 use crate::arm::ids::{ResourceGroupName, SubscriptionId};
+use crate::arm::paging::PageRequest;
+use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{ClusterScope, ManagedWrite};
@@ -91,6 +93,55 @@ pub async fn wake(state: &AppState, scope: &ClusterScope) -> Result<(), ApiError
         state.notifier.notify(&cluster.key);
     }
     Ok(())
+}
+
+/// The scopes a list at `scope` reads for the caller, in key order: the scope itself, or, at a subscription the
+/// caller may read only parts of, the resource groups it may read (as ARM lists them).
+pub fn readable_scopes(caller: &Caller, scope: &FleetScope) -> Result<Vec<ClusterScope>, ApiError> {
+    let whole = caller.require(Role::Reader, &scope.id());
+    if whole.is_ok() {
+        return Ok(vec![scope.clusters()]);
+    }
+    let subscription_key = scope.subscription.key();
+    let mut groups = match scope.resource_group {
+        None => caller.resource_groups_with(Role::Reader, scope.subscription.as_str()),
+        Some(_) => Vec::new(),
+    };
+    if groups.is_empty() {
+        return Err(whole.expect_err("checked above"));
+    }
+    // a group's keys all start with "{subscription}/{group}/": read in that order, pages continue across groups
+    groups.sort_by_cached_key(|group| format!("{subscription_key}/{group}/"));
+    Ok(groups
+        .into_iter()
+        .map(|resource_group_key| ClusterScope::ResourceGroup {
+            subscription_key: subscription_key.clone(),
+            resource_group_key,
+        })
+        .collect())
+}
+
+/// Up to `page.limit + 1` items of `scopes` in key order, after `page.after`: `fetch` reads one scope.
+pub async fn list_scopes<T, F, Fut>(scopes: Vec<ClusterScope>, page: &PageRequest, fetch: F) -> Result<Vec<T>, ApiError>
+where
+    F: Fn(ClusterScope, PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, crate::store::StoreError>>,
+{
+    let wanted = page.limit as usize + 1;
+    let mut items = Vec::with_capacity(wanted);
+    for scope in scopes {
+        let rest = PageRequest {
+            after: page.after.clone(),
+            // each read answers up to limit + 1
+            limit: (wanted - items.len() - 1) as u32,
+        };
+        items.extend(fetch(scope, rest).await?);
+        if items.len() >= wanted {
+            break;
+        }
+    }
+    items.truncate(wanted);
+    Ok(items)
 }
 
 /// The name of a fleet resource: 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or

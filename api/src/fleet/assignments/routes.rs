@@ -28,7 +28,7 @@ use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::fleet::selector::LabelSelector;
-use crate::fleet::{FleetScope, managed_write, parse_name, wake};
+use crate::fleet::{FleetScope, list_scopes, managed_write, parse_name, readable_scopes, wake};
 use crate::state::AppState;
 use crate::store::{AssignmentWrite, ClusterScope, ClusterTags, ConfigurationRecord, PolicyAssignmentRecord};
 
@@ -579,9 +579,12 @@ async fn list(
     base: &BaseUrl,
     api_version: &str,
 ) -> ApiResult<Json<Page<PolicyAssignment>>> {
-    caller.require(Role::Reader, &scope.id())?;
+    let scopes = readable_scopes(caller, &scope)?;
     let page = params.page()?;
-    let records = state.store.list_policy_assignments(&scope.clusters(), &page).await?;
+    let records = list_scopes(scopes, &page, |scope, page| async move {
+        state.store.list_policy_assignments(&scope, &page).await
+    })
+    .await?;
     let path = format!("{}/providers/{TYPE}", scope.id());
     let mut rendered = Vec::with_capacity(records.len());
     for record in records {
@@ -748,7 +751,8 @@ async fn delete_at_resource_group(
     delete(&state, &caller, scope, name).await
 }
 
-/// Lists the policy assignments of a subscription, those of its resource groups included.
+/// Lists the policy assignments of a subscription, those of its resource groups included (a caller who may read
+/// only some resource groups sees theirs, as ARM lists).
 #[utoipa::path(
     get,
     path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments",
