@@ -1,7 +1,6 @@
 //! The agent's identity: an Ed25519 key pair it generates itself, the public half registered on its cluster, the
 //! private half kept in a file only the agent can read, and the short-lived tokens it signs with it.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -15,6 +14,8 @@ use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
 use fluxplane_agent_protocol::sealing::EncryptionKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+
+use crate::files::write_atomically;
 
 /// How long the tokens the agent signs live; the control plane accepts at most five minutes.
 const TOKEN_LIFETIME_SECONDS: i64 = 120;
@@ -85,21 +86,7 @@ impl Identity {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let temporary = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("identity")
-        ));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&temporary)
-            .with_context(|| format!("creating {}", temporary.display()))?;
-        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        write_atomically(path, serde_json::to_string_pretty(self)?.as_bytes(), true)
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {

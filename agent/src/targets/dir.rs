@@ -15,7 +15,7 @@
 //! runs here, so the target checks Git sources itself (see `git.rs`); sources it cannot check report `Unknown`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,6 +26,7 @@ use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatus
 use serde_json::Value;
 
 use super::{ClusterFacts, Observation, Target};
+use crate::files::write_atomically;
 use crate::git::{Mirror, mirror_path};
 use crate::objects::{GENERATION_ANNOTATION, configuration_objects, secret_set_of};
 use crate::secrets::SecretSet;
@@ -61,34 +62,6 @@ fn file_name(object: &Value) -> String {
         Some("Secret") => SECRET_FILE.to_owned(),
         _ => "source.yaml".to_owned(),
     }
-}
-
-/// Writes `contents` to `path` by renaming a temporary file into place; the file is readable by its owner only
-/// when `private`, from its creation on (never briefly readable by others).
-fn write_atomically(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
-    let temporary = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("object")
-    ));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    }
-    let mut file = options
-        .open(&temporary)
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    #[cfg(unix)]
-    if private {
-        // a temporary left by an earlier run keeps its mode: set it
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::io::Write::write_all(&mut file, contents.as_bytes())
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn condition(ok: bool, reason: &str, message: &str) -> ObjectStatusCondition {
@@ -150,7 +123,7 @@ impl Target for DirTarget {
         for object in &configuration_objects(configuration, secrets) {
             let file = file_name(object);
             let private = file == SECRET_FILE;
-            write_atomically(&dir.join(&file), &serde_yaml_ng::to_string(object)?, private)?;
+            write_atomically(&dir.join(&file), serde_yaml_ng::to_string(object)?.as_bytes(), private)?;
             written.insert(file);
         }
         for entry in std::fs::read_dir(&dir)? {

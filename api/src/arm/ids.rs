@@ -176,6 +176,14 @@ impl ClusterRef {
         )
     }
 
+    /// The ARM id of the Flux configuration `name` of this cluster.
+    pub fn configuration_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{name}",
+            self.id()
+        )
+    }
+
     /// The store's case-insensitive key.
     pub fn key(&self) -> String {
         format!(

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -83,7 +83,9 @@ pub struct ApiVersionParam {
 /// A connected cluster whose agent has been silent for `offline_after` is Offline: derived when read, so that no
 /// sweeper has to run for it.
 fn connectivity(record: &ClusterRecord, offline_after: std::time::Duration) -> String {
-    if record.connectivity_status == ConnectivityStatus::Connected.as_str() && !agent_online(record, offline_after) {
+    if record.connectivity_status == ConnectivityStatus::Connected.as_str()
+        && !agent_online(record.last_connectivity_time, offline_after)
+    {
         ConnectivityStatus::Offline.as_str().to_owned()
     } else {
         record.connectivity_status.clone()
@@ -91,10 +93,8 @@ fn connectivity(record: &ClusterRecord, offline_after: std::time::Duration) -> S
 }
 
 /// Whether the cluster's agent has been heard from within `offline_after`.
-pub(crate) fn agent_online(record: &ClusterRecord, offline_after: std::time::Duration) -> bool {
-    record
-        .last_connectivity_time
-        .is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last <= limit))
+pub(crate) fn agent_online(last: Option<DateTime<Utc>>, offline_after: std::time::Duration) -> bool {
+    last.is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last <= limit))
 }
 
 pub(crate) fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {

@@ -134,7 +134,7 @@ async fn resolve(state: &AppState, caller: &Caller, params: &ConfigurationParams
     let name = ConfigurationName::parse(&params.flux_configuration_name)?;
     caller.require(role, &scope.configuration_id(name.as_str()))?;
     let cluster = find_cluster(state, &scope).await?;
-    let online = agent_online(&cluster, state.config.offline_after);
+    let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
     Ok(Target {
         scope,
         name,
@@ -665,7 +665,7 @@ async fn list_configurations(
     caller.require(Role::Reader, &path)?;
     let page = list.page()?;
     let cluster = find_cluster(&state, &scope).await?;
-    let online = agent_online(&cluster, state.config.offline_after);
+    let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
     let records = state.store.list_configurations(cluster.id, &page).await?;
     Ok(Json(Page::from_items(
         records,

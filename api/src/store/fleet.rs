@@ -52,12 +52,12 @@ macro_rules! fleet_helpers {
                 }))
             }
 
-            /// The ids of the clusters the assignment matches (of `only`, if given), in key order.
+            /// The clusters the assignment matches (of `only`, if given), in key order.
             async fn matched(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 a: &$crate::store::PolicyAssignmentRecord,
                 only: Option<i64>,
-            ) -> Result<Vec<i64>, sqlx::Error> {
+            ) -> Result<Vec<$crate::store::ClusterTags>, sqlx::Error> {
                 let Some((selector, subscription_key, resource_group_key)) = Self::target(tx, a).await? else {
                     return Ok(Vec::new());
                 };
@@ -70,11 +70,7 @@ macro_rules! fleet_helpers {
                 .bind(only.unwrap_or(0))
                 .fetch_all(&mut **tx)
                 .await?;
-                Ok(clusters
-                    .into_iter()
-                    .filter(|c| selector.matches(&c.tags))
-                    .map(|c| c.id)
-                    .collect())
+                Ok(clusters.into_iter().filter(|c| selector.matches(&c.tags)).collect())
             }
 
             /// The names of the other enforced assignments of the subscription that write the same configuration
@@ -106,13 +102,14 @@ macro_rules! fleet_helpers {
                 if others.is_empty() {
                     return Ok(Vec::new()); // the usual case: no need to evaluate the selector here
                 }
-                let mine: std::collections::HashSet<i64> = Self::matched(tx, a, None).await?.into_iter().collect();
+                let mine: std::collections::HashSet<i64> =
+                    Self::matched(tx, a, None).await?.into_iter().map(|c| c.id).collect();
                 let mut names = Vec::new();
                 for other in &others {
                     if Self::matched(tx, other, None)
                         .await?
                         .iter()
-                        .any(|id| mine.contains(id))
+                        .any(|c| mine.contains(&c.id))
                     {
                         names.push(other.name.clone());
                     }
@@ -161,7 +158,7 @@ macro_rules! fleet_helpers {
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
                 }
-                let matched = Self::matched(tx, a, only).await?;
+                let matched: Vec<i64> = Self::matched(tx, a, only).await?.into_iter().map(|c| c.id).collect();
                 type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String);
                 let existing = sqlx::query_as::<$db, Row>(
                     "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state, f.generation, \

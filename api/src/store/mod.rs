@@ -450,6 +450,8 @@ pub trait Store: Send + Sync + 'static {
     /// Brings every assignment's configurations in line with it again, restoring those written by hand (drift)
     /// or deleted: what the sweeper runs on every replica. Answers how many assignments it went through.
     async fn reconcile_assignments(&self, managed: &ManagedWrite) -> StoreResult<usize>;
+    /// The clusters the assignment (stored or proposed) matches now, in key order: the same rule its writes follow.
+    async fn assignment_matches(&self, assignment: &PolicyAssignmentRecord) -> StoreResult<Vec<ClusterTags>>;
     /// The configurations named `name` on the clusters of the scope.
     async fn configurations_named(&self, scope: &ClusterScope, name: &str) -> StoreResult<Vec<ConfigurationRecord>>;
     /// The tags of every cluster in the scope, in key order.

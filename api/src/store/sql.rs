@@ -643,6 +643,17 @@ macro_rules! sql_store {
                 Ok(assignments.len())
             }
 
+            async fn assignment_matches(
+                &self,
+                a: &$crate::store::PolicyAssignmentRecord,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
+                // the rule that writes managed configurations, read-only
+                let mut tx = self.pool.begin().await?;
+                let matched = Self::matched(&mut tx, a, None).await?;
+                tx.rollback().await?;
+                Ok(matched)
+            }
+
             async fn configurations_named(
                 &self,
                 scope: &$crate::store::ClusterScope,

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,17 +21,17 @@ use super::model::{
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::ids::ClusterRef;
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
-use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag};
+use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
-use crate::fleet::selector::LabelSelector;
 use crate::fleet::{FleetScope, list_scopes, managed_write, parse_name, readable_scopes, wake};
 use crate::state::AppState;
-use crate::store::{AssignmentWrite, ClusterScope, ClusterTags, ConfigurationRecord, PolicyAssignmentRecord};
+use crate::store::{AssignmentWrite, ClusterTags, ConfigurationRecord, PolicyAssignmentRecord};
 
 const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
 const TYPE_NAME: &str = "policyAssignments";
@@ -99,13 +100,9 @@ fn not_found(scope: &FleetScope, name: &str) -> ApiError {
     ))
 }
 
-/// The group a `clusterGroupId` names, which must exist in the assignment's subscription and share a scope with
-/// it: (its store id, its selector, the clusters the assignment sees through it).
-async fn resolve_group(
-    state: &AppState,
-    scope: &FleetScope,
-    id: &str,
-) -> ApiResult<(i64, LabelSelector, ClusterScope)> {
+/// The store id of the group a `clusterGroupId` names, which must exist in the assignment's subscription and share
+/// clusters with its scope.
+async fn resolve_group(state: &AppState, scope: &FleetScope, id: &str) -> ApiResult<i64> {
     const TARGET: &str = "properties.clusterGroupId";
     let invalid = |message: &str| ApiError::invalid(TARGET, format!("'{id}': {message}"));
     let segments: Vec<&str> = id.trim_matches('/').split('/').collect();
@@ -126,46 +123,29 @@ async fn resolve_group(
     if group_scope.subscription.key() != scope.subscription.key() {
         return Err(invalid("the group must be in the assignment's subscription"));
     }
-    let clusters = match (&scope.resource_group, &group_scope.resource_group) {
-        (Some(a), Some(g)) if a.key() != g.key() => {
-            return Err(invalid(
-                "the group's resource group and the assignment's share no cluster",
-            ));
-        }
-        (Some(_), _) => scope.clusters(),
-        (None, _) => group_scope.clusters(),
-    };
+    if let (Some(a), Some(g)) = (&scope.resource_group, &group_scope.resource_group)
+        && a.key() != g.key()
+    {
+        return Err(invalid(
+            "the group's resource group and the assignment's share no cluster",
+        ));
+    }
     let group = state
         .store
         .get_cluster_group(&group_scope.key(name))
         .await?
         .ok_or_else(|| invalid("no such cluster group"))?;
-    Ok((group.id, group.selector, clusters))
+    Ok(group.id)
 }
 
-/// The clusters the assignment's properties select now, in key order (none if its group is gone).
-async fn matched(state: &AppState, spec: &AssignmentSpec, scope: &FleetScope) -> ApiResult<Vec<ClusterTags>> {
-    let (selector, clusters) = match &spec.cluster_group_id {
-        Some(id) => match resolve_group(state, scope, id).await {
-            Ok((_, selector, clusters)) => (Some(selector), clusters),
-            Err(_) => (None, scope.clusters()),
-        },
-        None => (spec.selector.clone(), scope.clusters()),
-    };
-    let Some(selector) = selector else {
-        return Ok(Vec::new());
-    };
-    let tags = state.store.cluster_tags(&clusters).await?;
-    Ok(tags.into_iter().filter(|c| selector.matches(&c.tags)).collect())
-}
-
-/// Every selected cluster with where it stands, in cluster key order.
+/// Every selected cluster with where it stands, in cluster key order, and how many configurations the assignment
+/// manages.
 async fn assessed(
     state: &AppState,
     record: &PolicyAssignmentRecord,
     scope: &FleetScope,
-) -> ApiResult<Vec<(ClusterTags, ClusterCompliance, String)>> {
-    let matched = matched(state, &record.spec, scope).await?;
+) -> ApiResult<(Vec<(ClusterTags, ClusterCompliance, String)>, u64)> {
+    let matched = state.store.assignment_matches(record).await?;
     let configurations: HashMap<i64, ConfigurationRecord> = state
         .store
         .configurations_named(&scope.clusters(), &record.configuration_name)
@@ -173,30 +153,24 @@ async fn assessed(
         .into_iter()
         .map(|c| (c.cluster_id, c))
         .collect();
-    let offline_after = chrono::Duration::from_std(state.config.offline_after).unwrap_or(chrono::Duration::MAX);
-    let now = Utc::now();
-    Ok(matched
+    let managed = configurations
+        .values()
+        .filter(|c| c.managed_by == Some(record.id))
+        .count() as u64;
+    let assessed = matched
         .into_iter()
         .map(|cluster| {
-            let online = cluster
-                .last_connectivity_time
-                .is_some_and(|last| now - last <= offline_after);
+            let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
             let (compliance, reason) = assess(record.id, record.generation, configurations.get(&cluster.id), online);
             (cluster, compliance, reason)
         })
-        .collect())
+        .collect();
+    Ok((assessed, managed))
 }
 
 /// Where the assignment stands now: what its selector matches, what it manages, and how those clusters fare.
 async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &FleetScope) -> ApiResult<AssignmentStatus> {
-    let assessed = assessed(state, record, scope).await?;
-    let managed_configurations = state
-        .store
-        .configurations_named(&scope.clusters(), &record.configuration_name)
-        .await?
-        .iter()
-        .filter(|c| c.managed_by == Some(record.id))
-        .count() as u64;
+    let (assessed, managed_configurations) = assessed(state, record, scope).await?;
     let mut compliance = ComplianceCounts::default();
     for (_, state, _) in &assessed {
         compliance.add(*state);
@@ -210,7 +184,7 @@ async fn status(state: &AppState, record: &PolicyAssignmentRecord, scope: &Fleet
         .take(MAX_LISTED_CONFLICTS)
         .map(|(cluster, _, reason)| {
             ErrorDetail::new("ConfigurationConflict", reason.clone())
-                .with_target(cluster_id(&record.subscription, cluster))
+                .with_target(cluster_ref(&record.subscription, cluster).id())
         })
         .collect();
     Ok(AssignmentStatus {
@@ -243,6 +217,7 @@ async fn compliance(
     let page = params.page()?;
     let entries: Vec<_> = assessed(state, &record, &scope)
         .await?
+        .0
         .into_iter()
         .filter(|(cluster, _, _)| page.after.as_ref().is_none_or(|after| cluster.key > *after))
         .take(page.limit as usize + 1)
@@ -253,13 +228,10 @@ async fn compliance(
         |(cluster, _, _)| cluster.key.clone(),
         |token| base.next_link(&format!("{id}/compliance"), api_version, params.top.as_deref(), token),
         |(cluster, state, reason)| {
-            let cluster_id = cluster_id(&record.subscription, &cluster);
+            let cluster = cluster_ref(&record.subscription, &cluster);
             ClusterComplianceEntry {
-                configuration_id: format!(
-                    "{cluster_id}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{}",
-                    record.configuration_name
-                ),
-                cluster_id,
+                configuration_id: cluster.configuration_id(&record.configuration_name),
+                cluster_id: cluster.id(),
                 state,
                 reason,
             }
@@ -267,11 +239,9 @@ async fn compliance(
     )))
 }
 
-fn cluster_id(subscription: &str, cluster: &ClusterTags) -> String {
-    format!(
-        "/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}",
-        cluster.resource_group, cluster.name
-    )
+fn cluster_ref(subscription: &str, cluster: &ClusterTags) -> ClusterRef {
+    ClusterRef::parse(subscription, &cluster.resource_group, &cluster.name)
+        .expect("stored names were validated when written")
 }
 
 fn scope_of(record: &PolicyAssignmentRecord) -> ApiResult<FleetScope> {
@@ -322,63 +292,16 @@ async fn put(
     caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
     let spec = proposal(body)?;
     let rendered = render(&spec)?;
-    let (group, clusters) = match &spec.cluster_group_id {
-        Some(id) => {
-            let (group, _, clusters) = resolve_group(state, &scope, id).await?;
-            (Some(group), clusters)
-        }
-        None => (None, scope.clusters()),
+    let group = match &spec.cluster_group_id {
+        Some(id) => Some(resolve_group(state, &scope, id).await?),
+        None => None,
     };
     let key = scope.key(&name);
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.store.get_policy_assignment(&key).await?;
         preconditions.check(current.as_ref().map(|a| a.etag.as_str()))?;
-        let now = Utc::now();
         let expected = current.as_ref().map(|a| a.etag.clone());
-        let record = match current {
-            None => PolicyAssignmentRecord {
-                id: 0,
-                key: key.clone(),
-                subscription_key: scope.subscription.key(),
-                resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
-                subscription: scope.subscription.as_str().to_owned(),
-                resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
-                name: name.clone(),
-                cluster_group_id: group,
-                configuration_name: spec.configuration_name.clone(),
-                spec: spec.clone(),
-                rendered: rendered.clone(),
-                generation: 1,
-                etag: new_etag(),
-                system_data: SystemData::created(&caller.subject, now),
-                // a new assignment creates every configuration at once: there is nothing to roll out
-                rollout_state: None,
-            },
-            Some(current) => PolicyAssignmentRecord {
-                cluster_group_id: group,
-                configuration_name: spec.configuration_name.clone(),
-                spec: spec.clone(),
-                // a new generation starts a new rollout, from the first batch
-                rollout_state: match (&spec.rollout, current.rendered != rendered) {
-                    (None, _) => None,
-                    (Some(_), true) => Some(RolloutState {
-                        generation: current.generation + 1,
-                        state: RolloutPhase::Progressing,
-                        batch: 0,
-                        batch_started_at: now,
-                        failures: 0,
-                        message: None,
-                    }),
-                    (Some(_), false) => current.rollout_state.clone(),
-                },
-                // managed configurations get a new generation only when what they hold changes
-                generation: current.generation + i64::from(current.rendered != rendered),
-                rendered: rendered.clone(),
-                etag: new_etag(),
-                system_data: current.system_data.modified(&caller.subject, now),
-                ..current
-            },
-        };
+        let record = proposed(&scope, &name, &spec, &rendered, group, current, &caller.subject);
         let status = if expected.is_some() {
             StatusCode::OK
         } else {
@@ -392,7 +315,7 @@ async fn put(
         state.metrics.assignment_apply.observe(started.elapsed().as_secs_f64());
         match outcome {
             AssignmentWrite::Written => {
-                wake(state, &clusters).await?;
+                wake(state, &scope.clusters()).await?;
                 tracing::info!(assignment = %record.arm_id(), generation = record.generation, "policy assignment written");
                 let record = state.store.get_policy_assignment(&key).await?.unwrap_or(record);
                 return respond(state, status, record).await;
@@ -410,6 +333,67 @@ async fn put(
         }
     }
     Err(contention())
+}
+
+/// The record a PUT of `spec` writes over `current` (a plan evaluates the same record without writing it).
+fn proposed(
+    scope: &FleetScope,
+    name: &str,
+    spec: &AssignmentSpec,
+    rendered: &FluxConfigurationSpec,
+    group: Option<i64>,
+    current: Option<PolicyAssignmentRecord>,
+    subject: &str,
+) -> PolicyAssignmentRecord {
+    let now = Utc::now();
+    match current {
+        None => PolicyAssignmentRecord {
+            id: 0,
+            key: scope.key(name),
+            subscription_key: scope.subscription.key(),
+            resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
+            subscription: scope.subscription.as_str().to_owned(),
+            resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
+            name: name.to_owned(),
+            cluster_group_id: group,
+            configuration_name: spec.configuration_name.clone(),
+            spec: spec.clone(),
+            rendered: rendered.clone(),
+            generation: 1,
+            etag: new_etag(),
+            system_data: SystemData::created(subject, now),
+            // a new assignment creates every configuration at once: there is nothing to roll out
+            rollout_state: None,
+        },
+        Some(current) => {
+            // managed configurations get a new generation only when what they hold changes
+            let changed = current.rendered != *rendered;
+            let generation = current.generation + i64::from(changed);
+            PolicyAssignmentRecord {
+                cluster_group_id: group,
+                configuration_name: spec.configuration_name.clone(),
+                spec: spec.clone(),
+                // a new generation starts a new rollout, from the first batch
+                rollout_state: match (&spec.rollout, changed) {
+                    (None, _) => None,
+                    (Some(_), true) => Some(RolloutState {
+                        generation,
+                        state: RolloutPhase::Progressing,
+                        batch: 0,
+                        batch_started_at: now,
+                        failures: 0,
+                        message: None,
+                    }),
+                    (Some(_), false) => current.rollout_state.clone(),
+                },
+                generation,
+                rendered: rendered.clone(),
+                etag: new_etag(),
+                system_data: current.system_data.modified(subject, now),
+                ..current
+            }
+        }
+    }
 }
 
 /// Parses and checks a proposed assignment as a PUT does.
@@ -433,15 +417,17 @@ async fn plan(
     caller.require(Role::Reader, &scope.resource_id(TYPE_NAME, &name))?;
     let spec = proposal(body)?;
     let rendered = render(&spec)?;
-    if let Some(id) = &spec.cluster_group_id {
-        resolve_group(state, &scope, id).await?;
-    }
+    let group = match &spec.cluster_group_id {
+        Some(id) => Some(resolve_group(state, &scope, id).await?),
+        None => None,
+    };
     let current = state.store.get_policy_assignment(&scope.key(&name)).await?;
     let now = match &current {
-        Some(current) => matched(state, &current.spec, &scope).await?,
+        Some(current) => state.store.assignment_matches(current).await?,
         None => Vec::new(),
     };
-    let next = matched(state, &spec, &scope).await?;
+    let next_record = proposed(&scope, &name, &spec, &rendered, group, current, &caller.subject);
+    let next = state.store.assignment_matches(&next_record).await?;
     let every: HashMap<i64, ClusterTags> = state
         .store
         .cluster_tags(&scope.clusters())
@@ -449,15 +435,9 @@ async fn plan(
         .into_iter()
         .map(|c| (c.id, c))
         .collect();
-    let cluster = |id: &i64| every.get(id).map(|c| cluster_id(scope.subscription.as_str(), c));
-    let configuration = |id: &i64| {
-        cluster(id).map(|c| {
-            format!(
-                "{c}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{}",
-                spec.configuration_name
-            )
-        })
-    };
+    let reference = |id: &i64| every.get(id).map(|c| cluster_ref(scope.subscription.as_str(), c));
+    let cluster = |id: &i64| reference(id).map(|c| c.id());
+    let configuration = |id: &i64| reference(id).map(|c| c.configuration_id(&spec.configuration_name));
     let in_key_order = |mut ids: Vec<i64>| {
         ids.sort_by_key(|id| every.get(id).map(|c| c.key.clone()));
         ids
@@ -494,11 +474,7 @@ async fn plan(
             )
         })
         .collect();
-    let (id, generation) = match &current {
-        Some(current) => (current.id, current.generation + i64::from(current.rendered != rendered)),
-        None => (0, 1),
-    };
-    let decision = decide(id, generation, &next_ids, &existing);
+    let decision = decide(next_record.id, next_record.generation, &next_ids, &existing);
     plan.conflicts = decision.conflicts.iter().filter_map(configuration).collect();
     if spec.enforcement_mode == EnforcementMode::Default {
         plan.create = decision.create.iter().filter_map(configuration).collect();
@@ -546,7 +522,7 @@ async fn overlapping(
             {
                 continue;
             }
-            let theirs = matched(state, &other.spec, &scope_of(other)?).await?;
+            let theirs = state.store.assignment_matches(other).await?;
             if theirs.iter().any(|c| clusters.contains(&c.id)) {
                 names.push(other.name.clone());
             }
