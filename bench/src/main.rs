@@ -112,7 +112,9 @@ pub(crate) struct Target {
 
 impl Target {
     async fn start(backend: Backend) -> anyhow::Result<Self> {
-        let server = TestServer::start(backend)
+        // the sweep of `fluxplane serve` by default, not the tests' 200 ms: each sweep reconciles every policy
+        // assignment under the fleet lock, which at 10,000 clusters would contend with the writes being measured
+        let server = TestServer::start_with(backend, |config| config.sweep_interval = Duration::from_secs(30))
             .await
             .context("PostgreSQL is unreachable (set FLUXPLANE_TEST_POSTGRES_URL)")?;
         let token = server.owner_token();

@@ -67,9 +67,10 @@ async fn desired_state(
     let wait = Duration::from_secs(params.wait.unwrap_or(DEFAULT_WAIT_SECONDS).min(MAX_WAIT_SECONDS));
     // subscribe before reading the revision: a write in between still wakes this poll
     let mut changes = state.notifier.subscribe(&agent.cluster.key());
+    let now = Utc::now();
     let revision = state
         .store
-        .heartbeat(agent.cluster_id, Utc::now(), None)
+        .heartbeat(agent.cluster_id, now, quiet_since(&state, now), None)
         .await?
         .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     if params.after.is_some_and(|after| revision <= after) {
@@ -100,6 +101,14 @@ async fn desired_state(
             })
             .collect(),
     }))
+}
+
+/// The time after which a heartbeat need not be written again: a tenth of the silence that makes a cluster
+/// Offline, at most 15 s, so connectivity stays as true as it was while a woken fleet's polls and reports, which
+/// come in pairs, write the cluster row once.
+fn quiet_since(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
+    let every = (state.config.offline_after / 10).min(Duration::from_secs(15));
+    now - chrono::Duration::from_std(every).unwrap_or_default()
 }
 
 /// Records a batch of status reports; also a heartbeat.
@@ -157,7 +166,7 @@ async fn report_status(
     }
     state
         .store
-        .heartbeat(agent.cluster_id, now, Some(&report.agent))
+        .heartbeat(agent.cluster_id, now, quiet_since(&state, now), Some(&report.agent))
         .await?
         .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     Ok(Json(StatusAccepted { results }))
