@@ -140,7 +140,7 @@ async fn tokens_case(backend: Backend) {
         iat,
         exp,
     };
-    let mut tampered = b.token().unwrap();
+    let mut tampered = b.token().unwrap().value;
     let middle = tampered.len() / 2;
     tampered.replace_range(
         middle..middle + 1,
@@ -195,13 +195,13 @@ async fn tokens_case(backend: Backend) {
         .raw(
             api.client
                 .get(api.url(&with_version(&cluster_path("s", "rg", "b"), CLUSTER_API)))
-                .bearer_auth(b.token().unwrap()),
+                .bearer_auth(b.token().unwrap().value),
         )
         .await;
     assert_eq!(user_api.status, StatusCode::UNAUTHORIZED);
 
     // b's own token works; registering b again rotates its key and the old one stops working
-    let poll_with = |identity: &Identity| api.raw(api.client.get(&poll).bearer_auth(identity.token().unwrap()));
+    let poll_with = |identity: &Identity| api.raw(api.client.get(&poll).bearer_auth(identity.token().unwrap().value));
     assert_eq!(poll_with(&b).await.status, StatusCode::OK);
     let rotated = registered(&api, "b", dir.path()).await;
     assert_eq!(poll_with(&b).await.status, StatusCode::UNAUTHORIZED);
@@ -249,7 +249,7 @@ async fn isolation_case(backend: Backend) {
         .raw(
             api.client
                 .post(format!("{}/agent/v1/status", api.server.base))
-                .bearer_auth(b_identity.token().unwrap())
+                .bearer_auth(b_identity.token().unwrap().value)
                 .json(&report),
         )
         .await;

@@ -455,7 +455,11 @@ async fn bad_key_case(backend: Backend) {
     let identity = registered(&api, "c1", dir.path()).await;
     let url = api.url("/agent/v1/encryption-key");
     for body in [json!({"publicKey": "a2V5"}), json!({"publicKey": 5}), json!({})] {
-        let request = api.client.put(&url).bearer_auth(identity.token().unwrap()).json(&body);
+        let request = api
+            .client
+            .put(&url)
+            .bearer_auth(identity.token().unwrap().value)
+            .json(&body);
         let answer = api.raw(request).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}: {answer:?}");
     }

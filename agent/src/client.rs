@@ -1,12 +1,15 @@
 //! The control plane as the agent sees it: the agent API over HTTP(S), each request with a freshly signed token.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use chrono::Utc;
 
 use fluxplane_agent_protocol::agent::{DesiredState, EncryptionKeyRegistration, PREFIX, StatusAccepted, StatusReport};
 use fluxplane_agent_protocol::sealing::EncryptionKey;
 use reqwest::StatusCode;
 
-use crate::identity::Identity;
+use crate::identity::{AgentToken, Identity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -25,6 +28,9 @@ pub struct ControlPlane {
     http: reqwest::Client,
     identity: Identity,
     encryption_key: EncryptionKey,
+    /// The token requests carry until half its life is gone: signing one per request cost CPU on both sides for
+    /// nothing (the control plane skips checking a signature it has checked before).
+    token: Mutex<Option<AgentToken>>,
 }
 
 impl ControlPlane {
@@ -38,7 +44,21 @@ impl ControlPlane {
             http,
             identity,
             encryption_key,
+            token: Mutex::new(None),
         })
+    }
+
+    fn bearer(&self) -> Result<String, ClientError> {
+        let mut token = self.token.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Utc::now().timestamp();
+        match token.as_ref() {
+            Some(current) if current.fresh(now) => Ok(current.value.clone()),
+            _ => {
+                let new = self.identity.token()?;
+                *token = Some(new.clone());
+                Ok(new.value)
+            }
+        }
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -59,7 +79,7 @@ impl ControlPlane {
             .http
             .put(format!("{}{PREFIX}/encryption-key", self.identity.server))
             .timeout(Duration::from_secs(30))
-            .bearer_auth(self.identity.token()?)
+            .bearer_auth(self.bearer()?)
             .json(&body)
             .send()
             .await?;
@@ -77,7 +97,7 @@ impl ControlPlane {
             .get(url)
             // the server answers within `wait`; allow for the network on top
             .timeout(wait + Duration::from_secs(15))
-            .bearer_auth(self.identity.token()?);
+            .bearer_auth(self.bearer()?);
         answer(request.send().await?).await
     }
 
@@ -86,7 +106,7 @@ impl ControlPlane {
             .http
             .post(format!("{}{PREFIX}/status", self.identity.server))
             .timeout(Duration::from_secs(30))
-            .bearer_auth(self.identity.token()?)
+            .bearer_auth(self.bearer()?)
             .json(report);
         answer(request.send().await?).await
     }

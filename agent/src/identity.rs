@@ -110,8 +110,8 @@ impl Identity {
         EncryptionKey::from_private_base64(text).context("the identity's encryption key")
     }
 
-    /// A token for one request to the control plane.
-    pub fn token(&self) -> anyhow::Result<String> {
+    /// A token for requests to the control plane, valid for `TOKEN_LIFETIME_SECONDS` from now.
+    pub fn token(&self) -> anyhow::Result<AgentToken> {
         let now = Utc::now().timestamp();
         let claims = AgentClaims {
             sub: self.cluster_id.clone(),
@@ -120,7 +120,24 @@ impl Identity {
             exp: now + TOKEN_LIFETIME_SECONDS,
         };
         let key = EncodingKey::from_ed_pem(self.private_key.as_bytes()).context("the identity's private key")?;
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)?)
+        Ok(AgentToken {
+            value: jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)?,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+/// A signed agent token and when it expires (Unix seconds).
+#[derive(Clone)]
+pub struct AgentToken {
+    pub value: String,
+    pub expires_at: i64,
+}
+
+impl AgentToken {
+    /// Whether it still has half its life ahead of it, enough for a request begun now, long-polls included.
+    pub fn fresh(&self, now: i64) -> bool {
+        self.expires_at - now >= TOKEN_LIFETIME_SECONDS / 2
     }
 }
 
@@ -153,7 +170,12 @@ mod tests {
             new.identity.encryption_key().unwrap().public_base64()
         );
         let token = loaded.token().unwrap();
-        let claims: AgentClaims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+        assert!(token.fresh(Utc::now().timestamp()));
+        assert!(
+            !token.fresh(token.expires_at - TOKEN_LIFETIME_SECONDS / 2 + 1),
+            "past half its life"
+        );
+        let claims: AgentClaims = jsonwebtoken::dangerous::insecure_decode_claims(&token.value).unwrap();
         assert_eq!(claims.aud, AGENT_AUDIENCE);
         assert!(claims.exp - claims.iat <= 300);
     }

@@ -79,6 +79,7 @@ impl AppState {
             messages,
             metrics: Arc::new(Metrics::default()),
             notifier,
+            agent_tokens: Arc::default(),
             _tasks: Arc::new([TaskGuard(follower.abort_handle()), TaskGuard(sweeper.abort_handle())]),
         })
     }
@@ -188,12 +189,22 @@ pub async fn shutdown_signal() {
 
 /// Opens the store the configuration names, binds its address and serves until SIGTERM or Ctrl-C. `generate_keys`
 /// creates missing key files in the data directory; `announce` is told the bound address once it listens.
+/// Raises the soft open-file limit to the hard one: every long-polling agent holds a connection, and the usual soft
+/// limit of 1,024 would refuse a fleet of thousands. Logged either way, since it bounds the fleet one replica serves.
+pub fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
+    }
+}
+
 pub async fn run(
     config: ServeConfig,
     generate_keys: bool,
     announce: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     crate::keys::prepare(&config, generate_keys)?;
+    raise_open_file_limit();
     let store = crate::store::connect(&config.database_url())
         .await
         .context("opening the database")?;

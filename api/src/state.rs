@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::agents::auth::VerifiedTokens;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
@@ -17,6 +18,7 @@ pub struct AppState {
     pub messages: Arc<ExpiryMessages>,
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<Notifier>,
+    pub agent_tokens: Arc<VerifiedTokens>,
     /// Ends the background tasks (following the store's changes, sweeping) when the last clone of the state goes.
     pub(crate) _tasks: Arc<[TaskGuard; 2]>,
 }

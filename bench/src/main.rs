@@ -6,20 +6,27 @@
 //! Results print as a table and, with `--json`, as a JSON file.
 
 mod assignment;
+mod fleet;
 mod propagation;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fluxplane_api::testing::{Backend, TestServer};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(name = "fluxplane-bench", about = "Benchmarks of the fluxplane control plane")]
+#[command(
+    name = "fluxplane-bench",
+    about = "Benchmarks of the fluxplane control plane",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Which backends to measure.
     #[arg(long, value_enum, default_value_t = Backends::Both)]
     backend: Backends,
@@ -53,6 +60,13 @@ struct Args {
     /// Also write the results to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a simulated fleet against a running control plane: register clusters, run an agent on each, print what
+    /// they receive as JSON lines, until standard input closes. The assignment scenario runs its fleet this way.
+    Simulate(fleet::SimulateArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -321,6 +335,11 @@ async fn list_paging(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if let Some(Command::Simulate(simulate)) = args.command {
+        return fleet::simulate(simulate).await;
+    }
+    // the server started here holds a connection per simulated agent
+    rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
     if args.quick {
         args.puts = 400;
         args.configurations = 300;

@@ -2,6 +2,9 @@
 //! public key registered on its cluster (`agentPublicKeyCertificate`, base64 of the SubjectPublicKeyInfo DER).
 //! The control plane stores no shared secret; registering a new key makes the old one useless at once.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -9,9 +12,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
-use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims, MAX_TOKEN_LIFETIME_SECONDS};
+use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims, AgentInfo, MAX_TOKEN_LIFETIME_SECONDS};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::arm::ids::ClusterRef;
@@ -23,6 +27,31 @@ use crate::state::AppState;
 pub struct AgentCaller {
     pub cluster_id: i64,
     pub cluster: ClusterRef,
+    /// What the cluster row said of the agent when its key was read.
+    pub last_heard: LastHeard,
+}
+
+/// The agent's last heartbeat as recorded, read together with the key that authenticated it.
+#[derive(Debug, Clone, Default)]
+pub struct LastHeard {
+    pub at: Option<DateTime<Utc>>,
+    pub connected: bool,
+    pub info: AgentInfo,
+}
+
+impl LastHeard {
+    /// Whether a request at this time, saying `info` (if anything), must be written as a heartbeat: the last one is
+    /// older than `quiet_since`, or the agent says something new. The rest are answered from reads alone, so that a
+    /// fleet woken at once does not rewrite every cluster row with each poll and report.
+    pub fn heartbeat_due(&self, quiet_since: DateTime<Utc>, info: Option<&AgentInfo>) -> bool {
+        let stale = !self.connected || self.at.is_none_or(|at| at < quiet_since);
+        let news = info.is_some_and(|info| {
+            (info.agent_version.is_some() && info.agent_version != self.info.agent_version)
+                || (info.kubernetes_version.is_some() && info.kubernetes_version != self.info.kubernetes_version)
+                || (info.total_node_count.is_some() && info.total_node_count != self.info.total_node_count)
+        });
+        stale || news
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AgentCaller {
@@ -80,8 +109,30 @@ pub async fn verify(state: &AppState, token: &str) -> Result<AgentCaller, ApiErr
         .get_cluster(&cluster.key())
         .await?
         .ok_or_else(|| refused("the cluster is not registered"))?;
-    let key = verifying_key(&record.spec.properties.agent_public_key_certificate)
-        .ok_or_else(|| refused("the cluster's registered key is not an agent key"))?;
+    let registered = &record.spec.properties.agent_public_key_certificate;
+    let now = Utc::now().timestamp();
+    if !state.agent_tokens.verified(token, registered, now) {
+        check_signature(token, registered)?;
+        state.agent_tokens.remember(token, registered, unverified.exp, now);
+    }
+    Ok(AgentCaller {
+        cluster_id: record.id,
+        cluster,
+        last_heard: LastHeard {
+            at: record.last_connectivity_time,
+            connected: record.connectivity_status == "Connected",
+            info: AgentInfo {
+                agent_version: record.agent_version,
+                kubernetes_version: record.kubernetes_version,
+                total_node_count: record.total_node_count,
+            },
+        },
+    })
+}
+
+/// Checks the token's signature against the cluster's registered key, and its claims.
+fn check_signature(token: &str, registered: &str) -> Result<(), ApiError> {
+    let key = verifying_key(registered).ok_or_else(|| refused("the cluster's registered key is not an agent key"))?;
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_audience(&[AGENT_AUDIENCE]);
     validation.set_required_spec_claims(&["exp", "iat", "sub", "aud"]);
@@ -101,10 +152,38 @@ pub async fn verify(state: &AppState, token: &str) -> Result<AgentCaller, ApiErr
             "agent tokens live at most {MAX_TOKEN_LIFETIME_SECONDS} seconds"
         )));
     }
-    Ok(AgentCaller {
-        cluster_id: record.id,
-        cluster,
-    })
+    Ok(())
+}
+
+/// Most tokens remembered; past it, expired ones are dropped, and if none has expired, all.
+const MAX_VERIFIED_TOKENS: usize = 50_000;
+
+/// Agent tokens whose signature and claims have been checked, each with the key it was checked against and its
+/// expiry. An agent sends the same token for a minute or so; checking the signature once is enough as long as the
+/// cluster's registered key, read with every request, is still that key, so a new key takes effect at once.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    entries: Mutex<HashMap<String, (String, i64)>>,
+}
+
+impl VerifiedTokens {
+    fn verified(&self, token: &str, registered: &str, now: i64) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(token)
+            .is_some_and(|(key, expires_at)| key == registered && *expires_at > now)
+    }
+
+    fn remember(&self, token: &str, registered: &str, expires_at: i64, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_VERIFIED_TOKENS {
+            entries.retain(|_, (_, expires_at)| *expires_at > now);
+            if entries.len() >= MAX_VERIFIED_TOKENS {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), (registered.to_owned(), expires_at));
+    }
 }
 
 /// Middleware of the agent routes.
@@ -146,5 +225,67 @@ mod tests {
     fn registered_keys_that_are_not_ed25519_are_refused() {
         assert!(verifying_key("a2V5").is_none());
         assert!(verifying_key("not base64").is_none());
+    }
+
+    #[test]
+    fn a_verified_token_is_trusted_only_with_the_same_key_and_until_it_expires() {
+        let tokens = VerifiedTokens::default();
+        assert!(!tokens.verified("t1", "key-a", 100), "never checked");
+        tokens.remember("t1", "key-a", 160, 100);
+        assert!(tokens.verified("t1", "key-a", 159));
+        assert!(!tokens.verified("t1", "key-b", 120), "the cluster has a new key");
+        assert!(!tokens.verified("t1", "key-a", 160), "expired");
+        assert!(!tokens.verified("t2", "key-a", 120), "another token");
+    }
+
+    #[test]
+    fn the_verified_tokens_stay_bounded() {
+        let tokens = VerifiedTokens::default();
+        for i in 0..MAX_VERIFIED_TOKENS {
+            tokens.remember(&format!("old-{i}"), "k", 10, 0);
+        }
+        tokens.remember("new", "k", 100, 50);
+        let entries = tokens.entries.lock().unwrap();
+        assert_eq!(entries.len(), 1, "the expired ones were dropped");
+        assert!(entries.contains_key("new"));
+    }
+
+    #[test]
+    fn a_heartbeat_is_written_when_due_or_when_the_agent_says_something_new() {
+        let now = Utc::now();
+        let quiet_since = now - chrono::Duration::seconds(10);
+        let info = |version: &str| AgentInfo {
+            agent_version: Some(version.into()),
+            ..Default::default()
+        };
+        let heard = |ago: i64, connected: bool| LastHeard {
+            at: Some(now - chrono::Duration::seconds(ago)),
+            connected,
+            info: info("0.1.0"),
+        };
+        assert!(!heard(5, true).heartbeat_due(quiet_since, None), "a poll soon after");
+        assert!(
+            !heard(5, true).heartbeat_due(quiet_since, Some(&info("0.1.0"))),
+            "a report saying the same"
+        );
+        assert!(
+            !heard(5, true).heartbeat_due(quiet_since, Some(&AgentInfo::default())),
+            "a report saying nothing"
+        );
+        assert!(
+            heard(5, true).heartbeat_due(quiet_since, Some(&info("0.2.0"))),
+            "a new version"
+        );
+        let nodes = AgentInfo {
+            total_node_count: Some(4),
+            ..Default::default()
+        };
+        assert!(
+            heard(5, true).heartbeat_due(quiet_since, Some(&nodes)),
+            "a new node count"
+        );
+        assert!(heard(11, true).heartbeat_due(quiet_since, None), "past the quiet time");
+        assert!(heard(5, false).heartbeat_due(quiet_since, None), "never connected");
+        assert!(LastHeard::default().heartbeat_due(quiet_since, None), "never heard");
     }
 }

@@ -68,11 +68,12 @@ async fn desired_state(
     // subscribe before reading the revision: a write in between still wakes this poll
     let mut changes = state.notifier.subscribe(&agent.cluster.key());
     let now = Utc::now();
-    let revision = state
-        .store
-        .heartbeat(agent.cluster_id, now, quiet_since(&state, now), None)
-        .await?
-        .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
+    let revision = if agent.last_heard.heartbeat_due(quiet_since(&state, now), None) {
+        state.store.heartbeat(agent.cluster_id, now, None).await?
+    } else {
+        state.store.revision(agent.cluster_id).await?
+    }
+    .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     if params.after.is_some_and(|after| revision <= after) {
         tokio::select! {
             _ = changes.changed() => {}
@@ -104,8 +105,7 @@ async fn desired_state(
 }
 
 /// The time after which a heartbeat need not be written again: a tenth of the silence that makes a cluster
-/// Offline, at most 15 s, so connectivity stays as true as it was while a woken fleet's polls and reports, which
-/// come in pairs, write the cluster row once.
+/// Offline, at most 15 s, so that connectivity stays as true as it was.
 fn quiet_since(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
     let every = (state.config.offline_after / 10).min(Duration::from_secs(15));
     now - chrono::Duration::from_std(every).unwrap_or_default()
@@ -164,11 +164,16 @@ async fn report_status(
             result,
         });
     }
-    state
-        .store
-        .heartbeat(agent.cluster_id, now, quiet_since(&state, now), Some(&report.agent))
-        .await?
-        .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
+    if agent
+        .last_heard
+        .heartbeat_due(quiet_since(&state, now), Some(&report.agent))
+    {
+        state
+            .store
+            .heartbeat(agent.cluster_id, now, Some(&report.agent))
+            .await?
+            .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
+    }
     Ok(Json(StatusAccepted { results }))
 }
 

@@ -458,15 +458,11 @@ pub trait Store: Send + Sync + 'static {
     async fn cluster_tags(&self, scope: &ClusterScope) -> StoreResult<Vec<ClusterTags>>;
 
     /// Records that the cluster's agent was heard from at `at` (with what it says of itself, if anything) and
-    /// answers the cluster's revision; `None` if the cluster is gone. Writes nothing when the agent was already
-    /// heard from at `quiet_since` or later and says nothing new: a fleet woken at once then polls on reads alone.
-    async fn heartbeat(
-        &self,
-        cluster_id: i64,
-        at: DateTime<Utc>,
-        quiet_since: DateTime<Utc>,
-        info: Option<&AgentInfo>,
-    ) -> StoreResult<Option<i64>>;
+    /// answers the cluster's revision; `None` if the cluster is gone.
+    async fn heartbeat(&self, cluster_id: i64, at: DateTime<Utc>, info: Option<&AgentInfo>)
+    -> StoreResult<Option<i64>>;
+    /// The cluster's revision; `None` if the cluster is gone.
+    async fn revision(&self, cluster_id: i64) -> StoreResult<Option<i64>>;
     /// The cluster's revision, every configuration of it and their undelivered sealed secrets; the
     /// configurations are never older than the revision.
     async fn desired_state(&self, cluster_id: i64) -> StoreResult<DesiredRecords>;

@@ -693,33 +693,26 @@ macro_rules! sql_store {
                 &self,
                 cluster_id: i64,
                 at: chrono::DateTime<chrono::Utc>,
-                quiet_since: chrono::DateTime<chrono::Utc>,
                 info: Option<&$crate::store::AgentInfo>,
             ) -> $crate::store::StoreResult<Option<i64>> {
                 let info = info.cloned().unwrap_or_default();
-                let written = sqlx::query_scalar::<$db, i64>(
+                Ok(sqlx::query_scalar::<$db, i64>(
                     "UPDATE clusters SET last_connectivity_time = $1, connectivity_status = 'Connected', \
                      agent_version = COALESCE($2, agent_version), \
                      kubernetes_version = COALESCE($3, kubernetes_version), \
                      total_node_count = COALESCE($4, total_node_count) \
-                     WHERE id = $5 AND (last_connectivity_time IS NULL OR last_connectivity_time < $6 \
-                     OR connectivity_status <> 'Connected' \
-                     OR ($2 IS NOT NULL AND agent_version IS DISTINCT FROM $2) \
-                     OR ($3 IS NOT NULL AND kubernetes_version IS DISTINCT FROM $3) \
-                     OR ($4 IS NOT NULL AND total_node_count IS DISTINCT FROM $4)) \
-                     RETURNING revision",
+                     WHERE id = $5 RETURNING revision",
                 )
                 .bind(at)
                 .bind(info.agent_version)
                 .bind(info.kubernetes_version)
                 .bind(info.total_node_count)
                 .bind(cluster_id)
-                .bind(quiet_since)
                 .fetch_optional(&self.pool)
-                .await?;
-                if written.is_some() {
-                    return Ok(written);
-                }
+                .await?)
+            }
+
+            async fn revision(&self, cluster_id: i64) -> $crate::store::StoreResult<Option<i64>> {
                 Ok(sqlx::query_scalar::<$db, i64>("SELECT revision FROM clusters WHERE id = $1")
                     .bind(cluster_id)
                     .fetch_optional(&self.pool)

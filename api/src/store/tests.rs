@@ -468,10 +468,9 @@ async fn heartbeat_case(backend: Backend) {
         };
         // whole seconds: both engines store them exactly
         let at = Utc::now().trunc_subsecs(0);
-        let quiet = at - chrono::Duration::seconds(10);
-        assert_eq!(store.heartbeat(c.id, at, quiet, Some(&info)).await.unwrap(), Some(0));
+        assert_eq!(store.heartbeat(c.id, at, Some(&info)).await.unwrap(), Some(0));
         assert_eq!(
-            store.heartbeat(c.id, at, quiet, None).await.unwrap(),
+            store.heartbeat(c.id, at, None).await.unwrap(),
             Some(0),
             "a poll keeps what reports said"
         );
@@ -480,57 +479,9 @@ async fn heartbeat_case(backend: Backend) {
         assert_eq!(reread.kubernetes_version.as_deref(), Some("v1.31.2"));
         assert_eq!(reread.total_node_count, Some(3));
         assert_eq!(reread.last_connectivity_time, Some(at));
-        assert_eq!(store.heartbeat(987_654, at, quiet, None).await.unwrap(), None);
-    })
-    .await;
-}
-
-on_both_backends!(heartbeats_within_the_quiet_time_write_only_news, quiet_heartbeat_case);
-async fn quiet_heartbeat_case(backend: Backend) {
-    with_database(backend, |db| async move {
-        let store = db.store().await;
-        let c = registered(&store, "c1").await;
-        let info = |version: &str| super::AgentInfo {
-            agent_version: Some(version.into()),
-            ..Default::default()
-        };
-        let heard = |store: Arc<dyn Store>, key: String| async move { store.get_cluster(&key).await.unwrap().unwrap() };
-        let first = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(30);
-        store.heartbeat(c.id, first, first, Some(&info("0.1.0"))).await.unwrap();
-
-        let soon = first + chrono::Duration::seconds(5);
-        let quiet = soon - chrono::Duration::seconds(10);
-        assert_eq!(store.heartbeat(c.id, soon, quiet, None).await.unwrap(), Some(0));
-        assert_eq!(
-            heard(store.clone(), c.key.clone()).await.last_connectivity_time,
-            Some(first),
-            "a poll soon after the last one writes nothing"
-        );
-        store.heartbeat(c.id, soon, quiet, Some(&info("0.1.0"))).await.unwrap();
-        assert_eq!(
-            heard(store.clone(), c.key.clone()).await.last_connectivity_time,
-            Some(first)
-        );
-
-        store.heartbeat(c.id, soon, quiet, Some(&info("0.2.0"))).await.unwrap();
-        let upgraded = heard(store.clone(), c.key.clone()).await;
-        assert_eq!(
-            upgraded.agent_version.as_deref(),
-            Some("0.2.0"),
-            "news are written at once"
-        );
-        assert_eq!(upgraded.last_connectivity_time, Some(soon));
-
-        let later = soon + chrono::Duration::seconds(11);
-        store
-            .heartbeat(c.id, later, later - chrono::Duration::seconds(10), None)
-            .await
-            .unwrap();
-        assert_eq!(
-            heard(store.clone(), c.key.clone()).await.last_connectivity_time,
-            Some(later),
-            "past the quiet time the poll is written"
-        );
+        assert_eq!(store.heartbeat(987_654, at, None).await.unwrap(), None);
+        assert_eq!(store.revision(c.id).await.unwrap(), Some(0));
+        assert_eq!(store.revision(987_654).await.unwrap(), None);
     })
     .await;
 }
