@@ -4,6 +4,7 @@
 pub mod api_version;
 pub mod body;
 pub mod conditional;
+pub mod filter;
 pub mod ids;
 pub mod paging;
 pub mod path;
