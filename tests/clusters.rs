@@ -231,3 +231,84 @@ async fn read_only_case(backend: Backend) {
     assert_eq!(replaced.status, StatusCode::OK, "{replaced:?}");
     assert_eq!(replaced.body["properties"]["connectivityStatus"], "Connecting");
 }
+
+/// The list at `path` with `$filter`, `$top` and the api-version as query parameters.
+fn filtered(api: &Api, path: &str, filter: &str, top: u32) -> String {
+    let mut url = reqwest::Url::parse(&api.url(path)).expect("a URL");
+    url.query_pairs_mut()
+        .append_pair("api-version", CLUSTER_API)
+        .append_pair("$filter", filter)
+        .append_pair("$top", &top.to_string());
+    url.into()
+}
+
+on_both_backends!(cluster_lists_filter_by_tag_across_pages, cluster_filter_case);
+async fn cluster_filter_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    for i in 0..7 {
+        let mut body = cluster_body();
+        body["tags"] = json!({"env": if i % 2 == 0 { "prod" } else { "dev" }});
+        let path = with_version(
+            &cluster_path("sub1", &format!("rg-{}", i % 3), &format!("c{i}")),
+            CLUSTER_API,
+        );
+        assert_eq!(
+            api.call(Method::PUT, &path, Some(body)).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let list = "/subscriptions/sub1/providers/Microsoft.Kubernetes/connectedClusters";
+    let (items, pages) = api.list_all(&filtered(&api, list, "tags/env eq 'prod'", 1)).await;
+    let names: Vec<&str> = items.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    // key order: resource group, then name
+    assert_eq!(names, ["c0", "c6", "c4", "c2"]);
+    assert_eq!(pages, 4, "one cluster a page, and no empty page after the last");
+
+    let (items, _) = api
+        .list_all(&filtered(
+            &api,
+            list,
+            "tags/env eq 'prod' and not (name in ('c0', 'C6'))",
+            100,
+        ))
+        .await;
+    assert_eq!(items.len(), 2, "names compare regardless of case");
+    let (items, _) = api
+        .list_all(&filtered(
+            &api,
+            list,
+            "properties/connectivityStatus eq 'connected'",
+            100,
+        ))
+        .await;
+    assert!(items.is_empty(), "no agent has called yet: every cluster is Connecting");
+    let group = "/subscriptions/sub1/resourceGroups/rg-1/providers/Microsoft.Kubernetes/connectedClusters";
+    let (items, _) = api.list_all(&filtered(&api, group, "tags/env eq 'dev'", 100)).await;
+    let names: Vec<&str> = items.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["c1"]);
+}
+
+on_both_backends!(
+    an_unsupported_filter_is_refused_naming_what_is_supported,
+    bad_filter_case
+);
+async fn bad_filter_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    api.put_cluster("sub1", "rg1", "c1").await;
+    let list = "/subscriptions/sub1/providers/Microsoft.Kubernetes/connectedClusters";
+    for (filter, says) in [
+        ("properties/totalNodeCount gt '3'", "cannot be filtered on"),
+        ("name gt 'a'", "'gt', which is not supported"),
+        (
+            "properties/connectivityStatus eq 'Green'",
+            "Connecting, Connected, Offline, Expired",
+        ),
+        ("name eq 'c1", "left open"),
+    ] {
+        let answer = api.get(&filtered(&api, list, filter, 10)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{filter}: {answer:?}");
+        assert_eq!(answer.code(), "InvalidParameter", "{filter}");
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{filter}: {message}");
+    }
+}

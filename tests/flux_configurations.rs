@@ -311,3 +311,55 @@ async fn concurrency_case(backend: Backend) {
         "1 create + 8 updates"
     );
 }
+
+on_both_backends!(configuration_lists_filter_across_pages, configuration_filter_case);
+async fn configuration_filter_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let cluster = cluster_path("sub1", "rg1", "c1");
+    api.put_cluster("sub1", "rg1", "c1").await;
+    for i in 0..9 {
+        let mut body = git_config_body();
+        body["properties"]["namespace"] = json!(if i % 3 == 0 { "team-a" } else { "team-b" });
+        let created = api.put_config(&cluster, &format!("cfg-{i}"), body).await;
+        assert!(created.status.is_success(), "{created:?}");
+    }
+    let list = format!("{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations");
+    let query = |filter: &str, top: u32| {
+        let mut url = reqwest::Url::parse(&api.url(&list)).expect("a URL");
+        url.query_pairs_mut()
+            .append_pair("api-version", FLUX_API)
+            .append_pair("$filter", filter)
+            .append_pair("$top", &top.to_string());
+        String::from(url)
+    };
+    let (items, pages) = api.list_all(&query("properties/namespace eq 'team-a'", 2)).await;
+    let names: Vec<&str> = items.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cfg-0", "cfg-3", "cfg-6"]);
+    assert_eq!(pages, 2);
+
+    let (items, _) = api
+        .list_all(&query(
+            "properties/complianceState eq 'Pending' and properties/statusFreshness eq 'Offline' and \
+             properties/sourceKind eq 'GitRepository' and not (name eq 'CFG-1')",
+            100,
+        ))
+        .await;
+    assert_eq!(
+        items.len(),
+        8,
+        "new configurations on a cluster without an agent, all but one"
+    );
+    let (items, _) = api
+        .list_all(&query("properties/provisioningState eq 'Succeeded'", 100))
+        .await;
+    assert!(items.is_empty(), "none has been applied");
+
+    let refused = api.get(&query("properties/spec eq 'x'", 10)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("properties/complianceState")
+    );
+}

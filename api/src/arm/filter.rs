@@ -7,15 +7,50 @@
 
 use std::future::Future;
 
+use serde::Deserialize;
 use serde_json::Value;
+use utoipa::IntoParams;
 
 use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
 use crate::error::ApiError;
-use crate::store::StoreResult;
 
 /// Longest `$filter` accepted, and deepest nesting of parentheses and `not`.
 const MAX_LENGTH: usize = 2048;
 const MAX_DEPTH: usize = 32;
+
+/// The `$filter` query parameter of a list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilterParam {
+    /// OData filter over the list's documented properties: `eq`, `ne`, `in`, `and`, `or`, `not` and parentheses,
+    /// with quoted string values, e.g. `properties/complianceState eq 'Non-Compliant'`.
+    #[serde(rename = "$filter")]
+    #[param(rename = "$filter")]
+    pub filter: Option<String>,
+}
+
+impl FilterParam {
+    /// The parsed filter, if one was given.
+    pub fn parse(&self, fields: &[Field]) -> Result<Option<Filter>, ApiError> {
+        self.filter
+            .as_deref()
+            .map(|text| Filter::parse(text, fields))
+            .transpose()
+    }
+
+    /// The query parameter to carry into `nextLink`, empty without a filter.
+    pub fn link_suffix(&self) -> String {
+        self.filter
+            .as_deref()
+            .map(|text| {
+                format!(
+                    "&$filter={}",
+                    form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>()
+                )
+            })
+            .unwrap_or_default()
+    }
+}
 
 /// How a property's values compare.
 #[derive(Debug, Clone, Copy)]
@@ -95,17 +130,17 @@ impl Filter {
 /// Reads a filtered page: scans the list in key order from where the page starts, in batches, keeping the items
 /// whose answer matches, until one more than the page holds is found (so the caller knows another page exists) or
 /// the list ends. `fetch` reads a batch as the store lists (up to `limit + 1` items), `key` continues after an item.
-pub async fn scan<R, T, F, Fut>(
+pub async fn scan<R, T, E, F, Fut>(
     page: &PageRequest,
     filter: &Filter,
     mut fetch: F,
     key: impl Fn(&R) -> String,
     render: impl Fn(R) -> T,
     answer: impl Fn(&T) -> Value,
-) -> StoreResult<Vec<(String, T)>>
+) -> Result<Vec<(String, T)>, E>
 where
     F: FnMut(PageRequest) -> Fut,
-    Fut: Future<Output = StoreResult<Vec<R>>>,
+    Fut: Future<Output = Result<Vec<R>, E>>,
 {
     let mut kept = Vec::new();
     let mut after = page.after.clone();
@@ -198,7 +233,12 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ApiError> {
                 }
                 tokens.push(Token::Word(word));
             }
-            other => return Err(invalid(format!("has '{other}' at character {}, which it cannot read", at + 1))),
+            other => {
+                return Err(invalid(format!(
+                    "has '{other}' at character {}, which it cannot read",
+                    at + 1
+                )));
+            }
         }
     }
     if tokens.is_empty() {
@@ -292,7 +332,9 @@ impl Parser<'_> {
             "eq" | "ne" => (vec![self.literal(&property)?], operator == "ne"),
             "in" => (self.list(&property)?, false),
             "gt" | "ge" | "lt" | "le" | "has" => {
-                return Err(invalid(format!("uses '{operator}', which is not supported; use eq, ne or in")));
+                return Err(invalid(format!(
+                    "uses '{operator}', which is not supported; use eq, ne or in"
+                )));
             }
             other => return Err(invalid(format!("has '{other}' where eq, ne or in should be"))),
         };
@@ -329,7 +371,9 @@ impl Parser<'_> {
 
     fn list(&mut self, property: &str) -> Result<Vec<String>, ApiError> {
         if self.next() != Some(Token::Open) {
-            return Err(invalid(format!("needs a list such as ('a', 'b') after '{property} in'")));
+            return Err(invalid(format!(
+                "needs a list such as ('a', 'b') after '{property} in'"
+            )));
         }
         let mut values = vec![self.literal(property)?];
         loop {
@@ -423,7 +467,10 @@ mod tests {
         assert!(f.matches(&a) && !f.matches(&b));
         assert!(!filter("tags/env eq 'PROD'").matches(&a), "tag values are exact");
         let f = filter("tags/env ne 'prod'");
-        assert!(!f.matches(&a) && f.matches(&b), "a missing tag is not equal to anything");
+        assert!(
+            !f.matches(&a) && f.matches(&b),
+            "a missing tag is not equal to anything"
+        );
         let f = filter("properties/complianceState in ('Compliant', 'Pending')");
         assert!(!f.matches(&a) && f.matches(&b));
     }
@@ -436,7 +483,10 @@ mod tests {
         let f = filter("name eq 'x' and (name eq 'y' or tags/env eq 'prod')");
         assert!(!f.matches(&a));
         assert!(filter("not (name eq 'x')").matches(&a));
-        assert!(filter("NOT name EQ 'a' OR name eq 'a'").matches(&a), "keywords ignore case");
+        assert!(
+            filter("NOT name EQ 'a' OR name eq 'a'").matches(&a),
+            "keywords ignore case"
+        );
     }
 
     #[test]

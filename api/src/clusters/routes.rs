@@ -19,6 +19,7 @@ use super::model::{
 use crate::arm::api_version::Clusters;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
 use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
 use crate::arm::system_data::SystemData;
@@ -405,7 +406,7 @@ async fn delete_cluster(
     path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters",
     tag = "ConnectedClusters",
     operation_id = "ConnectedCluster_ListByResourceGroup",
-    params(ResourceGroupPath, ApiVersionParam, ListParams),
+    params(ResourceGroupPath, ApiVersionParam, ListParams, FilterParam),
     responses(
         (status = 200, description = "A page of clusters", body = Page<ConnectedCluster>),
         (status = "default", description = "Error", body = ErrorResponse),
@@ -418,6 +419,7 @@ async fn list_by_resource_group(
     version: ApiVersion<Clusters>,
     ArmPath(path): ArmPath<ResourceGroupPath>,
     ArmQuery(params): ArmQuery<ListParams>,
+    ArmQuery(filter): ArmQuery<FilterParam>,
     base: BaseUrl,
 ) -> ApiResult<Json<Page<ConnectedCluster>>> {
     let subscription = SubscriptionId::parse(&path.subscription_id)?;
@@ -432,15 +434,15 @@ async fn list_by_resource_group(
         subscription_key: subscription.key(),
         resource_group_key: resource_group.key(),
     };
-    list(
-        &state,
-        &scope,
-        &params,
-        &base,
-        version.version,
-        &format!("{scope_path}/providers/{TYPE}"),
-    )
-    .await
+    let list_path = format!("{scope_path}/providers/{TYPE}");
+    let listing = Listing {
+        params: &params,
+        filter: &filter,
+        base: &base,
+        api_version: version.version,
+        path: &list_path,
+    };
+    listing.answer(&state, &Source::Scope(scope)).await
 }
 
 /// Lists the clusters of a subscription.
@@ -449,7 +451,7 @@ async fn list_by_resource_group(
     path = "/subscriptions/{subscriptionId}/providers/Microsoft.Kubernetes/connectedClusters",
     tag = "ConnectedClusters",
     operation_id = "ConnectedCluster_ListBySubscription",
-    params(SubscriptionPath, ApiVersionParam, ListParams),
+    params(SubscriptionPath, ApiVersionParam, ListParams, FilterParam),
     responses(
         (status = 200, description = "A page of clusters", body = Page<ConnectedCluster>),
         (status = "default", description = "Error", body = ErrorResponse),
@@ -462,31 +464,33 @@ async fn list_by_subscription(
     version: ApiVersion<Clusters>,
     ArmPath(path): ArmPath<SubscriptionPath>,
     ArmQuery(params): ArmQuery<ListParams>,
+    ArmQuery(filter): ArmQuery<FilterParam>,
     base: BaseUrl,
 ) -> ApiResult<Json<Page<ConnectedCluster>>> {
     let subscription = SubscriptionId::parse(&path.subscription_id)?;
     let scope_path = format!("/subscriptions/{}", subscription.as_str());
     let list_path = format!("{scope_path}/providers/{TYPE}");
+    let listing = Listing {
+        params: &params,
+        filter: &filter,
+        base: &base,
+        api_version: version.version,
+        path: &list_path,
+    };
     if caller.require(Role::Reader, &scope_path).is_ok() {
         let scope = store::ClusterScope::Subscription {
             subscription_key: subscription.key(),
         };
-        return list(&state, &scope, &params, &base, version.version, &list_path).await;
+        return listing.answer(&state, &Source::Scope(scope)).await;
     }
     // as in ARM, a caller who may read only some resource groups sees the clusters of those
     let groups = caller.resource_groups_with(Role::Reader, subscription.as_str());
     if groups.is_empty() {
         caller.require(Role::Reader, &scope_path)?;
     }
-    let page = params.page()?;
-    let records = list_resource_groups(&state, &subscription.key(), groups, &page).await?;
-    Ok(Json(Page::from_items(
-        records,
-        &page,
-        |c| c.key.clone(),
-        |token| base.next_link(&list_path, version.version, params.top.as_deref(), token),
-        |record| render(record, state.config.offline_after),
-    )))
+    listing
+        .answer(&state, &Source::ResourceGroups(subscription.key(), groups))
+        .await
 }
 
 /// Up to `page.limit + 1` clusters of several resource groups, in key order. Every key of a group starts with
@@ -520,21 +524,95 @@ async fn list_resource_groups(
     Ok(records)
 }
 
-async fn list(
-    state: &AppState,
-    scope: &store::ClusterScope,
-    params: &ListParams,
-    base: &BaseUrl,
-    api_version: &str,
-    path: &str,
-) -> ApiResult<Json<Page<ConnectedCluster>>> {
-    let page = params.page()?;
-    let records = state.store.list_clusters(scope, &page).await?;
-    Ok(Json(Page::from_items(
-        records,
-        &page,
-        |c| c.key.clone(),
-        |token| base.next_link(path, api_version, params.top.as_deref(), token),
-        |record| render(record, state.config.offline_after),
-    )))
+/// Where a cluster list reads from: one scope, or the resource groups of a subscription the caller may read.
+enum Source {
+    Scope(store::ClusterScope),
+    ResourceGroups(String, Vec<String>),
 }
+
+impl Source {
+    async fn fetch(&self, state: &AppState, page: &PageRequest) -> ApiResult<Vec<ClusterRecord>> {
+        match self {
+            Self::Scope(scope) => Ok(state.store.list_clusters(scope, page).await?),
+            Self::ResourceGroups(subscription_key, groups) => {
+                list_resource_groups(state, subscription_key, groups.clone(), page).await
+            }
+        }
+    }
+}
+
+/// What a cluster list call asked for.
+struct Listing<'a> {
+    params: &'a ListParams,
+    filter: &'a FilterParam,
+    base: &'a BaseUrl,
+    api_version: &'a str,
+    path: &'a str,
+}
+
+impl Listing<'_> {
+    async fn answer(&self, state: &AppState, source: &Source) -> ApiResult<Json<Page<ConnectedCluster>>> {
+        let page = self.params.page()?;
+        let filter = self.filter.parse(FILTER_FIELDS)?;
+        let link = |token: &str| {
+            self.base
+                .next_link(self.path, self.api_version, self.params.top.as_deref(), token)
+                + &self.filter.link_suffix()
+        };
+        let offline_after = state.config.offline_after;
+        let Some(filter) = filter else {
+            let records = source.fetch(state, &page).await?;
+            return Ok(Json(Page::from_items(
+                records,
+                &page,
+                |c| c.key.clone(),
+                link,
+                |record| render(record, offline_after),
+            )));
+        };
+        let kept = scan(
+            &page,
+            &filter,
+            |batch| async move { source.fetch(state, &batch).await },
+            |c| c.key.clone(),
+            |record| render(record, offline_after),
+            |item| serde_json::to_value(item).unwrap_or_default(),
+        )
+        .await?;
+        Ok(Json(Page::from_items(
+            kept,
+            &page,
+            |(key, _)| key.clone(),
+            link,
+            |(_, item)| item,
+        )))
+    }
+}
+
+/// What the cluster lists can be filtered on.
+const FILTER_FIELDS: &[Field] = &[
+    Field {
+        path: "name",
+        matching: Matching::IgnoreCase,
+    },
+    Field {
+        path: "location",
+        matching: Matching::IgnoreCase,
+    },
+    Field {
+        path: "properties/connectivityStatus",
+        matching: Matching::OneOf(&["Connecting", "Connected", "Offline", "Expired"]),
+    },
+    Field {
+        path: "properties/agentVersion",
+        matching: Matching::Exact,
+    },
+    Field {
+        path: "properties/kubernetesVersion",
+        matching: Matching::Exact,
+    },
+    Field {
+        path: "tags/*",
+        matching: Matching::Exact,
+    },
+];

@@ -23,6 +23,7 @@ use super::validate::{self, normalize};
 use crate::arm::api_version::FluxConfigurations;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterPath, ClusterScope, ConfigurationName};
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::system_data::SystemData;
@@ -645,7 +646,7 @@ async fn delete_configuration(
     path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations",
     tag = "FluxConfigurations",
     operation_id = "FluxConfigurations_List",
-    params(ClusterPath, ApiVersionParam, ListParams),
+    params(ClusterPath, ApiVersionParam, ListParams, FilterParam),
     responses(
         (status = 200, description = "A page of configurations", body = Page<FluxConfiguration>),
         (status = "default", description = "Error", body = ErrorResponse),
@@ -658,23 +659,79 @@ async fn list_configurations(
     version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ClusterPath>,
     ArmQuery(list): ArmQuery<ListParams>,
+    ArmQuery(filter): ArmQuery<FilterParam>,
     base: BaseUrl,
 ) -> ApiResult<Json<Page<FluxConfiguration>>> {
     let scope = ClusterScope::parse(&params)?;
     let path = format!("{}/providers/{TYPE}", scope.id());
     caller.require(Role::Reader, &path)?;
     let page = list.page()?;
+    let parsed = filter.parse(FILTER_FIELDS)?;
     let cluster = find_cluster(&state, &scope).await?;
     let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
-    let records = state.store.list_configurations(cluster.id, &page).await?;
-    Ok(Json(Page::from_items(
-        records,
+    let link = |token: &str| base.next_link(&path, version.version, list.top.as_deref(), token) + &filter.link_suffix();
+    let Some(parsed) = parsed else {
+        let records = state.store.list_configurations(cluster.id, &page).await?;
+        return Ok(Json(Page::from_items(
+            records,
+            &page,
+            |c| c.name.clone(),
+            link,
+            |record| render(&scope, online, record),
+        )));
+    };
+    let kept = scan(
         &page,
+        &parsed,
+        |batch| {
+            let store = state.store.clone();
+            async move { store.list_configurations(cluster.id, &batch).await }
+        },
         |c| c.name.clone(),
-        |token| base.next_link(&path, version.version, list.top.as_deref(), token),
         |record| render(&scope, online, record),
+        |item| serde_json::to_value(item).unwrap_or_default(),
+    )
+    .await?;
+    Ok(Json(Page::from_items(
+        kept,
+        &page,
+        |(key, _)| key.clone(),
+        link,
+        |(_, item)| item,
     )))
 }
+
+/// What the configuration list can be filtered on.
+const FILTER_FIELDS: &[Field] = &[
+    Field {
+        path: "name",
+        matching: Matching::IgnoreCase,
+    },
+    Field {
+        path: "properties/complianceState",
+        matching: Matching::OneOf(&["Compliant", "Non-Compliant", "Pending", "Suspended", "Unknown"]),
+    },
+    Field {
+        path: "properties/provisioningState",
+        matching: Matching::OneOf(&["Succeeded", "Failed", "Canceled", "Creating", "Updating", "Deleting"]),
+    },
+    Field {
+        path: "properties/statusFreshness",
+        matching: Matching::OneOf(&["Fresh", "Stale", "Offline"]),
+    },
+    Field {
+        path: "properties/sourceKind",
+        matching: Matching::OneOf(&["GitRepository", "Bucket", "AzureBlob", "OCIRepository"]),
+    },
+    Field {
+        path: "properties/namespace",
+        matching: Matching::Exact,
+    },
+    Field {
+        path: "properties/managedBy",
+        matching: Matching::IgnoreCase,
+    },
+];
 
 /// Reads the status of a long-running operation on a configuration.
 #[utoipa::path(
