@@ -41,6 +41,18 @@ async fn materialise_case(backend: Backend) {
     })
     .await;
     assert_eq!(ready["properties"]["sourceSyncedCommitId"], format!("main@sha1:{head}"));
+    let metrics = api.raw(api.client.get(api.url("/metrics"))).await;
+    let recorded = metrics
+        .body
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("fluxplane_agent_reports_total{disposition=\"Recorded\"} "))
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    assert!(
+        recorded.is_some_and(|n| n >= 1.0),
+        "the agent's reports are counted: {recorded:?}"
+    );
     assert_eq!(
         ready["properties"]["statuses"].as_array().unwrap().len(),
         3,

@@ -27,10 +27,16 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportLabels {
+    disposition: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    reports: Family<ReportLabels, Counter>,
     /// How long the transaction that applies a policy assignment to its clusters takes.
     pub assignment_apply: Histogram,
 }
@@ -49,6 +55,12 @@ impl Default for Metrics {
             "Time to answer HTTP requests",
             latency.clone(),
         );
+        let reports = Family::<ReportLabels, Counter>::default();
+        registry.register(
+            "agent_reports",
+            "Configuration status reports from agents, by what became of them (Recorded, Stale, Unknown)",
+            reports.clone(),
+        );
         let assignment_apply = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "policy_assignment_apply_seconds",
@@ -59,12 +71,22 @@ impl Default for Metrics {
             registry,
             requests,
             latency,
+            reports,
             assignment_apply,
         }
     }
 }
 
 impl Metrics {
+    /// Counts one configuration report an agent sent, by what became of it.
+    pub fn agent_report(&self, disposition: &str) {
+        self.reports
+            .get_or_create(&ReportLabels {
+                disposition: disposition.to_owned(),
+            })
+            .inc();
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();

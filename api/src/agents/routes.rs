@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{
     ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, EncryptionKeyRegistration, MAX_WAIT_SECONDS,
-    ReportResult, SealedSecrets, StatusAccepted, StatusReport,
+    ReportDisposition, ReportResult, SealedSecrets, StatusAccepted, StatusReport,
 };
 use fluxplane_agent_protocol::sealing;
 use serde::Deserialize;
@@ -158,6 +158,11 @@ async fn report_status(
                 now,
             )
             .await?;
+        state.metrics.agent_report(match result {
+            ReportDisposition::Recorded => "Recorded",
+            ReportDisposition::Stale => "Stale",
+            ReportDisposition::Unknown => "Unknown",
+        });
         results.push(ReportResult {
             name: entry.name.clone(),
             generation: entry.generation,
