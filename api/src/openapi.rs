@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         (name = "Agent", description = "The agent API (v1): desired state by long-poll, status back"),
         (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
         (name = "PolicyAssignments", description = "A Flux configuration for every cluster a selector matches (Fluxplane.Fleet)"),
+        (name = "ComplianceSummary", description = "Counts of configuration instances by state across a fleet (Fluxplane.Fleet)"),
     )
 )]
 pub struct ApiDoc;

@@ -49,6 +49,7 @@ fn arm_router() -> OpenApiRouter<AppState> {
         .merge(flux::routes::router())
         .merge(fleet::groups::router())
         .merge(fleet::assignments::routes::router())
+        .merge(fleet::summary::router())
 }
 
 impl AppState {

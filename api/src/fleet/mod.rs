@@ -1,10 +1,12 @@
 //! `Fluxplane.Fleet`: resources over many clusters at once, at subscription or resource-group scope. Cluster
 //! groups select clusters by their tags (`selector`, served by `groups`); policy assignments give every cluster
-//! they select a Flux configuration rendered from a template (`template`, served by `assignments`).
+//! they select a Flux configuration rendered from a template (`template`, served by `assignments`); the compliance
+//! summary counts their configurations' states (`summary`).
 
 pub mod assignments;
 pub mod groups;
 pub mod selector;
+pub mod summary;
 pub mod template;
 
 use crate::arm::ids::{ResourceGroupName, SubscriptionId};

@@ -73,7 +73,86 @@ impl LabelSelector {
     }
 }
 
+impl LabelSelector {
+    /// Parses Kubernetes' string form of a selector, requirements separated by commas: `key=value` (or `==`),
+    /// `key!=value`, `key in (a, b)`, `key notin (a, b)`, `key` (exists) and `!key` (does not exist). An error names
+    /// the first part it cannot read; the result still wants `validate` for its keys and values.
+    pub fn parse_str(text: &str) -> Result<Self, String> {
+        let mut selector = Self::default();
+        for part in split_requirements(text)? {
+            let part = part.trim();
+            let requirement = if let Some(key) = part.strip_prefix('!') {
+                Requirement::new(key.trim(), Operator::DoesNotExist, Vec::new())
+            } else if let Some((key, value)) = part.split_once("!=") {
+                Requirement::new(key.trim(), Operator::NotIn, vec![value.trim().to_owned()])
+            } else if let Some((key, value)) = part.split_once('=') {
+                let value = value.strip_prefix('=').unwrap_or(value).trim();
+                selector.match_labels.insert(key.trim().to_owned(), value.to_owned());
+                continue;
+            } else if let Some((key, operator, values)) = set_requirement(part) {
+                Requirement::new(key, operator, values)
+            } else if !part.contains(char::is_whitespace) && !part.contains(['(', ')']) {
+                Requirement::new(part, Operator::Exists, Vec::new())
+            } else {
+                return Err(format!("cannot read '{part}'"));
+            };
+            selector.match_expressions.push(requirement);
+        }
+        Ok(selector)
+    }
+}
+
+/// The comma-separated parts of a selector string, commas inside `( )` kept.
+fn split_requirements(text: &str) -> Result<Vec<&str>, String> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0usize, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1).ok_or("has a ')' without its '('")?,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("has a '(' that is never closed".into());
+    }
+    parts.push(&text[start..]);
+    if parts.iter().any(|p| p.trim().is_empty()) {
+        return Err("has an empty requirement".into());
+    }
+    Ok(parts)
+}
+
+/// `key in (a, b)` or `key notin (a, b)`.
+fn set_requirement(part: &str) -> Option<(&str, Operator, Vec<String>)> {
+    let (head, list) = part.split_once('(')?;
+    let list = list.trim_end().strip_suffix(')')?;
+    let mut words = head.split_whitespace();
+    let (key, operator) = (words.next()?, words.next()?);
+    if words.next().is_some() {
+        return None;
+    }
+    let operator = match operator {
+        "in" => Operator::In,
+        "notin" => Operator::NotIn,
+        _ => return None,
+    };
+    let values = list.split(',').map(|v| v.trim().to_owned()).collect();
+    Some((key, operator, values))
+}
+
 impl Requirement {
+    fn new(key: &str, operator: Operator, values: Vec<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            operator,
+            values,
+        }
+    }
+
     fn matches(&self, tags: &BTreeMap<String, String>) -> bool {
         let value = tags.get(&self.key);
         match self.operator {
@@ -134,6 +213,43 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_string_form_reads_as_kubernetes_writes_it() {
+        let selector =
+            LabelSelector::parse_str("env=prod, tier==web,zone!=b,region in (eu, us),gpu,!legacy,x notin (1)").unwrap();
+        assert_eq!(
+            selector.match_labels,
+            BTreeMap::from([("env".into(), "prod".into()), ("tier".into(), "web".into())])
+        );
+        let expressions: Vec<(&str, Operator, usize)> = selector
+            .match_expressions
+            .iter()
+            .map(|r| (r.key.as_str(), r.operator, r.values.len()))
+            .collect();
+        assert_eq!(
+            expressions,
+            [
+                ("zone", Operator::NotIn, 1),
+                ("region", Operator::In, 2),
+                ("gpu", Operator::Exists, 0),
+                ("legacy", Operator::DoesNotExist, 0),
+                ("x", Operator::NotIn, 1),
+            ]
+        );
+        let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        };
+        let selector = LabelSelector::parse_str("env=prod,zone!=b").unwrap();
+        assert!(
+            selector.matches(&tags(&[("env", "prod")])),
+            "a missing key is not equal to b"
+        );
+        assert!(!selector.matches(&tags(&[("env", "prod"), ("zone", "b")])));
+        for bad in ["env=prod,", "a b", "region in (eu", "x)", ""] {
+            assert!(LabelSelector::parse_str(bad).is_err(), "{bad}");
+        }
+    }
 
     fn selector(value: serde_json::Value) -> LabelSelector {
         serde_json::from_value(value).unwrap()

@@ -296,6 +296,29 @@ pub enum SecretsWrite {
     Merge(SealedSecrets),
 }
 
+/// What `state_counts` splits and narrows by.
+#[derive(Debug, Clone, Default)]
+pub struct StateCountQuery {
+    pub managed_by: Option<i64>,
+    pub by_name: bool,
+    pub by_assignment: bool,
+}
+
+/// The number of a cluster's configurations in one combination of states.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateCount {
+    pub cluster_id: i64,
+    /// The configuration name, or '' when not split by name.
+    pub name: String,
+    /// The managing assignment's ARM id, or '' when not split by assignment or unmanaged.
+    pub managed_by_id: String,
+    pub compliance_state: String,
+    pub provisioning_state: String,
+    /// Whether the agent has reported on the current generation.
+    pub reported: bool,
+    pub count: i64,
+}
+
 /// The desired state of one cluster as stored.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredRecords {
@@ -456,6 +479,9 @@ pub trait Store: Send + Sync + 'static {
     async fn configurations_named(&self, scope: &ClusterScope, name: &str) -> StoreResult<Vec<ConfigurationRecord>>;
     /// The tags of every cluster in the scope, in key order.
     async fn cluster_tags(&self, scope: &ClusterScope) -> StoreResult<Vec<ClusterTags>>;
+    /// How many configurations of each cluster in the scope are in each state (of those managed by the assignment
+    /// `managed_by`, if given); split further by configuration name or managing assignment when asked.
+    async fn state_counts(&self, scope: &ClusterScope, query: &StateCountQuery) -> StoreResult<Vec<StateCount>>;
 
     /// Records that the cluster's agent was heard from at `at` (with what it says of itself, if anything) and
     /// answers the cluster's revision; `None` if the cluster is gone.

@@ -689,6 +689,33 @@ macro_rules! sql_store {
                 .await?)
             }
 
+            async fn state_counts(
+                &self,
+                scope: &$crate::store::ClusterScope,
+                query: &$crate::store::StateCountQuery,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::StateCount>> {
+                let (subscription_key, resource_group_key) = scope.keys();
+                // one row per cluster and combination: a fleet's rows number its clusters times a few states
+                Ok(sqlx::query_as::<$db, $crate::store::StateCount>(
+                    "SELECT f.cluster_id, \
+                     CASE WHEN $4 THEN f.name ELSE '' END AS name, \
+                     CASE WHEN $5 THEN COALESCE(f.managed_by_id, '') ELSE '' END AS managed_by_id, \
+                     f.compliance_state, f.provisioning_state, \
+                     COALESCE(f.reported_generation = f.generation, FALSE) AS reported, COUNT(*) AS count \
+                     FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
+                     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+                     AND ($3 = 0 OR f.managed_by = $3) \
+                     GROUP BY f.cluster_id, 2, 3, f.compliance_state, f.provisioning_state, 6",
+                )
+                .bind(subscription_key)
+                .bind(resource_group_key)
+                .bind(query.managed_by.unwrap_or(0))
+                .bind(query.by_name)
+                .bind(query.by_assignment)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn heartbeat(
                 &self,
                 cluster_id: i64,
