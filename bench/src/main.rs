@@ -1,13 +1,14 @@
 //! `fluxplane-bench`: measures the control plane over real HTTP against a server it starts itself, on each backend.
 //!
 //! Scenarios: configuration PUT throughput with concurrent clients, listing a cluster's configurations through
-//! paging, propagation (write to agent receipt, write to first status) with simulated agents long-polling, and a
-//! policy assignment reaching a fleet.
+//! paging, propagation (write to agent receipt, write to first status) with simulated agents long-polling, a
+//! policy assignment reaching a fleet, and the fleet compliance summary.
 //! Results print as a table and, with `--json`, as a JSON file.
 
 mod assignment;
 mod fleet;
 mod propagation;
+mod summary;
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ struct Args {
     /// Clusters a policy assignment matches in the assignment scenario.
     #[arg(long, default_value_t = 10_000)]
     fleet: usize,
+    /// Clusters in the summary scenario, each with ten configurations.
+    #[arg(long, default_value_t = 10_000)]
+    summary_clusters: usize,
     /// Run only these scenarios (default: all).
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
@@ -75,6 +79,7 @@ enum Scenario {
     Listing,
     Propagation,
     Assignment,
+    Summary,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -347,6 +352,7 @@ async fn main() -> anyhow::Result<()> {
         args.agents = 20;
         args.writes = 40;
         args.fleet = 50;
+        args.summary_clusters = 30;
     }
     let backends: &[(Backend, &'static str)] = match args.backend {
         Backends::Sqlite => &[(Backend::Sqlite, "sqlite")],
@@ -381,6 +387,15 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
             let target = Target::start(*backend).await?;
             assignment::assignment_reach(&target, args.fleet, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Summary) {
+            eprintln!(
+                "{name}: the compliance summary of {} clusters with ten configurations each",
+                args.summary_clusters
+            );
+            let target = Target::start(*backend).await?;
+            summary::summary(&target, args.summary_clusters, &mut figures, name).await?;
             target.server.stop().await;
         }
     }
