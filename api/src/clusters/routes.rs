@@ -83,13 +83,15 @@ pub struct ApiVersionParam {
 
 /// A connected cluster whose agent has been silent for `offline_after` is Offline: derived when read, so that no
 /// sweeper has to run for it.
-fn connectivity(record: &ClusterRecord, offline_after: std::time::Duration) -> String {
-    if record.connectivity_status == ConnectivityStatus::Connected.as_str()
-        && !agent_online(record.last_connectivity_time, offline_after)
-    {
+pub(crate) fn connectivity(
+    status: &str,
+    last_connectivity_time: Option<DateTime<Utc>>,
+    offline_after: std::time::Duration,
+) -> String {
+    if status == ConnectivityStatus::Connected.as_str() && !agent_online(last_connectivity_time, offline_after) {
         ConnectivityStatus::Offline.as_str().to_owned()
     } else {
-        record.connectivity_status.clone()
+        status.to_owned()
     }
 }
 
@@ -99,7 +101,11 @@ pub(crate) fn agent_online(last: Option<DateTime<Utc>>, offline_after: std::time
 }
 
 pub(crate) fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {
-    let connectivity_status = connectivity(&record, offline_after);
+    let connectivity_status = connectivity(
+        &record.connectivity_status,
+        record.last_connectivity_time,
+        offline_after,
+    );
     let cluster = ClusterRef::parse(&record.subscription, &record.resource_group, &record.name)
         .expect("stored names were validated when written");
     ConnectedCluster {

@@ -29,7 +29,7 @@ use crate::state::AppState;
 use crate::store::{ClusterGroupRecord, GroupDelete, Write};
 
 const TYPE: &str = "Fluxplane.Fleet/clusterGroups";
-const TYPE_NAME: &str = "clusterGroups";
+pub(crate) const TYPE_NAME: &str = "clusterGroups";
 /// How many clusters one read of a members page scans at a time.
 const MEMBER_SCAN: u32 = 1000;
 
@@ -172,9 +172,16 @@ async fn member_count(state: &AppState, scope: &FleetScope, selector: &LabelSele
     Ok(tags.iter().filter(|c| selector.matches(&c.tags)).count() as u64)
 }
 
+impl ClusterGroupRecord {
+    /// The group's scope as stored.
+    pub fn scope(&self) -> ApiResult<FleetScope> {
+        FleetScope::parse(&self.subscription, self.resource_group.as_deref())
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a stored cluster group has an invalid scope")))
+    }
+}
+
 async fn render(state: &AppState, record: ClusterGroupRecord) -> ApiResult<ClusterGroup> {
-    let scope = FleetScope::parse(&record.subscription, record.resource_group.as_deref())
-        .map_err(|_| anyhow::anyhow!("a stored cluster group has an invalid scope"))?;
+    let scope = record.scope()?;
     let member_count = member_count(state, &scope, &record.selector).await?;
     Ok(ClusterGroup {
         id: scope.resource_id(TYPE_NAME, &record.name),

@@ -9,12 +9,12 @@ pub mod selector;
 pub mod summary;
 pub mod template;
 
-use crate::arm::ids::{ResourceGroupName, SubscriptionId};
+use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
 use crate::arm::paging::PageRequest;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{ClusterScope, ManagedWrite};
+use crate::store::{ClusterScope, ClusterTags, ManagedWrite};
 
 /// The resource provider namespace of fleet resources.
 pub const PROVIDER: &str = "Fluxplane.Fleet";
@@ -65,6 +65,25 @@ impl FleetScope {
         }
     }
 
+    /// Reads the ARM id of a fleet resource of type `type_` (e.g. `clusterGroups`): its scope and name. `None` if it
+    /// is not one; a scope that is not valid is the parse error of its part.
+    pub fn parse_resource_id<'a>(id: &'a str, type_: &str) -> Option<Result<(Self, &'a str), ApiError>> {
+        let segments: Vec<&str> = id.trim_matches('/').split('/').collect();
+        let (subscription, resource_group, rest) = match segments.as_slice() {
+            ["subscriptions", s, "resourceGroups" | "resourcegroups", rg, rest @ ..] => (*s, Some(*rg), rest),
+            ["subscriptions", s, rest @ ..] => (*s, None, rest),
+            _ => return None,
+        };
+        match rest {
+            ["providers", provider, kind, name]
+                if provider.eq_ignore_ascii_case(PROVIDER) && kind.eq_ignore_ascii_case(type_) =>
+            {
+                Some(Self::parse(subscription, resource_group).map(|scope| (scope, *name)))
+            }
+            _ => None,
+        }
+    }
+
     /// The clusters the scope holds.
     pub fn clusters(&self) -> ClusterScope {
         match &self.resource_group {
@@ -77,6 +96,12 @@ impl FleetScope {
             },
         }
     }
+}
+
+/// The cluster a fleet query found, as ARM addresses it (`subscription` as the caller spelled it).
+pub fn cluster_ref(subscription: &str, cluster: &ClusterTags) -> ClusterRef {
+    ClusterRef::parse(subscription, &cluster.resource_group, &cluster.name)
+        .expect("stored names were validated when written")
 }
 
 /// What fleet writes tell the store: when the generations they write expire unless picked up.

@@ -7,10 +7,11 @@
 //! The store answers one row per cluster and combination of states (`Store::state_counts`); the dimensions that
 //! depend on the cluster (its connectivity, tags and groups) are applied here, once per cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::Json;
 use axum::extract::State;
+use fluxplane_agent_protocol::flux::ComplianceState;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,12 +19,12 @@ use utoipa_axum::routes;
 
 use super::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use super::selector::LabelSelector;
-use super::{FleetScope, readable_scopes};
+use super::{FleetScope, cluster_ref, readable_scopes};
 use crate::arm::api_version::Fleet;
 use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
 use crate::arm::{ApiVersion, ArmPath, ArmQuery};
 use crate::auth::Caller;
-use crate::clusters::routes::agent_online;
+use crate::clusters::routes::{agent_online, connectivity};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
 use crate::state::AppState;
 use crate::store::{ClusterGroupRecord, ClusterTags, StateCountQuery};
@@ -51,7 +52,6 @@ pub enum GroupBy {
 
 const GROUP_BY: &str = "complianceState, provisioningState, freshness, connectivityStatus, cluster, clusterGroup, \
                         policyAssignment, configuration";
-const COMPLIANCE_STATES: [&str; 5] = ["Compliant", "Non-Compliant", "Pending", "Suspended", "Unknown"];
 
 /// Query parameters of the summary.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -190,11 +190,17 @@ fn check(params: &SummaryParams) -> ApiResult<Request> {
         },
     };
     let compliance_state = params.compliance_state.as_deref().and_then(|text| {
-        let found = COMPLIANCE_STATES.into_iter().find(|s| s.eq_ignore_ascii_case(text));
+        let found = ComplianceState::ALL
+            .into_iter()
+            .map(ComplianceState::as_str)
+            .find(|s| s.eq_ignore_ascii_case(text));
         if found.is_none() {
             problems.add(
                 "complianceState",
-                format!("'{text}' is not one of {}", COMPLIANCE_STATES.join(", ")),
+                format!(
+                    "'{text}' is not one of {}",
+                    ComplianceState::ALL.map(ComplianceState::as_str).join(", ")
+                ),
             );
         }
         found
@@ -208,39 +214,27 @@ fn check(params: &SummaryParams) -> ApiResult<Request> {
 }
 
 /// The store key of a fleet resource named by `value` (a name in `scope`, or an ARM id in its subscription).
-fn fleet_key(scope: &FleetScope, parameter: &str, kind: &str, value: &str) -> ApiResult<String> {
+fn fleet_key(scope: &FleetScope, parameter: &str, type_: &str, value: &str) -> ApiResult<String> {
     if !value.starts_with('/') {
         return Ok(scope.key(value));
     }
-    let invalid = || {
-        ApiError::invalid(
+    match FleetScope::parse_resource_id(value, type_) {
+        Some(Ok((resource_scope, name))) if resource_scope.subscription.key() == scope.subscription.key() => {
+            Ok(resource_scope.key(name))
+        }
+        _ => Err(ApiError::invalid(
             parameter,
-            format!("'{value}' is not the ARM id of a {kind} in this scope"),
-        )
-    };
-    let segments: Vec<&str> = value.trim_matches('/').split('/').collect();
-    let (resource_scope, provider, found_kind, name) = match segments.as_slice() {
-        [
-            "subscriptions",
-            s,
-            "resourceGroups" | "resourcegroups",
-            rg,
-            "providers",
-            p,
-            k,
-            n,
-        ] => (FleetScope::parse(s, Some(rg)), *p, *k, *n),
-        ["subscriptions", s, "providers", p, k, n] => (FleetScope::parse(s, None), *p, *k, *n),
-        _ => return Err(invalid()),
-    };
-    let resource_scope = resource_scope.map_err(|_| invalid())?;
-    if !provider.eq_ignore_ascii_case(super::PROVIDER)
-        || !found_kind.eq_ignore_ascii_case(kind)
-        || resource_scope.subscription.key() != scope.subscription.key()
-    {
-        return Err(invalid());
+            format!("'{value}' is not the ARM id of a {type_} in this scope"),
+        )),
     }
-    Ok(resource_scope.key(name))
+}
+
+/// A cluster group as the summary counts by it: its id, its selector, and the key prefix of the clusters it can
+/// see (a resource group's group sees that resource group's only).
+struct Counted {
+    id: String,
+    selector: LabelSelector,
+    within: String,
 }
 
 async fn summarise(
@@ -271,7 +265,7 @@ async fn summarise(
         }
     };
     // the groups clusters are counted in, by clusterGroup: those of the scope the caller may read
-    let mut groups = Vec::new();
+    let mut records = Vec::new();
     if request.group_by == GroupBy::ClusterGroup {
         for readable in &scopes {
             let mut page = PageRequest {
@@ -281,14 +275,28 @@ async fn summarise(
             loop {
                 let batch = state.store.list_cluster_groups(readable, &page).await?;
                 let more = batch.len() > MAX_PAGE_SIZE as usize;
-                groups.extend(batch.into_iter().take(MAX_PAGE_SIZE as usize));
+                records.extend(batch.into_iter().take(MAX_PAGE_SIZE as usize));
                 if !more {
                     break;
                 }
-                page.after = groups.last().map(|g| g.key.clone());
+                page.after = records.last().map(|g: &ClusterGroupRecord| g.key.clone());
             }
         }
     }
+    let groups = records
+        .into_iter()
+        .map(|g| {
+            let within = match g.resource_group_key.as_str() {
+                "" => format!("{}/", g.subscription_key),
+                group => format!("{}/{group}/", g.subscription_key),
+            };
+            Ok(Counted {
+                id: g.scope()?.resource_id(super::groups::TYPE_NAME, &g.name),
+                selector: g.selector,
+                within,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let query = StateCountQuery {
         managed_by: assignment.as_ref().map(|a| a.id),
         by_name: request.group_by == GroupBy::Configuration,
@@ -322,13 +330,17 @@ async fn summarise(
                 GroupBy::ComplianceState => vec![Some(row.compliance_state.clone())],
                 GroupBy::ProvisioningState => vec![Some(row.provisioning_state.clone())],
                 GroupBy::Freshness => vec![Some(freshness.to_owned())],
-                GroupBy::ConnectivityStatus => vec![Some(connectivity(cluster, online).to_owned())],
-                GroupBy::Cluster => vec![Some(cluster_id(cluster))],
+                GroupBy::ConnectivityStatus => vec![Some(connectivity(
+                    &cluster.connectivity_status,
+                    cluster.last_connectivity_time,
+                    state.config.offline_after,
+                ))],
+                GroupBy::Cluster => vec![Some(cluster_ref(scope.subscription.as_str(), cluster).id())],
                 GroupBy::ClusterGroup => groups
                     .iter()
                     .filter(|g| g.selector.matches(&cluster.tags))
-                    .filter(|g| g.resource_group_key.is_empty() || cluster.key.starts_with(&group_prefix(g)))
-                    .map(|g| Some(group_id(g)))
+                    .filter(|g| cluster.key.starts_with(&g.within))
+                    .map(|g| Some(g.id.clone()))
                     .collect(),
                 GroupBy::PolicyAssignment => vec![(!row.managed_by_id.is_empty()).then(|| row.managed_by_id.clone())],
                 GroupBy::Configuration => vec![Some(row.name.clone())],
@@ -339,42 +351,12 @@ async fn summarise(
     Ok(tally.summary(scope.id(), request.group_by))
 }
 
-/// The key prefix of the clusters a resource group's cluster group can see.
-fn group_prefix(g: &ClusterGroupRecord) -> String {
-    format!("{}/{}/", g.subscription_key, g.resource_group_key)
-}
-
-fn group_id(g: &ClusterGroupRecord) -> String {
-    let scope = match &g.resource_group {
-        None => format!("/subscriptions/{}", g.subscription),
-        Some(group) => format!("/subscriptions/{}/resourceGroups/{group}", g.subscription),
-    };
-    format!("{scope}/providers/{}/clusterGroups/{}", super::PROVIDER, g.name)
-}
-
-/// A cluster's connectivity as the cluster API answers it.
-fn connectivity(cluster: &ClusterTags, online: bool) -> &'static str {
-    match (cluster.last_connectivity_time, online) {
-        (None, _) => "Connecting",
-        (Some(_), true) => "Connected",
-        (Some(_), false) => "Offline",
-    }
-}
-
-fn cluster_id(cluster: &ClusterTags) -> String {
-    let subscription = cluster.key.split('/').next().unwrap_or_default();
-    format!(
-        "/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}",
-        cluster.resource_group, cluster.name
-    )
-}
-
 /// Counts as they accumulate.
 #[derive(Default)]
 struct Tally {
     total: Freshness,
-    clusters: std::collections::HashSet<i64>,
-    groups: BTreeMap<Option<String>, (Freshness, std::collections::HashSet<i64>)>,
+    clusters: HashSet<i64>,
+    groups: BTreeMap<Option<String>, (Freshness, HashSet<i64>)>,
 }
 
 impl Tally {

@@ -62,7 +62,7 @@ macro_rules! fleet_helpers {
                     return Ok(Vec::new());
                 };
                 let clusters = sqlx::query_as::<$db, $crate::store::ClusterTags>(
-                    "SELECT id, key, resource_group, name, tags, last_connectivity_time FROM clusters WHERE subscription_key = $1 \
+                    "SELECT id, key, resource_group, name, tags, connectivity_status, last_connectivity_time FROM clusters WHERE subscription_key = $1 \
                      AND ($2 = '' OR resource_group_key = $2) AND ($3 = 0 OR id = $3) ORDER BY key",
                 )
                 .bind(subscription_key)

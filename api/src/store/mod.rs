@@ -239,6 +239,7 @@ pub struct ClusterTags {
     pub name: String,
     #[sqlx(json)]
     pub tags: BTreeMap<String, String>,
+    pub connectivity_status: String,
     pub last_connectivity_time: Option<DateTime<Utc>>,
 }
 

@@ -680,7 +680,7 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 Ok(sqlx::query_as::<$db, $crate::store::ClusterTags>(
-                    "SELECT id, key, resource_group, name, tags, last_connectivity_time FROM clusters \
+                    "SELECT id, key, resource_group, name, tags, connectivity_status, last_connectivity_time FROM clusters \
                      WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) ORDER BY key",
                 )
                 .bind(subscription_key)
@@ -754,11 +754,7 @@ macro_rules! sql_store {
                 // the configurations newer than the revision, which costs the agent one redundant wake-up; the
                 // other order could hand out an old desired state under a new revision, and the agent would miss
                 // the change until the next one.
-                let revision = sqlx::query_scalar::<$db, i64>("SELECT revision FROM clusters WHERE id = $1")
-                    .bind(cluster_id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .unwrap_or_default();
+                let revision = self.revision(cluster_id).await?.unwrap_or_default();
                 let sql = concat!(
                     "SELECT ",
                     configuration_columns!(),

@@ -21,7 +21,6 @@ use super::model::{
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
-use crate::arm::ids::ClusterRef;
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
@@ -29,7 +28,7 @@ use crate::auth::{Caller, Role};
 use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
-use crate::fleet::{FleetScope, list_scopes, managed_write, parse_name, readable_scopes, wake};
+use crate::fleet::{FleetScope, cluster_ref, list_scopes, managed_write, parse_name, readable_scopes, wake};
 use crate::state::AppState;
 use crate::store::{AssignmentWrite, ClusterTags, ConfigurationRecord, PolicyAssignmentRecord};
 
@@ -105,21 +104,9 @@ fn not_found(scope: &FleetScope, name: &str) -> ApiError {
 async fn resolve_group(state: &AppState, scope: &FleetScope, id: &str) -> ApiResult<i64> {
     const TARGET: &str = "properties.clusterGroupId";
     let invalid = |message: &str| ApiError::invalid(TARGET, format!("'{id}': {message}"));
-    let segments: Vec<&str> = id.trim_matches('/').split('/').collect();
-    let (subscription, resource_group, rest) = match segments.as_slice() {
-        ["subscriptions", s, "resourceGroups" | "resourcegroups", rg, rest @ ..] => (*s, Some(*rg), rest),
-        ["subscriptions", s, rest @ ..] => (*s, None, rest),
-        _ => return Err(invalid("not the ARM id of a cluster group")),
-    };
-    let name = match rest {
-        ["providers", provider, kind, name]
-            if provider.eq_ignore_ascii_case(super::super::PROVIDER) && kind.eq_ignore_ascii_case("clusterGroups") =>
-        {
-            *name
-        }
-        _ => return Err(invalid("not the ARM id of a cluster group")),
-    };
-    let group_scope = FleetScope::parse(subscription, resource_group).map_err(|_| invalid("not a valid ARM id"))?;
+    let (group_scope, name) = FleetScope::parse_resource_id(id, "clusterGroups")
+        .ok_or_else(|| invalid("not the ARM id of a cluster group"))?
+        .map_err(|_| invalid("not a valid ARM id"))?;
     if group_scope.subscription.key() != scope.subscription.key() {
         return Err(invalid("the group must be in the assignment's subscription"));
     }
@@ -237,11 +224,6 @@ async fn compliance(
             }
         },
     )))
-}
-
-fn cluster_ref(subscription: &str, cluster: &ClusterTags) -> ClusterRef {
-    ClusterRef::parse(subscription, &cluster.resource_group, &cluster.name)
-        .expect("stored names were validated when written")
 }
 
 fn scope_of(record: &PolicyAssignmentRecord) -> ApiResult<FleetScope> {
