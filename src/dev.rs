@@ -16,6 +16,7 @@ use fluxplane_agent::run::{Agent, Options};
 use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::ServeConfig;
+use fluxplane_api::dashboards::ui::SignIn;
 use fluxplane_api::server;
 use serde_json::json;
 
@@ -126,6 +127,7 @@ pub async fn start(config: ServeConfig, address: SocketAddr, agents: usize) {
         }
     );
     println!("  API:   {url}");
+    println!("  UI:    {url}/ (signed in as the owner)");
     println!("  Docs:  {url}/docs");
     match demo {
         Ok(Some(repository)) => {
@@ -144,6 +146,14 @@ pub async fn start(config: ServeConfig, address: SocketAddr, agents: usize) {
         "  Try:   curl -s -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
     );
     println!("  Stop with Ctrl-C.");
+}
+
+/// What the web UI's sign-in is filled with: an Owner token and the demo's subscription.
+pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
+    Ok(SignIn {
+        token: owner_token(config)?,
+        subscription: SUBSCRIPTION.to_owned(),
+    })
 }
 
 fn owner_token(config: &ServeConfig) -> anyhow::Result<String> {

@@ -171,8 +171,14 @@ async fn main() -> anyhow::Result<()> {
             let generate = config.uses_default_store();
             server::run(config, generate, |_| {}).await
         }
-        Command::Dev(DevArgs { serve: config, agents }) => {
+        Command::Dev(DevArgs {
+            serve: mut config,
+            agents,
+        }) => {
             telemetry::init(config.log_format);
+            // the keys first: the web UI's sign-in is filled with a token they sign
+            fluxplane_api::keys::prepare(&config, true)?;
+            config.ui_sign_in = Some(dev::ui_sign_in(&config)?);
             let demo = config.clone();
             server::run(config, true, move |address| {
                 tokio::spawn(dev::start(demo, address, agents));

@@ -61,6 +61,14 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sweep_interval: std::time::Duration,
 
+    /// How long status transitions, writes and the summary's past (`asOf`) are kept.
+    #[arg(long, env = "FLUXPLANE_HISTORY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub history_retention: std::time::Duration,
+
+    /// What the web UI's sign-in is filled with (set by `fluxplane dev`, never from the command line).
+    #[arg(skip)]
+    pub ui_sign_in: Option<crate::dashboards::ui::SignIn>,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

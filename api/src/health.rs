@@ -21,8 +21,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     Ok("ready")
 }
 
-/// Prometheus metrics in the OpenMetrics text format.
+/// Prometheus metrics in the OpenMetrics text format. The fleet gauges are read from the store's rollups at
+/// each scrape; if that fails the rest is still answered, and the failure logged.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = chrono::Utc::now();
+    let heard_since = chrono::Duration::from_std(state.config.offline_after)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    match state.store.fleet_gauges(heard_since).await {
+        Ok(gauges) => state.metrics.set_fleet(&gauges),
+        Err(err) => tracing::warn!(error = %err, "reading the fleet gauges failed"),
+    }
     (
         StatusCode::OK,
         [(

@@ -9,6 +9,7 @@ pub mod arm;
 pub mod auth;
 pub mod clusters;
 pub mod config;
+pub mod dashboards;
 pub mod error;
 pub mod fleet;
 pub mod flux;

@@ -9,10 +9,13 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::clusters::model::ConnectivityStatus;
 use crate::state::AppState;
+use crate::store::FleetGauges;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -28,6 +31,17 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    compliance_state: String,
+    provisioning_state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectivityLabels {
+    connectivity_status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReportLabels {
     disposition: String,
 }
@@ -39,6 +53,12 @@ pub struct Metrics {
     reports: Family<ReportLabels, Counter>,
     /// How long the transaction that applies a policy assignment to its clusters takes.
     pub assignment_apply: Histogram,
+    /// From a configuration write to an agent receiving it (changes that arrive while the agent waits).
+    pub propagation: Histogram,
+    /// From a configuration write to the agent's first status report on it.
+    pub status_latency: Histogram,
+    configurations: Family<StateLabels, Gauge>,
+    clusters: Family<ConnectivityLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -67,12 +87,41 @@ impl Default for Metrics {
             "Time of the transaction that writes a policy assignment and brings its clusters' configurations in line",
             assignment_apply.clone(),
         );
+        // 1 ms to about 65 s
+        let propagation = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "propagation_seconds",
+            "Time from a configuration write to an agent receiving it, for changes that arrive while the agent waits",
+            propagation.clone(),
+        );
+        let status_latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "status_latency_seconds",
+            "Time from a configuration write to the agent's first status report on it",
+            status_latency.clone(),
+        );
+        let configurations = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "configurations",
+            "Configuration instances of the whole fleet by compliance and provisioning state",
+            configurations.clone(),
+        );
+        let clusters = Family::<ConnectivityLabels, Gauge>::default();
+        registry.register(
+            "clusters",
+            "Clusters of the whole fleet by connectivity status",
+            clusters.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             reports,
             assignment_apply,
+            propagation,
+            status_latency,
+            configurations,
+            clusters,
         }
     }
 }
@@ -85,6 +134,34 @@ impl Metrics {
                 disposition: disposition.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the fleet gauges to the store's counts (read when scraped: the store is shared by every replica, so
+    /// each exports the same fleet).
+    pub fn set_fleet(&self, gauges: &FleetGauges) {
+        self.configurations.clear();
+        for (compliance_state, provisioning_state, count) in &gauges.instances {
+            self.configurations
+                .get_or_create(&StateLabels {
+                    compliance_state: compliance_state.clone(),
+                    provisioning_state: provisioning_state.clone(),
+                })
+                .set(*count);
+        }
+        self.clusters.clear();
+        for (status, heard, count) in &gauges.clusters {
+            // a Connected agent not heard from within --offline-after is Offline, as the API answers
+            let connectivity_status = if status == ConnectivityStatus::Connected.as_str() && !heard {
+                ConnectivityStatus::Offline.as_str()
+            } else {
+                status
+            };
+            self.clusters
+                .get_or_create(&ConnectivityLabels {
+                    connectivity_status: connectivity_status.to_owned(),
+                })
+                .inc_by(*count);
+        }
     }
 
     /// The metrics in the OpenMetrics text format.

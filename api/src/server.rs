@@ -25,13 +25,14 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{self, Authenticator};
 use crate::config::ServeConfig;
+use crate::dashboards::events::Feed;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
-use crate::{agents, clusters, fleet, flux, health, sweep};
+use crate::{agents, clusters, dashboards, fleet, flux, health, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -50,6 +51,8 @@ fn arm_router() -> OpenApiRouter<AppState> {
         .merge(fleet::groups::router())
         .merge(fleet::assignments::routes::router())
         .merge(fleet::summary::router())
+        .merge(fleet::cluster_compliance::router())
+        .merge(dashboards::events::router())
 }
 
 impl AppState {
@@ -73,6 +76,13 @@ impl AppState {
             config.sweep_interval,
             config.pending_ttl,
         ));
+        let maintainer = tokio::spawn(dashboards::maintain(
+            store.clone(),
+            config.history_retention,
+            config.sweep_interval,
+        ));
+        let feed = Arc::new(Feed::default());
+        let tail = tokio::spawn(feed.clone().run(store.clone()));
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -81,7 +91,13 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             notifier,
             agent_tokens: Arc::default(),
-            _tasks: Arc::new([TaskGuard(follower.abort_handle()), TaskGuard(sweeper.abort_handle())]),
+            feed,
+            _tasks: Arc::new([
+                TaskGuard(follower.abort_handle()),
+                TaskGuard(sweeper.abort_handle()),
+                TaskGuard(maintainer.abort_handle()),
+                TaskGuard(tail.abort_handle()),
+            ]),
         })
     }
 }
@@ -90,7 +106,13 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let (_, openapi) = api_router().split_for_parts();
     let (arm, _) = arm_router().split_for_parts();
-    let arm = arm.route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    // recording writes runs inside authentication, which tells it who wrote
+    let arm = arm
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            dashboards::history::record_writes,
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let (agent, _) = agents::routes::router().split_for_parts();
     let agent = agent.route_layer(middleware::from_fn_with_state(
         state.clone(),
@@ -99,6 +121,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(arm)
         .merge(agent)
+        .merge(dashboards::ui::router())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

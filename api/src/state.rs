@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::agents::auth::VerifiedTokens;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
+use crate::dashboards::events::Feed;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::{ExpiryMessages, Store};
@@ -19,8 +20,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<Notifier>,
     pub agent_tokens: Arc<VerifiedTokens>,
-    /// Ends the background tasks (following the store's changes, sweeping) when the last clone of the state goes.
-    pub(crate) _tasks: Arc<[TaskGuard; 2]>,
+    /// The live status changes this replica streams.
+    pub feed: Arc<Feed>,
+    /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history) when the last clone of the state goes.
+    pub(crate) _tasks: Arc<[TaskGuard; 4]>,
 }
 
 /// Aborts a background task when dropped.

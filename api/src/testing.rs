@@ -168,6 +168,8 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         secret_ttl: std::time::Duration::from_secs(48 * 3600),
         pending_ttl: std::time::Duration::from_secs(48 * 3600),
         sweep_interval: std::time::Duration::from_millis(200),
+        history_retention: std::time::Duration::from_secs(30 * 24 * 3600),
+        ui_sign_in: None,
         max_body_bytes: 1024 * 1024,
         log_format: LogFormat::Text,
     }

@@ -82,6 +82,19 @@ async fn desired_state(
         }
     }
     let desired = state.store.desired_state(agent.cluster_id).await?;
+    // the changes written while this poll waited reach the agent now: their propagation time (changes written
+    // between polls are not timed, as nothing tells which of them the agent has already seen)
+    if params.after.is_some_and(|after| desired.revision > after) {
+        let answered = Utc::now();
+        for c in desired
+            .configurations
+            .iter()
+            .filter(|c| c.system_data.last_modified_at >= now)
+        {
+            let latency = (answered - c.system_data.last_modified_at).to_std().unwrap_or_default();
+            state.metrics.propagation.observe(latency.as_secs_f64());
+        }
+    }
     let mut sealed: HashMap<i64, Vec<SealedSecrets>> = HashMap::new();
     for row in desired.sealed {
         sealed.entry(row.configuration_id).or_default().push(row.into_wire());
@@ -158,6 +171,11 @@ async fn report_status(
                 now,
             )
             .await?;
+        if let Some(written_at) = result.written_at {
+            let latency = (now - written_at).to_std().unwrap_or_default();
+            state.metrics.status_latency.observe(latency.as_secs_f64());
+        }
+        let result = result.disposition;
         state.metrics.agent_report(match result {
             ReportDisposition::Recorded => "Recorded",
             ReportDisposition::Stale => "Stale",

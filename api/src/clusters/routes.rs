@@ -16,7 +16,7 @@ use super::model::{
     ClusterPatch, ClusterProperties, ClusterRequest, ClusterSpec, ConnectedCluster, ConnectedClusterProperties,
     ConnectivityStatus, READ_ONLY_FIELDS, READ_ONLY_IDENTITY, READ_ONLY_PROPERTIES, validate,
 };
-use crate::arm::api_version::Clusters;
+use crate::arm::api_version::{Clusters, Fleet};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::filter::{Field, FilterParam, Matching, scan};
@@ -25,7 +25,9 @@ use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
+use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::fleet::groups::FleetApiVersionParam;
 use crate::fleet::managed_write;
 use crate::state::AppState;
 use crate::store::{self, ClusterRecord, Write};
@@ -39,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_cluster, put_cluster, patch_cluster, delete_cluster))
         .routes(routes!(list_by_resource_group))
         .routes(routes!(list_by_subscription))
+        .routes(routes!(cluster_history))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -622,3 +625,40 @@ const FILTER_FIELDS: &[Field] = &[
         matching: Matching::Exact,
     },
 ];
+
+/// The history of a cluster: the status transitions of its configurations and the writes to it and to them, in
+/// time order.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters/{clusterName}/history",
+    tag = "History",
+    operation_id = "ConnectedCluster_History",
+    params(ClusterNamePath, FleetApiVersionParam, HistoryParams),
+    responses(
+        (status = 200, description = "A page of the history", body = inline(Page<HistoryEntry>)),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn cluster_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    base: BaseUrl,
+    ArmPath(path): ArmPath<ClusterNamePath>,
+    ArmQuery(query): ArmQuery<HistoryParams>,
+) -> ApiResult<Json<Page<HistoryEntry>>> {
+    let cluster = path.cluster()?;
+    caller.require(Role::Reader, &cluster.id())?;
+    let record = state
+        .store
+        .get_cluster(&cluster.key())
+        .await?
+        .ok_or_else(|| not_found(&cluster))?;
+    let id = cluster.id();
+    let subject = store::HistorySubject::Cluster { cluster_id: record.id };
+    let path = format!("{id}/history");
+    history::page(&state, subject, &id, true, &query, &base, &path)
+        .await
+        .map(Json)
+}

@@ -4,6 +4,7 @@
 //! summary counts their configurations' states (`summary`).
 
 pub mod assignments;
+pub mod cluster_compliance;
 pub mod groups;
 pub mod selector;
 pub mod summary;

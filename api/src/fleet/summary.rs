@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, SecondsFormat, Utc};
+
 use axum::Json;
 use axum::extract::State;
 use fluxplane_agent_protocol::flux::ComplianceState;
@@ -24,10 +26,13 @@ use crate::arm::api_version::Fleet;
 use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
 use crate::arm::{ApiVersion, ArmPath, ArmQuery};
 use crate::auth::Caller;
+use crate::clusters::model::ConnectivityStatus;
 use crate::clusters::routes::{agent_online, connectivity};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
 use crate::state::AppState;
-use crate::store::{ClusterGroupRecord, ClusterTags, StateCountQuery};
+use crate::store::{
+    ClusterGroupRecord, ClusterScope, ClusterTags, InstanceCount, PolicyAssignmentRecord, StateCountQuery,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -69,6 +74,10 @@ pub struct SummaryParams {
     policy_assignment: Option<String>,
     /// Only configurations in this compliance state.
     compliance_state: Option<String>,
+    /// The summary as it was at this time (RFC 3339), within the history's retention. Freshness then counts what
+    /// agents had reported (agent silence is not history: nothing is offline), and only the unfiltered groupings
+    /// by complianceState, provisioningState, freshness and policyAssignment are available.
+    as_of: Option<String>,
 }
 
 /// Configuration instances by freshness: `fresh` (the agent is connected and reported on the current generation),
@@ -165,9 +174,24 @@ struct Request {
     group_by: GroupBy,
     tags: LabelSelector,
     compliance_state: Option<&'static str>,
+    as_of: Option<DateTime<Utc>>,
 }
 
-fn check(params: &SummaryParams) -> ApiResult<Request> {
+impl Request {
+    /// Whether the rollups can answer: they count by scope and states, not by tag, cluster group or name.
+    fn rolled_up(&self, params: &SummaryParams) -> bool {
+        params.tag_selector.is_none()
+            && params.cluster_group.is_none()
+            && params.policy_assignment.is_none()
+            && self.compliance_state.is_none()
+            && !matches!(
+                self.group_by,
+                GroupBy::Cluster | GroupBy::ClusterGroup | GroupBy::Configuration
+            )
+    }
+}
+
+fn check(params: &SummaryParams, retention: std::time::Duration) -> ApiResult<Request> {
     let mut problems = Problems::default();
     let group_by = match params.group_by.as_deref() {
         None => GroupBy::default(),
@@ -176,11 +200,53 @@ fn check(params: &SummaryParams) -> ApiResult<Request> {
             GroupBy::default()
         }),
     };
-    let tags = match params.tag_selector.as_deref() {
+    let tags = tag_selector(params.tag_selector.as_deref(), &mut problems);
+    let compliance_state = compliance_state(params.compliance_state.as_deref(), &mut problems);
+    let as_of = params.as_of.as_deref().and_then(|text| {
+        let now = Utc::now();
+        let kept_since = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|r| now.checked_sub_signed(r))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        match DateTime::parse_from_rfc3339(text) {
+            Err(_) => problems.add("asOf", format!("'{text}' is not an RFC 3339 time")),
+            Ok(at) if at > now => problems.add("asOf", format!("'{text}' is in the future")),
+            Ok(at) if at < kept_since => problems.add(
+                "asOf",
+                format!(
+                    "'{text}' is before the history kept ({} back, from {})",
+                    humantime::format_duration(retention),
+                    kept_since.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+            ),
+            Ok(at) => return Some(at.with_timezone(&Utc)),
+        }
+        None
+    });
+    problems.into_result("summary request", None)?;
+    let request = Request {
+        group_by,
+        tags,
+        compliance_state,
+        as_of,
+    };
+    if request.as_of.is_some() && (!request.rolled_up(params) || request.group_by == GroupBy::ConnectivityStatus) {
+        return Err(ApiError::invalid(
+            "asOf",
+            "a past summary is grouped by complianceState, provisioningState, freshness or policyAssignment, \
+             without filters",
+        ));
+    }
+    Ok(request)
+}
+
+/// The `tagSelector` parameter, parsed and checked.
+pub(super) fn tag_selector(text: Option<&str>, problems: &mut Problems) -> LabelSelector {
+    match text {
         None => LabelSelector::default(),
         Some(text) => match LabelSelector::parse_str(text) {
             Ok(selector) => {
-                selector.validate("tagSelector", &mut problems);
+                selector.validate("tagSelector", problems);
                 selector
             }
             Err(why) => {
@@ -188,29 +254,58 @@ fn check(params: &SummaryParams) -> ApiResult<Request> {
                 LabelSelector::default()
             }
         },
+    }
+}
+
+/// The `complianceState` parameter, in its canonical spelling.
+pub(super) fn compliance_state(text: Option<&str>, problems: &mut Problems) -> Option<&'static str> {
+    let text = text?;
+    let found = ComplianceState::ALL
+        .into_iter()
+        .map(ComplianceState::as_str)
+        .find(|s| s.eq_ignore_ascii_case(text));
+    if found.is_none() {
+        problems.add(
+            "complianceState",
+            format!(
+                "'{text}' is not one of {}",
+                ComplianceState::ALL.map(ComplianceState::as_str).join(", ")
+            ),
+        );
+    }
+    found
+}
+
+/// The cluster group the `clusterGroup` parameter names, if given.
+pub(super) async fn cluster_group(
+    state: &AppState,
+    scope: &FleetScope,
+    value: Option<&str>,
+) -> ApiResult<Option<ClusterGroupRecord>> {
+    let Some(value) = value else {
+        return Ok(None);
     };
-    let compliance_state = params.compliance_state.as_deref().and_then(|text| {
-        let found = ComplianceState::ALL
-            .into_iter()
-            .map(ComplianceState::as_str)
-            .find(|s| s.eq_ignore_ascii_case(text));
-        if found.is_none() {
-            problems.add(
-                "complianceState",
-                format!(
-                    "'{text}' is not one of {}",
-                    ComplianceState::ALL.map(ComplianceState::as_str).join(", ")
-                ),
-            );
-        }
-        found
-    });
-    problems.into_result("the summary's parameters", None)?;
-    Ok(Request {
-        group_by,
-        tags,
-        compliance_state,
-    })
+    let key = fleet_key(scope, "clusterGroup", "clusterGroups", value)?;
+    let found = state.store.get_cluster_group(&key).await?;
+    Ok(Some(found.ok_or_else(|| {
+        ApiError::invalid("clusterGroup", format!("no cluster group '{value}'"))
+    })?))
+}
+
+/// The policy assignment the `policyAssignment` parameter names, if given.
+pub(super) async fn policy_assignment(
+    state: &AppState,
+    scope: &FleetScope,
+    value: Option<&str>,
+) -> ApiResult<Option<PolicyAssignmentRecord>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let key = fleet_key(scope, "policyAssignment", "policyAssignments", value)?;
+    let found = state.store.get_policy_assignment(&key).await?;
+    Ok(Some(found.ok_or_else(|| {
+        ApiError::invalid("policyAssignment", format!("no policy assignment '{value}'"))
+    })?))
 }
 
 /// The store key of a fleet resource named by `value` (a name in `scope`, or an ARM id in its subscription).
@@ -244,26 +339,12 @@ async fn summarise(
     params: &SummaryParams,
 ) -> ApiResult<ComplianceSummary> {
     let scopes = readable_scopes(caller, &scope)?;
-    let request = check(params)?;
-    let group = match &params.cluster_group {
-        None => None,
-        Some(value) => {
-            let key = fleet_key(&scope, "clusterGroup", "clusterGroups", value)?;
-            let found = state.store.get_cluster_group(&key).await?;
-            Some(found.ok_or_else(|| ApiError::invalid("clusterGroup", format!("no cluster group '{value}'")))?)
-        }
-    };
-    let assignment = match &params.policy_assignment {
-        None => None,
-        Some(value) => {
-            let key = fleet_key(&scope, "policyAssignment", "policyAssignments", value)?;
-            let found = state.store.get_policy_assignment(&key).await?;
-            Some(
-                found
-                    .ok_or_else(|| ApiError::invalid("policyAssignment", format!("no policy assignment '{value}'")))?,
-            )
-        }
-    };
+    let request = check(params, state.config.history_retention)?;
+    if request.rolled_up(params) {
+        return from_rollups(state, &scopes, scope.id(), request.group_by, request.as_of).await;
+    }
+    let group = cluster_group(state, &scope, params.cluster_group.as_deref()).await?;
+    let assignment = policy_assignment(state, &scope, params.policy_assignment.as_deref()).await?;
     // the groups clusters are counted in, by clusterGroup: those of the scope the caller may read
     let mut records = Vec::new();
     if request.group_by == GroupBy::ClusterGroup {
@@ -361,11 +442,7 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, cluster: i64, keys: Vec<Option<String>>, freshness: &str, count: i64) {
-        let bump = |f: &mut Freshness| match freshness {
-            "fresh" => f.fresh += count,
-            "stale" => f.stale += count,
-            _ => f.offline += count,
-        };
+        let bump = |f: &mut Freshness| *f.bucket(freshness) += count;
         bump(&mut self.total);
         self.clusters.insert(cluster);
         for key in keys {
@@ -376,25 +453,194 @@ impl Tally {
     }
 
     fn summary(self, scope: String, group_by: GroupBy) -> ComplianceSummary {
-        let sum = |f: &Freshness| f.fresh + f.stale + f.offline;
-        let mut groups: Vec<SummaryGroup> = self
+        let groups = self
             .groups
             .into_iter()
             .map(|(key, (freshness, clusters))| SummaryGroup {
                 key,
-                count: sum(&freshness),
+                count: freshness.sum(),
                 clusters: clusters.len() as i64,
                 freshness,
             })
             .collect();
-        groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
-        ComplianceSummary {
-            scope,
-            group_by,
-            count: sum(&self.total),
-            clusters: self.clusters.len() as i64,
-            freshness: self.total,
-            groups,
+        finish(scope, group_by, self.total, self.clusters.len() as i64, groups)
+    }
+}
+
+impl Freshness {
+    fn sum(&self) -> i64 {
+        self.fresh + self.stale + self.offline
+    }
+
+    fn bucket(&mut self, freshness: &str) -> &mut i64 {
+        match freshness {
+            "fresh" => &mut self.fresh,
+            "stale" => &mut self.stale,
+            _ => &mut self.offline,
         }
     }
+}
+
+/// The summary with its groups largest first (then by key), empty groups left out.
+fn finish(
+    scope: String,
+    group_by: GroupBy,
+    total: Freshness,
+    clusters: i64,
+    mut groups: Vec<SummaryGroup>,
+) -> ComplianceSummary {
+    groups.retain(|g| g.count != 0);
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+    ComplianceSummary {
+        scope,
+        group_by,
+        count: total.sum(),
+        clusters,
+        freshness: total,
+        groups,
+    }
+}
+
+/// The group an instance count of the rollups falls in, as if its agent were connected.
+fn rolled_up_key(group_by: GroupBy, row: &InstanceCount) -> Option<String> {
+    match group_by {
+        GroupBy::ComplianceState => Some(row.compliance_state.clone()),
+        GroupBy::ProvisioningState => Some(row.provisioning_state.clone()),
+        GroupBy::Freshness => Some(reported_freshness(row.reported).to_owned()),
+        GroupBy::PolicyAssignment => (!row.policy_assignment.is_empty()).then(|| row.policy_assignment.clone()),
+        _ => Some(ConnectivityStatus::Connected.as_str().to_owned()),
+    }
+}
+
+fn group(groups: &mut BTreeMap<Option<String>, SummaryGroup>, key: Option<String>) -> &mut SummaryGroup {
+    groups.entry(key.clone()).or_insert_with(|| SummaryGroup {
+        key,
+        ..SummaryGroup::default()
+    })
+}
+
+fn reported_freshness(reported: bool) -> &'static str {
+    if reported { "fresh" } else { "stale" }
+}
+
+/// The unfiltered summary from the rollups: the counts as if every agent were connected, then the configurations
+/// of the clusters whose agent is not (usually few) moved to where they belong. In the past (`as_of`) nothing is
+/// moved: connectivity is not history.
+async fn from_rollups(
+    state: &AppState,
+    scopes: &[ClusterScope],
+    scope_id: String,
+    group_by: GroupBy,
+    as_of: Option<DateTime<Utc>>,
+) -> ApiResult<ComplianceSummary> {
+    let now = Utc::now();
+    let heard_since = chrono::Duration::from_std(state.config.offline_after)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let dimension = match group_by {
+        GroupBy::ComplianceState => "complianceState",
+        GroupBy::ProvisioningState => "provisioningState",
+        GroupBy::Freshness => "freshness",
+        GroupBy::PolicyAssignment => "policyAssignment",
+        _ => "all",
+    };
+    let connected = ConnectivityStatus::Connected.as_str();
+    let mut total = Freshness::default();
+    let mut clusters = 0;
+    let mut groups: BTreeMap<Option<String>, SummaryGroup> = BTreeMap::new();
+    for readable in scopes {
+        let rollup = state.store.rollup(readable, as_of).await?;
+        for row in &rollup.instances {
+            let freshness = reported_freshness(row.reported);
+            *total.bucket(freshness) += row.instances;
+            let g = group(&mut groups, rolled_up_key(group_by, row));
+            g.count += row.instances;
+            *g.freshness.bucket(freshness) += row.instances;
+        }
+        for row in rollup.clusters.iter().filter(|c| c.dimension == dimension) {
+            let key = match group_by {
+                GroupBy::ConnectivityStatus => Some(connected.to_owned()),
+                GroupBy::PolicyAssignment if row.value.is_empty() => None,
+                _ => Some(row.value.clone()),
+            };
+            group(&mut groups, key).clusters += row.clusters;
+        }
+        clusters += rollup
+            .clusters
+            .iter()
+            .filter(|c| c.dimension == "all")
+            .map(|c| c.clusters)
+            .sum::<i64>();
+        if as_of.is_some() {
+            continue;
+        }
+        // by cluster: (online, connectivity, had reported instances, had unreported ones)
+        let mut unheard: BTreeMap<i64, (bool, String, bool, bool)> = BTreeMap::new();
+        for row in state.store.unheard_counts(readable, heard_since).await? {
+            let online = row.last_connectivity_time.is_some_and(|last| last >= heard_since);
+            let status = if row.connectivity_status == connected && !online {
+                ConnectivityStatus::Offline.as_str().to_owned()
+            } else {
+                row.connectivity_status.clone()
+            };
+            let counted = InstanceCount {
+                policy_assignment: row.policy_assignment,
+                compliance_state: row.compliance_state,
+                provisioning_state: row.provisioning_state,
+                reported: row.reported,
+                instances: row.count,
+            };
+            let was = reported_freshness(row.reported);
+            let is = if online { was } else { "offline" };
+            let from = rolled_up_key(group_by, &counted);
+            let to = match group_by {
+                GroupBy::Freshness => Some(is.to_owned()),
+                GroupBy::ConnectivityStatus => Some(status.clone()),
+                _ => from.clone(),
+            };
+            *total.bucket(was) -= row.count;
+            *total.bucket(is) += row.count;
+            let g = group(&mut groups, from);
+            g.count -= row.count;
+            *g.freshness.bucket(was) -= row.count;
+            let g = group(&mut groups, to);
+            g.count += row.count;
+            *g.freshness.bucket(is) += row.count;
+            let cluster = unheard
+                .entry(row.cluster_id)
+                .or_insert_with(|| (online, status, false, false));
+            if row.reported {
+                cluster.2 = true;
+            } else {
+                cluster.3 = true;
+            }
+        }
+        // the clusters counted as connected or fresh/stale that are not
+        for (online, status, reported, unreported) in unheard.into_values() {
+            match group_by {
+                GroupBy::ConnectivityStatus => {
+                    group(&mut groups, Some(connected.to_owned())).clusters -= 1;
+                    group(&mut groups, Some(status)).clusters += 1;
+                }
+                GroupBy::Freshness if !online => {
+                    if reported {
+                        group(&mut groups, Some("fresh".to_owned())).clusters -= 1;
+                    }
+                    if unreported {
+                        group(&mut groups, Some("stale".to_owned())).clusters -= 1;
+                    }
+                    group(&mut groups, Some("offline".to_owned())).clusters += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(finish(
+        scope_id,
+        group_by,
+        total,
+        clusters,
+        groups.into_values().collect(),
+    ))
 }

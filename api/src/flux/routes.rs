@@ -20,7 +20,7 @@ use super::model::{
 };
 use super::secrets::SecretFields;
 use super::validate::{self, normalize};
-use crate::arm::api_version::FluxConfigurations;
+use crate::arm::api_version::{Fleet, FluxConfigurations};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::filter::{Field, FilterParam, Matching, scan};
@@ -30,9 +30,11 @@ use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers};
 use crate::auth::{Caller, Role};
 use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
+use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::fleet::groups::FleetApiVersionParam;
 use crate::state::AppState;
-use crate::store::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
+use crate::store::{ClusterRecord, ConfigurationRecord, HistorySubject, OperationRecord, SecretsWrite, Write};
 
 const TYPE: &str = "Microsoft.KubernetesConfiguration/fluxConfigurations";
 const TOP_LEVEL_READ_ONLY: &[&str] = &["id", "name", "type", "systemData"];
@@ -47,6 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(list_configurations))
         .routes(routes!(get_operation))
+        .routes(routes!(configuration_history))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -777,4 +780,38 @@ async fn get_operation(
         end_time: operation.end_time,
         error: operation.error,
     }))
+}
+
+/// The history of a configuration: its status transitions (in all its lives, if it was deleted and created again)
+/// and the writes to it, in time order.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}/history",
+    tag = "History",
+    operation_id = "FluxConfigurations_History",
+    params(ConfigurationParams, FleetApiVersionParam, HistoryParams),
+    responses(
+        (status = 200, description = "A page of the history", body = inline(Page<HistoryEntry>)),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn configuration_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    base: BaseUrl,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+    ArmQuery(query): ArmQuery<HistoryParams>,
+) -> ApiResult<Json<Page<HistoryEntry>>> {
+    let target = resolve(&state, &caller, &params, Role::Reader).await?;
+    let id = target.id();
+    let subject = HistorySubject::Configuration {
+        cluster_id: target.cluster.id,
+        name: target.name.as_str().to_owned(),
+    };
+    let path = format!("{id}/history");
+    history::page(&state, subject, &id, false, &query, &base, &path)
+        .await
+        .map(Json)
 }

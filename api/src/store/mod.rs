@@ -4,6 +4,7 @@
 //! operations, so that the optimistic-concurrency loop and every rule live once, above it, for both backends.
 //! Both implementations share their SQL (see `sql.rs`); each adds only what its engine needs to connect.
 
+mod dashboards;
 mod fleet;
 mod postgres;
 mod sql;
@@ -320,6 +321,139 @@ pub struct StateCount {
     pub count: i64,
 }
 
+/// Configuration instances of a scope in one combination of states, as the rollups count them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InstanceCount {
+    /// The managing assignment's ARM id, '' for configurations written by hand.
+    pub policy_assignment: String,
+    pub compliance_state: String,
+    pub provisioning_state: String,
+    /// Whether the agent has reported on the current generation.
+    pub reported: bool,
+    pub instances: i64,
+}
+
+/// Clusters of a scope with at least one configuration whose `dimension` (`all`, `complianceState`,
+/// `provisioningState`, `policyAssignment`, `freshness`) is `value`, as the rollups count them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ClusterCount {
+    pub dimension: String,
+    pub value: String,
+    pub clusters: i64,
+}
+
+/// A scope's counts from the rollups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollup {
+    pub instances: Vec<InstanceCount>,
+    pub clusters: Vec<ClusterCount>,
+}
+
+/// The configurations of one cluster whose agent is not connected, in one combination of states.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UnheardCount {
+    pub cluster_id: i64,
+    pub connectivity_status: String,
+    pub last_connectivity_time: Option<DateTime<Utc>>,
+    pub policy_assignment: String,
+    pub compliance_state: String,
+    pub provisioning_state: String,
+    pub reported: bool,
+    pub count: i64,
+}
+
+/// One recorded status transition of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StatusRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// "subscription/resourceGroup/cluster" as spelled.
+    pub cluster_path: String,
+    pub subscription_key: String,
+    pub resource_group_key: String,
+    pub name: String,
+    /// The managing assignment's ARM id, or ''.
+    pub policy_assignment: String,
+    /// Created, Updated or Deleted.
+    pub event: String,
+    pub generation: i64,
+    pub reported_generation: Option<i64>,
+    pub compliance_state: String,
+    pub provisioning_state: String,
+    pub commit_id: Option<String>,
+    pub message: Option<String>,
+}
+
+/// One accepted write through the ARM API.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WriteRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub subscription_key: String,
+    /// The lower-cased resource id.
+    pub resource_key: String,
+    pub resource_id: String,
+    /// The caller's subject.
+    pub actor: String,
+    /// The HTTP method.
+    pub action: String,
+    pub status_code: i32,
+    pub request_id: Option<String>,
+}
+
+/// Whose history to read.
+#[derive(Debug, Clone)]
+pub enum HistorySubject {
+    /// A configuration of a cluster (in all its lives: deleted and created again).
+    Configuration { cluster_id: i64, name: String },
+    /// Every configuration of a cluster.
+    Cluster { cluster_id: i64 },
+    /// Every configuration an assignment manages, by the assignment's ARM id.
+    Assignment { id: String },
+}
+
+/// A page of history: transitions of `subject` and writes to `resource_key` (and below it, if `below`), in
+/// `[from, to)`, after the given ids.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub subject: HistorySubject,
+    pub resource_key: String,
+    pub below: bool,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub after_status: i64,
+    pub after_write: i64,
+    pub limit: i64,
+}
+
+/// A configuration's states, as the fleet's grid shows them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConfigurationState {
+    pub cluster_id: i64,
+    pub name: String,
+    pub compliance_state: String,
+    pub provisioning_state: String,
+    pub reported: bool,
+    /// The managing assignment's ARM id, or ''.
+    pub policy_assignment: String,
+}
+
+/// What the fleet gauges show: instances by compliance and provisioning state, clusters by stored connectivity
+/// status and whether their agent was heard since the offline cut-off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetGauges {
+    pub instances: Vec<(String, String, i64)>,
+    pub clusters: Vec<(String, bool, i64)>,
+}
+
+/// What became of a status report, and when the write it reports on was accepted if this is the first report on
+/// it (the write's operation ends with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportOutcome {
+    pub disposition: ReportDisposition,
+    pub written_at: Option<DateTime<Utc>>,
+}
+
 /// The desired state of one cluster as stored.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredRecords {
@@ -376,8 +510,45 @@ impl ClusterScope {
     }
 }
 
+/// What the dashboards read: the summary's rollups, the history and the fleet-wide gauges.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Dashboards: Send + Sync + 'static {
+    /// The scope's counts from the rollups, current or as of a past time (history retention permitting).
+    async fn rollup(&self, scope: &ClusterScope, as_of: Option<DateTime<Utc>>) -> StoreResult<Rollup>;
+    /// The configurations, by cluster and states, of the scope's clusters whose agent is not connected: not
+    /// heard from since `heard_since`, or not in the Connected status.
+    async fn unheard_counts(&self, scope: &ClusterScope, heard_since: DateTime<Utc>) -> StoreResult<Vec<UnheardCount>>;
+    /// Folds the deltas written since the last compaction into the rollups; answers how many it folded.
+    async fn compact_rollups(&self) -> StoreResult<u64>;
+    /// Drops the history (and the folded deltas) from before `before`; answers how many rows went.
+    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// Appends an accepted write to the history (its `id` and `at` are the store's).
+    async fn record_write(&self, write: &WriteRecord) -> StoreResult<()>;
+    /// A page of status transitions and writes: at most `limit` of each, in id order.
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<StatusRecord>, Vec<WriteRecord>)>;
+    /// The states of the configurations of the scope's clusters whose keys are in `[first, last]`, in cluster key
+    /// and name order.
+    async fn configuration_states(
+        &self,
+        scope: &ClusterScope,
+        first: &str,
+        last: &str,
+    ) -> StoreResult<Vec<ConfigurationState>>;
+    /// The id of the latest status transition (0 if none).
+    async fn latest_status_event(&self) -> StoreResult<i64>;
+    /// Status transitions after `after` in id order, of the scope or of every scope.
+    async fn status_events(
+        &self,
+        scope: Option<&ClusterScope>,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StatusRecord>>;
+    /// The fleet-wide counts the metrics export.
+    async fn fleet_gauges(&self, heard_since: DateTime<Utc>) -> StoreResult<FleetGauges>;
+}
+
+#[async_trait]
+pub trait Store: Dashboards {
     /// Succeeds when the database answers and every migration this build knows is applied.
     async fn check_ready(&self) -> StoreResult<()>;
 
@@ -511,7 +682,7 @@ pub trait Store: Send + Sync + 'static {
         write: &ReportWrite,
         secrets_version: Option<i64>,
         at: DateTime<Utc>,
-    ) -> StoreResult<ReportDisposition>;
+    ) -> StoreResult<ReportOutcome>;
 }
 
 /// Opens the store a database URL names and brings its schema up to date.

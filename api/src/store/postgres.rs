@@ -10,6 +10,9 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use crate::notify::Notifier;
 
 use super::StoreResult;
+use super::dashboards::{
+    current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
+};
 use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -64,3 +67,33 @@ sql_store!(
         }
     }
 );
+
+dashboards_store!(PgStore, sqlx::Postgres, {
+    /// Marks the pending deltas folded and adds them to the rollups in one statement: a delta committed
+    /// meanwhile is left for the next run, and two replicas compacting at once fold each delta once (the
+    /// second waits on the first's rows, then finds them folded).
+    async fn compact_rollups(&self) -> StoreResult<u64> {
+        let instances = sqlx::query(
+            "WITH moved AS (UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted \
+             RETURNING subscription_key, resource_group_key, policy_assignment, compliance_state, \
+             provisioning_state, reported, instances) \
+             INSERT INTO instance_rollups AS r SELECT subscription_key, resource_group_key, policy_assignment, \
+             compliance_state, provisioning_state, reported, SUM(instances) FROM moved GROUP BY 1, 2, 3, 4, 5, 6 \
+             ON CONFLICT (subscription_key, resource_group_key, policy_assignment, compliance_state, \
+             provisioning_state, reported) DO UPDATE SET instances = r.instances + excluded.instances",
+        )
+        .execute(&self.pool)
+        .await?;
+        let clusters = sqlx::query(
+            "WITH moved AS (UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted \
+             RETURNING subscription_key, resource_group_key, dimension, value, clusters) \
+             INSERT INTO cluster_rollups AS r SELECT subscription_key, resource_group_key, dimension, value, \
+             SUM(clusters) FROM moved GROUP BY 1, 2, 3, 4 \
+             ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
+             DO UPDATE SET clusters = r.clusters + excluded.clusters",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(instances.rows_affected() + clusters.rows_affected())
+    }
+});

@@ -213,6 +213,14 @@ macro_rules! sql_store {
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
+                // the configurations first, while their cluster is there for the rollup and history triggers to
+                // read its scope (a cascade would run them after the cluster is gone)
+                sqlx::query::<$db>(
+                    "DELETE FROM flux_configurations WHERE cluster_id = (SELECT id FROM clusters WHERE key = $1)",
+                )
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
                 let done = sqlx::query::<$db>("DELETE FROM clusters WHERE key = $1")
                     .bind(key)
                     .execute(&mut *tx)
@@ -835,7 +843,7 @@ macro_rules! sql_store {
                 write: &$crate::store::ReportWrite,
                 secrets_version: Option<i64>,
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<$crate::store::ReportDisposition> {
+            ) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
                 let mut tx = self.pool.begin().await?;
                 if let Some(version) = secrets_version {
                     // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest
@@ -906,24 +914,30 @@ macro_rules! sql_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                     tx.commit().await?;
-                    return Ok(match current {
-                        None => $crate::store::ReportDisposition::Unknown,
-                        Some(_) => $crate::store::ReportDisposition::Stale,
+                    return Ok($crate::store::ReportOutcome {
+                        disposition: match current {
+                            None => $crate::store::ReportDisposition::Unknown,
+                            Some(_) => $crate::store::ReportDisposition::Stale,
+                        },
+                        written_at: None,
                     });
                 }
-                sqlx::query::<$db>(
+                let written_at = sqlx::query_scalar::<$db, chrono::DateTime<chrono::Utc>>(
                     "UPDATE operations SET status = $1, end_time = $2, error = $3 \
-                     WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress'",
+                     WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress' RETURNING start_time",
                 )
                 .bind(operation_status)
                 .bind(at)
                 .bind(operation_error.as_ref().map(sqlx::types::Json))
                 .bind(resource_key)
                 .bind(generation)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok($crate::store::ReportDisposition::Recorded)
+                Ok($crate::store::ReportOutcome {
+                    disposition: $crate::store::ReportDisposition::Recorded,
+                    written_at,
+                })
             }
         }
 

@@ -9,6 +9,9 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::StoreResult;
+use super::dashboards::{
+    current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
+};
 use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -43,5 +46,29 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
     /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
     async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
         Ok(())
+    }
+});
+
+dashboards_store!(SqliteStore, sqlx::Sqlite, {
+    /// Adds the pending deltas to the rollups and marks them folded, in one transaction (the only writer).
+    async fn compact_rollups(&self) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut folded = 0;
+        for sql in [
+            "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
+         compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE NOT compacted \
+         GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
+         compliance_state, provisioning_state, reported) DO UPDATE SET instances = instances + excluded.instances",
+            "UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted",
+            "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, SUM(clusters) \
+         FROM cluster_deltas WHERE NOT compacted GROUP BY 1, 2, 3, 4 \
+         ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
+         DO UPDATE SET clusters = clusters + excluded.clusters",
+            "UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted",
+        ] {
+            folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(folded)
     }
 });

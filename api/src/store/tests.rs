@@ -442,7 +442,8 @@ async fn revision_case(backend: Backend) {
                 Utc::now(),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(outcome, super::ReportDisposition::Recorded);
         assert_eq!(
             revision(store.clone()).await,
@@ -514,7 +515,8 @@ async fn report_case(backend: Backend) {
         let stale = store
             .apply_report(c.id, "cfg", 1, key, &report, None, Utc::now())
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(stale, super::ReportDisposition::Stale);
         let now = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
         assert_eq!(
@@ -527,7 +529,8 @@ async fn report_case(backend: Backend) {
             let recorded = store
                 .apply_report(c.id, "cfg", 2, key, &report, None, Utc::now())
                 .await
-                .unwrap();
+                .unwrap()
+                .disposition;
             assert_eq!(
                 recorded,
                 super::ReportDisposition::Recorded,
@@ -552,7 +555,8 @@ async fn report_case(backend: Backend) {
         let refused = store
             .apply_report(c.id, "cfg", 2, key, &removed, None, Utc::now())
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(
             refused,
             super::ReportDisposition::Stale,
@@ -572,7 +576,8 @@ async fn report_case(backend: Backend) {
         let gone = store
             .apply_report(c.id, "cfg", 3, key, &removed, None, Utc::now())
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(gone, super::ReportDisposition::Recorded);
         assert!(store.get_configuration(c.id, "cfg").await.unwrap().is_none());
         assert_eq!(
@@ -582,7 +587,8 @@ async fn report_case(backend: Backend) {
         let unknown = store
             .apply_report(c.id, "cfg", 3, key, &report, None, Utc::now())
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(unknown, super::ReportDisposition::Unknown);
     })
     .await;
@@ -699,7 +705,8 @@ async fn sealed_secrets_case(backend: Backend) {
         let stale = store
             .apply_report(c.id, "cfg", 1, "sub/rg/c1/cfg", &report, Some(1), Utc::now())
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(stale, super::ReportDisposition::Stale);
         assert_eq!(undelivered(&store, c.id, "cfg").await, [2]);
         assert!(
@@ -913,7 +920,8 @@ async fn expiry_case(backend: Backend) {
         let late = store
             .apply_report(c.id, "pending", 1, "sub/rg/c1/pending", &report, None, Utc::now())
             .await
-            .unwrap();
+            .unwrap()
+            .disposition;
         assert_eq!(late, super::ReportDisposition::Stale);
     })
     .await;

@@ -26,11 +26,12 @@ use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
 use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
+use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::fleet::{FleetScope, cluster_ref, list_scopes, managed_write, parse_name, readable_scopes, wake};
 use crate::state::AppState;
-use crate::store::{AssignmentWrite, ClusterTags, ConfigurationRecord, PolicyAssignmentRecord};
+use crate::store::{AssignmentWrite, ClusterTags, ConfigurationRecord, HistorySubject, PolicyAssignmentRecord};
 
 const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
 const TYPE_NAME: &str = "policyAssignments";
@@ -55,6 +56,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(plan_at_resource_group))
         .routes(routes!(compliance_at_subscription))
         .routes(routes!(compliance_at_resource_group))
+        .routes(routes!(history_at_subscription))
+        .routes(routes!(history_at_resource_group))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -859,4 +862,79 @@ async fn compliance_at_resource_group(
 ) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
     let (scope, name) = path.target()?;
     compliance(&state, &caller, scope, name, &params, &base, version.version).await
+}
+
+async fn assignment_history(
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    query: &HistoryParams,
+    base: &BaseUrl,
+) -> ApiResult<Page<HistoryEntry>> {
+    let id = scope.resource_id(TYPE_NAME, &name);
+    caller.require(Role::Reader, &id)?;
+    let record = state
+        .store
+        .get_policy_assignment(&scope.key(&name))
+        .await?
+        .ok_or_else(|| not_found(&scope, &name))?;
+    let subject = HistorySubject::Assignment { id: record.arm_id() };
+    let path = format!("{id}/history");
+    history::page(state, subject, &id, false, query, base, &path).await
+}
+
+/// The history of a policy assignment of a subscription: the status transitions of the configurations it manages
+/// and the writes to it, in time order.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/history",
+    tag = "History",
+    operation_id = "PolicyAssignments_HistoryAtSubscription",
+    params(SubscriptionAssignmentPath, FleetApiVersionParam, HistoryParams),
+    responses(
+        (status = 200, description = "A page of the history", body = inline(Page<HistoryEntry>)),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn history_at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    base: BaseUrl,
+    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
+    ArmQuery(query): ArmQuery<HistoryParams>,
+) -> ApiResult<Json<Page<HistoryEntry>>> {
+    let (scope, name) = path.target()?;
+    assignment_history(&state, &caller, scope, name, &query, &base)
+        .await
+        .map(Json)
+}
+
+/// The history of a policy assignment of a resource group.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/history",
+    tag = "History",
+    operation_id = "PolicyAssignments_History",
+    params(ResourceGroupAssignmentPath, FleetApiVersionParam, HistoryParams),
+    responses(
+        (status = 200, description = "A page of the history", body = inline(Page<HistoryEntry>)),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn history_at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    base: BaseUrl,
+    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
+    ArmQuery(query): ArmQuery<HistoryParams>,
+) -> ApiResult<Json<Page<HistoryEntry>>> {
+    let (scope, name) = path.target()?;
+    assignment_history(&state, &caller, scope, name, &query, &base)
+        .await
+        .map(Json)
 }

@@ -1,0 +1,251 @@
+//! Live updates: a server-sent events stream of status transitions within the caller's scope, resumable with
+//! `Last-Event-ID`.
+//!
+//! One task per replica tails the status history (which every replica's writes append to, in the writing
+//! transaction) and fans it out to the streams. Ids are handed out before commit, so a transaction can commit
+//! after a later id is visible: the tail waits a moment at such a gap rather than skip past a transition that is
+//! about to appear. A resuming stream replays from the history up to where the tail is, then follows the tail;
+//! one that falls behind the fan-out replays what it missed the same way.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_core::Stream;
+use tokio::sync::broadcast;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::history::StatusEntry;
+use crate::arm::ApiVersion;
+use crate::arm::ArmPath;
+use crate::arm::api_version::Fleet;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::fleet::{FleetScope, readable_scopes};
+use crate::state::AppState;
+use crate::store::{ClusterScope, StatusRecord, Store};
+
+/// How often the tail looks for new transitions.
+const POLL: Duration = Duration::from_millis(200);
+/// How long the tail waits for a missing id to commit before it takes it for rolled back.
+const GAP_WAIT: Duration = Duration::from_secs(2);
+/// Rows read at once, by the tail and by a replay.
+const BATCH: i64 = 1000;
+
+/// The tail of the status history, fanned out to the streams of this replica.
+pub struct Feed {
+    sender: broadcast::Sender<Arc<StatusRecord>>,
+    /// The last id sent: every transition up to it has been sent or taken for rolled back.
+    cursor: AtomicI64,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(4096).0,
+            cursor: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Feed {
+    /// Tails the history until dropped.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut gap_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let cursor = self.cursor.load(Ordering::Acquire);
+            if cursor < 0 {
+                // start at the present: what happened before is the history's, for streams that resume
+                match store.latest_status_event().await {
+                    Ok(latest) => self.cursor.store(latest, Ordering::Release),
+                    Err(err) => tracing::warn!(error = %err, "reading the status history failed; will retry"),
+                }
+                continue;
+            }
+            let rows = match store.status_events(None, cursor, BATCH).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(error = %err, "tailing the status history failed; will retry");
+                    continue;
+                }
+            };
+            let mut cursor = cursor;
+            for row in rows {
+                if row.id != cursor + 1 {
+                    let since = *gap_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < GAP_WAIT {
+                        break;
+                    }
+                }
+                gap_since = None;
+                cursor = row.id;
+                self.cursor.store(cursor, Ordering::Release);
+                // no stream listening is not an error
+                let _ = self.sender.send(Arc::new(row));
+            }
+        }
+    }
+}
+
+/// Streams the status transitions of a subscription's clusters (those of the resource groups the caller may read,
+/// if it may not read the whole subscription). Each event is `status`, its data a history status entry, its id
+/// what `Last-Event-ID` resumes after.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/events",
+    tag = "Events",
+    operation_id = "Events_StreamAtSubscription",
+    params(SubscriptionScopePath, FleetApiVersionParam, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "A text/event-stream of `status` events whose data is a StatusEntry", content_type = "text/event-stream", body = StatusEntry),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn at_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<SubscriptionScopePath>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let scope = FleetScope::parse(path.subscription(), None)?;
+    open(state, &caller, &scope, &headers).await
+}
+
+/// Streams the status transitions of a resource group's clusters.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/events",
+    tag = "Events",
+    operation_id = "Events_Stream",
+    params(ResourceGroupScopePath, FleetApiVersionParam, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "A text/event-stream of `status` events whose data is a StatusEntry", content_type = "text/event-stream", body = StatusEntry),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn at_resource_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(path): ArmPath<ResourceGroupScopePath>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let (subscription, resource_group) = path.scope();
+    let scope = FleetScope::parse(subscription, Some(resource_group))?;
+    open(state, &caller, &scope, &headers).await
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(at_subscription))
+        .routes(routes!(at_resource_group))
+}
+
+/// Whether a transition is in one of the scopes.
+fn within(scopes: &[ClusterScope], row: &StatusRecord) -> bool {
+    scopes.iter().any(|scope| {
+        let (subscription, group) = scope.keys();
+        row.subscription_key == subscription && (group.is_empty() || row.resource_group_key == group)
+    })
+}
+
+fn event(row: StatusRecord) -> Event {
+    let id = row.id.to_string();
+    Event::default()
+        .id(id)
+        .event("status")
+        .json_data(StatusEntry::from_record(row))
+        .expect("a status entry serialises")
+}
+
+async fn open(
+    state: AppState,
+    caller: &Caller,
+    scope: &FleetScope,
+    headers: &HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>> {
+    let scopes = readable_scopes(caller, scope)?;
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "Last-Event-ID is not an event id of this stream"))?,
+        ),
+    };
+    let feed = state.feed.clone();
+    // subscribe before reading the cursor: whatever the tail sends after this is either replayed or received
+    let mut live = feed.sender.subscribe();
+    let store = state.store.clone();
+    let mut position = match resume {
+        Some(id) => id,
+        None => match feed.cursor.load(Ordering::Acquire) {
+            cursor if cursor >= 0 => cursor,
+            _ => store.latest_status_event().await?,
+        },
+    };
+    let notifier = state.notifier.clone();
+    let stream = async_stream::stream! {
+        loop {
+            // replay from the history up to the tail, in batches; `position` is the last id handled
+            let upto = feed.cursor.load(Ordering::Acquire);
+            while position < upto {
+                let mut rows = Vec::new();
+                for readable in &scopes {
+                    match store.status_events(Some(readable), position, BATCH).await {
+                        Ok(found) => rows.extend(found),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "replaying the status history failed");
+                            return;
+                        }
+                    }
+                }
+                rows.sort_by_key(|row| row.id);
+                rows.retain(|row| row.id <= upto);
+                rows.truncate(BATCH as usize);
+                let Some(last) = rows.last().map(|row| row.id) else {
+                    break;
+                };
+                for row in rows {
+                    yield Ok(event(row));
+                }
+                position = last;
+            }
+            position = position.max(upto);
+            loop {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    () = notifier.closed() => return,
+                };
+                match received {
+                    Ok(row) => {
+                        if row.id <= position {
+                            continue;
+                        }
+                        position = row.id;
+                        if within(&scopes, &row) {
+                            yield Ok(event(StatusRecord::clone(&row)));
+                        }
+                    }
+                    // too slow for the fan-out: replay what was missed from the history
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,44 @@
+//! The dashboards' moving parts: the rollups folded and the history pruned on a schedule, the history and its
+//! recording, the live stream of status changes, and the web UI. The summary and the grid they draw live with
+//! the fleet (`fleet::summary`, `fleet::cluster_compliance`).
+
+pub mod events;
+pub mod history;
+pub mod ui;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::store::Store;
+
+/// How often the deltas are folded into the rollups: a summary reads the deltas of at most this long.
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
+
+/// Folds the rollups every second and drops the history older than `retention` every `prune_every`, until
+/// dropped. Safe on every replica at once (each delta is folded once, each row deleted once).
+pub async fn maintain(store: Arc<dyn Store>, retention: Duration, prune_every: Duration) {
+    let mut ticks = tokio::time::interval(COMPACT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_pruned: Option<tokio::time::Instant> = None;
+    loop {
+        ticks.tick().await;
+        if let Err(err) = store.compact_rollups().await {
+            tracing::warn!(error = %err, "folding the summary's deltas failed; will retry");
+        }
+        if last_pruned.is_none_or(|at| at.elapsed() >= prune_every) {
+            last_pruned = Some(tokio::time::Instant::now());
+            let now = Utc::now();
+            let before = chrono::Duration::from_std(retention)
+                .ok()
+                .and_then(|r| now.checked_sub_signed(r))
+                .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+            match store.prune_history(before).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, %before, "pruned the history"),
+                Err(err) => tracing::warn!(error = %err, "pruning the history failed; will retry"),
+            }
+        }
+    }
+}

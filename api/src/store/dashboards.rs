@@ -1,0 +1,338 @@
+//! The SQL of the dashboards, shared by both engines: the summary's rollups (kept by the triggers of migration
+//! `0010`/`0009`), the status and write history, and the fleet-wide gauges. Folding deltas into the rollups is
+//! each engine's own (see `compact_rollups` in `postgres.rs` and `sqlite.rs`).
+
+/// The columns of `status_history`, in `StatusRecord`'s order.
+macro_rules! status_columns {
+    () => {
+        "id, at, cluster_path, subscription_key, resource_group_key, name, policy_assignment, event, generation, \
+         reported_generation, compliance_state, provisioning_state, commit_id, message"
+    };
+}
+
+/// The columns of `write_history`, in `WriteRecord`'s order.
+macro_rules! write_columns {
+    () => {
+        "id, at, subscription_key, resource_key, resource_id, actor, action, status_code, request_id"
+    };
+}
+
+/// The scope condition on a table with `subscription_key` and `resource_group_key`, bound to `$1` and `$2`.
+macro_rules! in_scope {
+    () => {
+        "subscription_key = $1 AND ($2 = '' OR resource_group_key = $2)"
+    };
+}
+
+/// The instance counts: the rollups plus the deltas not yet folded into them.
+macro_rules! current_instances {
+    () => {
+        concat!(
+            "SELECT policy_assignment, compliance_state, provisioning_state, reported, instances \
+             FROM instance_rollups WHERE ",
+            in_scope!(),
+            " UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, instances \
+             FROM instance_deltas WHERE NOT compacted AND ",
+            in_scope!()
+        )
+    };
+}
+
+macro_rules! current_clusters {
+    () => {
+        concat!(
+            "SELECT dimension, value, clusters FROM cluster_rollups WHERE ",
+            in_scope!(),
+            " UNION ALL SELECT dimension, value, clusters FROM cluster_deltas WHERE NOT compacted AND ",
+            in_scope!()
+        )
+    };
+}
+
+/// Implements `Dashboards` for `$store` over `$db`; `$extra` holds the methods the engine implements its own way.
+macro_rules! dashboards_store {
+    ($store:ty, $db:ty, { $($extra:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Dashboards for $store {
+        $($extra)*
+
+        async fn rollup(
+            &self,
+            scope: &$crate::store::ClusterScope,
+            as_of: Option<chrono::DateTime<chrono::Utc>>,
+        ) -> $crate::store::StoreResult<$crate::store::Rollup> {
+            let (subscription_key, resource_group_key) = scope.keys();
+            // The past is the present minus what changed since: the deltas written after `as_of`. Two statements
+            // rather than one with an optional bound, so that the current summary never plans a scan of history.
+            let (instances_sql, clusters_sql) = match as_of {
+                None => (
+                    concat!(
+                        "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
+                         CAST(SUM(instances) AS BIGINT) AS instances FROM (",
+                        current_instances!(),
+                        ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
+                    ),
+                    concat!(
+                        "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
+                        current_clusters!(),
+                        ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
+                    ),
+                ),
+                Some(_) => (
+                    concat!(
+                        "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
+                         CAST(SUM(instances) AS BIGINT) AS instances FROM (",
+                        current_instances!(),
+                        " UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, \
+                         -instances FROM instance_deltas WHERE at > $3 AND ",
+                        in_scope!(),
+                        ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
+                    ),
+                    concat!(
+                        "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
+                        current_clusters!(),
+                        " UNION ALL SELECT dimension, value, -clusters FROM cluster_deltas WHERE at > $3 AND ",
+                        in_scope!(),
+                        ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
+                    ),
+                ),
+            };
+            let instances = sqlx::query_as::<$db, $crate::store::InstanceCount>(instances_sql)
+                .bind(subscription_key)
+                .bind(resource_group_key)
+                .bind(as_of)
+                .fetch_all(&self.pool)
+                .await?;
+            let clusters = sqlx::query_as::<$db, $crate::store::ClusterCount>(clusters_sql)
+                .bind(subscription_key)
+                .bind(resource_group_key)
+                .bind(as_of)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok($crate::store::Rollup { instances, clusters })
+        }
+
+        async fn unheard_counts(
+            &self,
+            scope: &$crate::store::ClusterScope,
+            heard_since: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::UnheardCount>> {
+            let (subscription_key, resource_group_key) = scope.keys();
+            // a scan of the scope's clusters (an index on the time would cost every heartbeat its heap-only update),
+            // then the configurations of the few that are not connected
+            Ok(sqlx::query_as::<$db, $crate::store::UnheardCount>(
+                "SELECT f.cluster_id, c.connectivity_status, c.last_connectivity_time, \
+                 COALESCE(f.managed_by_id, '') AS policy_assignment, f.compliance_state, f.provisioning_state, \
+                 COALESCE(f.reported_generation = f.generation, FALSE) AS reported, COUNT(*) AS count \
+                 FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
+                 WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+                 AND (c.connectivity_status <> 'Connected' OR c.last_connectivity_time IS NULL \
+                      OR c.last_connectivity_time < $3) \
+                 GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7",
+            )
+            .bind(subscription_key)
+            .bind(resource_group_key)
+            .bind(heard_since)
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn prune_history(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
+            let mut pruned = 0;
+            for sql in [
+                "DELETE FROM instance_deltas WHERE compacted AND at < $1",
+                "DELETE FROM cluster_deltas WHERE compacted AND at < $1",
+                "DELETE FROM status_history WHERE at < $1",
+                "DELETE FROM write_history WHERE at < $1",
+            ] {
+                pruned += sqlx::query::<$db>(sql)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+            Ok(pruned)
+        }
+
+        async fn record_write(&self, write: &$crate::store::WriteRecord) -> $crate::store::StoreResult<()> {
+            sqlx::query::<$db>(
+                "INSERT INTO write_history (subscription_key, resource_key, resource_id, actor, action, status_code, \
+                 request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&write.subscription_key)
+            .bind(&write.resource_key)
+            .bind(&write.resource_id)
+            .bind(&write.actor)
+            .bind(&write.action)
+            .bind(write.status_code)
+            .bind(&write.request_id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn history(
+            &self,
+            query: &$crate::store::HistoryQuery,
+        ) -> $crate::store::StoreResult<(Vec<$crate::store::StatusRecord>, Vec<$crate::store::WriteRecord>)> {
+            // one statement per subject, each answered by its own index
+            let status = match &query.subject {
+                $crate::store::HistorySubject::Configuration { cluster_id, name } => {
+                    let sql = concat!(
+                        "SELECT ",
+                        status_columns!(),
+                        " FROM status_history WHERE cluster_id = $1 AND name = $2 \
+                         AND at >= $3 AND at < $4 AND id > $5 ORDER BY id LIMIT $6"
+                    );
+                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                        .bind(cluster_id)
+                        .bind(name)
+                }
+                $crate::store::HistorySubject::Cluster { cluster_id } => {
+                    let sql = concat!(
+                        "SELECT ",
+                        status_columns!(),
+                        " FROM status_history WHERE cluster_id = $1 AND $2 = '' \
+                         AND at >= $3 AND at < $4 AND id > $5 ORDER BY id LIMIT $6"
+                    );
+                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                        .bind(cluster_id)
+                        .bind("")
+                }
+                $crate::store::HistorySubject::Assignment { id } => {
+                    let sql = concat!(
+                        "SELECT ",
+                        status_columns!(),
+                        " FROM status_history WHERE policy_assignment = $1 AND $2 = '' \
+                         AND at >= $3 AND at < $4 AND id > $5 ORDER BY id LIMIT $6"
+                    );
+                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                        .bind(id)
+                        .bind("")
+                }
+            }
+            .bind(query.from)
+            .bind(query.to)
+            .bind(query.after_status)
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?;
+            // a resource's writes, and with `below` those of everything under it: the keys in ["{key}/", "{key}0")
+            // ('0' follows '/'); without it the range is empty
+            let (low, high) = if query.below {
+                (format!("{}/", query.resource_key), format!("{}0", query.resource_key))
+            } else {
+                (String::new(), String::new())
+            };
+            let sql = concat!(
+                "SELECT ",
+                write_columns!(),
+                " FROM write_history WHERE (resource_key = $1 OR (resource_key >= $2 AND resource_key < $3)) \
+                 AND at >= $4 AND at < $5 AND id > $6 ORDER BY id LIMIT $7"
+            );
+            let writes = sqlx::query_as::<$db, $crate::store::WriteRecord>(sql)
+                .bind(&query.resource_key)
+                .bind(low)
+                .bind(high)
+                .bind(query.from)
+                .bind(query.to)
+                .bind(query.after_write)
+                .bind(query.limit)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok((status, writes))
+        }
+
+        async fn configuration_states(
+            &self,
+            scope: &$crate::store::ClusterScope,
+            first: &str,
+            last: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::ConfigurationState>> {
+            let (subscription_key, resource_group_key) = scope.keys();
+            Ok(sqlx::query_as::<$db, $crate::store::ConfigurationState>(
+                "SELECT f.cluster_id, f.name, f.compliance_state, f.provisioning_state, \
+                 COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
+                 COALESCE(f.managed_by_id, '') AS policy_assignment \
+                 FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
+                 WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+                 AND c.key >= $3 AND c.key <= $4 ORDER BY c.key, f.name",
+            )
+            .bind(subscription_key)
+            .bind(resource_group_key)
+            .bind(first)
+            .bind(last)
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn latest_status_event(&self) -> $crate::store::StoreResult<i64> {
+            Ok(
+                sqlx::query_scalar::<$db, i64>("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM status_history")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        }
+
+        async fn status_events(
+            &self,
+            scope: Option<&$crate::store::ClusterScope>,
+            after: i64,
+            limit: i64,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::StatusRecord>> {
+            Ok(match scope {
+                Some(scope) => {
+                    let (subscription_key, resource_group_key) = scope.keys();
+                    let sql = concat!(
+                        "SELECT ",
+                        status_columns!(),
+                        " FROM status_history WHERE ",
+                        in_scope!(),
+                        " AND id > $3 ORDER BY id LIMIT $4"
+                    );
+                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                        .bind(subscription_key)
+                        .bind(resource_group_key)
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+                None => {
+                    let sql = concat!("SELECT ", status_columns!(), " FROM status_history WHERE id > $1 ORDER BY id LIMIT $2");
+                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            })
+        }
+
+        async fn fleet_gauges(
+            &self,
+            heard_since: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::StoreResult<$crate::store::FleetGauges> {
+            let instances = sqlx::query_as::<$db, (String, String, i64)>(
+                "SELECT compliance_state, provisioning_state, CAST(SUM(instances) AS BIGINT) FROM ( \
+                 SELECT compliance_state, provisioning_state, instances FROM instance_rollups \
+                 UNION ALL SELECT compliance_state, provisioning_state, instances FROM instance_deltas \
+                 WHERE NOT compacted) t GROUP BY 1, 2 HAVING SUM(instances) <> 0",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let clusters = sqlx::query_as::<$db, (String, bool, i64)>(
+                "SELECT connectivity_status, \
+                 (last_connectivity_time IS NOT NULL AND last_connectivity_time >= $1) AS heard, COUNT(*) \
+                 FROM clusters GROUP BY 1, 2",
+            )
+            .bind(heard_since)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok($crate::store::FleetGauges { instances, clusters })
+        }
+        }
+    };
+}
+
+pub(super) use {current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns};
