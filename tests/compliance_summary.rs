@@ -29,61 +29,6 @@ fn summary_url(api: &Api, scope: &str, query: &[(&str, &str)]) -> String {
     url.into()
 }
 
-/// A cluster with an agent (registered through the real registration) in `s/rg-a`, tagged.
-async fn agent_cluster(api: &Api, name: &str, env: &str, dir: &std::path::Path) -> ControlPlane {
-    let registration = Registration {
-        server: api.server.base.clone(),
-        user_token: api.token.clone(),
-        cluster_id: cluster_path("s", "rg-a", name),
-        tags: BTreeMap::from([("env".to_owned(), env.to_owned())]),
-        location: Some("westeurope".into()),
-    };
-    let identity = register(&registration, &dir.join(format!("{name}.json")))
-        .await
-        .unwrap();
-    ControlPlane::new(identity).unwrap()
-}
-
-/// Reports every configuration the agent holds: `failing` ones Failed and Non-Compliant, the rest Applied and
-/// Compliant; `skip` ones not at all.
-async fn report(agent: &ControlPlane, failing: &[&str], skip: &[&str]) {
-    let desired = agent.desired_state(None, Duration::ZERO).await.unwrap();
-    let configurations = desired
-        .configurations
-        .iter()
-        .filter(|c| !skip.contains(&c.name.as_str()))
-        .map(|c| {
-            let fails = failing.contains(&c.name.as_str());
-            ConfigurationReport {
-                name: c.name.clone(),
-                generation: c.generation,
-                outcome: if fails {
-                    ApplyOutcome::Failed
-                } else {
-                    ApplyOutcome::Applied
-                },
-                compliance_state: if fails {
-                    ComplianceState::NonCompliant
-                } else {
-                    ComplianceState::Compliant
-                },
-                message: fails.then(|| "the branch is missing".into()),
-                statuses: Vec::new(),
-                source_synced_commit_id: None,
-                source_updated_at: None,
-                secrets_version: None,
-            }
-        })
-        .collect();
-    agent
-        .report(&StatusReport {
-            agent: Default::default(),
-            configurations,
-        })
-        .await
-        .unwrap();
-}
-
 /// One configuration instance as the ordinary lists answer it: the ground truth.
 #[derive(Debug, Clone)]
 struct Instance {
@@ -175,7 +120,7 @@ async fn summary_case(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut agents = Vec::new();
     for (i, env) in ["prod", "prod", "dev", "prod"].iter().enumerate() {
-        agents.push(agent_cluster(&api, &format!("a{i}"), env, dir.path()).await);
+        agents.push(reports::agent_cluster(&api, &format!("a{i}"), env, dir.path()).await);
     }
     // clusters whose agents never call: their configurations are offline
     for name in ["b0", "b1"] {
@@ -193,9 +138,9 @@ async fn summary_case(backend: Backend) {
             }
         }
     }
-    report(&agents[0], &[], &[]).await;
-    report(&agents[1], &["base"], &[]).await;
-    report(&agents[2], &[], &["extra"]).await;
+    reports::report(&agents[0], &[], &[]).await;
+    reports::report(&agents[1], &["base"], &[]).await;
+    reports::report(&agents[2], &[], &["extra"]).await;
     // a3 never reports: connected (its registration was no heartbeat, but the poll below is) and stale
     agents[3].desired_state(None, Duration::ZERO).await.unwrap();
 

@@ -170,3 +170,4 @@ pub fn assert_contains(actual: &Value, expected: &Value, at: &str) {
 
 pub mod agents;
 pub mod git;
+pub mod reports;

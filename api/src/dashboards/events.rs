@@ -5,7 +5,7 @@
 //! transaction) and fans it out to the streams. Ids are handed out before commit, so a transaction can commit
 //! after a later id is visible: the tail waits a moment at such a gap rather than skip past a transition that is
 //! about to appear. A resuming stream replays from the history up to where the tail is, then follows the tail;
-//! one that falls behind the fan-out replays what it missed the same way.
+//! one that falls behind the fan-out, or sees an id skipped, replays what it missed the same way.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -58,8 +58,11 @@ impl Feed {
     /// Tails the history until dropped.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut gap_since: Option<Instant> = None;
+        let mut first = true;
         loop {
-            tokio::time::sleep(POLL).await;
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(POLL).await;
+            }
             let cursor = self.cursor.load(Ordering::Acquire);
             if cursor < 0 {
                 // start at the present: what happened before is the history's, for streams that resume
@@ -234,6 +237,11 @@ async fn open(
                     Ok(row) => {
                         if row.id <= position {
                             continue;
+                        }
+                        // every id reaches every stream; one skipped (the tail started past it, or it was rolled
+                        // back) is looked for in the history, this one with it
+                        if row.id > position + 1 {
+                            break;
                         }
                         position = row.id;
                         if within(&scopes, &row) {

@@ -231,7 +231,8 @@ pub async fn page(
         to: range.to,
         after_status: range.cursor.status,
         after_write: range.cursor.write,
-        limit: range.top,
+        // one more of each than a page holds: whether another page follows
+        limit: range.top + 1,
     };
     let (status, writes) = state.store.history(&query).await?;
     let more = status.len() + writes.len() > range.top as usize;

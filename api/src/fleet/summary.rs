@@ -74,9 +74,10 @@ pub struct SummaryParams {
     policy_assignment: Option<String>,
     /// Only configurations in this compliance state.
     compliance_state: Option<String>,
-    /// The summary as it was at this time (RFC 3339), within the history's retention. Freshness then counts what
-    /// agents had reported (agent silence is not history: nothing is offline), and only the unfiltered groupings
-    /// by complianceState, provisioningState, freshness and policyAssignment are available.
+    /// The summary as it was at this time (RFC 3339), within the history's retention; now or later answers the
+    /// current summary. Freshness then counts what agents had reported (agent silence is not history: nothing is
+    /// offline), and only the unfiltered groupings by complianceState, provisioningState, freshness and
+    /// policyAssignment are available.
     as_of: Option<String>,
 }
 
@@ -210,7 +211,8 @@ fn check(params: &SummaryParams, retention: std::time::Duration) -> ApiResult<Re
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         match DateTime::parse_from_rfc3339(text) {
             Err(_) => problems.add("asOf", format!("'{text}' is not an RFC 3339 time")),
-            Ok(at) if at > now => problems.add("asOf", format!("'{text}' is in the future")),
+            // now or later (a client's clock may run ahead): the current summary
+            Ok(at) if at >= now => {}
             Ok(at) if at < kept_since => problems.add(
                 "asOf",
                 format!(

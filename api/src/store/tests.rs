@@ -958,3 +958,117 @@ async fn replicas_sweeping_at_once_expire_each_row_once() {
     })
     .await;
 }
+
+/// The rollups' counts of the subscription `sub`, and the same counted from the configurations themselves.
+async fn rollups_and_truth(store: &Arc<dyn Store>) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let scope = super::ClusterScope::Subscription {
+        subscription_key: "sub".to_owned(),
+    };
+    let mut rolled = BTreeMap::new();
+    let rollup = store.rollup(&scope, None).await.unwrap();
+    for row in rollup.instances {
+        let key = format!(
+            "{}|{}|{}|{}",
+            row.policy_assignment, row.compliance_state, row.provisioning_state, row.reported
+        );
+        *rolled.entry(key).or_default() += row.instances;
+    }
+    for row in rollup.clusters {
+        *rolled
+            .entry(format!("clusters {}={}", row.dimension, row.value))
+            .or_default() += row.clusters;
+    }
+    let query = super::StateCountQuery {
+        by_assignment: true,
+        ..Default::default()
+    };
+    let mut truth = BTreeMap::new();
+    let mut clusters: BTreeMap<String, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    for row in store.state_counts(&scope, &query).await.unwrap() {
+        let key = format!(
+            "{}|{}|{}|{}",
+            row.managed_by_id, row.compliance_state, row.provisioning_state, row.reported
+        );
+        *truth.entry(key).or_default() += row.count;
+        let freshness = if row.reported { "fresh" } else { "stale" };
+        for (dimension, value) in [
+            ("all", ""),
+            ("complianceState", row.compliance_state.as_str()),
+            ("provisioningState", row.provisioning_state.as_str()),
+            ("policyAssignment", row.managed_by_id.as_str()),
+            ("freshness", freshness),
+        ] {
+            clusters
+                .entry(format!("clusters {dimension}={value}"))
+                .or_default()
+                .insert(row.cluster_id);
+        }
+    }
+    truth.extend(clusters.into_iter().map(|(k, ids)| (k, ids.len() as i64)));
+    (rolled, truth)
+}
+
+on_both_backends!(
+    the_rollups_count_what_the_configurations_say_through_writes_reports_and_deletions,
+    rollup_case
+);
+async fn rollup_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let mut clusters = Vec::new();
+        for name in ["c1", "c2", "c3"] {
+            let c = registered(&store, name).await;
+            for cfg in ["a", "b"] {
+                let write = store
+                    .insert_configuration(
+                        &configuration(c.id, cfg),
+                        &SecretsWrite::Keep,
+                        &operation(&format!("sub/rg/{name}/{cfg}"), 1),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(write, Write::Written);
+            }
+            clusters.push(c);
+        }
+        let same = |(rolled, truth): (BTreeMap<String, i64>, BTreeMap<String, i64>), when: &str| {
+            assert_eq!(rolled, truth, "{when}");
+        };
+        same(rollups_and_truth(&store).await, "created, deltas pending");
+        for (c, state) in [
+            (&clusters[0], ComplianceState::Compliant),
+            (&clusters[1], ComplianceState::NonCompliant),
+        ] {
+            let key = format!("{}/a", c.key);
+            let outcome = store
+                .apply_report(c.id, "a", 1, &key, &applied(state), None, Utc::now())
+                .await
+                .unwrap();
+            assert_eq!(outcome.disposition, super::ReportDisposition::Recorded);
+            assert!(
+                outcome.written_at.is_some(),
+                "the first report on a write ends its operation"
+            );
+        }
+        same(rollups_and_truth(&store).await, "reported");
+        store.compact_rollups().await.unwrap();
+        same(rollups_and_truth(&store).await, "compacted");
+        assert!(store.delete_cluster(&clusters[1].key).await.unwrap());
+        assert!(
+            store
+                .delete_configuration(clusters[0].id, "b", "sub/rg/c1/b")
+                .await
+                .unwrap()
+        );
+        same(rollups_and_truth(&store).await, "deleted, deltas pending");
+        store.compact_rollups().await.unwrap();
+        let (rolled, truth) = rollups_and_truth(&store).await;
+        assert_eq!(rolled, truth, "deleted and compacted");
+        assert!(
+            !rolled.contains_key("clusters complianceState=Non-Compliant"),
+            "{rolled:?}"
+        );
+        assert_eq!(truth["clusters all="], 2);
+    })
+    .await;
+}
