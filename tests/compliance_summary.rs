@@ -7,10 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use fluxplane_agent::client::ControlPlane;
-use fluxplane_agent::register::{Registration, register};
-use fluxplane_agent_protocol::agent::{ApplyOutcome, ConfigurationReport, StatusReport};
-use fluxplane_agent_protocol::flux::ComplianceState;
 use fluxplane_api::auth::Role;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
