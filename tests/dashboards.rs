@@ -335,18 +335,20 @@ async fn events(response: &mut reqwest::Response, wanted: usize) -> Vec<(String,
     found
 }
 
-async fn stream(api: &Api, token: &str, scope: &str, last_event_id: Option<&str>) -> reqwest::Response {
-    let mut request = api
-        .client
-        .get(api.url(&with_fleet_version(
-            &format!("{scope}/providers/Fluxplane.Fleet/events"),
-            &[],
-        )))
-        .bearer_auth(token);
-    if let Some(id) = last_event_id {
-        request = request.header("Last-Event-ID", id);
+fn stream_request(api: &Api, token: &str, scope: &str, last_event_id: Option<&str>) -> reqwest::RequestBuilder {
+    let url = api.url(&with_fleet_version(
+        &format!("{scope}/providers/Fluxplane.Fleet/events"),
+        &[],
+    ));
+    let request = api.client.get(url).bearer_auth(token);
+    match last_event_id {
+        Some(id) => request.header("Last-Event-ID", id),
+        None => request,
     }
-    let response = request.send().await.unwrap();
+}
+
+async fn stream(api: &Api, token: &str, scope: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let response = stream_request(api, token, scope, last_event_id).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         response.headers()["content-type"]
@@ -412,28 +414,11 @@ async fn stream_case(backend: Backend) {
     assert!(quiet.is_err(), "no event for another resource group: {quiet:?}");
 
     let bad = api
-        .raw(
-            api.client
-                .get(api.url(&with_fleet_version(
-                    &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/events"),
-                    &[],
-                )))
-                .bearer_auth(&api.token)
-                .header("Last-Event-ID", "yesterday"),
-        )
+        .raw(stream_request(&api, &api.token, SUBSCRIPTION, Some("yesterday")))
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
     let stranger = api.server.token("stranger", &[(Role::Reader, "/subscriptions/other")]);
-    let refused = api
-        .raw(
-            api.client
-                .get(api.url(&with_fleet_version(
-                    &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/events"),
-                    &[],
-                )))
-                .bearer_auth(&stranger),
-        )
-        .await;
+    let refused = api.raw(stream_request(&api, &stranger, SUBSCRIPTION, None)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
 }
 

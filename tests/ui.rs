@@ -3,86 +3,21 @@
 //! the API, drills down to a failing configuration and to an applied one's objects, watches a live update arrive,
 //! and checks the empty state. The screenshots it takes are the README's (`docs/screenshots/`).
 //!
-//! Without chromedriver the test is skipped, except under `CI=true`, where `.ci/run` installs it.
+//! Without chromedriver the test is skipped, except under `CI=true`, where `scripts/test` installs it.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::agents::{RunningAgent, config_body, registered, served_repository, until};
 use common::reports::{agent_cluster, report};
 use common::*;
-use fantoccini::{Client, ClientBuilder, Locator};
-use fluxplane_api::testing::Backend;
-use serde_json::{Value, json};
+use fantoccini::{Client, Locator};
+use fluxplane_api::testing::{Backend, Browser};
+use serde_json::Value;
 
 const SUBSCRIPTION: &str = "s";
-
-/// chromedriver and the browser it drives, stopped when dropped.
-struct Browser {
-    client: Client,
-    driver: Child,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn find(candidates: &[&str]) -> Option<PathBuf> {
-    candidates.iter().map(PathBuf::from).find(|p| p.exists())
-}
-
-/// Starts chromedriver and a headless Chromium; `None` (the test skipped) where they are not installed, which
-/// `CI=true` does not allow.
-async fn browser() -> Option<Browser> {
-    let driver = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]);
-    let chromium = find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
-    let (Some(driver), Some(chromium)) = (driver, chromium) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true needs Debian's chromium and chromium-driver (.ci/run installs them)"
-        );
-        eprintln!("skipped: no chromium or chromedriver (apt-get install chromium chromium-driver)");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let driver = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting chromedriver");
-    let capabilities = json!({
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", "--force-device-scale-factor=1"]
-        }
-    });
-    let capabilities = capabilities.as_object().unwrap().clone();
-    let mut last_error = None;
-    for _ in 0..50 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-        {
-            Ok(client) => return Some(Browser { client, driver }),
-            Err(err) => last_error = Some(err),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not start a session: {last_error:?}");
-}
 
 /// Waits up to 20 s for the script to return true.
 async fn wait_for(client: &Client, what: &str, script: &str) {
@@ -108,6 +43,35 @@ async fn count(client: &Client, test_id: &str) -> i64 {
         .split_whitespace()
         .find_map(|word| word.parse().ok())
         .unwrap_or_else(|| panic!("no number on the card {test_id}: {shown:?}"))
+}
+
+/// Clicks the cell and waits for the drill-down panel to show `expected`.
+async fn drill_down(client: &Client, cell: &str, expected: &str) {
+    client.find(Locator::Css(cell)).await.unwrap().click().await.unwrap();
+    wait_for(
+        client,
+        &format!("the drill-down of {cell} showing '{expected}'"),
+        &format!(
+            "const p = document.querySelector(\"[data-testid='drilldown']\"); \
+             return !!p && p.getClientRects().length > 0 && p.textContent.includes('{expected}')"
+        ),
+    )
+    .await;
+}
+
+/// Presses Escape where the focus is and waits for the drill-down panel to close.
+async fn close_with_escape(client: &Client) {
+    let focused = client.active_element().await.unwrap();
+    focused
+        .send_keys(&fantoccini::key::Key::Escape.to_string())
+        .await
+        .unwrap();
+    wait_for(
+        client,
+        "Escape to close the drill-down",
+        "const p = document.querySelector(\"[data-testid='drilldown']\"); return !p || p.getClientRects().length === 0",
+    )
+    .await;
 }
 
 async fn screenshot(client: &Client, name: &str) {
@@ -141,7 +105,7 @@ async fn sign_in(client: &Client, token: &str, subscription: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_web_ui_shows_the_fleet_drills_down_and_updates_live() {
-    let Some(browser) = browser().await else { return };
+    let Some(browser) = Browser::start().await else { return };
     let client = &browser.client;
     let api = Api::start(Backend::Sqlite).await.expect("the embedded store");
     let dir = tempfile::tempdir().unwrap();
@@ -215,56 +179,17 @@ async fn the_web_ui_shows_the_fleet_drills_down_and_updates_live() {
     screenshot(client, "overview.png").await;
 
     // drill-down: the failing configuration's error, then an applied one's objects and conditions
-    client
-        .find(Locator::Css(failing_cell))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(
-        client,
-        "the drill-down with the error",
-        "const p = document.querySelector(\"[data-testid='drilldown']\"); \
-         return !!p && p.getClientRects().length > 0 && p.textContent.includes('the branch is missing')",
-    )
-    .await;
+    drill_down(client, failing_cell, "the branch is missing").await;
     screenshot(client, "drilldown.png").await;
-    client
-        .active_element()
-        .await
-        .unwrap()
-        .send_keys(&fantoccini::key::Key::Escape.to_string())
-        .await
-        .unwrap();
-    wait_for(
+    close_with_escape(client).await;
+    drill_down(
         client,
-        "Escape to close the drill-down",
-        "const p = document.querySelector(\"[data-testid='drilldown']\"); return !p || p.getClientRects().length === 0",
-    )
-    .await;
-    client
-        .find(Locator::Css("[data-cluster='edge-1'][data-configuration='platform']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(
-        client,
-        "the applied configuration's objects",
-        "const p = document.querySelector(\"[data-testid='drilldown']\"); \
-         return !!p && p.getClientRects().length > 0 && p.textContent.includes('Kustomization')",
+        "[data-cluster='edge-1'][data-configuration='platform']",
+        "Kustomization",
     )
     .await;
     screenshot(client, "objects.png").await;
-    client
-        .active_element()
-        .await
-        .unwrap()
-        .send_keys(&fantoccini::key::Key::Escape.to_string())
-        .await
-        .unwrap();
+    close_with_escape(client).await;
 
     // a live update: the failing cluster recovers; the cell and the counts follow without a reload
     wait_for(

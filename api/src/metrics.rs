@@ -197,3 +197,91 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .observe(started.elapsed().as_secs_f64());
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `fluxplane_*` name the Grafana dashboards query, without histogram and counter suffixes.
+    fn queried_by_dashboards() -> std::collections::BTreeSet<String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana");
+        let mut names = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).expect("deploy/grafana") {
+            let path = entry.expect("an entry").path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("a dashboard");
+            for (at, _) in text.match_indices("fluxplane_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                names.insert(base.to_owned());
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboards_query_only_metrics_the_server_exports() {
+        let metrics = Metrics::default();
+        metrics.set_fleet(&FleetGauges {
+            instances: vec![("Compliant".into(), "Succeeded".into(), 3)],
+            clusters: vec![("Connected".into(), false, 2)],
+        });
+        metrics.agent_report("Recorded");
+        // a family with labels shows once it has a series
+        let route = || RouteLabels {
+            method: "GET".into(),
+            route: "/healthz".into(),
+        };
+        metrics.latency.get_or_create(&route()).observe(0.001);
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method: "GET".into(),
+                route: "/healthz".into(),
+                status: 200,
+            })
+            .inc();
+        let exported = metrics.render();
+        let queried = queried_by_dashboards();
+        assert!(
+            queried.len() >= 8,
+            "the dashboards query the fleet's metrics: {queried:?}"
+        );
+        for name in queried {
+            assert!(
+                exported.contains(&format!("# TYPE {name} ")),
+                "a dashboard queries {name}, which /metrics does not export"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connected_cluster_not_heard_from_counts_as_offline() {
+        let metrics = Metrics::default();
+        metrics.set_fleet(&FleetGauges {
+            instances: Vec::new(),
+            clusters: vec![
+                ("Connected".into(), true, 5),
+                ("Connected".into(), false, 2),
+                ("Offline".into(), false, 1),
+            ],
+        });
+        let exported = metrics.render();
+        assert!(
+            exported.contains(r#"fluxplane_clusters{connectivity_status="Connected"} 5"#),
+            "{exported}"
+        );
+        assert!(
+            exported.contains(r#"fluxplane_clusters{connectivity_status="Offline"} 3"#),
+            "{exported}"
+        );
+    }
+}

@@ -304,3 +304,72 @@ where
         body(database).await;
     }
 }
+
+/// chromedriver and the headless Chromium it drives (Debian's `chromium` and `chromium-driver`), stopped when
+/// dropped: for the web UI's end-to-end test and first-view benchmark (the `testing` feature's only).
+#[cfg(feature = "testing")]
+pub struct Browser {
+    pub client: fantoccini::Client,
+    driver: std::process::Child,
+}
+
+#[cfg(feature = "testing")]
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Browser {
+    /// Starts a session with a 1400×1000 window; `None` where chromium or chromedriver is not installed, which
+    /// `CI=true` does not allow (CI installs them).
+    pub async fn start() -> Option<Self> {
+        let find = |candidates: &[&str]| candidates.iter().map(PathBuf::from).find(|p| p.exists());
+        let driver = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]);
+        let chromium = find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
+        let (Some(driver), Some(chromium)) = (driver, chromium) else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true needs Debian's chromium and chromium-driver (scripts/test installs them)"
+            );
+            eprintln!("no chromium or chromedriver (apt-get install chromium chromium-driver): browser skipped");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = std::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let capabilities = serde_json::json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1400,1000", "--force-device-scale-factor=1"]
+            }
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!("an object literal")
+        };
+        let mut last_error = None;
+        // chromedriver takes a moment to listen
+        for _ in 0..50 {
+            match fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => return Some(Self { client, driver }),
+                Err(err) => last_error = Some(err),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not start a session: {last_error:?}");
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::fleet::Fleet;
@@ -27,24 +27,6 @@ async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
         .find_map(|line| line.strip_prefix("fluxplane_policy_assignment_apply_seconds_sum "))
         .and_then(|value| value.trim().parse().ok())
         .context("the server's metrics lack fluxplane_policy_assignment_apply_seconds")
-}
-
-/// Waits until every agent is long-polling again, and a moment more for their last requests to land: each step
-/// starts from a quiet fleet, as an operator's next change does, not inside the wake-up storm of the last one.
-async fn settled(target: &Target, fleet: &mut Fleet, agents: usize, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while target.server.state.notifier.waiting_clusters() < agents {
-        fleet.check()?;
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {agents} agents are polling",
-                target.server.state.notifier.waiting_clusters()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(())
 }
 
 fn assignment(branch: &str) -> Value {
@@ -70,14 +52,16 @@ pub async fn assignment_reach(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut fleet = Fleet::spawn(target, clusters, &[("fleet", "bench")]).await?;
-    settled(target, &mut fleet, clusters, Duration::from_secs(600)).await?;
+    fleet.settled(target, clusters, Duration::from_secs(600)).await?;
     eprintln!(
         "  {clusters} clusters, each with an agent polling, after {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
     for (generation, step, branch) in [(1, "creation", "main"), (2, "template change", "release")] {
-        settled(target, &mut fleet, clusters, Duration::from_secs(60)).await?;
+        // each step starts from a quiet fleet, as an operator's next change does, not inside the wake-up storm
+        // of the last one
+        fleet.settled(target, clusters, Duration::from_secs(60)).await?;
         let before = apply_seconds(target).await?;
         let written = SystemTime::now();
         target.put(ASSIGNMENT, FLEET_API, &assignment(branch)).await?;

@@ -190,6 +190,24 @@ impl Fleet {
         Ok(Self { child, receipts })
     }
 
+    /// Waits until `agents` agents are polling the target (up to `within`), then a moment more for the polls
+    /// already answered to come back.
+    pub async fn settled(&mut self, target: &Target, agents: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        while target.server.state.notifier.waiting_clusters() < agents {
+            self.check()?;
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "only {} of {agents} agents are polling",
+                    target.server.state.notifier.waiting_clusters()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+
     /// Fails if the simulator has stopped (its own error is on standard error).
     pub fn check(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {

@@ -9,6 +9,7 @@ mod assignment;
 mod fleet;
 mod propagation;
 mod summary;
+mod ui;
 
 use std::time::{Duration, Instant};
 

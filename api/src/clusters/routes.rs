@@ -349,6 +349,18 @@ async fn patch_cluster(
     Err(contention())
 }
 
+/// The cluster the path names, if the caller may read it.
+async fn readable(state: &AppState, caller: &Caller, path: &ClusterNamePath) -> ApiResult<(ClusterRef, ClusterRecord)> {
+    let cluster = path.cluster()?;
+    caller.require(Role::Reader, &cluster.id())?;
+    let record = state
+        .store
+        .get_cluster(&cluster.key())
+        .await?
+        .ok_or_else(|| not_found(&cluster))?;
+    Ok((cluster, record))
+}
+
 /// Reads a cluster.
 #[utoipa::path(
     get,
@@ -368,13 +380,7 @@ async fn get_cluster(
     _version: ApiVersion<Clusters>,
     ArmPath(path): ArmPath<ClusterNamePath>,
 ) -> ApiResult<Response> {
-    let cluster = path.cluster()?;
-    caller.require(Role::Reader, &cluster.id())?;
-    let record = state
-        .store
-        .get_cluster(&cluster.key())
-        .await?
-        .ok_or_else(|| not_found(&cluster))?;
+    let (_, record) = readable(&state, &caller, &path).await?;
     Ok(respond(&state, StatusCode::OK, record))
 }
 
@@ -648,13 +654,7 @@ async fn cluster_history(
     ArmPath(path): ArmPath<ClusterNamePath>,
     ArmQuery(query): ArmQuery<HistoryParams>,
 ) -> ApiResult<Json<Page<HistoryEntry>>> {
-    let cluster = path.cluster()?;
-    caller.require(Role::Reader, &cluster.id())?;
-    let record = state
-        .store
-        .get_cluster(&cluster.key())
-        .await?
-        .ok_or_else(|| not_found(&cluster))?;
+    let (cluster, record) = readable(&state, &caller, &path).await?;
     let id = cluster.id();
     let subject = store::HistorySubject::Cluster { cluster_id: record.id };
     let path = format!("{id}/history");

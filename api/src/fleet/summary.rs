@@ -552,7 +552,11 @@ async fn from_rollups(
     let mut clusters = 0;
     let mut groups: BTreeMap<Option<String>, SummaryGroup> = BTreeMap::new();
     for readable in scopes {
-        let rollup = state.store.rollup(readable, as_of).await?;
+        // in the past nothing is moved: connectivity is not history
+        let rollup = state
+            .store
+            .rollup(readable, as_of, as_of.is_none().then_some(heard_since))
+            .await?;
         for row in &rollup.instances {
             let freshness = reported_freshness(row.reported);
             *total.bucket(freshness) += row.instances;
@@ -574,12 +578,9 @@ async fn from_rollups(
             .filter(|c| c.dimension == "all")
             .map(|c| c.clusters)
             .sum::<i64>();
-        if as_of.is_some() {
-            continue;
-        }
         // by cluster: (online, connectivity, had reported instances, had unreported ones)
         let mut unheard: BTreeMap<i64, (bool, String, bool, bool)> = BTreeMap::new();
-        for row in state.store.unheard_counts(readable, heard_since).await? {
+        for row in rollup.unheard {
             let online = row.last_connectivity_time.is_some_and(|last| last >= heard_since);
             let status = if row.connectivity_status == connected && !online {
                 ConnectivityStatus::Offline.as_str().to_owned()

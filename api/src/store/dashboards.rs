@@ -49,9 +49,12 @@ macro_rules! current_clusters {
     };
 }
 
-/// Implements `Dashboards` for `$store` over `$db`; `$extra` holds the methods the engine implements its own way.
+/// Implements `Dashboards` for `$store` over `$db`; `$snapshot` makes a transaction's reads one snapshot (its first
+/// statement), `$unheard` reads the configurations of the clusters whose agent is not connected (`UnheardCount`s
+/// of the scope `$1`, `$2` for clusters not heard from since `$3`), `$extra` holds the methods the engine
+/// implements its own way.
 macro_rules! dashboards_store {
-    ($store:ty, $db:ty, { $($extra:tt)* }) => {
+    ($store:ty, $db:ty, snapshot = $snapshot:literal, unheard = $unheard:literal, { $($extra:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Dashboards for $store {
         $($extra)*
@@ -60,6 +63,7 @@ macro_rules! dashboards_store {
             &self,
             scope: &$crate::store::ClusterScope,
             as_of: Option<chrono::DateTime<chrono::Utc>>,
+            heard_since: Option<chrono::DateTime<chrono::Utc>>,
         ) -> $crate::store::StoreResult<$crate::store::Rollup> {
             let (subscription_key, resource_group_key) = scope.keys();
             // The past is the present minus what changed since: the deltas written after `as_of`. Two statements
@@ -97,46 +101,32 @@ macro_rules! dashboards_store {
                     ),
                 ),
             };
+            // one snapshot: a write between the reads would count its configurations twice or not at all
+            let mut tx = self.pool.begin().await?;
+            sqlx::query::<$db>($snapshot).execute(&mut *tx).await?;
             let instances = sqlx::query_as::<$db, $crate::store::InstanceCount>(instances_sql)
                 .bind(subscription_key)
                 .bind(resource_group_key)
                 .bind(as_of)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
             let clusters = sqlx::query_as::<$db, $crate::store::ClusterCount>(clusters_sql)
                 .bind(subscription_key)
                 .bind(resource_group_key)
                 .bind(as_of)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
-            Ok($crate::store::Rollup { instances, clusters })
+            let unheard = match heard_since {
+                None => Vec::new(),
+                Some(heard_since) => Self::unheard(&mut tx, scope, heard_since).await?,
+            };
+            tx.commit().await?;
+            Ok($crate::store::Rollup {
+                instances,
+                clusters,
+                unheard,
+            })
         }
-
-        async fn unheard_counts(
-            &self,
-            scope: &$crate::store::ClusterScope,
-            heard_since: chrono::DateTime<chrono::Utc>,
-        ) -> $crate::store::StoreResult<Vec<$crate::store::UnheardCount>> {
-            let (subscription_key, resource_group_key) = scope.keys();
-            // a scan of the scope's clusters (an index on the time would cost every heartbeat its heap-only update),
-            // then the configurations of the few that are not connected
-            Ok(sqlx::query_as::<$db, $crate::store::UnheardCount>(
-                "SELECT f.cluster_id, c.connectivity_status, c.last_connectivity_time, \
-                 COALESCE(f.managed_by_id, '') AS policy_assignment, f.compliance_state, f.provisioning_state, \
-                 COALESCE(f.reported_generation = f.generation, FALSE) AS reported, COUNT(*) AS count \
-                 FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
-                 WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
-                 AND (c.connectivity_status <> 'Connected' OR c.last_connectivity_time IS NULL \
-                      OR c.last_connectivity_time < $3) \
-                 GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7",
-            )
-            .bind(subscription_key)
-            .bind(resource_group_key)
-            .bind(heard_since)
-            .fetch_all(&self.pool)
-            .await?)
-        }
-
         async fn prune_history(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
             let mut pruned = 0;
             for sql in [
@@ -330,6 +320,23 @@ macro_rules! dashboards_store {
             .fetch_all(&self.pool)
             .await?;
             Ok($crate::store::FleetGauges { instances, clusters })
+        }
+        }
+
+        impl $store {
+            /// The configurations, by cluster and states, of the scope's clusters whose agent is not connected.
+            async fn unheard(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                scope: &$crate::store::ClusterScope,
+                heard_since: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::UnheardCount>, sqlx::Error> {
+                let (subscription_key, resource_group_key) = scope.keys();
+                sqlx::query_as::<$db, $crate::store::UnheardCount>($unheard)
+            .bind(subscription_key)
+            .bind(resource_group_key)
+            .bind(heard_since)
+            .fetch_all(&mut **tx)
+            .await
         }
         }
     };

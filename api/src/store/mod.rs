@@ -342,11 +342,13 @@ pub struct ClusterCount {
     pub clusters: i64,
 }
 
-/// A scope's counts from the rollups.
+/// A scope's counts from the rollups, and the configurations of its clusters whose agent is not connected, read
+/// from one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rollup {
     pub instances: Vec<InstanceCount>,
     pub clusters: Vec<ClusterCount>,
+    pub unheard: Vec<UnheardCount>,
 }
 
 /// The configurations of one cluster whose agent is not connected, in one combination of states.
@@ -513,11 +515,15 @@ impl ClusterScope {
 /// What the dashboards read: the summary's rollups, the history and the fleet-wide gauges.
 #[async_trait]
 pub trait Dashboards: Send + Sync + 'static {
-    /// The scope's counts from the rollups, current or as of a past time (history retention permitting).
-    async fn rollup(&self, scope: &ClusterScope, as_of: Option<DateTime<Utc>>) -> StoreResult<Rollup>;
-    /// The configurations, by cluster and states, of the scope's clusters whose agent is not connected: not
-    /// heard from since `heard_since`, or not in the Connected status.
-    async fn unheard_counts(&self, scope: &ClusterScope, heard_since: DateTime<Utc>) -> StoreResult<Vec<UnheardCount>>;
+    /// The scope's counts from the rollups, current or as of a past time (history retention permitting), and with
+    /// `heard_since` the configurations, by cluster and states, of its clusters whose agent is not connected (not
+    /// heard from since then, or not in the Connected status); all from one snapshot, so that they add up.
+    async fn rollup(
+        &self,
+        scope: &ClusterScope,
+        as_of: Option<DateTime<Utc>>,
+        heard_since: Option<DateTime<Utc>>,
+    ) -> StoreResult<Rollup>;
     /// Folds the deltas written since the last compaction into the rollups; answers how many it folded.
     async fn compact_rollups(&self) -> StoreResult<u64>;
     /// Drops the history (and the folded deltas) from before `before`; answers how many rows went.

@@ -68,32 +68,50 @@ sql_store!(
     }
 );
 
-dashboards_store!(PgStore, sqlx::Postgres, {
-    /// Marks the pending deltas folded and adds them to the rollups in one statement: a delta committed
-    /// meanwhile is left for the next run, and two replicas compacting at once fold each delta once (the
-    /// second waits on the first's rows, then finds them folded).
-    async fn compact_rollups(&self) -> StoreResult<u64> {
-        let instances = sqlx::query(
-            "WITH moved AS (UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted \
+// READ COMMITTED would give each statement its own snapshot. The clusters not connected are found by a scan of the
+// scope's clusters (an index on the time would cost every heartbeat its heap-only update); their configurations
+// are read per cluster (LATERAL): statistics taken while a fleet registered say every cluster is silent, and the
+// planner would otherwise hash-join all of the scope's configurations.
+dashboards_store!(
+    PgStore,
+    sqlx::Postgres,
+    snapshot = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    unheard = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, f.policy_assignment, \
+               f.compliance_state, f.provisioning_state, f.reported, f.count \
+               FROM clusters c CROSS JOIN LATERAL ( \
+                   SELECT COALESCE(managed_by_id, '') AS policy_assignment, compliance_state, provisioning_state, \
+                   COALESCE(reported_generation = generation, FALSE) AS reported, COUNT(*) AS count \
+                   FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
+               WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+               AND (c.connectivity_status <> 'Connected' OR c.last_connectivity_time IS NULL \
+                    OR c.last_connectivity_time < $3)",
+    {
+        /// Marks the pending deltas folded and adds them to the rollups in one statement: a delta committed
+        /// meanwhile is left for the next run, and two replicas compacting at once fold each delta once (the
+        /// second waits on the first's rows, then finds them folded).
+        async fn compact_rollups(&self) -> StoreResult<u64> {
+            let instances = sqlx::query(
+                "WITH moved AS (UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted \
              RETURNING subscription_key, resource_group_key, policy_assignment, compliance_state, \
              provisioning_state, reported, instances) \
              INSERT INTO instance_rollups AS r SELECT subscription_key, resource_group_key, policy_assignment, \
              compliance_state, provisioning_state, reported, SUM(instances) FROM moved GROUP BY 1, 2, 3, 4, 5, 6 \
              ON CONFLICT (subscription_key, resource_group_key, policy_assignment, compliance_state, \
              provisioning_state, reported) DO UPDATE SET instances = r.instances + excluded.instances",
-        )
-        .execute(&self.pool)
-        .await?;
-        let clusters = sqlx::query(
-            "WITH moved AS (UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted \
+            )
+            .execute(&self.pool)
+            .await?;
+            let clusters = sqlx::query(
+                "WITH moved AS (UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted \
              RETURNING subscription_key, resource_group_key, dimension, value, clusters) \
              INSERT INTO cluster_rollups AS r SELECT subscription_key, resource_group_key, dimension, value, \
              SUM(clusters) FROM moved GROUP BY 1, 2, 3, 4 \
              ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
              DO UPDATE SET clusters = r.clusters + excluded.clusters",
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(instances.rows_affected() + clusters.rows_affected())
+            )
+            .execute(&self.pool)
+            .await?;
+            Ok(instances.rows_affected() + clusters.rows_affected())
+        }
     }
-});
+);

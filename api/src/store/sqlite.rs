@@ -49,26 +49,40 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
     }
 });
 
-dashboards_store!(SqliteStore, sqlx::Sqlite, {
-    /// Adds the pending deltas to the rollups and marks them folded, in one transaction (the only writer).
-    async fn compact_rollups(&self) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await?;
-        let mut folded = 0;
-        for sql in [
-            "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
+// A transaction in WAL mode reads one snapshot from its first read on: nothing to set. SQLite joins by nested loops:
+// the clusters not connected, then their configurations by index.
+dashboards_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    snapshot = "SELECT 1",
+    unheard = "SELECT f.cluster_id, \
+    c.connectivity_status, c.last_connectivity_time, COALESCE(f.managed_by_id, '') AS policy_assignment, \
+    f.compliance_state, f.provisioning_state, COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
+    COUNT(*) AS count FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
+    WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+    AND (c.connectivity_status <> 'Connected' OR c.last_connectivity_time IS NULL OR c.last_connectivity_time < $3) \
+    GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7",
+    {
+        /// Adds the pending deltas to the rollups and marks them folded, in one transaction (the only writer).
+        async fn compact_rollups(&self) -> StoreResult<u64> {
+            let mut tx = self.pool.begin().await?;
+            let mut folded = 0;
+            for sql in [
+                "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
          compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE NOT compacted \
          GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
          compliance_state, provisioning_state, reported) DO UPDATE SET instances = instances + excluded.instances",
-            "UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted",
-            "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, SUM(clusters) \
+                "UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted",
+                "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, SUM(clusters) \
          FROM cluster_deltas WHERE NOT compacted GROUP BY 1, 2, 3, 4 \
          ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
          DO UPDATE SET clusters = clusters + excluded.clusters",
-            "UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted",
-        ] {
-            folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
+                "UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted",
+            ] {
+                folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(folded)
         }
-        tx.commit().await?;
-        Ok(folded)
     }
-});
+);

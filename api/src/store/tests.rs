@@ -965,7 +965,7 @@ async fn rollups_and_truth(store: &Arc<dyn Store>) -> (BTreeMap<String, i64>, BT
         subscription_key: "sub".to_owned(),
     };
     let mut rolled = BTreeMap::new();
-    let rollup = store.rollup(&scope, None).await.unwrap();
+    let rollup = store.rollup(&scope, None, None).await.unwrap();
     for row in rollup.instances {
         let key = format!(
             "{}|{}|{}|{}",
@@ -1069,6 +1069,60 @@ async fn rollup_case(backend: Backend) {
             "{rolled:?}"
         );
         assert_eq!(truth["clusters all="], 2);
+    })
+    .await;
+}
+
+on_both_backends!(pruning_drops_old_history_and_leaves_the_current_counts, prune_case);
+async fn prune_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let write = store
+            .insert_configuration(
+                &configuration(c.id, "a"),
+                &SecretsWrite::Keep,
+                &operation("sub/rg/c1/a", 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(write, Write::Written);
+        let scope = ClusterScope::Subscription {
+            subscription_key: "sub".to_owned(),
+        };
+        assert_eq!(store.status_events(Some(&scope), 0, 10).await.unwrap().len(), 1);
+        // not yet folded: pruning keeps the deltas the current counts still read
+        assert_eq!(
+            store
+                .prune_history(Utc::now() + chrono::Duration::seconds(5))
+                .await
+                .unwrap(),
+            1
+        );
+        let sorted = |mut rollup: super::Rollup| {
+            rollup
+                .clusters
+                .sort_by(|a, b| (&a.dimension, &a.value).cmp(&(&b.dimension, &b.value)));
+            rollup
+        };
+        let before = sorted(store.rollup(&scope, None, None).await.unwrap());
+        assert_eq!(before.instances.iter().map(|i| i.instances).sum::<i64>(), 1);
+        store.compact_rollups().await.unwrap();
+        assert!(
+            store
+                .prune_history(Utc::now() + chrono::Duration::seconds(5))
+                .await
+                .unwrap()
+                > 0
+        );
+        assert!(store.status_events(Some(&scope), 0, 10).await.unwrap().is_empty());
+        let after = sorted(store.rollup(&scope, None, None).await.unwrap());
+        assert_eq!(after, before, "the current counts outlive the history");
+        assert_eq!(
+            store.prune_history(Utc::now()).await.unwrap(),
+            0,
+            "nothing left to prune"
+        );
     })
     .await;
 }
