@@ -78,6 +78,7 @@ impl AppState {
         ));
         let maintainer = tokio::spawn(dashboards::maintain(
             store.clone(),
+            config.offline_after,
             config.history_retention,
             config.sweep_interval,
         ));

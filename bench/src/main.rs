@@ -344,6 +344,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Simulate(simulate)) = args.command {
         return fleet::simulate(simulate).await;
     }
+    // the server's own log (RUST_LOG; its errors explain a failed run)
+    fluxplane_api::telemetry::init(fluxplane_api::config::LogFormat::Text);
     // the server started here holds a connection per simulated agent
     rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
     if args.quick {

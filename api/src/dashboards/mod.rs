@@ -13,12 +13,14 @@ use chrono::Utc;
 
 use crate::store::Store;
 
-/// How often the deltas are folded into the rollups: a summary reads the deltas of at most this long.
+/// How often the deltas are folded into the rollups (a summary reads the deltas of at most this long) and silent
+/// clusters marked Offline (the summary counts one as connected at most this long after `--offline-after`).
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
-/// Folds the rollups every second and drops the history older than `retention` every `prune_every`, until
-/// dropped. Safe on every replica at once (each delta is folded once, each row deleted once).
-pub async fn maintain(store: Arc<dyn Store>, retention: Duration, prune_every: Duration) {
+/// Every second, folds the rollups and marks Offline the clusters silent past `offline_after` (so that the summary
+/// finds them by index); every `prune_every`, drops the history older than `retention`; until dropped. Safe on
+/// every replica at once (each delta is folded once, each row changed once).
+pub async fn maintain(store: Arc<dyn Store>, offline_after: Duration, retention: Duration, prune_every: Duration) {
     let mut ticks = tokio::time::interval(COMPACT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pruned: Option<tokio::time::Instant> = None;
@@ -26,6 +28,16 @@ pub async fn maintain(store: Arc<dyn Store>, retention: Duration, prune_every: D
         ticks.tick().await;
         if let Err(err) = store.compact_rollups().await {
             tracing::warn!(error = %err, "folding the summary's deltas failed; will retry");
+        }
+        let now = Utc::now();
+        let heard_before = chrono::Duration::from_std(offline_after)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        match store.mark_offline(heard_before).await {
+            Ok(0) => {}
+            Ok(marked) => tracing::info!(marked, "clusters silent past --offline-after marked Offline"),
+            Err(err) => tracing::warn!(error = %err, "marking silent clusters Offline failed; will retry"),
         }
         if last_pruned.is_none_or(|at| at.elapsed() >= prune_every) {
             last_pruned = Some(tokio::time::Instant::now());

@@ -553,10 +553,7 @@ async fn from_rollups(
     let mut groups: BTreeMap<Option<String>, SummaryGroup> = BTreeMap::new();
     for readable in scopes {
         // in the past nothing is moved: connectivity is not history
-        let rollup = state
-            .store
-            .rollup(readable, as_of, as_of.is_none().then_some(heard_since))
-            .await?;
+        let rollup = state.store.rollup(readable, as_of, as_of.is_none()).await?;
         for row in &rollup.instances {
             let freshness = reported_freshness(row.reported);
             *total.bucket(freshness) += row.instances;

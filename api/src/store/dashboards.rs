@@ -50,9 +50,8 @@ macro_rules! current_clusters {
 }
 
 /// Implements `Dashboards` for `$store` over `$db`; `$snapshot` makes a transaction's reads one snapshot (its first
-/// statement), `$unheard` reads the configurations of the clusters whose agent is not connected (`UnheardCount`s
-/// of the scope `$1`, `$2` for clusters not heard from since `$3`), `$extra` holds the methods the engine
-/// implements its own way.
+/// statement), `$unheard` reads the configurations of the clusters not in the Connected status (`UnheardCount`s of
+/// the scope `$1`, `$2`), `$extra` holds the methods the engine implements its own way.
 macro_rules! dashboards_store {
     ($store:ty, $db:ty, snapshot = $snapshot:literal, unheard = $unheard:literal, { $($extra:tt)* }) => {
         #[async_trait::async_trait]
@@ -63,7 +62,7 @@ macro_rules! dashboards_store {
             &self,
             scope: &$crate::store::ClusterScope,
             as_of: Option<chrono::DateTime<chrono::Utc>>,
-            heard_since: Option<chrono::DateTime<chrono::Utc>>,
+            with_unheard: bool,
         ) -> $crate::store::StoreResult<$crate::store::Rollup> {
             let (subscription_key, resource_group_key) = scope.keys();
             // The past is the present minus what changed since: the deltas written after `as_of`. Two statements
@@ -116,9 +115,10 @@ macro_rules! dashboards_store {
                 .bind(as_of)
                 .fetch_all(&mut *tx)
                 .await?;
-            let unheard = match heard_since {
-                None => Vec::new(),
-                Some(heard_since) => Self::unheard(&mut tx, scope, heard_since).await?,
+            let unheard = if with_unheard {
+                Self::unheard(&mut tx, scope).await?
+            } else {
+                Vec::new()
             };
             tx.commit().await?;
             Ok($crate::store::Rollup {
@@ -127,6 +127,20 @@ macro_rules! dashboards_store {
                 unheard,
             })
         }
+        async fn mark_offline(
+            &self,
+            heard_before: chrono::DateTime<chrono::Utc>,
+        ) -> $crate::store::StoreResult<u64> {
+            Ok(sqlx::query::<$db>(
+                "UPDATE clusters SET connectivity_status = 'Offline' WHERE connectivity_status = 'Connected' \
+                 AND (last_connectivity_time IS NULL OR last_connectivity_time < $1)",
+            )
+            .bind(heard_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+        }
+
         async fn prune_history(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
             let mut pruned = 0;
             for sql in [
@@ -324,17 +338,16 @@ macro_rules! dashboards_store {
         }
 
         impl $store {
-            /// The configurations, by cluster and states, of the scope's clusters whose agent is not connected.
+            /// The configurations, by cluster and states, of the scope's clusters not in the Connected status.
             async fn unheard(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 scope: &$crate::store::ClusterScope,
-                heard_since: chrono::DateTime<chrono::Utc>,
             ) -> Result<Vec<$crate::store::UnheardCount>, sqlx::Error> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 sqlx::query_as::<$db, $crate::store::UnheardCount>($unheard)
             .bind(subscription_key)
             .bind(resource_group_key)
-            .bind(heard_since)
+
             .fetch_all(&mut **tx)
             .await
         }

@@ -351,7 +351,7 @@ pub struct Rollup {
     pub unheard: Vec<UnheardCount>,
 }
 
-/// The configurations of one cluster whose agent is not connected, in one combination of states.
+/// The configurations of one cluster not in the Connected status, in one combination of states.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UnheardCount {
     pub cluster_id: i64,
@@ -516,14 +516,16 @@ impl ClusterScope {
 #[async_trait]
 pub trait Dashboards: Send + Sync + 'static {
     /// The scope's counts from the rollups, current or as of a past time (history retention permitting), and with
-    /// `heard_since` the configurations, by cluster and states, of its clusters whose agent is not connected (not
-    /// heard from since then, or not in the Connected status); all from one snapshot, so that they add up.
+    /// `with_unheard` the configurations, by cluster and states, of its clusters not in the Connected status; all
+    /// from one snapshot, so that they add up.
     async fn rollup(
         &self,
         scope: &ClusterScope,
         as_of: Option<DateTime<Utc>>,
-        heard_since: Option<DateTime<Utc>>,
+        with_unheard: bool,
     ) -> StoreResult<Rollup>;
+    /// Marks the Connected clusters not heard from since `heard_before` Offline; answers how many.
+    async fn mark_offline(&self, heard_before: DateTime<Utc>) -> StoreResult<u64>;
     /// Folds the deltas written since the last compaction into the rollups; answers how many it folded.
     async fn compact_rollups(&self) -> StoreResult<u64>;
     /// Drops the history (and the folded deltas) from before `before`; answers how many rows went.

@@ -68,10 +68,9 @@ sql_store!(
     }
 );
 
-// READ COMMITTED would give each statement its own snapshot. The clusters not connected are found by a scan of the
-// scope's clusters (an index on the time would cost every heartbeat its heap-only update); their configurations
-// are read per cluster (LATERAL): statistics taken while a fleet registered say every cluster is silent, and the
-// planner would otherwise hash-join all of the scope's configurations.
+// READ COMMITTED would give each statement its own snapshot. The clusters not connected come from their partial index
+// (migration 0011); their configurations are read per cluster (LATERAL): statistics taken while a fleet registered
+// say every cluster is silent, and the planner would otherwise hash-join all of the scope's configurations.
 dashboards_store!(
     PgStore,
     sqlx::Postgres,
@@ -83,8 +82,7 @@ dashboards_store!(
                    COALESCE(reported_generation = generation, FALSE) AS reported, COUNT(*) AS count \
                    FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
                WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
-               AND (c.connectivity_status <> 'Connected' OR c.last_connectivity_time IS NULL \
-                    OR c.last_connectivity_time < $3)",
+               AND c.connectivity_status <> 'Connected'",
     {
         /// Marks the pending deltas folded and adds them to the rollups in one statement: a delta committed
         /// meanwhile is left for the next run, and two replicas compacting at once fold each delta once (the

@@ -50,7 +50,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
 });
 
 // A transaction in WAL mode reads one snapshot from its first read on: nothing to set. SQLite joins by nested loops:
-// the clusters not connected, then their configurations by index.
+// the clusters not connected (their partial index, migration 0010), then their configurations by index.
 dashboards_store!(
     SqliteStore,
     sqlx::Sqlite,
@@ -60,7 +60,7 @@ dashboards_store!(
     f.compliance_state, f.provisioning_state, COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
     COUNT(*) AS count FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
-    AND (c.connectivity_status <> 'Connected' OR c.last_connectivity_time IS NULL OR c.last_connectivity_time < $3) \
+    AND c.connectivity_status <> 'Connected' \
     GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7",
     {
         /// Adds the pending deltas to the rollups and marks them folded, in one transaction (the only writer).

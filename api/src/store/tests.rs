@@ -965,7 +965,7 @@ async fn rollups_and_truth(store: &Arc<dyn Store>) -> (BTreeMap<String, i64>, BT
         subscription_key: "sub".to_owned(),
     };
     let mut rolled = BTreeMap::new();
-    let rollup = store.rollup(&scope, None, None).await.unwrap();
+    let rollup = store.rollup(&scope, None, false).await.unwrap();
     for row in rollup.instances {
         let key = format!(
             "{}|{}|{}|{}",
@@ -1105,7 +1105,7 @@ async fn prune_case(backend: Backend) {
                 .sort_by(|a, b| (&a.dimension, &a.value).cmp(&(&b.dimension, &b.value)));
             rollup
         };
-        let before = sorted(store.rollup(&scope, None, None).await.unwrap());
+        let before = sorted(store.rollup(&scope, None, false).await.unwrap());
         assert_eq!(before.instances.iter().map(|i| i.instances).sum::<i64>(), 1);
         store.compact_rollups().await.unwrap();
         assert!(
@@ -1116,13 +1116,54 @@ async fn prune_case(backend: Backend) {
                 > 0
         );
         assert!(store.status_events(Some(&scope), 0, 10).await.unwrap().is_empty());
-        let after = sorted(store.rollup(&scope, None, None).await.unwrap());
+        let after = sorted(store.rollup(&scope, None, false).await.unwrap());
         assert_eq!(after, before, "the current counts outlive the history");
         assert_eq!(
             store.prune_history(Utc::now()).await.unwrap(),
             0,
             "nothing left to prune"
         );
+    })
+    .await;
+}
+
+on_both_backends!(
+    a_connected_cluster_silent_too_long_is_marked_offline_until_heard_again,
+    mark_offline_case
+);
+async fn mark_offline_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let long_ago = Utc::now() - chrono::Duration::minutes(10);
+        store.heartbeat(c.id, long_ago, None).await.unwrap();
+        let status = |store: Arc<dyn Store>| async move {
+            store
+                .get_cluster("sub/rg/c1")
+                .await
+                .unwrap()
+                .unwrap()
+                .connectivity_status
+        };
+        assert_eq!(
+            store
+                .mark_offline(long_ago - chrono::Duration::minutes(1))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(status(store.clone()).await, "Connected");
+        assert_eq!(
+            store
+                .mark_offline(Utc::now() - chrono::Duration::minutes(5))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(status(store.clone()).await, "Offline");
+        assert_eq!(store.mark_offline(Utc::now()).await.unwrap(), 0, "marked once");
+        store.heartbeat(c.id, Utc::now(), None).await.unwrap();
+        assert_eq!(status(store.clone()).await, "Connected");
     })
     .await;
 }
