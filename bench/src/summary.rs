@@ -80,9 +80,10 @@ pub async fn summary(
     // the web UI's first view of the same fleet
     crate::ui::first_view(target, clusters, figures, backend).await?;
     // the agents gone, the clusters stay connected until --offline-after (5 minutes): the summary's own cost,
-    // without the CPU the simulator and 10,000 long-polls take from these two cores
+    // without the CPU the simulator and the long-polls take from these two cores. A poll whose agent is gone ends
+    // when its wait does (30 s): the server notices the closed connection only when it answers.
     fleet.stop().await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
     let quiet = reads(target, &url, instances).await?;
     for (latencies, when, target_ms) in [
         (quiet, "connected fleet, agents quiet".to_owned(), Some(10)),

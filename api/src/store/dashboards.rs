@@ -24,7 +24,7 @@ macro_rules! in_scope {
     };
 }
 
-/// The instance counts: the rollups plus the deltas not yet folded into them.
+/// The instance counts: the rollups plus the deltas not yet folded into them (the last second's).
 macro_rules! current_instances {
     () => {
         concat!(
@@ -32,7 +32,7 @@ macro_rules! current_instances {
              FROM instance_rollups WHERE ",
             in_scope!(),
             " UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, instances \
-             FROM instance_deltas WHERE NOT compacted AND ",
+             FROM instance_deltas WHERE ",
             in_scope!()
         )
     };
@@ -43,7 +43,7 @@ macro_rules! current_clusters {
         concat!(
             "SELECT dimension, value, clusters FROM cluster_rollups WHERE ",
             in_scope!(),
-            " UNION ALL SELECT dimension, value, clusters FROM cluster_deltas WHERE NOT compacted AND ",
+            " UNION ALL SELECT dimension, value, clusters FROM cluster_deltas WHERE ",
             in_scope!()
         )
     };
@@ -89,12 +89,17 @@ macro_rules! dashboards_store {
                         " UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, \
                          -instances FROM instance_deltas WHERE at > $3 AND ",
                         in_scope!(),
+                        " UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, \
+                         -instances FROM instance_delta_history WHERE at > $3 AND ",
+                        in_scope!(),
                         ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
                     ),
                     concat!(
                         "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
                         current_clusters!(),
                         " UNION ALL SELECT dimension, value, -clusters FROM cluster_deltas WHERE at > $3 AND ",
+                        in_scope!(),
+                        " UNION ALL SELECT dimension, value, -clusters FROM cluster_delta_history WHERE at > $3 AND ",
                         in_scope!(),
                         ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
                     ),
@@ -144,8 +149,8 @@ macro_rules! dashboards_store {
         async fn prune_history(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
             let mut pruned = 0;
             for sql in [
-                "DELETE FROM instance_deltas WHERE compacted AND at < $1",
-                "DELETE FROM cluster_deltas WHERE compacted AND at < $1",
+                "DELETE FROM instance_delta_history WHERE at < $1",
+                "DELETE FROM cluster_delta_history WHERE at < $1",
                 "DELETE FROM status_history WHERE at < $1",
                 "DELETE FROM write_history WHERE at < $1",
             ] {
@@ -321,7 +326,7 @@ macro_rules! dashboards_store {
                 "SELECT compliance_state, provisioning_state, CAST(SUM(instances) AS BIGINT) FROM ( \
                  SELECT compliance_state, provisioning_state, instances FROM instance_rollups \
                  UNION ALL SELECT compliance_state, provisioning_state, instances FROM instance_deltas \
-                 WHERE NOT compacted) t GROUP BY 1, 2 HAVING SUM(instances) <> 0",
+                 ) t GROUP BY 1, 2 HAVING SUM(instances) <> 0",
             )
             .fetch_all(&self.pool)
             .await?;

@@ -84,28 +84,32 @@ dashboards_store!(
                WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
                AND c.connectivity_status <> 'Connected'",
     {
-        /// Marks the pending deltas folded and adds them to the rollups in one statement: a delta committed
-        /// meanwhile is left for the next run, and two replicas compacting at once fold each delta once (the
-        /// second waits on the first's rows, then finds them folded).
+        /// Moves the pending deltas into the rollups and the history in one statement: a delta committed meanwhile
+        /// is left for the next run, and two replicas compacting at once fold each delta once (the second waits
+        /// on the first's rows, then finds them gone).
         async fn compact_rollups(&self) -> StoreResult<u64> {
             let instances = sqlx::query(
-                "WITH moved AS (UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted \
-             RETURNING subscription_key, resource_group_key, policy_assignment, compliance_state, \
-             provisioning_state, reported, instances) \
-             INSERT INTO instance_rollups AS r SELECT subscription_key, resource_group_key, policy_assignment, \
-             compliance_state, provisioning_state, reported, SUM(instances) FROM moved GROUP BY 1, 2, 3, 4, 5, 6 \
-             ON CONFLICT (subscription_key, resource_group_key, policy_assignment, compliance_state, \
-             provisioning_state, reported) DO UPDATE SET instances = r.instances + excluded.instances",
+                "WITH moved AS (DELETE FROM instance_deltas RETURNING at, subscription_key, resource_group_key, \
+                 policy_assignment, compliance_state, provisioning_state, reported, instances), \
+                 kept AS (INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, \
+                 policy_assignment, compliance_state, provisioning_state, reported, instances) \
+                 SELECT * FROM moved) \
+                 INSERT INTO instance_rollups AS r SELECT subscription_key, resource_group_key, policy_assignment, \
+                 compliance_state, provisioning_state, reported, SUM(instances) FROM moved GROUP BY 1, 2, 3, 4, 5, 6 \
+                 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, compliance_state, \
+                 provisioning_state, reported) DO UPDATE SET instances = r.instances + excluded.instances",
             )
             .execute(&self.pool)
             .await?;
             let clusters = sqlx::query(
-                "WITH moved AS (UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted \
-             RETURNING subscription_key, resource_group_key, dimension, value, clusters) \
-             INSERT INTO cluster_rollups AS r SELECT subscription_key, resource_group_key, dimension, value, \
-             SUM(clusters) FROM moved GROUP BY 1, 2, 3, 4 \
-             ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
-             DO UPDATE SET clusters = r.clusters + excluded.clusters",
+                "WITH moved AS (DELETE FROM cluster_deltas \
+                 RETURNING at, subscription_key, resource_group_key, dimension, value, clusters), \
+                 kept AS (INSERT INTO cluster_delta_history (at, subscription_key, resource_group_key, dimension, \
+                 value, clusters) SELECT * FROM moved) \
+                 INSERT INTO cluster_rollups AS r SELECT subscription_key, resource_group_key, dimension, value, \
+                 SUM(clusters) FROM moved GROUP BY 1, 2, 3, 4 \
+                 ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
+                 DO UPDATE SET clusters = r.clusters + excluded.clusters",
             )
             .execute(&self.pool)
             .await?;

@@ -63,21 +63,28 @@ dashboards_store!(
     AND c.connectivity_status <> 'Connected' \
     GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7",
     {
-        /// Adds the pending deltas to the rollups and marks them folded, in one transaction (the only writer).
+        /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
         async fn compact_rollups(&self) -> StoreResult<u64> {
             let mut tx = self.pool.begin().await?;
             let mut folded = 0;
             for sql in [
                 "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
-         compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE NOT compacted \
-         GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
-         compliance_state, provisioning_state, reported) DO UPDATE SET instances = instances + excluded.instances",
-                "UPDATE instance_deltas SET compacted = TRUE WHERE NOT compacted",
-                "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, SUM(clusters) \
-         FROM cluster_deltas WHERE NOT compacted GROUP BY 1, 2, 3, 4 \
-         ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
-         DO UPDATE SET clusters = clusters + excluded.clusters",
-                "UPDATE cluster_deltas SET compacted = TRUE WHERE NOT compacted",
+                 compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE TRUE \
+                 GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
+                 compliance_state, provisioning_state, reported) DO UPDATE SET instances = instances + excluded.instances",
+                "INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, policy_assignment, \
+                 compliance_state, provisioning_state, reported, instances) SELECT at, subscription_key, \
+                 resource_group_key, policy_assignment, compliance_state, provisioning_state, reported, instances \
+                 FROM instance_deltas ORDER BY id",
+                "DELETE FROM instance_deltas",
+                "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, \
+                 SUM(clusters) FROM cluster_deltas WHERE TRUE GROUP BY 1, 2, 3, 4 \
+                 ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
+                 DO UPDATE SET clusters = clusters + excluded.clusters",
+                "INSERT INTO cluster_delta_history (at, subscription_key, resource_group_key, dimension, value, \
+                 clusters) SELECT at, subscription_key, resource_group_key, dimension, value, clusters \
+                 FROM cluster_deltas ORDER BY id",
+                "DELETE FROM cluster_deltas",
             ] {
                 folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
             }
