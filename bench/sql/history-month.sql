@@ -1,7 +1,8 @@
 -- A month of history of a 10,000-cluster fleet, synthesised on a database migrated by fluxplane, then the history's
 -- read shapes timed with EXPLAIN ANALYZE (docs/BENCHMARKS.md, "History at a month's scale").
 --
---   createdb history_month && fluxplane serve --database-url postgres://postgres@127.0.0.1/history_month (stop it)
+--   createdb history_month; fluxplane serve --database-url postgres://postgres@127.0.0.1/history_month (migrates;
+--   stop it with Ctrl-C)
 --   psql -h 127.0.0.1 -U postgres -d history_month -f bench/sql/history-month.sql
 --
 -- 100,000 configurations (10 per cluster) with three status transitions a day each for 30 days: 9 million status
@@ -21,9 +22,9 @@ SELECT now() - interval '30 days' + (n * interval '30 days' / 9000000),
        (ARRAY['Compliant', 'Non-Compliant', 'Pending'])[1 + n % 3], 'Succeeded', 'main@sha1:abc', NULL
 FROM generate_series(0, 8999999) n;
 
-INSERT INTO instance_deltas (at, compacted, subscription_key, resource_group_key, policy_assignment,
-                             compliance_state, provisioning_state, reported, instances)
-SELECT now() - interval '30 days' + (n * interval '30 days' / 18000000), TRUE, 'bench',
+INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, policy_assignment,
+                                    compliance_state, provisioning_state, reported, instances)
+SELECT now() - interval '30 days' + (n * interval '30 days' / 18000000), 'bench',
        'rg-' || ((n / 2 % 100000) / 1000), '', (ARRAY['Compliant', 'Non-Compliant', 'Pending'])[1 + n % 3],
        'Succeeded', TRUE, CASE WHEN n % 2 = 0 THEN 1 ELSE -1 END
 FROM generate_series(0, 17999999) n;
@@ -34,10 +35,10 @@ SELECT now() - interval '30 days' + (n * interval '30 days' / 600000), 'bench',
        '/subscriptions/bench/resourceGroups/rg-' || ((n % 100000) / 1000) || '/c-' || ((n % 100000) / 10),
        'ci@example.com', 'PUT', 200
 FROM generate_series(0, 599999) n;
-VACUUM ANALYZE status_history, instance_deltas, write_history;
+VACUUM ANALYZE status_history, instance_delta_history, write_history;
 
 SELECT pg_size_pretty(pg_total_relation_size('status_history')) AS status_history,
-       pg_size_pretty(pg_total_relation_size('instance_deltas')) AS instance_deltas,
+       pg_size_pretty(pg_total_relation_size('instance_delta_history')) AS instance_delta_history,
        pg_size_pretty(pg_relation_size('status_history_at')) AS status_brin;
 
 -- one configuration's last day (the UI's drill-down)
@@ -56,7 +57,7 @@ EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT * FROM status_history
 WHERE id > (SELECT max(id) - 500 FROM status_history) ORDER BY id LIMIT 1000;
 -- the summary as of a day ago: the deltas since
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT policy_assignment, compliance_state, provisioning_state, reported,
-       SUM(-instances) FROM instance_deltas WHERE at > now() - interval '1 day' AND subscription_key = 'bench'
+       SUM(-instances) FROM instance_delta_history WHERE at > now() - interval '1 day' AND subscription_key = 'bench'
 GROUP BY 1, 2, 3, 4;
 -- a cluster's writes
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT * FROM write_history
@@ -67,5 +68,5 @@ WHERE (resource_key = 'subscriptions/bench/resourcegroups/rg-42/c-4242'
 -- the retention's daily prune
 BEGIN;
 EXPLAIN (ANALYZE, COSTS OFF) DELETE FROM status_history WHERE at < now() - interval '29 days';
-EXPLAIN (ANALYZE, COSTS OFF) DELETE FROM instance_deltas WHERE compacted AND at < now() - interval '29 days';
+EXPLAIN (ANALYZE, COSTS OFF) DELETE FROM instance_delta_history WHERE at < now() - interval '29 days';
 ROLLBACK;

@@ -54,7 +54,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
 dashboards_store!(
     SqliteStore,
     sqlx::Sqlite,
-    snapshot = "SELECT 1",
+    snapshot = [],
     unheard = "SELECT f.cluster_id, \
     c.connectivity_status, c.last_connectivity_time, COALESCE(f.managed_by_id, '') AS policy_assignment, \
     f.compliance_state, f.provisioning_state, COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
