@@ -76,18 +76,13 @@ sql_store!(
     }
 );
 
-// READ COMMITTED would give each statement its own snapshot. The summary's reads go by index (the planner's
-// statistics lag a fleet's bursts, and a scan of the busy clusters table costs more than the rest together): the
-// rollups by key, the clusters not connected by their partial index (migration 0011), their configurations per
-// cluster (LATERAL; statistics taken while a fleet registered say every cluster is silent, and the planner would
-// otherwise hash-join all of the scope's configurations).
+// READ COMMITTED would give each statement its own snapshot. The clusters not connected come from their partial index
+// (migration 0011); their configurations are read per cluster (LATERAL): statistics taken while a fleet registered
+// say every cluster is silent, and the planner would otherwise hash-join all of the scope's configurations.
 dashboards_store!(
     PgStore,
     sqlx::Postgres,
-    snapshot = [
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        "SET LOCAL enable_seqscan = off"
-    ],
+    snapshot = ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"],
     unheard = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, f.policy_assignment, \
                f.compliance_state, f.provisioning_state, f.reported, f.count \
                FROM clusters c CROSS JOIN LATERAL ( \
