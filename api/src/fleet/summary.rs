@@ -552,8 +552,14 @@ async fn from_rollups(
     let mut clusters = 0;
     let mut groups: BTreeMap<Option<String>, SummaryGroup> = BTreeMap::new();
     for readable in scopes {
-        // in the past nothing is moved: connectivity is not history
-        let rollup = state.store.rollup(readable, as_of, as_of.is_none()).await?;
+        // In the past nothing is moved: connectivity is not history. The read runs as a task of its own: a
+        // transaction cut off by a client going away can leave its pooled connection inside it.
+        let rollup = {
+            let (store, readable) = (state.store.clone(), readable.clone());
+            tokio::spawn(async move { store.rollup(&readable, as_of, as_of.is_none()).await })
+                .await
+                .map_err(|err| ApiError::Internal(err.into()))??
+        };
         for row in &rollup.instances {
             let freshness = reported_freshness(row.reported);
             *total.bucket(freshness) += row.instances;
