@@ -68,7 +68,10 @@ async fn history_case(backend: Backend) {
     report(&agent, &["app"], &[]).await;
 
     let entries = history(&api, &configuration, &[]).await;
-    let times: Vec<&str> = entries.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = entries
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap())
+        .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order: {times:?}");
     let writes: Vec<&Value> = entries.iter().filter(|e| e["kind"] == "write").collect();
     assert_eq!(writes.len(), 1, "{entries:#?}");
