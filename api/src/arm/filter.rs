@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
 
-use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
+use crate::arm::paging::{MAX_PAGE_SIZE, Page, PageRequest};
 use crate::error::ApiError;
 
 /// Longest `$filter` accepted, and deepest nesting of parentheses and `not`.
@@ -128,17 +128,41 @@ impl Filter {
 }
 
 /// Reads a filtered page: scans the list in key order from where the page starts, in batches, keeping the items
-/// whose answer matches, until one more than the page holds is found (so the caller knows another page exists) or
-/// the list ends. `fetch` reads a batch as the store lists (up to `limit + 1` items), `key` continues after an item.
+/// whose answer matches, until one more than the page holds is found (so the page knows another follows) or the
+/// list ends. `fetch` reads a batch as the store lists (up to `limit + 1` items), `key` continues after an item,
+/// `link` makes the next page's link from its token.
 pub async fn scan<R, T, E, F, Fut>(
+    page: &PageRequest,
+    filter: &Filter,
+    fetch: F,
+    key: impl Fn(&R) -> String,
+    render: impl Fn(R) -> T,
+    link: impl Fn(&str) -> String,
+) -> Result<Page<T>, E>
+where
+    T: serde::Serialize,
+    F: FnMut(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, E>>,
+{
+    let kept = matching(page, filter, fetch, key, render).await?;
+    Ok(Page::from_items(
+        kept,
+        page,
+        |(key, _)| key.clone(),
+        link,
+        |(_, item)| item,
+    ))
+}
+
+async fn matching<R, T, E, F, Fut>(
     page: &PageRequest,
     filter: &Filter,
     mut fetch: F,
     key: impl Fn(&R) -> String,
     render: impl Fn(R) -> T,
-    answer: impl Fn(&T) -> Value,
 ) -> Result<Vec<(String, T)>, E>
 where
+    T: serde::Serialize,
     F: FnMut(PageRequest) -> Fut,
     Fut: Future<Output = Result<Vec<R>, E>>,
 {
@@ -155,7 +179,7 @@ where
             let record_key = key(&record);
             after = Some(record_key.clone());
             let item = render(record);
-            if filter.matches(&answer(&item)) {
+            if filter.matches(&serde_json::to_value(&item).unwrap_or_default()) {
                 kept.push((record_key, item));
                 if kept.len() > page.limit as usize {
                     return Ok(kept);

@@ -585,22 +585,17 @@ impl Listing<'_> {
                 |record| render(record, offline_after),
             )));
         };
-        let kept = scan(
-            &page,
-            &filter,
-            |batch| async move { source.fetch(state, &batch).await },
-            |c| c.key.clone(),
-            |record| render(record, offline_after),
-            |item| serde_json::to_value(item).unwrap_or_default(),
-        )
-        .await?;
-        Ok(Json(Page::from_items(
-            kept,
-            &page,
-            |(key, _)| key.clone(),
-            link,
-            |(_, item)| item,
-        )))
+        Ok(Json(
+            scan(
+                &page,
+                &filter,
+                |batch| async move { source.fetch(state, &batch).await },
+                |c| c.key.clone(),
+                |record| render(record, offline_after),
+                link,
+            )
+            .await?,
+        ))
     }
 }
 

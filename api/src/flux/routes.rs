@@ -683,25 +683,20 @@ async fn list_configurations(
             |record| render(&scope, online, record),
         )));
     };
-    let kept = scan(
-        &page,
-        &parsed,
-        |batch| {
-            let store = state.store.clone();
-            async move { store.list_configurations(cluster.id, &batch).await }
-        },
-        |c| c.name.clone(),
-        |record| render(&scope, online, record),
-        |item| serde_json::to_value(item).unwrap_or_default(),
-    )
-    .await?;
-    Ok(Json(Page::from_items(
-        kept,
-        &page,
-        |(key, _)| key.clone(),
-        link,
-        |(_, item)| item,
-    )))
+    Ok(Json(
+        scan(
+            &page,
+            &parsed,
+            |batch| {
+                let store = state.store.clone();
+                async move { store.list_configurations(cluster.id, &batch).await }
+            },
+            |c| c.name.clone(),
+            |record| render(&scope, online, record),
+            link,
+        )
+        .await?,
+    ))
 }
 
 /// What the configuration list can be filtered on.
