@@ -49,11 +49,12 @@ macro_rules! current_clusters {
     };
 }
 
-/// Implements `Dashboards` for `$store` over `$db`; `$snapshot` makes a transaction's reads one snapshot (its first
-/// statements), `$unheard` reads the configurations of the clusters not in the Connected status (`UnheardCount`s of
-/// the scope `$1`, `$2`), `$extra` holds the methods the engine implements its own way.
+/// Implements `Dashboards` for `$store` over `$db`; `$begin` starts a transaction whose reads are one snapshot (one
+/// statement: a connection handed back inside a cut-off transaction answers a second one with an error),
+/// `$unheard` reads the configurations of the clusters not in the Connected status (`UnheardCount`s of the scope
+/// `$1`, `$2`), `$extra` holds the methods the engine implements its own way.
 macro_rules! dashboards_store {
-    ($store:ty, $db:ty, snapshot = [$($snapshot:literal),*], unheard = $unheard:literal, { $($extra:tt)* }) => {
+    ($store:ty, $db:ty, begin = $begin:literal, unheard = $unheard:literal, { $($extra:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Dashboards for $store {
         $($extra)*
@@ -106,11 +107,7 @@ macro_rules! dashboards_store {
                 ),
             };
             // one snapshot: a write between the reads would count its configurations twice or not at all
-            let mut tx = self.pool.begin().await?;
-            let snapshot: &[&str] = &[$($snapshot),*];
-            for statement in snapshot {
-                sqlx::query::<$db>(*statement).execute(&mut *tx).await?;
-            }
+            let mut tx = self.pool.begin_with($begin).await?;
             let instances = sqlx::query_as::<$db, $crate::store::InstanceCount>(instances_sql)
                 .bind(subscription_key)
                 .bind(resource_group_key)

@@ -82,7 +82,7 @@ sql_store!(
 dashboards_store!(
     PgStore,
     sqlx::Postgres,
-    snapshot = ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"],
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     unheard = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, f.policy_assignment, \
                f.compliance_state, f.provisioning_state, f.reported, f.count \
                FROM clusters c CROSS JOIN LATERAL ( \

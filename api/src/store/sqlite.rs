@@ -49,12 +49,12 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
     }
 });
 
-// A transaction in WAL mode reads one snapshot from its first read on: nothing to set. SQLite joins by nested loops:
+// A transaction in WAL mode reads one snapshot from its first read on: a plain BEGIN. SQLite joins by nested loops:
 // the clusters not connected (their partial index, migration 0010), then their configurations by index.
 dashboards_store!(
     SqliteStore,
     sqlx::Sqlite,
-    snapshot = [],
+    begin = "BEGIN",
     unheard = "SELECT f.cluster_id, \
     c.connectivity_status, c.last_connectivity_time, COALESCE(f.managed_by_id, '') AS policy_assignment, \
     f.compliance_state, f.provisioning_state, COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
