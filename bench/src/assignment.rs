@@ -1,13 +1,17 @@
 //! A policy assignment reaching a fleet: how long the write that gives every matching cluster its configuration
 //! takes, and how long until every simulated agent holds it, for the assignment's creation and for a template
-//! change. The agents run in the fleet simulator's own process (see `fleet`).
+//! change. The agents run in the fleet simulator's own process (see `fleet`). The HTTP ceiling wakes as many
+//! pollers at once with one PUT; the database ceiling writes the configurations in one transaction and has every
+//! cluster read and report at once.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::fleet::Fleet;
+use crate::ceiling::{Ceiling, Db, FixedServer};
+use crate::fleet::{Fleet, polls_ended};
+use crate::propagation::{Apply, Exchange};
 use crate::{Figure, Target, ms};
 
 const ASSIGNMENT: &str = "/subscriptions/bench/providers/Fluxplane.Fleet/policyAssignments/baseline";
@@ -43,44 +47,100 @@ fn assignment(branch: &str) -> Value {
     }})
 }
 
+/// Waits until `clusters` receipts of `generation` of the configuration `name` have come; answers the last one's
+/// time and the sizes of its exchange.
+async fn held_by_all(
+    fleet: &mut Fleet,
+    clusters: usize,
+    name: impl Fn(&str) -> bool,
+    generation: i64,
+    written: SystemTime,
+) -> anyhow::Result<(Duration, Exchange)> {
+    let (mut holding, mut last, mut exchange) = (0, written, Exchange::default());
+    while holding < clusters {
+        let receipt = tokio::time::timeout(Duration::from_secs(60), fleet.receipts.recv())
+            .await
+            .with_context(|| format!("{holding} of {clusters} agents hold generation {generation}"))?
+            .context("the fleet simulator stopped")?;
+        if name(&receipt.name) && receipt.generation == generation {
+            holding += 1;
+            last = last.max(receipt.received);
+            exchange = receipt.exchange;
+        }
+    }
+    Ok((last.duration_since(written).unwrap_or_default(), exchange))
+}
+
 /// `clusters` clusters, each with an agent, and one assignment that matches them all.
 pub async fn assignment_reach(
     target: &Target,
     clusters: usize,
+    apply: Apply,
     figures: &mut Vec<Figure>,
     backend: &'static str,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut fleet = Fleet::spawn(target, clusters, &[("fleet", "bench")]).await?;
-    fleet.settled(target, clusters, Duration::from_secs(600)).await?;
+    let mut fleet = Fleet::spawn(target, clusters, &[("fleet", "bench")], apply).await?;
+    let notifier = &target.server.state.notifier;
+    fleet
+        .settled(|| notifier.waiting_clusters(), clusters, Duration::from_secs(600))
+        .await?;
     eprintln!(
         "  {clusters} clusters, each with an agent polling, after {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
-    for (generation, step, branch) in [(1, "creation", "main"), (2, "template change", "release")] {
+    let steps = [(1, "creation", "main"), (2, "template change", "release")];
+    let mut measured = Vec::with_capacity(steps.len());
+    let (mut answer, mut exchange) = Default::default();
+    for (generation, _, branch) in steps {
         // each step starts from a quiet fleet, as an operator's next change does, not inside the wake-up storm
         // of the last one
-        fleet.settled(target, clusters, Duration::from_secs(60)).await?;
+        fleet
+            .settled(|| notifier.waiting_clusters(), clusters, Duration::from_secs(60))
+            .await?;
         let before = apply_seconds(target).await?;
         let written = SystemTime::now();
-        target.put(ASSIGNMENT, FLEET_API, &assignment(branch)).await?;
+        answer = target.put(ASSIGNMENT, FLEET_API, &assignment(branch)).await?;
         let answered = written.elapsed().unwrap_or_default();
         let transaction = Duration::from_secs_f64(apply_seconds(target).await? - before);
         // each agent reports every generation it sees once
-        let mut holding = 0;
-        let mut last = written;
-        while holding < clusters {
-            let receipt = tokio::time::timeout(Duration::from_secs(60), fleet.receipts.recv())
-                .await
-                .with_context(|| format!("{holding} of {clusters} agents hold generation {generation}"))?
-                .context("the fleet simulator stopped")?;
-            if receipt.name == "baseline" && receipt.generation == generation {
-                holding += 1;
-                last = last.max(receipt.received);
-            }
-        }
-        let reach = last.duration_since(written).unwrap_or_default();
+        let reach;
+        (reach, exchange) = held_by_all(&mut fleet, clusters, |name| name == "baseline", generation, written).await?;
+        measured.push((transaction, answered, reach));
+    }
+    fleet.stop().await?;
+
+    // the HTTP ceiling: as many pollers, each woken by one PUT
+    polls_ended(target).await;
+    let fixed = FixedServer::start(Vec::new(), clusters, exchange, answer).await?;
+    let mut pollers = Fleet::spawn_ceiling(&fixed, clusters, exchange, apply).await?;
+    let mut http = Vec::with_capacity(steps.len());
+    for (generation, _, branch) in steps {
+        pollers
+            .settled(|| fixed.waiting(), clusters, Duration::from_secs(600))
+            .await?;
+        let written = SystemTime::now();
+        target.put_url(&fixed.write_all_url(), &assignment(branch)).await?;
+        http.push(
+            held_by_all(
+                &mut pollers,
+                clusters,
+                |name| name.starts_with("poller-"),
+                generation,
+                written,
+            )
+            .await?
+            .0,
+        );
+    }
+    pollers.stop().await?;
+    fixed.stop().await;
+    let db = Db::open(target).await?.assignment(clusters).await?;
+
+    for ((((_, step, _), (transaction, answered, reach)), http), db) in
+        steps.into_iter().zip(measured).zip(http).zip(db)
+    {
         figures.push(Figure {
             backend,
             scenario: format!("assignment {step} writes {clusters} configurations"),
@@ -93,6 +153,14 @@ pub async fn assignment_reach(
                  while the agents fetched and reported",
                 ms(answered)
             ),
+            // the transaction runs inside the server: no request to compare it with
+            http_ceiling: None,
+            db_ceiling: Some(Ceiling::time(
+                ms(transaction),
+                ms(db.transaction),
+                "one configuration per cluster inserted (creation) or all rewritten (change) in one statement \
+                 and transaction, scratch table",
+            )),
         });
         figures.push(Figure {
             backend,
@@ -102,7 +170,17 @@ pub async fn assignment_reach(
             target: Some("< 5000 ms".to_owned()),
             met: Some(ms(reach) < 5000.0),
             detail: "the agents run in a process of their own (fluxplane-bench simulate)".to_owned(),
+            http_ceiling: Some(Ceiling::time(
+                ms(reach),
+                ms(http),
+                "one PUT wakes as many held polls at once, each poller reports; bodies of the same sizes",
+            )),
+            db_ceiling: Some(Ceiling::time(
+                ms(reach),
+                ms(db.transaction + db.reach),
+                "the transaction, then every cluster at once reads its desired state and updates its status",
+            )),
         });
     }
-    fleet.stop().await
+    Ok(())
 }

@@ -1,11 +1,12 @@
 //! A simulated fleet in a process of its own. `fluxplane-bench simulate` registers clusters through the API, runs a
-//! simulated agent on each (the propagation scenario's: own identity, long-poll, instant apply) and prints what each
-//! agent receives as JSON lines. The scenarios that need thousands of agents spawn it, so that agents and server
-//! each have a whole open-file limit (an agent's connection costs a descriptor on each side) and the simulator's
-//! CPU shows as a process of its own.
+//! simulated agent on each (the propagation scenario's: own identity, long-poll, instant or delayed apply, a share
+//! of failures) and prints what each agent receives as JSON lines. The scenarios that need thousands of agents
+//! spawn it, so that agents and server each have a whole open-file limit (an agent's connection costs a descriptor
+//! on each side) and the simulator's CPU shows as a process of its own. The HTTP ceiling's pollers run the same
+//! way (`fluxplane-bench ceiling-pollers`, see `ceiling`) and print the same lines.
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use fluxplane_agent::client::ControlPlane;
@@ -15,12 +16,14 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::propagation::{Receipt, simulated_agent};
+use crate::ceiling::FixedServer;
+use crate::propagation::{Apply, Exchange, Receipt, simulated_agent};
 use crate::{CLUSTER, Target};
 
 /// Descriptors the simulator keeps for itself beyond one per agent.
-const SPARE_FILES: u64 = 256;
+pub(crate) const SPARE_FILES: u64 = 256;
 /// Clusters registered at once.
 const REGISTRATION_WORKERS: usize = 16;
 
@@ -38,6 +41,37 @@ pub struct SimulateArgs {
     /// Token of a user allowed to register clusters (Contributor or Owner).
     #[arg(long, env = "FLUXPLANE_BENCH_TOKEN", hide_env_values = true)]
     token: String,
+    #[command(flatten)]
+    apply: ApplyArgs,
+}
+
+/// How the simulated agents apply: shared by `simulate`, `ceiling-pollers` and the benchmark itself.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ApplyArgs {
+    /// Milliseconds from receiving a configuration to reporting it (0: instant apply).
+    #[arg(long, default_value_t = 0)]
+    pub apply_delay: u64,
+    /// The fraction of applies reported as failed (`Failed`, `Non-Compliant`, with a message), from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub failure_rate: f64,
+}
+
+impl ApplyArgs {
+    pub(crate) fn apply(&self) -> Apply {
+        Apply {
+            delay: Duration::from_millis(self.apply_delay),
+            failure_rate: self.failure_rate,
+        }
+    }
+
+    fn args(apply: Apply) -> [String; 4] {
+        [
+            "--apply-delay".to_owned(),
+            apply.delay.as_millis().to_string(),
+            "--failure-rate".to_owned(),
+            apply.failure_rate.to_string(),
+        ]
+    }
 }
 
 fn parse_tag(tag: &str) -> Result<(String, String), String> {
@@ -46,14 +80,30 @@ fn parse_tag(tag: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("'{tag}' is not key=value"))
 }
 
+fn parse_rate(rate: &str) -> Result<f64, String> {
+    match rate.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("'{rate}' is not a fraction from 0 to 1")),
+    }
+}
+
+/// The path of the `i`th cluster of a simulated fleet.
+pub(crate) fn fleet_cluster(i: usize) -> String {
+    format!("{CLUSTER}/fleet-{i:05}")
+}
+
 /// One line of the simulator's output: an agent received this generation of this configuration.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReceiptLine {
     name: String,
     generation: i64,
-    /// Wall-clock time, microseconds since the Unix epoch: the one clock both processes read.
+    /// Wall-clock times, microseconds since the Unix epoch: the one clock both processes read.
     received_micros: u64,
+    /// When the answer to the agent's report of this generation arrived.
+    reported_micros: u64,
+    failed: bool,
+    exchange: Exchange,
 }
 
 /// What an agent of the fleet received, and when.
@@ -61,28 +111,27 @@ pub struct FleetReceipt {
     pub name: String,
     pub generation: i64,
     pub received: SystemTime,
+    pub reported: SystemTime,
+    pub failed: bool,
+    pub exchange: Exchange,
 }
 
-/// `fluxplane-bench simulate`: registers the clusters, runs their agents until standard input closes.
-pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
-    if limit < args.clusters as u64 + SPARE_FILES {
-        bail!(
-            "the open-file limit is {limit}: too low for {} agents (raise the hard limit, `ulimit -Hn`)",
-            args.clusters
-        );
-    }
-    let http = reqwest::Client::new();
-    let tags: serde_json::Map<String, serde_json::Value> =
-        args.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+/// Registers `clusters` clusters (`fleet-00000` and up) through the API, each with an identity of its own.
+pub(crate) async fn register(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    clusters: usize,
+    tags: &[(String, String)],
+) -> anyhow::Result<Vec<Identity>> {
+    let tags: serde_json::Map<String, serde_json::Value> = tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let mut registrations = Vec::new();
     for worker in 0..REGISTRATION_WORKERS {
-        let (http, base, token, tags) = (http.clone(), args.base.clone(), args.token.clone(), tags.clone());
-        let clusters = args.clusters;
+        let (http, base, token, tags) = (http.clone(), base.to_owned(), token.to_owned(), tags.clone());
         registrations.push(tokio::spawn(async move {
             let mut identities = Vec::new();
             for i in (worker..clusters).step_by(REGISTRATION_WORKERS) {
-                let cluster = format!("{CLUSTER}/fleet-{i:05}");
+                let cluster = fleet_cluster(i);
                 let new = Identity::generate(&base, &cluster)?;
                 let body = json!({"location": "westeurope", "tags": tags,
                                   "properties": {"agentPublicKeyCertificate": new.public_key}});
@@ -95,38 +144,76 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                 if !response.status().is_success() {
                     bail!("registering {cluster}: {}", response.status());
                 }
-                identities.push(new.identity);
+                identities.push((i, new.identity));
             }
             Ok::<_, anyhow::Error>(identities)
         }));
     }
-    let (sender, mut receipts) = mpsc::unbounded_channel::<Receipt>();
-    let mut agents = Vec::with_capacity(args.clusters);
+    let mut identities = Vec::with_capacity(clusters);
     for registration in registrations {
-        for identity in registration.await?? {
-            agents.push(tokio::spawn(simulated_agent(
-                ControlPlane::new(identity)?,
-                sender.clone(),
-            )));
-        }
+        identities.extend(registration.await??);
+    }
+    identities.sort_by_key(|(i, _)| *i);
+    Ok(identities.into_iter().map(|(_, identity)| identity).collect())
+}
+
+/// The open-file limit raised as far as it goes, checked against `agents` connections.
+pub(crate) fn raise_file_limit(agents: usize) -> anyhow::Result<()> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
+    if limit < agents as u64 + SPARE_FILES {
+        bail!("the open-file limit is {limit}: too low for {agents} agents (raise the hard limit, `ulimit -Hn`)");
+    }
+    Ok(())
+}
+
+/// `fluxplane-bench simulate`: registers the clusters, runs their agents until standard input closes.
+pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    raise_file_limit(args.clusters)?;
+    let http = reqwest::Client::new();
+    let identities = register(&http, &args.base, &args.token, args.clusters, &args.tags).await?;
+    let (sender, receipts) = mpsc::unbounded_channel::<Receipt>();
+    let mut agents = Vec::with_capacity(args.clusters);
+    for identity in identities {
+        agents.push(tokio::spawn(simulated_agent(
+            ControlPlane::new(identity)?,
+            args.apply.apply(),
+            sender.clone(),
+        )));
     }
     drop(sender);
+    let printer = print_receipts(receipts);
+    until_stdin_closes().await?;
+    for agent in &agents {
+        agent.abort();
+    }
+    printer.abort();
+    Ok(())
+}
+
+/// Prints receipts as JSON lines on standard output, in batches.
+pub(crate) fn print_receipts(mut receipts: mpsc::UnboundedReceiver<Receipt>) -> JoinHandle<anyhow::Result<()>> {
     // Instants cannot cross processes: receipts leave as wall-clock times, taken against one pair of readings
-    let (anchor, anchor_wall) = (std::time::Instant::now(), SystemTime::now());
-    let printer = tokio::spawn(async move {
+    let (anchor, anchor_wall) = (Instant::now(), SystemTime::now());
+    let wall = move |at: Instant| -> anyhow::Result<u64> {
+        let wall = match at.checked_duration_since(anchor) {
+            Some(after) => anchor_wall + after,
+            None => anchor_wall - anchor.duration_since(at),
+        };
+        Ok(wall.duration_since(UNIX_EPOCH)?.as_micros() as u64)
+    };
+    tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         let mut batch = Vec::new();
         while receipts.recv_many(&mut batch, 1024).await > 0 {
             let mut out = Vec::new();
             for receipt in batch.drain(..) {
-                let received = match receipt.received.checked_duration_since(anchor) {
-                    Some(after) => anchor_wall + after,
-                    None => anchor_wall - anchor.duration_since(receipt.received),
-                };
                 let line = ReceiptLine {
                     name: receipt.name,
                     generation: receipt.generation,
-                    received_micros: received.duration_since(UNIX_EPOCH)?.as_micros() as u64,
+                    received_micros: wall(receipt.received)?,
+                    reported_micros: wall(receipt.reported)?,
+                    failed: receipt.failed,
+                    exchange: receipt.exchange,
                 };
                 serde_json::to_writer(&mut out, &line)?;
                 out.push(b'\n');
@@ -134,17 +221,25 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             stdout.write_all(&out).await?;
             stdout.flush().await?;
         }
-        Ok::<_, anyhow::Error>(())
-    });
-    // the parent closes standard input when it is done, or by dying
+        Ok(())
+    })
+}
+
+/// Returns once standard input closes: the parent closes it when it is done, or by dying.
+pub(crate) async fn until_stdin_closes() -> anyhow::Result<()> {
     let mut stdin = tokio::io::stdin();
     let mut buffer = [0u8; 64];
     while stdin.read(&mut buffer).await? > 0 {}
-    for agent in &agents {
-        agent.abort();
-    }
-    printer.abort();
     Ok(())
+}
+
+/// Waits until the target holds no poll (at most 35 s: a poll whose agent is gone ends at the latest when its
+/// 30 s wait does), so that the next phase neither shares the CPU with them nor runs out of descriptors.
+pub(crate) async fn polls_ended(target: &Target) {
+    let deadline = Instant::now() + Duration::from_secs(35);
+    while target.server.state.notifier.waiting_clusters() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A running simulator process and the receipts of its agents.
@@ -155,19 +250,51 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts `fluxplane-bench simulate` against the target with `clusters` clusters tagged `tags`.
-    pub async fn spawn(target: &Target, clusters: usize, tags: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn spawn(target: &Target, clusters: usize, tags: &[(&str, &str)], apply: Apply) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "simulate".to_owned(),
+            "--base".to_owned(),
+            target.server.base.clone(),
+            "--clusters".to_owned(),
+            clusters.to_string(),
+        ];
+        for (key, value) in tags {
+            args.extend(["--tag".to_owned(), format!("{key}={value}")]);
+        }
+        args.extend(ApplyArgs::args(apply));
+        Self::start(args, &target.token)
+    }
+
+    /// Starts `fluxplane-bench ceiling-pollers` against the HTTP ceiling's server: `pollers` pollers exchanging
+    /// bodies of the sizes of `exchange`.
+    pub async fn spawn_ceiling(
+        fixed: &FixedServer,
+        pollers: usize,
+        exchange: Exchange,
+        apply: Apply,
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "ceiling-pollers".to_owned(),
+            "--base".to_owned(),
+            fixed.base.clone(),
+            "--pollers".to_owned(),
+            pollers.to_string(),
+            "--report-bytes".to_owned(),
+            exchange.report.to_string(),
+        ];
+        args.extend(ApplyArgs::args(apply));
+        Self::start(args, "")
+    }
+
+    fn start(args: Vec<String>, token: &str) -> anyhow::Result<Self> {
         let mut command = Command::new(std::env::current_exe().context("finding the benchmark's own binary")?);
         command
-            .arg("simulate")
-            .args(["--base", &target.server.base, "--clusters", &clusters.to_string()])
-            .env("FLUXPLANE_BENCH_TOKEN", &target.token)
+            .args(args)
+            .env("FLUXPLANE_BENCH_TOKEN", token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        for (key, value) in tags {
-            command.args(["--tag", &format!("{key}={value}")]);
-        }
         let mut child = command.spawn().context("starting the fleet simulator")?;
         let stdout = child.stdout.take().context("the simulator's output")?;
         let (sender, receipts) = mpsc::unbounded_channel();
@@ -181,6 +308,9 @@ impl Fleet {
                     name: line.name,
                     generation: line.generation,
                     received: UNIX_EPOCH + Duration::from_micros(line.received_micros),
+                    reported: UNIX_EPOCH + Duration::from_micros(line.reported_micros),
+                    failed: line.failed,
+                    exchange: line.exchange,
                 };
                 if sender.send(receipt).is_err() {
                     return;
@@ -190,17 +320,19 @@ impl Fleet {
         Ok(Self { child, receipts })
     }
 
-    /// Waits until `agents` agents are polling the target (up to `within`), then a moment more for the polls
-    /// already answered to come back.
-    pub async fn settled(&mut self, target: &Target, agents: usize, within: Duration) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + within;
-        while target.server.state.notifier.waiting_clusters() < agents {
+    /// Waits until `waiting()` (the polls the server holds) reaches `agents` (up to `within`), then a moment more
+    /// for the polls already answered to come back.
+    pub async fn settled(
+        &mut self,
+        waiting: impl Fn() -> usize,
+        agents: usize,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while waiting() < agents {
             self.check()?;
-            if std::time::Instant::now() > deadline {
-                bail!(
-                    "only {} of {agents} agents are polling",
-                    target.server.state.notifier.waiting_clusters()
-                );
+            if Instant::now() > deadline {
+                bail!("only {} of {agents} agents are polling", waiting());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,23 +1,30 @@
 //! `fluxplane-bench`: measures the control plane over real HTTP against a server it starts itself, on each backend.
 //!
-//! Scenarios: configuration PUT throughput with concurrent clients, listing a cluster's configurations through
-//! paging, propagation (write to agent receipt, write to first status) with simulated agents long-polling, a
-//! policy assignment reaching a fleet, and the fleet compliance summary.
+//! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
+//! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
+//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, and
+//! the fleet compliance summary. Each figure comes with its ceilings measured in the same run (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
 mod assignment;
+mod ceiling;
 mod fleet;
+mod ingestion;
+mod listing;
+mod memory;
 mod propagation;
+mod report;
 mod summary;
+mod throughput;
 mod ui;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::body::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use fluxplane_api::testing::{Backend, TestServer};
-use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -44,8 +51,20 @@ struct Args {
     /// Times each list is repeated; the median is reported.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-    /// Simulated agents long-polling in the propagation scenario.
+    /// Agents sending status reports in the ingestion scenario.
     #[arg(long, default_value_t = 1000)]
+    ingestion_agents: usize,
+    /// Configurations of each agent's cluster in the ingestion scenario (each report covers them all).
+    #[arg(long, default_value_t = 5)]
+    ingestion_configurations: usize,
+    /// Reports each agent sends in the ingestion scenario.
+    #[arg(long, default_value_t = 10)]
+    ingestion_reports: usize,
+    /// Simulated agents long-polling in the memory scenario (in the simulator's process).
+    #[arg(long, default_value_t = 10_000)]
+    memory_agents: usize,
+    /// Simulated agents long-polling in the propagation scenario (in the simulator's process).
+    #[arg(long, default_value_t = 10_000)]
     agents: usize,
     /// Configuration writes timed in the propagation scenario.
     #[arg(long, default_value_t = 500)]
@@ -56,6 +75,9 @@ struct Args {
     /// Clusters in the summary scenario, each with ten configurations.
     #[arg(long, default_value_t = 10_000)]
     summary_clusters: usize,
+    /// How the simulated agents of the propagation, assignment and summary scenarios apply.
+    #[command(flatten)]
+    apply: fleet::ApplyArgs,
     /// Run only these scenarios (default: all).
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
@@ -70,14 +92,20 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a simulated fleet against a running control plane: register clusters, run an agent on each, print what
-    /// they receive as JSON lines, until standard input closes. The assignment scenario runs its fleet this way.
+    /// they receive as JSON lines, until standard input closes. The scenarios with thousands of agents run their
+    /// fleet this way.
     Simulate(fleet::SimulateArgs),
+    /// Run the HTTP ceiling's pollers against its server (started by the benchmark itself), printing what they
+    /// receive as `simulate` does, until standard input closes.
+    CeilingPollers(ceiling::PollersArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    Memory,
     Throughput,
     Listing,
+    Ingestion,
     Propagation,
     Assignment,
     Summary,
@@ -99,15 +127,10 @@ pub(crate) struct Figure {
     pub(crate) target: Option<String>,
     pub(crate) met: Option<bool>,
     pub(crate) detail: String,
-}
-
-/// A list page as the benchmark reads it: items are counted, not built, so that the load generator, which shares
-/// the machine with the server, spends as little as it can.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListPage {
-    value: Vec<IgnoredAny>,
-    next_link: Option<String>,
+    /// None where no HTTP equivalent exists (a transaction inside the server, memory, a browser).
+    pub(crate) http_ceiling: Option<ceiling::Ceiling>,
+    /// None where no query shape stands for the figure (memory, a browser).
+    pub(crate) db_ceiling: Option<ceiling::Ceiling>,
 }
 
 pub(crate) const CLUSTER: &str =
@@ -145,22 +168,23 @@ impl Target {
         })
     }
 
-    pub(crate) async fn put(&self, path: &str, version: &str, body: &Value) -> anyhow::Result<()> {
-        let response = self
-            .client
-            .put(format!("{}{path}?api-version={version}", self.server.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
+    /// PUTs `body` to the API path `path`; answers the response's body.
+    pub(crate) async fn put(&self, path: &str, version: &str, body: &Value) -> anyhow::Result<Bytes> {
+        self.put_url(&format!("{}{path}?api-version={version}", self.server.base), body)
+            .await
+    }
+
+    /// PUTs `body` to `url` as the owner, as every write of the benchmark goes: to the server or its HTTP ceiling.
+    pub(crate) async fn put_url(&self, url: &str, body: &Value) -> anyhow::Result<Bytes> {
+        let response = self.client.put(url).bearer_auth(&self.token).json(body).send().await?;
         if !response.status().is_success() {
             bail!(
-                "PUT {path}: {} {}",
+                "PUT {url}: {} {}",
                 response.status(),
                 response.text().await.unwrap_or_default()
             );
         }
-        Ok(())
+        Ok(response.bytes().await?)
     }
 
     async fn register(&self, cluster: &str) -> anyhow::Result<String> {
@@ -175,103 +199,20 @@ impl Target {
     }
 }
 
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `puts` PUTs spread over `clients` concurrent clients, each creating then updating its own configurations.
-async fn put_throughput(
-    target: &Target,
-    puts: usize,
-    clients: usize,
-    figures: &mut Vec<Figure>,
-    backend: &'static str,
-) -> anyhow::Result<()> {
-    // each client writes to clusters of its own, as operators of different clusters do
-    let mut clusters = Vec::with_capacity(clients);
-    for client in 0..clients {
-        clusters.push(target.register(&format!("throughput-{client}")).await?);
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (client, cluster) in clusters.into_iter().enumerate() {
-        let share = puts / clients + usize::from(client < puts % clients);
-        let http = target.client.clone();
-        let base = target.server.base.clone();
-        let token = target.token.clone();
+/// Writes a configuration (`config_body` of its index) at each of `paths` through the API, `workers` at a time.
+pub(crate) async fn seed(target: &Target, paths: Vec<String>, workers: usize) -> anyhow::Result<()> {
+    let mut tasks = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let (http, base, token) = (target.client.clone(), target.server.base.clone(), target.token.clone());
+        let mine: Vec<(usize, String)> = paths
+            .iter()
+            .enumerate()
+            .skip(worker)
+            .step_by(workers)
+            .map(|(i, path)| (i, path.clone()))
+            .collect();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(share);
-            let body = serde_json::to_vec(&config_body(client))?;
-            for i in 0..share {
-                // half creates, half updates of what this client created
-                let name = format!("c{client}-{}", i % share.div_ceil(2).max(1));
-                let path = Target::config_path(&cluster, &name);
-                let sent = Instant::now();
-                let response = http
-                    .put(format!("{base}{path}?api-version=2025-04-01"))
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    bail!("PUT {path}: {}", response.status());
-                }
-                latencies.push(sent.elapsed());
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(puts);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let rate = puts as f64 / elapsed.as_secs_f64();
-    let target_met = (backend == "postgres").then_some(rate > 2000.0);
-    figures.push(Figure {
-        backend,
-        scenario: format!("configuration PUTs, {clients} clients"),
-        value: rate,
-        unit: "PUT/s",
-        target: (backend == "postgres").then(|| "> 2000 PUT/s".to_owned()),
-        met: target_met,
-        detail: format!(
-            "{puts} PUTs in {:.2} s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
-            elapsed.as_secs_f64(),
-            ms(percentile(&latencies, 0.50)),
-            ms(percentile(&latencies, 0.95)),
-            ms(percentile(&latencies, 0.99)),
-        ),
-    });
-    Ok(())
-}
-
-/// Seeds `count` configurations on one cluster, then times reading them all through `nextLink`.
-async fn list_paging(
-    target: &Target,
-    count: usize,
-    repeat: usize,
-    figures: &mut Vec<Figure>,
-    backend: &'static str,
-) -> anyhow::Result<()> {
-    let cluster = target.register("listing").await?;
-    let seeding = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..8 {
-        let http = target.client.clone();
-        let base = target.server.base.clone();
-        let token = target.token.clone();
-        let cluster = cluster.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (worker..count).step_by(8) {
-                let path = Target::config_path(&cluster, &format!("cfg-{i:05}"));
+            for (i, path) in mine {
                 let response = http
                     .put(format!("{base}{path}?api-version=2025-04-01"))
                     .bearer_auth(&token)
@@ -288,61 +229,25 @@ async fn list_paging(
     for task in tasks {
         task.await??;
     }
-    eprintln!(
-        "  seeded {count} configurations in {:.1} s",
-        seeding.elapsed().as_secs_f64()
-    );
-
-    for top in [1000, 100] {
-        let mut runs = Vec::with_capacity(repeat);
-        let mut pages = 0;
-        for _ in 0..repeat {
-            let started = Instant::now();
-            let mut next = Some(format!(
-                "{}{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01&$top={top}",
-                target.server.base
-            ));
-            let (mut items, mut page_count) = (0, 0);
-            while let Some(link) = next {
-                let page: ListPage = target
-                    .client
-                    .get(&link)
-                    .bearer_auth(&target.token)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                items += page.value.len();
-                page_count += 1;
-                next = page.next_link;
-            }
-            if items != count {
-                bail!("listed {items} configurations, expected {count}");
-            }
-            runs.push(started.elapsed());
-            pages = page_count;
-        }
-        runs.sort();
-        let median = runs[runs.len() / 2];
-        let is_target = top == 1000 && backend == "postgres";
-        figures.push(Figure {
-            backend,
-            scenario: format!("list {count} configurations, $top={top}"),
-            value: ms(median),
-            unit: "ms",
-            target: is_target.then(|| "< 200 ms".to_owned()),
-            met: is_target.then_some(ms(median) < 200.0),
-            detail: format!("{pages} pages; median of {repeat}, fastest {:.1} ms", ms(runs[0])),
-        });
-    }
     Ok(())
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    if let Some(Command::Simulate(simulate)) = args.command {
-        return fleet::simulate(simulate).await;
+    match args.command {
+        Some(Command::Simulate(simulate)) => return fleet::simulate(simulate).await,
+        Some(Command::CeilingPollers(pollers)) => return ceiling::pollers(pollers).await,
+        None => {}
     }
     // the server's own log (RUST_LOG; its errors explain a failed run)
     fluxplane_api::telemetry::init(fluxplane_api::config::LogFormat::Text);
@@ -352,11 +257,14 @@ async fn main() -> anyhow::Result<()> {
         args.puts = 400;
         args.configurations = 300;
         args.repeat = 2;
+        args.ingestion_agents = 20;
+        args.memory_agents = 50;
         args.agents = 20;
         args.writes = 40;
         args.fleet = 50;
         args.summary_clusters = 30;
     }
+    let apply = args.apply.apply();
     let backends: &[(Backend, &'static str)] = match args.backend {
         Backends::Sqlite => &[(Backend::Sqlite, "sqlite")],
         Backends::Postgres => &[(Backend::Postgres, "postgres")],
@@ -365,31 +273,60 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let wanted = |scenario| args.scenarios.is_empty() || args.scenarios.contains(&scenario);
     for (backend, name) in backends {
+        // first, while this process has allocated the least
+        if wanted(Scenario::Memory) {
+            eprintln!("{name}: server memory with {} idle long-polls", args.memory_agents);
+            let target = Target::start(*backend).await?;
+            memory::memory(&target, args.memory_agents, &mut figures, name).await?;
+            target.server.stop().await;
+        }
         if wanted(Scenario::Throughput) {
             eprintln!(
                 "{name}: configuration PUT throughput ({} PUTs, {} clients)",
                 args.puts, args.clients
             );
             let target = Target::start(*backend).await?;
-            put_throughput(&target, args.puts, args.clients, &mut figures, name).await?;
+            throughput::throughput(&target, args.puts, args.clients, &mut figures, name).await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Listing) {
             eprintln!("{name}: listing {} configurations", args.configurations);
             let target = Target::start(*backend).await?;
-            list_paging(&target, args.configurations, args.repeat, &mut figures, name).await?;
+            listing::listing(&target, args.configurations, args.repeat, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Ingestion) {
+            eprintln!(
+                "{name}: status ingestion ({} agents, {} configurations each, {} reports each)",
+                args.ingestion_agents, args.ingestion_configurations, args.ingestion_reports
+            );
+            let target = Target::start(*backend).await?;
+            ingestion::ingestion(
+                &target,
+                args.ingestion_agents,
+                args.ingestion_configurations,
+                args.ingestion_reports,
+                &mut figures,
+                name,
+            )
+            .await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Propagation) {
-            eprintln!("{name}: propagation ({} agents, {} writes)", args.agents, args.writes);
+            eprintln!(
+                "{name}: propagation ({} agents, {} writes, {})",
+                args.agents,
+                args.writes,
+                apply.describe()
+            );
             let target = Target::start(*backend).await?;
-            propagation::propagation(&target, args.agents, args.writes, &mut figures, name).await?;
+            propagation::propagation(&target, args.agents, args.writes, apply, &mut figures, name).await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Assignment) {
             eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
             let target = Target::start(*backend).await?;
-            assignment::assignment_reach(&target, args.fleet, &mut figures, name).await?;
+            assignment::assignment_reach(&target, args.fleet, apply, &mut figures, name).await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Summary) {
@@ -398,37 +335,32 @@ async fn main() -> anyhow::Result<()> {
                 args.summary_clusters
             );
             let target = Target::start(*backend).await?;
-            summary::summary(&target, args.summary_clusters, &mut figures, name).await?;
+            summary::summary(&target, args.summary_clusters, apply, &mut figures, name).await?;
             target.server.stop().await;
         }
     }
 
-    println!(
-        "{:<9} {:<54} {:>10} {:<7} {:<30} detail",
-        "backend", "scenario", "value", "unit", "target"
-    );
-    for f in &figures {
-        let target = match (&f.target, f.met) {
-            (Some(t), Some(true)) => format!("{t} met"),
-            (Some(t), Some(false)) => format!("{t} MISSED"),
-            _ => "-".to_owned(),
-        };
-        println!(
-            "{:<9} {:<54} {:>10.1} {:<7} {:<30} {}",
-            f.backend, f.scenario, f.value, f.unit, target, f.detail
-        );
-    }
+    report::table(&figures);
     if let Some(path) = &args.json {
-        let machine = json!({
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "os": std::env::consts::OS,
-            "arch": std::env::consts::ARCH,
-            "quick": args.quick,
+        let options = json!({
+            "backend": format!("{:?}", args.backend).to_lowercase(),
+            "scenarios": args.scenarios.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
+            "puts": args.puts,
+            "clients": args.clients,
+            "configurations": args.configurations,
+            "repeat": args.repeat,
+            "ingestion_agents": args.ingestion_agents,
+            "ingestion_configurations": args.ingestion_configurations,
+            "ingestion_reports": args.ingestion_reports,
+            "memory_agents": args.memory_agents,
+            "agents": args.agents,
+            "writes": args.writes,
+            "fleet": args.fleet,
+            "summary_clusters": args.summary_clusters,
+            "apply_delay_ms": args.apply.apply_delay,
+            "failure_rate": args.apply.failure_rate,
         });
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(&json!({"machine": machine, "figures": figures}))?,
-        )?;
+        report::write_json(path, args.quick, options, &figures).await?;
     }
     Ok(())
 }

@@ -74,6 +74,9 @@ pub async fn first_view(
             "{LOADS} loads after a warm-up, navigation start to counts and first grid page drawn; median {:.0} ms",
             times[times.len() / 2]
         ),
+        // a browser's work has no HTTP or database equivalent
+        http_ceiling: None,
+        db_ceiling: None,
     });
     browser.client.clone().close().await?;
     Ok(())

@@ -1,0 +1,767 @@
+//! Ceilings: what the same machine does in the same run when the control plane's own work is taken away, so that
+//! every figure also reads as a fraction of what the machine allows, whatever the machine.
+//!
+//! - The HTTP ceiling (`FixedServer`): the same HTTP stack as the server (axum and hyper on tokio, on 127.0.0.1
+//!   port 0 in this process), answering fixed bodies of the sizes the server answered, driven by the scenario's own
+//!   client code with the same request pattern and concurrency. Agents' polls are held and woken by writes as the
+//!   server's are, by pollers in a process of their own (`fluxplane-bench ceiling-pollers`).
+//! - The database ceiling (`Db`): the same database, through a pool of its own (see `Db::open`), answering
+//!   the scenario's query shapes directly through sqlx: writes go to a scratch table with the columns of
+//!   `flux_configurations` (no triggers, no foreign keys), reads to the real tables.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use fluxplane_agent::identity::Identity;
+use fluxplane_api::testing::Backend;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::types::Json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::Target;
+use crate::fleet::{ApplyArgs, print_receipts, raise_file_limit, until_stdin_closes};
+use crate::propagation::{Exchange, Receipt};
+
+/// A figure's ceiling: its value in the figure's unit, and the figure as a fraction of it.
+#[derive(Debug, Serialize)]
+pub(crate) struct Ceiling {
+    pub(crate) value: f64,
+    /// How much of the ceiling the figure reaches: the ceiling's time over the figure's for times, the figure's
+    /// rate over the ceiling's for rates. 1 is the ceiling itself.
+    pub(crate) fraction: f64,
+    pub(crate) method: String,
+}
+
+impl Ceiling {
+    /// For a time, where less is better.
+    pub(crate) fn time(figure: f64, ceiling: f64, method: &str) -> Self {
+        Self {
+            value: ceiling,
+            fraction: ceiling / figure,
+            method: method.to_owned(),
+        }
+    }
+
+    /// For a rate, where more is better.
+    pub(crate) fn rate(figure: f64, ceiling: f64, method: &str) -> Self {
+        Self {
+            value: ceiling,
+            fraction: figure / ceiling,
+            method: method.to_owned(),
+        }
+    }
+}
+
+/// A JSON document of exactly `bytes` bytes (at least 10): `{"pad":"xx…"}`.
+pub(crate) fn padded(bytes: usize) -> Value {
+    json!({"pad": "x".repeat(bytes.saturating_sub(10))})
+}
+
+/// The name a ceiling poller prints its receipts under.
+pub(crate) fn poller_name(i: usize) -> String {
+    format!("poller-{i:05}")
+}
+
+/// How long the HTTP ceiling holds a poll without a write: as the server's agents ask.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+
+struct Fixed {
+    /// Answered by `/body/{i}`, whatever the method.
+    bodies: Vec<Bytes>,
+    /// Each poller's generation: a write bumps it, which answers the poller's held poll.
+    polls: Vec<watch::Sender<i64>>,
+    waiting: AtomicUsize,
+    exchange: (Bytes, Bytes),
+    write_answer: Bytes,
+    closing: watch::Sender<bool>,
+}
+
+/// The HTTP ceiling's server: the server's HTTP stack answering fixed bodies.
+pub(crate) struct FixedServer {
+    pub(crate) base: String,
+    fixed: Arc<Fixed>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl FixedServer {
+    /// Serves `bodies` at `/body/{i}`; `pollers` polls at `/poll/{i}`, answered with the desired state's size of
+    /// `exchange`, reports at `/report/{i}` with its answer's size, and writes at `/write/{i}` and `/write-all`,
+    /// answered with `write_answer`.
+    pub(crate) async fn start(
+        bodies: Vec<Bytes>,
+        pollers: usize,
+        exchange: Exchange,
+        write_answer: Bytes,
+    ) -> anyhow::Result<Self> {
+        let body = |bytes| Bytes::from(serde_json::to_vec(&padded(bytes)).expect("a JSON value"));
+        let fixed = Arc::new(Fixed {
+            bodies,
+            polls: (0..pollers).map(|_| watch::channel(0).0).collect(),
+            waiting: AtomicUsize::new(0),
+            exchange: (body(exchange.answer), body(exchange.accepted)),
+            write_answer,
+            closing: watch::channel(false).0,
+        });
+        let app = Router::new()
+            .route("/body/{i}", any(fixed_body))
+            .route("/poll/{i}", get(poll))
+            .route("/report/{i}", post(report))
+            .route("/write/{i}", put(write))
+            .route("/write-all", put(write_all))
+            .with_state(fixed.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = signal.await;
+                })
+                .await
+        });
+        Ok(Self {
+            base,
+            fixed,
+            shutdown,
+            task,
+        })
+    }
+
+    pub(crate) fn body_url(&self, i: usize) -> String {
+        format!("{}/body/{i}", self.base)
+    }
+
+    pub(crate) fn write_url(&self, poller: usize) -> String {
+        format!("{}/write/{poller}", self.base)
+    }
+
+    pub(crate) fn write_all_url(&self) -> String {
+        format!("{}/write-all", self.base)
+    }
+
+    /// How many polls it holds.
+    pub(crate) fn waiting(&self) -> usize {
+        self.fixed.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Answers the polls it holds and stops.
+    pub(crate) async fn stop(self) {
+        self.fixed.closing.send_replace(true);
+        let _ = self.shutdown.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn json_answer(body: Bytes) -> Response {
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+// Each handler takes the request body as the server's handlers do: read whole before answering.
+async fn fixed_body(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, _body: Bytes) -> Response {
+    json_answer(fixed.bodies[i].clone())
+}
+
+async fn report(State(fixed): State<Arc<Fixed>>, Path(_): Path<usize>, _body: Bytes) -> Response {
+    json_answer(fixed.exchange.1.clone())
+}
+
+async fn write(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, _body: Bytes) -> Response {
+    fixed.polls[i].send_modify(|generation| *generation += 1);
+    json_answer(fixed.write_answer.clone())
+}
+
+async fn write_all(State(fixed): State<Arc<Fixed>>, _body: Bytes) -> Response {
+    for poll in &fixed.polls {
+        poll.send_modify(|generation| *generation += 1);
+    }
+    json_answer(fixed.write_answer.clone())
+}
+
+#[derive(Deserialize)]
+struct After {
+    after: i64,
+}
+
+/// Counts a held poll while it lives.
+struct Held(Arc<Fixed>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn poll(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, Query(query): Query<After>) -> Response {
+    let mut changes = fixed.polls[i].subscribe();
+    let mut closing = fixed.closing.subscribe();
+    if *changes.borrow_and_update() <= query.after {
+        fixed.waiting.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(fixed.clone());
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(POLL_WAIT) => {}
+            _ = closing.wait_for(|closing| *closing) => {}
+        }
+    }
+    let generation = *changes.borrow();
+    (
+        [("x-generation", generation.to_string())],
+        json_answer(fixed.exchange.0.clone()),
+    )
+        .into_response()
+}
+
+/// An HTTP client as `fluxplane_agent::client::ControlPlane::new` builds its own, one per agent.
+pub(crate) fn agent_http() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PollersArgs {
+    /// Base URL of the HTTP ceiling's server.
+    #[arg(long)]
+    base: String,
+    /// Pollers to run, one per poll slot of the server.
+    #[arg(long)]
+    pollers: usize,
+    /// Size of each report's body.
+    #[arg(long)]
+    report_bytes: usize,
+    #[command(flatten)]
+    apply: ApplyArgs,
+}
+
+/// `fluxplane-bench ceiling-pollers`: the simulated agents' request pattern against the HTTP ceiling's server, until
+/// standard input closes: each poller long-polls, and on a new generation reports, after the apply delay.
+pub async fn pollers(args: PollersArgs) -> anyhow::Result<()> {
+    raise_file_limit(args.pollers)?;
+    let report = Arc::new(padded(args.report_bytes));
+    let (sender, receipts) = mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(args.pollers);
+    for i in 0..args.pollers {
+        let (base, report, sender) = (args.base.clone(), report.clone(), sender.clone());
+        tasks.push(tokio::spawn(poller(i, base, report, args.apply.apply().delay, sender)));
+    }
+    drop(sender);
+    let printer = print_receipts(receipts);
+    until_stdin_closes().await?;
+    for task in &tasks {
+        task.abort();
+    }
+    printer.abort();
+    Ok(())
+}
+
+async fn poller(
+    i: usize,
+    base: String,
+    report: Arc<Value>,
+    delay: Duration,
+    receipts: mpsc::UnboundedSender<Receipt>,
+) -> anyhow::Result<()> {
+    let http = agent_http()?;
+    // signed as an agent's, so that the header is an agent's size
+    let token = Identity::generate(&base, &poller_name(i))?.identity.token()?.value;
+    let mut generation = 0;
+    loop {
+        let polled = http
+            .get(format!("{base}/poll/{i}?after={generation}"))
+            .timeout(POLL_WAIT + Duration::from_secs(15))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        let response = match polled {
+            Ok(response) => response,
+            Err(_) if receipts.is_closed() => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        let current: i64 = response
+            .headers()
+            .get("x-generation")
+            .and_then(|value| value.to_str().ok()?.parse().ok())
+            .context("a poll's answer without its generation")?;
+        response.json::<IgnoredAny>().await?;
+        let received = Instant::now();
+        if current <= generation {
+            continue;
+        }
+        generation = current;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let answer = http
+            .post(format!("{base}/report/{i}"))
+            .timeout(Duration::from_secs(30))
+            .bearer_auth(&token)
+            .json(&*report)
+            .send()
+            .await?;
+        answer.error_for_status()?.json::<IgnoredAny>().await?;
+        let _ = receipts.send(Receipt {
+            name: poller_name(i),
+            generation,
+            received,
+            reported: Instant::now(),
+            failed: false,
+            exchange: Exchange::default(),
+        });
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the engine's own pool: one text of each query for both engines, as the
+/// server's `sql_store!` does.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match &$db.pool {
+            Pool::Postgres($pool) => $body,
+            Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+
+const SCRATCH_POSTGRES: &str = "CREATE TABLE bench_ceiling_configurations (\
+     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, cluster_id BIGINT NOT NULL, name TEXT COLLATE \"C\" NOT NULL, \
+     spec JSONB NOT NULL, secrets_version BIGINT, generation BIGINT NOT NULL, etag TEXT NOT NULL, \
+     provisioning_state TEXT NOT NULL, compliance_state TEXT NOT NULL, observed JSONB NOT NULL, \
+     system_data JSONB NOT NULL, reported_generation BIGINT, failure TEXT, UNIQUE (cluster_id, name))";
+const SCRATCH_SQLITE: &str = "CREATE TABLE bench_ceiling_configurations (\
+     id INTEGER PRIMARY KEY AUTOINCREMENT, cluster_id INTEGER NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL, \
+     secrets_version INTEGER, generation INTEGER NOT NULL, etag TEXT NOT NULL, provisioning_state TEXT NOT NULL, \
+     compliance_state TEXT NOT NULL, observed TEXT NOT NULL, system_data TEXT NOT NULL, reported_generation INTEGER, \
+     failure TEXT, UNIQUE (cluster_id, name))";
+const DROP_SCRATCH: &str = "DROP TABLE IF EXISTS bench_ceiling_configurations";
+/// A configuration PUT's write: create, or update what is there.
+const UPSERT: &str = "INSERT INTO bench_ceiling_configurations (cluster_id, name, spec, generation, etag, \
+     provisioning_state, compliance_state, observed, system_data) \
+     VALUES ($1, $2, $3, 1, $4, 'Creating', 'Pending', $5, $6) \
+     ON CONFLICT (cluster_id, name) DO UPDATE SET spec = excluded.spec, \
+     generation = bench_ceiling_configurations.generation + 1, etag = excluded.etag, \
+     provisioning_state = excluded.provisioning_state, compliance_state = excluded.compliance_state, \
+     observed = excluded.observed, system_data = excluded.system_data";
+/// An agent's status report of one configuration.
+const REPORT: &str = "UPDATE bench_ceiling_configurations SET provisioning_state = $1, compliance_state = $2, \
+     observed = $3, reported_generation = generation WHERE cluster_id = $4 AND name = $5";
+/// A cluster's desired state.
+const DESIRED: &str = "SELECT * FROM bench_ceiling_configurations WHERE cluster_id = $1 ORDER BY name";
+/// The configuration `$5` on each of `$4` clusters, in one statement: a policy assignment's creation.
+const ASSIGN: &str = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $4) \
+     INSERT INTO bench_ceiling_configurations (cluster_id, name, spec, generation, etag, provisioning_state, \
+     compliance_state, observed, system_data) \
+     SELECT i, $5, $1, 1, 'e', 'Creating', 'Pending', $2, $3 FROM n";
+/// A policy assignment's template change: every configuration it manages rewritten.
+const REASSIGN: &str = "UPDATE bench_ceiling_configurations SET spec = $1, generation = generation + 1, etag = $2 \
+     WHERE name = 'baseline'";
+/// A listing page, as the server reads it: one more row than the page, to know whether another follows.
+const PAGE: &str = "SELECT * FROM flux_configurations WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3";
+
+/// The summary's reads (`api/src/store/dashboards.rs` with `postgres.rs` and `sqlite.rs`), for the subscription
+/// `$1` and all its resource groups (`$2` empty).
+const SUMMARY_INSTANCES: &str = "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
+     CAST(SUM(instances) AS BIGINT) AS instances FROM (\
+     SELECT policy_assignment, compliance_state, provisioning_state, reported, instances FROM instance_rollups \
+     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
+     UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, instances \
+     FROM instance_deltas WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2)\
+     ) t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0";
+const SUMMARY_CLUSTERS: &str = "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (\
+     SELECT dimension, value, clusters FROM cluster_rollups \
+     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
+     UNION ALL SELECT dimension, value, clusters FROM cluster_deltas \
+     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2)\
+     ) t GROUP BY 1, 2 HAVING SUM(clusters) <> 0";
+const SUMMARY_UNHEARD_POSTGRES: &str = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, \
+     f.policy_assignment, f.compliance_state, f.provisioning_state, f.reported, f.count \
+     FROM clusters c CROSS JOIN LATERAL ( \
+     SELECT COALESCE(managed_by_id, '') AS policy_assignment, compliance_state, provisioning_state, \
+     COALESCE(reported_generation = generation, FALSE) AS reported, COUNT(*) AS count \
+     FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
+     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+     AND c.connectivity_status <> 'Connected'";
+const SUMMARY_UNHEARD_SQLITE: &str = "SELECT f.cluster_id, c.connectivity_status, c.last_connectivity_time, \
+     COALESCE(f.managed_by_id, '') AS policy_assignment, f.compliance_state, f.provisioning_state, \
+     COALESCE(f.reported_generation = f.generation, FALSE) AS reported, COUNT(*) AS count \
+     FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
+     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
+     AND c.connectivity_status <> 'Connected' \
+     GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7";
+
+/// A configuration's documents as the server stored them: the scratch rows carry the same, so that they weigh
+/// what the real rows weigh.
+#[derive(Clone)]
+struct Documents {
+    spec: Value,
+    observed: Value,
+    system_data: Value,
+}
+
+/// The propagation's database ceiling: per write, until the desired state is read (receipt) and until the
+/// status is written (first status); both sorted.
+pub(crate) struct DbPropagation {
+    pub(crate) receipt: Vec<Duration>,
+    pub(crate) status: Vec<Duration>,
+}
+
+/// The assignment's database ceiling, per step: the writing transaction, and the fleet's reads and reports.
+pub(crate) struct DbAssignmentStep {
+    pub(crate) transaction: Duration,
+    pub(crate) reach: Duration,
+}
+
+/// The database ceiling: the server's database, through a pool of its own.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// A pool on the target's database with the server's settings (`api/src/store/postgres.rs`, `sqlite.rs`),
+    /// except that SQLite gets one connection: it lets one transaction write at a time, and writers queued in the
+    /// pool wait only as long as the writer before them, where writers queued in SQLite's busy handler sleep in
+    /// growing steps. One connection is what lets SQLite reach its ceiling.
+    pub(crate) async fn open(target: &Target) -> anyhow::Result<Self> {
+        let database = &target.server.database;
+        let pool = match database.backend {
+            Backend::Postgres => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&database.url)
+                    .await?,
+            ),
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&database.url)?
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+        };
+        Ok(Self { pool })
+    }
+
+    /// A fresh scratch table, and the documents of a real configuration to fill it with.
+    async fn scratch(&self) -> anyhow::Result<Documents> {
+        let (spec, observed, system_data): (String, String, String) = on_pool!(self, pool => {
+            sqlx::query(DROP_SCRATCH).execute(pool).await?;
+            let create = if matches!(self.pool, Pool::Postgres(_)) { SCRATCH_POSTGRES } else { SCRATCH_SQLITE };
+            sqlx::query(create).execute(pool).await?;
+            sqlx::query_as(
+                "SELECT CAST(spec AS TEXT), CAST(observed AS TEXT), CAST(system_data AS TEXT) \
+                 FROM flux_configurations LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+            .context("no configuration to copy into the scratch table")?
+        });
+        Ok(Documents {
+            spec: serde_json::from_str(&spec)?,
+            observed: serde_json::from_str(&observed)?,
+            system_data: serde_json::from_str(&system_data)?,
+        })
+    }
+
+    async fn drop_scratch(&self) -> anyhow::Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(DROP_SCRATCH).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// `puts` upserts, each in a transaction, by `clients` concurrent clients each on clusters of its own, half
+    /// creating and half updating: the throughput scenario's pattern. Answers the time they took.
+    pub(crate) async fn puts(&self, clients: usize, puts: usize) -> anyhow::Result<Duration> {
+        let documents = self.scratch().await?;
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(clients);
+        for client in 0..clients {
+            let share = puts / clients + usize::from(client < puts % clients);
+            let (db, documents) = (self.clone(), documents.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..share {
+                    let name = format!("c{client}-{}", i % share.div_ceil(2).max(1));
+                    db.upsert(client as i64, &name, &format!("{client}-{i}"), &documents)
+                        .await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let elapsed = started.elapsed();
+        self.drop_scratch().await?;
+        Ok(elapsed)
+    }
+
+    async fn upsert(&self, cluster: i64, name: &str, etag: &str, documents: &Documents) -> anyhow::Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(UPSERT)
+                .bind(cluster)
+                .bind(name)
+                .bind(Json(&documents.spec))
+                .bind(etag)
+                .bind(Json(&documents.observed))
+                .bind(Json(&documents.system_data))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn report(&self, cluster: i64, name: &str, compliant: bool, observed: &Value) -> anyhow::Result<()> {
+        let (provisioning, compliance) = if compliant {
+            ("Succeeded", "Compliant")
+        } else {
+            ("Failed", "Non-Compliant")
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(REPORT)
+                .bind(provisioning)
+                .bind(compliance)
+                .bind(Json(observed))
+                .bind(cluster)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn desired(&self, cluster: i64) -> anyhow::Result<usize> {
+        Ok(on_pool!(self, pool => sqlx::query(DESIRED).bind(cluster).fetch_all(pool).await?.len()))
+    }
+
+    /// Lists the configurations of the cluster named `cluster` page by page (`top` rows each, keyset by name, as
+    /// the server pages), `repeat` times; answers the runs' times, sorted. The rows are fetched, not decoded.
+    pub(crate) async fn listing(
+        &self,
+        cluster: &str,
+        top: usize,
+        count: usize,
+        repeat: usize,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let mut runs = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let started = Instant::now();
+            let listed = on_pool!(self, pool => {
+                let id: i64 = sqlx::query_scalar("SELECT id FROM clusters WHERE name = $1")
+                    .bind(cluster)
+                    .fetch_one(pool)
+                    .await?;
+                let (mut after, mut listed) = (String::new(), 0);
+                loop {
+                    let rows = sqlx::query(PAGE)
+                        .bind(id)
+                        .bind(&after)
+                        .bind(top as i64 + 1)
+                        .fetch_all(pool)
+                        .await?;
+                    let page = rows.len().min(top);
+                    listed += page;
+                    if rows.len() <= top {
+                        break listed;
+                    }
+                    after = rows[page - 1].try_get("name")?;
+                }
+            });
+            if listed != count {
+                bail!("the database ceiling listed {listed} configurations, expected {count}");
+            }
+            runs.push(started.elapsed());
+        }
+        runs.sort();
+        Ok(runs)
+    }
+
+    /// The summary's reads of the subscription `bench`, one snapshot each, `reads` times one at a time after
+    /// `warmup`; answers their times, sorted.
+    pub(crate) async fn summary(&self, warmup: usize, reads: usize) -> anyhow::Result<Vec<Duration>> {
+        let mut latencies = Vec::with_capacity(reads);
+        for read in 0..warmup + reads {
+            let started = Instant::now();
+            match &self.pool {
+                Pool::Postgres(pool) => {
+                    let mut tx = pool
+                        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        .await?;
+                    for sql in [SUMMARY_INSTANCES, SUMMARY_CLUSTERS, SUMMARY_UNHEARD_POSTGRES] {
+                        sqlx::query(sql).bind("bench").bind("").fetch_all(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                }
+                Pool::Sqlite(pool) => {
+                    let mut tx = pool.begin().await?;
+                    for sql in [SUMMARY_INSTANCES, SUMMARY_CLUSTERS, SUMMARY_UNHEARD_SQLITE] {
+                        sqlx::query(sql).bind("bench").bind("").fetch_all(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                }
+            }
+            if read >= warmup {
+                latencies.push(started.elapsed());
+            }
+        }
+        latencies.sort();
+        Ok(latencies)
+    }
+
+    /// `writes` writes one at a time, each to the next of `clusters` clusters: the upsert, the desired state's read,
+    /// the status report.
+    pub(crate) async fn propagation(&self, clusters: usize, writes: usize) -> anyhow::Result<DbPropagation> {
+        let documents = self.scratch().await?;
+        let mut timed = DbPropagation {
+            receipt: Vec::with_capacity(writes),
+            status: Vec::with_capacity(writes),
+        };
+        for i in 0..writes {
+            let (cluster, name) = ((i % clusters) as i64, format!("propagation-{i}"));
+            let started = Instant::now();
+            self.upsert(cluster, &name, &i.to_string(), &documents).await?;
+            self.desired(cluster).await?;
+            timed.receipt.push(started.elapsed());
+            self.report(cluster, &name, true, &documents.observed).await?;
+            timed.status.push(started.elapsed());
+        }
+        self.drop_scratch().await?;
+        timed.receipt.sort();
+        timed.status.sort();
+        Ok(timed)
+    }
+
+    /// `agents` concurrent agents, each with `configurations` configurations, each sending `reports` reports of all
+    /// of them back to back, one transaction per configuration as the server records them, alternating
+    /// between compliant and not. Answers the time they took.
+    pub(crate) async fn ingestion(
+        &self,
+        agents: usize,
+        configurations: usize,
+        reports: usize,
+    ) -> anyhow::Result<Duration> {
+        let documents = self.scratch().await?;
+        for c in 0..configurations {
+            self.assign(agents, &format!("cfg-{c}"), &documents).await?;
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(agents);
+        for agent in 0..agents {
+            let (db, observed) = (self.clone(), documents.observed.clone());
+            tasks.push(tokio::spawn(async move {
+                for report in 0..reports {
+                    for c in 0..configurations {
+                        db.report(agent as i64, &format!("cfg-{c}"), report % 2 == 0, &observed)
+                            .await?;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let elapsed = started.elapsed();
+        self.drop_scratch().await?;
+        Ok(elapsed)
+    }
+
+    /// A policy assignment over `clusters` clusters: its creation (one configuration per cluster, in one
+    /// transaction) and its template change (all of them rewritten, in one transaction), each followed by every
+    /// cluster's agent at once reading its desired state and reporting.
+    pub(crate) async fn assignment(&self, clusters: usize) -> anyhow::Result<[DbAssignmentStep; 2]> {
+        let documents = self.scratch().await?;
+        let started = Instant::now();
+        self.assign(clusters, "baseline", &documents).await?;
+        let creation = started.elapsed();
+        let creation_reach = self.wake(clusters, &documents.observed).await?;
+        let started = Instant::now();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(REASSIGN)
+                .bind(Json(&documents.spec))
+                .bind("e2")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        let change = started.elapsed();
+        let change_reach = self.wake(clusters, &documents.observed).await?;
+        self.drop_scratch().await?;
+        Ok([
+            DbAssignmentStep {
+                transaction: creation,
+                reach: creation_reach,
+            },
+            DbAssignmentStep {
+                transaction: change,
+                reach: change_reach,
+            },
+        ])
+    }
+
+    /// The configuration `name` on each of `clusters` clusters, in one transaction.
+    async fn assign(&self, clusters: usize, name: &str, documents: &Documents) -> anyhow::Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(ASSIGN)
+                .bind(Json(&documents.spec))
+                .bind(Json(&documents.observed))
+                .bind(Json(&documents.system_data))
+                .bind(clusters as i64)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Every cluster's agent at once: its desired state read, then its report of the configuration written.
+    async fn wake(&self, clusters: usize, observed: &Value) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(clusters);
+        for cluster in 0..clusters as i64 {
+            let (db, observed) = (self.clone(), observed.clone());
+            tasks.push(tokio::spawn(async move {
+                db.desired(cluster).await?;
+                db.report(cluster, "baseline", true, &observed).await
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(started.elapsed())
+    }
+}

@@ -1,0 +1,105 @@
+//! The results: a table on standard output, and with `--json` a file holding the figures, their targets and
+//! ceilings, the options of the run and the facts of the machine it ran on (figures from different machines are
+//! only comparable through their ceilings).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::Figure;
+use crate::ceiling::Ceiling;
+
+/// A ceiling as the table shows it: its value, and how much of it the figure reaches.
+fn ceiling(name: &str, ceiling: &Option<Ceiling>) -> String {
+    match ceiling {
+        Some(c) => format!("{name} {:.1} ({:.0}%)", c.value, c.fraction * 100.0),
+        None => format!("{name} -"),
+    }
+}
+
+pub(crate) fn table(figures: &[Figure]) {
+    println!(
+        "{:<9} {:<62} {:>10} {:<9} {:<30} {:<36} detail",
+        "backend", "scenario", "value", "unit", "target", "ceilings (figure's share)"
+    );
+    for f in figures {
+        let target = match (&f.target, f.met) {
+            (Some(t), Some(true)) => format!("{t} met"),
+            (Some(t), Some(false)) => format!("{t} MISSED"),
+            _ => "-".to_owned(),
+        };
+        let ceilings = format!("{}, {}", ceiling("HTTP", &f.http_ceiling), ceiling("DB", &f.db_ceiling));
+        println!(
+            "{:<9} {:<62} {:>10.1} {:<9} {:<30} {:<36} {}",
+            f.backend, f.scenario, f.value, f.unit, target, ceilings, f.detail
+        );
+    }
+}
+
+/// The first line of `/proc/cpuinfo` or `/proc/meminfo` starting with `key`, its value trimmed.
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find(|line| line.starts_with(key))?
+        .split_once(':')
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// The version PostgreSQL reports, if the server the benchmark uses answers.
+async fn postgres_version() -> Option<String> {
+    let url = std::env::var("FLUXPLANE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let connected = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url)).await;
+    let mut connection = connected.ok()?.ok()?;
+    sqlx::query_scalar("SELECT version()")
+        .fetch_one(&mut connection)
+        .await
+        .ok()
+}
+
+/// The version of the SQLite library the server is linked with.
+async fn sqlite_version() -> Option<String> {
+    let mut connection = sqlx::SqliteConnection::connect("sqlite::memory:").await.ok()?;
+    sqlx::query_scalar("SELECT sqlite_version()")
+        .fetch_one(&mut connection)
+        .await
+        .ok()
+}
+
+fn git_commit() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+async fn machine(quick: bool) -> Value {
+    let memory_kib =
+        proc_field("/proc/meminfo", "MemTotal").and_then(|total| total.strip_suffix("kB")?.trim().parse::<u64>().ok());
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": proc_field("/proc/cpuinfo", "model name"),
+        "memory_total_mib": memory_kib.map(|kib| kib / 1024),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|k| k.trim().to_owned()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "postgres_version": postgres_version().await,
+        "sqlite_version": sqlite_version().await,
+        "git_commit": git_commit(),
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "quick": quick,
+    })
+}
+
+pub(crate) async fn write_json(path: &Path, quick: bool, options: Value, figures: &[Figure]) -> anyhow::Result<()> {
+    let results = json!({"machine": machine(quick).await, "options": options, "figures": figures});
+    std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    Ok(())
+}
