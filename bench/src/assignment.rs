@@ -2,7 +2,7 @@
 //! takes, and how long until every simulated agent holds it, for the assignment's creation and for a template
 //! change. The agents run in the fleet simulator's own process (see `fleet`). The HTTP ceiling wakes as many
 //! pollers at once with one PUT; the database ceiling writes the configurations in one transaction and has every
-//! cluster read and report at once.
+//! cluster read its desired state at once.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -178,7 +178,7 @@ pub async fn assignment_reach(
             db_ceiling: Some(Ceiling::time(
                 ms(reach),
                 ms(db.transaction + db.reach),
-                "the transaction, then every cluster at once reads its desired state and updates its status",
+                "the transaction, then every cluster at once reads its desired state (the agents' reports left out)",
             )),
         });
     }

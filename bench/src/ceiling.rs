@@ -31,10 +31,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::types::Json;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::Target;
-use crate::fleet::{ApplyArgs, print_receipts, raise_file_limit, until_stdin_closes};
+use crate::fleet::{ApplyArgs, fleet_cluster, print_receipts, raise_file_limit, run_until_stdin_closes};
 use crate::propagation::{Exchange, Receipt};
 
 /// A figure's ceiling: its value in the figure's unit, and the figure as a fraction of it.
@@ -86,7 +86,8 @@ struct Fixed {
     /// Each poller's generation: a write bumps it, which answers the poller's held poll.
     polls: Vec<watch::Sender<i64>>,
     waiting: AtomicUsize,
-    exchange: (Bytes, Bytes),
+    poll_answer: Bytes,
+    report_answer: Bytes,
     write_answer: Bytes,
     closing: watch::Sender<bool>,
 }
@@ -114,7 +115,8 @@ impl FixedServer {
             bodies,
             polls: (0..pollers).map(|_| watch::channel(0).0).collect(),
             waiting: AtomicUsize::new(0),
-            exchange: (body(exchange.answer), body(exchange.accepted)),
+            poll_answer: body(exchange.answer),
+            report_answer: body(exchange.accepted),
             write_answer,
             closing: watch::channel(false).0,
         });
@@ -178,7 +180,7 @@ async fn fixed_body(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, _body
 }
 
 async fn report(State(fixed): State<Arc<Fixed>>, Path(_): Path<usize>, _body: Bytes) -> Response {
-    json_answer(fixed.exchange.1.clone())
+    json_answer(fixed.report_answer.clone())
 }
 
 async fn write(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, _body: Bytes) -> Response {
@@ -222,7 +224,7 @@ async fn poll(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, Query(query
     let generation = *changes.borrow();
     (
         [("x-generation", generation.to_string())],
-        json_answer(fixed.exchange.0.clone()),
+        json_answer(fixed.poll_answer.clone()),
     )
         .into_response()
 }
@@ -255,38 +257,38 @@ pub struct PollersArgs {
 pub async fn pollers(args: PollersArgs) -> anyhow::Result<()> {
     raise_file_limit(args.pollers)?;
     let report = Arc::new(padded(args.report_bytes));
+    // signed as an agent's for a cluster id as long as the simulator's, so that the header is an agent's size;
+    // one for all, since the ceiling's server checks none
+    let token: Arc<str> = Identity::generate(&args.base, &fleet_cluster(0))?
+        .identity
+        .token()?
+        .value
+        .into();
     let (sender, receipts) = mpsc::unbounded_channel();
-    let mut tasks = Vec::with_capacity(args.pollers);
+    let mut pollers = JoinSet::new();
     for i in 0..args.pollers {
-        let (base, report, sender) = (args.base.clone(), report.clone(), sender.clone());
-        tasks.push(tokio::spawn(poller(i, base, report, args.apply.apply().delay, sender)));
+        let (base, report, token, sender) = (args.base.clone(), report.clone(), token.clone(), sender.clone());
+        pollers.spawn(poller(i, base, report, token, args.apply.apply().delay, sender));
     }
     drop(sender);
-    let printer = print_receipts(receipts);
-    until_stdin_closes().await?;
-    for task in &tasks {
-        task.abort();
-    }
-    printer.abort();
-    Ok(())
+    run_until_stdin_closes(pollers, print_receipts(receipts)).await
 }
 
 async fn poller(
     i: usize,
     base: String,
     report: Arc<Value>,
+    token: Arc<str>,
     delay: Duration,
     receipts: mpsc::UnboundedSender<Receipt>,
 ) -> anyhow::Result<()> {
     let http = agent_http()?;
-    // signed as an agent's, so that the header is an agent's size
-    let token = Identity::generate(&base, &poller_name(i))?.identity.token()?.value;
     let mut generation = 0;
     loop {
         let polled = http
             .get(format!("{base}/poll/{i}?after={generation}"))
             .timeout(POLL_WAIT + Duration::from_secs(15))
-            .bearer_auth(&token)
+            .bearer_auth(&*token)
             .send()
             .await;
         let response = match polled {
@@ -311,7 +313,7 @@ async fn poller(
         let answer = http
             .post(format!("{base}/report/{i}"))
             .timeout(Duration::from_secs(30))
-            .bearer_auth(&token)
+            .bearer_auth(&*token)
             .json(&*report)
             .send()
             .await?;
@@ -426,7 +428,7 @@ pub(crate) struct DbPropagation {
     pub(crate) status: Vec<Duration>,
 }
 
-/// The assignment's database ceiling, per step: the writing transaction, and the fleet's reads and reports.
+/// The assignment's database ceiling, per step: the writing transaction, and the fleet's reads of it.
 pub(crate) struct DbAssignmentStep {
     pub(crate) transaction: Duration,
     pub(crate) reach: Duration,
@@ -640,8 +642,13 @@ impl Db {
     }
 
     /// `writes` writes one at a time, each to the next of `clusters` clusters: the upsert, the desired state's read,
-    /// the status report.
-    pub(crate) async fn propagation(&self, clusters: usize, writes: usize) -> anyhow::Result<DbPropagation> {
+    /// the apply's `delay` as the agents wait it, the status report.
+    pub(crate) async fn propagation(
+        &self,
+        clusters: usize,
+        writes: usize,
+        delay: Duration,
+    ) -> anyhow::Result<DbPropagation> {
         let documents = self.scratch().await?;
         let mut timed = DbPropagation {
             receipt: Vec::with_capacity(writes),
@@ -653,6 +660,9 @@ impl Db {
             self.upsert(cluster, &name, &i.to_string(), &documents).await?;
             self.desired(cluster).await?;
             timed.receipt.push(started.elapsed());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             self.report(cluster, &name, true, &documents.observed).await?;
             timed.status.push(started.elapsed());
         }
@@ -699,13 +709,14 @@ impl Db {
 
     /// A policy assignment over `clusters` clusters: its creation (one configuration per cluster, in one
     /// transaction) and its template change (all of them rewritten, in one transaction), each followed by every
-    /// cluster's agent at once reading its desired state and reporting.
+    /// cluster's agent at once reading its desired state. The agents' reports are left out: they follow the
+    /// receipts the figure times, so the ceiling stays below what the figure needs of the database.
     pub(crate) async fn assignment(&self, clusters: usize) -> anyhow::Result<[DbAssignmentStep; 2]> {
         let documents = self.scratch().await?;
         let started = Instant::now();
         self.assign(clusters, "baseline", &documents).await?;
         let creation = started.elapsed();
-        let creation_reach = self.wake(clusters, &documents.observed).await?;
+        let creation_reach = self.wake(clusters).await?;
         let started = Instant::now();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -717,7 +728,7 @@ impl Db {
             tx.commit().await?;
         });
         let change = started.elapsed();
-        let change_reach = self.wake(clusters, &documents.observed).await?;
+        let change_reach = self.wake(clusters).await?;
         self.drop_scratch().await?;
         Ok([
             DbAssignmentStep {
@@ -748,16 +759,13 @@ impl Db {
         Ok(())
     }
 
-    /// Every cluster's agent at once: its desired state read, then its report of the configuration written.
-    async fn wake(&self, clusters: usize, observed: &Value) -> anyhow::Result<Duration> {
+    /// Every cluster's agent at once reading its desired state.
+    async fn wake(&self, clusters: usize) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(clusters);
         for cluster in 0..clusters as i64 {
-            let (db, observed) = (self.clone(), observed.clone());
-            tasks.push(tokio::spawn(async move {
-                db.desired(cluster).await?;
-                db.report(cluster, "baseline", true, &observed).await
-            }));
+            let db = self.clone();
+            tasks.push(tokio::spawn(async move { db.desired(cluster).await }));
         }
         for task in tasks {
             task.await??;

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ceiling::FixedServer;
 use crate::propagation::{Apply, Exchange, Receipt, simulated_agent};
@@ -172,22 +172,16 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let identities = register(&http, &args.base, &args.token, args.clusters, &args.tags).await?;
     let (sender, receipts) = mpsc::unbounded_channel::<Receipt>();
-    let mut agents = Vec::with_capacity(args.clusters);
+    let mut agents = JoinSet::new();
     for identity in identities {
-        agents.push(tokio::spawn(simulated_agent(
+        agents.spawn(simulated_agent(
             ControlPlane::new(identity)?,
             args.apply.apply(),
             sender.clone(),
-        )));
+        ));
     }
     drop(sender);
-    let printer = print_receipts(receipts);
-    until_stdin_closes().await?;
-    for agent in &agents {
-        agent.abort();
-    }
-    printer.abort();
-    Ok(())
+    run_until_stdin_closes(agents, print_receipts(receipts)).await
 }
 
 /// Prints receipts as JSON lines on standard output, in batches.
@@ -225,11 +219,25 @@ pub(crate) fn print_receipts(mut receipts: mpsc::UnboundedReceiver<Receipt>) -> 
     })
 }
 
-/// Returns once standard input closes: the parent closes it when it is done, or by dying.
-pub(crate) async fn until_stdin_closes() -> anyhow::Result<()> {
+/// Runs `agents` until standard input closes: the parent closes it when it is done, or by dying. The first agent
+/// to fail ends the process with its error, so that the parent sees the simulator stop rather than waiting for
+/// an agent that is gone.
+pub(crate) async fn run_until_stdin_closes(
+    mut agents: JoinSet<anyhow::Result<()>>,
+    printer: JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let mut stdin = tokio::io::stdin();
     let mut buffer = [0u8; 64];
-    while stdin.read(&mut buffer).await? > 0 {}
+    loop {
+        tokio::select! {
+            read = stdin.read(&mut buffer) => if read? == 0 {
+                break;
+            },
+            Some(ended) = agents.join_next() => ended??,
+        }
+    }
+    agents.abort_all();
+    printer.abort();
     Ok(())
 }
 

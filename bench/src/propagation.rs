@@ -282,14 +282,14 @@ pub async fn propagation(
     .await?;
     pollers.stop().await?;
     fixed.stop().await;
-    let db = Db::open(target).await?.propagation(agents, writes).await?;
+    let db = Db::open(target).await?.propagation(agents, writes, apply.delay).await?;
 
     let is_postgres = backend == "postgres";
     let receipt_p99 = ms(percentile(&server.receipt, 0.99));
     let methods = (
         format!("{agents} pollers in another process, PUT wakes one held GET, bodies of the same sizes"),
-        "per write: upsert in a transaction, SELECT the cluster's rows (receipt); UPDATE its status in a \
-         transaction (first status); one at a time, scratch table"
+        "per write: upsert in a transaction, SELECT the cluster's rows (receipt); the apply delay, UPDATE its \
+         status in a transaction (first status); one at a time, scratch table"
             .to_owned(),
     );
     figures.push(Figure {
