@@ -26,6 +26,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::{self, Authenticator};
 use crate::config::ServeConfig;
 use crate::dashboards::events::Feed;
+use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
 use crate::notify::Notifier;
@@ -84,6 +85,7 @@ impl AppState {
         ));
         let feed = Arc::new(Feed::default());
         let tail = tokio::spawn(feed.clone().run(store.clone()));
+        let (writes, appender) = WriteLog::start(store.clone());
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -93,11 +95,13 @@ impl AppState {
             notifier,
             agent_tokens: Arc::default(),
             feed,
+            writes,
             _tasks: Arc::new([
                 TaskGuard(follower.abort_handle()),
                 TaskGuard(sweeper.abort_handle()),
                 TaskGuard(maintainer.abort_handle()),
                 TaskGuard(tail.abort_handle()),
+                TaskGuard(appender.abort_handle()),
             ]),
         })
     }

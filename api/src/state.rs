@@ -6,6 +6,7 @@ use crate::agents::auth::VerifiedTokens;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::dashboards::events::Feed;
+use crate::dashboards::write_log::WriteLog;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::{ExpiryMessages, Store};
@@ -22,8 +23,11 @@ pub struct AppState {
     pub agent_tokens: Arc<VerifiedTokens>,
     /// The live status changes this replica streams.
     pub feed: Arc<Feed>,
-    /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history) when the last clone of the state goes.
-    pub(crate) _tasks: Arc<[TaskGuard; 4]>,
+    /// Where accepted writes are recorded in the history.
+    pub writes: WriteLog,
+    /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,
+    /// appending to the write history) when the last clone of the state goes.
+    pub(crate) _tasks: Arc<[TaskGuard; 5]>,
 }
 
 /// Aborts a background task when dropped.

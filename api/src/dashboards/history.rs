@@ -300,8 +300,9 @@ pub async fn record_writes(State(state): State<AppState>, request: Request, next
             status_code: i32::from(response.status().as_u16()),
             request_id,
         };
-        if let Err(err) = state.store.record_write(&write).await {
-            tracing::warn!(error = %err, resource = %write.resource_id, "recording a write in the history failed");
+        let resource = write.resource_id.clone();
+        if let Err(err) = state.writes.record(write).await {
+            tracing::warn!(error = %err, %resource, "recording a write in the history failed");
         }
     }
     response

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod history;
 pub mod ui;
+pub mod write_log;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -54,7 +54,13 @@ macro_rules! current_clusters {
 /// `$unheard` reads the configurations of the clusters not in the Connected status (`UnheardCount`s of the scope
 /// `$1`, `$2`), `$extra` holds the methods the engine implements its own way.
 macro_rules! dashboards_store {
-    ($store:ty, $db:ty, begin = $begin:literal, unheard = $unheard:literal, { $($extra:tt)* }) => {
+    (
+        $store:ty,
+        $db:ty,
+        begin = $begin:literal,
+        unheard = $unheard:literal,
+        { $($extra:tt)* }
+    ) => {
         #[async_trait::async_trait]
         impl $crate::store::Dashboards for $store {
         $($extra)*
@@ -163,18 +169,24 @@ macro_rules! dashboards_store {
             Ok(pruned)
         }
 
-        async fn record_write(&self, write: &$crate::store::WriteRecord) -> $crate::store::StoreResult<()> {
-            sqlx::query::<$db>(
+        async fn record_writes(&self, writes: &[$crate::store::WriteRecord]) -> $crate::store::StoreResult<()> {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            sqlx::QueryBuilder::<$db>::new(
                 "INSERT INTO write_history (subscription_key, resource_key, resource_id, actor, action, status_code, \
-                 request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 request_id) ",
             )
-            .bind(&write.subscription_key)
-            .bind(&write.resource_key)
-            .bind(&write.resource_id)
-            .bind(&write.actor)
-            .bind(&write.action)
-            .bind(write.status_code)
-            .bind(&write.request_id)
+            .push_values(writes, |mut row, write| {
+                row.push_bind(&write.subscription_key)
+                    .push_bind(&write.resource_key)
+                    .push_bind(&write.resource_id)
+                    .push_bind(&write.actor)
+                    .push_bind(&write.action)
+                    .push_bind(write.status_code)
+                    .push_bind(&write.request_id);
+            })
+            .build()
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -350,12 +362,11 @@ macro_rules! dashboards_store {
             ) -> Result<Vec<$crate::store::UnheardCount>, sqlx::Error> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 sqlx::query_as::<$db, $crate::store::UnheardCount>($unheard)
-            .bind(subscription_key)
-            .bind(resource_group_key)
-
-            .fetch_all(&mut **tx)
-            .await
-        }
+                    .bind(subscription_key)
+                    .bind(resource_group_key)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
         }
     };
 }

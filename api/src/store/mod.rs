@@ -530,8 +530,8 @@ pub trait Dashboards: Send + Sync + 'static {
     async fn compact_rollups(&self) -> StoreResult<u64>;
     /// Drops the history (and the folded deltas) from before `before`; answers how many rows went.
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;
-    /// Appends an accepted write to the history (its `id` and `at` are the store's).
-    async fn record_write(&self, write: &WriteRecord) -> StoreResult<()>;
+    /// Appends accepted writes to the history, in one statement (their `id` and `at` are the store's).
+    async fn record_writes(&self, writes: &[WriteRecord]) -> StoreResult<()>;
     /// A page of status transitions and writes: at most `limit` of each, in id order.
     async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<StatusRecord>, Vec<WriteRecord>)>;
     /// The states of the configurations of the scope's clusters whose keys are in `[first, last]`, in cluster key
