@@ -136,7 +136,9 @@ pub async fn assignment_reach(
     }
     pollers.stop().await?;
     fixed.stop().await;
-    let db = Db::open(target).await?.assignment(clusters).await?;
+    let pool = Db::open(target).await?;
+    let db = pool.assignment(clusters).await?;
+    pool.close().await;
 
     for ((((_, step, _), (transaction, answered, reach)), http), db) in
         steps.into_iter().zip(measured).zip(http).zip(db)

@@ -471,6 +471,11 @@ impl Db {
         Ok(Self { pool })
     }
 
+    /// Closes the pool's connections before the scenario's database goes.
+    pub(crate) async fn close(self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+
     /// A fresh scratch table, and the documents of a real configuration to fill it with.
     async fn scratch(&self) -> anyhow::Result<Documents> {
         let (spec, observed, system_data): (String, String, String) = on_pool!(self, pool => {

@@ -23,7 +23,7 @@ use crate::propagation::{Apply, Exchange, Receipt, simulated_agent};
 use crate::{CLUSTER, Target};
 
 /// Descriptors the simulator keeps for itself beyond one per agent.
-pub(crate) const SPARE_FILES: u64 = 256;
+const SPARE_FILES: u64 = 256;
 /// Clusters registered at once.
 const REGISTRATION_WORKERS: usize = 16;
 

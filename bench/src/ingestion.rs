@@ -197,10 +197,9 @@ pub async fn ingestion(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let http = drive(ceiling_reporters, reports).await?;
     fixed.stop().await;
-    let db = Db::open(target)
-        .await?
-        .ingestion(agents, configurations, reports)
-        .await?;
+    let pool = Db::open(target).await?;
+    let db = pool.ingestion(agents, configurations, reports).await?;
+    pool.close().await;
 
     let rate = |elapsed: Duration| (agents * reports) as f64 / elapsed.as_secs_f64();
     let value = rate(server.elapsed);

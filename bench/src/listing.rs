@@ -125,5 +125,6 @@ pub async fn listing(
             )),
         });
     }
+    db.close().await;
     Ok(())
 }

@@ -282,7 +282,9 @@ pub async fn propagation(
     .await?;
     pollers.stop().await?;
     fixed.stop().await;
-    let db = Db::open(target).await?.propagation(agents, writes, apply.delay).await?;
+    let pool = Db::open(target).await?;
+    let db = pool.propagation(agents, writes, apply.delay).await?;
+    pool.close().await;
 
     let is_postgres = backend == "postgres";
     let receipt_p99 = ms(percentile(&server.receipt, 0.99));

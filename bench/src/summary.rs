@@ -118,6 +118,7 @@ pub async fn summary(
     fleet.stop().await?;
     polls_ended(target).await;
     let quiet = phase(target, &db, &url, instances).await?;
+    db.close().await;
     for (phase, when, target_ms) in [
         (quiet, "connected fleet, agents quiet".to_owned(), Some(10)),
         (

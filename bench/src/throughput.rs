@@ -90,7 +90,9 @@ pub async fn throughput(
         .collect();
     let (http_elapsed, _) = drive(target, ceiling_urls).await?;
     fixed.stop().await;
-    let db_elapsed = Db::open(target).await?.puts(clients, puts).await?;
+    let db = Db::open(target).await?;
+    let db_elapsed = db.puts(clients, puts).await?;
+    db.close().await;
 
     let rate = |elapsed: Duration| puts as f64 / elapsed.as_secs_f64();
     let is_postgres = backend == "postgres";
