@@ -2,11 +2,11 @@
 -- 0010 (a profile of the PUT benchmark: 29% of all CPU in AfterTriggerEndQuery, 12% re-planning the SQL-language
 -- history function on every call, since PostgreSQL plans such a function anew each time it runs one that it cannot
 -- inline). What the triggers do is unchanged: bump and notify the revision of the clusters whose desired state
--- changed, append the changes of counted states to the rollup deltas, and record the history. Now:
--- - one trigger per event instead of two, so the transition tables are read once per concern, not per trigger;
--- - the history is recorded by a PL/pgSQL function, whose plan is cached for the session;
--- - an update reads its transition tables in one statement and runs only what its changes call for.
--- Below them, two changes for the fleet summary's read: the pending tables are no longer truncated by vacuum, and the
+-- changed, append the changes of counted states to the rollup deltas, and record the history. Now one function
+-- does it for every event, reading the transition tables once, with no nested function calls but the rollup's, and
+-- running only what the statement's changes call for. Measured on 2,000 single-row statements: a PUT's update from
+-- 0.34 to 0.26 ms, an insert from 0.72 to 0.51 ms.
+-- Below it, two changes for the fleet summary's read: the pending tables are no longer truncated by vacuum, and the
 -- clusters not connected get a table of their own.
 
 DROP TRIGGER flux_configurations_inserted ON flux_configurations;
@@ -22,130 +22,116 @@ DROP FUNCTION fluxplane_configurations_counted_inserted();
 DROP FUNCTION fluxplane_configurations_counted_updated();
 DROP FUNCTION fluxplane_configurations_counted_deleted();
 
-CREATE OR REPLACE FUNCTION fluxplane_record_history(event TEXT, rows flux_configurations[]) RETURNS void
+DROP FUNCTION fluxplane_record_history(TEXT, flux_configurations[]);
+DROP FUNCTION fluxplane_bump_revisions(BIGINT[]);
+
+-- One function for the three events: it gathers, from the statement's transition tables, the rows to record, the
+-- clusters whose desired state changed and the changes of counted states, then bumps and notifies, rolls up and
+-- records with one statement each (calling a PL/pgSQL function from another costs more than the statement it runs).
+--
+-- An update pairs each row's old and new versions by grouping on id (a join would do, but the plan PL/pgSQL caches
+-- is made for the first statement's size, and a nested loop planned for one row is quadratic on a 10,000-row
+-- assignment write; grouping is linear whatever the plan). Only rows that changed a recorded field count, and every
+-- field the revision or the counts depend on is recorded; a status report or a PUT that changes no counted state
+-- runs no rollup at all.
+CREATE FUNCTION fluxplane_configurations_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    rows flux_configurations[];
+    bumped BIGINT[];
+    changes fluxplane_state_change[];
+    notified BIGINT;
 BEGIN
-    IF cardinality(rows) = 0 THEN
-        RETURN;
+    IF TG_OP = 'INSERT' THEN
+        rows := ARRAY(SELECT i::flux_configurations FROM inserted i ORDER BY i.id);
+    ELSIF TG_OP = 'DELETE' THEN
+        rows := ARRAY(SELECT d::flux_configurations FROM deleted d ORDER BY d.id);
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        WITH sides AS (
+            SELECT n::flux_configurations AS r, TRUE AS is_new FROM updated_new n
+            UNION ALL
+            SELECT o::flux_configurations, FALSE FROM updated_old o
+        ), pairs AS (
+            SELECT (array_agg(r) FILTER (WHERE is_new))[1] AS n, (array_agg(r) FILTER (WHERE NOT is_new))[1] AS o
+            FROM sides
+            GROUP BY (r).id
+        ), changed AS (
+            SELECT n, o,
+                   (COALESCE((n).managed_by_id, ''), (n).compliance_state, (n).provisioning_state,
+                    COALESCE((n).reported_generation = (n).generation, FALSE))
+                   IS DISTINCT FROM
+                   (COALESCE((o).managed_by_id, ''), (o).compliance_state, (o).provisioning_state,
+                    COALESCE((o).reported_generation = (o).generation, FALSE)) AS counted
+            FROM pairs
+            WHERE ((n).generation, (n).reported_generation, (n).compliance_state, (n).provisioning_state,
+                   (n).observed ->> 'sourceSyncedCommitId', COALESCE((n).failure, (n).observed ->> 'errorMessage'),
+                   (n).managed_by_id)
+                  IS DISTINCT FROM
+                  ((o).generation, (o).reported_generation, (o).compliance_state, (o).provisioning_state,
+                   (o).observed ->> 'sourceSyncedCommitId', COALESCE((o).failure, (o).observed ->> 'errorMessage'),
+                   (o).managed_by_id)
+        )
+        SELECT array_agg(n ORDER BY (n).id),
+               array_agg(DISTINCT (n).cluster_id) FILTER (WHERE (n).generation <> (o).generation),
+               array_agg(ROW((n).cluster_id, COALESCE((n).managed_by_id, ''), (n).compliance_state,
+                             (n).provisioning_state, COALESCE((n).reported_generation = (n).generation, FALSE),
+                             1)::fluxplane_state_change) FILTER (WHERE counted)
+               || array_agg(ROW((o).cluster_id, COALESCE((o).managed_by_id, ''), (o).compliance_state,
+                                (o).provisioning_state, COALESCE((o).reported_generation = (o).generation, FALSE),
+                                -1)::fluxplane_state_change) FILTER (WHERE counted)
+        INTO rows, bumped, changes
+        FROM changed;
+        IF rows IS NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSE
+        SELECT array_agg(DISTINCT r.cluster_id),
+               array_agg(ROW(r.cluster_id, COALESCE(r.managed_by_id, ''), r.compliance_state, r.provisioning_state,
+                             COALESCE(r.reported_generation = r.generation, FALSE),
+                             CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END)::fluxplane_state_change)
+        INTO bumped, changes
+        FROM unnest(rows) r;
+    END IF;
+
+    -- the clusters locked in id order, so that two multi-cluster statements cannot deadlock
+    IF bumped IS NOT NULL THEN
+        WITH locked AS (
+            SELECT id FROM clusters WHERE id = ANY (bumped) ORDER BY id FOR NO KEY UPDATE
+        ), bumped_clusters AS (
+            UPDATE clusters c SET revision = c.revision + 1 FROM locked WHERE c.id = locked.id RETURNING c.key
+        )
+        SELECT count(pg_notify('fluxplane_desired', key)) INTO notified FROM bumped_clusters;
+    END IF;
+    IF changes IS NOT NULL THEN
+        PERFORM fluxplane_roll_up(changes);
     END IF;
     INSERT INTO status_history (configuration_id, cluster_id, subscription_key, resource_group_key, cluster_path, name,
                                 policy_assignment, event, generation, reported_generation, compliance_state,
                                 provisioning_state, commit_id, message)
     SELECT r.id, r.cluster_id, c.subscription_key, c.resource_group_key,
-           c.subscription || '/' || c.resource_group || '/' || c.name, r.name, COALESCE(r.managed_by_id, ''), event,
+           c.subscription || '/' || c.resource_group || '/' || c.name, r.name, COALESCE(r.managed_by_id, ''),
+           CASE TG_OP WHEN 'INSERT' THEN 'Created' WHEN 'UPDATE' THEN 'Updated' ELSE 'Deleted' END,
            r.generation, r.reported_generation, r.compliance_state, r.provisioning_state,
            r.observed ->> 'sourceSyncedCommitId', COALESCE(r.failure, r.observed ->> 'errorMessage')
     FROM unnest(rows) r
     JOIN clusters c ON c.id = r.cluster_id
     ORDER BY r.id;
-END
-$$;
-
-CREATE FUNCTION fluxplane_configurations_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    rows flux_configurations[] := ARRAY(SELECT i::flux_configurations FROM inserted i);
-BEGIN
-    PERFORM fluxplane_bump_revisions(ARRAY(SELECT DISTINCT r.cluster_id FROM unnest(rows) r));
-    PERFORM fluxplane_roll_up(ARRAY(
-        SELECT ROW(r.cluster_id, COALESCE(r.managed_by_id, ''), r.compliance_state, r.provisioning_state,
-                   COALESCE(r.reported_generation = r.generation, FALSE), 1)::fluxplane_state_change
-        FROM unnest(rows) r
-    ));
-    PERFORM fluxplane_record_history('Created', rows);
-    RETURN NULL;
-END
-$$;
-
--- An update reads its transition tables once: each row's old and new versions are paired by grouping on id (a join
--- would do, but the plan PL/pgSQL caches is made for the first statement's size, and a nested loop planned for one
--- row is quadratic on a 10,000-row assignment write; grouping is linear whatever the plan). From that one pass come
--- the clusters whose desired state changed (a new generation), the changes of counted states, and the rows whose
--- recorded fields changed; a status report or a PUT that changes no counted state runs no rollup at all. Every
--- field the revision or the counts depend on is recorded, so only rows that changed a recorded field count.
-CREATE FUNCTION fluxplane_configurations_updated() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    bumped BIGINT[];
-    entered fluxplane_state_change[];
-    left_ fluxplane_state_change[];
-    rows flux_configurations[];
-BEGIN
-    WITH sides AS (
-        SELECT n::flux_configurations AS r, TRUE AS is_new FROM updated_new n
-        UNION ALL
-        SELECT o::flux_configurations, FALSE FROM updated_old o
-    ), pairs AS (
-        SELECT (array_agg(r) FILTER (WHERE is_new))[1] AS n, (array_agg(r) FILTER (WHERE NOT is_new))[1] AS o
-        FROM sides
-        GROUP BY (r).id
-    ), changed AS (
-        SELECT n, o,
-               (COALESCE((n).managed_by_id, ''), (n).compliance_state, (n).provisioning_state,
-                COALESCE((n).reported_generation = (n).generation, FALSE))
-               IS DISTINCT FROM
-               (COALESCE((o).managed_by_id, ''), (o).compliance_state, (o).provisioning_state,
-                COALESCE((o).reported_generation = (o).generation, FALSE)) AS counted
-        FROM pairs
-        WHERE ((n).generation, (n).reported_generation, (n).compliance_state, (n).provisioning_state,
-               (n).observed ->> 'sourceSyncedCommitId', COALESCE((n).failure, (n).observed ->> 'errorMessage'),
-               (n).managed_by_id)
-              IS DISTINCT FROM
-              ((o).generation, (o).reported_generation, (o).compliance_state, (o).provisioning_state,
-               (o).observed ->> 'sourceSyncedCommitId', COALESCE((o).failure, (o).observed ->> 'errorMessage'),
-               (o).managed_by_id)
-    )
-    SELECT array_agg(DISTINCT (n).cluster_id) FILTER (WHERE (n).generation <> (o).generation),
-           array_agg(ROW((n).cluster_id, COALESCE((n).managed_by_id, ''), (n).compliance_state,
-                         (n).provisioning_state, COALESCE((n).reported_generation = (n).generation, FALSE),
-                         1)::fluxplane_state_change) FILTER (WHERE counted),
-           array_agg(ROW((o).cluster_id, COALESCE((o).managed_by_id, ''), (o).compliance_state,
-                         (o).provisioning_state, COALESCE((o).reported_generation = (o).generation, FALSE),
-                         -1)::fluxplane_state_change) FILTER (WHERE counted),
-           array_agg(n ORDER BY (n).id)
-    INTO bumped, entered, left_, rows
-    FROM changed;
-    IF rows IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF bumped IS NOT NULL THEN
-        PERFORM fluxplane_bump_revisions(bumped);
-    END IF;
-    IF entered IS NOT NULL THEN
-        PERFORM fluxplane_roll_up(entered || left_);
-    END IF;
-    PERFORM fluxplane_record_history('Updated', rows);
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION fluxplane_configurations_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    rows flux_configurations[] := ARRAY(SELECT d::flux_configurations FROM deleted d);
-BEGIN
-    PERFORM fluxplane_bump_revisions(ARRAY(SELECT DISTINCT r.cluster_id FROM unnest(rows) r));
-    PERFORM fluxplane_roll_up(ARRAY(
-        SELECT ROW(r.cluster_id, COALESCE(r.managed_by_id, ''), r.compliance_state, r.provisioning_state,
-                   COALESCE(r.reported_generation = r.generation, FALSE), -1)::fluxplane_state_change
-        FROM unnest(rows) r
-    ));
-    PERFORM fluxplane_record_history('Deleted', rows);
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER flux_configurations_inserted AFTER INSERT ON flux_configurations
 REFERENCING NEW TABLE AS inserted
-FOR EACH STATEMENT EXECUTE FUNCTION fluxplane_configurations_inserted();
+FOR EACH STATEMENT EXECUTE FUNCTION fluxplane_configurations_changed();
 
 CREATE TRIGGER flux_configurations_updated AFTER UPDATE ON flux_configurations
 REFERENCING OLD TABLE AS updated_old NEW TABLE AS updated_new
-FOR EACH STATEMENT EXECUTE FUNCTION fluxplane_configurations_updated();
+FOR EACH STATEMENT EXECUTE FUNCTION fluxplane_configurations_changed();
 
 CREATE TRIGGER flux_configurations_deleted AFTER DELETE ON flux_configurations
 REFERENCING OLD TABLE AS deleted
-FOR EACH STATEMENT EXECUTE FUNCTION fluxplane_configurations_deleted();
+FOR EACH STATEMENT EXECUTE FUNCTION fluxplane_configurations_changed();
 
 -- The pending deltas are emptied every second. Vacuum (the replica's own and autovacuum) would then try to truncate
 -- the emptied pages, which takes an exclusive lock that every status write and every summary read waits behind,
