@@ -335,7 +335,12 @@ async fn main() -> anyhow::Result<()> {
                 args.summary_clusters
             );
             let target = Target::start(*backend).await?;
-            summary::summary(&target, args.summary_clusters, apply, &mut figures, name).await?;
+            let quiet_after = if args.quick {
+                Duration::ZERO
+            } else {
+                summary::QUIET_AFTER
+            };
+            summary::summary(&target, args.summary_clusters, apply, quiet_after, &mut figures, name).await?;
             target.server.stop().await;
         }
     }

@@ -5,7 +5,7 @@
 -- changed, append the changes of counted states to the rollup deltas, and record the history. Now one function
 -- does it for every event, reading the transition tables once, with no nested function calls but the rollup's, and
 -- running only what the statement's changes call for. Measured on 2,000 single-row statements: a PUT's update from
--- 0.34 to 0.26 ms, an insert from 0.72 to 0.51 ms.
+-- 0.34 to 0.16 ms, an insert from 0.72 to 0.66 ms (its rollup is most of it).
 -- Below it, two changes for the fleet summary's read: the pending tables are no longer truncated by vacuum, and the
 -- clusters not connected get a table of their own.
 
