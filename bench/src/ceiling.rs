@@ -381,37 +381,6 @@ const REASSIGN: &str = "UPDATE bench_ceiling_configurations SET spec = $1, gener
 /// A listing page, as the server reads it: one more row than the page, to know whether another follows.
 const PAGE: &str = "SELECT * FROM flux_configurations WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3";
 
-/// The summary's reads (`api/src/store/dashboards.rs` with `postgres.rs` and `sqlite.rs`), for the subscription
-/// `$1` and all its resource groups (`$2` empty).
-const SUMMARY_INSTANCES: &str = "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
-     CAST(SUM(instances) AS BIGINT) AS instances FROM (\
-     SELECT policy_assignment, compliance_state, provisioning_state, reported, instances FROM instance_rollups \
-     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
-     UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, reported, instances \
-     FROM instance_deltas WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2)\
-     ) t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0";
-const SUMMARY_CLUSTERS: &str = "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (\
-     SELECT dimension, value, clusters FROM cluster_rollups \
-     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
-     UNION ALL SELECT dimension, value, clusters FROM cluster_deltas \
-     WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2)\
-     ) t GROUP BY 1, 2 HAVING SUM(clusters) <> 0";
-const SUMMARY_UNHEARD_POSTGRES: &str = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, \
-     f.policy_assignment, f.compliance_state, f.provisioning_state, f.reported, f.count \
-     FROM clusters c CROSS JOIN LATERAL ( \
-     SELECT COALESCE(managed_by_id, '') AS policy_assignment, compliance_state, provisioning_state, \
-     COALESCE(reported_generation = generation, FALSE) AS reported, COUNT(*) AS count \
-     FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
-     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
-     AND c.connectivity_status <> 'Connected'";
-const SUMMARY_UNHEARD_SQLITE: &str = "SELECT f.cluster_id, c.connectivity_status, c.last_connectivity_time, \
-     COALESCE(f.managed_by_id, '') AS policy_assignment, f.compliance_state, f.provisioning_state, \
-     COALESCE(f.reported_generation = f.generation, FALSE) AS reported, COUNT(*) AS count \
-     FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
-     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
-     AND c.connectivity_status <> 'Connected' \
-     GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7";
-
 /// A configuration's documents as the server stored them: the scratch rows carry the same, so that they weigh
 /// what the real rows weigh.
 #[derive(Clone)]
@@ -625,14 +594,16 @@ impl Db {
                     let mut tx = pool
                         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                         .await?;
-                    for sql in [SUMMARY_INSTANCES, SUMMARY_CLUSTERS, SUMMARY_UNHEARD_POSTGRES] {
+                    let q = fluxplane_api::store::POSTGRES_SUMMARY;
+                    for sql in [q.instances, q.clusters, q.unheard] {
                         sqlx::query(sql).bind("bench").bind("").fetch_all(&mut *tx).await?;
                     }
                     tx.commit().await?;
                 }
                 Pool::Sqlite(pool) => {
                     let mut tx = pool.begin().await?;
-                    for sql in [SUMMARY_INSTANCES, SUMMARY_CLUSTERS, SUMMARY_UNHEARD_SQLITE] {
+                    let q = fluxplane_api::store::SQLITE_SUMMARY;
+                    for sql in [q.instances, q.clusters, q.unheard] {
                         sqlx::query(sql).bind("bench").bind("").fetch_all(&mut *tx).await?;
                     }
                     tx.commit().await?;

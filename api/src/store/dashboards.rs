@@ -49,6 +49,21 @@ macro_rules! current_clusters {
     };
 }
 
+/// The summary's current instance counts of the scope `$1`, `$2`.
+pub(super) const INSTANCES_NOW: &str = concat!(
+    "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
+     CAST(SUM(instances) AS BIGINT) AS instances FROM (",
+    current_instances!(),
+    ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
+);
+
+/// The summary's current cluster counts of the scope `$1`, `$2`.
+pub(super) const CLUSTERS_NOW: &str = concat!(
+    "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
+    current_clusters!(),
+    ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
+);
+
 /// Implements `Dashboards` for `$store` over `$db`; `$begin` starts a transaction whose reads are one snapshot (one
 /// statement: a connection handed back inside a cut-off transaction answers a second one with an error),
 /// `$unheard` reads the configurations of the clusters not in the Connected status (`UnheardCount`s of the scope
@@ -58,7 +73,7 @@ macro_rules! dashboards_store {
         $store:ty,
         $db:ty,
         begin = $begin:literal,
-        unheard = $unheard:literal,
+        unheard = $unheard:expr,
         { $($extra:tt)* }
     ) => {
         #[async_trait::async_trait]
@@ -76,17 +91,8 @@ macro_rules! dashboards_store {
             // rather than one with an optional bound, so that the current summary never plans a scan of history.
             let (instances_sql, clusters_sql) = match as_of {
                 None => (
-                    concat!(
-                        "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
-                         CAST(SUM(instances) AS BIGINT) AS instances FROM (",
-                        current_instances!(),
-                        ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
-                    ),
-                    concat!(
-                        "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
-                        current_clusters!(),
-                        ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
-                    ),
+                    $crate::store::dashboards::INSTANCES_NOW,
+                    $crate::store::dashboards::CLUSTERS_NOW,
                 ),
                 Some(_) => (
                     concat!(

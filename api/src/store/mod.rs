@@ -46,6 +46,28 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The statements of the fleet summary's current read, for the scope `$1` (subscription key) and `$2` (resource
+/// group key, or empty): instance counts, cluster counts, and the configurations of the clusters not connected.
+/// Public so that the benchmark's database ceiling runs the very statements the server runs.
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryStatements {
+    pub instances: &'static str,
+    pub clusters: &'static str,
+    pub unheard: &'static str,
+}
+
+pub const POSTGRES_SUMMARY: SummaryStatements = SummaryStatements {
+    instances: dashboards::INSTANCES_NOW,
+    clusters: dashboards::CLUSTERS_NOW,
+    unheard: postgres::UNHEARD,
+};
+
+pub const SQLITE_SUMMARY: SummaryStatements = SummaryStatements {
+    instances: dashboards::INSTANCES_NOW,
+    clusters: dashboards::CLUSTERS_NOW,
+    unheard: sqlite::UNHEARD,
+};
+
 /// How a conditional write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Write {

@@ -85,11 +85,7 @@ sql_store!(
 // their own (migration 0013), usually empty; each is looked up by id, and its configurations are read per cluster
 // (the LATERAL subqueries, which LIMIT and GROUP BY keep from being flattened into joins): whatever statistics a
 // registration burst left behind, the planner cannot turn this into a scan of the fleet.
-dashboards_store!(
-    PgStore,
-    sqlx::Postgres,
-    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    unheard = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, f.policy_assignment, \
+pub(super) const UNHEARD: &str = "SELECT c.id AS cluster_id, c.connectivity_status, c.last_connectivity_time, f.policy_assignment, \
                f.compliance_state, f.provisioning_state, f.reported, f.count \
                FROM unconnected_clusters u \
                CROSS JOIN LATERAL ( \
@@ -99,7 +95,13 @@ dashboards_store!(
                    SELECT COALESCE(managed_by_id, '') AS policy_assignment, compliance_state, provisioning_state, \
                    COALESCE(reported_generation = generation, FALSE) AS reported, COUNT(*) AS count \
                    FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
-               WHERE u.subscription_key = $1 AND ($2 = '' OR u.resource_group_key = $2)",
+               WHERE u.subscription_key = $1 AND ($2 = '' OR u.resource_group_key = $2)";
+
+dashboards_store!(
+    PgStore,
+    sqlx::Postgres,
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    unheard = UNHEARD,
     {
         /// Moves the pending deltas into the rollups and the history in one statement: a delta committed meanwhile
         /// is left for the next run, and two replicas compacting at once fold each delta once (the second waits

@@ -51,45 +51,41 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
 
 // A transaction in WAL mode reads one snapshot from its first read on: a plain BEGIN. SQLite joins by nested loops:
 // the clusters not connected (their partial index, migration 0010), then their configurations by index.
-dashboards_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    begin = "BEGIN",
-    unheard = "SELECT f.cluster_id, \
+pub(super) const UNHEARD: &str = "SELECT f.cluster_id, \
     c.connectivity_status, c.last_connectivity_time, COALESCE(f.managed_by_id, '') AS policy_assignment, \
     f.compliance_state, f.provisioning_state, COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
     COUNT(*) AS count FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
     WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
     AND c.connectivity_status <> 'Connected' \
-    GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7",
-    {
-        /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
-        async fn compact_rollups(&self) -> StoreResult<u64> {
-            let mut tx = self.pool.begin().await?;
-            let mut folded = 0;
-            for sql in [
-                "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
+    GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7";
+
+dashboards_store!(SqliteStore, sqlx::Sqlite, begin = "BEGIN", unheard = UNHEARD, {
+    /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
+    async fn compact_rollups(&self) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut folded = 0;
+        for sql in [
+            "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE TRUE \
                  GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported) DO UPDATE SET instances = instances + excluded.instances",
-                "INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, policy_assignment, \
+            "INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported, instances) SELECT at, subscription_key, \
                  resource_group_key, policy_assignment, compliance_state, provisioning_state, reported, instances \
                  FROM instance_deltas ORDER BY id",
-                "DELETE FROM instance_deltas",
-                "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, \
+            "DELETE FROM instance_deltas",
+            "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, \
                  SUM(clusters) FROM cluster_deltas WHERE TRUE GROUP BY 1, 2, 3, 4 \
                  ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
                  DO UPDATE SET clusters = clusters + excluded.clusters",
-                "INSERT INTO cluster_delta_history (at, subscription_key, resource_group_key, dimension, value, \
+            "INSERT INTO cluster_delta_history (at, subscription_key, resource_group_key, dimension, value, \
                  clusters) SELECT at, subscription_key, resource_group_key, dimension, value, clusters \
                  FROM cluster_deltas ORDER BY id",
-                "DELETE FROM cluster_deltas",
-            ] {
-                folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
-            }
-            tx.commit().await?;
-            Ok(folded)
+            "DELETE FROM cluster_deltas",
+        ] {
+            folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
         }
+        tx.commit().await?;
+        Ok(folded)
     }
-);
+});
