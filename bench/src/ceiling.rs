@@ -131,7 +131,7 @@ impl FixedServer {
         let base = format!("http://{}", listener.local_addr()?);
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(async {
                     let _ = signal.await;
                 })
