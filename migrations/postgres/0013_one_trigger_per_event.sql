@@ -25,33 +25,66 @@ DROP FUNCTION fluxplane_configurations_counted_deleted();
 DROP FUNCTION fluxplane_record_history(TEXT, flux_configurations[]);
 DROP FUNCTION fluxplane_bump_revisions(BIGINT[]);
 
+-- What the history records of a configuration, and all that the revision and the counts depend on: the triggers
+-- carry these few fields rather than whole rows (a 10,000-row assignment write copied every row's documents several
+-- times over when they carried whole rows).
+CREATE TYPE fluxplane_recorded AS (
+    id BIGINT,
+    cluster_id BIGINT,
+    name TEXT,
+    managed_by_id TEXT,
+    generation BIGINT,
+    reported_generation BIGINT,
+    compliance_state TEXT,
+    provisioning_state TEXT,
+    commit_id TEXT,
+    message TEXT
+);
+
 -- One function for the three events: it gathers, from the statement's transition tables, the rows to record, the
 -- clusters whose desired state changed and the changes of counted states, then bumps and notifies, rolls up and
 -- records with one statement each (calling a PL/pgSQL function from another costs more than the statement it runs).
 --
 -- An update pairs each row's old and new versions by grouping on id (a join would do, but the plan PL/pgSQL caches
 -- is made for the first statement's size, and a nested loop planned for one row is quadratic on a 10,000-row
--- assignment write; grouping is linear whatever the plan). Only rows that changed a recorded field count, and every
--- field the revision or the counts depend on is recorded; a status report or a PUT that changes no counted state
--- runs no rollup at all.
+-- assignment write; grouping is linear whatever the plan). Only rows whose recorded fields changed count; a status
+-- report or a PUT that changes no counted state runs no rollup at all.
 CREATE FUNCTION fluxplane_configurations_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    rows flux_configurations[];
+    rows fluxplane_recorded[];
     bumped BIGINT[];
     changes fluxplane_state_change[];
     notified BIGINT;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        rows := ARRAY(SELECT i::flux_configurations FROM inserted i ORDER BY i.id);
+        rows := ARRAY(
+            SELECT ROW(i.id, i.cluster_id, i.name, i.managed_by_id, i.generation, i.reported_generation,
+                       i.compliance_state, i.provisioning_state, i.observed ->> 'sourceSyncedCommitId',
+                       COALESCE(i.failure, i.observed ->> 'errorMessage'))::fluxplane_recorded
+            FROM inserted i ORDER BY i.id
+        );
     ELSIF TG_OP = 'DELETE' THEN
-        rows := ARRAY(SELECT d::flux_configurations FROM deleted d ORDER BY d.id);
+        rows := ARRAY(
+            SELECT ROW(d.id, d.cluster_id, d.name, d.managed_by_id, d.generation, d.reported_generation,
+                       d.compliance_state, d.provisioning_state, d.observed ->> 'sourceSyncedCommitId',
+                       COALESCE(d.failure, d.observed ->> 'errorMessage'))::fluxplane_recorded
+            FROM deleted d ORDER BY d.id
+        );
     END IF;
     IF TG_OP = 'UPDATE' THEN
         WITH sides AS (
-            SELECT n::flux_configurations AS r, TRUE AS is_new FROM updated_new n
+            SELECT ROW(n.id, n.cluster_id, n.name, n.managed_by_id, n.generation, n.reported_generation,
+                       n.compliance_state, n.provisioning_state, n.observed ->> 'sourceSyncedCommitId',
+                       COALESCE(n.failure, n.observed ->> 'errorMessage'))::fluxplane_recorded AS r,
+                   TRUE AS is_new
+            FROM updated_new n
             UNION ALL
-            SELECT o::flux_configurations, FALSE FROM updated_old o
+            SELECT ROW(o.id, o.cluster_id, o.name, o.managed_by_id, o.generation, o.reported_generation,
+                       o.compliance_state, o.provisioning_state, o.observed ->> 'sourceSyncedCommitId',
+                       COALESCE(o.failure, o.observed ->> 'errorMessage'))::fluxplane_recorded,
+                   FALSE
+            FROM updated_old o
         ), pairs AS (
             SELECT (array_agg(r) FILTER (WHERE is_new))[1] AS n, (array_agg(r) FILTER (WHERE NOT is_new))[1] AS o
             FROM sides
@@ -64,13 +97,7 @@ BEGIN
                    (COALESCE((o).managed_by_id, ''), (o).compliance_state, (o).provisioning_state,
                     COALESCE((o).reported_generation = (o).generation, FALSE)) AS counted
             FROM pairs
-            WHERE ((n).generation, (n).reported_generation, (n).compliance_state, (n).provisioning_state,
-                   (n).observed ->> 'sourceSyncedCommitId', COALESCE((n).failure, (n).observed ->> 'errorMessage'),
-                   (n).managed_by_id)
-                  IS DISTINCT FROM
-                  ((o).generation, (o).reported_generation, (o).compliance_state, (o).provisioning_state,
-                   (o).observed ->> 'sourceSyncedCommitId', COALESCE((o).failure, (o).observed ->> 'errorMessage'),
-                   (o).managed_by_id)
+            WHERE n IS DISTINCT FROM o
         )
         SELECT array_agg(n ORDER BY (n).id),
                array_agg(DISTINCT (n).cluster_id) FILTER (WHERE (n).generation <> (o).generation),
@@ -112,8 +139,7 @@ BEGIN
     SELECT r.id, r.cluster_id, c.subscription_key, c.resource_group_key,
            c.subscription || '/' || c.resource_group || '/' || c.name, r.name, COALESCE(r.managed_by_id, ''),
            CASE TG_OP WHEN 'INSERT' THEN 'Created' WHEN 'UPDATE' THEN 'Updated' ELSE 'Deleted' END,
-           r.generation, r.reported_generation, r.compliance_state, r.provisioning_state,
-           r.observed ->> 'sourceSyncedCommitId', COALESCE(r.failure, r.observed ->> 'errorMessage')
+           r.generation, r.reported_generation, r.compliance_state, r.provisioning_state, r.commit_id, r.message
     FROM unnest(rows) r
     JOIN clusters c ON c.id = r.cluster_id
     ORDER BY r.id;
