@@ -24,15 +24,7 @@ struct ListPage {
 
 /// Reads one page: its items counted, its body kept.
 async fn page(target: &Target, url: &str) -> anyhow::Result<(ListPage, Bytes)> {
-    let body = target
-        .client
-        .get(url)
-        .bearer_auth(&target.token)
-        .send()
-        .await?
-        .error_for_status()?
-        .bytes()
-        .await?;
+    let body = target.get_bytes(url).await?;
     Ok((serde_json::from_slice(&body)?, body))
 }
 

@@ -154,6 +154,19 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// The body of a GET as the owner reads it, failing on an error status.
+    pub(crate) async fn get_bytes(&self, url: &str) -> anyhow::Result<Bytes> {
+        Ok(self
+            .client
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?)
+    }
+
     async fn start(backend: Backend) -> anyhow::Result<Self> {
         // the sweep of `fluxplane serve` by default, not the tests' 200 ms: each sweep reconciles every policy
         // assignment under the fleet lock, which at 10,000 clusters would contend with the writes being measured

@@ -34,15 +34,7 @@ struct Phase {
 /// Reads the summary from the server, then its answer from the HTTP ceiling, then its SELECTs from the database.
 async fn phase(target: &Target, db: &Db, url: &str, instances: usize) -> anyhow::Result<Phase> {
     let server = reads(target, url, instances).await?;
-    let answer: Bytes = target
-        .client
-        .get(url)
-        .bearer_auth(&target.token)
-        .send()
-        .await?
-        .error_for_status()?
-        .bytes()
-        .await?;
+    let answer = target.get_bytes(url).await?;
     let fixed = FixedServer::start(vec![answer], 0, Exchange::default(), Bytes::new()).await?;
     let http = reads(target, &fixed.body_url(0), instances).await?;
     fixed.stop().await;

@@ -204,3 +204,8 @@ FOR EACH ROW WHEN (OLD.connectivity_status IS DISTINCT FROM NEW.connectivity_sta
 EXECUTE FUNCTION fluxplane_cluster_connectivity_changed();
 
 DROP INDEX clusters_not_connected;
+
+-- Room on each page for the next version of a per-cluster count, so that the counter upserts of a fleet-wide write
+-- (a template change moves every cluster's compliance, provisioning and freshness: six upserts per cluster) stay
+-- heap-only updates instead of adding index entries: 10,000 such writes went from about 0.85 to 0.6 s.
+ALTER TABLE cluster_state_counts SET (fillfactor = 50);
