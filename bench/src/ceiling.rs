@@ -477,24 +477,19 @@ impl Db {
     /// creating and half updating: the throughput scenario's pattern. Answers the time they took.
     pub(crate) async fn puts(&self, clients: usize, puts: usize) -> anyhow::Result<Duration> {
         let documents = self.scratch().await?;
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(clients);
-        for client in 0..clients {
+        let elapsed = concurrently(clients, |client| {
             let share = puts / clients + usize::from(client < puts % clients);
             let (db, documents) = (self.clone(), documents.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 for i in 0..share {
                     let name = format!("c{client}-{}", i % share.div_ceil(2).max(1));
                     db.upsert(client as i64, &name, &format!("{client}-{i}"), &documents)
                         .await?;
                 }
-                Ok::<_, anyhow::Error>(())
-            }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        let elapsed = started.elapsed();
+                Ok(())
+            }
+        })
+        .await?;
         self.drop_scratch().await?;
         Ok(elapsed)
     }
@@ -661,24 +656,19 @@ impl Db {
         for c in 0..configurations {
             self.assign(agents, &format!("cfg-{c}"), &documents).await?;
         }
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(agents);
-        for agent in 0..agents {
+        let elapsed = concurrently(agents, |agent| {
             let (db, observed) = (self.clone(), documents.observed.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 for report in 0..reports {
                     for c in 0..configurations {
                         db.report(agent as i64, &format!("cfg-{c}"), report % 2 == 0, &observed)
                             .await?;
                     }
                 }
-                Ok::<_, anyhow::Error>(())
-            }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        let elapsed = started.elapsed();
+                Ok(())
+            }
+        })
+        .await?;
         self.drop_scratch().await?;
         Ok(elapsed)
     }
@@ -748,4 +738,18 @@ impl Db {
         }
         Ok(started.elapsed())
     }
+}
+
+/// Runs `work(0)` to `work(n - 1)` as tasks at once; answers how long they took together, or the first error.
+async fn concurrently<F, Fut>(n: usize, work: F) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(work(i))).collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
 }
