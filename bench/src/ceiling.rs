@@ -727,16 +727,11 @@ impl Db {
 
     /// Every cluster's agent at once reading its desired state.
     async fn wake(&self, clusters: usize) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(clusters);
-        for cluster in 0..clusters as i64 {
+        concurrently(clusters, |cluster| {
             let db = self.clone();
-            tasks.push(tokio::spawn(async move { db.desired(cluster).await }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        Ok(started.elapsed())
+            async move { db.desired(cluster as i64).await.map(drop) }
+        })
+        .await
     }
 }
 

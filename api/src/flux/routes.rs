@@ -290,11 +290,11 @@ async fn write(
     let held = current.as_ref().map(|c| (c.secrets_version, c.secrets_expire_at));
     // the secret set's version is the generation that last wrote it; undelivered changes expire with the oldest
     let (secrets_write, secrets_version, secrets_expire_at) = match secrets {
-        // no secret set held (a version is kept while one is), so none can be waiting: nothing to clear
-        SecretsInput::Replace(set) if set.is_empty() && held.is_none_or(|(version, _)| version.is_none()) => {
-            (SecretsWrite::Keep, None, None)
-        }
-        SecretsInput::Replace(set) if set.is_empty() => (SecretsWrite::Clear, None, None),
+        // a version is kept while a secret set is held: without one, nothing can be waiting to be cleared
+        SecretsInput::Replace(set) if set.is_empty() => match held {
+            Some((Some(_), _)) => (SecretsWrite::Clear, None, None),
+            _ => (SecretsWrite::Keep, None, None),
+        },
         SecretsInput::Replace(set) => (
             SecretsWrite::Replace(seal(target, set, generation, SecretsChange::Replace, None)?),
             Some(generation),
