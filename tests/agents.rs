@@ -317,6 +317,35 @@ async fn wake_case(backend: Backend) {
     assert_eq!(state.configurations[0].generation, 1);
 }
 
+on_both_backends!(a_server_shutting_down_answers_its_held_polls_and_stops, shutdown_case);
+async fn shutdown_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let client = ControlPlane::new(identity).unwrap();
+    let first = client.desired_state(None, Duration::ZERO).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        client
+            .desired_state(Some(first.revision), Duration::from_secs(60))
+            .await
+    });
+    wait_for_poll(&api.server).await;
+    // a keep-alive connection with nothing in flight does not hold the shutdown up either
+    let idle = api.get("/healthz").await;
+    assert_eq!(idle.status, StatusCode::OK);
+
+    let stopping = Instant::now();
+    let Api { server, .. } = api;
+    server.stop().await;
+    let answered = waiting.await.unwrap().expect("the held poll is answered");
+    assert_eq!(answered.revision, first.revision);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "stopped after {:?}: the poll's 60 s wait held the shutdown",
+        stopping.elapsed()
+    );
+}
+
 /// Waits until a poll is waiting on the server.
 async fn wait_for_poll(server: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(10);

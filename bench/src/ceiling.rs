@@ -440,6 +440,12 @@ impl Db {
         Ok(Self { pool })
     }
 
+    /// Gathers the planner's statistics on every table, as autovacuum would after a scenario's seeding.
+    pub(crate) async fn analyze(&self) -> anyhow::Result<()> {
+        on_pool!(self, pool => sqlx::query("ANALYZE").execute(pool).await.map(drop))?;
+        Ok(())
+    }
+
     /// Closes the pool's connections before the scenario's database goes.
     pub(crate) async fn close(self) {
         on_pool!(self, pool => pool.close().await);

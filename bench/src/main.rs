@@ -18,6 +18,11 @@ mod summary;
 mod throughput;
 mod ui;
 
+/// The server runs in this process: it gets the allocator the `fluxplane` binary uses, so that the memory figure
+/// is the server's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -154,6 +159,17 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// Gathers the database's statistics once a scenario has seeded it. In production autovacuum does so within
+    /// a minute of a bulk change; where it is off (as on this project's CI machines, `autovacuum = off`), the
+    /// planner would plan on no statistics at all, and the figures would measure plans no deployment runs: the
+    /// listing's page read, on statistics-free estimates, sorted all of a cluster's rows for each page.
+    pub(crate) async fn analyze(&self) -> anyhow::Result<()> {
+        let db = ceiling::Db::open(self).await?;
+        db.analyze().await?;
+        db.close().await;
+        Ok(())
+    }
+
     /// The body of a GET as the owner reads it, failing on an error status.
     pub(crate) async fn get_bytes(&self, url: &str) -> anyhow::Result<Bytes> {
         Ok(self

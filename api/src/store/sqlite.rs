@@ -47,7 +47,155 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
     async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
         Ok(())
     }
+
+    // SQLite has no data-modifying CTEs: a configuration write is a transaction of a statement per table.
+    async fn insert_configuration(
+        &self,
+        c: &crate::store::ConfigurationRecord,
+        secrets: &crate::store::SecretsWrite,
+        op: &crate::store::OperationRecord,
+    ) -> crate::store::StoreResult<crate::store::Write> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query_scalar::<sqlx::Sqlite, i64>(
+            "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
+             provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
+             generation_expires_at, failure) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (cluster_id, name) DO NOTHING RETURNING id",
+        )
+        .bind(c.cluster_id)
+        .bind(&c.name)
+        .bind(sqlx::types::Json(&c.spec))
+        .bind(c.secrets_version)
+        .bind(c.generation)
+        .bind(&c.etag)
+        .bind(c.provisioning_state.as_str())
+        .bind(c.compliance_state.as_str())
+        .bind(sqlx::types::Json(&c.observed))
+        .bind(sqlx::types::Json(&c.system_data))
+        .bind(c.secrets_expire_at)
+        .bind(c.generation_expires_at)
+        .bind(&c.failure)
+        .fetch_optional(&mut *tx)
+        .await;
+        let id = match inserted {
+            Err(err) if crate::store::sql::is_foreign_key_violation(&err) => {
+                return Ok(crate::store::Write::ParentMissing);
+            }
+            Err(err) => return Err(err.into()),
+            Ok(None) => return Ok(crate::store::Write::Conflict),
+            Ok(Some(id)) => id,
+        };
+        Self::write_secrets(&mut tx, id, secrets).await?;
+        // a configuration that did not exist has no running operation: deletes end theirs
+        Self::insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(crate::store::Write::Written)
+    }
+
+    async fn update_configuration(
+        &self,
+        c: &crate::store::ConfigurationRecord,
+        secrets: &crate::store::SecretsWrite,
+        expected_etag: &str,
+        op: &crate::store::OperationRecord,
+    ) -> crate::store::StoreResult<crate::store::Write> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query::<sqlx::Sqlite>(
+            "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
+             provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
+             secrets_expire_at = $11, generation_expires_at = $12, failure = $13, \
+             managed_generation = NULL, drifted_at = CASE WHEN managed_by IS NULL THEN NULL ELSE $14 END \
+             WHERE id = $9 AND etag = $10",
+        )
+        .bind(sqlx::types::Json(&c.spec))
+        .bind(c.secrets_version)
+        .bind(c.generation)
+        .bind(&c.etag)
+        .bind(c.provisioning_state.as_str())
+        .bind(c.compliance_state.as_str())
+        .bind(sqlx::types::Json(&c.observed))
+        .bind(sqlx::types::Json(&c.system_data))
+        .bind(c.id)
+        .bind(expected_etag)
+        .bind(c.secrets_expire_at)
+        .bind(c.generation_expires_at)
+        .bind(&c.failure)
+        // a write by hand to a configuration an assignment manages is drift: the assignment restores it
+        .bind(chrono::Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(crate::store::Write::Conflict);
+        }
+        Self::write_secrets(&mut tx, c.id, secrets).await?;
+        Self::start_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(crate::store::Write::Written)
+    }
 });
+
+impl SqliteStore {
+    /// Writes what a configuration write does to its sealed secrets.
+    async fn write_secrets(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        configuration_id: i64,
+        secrets: &crate::store::SecretsWrite,
+    ) -> Result<(), sqlx::Error> {
+        use crate::store::SecretsWrite;
+        if matches!(secrets, SecretsWrite::Clear | SecretsWrite::Replace(_)) {
+            Self::delete_sealed_secrets(tx, configuration_id).await?;
+        }
+        if let SecretsWrite::Replace(sealed) | SecretsWrite::Merge(sealed) = secrets {
+            let row = crate::store::SealedSecretsRecord::new(configuration_id, sealed);
+            sqlx::query::<sqlx::Sqlite>(
+                "INSERT INTO sealed_secrets (configuration_id, version, change, base_version, recipient, \
+                 encapsulated_key, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(row.configuration_id)
+            .bind(row.version)
+            .bind(&row.change)
+            .bind(row.base_version)
+            .bind(&row.recipient)
+            .bind(&row.encapsulated_key)
+            .bind(&row.ciphertext)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts `op`, superseding the operations still running on its resource.
+    async fn start_operation(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        op: &crate::store::OperationRecord,
+    ) -> Result<(), sqlx::Error> {
+        Self::supersede_operations(tx, &op.resource_key, op.start_time).await?;
+        Self::insert_operation(tx, op).await
+    }
+
+    async fn insert_operation(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        op: &crate::store::OperationRecord,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query::<sqlx::Sqlite>(
+            "INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, start_time, \
+             end_time, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&op.id)
+        .bind(&op.resource_key)
+        .bind(&op.resource_id)
+        .bind(&op.kind)
+        .bind(op.generation)
+        .bind(&op.status)
+        .bind(op.start_time)
+        .bind(op.end_time)
+        .bind(op.error.as_ref().map(sqlx::types::Json))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
 
 // A transaction in WAL mode reads one snapshot from its first read on: a plain BEGIN. SQLite joins by nested loops:
 // the clusters not connected (their partial index, migration 0010), then their configurations by index.
