@@ -440,9 +440,13 @@ impl Db {
         Ok(Self { pool })
     }
 
-    /// Gathers the planner's statistics on every table, as autovacuum would after a scenario's seeding.
-    pub(crate) async fn analyze(&self) -> anyhow::Result<()> {
-        on_pool!(self, pool => sqlx::query("ANALYZE").execute(pool).await.map(drop))?;
+    /// Does what autovacuum does after a scenario's seeding: PostgreSQL's tables vacuumed and analyzed, SQLite's
+    /// analyzed (it keeps no dead row versions to clear).
+    pub(crate) async fn vacuum(&self) -> anyhow::Result<()> {
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::query("VACUUM ANALYZE").execute(pool).await.map(drop)?,
+            Pool::Sqlite(pool) => sqlx::query("ANALYZE").execute(pool).await.map(drop)?,
+        }
         Ok(())
     }
 

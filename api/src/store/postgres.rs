@@ -7,6 +7,7 @@ use sqlx::migrate::Migrator;
 use std::sync::Arc;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
 
 use crate::notify::Notifier;
 
@@ -18,13 +19,16 @@ use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, 
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// The channel migration 0002's trigger notifies with a cluster's key when its desired state changes.
+/// The channel notified with a cluster's key when its desired state changes: by the configurations' trigger
+/// (migration 0013), or by `announce` after the commit of a configuration write (migration 0014).
 const DESIRED_STATE_CHANNEL: &str = "fluxplane_desired";
 
 pub struct PgStore {
     pool: PgPool,
     /// When the pending delta tables were last vacuumed (see `compact_rollups`).
     vacuumed: std::sync::Mutex<std::time::Instant>,
+    /// The keys of clusters whose desired state a committed configuration write changed, for `announce`.
+    announcements: mpsc::UnboundedSender<String>,
 }
 
 /// How often at most the pending delta tables are vacuumed after deltas moved out of them.
@@ -42,14 +46,38 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let (announcements, pending) = mpsc::unbounded_channel();
+        tokio::spawn(announce(pool.clone(), pending));
         Ok(Self {
             pool,
             vacuumed: std::sync::Mutex::new(std::time::Instant::now()),
+            announcements,
         })
     }
 
     fn migrator(&self) -> &'static Migrator {
         &MIGRATOR
+    }
+}
+
+/// Sends the notifications that configuration writes leave to after their commit (migration 0014), all those
+/// waiting in one statement, until the store is dropped. The statement commits nothing, so it holds PostgreSQL's
+/// notification lock only briefly, where a notifying write holds it through its commit's flush to disk.
+async fn announce(pool: PgPool, mut pending: mpsc::UnboundedReceiver<String>) {
+    let mut keys = Vec::new();
+    while pending.recv_many(&mut keys, 1024).await > 0 {
+        keys.sort_unstable();
+        keys.dedup();
+        let sent = sqlx::query("SELECT pg_notify($1, key) FROM unnest($2::TEXT[]) AS key")
+            .bind(DESIRED_STATE_CHANNEL)
+            .bind(&keys)
+            .execute(&pool)
+            .await;
+        if let Err(err) = sent {
+            // the write is committed: other replicas' agents receive it at their next poll instead
+            tracing::warn!(error = %err, clusters = keys.len(), "notifying other replicas of configuration writes failed");
+        }
+        keys.clear();
     }
 }
 
@@ -63,7 +91,8 @@ sql_store!(
         // A configuration write is one statement: the row, its sealed secrets and its operation in data-modifying
         // CTEs, which PostgreSQL runs as one atomic command on one snapshot (so the operation inserted is not among
         // those it supersedes). Against a transaction of a statement per table, that is one round trip instead of
-        // five, and a PUT's share of the database's CPU drops by as much (docs/BENCHMARKS.md).
+        // five. The statement also tells the trigger to leave the notification of the cluster's new revision to
+        // `announce`, after the commit (migration 0014): its key is what the statement answers.
         async fn insert_configuration(
             &self,
             c: &crate::store::ConfigurationRecord,
@@ -71,17 +100,18 @@ sql_store!(
             op: &crate::store::OperationRecord,
         ) -> StoreResult<crate::store::Write> {
             let sealed = SealedParams::of(secrets);
-            let inserted = sqlx::query_scalar::<sqlx::Postgres, i64>(
+            let inserted = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH inserted AS (INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, \
                  etag, provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
                  generation_expires_at, failure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (cluster_id, name) DO NOTHING RETURNING id), \
+                 ON CONFLICT (cluster_id, name) DO NOTHING RETURNING id, cluster_id), \
                  sealed AS (INSERT INTO sealed_secrets (configuration_id, version, change, base_version, recipient, \
                  encapsulated_key, ciphertext) SELECT id, $14, $15, $16, $17, $18, $19 FROM inserted \
                  WHERE $14 IS NOT NULL), \
                  started AS (INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, \
                  start_time, end_time, error) SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28 FROM inserted) \
-                 SELECT id FROM inserted",
+                 SELECT c.key, set_config('fluxplane.notify', 'after-commit', TRUE) \
+                 FROM inserted JOIN clusters c ON c.id = inserted.cluster_id",
             )
             .bind(c.cluster_id)
             .bind(&c.name)
@@ -117,7 +147,10 @@ sql_store!(
                 Err(err) if super::sql::is_foreign_key_violation(&err) => Ok(crate::store::Write::ParentMissing),
                 Err(err) => Err(err.into()),
                 Ok(None) => Ok(crate::store::Write::Conflict),
-                Ok(Some(_)) => Ok(crate::store::Write::Written),
+                Ok(Some(key)) => {
+                    let _ = self.announcements.send(key);
+                    Ok(crate::store::Write::Written)
+                }
             }
         }
 
@@ -129,12 +162,12 @@ sql_store!(
             op: &crate::store::OperationRecord,
         ) -> StoreResult<crate::store::Write> {
             let sealed = SealedParams::of(secrets);
-            let updated = sqlx::query_scalar::<sqlx::Postgres, i64>(
+            let updated = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH updated AS (UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, \
                  etag = $4, provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
                  secrets_expire_at = $11, generation_expires_at = $12, failure = $13, managed_generation = NULL, \
                  drifted_at = CASE WHEN managed_by IS NULL THEN NULL ELSE $14 END \
-                 WHERE id = $9 AND etag = $10 RETURNING id), \
+                 WHERE id = $9 AND etag = $10 RETURNING id, cluster_id), \
                  cleared AS (DELETE FROM sealed_secrets WHERE $15 AND configuration_id IN (SELECT id FROM updated)), \
                  sealed AS (INSERT INTO sealed_secrets (configuration_id, version, change, base_version, recipient, \
                  encapsulated_key, ciphertext) SELECT id, $16, $17, $18, $19, $20, $21 FROM updated \
@@ -143,7 +176,8 @@ sql_store!(
                  WHERE resource_key = $23 AND status = 'InProgress' AND EXISTS (SELECT FROM updated)), \
                  started AS (INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, \
                  start_time, end_time, error) SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30 FROM updated) \
-                 SELECT COUNT(*) FROM updated",
+                 SELECT c.key, set_config('fluxplane.notify', 'after-commit', TRUE) \
+                 FROM updated JOIN clusters c ON c.id = updated.cluster_id",
             )
             .bind(sqlx::types::Json(&c.spec))
             .bind(c.secrets_version)
@@ -176,12 +210,14 @@ sql_store!(
             .bind(op.start_time)
             .bind(op.end_time)
             .bind(op.error.as_ref().map(sqlx::types::Json))
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
-            Ok(if updated == 0 {
-                crate::store::Write::Conflict
-            } else {
-                crate::store::Write::Written
+            Ok(match updated {
+                None => crate::store::Write::Conflict,
+                Some(key) => {
+                    let _ = self.announcements.send(key);
+                    crate::store::Write::Written
+                }
             })
         }
 
