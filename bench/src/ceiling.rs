@@ -440,11 +440,14 @@ impl Db {
         Ok(Self { pool })
     }
 
-    /// Does what autovacuum does after a scenario's seeding: PostgreSQL's tables vacuumed and analyzed, SQLite's
-    /// analyzed (it keeps no dead row versions to clear).
-    pub(crate) async fn vacuum(&self) -> anyhow::Result<()> {
+    /// Does what autovacuum does after a scenario's seeding: every table analyzed and, with `vacuum`, PostgreSQL's
+    /// vacuumed (SQLite keeps no dead row versions to clear).
+    pub(crate) async fn maintain(&self, vacuum: bool) -> anyhow::Result<()> {
         match &self.pool {
-            Pool::Postgres(pool) => sqlx::query("VACUUM ANALYZE").execute(pool).await.map(drop)?,
+            Pool::Postgres(pool) => {
+                let sql = if vacuum { "VACUUM ANALYZE" } else { "ANALYZE" };
+                sqlx::query(sql).execute(pool).await.map(drop)?;
+            }
             Pool::Sqlite(pool) => sqlx::query("ANALYZE").execute(pool).await.map(drop)?,
         }
         Ok(())

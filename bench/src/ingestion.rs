@@ -170,7 +170,7 @@ pub async fn ingestion(
         agent_reporters.push((Reporter::Agent(control_plane), pair.clone()));
         ceiling_reporters.push((token, pair));
     }
-    target.vacuum().await?;
+    target.maintain(true).await?;
     eprintln!(
         "  {agents} agents with {configurations} configurations each ready after {:.1} s",
         seeding.elapsed().as_secs_f64()

@@ -42,7 +42,7 @@ pub async fn listing(
         .map(|i| Target::config_path(&cluster, &format!("cfg-{i:05}")))
         .collect();
     seed(target, paths, 8).await?;
-    target.vacuum().await?;
+    target.maintain(true).await?;
     eprintln!(
         "  seeded {count} configurations in {:.1} s",
         seeding.elapsed().as_secs_f64()

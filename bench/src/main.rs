@@ -159,14 +159,16 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Does to the database what autovacuum does within a minute of a scenario's seeding (see `Db::vacuum`). Where
-    /// autovacuum is off, as on this project's CI machines (`autovacuum = off`), the figures would otherwise
+    /// Does to the database what autovacuum does within a minute of a scenario's seeding (see `Db::maintain`).
+    /// Where autovacuum is off, as on this project's CI machines (`autovacuum = off`), the figures would otherwise
     /// measure what no deployment runs: plans made on no statistics (the listing's page read sorted all of a
     /// cluster's rows for every page) and rows read past thousands of dead versions (every configuration write
-    /// leaves one of its cluster's row, which each listing page's cluster lookup walked).
-    pub(crate) async fn vacuum(&self) -> anyhow::Result<()> {
+    /// leaves one of its cluster's row, which each listing page's cluster lookup walked). `vacuum` only where no
+    /// fleet is polling: unthrottled, as autovacuum is not, it stalled 10,000 agents' requests long enough for
+    /// the server's pool to time out.
+    pub(crate) async fn maintain(&self, vacuum: bool) -> anyhow::Result<()> {
         let db = ceiling::Db::open(self).await?;
-        db.vacuum().await?;
+        db.maintain(vacuum).await?;
         db.close().await;
         Ok(())
     }

@@ -103,7 +103,7 @@ pub async fn summary(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    target.vacuum().await?;
+    target.maintain(false).await?;
     eprintln!(
         "  {clusters} connected clusters, {instances} configuration instances reported in {:.1} s",
         seeding.elapsed().as_secs_f64()
