@@ -85,7 +85,6 @@ pub async fn assignment_reach(
     fleet
         .settled(|| notifier.waiting_clusters(), clusters, Duration::from_secs(600))
         .await?;
-    target.maintain(false).await?;
     eprintln!(
         "  {clusters} clusters, each with an agent polling, after {:.1} s",
         started.elapsed().as_secs_f64()

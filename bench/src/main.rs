@@ -163,9 +163,11 @@ impl Target {
     /// Where autovacuum is off, as on this project's CI machines (`autovacuum = off`), the figures would otherwise
     /// measure what no deployment runs: plans made on no statistics (the listing's page read sorted all of a
     /// cluster's rows for every page) and rows read past thousands of dead versions (every configuration write
-    /// leaves one of its cluster's row, which each listing page's cluster lookup walked). `vacuum` only where no
-    /// fleet is polling: unthrottled, as autovacuum is not, it stalled 10,000 agents' requests long enough for
-    /// the server's pool to time out.
+    /// leaves one of its cluster's row, which each listing page's cluster lookup walked). Only once what is read has
+    /// been written: statistics taken while the configurations table was still empty (before an assignment
+    /// wrote 10,000 rows) had 10,000 woken agents read their desired state by sequential scans until the pool
+    /// timed out, where autovacuum would have analyzed again within a minute. `vacuum` only where no fleet is
+    /// polling: unthrottled, as autovacuum is not, it stalls agents' requests.
     pub(crate) async fn maintain(&self, vacuum: bool) -> anyhow::Result<()> {
         let db = ceiling::Db::open(self).await?;
         db.maintain(vacuum).await?;

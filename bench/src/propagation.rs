@@ -246,7 +246,6 @@ pub async fn propagation(
     fleet
         .settled(|| notifier.waiting_clusters(), agents, Duration::from_secs(600))
         .await?;
-    target.maintain(false).await?;
     eprintln!(
         "  {agents} agents polling after {:.1} s",
         started.elapsed().as_secs_f64()
