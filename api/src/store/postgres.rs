@@ -58,6 +58,13 @@ impl PgStore {
     fn migrator(&self) -> &'static Migrator {
         &MIGRATOR
     }
+
+    /// A configuration write committed on the cluster `key`: its notification is left to `announce`.
+    fn written(&self, key: String) -> crate::store::Write {
+        // the receiver lives as long as the store
+        let _ = self.announcements.send(key);
+        crate::store::Write::Written
+    }
 }
 
 /// Sends the notifications that configuration writes leave to after their commit (migration 0014), all those
@@ -99,8 +106,7 @@ sql_store!(
             secrets: &crate::store::SecretsWrite,
             op: &crate::store::OperationRecord,
         ) -> StoreResult<crate::store::Write> {
-            let sealed = SealedParams::of(secrets);
-            let inserted = sqlx::query_scalar::<sqlx::Postgres, String>(
+            let query = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH inserted AS (INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, \
                  etag, provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
                  generation_expires_at, failure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
@@ -125,32 +131,15 @@ sql_store!(
             .bind(sqlx::types::Json(&c.system_data))
             .bind(c.secrets_expire_at)
             .bind(c.generation_expires_at)
-            .bind(&c.failure)
-            .bind(sealed.version)
-            .bind(sealed.change)
-            .bind(sealed.base_version)
-            .bind(sealed.recipient)
-            .bind(sealed.encapsulated_key)
-            .bind(sealed.ciphertext)
-            .bind(&op.id)
-            .bind(&op.resource_key)
-            .bind(&op.resource_id)
-            .bind(&op.kind)
-            .bind(op.generation)
-            .bind(&op.status)
-            .bind(op.start_time)
-            .bind(op.end_time)
-            .bind(op.error.as_ref().map(sqlx::types::Json))
-            .fetch_optional(&self.pool)
-            .await;
+            .bind(&c.failure);
+            let inserted = bind_sealed_and_operation(query, SealedParams::of(secrets), op)
+                .fetch_optional(&self.pool)
+                .await;
             match inserted {
                 Err(err) if super::sql::is_foreign_key_violation(&err) => Ok(crate::store::Write::ParentMissing),
                 Err(err) => Err(err.into()),
                 Ok(None) => Ok(crate::store::Write::Conflict),
-                Ok(Some(key)) => {
-                    let _ = self.announcements.send(key);
-                    Ok(crate::store::Write::Written)
-                }
+                Ok(Some(key)) => Ok(self.written(key)),
             }
         }
 
@@ -162,7 +151,7 @@ sql_store!(
             op: &crate::store::OperationRecord,
         ) -> StoreResult<crate::store::Write> {
             let sealed = SealedParams::of(secrets);
-            let updated = sqlx::query_scalar::<sqlx::Postgres, String>(
+            let query = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH updated AS (UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, \
                  etag = $4, provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
                  secrets_expire_at = $11, generation_expires_at = $12, failure = $13, managed_generation = NULL, \
@@ -194,31 +183,11 @@ sql_store!(
             .bind(&c.failure)
             // a write by hand to a configuration an assignment manages is drift: the assignment restores it
             .bind(chrono::Utc::now())
-            .bind(sealed.clear)
-            .bind(sealed.version)
-            .bind(sealed.change)
-            .bind(sealed.base_version)
-            .bind(sealed.recipient)
-            .bind(sealed.encapsulated_key)
-            .bind(sealed.ciphertext)
-            .bind(&op.id)
-            .bind(&op.resource_key)
-            .bind(&op.resource_id)
-            .bind(&op.kind)
-            .bind(op.generation)
-            .bind(&op.status)
-            .bind(op.start_time)
-            .bind(op.end_time)
-            .bind(op.error.as_ref().map(sqlx::types::Json))
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(match updated {
-                None => crate::store::Write::Conflict,
-                Some(key) => {
-                    let _ = self.announcements.send(key);
-                    crate::store::Write::Written
-                }
-            })
+            .bind(sealed.clear);
+            let updated = bind_sealed_and_operation(query, sealed, op)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(updated.map_or(crate::store::Write::Conflict, |key| self.written(key)))
         }
 
         /// Forwards the `fluxplane_desired` notifications (see migration 0002) to this replica's waiting polls, so a
@@ -347,4 +316,31 @@ impl<'a> SealedParams<'a> {
             },
         }
     }
+}
+
+/// A configuration write's statement answering its cluster's key.
+type KeyQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>;
+
+/// Binds the parameters that end both configuration writes: the sealed change, then the operation.
+fn bind_sealed_and_operation<'q>(
+    query: KeyQuery<'q>,
+    sealed: SealedParams<'q>,
+    op: &'q crate::store::OperationRecord,
+) -> KeyQuery<'q> {
+    query
+        .bind(sealed.version)
+        .bind(sealed.change)
+        .bind(sealed.base_version)
+        .bind(sealed.recipient)
+        .bind(sealed.encapsulated_key)
+        .bind(sealed.ciphertext)
+        .bind(&op.id)
+        .bind(&op.resource_key)
+        .bind(&op.resource_id)
+        .bind(&op.kind)
+        .bind(op.generation)
+        .bind(&op.status)
+        .bind(op.start_time)
+        .bind(op.end_time)
+        .bind(op.error.as_ref().map(sqlx::types::Json))
 }
