@@ -119,7 +119,7 @@ macro_rules! dashboards_store {
                 ),
             };
             // one snapshot: a write between the reads would count its configurations twice or not at all
-            let mut tx = self.pool.begin_with($begin).await?;
+            let mut tx = $crate::store::begin(&self.pool, Some($begin)).await?;
             let instances = sqlx::query_as::<$db, $crate::store::InstanceCount>(instances_sql)
                 .bind(subscription_key)
                 .bind(resource_group_key)

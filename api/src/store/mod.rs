@@ -46,6 +46,32 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Starts a transaction with `statement`, or the engine's plain `BEGIN`, on a task of its own.
+///
+/// sqlx 0.9 counts a PostgreSQL transaction only once `BEGIN` has been answered, and rolls back on drop only what
+/// it counted: a request cancelled in between (a client hanging up, a held poll ended) hands its connection back
+/// to the pool inside a transaction nobody will end, and every later borrower's statements run in it or fail
+/// (transact-rs/sqlx#4393). On a task of its own the `BEGIN` is answered whatever becomes of the request, and a
+/// transaction nobody takes is dropped, and so rolled back, there.
+pub(crate) async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move {
+        match statement {
+            Some(statement) => pool.begin_with(statement).await,
+            None => pool.begin().await,
+        }
+    });
+    match begun.await {
+        Ok(transaction) => transaction,
+        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+        // only a runtime shutting down cancels a task it runs
+        Err(_) => Err(sqlx::Error::PoolClosed),
+    }
+}
+
 /// The statements of the fleet summary's current read, for the scope `$1` (subscription key) and `$2` (resource
 /// group key, or empty): instance counts, cluster counts, and the configurations of the clusters not connected.
 /// Public so that the benchmark's database ceiling runs the very statements the server runs.

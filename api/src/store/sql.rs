@@ -122,7 +122,7 @@ macro_rules! sql_store {
                 c: &$crate::store::ClusterRecord,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let inserted = sqlx::query_scalar::<$db, i64>(
                     "INSERT INTO clusters (key, subscription_key, resource_group_key, subscription, resource_group, \
@@ -164,7 +164,7 @@ macro_rules! sql_store {
                 identity_changed: Option<&str>,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5, \
@@ -199,7 +199,7 @@ macro_rules! sql_store {
                 key: &str,
                 message: &str,
             ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 sqlx::query::<$db>("UPDATE clusters SET agent_encryption_key = $1 WHERE id = $2")
                     .bind(key)
                     .bind(cluster_id)
@@ -212,7 +212,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 // the configurations first, while their cluster is there for the rollup and history triggers to
                 // read its scope (a cascade would run them after the cluster is gone)
                 sqlx::query::<$db>(
@@ -281,7 +281,7 @@ macro_rules! sql_store {
                 name: &str,
                 resource_key: &str,
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 let done = sqlx::query::<$db>("DELETE FROM flux_configurations WHERE cluster_id = $1 AND name = $2")
                     .bind(cluster_id)
                     .bind(name)
@@ -370,7 +370,7 @@ macro_rules! sql_store {
                 expected_etag: &str,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 Self::lock_fleet(&mut tx, &g.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE cluster_groups SET selector = $1, etag = $2, system_data = $3 \
@@ -458,7 +458,7 @@ macro_rules! sql_store {
                 expected_etag: Option<&str>,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::AssignmentWrite> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                 let written = match expected_etag {
                     None => {
@@ -521,7 +521,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_policy_assignment(&self, key: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
                 let Some(a) = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
                     .bind(key)
@@ -550,7 +550,7 @@ macro_rules! sql_store {
                     .await?;
                 // one transaction each: the lock is held for one assignment at a time
                 for a in &assignments {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = $crate::store::begin(&self.pool, None).await?;
                     Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                     let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
                     // it may have changed or gone since the list was read
@@ -571,7 +571,7 @@ macro_rules! sql_store {
                 a: &$crate::store::PolicyAssignmentRecord,
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
                 // the rule that writes managed configurations, read-only
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 let matched = Self::matched(&mut tx, a, None).await?;
                 tx.rollback().await?;
                 Ok(matched)
@@ -713,7 +713,7 @@ macro_rules! sql_store {
                 now: chrono::DateTime<chrono::Utc>,
                 messages: &$crate::store::ExpiryMessages,
             ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 // every stored secret is undelivered (acknowledged ones are deleted at once): all fail
                 let secrets = sqlx::query_as::<$db, (i64, i64, String, i64)>(
                     "UPDATE flux_configurations SET secrets_expire_at = NULL, generation_expires_at = NULL, \
@@ -759,7 +759,7 @@ macro_rules! sql_store {
                 secrets_version: Option<i64>,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::store::begin(&self.pool, None).await?;
                 if let Some(version) = secrets_version {
                     // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest
                     let acknowledged = sqlx::query::<$db>(

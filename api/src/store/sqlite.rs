@@ -55,7 +55,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
         secrets: &crate::store::SecretsWrite,
         op: &crate::store::OperationRecord,
     ) -> crate::store::StoreResult<crate::store::Write> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::store::begin(&self.pool, None).await?;
         let inserted = sqlx::query_scalar::<sqlx::Sqlite, i64>(
             "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
              provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
@@ -100,7 +100,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
         expected_etag: &str,
         op: &crate::store::OperationRecord,
     ) -> crate::store::StoreResult<crate::store::Write> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::store::begin(&self.pool, None).await?;
         let done = sqlx::query::<sqlx::Sqlite>(
             "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
              provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
@@ -210,7 +210,7 @@ pub(super) const UNHEARD: &str = "SELECT f.cluster_id, \
 dashboards_store!(SqliteStore, sqlx::Sqlite, begin = "BEGIN", unheard = UNHEARD, {
     /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
     async fn compact_rollups(&self) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::store::begin(&self.pool, None).await?;
         let mut folded = 0;
         for sql in [
             "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \

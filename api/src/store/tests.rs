@@ -1167,3 +1167,42 @@ async fn mark_offline_case(backend: Backend) {
     })
     .await;
 }
+
+/// Not a conformance case: it holds the pool the PostgreSQL store is built on to the promise `store::begin` makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_beginning_hands_back_no_open_transaction() {
+    let Some(db) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    // one connection, handed out without a ping: the cancelled `BEGIN` is the only thing that can be on it
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    for polls in 1..=4 {
+        {
+            let mut beginning = std::pin::pin!(super::begin(&pool, None));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            for _ in 0..polls {
+                if beginning.as_mut().poll(&mut cx).is_ready() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        // two statements on their own take two transaction ids; inside a transaction left open, they share one
+        let transaction = || async {
+            sqlx::query_scalar::<_, String>("SELECT pg_current_xact_id()::text")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        assert_ne!(
+            transaction().await,
+            transaction().await,
+            "after {polls} poll(s), the next borrowers ran inside the cancelled transaction"
+        );
+    }
+}
