@@ -453,6 +453,21 @@ impl Db {
         Ok(())
     }
 
+    /// Turns PostgreSQL's user triggers on the configurations table (the revision bump, the rollups, the history)
+    /// off or back on; PostgreSQL only: SQLite cannot disable a trigger.
+    pub(crate) async fn configuration_triggers(&self, enabled: bool) -> anyhow::Result<()> {
+        let Pool::Postgres(pool) = &self.pool else {
+            anyhow::bail!("only PostgreSQL can disable triggers");
+        };
+        let sql = if enabled {
+            "ALTER TABLE flux_configurations ENABLE TRIGGER USER"
+        } else {
+            "ALTER TABLE flux_configurations DISABLE TRIGGER USER"
+        };
+        sqlx::query(sql).execute(pool).await?;
+        Ok(())
+    }
+
     /// Closes the pool's connections before the scenario's database goes.
     pub(crate) async fn close(self) {
         on_pool!(self, pool => pool.close().await);

@@ -61,23 +61,7 @@ pub async fn throughput(
     backend: &'static str,
 ) -> anyhow::Result<()> {
     let share = |client: usize| puts / clients + usize::from(client < puts % clients);
-    let mut urls = Vec::with_capacity(clients);
-    for client in 0..clients {
-        // each client writes to clusters of its own, as operators of different clusters do
-        let cluster = target.register(&format!("throughput-{client}")).await?;
-        urls.push(
-            names(client, share(client))
-                .map(|name| {
-                    format!(
-                        "{}{}?api-version=2025-04-01",
-                        target.server.base,
-                        Target::config_path(&cluster, &name)
-                    )
-                })
-                .collect(),
-        );
-    }
-    let (elapsed, latencies) = drive(target, urls).await?;
+    let (elapsed, latencies) = drive(target, urls(target, "throughput", clients, share).await?).await?;
     // an update's answer, as most of the run's were, for the HTTP ceiling to answer with
     let cluster = format!("{}/throughput-0", crate::CLUSTER);
     let answer = target
@@ -92,10 +76,22 @@ pub async fn throughput(
     fixed.stop().await;
     let db = Db::open(target).await?;
     let db_elapsed = db.puts(clients, puts).await?;
+    let is_postgres = backend == "postgres";
+    // A bound, not a way to run fluxplane: the same PUTs to clusters of their own with the configuration
+    // triggers off (no revision bump, so no agent would hear of them; no rollups, no history). What the rest of a
+    // PUT's path, server and statements, allows on this machine.
+    let untriggered = if is_postgres {
+        let urls = urls(target, "untriggered", clients, share).await?;
+        db.configuration_triggers(false).await?;
+        let run = drive(target, urls).await;
+        db.configuration_triggers(true).await?;
+        Some(run?)
+    } else {
+        None
+    };
     db.close().await;
 
     let rate = |elapsed: Duration| puts as f64 / elapsed.as_secs_f64();
-    let is_postgres = backend == "postgres";
     figures.push(Figure {
         backend,
         scenario: format!("configuration PUTs, {clients} clients"),
@@ -121,5 +117,54 @@ pub async fn throughput(
             "INSERT ... ON CONFLICT DO UPDATE per PUT in a transaction, same clients and names, scratch table",
         )),
     });
+    if let Some((elapsed, latencies)) = untriggered {
+        figures.push(Figure {
+            backend,
+            scenario: format!("configuration PUTs, {clients} clients, triggers off (bound)"),
+            value: rate(elapsed),
+            unit: "PUT/s",
+            target: None,
+            met: None,
+            detail: format!(
+                "{puts} PUTs in {:.2} s, latency p99 {:.2} ms, with the configurations table's triggers disabled: \
+                 what the server and its statements allow without the bookkeeping",
+                elapsed.as_secs_f64(),
+                ms(percentile(&latencies, 0.99)),
+            ),
+            http_ceiling: Some(Ceiling::rate(
+                rate(elapsed),
+                rate(http_elapsed),
+                "as for the PUTs above",
+            )),
+            db_ceiling: Some(Ceiling::rate(rate(elapsed), rate(db_elapsed), "as for the PUTs above")),
+        });
+    }
     Ok(())
+}
+
+/// The PUT URLs of each of `clients` clients, on a cluster of its own named after `prefix`: `share(client)` of
+/// them, each name twice (create, then update).
+async fn urls(
+    target: &Target,
+    prefix: &str,
+    clients: usize,
+    share: impl Fn(usize) -> usize,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut urls = Vec::with_capacity(clients);
+    for client in 0..clients {
+        // each client writes to clusters of its own, as operators of different clusters do
+        let cluster = target.register(&format!("{prefix}-{client}")).await?;
+        urls.push(
+            names(client, share(client))
+                .map(|name| {
+                    format!(
+                        "{}{}?api-version=2025-04-01",
+                        target.server.base,
+                        Target::config_path(&cluster, &name)
+                    )
+                })
+                .collect(),
+        );
+    }
+    Ok(urls)
 }

@@ -43,6 +43,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            // A fleet-wide rollout queues 10,000 agents' fetches for seconds by design; at sqlx's default of 2 s,
+            // it logged a warning per agent. Half the timeout: a wait worth a warning is one nearing failure.
+            .acquire_slow_threshold(Duration::from_secs(5))
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -29,6 +29,9 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // sqlx's default timeout, stated; warnings at half of it, as on PostgreSQL (see there)
+            .acquire_timeout(Duration::from_secs(30))
+            .acquire_slow_threshold(Duration::from_secs(15))
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
