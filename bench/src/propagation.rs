@@ -286,7 +286,6 @@ pub async fn propagation(
     let db = pool.propagation(agents, writes, apply.delay).await?;
     pool.close().await;
 
-    let is_postgres = backend == "postgres";
     let receipt_p99 = ms(percentile(&server.receipt, 0.99));
     let methods = (
         format!("{agents} pollers in another process, PUT wakes one held GET, bodies of the same sizes"),
@@ -299,8 +298,9 @@ pub async fn propagation(
         scenario: format!("write to agent receipt, {agents} agents polling"),
         value: receipt_p99,
         unit: "ms p99",
-        target: is_postgres.then(|| "p99 < 100 ms".to_owned()),
-        met: is_postgres.then_some(receipt_p99 < 100.0),
+        // both backends are held to the design's target (docs/BENCHMARKS.md, "Targets")
+        target: Some("p99 < 100 ms".to_owned()),
+        met: Some(receipt_p99 < 100.0),
         detail: format!(
             "{writes} writes; p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
             ms(percentile(&server.receipt, 0.5)),
@@ -323,7 +323,7 @@ pub async fn propagation(
         ms(percentile(&server.status, 0.99)),
     );
     // the design's target is for instant apply: with a delay the figure measures the delay too
-    let has_target = is_postgres && apply.delay.is_zero();
+    let has_target = apply.delay.is_zero();
     figures.push(Figure {
         backend,
         scenario: format!("write to first status, {}, {agents} agents", apply.describe()),

@@ -92,13 +92,16 @@ pub async fn throughput(
     db.close().await;
 
     let rate = |elapsed: Duration| puts as f64 / elapsed.as_secs_f64();
+    // SQLite lets one transaction write at a time: its own target is a quarter of the design's (docs/BENCHMARKS.md,
+    // "Targets")
+    let target = if is_postgres { 2000.0 } else { 500.0 };
     figures.push(Figure {
         backend,
         scenario: format!("configuration PUTs, {clients} clients"),
         value: rate(elapsed),
         unit: "PUT/s",
-        target: is_postgres.then(|| "> 2000 PUT/s".to_owned()),
-        met: is_postgres.then_some(rate(elapsed) > 2000.0),
+        target: Some(format!("> {target} PUT/s")),
+        met: Some(rate(elapsed) > target),
         detail: format!(
             "{puts} PUTs in {:.2} s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
             elapsed.as_secs_f64(),
