@@ -15,7 +15,10 @@ use super::StoreResult;
 use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
-use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
+use super::sql::{
+    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
+    sql_store,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -123,18 +126,8 @@ sql_store!(
                  FROM inserted JOIN clusters c ON c.id = inserted.cluster_id",
             )
             .bind(c.cluster_id)
-            .bind(&c.name)
-            .bind(sqlx::types::Json(&c.spec))
-            .bind(c.secrets_version)
-            .bind(c.generation)
-            .bind(&c.etag)
-            .bind(c.provisioning_state.as_str())
-            .bind(c.compliance_state.as_str())
-            .bind(sqlx::types::Json(&c.observed))
-            .bind(sqlx::types::Json(&c.system_data))
-            .bind(c.secrets_expire_at)
-            .bind(c.generation_expires_at)
-            .bind(&c.failure);
+            .bind(&c.name);
+            let query = bind_configuration!(query, c);
             let inserted = bind_sealed_and_operation(query, SealedParams::of(secrets), op)
                 .fetch_optional(&self.pool)
                 .await;
@@ -157,9 +150,9 @@ sql_store!(
             let query = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH updated AS (UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, \
                  etag = $4, provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
-                 secrets_expire_at = $11, generation_expires_at = $12, failure = $13, managed_generation = NULL, \
+                 secrets_expire_at = $9, generation_expires_at = $10, failure = $11, managed_generation = NULL, \
                  drifted_at = CASE WHEN managed_by IS NULL THEN NULL ELSE $14 END \
-                 WHERE id = $9 AND etag = $10 RETURNING id, cluster_id), \
+                 WHERE id = $12 AND etag = $13 RETURNING id, cluster_id), \
                  cleared AS (DELETE FROM sealed_secrets WHERE $15 AND configuration_id IN (SELECT id FROM updated)), \
                  sealed AS (INSERT INTO sealed_secrets (configuration_id, version, change, base_version, recipient, \
                  encapsulated_key, ciphertext) SELECT id, $16, $17, $18, $19, $20, $21 FROM updated \
@@ -170,23 +163,13 @@ sql_store!(
                  start_time, end_time, error) SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30 FROM updated) \
                  SELECT c.key, set_config('fluxplane.notify', 'after-commit', TRUE) \
                  FROM updated JOIN clusters c ON c.id = updated.cluster_id",
-            )
-            .bind(sqlx::types::Json(&c.spec))
-            .bind(c.secrets_version)
-            .bind(c.generation)
-            .bind(&c.etag)
-            .bind(c.provisioning_state.as_str())
-            .bind(c.compliance_state.as_str())
-            .bind(sqlx::types::Json(&c.observed))
-            .bind(sqlx::types::Json(&c.system_data))
-            .bind(c.id)
-            .bind(expected_etag)
-            .bind(c.secrets_expire_at)
-            .bind(c.generation_expires_at)
-            .bind(&c.failure)
-            // a write by hand to a configuration an assignment manages is drift: the assignment restores it
-            .bind(chrono::Utc::now())
-            .bind(sealed.clear);
+            );
+            let query = bind_configuration!(query, c)
+                .bind(c.id)
+                .bind(expected_etag)
+                // a write by hand to a configuration an assignment manages is drift: the assignment restores it
+                .bind(chrono::Utc::now())
+                .bind(sealed.clear);
             let updated = bind_sealed_and_operation(query, sealed, op)
                 .fetch_optional(&self.pool)
                 .await?;

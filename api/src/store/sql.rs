@@ -38,6 +38,26 @@ macro_rules! cluster_group_columns {
     };
 }
 
+/// Binds what both configuration writes store of `$c` (a `ConfigurationRecord`), eleven parameters in this
+/// order: spec, secrets version, generation, etag, provisioning and compliance state, observed, system data, the
+/// secrets' and the generation's expiry, failure. A macro because the writes' queries differ in type.
+macro_rules! bind_configuration {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind(sqlx::types::Json(&$c.spec))
+            .bind($c.secrets_version)
+            .bind($c.generation)
+            .bind(&$c.etag)
+            .bind($c.provisioning_state.as_str())
+            .bind($c.compliance_state.as_str())
+            .bind(sqlx::types::Json(&$c.observed))
+            .bind(sqlx::types::Json(&$c.system_data))
+            .bind($c.secrets_expire_at)
+            .bind($c.generation_expires_at)
+            .bind(&$c.failure)
+    };
+}
+
 pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(|e| e.kind() == ErrorKind::ForeignKeyViolation)
@@ -946,4 +966,7 @@ macro_rules! sql_store {
     };
 }
 
-pub(super) use {cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
+pub(super) use {
+    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
+    sql_store,
+};

@@ -12,7 +12,10 @@ use super::StoreResult;
 use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
-use super::sql::{cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns, sql_store};
+use super::sql::{
+    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
+    sql_store,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -59,7 +62,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
         op: &crate::store::OperationRecord,
     ) -> crate::store::StoreResult<crate::store::Write> {
         let mut tx = crate::store::begin(&self.pool, None).await?;
-        let inserted = sqlx::query_scalar::<sqlx::Sqlite, i64>(
+        let insert = sqlx::query_scalar::<sqlx::Sqlite, i64>(
             "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
              provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
              generation_expires_at, failure) \
@@ -67,20 +70,8 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
              ON CONFLICT (cluster_id, name) DO NOTHING RETURNING id",
         )
         .bind(c.cluster_id)
-        .bind(&c.name)
-        .bind(sqlx::types::Json(&c.spec))
-        .bind(c.secrets_version)
-        .bind(c.generation)
-        .bind(&c.etag)
-        .bind(c.provisioning_state.as_str())
-        .bind(c.compliance_state.as_str())
-        .bind(sqlx::types::Json(&c.observed))
-        .bind(sqlx::types::Json(&c.system_data))
-        .bind(c.secrets_expire_at)
-        .bind(c.generation_expires_at)
-        .bind(&c.failure)
-        .fetch_optional(&mut *tx)
-        .await;
+        .bind(&c.name);
+        let inserted = bind_configuration!(insert, c).fetch_optional(&mut *tx).await;
         let id = match inserted {
             Err(err) if crate::store::sql::is_foreign_key_violation(&err) => {
                 return Ok(crate::store::Write::ParentMissing);
@@ -104,30 +95,20 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
         op: &crate::store::OperationRecord,
     ) -> crate::store::StoreResult<crate::store::Write> {
         let mut tx = crate::store::begin(&self.pool, None).await?;
-        let done = sqlx::query::<sqlx::Sqlite>(
+        let update = sqlx::query::<sqlx::Sqlite>(
             "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
              provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
-             secrets_expire_at = $11, generation_expires_at = $12, failure = $13, \
+             secrets_expire_at = $9, generation_expires_at = $10, failure = $11, \
              managed_generation = NULL, drifted_at = CASE WHEN managed_by IS NULL THEN NULL ELSE $14 END \
-             WHERE id = $9 AND etag = $10",
-        )
-        .bind(sqlx::types::Json(&c.spec))
-        .bind(c.secrets_version)
-        .bind(c.generation)
-        .bind(&c.etag)
-        .bind(c.provisioning_state.as_str())
-        .bind(c.compliance_state.as_str())
-        .bind(sqlx::types::Json(&c.observed))
-        .bind(sqlx::types::Json(&c.system_data))
-        .bind(c.id)
-        .bind(expected_etag)
-        .bind(c.secrets_expire_at)
-        .bind(c.generation_expires_at)
-        .bind(&c.failure)
-        // a write by hand to a configuration an assignment manages is drift: the assignment restores it
-        .bind(chrono::Utc::now())
-        .execute(&mut *tx)
-        .await?;
+             WHERE id = $12 AND etag = $13",
+        );
+        let done = bind_configuration!(update, c)
+            .bind(c.id)
+            .bind(expected_etag)
+            // a write by hand to a configuration an assignment manages is drift: the assignment restores it
+            .bind(chrono::Utc::now())
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Ok(crate::store::Write::Conflict);
         }
