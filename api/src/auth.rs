@@ -19,6 +19,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::arm::ids::{ResourceGroupName, SubscriptionId};
 use crate::config::{JwtAlgorithm, ServeConfig};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -34,21 +35,46 @@ pub enum Role {
     Owner,
 }
 
-/// A role granted at a scope: `/`, `/subscriptions/{sub}` or `/subscriptions/{sub}/resourceGroups/{rg}`.
+/// How far apart the clocks of the server and of a token's signer may be: the leeway of `exp`, `nbf` and `iat`.
+pub const CLOCK_SKEW_SECONDS: u64 = 60;
+
+/// A role granted at a scope: `/`, `/subscriptions/{sub}` or `/subscriptions/{sub}/resourceGroups/{rg}`. A token
+/// whose roles claim holds any other scope is refused as a whole: read loosely, an empty or truncated scope would
+/// cover every resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RoleClaim")]
 pub struct RoleAssignment {
     pub role: Role,
     pub scope: String,
 }
 
+/// A role assignment as a token states it, before its scope is checked.
+#[derive(Deserialize)]
+struct RoleClaim {
+    role: Role,
+    scope: String,
+}
+
+impl TryFrom<RoleClaim> for RoleAssignment {
+    type Error = String;
+
+    fn try_from(claim: RoleClaim) -> Result<Self, Self::Error> {
+        Self::parse(claim.role, &claim.scope).map_err(|err| err.to_string())
+    }
+}
+
 impl RoleAssignment {
     pub fn parse(role: Role, scope: &str) -> anyhow::Result<Self> {
         let segments: Vec<&str> = scope.trim_end_matches('/').split('/').skip(1).collect();
+        let subscription = |sub: &str| SubscriptionId::parse(sub).is_ok();
+        let group = |rg: &str| ResourceGroupName::parse(rg).is_ok();
         let valid = scope == "/"
-            || matches!(segments.as_slice(), [s, sub] if s.eq_ignore_ascii_case("subscriptions") && !sub.is_empty())
-            || matches!(segments.as_slice(), [s, sub, r, rg]
-                if s.eq_ignore_ascii_case("subscriptions") && r.eq_ignore_ascii_case("resourceGroups")
-                    && !sub.is_empty() && !rg.is_empty());
+            || scope.starts_with('/')
+                && !scope.ends_with("//")
+                && (matches!(segments.as_slice(), [s, sub] if s.eq_ignore_ascii_case("subscriptions") && subscription(sub))
+                    || matches!(segments.as_slice(), [s, sub, r, rg]
+                        if s.eq_ignore_ascii_case("subscriptions") && r.eq_ignore_ascii_case("resourceGroups")
+                            && subscription(sub) && group(rg)));
         anyhow::ensure!(
             valid,
             "scope '{scope}' must be '/', '/subscriptions/{{sub}}' or '/subscriptions/{{sub}}/resourceGroups/{{rg}}'"
@@ -220,6 +246,7 @@ impl Authenticator {
                 ErrorKind::InvalidAlgorithm => fail("wrong signing algorithm"),
                 ErrorKind::InvalidSignature => fail("bad signature"),
                 ErrorKind::MissingRequiredClaim(claim) => fail(&format!("the {claim} claim is missing")),
+                ErrorKind::Json(err) => fail(&format!("malformed claims: {err}")),
                 _ => fail("malformed token"),
             }
         })?;
@@ -236,6 +263,7 @@ fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation 
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
     validation.validate_nbf = true;
+    validation.leeway = CLOCK_SKEW_SECONDS;
     validation
 }
 
@@ -403,12 +431,43 @@ mod tests {
     #[test]
     fn malformed_scopes_are_refused() {
         for bad in [
+            "",
+            "//",
             "subscriptions/x",
             "/subscriptions",
+            "/subscriptions/",
+            "/subscriptions//",
             "/subscriptions/x/resourceGroups",
+            "/subscriptions/x/resourceGroups/",
+            "/subscriptions/x/junk",
+            "/subscriptions/x/resourceGroups/rg/junk",
+            "/subscriptions/x y",
+            "/subscriptions/x/resourceGroups/rg.",
             "/tenants/x",
         ] {
             assert!(RoleAssignment::parse(Role::Reader, bad).is_err(), "{bad}");
+        }
+        assert!(RoleAssignment::parse(Role::Reader, "/subscriptions/x/").is_ok());
+    }
+
+    #[test]
+    fn a_token_with_a_malformed_scope_is_refused_whole() {
+        let auth = auth();
+        for scope in ["", "/subscriptions", "/subscriptions/s1/junk"] {
+            let now = Utc::now().timestamp();
+            let claims = serde_json::json!({
+                "sub": "mallory", "iss": "fluxplane", "aud": "fluxplane", "iat": now, "nbf": now, "exp": now + 60,
+                "roles": [{"role": "Owner", "scope": scope}],
+            });
+            let token = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            let err = auth.authenticate(&token).unwrap_err();
+            assert_eq!(err.code(), "AuthenticationFailed", "{scope:?}");
+            assert!(err.to_string().contains("scope"), "{err}");
         }
     }
 }

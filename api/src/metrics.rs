@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -176,7 +177,7 @@ impl Metrics {
 /// resource names would make the label set unbounded).
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -198,9 +199,33 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
+/// The method as a label: one of the methods the API serves, or `other`. The method is read before
+/// authentication, and every distinct label value is a series kept for ever, so a client must not choose it.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        for invented in ["FOO", "M0001", "get", "PROPFIND"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented}");
+        }
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+    }
 
     /// Every `fluxplane_*` name the Grafana dashboards query, without histogram and counter suffixes.
     fn queried_by_dashboards() -> std::collections::BTreeSet<String> {

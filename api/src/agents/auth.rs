@@ -19,6 +19,7 @@ use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims, AgentInfo, MA
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::arm::ids::ClusterRef;
+use crate::auth::CLOCK_SKEW_SECONDS;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -136,6 +137,7 @@ fn check_signature(token: &str, registered: &str) -> Result<(), ApiError> {
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_audience(&[AGENT_AUDIENCE]);
     validation.set_required_spec_claims(&["exp", "iat", "sub", "aud"]);
+    validation.leeway = CLOCK_SKEW_SECONDS;
     let claims = jsonwebtoken::decode::<AgentClaims>(token, &key, &validation)
         .map_err(|err| {
             use jsonwebtoken::errors::ErrorKind;
@@ -147,9 +149,21 @@ fn check_signature(token: &str, registered: &str) -> Result<(), ApiError> {
             }
         })?
         .claims;
-    if claims.exp - claims.iat > MAX_TOKEN_LIFETIME_SECONDS {
+    lifetime_bounded(&claims, Utc::now().timestamp())
+}
+
+/// An agent token's times, against the server's clock: `exp - iat` alone would let a key holder sign a token
+/// issued in ten years and valid until then.
+fn lifetime_bounded(claims: &AgentClaims, now: i64) -> Result<(), ApiError> {
+    let skew = CLOCK_SKEW_SECONDS as i64;
+    if claims.iat > now + skew {
         return Err(refused(&format!(
-            "agent tokens live at most {MAX_TOKEN_LIFETIME_SECONDS} seconds"
+            "it was issued in the future (iat more than {skew} seconds ahead of the server's clock)"
+        )));
+    }
+    if claims.exp - claims.iat > MAX_TOKEN_LIFETIME_SECONDS || claims.exp > now + MAX_TOKEN_LIFETIME_SECONDS + skew {
+        return Err(refused(&format!(
+            "agent tokens live at most {MAX_TOKEN_LIFETIME_SECONDS} seconds from now"
         )));
     }
     Ok(())
@@ -219,6 +233,32 @@ mod tests {
         assert!(parse_cluster_id("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/vms/c1").is_none());
         assert!(parse_cluster_id(&format!("{id}/extra")).is_none());
         assert!(parse_cluster_id("subscriptions/s").is_none());
+    }
+
+    #[test]
+    fn an_agent_token_may_not_outlive_its_limit_from_the_servers_clock() {
+        let now = 1_800_000_000;
+        let claims = |iat: i64, exp: i64| AgentClaims {
+            sub: "c".into(),
+            aud: AGENT_AUDIENCE.into(),
+            iat,
+            exp,
+        };
+        assert!(lifetime_bounded(&claims(now, now + 120), now).is_ok());
+        assert!(
+            lifetime_bounded(&claims(now + 30, now + 300), now).is_ok(),
+            "within the clock skew"
+        );
+        let ten_years = 10 * 365 * 86_400;
+        for (iat, exp) in [
+            (now, now + ten_years),
+            (now + ten_years, now + ten_years + 60),
+            (now + ten_years - 60, now + ten_years),
+            (now + 120, now + 400),
+        ] {
+            let err = lifetime_bounded(&claims(iat, exp), now).unwrap_err();
+            assert_eq!(err.code(), "AuthenticationFailed", "iat {iat} exp {exp}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 
 use super::auth::AgentCaller;
 use crate::arm::body::parse;
+use crate::arm::body::SanitizedJsonBody;
 use crate::arm::{ArmQuery, JsonBody};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::flux::model::{Observed, ProvisioningState};
@@ -140,7 +141,7 @@ fn quiet_since(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
 async fn report_status(
     State(state): State<AppState>,
     agent: AgentCaller,
-    JsonBody(body): JsonBody,
+    SanitizedJsonBody(body): SanitizedJsonBody,
 ) -> ApiResult<Json<StatusAccepted>> {
     let report: StatusReport = parse(body, "")?;
     if report.configurations.len() > MAX_REPORTS {

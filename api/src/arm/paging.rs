@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -56,16 +57,37 @@ impl ListParams {
     }
 }
 
-fn decode_token(token: &str) -> Result<String, ApiError> {
+/// Bytes of a token's check: a token is the last key read, then the first bytes of a SHA-256 of it, so that a token
+/// this server did not issue (typed, truncated, edited) is refused instead of answering an arbitrary page.
+const CHECK_BYTES: usize = 8;
+
+fn check_of(key: &[u8]) -> [u8; CHECK_BYTES] {
+    let digest = Sha256::new()
+        .chain_update(b"fluxplane $skipToken\n")
+        .chain_update(key)
+        .finalize();
+    digest[..CHECK_BYTES]
+        .try_into()
+        .expect("a SHA-256 digest is longer than the check")
+}
+
+/// The key a token this server issued continues after.
+pub fn decode_token(token: &str) -> Result<String, ApiError> {
     URL_SAFE_NO_PAD
         .decode(token)
         .ok()
+        .and_then(|mut bytes| {
+            let check = bytes.split_off(bytes.len().checked_sub(CHECK_BYTES)?);
+            (check == check_of(&bytes)).then_some(bytes)
+        })
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| ApiError::invalid("$skipToken", "$skipToken is not a token this server issued"))
 }
 
 pub fn encode_token(last_key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(last_key.as_bytes())
+    let mut bytes = last_key.as_bytes().to_vec();
+    bytes.extend_from_slice(&check_of(last_key.as_bytes()));
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// One page of an ARM list.
@@ -167,11 +189,22 @@ mod tests {
 
     #[test]
     fn forged_skip_tokens_are_refused() {
-        let params = ListParams {
-            top: None,
-            skip_token: Some("%%%".into()),
-        };
-        assert_eq!(params.page().unwrap_err().code(), "InvalidParameter");
+        let issued = encode_token("s/rg/c1");
+        let mut edited = URL_SAFE_NO_PAD.decode(&issued).unwrap();
+        edited[0] ^= 1;
+        for forged in [
+            "%%%".to_owned(),
+            URL_SAFE_NO_PAD.encode("s/rg/zzz"),
+            URL_SAFE_NO_PAD.encode(edited),
+            issued[..issued.len() - 2].to_owned(),
+            String::new(),
+        ] {
+            let params = ListParams {
+                top: None,
+                skip_token: Some(forged.clone()),
+            };
+            assert_eq!(params.page().unwrap_err().code(), "InvalidParameter", "{forged}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::arm::system_data::SystemData;
 use crate::error::{ApiError, Problems};
 
 /// ARM's limits on tags.
-const MAX_TAGS: usize = 50;
+pub const MAX_TAGS: usize = 50;
 const MAX_TAG_NAME: usize = 512;
 const MAX_TAG_VALUE: usize = 256;
 
@@ -101,7 +101,7 @@ pub struct ClusterSpec {
 }
 
 /// The body of a cluster PUT.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterRequest {
     pub location: String,
@@ -115,7 +115,7 @@ pub struct ClusterRequest {
 }
 
 /// The properties a cluster PATCH may change.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterPatchProperties {
     pub distribution: Option<String>,
@@ -126,7 +126,7 @@ pub struct ClusterPatchProperties {
 }
 
 /// The body of a cluster PATCH: `tags` replace the cluster's tags as a whole; `properties` merge.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterPatch {
     pub tags: Option<BTreeMap<String, String>>,

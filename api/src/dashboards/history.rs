@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::arm::ids::ClusterRef;
-use crate::arm::paging::{BaseUrl, Page, encode_token};
+use crate::arm::paging::{BaseUrl, Page, decode_token, encode_token};
 use crate::auth::Caller;
 use crate::error::{ApiResult, Problems};
 use crate::state::AppState;
@@ -152,9 +152,7 @@ impl Cursor {
     }
 
     fn decode(token: &str) -> Option<Self> {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
-        let text = String::from_utf8(bytes).ok()?;
+        let text = decode_token(token).ok()?;
         let (status, write) = text.split_once('.')?;
         Some(Self {
             status: status.parse().ok()?,

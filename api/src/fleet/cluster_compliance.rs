@@ -160,8 +160,8 @@ async fn grid(
     };
     problems.into_result("grid request", None)?;
     let page = page.expect("checked above");
-    let group = cluster_group(state, &scope, params.cluster_group.as_deref()).await?;
-    let assignment = policy_assignment(state, &scope, params.policy_assignment.as_deref()).await?;
+    let group = cluster_group(state, caller, &scope, params.cluster_group.as_deref()).await?;
+    let assignment = policy_assignment(state, caller, &scope, params.policy_assignment.as_deref()).await?;
     let assignment_id = assignment.as_ref().map(|a| a.arm_id());
     let narrowed = wanted_state.is_some() || assignment_id.is_some();
     let mut rows: Vec<(String, ClusterRow)> = Vec::new();

@@ -73,13 +73,13 @@ pub struct ClusterGroupProperties {
 }
 
 /// The body of a cluster group PUT.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterGroupRequest {
     properties: ClusterGroupRequestProperties,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClusterGroupRequestProperties {
     /// Which clusters of the scope belong to the group; an empty selector takes them all.

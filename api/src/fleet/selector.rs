@@ -10,6 +10,11 @@ use utoipa::ToSchema;
 use crate::arm::ids::is_dns1123_subdomain;
 use crate::error::Problems;
 
+/// Most terms (labels and expressions together) in one selector: as many as a cluster may carry tags.
+pub const MAX_TERMS: usize = crate::clusters::model::MAX_TAGS;
+/// Most values of one `In` or `NotIn` expression.
+pub const MAX_VALUES: usize = 100;
+
 /// Which clusters a group or an assignment takes in, by their tags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -49,6 +54,26 @@ impl LabelSelector {
 
     /// Records every problem of the selector under `target` (its JSON path).
     pub fn validate(&self, target: &str, p: &mut Problems) {
+        let terms = self.match_labels.len() + self.match_expressions.len();
+        if terms > MAX_TERMS {
+            p.add(
+                target,
+                format!("has {terms} terms (matchLabels and matchExpressions); at most {MAX_TERMS} are allowed"),
+            );
+            return;
+        }
+        if let Some((i, _)) = self
+            .match_expressions
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.values.len() > MAX_VALUES)
+        {
+            p.add(
+                format!("{target}.matchExpressions[{i}].values"),
+                format!("at most {MAX_VALUES} values are allowed"),
+            );
+            return;
+        }
         for (key, value) in &self.match_labels {
             let at = format!("{target}.matchLabels.{key}");
             check_key(key, &at, p);
@@ -140,7 +165,11 @@ fn set_requirement(part: &str) -> Option<(&str, Operator, Vec<String>)> {
         "notin" => Operator::NotIn,
         _ => return None,
     };
-    let values = list.split(',').map(|v| v.trim().to_owned()).collect();
+    let values: Vec<String> = list.split(',').map(|v| v.trim().to_owned()).collect();
+    // `in ()` and `in (a,,b)` are not Kubernetes syntax: an empty set would select all or nothing by accident
+    if values.iter().any(String::is_empty) {
+        return None;
+    }
     Some((key, operator, values))
 }
 
@@ -246,7 +275,17 @@ mod tests {
             "a missing key is not equal to b"
         );
         assert!(!selector.matches(&tags(&[("env", "prod"), ("zone", "b")])));
-        for bad in ["env=prod,", "a b", "region in (eu", "x)", ""] {
+        for bad in [
+            "env=prod,",
+            "a b",
+            "region in (eu",
+            "x)",
+            "",
+            "x notin ()",
+            "x in ()",
+            "x in (a,,b)",
+            "x in ( )",
+        ] {
             assert!(LabelSelector::parse_str(bad).is_err(), "{bad}");
         }
     }
@@ -299,6 +338,25 @@ mod tests {
             let got = [&prod_eu, &prod, &dev_us, &none].map(|t| s.matches(t));
             assert_eq!(got, expected, "{value}");
         }
+    }
+
+    #[test]
+    fn a_selector_holds_a_bounded_number_of_terms_and_values() {
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..=MAX_TERMS).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let mut p = Problems::default();
+        selector(json!({"matchLabels": many})).validate("properties.selector", &mut p);
+        let err = p.into_result("group", None).unwrap_err();
+        assert_eq!(err.detail().target.as_deref(), Some("properties.selector"));
+        let values: Vec<String> = (0..=MAX_VALUES).map(|i| format!("v{i}")).collect();
+        let mut p = Problems::default();
+        selector(json!({"matchExpressions": [{"key": "k", "operator": "In", "values": values}]}))
+            .validate("properties.selector", &mut p);
+        let err = p.into_result("group", None).unwrap_err();
+        assert_eq!(
+            err.detail().target.as_deref(),
+            Some("properties.selector.matchExpressions[0].values")
+        );
     }
 
     #[test]

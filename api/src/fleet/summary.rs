@@ -19,13 +19,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use super::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath, TYPE_NAME};
 use super::selector::LabelSelector;
 use super::{FleetScope, cluster_ref, readable_scopes};
 use crate::arm::api_version::Fleet;
 use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
 use crate::arm::{ApiVersion, ArmPath, ArmQuery};
-use crate::auth::Caller;
+use crate::auth::{CLOCK_SKEW_SECONDS, Caller, Role};
 use crate::clusters::model::ConnectivityStatus;
 use crate::clusters::routes::{agent_online, connectivity};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
@@ -211,7 +211,11 @@ fn check(params: &SummaryParams, retention: std::time::Duration) -> ApiResult<Re
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         match DateTime::parse_from_rfc3339(text) {
             Err(_) => problems.add("asOf", format!("'{text}' is not an RFC 3339 time")),
-            // now or later (a client's clock may run ahead): the current summary
+            Ok(at) if at > now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS as i64) => problems.add(
+                "asOf",
+                format!("'{text}' is in the future: the summary's past goes up to now"),
+            ),
+            // now or a little later (a client's clock may run ahead): the current summary
             Ok(at) if at >= now => {}
             Ok(at) if at < kept_since => problems.add(
                 "asOf",
@@ -278,52 +282,73 @@ pub(super) fn compliance_state(text: Option<&str>, problems: &mut Problems) -> O
     found
 }
 
-/// The cluster group the `clusterGroup` parameter names, if given.
+/// The cluster group the `clusterGroup` parameter names, if given and readable by the caller.
 pub(super) async fn cluster_group(
     state: &AppState,
+    caller: &Caller,
     scope: &FleetScope,
     value: Option<&str>,
 ) -> ApiResult<Option<ClusterGroupRecord>> {
     let Some(value) = value else {
         return Ok(None);
     };
-    let key = fleet_key(scope, "clusterGroup", "clusterGroups", value)?;
-    let found = state.store.get_cluster_group(&key).await?;
+    let found = match readable_key(caller, scope, "clusterGroup", TYPE_NAME, value)? {
+        Some(key) => state.store.get_cluster_group(&key).await?,
+        None => None,
+    };
     Ok(Some(found.ok_or_else(|| {
         ApiError::invalid("clusterGroup", format!("no cluster group '{value}'"))
     })?))
 }
 
-/// The policy assignment the `policyAssignment` parameter names, if given.
+/// The policy assignment the `policyAssignment` parameter names, if given and readable by the caller.
 pub(super) async fn policy_assignment(
     state: &AppState,
+    caller: &Caller,
     scope: &FleetScope,
     value: Option<&str>,
 ) -> ApiResult<Option<PolicyAssignmentRecord>> {
     let Some(value) = value else {
         return Ok(None);
     };
-    let key = fleet_key(scope, "policyAssignment", "policyAssignments", value)?;
-    let found = state.store.get_policy_assignment(&key).await?;
+    let found = match readable_key(caller, scope, "policyAssignment", "policyAssignments", value)? {
+        Some(key) => state.store.get_policy_assignment(&key).await?,
+        None => None,
+    };
     Ok(Some(found.ok_or_else(|| {
         ApiError::invalid("policyAssignment", format!("no policy assignment '{value}'"))
     })?))
 }
 
-/// The store key of a fleet resource named by `value` (a name in `scope`, or an ARM id in its subscription).
-fn fleet_key(scope: &FleetScope, parameter: &str, type_: &str, value: &str) -> ApiResult<String> {
-    if !value.starts_with('/') {
-        return Ok(scope.key(value));
-    }
-    match FleetScope::parse_resource_id(value, type_) {
-        Some(Ok((resource_scope, name))) if resource_scope.subscription.key() == scope.subscription.key() => {
-            Ok(resource_scope.key(name))
+/// The store key of a fleet resource named by `value` (a name in `scope`, or an ARM id in its subscription), or
+/// `None` when the caller may not read it: a name outside the caller's reach is answered as one that does not
+/// exist, so that naming it tells nothing.
+fn readable_key(
+    caller: &Caller,
+    scope: &FleetScope,
+    parameter: &str,
+    type_: &str,
+    value: &str,
+) -> ApiResult<Option<String>> {
+    let (resource_scope, name) = if value.starts_with('/') {
+        match FleetScope::parse_resource_id(value, type_) {
+            Some(Ok((resource_scope, name))) if resource_scope.subscription.key() == scope.subscription.key() => {
+                (resource_scope, name)
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    parameter,
+                    format!("'{value}' is not the ARM id of a {type_} in this scope"),
+                ));
+            }
         }
-        _ => Err(ApiError::invalid(
-            parameter,
-            format!("'{value}' is not the ARM id of a {type_} in this scope"),
-        )),
-    }
+    } else {
+        (scope.clone(), value)
+    };
+    let readable = caller
+        .require(Role::Reader, &resource_scope.resource_id(type_, name))
+        .is_ok();
+    Ok(readable.then(|| resource_scope.key(name)))
 }
 
 /// A cluster group as the summary counts by it: its id, its selector, and the key prefix of the clusters it can
@@ -345,8 +370,8 @@ async fn summarise(
     if request.rolled_up(params) {
         return from_rollups(state, &scopes, scope.id(), request.group_by, request.as_of).await;
     }
-    let group = cluster_group(state, &scope, params.cluster_group.as_deref()).await?;
-    let assignment = policy_assignment(state, &scope, params.policy_assignment.as_deref()).await?;
+    let group = cluster_group(state, caller, &scope, params.cluster_group.as_deref()).await?;
+    let assignment = policy_assignment(state, caller, &scope, params.policy_assignment.as_deref()).await?;
     // the groups clusters are counted in, by clusterGroup: those of the scope the caller may read
     let mut records = Vec::new();
     if request.group_by == GroupBy::ClusterGroup {

@@ -444,7 +444,7 @@ async fn put_configuration(
 }
 
 /// The body of a configuration PUT or PATCH besides `properties`: nothing else is accepted.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FluxConfigurationRequest {
     #[serde(default)]

@@ -19,6 +19,9 @@ pub const DEFAULT_INTERVAL_SECONDS: i64 = 600;
 const MAX_INTERVAL_SECONDS: i64 = 365 * 24 * 3600;
 /// Flux names each Kustomization `{configuration}-{kustomization}`, which must fit a 63-character label.
 const MAX_COMBINED_NAME: usize = 62;
+/// Most kustomizations one configuration may hold (Azure documents none; each is a Flux object the agent applies
+/// and reports on, so a bound keeps one request's work and every report's size in proportion).
+pub const MAX_KUSTOMIZATIONS: usize = 100;
 
 /// Validates `spec`, fills in defaults, and checks that immutable properties match `previous` (on update).
 pub fn normalize(
@@ -236,6 +239,16 @@ pub fn protected_settings(settings: &BTreeMap<String, Secret>) -> ApiResult<()> 
 }
 
 fn kustomizations_valid(p: &mut Problems, config: &ConfigurationName, ks: &mut BTreeMap<String, Kustomization>) {
+    if ks.len() > MAX_KUSTOMIZATIONS {
+        p.add(
+            "properties.kustomizations",
+            format!(
+                "holds {} kustomizations; at most {MAX_KUSTOMIZATIONS} are allowed",
+                ks.len()
+            ),
+        );
+        return;
+    }
     let names: BTreeSet<String> = ks.keys().cloned().collect();
     for (key, k) in ks.iter_mut() {
         let t = format!("properties.kustomizations.{key}");
@@ -312,44 +325,50 @@ fn substitute_from_valid(p: &mut Problems, t: &str, from: &mut SubstituteFrom) {
     from.optional.get_or_insert(false);
 }
 
-/// A dependency cycle among kustomizations, if any, as the names along it.
+/// A dependency cycle among kustomizations, if any, as the names along it. A depth-first search with a stack of its
+/// own rather than recursion: a client chooses how long a dependsOn chain is, and must not choose the depth of the
+/// server's call stack.
 fn find_cycle(ks: &BTreeMap<String, Kustomization>) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
         Done,
     }
-    fn visit<'a>(
-        name: &'a str,
-        ks: &'a BTreeMap<String, Kustomization>,
-        marks: &mut BTreeMap<&'a str, Mark>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match marks.get(name) {
-            Some(Mark::Done) => return None,
-            Some(Mark::Visiting) => {
-                let start = path.iter().position(|n| *n == name).unwrap_or(0);
-                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(name.to_owned());
-                return Some(cycle);
-            }
-            None => {}
+    let dependencies = |name: &str| -> &[String] { ks.get(name).and_then(|k| k.depends_on.as_deref()).unwrap_or(&[]) };
+    let mut marks: BTreeMap<&str, Mark> = BTreeMap::new();
+    for root in ks.keys() {
+        if marks.contains_key(root.as_str()) {
+            continue;
         }
-        marks.insert(name, Mark::Visiting);
-        path.push(name);
-        for dependency in ks.get(name).and_then(|k| k.depends_on.as_ref()).into_iter().flatten() {
-            if ks.contains_key(dependency)
-                && let Some(cycle) = visit(dependency, ks, marks, path)
-            {
-                return Some(cycle);
+        // the path from the root, each name with the index of the next dependency to follow
+        let mut path: Vec<(&str, usize)> = vec![(root.as_str(), 0)];
+        marks.insert(root, Mark::Visiting);
+        while let Some((name, next)) = path.last_mut() {
+            let Some(dependency) = dependencies(name).get(*next) else {
+                marks.insert(*name, Mark::Done);
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            let Some((dependency, _)) = ks.get_key_value(dependency) else {
+                continue;
+            };
+            match marks.get(dependency.as_str()) {
+                Some(Mark::Done) => {}
+                Some(Mark::Visiting) => {
+                    let start = path.iter().position(|(n, _)| *n == dependency).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[start..].iter().map(|(n, _)| (*n).to_owned()).collect();
+                    cycle.push(dependency.clone());
+                    return Some(cycle);
+                }
+                None => {
+                    marks.insert(dependency, Mark::Visiting);
+                    path.push((dependency, 0));
+                }
             }
         }
-        path.pop();
-        marks.insert(name, Mark::Done);
-        None
     }
-    let mut marks = BTreeMap::new();
-    ks.keys().find_map(|name| visit(name, ks, &mut marks, &mut Vec::new()))
+    None
 }
 
 fn intervals(p: &mut Problems, t: &str, timeout: &mut Option<i64>, sync: &mut Option<i64>) {
@@ -377,6 +396,12 @@ fn check_url(p: &mut Problems, target: &str, value: Option<&str>, schemes: &[&st
         return;
     };
     match url::Url::parse(value) {
+        // every read would show it: credentials belong in the sealed protected settings
+        Ok(url) if url.password().is_some() => p.add(
+            target,
+            "must not carry a password: give the user in httpsUser (Git) and the password or token as \
+             configurationProtectedSettings (httpsKey), which are sealed to the cluster's agent and never shown",
+        ),
         Ok(url) if schemes.contains(&url.scheme()) && url.host_str().is_some_and(|h| !h.is_empty()) => {}
         Ok(url) if !schemes.contains(&url.scheme()) => p.add(
             target,
@@ -386,7 +411,7 @@ fn check_url(p: &mut Problems, target: &str, value: Option<&str>, schemes: &[&st
                 schemes.join(", ")
             ),
         ),
-        _ => p.add(target, format!("'{value}' is not a valid URL with a host")),
+        _ => p.add(target, "is not a valid URL with a host"),
     }
 }
 
@@ -494,6 +519,51 @@ mod tests {
         );
         let mut s = spec(json!({"sourceKind": "OCIRepository", "ociRepository": {"url": "oci://ghcr.io/x/y"}}));
         assert!(normalize(&mut s, &name("c"), None).is_ok());
+    }
+
+    #[test]
+    fn a_source_url_may_name_a_user_but_never_carry_a_password() {
+        let with = |url: &str| spec(json!({"gitRepository": {"url": url, "repositoryRef": {"branch": "m"}}}));
+        let err = normalize(&mut with("https://alice:hunter2@example.com/r.git"), &name("c"), None).unwrap_err();
+        let detail = err.detail();
+        assert_eq!(detail.target.as_deref(), Some("properties.gitRepository.url"));
+        assert!(detail.message.contains("httpsUser"), "{detail:?}");
+        assert!(
+            !format!("{detail:?}").contains("hunter2"),
+            "the password is never echoed"
+        );
+        assert!(normalize(&mut with("ssh://git@example.com/r.git"), &name("c"), None).is_ok());
+        assert!(normalize(&mut with("https://example.com/r.git"), &name("c"), None).is_ok());
+    }
+
+    #[test]
+    fn a_long_dependency_chain_is_checked_without_deep_recursion() {
+        // a chain as long as a client may send: recursion this deep overflows a 2 MiB thread stack
+        let chain: BTreeMap<String, Kustomization> = (0..200_000)
+            .map(|i| {
+                let k = Kustomization {
+                    depends_on: Some(if i == 0 { vec![] } else { vec![format!("k{}", i - 1)] }),
+                    ..Default::default()
+                };
+                (format!("k{i}"), k)
+            })
+            .collect();
+        assert_eq!(find_cycle(&chain), None);
+        let mut cyclic = chain;
+        cyclic.get_mut("k0").unwrap().depends_on = Some(vec!["k199999".into()]);
+        let cycle = find_cycle(&cyclic).expect("the chain closes on itself");
+        assert_eq!(cycle.len(), 200_001);
+        assert_eq!(cycle.first(), cycle.last());
+    }
+
+    #[test]
+    fn a_configuration_holds_a_bounded_number_of_kustomizations() {
+        let mut s = git();
+        s["kustomizations"] = (0..=MAX_KUSTOMIZATIONS).map(|i| (format!("k{i}"), json!({}))).collect();
+        let err = normalize(&mut spec(s.clone()), &name("c"), None).unwrap_err();
+        assert_eq!(targets(err), ["properties.kustomizations"]);
+        s["kustomizations"] = (0..MAX_KUSTOMIZATIONS).map(|i| (format!("k{i}"), json!({}))).collect();
+        assert!(normalize(&mut spec(s), &name("c"), None).is_ok());
     }
 
     #[test]

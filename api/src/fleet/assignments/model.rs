@@ -206,7 +206,7 @@ pub struct AssignmentSpec {
 }
 
 /// The body of a policy assignment PUT.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyAssignmentRequest {
     pub properties: AssignmentSpec,
