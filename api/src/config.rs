@@ -73,6 +73,21 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most connections held open at once. Past it, a new connection takes the place of the one that has waited
+    /// longest for a request, or, if every connection is busy, is answered 503. Lowered to fit the open-file
+    /// limit.
+    #[arg(long, env = "FLUXPLANE_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// How long a connection may take to send a request's headers, and stay idle between requests.
+    #[arg(long, env = "FLUXPLANE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+
+    /// How long a request may take, body included, before it is answered 408 (agents' long-polls get their
+    /// longest wait on top).
+    #[arg(long, env = "FLUXPLANE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLUXPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -83,6 +83,11 @@ pub enum ApiError {
     AuthorizationFailed(String),
     #[error("the service is not ready: {0}")]
     NotReady(String),
+    /// The database cannot be reached; the message says what was met.
+    #[error("{0}")]
+    DatabaseUnavailable(String),
+    #[error("the request did not complete within {} seconds", .0.as_secs())]
+    RequestTimeout(std::time::Duration),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -112,7 +117,8 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::AgentEncryptionKeyMissing(_) => StatusCode::CONFLICT,
             ApiError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,7 +140,8 @@ impl ApiError {
             ApiError::AgentEncryptionKeyMissing(_) => "AgentEncryptionKeyMissing",
             ApiError::AuthenticationFailed(_) => "AuthenticationFailed",
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
-            ApiError::NotReady(_) => "ServiceUnavailable",
+            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => "ServiceUnavailable",
+            ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::Internal(_) => "InternalServerError",
         }
     }
@@ -163,21 +170,36 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        ApiError::Internal(err.into())
+        match &err {
+            crate::store::StoreError::Database(cause) if err.is_unavailable() => {
+                ApiError::DatabaseUnavailable(format!("the database is unreachable ({cause}); retry shortly"))
+            }
+            _ => ApiError::Internal(err.into()),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal(err) = &self {
-            tracing::error!(error = format!("{err:#}"), "request failed");
-        } else if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
+        match &self {
+            ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "request failed"),
+            // an outage is logged once, when it begins (availability)
+            ApiError::DatabaseUnavailable(_) => {}
+            _ if status.is_server_error() => tracing::warn!(error = %self, "request failed"),
+            _ => {}
         }
         let mut response = (status, axum::Json(ErrorResponse { error: self.detail() })).into_response();
+        if let ApiError::DatabaseUnavailable(why) = &self {
+            response
+                .extensions_mut()
+                .insert(crate::availability::Unreachable(why.clone()));
+        }
         let headers = response.headers_mut();
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

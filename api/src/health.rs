@@ -14,7 +14,14 @@ pub async fn healthz() -> &'static str {
 
 /// The database answers and its schema is current.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if let Some(why) = state.database.outage() {
+        return Err(ApiError::NotReady(why));
+    }
     state.store.check_ready().await.map_err(|err| {
+        if err.is_unavailable() {
+            state.database.mark_down(&format!("{:#}", anyhow::Error::from(err)));
+            return ApiError::NotReady(state.database.outage().unwrap_or_default());
+        }
         tracing::warn!(error = %err, "not ready");
         ApiError::NotReady(err.to_string())
     })?;

@@ -7,8 +7,10 @@
 pub mod agents;
 pub mod arm;
 pub mod auth;
+pub mod availability;
 pub mod clusters;
 pub mod config;
+pub mod connections;
 pub mod dashboards;
 pub mod error;
 pub mod fleet;

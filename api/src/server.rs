@@ -9,11 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, Response, header};
-use axum::middleware;
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::TokioIo;
+use fluxplane_agent_protocol::agent::MAX_WAIT_SECONDS;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -27,7 +30,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{self, Authenticator};
+use crate::availability::{self, DatabaseHealth};
 use crate::config::ServeConfig;
+use crate::connections::{self, Admission, Connections, Tracked};
 use crate::dashboards::events::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
@@ -89,6 +94,8 @@ impl AppState {
         let feed = Arc::new(Feed::default());
         let tail = tokio::spawn(feed.clone().run(store.clone()));
         let (writes, appender) = WriteLog::start(store.clone());
+        let database = Arc::new(DatabaseHealth::default());
+        let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -99,12 +106,14 @@ impl AppState {
             agent_tokens: Arc::default(),
             feed,
             writes,
+            database,
             _tasks: Arc::new([
                 TaskGuard(follower.abort_handle()),
                 TaskGuard(sweeper.abort_handle()),
                 TaskGuard(maintainer.abort_handle()),
                 TaskGuard(tail.abort_handle()),
                 TaskGuard(appender.abort_handle()),
+                TaskGuard(watcher.abort_handle()),
             ]),
         })
     }
@@ -120,12 +129,15 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             dashboards::history::record_writes,
         ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), availability::guard));
     let (agent, _) = agents::routes::router().split_for_parts();
-    let agent = agent.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        agents::auth::authenticate,
-    ));
+    let agent = agent
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            agents::auth::authenticate,
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), availability::guard));
     Router::new()
         .merge(arm)
         .merge(agent)
@@ -137,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no resource or route matches this path".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(
             TraceLayer::new_for_http()
@@ -167,7 +180,7 @@ pub fn app(state: AppState) -> Router {
                 }),
         )
         .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!("handler panicked")))
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -176,6 +189,20 @@ pub fn app(state: AppState) -> Router {
             header::COOKIE,
         ]))
         .with_state(state)
+}
+
+/// Middleware: answers 408 to a request that takes longer than `--request-timeout`, reading its body included, so
+/// that a client sending slowly cannot hold a connection and its handler for ever. An agent's long-poll may wait
+/// its longest wait on top.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> axum::response::Response {
+    let mut limit = state.config.request_timeout;
+    if request.uri().path() == agents::routes::DESIRED_STATE_PATH {
+        limit += Duration::from_secs(MAX_WAIT_SECONDS);
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(limit).into_response(),
+    }
 }
 
 /// Serves the app on `listener` until `shutdown` completes, then ends the long-polls and finishes the requests in
@@ -192,10 +219,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let notifier = state.notifier.clone();
+    let limits = Arc::new(Connections::new(state.config.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout);
     // a built router is an `Arc`: each connection gets a clone, the route tables are built once
     let router = app(state);
-    let http = hyper::server::conn::http1::Builder::new();
-    let connections = GracefulShutdown::new();
+    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -208,17 +238,32 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let slot = match limits.admit() {
+            Admission::Admitted(slot) => slot,
+            Admission::Refused => {
+                tracing::warn!(
+                    max_connections = limits.max(),
+                    "connection refused: every connection is inside a request"
+                );
+                tokio::spawn(connections::refuse(stream, limits.max()));
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone()));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(err) = ended {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                },
+                // dropping the connection closes it: it was waiting for a request, so none is cut short
+                () = slot.evicted() => tracing::debug!("idle connection closed to make room for a new one"),
             }
         });
     }
     drop(listener);
     notifier.close();
-    connections.shutdown().await;
+    graceful.shutdown().await;
     Ok(())
 }
 

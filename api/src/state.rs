@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::agents::auth::VerifiedTokens;
 use crate::auth::Authenticator;
+use crate::availability::DatabaseHealth;
 use crate::config::ServeConfig;
 use crate::dashboards::events::Feed;
 use crate::dashboards::write_log::WriteLog;
@@ -25,9 +26,11 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.
     pub writes: WriteLog,
+    /// Whether the database was last seen reachable.
+    pub database: Arc<DatabaseHealth>,
     /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,
-    /// appending to the write history) when the last clone of the state goes.
-    pub(crate) _tasks: Arc<[TaskGuard; 5]>,
+    /// appending to the write history, watching an unreachable database) when the last clone of the state goes.
+    pub(crate) _tasks: Arc<[TaskGuard; 6]>,
 }
 
 /// Aborts a background task when dropped.

@@ -171,6 +171,9 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         history_retention: std::time::Duration::from_secs(30 * 24 * 3600),
         ui_sign_in: None,
         max_body_bytes: 1024 * 1024,
+        max_connections: 50_000,
+        header_read_timeout: std::time::Duration::from_secs(30),
+        request_timeout: std::time::Duration::from_secs(60),
         log_format: LogFormat::Text,
     }
 }

@@ -18,14 +18,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::AgentCaller;
-use crate::arm::body::parse;
 use crate::arm::body::SanitizedJsonBody;
+use crate::arm::body::parse;
 use crate::arm::{ArmQuery, JsonBody};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::flux::model::{Observed, ProvisioningState};
 use crate::state::AppState;
 use crate::store::ReportWrite;
 
+/// Where agents long-poll: the one route whose requests last as long as the agent asks to wait.
+pub const DESIRED_STATE_PATH: &str = "/agent/v1/desired-state";
 /// How long a poll waits when the agent does not say.
 const DEFAULT_WAIT_SECONDS: u64 = 30;
 /// Most configuration reports one request may carry.

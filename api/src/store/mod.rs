@@ -46,6 +46,25 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the error says the database cannot be reached (down, restarting, refusing connections, or no pooled
+    /// connection within the pool's timeout), rather than that a statement failed.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // SQLSTATE class 08: connection exception; 57P01-57P03: shutting down, crashed, starting up; 53300:
+                // too many connections
+                code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Starts a transaction with `statement`, or the engine's plain `BEGIN`, on a task of its own.
 ///
 /// sqlx 0.9 counts a PostgreSQL transaction only once `BEGIN` has been answered, and rolls back on drop only what
@@ -607,6 +626,10 @@ pub trait Dashboards: Send + Sync + 'static {
 pub trait Store: Dashboards {
     /// Succeeds when the database answers and every migration this build knows is applied.
     async fn check_ready(&self) -> StoreResult<()>;
+
+    /// Whether the database answers a new connection of its own, outside the pool: a pool that waits for a
+    /// connection because every one is busy says nothing of whether the database is up.
+    async fn reachable(&self) -> StoreResult<()>;
 
     /// Wakes this process's waiting polls for desired-state changes made by other processes sharing the
     /// database. Runs until dropped (returns at once where no other process can write).

@@ -72,6 +72,15 @@ macro_rules! sql_store {
         impl $crate::store::Store for $store {
             $($extra)*
 
+            async fn reachable(&self) -> $crate::store::StoreResult<()> {
+                use sqlx::Connection as _;
+                let options = self.pool.connect_options();
+                let mut connection = <$db as sqlx::Database>::Connection::connect_with(&*options).await?;
+                sqlx::query("SELECT 1").execute(&mut connection).await?;
+                connection.close().await?;
+                Ok(())
+            }
+
             async fn check_ready(&self) -> $crate::store::StoreResult<()> {
                 let applied: Option<i64> =
                     sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")

@@ -18,6 +18,11 @@ use crate::flux::validate::normalize;
 use crate::store::ConfigurationRecord;
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
+/// Most parameters of one assignment: ARM's limit for a template.
+pub const MAX_PARAMETERS: usize = 256;
+/// Most bytes of JSON a template and its parameters take together.
+pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+
 /// Whether an assignment writes configurations or only reports what it would write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum EnforcementMode {
@@ -467,7 +472,29 @@ pub fn render(spec: &AssignmentSpec) -> ApiResult<FluxConfigurationSpec> {
             "the template must be an object: the properties of a fluxConfiguration",
         );
     }
-    let mut rendered = substitute(&spec.configuration_template, &spec.parameters, TEMPLATE, &mut p);
+    if spec.parameters.len() > MAX_PARAMETERS {
+        p.add(
+            "properties.parameters",
+            format!("at most {MAX_PARAMETERS} parameters are allowed (as in ARM templates)"),
+        );
+    }
+    let size = serde_json::to_vec(&spec.configuration_template).map_or(usize::MAX, |bytes| bytes.len())
+        + serde_json::to_vec(&spec.parameters).map_or(usize::MAX, |bytes| bytes.len());
+    let too_large = size > MAX_TEMPLATE_BYTES;
+    if too_large {
+        p.add(
+            TEMPLATE,
+            format!(
+                "the template and its parameters take {size} bytes of JSON; at most {MAX_TEMPLATE_BYTES} are allowed, \
+                 since every selected cluster stores its own rendering"
+            ),
+        );
+    }
+    let mut rendered = if too_large {
+        Value::Null
+    } else {
+        substitute(&spec.configuration_template, &spec.parameters, TEMPLATE, &mut p)
+    };
     if !SecretFields::split_from(&mut rendered).is_empty() {
         p.add(
             TEMPLATE,
@@ -619,6 +646,25 @@ mod tests {
         assert_eq!(git.repository_ref.unwrap().branch.as_deref(), Some("release"));
         assert_eq!(git.sync_interval_in_seconds, Some(600), "defaults filled in");
         assert_eq!(rendered.namespace.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn a_template_and_its_parameters_are_bounded() {
+        let many: Map<String, Value> = (0..=MAX_PARAMETERS).map(|i| (format!("p{i}"), json!("v"))).collect();
+        let err = render(&spec(json!({
+            "selector": {}, "configurationName": "c", "parameters": many,
+            "configurationTemplate": {"gitRepository": {"url": "https://x/r", "repositoryRef": {"branch": "main"}}}
+        })))
+        .unwrap_err();
+        assert_eq!(err.detail().target.as_deref(), Some("properties.parameters"));
+        let err = render(&spec(json!({
+            "selector": {}, "configurationName": "c",
+            "configurationTemplate": {"gitRepository": {"url": "https://x/r", "repositoryRef": {"branch": "main"}},
+                                      "kustomizations": {"k": {"path": "p".repeat(MAX_TEMPLATE_BYTES)}}}
+        })))
+        .unwrap_err();
+        assert_eq!(err.detail().target.as_deref(), Some("properties.configurationTemplate"));
+        assert!(err.to_string().contains("at most"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! Whether the database can be reached, and failing fast while it cannot.
+//!
+//! When PostgreSQL is down, every request would wait for the pool's acquire timeout (10 s) and then fail as an
+//! internal error. The first request that meets an unreachable database marks it down; from then on, requests
+//! that need it are answered 503 with `Retry-After` at once, `/readyz` says since when and why, and a watcher
+//! tries a connection of its own every second until the database answers again.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::sync::Notify;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::Store;
+
+/// How often the watcher tries the database while it is down, and how long one try may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a response says when it met an unreachable database (with what the database driver said): the guard marks
+/// the database down on seeing it.
+#[derive(Debug, Clone)]
+pub struct Unreachable(pub String);
+
+/// The database's reachability as this replica last saw it.
+#[derive(Debug, Default)]
+pub struct DatabaseHealth {
+    down: Mutex<Option<Outage>>,
+    went_down: Notify,
+}
+
+#[derive(Debug, Clone)]
+struct Outage {
+    since: DateTime<Utc>,
+    why: String,
+}
+
+impl DatabaseHealth {
+    /// Why requests are refused now, if they are.
+    pub fn outage(&self) -> Option<String> {
+        self.lock().as_ref().map(|outage| {
+            format!(
+                "the database is unreachable since {} ({}); retry shortly",
+                outage.since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                outage.why
+            )
+        })
+    }
+
+    /// Records that the database could not be reached, and wakes the watcher.
+    pub fn mark_down(&self, why: &str) {
+        let mut down = self.lock();
+        if down.is_none() {
+            tracing::error!(
+                error = why,
+                "the database is unreachable: answering 503 until it is back"
+            );
+            *down = Some(Outage {
+                since: Utc::now(),
+                why: why.to_owned(),
+            });
+            self.went_down.notify_one();
+        }
+    }
+
+    fn mark_up(&self) {
+        if let Some(outage) = self.lock().take() {
+            let seconds = (Utc::now() - outage.since).num_seconds();
+            tracing::info!(down_for_seconds = seconds, "the database is reachable again");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.down.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs for the life of the state: whenever the database is marked down, tries it every second until it answers.
+pub async fn watch(store: std::sync::Arc<dyn Store>, health: std::sync::Arc<DatabaseHealth>) {
+    loop {
+        health.went_down.notified().await;
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            match tokio::time::timeout(PROBE_TIMEOUT, store.reachable()).await {
+                Ok(Ok(())) => {
+                    health.mark_up();
+                    break;
+                }
+                Ok(Err(err)) => tracing::debug!(error = %err, "the database is still unreachable"),
+                Err(_) => tracing::debug!("the database did not answer within the probe's timeout"),
+            }
+        }
+    }
+}
+
+/// Middleware of the routes that need the database: 503 at once while it is down; marks it down when a response
+/// says it met an unreachable database.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(why) = state.database.outage() {
+        return ApiError::DatabaseUnavailable(why).into_response();
+    }
+    let response = next.run(request).await;
+    if let Some(Unreachable(why)) = response.extensions().get::<Unreachable>() {
+        state.database.mark_down(why);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_says_since_when_until_it_ends() {
+        let health = DatabaseHealth::default();
+        assert_eq!(health.outage(), None);
+        health.mark_down("connection refused");
+        let why = health.outage().expect("down");
+        assert!(why.contains("connection refused") && why.contains("since"), "{why}");
+        health.mark_down("another failure");
+        assert!(
+            health.outage().unwrap().contains("connection refused"),
+            "the first cause is kept"
+        );
+        health.mark_up();
+        assert_eq!(health.outage(), None);
+    }
+}

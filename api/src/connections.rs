@@ -1,0 +1,350 @@
+//! The connections a server holds: a cap on how many, and which one gives way when a new one arrives at the cap.
+//!
+//! Every agent of a fleet holds a connection, idle between its requests only for a moment, so a server must hold
+//! many; but sockets that never send a request, or stop sending, must not crowd everyone else out. hyper closes a
+//! connection that takes longer than the header read timeout to send a request's head (idle time between requests
+//! included). On top of that, at the cap a new connection takes the place of the connection that has waited
+//! longest for its next request; a connection inside a request (an agent's long-poll, a live stream, an upload) is
+//! never closed for another. Only when every connection is inside a request is a new one refused, with a 503 that
+//! says why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Files kept free below the open-file limit for everything but client connections (the database pool, logs,
+/// the data directory, the refusals' own short-lived sockets).
+const RESERVED_FILES: u64 = 512;
+
+/// The connections of one server.
+pub struct Connections {
+    max: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    open: usize,
+    next: u64,
+    /// Every open connection by id.
+    entries: HashMap<u64, Entry>,
+    /// The connections waiting for a request, by when they began to wait (a sequence number): the first has
+    /// waited longest.
+    waiting: BTreeMap<u64, u64>,
+}
+
+struct Entry {
+    /// Requests in progress (HTTP/1.1 answers one at a time; counted so that a response body outliving the next
+    /// request cannot mark the connection idle).
+    busy: usize,
+    /// Where the connection sits in `waiting`, while it waits.
+    waiting_since: Option<u64>,
+    evict: Arc<Notify>,
+}
+
+/// Whether a new connection is served.
+pub enum Admission {
+    Admitted(Arc<Slot>),
+    /// Every connection is inside a request: the new one is answered 503 and closed.
+    Refused,
+}
+
+impl Connections {
+    /// Connections up to `max`, lowered to what the open-file limit allows.
+    pub fn new(max: usize) -> Self {
+        let fitting = match rlimit::Resource::NOFILE.get() {
+            Ok((soft, _)) => usize::try_from(soft.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX),
+            Err(_) => max,
+        };
+        if fitting < max {
+            tracing::warn!(
+                max_connections = max,
+                allowed = fitting,
+                "--max-connections lowered to fit the open-file limit"
+            );
+        }
+        Self::with_cap(max.min(fitting).max(1))
+    }
+
+    fn with_cap(max: usize) -> Self {
+        Self {
+            max,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The cap in force.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Admits a connection just accepted, asking the one that has waited longest for a request to close if the
+    /// cap is reached.
+    pub fn admit(self: &Arc<Self>) -> Admission {
+        let mut inner = self.lock();
+        if inner.open >= self.max {
+            let Some((_, oldest)) = inner.waiting.pop_first() else {
+                return Admission::Refused;
+            };
+            let entry = inner.entries.get_mut(&oldest).expect("a waiting connection is open");
+            entry.waiting_since = None;
+            entry.evict.notify_one();
+        }
+        inner.open += 1;
+        let (id, since) = (inner.next, inner.next + 1);
+        inner.next += 2;
+        let evict = Arc::new(Notify::new());
+        inner.entries.insert(
+            id,
+            Entry {
+                busy: 0,
+                waiting_since: Some(since),
+                evict: evict.clone(),
+            },
+        );
+        inner.waiting.insert(since, id);
+        Admission::Admitted(Arc::new(Slot {
+            id,
+            connections: self.clone(),
+            evict,
+        }))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One admitted connection's place; dropping it frees the place.
+pub struct Slot {
+    id: u64,
+    connections: Arc<Connections>,
+    evict: Arc<Notify>,
+}
+
+impl Slot {
+    fn busy(&self) {
+        let mut inner = self.connections.lock();
+        let Some(entry) = inner.entries.get_mut(&self.id) else {
+            return;
+        };
+        entry.busy += 1;
+        if let Some(since) = entry.waiting_since.take() {
+            inner.waiting.remove(&since);
+        }
+    }
+
+    fn idle(&self) {
+        let mut inner = self.connections.lock();
+        let since = inner.next;
+        let Some(entry) = inner.entries.get_mut(&self.id) else {
+            return;
+        };
+        entry.busy = entry.busy.saturating_sub(1);
+        if entry.busy == 0 && entry.waiting_since.is_none() {
+            entry.waiting_since = Some(since);
+            inner.next += 1;
+            inner.waiting.insert(since, self.id);
+        }
+    }
+
+    /// Completes when the connection is asked to make room and is still waiting for a request; the connection
+    /// should then be dropped, which closes it.
+    pub async fn evicted(&self) {
+        loop {
+            self.evict.notified().await;
+            let inner = self.connections.lock();
+            if inner.entries.get(&self.id).is_some_and(|e| e.busy == 0) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self.connections.lock();
+        if let Some(entry) = inner.entries.remove(&self.id) {
+            if let Some(since) = entry.waiting_since {
+                inner.waiting.remove(&since);
+            }
+            inner.open -= 1;
+        }
+    }
+}
+
+/// A service that marks its connection busy from a request's arrival until its response body is done.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    slot: Arc<Slot>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, slot: Arc<Slot>) -> Self {
+        Self { inner, slot }
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for Tracked<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.slot.busy();
+        // the guard goes with the response body, or is dropped with the future if the request is abandoned
+        let guard = Busy(self.slot.clone());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Body::new(Guarded { body, _guard: guard })))
+        })
+    }
+}
+
+/// Marks the connection idle again when dropped.
+struct Busy(Arc<Slot>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle();
+    }
+}
+
+/// A response body that holds its connection busy until it is done.
+struct Guarded {
+    body: Body,
+    _guard: Busy,
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Answers a connection refused at the cap: 503 with `Retry-After`, then closes it, reading what the client sent
+/// meanwhile (for at most a second) so that closing does not reset the connection before the answer is read.
+pub async fn refuse(mut stream: TcpStream, max: usize) {
+    let body = format!(
+        r#"{{"error":{{"code":"ServerBusy","message":"the server holds its limit of {max} connections, each inside a request; retry shortly"}}}}"#
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-ms-error-code: ServerBusy\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(connections: &Arc<Connections>) -> Arc<Slot> {
+        match connections.admit() {
+            Admission::Admitted(slot) => slot,
+            Admission::Refused => panic!("refused"),
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_connection_waiting_longest_makes_room() {
+        let connections = Arc::new(Connections::with_cap(2));
+        let first = admitted(&connections);
+        let second = admitted(&connections);
+        let third = admitted(&connections);
+        tokio::time::timeout(Duration::from_secs(1), first.evicted())
+            .await
+            .expect("the oldest waiting connection is asked to close");
+        drop(first);
+        assert_eq!(connections.open(), 2);
+        drop((second, third));
+        assert_eq!(connections.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_inside_a_request_is_never_evicted() {
+        let connections = Arc::new(Connections::with_cap(2));
+        let polling = admitted(&connections);
+        polling.busy();
+        let waiting = admitted(&connections);
+        // the newcomer takes the waiting connection's place, not the busy one's
+        let _newcomer = admitted(&connections);
+        tokio::time::timeout(Duration::from_secs(1), waiting.evicted())
+            .await
+            .expect("the waiting connection makes room");
+        drop(waiting);
+        let uploading = admitted(&connections);
+        uploading.busy();
+        // everyone is inside a request now: no room
+        assert!(matches!(connections.admit(), Admission::Refused));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), polling.evicted())
+                .await
+                .is_err()
+        );
+        // a connection that finishes its request waits again, and may then make room
+        polling.idle();
+        let _last = admitted(&connections);
+        tokio::time::timeout(Duration::from_secs(1), polling.evicted())
+            .await
+            .expect("once idle it gives way");
+        drop(uploading);
+    }
+
+    #[tokio::test]
+    async fn an_eviction_that_arrives_as_a_request_starts_is_ignored() {
+        let connections = Arc::new(Connections::with_cap(1));
+        let slot = admitted(&connections);
+        let _newcomer = admitted(&connections);
+        slot.busy();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), slot.evicted())
+                .await
+                .is_err(),
+            "a request began before the connection saw the eviction"
+        );
+    }
+}

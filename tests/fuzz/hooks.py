@@ -1,0 +1,134 @@
+"""Schemathesis hooks of the fuzz run (loaded through SCHEMATHESIS_HOOKS by run.py).
+
+- Authentication: the user API gets the Owner token, the agent API (`/agent/v1/...`) a token the seeded agent
+  signs, as a real agent does.
+- Steering: parameters whose documented schema is a bare string but whose server accepts only a few values
+  (api-version, cluster resource provider/type, groupBy...) or names a resource (subscription, cluster, group...)
+  get a hint: an `enum` of valid or seeded values, next to the documented schema (`anyOf`), so that positive cases
+  reach existing resources and not only 400/404 answers. api-version is narrowed to the versions its description
+  lists: any other gets a 400 before anything else is looked at. Only request parameters are touched; responses
+  are checked against the document as served.
+- The agent's long-poll waits up to `wait` seconds when `after` is not behind the cluster's revision: the wait is
+  cut to one second.
+- Re-seeding: when a generated request deletes or replaces a seeded resource, it is put back.
+"""
+
+import datetime
+import json
+import os
+import re
+import sys
+import threading
+
+import schemathesis
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import seed  # noqa: E402
+
+with open(os.environ["FLUXPLANE_FUZZ_STATE"]) as _file:
+    STATE = json.load(_file)
+FLEET = seed.Fleet.from_state(STATE)
+RESEED_LOG = os.environ.get("FLUXPLANE_FUZZ_RESEED_LOG")
+_reseed_lock = threading.Lock()
+
+
+def _hints():
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    times = [(now - datetime.timedelta(hours=1)).isoformat(), now.isoformat().replace("+00:00", "Z")]
+    group_id = f"{seed.SUB}/{seed.FLEET}/clusterGroups/{seed.CLUSTER_GROUP}"
+    assignment_id = f"{seed.SUB}/{seed.FLEET}/policyAssignments/{seed.ASSIGNMENT}"
+    hints = {
+        "subscriptionId": [seed.SUBSCRIPTION],
+        "resourceGroupName": [seed.GROUP],
+        "clusterName": [seed.AGENT_CLUSTER, seed.PLAIN_CLUSTER],
+        "clusterRp": ["Microsoft.Kubernetes", "Microsoft.ContainerService", "Microsoft.HybridContainerService"],
+        "clusterResourceName": ["connectedClusters", "managedClusters", "provisionedClusters"],
+        "fluxConfigurationName": [seed.CONFIG, "baseline-sub", "baseline-rg"],
+        "clusterGroupName": [seed.CLUSTER_GROUP],
+        "policyAssignmentName": [seed.ASSIGNMENT],
+        "$top": ["1", "2", "1000"],
+        "groupBy": [
+            "complianceState", "provisioningState", "freshness", "connectivityStatus", "cluster", "clusterGroup",
+            "policyAssignment", "configuration",
+        ],
+        "complianceState": ["Compliant", "Non-Compliant", "Pending", "Suspended", "Unknown"],
+        "tagSelector": ["env=fuzz", "env in (fuzz,prod),!gone", "agent"],
+        "$filter": [
+            "properties/complianceState eq 'Compliant'",
+            "properties/provisioningState ne 'Succeeded' and not (name eq 'x')",
+            "tags/env in ('fuzz', 'prod')",
+        ],
+        "clusterGroup": [seed.CLUSTER_GROUP, group_id],
+        "policyAssignment": [seed.ASSIGNMENT, assignment_id],
+        "asOf": times,
+        "from": times[:1],
+        "to": times[1:],
+    }
+    if FLEET.operation_id:
+        hints["operationId"] = [FLEET.operation_id]
+    if FLEET.skip_token:
+        hints["$skipToken"] = [FLEET.skip_token]
+    return hints
+
+
+@schemathesis.hook
+def before_load_schema(context, raw_schema):
+    hints = _hints()
+    for item in raw_schema.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") not in ("path", "query") or "schema" not in parameter:
+                    continue
+                name = parameter["name"]
+                if name == "api-version":
+                    versions = re.findall(r"\d{4}-\d{2}-\d{2}", parameter.get("description", ""))
+                    if versions:
+                        parameter["schema"] = {"type": "string", "enum": versions}
+                elif name in hints:
+                    parameter["schema"] = {"anyOf": [{"type": "string", "enum": hints[name]}, parameter["schema"]]}
+
+
+@schemathesis.auth(refresh_interval=None)
+class FluxplaneAuth:
+    def get(self, case, context):
+        if context.operation.path.startswith("/agent/"):
+            return FLEET.agent_token()
+        return STATE["user_token"]
+
+    def set(self, case, data, context):
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+def _short_wait(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value <= 1
+
+
+@schemathesis.hook
+def map_case(context, case):
+    if case.operation.path == "/agent/v1/desired-state" and isinstance(case.query, dict):
+        if "after" in case.query and not _short_wait(case.query.get("wait", 30)):
+            if "wait" not in case.query or isinstance(case.query["wait"], int):
+                case.query = {**case.query, "wait": 1}
+    return case
+
+
+@schemathesis.hook
+def after_call(context, case, response):
+    if case.method.upper() not in ("PUT", "PATCH", "DELETE") or not 200 <= response.status_code < 300:
+        return
+    segments = {segment.lower() for segment in case.formatted_path.split("/")}
+    if not segments & {name.lower() for name in FLEET.seeded_names()} and not case.operation.path.startswith(
+        "/agent/"
+    ):
+        return
+    with _reseed_lock:
+        try:
+            FLEET.seed()
+            outcome = "ok"
+        except Exception as error:  # noqa: BLE001 - reported, never fatal: the fuzzing goes on
+            outcome = f"failed: {error}"
+        if RESEED_LOG:
+            with open(RESEED_LOG, "a") as log:
+                log.write(f"{case.method} {case.formatted_path} -> {response.status_code}: re-seed {outcome}\n")
