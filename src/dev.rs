@@ -149,6 +149,19 @@ pub async fn start(config: ServeConfig, address: SocketAddr, agents: usize) {
 }
 
 /// What the web UI's sign-in is filled with: an Owner token and the demo's subscription.
+/// Refuses an address reachable from other machines unless `allow_remote`: `dev` signs its web UI in as Owner of
+/// every subscription, so whoever can load the page could do anything.
+pub fn check_listen(listen: SocketAddr, allow_remote: bool) -> anyhow::Result<()> {
+    if listen.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    bail!(
+        "fluxplane dev gives an Owner token for every subscription to anyone who loads its web UI, so it listens on \
+         loopback addresses only; {listen} is reachable from other machines. Use 127.0.0.1, run `fluxplane serve` \
+         (which hands out no token), or pass --allow-remote if every machine that can reach {listen} is trusted."
+    )
+}
+
 pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
     Ok(SignIn {
         token: owner_token(config)?,
@@ -226,4 +239,21 @@ async fn demo(config: &ServeConfig, url: &str, token: &str, agents: usize) -> an
         }
     }
     Ok(repository)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_listens_beyond_loopback_only_when_allowed() {
+        for local in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:0"] {
+            assert!(check_listen(local.parse().unwrap(), false).is_ok(), "{local}");
+        }
+        for remote in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            let err = check_listen(remote.parse().unwrap(), false).unwrap_err();
+            assert!(err.to_string().contains("--allow-remote"), "{err}");
+            assert!(check_listen(remote.parse().unwrap(), true).is_ok(), "{remote}");
+        }
+    }
 }

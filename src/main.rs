@@ -66,6 +66,10 @@ struct DevArgs {
     /// Local agents to start, each for its own cluster with a `dir` target in the data directory.
     #[arg(long, env = "FLUXPLANE_DEV_AGENTS", default_value_t = 3)]
     agents: usize,
+    /// Listen on an address other machines can reach although the web UI hands an Owner token for every
+    /// subscription to whoever loads it (`dev` refuses such an address without this flag).
+    #[arg(long)]
+    allow_remote: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +184,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(DevArgs {
             serve: mut config,
             agents,
+            allow_remote,
         }) => {
+            dev::check_listen(config.listen, allow_remote)?;
             telemetry::init(config.log_format);
             // the keys first: the web UI's sign-in is filled with a token they sign
             fluxplane_api::keys::prepare(&config, true)?;

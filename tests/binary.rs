@@ -28,10 +28,14 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str], dir: &Path) -> Self {
+        Self::start_logging(args, dir, "debug")
+    }
+
+    fn start_logging(args: &[&str], dir: &Path, level: &str) -> Self {
         let mut child = Command::new(BINARY)
             .args(args)
             .current_dir(dir)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .env_remove("FLUXPLANE_DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -120,6 +124,112 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
 
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(BINARY).args(args).output().expect("running the binary")
+}
+
+/// The resident memory of a process, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_grow_neither_the_metrics_nor_the_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Process::start_logging(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        dir.path(),
+        "info",
+    );
+    let address = server.log_event("fluxplane listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = format!("http://{address}");
+    let client = reqwest::Client::new();
+    let send = |count: usize, invent: bool| {
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let (client, base) = (client.clone(), base.clone());
+                tokio::spawn(async move {
+                    for i in (worker..count).step_by(8) {
+                        let method = if invent {
+                            reqwest::Method::from_bytes(format!("M{i:05}").as_bytes()).unwrap()
+                        } else {
+                            reqwest::Method::GET
+                        };
+                        let path = if i % 2 == 0 { "/healthz" } else { "/no/such/route" };
+                        let answer = client.request(method, format!("{base}{path}")).send().await.unwrap();
+                        assert!(answer.status().is_client_error() || answer.status().is_success());
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for worker in workers {
+                worker.await.unwrap();
+            }
+        }
+    };
+    let metrics = || async {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // warm up: every allocation a request makes has been made once
+    send(4_000, false).await;
+    send(2_000, true).await;
+    let (metrics_before, memory_before) = (metrics().await.len(), resident_bytes(server.child.id()));
+    send(20_000, true).await;
+    let (exported, memory_after) = (metrics().await, resident_bytes(server.child.id()));
+    assert!(
+        !exported.contains("M00001") && !exported.contains("M19999"),
+        "no invented method is a label"
+    );
+    assert!(
+        exported.contains(r#"method="other""#),
+        "invented methods are counted as other"
+    );
+    assert!(
+        exported.len() < metrics_before + 4096,
+        "/metrics grew from {metrics_before} to {} bytes",
+        exported.len()
+    );
+    let grown = memory_after.saturating_sub(memory_before);
+    assert!(
+        grown < 16 << 20,
+        "20,000 invented methods grew the resident memory by {grown} bytes"
+    );
+    server.terminate();
+}
+
+#[test]
+fn dev_refuses_an_address_other_machines_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = run(&["dev", "--listen", "0.0.0.0:0", "--data-dir", data.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+    assert!(!data.join("jwt-secret").exists(), "nothing was set up");
 }
 
 #[tokio::test]

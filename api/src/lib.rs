@@ -27,3 +27,4 @@ pub mod sweep;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod turns;

@@ -2,6 +2,7 @@
 //! cannot drift; this module adds the parts no handler owns.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -38,7 +39,32 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "agent",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A token the cluster's agent signs with its own Ed25519 key (`alg: EdDSA`): `sub` the \
+                         cluster's ARM id, `aud` `fluxplane-agent`, at most 300 s of life",
+                    ))
+                    .build(),
+            ),
+        );
     }
+}
+
+/// The schema of `T` without `additionalProperties: false`, for an answer that flattens `T` next to read-only
+/// properties of its own (`#[schema(schema_with = open_schema::<T>)]` on the `#[serde(flatten)]` field): `T`'s
+/// `deny_unknown_fields` refuses unknown fields in requests, but as an `allOf` item of the answer it would refuse
+/// the answer's own properties.
+pub fn open_schema<T: utoipa::PartialSchema>() -> RefOr<Schema> {
+    let mut schema = T::schema();
+    if let RefOr::T(Schema::Object(object)) = &mut schema {
+        object.additional_properties = None;
+    }
+    schema
 }
 
 /// The whole document as served at `/openapi.json` and committed in `openapi/openapi.json`.
@@ -85,6 +111,39 @@ mod tests {
         ] {
             let property = &schemas[schema]["properties"][field];
             assert_eq!(property["writeOnly"], true, "{schema}.{field}: {property}");
+        }
+    }
+
+    #[test]
+    fn answers_validate_against_their_own_schemas() {
+        let doc: serde_json::Value = serde_json::from_str(&document_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        // an answer flattening a request's properties keeps its read-only ones valid
+        for (schema, read_only) in [
+            ("ConnectedClusterProperties", "connectivityStatus"),
+            ("FluxConfigurationProperties", "complianceState"),
+            ("PolicyAssignmentProperties", "status"),
+        ] {
+            let items = schemas[schema]["allOf"].as_array().unwrap();
+            assert!(
+                items.iter().all(|item| item.get("additionalProperties").is_none()),
+                "{schema}"
+            );
+            assert!(
+                items.iter().any(|item| item["properties"].get(read_only).is_some()),
+                "{schema}"
+            );
+        }
+        // every security requirement names a scheme the document defines
+        let defined = doc["components"]["securitySchemes"].as_object().unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for requirement in operation["security"].as_array().into_iter().flatten() {
+                    for scheme in requirement.as_object().unwrap().keys() {
+                        assert!(defined.contains_key(scheme), "{method} {path}: {scheme}");
+                    }
+                }
+            }
         }
     }
 

@@ -106,6 +106,7 @@ impl AppState {
             agent_tokens: Arc::default(),
             feed,
             writes,
+            turns: Arc::default(),
             database,
             _tasks: Arc::new([
                 TaskGuard(follower.abort_handle()),

@@ -11,6 +11,7 @@ use crate::dashboards::write_log::WriteLog;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::{ExpiryMessages, Store};
+use crate::turns::Turns;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -26,6 +27,8 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.
     pub writes: WriteLog,
+    /// Writers of one resource take turns.
+    pub turns: Arc<Turns>,
     /// Whether the database was last seen reachable.
     pub database: Arc<DatabaseHealth>,
     /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,

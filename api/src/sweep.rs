@@ -58,5 +58,8 @@ pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Dura
         if let Err(err) = store.reconcile_assignments(&managed).await {
             tracing::warn!(error = %err, "reconciling policy assignments failed; will retry");
         }
+        if let Err(err) = store.scrub().await {
+            tracing::warn!(error = %err, "scrubbing deleted rows from the database files failed; will retry");
+        }
     }
 }

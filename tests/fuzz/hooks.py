@@ -8,6 +8,9 @@
   reach existing resources and not only 400/404 answers. api-version is narrowed to the versions its description
   lists: any other gets a 400 before anything else is looked at. Only request parameters are touched; responses
   are checked against the document as served.
+- Bodies: the operations that take one also get a few valid bodies (`anyOf` of `const`s next to the documented
+  schema), since the server checks much more than the document says (DNS labels, URLs, one source per kind...)
+  and bodies generated from the schema alone are nearly all refused.
 - The agent's long-poll waits up to `wait` seconds when `after` is not behind the cluster's revision: the wait is
   cut to one second.
 - Re-seeding: when a generated request deletes or replaces a seeded resource, it is put back.
@@ -40,12 +43,12 @@ def _hints():
     hints = {
         "subscriptionId": [seed.SUBSCRIPTION],
         "resourceGroupName": [seed.GROUP],
-        "clusterName": [seed.AGENT_CLUSTER, seed.PLAIN_CLUSTER],
+        "clusterName": [seed.AGENT_CLUSTER, seed.PLAIN_CLUSTER, "fuzz-3"],
         "clusterRp": ["Microsoft.Kubernetes", "Microsoft.ContainerService", "Microsoft.HybridContainerService"],
         "clusterResourceName": ["connectedClusters", "managedClusters", "provisionedClusters"],
-        "fluxConfigurationName": [seed.CONFIG, "baseline-sub", "baseline-rg"],
-        "clusterGroupName": [seed.CLUSTER_GROUP],
-        "policyAssignmentName": [seed.ASSIGNMENT],
+        "fluxConfigurationName": [seed.CONFIG, "baseline-sub", "baseline-rg", "new-1"],
+        "clusterGroupName": [seed.CLUSTER_GROUP, "group-2"],
+        "policyAssignmentName": [seed.ASSIGNMENT, "assign-2"],
         "$top": ["1", "2", "1000"],
         "groupBy": [
             "complianceState", "provisioningState", "freshness", "connectivityStatus", "cluster", "clusterGroup",
@@ -71,13 +74,81 @@ def _hints():
     return hints
 
 
+def _git(ref, **extra):
+    return {"url": "https://example.invalid/fleet.git", "repositoryRef": ref, **extra}
+
+
+def _bodies():
+    """A few valid request bodies per operationId (the same for its subscription and resource group forms)."""
+    flux_put = [
+        {"properties": {"namespace": "fuzz", "sourceKind": "GitRepository", "gitRepository": _git({"branch": "main"}),
+                        "kustomizations": {"infra": {"path": "./infrastructure"},
+                                           "apps": {"path": "./apps", "dependsOn": ["infra"], "prune": True}}}},
+        {"properties": {"namespace": "fuzz", "suspend": True, "gitRepository": _git({"tag": "v1.0.0"}, syncIntervalInSeconds=120),
+                        "configurationProtectedSettings": {"httpsKey": "c2VjcmV0"}, "kustomizations": {}}},
+        {"properties": {"namespace": "fuzz", "scope": "namespace", "sourceKind": "Bucket",
+                        "bucket": {"url": "https://s3.example.invalid", "bucketName": "fleet", "localAuthRef": "auth"},
+                        "kustomizations": {"all": {"path": "./", "wait": False, "postBuild": {"substitute": {"a": "b"}}}}}},
+        {"properties": {"namespace": "fuzz", "sourceKind": "OCIRepository",
+                        "ociRepository": {"url": "oci://registry.example.invalid/fleet", "repositoryRef": {"tag": "latest"}},
+                        "kustomizations": {"apps": {"path": "./apps"}}}},
+        {"properties": {"namespace": "other", "sourceKind": "AzureBlob",
+                        "azureBlob": {"url": "https://account.blob.example.invalid", "containerName": "fleet",
+                                      "accountKey": "a2V5"}}},
+    ]
+    flux_patch = [
+        {"properties": {"suspend": True}},
+        {"properties": {"kustomizations": {"apps": None, "more": {"path": "./more"}}}},
+        {"properties": {"gitRepository": {"repositoryRef": {"commit": "0ba6f0d30760d567de0bac86c8c4eec13ce1a590"}}}},
+        {"properties": {"configurationProtectedSettings": {"httpsKey": "c2VjcmV0"}}},
+    ]
+    group_id = f"{seed.SUB}/{seed.FLEET}/clusterGroups/{seed.CLUSTER_GROUP}"
+    assignment = [
+        {"properties": {"clusterGroupId": group_id, "configurationName": "from-fuzz", "configurationTemplate": seed.TEMPLATE,
+                        "parameters": {"branch": "main"}, "enforcementMode": "DoNotEnforce", "onUnmatch": "Orphan"}},
+        {"properties": {"selector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["fuzz", "prod"]}]},
+                        "configurationName": "rolled", "configurationTemplate": seed.TEMPLATE, "parameters": {"branch": "dev"},
+                        "rollout": {"batchSize": "50%", "waitForCompliance": True, "maxFailures": 1, "batchTimeout": "PT10M"}}},
+    ]
+    return {
+        "ConnectedCluster_CreateOrReplace": [
+            {"location": "westeurope", "tags": {"env": "fuzz"}, "properties": {"agentPublicKeyCertificate": "a2V5"}},
+            {"location": "eastus", "kind": "AWS", "identity": {"type": "None"},
+             "properties": {"agentPublicKeyCertificate": "a2V5", "privateLinkState": "Disabled", "gateway": {}}},
+        ],
+        "ConnectedCluster_Update": [{"tags": {"env": "fuzz", "agent": "1"}}, {"properties": {"distribution": "k3s"}}],
+        "FluxConfigurations_CreateOrUpdate": flux_put,
+        "FluxConfigurations_Update": flux_patch,
+        "ClusterGroups_CreateOrUpdate": [
+            {"properties": {"selector": {}}},
+            {"properties": {"selector": {"matchLabels": {"env": "prod"},
+                                         "matchExpressions": [{"key": "agent", "operator": "DoesNotExist"}]}}},
+        ],
+        "PolicyAssignments_CreateOrUpdate": assignment,
+        "PolicyAssignments_Plan": assignment,
+        "Agent_RegisterEncryptionKey": [{"publicKey": FLEET.encryption_public_key()}],
+        "Agent_ReportStatus": [
+            {"agent": {"agentVersion": "0.2.0"}, "configurations": [
+                {"name": seed.CONFIG, "generation": generation, "outcome": outcome, "complianceState": state,
+                 "message": "from the fuzzer", "secretsVersion": generation}]}
+            for generation, outcome, state in [(1, "Applied", "Non-Compliant"), (2, "Failed", "Unknown"),
+                                               (99, "Removed", "Compliant")]
+        ],
+    }
+
+
 @schemathesis.hook
 def before_load_schema(context, raw_schema):
     hints = _hints()
+    bodies = _bodies()
     for item in raw_schema.get("paths", {}).values():
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
+            operation_id = re.sub(r"(AtSubscription|BySubscription|ByResourceGroup)$", "", operation.get("operationId", ""))
+            content = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if content and operation_id in bodies:
+                content["schema"] = {"anyOf": [*({"const": body} for body in bodies[operation_id]), content["schema"]]}
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") not in ("path", "query") or "schema" not in parameter:
                     continue

@@ -22,6 +22,7 @@ the run may create and drop databases.
 """
 
 import argparse
+import base64
 import json
 import os
 import pathlib
@@ -154,23 +155,85 @@ def seeded_fleet(server):
     return fleet
 
 
-def curl(failure_case, base_url):
-    """A curl command replaying a failing case against a server started by `run.py --serve` ($API, $TOKEN)."""
-    method = failure_case["method"]
-    url = failure_case["url"]
+def decoded(content):
+    """A body as the ndjson report records it: {"$base64": ...} or {"string": ...}, or None."""
+    if not content:
+        return None
+    if "$base64" in content:
+        return base64.b64decode(content["$base64"]).decode("utf-8", errors="replace")
+    return content.get("string")
+
+
+def curl(request, base_url):
+    """The request as a curl command for a server started by `run.py --serve`, which exports API and TOKEN."""
+    url = request["uri"]
+    agent = urllib.parse.urlsplit(url).path.startswith("/agent/")
     if url.startswith(base_url):
-        url = "$API" + url[len(base_url):]
-    token = "$AGENT_TOKEN" if urllib.parse.urlsplit(failure_case["url"]).path.startswith("/agent/") else "$TOKEN"
-    parts = ["curl", "-sS", "-i", "-X", method, f'"{url}"', "-H", f'"Authorization: Bearer {token}"']
-    for name, value in (failure_case.get("headers") or {}).items():
+        url = "${API}" + url[len(base_url):]
+    token = "$AGENT_TOKEN" if agent else "$TOKEN"
+    parts = ["curl -sS -i -X", request["method"], '"' + url.replace('"', '\\"') + '"',
+             "-H", f'"Authorization: Bearer {token}"']
+    for name, values in (request.get("headers") or {}).items():
         if name.lower() in ("authorization", "user-agent", "accept-encoding", "accept", "connection",
-                            "content-length", "x-schemathesis-testcaseid"):
+                            "content-length") or name.lower().startswith("x-schemathesis"):
             continue
-        parts += ["-H", shlex.quote(f"{name}: {value}")]
-    body = failure_case.get("body")
+        for value in values:
+            parts += ["-H", shlex.quote(f"{name}: {value}")]
+    body = decoded(request.get("body"))
     if body is not None:
-        parts += ["--data-binary", shlex.quote(body if isinstance(body, str) else json.dumps(body))]
+        parts += ["--data-binary", shlex.quote(body)]
     return " ".join(parts)
+
+
+def failures(events_path):
+    """The distinct failed checks of a run (by operation, check and the first line of their message), each with
+    its first example and how often it occurred."""
+    distinct = {}
+    if not events_path.exists():
+        return []
+    with open(events_path) as events:
+        for line in events:
+            event = json.loads(line)
+            finished = event.get("ScenarioFinished")
+            if not finished or not finished.get("recorder"):
+                continue
+            recorder = finished["recorder"]
+            for case_id, checks in (recorder.get("checks") or {}).items():
+                for check in checks:
+                    if check.get("status") != "failure":
+                        continue
+                    failure = (check.get("failure_info") or {}).get("failure") or {}
+                    case = ((recorder.get("cases") or {}).get(case_id) or {}).get("value") or {}
+                    operation = failure.get("operation") or f"{case.get('method')} {case.get('path')}"
+                    message = (failure.get("message") or "").strip()
+                    key = (operation, check["name"], failure.get("title"), message.splitlines()[0] if message else "")
+                    if key in distinct:
+                        distinct[key]["count"] += 1
+                        continue
+                    distinct[key] = {
+                        "operation": operation,
+                        "check": check["name"],
+                        "title": failure.get("title", ""),
+                        "message": message,
+                        "interaction": (recorder.get("interactions") or {}).get(case_id),
+                        "count": 1,
+                    }
+    return list(distinct.values())
+
+
+def summarize(found, base_url):
+    print(f"\n{'=' * 30} {len(found)} distinct failure(s) {'=' * 30}")
+    for index, failure in enumerate(found, 1):
+        print(f"\n--- {index}. {failure['operation']}: {failure['check']} ({failure['title']}), "
+              f"seen {failure['count']} time(s)")
+        message = failure["message"].splitlines()
+        print("\n".join(f"    {line}" for line in message[:12]) + ("\n    ..." if len(message) > 12 else ""))
+        interaction = failure["interaction"]
+        if interaction:
+            response = interaction.get("response") or {}
+            body = decoded(response.get("content")) or ""
+            print(f"  answer: {response.get('status_code')} {body[:600]}")
+            print(f"  replay: {curl(interaction['request'], base_url)}")
 
 
 def run_schemathesis(server, fleet, seconds, random_seed, report_dir):
@@ -178,7 +241,7 @@ def run_schemathesis(server, fleet, seconds, random_seed, report_dir):
     state_path.write_text(json.dumps(fleet.state()))
     env = dict(
         os.environ,
-        SCHEMATHESIS_HOOKS="hooks",
+        SCHEMATHESIS_HOOKS=os.environ.get("FLUXPLANE_FUZZ_HOOKS", "hooks"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
         FLUXPLANE_FUZZ_STATE=str(state_path),
         FLUXPLANE_FUZZ_RESEED_LOG=str(server.data / "reseed.log"),
@@ -207,17 +270,6 @@ def run_schemathesis(server, fleet, seconds, random_seed, report_dir):
     return completed.returncode, report
 
 
-def summarize(report, server):
-    """Prints each distinct failure with a curl command; answers their number."""
-    failures = report.get("failures", []) if report else []
-    errors = report.get("errors", []) if report else []
-    for index, failure in enumerate(failures, 1):
-        print(f"\n--- failure {index}: {json.dumps(failure)[:4000]}")
-    for error in errors:
-        print(f"\n--- error: {json.dumps(error)[:4000]}")
-    return len(failures) + len(errors)
-
-
 def fuzz(backend, seconds, random_seed, keep):
     data = pathlib.Path(tempfile.mkdtemp(prefix=f"fluxplane-fuzz-{backend}-"))
     server = Server(backend, data)
@@ -227,10 +279,15 @@ def fuzz(backend, seconds, random_seed, keep):
         server.start()
         fleet = seeded_fleet(server)
         code, report = run_schemathesis(server, fleet, seconds, random_seed, data / "report")
+        found = failures(data / "report" / "events.ndjson")
+        if found:
+            summarize(found, server.base_url)
+            problems.append(f"{len(found)} distinct failure(s), listed above with a curl command each (replay them "
+                            f"against `python {pathlib.Path(__file__).relative_to(ROOT)} --serve --backend {backend}`)")
         if report is None:
             problems.append(f"schemathesis wrote no report (exit code {code})")
         elif code != 0:
-            problems.append(f"schemathesis exited with {code}: {summarize(report, server)} failure(s)")
+            problems.append(f"schemathesis exited with {code}")
     finally:
         problem = server.stop()
         if problem:

@@ -98,4 +98,15 @@ mod tests {
             "2024-11-01"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_query_string_yields_a_version_or_a_bad_request(query in "\\PC{0,120}|(api-version=[0-9a-z%-]{0,12}&?){0,3}") {
+            for outcome in [check::<Clusters>(Some(&query)), check::<FluxConfigurations>(Some(&query)), check::<Fleet>(Some(&query))] {
+                if let Err(err) = outcome {
+                    proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+    }
 }

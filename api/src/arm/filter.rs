@@ -536,4 +536,56 @@ mod tests {
         assert!(refusal(&format!("{}name eq 'a'{}", "(".repeat(40), ")".repeat(40))).contains("deeper"));
         assert!(refusal(&format!("name eq '{}'", "x".repeat(MAX_LENGTH))).contains("longer"));
     }
+
+    /// Words and symbols of `$filter`, so that generated texts reach deep into the parser, not only the tokenizer.
+    fn filter_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let token = prop_oneof![
+            Just("name".to_owned()),
+            Just("properties/complianceState".to_owned()),
+            Just("tags/env".to_owned()),
+            Just("eq".to_owned()),
+            Just("ne".to_owned()),
+            Just("in".to_owned()),
+            Just("and".to_owned()),
+            Just("or".to_owned()),
+            Just("not".to_owned()),
+            Just("(".to_owned()),
+            Just(")".to_owned()),
+            Just(",".to_owned()),
+            Just("'Compliant'".to_owned()),
+            Just("'it''s'".to_owned()),
+            Just("'".to_owned()),
+            Just("gt".to_owned()),
+            Just("1".to_owned()),
+            "[ -~]{0,6}",
+        ];
+        proptest::collection::vec(token, 0..60).prop_map(|tokens| tokens.join(" "))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_filter_text_parses_or_is_refused_as_a_bad_parameter(text in filter_text()) {
+            if let Err(err) = Filter::parse(&text, FIELDS) {
+                proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn any_text_at_all_parses_or_is_refused(text in "\\PC{0,300}") {
+            if let Ok(filter) = Filter::parse(&text, FIELDS) {
+                filter.matches(&resource("a", "Compliant", Some("x")));
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_chain_a_filter_may_hold_is_evaluated_and_dropped_safely() {
+        let clause = "name eq 'a' and ";
+        let text = clause.repeat(MAX_LENGTH / clause.len() - 1) + "name eq 'a'";
+        let filter = filter(&text);
+        assert!(filter.matches(&resource("a", "Compliant", None)));
+        let nested = format!("{}name eq 'a'{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
+        assert!(refusal(&nested).contains("deeper"), "nesting is bounded");
+    }
 }

@@ -324,4 +324,20 @@ mod tests {
         let err = ClusterScope::parse(&path("Microsoft.Compute", "virtualMachines")).unwrap_err();
         assert_eq!(err.code(), "InvalidParameter");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_name_parses_or_is_refused_as_a_bad_parameter(text in "\\PC{0,100}|[a-zA-Z0-9._()-]{0,100}") {
+            let results = [
+                SubscriptionId::parse(&text).err(),
+                ResourceGroupName::parse(&text).err(),
+                ClusterName::parse(&text).err(),
+                ConfigurationName::parse(&text).err(),
+                ClusterRef::parse(&text, &text, &text).err(),
+            ];
+            for err in results.into_iter().flatten() {
+                proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+    }
 }

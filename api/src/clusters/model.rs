@@ -193,6 +193,7 @@ impl ConnectivityStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ConnectedClusterProperties {
     #[serde(flatten)]
+    #[schema(schema_with = crate::openapi::open_schema::<ClusterProperties>)]
     pub spec: ClusterProperties,
     #[schema(read_only)]
     pub provisioning_state: String,

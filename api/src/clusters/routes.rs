@@ -187,6 +187,7 @@ async fn put_cluster(
         properties: request.properties,
     };
     let key = cluster.key();
+    let _turn = state.turns.take(&format!("cluster {key}")).await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.store.get_cluster(&key).await?;
         preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
@@ -306,6 +307,7 @@ async fn patch_cluster(
     caller.require(Role::Contributor, &cluster.id())?;
     let patch: ClusterPatch = parse(body.clone(), "")?;
     let key = cluster.key();
+    let _turn = state.turns.take(&format!("cluster {key}")).await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state
             .store

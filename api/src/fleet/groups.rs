@@ -231,6 +231,7 @@ async fn put(
     selector.validate("properties.selector", &mut problems);
     problems.into_result("cluster group", Some("properties.selector"))?;
     let key = scope.key(&name);
+    let _turn = state.turns.take(&format!("{TYPE_NAME} {key}")).await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.store.get_cluster_group(&key).await?;
         preconditions.check(current.as_ref().map(|g| g.etag.as_str()))?;

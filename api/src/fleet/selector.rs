@@ -450,4 +450,26 @@ mod tests {
             prop_assert_eq!(s.matches(&t), s.matches(&changed));
         }
     }
+
+    proptest! {
+        #[test]
+        fn any_selector_text_parses_or_is_refused_by_name(text in "[a-z!=(), ]{0,80}|\\PC{0,120}") {
+            if let Ok(selector) = LabelSelector::parse_str(&text) {
+                let mut p = Problems::default();
+                selector.validate("tagSelector", &mut p);
+                if let Err(err) = p.into_result("selector", None) {
+                    prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+
+        #[test]
+        fn any_selector_document_is_read_or_refused(value in crate::testing::arbitrary_json()) {
+            if let Ok(selector) = serde_json::from_value::<LabelSelector>(value) {
+                let mut p = Problems::default();
+                selector.validate("properties.selector", &mut p);
+                let _ = p.into_result("selector", None);
+            }
+        }
+    }
 }

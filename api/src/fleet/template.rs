@@ -95,4 +95,21 @@ mod tests {
         let targets: Vec<String> = err.detail().details.iter().filter_map(|d| d.target.clone()).collect();
         assert_eq!(targets, ["t.a", "t.b[0]"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_template_renders_or_names_its_problems(
+            template in crate::testing::arbitrary_json(),
+            parameters in proptest::collection::btree_map("[a-z]{1,3}", crate::testing::arbitrary_json(), 0..4),
+        ) {
+            let parameters: Map<String, Value> = parameters.into_iter().collect();
+            let mut p = Problems::default();
+            let rendered = substitute(&template, &parameters, "properties.configurationTemplate", &mut p);
+            if let Err(err) = p.into_result("template", None) {
+                proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+            } else {
+                proptest::prop_assert!(!rendered.to_string().contains("[parameters('"));
+            }
+        }
+    }
 }

@@ -408,6 +408,10 @@ async fn put_configuration(
     check_secrets(&secrets)?;
     let secrets = SecretsInput::Replace(secrets);
     let spec: FluxConfigurationSpec = parse(properties, "properties")?;
+    let _turn = state
+        .turns
+        .take(&format!("fluxConfigurations {}", target.resource_key()))
+        .await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state
             .store
@@ -491,6 +495,10 @@ async fn patch_configuration(
     let secrets = SecretFields::split_patch_from(&mut changes);
     check_secrets(&secrets)?;
     let secrets = SecretsInput::Merge(secrets);
+    let _turn = state
+        .turns
+        .take(&format!("fluxConfigurations {}", target.resource_key()))
+        .await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state
             .store
@@ -586,6 +594,10 @@ async fn delete_configuration(
         }
     };
     let target = resolve(&state, &caller, &params, Role::Contributor).await?;
+    let _turn = state
+        .turns
+        .take(&format!("fluxConfigurations {}", target.resource_key()))
+        .await;
     for _ in 0..WRITE_ATTEMPTS {
         let Some(current) = state
             .store

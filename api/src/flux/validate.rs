@@ -622,4 +622,43 @@ mod tests {
         ok["reconciliationWaitDuration"] = json!("PT30M");
         assert!(normalize(&mut spec(ok), &name("c"), None).is_ok());
     }
+
+    /// Properties in the shape of a configuration, with any values: what a client might send.
+    fn configuration_like() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let text = "\\PC{0,16}|PT[0-9]{1,3}[HMS]|P[0-9DTHMSW]{0,8}|[0-9]{1,4}";
+        (
+            prop_oneof![
+                Just(json!("GitRepository")),
+                Just(json!("Bucket")),
+                "\\PC{0,8}".prop_map(|s| json!(s))
+            ],
+            text,
+            text,
+            crate::testing::arbitrary_json(),
+            proptest::collection::btree_map("[a-z0-9-]{1,8}", crate::testing::arbitrary_json(), 0..4),
+        )
+            .prop_map(|(kind, url, wait, reference, kustomizations)| {
+                json!({
+                    "sourceKind": kind,
+                    "gitRepository": {"url": url, "repositoryRef": reference},
+                    "reconciliationWaitDuration": wait,
+                    "kustomizations": kustomizations.into_iter().collect::<serde_json::Map<_, _>>(),
+                })
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_configuration_is_read_and_normalised_or_refused_as_a_bad_request(value in configuration_like()) {
+            match crate::arm::body::parse::<FluxConfigurationSpec>(value, "properties") {
+                Ok(mut spec) => {
+                    if let Err(err) = normalize(&mut spec, &name("c"), None) {
+                        proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+                    }
+                }
+                Err(err) => proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST),
+            }
+        }
+    }
 }

@@ -627,6 +627,11 @@ pub trait Store: Dashboards {
     /// Succeeds when the database answers and every migration this build knows is applied.
     async fn check_ready(&self) -> StoreResult<()>;
 
+    /// Overwrites, where the engine can, what deleted rows leave behind in its files (SQLite: the write-ahead
+    /// log's copies). PostgreSQL keeps dead rows until vacuum reuses their space; docs/SECURITY.md says what
+    /// remains there and for how long.
+    async fn scrub(&self) -> StoreResult<()>;
+
     /// Whether the database answers a new connection of its own, outside the pool: a pool that waits for a
     /// connection because every one is busy says nothing of whether the database is up.
     async fn reachable(&self) -> StoreResult<()>;

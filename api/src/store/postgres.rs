@@ -176,6 +176,12 @@ sql_store!(
             Ok(updated.map_or(crate::store::Write::Conflict, |key| self.written(key)))
         }
 
+        /// Nothing PostgreSQL can be asked to overwrite: dead rows stay in their pages until vacuum reuses the
+        /// space, and in the write-ahead log until its segments are recycled (docs/SECURITY.md).
+        async fn scrub(&self) -> StoreResult<()> {
+            Ok(())
+        }
+
         /// Forwards the `fluxplane_desired` notifications (see migration 0002) to this replica's waiting polls, so a
         /// write on any replica wakes agents polling any other. Runs until the task is dropped.
         async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()> {

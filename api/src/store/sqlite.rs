@@ -29,7 +29,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // deleted rows (delivered and expired sealed secrets among them) are overwritten with zeros in the
+            // database file, not only unlinked from its pages; `scrub` clears what the write-ahead log still holds
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // sqlx's default timeout, stated; warnings at half of it, as on PostgreSQL (see there)
@@ -49,6 +52,19 @@ impl SqliteStore {
 // SQLite lets one transaction write at a time and every fleet transaction writes first, so fleet writes are
 // serialised already: the lock statement does nothing.
 sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
+    /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
+    /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next
+    /// sweep.
+    async fn scrub(&self) -> StoreResult<()> {
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await?;
+        if busy != 0 {
+            tracing::debug!("the write-ahead log is in use; truncating it at the next sweep");
+        }
+        Ok(())
+    }
+
     /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
     async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
         Ok(())

@@ -47,7 +47,7 @@ pub enum OnUnmatch {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rollout {
     /// Clusters per batch: a count (`2`) or a percentage of the selected clusters (`"25%"`).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = batch_size_schema)]
     pub batch_size: Value,
     /// Wait for a batch to be Compliant before the next (default true); otherwise one batch per reconciliation.
     #[serde(default = "yes")]
@@ -98,6 +98,22 @@ impl Rollout {
         let parsed = iso8601::duration(&self.batch_timeout).ok()?;
         chrono::Duration::from_std(parsed.into()).ok()
     }
+}
+
+/// `batchSize` in the OpenAPI document: a count of at least 1, or a percentage from `"1%"` to `"100%"`.
+fn batch_size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,3}%$")),
+        )
+        .description(Some(
+            "Clusters per batch: a count (`2`) or a percentage of the selected clusters (`\"25%\"`).",
+        ));
+    Schema::OneOf(one_of.build()).into()
 }
 
 /// Where a rollout stands: stored with the assignment, shown in its status.
@@ -233,6 +249,7 @@ pub struct PolicyAssignment {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyAssignmentProperties {
     #[serde(flatten)]
+    #[schema(schema_with = crate::openapi::open_schema::<AssignmentSpec>)]
     pub spec: AssignmentSpec,
     pub provisioning_state: String,
     /// Read-only: where the assignment stands now.
@@ -700,5 +717,26 @@ mod tests {
             "{:?}",
             invalid.detail()
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_rollout_is_read_or_refused_as_a_bad_request(
+            batch_size in crate::testing::arbitrary_json(),
+            timeout in "\\PC{0,12}|P[0-9DTHMSW.]{0,10}|[0-9]{1,3}%",
+        ) {
+            let value = json!({"batchSize": batch_size, "batchTimeout": timeout});
+            if let Ok(rollout) = crate::arm::body::parse::<Rollout>(value, "properties.rollout") {
+                let mut p = Problems::default();
+                rollout.validate(&mut p);
+                match p.into_result("rollout", None) {
+                    Err(err) => proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST),
+                    Ok(()) => {
+                        proptest::prop_assert!(rollout.batch_count(10).is_some_and(|n| n >= 1));
+                        proptest::prop_assert!(rollout.timeout().is_some());
+                    }
+                }
+            }
+        }
     }
 }

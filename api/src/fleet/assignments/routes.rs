@@ -282,6 +282,7 @@ async fn put(
         None => None,
     };
     let key = scope.key(&name);
+    let _turn = state.turns.take(&format!("policyAssignments {key}")).await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.store.get_policy_assignment(&key).await?;
         preconditions.check(current.as_ref().map(|a| a.etag.as_str()))?;
