@@ -473,3 +473,50 @@ async fn bad_key_case(backend: Backend) {
     api.put_config(&cluster_path("s", "rg", "c1"), "cfg", blob_body()).await;
     assert_eq!(opened(&identity, "cfg").await.len(), 1);
 }
+
+/// Every byte of the SQLite store's files (database, write-ahead log), as text.
+fn sqlite_files(api: &Api) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(api.server.database.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("fluxplane.db") {
+            all.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_sealed_secrets_leave_no_ciphertext_in_the_sqlite_files() {
+    let Some(api) = Api::start(Backend::Sqlite).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    assert_eq!(
+        api.put_config(&cluster, "cfg", blob_body()).await.status,
+        StatusCode::CREATED
+    );
+    let sealed = offered(&identity, "cfg").await.sealed_secrets;
+    let ciphertext = sealed[0].ciphertext.clone();
+    assert!(
+        sqlite_files(&api).contains(&ciphertext),
+        "the search finds what is stored"
+    );
+
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    let deleted = api
+        .call(Method::DELETE, &format!("{path}&forceDelete=true"), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    // secure_delete zeroes the rows; the next sweep checkpoints and truncates the write-ahead log
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sqlite_files(&api).contains(&ciphertext) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted ciphertext is still in the SQLite files"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -113,7 +113,7 @@ def _bodies():
     return {
         "ConnectedCluster_CreateOrReplace": [
             {"location": "westeurope", "tags": {"env": "fuzz"}, "properties": {"agentPublicKeyCertificate": "a2V5"}},
-            {"location": "eastus", "kind": "AWS", "identity": {"type": "None"},
+            {"location": "westeurope", "kind": "AWS", "identity": {"type": "None"},
              "properties": {"agentPublicKeyCertificate": "a2V5", "privateLinkState": "Disabled", "gateway": {}}},
         ],
         "ConnectedCluster_Update": [{"tags": {"env": "fuzz", "agent": "1"}}, {"properties": {"distribution": "k3s"}}],

@@ -125,11 +125,7 @@ fn replace_nul(value: &mut Value) {
     let mut stack = vec![value];
     while let Some(value) = stack.pop() {
         match value {
-            Value::String(text) => {
-                if text.contains('\0') {
-                    *text = clean(text);
-                }
-            }
+            Value::String(text) if text.contains('\0') => *text = clean(text),
             Value::Array(items) => stack.extend(items.iter_mut()),
             Value::Object(map) => {
                 if map.keys().any(|k| k.contains('\0')) {
