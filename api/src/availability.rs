@@ -5,6 +5,7 @@
 //! that need it are answered 503 with `Retry-After` at once, `/readyz` says since when and why, and a watcher
 //! tries a connection of its own every second until the database answers again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Unreachable(pub String);
 /// The database's reachability as this replica last saw it.
 #[derive(Debug, Default)]
 pub struct DatabaseHealth {
+    /// Whether `down` holds an outage: read by every request, so without taking the lock.
+    is_down: AtomicBool,
     down: Mutex<Option<Outage>>,
     went_down: Notify,
 }
@@ -43,6 +46,9 @@ struct Outage {
 impl DatabaseHealth {
     /// Why requests are refused now, if they are.
     pub fn outage(&self) -> Option<String> {
+        if !self.is_down.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().as_ref().map(|outage| {
             format!(
                 "the database is unreachable since {} ({}); retry shortly",
@@ -64,12 +70,15 @@ impl DatabaseHealth {
                 since: Utc::now(),
                 why: why.to_owned(),
             });
+            self.is_down.store(true, Ordering::Release);
             self.went_down.notify_one();
         }
     }
 
     fn mark_up(&self) {
-        if let Some(outage) = self.lock().take() {
+        let mut down = self.lock();
+        self.is_down.store(false, Ordering::Release);
+        if let Some(outage) = down.take() {
             let seconds = (Utc::now() - outage.since).num_seconds();
             tracing::info!(down_for_seconds = seconds, "the database is reachable again");
         }
@@ -80,12 +89,12 @@ impl DatabaseHealth {
     }
 }
 
-/// Runs for the life of the state: whenever the database is marked down, tries it every second until it answers.
+/// Runs for the life of the state: whenever the database is marked down, tries it at once (a pool that timed out
+/// under load alone clears within a connection's time), then every second until it answers.
 pub async fn watch(store: std::sync::Arc<dyn Store>, health: std::sync::Arc<DatabaseHealth>) {
     loop {
         health.went_down.notified().await;
         loop {
-            tokio::time::sleep(PROBE_EVERY).await;
             match tokio::time::timeout(PROBE_TIMEOUT, store.reachable()).await {
                 Ok(Ok(())) => {
                     health.mark_up();
@@ -94,6 +103,7 @@ pub async fn watch(store: std::sync::Arc<dyn Store>, health: std::sync::Arc<Data
                 Ok(Err(err)) => tracing::debug!(error = %err, "the database is still unreachable"),
                 Err(_) => tracing::debug!("the database did not answer within the probe's timeout"),
             }
+            tokio::time::sleep(PROBE_EVERY).await;
         }
     }
 }
