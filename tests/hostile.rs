@@ -690,3 +690,43 @@ async fn a_database_outage_is_answered_503_at_once_and_the_server_recovers() {
     server.await.unwrap().unwrap();
     relay.cut();
 }
+
+on_both_backends!(a_connection_beyond_the_cap_with_every_one_busy_is_told_so, busy_case);
+async fn busy_case(backend: Backend) {
+    let Some(server) = fluxplane_api::testing::TestServer::start_with(backend, |c| c.max_connections = 3).await else {
+        return;
+    };
+    let token = server.owner_token();
+    let address = server.address;
+    // three live streams hold every connection inside a request
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let request = format!(
+            "GET /subscriptions/s/providers/Fluxplane.Fleet/events?api-version={FLEET_API} HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+        streams.push(stream);
+    }
+    let refused = reqwest::get(format!("http://{address}/healthz")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ServerBusy", "{body}");
+    // once a stream ends, its place is free again
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = reqwest::get(format!("http://{address}/healthz")).await.unwrap();
+        if answer.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed place was not reused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+}

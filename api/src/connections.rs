@@ -25,6 +25,9 @@ use tokio::sync::Notify;
 /// the data directory, the refusals' own short-lived sockets).
 const RESERVED_FILES: u64 = 512;
 
+/// Refused connections being answered at once; past it, a refused connection is closed without an answer.
+pub const MAX_REFUSING: usize = 256;
+
 /// The connections of one server.
 pub struct Connections {
     max: usize,
@@ -257,8 +260,9 @@ impl HttpBody for Guarded {
     }
 }
 
-/// Answers a connection refused at the cap: 503 with `Retry-After`, then closes it, reading what the client sent
-/// meanwhile (for at most a second) so that closing does not reset the connection before the answer is read.
+/// Answers a connection refused at the cap: reads its request's head (an answer before the request confuses
+/// HTTP clients), answers 503 with `Retry-After`, and closes, reading what else the client sent meanwhile so that
+/// closing does not reset the connection before the answer is read. Two seconds at most in all.
 pub async fn refuse(mut stream: TcpStream, max: usize) {
     let body = format!(
         r#"{{"error":{{"code":"ServerBusy","message":"the server holds its limit of {max} connections, each inside a request; retry shortly"}}}}"#
@@ -269,13 +273,21 @@ pub async fn refuse(mut stream: TcpStream, max: usize) {
         body.len()
     );
     let answer = async {
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            head.extend_from_slice(&buffer[..read]);
+        }
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
+        while stream.read(&mut buffer).await? > 0 {}
         std::io::Result::Ok(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
 }
 
 #[cfg(test)]

@@ -227,6 +227,8 @@ pub async fn serve(
     // a built router is an `Arc`: each connection gets a clone, the route tables are built once
     let router = app(state);
     let graceful = GracefulShutdown::new();
+    let (mut refusals, mut last_warned) = (0u64, None);
+    let refusing = Arc::new(tokio::sync::Semaphore::new(connections::MAX_REFUSING));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -242,11 +244,24 @@ pub async fn serve(
         let slot = match limits.admit() {
             Admission::Admitted(slot) => slot,
             Admission::Refused => {
-                tracing::warn!(
-                    max_connections = limits.max(),
-                    "connection refused: every connection is inside a request"
-                );
-                tokio::spawn(connections::refuse(stream, limits.max()));
+                // a flood of connections must not become a flood of log lines: one every ten seconds at most
+                refusals += 1;
+                if last_warned.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max_connections = limits.max(),
+                        refused = refusals,
+                        "connections refused: every connection is inside a request"
+                    );
+                    (refusals, last_warned) = (0, Some(std::time::Instant::now()));
+                }
+                // answered while few are, else closed at once: refusals must not use up the files left
+                if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                    let max = limits.max();
+                    tokio::spawn(async move {
+                        connections::refuse(stream, max).await;
+                        drop(permit);
+                    });
+                }
                 continue;
             }
         };
