@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-import threading
 
 import schemathesis
 
@@ -32,7 +31,6 @@ with open(os.environ["FLUXPLANE_FUZZ_STATE"]) as _file:
     STATE = json.load(_file)
 FLEET = seed.Fleet.from_state(STATE)
 RESEED_LOG = os.environ.get("FLUXPLANE_FUZZ_RESEED_LOG")
-_reseed_lock = threading.Lock()
 
 
 def _hints():
@@ -84,13 +82,16 @@ def _bodies():
         {"properties": {"namespace": "fuzz", "sourceKind": "GitRepository", "gitRepository": _git({"branch": "main"}),
                         "kustomizations": {"infra": {"path": "./infrastructure"},
                                            "apps": {"path": "./apps", "dependsOn": ["infra"], "prune": True}}}},
-        {"properties": {"namespace": "fuzz", "suspend": True, "gitRepository": _git({"tag": "v1.0.0"}, syncIntervalInSeconds=120),
+        {"properties": {"namespace": "fuzz", "suspend": True,
+                        "gitRepository": _git({"tag": "v1.0.0"}, syncIntervalInSeconds=120),
                         "configurationProtectedSettings": {"httpsKey": "c2VjcmV0"}, "kustomizations": {}}},
         {"properties": {"namespace": "fuzz", "scope": "namespace", "sourceKind": "Bucket",
                         "bucket": {"url": "https://s3.example.invalid", "bucketName": "fleet", "localAuthRef": "auth"},
-                        "kustomizations": {"all": {"path": "./", "wait": False, "postBuild": {"substitute": {"a": "b"}}}}}},
+                        "kustomizations": {
+                            "all": {"path": "./", "wait": False, "postBuild": {"substitute": {"a": "b"}}}}}},
         {"properties": {"namespace": "fuzz", "sourceKind": "OCIRepository",
-                        "ociRepository": {"url": "oci://registry.example.invalid/fleet", "repositoryRef": {"tag": "latest"}},
+                        "ociRepository": {"url": "oci://registry.example.invalid/fleet",
+                                          "repositoryRef": {"tag": "latest"}},
                         "kustomizations": {"apps": {"path": "./apps"}}}},
         {"properties": {"namespace": "other", "sourceKind": "AzureBlob",
                         "azureBlob": {"url": "https://account.blob.example.invalid", "containerName": "fleet",
@@ -104,11 +105,15 @@ def _bodies():
     ]
     group_id = f"{seed.SUB}/{seed.FLEET}/clusterGroups/{seed.CLUSTER_GROUP}"
     assignment = [
-        {"properties": {"clusterGroupId": group_id, "configurationName": "from-fuzz", "configurationTemplate": seed.TEMPLATE,
-                        "parameters": {"branch": "main"}, "enforcementMode": "DoNotEnforce", "onUnmatch": "Orphan"}},
-        {"properties": {"selector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["fuzz", "prod"]}]},
-                        "configurationName": "rolled", "configurationTemplate": seed.TEMPLATE, "parameters": {"branch": "dev"},
-                        "rollout": {"batchSize": "50%", "waitForCompliance": True, "maxFailures": 1, "batchTimeout": "PT10M"}}},
+        {"properties": {"clusterGroupId": group_id, "configurationName": "from-fuzz",
+                        "configurationTemplate": seed.TEMPLATE, "parameters": {"branch": "main"},
+                        "enforcementMode": "DoNotEnforce", "onUnmatch": "Orphan"}},
+        {"properties": {"selector": {"matchExpressions": [{"key": "env", "operator": "In",
+                                                           "values": ["fuzz", "prod"]}]},
+                        "configurationName": "rolled", "configurationTemplate": seed.TEMPLATE,
+                        "parameters": {"branch": "dev"},
+                        "rollout": {"batchSize": "50%", "waitForCompliance": True, "maxFailures": 1,
+                                    "batchTimeout": "PT10M"}}},
     ]
     return {
         "ConnectedCluster_CreateOrReplace": [
@@ -145,7 +150,7 @@ def before_load_schema(context, raw_schema):
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
-            operation_id = re.sub(r"(AtSubscription|BySubscription|ByResourceGroup)$", "", operation.get("operationId", ""))
+            operation_id = re.sub(r"(AtSubscription|BySubscription)$", "", operation.get("operationId", ""))
             content = operation.get("requestBody", {}).get("content", {}).get("application/json")
             if content and operation_id in bodies:
                 content["schema"] = {"anyOf": [*({"const": body} for body in bodies[operation_id]), content["schema"]]}
@@ -190,16 +195,14 @@ def after_call(context, case, response):
     if case.method.upper() not in ("PUT", "PATCH", "DELETE") or not 200 <= response.status_code < 300:
         return
     segments = {segment.lower() for segment in case.formatted_path.split("/")}
-    if not segments & {name.lower() for name in FLEET.seeded_names()} and not case.operation.path.startswith(
-        "/agent/"
-    ):
+    seeded = {name.lower() for name in FLEET.seeded_names()}
+    if not segments & seeded and not case.operation.path.startswith("/agent/"):
         return
-    with _reseed_lock:
-        try:
-            FLEET.seed()
-            outcome = "ok"
-        except Exception as error:  # noqa: BLE001 - reported, never fatal: the fuzzing goes on
-            outcome = f"failed: {error}"
-        if RESEED_LOG:
-            with open(RESEED_LOG, "a") as log:
-                log.write(f"{case.method} {case.formatted_path} -> {response.status_code}: re-seed {outcome}\n")
+    try:
+        FLEET.seed()
+        outcome = "ok"
+    except Exception as error:  # reported, never fatal: the fuzzing goes on
+        outcome = f"failed: {error}"
+    if RESEED_LOG:
+        with open(RESEED_LOG, "a") as log:
+            log.write(f"{case.method} {case.formatted_path} -> {response.status_code}: re-seed {outcome}\n")

@@ -18,7 +18,8 @@ failing request as a curl command, keeps the data directory (server log, schemat
 
 `--serve` starts and seeds a server the same way and waits (Ctrl-C stops it), to replay the curl commands.
 PostgreSQL: FLUXPLANE_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres) names a server where
-the run may create and drop databases.
+the run may create and drop databases. FLUXPLANE_BIN names the binary (default target/debug/fluxplane),
+FLUXPLANE_FUZZ_HOOKS another hooks module (one that imports `hooks` and adds its own, to explore).
 """
 
 import argparse
@@ -294,7 +295,7 @@ def fuzz(backend, seconds, random_seed, keep):
             problems.append(f"schemathesis wrote no report (exit code {code})")
         elif code != 0:
             errors = ", ".join(f"{e.get('title')} ({e.get('count')})" for e in report.get("errors", []))
-            problems.append(f"schemathesis exited with {code}" + (f"; errors (see its output): {errors}" if errors else ""))
+            problems.append(f"schemathesis exited with {code}" + (f"; errors (in its output): {errors}" * bool(errors)))
     finally:
         problem = server.stop()
         if problem:

@@ -70,7 +70,10 @@ def config_body(secret):
 
 TEMPLATE = {
     "namespace": "fleet",
-    "gitRepository": {"url": "https://example.invalid/fleet.git", "repositoryRef": {"branch": "[parameters('branch')]"}},
+    "gitRepository": {
+        "url": "https://example.invalid/fleet.git",
+        "repositoryRef": {"branch": "[parameters('branch')]"},
+    },
     "kustomizations": {"infra": {"path": "./infrastructure"}},
 }
 
