@@ -100,6 +100,7 @@ sql_store!(
     PgStore,
     sqlx::Postgres,
     fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1))",
+    write_begin = None,
     {
         // A configuration write is one statement: the row, its sealed secrets and its operation in data-modifying
         // CTEs, which PostgreSQL runs as one atomic command on one snapshot (so the operation inserted is not among

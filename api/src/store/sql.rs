@@ -65,9 +65,10 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 
 /// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`; `$extra` holds the methods the
 /// engine implements its own way, `$lock` the statement that serialises fleet writes of one subscription (its
-/// key is `$1`) where the engine needs it.
+/// key is `$1`) where the engine needs it, `$write` the statement that begins a transaction that writes (`None`:
+/// the engine's plain `BEGIN`).
 macro_rules! sql_store {
-    ($store:ty, $db:ty, fleet_lock = $lock:literal, { $($extra:tt)* }) => {
+    ($store:ty, $db:ty, fleet_lock = $lock:literal, write_begin = $write:expr, { $($extra:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             $($extra)*
@@ -151,7 +152,7 @@ macro_rules! sql_store {
                 c: &$crate::store::ClusterRecord,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let inserted = sqlx::query_scalar::<$db, i64>(
                     "INSERT INTO clusters (key, subscription_key, resource_group_key, subscription, resource_group, \
@@ -193,7 +194,7 @@ macro_rules! sql_store {
                 identity_changed: Option<&str>,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5, \
@@ -228,7 +229,7 @@ macro_rules! sql_store {
                 key: &str,
                 message: &str,
             ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 sqlx::query::<$db>("UPDATE clusters SET agent_encryption_key = $1 WHERE id = $2")
                     .bind(key)
                     .bind(cluster_id)
@@ -241,7 +242,11 @@ macro_rules! sql_store {
             }
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                // the fleet lock first, as every write that moves managed configurations takes it: a cluster PUT
+                // whose tags release configurations locks them in the other order, and the two deadlocked
+                let subscription_key = key.split('/').next().unwrap_or_default();
+                Self::lock_fleet(&mut tx, subscription_key).await?;
                 // the configurations first, while their cluster is there for the rollup and history triggers to
                 // read its scope (a cascade would run them after the cluster is gone)
                 sqlx::query::<$db>(
@@ -310,7 +315,7 @@ macro_rules! sql_store {
                 name: &str,
                 resource_key: &str,
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 let done = sqlx::query::<$db>("DELETE FROM flux_configurations WHERE cluster_id = $1 AND name = $2")
                     .bind(cluster_id)
                     .bind(name)
@@ -399,7 +404,7 @@ macro_rules! sql_store {
                 expected_etag: &str,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::Write> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &g.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE cluster_groups SET selector = $1, etag = $2, system_data = $3 \
@@ -487,7 +492,7 @@ macro_rules! sql_store {
                 expected_etag: Option<&str>,
                 managed: &$crate::store::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::store::AssignmentWrite> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                 let written = match expected_etag {
                     None => {
@@ -550,7 +555,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_policy_assignment(&self, key: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
                 let Some(a) = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
                     .bind(key)
@@ -579,7 +584,7 @@ macro_rules! sql_store {
                     .await?;
                 // one transaction each: the lock is held for one assignment at a time
                 for a in &assignments {
-                    let mut tx = $crate::store::begin(&self.pool, None).await?;
+                    let mut tx = $crate::store::begin(&self.pool, $write).await?;
                     Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                     let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
                     // it may have changed or gone since the list was read
@@ -600,7 +605,7 @@ macro_rules! sql_store {
                 a: &$crate::store::PolicyAssignmentRecord,
             ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
                 // the rule that writes managed configurations, read-only
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 let matched = Self::matched(&mut tx, a, None).await?;
                 tx.rollback().await?;
                 Ok(matched)
@@ -742,7 +747,7 @@ macro_rules! sql_store {
                 now: chrono::DateTime<chrono::Utc>,
                 messages: &$crate::store::ExpiryMessages,
             ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 // every stored secret is undelivered (acknowledged ones are deleted at once): all fail
                 let secrets = sqlx::query_as::<$db, (i64, i64, String, i64)>(
                     "UPDATE flux_configurations SET secrets_expire_at = NULL, generation_expires_at = NULL, \
@@ -788,7 +793,7 @@ macro_rules! sql_store {
                 secrets_version: Option<i64>,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
-                let mut tx = $crate::store::begin(&self.pool, None).await?;
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 if let Some(version) = secrets_version {
                     // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest
                     let acknowledged = sqlx::query::<$db>(

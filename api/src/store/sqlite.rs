@@ -19,6 +19,9 @@ use super::sql::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// How a transaction that writes begins.
+const WRITE: &str = "BEGIN IMMEDIATE";
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -49,9 +52,11 @@ impl SqliteStore {
     }
 }
 
-// SQLite lets one transaction write at a time and every fleet transaction writes first, so fleet writes are
-// serialised already: the lock statement does nothing.
-sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
+// SQLite lets one transaction write at a time, so fleet writes are serialised already: the lock statement does
+// nothing. A transaction that writes takes the write lock as it begins (`BEGIN IMMEDIATE`): one that read first
+// could not turn into a writer once another had written, and would fail at once with "database is locked"
+// instead of waiting its turn (the busy timeout does not apply to that case).
+sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", write_begin = Some(WRITE), {
     /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
     /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next
     /// sweep.
@@ -77,7 +82,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
         secrets: &crate::store::SecretsWrite,
         op: &crate::store::OperationRecord,
     ) -> crate::store::StoreResult<crate::store::Write> {
-        let mut tx = crate::store::begin(&self.pool, None).await?;
+        let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
         let insert = sqlx::query_scalar::<sqlx::Sqlite, i64>(
             "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
              provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
@@ -110,7 +115,7 @@ sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", {
         expected_etag: &str,
         op: &crate::store::OperationRecord,
     ) -> crate::store::StoreResult<crate::store::Write> {
-        let mut tx = crate::store::begin(&self.pool, None).await?;
+        let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
         let update = sqlx::query::<sqlx::Sqlite>(
             "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
              provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
@@ -210,7 +215,7 @@ pub(super) const UNHEARD: &str = "SELECT f.cluster_id, \
 dashboards_store!(SqliteStore, sqlx::Sqlite, begin = "BEGIN", unheard = UNHEARD, {
     /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
     async fn compact_rollups(&self) -> StoreResult<u64> {
-        let mut tx = crate::store::begin(&self.pool, None).await?;
+        let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
         let mut folded = 0;
         for sql in [
             "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
