@@ -804,3 +804,46 @@ async fn fleet_race_case(backend: Backend) {
         .await;
     }
 }
+
+// Found by the fuzzing run: an agent acknowledging its secrets deleted them before locking their configuration,
+// a PUT with new secrets locked the configuration before deleting the old ones, and PostgreSQL found a deadlock.
+on_both_backends!(secret_writes_racing_their_acknowledgement_never_deadlock, ack_race_case);
+async fn ack_race_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    let token = identity.token().unwrap().value;
+    let mut body = git_config_body();
+    body["properties"]["configurationProtectedSettings"] = json!({"httpsKey": "c2VjcmV0"});
+    assert_eq!(
+        api.put_config(&cluster, "cfg", body.clone()).await.status,
+        StatusCode::CREATED
+    );
+    for round in 0..100 {
+        let current = api.get(&path).await;
+        let generation = current.body["properties"]["observedGeneration"].as_i64().unwrap_or(1);
+        let report = json!({"configurations": [{
+            "name": "cfg", "generation": generation, "outcome": "Applied", "complianceState": "Compliant",
+            "statuses": [], "secretsVersion": round + 1
+        }]});
+        let ack = {
+            let request = api
+                .client
+                .post(api.url("/agent/v1/status"))
+                .bearer_auth(&token)
+                .json(&report);
+            tokio::spawn(async move { request.send().await.unwrap().status() })
+        };
+        let put = {
+            let request = api.client.put(api.url(&path)).bearer_auth(&api.token).json(&body);
+            tokio::spawn(async move { request.send().await.unwrap().status() })
+        };
+        let (ack, put) = (ack.await.unwrap(), put.await.unwrap());
+        assert!(
+            !ack.is_server_error() && !put.is_server_error(),
+            "round {round}: ack {ack}, put {put}"
+        );
+    }
+}

@@ -100,6 +100,7 @@ sql_store!(
     PgStore,
     sqlx::Postgres,
     fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1))",
+    row_lock = " FOR NO KEY UPDATE",
     write_begin = None,
     {
         // A configuration write is one statement: the row, its sealed secrets and its operation in data-modifying

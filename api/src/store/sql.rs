@@ -65,10 +65,18 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 
 /// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`; `$extra` holds the methods the
 /// engine implements its own way, `$lock` the statement that serialises fleet writes of one subscription (its
-/// key is `$1`) where the engine needs it, `$write` the statement that begins a transaction that writes (`None`:
-/// the engine's plain `BEGIN`).
+/// key is `$1`) where the engine needs it, `$row_lock` what ends a `SELECT` that locks the rows it reads for an
+/// update where the engine locks rows, `$write` the statement that begins a transaction that writes (`None`: the
+/// engine's plain `BEGIN`).
 macro_rules! sql_store {
-    ($store:ty, $db:ty, fleet_lock = $lock:literal, write_begin = $write:expr, { $($extra:tt)* }) => {
+    (
+        $store:ty,
+        $db:ty,
+        fleet_lock = $lock:literal,
+        row_lock = $row_lock:literal,
+        write_begin = $write:expr,
+        { $($extra:tt)* }
+    ) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             $($extra)*
@@ -795,17 +803,26 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 if let Some(version) = secrets_version {
-                    // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest
-                    let acknowledged = sqlx::query::<$db>(
-                        "DELETE FROM sealed_secrets WHERE version <= $3 AND configuration_id = \
-                         (SELECT id FROM flux_configurations WHERE cluster_id = $1 AND name = $2)",
-                    )
+                    // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest.
+                    // The configuration's row is locked first, as a configuration write locks it before its sealed
+                    // secrets: the other order deadlocked with a PUT on PostgreSQL.
+                    let holding: Option<i64> = sqlx::query_scalar::<$db, i64>(concat!(
+                        "SELECT id FROM flux_configurations WHERE cluster_id = $1 AND name = $2 AND EXISTS \
+                         (SELECT 1 FROM sealed_secrets s WHERE s.configuration_id = flux_configurations.id \
+                         AND s.version <= $3)",
+                        $row_lock
+                    ))
                     .bind(cluster_id)
                     .bind(name)
                     .bind(version)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                    if acknowledged.rows_affected() > 0 {
+                    if let Some(configuration_id) = holding {
+                        sqlx::query::<$db>("DELETE FROM sealed_secrets WHERE version <= $1 AND configuration_id = $2")
+                            .bind(version)
+                            .bind(configuration_id)
+                            .execute(&mut *tx)
+                            .await?;
                         sqlx::query::<$db>(
                             "UPDATE flux_configurations SET secrets_expire_at = NULL \
                              WHERE cluster_id = $1 AND name = $2 AND NOT EXISTS \

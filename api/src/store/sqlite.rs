@@ -56,89 +56,96 @@ impl SqliteStore {
 // nothing. A transaction that writes takes the write lock as it begins (`BEGIN IMMEDIATE`): one that read first
 // could not turn into a writer once another had written, and would fail at once with "database is locked"
 // instead of waiting its turn (the busy timeout does not apply to that case).
-sql_store!(SqliteStore, sqlx::Sqlite, fleet_lock = "SELECT $1", write_begin = Some(WRITE), {
-    /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
-    /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next
-    /// sweep.
-    async fn scrub(&self) -> StoreResult<()> {
-        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
-            .await?;
-        if busy != 0 {
-            tracing::debug!("the write-ahead log is in use; truncating it at the next sweep");
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    fleet_lock = "SELECT $1",
+    row_lock = "",
+    write_begin = Some(WRITE),
+    {
+        /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
+        /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next
+        /// sweep.
+        async fn scrub(&self) -> StoreResult<()> {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            if busy != 0 {
+                tracing::debug!("the write-ahead log is in use; truncating it at the next sweep");
+            }
+            Ok(())
         }
-        Ok(())
-    }
 
-    /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
-    async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
-        Ok(())
-    }
+        /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
+        async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
+            Ok(())
+        }
 
-    // SQLite has no data-modifying CTEs: a configuration write is a transaction of a statement per table.
-    async fn insert_configuration(
-        &self,
-        c: &crate::store::ConfigurationRecord,
-        secrets: &crate::store::SecretsWrite,
-        op: &crate::store::OperationRecord,
-    ) -> crate::store::StoreResult<crate::store::Write> {
-        let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
-        let insert = sqlx::query_scalar::<sqlx::Sqlite, i64>(
-            "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
+        // SQLite has no data-modifying CTEs: a configuration write is a transaction of a statement per table.
+        async fn insert_configuration(
+            &self,
+            c: &crate::store::ConfigurationRecord,
+            secrets: &crate::store::SecretsWrite,
+            op: &crate::store::OperationRecord,
+        ) -> crate::store::StoreResult<crate::store::Write> {
+            let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
+            let insert = sqlx::query_scalar::<sqlx::Sqlite, i64>(
+                "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
              provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
              generation_expires_at, failure) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (cluster_id, name) DO NOTHING RETURNING id",
-        )
-        .bind(c.cluster_id)
-        .bind(&c.name);
-        let inserted = bind_configuration!(insert, c).fetch_optional(&mut *tx).await;
-        let id = match inserted {
-            Err(err) if crate::store::sql::is_foreign_key_violation(&err) => {
-                return Ok(crate::store::Write::ParentMissing);
-            }
-            Err(err) => return Err(err.into()),
-            Ok(None) => return Ok(crate::store::Write::Conflict),
-            Ok(Some(id)) => id,
-        };
-        Self::write_secrets(&mut tx, id, secrets).await?;
-        // a configuration that did not exist has no running operation: deletes end theirs
-        Self::insert_operation(&mut tx, op).await?;
-        tx.commit().await?;
-        Ok(crate::store::Write::Written)
-    }
+            )
+            .bind(c.cluster_id)
+            .bind(&c.name);
+            let inserted = bind_configuration!(insert, c).fetch_optional(&mut *tx).await;
+            let id = match inserted {
+                Err(err) if crate::store::sql::is_foreign_key_violation(&err) => {
+                    return Ok(crate::store::Write::ParentMissing);
+                }
+                Err(err) => return Err(err.into()),
+                Ok(None) => return Ok(crate::store::Write::Conflict),
+                Ok(Some(id)) => id,
+            };
+            Self::write_secrets(&mut tx, id, secrets).await?;
+            // a configuration that did not exist has no running operation: deletes end theirs
+            Self::insert_operation(&mut tx, op).await?;
+            tx.commit().await?;
+            Ok(crate::store::Write::Written)
+        }
 
-    async fn update_configuration(
-        &self,
-        c: &crate::store::ConfigurationRecord,
-        secrets: &crate::store::SecretsWrite,
-        expected_etag: &str,
-        op: &crate::store::OperationRecord,
-    ) -> crate::store::StoreResult<crate::store::Write> {
-        let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
-        let update = sqlx::query::<sqlx::Sqlite>(
-            "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
+        async fn update_configuration(
+            &self,
+            c: &crate::store::ConfigurationRecord,
+            secrets: &crate::store::SecretsWrite,
+            expected_etag: &str,
+            op: &crate::store::OperationRecord,
+        ) -> crate::store::StoreResult<crate::store::Write> {
+            let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
+            let update = sqlx::query::<sqlx::Sqlite>(
+                "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
              provisioning_state = $5, compliance_state = $6, observed = $7, system_data = $8, \
              secrets_expire_at = $9, generation_expires_at = $10, failure = $11, \
              managed_generation = NULL, drifted_at = CASE WHEN managed_by IS NULL THEN NULL ELSE $14 END \
              WHERE id = $12 AND etag = $13",
-        );
-        let done = bind_configuration!(update, c)
-            .bind(c.id)
-            .bind(expected_etag)
-            // a write by hand to a configuration an assignment manages is drift: the assignment restores it
-            .bind(chrono::Utc::now())
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(crate::store::Write::Conflict);
+            );
+            let done = bind_configuration!(update, c)
+                .bind(c.id)
+                .bind(expected_etag)
+                // a write by hand to a configuration an assignment manages is drift: the assignment restores it
+                .bind(chrono::Utc::now())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Ok(crate::store::Write::Conflict);
+            }
+            Self::write_secrets(&mut tx, c.id, secrets).await?;
+            Self::start_operation(&mut tx, op).await?;
+            tx.commit().await?;
+            Ok(crate::store::Write::Written)
         }
-        Self::write_secrets(&mut tx, c.id, secrets).await?;
-        Self::start_operation(&mut tx, op).await?;
-        tx.commit().await?;
-        Ok(crate::store::Write::Written)
     }
-});
+);
 
 impl SqliteStore {
     /// Writes what a configuration write does to its sealed secrets.
