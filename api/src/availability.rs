@@ -9,14 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use crate::store::Store;
 
 /// How often the watcher tries the database while it is down, and how long one try may take.
@@ -91,7 +94,7 @@ impl DatabaseHealth {
 
 /// Runs for the life of the state: whenever the database is marked down, tries it at once (a pool that timed out
 /// under load alone clears within a connection's time), then every second until it answers.
-pub async fn watch(store: std::sync::Arc<dyn Store>, health: std::sync::Arc<DatabaseHealth>) {
+pub async fn watch(store: Arc<dyn Store>, health: Arc<DatabaseHealth>) {
     loop {
         health.went_down.notified().await;
         loop {
@@ -108,17 +111,90 @@ pub async fn watch(store: std::sync::Arc<dyn Store>, health: std::sync::Arc<Data
     }
 }
 
-/// Middleware of the routes that need the database: 503 at once while it is down; marks it down when a response
-/// says it met an unreachable database.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(why) = state.database.outage() {
-        return ApiError::DatabaseUnavailable(why).into_response();
+/// The layer of the routes that need the database: 503 at once while it is down; marks it down when a response
+/// says it met an unreachable database. A plain service rather than `from_fn` middleware, which would clone the
+/// routes below it and box their futures for every request, memory a waiting long-poll holds for its whole wait.
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    health: Arc<DatabaseHealth>,
+}
+
+/// Wraps routes in a `Guard` that follows `health`.
+#[derive(Clone)]
+pub struct GuardLayer(Arc<DatabaseHealth>);
+
+impl GuardLayer {
+    pub fn new(health: Arc<DatabaseHealth>) -> Self {
+        Self(health)
     }
-    let response = next.run(request).await;
-    if let Some(Unreachable(why)) = response.extensions().get::<Unreachable>() {
-        state.database.mark_down(why);
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            health: self.0.clone(),
+        }
     }
-    response
+}
+
+impl<S> tower::Service<Request> for Guard<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Guarded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.health.outage() {
+            Some(why) => Guarded::Refused {
+                response: Some(ApiError::DatabaseUnavailable(why).into_response()),
+            },
+            None => Guarded::Called {
+                future: self.inner.call(request),
+                health: self.health.clone(),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a guarded request.
+    #[project = GuardedProjection]
+    pub enum Guarded<F> {
+        Refused { response: Option<Response> },
+        Called { #[pin] future: F, health: Arc<DatabaseHealth> },
+    }
+}
+
+impl<F, E> Future for Guarded<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardedProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("a refused request is answered once")))
+            }
+            GuardedProjection::Called { future, health } => {
+                let response = std::task::ready!(future.poll(cx))?;
+                if let Some(Unreachable(why)) = response.extensions().get::<Unreachable>() {
+                    health.mark_down(why);
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

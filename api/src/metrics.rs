@@ -1,11 +1,14 @@
 //! Prometheus metrics, kept in a registry of the app's own (no global recorder) so that several servers in one
 //! process, as in the tests, count apart.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +18,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::clusters::model::ConnectivityStatus;
-use crate::state::AppState;
 use crate::store::FleetGauges;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,30 +175,101 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts each request and times it, labelled by the matched route (never the raw path, whose
-/// resource names would make the label set unbounded).
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method()).to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method: method.clone(),
-            route: route.clone(),
-            status: response.status().as_u16(),
-        })
-        .inc();
-    metrics
-        .latency
-        .get_or_create(&RouteLabels { method, route })
-        .observe(started.elapsed().as_secs_f64());
-    response
+/// The layer that counts each request and times it, labelled by the matched route (never the raw path, whose
+/// resource names would make the label set unbounded). A plain service rather than `from_fn` middleware, which
+/// would clone the routes below it and box their futures for every request, memory a waiting long-poll holds for
+/// its whole wait.
+#[derive(Clone)]
+pub struct TrackLayer(Arc<Metrics>);
+
+impl TrackLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self(metrics)
+    }
+}
+
+impl<S> tower::Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Service<Request> for Track<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Timed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let method = method_label(request.method());
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        Timed {
+            future: self.inner.call(request),
+            metrics: self.metrics.clone(),
+            method,
+            route: Some(route),
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a counted and timed request.
+    pub struct Timed<F> {
+        #[pin]
+        future: F,
+        metrics: Arc<Metrics>,
+        method: &'static str,
+        route: Option<String>,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for Timed<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.future.poll(cx))?;
+        let route = this.route.take().unwrap_or_default();
+        let method = (*this.method).to_owned();
+        this.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method: method.clone(),
+                route: route.clone(),
+                status: response.status().as_u16(),
+            })
+            .inc();
+        this.metrics
+            .latency
+            .get_or_create(&RouteLabels { method, route })
+            .observe(this.started.elapsed().as_secs_f64());
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// The method as a label: one of the methods the API serves, or `other`. The method is read before

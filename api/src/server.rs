@@ -9,13 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, Response, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use fluxplane_agent_protocol::agent::MAX_WAIT_SECONDS;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -30,13 +28,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{self, Authenticator};
-use crate::availability::{self, DatabaseHealth};
+use crate::availability::{self, DatabaseHealth, GuardLayer};
 use crate::config::ServeConfig;
 use crate::connections::{self, Admission, Connections, Tracked};
 use crate::dashboards::events::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{Metrics, TrackLayer};
 use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
@@ -131,14 +129,14 @@ pub fn app(state: AppState) -> Router {
             dashboards::history::record_writes,
         ))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .route_layer(middleware::from_fn_with_state(state.clone(), availability::guard));
+        .route_layer(GuardLayer::new(state.database.clone()));
     let (agent, _) = agents::routes::router().split_for_parts();
     let agent = agent
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             agents::auth::authenticate,
         ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), availability::guard));
+        .route_layer(GuardLayer::new(state.database.clone()));
     Router::new()
         .merge(arm)
         .merge(agent)
@@ -150,8 +148,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no resource or route matches this path".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(TrackLayer::new(state.metrics.clone()))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -192,20 +189,6 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Middleware: answers 408 to a request that takes longer than `--request-timeout`, reading its body included, so
-/// that a client sending slowly cannot hold a connection and its handler for ever. An agent's long-poll may wait
-/// its longest wait on top.
-async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> axum::response::Response {
-    let mut limit = state.config.request_timeout;
-    if request.uri().path() == agents::routes::DESIRED_STATE_PATH {
-        limit += Duration::from_secs(MAX_WAIT_SECONDS);
-    }
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::RequestTimeout(limit).into_response(),
-    }
-}
-
 /// Serves the app on `listener` until `shutdown` completes, then ends the long-polls and finishes the requests in
 /// flight.
 ///
@@ -224,6 +207,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout);
+    let request_timeout = state.config.request_timeout;
     // a built router is an `Arc`: each connection gets a clone, the route tables are built once
     let router = app(state);
     let graceful = GracefulShutdown::new();
@@ -265,7 +249,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone()));
+        let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone(), request_timeout));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             tokio::select! {
