@@ -120,24 +120,10 @@ pub struct Guard<S> {
     health: Arc<DatabaseHealth>,
 }
 
-/// Wraps routes in a `Guard` that follows `health`.
-#[derive(Clone)]
-pub struct GuardLayer(Arc<DatabaseHealth>);
-
-impl GuardLayer {
-    pub fn new(health: Arc<DatabaseHealth>) -> Self {
-        Self(health)
-    }
-}
-
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            health: self.0.clone(),
-        }
+impl<S> Guard<S> {
+    /// Guards `inner` by `health` (a layer of these: `tower::layer::layer_fn`).
+    pub fn new(inner: S, health: Arc<DatabaseHealth>) -> Self {
+        Self { inner, health }
     }
 }
 

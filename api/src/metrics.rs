@@ -175,34 +175,20 @@ impl Metrics {
     }
 }
 
-/// The layer that counts each request and times it, labelled by the matched route (never the raw path, whose
-/// resource names would make the label set unbounded). A plain service rather than `from_fn` middleware, which
-/// would clone the routes below it and box their futures for every request, memory a waiting long-poll holds for
-/// its whole wait.
-#[derive(Clone)]
-pub struct TrackLayer(Arc<Metrics>);
-
-impl TrackLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self(metrics)
-    }
-}
-
-impl<S> tower::Layer<S> for TrackLayer {
-    type Service = Track<S>;
-
-    fn layer(&self, inner: S) -> Track<S> {
-        Track {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
+/// Counts each request and times it, labelled by the matched route (never the raw path, whose resource names would
+/// make the label set unbounded). A plain service rather than `from_fn` middleware, which would clone the routes
+/// below it and box their futures for every request, memory a waiting long-poll holds for its whole wait.
 #[derive(Clone)]
 pub struct Track<S> {
     inner: S,
     metrics: Arc<Metrics>,
+}
+
+impl<S> Track<S> {
+    /// Counts what `inner` answers in `metrics` (a layer of these: `tower::layer::layer_fn`).
+    pub fn new(inner: S, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
 }
 
 impl<S> tower::Service<Request> for Track<S>

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::layer::layer_fn;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -28,13 +29,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{self, Authenticator};
-use crate::availability::{self, DatabaseHealth, GuardLayer};
+use crate::availability::{self, DatabaseHealth, Guard};
 use crate::config::ServeConfig;
 use crate::connections::{self, Admission, Connections, Tracked};
 use crate::dashboards::events::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, TrackLayer};
+use crate::metrics::{Metrics, Track};
 use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
@@ -129,14 +130,14 @@ pub fn app(state: AppState) -> Router {
             dashboards::history::record_writes,
         ))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .route_layer(GuardLayer::new(state.database.clone()));
+        .route_layer(guard(state.database.clone()));
     let (agent, _) = agents::routes::router().split_for_parts();
     let agent = agent
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             agents::auth::authenticate,
         ))
-        .route_layer(GuardLayer::new(state.database.clone()));
+        .route_layer(guard(state.database.clone()));
     Router::new()
         .merge(arm)
         .merge(agent)
@@ -148,7 +149,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no resource or route matches this path".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(TrackLayer::new(state.metrics.clone()))
+        .layer(layer_fn({
+            let metrics = state.metrics.clone();
+            move |inner| Track::new(inner, metrics.clone())
+        }))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -187,6 +191,11 @@ pub fn app(state: AppState) -> Router {
             header::COOKIE,
         ]))
         .with_state(state)
+}
+
+/// The layer of the routes that need the database (see `availability`).
+fn guard<S>(health: Arc<DatabaseHealth>) -> impl tower::Layer<S, Service = Guard<S>> + Clone {
+    layer_fn(move |inner| Guard::new(inner, health.clone()))
 }
 
 /// Serves the app on `listener` until `shutdown` completes, then ends the long-polls and finishes the requests in
