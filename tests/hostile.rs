@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 
 use common::agents::*;
 use common::*;
-use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
+use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent_protocol::agent::{
+    AGENT_AUDIENCE, AgentClaims, AgentInfo, ApplyOutcome, ConfigurationReport, ReportDisposition, StatusReport,
+};
+use fluxplane_agent_protocol::flux::ComplianceState;
 use fluxplane_api::auth::Role;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
@@ -160,22 +164,30 @@ async fn nul_case(backend: Backend) {
         api.put_config(&c2, "cfg", git_config_body()).await.status,
         StatusCode::CREATED
     );
-    let token = identity.token().unwrap().value;
-    let report = json!({
-        "agent": {"agentVersion": "0.1.0\u{0}"},
-        "configurations": [{"name": "cfg", "generation": 1, "outcome": "Failed", "complianceState": "Non-Compliant",
-                            "message": "kustomize: bad byte \u{0} in manifest", "statuses": []}]
-    });
-    let posted = api
-        .raw(
-            api.client
-                .post(api.url("/agent/v1/status"))
-                .bearer_auth(&token)
-                .json(&report),
-        )
-        .await;
-    assert_eq!(posted.status, StatusCode::OK, "{posted:?}");
-    assert_eq!(posted.body["results"][0]["result"], "Recorded", "{posted:?}");
+    // sent by the agent's own client, as a failing agent would send it
+    let report = StatusReport {
+        agent: AgentInfo {
+            agent_version: Some("0.1.0\u{0}".into()),
+            ..Default::default()
+        },
+        configurations: vec![ConfigurationReport {
+            name: "cfg".into(),
+            generation: 1,
+            outcome: ApplyOutcome::Failed,
+            compliance_state: ComplianceState::NonCompliant,
+            message: Some("kustomize: bad byte \u{0} in manifest".into()),
+            statuses: Vec::new(),
+            source_synced_commit_id: None,
+            source_updated_at: None,
+            secrets_version: None,
+        }],
+    };
+    let accepted = ControlPlane::new(identity)
+        .unwrap()
+        .report(&report)
+        .await
+        .expect("the report lands");
+    assert_eq!(accepted.results[0].result, ReportDisposition::Recorded, "{accepted:?}");
     let read = api.get(&with_version(&config_path(&c2, "cfg"), FLUX_API)).await;
     let message = read.body["properties"]["errorMessage"]
         .as_str()

@@ -55,13 +55,7 @@ async fn database_dump(api: &Api) -> String {
     let db = &api.server.database;
     match db.backend {
         Backend::Sqlite => {
-            let mut all = String::new();
-            for entry in std::fs::read_dir(db.dir.path()).unwrap() {
-                let path = entry.unwrap().path();
-                if path.file_name().unwrap().to_string_lossy().starts_with("fluxplane.db") {
-                    all.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
-                }
-            }
+            let all = sqlite_files(api);
             assert!(
                 all.contains("gitops") || all.contains("flux-system"),
                 "the dump reads the database"

@@ -18,6 +18,8 @@ use crate::flux::{ComplianceState, FluxConfigurationSpec, ObjectStatus};
 
 /// Path prefix of this version of the agent API.
 pub const PREFIX: &str = "/agent/v1";
+/// Where agents long-poll their desired state: the one request that lasts as long as the agent asks to wait.
+pub const DESIRED_STATE_PATH: &str = "/agent/v1/desired-state";
 /// The `aud` claim of agent tokens; user tokens never carry it.
 pub const AGENT_AUDIENCE: &str = "fluxplane-agent";
 /// Longest lifetime (`exp - iat`) the control plane accepts for an agent token.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use fluxplane_agent_protocol::agent::{DesiredState, EncryptionKeyRegistration, PREFIX, StatusAccepted, StatusReport};
+use fluxplane_agent_protocol::agent::{
+    DESIRED_STATE_PATH, DesiredState, EncryptionKeyRegistration, PREFIX, StatusAccepted, StatusReport,
+};
 use fluxplane_agent_protocol::sealing::EncryptionKey;
 use reqwest::StatusCode;
 
@@ -88,7 +90,7 @@ impl ControlPlane {
 
     /// The desired state once its revision is past `after` (at once without one), waiting up to `wait`.
     pub async fn desired_state(&self, after: Option<i64>, wait: Duration) -> Result<DesiredState, ClientError> {
-        let mut url = format!("{}{PREFIX}/desired-state?wait={}", self.identity.server, wait.as_secs());
+        let mut url = format!("{}{DESIRED_STATE_PATH}?wait={}", self.identity.server, wait.as_secs());
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }

@@ -17,13 +17,12 @@ use std::time::Duration;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{Request, Response};
 use axum::response::IntoResponse;
-use fluxplane_agent_protocol::agent::MAX_WAIT_SECONDS;
+use fluxplane_agent_protocol::agent::{DESIRED_STATE_PATH, MAX_WAIT_SECONDS};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::agents::routes::DESIRED_STATE_PATH;
 use crate::error::ApiError;
 
 /// Files kept free below the open-file limit for everything but client connections (the database pool, logs,
@@ -128,7 +127,8 @@ impl Connections {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.lock().open
     }
 

@@ -115,6 +115,12 @@ mod tests {
     }
 
     #[test]
+    fn the_long_poll_the_connections_time_is_served_where_the_protocol_says() {
+        let path = fluxplane_agent_protocol::agent::DESIRED_STATE_PATH;
+        assert!(document().paths.paths.contains_key(path), "{path}");
+    }
+
+    #[test]
     fn answers_validate_against_their_own_schemas() {
         let doc: serde_json::Value = serde_json::from_str(&document_json()).unwrap();
         let schemas = &doc["components"]["schemas"];

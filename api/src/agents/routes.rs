@@ -26,8 +26,6 @@ use crate::flux::model::{Observed, ProvisioningState};
 use crate::state::AppState;
 use crate::store::ReportWrite;
 
-/// Where agents long-poll: the one route whose requests last as long as the agent asks to wait.
-pub const DESIRED_STATE_PATH: &str = "/agent/v1/desired-state";
 /// How long a poll waits when the agent does not say.
 const DEFAULT_WAIT_SECONDS: u64 = 30;
 /// Most configuration reports one request may carry.

@@ -154,14 +154,13 @@ pub fn parse<T: DeserializeOwned + Serialize>(value: Value, prefix: &str) -> Res
         target: Some(target.clone()),
         details: vec![ErrorDetail::new("InvalidParameter", message).with_target(target)],
     };
-    let arrays = has_array(&value).then(|| value.clone());
-    let parsed: T = serde_path_to_error::deserialize(value).map_err(|err| {
+    let parsed: T = serde_path_to_error::deserialize(&value).map_err(|err| {
         let at = target(&err.path().to_string());
         invalid(at.clone(), format!("{}: {}", at, err.inner()))
     })?;
-    if let Some(sent) = arrays {
+    if has_array(&value) {
         let read = serde_json::to_value(&parsed).map_err(|err| ApiError::Internal(err.into()))?;
-        if let Some(path) = array_for_object(&sent, &read) {
+        if let Some(path) = array_for_object(&value, &read) {
             let at = target(&path);
             return Err(invalid(at.clone(), format!("{at}: expected an object, found an array")));
         }
