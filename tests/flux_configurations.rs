@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use fluxplane_agent::register::{Registration, register};
-use fluxplane_api::flux::model::ProvisioningState;
 use fluxplane_api::flux::secrets::SECRET_FIELDS;
+use fluxplane_api::lifecycle::ProvisioningState;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
 use reqwest::{Method, StatusCode};

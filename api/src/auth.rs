@@ -20,6 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::arm::ids::{ResourceGroupName, SubscriptionId};
+use crate::arm::scope::{ClusterSet, FleetScope};
 use crate::config::{JwtAlgorithm, ServeConfig};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -321,6 +322,32 @@ pub async fn authenticate(
     tracing::Span::current().record("caller", caller.subject.as_str());
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
+}
+
+/// The scopes a list at `scope` reads for the caller, in key order: the scope itself, or, at a subscription the
+/// caller may read only parts of, the resource groups it may read (as ARM lists them).
+pub fn readable_scopes(caller: &Caller, scope: &FleetScope) -> Result<Vec<ClusterSet>, ApiError> {
+    let whole = caller.require(Role::Reader, &scope.id());
+    if whole.is_ok() {
+        return Ok(vec![scope.clusters()]);
+    }
+    let subscription_key = scope.subscription.key();
+    let mut groups = match scope.resource_group {
+        None => caller.resource_groups_with(Role::Reader, scope.subscription.as_str()),
+        Some(_) => Vec::new(),
+    };
+    if groups.is_empty() {
+        return Err(whole.expect_err("checked above"));
+    }
+    // a group's keys all start with "{subscription}/{group}/": read in that order, pages continue across groups
+    groups.sort_by_cached_key(|group| format!("{subscription_key}/{group}/"));
+    Ok(groups
+        .into_iter()
+        .map(|resource_group_key| ClusterSet::ResourceGroup {
+            subscription_key: subscription_key.clone(),
+            resource_group_key,
+        })
+        .collect())
 }
 
 #[cfg(test)]

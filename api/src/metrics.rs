@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::clusters::model::ConnectivityStatus;
-use crate::store::FleetGauges;
+use crate::lifecycle::ConnectivityStatus;
+use crate::model::FleetGauges;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

@@ -35,6 +35,7 @@ use crate::connections::{self, Admission, Connections, Tracked};
 use crate::dashboards::events::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
+use crate::lifecycle::Lifetimes;
 use crate::metrics::{Metrics, Track};
 use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
@@ -69,7 +70,8 @@ impl AppState {
     pub fn new(config: ServeConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let auth = Authenticator::from_config(&config).context("loading the user token key")?;
         let notifier = Arc::new(Notifier::default());
-        let messages = Arc::new(sweep::messages(&config));
+        let lifetimes = Lifetimes::of(&config);
+        let messages = Arc::new(lifetimes.messages());
         let follower = tokio::spawn({
             let (store, notifier) = (store.clone(), notifier.clone());
             async move {
@@ -82,7 +84,7 @@ impl AppState {
             store.clone(),
             messages.as_ref().clone(),
             config.sweep_interval,
-            config.pending_ttl,
+            lifetimes,
         ));
         let maintainer = tokio::spawn(dashboards::maintain(
             store.clone(),
@@ -106,6 +108,7 @@ impl AppState {
             feed,
             writes,
             turns: Arc::default(),
+            lifetimes,
             database,
             _tasks: Arc::new([
                 TaskGuard(follower.abort_handle()),

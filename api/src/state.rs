@@ -2,15 +2,23 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
+
 use crate::agents::auth::VerifiedTokens;
 use crate::auth::Authenticator;
 use crate::availability::DatabaseHealth;
+use crate::clusters::service::Clusters;
 use crate::config::ServeConfig;
 use crate::dashboards::events::Feed;
 use crate::dashboards::write_log::WriteLog;
+use crate::fleet::assignments::service::Assignments;
+use crate::fleet::groups_service::Groups;
+use crate::flux::service::Configurations;
+use crate::lifecycle::Lifetimes;
 use crate::metrics::Metrics;
+use crate::model::ExpiryMessages;
 use crate::notify::Notifier;
-use crate::store::{ExpiryMessages, Store};
+use crate::store::Store;
 use crate::turns::Turns;
 
 #[derive(Clone)]
@@ -29,11 +37,47 @@ pub struct AppState {
     pub writes: WriteLog,
     /// Writers of one resource take turns.
     pub turns: Arc<Turns>,
+    /// How long what writes create lives unless acted upon.
+    pub lifetimes: Lifetimes,
     /// Whether the database was last seen reachable.
     pub database: Arc<DatabaseHealth>,
     /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,
     /// appending to the write history, watching an unreachable database) when the last clone of the state goes.
     pub(crate) _tasks: Arc<[TaskGuard; 6]>,
+}
+
+impl FromRef<AppState> for Clusters {
+    fn from_ref(state: &AppState) -> Self {
+        Clusters::new(
+            state.store.clone(),
+            state.turns.clone(),
+            state.lifetimes,
+            state.messages.clone(),
+        )
+    }
+}
+
+impl FromRef<AppState> for Configurations {
+    fn from_ref(state: &AppState) -> Self {
+        Configurations::new(state.store.clone(), state.turns.clone(), state.lifetimes)
+    }
+}
+
+impl FromRef<AppState> for Groups {
+    fn from_ref(state: &AppState) -> Self {
+        Groups::new(state.store.clone(), state.turns.clone(), state.lifetimes)
+    }
+}
+
+impl FromRef<AppState> for Assignments {
+    fn from_ref(state: &AppState) -> Self {
+        Assignments::new(
+            state.store.clone(),
+            state.turns.clone(),
+            state.lifetimes,
+            state.metrics.clone(),
+        )
+    }
 }
 
 /// Aborts a background task when dropped.

@@ -8,32 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::config::ServeConfig;
-use crate::store::{ExpiryMessages, ManagedWrite, Store};
+use crate::lifecycle::Lifetimes;
+use crate::model::ExpiryMessages;
+use crate::store::Store;
 
-/// What a configuration failed by expiry tells its user.
-pub fn messages(config: &ServeConfig) -> ExpiryMessages {
-    let secret_ttl = humantime::format_duration(config.secret_ttl);
-    let pending_ttl = humantime::format_duration(config.pending_ttl);
-    ExpiryMessages {
-        secrets: format!(
-            "The protected settings expired before the cluster's agent received them (secrets are kept at most \
-             {secret_ttl}). Apply the protected settings again (PUT the configuration with them)."
-        ),
-        rotated: "The cluster's agent was registered again (its keys changed) before it received the protected \
-                  settings sealed to its old key, which cannot be opened any more. Apply the protected settings \
-                  again (PUT the configuration with them)."
-            .to_owned(),
-        pending: format!(
-            "The cluster's agent did not pick up this change within {pending_ttl}: the cluster is disconnected or \
-             its agent is failing. Apply the configuration again once the cluster is connected."
-        ),
-    }
-}
-
-/// Sweeps every `interval` until dropped; generations it writes for policy assignments expire after
-/// `pending_ttl` unless picked up.
-pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Duration, pending_ttl: Duration) {
+/// Sweeps every `interval` until dropped; generations it writes for policy assignments live as `lifetimes` say.
+pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Duration, lifetimes: Lifetimes) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -52,10 +32,7 @@ pub async fn run(store: Arc<dyn Store>, messages: ExpiryMessages, interval: Dura
             }
             Err(err) => tracing::warn!(error = %err, "sweeping expired secrets and changes failed; will retry"),
         }
-        let managed = ManagedWrite {
-            generation_expires_at: chrono::Duration::from_std(pending_ttl).ok().map(|ttl| Utc::now() + ttl),
-        };
-        if let Err(err) = store.reconcile_assignments(&managed).await {
+        if let Err(err) = store.reconcile_assignments(&lifetimes.managed_write(Utc::now())).await {
             tracing::warn!(error = %err, "reconciling policy assignments failed; will retry");
         }
         if let Err(err) = store.scrub().await {

@@ -21,10 +21,11 @@ use super::auth::AgentCaller;
 use crate::arm::body::SanitizedJsonBody;
 use crate::arm::body::parse;
 use crate::arm::{ArmQuery, JsonBody};
-use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
-use crate::flux::model::{Observed, ProvisioningState};
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::flux::model::Observed;
+use crate::lifecycle::{self, ProvisioningState};
+use crate::model::ReportWrite;
 use crate::state::AppState;
-use crate::store::ReportWrite;
 
 /// How long a poll waits when the agent does not say.
 const DEFAULT_WAIT_SECONDS: u64 = 30;
@@ -241,21 +242,11 @@ async fn register_encryption_key(
 
 /// What a report does to its configuration.
 fn report_write(entry: &ConfigurationReport, now: DateTime<Utc>, index: usize) -> ApiResult<ReportWrite> {
-    let (provisioning_state, operation_status, operation_error) = match entry.outcome {
-        ApplyOutcome::Removed => return Ok(ReportWrite::Removed),
-        ApplyOutcome::Applied => (ProvisioningState::Succeeded, "Succeeded", None),
-        ApplyOutcome::Failed => {
-            let message = entry
-                .message
-                .clone()
-                .unwrap_or_else(|| "the agent could not apply the configuration".into());
-            (
-                ProvisioningState::Failed,
-                "Failed",
-                Some(ErrorDetail::new("FluxConfigurationFailed", message)),
-            )
-        }
-    };
+    if entry.outcome == ApplyOutcome::Removed {
+        return Ok(ReportWrite::Removed);
+    }
+    let (provisioning_state, operation_status, operation_error) =
+        lifecycle::reported(entry.outcome, entry.message.as_deref());
     let source_updated_at = match &entry.source_updated_at {
         None => None,
         Some(text) => Some(

@@ -78,6 +78,22 @@ impl Preconditions {
         Ok(())
     }
 
+    /// The preconditions the `If-Match` and `If-None-Match` headers state.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        Ok(Self {
+            if_match: Condition::parse(headers, "if-match")?,
+            if_none_match: Condition::parse(headers, "if-none-match")?,
+        })
+    }
+
+    /// A write allowed only over the version `etag` (as services are called in tests).
+    pub fn if_match(etag: &str) -> Self {
+        Self {
+            if_match: Some(Condition::OneOf(vec![etag.to_owned()])),
+            if_none_match: None,
+        }
+    }
+
     pub fn lost_race() -> ApiError {
         ApiError::PreconditionFailed("the resource changed while this request was applied; read it again".into())
     }
@@ -87,10 +103,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self {
-            if_match: Condition::parse(&parts.headers, "if-match")?,
-            if_none_match: Condition::parse(&parts.headers, "if-none-match")?,
-        })
+        Self::from_headers(&parts.headers)
     }
 }
 
@@ -113,10 +126,7 @@ mod tests {
         if let Some(v) = if_none_match {
             headers.insert("if-none-match", v.parse().unwrap());
         }
-        Preconditions {
-            if_match: Condition::parse(&headers, "if-match").unwrap(),
-            if_none_match: Condition::parse(&headers, "if-none-match").unwrap(),
-        }
+        Preconditions::from_headers(&headers).unwrap()
     }
 
     #[test]

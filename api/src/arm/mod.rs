@@ -7,8 +7,11 @@ pub mod conditional;
 pub mod filter;
 pub mod ids;
 pub mod paging;
+pub mod params;
 pub mod path;
+pub mod scope;
 pub mod system_data;
+pub mod write;
 
 pub use api_version::ApiVersion;
 pub use body::JsonBody;

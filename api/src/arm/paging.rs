@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::arm::scope::ClusterSet;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -159,6 +160,34 @@ impl FromRequestParts<AppState> for BaseUrl {
             .unwrap_or("http");
         Ok(Self(format!("{scheme}://{host}")))
     }
+}
+
+/// Up to `page.limit + 1` items of `scopes` in key order, after `page.after`: `fetch` reads one scope.
+pub async fn list_scopes<T, E, F, Fut>(
+    scopes: Vec<ClusterSet>,
+    page: &PageRequest,
+    fetch: F,
+) -> Result<Vec<T>, ApiError>
+where
+    F: Fn(ClusterSet, PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, E>>,
+    ApiError: From<E>,
+{
+    let wanted = page.limit as usize + 1;
+    let mut items = Vec::with_capacity(wanted);
+    for scope in scopes {
+        let rest = PageRequest {
+            after: page.after.clone(),
+            // each read answers up to limit + 1
+            limit: (wanted - items.len() - 1) as u32,
+        };
+        items.extend(fetch(scope, rest).await?);
+        if items.len() >= wanted {
+            break;
+        }
+    }
+    items.truncate(wanted);
+    Ok(items)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::arm::system_data::SystemData;
 use crate::error::{ApiError, Problems};
+use crate::lifecycle::ConnectivityStatus;
 
 /// ARM's limits on tags.
 pub const MAX_TAGS: usize = 50;
@@ -167,26 +168,6 @@ pub struct ConnectedCluster {
     pub kind: Option<ClusterKind>,
     pub system_data: SystemData,
     pub properties: ConnectedClusterProperties,
-}
-
-/// Connectivity of a cluster's agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub enum ConnectivityStatus {
-    Connecting,
-    Connected,
-    Offline,
-    Expired,
-}
-
-impl ConnectivityStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectivityStatus::Connecting => "Connecting",
-            ConnectivityStatus::Connected => "Connected",
-            ConnectivityStatus::Offline => "Offline",
-            ConnectivityStatus::Expired => "Expired",
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,40 +1,33 @@
 //! HTTP handlers of `Microsoft.Kubernetes/connectedClusters`.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{
-    ClusterPatch, ClusterProperties, ClusterRequest, ClusterSpec, ConnectedCluster, ConnectedClusterProperties,
-    ConnectivityStatus, READ_ONLY_FIELDS, READ_ONLY_IDENTITY, READ_ONLY_PROPERTIES, validate,
+    ClusterPatch, ClusterRequest, ClusterSpec, ConnectedCluster, ConnectedClusterProperties, READ_ONLY_FIELDS,
+    READ_ONLY_IDENTITY, READ_ONLY_PROPERTIES,
 };
-use crate::arm::api_version::{Clusters, Fleet};
+use super::service::{ClusterChanges, ClusterDraft, Clusters, TYPE, not_found};
+use crate::arm::api_version::{Clusters as ClustersVersion, Fleet};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
 use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
-use crate::arm::system_data::SystemData;
+use crate::arm::params::FleetApiVersionParam;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::fleet::groups::FleetApiVersionParam;
-use crate::fleet::managed_write;
+use crate::lifecycle::connectivity;
+use crate::model::ClusterRecord;
 use crate::state::AppState;
-use crate::store::{self, ClusterRecord, Write};
-
-const TYPE: &str = "Microsoft.Kubernetes/connectedClusters";
-/// How often an unconditional write re-reads and retries after losing a race before giving up.
-pub(crate) const WRITE_ATTEMPTS: usize = 8;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -84,25 +77,6 @@ pub struct ApiVersionParam {
     api_version: String,
 }
 
-/// A connected cluster whose agent has been silent for `offline_after` is Offline: derived when read, so that no
-/// sweeper has to run for it.
-pub(crate) fn connectivity(
-    status: &str,
-    last_connectivity_time: Option<DateTime<Utc>>,
-    offline_after: std::time::Duration,
-) -> String {
-    if status == ConnectivityStatus::Connected.as_str() && !agent_online(last_connectivity_time, offline_after) {
-        ConnectivityStatus::Offline.as_str().to_owned()
-    } else {
-        status.to_owned()
-    }
-}
-
-/// Whether the cluster's agent has been heard from within `offline_after`.
-pub(crate) fn agent_online(last: Option<DateTime<Utc>>, offline_after: std::time::Duration) -> bool {
-    last.is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last <= limit))
-}
-
 pub(crate) fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {
     let connectivity_status = connectivity(
         &record.connectivity_status,
@@ -138,18 +112,6 @@ fn respond(state: &AppState, status: StatusCode, record: ClusterRecord) -> Respo
     (status, headers, Json(render(record, state.config.offline_after))).into_response()
 }
 
-fn not_found(cluster: &ClusterRef) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Resource '{TYPE}/{}' under resource group '{}' was not found.",
-        cluster.name.as_str(),
-        cluster.resource_group.as_str()
-    ))
-}
-
-pub(crate) fn new_etag() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 /// Registers a cluster or replaces its location-independent fields.
 #[utoipa::path(
     put,
@@ -167,8 +129,9 @@ pub(crate) fn new_etag() -> String {
 )]
 async fn put_cluster(
     State(state): State<AppState>,
+    State(clusters): State<Clusters>,
     caller: Caller,
-    _version: ApiVersion<Clusters>,
+    _version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
     preconditions: Preconditions,
     JsonBody(mut body): JsonBody,
@@ -179,106 +142,15 @@ async fn put_cluster(
     strip_read_only(&mut body["properties"], READ_ONLY_PROPERTIES);
     strip_read_only(&mut body["identity"], READ_ONLY_IDENTITY);
     let request: ClusterRequest = parse(body, "")?;
-    let tags = request.tags.unwrap_or_default();
-    validate(&request.location, &tags, &request.properties)?;
     let spec = ClusterSpec {
         identity: request.identity,
         kind: request.kind,
         properties: request.properties,
     };
-    let key = cluster.key();
-    let _turn = state.turns.take(&format!("cluster {key}")).await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = state.store.get_cluster(&key).await?;
-        preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
-        let now = Utc::now();
-        let (record, outcome) = match current {
-            None => {
-                let record = ClusterRecord {
-                    id: 0,
-                    key: key.clone(),
-                    subscription_key: cluster.subscription.key(),
-                    resource_group_key: cluster.resource_group.key(),
-                    subscription: cluster.subscription.as_str().to_owned(),
-                    resource_group: cluster.resource_group.as_str().to_owned(),
-                    name: cluster.name.as_str().to_owned(),
-                    location: request.location.clone(),
-                    tags: tags.clone(),
-                    spec: spec.clone(),
-                    connectivity_status: ConnectivityStatus::Connecting.as_str().to_owned(),
-                    last_connectivity_time: None,
-                    agent_version: None,
-                    kubernetes_version: None,
-                    total_node_count: None,
-                    etag: new_etag(),
-                    system_data: SystemData::created(&caller.subject, now),
-                    revision: 0,
-                    agent_encryption_key: None,
-                };
-                let outcome = state.store.insert_cluster(&record, &managed_write(&state)).await?;
-                ((record, StatusCode::CREATED), outcome)
-            }
-            Some(current) => {
-                if !same_location(&current.location, &request.location) {
-                    return Err(ApiError::invalid(
-                        "location",
-                        format!(
-                            "the cluster is registered in '{}'; its location cannot change to '{}'",
-                            current.location, request.location
-                        ),
-                    ));
-                }
-                let expected = current.etag.clone();
-                let identity_changed = identity_changed(&state, &current.spec.properties, &spec.properties);
-                let record = ClusterRecord {
-                    tags: tags.clone(),
-                    spec: spec.clone(),
-                    etag: new_etag(),
-                    system_data: current.system_data.modified(&caller.subject, now),
-                    ..current
-                };
-                let outcome = state
-                    .store
-                    .update_cluster(&record, &expected, identity_changed, &managed_write(&state))
-                    .await?;
-                ((record, StatusCode::OK), outcome)
-            }
-        };
-        match outcome {
-            Write::Written => {
-                let (record, status) = record;
-                // policy assignments may have given or taken configurations with the new tags
-                state.notifier.notify(&key);
-                tracing::info!(cluster = %cluster.id(), created = status == StatusCode::CREATED, "cluster written");
-                return Ok(respond(&state, status, record));
-            }
-            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Write::Conflict | Write::ParentMissing => continue,
-        }
-    }
-    Err(contention())
-}
-
-/// When a write replaces the agent's key, the message that configurations with secrets sealed to the old agent
-/// fail with: a new key means a new agent, which registers a new encryption key.
-fn identity_changed<'a>(state: &'a AppState, old: &ClusterProperties, new: &ClusterProperties) -> Option<&'a str> {
-    (old.agent_public_key_certificate.trim() != new.agent_public_key_certificate.trim())
-        .then_some(state.messages.rotated.as_str())
-}
-
-pub(crate) fn contention() -> ApiError {
-    ApiError::Conflict("the resource is being changed by other requests; retry".into())
-}
-
-/// ARM treats "West Europe" and "westeurope" as one location.
-fn same_location(a: &str, b: &str) -> bool {
-    let normal = |s: &str| {
-        s.chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_lowercase()
-    };
-    normal(a) == normal(b)
+    let draft = ClusterDraft::new(request.location, request.tags.unwrap_or_default(), spec)?;
+    let (record, created) = clusters.put(&caller.subject, &cluster, &draft, &preconditions).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(respond(&state, status, record))
 }
 
 /// Updates a cluster's tags (replaced as a whole) and patchable properties (merged).
@@ -297,8 +169,9 @@ fn same_location(a: &str, b: &str) -> bool {
 )]
 async fn patch_cluster(
     State(state): State<AppState>,
+    State(clusters): State<Clusters>,
     caller: Caller,
-    _version: ApiVersion<Clusters>,
+    _version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
     preconditions: Preconditions,
     JsonBody(body): JsonBody,
@@ -306,49 +179,14 @@ async fn patch_cluster(
     let cluster = path.cluster()?;
     caller.require(Role::Contributor, &cluster.id())?;
     let patch: ClusterPatch = parse(body.clone(), "")?;
-    let key = cluster.key();
-    let _turn = state.turns.take(&format!("cluster {key}")).await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = state
-            .store
-            .get_cluster(&key)
-            .await?
-            .ok_or_else(|| not_found(&cluster))?;
-        preconditions.check(Some(&current.etag))?;
-        let mut properties = serde_json::to_value(&current.spec.properties).map_err(anyhow::Error::from)?;
-        if let Some(changes) = body.get("properties") {
-            json_patch::merge(&mut properties, changes);
-        }
-        let properties: ClusterProperties = parse(properties, "properties")?;
-        let tags: BTreeMap<String, String> = patch.tags.clone().unwrap_or_else(|| current.tags.clone());
-        validate(&current.location, &tags, &properties)?;
-        let expected = current.etag.clone();
-        let identity_changed = identity_changed(&state, &current.spec.properties, &properties);
-        let record = ClusterRecord {
-            tags,
-            spec: ClusterSpec {
-                properties,
-                ..current.spec.clone()
-            },
-            etag: new_etag(),
-            system_data: current.system_data.modified(&caller.subject, Utc::now()),
-            ..current
-        };
-        match state
-            .store
-            .update_cluster(&record, &expected, identity_changed, &managed_write(&state))
-            .await?
-        {
-            Write::Written => {
-                // policy assignments may have given or taken configurations with the new tags
-                state.notifier.notify(&key);
-                return Ok(respond(&state, StatusCode::OK, record));
-            }
-            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Write::Conflict | Write::ParentMissing => continue,
-        }
-    }
-    Err(contention())
+    let changes = ClusterChanges {
+        properties: body.get("properties").cloned(),
+        tags: patch.tags,
+    };
+    let record = clusters
+        .patch(&caller.subject, &cluster, &changes, &preconditions)
+        .await?;
+    Ok(respond(&state, StatusCode::OK, record))
 }
 
 /// The cluster the path names, if the caller may read it.
@@ -379,7 +217,7 @@ async fn readable(state: &AppState, caller: &Caller, path: &ClusterNamePath) -> 
 async fn get_cluster(
     State(state): State<AppState>,
     caller: Caller,
-    _version: ApiVersion<Clusters>,
+    _version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
 ) -> ApiResult<Response> {
     let (_, record) = readable(&state, &caller, &path).await?;
@@ -401,20 +239,18 @@ async fn get_cluster(
     security(("bearer" = []))
 )]
 async fn delete_cluster(
-    State(state): State<AppState>,
+    State(clusters): State<Clusters>,
     caller: Caller,
-    _version: ApiVersion<Clusters>,
+    _version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
 ) -> ApiResult<StatusCode> {
     let cluster = path.cluster()?;
     caller.require(Role::Contributor, &cluster.id())?;
-    if state.store.delete_cluster(&cluster.key()).await? {
-        state.notifier.notify(&cluster.key());
-        tracing::info!(cluster = %cluster.id(), "cluster deleted with its configurations");
-        Ok(StatusCode::OK)
+    Ok(if clusters.delete(&cluster).await? {
+        StatusCode::OK
     } else {
-        Ok(StatusCode::NO_CONTENT)
-    }
+        StatusCode::NO_CONTENT
+    })
 }
 
 /// Lists the clusters of a resource group.
@@ -433,7 +269,7 @@ async fn delete_cluster(
 async fn list_by_resource_group(
     State(state): State<AppState>,
     caller: Caller,
-    version: ApiVersion<Clusters>,
+    version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ResourceGroupPath>,
     ArmQuery(params): ArmQuery<ListParams>,
     ArmQuery(filter): ArmQuery<FilterParam>,
@@ -447,7 +283,7 @@ async fn list_by_resource_group(
         resource_group.as_str()
     );
     caller.require(Role::Reader, &scope_path)?;
-    let scope = store::ClusterScope::ResourceGroup {
+    let scope = crate::arm::scope::ClusterSet::ResourceGroup {
         subscription_key: subscription.key(),
         resource_group_key: resource_group.key(),
     };
@@ -478,7 +314,7 @@ async fn list_by_resource_group(
 async fn list_by_subscription(
     State(state): State<AppState>,
     caller: Caller,
-    version: ApiVersion<Clusters>,
+    version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<SubscriptionPath>,
     ArmQuery(params): ArmQuery<ListParams>,
     ArmQuery(filter): ArmQuery<FilterParam>,
@@ -495,7 +331,7 @@ async fn list_by_subscription(
         path: &list_path,
     };
     if caller.require(Role::Reader, &scope_path).is_ok() {
-        let scope = store::ClusterScope::Subscription {
+        let scope = crate::arm::scope::ClusterSet::Subscription {
             subscription_key: subscription.key(),
         };
         return listing.answer(&state, &Source::Scope(scope)).await;
@@ -523,7 +359,7 @@ async fn list_resource_groups(
     let wanted = page.limit as usize + 1;
     let mut records = Vec::with_capacity(wanted);
     for group in groups {
-        let scope = store::ClusterScope::ResourceGroup {
+        let scope = crate::arm::scope::ClusterSet::ResourceGroup {
             subscription_key: subscription_key.to_owned(),
             resource_group_key: group,
         };
@@ -543,7 +379,7 @@ async fn list_resource_groups(
 
 /// Where a cluster list reads from: one scope, or the resource groups of a subscription the caller may read.
 enum Source {
-    Scope(store::ClusterScope),
+    Scope(crate::arm::scope::ClusterSet),
     ResourceGroups(String, Vec<String>),
 }
 
@@ -653,7 +489,7 @@ async fn cluster_history(
 ) -> ApiResult<Json<Page<HistoryEntry>>> {
     let (cluster, record) = readable(&state, &caller, &path).await?;
     let id = cluster.id();
-    let subject = store::HistorySubject::Cluster { cluster_id: record.id };
+    let subject = crate::model::HistorySubject::Cluster { cluster_id: record.id };
     let path = format!("{id}/history");
     history::page(&state, subject, &id, true, &query, &base, &path)
         .await

@@ -24,12 +24,15 @@ use super::history::StatusEntry;
 use crate::arm::ApiVersion;
 use crate::arm::ArmPath;
 use crate::arm::api_version::Fleet;
+use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::arm::scope::ClusterSet;
+use crate::arm::scope::FleetScope;
 use crate::auth::Caller;
+use crate::auth::readable_scopes;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
-use crate::fleet::{FleetScope, readable_scopes};
+use crate::model::StatusRecord;
 use crate::state::AppState;
-use crate::store::{ClusterScope, StatusRecord, Store};
+use crate::store::Store;
 
 /// How often the tail looks for new transitions.
 const POLL: Duration = Duration::from_millis(200);
@@ -155,7 +158,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Whether a transition is in one of the scopes.
-fn within(scopes: &[ClusterScope], row: &StatusRecord) -> bool {
+fn within(scopes: &[ClusterSet], row: &StatusRecord) -> bool {
     scopes.iter().any(|scope| {
         let (subscription, group) = scope.keys();
         row.subscription_key == subscription && (group.is_empty() || row.resource_group_key == group)

@@ -13,8 +13,8 @@ use crate::arm::ids::ClusterRef;
 use crate::arm::paging::{BaseUrl, Page, decode_token, encode_token};
 use crate::auth::Caller;
 use crate::error::{ApiResult, Problems};
+use crate::model::{HistoryQuery, HistorySubject, StatusRecord, WriteRecord};
 use crate::state::AppState;
-use crate::store::{HistoryQuery, HistorySubject, StatusRecord, WriteRecord};
 
 /// How far back a history answers by default.
 const DEFAULT_SPAN: chrono::Duration = chrono::Duration::hours(24);
@@ -98,7 +98,7 @@ impl StatusEntry {
             resource_id: cluster.configuration_id(&record.name),
             cluster_id: cluster.id(),
             configuration_name: record.name,
-            event: record.event,
+            event: record.event.as_str().to_owned(),
             generation: record.generation,
             reported_generation: record.reported_generation,
             compliance_state: record.compliance_state,

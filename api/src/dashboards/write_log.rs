@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Store, WriteRecord};
+use crate::model::WriteRecord;
+use crate::store::Store;
 
 /// Rows appended in one statement at most (a burst larger than that is appended in several).
 const BATCH: usize = 256;
@@ -66,8 +67,8 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
+    use crate::model::{HistoryQuery, HistorySubject};
     use crate::on_both_backends;
-    use crate::store::{HistoryQuery, HistorySubject};
     use crate::testing::{Backend, with_database};
 
     fn write(i: usize) -> WriteRecord {

@@ -13,18 +13,20 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use super::summary::{cluster_group, compliance_state, policy_assignment, tag_selector};
-use super::{FleetScope, list_scopes, readable_scopes};
 use crate::arm::api_version::Fleet;
 use crate::arm::ids::ClusterRef;
+use crate::arm::paging::list_scopes;
 use crate::arm::paging::{BaseUrl, ListParams, MAX_PAGE_SIZE, Page, PageRequest, encode_token};
+use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::arm::scope::FleetScope;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery};
 use crate::auth::Caller;
-use crate::clusters::routes::{agent_online, connectivity};
+use crate::auth::readable_scopes;
 use crate::error::{ApiResult, ErrorResponse, Problems};
+use crate::lifecycle::{agent_online, connectivity};
+use crate::model::{ClusterRecord, ConfigurationState};
 use crate::state::AppState;
-use crate::store::{ClusterRecord, ConfigurationState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -282,7 +284,7 @@ async fn grid(
 /// The configurations' states of `clusters` (in key order), by cluster id: one range read per scope.
 async fn configuration_states(
     state: &AppState,
-    scopes: &[crate::store::ClusterScope],
+    scopes: &[crate::arm::scope::ClusterSet],
     clusters: &[ClusterRecord],
 ) -> ApiResult<HashMap<i64, Vec<ConfigurationState>>> {
     let mut by_cluster: HashMap<i64, Vec<ConfigurationState>> = HashMap::new();

@@ -6,30 +6,32 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::groups_service::{Groups, TYPE_NAME};
 use super::selector::LabelSelector;
-use super::{FleetScope, list_scopes, managed_write, parse_name, readable_scopes, wake};
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::paging::list_scopes;
 use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
+use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::arm::scope::{FleetScope, parse_name};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::auth::readable_scopes;
 use crate::auth::{Caller, Role};
 use crate::clusters::model::ConnectedCluster;
-use crate::clusters::routes::{WRITE_ATTEMPTS, contention, new_etag, render as render_cluster};
-use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
+use crate::clusters::routes::render as render_cluster;
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::model::ClusterGroupRecord;
 use crate::state::AppState;
-use crate::store::{ClusterGroupRecord, GroupDelete, Write};
 
 const TYPE: &str = "Fluxplane.Fleet/clusterGroups";
-pub(crate) const TYPE_NAME: &str = "clusterGroups";
 /// How many clusters one read of a members page scans at a time.
 const MEMBER_SCAN: u32 = 1000;
 
@@ -101,44 +103,6 @@ pub struct ResourceGroupGroupPath {
     subscription_id: String,
     resource_group_name: String,
     cluster_group_name: String,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Path)]
-pub struct SubscriptionScopePath {
-    subscription_id: String,
-}
-
-impl SubscriptionScopePath {
-    pub fn subscription(&self) -> &str {
-        &self.subscription_id
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
-#[into_params(parameter_in = Path)]
-pub struct ResourceGroupScopePath {
-    subscription_id: String,
-    resource_group_name: String,
-}
-
-impl ResourceGroupScopePath {
-    /// The subscription and the resource group.
-    pub fn scope(&self) -> (&str, &str) {
-        (&self.subscription_id, &self.resource_group_name)
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct FleetApiVersionParam {
-    /// The API version: 2026-01-01.
-    #[serde(rename = "api-version")]
-    #[param(rename = "api-version")]
-    #[allow(dead_code)]
-    api_version: String,
 }
 
 impl SubscriptionGroupPath {
@@ -213,6 +177,7 @@ async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String)
 }
 
 async fn put(
+    groups: &Groups,
     state: &AppState,
     caller: &Caller,
     scope: FleetScope,
@@ -226,74 +191,26 @@ async fn put(
         strip_read_only(properties, &["memberCount", "provisioningState"]);
     }
     let request: ClusterGroupRequest = parse(body, "")?;
-    let selector = request.properties.selector;
-    let mut problems = Problems::default();
-    selector.validate("properties.selector", &mut problems);
-    problems.into_result("cluster group", Some("properties.selector"))?;
-    let key = scope.key(&name);
-    let _turn = state.turns.take(&format!("{TYPE_NAME} {key}")).await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = state.store.get_cluster_group(&key).await?;
-        preconditions.check(current.as_ref().map(|g| g.etag.as_str()))?;
-        let now = Utc::now();
-        let (record, status, outcome) = match current {
-            None => {
-                let record = ClusterGroupRecord {
-                    id: 0,
-                    key: key.clone(),
-                    subscription_key: scope.subscription.key(),
-                    resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
-                    subscription: scope.subscription.as_str().to_owned(),
-                    resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
-                    name: name.clone(),
-                    selector: selector.clone(),
-                    etag: new_etag(),
-                    system_data: SystemData::created(&caller.subject, now),
-                };
-                let outcome = state.store.insert_cluster_group(&record).await?;
-                (record, StatusCode::CREATED, outcome)
-            }
-            Some(current) => {
-                let expected = current.etag.clone();
-                let record = ClusterGroupRecord {
-                    selector: selector.clone(),
-                    etag: new_etag(),
-                    system_data: current.system_data.modified(&caller.subject, now),
-                    ..current
-                };
-                let outcome = state
-                    .store
-                    .update_cluster_group(&record, &expected, &managed_write(state))
-                    .await?;
-                (record, StatusCode::OK, outcome)
-            }
-        };
-        match outcome {
-            Write::Written => {
-                // the assignments that follow the group may have changed its clusters' configurations
-                wake(state, &scope.clusters()).await?;
-                tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group written");
-                return respond(state, status, record).await;
-            }
-            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Write::Conflict | Write::ParentMissing => continue,
-        }
-    }
-    Err(contention())
+    let (record, created) = groups
+        .put(
+            &caller.subject,
+            &scope,
+            &name,
+            &request.properties.selector,
+            preconditions,
+        )
+        .await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    respond(state, status, record).await
 }
 
-async fn delete(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
+async fn delete(groups: &Groups, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
     caller.require(Role::Contributor, &scope.resource_id(TYPE_NAME, &name))?;
-    match state.store.delete_cluster_group(&scope.key(&name)).await? {
-        GroupDelete::Deleted => {
-            tracing::info!(group = %scope.resource_id(TYPE_NAME, &name), "cluster group deleted");
-            Ok(StatusCode::OK)
-        }
-        GroupDelete::Missing => Ok(StatusCode::NO_CONTENT),
-        GroupDelete::InUse => Err(ApiError::Conflict(format!(
-            "policy assignments follow the cluster group '{name}': delete them or point them elsewhere first"
-        ))),
-    }
+    Ok(if groups.delete(&scope, &name).await? {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    })
 }
 
 async fn list(
@@ -432,6 +349,7 @@ async fn get_at_resource_group(
 )]
 async fn put_at_subscription(
     State(state): State<AppState>,
+    State(groups): State<Groups>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<SubscriptionGroupPath>,
@@ -439,7 +357,7 @@ async fn put_at_subscription(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let (scope, name) = path.target()?;
-    put(&state, &caller, scope, name, &preconditions, body).await
+    put(&groups, &state, &caller, scope, name, &preconditions, body).await
 }
 
 /// Creates or replaces a cluster group of a resource group: its selector sees the clusters of that group only.
@@ -459,6 +377,7 @@ async fn put_at_subscription(
 )]
 async fn put_at_resource_group(
     State(state): State<AppState>,
+    State(groups): State<Groups>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<ResourceGroupGroupPath>,
@@ -466,7 +385,7 @@ async fn put_at_resource_group(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let (scope, name) = path.target()?;
-    put(&state, &caller, scope, name, &preconditions, body).await
+    put(&groups, &state, &caller, scope, name, &preconditions, body).await
 }
 
 /// Deletes a cluster group of a subscription (200), or finds nothing to delete (204); 409 while policy
@@ -485,13 +404,13 @@ async fn put_at_resource_group(
     security(("bearer" = []))
 )]
 async fn delete_at_subscription(
-    State(state): State<AppState>,
+    State(groups): State<Groups>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<SubscriptionGroupPath>,
 ) -> ApiResult<StatusCode> {
     let (scope, name) = path.target()?;
-    delete(&state, &caller, scope, name).await
+    delete(&groups, &caller, scope, name).await
 }
 
 /// Deletes a cluster group of a resource group (200), or finds nothing to delete (204); 409 while policy
@@ -510,13 +429,13 @@ async fn delete_at_subscription(
     security(("bearer" = []))
 )]
 async fn delete_at_resource_group(
-    State(state): State<AppState>,
+    State(groups): State<Groups>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<ResourceGroupGroupPath>,
 ) -> ApiResult<StatusCode> {
     let (scope, name) = path.target()?;
-    delete(&state, &caller, scope, name).await
+    delete(&groups, &caller, scope, name).await
 }
 
 /// Lists the cluster groups of a subscription, those of its resource groups included (a caller who may read only

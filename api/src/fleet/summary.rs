@@ -19,20 +19,22 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath, TYPE_NAME};
+use super::cluster_ref;
+use super::groups_service::TYPE_NAME;
 use super::selector::LabelSelector;
-use super::{FleetScope, cluster_ref, readable_scopes};
 use crate::arm::api_version::Fleet;
 use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
+use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::arm::scope::ClusterSet;
+use crate::arm::scope::FleetScope;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery};
+use crate::auth::readable_scopes;
 use crate::auth::{CLOCK_SKEW_SECONDS, Caller, Role};
-use crate::clusters::model::ConnectivityStatus;
-use crate::clusters::routes::{agent_online, connectivity};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
+use crate::lifecycle::ConnectivityStatus;
+use crate::lifecycle::{agent_online, connectivity};
+use crate::model::{ClusterGroupRecord, ClusterTags, InstanceCount, PolicyAssignmentRecord, StateCountQuery};
 use crate::state::AppState;
-use crate::store::{
-    ClusterGroupRecord, ClusterScope, ClusterTags, InstanceCount, PolicyAssignmentRecord, StateCountQuery,
-};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -399,7 +401,7 @@ async fn summarise(
                 group => format!("{}/{group}/", g.subscription_key),
             };
             Ok(Counted {
-                id: g.scope()?.resource_id(super::groups::TYPE_NAME, &g.name),
+                id: g.scope()?.resource_id(super::groups_service::TYPE_NAME, &g.name),
                 selector: g.selector,
                 within,
             })
@@ -555,7 +557,7 @@ fn reported_freshness(reported: bool) -> &'static str {
 /// moved: connectivity is not history.
 async fn from_rollups(
     state: &AppState,
-    scopes: &[ClusterScope],
+    scopes: &[ClusterSet],
     scope_id: String,
     group_by: GroupBy,
     as_of: Option<DateTime<Utc>>,

@@ -3,4 +3,5 @@
 pub mod model;
 pub mod routes;
 pub mod secrets;
+pub mod service;
 pub mod validate;

@@ -6,50 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::arm::system_data::SystemData;
-
-/// Provisioning state of a configuration: where the last write stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub enum ProvisioningState {
-    Succeeded,
-    Failed,
-    Canceled,
-    Creating,
-    Updating,
-    Deleting,
-}
-
-impl ProvisioningState {
-    const ALL: [ProvisioningState; 6] = [
-        ProvisioningState::Succeeded,
-        ProvisioningState::Failed,
-        ProvisioningState::Canceled,
-        ProvisioningState::Creating,
-        ProvisioningState::Updating,
-        ProvisioningState::Deleting,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProvisioningState::Succeeded => "Succeeded",
-            ProvisioningState::Failed => "Failed",
-            ProvisioningState::Canceled => "Canceled",
-            ProvisioningState::Creating => "Creating",
-            ProvisioningState::Updating => "Updating",
-            ProvisioningState::Deleting => "Deleting",
-        }
-    }
-}
-
-impl TryFrom<String> for ProvisioningState {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == value)
-            .ok_or_else(|| format!("unknown provisioning state '{value}'"))
-    }
-}
+use crate::lifecycle::ProvisioningState;
 
 /// How current a configuration's reported status is, kept apart from what the status says: an offline cluster's
 /// configuration may have last reported `Compliant`, which is then no longer news.

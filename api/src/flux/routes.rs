@@ -4,10 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
-use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
-use fluxplane_agent_protocol::sealing::{self, Envelope};
+use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
@@ -15,26 +12,25 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{
-    FluxConfiguration, FluxConfigurationProperties, OperationStatus, ProvisioningState, READ_ONLY_PROPERTIES,
-    StatusFreshness,
+    FluxConfiguration, FluxConfigurationProperties, OperationStatus, READ_ONLY_PROPERTIES, StatusFreshness,
 };
 use super::secrets::SecretFields;
-use super::validate::{self, normalize};
+use super::service::{Configurations, Deletion, Target, Written, not_found, parent_not_found};
+use super::validate::{self};
 use crate::arm::api_version::{Fleet, FluxConfigurations};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterPath, ClusterScope, ConfigurationName};
 use crate::arm::paging::{BaseUrl, ListParams, Page};
-use crate::arm::system_data::SystemData;
+use crate::arm::params::FleetApiVersionParam;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers};
 use crate::auth::{Caller, Role};
-use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::fleet::groups::FleetApiVersionParam;
+use crate::lifecycle::agent_online;
+use crate::model::{ConfigurationRecord, HistorySubject};
 use crate::state::AppState;
-use crate::store::{ClusterRecord, ConfigurationRecord, HistorySubject, OperationRecord, SecretsWrite, Write};
 
 const TYPE: &str = "Microsoft.KubernetesConfiguration/fluxConfigurations";
 const TOP_LEVEL_READ_ONLY: &[&str] = &["id", "name", "type", "systemData"];
@@ -112,48 +108,26 @@ pub struct DeleteParams {
     force_delete: Option<String>,
 }
 
-/// A configuration addressed by a request, with the registered cluster it hangs under.
-struct Target {
-    scope: ClusterScope,
-    name: ConfigurationName,
-    cluster: ClusterRecord,
-    /// Whether the cluster's agent is online, for the freshness of what reads show.
+/// A configuration a request addresses, and whether its cluster's agent is online (for the freshness reads show).
+struct Addressed {
+    target: Target,
     online: bool,
 }
 
-impl Target {
-    fn id(&self) -> String {
-        self.scope.configuration_id(self.name.as_str())
-    }
-
-    /// The key operations are filed under: the same whichever cluster type the path used.
-    fn resource_key(&self) -> String {
-        format!("{}/{}", self.scope.cluster.key(), self.name.as_str())
-    }
-}
-
 /// Parses the path, authorises the caller for it, and finds the registered cluster.
-async fn resolve(state: &AppState, caller: &Caller, params: &ConfigurationParams, role: Role) -> ApiResult<Target> {
+async fn resolve(
+    state: &AppState,
+    configurations: &Configurations,
+    caller: &Caller,
+    params: &ConfigurationParams,
+    role: Role,
+) -> ApiResult<Addressed> {
     let scope = ClusterScope::parse(&params.cluster())?;
     let name = ConfigurationName::parse(&params.flux_configuration_name)?;
     caller.require(role, &scope.configuration_id(name.as_str()))?;
-    let cluster = find_cluster(state, &scope).await?;
-    let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
-    Ok(Target {
-        scope,
-        name,
-        cluster,
-        online,
-    })
-}
-
-async fn find_cluster(state: &AppState, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
-    state.store.get_cluster(&scope.cluster.key()).await?.ok_or_else(|| {
-        ApiError::ParentResourceNotFound(format!(
-            "The parent resource '{}' was not found; register the cluster first.",
-            scope.id()
-        ))
-    })
+    let target = configurations.target(scope, name).await?;
+    let online = agent_online(target.cluster.last_connectivity_time, state.config.offline_after);
+    Ok(Addressed { target, online })
 }
 
 fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> FluxConfiguration {
@@ -183,45 +157,8 @@ fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> Fl
     }
 }
 
-fn not_found(target: &Target) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Flux configuration '{}' was not found on cluster '{}'.",
-        target.name.as_str(),
-        target.scope.cluster.name.as_str()
-    ))
-}
-
-fn being_deleted(target: &Target) -> ApiError {
-    ApiError::Conflict(format!(
-        "The Flux configuration '{}' is being deleted; wait for the deletion to finish or delete with forceDelete=true.",
-        target.name.as_str()
-    ))
-}
-
 fn operation_url(base: &BaseUrl, id: &str, operation: &str, api_version: &str) -> String {
     format!("{}{id}/operations/{operation}?api-version={api_version}", base.0)
-}
-
-fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecord {
-    OperationRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        resource_key: target.resource_key(),
-        resource_id: target.id(),
-        kind: kind.to_owned(),
-        generation,
-        status: "InProgress".to_owned(),
-        start_time: Utc::now(),
-        end_time: None,
-        error: None,
-    }
-}
-
-/// The secret fields a write brings.
-enum SecretsInput {
-    /// A PUT's: the whole set (empty: the configuration has no secrets any more).
-    Replace(SecretFields),
-    /// A PATCH's: a merge patch of the set (empty: secrets untouched).
-    Merge(SecretFields),
 }
 
 /// Checks the split secret fields: their types and the protected settings. A type error names the field but never
@@ -243,130 +180,18 @@ fn check_secrets(secrets: &SecretFields) -> ApiResult<()> {
     }
 }
 
-/// Seals `secrets` to the cluster's agent as the change to `version`.
-fn seal(
-    target: &Target,
-    secrets: &SecretFields,
-    version: i64,
-    change: SecretsChange,
-    base_version: Option<i64>,
-) -> ApiResult<SealedSecrets> {
-    let Some(key) = target.cluster.agent_encryption_key.as_deref() else {
-        return Err(ApiError::AgentEncryptionKeyMissing(format!(
-            "secrets are sealed to the agent of cluster '{}', which has not registered its encryption key yet: \
-             register the agent (fluxplane agent register) and write the configuration again",
-            target.scope.cluster.name.as_str()
-        )));
-    };
-    let envelope = Envelope {
-        cluster_id: &target.scope.cluster.id(),
-        configuration: target.name.as_str(),
-        version,
-        change,
-        base_version,
-    };
-    Ok(sealing::seal(key, envelope, &secrets.to_bytes()).map_err(anyhow::Error::from)?)
-}
-
 /// Answers a write: the resource, its ETag, and where to poll the operation.
-fn written(status: StatusCode, target: &Target, record: ConfigurationRecord, operation_url: &str) -> Response {
-    let mut headers = async_operation_headers(operation_url);
-    insert_etag(&mut headers, &record.etag);
-    (status, headers, Json(render(&target.scope, target.online, record))).into_response()
-}
-
-/// Writes `spec` and `secrets` as the next generation of the configuration, creating it if needed.
-async fn write(
-    state: &AppState,
-    caller: &Caller,
-    target: &Target,
-    current: Option<ConfigurationRecord>,
-    spec: FluxConfigurationSpec,
-    secrets: &SecretsInput,
-) -> ApiResult<(Write, ConfigurationRecord, OperationRecord, StatusCode)> {
-    let now = Utc::now();
-    let ttl = |limit: std::time::Duration| chrono::Duration::from_std(limit).ok().map(|d| now + d);
-    let generation = current.as_ref().map_or(1, |c| c.generation + 1);
-    let held = current.as_ref().map(|c| (c.secrets_version, c.secrets_expire_at));
-    // the secret set's version is the generation that last wrote it; undelivered changes expire with the oldest
-    let (secrets_write, secrets_version, secrets_expire_at) = match secrets {
-        // a version is kept while a secret set is held: without one, nothing can be waiting to be cleared
-        SecretsInput::Replace(set) if set.is_empty() => match held {
-            Some((Some(_), _)) => (SecretsWrite::Clear, None, None),
-            _ => (SecretsWrite::Keep, None, None),
-        },
-        SecretsInput::Replace(set) => (
-            SecretsWrite::Replace(seal(target, set, generation, SecretsChange::Replace, None)?),
-            Some(generation),
-            ttl(state.config.secret_ttl),
-        ),
-        SecretsInput::Merge(patch) if patch.is_empty() => {
-            let (version, expire_at) = held.unwrap_or_default();
-            (SecretsWrite::Keep, version, expire_at)
-        }
-        SecretsInput::Merge(patch) => {
-            let (base, expire_at) = held.unwrap_or_default();
-            (
-                SecretsWrite::Merge(seal(target, patch, generation, SecretsChange::Merge, base)?),
-                Some(generation),
-                expire_at.or_else(|| ttl(state.config.secret_ttl)),
-            )
-        }
+fn written(addressed: &Addressed, written: Written, base: &BaseUrl, api_version: &str) -> Response {
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    let generation_expires_at = ttl(state.config.pending_ttl);
-    match current {
-        None => {
-            let record = ConfigurationRecord {
-                id: 0,
-                cluster_id: target.cluster.id,
-                name: target.name.as_str().to_owned(),
-                spec,
-                secrets_version,
-                generation,
-                etag: new_etag(),
-                provisioning_state: ProvisioningState::Creating,
-                compliance_state: ComplianceState::Pending,
-                observed: Default::default(),
-                system_data: SystemData::created(&caller.subject, now),
-                reported_generation: None,
-                secrets_expire_at,
-                generation_expires_at,
-                failure: None,
-                managed_by_id: None,
-                drifted_at: None,
-                managed_by: None,
-                managed_generation: None,
-            };
-            let operation = new_operation(target, "Create", record.generation);
-            let outcome = state
-                .store
-                .insert_configuration(&record, &secrets_write, &operation)
-                .await?;
-            Ok((outcome, record, operation, StatusCode::CREATED))
-        }
-        Some(current) => {
-            let expected = current.etag.clone();
-            let record = ConfigurationRecord {
-                spec,
-                secrets_version,
-                generation,
-                etag: new_etag(),
-                provisioning_state: ProvisioningState::Updating,
-                compliance_state: ComplianceState::Pending,
-                system_data: current.system_data.modified(&caller.subject, now),
-                secrets_expire_at,
-                generation_expires_at,
-                failure: None,
-                ..current
-            };
-            let operation = new_operation(target, "Update", record.generation);
-            let outcome = state
-                .store
-                .update_configuration(&record, &secrets_write, &expected, &operation)
-                .await?;
-            Ok((outcome, record, operation, StatusCode::OK))
-        }
-    }
+    let url = operation_url(base, &addressed.target.id(), &written.operation.id, api_version);
+    let mut headers = async_operation_headers(&url);
+    insert_etag(&mut headers, &written.record.etag);
+    let body = render(&addressed.target.scope, addressed.online, written.record);
+    (status, headers, Json(body)).into_response()
 }
 
 /// Creates a Flux configuration or replaces it as a whole (secrets included).
@@ -388,6 +213,7 @@ async fn write(
 )]
 async fn put_configuration(
     State(state): State<AppState>,
+    State(configurations): State<Configurations>,
     caller: Caller,
     version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ConfigurationParams>,
@@ -395,7 +221,7 @@ async fn put_configuration(
     base: BaseUrl,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult<Response> {
-    let target = resolve(&state, &caller, &params, Role::Contributor).await?;
+    let addressed = resolve(&state, &configurations, &caller, &params, Role::Contributor).await?;
     strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
     let mut properties = match body.as_object_mut().and_then(|b| b.remove("properties")) {
         Some(properties) if properties.is_object() => properties,
@@ -406,45 +232,11 @@ async fn put_configuration(
     strip_read_only(&mut properties, READ_ONLY_PROPERTIES);
     let secrets = SecretFields::split_from(&mut properties);
     check_secrets(&secrets)?;
-    let secrets = SecretsInput::Replace(secrets);
     let spec: FluxConfigurationSpec = parse(properties, "properties")?;
-    let _turn = state
-        .turns
-        .take(&format!("fluxConfigurations {}", target.resource_key()))
-        .await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = state
-            .store
-            .get_configuration(target.cluster.id, target.name.as_str())
-            .await?;
-        preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
-        if current
-            .as_ref()
-            .is_some_and(|c| c.provisioning_state == ProvisioningState::Deleting)
-        {
-            return Err(being_deleted(&target));
-        }
-        let mut spec = spec.clone();
-        normalize(&mut spec, &target.name, current.as_ref().map(|c| &c.spec))?;
-        let (outcome, record, operation, status) = write(&state, &caller, &target, current, spec, &secrets).await?;
-        match outcome {
-            Write::Written => {
-                state.notifier.notify(&target.scope.cluster.key());
-                tracing::info!(configuration = %target.id(), generation = record.generation, "configuration written");
-                let url = operation_url(&base, &target.id(), &operation.id, version.version);
-                return Ok(written(status, &target, record, &url));
-            }
-            Write::ParentMissing => {
-                return Err(find_cluster(&state, &target.scope)
-                    .await
-                    .err()
-                    .unwrap_or_else(contention));
-            }
-            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Write::Conflict => continue,
-        }
-    }
-    Err(contention())
+    let result = configurations
+        .put(&caller.subject, &addressed.target, &spec, &secrets, &preconditions)
+        .await?;
+    Ok(written(&addressed, result, &base, version.version))
 }
 
 /// The body of a configuration PUT or PATCH besides `properties`: nothing else is accepted.
@@ -473,6 +265,7 @@ pub struct FluxConfigurationRequest {
 )]
 async fn patch_configuration(
     State(state): State<AppState>,
+    State(configurations): State<Configurations>,
     caller: Caller,
     version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ConfigurationParams>,
@@ -480,7 +273,7 @@ async fn patch_configuration(
     base: BaseUrl,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult<Response> {
-    let target = resolve(&state, &caller, &params, Role::Contributor).await?;
+    let addressed = resolve(&state, &configurations, &caller, &params, Role::Contributor).await?;
     strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
     let mut changes = body
         .as_object_mut()
@@ -494,38 +287,10 @@ async fn patch_configuration(
     // the control plane cannot read the secrets it holds: a patch of them travels to the agent as a patch
     let secrets = SecretFields::split_patch_from(&mut changes);
     check_secrets(&secrets)?;
-    let secrets = SecretsInput::Merge(secrets);
-    let _turn = state
-        .turns
-        .take(&format!("fluxConfigurations {}", target.resource_key()))
-        .await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = state
-            .store
-            .get_configuration(target.cluster.id, target.name.as_str())
-            .await?
-            .ok_or_else(|| not_found(&target))?;
-        preconditions.check(Some(&current.etag))?;
-        if current.provisioning_state == ProvisioningState::Deleting {
-            return Err(being_deleted(&target));
-        }
-        let mut properties = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
-        json_patch::merge(&mut properties, &changes);
-        let mut spec: FluxConfigurationSpec = parse(properties, "properties")?;
-        normalize(&mut spec, &target.name, Some(&current.spec))?;
-        let (outcome, record, operation, _) = write(&state, &caller, &target, Some(current), spec, &secrets).await?;
-        match outcome {
-            Write::Written => {
-                state.notifier.notify(&target.scope.cluster.key());
-                tracing::info!(configuration = %target.id(), generation = record.generation, "configuration patched");
-                let url = operation_url(&base, &target.id(), &operation.id, version.version);
-                return Ok(written(StatusCode::OK, &target, record, &url));
-            }
-            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Write::Conflict | Write::ParentMissing => continue,
-        }
-    }
-    Err(contention())
+    let result = configurations
+        .patch(&caller.subject, &addressed.target, &changes, &secrets, &preconditions)
+        .await?;
+    Ok(written(&addressed, result, &base, version.version))
 }
 
 /// Reads a Flux configuration.
@@ -543,11 +308,12 @@ async fn patch_configuration(
 )]
 async fn get_configuration(
     State(state): State<AppState>,
+    State(configurations): State<Configurations>,
     caller: Caller,
     _version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ConfigurationParams>,
 ) -> ApiResult<Response> {
-    let target = resolve(&state, &caller, &params, Role::Reader).await?;
+    let Addressed { target, online } = resolve(&state, &configurations, &caller, &params, Role::Reader).await?;
     let record = state
         .store
         .get_configuration(target.cluster.id, target.name.as_str())
@@ -555,7 +321,7 @@ async fn get_configuration(
         .ok_or_else(|| not_found(&target))?;
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
-    Ok((headers, Json(render(&target.scope, target.online, record))).into_response())
+    Ok((headers, Json(render(&target.scope, online, record))).into_response())
 }
 
 /// Deletes a Flux configuration: at once with `forceDelete=true`, otherwise once the agent has removed it.
@@ -576,6 +342,7 @@ async fn get_configuration(
 )]
 async fn delete_configuration(
     State(state): State<AppState>,
+    State(configurations): State<Configurations>,
     caller: Caller,
     version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ConfigurationParams>,
@@ -593,70 +360,24 @@ async fn delete_configuration(
             ));
         }
     };
-    let target = resolve(&state, &caller, &params, Role::Contributor).await?;
-    let _turn = state
-        .turns
-        .take(&format!("fluxConfigurations {}", target.resource_key()))
-        .await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let Some(current) = state
-            .store
-            .get_configuration(target.cluster.id, target.name.as_str())
-            .await?
-        else {
-            preconditions.check(None)?;
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        };
-        preconditions.check(Some(&current.etag))?;
-        if force {
-            let deleted = state
-                .store
-                .delete_configuration(target.cluster.id, target.name.as_str(), &target.resource_key())
-                .await?;
-            state.notifier.notify(&target.scope.cluster.key());
-            tracing::info!(configuration = %target.id(), "configuration force-deleted");
-            return Ok(if deleted {
-                StatusCode::OK
-            } else {
-                StatusCode::NO_CONTENT
-            }
-            .into_response());
-        }
-        let expected = current.etag.clone();
-        let record = ConfigurationRecord {
-            generation: current.generation + 1,
-            etag: new_etag(),
-            provisioning_state: ProvisioningState::Deleting,
-            system_data: current.system_data.modified(&caller.subject, Utc::now()),
-            // a delete is not failed by expiry: the configuration goes once its agent confirms or is forced
-            generation_expires_at: None,
-            failure: None,
-            // nor are its secrets delivered any more: the agent removes the cluster's copy with the rest
-            secrets_version: None,
-            secrets_expire_at: None,
-            ..current
-        };
-        let operation = new_operation(&target, "Delete", record.generation);
-        match state
-            .store
-            .update_configuration(&record, &SecretsWrite::Clear, &expected, &operation)
+    let Addressed { target, .. } = resolve(&state, &configurations, &caller, &params, Role::Contributor).await?;
+    Ok(
+        match configurations
+            .delete(&caller.subject, &target, force, &preconditions)
             .await?
         {
-            Write::Written => {
-                state.notifier.notify(&target.scope.cluster.key());
-                tracing::info!(configuration = %target.id(), "configuration deletion started");
+            Deletion::Deleted => StatusCode::OK.into_response(),
+            Deletion::Missing => StatusCode::NO_CONTENT.into_response(),
+            Deletion::Started(operation) => {
                 let url = operation_url(&base, &target.id(), &operation.id, version.version);
                 let mut headers = async_operation_headers(&url);
                 if let Ok(location) = HeaderValue::from_str(&url) {
                     headers.insert(header::LOCATION, location);
                 }
-                return Ok((StatusCode::ACCEPTED, headers).into_response());
+                (StatusCode::ACCEPTED, headers).into_response()
             }
-            Write::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Write::Conflict | Write::ParentMissing => continue,
-        }
-    }
-    Err(contention())
+        },
+    )
 }
 
 /// Lists the Flux configurations of a cluster.
@@ -686,7 +407,11 @@ async fn list_configurations(
     caller.require(Role::Reader, &path)?;
     let page = list.page()?;
     let parsed = filter.parse(FILTER_FIELDS)?;
-    let cluster = find_cluster(&state, &scope).await?;
+    let cluster = state
+        .store
+        .get_cluster(&scope.cluster.key())
+        .await?
+        .ok_or_else(|| parent_not_found(&scope))?;
     let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
     let link = |token: &str| base.next_link(&path, version.version, list.top.as_deref(), token) + &filter.link_suffix();
     let Some(parsed) = parsed else {
@@ -786,7 +511,7 @@ async fn get_operation(
     Ok(Json(OperationStatus {
         id: format!("{id}/operations/{}", operation.id),
         name: operation.id,
-        status: operation.status,
+        status: operation.status.as_str().to_owned(),
         start_time: operation.start_time,
         end_time: operation.end_time,
         error: operation.error,
@@ -809,13 +534,14 @@ async fn get_operation(
 )]
 async fn configuration_history(
     State(state): State<AppState>,
+    State(configurations): State<Configurations>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     base: BaseUrl,
     ArmPath(params): ArmPath<ConfigurationParams>,
     ArmQuery(query): ArmQuery<HistoryParams>,
 ) -> ApiResult<Json<Page<HistoryEntry>>> {
-    let target = resolve(&state, &caller, &params, Role::Reader).await?;
+    let Addressed { target, .. } = resolve(&state, &configurations, &caller, &params, Role::Reader).await?;
     let id = target.id();
     let subject = HistorySubject::Configuration {
         cluster_id: target.cluster.id,

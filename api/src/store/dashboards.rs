@@ -82,10 +82,10 @@ macro_rules! dashboards_store {
 
         async fn rollup(
             &self,
-            scope: &$crate::store::ClusterScope,
+            scope: &$crate::arm::scope::ClusterSet,
             as_of: Option<chrono::DateTime<chrono::Utc>>,
             with_unheard: bool,
-        ) -> $crate::store::StoreResult<$crate::store::Rollup> {
+        ) -> $crate::store::StoreResult<$crate::model::Rollup> {
             let (subscription_key, resource_group_key) = scope.keys();
             // The past is the present minus what changed since: the deltas written after `as_of`. Two statements
             // rather than one with an optional bound, so that the current summary never plans a scan of history.
@@ -120,13 +120,13 @@ macro_rules! dashboards_store {
             };
             // one snapshot: a write between the reads would count its configurations twice or not at all
             let mut tx = $crate::store::begin(&self.pool, Some($begin)).await?;
-            let instances = sqlx::query_as::<$db, $crate::store::InstanceCount>(instances_sql)
+            let instances = sqlx::query_as::<$db, $crate::model::InstanceCount>(instances_sql)
                 .bind(subscription_key)
                 .bind(resource_group_key)
                 .bind(as_of)
                 .fetch_all(&mut *tx)
                 .await?;
-            let clusters = sqlx::query_as::<$db, $crate::store::ClusterCount>(clusters_sql)
+            let clusters = sqlx::query_as::<$db, $crate::model::ClusterCount>(clusters_sql)
                 .bind(subscription_key)
                 .bind(resource_group_key)
                 .bind(as_of)
@@ -138,7 +138,7 @@ macro_rules! dashboards_store {
                 Vec::new()
             };
             tx.commit().await?;
-            Ok($crate::store::Rollup {
+            Ok($crate::model::Rollup {
                 instances,
                 clusters,
                 unheard,
@@ -175,7 +175,7 @@ macro_rules! dashboards_store {
             Ok(pruned)
         }
 
-        async fn record_writes(&self, writes: &[$crate::store::WriteRecord]) -> $crate::store::StoreResult<()> {
+        async fn record_writes(&self, writes: &[$crate::model::WriteRecord]) -> $crate::store::StoreResult<()> {
             if writes.is_empty() {
                 return Ok(());
             }
@@ -200,40 +200,40 @@ macro_rules! dashboards_store {
 
         async fn history(
             &self,
-            query: &$crate::store::HistoryQuery,
-        ) -> $crate::store::StoreResult<(Vec<$crate::store::StatusRecord>, Vec<$crate::store::WriteRecord>)> {
+            query: &$crate::model::HistoryQuery,
+        ) -> $crate::store::StoreResult<(Vec<$crate::model::StatusRecord>, Vec<$crate::model::WriteRecord>)> {
             // one statement per subject, each answered by its own index
             let status = match &query.subject {
-                $crate::store::HistorySubject::Configuration { cluster_id, name } => {
+                $crate::model::HistorySubject::Configuration { cluster_id, name } => {
                     let sql = concat!(
                         "SELECT ",
                         status_columns!(),
                         " FROM status_history WHERE cluster_id = $1 AND name = $2 \
                          AND at >= $3 AND at < $4 AND id > $5 ORDER BY id LIMIT $6"
                     );
-                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                    sqlx::query_as::<$db, $crate::model::StatusRecord>(sql)
                         .bind(cluster_id)
                         .bind(name)
                 }
-                $crate::store::HistorySubject::Cluster { cluster_id } => {
+                $crate::model::HistorySubject::Cluster { cluster_id } => {
                     let sql = concat!(
                         "SELECT ",
                         status_columns!(),
                         " FROM status_history WHERE cluster_id = $1 AND $2 = '' \
                          AND at >= $3 AND at < $4 AND id > $5 ORDER BY id LIMIT $6"
                     );
-                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                    sqlx::query_as::<$db, $crate::model::StatusRecord>(sql)
                         .bind(cluster_id)
                         .bind("")
                 }
-                $crate::store::HistorySubject::Assignment { id } => {
+                $crate::model::HistorySubject::Assignment { id } => {
                     let sql = concat!(
                         "SELECT ",
                         status_columns!(),
                         " FROM status_history WHERE policy_assignment = $1 AND $2 = '' \
                          AND at >= $3 AND at < $4 AND id > $5 ORDER BY id LIMIT $6"
                     );
-                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                    sqlx::query_as::<$db, $crate::model::StatusRecord>(sql)
                         .bind(id)
                         .bind("")
                 }
@@ -257,7 +257,7 @@ macro_rules! dashboards_store {
                 " FROM write_history WHERE (resource_key = $1 OR (resource_key >= $2 AND resource_key < $3)) \
                  AND at >= $4 AND at < $5 AND id > $6 ORDER BY id LIMIT $7"
             );
-            let writes = sqlx::query_as::<$db, $crate::store::WriteRecord>(sql)
+            let writes = sqlx::query_as::<$db, $crate::model::WriteRecord>(sql)
                 .bind(&query.resource_key)
                 .bind(low)
                 .bind(high)
@@ -272,12 +272,12 @@ macro_rules! dashboards_store {
 
         async fn configuration_states(
             &self,
-            scope: &$crate::store::ClusterScope,
+            scope: &$crate::arm::scope::ClusterSet,
             first: &str,
             last: &str,
-        ) -> $crate::store::StoreResult<Vec<$crate::store::ConfigurationState>> {
+        ) -> $crate::store::StoreResult<Vec<$crate::model::ConfigurationState>> {
             let (subscription_key, resource_group_key) = scope.keys();
-            Ok(sqlx::query_as::<$db, $crate::store::ConfigurationState>(
+            Ok(sqlx::query_as::<$db, $crate::model::ConfigurationState>(
                 "SELECT f.cluster_id, f.name, f.compliance_state, f.provisioning_state, \
                  COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
                  COALESCE(f.managed_by_id, '') AS policy_assignment \
@@ -303,10 +303,10 @@ macro_rules! dashboards_store {
 
         async fn status_events(
             &self,
-            scope: Option<&$crate::store::ClusterScope>,
+            scope: Option<&$crate::arm::scope::ClusterSet>,
             after: i64,
             limit: i64,
-        ) -> $crate::store::StoreResult<Vec<$crate::store::StatusRecord>> {
+        ) -> $crate::store::StoreResult<Vec<$crate::model::StatusRecord>> {
             Ok(match scope {
                 Some(scope) => {
                     let (subscription_key, resource_group_key) = scope.keys();
@@ -317,7 +317,7 @@ macro_rules! dashboards_store {
                         in_scope!(),
                         " AND id > $3 ORDER BY id LIMIT $4"
                     );
-                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                    sqlx::query_as::<$db, $crate::model::StatusRecord>(sql)
                         .bind(subscription_key)
                         .bind(resource_group_key)
                         .bind(after)
@@ -327,7 +327,7 @@ macro_rules! dashboards_store {
                 }
                 None => {
                     let sql = concat!("SELECT ", status_columns!(), " FROM status_history WHERE id > $1 ORDER BY id LIMIT $2");
-                    sqlx::query_as::<$db, $crate::store::StatusRecord>(sql)
+                    sqlx::query_as::<$db, $crate::model::StatusRecord>(sql)
                         .bind(after)
                         .bind(limit)
                         .fetch_all(&self.pool)
@@ -339,7 +339,7 @@ macro_rules! dashboards_store {
         async fn fleet_gauges(
             &self,
             heard_since: chrono::DateTime<chrono::Utc>,
-        ) -> $crate::store::StoreResult<$crate::store::FleetGauges> {
+        ) -> $crate::store::StoreResult<$crate::model::FleetGauges> {
             let instances = sqlx::query_as::<$db, (String, String, i64)>(
                 "SELECT compliance_state, provisioning_state, CAST(SUM(instances) AS BIGINT) FROM ( \
                  SELECT compliance_state, provisioning_state, instances FROM instance_rollups \
@@ -356,7 +356,7 @@ macro_rules! dashboards_store {
             .bind(heard_since)
             .fetch_all(&self.pool)
             .await?;
-            Ok($crate::store::FleetGauges { instances, clusters })
+            Ok($crate::model::FleetGauges { instances, clusters })
         }
         }
 
@@ -364,10 +364,10 @@ macro_rules! dashboards_store {
             /// The configurations, by cluster and states, of the scope's clusters not in the Connected status.
             async fn unheard(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                scope: &$crate::store::ClusterScope,
-            ) -> Result<Vec<$crate::store::UnheardCount>, sqlx::Error> {
+                scope: &$crate::arm::scope::ClusterSet,
+            ) -> Result<Vec<$crate::model::UnheardCount>, sqlx::Error> {
                 let (subscription_key, resource_group_key) = scope.keys();
-                sqlx::query_as::<$db, $crate::store::UnheardCount>($unheard)
+                sqlx::query_as::<$db, $crate::model::UnheardCount>($unheard)
                     .bind(subscription_key)
                     .bind(resource_group_key)
                     .fetch_all(&mut **tx)

@@ -26,7 +26,7 @@ macro_rules! fleet_helpers {
             /// resource group key or ''), the narrower of its own scope and its group's; `None` if its group is gone.
             async fn target(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                a: &$crate::store::PolicyAssignmentRecord,
+                a: &$crate::model::PolicyAssignmentRecord,
             ) -> Result<Option<($crate::fleet::selector::LabelSelector, String, String)>, sqlx::Error> {
                 let Some(group) = a.cluster_group_id else {
                     let selector = a.spec.selector.clone().unwrap_or_default();
@@ -55,13 +55,13 @@ macro_rules! fleet_helpers {
             /// The clusters the assignment matches (of `only`, if given), in key order.
             async fn matched(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                a: &$crate::store::PolicyAssignmentRecord,
+                a: &$crate::model::PolicyAssignmentRecord,
                 only: Option<i64>,
-            ) -> Result<Vec<$crate::store::ClusterTags>, sqlx::Error> {
+            ) -> Result<Vec<$crate::model::ClusterTags>, sqlx::Error> {
                 let Some((selector, subscription_key, resource_group_key)) = Self::target(tx, a).await? else {
                     return Ok(Vec::new());
                 };
-                let clusters = sqlx::query_as::<$db, $crate::store::ClusterTags>(
+                let clusters = sqlx::query_as::<$db, $crate::model::ClusterTags>(
                     "SELECT id, key, resource_group, name, tags, connectivity_status, last_connectivity_time FROM clusters WHERE subscription_key = $1 \
                      AND ($2 = '' OR resource_group_key = $2) AND ($3 = 0 OR id = $3) ORDER BY key",
                 )
@@ -77,7 +77,7 @@ macro_rules! fleet_helpers {
             /// on a cluster this one matches.
             async fn overlapping(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                a: &$crate::store::PolicyAssignmentRecord,
+                a: &$crate::model::PolicyAssignmentRecord,
             ) -> Result<Vec<String>, sqlx::Error> {
                 use $crate::fleet::assignments::model::EnforcementMode;
                 if a.spec.enforcement_mode != EnforcementMode::Default {
@@ -89,7 +89,7 @@ macro_rules! fleet_helpers {
                     " FROM policy_assignments WHERE subscription_key = $1 AND configuration_name = $2 AND id <> $3 \
                      ORDER BY key"
                 );
-                let others = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                let others = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(&a.subscription_key)
                     .bind(&a.configuration_name)
                     .bind(a.id)
@@ -124,7 +124,7 @@ macro_rules! fleet_helpers {
                 cluster_id: i64,
                 subscription_key: &str,
                 resource_group_key: &str,
-                managed: &$crate::store::ManagedWrite,
+                managed: &$crate::model::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
                 let sql = concat!(
                     "SELECT ",
@@ -132,7 +132,7 @@ macro_rules! fleet_helpers {
                     " FROM policy_assignments WHERE subscription_key = $1 \
                      AND (resource_group_key = '' OR resource_group_key = $2) ORDER BY id"
                 );
-                let assignments = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                let assignments = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(subscription_key)
                     .bind(resource_group_key)
                     .fetch_all(&mut **tx)
@@ -148,9 +148,9 @@ macro_rules! fleet_helpers {
             /// matches. A configuration of that name it does not manage is left alone: a conflict.
             async fn reconcile(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                a: &$crate::store::PolicyAssignmentRecord,
+                a: &$crate::model::PolicyAssignmentRecord,
                 only: Option<i64>,
-                managed: &$crate::store::ManagedWrite,
+                managed: &$crate::model::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
                 use $crate::fleet::assignments::model::{
                     BatchMember, Decision, EnforcementMode, Existing, RolloutPhase, advance, decide,
@@ -178,15 +178,15 @@ macro_rules! fleet_helpers {
                     .map(|(cluster, by, managed_generation, state, generation, reported, compliance)| {
                         let current = *by == Some(a.id) && *managed_generation == Some(a.generation);
                         let reported = current && *reported == Some(*generation);
-                        let failed = reported && (state == "Failed" || compliance == "Non-Compliant");
-                        let compliant = reported && !failed && compliance == "Compliant";
+                        let (failed, compliant) = $crate::lifecycle::rollout_verdict(state, compliance);
+                        let (failed, compliant) = (reported && failed, reported && compliant);
                         (*cluster, BatchMember { reported, compliant, failed })
                     })
                     .collect();
                 let existing = existing
                     .into_iter()
                     .map(|(cluster, managed_by, managed_generation, state, ..)| {
-                        let deleting = state == "Deleting";
+                        let deleting = state == $crate::lifecycle::ProvisioningState::Deleting.as_str();
                         (cluster, Existing { managed_by, managed_generation, deleting })
                     })
                     .collect();
@@ -279,7 +279,7 @@ macro_rules! fleet_helpers {
             /// clusters or orphans them, as its `onUnmatch` says.
             async fn let_go(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                a: &$crate::store::PolicyAssignmentRecord,
+                a: &$crate::model::PolicyAssignmentRecord,
                 clusters: Option<&[i64]>,
                 etag: &str,
             ) -> Result<(), sqlx::Error> {

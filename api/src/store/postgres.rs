@@ -65,11 +65,17 @@ impl PgStore {
         &MIGRATOR
     }
 
+    /// Commits a writing transaction. Its wake-ups need nothing more: the triggers notify every replica of the
+    /// clusters whose desired state it changed, or leave it to `written` (migrations 0013 and 0014).
+    async fn commit(&self, tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), sqlx::Error> {
+        tx.commit().await
+    }
+
     /// A configuration write committed on the cluster `key`: its notification is left to `announce`.
-    fn written(&self, key: String) -> crate::store::Write {
+    fn written(&self, key: String) -> crate::model::Write {
         // the receiver lives as long as the store
         let _ = self.announcements.send(key);
-        crate::store::Write::Written
+        crate::model::Write::Written
     }
 }
 
@@ -110,10 +116,10 @@ sql_store!(
         // `announce`, after the commit (migration 0014): its key is what the statement answers.
         async fn insert_configuration(
             &self,
-            c: &crate::store::ConfigurationRecord,
-            secrets: &crate::store::SecretsWrite,
-            op: &crate::store::OperationRecord,
-        ) -> StoreResult<crate::store::Write> {
+            c: &crate::model::ConfigurationRecord,
+            secrets: &crate::model::SecretsWrite,
+            op: &crate::model::OperationRecord,
+        ) -> StoreResult<crate::model::Write> {
             let query = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH inserted AS (INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, \
                  etag, provisioning_state, compliance_state, observed, system_data, secrets_expire_at, \
@@ -134,20 +140,20 @@ sql_store!(
                 .fetch_optional(&self.pool)
                 .await;
             match inserted {
-                Err(err) if super::sql::is_foreign_key_violation(&err) => Ok(crate::store::Write::ParentMissing),
+                Err(err) if super::sql::is_foreign_key_violation(&err) => Ok(crate::model::Write::ParentMissing),
                 Err(err) => Err(err.into()),
-                Ok(None) => Ok(crate::store::Write::Conflict),
+                Ok(None) => Ok(crate::model::Write::Conflict),
                 Ok(Some(key)) => Ok(self.written(key)),
             }
         }
 
         async fn update_configuration(
             &self,
-            c: &crate::store::ConfigurationRecord,
-            secrets: &crate::store::SecretsWrite,
+            c: &crate::model::ConfigurationRecord,
+            secrets: &crate::model::SecretsWrite,
             expected_etag: &str,
-            op: &crate::store::OperationRecord,
-        ) -> StoreResult<crate::store::Write> {
+            op: &crate::model::OperationRecord,
+        ) -> StoreResult<crate::model::Write> {
             let sealed = SealedParams::of(secrets);
             let query = sqlx::query_scalar::<sqlx::Postgres, String>(
                 "WITH updated AS (UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, \
@@ -175,7 +181,7 @@ sql_store!(
             let updated = bind_sealed_and_operation(query, sealed, op)
                 .fetch_optional(&self.pool)
                 .await?;
-            Ok(updated.map_or(crate::store::Write::Conflict, |key| self.written(key)))
+            Ok(updated.map_or(crate::model::Write::Conflict, |key| self.written(key)))
         }
 
         /// Nothing PostgreSQL can be asked to overwrite: dead rows stay in their pages until vacuum reuses the
@@ -291,8 +297,8 @@ struct SealedParams<'a> {
 }
 
 impl<'a> SealedParams<'a> {
-    fn of(secrets: &'a crate::store::SecretsWrite) -> Self {
-        use crate::store::SecretsWrite;
+    fn of(secrets: &'a crate::model::SecretsWrite) -> Self {
+        use crate::model::SecretsWrite;
         let clear = matches!(secrets, SecretsWrite::Clear | SecretsWrite::Replace(_));
         match secrets {
             SecretsWrite::Keep | SecretsWrite::Clear => Self {
@@ -319,7 +325,7 @@ type KeyQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::p
 fn bind_sealed_and_operation<'q>(
     query: KeyQuery<'q>,
     sealed: SealedParams<'q>,
-    op: &'q crate::store::OperationRecord,
+    op: &'q crate::model::OperationRecord,
 ) -> KeyQuery<'q> {
     query
         .bind(sealed.version)
@@ -333,7 +339,7 @@ fn bind_sealed_and_operation<'q>(
         .bind(&op.resource_id)
         .bind(&op.kind)
         .bind(op.generation)
-        .bind(&op.status)
+        .bind(op.status.as_str())
         .bind(op.start_time)
         .bind(op.end_time)
         .bind(op.error.as_ref().map(sqlx::types::Json))

@@ -104,9 +104,9 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn get_cluster(&self, key: &str) -> $crate::store::StoreResult<Option<$crate::store::ClusterRecord>> {
+            async fn get_cluster(&self, key: &str) -> $crate::store::StoreResult<Option<$crate::model::ClusterRecord>> {
                 let sql = concat!("SELECT ", cluster_columns!(), " FROM clusters WHERE key = $1");
-                Ok(sqlx::query_as::<$db, $crate::store::ClusterRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::ClusterRecord>(sql)
                     .bind(key)
                     .fetch_optional(&self.pool)
                     .await?)
@@ -114,26 +114,26 @@ macro_rules! sql_store {
 
             async fn list_clusters(
                 &self,
-                scope: &$crate::store::ClusterScope,
+                scope: &$crate::arm::scope::ClusterSet,
                 page: &$crate::arm::paging::PageRequest,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterRecord>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ClusterRecord>> {
                 let after = page.after.clone().unwrap_or_default();
                 let limit = i64::from(page.limit) + 1;
                 let rows = match scope {
-                    $crate::store::ClusterScope::Subscription { subscription_key } => {
+                    $crate::arm::scope::ClusterSet::Subscription { subscription_key } => {
                         let sql = concat!(
                             "SELECT ",
                             cluster_columns!(),
                             " FROM clusters WHERE subscription_key = $1 AND key > $2 ORDER BY key LIMIT $3"
                         );
-                        sqlx::query_as::<$db, $crate::store::ClusterRecord>(sql)
+                        sqlx::query_as::<$db, $crate::model::ClusterRecord>(sql)
                             .bind(subscription_key)
                             .bind(after)
                             .bind(limit)
                             .fetch_all(&self.pool)
                             .await?
                     }
-                    $crate::store::ClusterScope::ResourceGroup {
+                    $crate::arm::scope::ClusterSet::ResourceGroup {
                         subscription_key,
                         resource_group_key,
                     } => {
@@ -143,7 +143,7 @@ macro_rules! sql_store {
                             " FROM clusters WHERE subscription_key = $1 AND resource_group_key = $2 AND key > $3 \
                              ORDER BY key LIMIT $4"
                         );
-                        sqlx::query_as::<$db, $crate::store::ClusterRecord>(sql)
+                        sqlx::query_as::<$db, $crate::model::ClusterRecord>(sql)
                             .bind(subscription_key)
                             .bind(resource_group_key)
                             .bind(after)
@@ -157,9 +157,9 @@ macro_rules! sql_store {
 
             async fn insert_cluster(
                 &self,
-                c: &$crate::store::ClusterRecord,
-                managed: &$crate::store::ManagedWrite,
-            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                c: &$crate::model::ClusterRecord,
+                managed: &$crate::model::ManagedWrite,
+            ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let inserted = sqlx::query_scalar::<$db, i64>(
@@ -188,20 +188,20 @@ macro_rules! sql_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(id) = inserted else {
-                    return Ok($crate::store::Write::Conflict);
+                    return Ok($crate::model::Write::Conflict);
                 };
                 Self::reconcile_cluster(&mut tx, id, &c.subscription_key, &c.resource_group_key, managed).await?;
-                tx.commit().await?;
-                Ok($crate::store::Write::Written)
+                self.commit(tx).await?;
+                Ok($crate::model::Write::Written)
             }
 
             async fn update_cluster(
                 &self,
-                c: &$crate::store::ClusterRecord,
+                c: &$crate::model::ClusterRecord,
                 expected_etag: &str,
                 identity_changed: Option<&str>,
-                managed: &$crate::store::ManagedWrite,
-            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                managed: &$crate::model::ManagedWrite,
+            ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
@@ -220,15 +220,15 @@ macro_rules! sql_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(cluster_id) = updated else {
-                    return Ok($crate::store::Write::Conflict);
+                    return Ok($crate::model::Write::Conflict);
                 };
                 if let Some(message) = identity_changed {
                     Self::fail_undelivered_secrets(&mut tx, cluster_id, None, message, chrono::Utc::now()).await?;
                 }
                 Self::reconcile_cluster(&mut tx, cluster_id, &c.subscription_key, &c.resource_group_key, managed)
                     .await?;
-                tx.commit().await?;
-                Ok($crate::store::Write::Written)
+                self.commit(tx).await?;
+                Ok($crate::model::Write::Written)
             }
 
             async fn set_agent_encryption_key(
@@ -236,7 +236,7 @@ macro_rules! sql_store {
                 cluster_id: i64,
                 key: &str,
                 message: &str,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::model::Expired>> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 sqlx::query::<$db>("UPDATE clusters SET agent_encryption_key = $1 WHERE id = $2")
                     .bind(key)
@@ -245,7 +245,7 @@ macro_rules! sql_store {
                     .await?;
                 let failed =
                     Self::fail_undelivered_secrets(&mut tx, cluster_id, Some(key), message, chrono::Utc::now()).await?;
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(failed)
             }
 
@@ -278,7 +278,7 @@ macro_rules! sql_store {
                 .bind(format!("{key}0"))
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -286,13 +286,13 @@ macro_rules! sql_store {
                 &self,
                 cluster_id: i64,
                 name: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::ConfigurationRecord>> {
+            ) -> $crate::store::StoreResult<Option<$crate::model::ConfigurationRecord>> {
                 let sql = concat!(
                     "SELECT ",
                     configuration_columns!(),
                     " FROM flux_configurations WHERE cluster_id = $1 AND name = $2"
                 );
-                Ok(sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::ConfigurationRecord>(sql)
                     .bind(cluster_id)
                     .bind(name)
                     .fetch_optional(&self.pool)
@@ -303,13 +303,13 @@ macro_rules! sql_store {
                 &self,
                 cluster_id: i64,
                 page: &$crate::arm::paging::PageRequest,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ConfigurationRecord>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ConfigurationRecord>> {
                 let sql = concat!(
                     "SELECT ",
                     configuration_columns!(),
                     " FROM flux_configurations WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3"
                 );
-                Ok(sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::ConfigurationRecord>(sql)
                     .bind(cluster_id)
                     .bind(page.after.clone().unwrap_or_default())
                     .bind(i64::from(page.limit) + 1)
@@ -330,12 +330,12 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 Self::supersede_operations(&mut tx, resource_key, chrono::Utc::now()).await?;
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn get_operation(&self, id: &str) -> $crate::store::StoreResult<Option<$crate::store::OperationRecord>> {
-                Ok(sqlx::query_as::<$db, $crate::store::OperationRecord>(
+            async fn get_operation(&self, id: &str) -> $crate::store::StoreResult<Option<$crate::model::OperationRecord>> {
+                Ok(sqlx::query_as::<$db, $crate::model::OperationRecord>(
                     "SELECT id, resource_key, resource_id, kind, generation, status, start_time, end_time, error \
                      FROM operations WHERE id = $1",
                 )
@@ -347,9 +347,9 @@ macro_rules! sql_store {
             async fn get_cluster_group(
                 &self,
                 key: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::ClusterGroupRecord>> {
+            ) -> $crate::store::StoreResult<Option<$crate::model::ClusterGroupRecord>> {
                 let sql = concat!("SELECT ", cluster_group_columns!(), " FROM cluster_groups WHERE key = $1");
-                Ok(sqlx::query_as::<$db, $crate::store::ClusterGroupRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::ClusterGroupRecord>(sql)
                     .bind(key)
                     .fetch_optional(&self.pool)
                     .await?)
@@ -357,9 +357,9 @@ macro_rules! sql_store {
 
             async fn list_cluster_groups(
                 &self,
-                scope: &$crate::store::ClusterScope,
+                scope: &$crate::arm::scope::ClusterSet,
                 page: &$crate::arm::paging::PageRequest,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterGroupRecord>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ClusterGroupRecord>> {
                 let after = page.after.clone().unwrap_or_default();
                 let limit = i64::from(page.limit) + 1;
                 let (subscription_key, resource_group_key) = scope.keys();
@@ -370,7 +370,7 @@ macro_rules! sql_store {
                     " FROM cluster_groups WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
                      AND key > $3 ORDER BY key LIMIT $4"
                 );
-                Ok(sqlx::query_as::<$db, $crate::store::ClusterGroupRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::ClusterGroupRecord>(sql)
                     .bind(subscription_key)
                     .bind(resource_group_key)
                     .bind(after)
@@ -381,8 +381,8 @@ macro_rules! sql_store {
 
             async fn insert_cluster_group(
                 &self,
-                g: &$crate::store::ClusterGroupRecord,
-            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                g: &$crate::model::ClusterGroupRecord,
+            ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let done = sqlx::query::<$db>(
                     "INSERT INTO cluster_groups (key, subscription_key, resource_group_key, subscription, \
                      resource_group, name, selector, etag, system_data) \
@@ -400,18 +400,18 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(if done.rows_affected() == 1 {
-                    $crate::store::Write::Written
+                    $crate::model::Write::Written
                 } else {
-                    $crate::store::Write::Conflict
+                    $crate::model::Write::Conflict
                 })
             }
 
             async fn update_cluster_group(
                 &self,
-                g: &$crate::store::ClusterGroupRecord,
+                g: &$crate::model::ClusterGroupRecord,
                 expected_etag: &str,
-                managed: &$crate::store::ManagedWrite,
-            ) -> $crate::store::StoreResult<$crate::store::Write> {
+                managed: &$crate::model::ManagedWrite,
+            ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &g.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
@@ -426,48 +426,48 @@ macro_rules! sql_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(id) = updated else {
-                    return Ok($crate::store::Write::Conflict);
+                    return Ok($crate::model::Write::Conflict);
                 };
                 let sql = concat!(
                     "SELECT ",
                     policy_assignment_columns!(),
                     " FROM policy_assignments WHERE cluster_group_id = $1 ORDER BY id"
                 );
-                let following = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                let following = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(id)
                     .fetch_all(&mut *tx)
                     .await?;
                 for assignment in &following {
                     Self::reconcile(&mut tx, assignment, None, managed).await?;
                 }
-                tx.commit().await?;
-                Ok($crate::store::Write::Written)
+                self.commit(tx).await?;
+                Ok($crate::model::Write::Written)
             }
 
             async fn delete_cluster_group(
                 &self,
                 key: &str,
-            ) -> $crate::store::StoreResult<$crate::store::GroupDelete> {
+            ) -> $crate::store::StoreResult<$crate::model::GroupDelete> {
                 let done = sqlx::query::<$db>("DELETE FROM cluster_groups WHERE key = $1")
                     .bind(key)
                     .execute(&self.pool)
                     .await;
                 Ok(match done {
                     Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
-                        $crate::store::GroupDelete::InUse
+                        $crate::model::GroupDelete::InUse
                     }
                     Err(err) => return Err(err.into()),
-                    Ok(done) if done.rows_affected() > 0 => $crate::store::GroupDelete::Deleted,
-                    Ok(_) => $crate::store::GroupDelete::Missing,
+                    Ok(done) if done.rows_affected() > 0 => $crate::model::GroupDelete::Deleted,
+                    Ok(_) => $crate::model::GroupDelete::Missing,
                 })
             }
 
             async fn get_policy_assignment(
                 &self,
                 key: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::PolicyAssignmentRecord>> {
+            ) -> $crate::store::StoreResult<Option<$crate::model::PolicyAssignmentRecord>> {
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
-                Ok(sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(key)
                     .fetch_optional(&self.pool)
                     .await?)
@@ -475,9 +475,9 @@ macro_rules! sql_store {
 
             async fn list_policy_assignments(
                 &self,
-                scope: &$crate::store::ClusterScope,
+                scope: &$crate::arm::scope::ClusterSet,
                 page: &$crate::arm::paging::PageRequest,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::PolicyAssignmentRecord>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::model::PolicyAssignmentRecord>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 let sql = concat!(
                     "SELECT ",
@@ -485,7 +485,7 @@ macro_rules! sql_store {
                     " FROM policy_assignments WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) \
                      AND key > $3 ORDER BY key LIMIT $4"
                 );
-                Ok(sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(subscription_key)
                     .bind(resource_group_key)
                     .bind(page.after.clone().unwrap_or_default())
@@ -496,10 +496,10 @@ macro_rules! sql_store {
 
             async fn write_policy_assignment(
                 &self,
-                a: &$crate::store::PolicyAssignmentRecord,
+                a: &$crate::model::PolicyAssignmentRecord,
                 expected_etag: Option<&str>,
-                managed: &$crate::store::ManagedWrite,
-            ) -> $crate::store::StoreResult<$crate::store::AssignmentWrite> {
+                managed: &$crate::model::ManagedWrite,
+            ) -> $crate::store::StoreResult<$crate::model::AssignmentWrite> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                 let written = match expected_etag {
@@ -549,23 +549,23 @@ macro_rules! sql_store {
                     }
                 };
                 let Some(id) = written else {
-                    return Ok($crate::store::AssignmentWrite::Conflict);
+                    return Ok($crate::model::AssignmentWrite::Conflict);
                 };
-                let a = $crate::store::PolicyAssignmentRecord { id, ..a.clone() };
+                let a = $crate::model::PolicyAssignmentRecord { id, ..a.clone() };
                 let overlapping = Self::overlapping(&mut tx, &a).await?;
                 if !overlapping.is_empty() {
                     tx.rollback().await?;
-                    return Ok($crate::store::AssignmentWrite::Overlap(overlapping));
+                    return Ok($crate::model::AssignmentWrite::Overlap(overlapping));
                 }
                 Self::reconcile(&mut tx, &a, None, managed).await?;
-                tx.commit().await?;
-                Ok($crate::store::AssignmentWrite::Written)
+                self.commit(tx).await?;
+                Ok($crate::model::AssignmentWrite::Written)
             }
 
             async fn delete_policy_assignment(&self, key: &str) -> $crate::store::StoreResult<bool> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
-                let Some(a) = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                let Some(a) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(key)
                     .fetch_optional(&mut *tx)
                     .await?
@@ -578,16 +578,16 @@ macro_rules! sql_store {
                     .bind(a.id)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(true)
             }
 
             async fn reconcile_assignments(
                 &self,
-                managed: &$crate::store::ManagedWrite,
+                managed: &$crate::model::ManagedWrite,
             ) -> $crate::store::StoreResult<usize> {
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments ORDER BY id");
-                let assignments = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                let assignments = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .fetch_all(&self.pool)
                     .await?;
                 // one transaction each: the lock is held for one assignment at a time
@@ -596,22 +596,22 @@ macro_rules! sql_store {
                     Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                     let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
                     // it may have changed or gone since the list was read
-                    if let Some(current) = sqlx::query_as::<$db, $crate::store::PolicyAssignmentRecord>(sql)
+                    if let Some(current) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                         .bind(a.id)
                         .fetch_optional(&mut *tx)
                         .await?
                     {
                         Self::reconcile(&mut tx, &current, None, managed).await?;
                     }
-                    tx.commit().await?;
+                    self.commit(tx).await?;
                 }
                 Ok(assignments.len())
             }
 
             async fn assignment_matches(
                 &self,
-                a: &$crate::store::PolicyAssignmentRecord,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
+                a: &$crate::model::PolicyAssignmentRecord,
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ClusterTags>> {
                 // the rule that writes managed configurations, read-only
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 let matched = Self::matched(&mut tx, a, None).await?;
@@ -621,9 +621,9 @@ macro_rules! sql_store {
 
             async fn configurations_named(
                 &self,
-                scope: &$crate::store::ClusterScope,
+                scope: &$crate::arm::scope::ClusterSet,
                 name: &str,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ConfigurationRecord>> {
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ConfigurationRecord>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 let sql = concat!(
                     "SELECT ",
@@ -631,7 +631,7 @@ macro_rules! sql_store {
                     " FROM flux_configurations WHERE name = $1 AND cluster_id IN (SELECT id FROM clusters \
                      WHERE subscription_key = $2 AND ($3 = '' OR resource_group_key = $3))"
                 );
-                Ok(sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                Ok(sqlx::query_as::<$db, $crate::model::ConfigurationRecord>(sql)
                     .bind(name)
                     .bind(subscription_key)
                     .bind(resource_group_key)
@@ -641,10 +641,10 @@ macro_rules! sql_store {
 
             async fn cluster_tags(
                 &self,
-                scope: &$crate::store::ClusterScope,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::ClusterTags>> {
+                scope: &$crate::arm::scope::ClusterSet,
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ClusterTags>> {
                 let (subscription_key, resource_group_key) = scope.keys();
-                Ok(sqlx::query_as::<$db, $crate::store::ClusterTags>(
+                Ok(sqlx::query_as::<$db, $crate::model::ClusterTags>(
                     "SELECT id, key, resource_group, name, tags, connectivity_status, last_connectivity_time FROM clusters \
                      WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) ORDER BY key",
                 )
@@ -656,12 +656,12 @@ macro_rules! sql_store {
 
             async fn state_counts(
                 &self,
-                scope: &$crate::store::ClusterScope,
-                query: &$crate::store::StateCountQuery,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::StateCount>> {
+                scope: &$crate::arm::scope::ClusterSet,
+                query: &$crate::model::StateCountQuery,
+            ) -> $crate::store::StoreResult<Vec<$crate::model::StateCount>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 // one row per cluster and combination: a fleet's rows number its clusters times a few states
-                Ok(sqlx::query_as::<$db, $crate::store::StateCount>(
+                Ok(sqlx::query_as::<$db, $crate::model::StateCount>(
                     "SELECT f.cluster_id, \
                      CASE WHEN $4 THEN f.name ELSE '' END AS name, \
                      CASE WHEN $5 THEN COALESCE(f.managed_by_id, '') ELSE '' END AS managed_by_id, \
@@ -685,7 +685,7 @@ macro_rules! sql_store {
                 &self,
                 cluster_id: i64,
                 at: chrono::DateTime<chrono::Utc>,
-                info: Option<&$crate::store::AgentInfo>,
+                info: Option<&$crate::model::AgentInfo>,
             ) -> $crate::store::StoreResult<Option<i64>> {
                 let info = info.cloned().unwrap_or_default();
                 Ok(sqlx::query_scalar::<$db, i64>(
@@ -714,7 +714,7 @@ macro_rules! sql_store {
             async fn desired_state(
                 &self,
                 cluster_id: i64,
-            ) -> $crate::store::StoreResult<$crate::store::DesiredRecords> {
+            ) -> $crate::store::StoreResult<$crate::model::DesiredRecords> {
                 // The revision first, then the configurations, without a transaction: a write in between makes
                 // the configurations newer than the revision, which costs the agent one redundant wake-up; the
                 // other order could hand out an old desired state under a new revision, and the agent would miss
@@ -725,13 +725,13 @@ macro_rules! sql_store {
                     configuration_columns!(),
                     " FROM flux_configurations WHERE cluster_id = $1 ORDER BY name"
                 );
-                let configurations = sqlx::query_as::<$db, $crate::store::ConfigurationRecord>(sql)
+                let configurations = sqlx::query_as::<$db, $crate::model::ConfigurationRecord>(sql)
                     .bind(cluster_id)
                     .fetch_all(&self.pool)
                     .await?;
                 // most polls find no undelivered secrets (an expiry is set exactly while some exist): skip the query
                 let sealed = if configurations.iter().any(|c| c.secrets_expire_at.is_some()) {
-                    sqlx::query_as::<$db, $crate::store::SealedSecretsRecord>(
+                    sqlx::query_as::<$db, $crate::model::SealedSecretsRecord>(
                         "SELECT s.configuration_id, s.version, s.change, s.base_version, s.recipient, \
                          s.encapsulated_key, s.ciphertext \
                          FROM sealed_secrets s JOIN flux_configurations c ON c.id = s.configuration_id \
@@ -743,7 +743,7 @@ macro_rules! sql_store {
                 } else {
                     Vec::new()
                 };
-                Ok($crate::store::DesiredRecords {
+                Ok($crate::model::DesiredRecords {
                     revision,
                     configurations,
                     sealed,
@@ -753,8 +753,8 @@ macro_rules! sql_store {
             async fn expire(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
-                messages: &$crate::store::ExpiryMessages,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::Expired>> {
+                messages: &$crate::model::ExpiryMessages,
+            ) -> $crate::store::StoreResult<Vec<$crate::model::Expired>> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 // every stored secret is undelivered (acknowledged ones are deleted at once): all fail
                 let secrets = sqlx::query_as::<$db, (i64, i64, String, i64)>(
@@ -780,14 +780,14 @@ macro_rules! sql_store {
                 let mut expired = Vec::with_capacity(secrets.len() + pending.len());
                 for (id, cluster_id, name, generation) in secrets {
                     Self::delete_sealed_secrets(&mut tx, id).await?;
-                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ("Expired", &messages.secrets), now).await?;
-                    expired.push($crate::store::Expired { cluster_id, name, generation, secrets: true });
+                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, &messages.secrets), now).await?;
+                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets: true });
                 }
                 for (_, cluster_id, name, generation) in pending {
-                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ("Expired", &messages.pending), now).await?;
-                    expired.push($crate::store::Expired { cluster_id, name, generation, secrets: false });
+                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, &messages.pending), now).await?;
+                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets: false });
                 }
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(expired)
             }
 
@@ -797,10 +797,10 @@ macro_rules! sql_store {
                 name: &str,
                 generation: i64,
                 resource_key: &str,
-                write: &$crate::store::ReportWrite,
+                write: &$crate::model::ReportWrite,
                 secrets_version: Option<i64>,
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
+            ) -> $crate::store::StoreResult<$crate::model::ReportOutcome> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 if let Some(version) = secrets_version {
                     // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest.
@@ -835,7 +835,7 @@ macro_rules! sql_store {
                     }
                 }
                 let (changed, operation_status, operation_error) = match write {
-                    $crate::store::ReportWrite::Status {
+                    $crate::model::ReportWrite::Status {
                         provisioning_state,
                         compliance_state,
                         observed,
@@ -858,7 +858,7 @@ macro_rules! sql_store {
                         .await?;
                         (done.rows_affected() > 0, *operation_status, operation_error.clone())
                     }
-                    $crate::store::ReportWrite::Removed => {
+                    $crate::model::ReportWrite::Removed => {
                         let done = sqlx::query::<$db>(
                             "DELETE FROM flux_configurations WHERE cluster_id = $1 AND name = $2 \
                              AND generation = $3 AND provisioning_state = 'Deleting'",
@@ -868,7 +868,7 @@ macro_rules! sql_store {
                         .bind(generation)
                         .execute(&mut *tx)
                         .await?;
-                        (done.rows_affected() > 0, "Succeeded", None)
+                        (done.rows_affected() > 0, $crate::lifecycle::OperationState::Succeeded, None)
                     }
                 };
                 if !changed {
@@ -879,12 +879,9 @@ macro_rules! sql_store {
                     .bind(name)
                     .fetch_optional(&mut *tx)
                     .await?;
-                    tx.commit().await?;
-                    return Ok($crate::store::ReportOutcome {
-                        disposition: match current {
-                            None => $crate::store::ReportDisposition::Unknown,
-                            Some(_) => $crate::store::ReportDisposition::Stale,
-                        },
+                    self.commit(tx).await?;
+                    return Ok($crate::model::ReportOutcome {
+                        disposition: $crate::lifecycle::unrecorded(current),
                         written_at: None,
                     });
                 }
@@ -892,16 +889,16 @@ macro_rules! sql_store {
                     "UPDATE operations SET status = $1, end_time = $2, error = $3 \
                      WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress' RETURNING start_time",
                 )
-                .bind(operation_status)
+                .bind(operation_status.as_str())
                 .bind(at)
                 .bind(operation_error.as_ref().map(sqlx::types::Json))
                 .bind(resource_key)
                 .bind(generation)
                 .fetch_optional(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok($crate::store::ReportOutcome {
-                    disposition: $crate::store::ReportDisposition::Recorded,
+                self.commit(tx).await?;
+                Ok($crate::model::ReportOutcome {
+                    disposition: $crate::model::ReportDisposition::Recorded,
                     written_at,
                 })
             }
@@ -929,7 +926,7 @@ macro_rules! sql_store {
                 keep: Option<&str>,
                 message: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Vec<$crate::store::Expired>, sqlx::Error> {
+            ) -> Result<Vec<$crate::model::Expired>, sqlx::Error> {
                 let failed = sqlx::query_as::<$db, (i64, String, i64)>(
                     "UPDATE flux_configurations SET provisioning_state = 'Failed', failure = $2, \
                      secrets_expire_at = NULL, generation_expires_at = NULL \
@@ -945,8 +942,8 @@ macro_rules! sql_store {
                 let mut expired = Vec::with_capacity(failed.len());
                 for (id, name, generation) in failed {
                     Self::delete_sealed_secrets(tx, id).await?;
-                    Self::fail_operation(tx, cluster_id, &name, generation, ("AgentKeyChanged", message), now).await?;
-                    expired.push($crate::store::Expired { cluster_id, name, generation, secrets: true });
+                    Self::fail_operation(tx, cluster_id, &name, generation, ($crate::lifecycle::failure::AGENT_KEY_CHANGED, message), now).await?;
+                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets: true });
                 }
                 Ok(expired)
             }

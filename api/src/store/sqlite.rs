@@ -3,6 +3,7 @@
 //! of failing.
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -16,6 +17,7 @@ use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
     sql_store,
 };
+use crate::notify::Notifier;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -24,6 +26,8 @@ const WRITE: &str = "BEGIN IMMEDIATE";
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The wake-ups of the apps following this store (`follow_changes`).
+    followers: Mutex<Vec<Weak<Notifier>>>,
 }
 
 impl SqliteStore {
@@ -44,7 +48,32 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            followers: Mutex::default(),
+        })
+    }
+
+    /// Commits a writing transaction, and then wakes the polls of the clusters whose desired state it changed:
+    /// the keys the triggers of migration 0012 left in `desired_changes`, taken out in the same transaction.
+    async fn commit(&self, mut tx: sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
+        let mut changed: Vec<String> = sqlx::query_scalar("DELETE FROM desired_changes RETURNING cluster_key")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        followers.retain(|follower| follower.strong_count() > 0);
+        for notifier in followers.iter().filter_map(Weak::upgrade) {
+            for key in &changed {
+                notifier.notify(key);
+            }
+        }
+        Ok(())
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -76,18 +105,22 @@ sql_store!(
             Ok(())
         }
 
-        /// One process owns the embedded store, and its writers wake their polls themselves: nothing to follow.
-        async fn follow_changes(&self, _notifier: std::sync::Arc<crate::notify::Notifier>) -> StoreResult<()> {
+        /// One process owns the embedded store: its commits wake the polls (`commit`), from now on.
+        async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()> {
+            self.followers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::downgrade(&notifier));
             Ok(())
         }
 
         // SQLite has no data-modifying CTEs: a configuration write is a transaction of a statement per table.
         async fn insert_configuration(
             &self,
-            c: &crate::store::ConfigurationRecord,
-            secrets: &crate::store::SecretsWrite,
-            op: &crate::store::OperationRecord,
-        ) -> crate::store::StoreResult<crate::store::Write> {
+            c: &crate::model::ConfigurationRecord,
+            secrets: &crate::model::SecretsWrite,
+            op: &crate::model::OperationRecord,
+        ) -> crate::store::StoreResult<crate::model::Write> {
             let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
             let insert = sqlx::query_scalar::<sqlx::Sqlite, i64>(
                 "INSERT INTO flux_configurations (cluster_id, name, spec, secrets_version, generation, etag, \
@@ -101,26 +134,26 @@ sql_store!(
             let inserted = bind_configuration!(insert, c).fetch_optional(&mut *tx).await;
             let id = match inserted {
                 Err(err) if crate::store::sql::is_foreign_key_violation(&err) => {
-                    return Ok(crate::store::Write::ParentMissing);
+                    return Ok(crate::model::Write::ParentMissing);
                 }
                 Err(err) => return Err(err.into()),
-                Ok(None) => return Ok(crate::store::Write::Conflict),
+                Ok(None) => return Ok(crate::model::Write::Conflict),
                 Ok(Some(id)) => id,
             };
             Self::write_secrets(&mut tx, id, secrets).await?;
             // a configuration that did not exist has no running operation: deletes end theirs
             Self::insert_operation(&mut tx, op).await?;
-            tx.commit().await?;
-            Ok(crate::store::Write::Written)
+            self.commit(tx).await?;
+            Ok(crate::model::Write::Written)
         }
 
         async fn update_configuration(
             &self,
-            c: &crate::store::ConfigurationRecord,
-            secrets: &crate::store::SecretsWrite,
+            c: &crate::model::ConfigurationRecord,
+            secrets: &crate::model::SecretsWrite,
             expected_etag: &str,
-            op: &crate::store::OperationRecord,
-        ) -> crate::store::StoreResult<crate::store::Write> {
+            op: &crate::model::OperationRecord,
+        ) -> crate::store::StoreResult<crate::model::Write> {
             let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
             let update = sqlx::query::<sqlx::Sqlite>(
                 "UPDATE flux_configurations SET spec = $1, secrets_version = $2, generation = $3, etag = $4, \
@@ -137,12 +170,12 @@ sql_store!(
                 .execute(&mut *tx)
                 .await?;
             if done.rows_affected() == 0 {
-                return Ok(crate::store::Write::Conflict);
+                return Ok(crate::model::Write::Conflict);
             }
             Self::write_secrets(&mut tx, c.id, secrets).await?;
             Self::start_operation(&mut tx, op).await?;
-            tx.commit().await?;
-            Ok(crate::store::Write::Written)
+            self.commit(tx).await?;
+            Ok(crate::model::Write::Written)
         }
     }
 );
@@ -152,14 +185,14 @@ impl SqliteStore {
     async fn write_secrets(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         configuration_id: i64,
-        secrets: &crate::store::SecretsWrite,
+        secrets: &crate::model::SecretsWrite,
     ) -> Result<(), sqlx::Error> {
-        use crate::store::SecretsWrite;
+        use crate::model::SecretsWrite;
         if matches!(secrets, SecretsWrite::Clear | SecretsWrite::Replace(_)) {
             Self::delete_sealed_secrets(tx, configuration_id).await?;
         }
         if let SecretsWrite::Replace(sealed) | SecretsWrite::Merge(sealed) = secrets {
-            let row = crate::store::SealedSecretsRecord::new(configuration_id, sealed);
+            let row = crate::model::SealedSecretsRecord::new(configuration_id, sealed);
             sqlx::query::<sqlx::Sqlite>(
                 "INSERT INTO sealed_secrets (configuration_id, version, change, base_version, recipient, \
                  encapsulated_key, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -180,7 +213,7 @@ impl SqliteStore {
     /// Starts `op`, superseding the operations still running on its resource.
     async fn start_operation(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        op: &crate::store::OperationRecord,
+        op: &crate::model::OperationRecord,
     ) -> Result<(), sqlx::Error> {
         Self::supersede_operations(tx, &op.resource_key, op.start_time).await?;
         Self::insert_operation(tx, op).await
@@ -188,7 +221,7 @@ impl SqliteStore {
 
     async fn insert_operation(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        op: &crate::store::OperationRecord,
+        op: &crate::model::OperationRecord,
     ) -> Result<(), sqlx::Error> {
         sqlx::query::<sqlx::Sqlite>(
             "INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, start_time, \
@@ -199,7 +232,7 @@ impl SqliteStore {
         .bind(&op.resource_id)
         .bind(&op.kind)
         .bind(op.generation)
-        .bind(&op.status)
+        .bind(op.status.as_str())
         .bind(op.start_time)
         .bind(op.end_time)
         .bind(op.error.as_ref().map(sqlx::types::Json))

@@ -8,13 +8,13 @@ use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
 use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
 
-use super::{
-    ClusterRecord, ClusterScope, ConfigurationRecord, ManagedWrite, OperationRecord, SecretsWrite, Store, Write,
-};
+use super::Store;
 use crate::arm::paging::PageRequest;
+use crate::arm::scope::ClusterSet;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
-use crate::flux::model::ProvisioningState;
+use crate::lifecycle::ProvisioningState;
+use crate::model::{ClusterRecord, ConfigurationRecord, ManagedWrite, OperationRecord, SecretsWrite, Write};
 use crate::on_both_backends;
 use crate::testing::{Backend, TestDatabase, with_database};
 
@@ -76,7 +76,7 @@ fn operation(resource_key: &str, generation: i64) -> OperationRecord {
         resource_id: format!("/id/{resource_key}"),
         kind: "Create".to_owned(),
         generation,
-        status: "InProgress".to_owned(),
+        status: crate::lifecycle::OperationState::InProgress,
         start_time: Utc::now(),
         end_time: None,
         error: None,
@@ -206,7 +206,7 @@ async fn cluster_paging_case(backend: Backend) {
             .insert_cluster(&cluster("other-sub", "rg-a", "c9"), &ManagedWrite::default())
             .await
             .unwrap();
-        let rg = ClusterScope::ResourceGroup {
+        let rg = ClusterSet::ResourceGroup {
             subscription_key: "sub".into(),
             resource_group_key: "rg-a".into(),
         };
@@ -221,7 +221,7 @@ async fn cluster_paging_case(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(rest.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["c3"]);
-        let sub = ClusterScope::Subscription {
+        let sub = ClusterSet::Subscription {
             subscription_key: "sub".into(),
         };
         assert_eq!(store.list_clusters(&sub, &page(None, 100)).await.unwrap().len(), 4);
@@ -391,15 +391,15 @@ async fn force_delete_case(backend: Backend) {
     .await;
 }
 
-fn applied(compliance: ComplianceState) -> super::ReportWrite {
-    super::ReportWrite::Status {
+fn applied(compliance: ComplianceState) -> crate::model::ReportWrite {
+    crate::model::ReportWrite::Status {
         provisioning_state: ProvisioningState::Succeeded,
         compliance_state: compliance,
         observed: Box::new(crate::flux::model::Observed {
             source_synced_commit_id: Some("main@sha1:abc".into()),
             ..Default::default()
         }),
-        operation_status: "Succeeded",
+        operation_status: crate::lifecycle::OperationState::Succeeded,
         operation_error: None,
     }
 }
@@ -444,7 +444,7 @@ async fn revision_case(backend: Backend) {
             .await
             .unwrap()
             .disposition;
-        assert_eq!(outcome, super::ReportDisposition::Recorded);
+        assert_eq!(outcome, crate::model::ReportDisposition::Recorded);
         assert_eq!(
             revision(store.clone()).await,
             2,
@@ -462,7 +462,7 @@ async fn heartbeat_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
         let c = registered(&store, "c1").await;
-        let info = super::AgentInfo {
+        let info = crate::model::AgentInfo {
             agent_version: Some("0.1.0".into()),
             kubernetes_version: Some("v1.31.2".into()),
             total_node_count: Some(3),
@@ -517,7 +517,7 @@ async fn report_case(backend: Backend) {
             .await
             .unwrap()
             .disposition;
-        assert_eq!(stale, super::ReportDisposition::Stale);
+        assert_eq!(stale, crate::model::ReportDisposition::Stale);
         let now = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
         assert_eq!(
             now.provisioning_state,
@@ -533,7 +533,7 @@ async fn report_case(backend: Backend) {
                 .disposition;
             assert_eq!(
                 recorded,
-                super::ReportDisposition::Recorded,
+                crate::model::ReportDisposition::Recorded,
                 "replaying a report is harmless"
             );
         }
@@ -551,7 +551,7 @@ async fn report_case(backend: Backend) {
             "Canceled"
         );
 
-        let removed = super::ReportWrite::Removed;
+        let removed = crate::model::ReportWrite::Removed;
         let refused = store
             .apply_report(c.id, "cfg", 2, key, &removed, None, Utc::now())
             .await
@@ -559,7 +559,7 @@ async fn report_case(backend: Backend) {
             .disposition;
         assert_eq!(
             refused,
-            super::ReportDisposition::Stale,
+            crate::model::ReportDisposition::Stale,
             "only a configuration being deleted is removed"
         );
         let deleting = ConfigurationRecord {
@@ -578,7 +578,7 @@ async fn report_case(backend: Backend) {
             .await
             .unwrap()
             .disposition;
-        assert_eq!(gone, super::ReportDisposition::Recorded);
+        assert_eq!(gone, crate::model::ReportDisposition::Recorded);
         assert!(store.get_configuration(c.id, "cfg").await.unwrap().is_none());
         assert_eq!(
             store.get_operation(&delete_op.id).await.unwrap().unwrap().status,
@@ -589,7 +589,7 @@ async fn report_case(backend: Backend) {
             .await
             .unwrap()
             .disposition;
-        assert_eq!(unknown, super::ReportDisposition::Unknown);
+        assert_eq!(unknown, crate::model::ReportDisposition::Unknown);
     })
     .await;
 }
@@ -707,7 +707,7 @@ async fn sealed_secrets_case(backend: Backend) {
             .await
             .unwrap()
             .disposition;
-        assert_eq!(stale, super::ReportDisposition::Stale);
+        assert_eq!(stale, crate::model::ReportDisposition::Stale);
         assert_eq!(undelivered(&store, c.id, "cfg").await, [2]);
         assert!(
             store
@@ -922,7 +922,7 @@ async fn expiry_case(backend: Backend) {
             .await
             .unwrap()
             .disposition;
-        assert_eq!(late, super::ReportDisposition::Stale);
+        assert_eq!(late, crate::model::ReportDisposition::Stale);
     })
     .await;
 }
@@ -961,7 +961,7 @@ async fn replicas_sweeping_at_once_expire_each_row_once() {
 
 /// The rollups' counts of the subscription `sub`, and the same counted from the configurations themselves.
 async fn rollups_and_truth(store: &Arc<dyn Store>) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
-    let scope = super::ClusterScope::Subscription {
+    let scope = ClusterSet::Subscription {
         subscription_key: "sub".to_owned(),
     };
     let mut rolled = BTreeMap::new();
@@ -1044,7 +1044,7 @@ async fn rollup_case(backend: Backend) {
                 .apply_report(c.id, "a", 1, &key, &applied(state), None, Utc::now())
                 .await
                 .unwrap();
-            assert_eq!(outcome.disposition, super::ReportDisposition::Recorded);
+            assert_eq!(outcome.disposition, crate::model::ReportDisposition::Recorded);
             assert!(
                 outcome.written_at.is_some(),
                 "the first report on a write ends its operation"
@@ -1087,7 +1087,7 @@ async fn prune_case(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(write, Write::Written);
-        let scope = ClusterScope::Subscription {
+        let scope = ClusterSet::Subscription {
             subscription_key: "sub".to_owned(),
         };
         assert_eq!(store.status_events(Some(&scope), 0, 10).await.unwrap().len(), 1);

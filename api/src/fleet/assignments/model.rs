@@ -12,10 +12,10 @@ use crate::arm::system_data::SystemData;
 use crate::error::{ApiError, ApiResult, ErrorDetail, Problems};
 use crate::fleet::selector::LabelSelector;
 use crate::fleet::template::substitute;
-use crate::flux::model::ProvisioningState;
 use crate::flux::secrets::SecretFields;
 use crate::flux::validate::normalize;
-use crate::store::ConfigurationRecord;
+use crate::lifecycle::ProvisioningState;
+use crate::model::ConfigurationRecord;
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
 /// Most parameters of one assignment: ARM's limit for a template.

@@ -7,8 +7,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,25 +14,27 @@ use utoipa_axum::routes;
 use super::model::{
     AssignmentPlan, AssignmentSpec, AssignmentStatus, ClusterCompliance, ClusterComplianceEntry, ComplianceCounts,
     EnforcementMode, Existing, OnUnmatch, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest,
-    RolloutPhase, RolloutState, assess, decide, render,
+    assess, decide, render,
 };
+use super::service::{Assignments, TYPE_NAME, proposed};
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
+use crate::arm::paging::list_scopes;
 use crate::arm::paging::{BaseUrl, ListParams, Page};
-use crate::arm::system_data::SystemData;
+use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
+use crate::arm::scope::{FleetScope, parse_name};
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::auth::readable_scopes;
 use crate::auth::{Caller, Role};
-use crate::clusters::routes::{WRITE_ATTEMPTS, agent_online, contention, new_etag};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
-use crate::fleet::groups::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
-use crate::fleet::{FleetScope, cluster_ref, list_scopes, managed_write, parse_name, readable_scopes, wake};
+use crate::fleet::cluster_ref;
+use crate::lifecycle::agent_online;
+use crate::model::{ClusterTags, ConfigurationRecord, HistorySubject, PolicyAssignmentRecord};
 use crate::state::AppState;
-use crate::store::{AssignmentWrite, ClusterTags, ConfigurationRecord, HistorySubject, PolicyAssignmentRecord};
 
 const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
-const TYPE_NAME: &str = "policyAssignments";
 /// Most conflicts an assignment's status lists (`conflictCount` counts them all).
 const MAX_LISTED_CONFLICTS: usize = 100;
 
@@ -100,32 +100,6 @@ fn not_found(scope: &FleetScope, name: &str) -> ApiError {
         "The Resource '{TYPE}/{name}' under '{}' was not found.",
         scope.id()
     ))
-}
-
-/// The store id of the group a `clusterGroupId` names, which must exist in the assignment's subscription and share
-/// clusters with its scope.
-async fn resolve_group(state: &AppState, scope: &FleetScope, id: &str) -> ApiResult<i64> {
-    const TARGET: &str = "properties.clusterGroupId";
-    let invalid = |message: &str| ApiError::invalid(TARGET, format!("'{id}': {message}"));
-    let (group_scope, name) = FleetScope::parse_resource_id(id, "clusterGroups")
-        .ok_or_else(|| invalid("not the ARM id of a cluster group"))?
-        .map_err(|_| invalid("not a valid ARM id"))?;
-    if group_scope.subscription.key() != scope.subscription.key() {
-        return Err(invalid("the group must be in the assignment's subscription"));
-    }
-    if let (Some(a), Some(g)) = (&scope.resource_group, &group_scope.resource_group)
-        && a.key() != g.key()
-    {
-        return Err(invalid(
-            "the group's resource group and the assignment's share no cluster",
-        ));
-    }
-    let group = state
-        .store
-        .get_cluster_group(&group_scope.key(name))
-        .await?
-        .ok_or_else(|| invalid("no such cluster group"))?;
-    Ok(group.id)
 }
 
 /// Every selected cluster with where it stands, in cluster key order, and how many configurations the assignment
@@ -267,6 +241,7 @@ async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String)
 }
 
 async fn put(
+    assignments: &Assignments,
     state: &AppState,
     caller: &Caller,
     scope: FleetScope,
@@ -277,109 +252,11 @@ async fn put(
     caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
     let spec = proposal(body)?;
     let rendered = render(&spec)?;
-    let group = match &spec.cluster_group_id {
-        Some(id) => Some(resolve_group(state, &scope, id).await?),
-        None => None,
-    };
-    let key = scope.key(&name);
-    let _turn = state.turns.take(&format!("policyAssignments {key}")).await;
-    for _ in 0..WRITE_ATTEMPTS {
-        let current = state.store.get_policy_assignment(&key).await?;
-        preconditions.check(current.as_ref().map(|a| a.etag.as_str()))?;
-        let expected = current.as_ref().map(|a| a.etag.clone());
-        let record = proposed(&scope, &name, &spec, &rendered, group, current, &caller.subject);
-        let status = if expected.is_some() {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        };
-        let started = std::time::Instant::now();
-        let outcome = state
-            .store
-            .write_policy_assignment(&record, expected.as_deref(), &managed_write(state))
-            .await?;
-        state.metrics.assignment_apply.observe(started.elapsed().as_secs_f64());
-        match outcome {
-            AssignmentWrite::Written => {
-                wake(state, &scope.clusters()).await?;
-                tracing::info!(assignment = %record.arm_id(), generation = record.generation, "policy assignment written");
-                let record = state.store.get_policy_assignment(&key).await?.unwrap_or(record);
-                return respond(state, status, record).await;
-            }
-            AssignmentWrite::Overlap(others) => {
-                return Err(ApiError::Conflict(format!(
-                    "the assignment would write the configuration '{}' on clusters that the assignments {} already \
-                     write it on: narrow one of the selectors or use another configuration name",
-                    spec.configuration_name,
-                    others.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(", ")
-                )));
-            }
-            AssignmentWrite::Conflict if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            AssignmentWrite::Conflict => continue,
-        }
-    }
-    Err(contention())
-}
-
-/// The record a PUT of `spec` writes over `current` (a plan evaluates the same record without writing it).
-fn proposed(
-    scope: &FleetScope,
-    name: &str,
-    spec: &AssignmentSpec,
-    rendered: &FluxConfigurationSpec,
-    group: Option<i64>,
-    current: Option<PolicyAssignmentRecord>,
-    subject: &str,
-) -> PolicyAssignmentRecord {
-    let now = Utc::now();
-    match current {
-        None => PolicyAssignmentRecord {
-            id: 0,
-            key: scope.key(name),
-            subscription_key: scope.subscription.key(),
-            resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
-            subscription: scope.subscription.as_str().to_owned(),
-            resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
-            name: name.to_owned(),
-            cluster_group_id: group,
-            configuration_name: spec.configuration_name.clone(),
-            spec: spec.clone(),
-            rendered: rendered.clone(),
-            generation: 1,
-            etag: new_etag(),
-            system_data: SystemData::created(subject, now),
-            // a new assignment creates every configuration at once: there is nothing to roll out
-            rollout_state: None,
-        },
-        Some(current) => {
-            // managed configurations get a new generation only when what they hold changes
-            let changed = current.rendered != *rendered;
-            let generation = current.generation + i64::from(changed);
-            PolicyAssignmentRecord {
-                cluster_group_id: group,
-                configuration_name: spec.configuration_name.clone(),
-                spec: spec.clone(),
-                // a new generation starts a new rollout, from the first batch
-                rollout_state: match (&spec.rollout, changed) {
-                    (None, _) => None,
-                    (Some(_), true) => Some(RolloutState {
-                        generation,
-                        state: RolloutPhase::Progressing,
-                        batch: 0,
-                        batch_started_at: now,
-                        failures: 0,
-                        message: None,
-                    }),
-                    (Some(_), false) => current.rollout_state.clone(),
-                },
-                generation,
-                rendered: rendered.clone(),
-                etag: new_etag(),
-                system_data: current.system_data.modified(subject, now),
-                ..current
-            }
-        }
-    }
+    let (record, created) = assignments
+        .put(&caller.subject, &scope, &name, &spec, &rendered, preconditions)
+        .await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    respond(state, status, record).await
 }
 
 /// Parses and checks a proposed assignment as a PUT does.
@@ -394,6 +271,7 @@ fn proposal(mut body: Value) -> ApiResult<AssignmentSpec> {
 
 /// What applying `body` as the assignment `name` would do, computed as the store would apply it.
 async fn plan(
+    assignments: &Assignments,
     state: &AppState,
     caller: &Caller,
     scope: FleetScope,
@@ -404,7 +282,7 @@ async fn plan(
     let spec = proposal(body)?;
     let rendered = render(&spec)?;
     let group = match &spec.cluster_group_id {
-        Some(id) => Some(resolve_group(state, &scope, id).await?),
+        Some(id) => Some(assignments.resolve_group(&scope, id).await?),
         None => None,
     };
     let current = state.store.get_policy_assignment(&scope.key(&name)).await?;
@@ -449,7 +327,7 @@ async fn plan(
         .await?
         .into_iter()
         .map(|c| {
-            let deleting = c.provisioning_state == crate::flux::model::ProvisioningState::Deleting;
+            let deleting = c.provisioning_state == crate::lifecycle::ProvisioningState::Deleting;
             (
                 c.cluster_id,
                 Existing {
@@ -519,14 +397,9 @@ async fn overlapping(
     }
 }
 
-async fn delete(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
+async fn delete(assignments: &Assignments, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<StatusCode> {
     caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
-    let deleted = state.store.delete_policy_assignment(&scope.key(&name)).await?;
-    if deleted {
-        wake(state, &scope.clusters()).await?;
-        tracing::info!(assignment = %scope.resource_id(TYPE_NAME, &name), "policy assignment deleted");
-    }
-    Ok(if deleted {
+    Ok(if assignments.delete(&scope, &name).await? {
         StatusCode::OK
     } else {
         StatusCode::NO_CONTENT
@@ -625,6 +498,7 @@ async fn get_at_resource_group(
 )]
 async fn put_at_subscription(
     State(state): State<AppState>,
+    State(assignments): State<Assignments>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
@@ -632,7 +506,7 @@ async fn put_at_subscription(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let (scope, name) = path.target()?;
-    put(&state, &caller, scope, name, &preconditions, body).await
+    put(&assignments, &state, &caller, scope, name, &preconditions, body).await
 }
 
 /// Creates or replaces a policy assignment of a resource group; every matching cluster of the group gets its
@@ -653,6 +527,7 @@ async fn put_at_subscription(
 )]
 async fn put_at_resource_group(
     State(state): State<AppState>,
+    State(assignments): State<Assignments>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
@@ -660,7 +535,7 @@ async fn put_at_resource_group(
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let (scope, name) = path.target()?;
-    put(&state, &caller, scope, name, &preconditions, body).await
+    put(&assignments, &state, &caller, scope, name, &preconditions, body).await
 }
 
 /// Deletes a policy assignment of a subscription (200), its configurations going as its `onUnmatch` says; 204
@@ -679,13 +554,13 @@ async fn put_at_resource_group(
     security(("bearer" = []))
 )]
 async fn delete_at_subscription(
-    State(state): State<AppState>,
+    State(assignments): State<Assignments>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
 ) -> ApiResult<StatusCode> {
     let (scope, name) = path.target()?;
-    delete(&state, &caller, scope, name).await
+    delete(&assignments, &caller, scope, name).await
 }
 
 /// Deletes a policy assignment of a resource group (200), its configurations going as its `onUnmatch` says; 204
@@ -704,13 +579,13 @@ async fn delete_at_subscription(
     security(("bearer" = []))
 )]
 async fn delete_at_resource_group(
-    State(state): State<AppState>,
+    State(assignments): State<Assignments>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
 ) -> ApiResult<StatusCode> {
     let (scope, name) = path.target()?;
-    delete(&state, &caller, scope, name).await
+    delete(&assignments, &caller, scope, name).await
 }
 
 /// Lists the policy assignments of a subscription, those of its resource groups included (a caller who may read
@@ -781,13 +656,14 @@ async fn list_at_resource_group(
 )]
 async fn plan_at_subscription(
     State(state): State<AppState>,
+    State(assignments): State<Assignments>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<AssignmentPlan>> {
     let (scope, name) = path.target()?;
-    plan(&state, &caller, scope, name, body).await
+    plan(&assignments, &state, &caller, scope, name, body).await
 }
 
 /// What applying a proposed policy assignment of a resource group would do; writes nothing.
@@ -806,13 +682,14 @@ async fn plan_at_subscription(
 )]
 async fn plan_at_resource_group(
     State(state): State<AppState>,
+    State(assignments): State<Assignments>,
     caller: Caller,
     _version: ApiVersion<Fleet>,
     ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Json<AssignmentPlan>> {
     let (scope, name) = path.target()?;
-    plan(&state, &caller, scope, name, body).await
+    plan(&assignments, &state, &caller, scope, name, body).await
 }
 
 /// Where every cluster a subscription's policy assignment selects stands, and why; paged.

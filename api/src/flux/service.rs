@@ -1,0 +1,407 @@
+//! The write rules of Flux configurations: each write is a new generation with its operation, decided by the
+//! lifecycle (`lifecycle::written`, `deleting`, `secrets`), written under optimistic concurrency, its secrets
+//! sealed to the cluster's agent on the way. A deletion is a generation too, completed by the agent, unless forced.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use fluxplane_agent_protocol::sealing::{self, Envelope};
+use serde_json::Value;
+
+use super::secrets::SecretFields;
+use super::validate::normalize;
+use crate::arm::body::parse;
+use crate::arm::conditional::Preconditions;
+use crate::arm::ids::{ClusterScope, ConfigurationName};
+use crate::arm::system_data::SystemData;
+use crate::arm::write::{Attempt, contention, new_etag, retry};
+use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::{self, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep};
+use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
+use crate::store::Store;
+use crate::turns::Turns;
+
+/// A configuration a request addresses, with the registered cluster it hangs under.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scope: ClusterScope,
+    pub name: ConfigurationName,
+    pub cluster: ClusterRecord,
+}
+
+impl Target {
+    pub fn id(&self) -> String {
+        self.scope.configuration_id(self.name.as_str())
+    }
+
+    /// The key operations are filed under: the same whichever cluster type the path used.
+    pub fn resource_key(&self) -> String {
+        format!("{}/{}", self.scope.cluster.key(), self.name.as_str())
+    }
+}
+
+/// What an accepted write answers: the configuration as written, its operation, and whether it was created.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub record: ConfigurationRecord,
+    pub operation: OperationRecord,
+    pub created: bool,
+}
+
+/// What a deletion came to.
+#[derive(Debug, Clone)]
+pub enum Deletion {
+    /// Forced: the configuration is gone.
+    Deleted,
+    /// There was no such configuration.
+    Missing,
+    /// The agent removes it from its cluster; the operation ends when it has.
+    Started(OperationRecord),
+}
+
+/// Writes Flux configurations.
+#[derive(Clone)]
+pub struct Configurations {
+    store: Arc<dyn Store>,
+    turns: Arc<Turns>,
+    lifetimes: Lifetimes,
+}
+
+impl Configurations {
+    pub fn new(store: Arc<dyn Store>, turns: Arc<Turns>, lifetimes: Lifetimes) -> Self {
+        Self {
+            store,
+            turns,
+            lifetimes,
+        }
+    }
+
+    /// The configuration `name` of the cluster `scope` addresses, which must be registered.
+    pub async fn target(&self, scope: ClusterScope, name: ConfigurationName) -> ApiResult<Target> {
+        let cluster = self.cluster(&scope).await?;
+        Ok(Target { scope, name, cluster })
+    }
+
+    async fn cluster(&self, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
+        self.store
+            .get_cluster(&scope.cluster.key())
+            .await?
+            .ok_or_else(|| parent_not_found(scope))
+    }
+
+    /// Creates the configuration or replaces it as a whole, secrets included (`secrets` empty: it has none).
+    pub async fn put(
+        &self,
+        subject: &str,
+        target: &Target,
+        spec: &FluxConfigurationSpec,
+        secrets: &SecretFields,
+        preconditions: &Preconditions,
+    ) -> ApiResult<Written> {
+        let input = if secrets.is_empty() {
+            SecretsInput::ReplaceWithNone
+        } else {
+            SecretsInput::Replace
+        };
+        let written = retry(&self.turns, &turn(target), preconditions, move || async move {
+            let current = self
+                .store
+                .get_configuration(target.cluster.id, target.name.as_str())
+                .await?;
+            preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
+            if current
+                .as_ref()
+                .is_some_and(|c| c.provisioning_state == ProvisioningState::Deleting)
+            {
+                return Err(being_deleted(target));
+            }
+            let mut spec = spec.clone();
+            normalize(&mut spec, &target.name, current.as_ref().map(|c| &c.spec))?;
+            match self.write(subject, target, current, spec, secrets, input).await? {
+                // the cluster went between the read and the write
+                (Write::ParentMissing, ..) => Err(self.cluster(&target.scope).await.err().unwrap_or_else(contention)),
+                (outcome, written) => Ok(attempt(outcome, written)),
+            }
+        })
+        .await?;
+        tracing::info!(configuration = %target.id(), generation = written.record.generation, "configuration written");
+        Ok(written)
+    }
+
+    /// Changes part of the configuration by a JSON merge patch of its properties (`changes`) and of its secrets.
+    pub async fn patch(
+        &self,
+        subject: &str,
+        target: &Target,
+        changes: &Value,
+        secrets: &SecretFields,
+        preconditions: &Preconditions,
+    ) -> ApiResult<Written> {
+        let input = if secrets.is_empty() {
+            SecretsInput::Untouched
+        } else {
+            SecretsInput::Merge
+        };
+        let written = retry(&self.turns, &turn(target), preconditions, move || async move {
+            let current = self
+                .store
+                .get_configuration(target.cluster.id, target.name.as_str())
+                .await?
+                .ok_or_else(|| not_found(target))?;
+            preconditions.check(Some(&current.etag))?;
+            if current.provisioning_state == ProvisioningState::Deleting {
+                return Err(being_deleted(target));
+            }
+            let mut properties = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
+            json_patch::merge(&mut properties, changes);
+            let mut spec: FluxConfigurationSpec = parse(properties, "properties")?;
+            normalize(&mut spec, &target.name, Some(&current.spec))?;
+            let (outcome, written) = self.write(subject, target, Some(current), spec, secrets, input).await?;
+            Ok(attempt(outcome, written))
+        })
+        .await?;
+        tracing::info!(configuration = %target.id(), generation = written.record.generation, "configuration patched");
+        Ok(written)
+    }
+
+    /// Deletes the configuration: at once when `force`, otherwise by a generation its agent completes.
+    pub async fn delete(
+        &self,
+        subject: &str,
+        target: &Target,
+        force: bool,
+        preconditions: &Preconditions,
+    ) -> ApiResult<Deletion> {
+        retry(&self.turns, &turn(target), preconditions, move || async move {
+            let Some(current) = self
+                .store
+                .get_configuration(target.cluster.id, target.name.as_str())
+                .await?
+            else {
+                preconditions.check(None)?;
+                return Ok(Attempt::Done(Deletion::Missing));
+            };
+            preconditions.check(Some(&current.etag))?;
+            if force {
+                let deleted = self
+                    .store
+                    .delete_configuration(target.cluster.id, target.name.as_str(), &target.resource_key())
+                    .await?;
+                tracing::info!(configuration = %target.id(), "configuration force-deleted");
+                return Ok(Attempt::Done(if deleted {
+                    Deletion::Deleted
+                } else {
+                    Deletion::Missing
+                }));
+            }
+            let stage = lifecycle::deleting(current.generation, current.compliance_state);
+            let expected = current.etag.clone();
+            let record = ConfigurationRecord {
+                generation: stage.generation,
+                etag: new_etag(),
+                provisioning_state: stage.provisioning_state,
+                compliance_state: stage.compliance_state,
+                system_data: current.system_data.modified(subject, Utc::now()),
+                generation_expires_at: stage.generation_expires_at,
+                failure: None,
+                // nor are its secrets delivered any more: the agent removes the cluster's copy with the rest
+                secrets_version: None,
+                secrets_expire_at: None,
+                ..current
+            };
+            let operation = new_operation(target, "Delete", record.generation);
+            Ok(
+                match self
+                    .store
+                    .update_configuration(&record, &SecretsWrite::Clear, &expected, &operation)
+                    .await?
+                {
+                    Write::Written => {
+                        tracing::info!(configuration = %target.id(), "configuration deletion started");
+                        Attempt::Done(Deletion::Started(operation))
+                    }
+                    Write::Conflict | Write::ParentMissing => Attempt::Lost,
+                },
+            )
+        })
+        .await
+    }
+
+    /// Writes `spec` and the secrets as the next generation over `current` (`None`: creates the configuration).
+    async fn write(
+        &self,
+        subject: &str,
+        target: &Target,
+        current: Option<ConfigurationRecord>,
+        spec: FluxConfigurationSpec,
+        secrets: &SecretFields,
+        input: SecretsInput,
+    ) -> ApiResult<(Write, Written)> {
+        let now = Utc::now();
+        let stage = lifecycle::written(current.as_ref().map(|c| c.generation), now, &self.lifetimes);
+        let held = current.as_ref().map(|c| (c.secrets_version, c.secrets_expire_at));
+        let kept = lifecycle::secrets(held, input, stage.generation, now, &self.lifetimes);
+        let secrets_write = match kept.step {
+            SecretsStep::Keep => SecretsWrite::Keep,
+            SecretsStep::Clear => SecretsWrite::Clear,
+            SecretsStep::Replace => {
+                SecretsWrite::Replace(seal(target, secrets, stage.generation, SecretsChange::Replace, None)?)
+            }
+            SecretsStep::Merge { base } => {
+                SecretsWrite::Merge(seal(target, secrets, stage.generation, SecretsChange::Merge, base)?)
+            }
+        };
+        let lived = |record: ConfigurationRecord| ConfigurationRecord {
+            spec: spec.clone(),
+            secrets_version: kept.version,
+            secrets_expire_at: kept.expire_at,
+            generation: stage.generation,
+            etag: new_etag(),
+            provisioning_state: stage.provisioning_state,
+            compliance_state: stage.compliance_state,
+            generation_expires_at: stage.generation_expires_at,
+            failure: None,
+            ..record
+        };
+        match current {
+            None => {
+                let record = lived(new_record(target, subject, now));
+                let operation = new_operation(target, "Create", record.generation);
+                let outcome = self
+                    .store
+                    .insert_configuration(&record, &secrets_write, &operation)
+                    .await?;
+                Ok((
+                    outcome,
+                    Written {
+                        record,
+                        operation,
+                        created: true,
+                    },
+                ))
+            }
+            Some(current) => {
+                let expected = current.etag.clone();
+                let system_data = current.system_data.modified(subject, now);
+                let record = ConfigurationRecord {
+                    system_data,
+                    ..lived(current)
+                };
+                let operation = new_operation(target, "Update", record.generation);
+                let outcome = self
+                    .store
+                    .update_configuration(&record, &secrets_write, &expected, &operation)
+                    .await?;
+                Ok((
+                    outcome,
+                    Written {
+                        record,
+                        operation,
+                        created: false,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+/// A write's outcome as an attempt of the retry loop.
+fn attempt(outcome: Write, written: Written) -> Attempt<Written> {
+    match outcome {
+        Write::Written => Attempt::Done(written),
+        Write::Conflict | Write::ParentMissing => Attempt::Lost,
+    }
+}
+
+/// The turn writers of the configuration take.
+fn turn(target: &Target) -> String {
+    format!("fluxConfigurations {}", target.resource_key())
+}
+
+/// A configuration that does not exist yet, before the lifecycle fills in its generation.
+fn new_record(target: &Target, subject: &str, now: DateTime<Utc>) -> ConfigurationRecord {
+    ConfigurationRecord {
+        id: 0,
+        cluster_id: target.cluster.id,
+        name: target.name.as_str().to_owned(),
+        spec: FluxConfigurationSpec::default(),
+        secrets_version: None,
+        generation: 0,
+        etag: String::new(),
+        provisioning_state: ProvisioningState::Creating,
+        compliance_state: ComplianceState::Pending,
+        observed: Default::default(),
+        system_data: SystemData::created(subject, now),
+        reported_generation: None,
+        secrets_expire_at: None,
+        generation_expires_at: None,
+        failure: None,
+        managed_by_id: None,
+        drifted_at: None,
+        managed_by: None,
+        managed_generation: None,
+    }
+}
+
+fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecord {
+    OperationRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        resource_key: target.resource_key(),
+        resource_id: target.id(),
+        kind: kind.to_owned(),
+        generation,
+        status: OperationState::InProgress,
+        start_time: Utc::now(),
+        end_time: None,
+        error: None,
+    }
+}
+
+/// Seals `secrets` to the cluster's agent as the change to `version`.
+fn seal(
+    target: &Target,
+    secrets: &SecretFields,
+    version: i64,
+    change: SecretsChange,
+    base_version: Option<i64>,
+) -> ApiResult<SealedSecrets> {
+    let Some(key) = target.cluster.agent_encryption_key.as_deref() else {
+        return Err(ApiError::AgentEncryptionKeyMissing(format!(
+            "secrets are sealed to the agent of cluster '{}', which has not registered its encryption key yet: \
+             register the agent (fluxplane agent register) and write the configuration again",
+            target.scope.cluster.name.as_str()
+        )));
+    };
+    let envelope = Envelope {
+        cluster_id: &target.scope.cluster.id(),
+        configuration: target.name.as_str(),
+        version,
+        change,
+        base_version,
+    };
+    Ok(sealing::seal(key, envelope, &secrets.to_bytes()).map_err(anyhow::Error::from)?)
+}
+
+pub fn parent_not_found(scope: &ClusterScope) -> ApiError {
+    ApiError::ParentResourceNotFound(format!(
+        "The parent resource '{}' was not found; register the cluster first.",
+        scope.id()
+    ))
+}
+
+pub fn not_found(target: &Target) -> ApiError {
+    ApiError::ResourceNotFound(format!(
+        "The Flux configuration '{}' was not found on cluster '{}'.",
+        target.name.as_str(),
+        target.scope.cluster.name.as_str()
+    ))
+}
+
+fn being_deleted(target: &Target) -> ApiError {
+    ApiError::Conflict(format!(
+        "The Flux configuration '{}' is being deleted; wait for the deletion to finish or delete with forceDelete=true.",
+        target.name.as_str()
+    ))
+}
