@@ -16,7 +16,7 @@ use fluxplane_agent::run::{Agent, Options};
 use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::ServeConfig;
-use fluxplane_api::dashboards::ui::SignIn;
+use fluxplane_api::config::SignIn;
 use fluxplane_api::server;
 use serde_json::json;
 

@@ -6,6 +6,8 @@
 //! of a sufficient role covers the resource's id. Authorisation looks at the path alone, before the store is
 //! touched, so a caller never learns whether a resource outside its scope exists.
 
+use std::sync::Arc;
+
 use std::path::Path;
 
 use anyhow::Context;
@@ -23,7 +25,6 @@ use crate::arm::ids::{ResourceGroupName, SubscriptionId};
 use crate::arm::scope::{ClusterSet, FleetScope};
 use crate::config::{JwtAlgorithm, ServeConfig};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Shortest HS256 secret accepted: 256 bits, as RFC 7518 requires for HS256.
 const MIN_SECRET_BYTES: usize = 32;
@@ -303,7 +304,7 @@ pub fn mint(
 
 /// Middleware: authenticates the bearer token and records the caller for the handlers.
 pub async fn authenticate(
-    State(state): State<AppState>,
+    State(auth): State<Arc<Authenticator>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -318,7 +319,7 @@ pub async fn authenticate(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::AuthenticationFailed("the Authorization header must be 'Bearer <token>'".into()))?;
-    let caller = state.auth.authenticate(token)?;
+    let caller = auth.authenticate(token)?;
     tracing::Span::current().record("caller", caller.subject.as_str());
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)

@@ -19,17 +19,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::Notify;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Unreachable};
 use crate::store::Store;
 
 /// How often the watcher tries the database while it is down, and how long one try may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// What a response says when it met an unreachable database (with what the database driver said): the guard marks
-/// the database down on seeing it.
-#[derive(Debug, Clone)]
-pub struct Unreachable(pub String);
 
 /// The database's reachability as this replica last saw it.
 #[derive(Debug, Default)]

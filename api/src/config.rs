@@ -67,7 +67,7 @@ pub struct ServeConfig {
 
     /// What the web UI's sign-in is filled with (set by `fluxplane dev`, never from the command line).
     #[arg(skip)]
-    pub ui_sign_in: Option<crate::dashboards::ui::SignIn>,
+    pub ui_sign_in: Option<SignIn>,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -127,4 +127,20 @@ pub enum JwtAlgorithm {
     Rs256,
     #[value(name = "ES256")]
     Es256,
+}
+
+/// What `fluxplane dev` fills the sign-in form with.
+#[derive(Clone)]
+pub struct SignIn {
+    pub token: String,
+    pub subscription: String,
+}
+
+impl std::fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignIn")
+            .field("token", &"<redacted>")
+            .field("subscription", &self.subscription)
+            .finish()
+    }
 }

@@ -168,17 +168,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(err: crate::store::StoreError) -> Self {
-        match &err {
-            crate::store::StoreError::Database(cause) if err.is_unavailable() => {
-                ApiError::DatabaseUnavailable(format!("the database is unreachable ({cause}); retry shortly"))
-            }
-            _ => ApiError::Internal(err.into()),
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -191,9 +180,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, axum::Json(ErrorResponse { error: self.detail() })).into_response();
         if let ApiError::DatabaseUnavailable(why) = &self {
-            response
-                .extensions_mut()
-                .insert(crate::availability::Unreachable(why.clone()));
+            response.extensions_mut().insert(Unreachable(why.clone()));
         }
         let headers = response.headers_mut();
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
@@ -208,6 +195,11 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What a response says when it met an unreachable database (with what the database driver said): the
+/// availability guard marks the database down on seeing it.
+#[derive(Debug, Clone)]
+pub struct Unreachable(pub String);
 
 /// Collects every validation problem of a request, so that one answer lists them all.
 #[derive(Debug, Default)]

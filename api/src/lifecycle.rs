@@ -17,7 +17,6 @@ use utoipa::ToSchema;
 
 use crate::config::ServeConfig;
 use crate::error::ErrorDetail;
-use crate::model::{ExpiryMessages, ManagedWrite};
 
 /// Provisioning state of a configuration: where the last write stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -196,6 +195,23 @@ pub fn agent_online(last: Option<DateTime<Utc>>, offline_after: std::time::Durat
     last.is_some_and(|last| chrono::Duration::from_std(offline_after).is_ok_and(|limit| Utc::now() - last <= limit))
 }
 
+/// What writes made for policy assignments need to know beside the assignment.
+#[derive(Debug, Clone, Default)]
+pub struct ManagedWrite {
+    /// When a generation written for an assignment fails unless its agent has picked it up.
+    pub generation_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The messages a configuration the control plane failed shows.
+#[derive(Debug, Clone)]
+pub struct ExpiryMessages {
+    /// Undelivered secrets reached their time to live.
+    pub secrets: String,
+    /// The agent did not pick the generation up in time.
+    pub pending: String,
+    /// The agent's keys changed while secrets sealed to the old ones were undelivered.
+    pub rotated: String,
+}
 /// How long what a write creates lives unless its agent acts on it (the 48-hour rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetimes {

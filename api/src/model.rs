@@ -196,13 +196,6 @@ pub enum GroupDelete {
     InUse,
 }
 
-/// What writes made for policy assignments need to know beside the assignment.
-#[derive(Debug, Clone, Default)]
-pub struct ManagedWrite {
-    /// When a generation written for an assignment fails unless its agent has picked it up.
-    pub generation_expires_at: Option<DateTime<Utc>>,
-}
-
 /// A cluster's tags, for evaluating selectors.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClusterTags {
@@ -446,17 +439,6 @@ pub struct Expired {
     pub generation: i64,
     /// True when its undelivered secrets were removed; false when its generation was not picked up in time.
     pub secrets: bool,
-}
-
-/// The messages a configuration the control plane failed shows.
-#[derive(Debug, Clone)]
-pub struct ExpiryMessages {
-    /// Undelivered secrets reached their time to live.
-    pub secrets: String,
-    /// The agent did not pick the generation up in time.
-    pub pending: String,
-    /// The agent's keys changed while secrets sealed to the old ones were undelivered.
-    pub rotated: String,
 }
 
 impl PolicyAssignmentRecord {

@@ -32,7 +32,7 @@ use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
 use crate::config::ServeConfig;
 use crate::connections::{self, Admission, Connections, Tracked};
-use crate::dashboards::events::Feed;
+use crate::dashboards::feed::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
 use crate::lifecycle::Lifetimes;

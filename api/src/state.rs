@@ -9,14 +9,14 @@ use crate::auth::Authenticator;
 use crate::availability::DatabaseHealth;
 use crate::clusters::service::Clusters;
 use crate::config::ServeConfig;
-use crate::dashboards::events::Feed;
+use crate::dashboards::feed::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
 use crate::flux::service::Configurations;
+use crate::lifecycle::ExpiryMessages;
 use crate::lifecycle::Lifetimes;
 use crate::metrics::Metrics;
-use crate::model::ExpiryMessages;
 use crate::notify::Notifier;
 use crate::store::Store;
 use crate::turns::Turns;
@@ -77,6 +77,30 @@ impl FromRef<AppState> for Assignments {
             state.lifetimes,
             state.metrics.clone(),
         )
+    }
+}
+
+impl FromRef<AppState> for Arc<ServeConfig> {
+    fn from_ref(state: &AppState) -> Self {
+        state.config.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<dyn Store> {
+    fn from_ref(state: &AppState) -> Self {
+        state.store.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<VerifiedTokens> {
+    fn from_ref(state: &AppState) -> Self {
+        state.agent_tokens.clone()
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::lifecycle::ExpiryMessages;
 use crate::lifecycle::Lifetimes;
-use crate::model::ExpiryMessages;
 use crate::store::Store;
 
 /// Sweeps every `interval` until dropped; generations it writes for policy assignments live as `lifetimes` say.

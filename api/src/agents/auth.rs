@@ -3,7 +3,7 @@
 //! The control plane stores no shared secret; registering a new key makes the old one useless at once.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
@@ -21,7 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use crate::arm::ids::ClusterRef;
 use crate::auth::CLOCK_SKEW_SECONDS;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::store::Store;
 
 /// The cluster an authenticated agent speaks for.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ fn verifying_key(registered: &str) -> Option<DecodingKey> {
 }
 
 /// Verifies an agent token and finds the cluster it speaks for.
-pub async fn verify(state: &AppState, token: &str) -> Result<AgentCaller, ApiError> {
+pub async fn verify(store: &dyn Store, tokens: &VerifiedTokens, token: &str) -> Result<AgentCaller, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| refused("malformed token"))?;
     if header.alg != Algorithm::EdDSA {
         return Err(refused("agent tokens are signed with EdDSA"));
@@ -105,16 +105,15 @@ pub async fn verify(state: &AppState, token: &str) -> Result<AgentCaller, ApiErr
     let unverified: AgentClaims =
         jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| refused("malformed claims"))?;
     let cluster = parse_cluster_id(&unverified.sub).ok_or_else(|| refused("the subject is not a connected cluster"))?;
-    let record = state
-        .store
+    let record = store
         .get_cluster(&cluster.key())
         .await?
         .ok_or_else(|| refused("the cluster is not registered"))?;
     let registered = &record.spec.properties.agent_public_key_certificate;
     let now = Utc::now().timestamp();
-    if !state.agent_tokens.verified(token, registered, now) {
+    if !tokens.verified(token, registered, now) {
         check_signature(token, registered)?;
-        state.agent_tokens.remember(token, registered, unverified.exp, now);
+        tokens.remember(token, registered, unverified.exp, now);
     }
     Ok(AgentCaller {
         cluster_id: record.id,
@@ -202,7 +201,8 @@ impl VerifiedTokens {
 
 /// Middleware of the agent routes.
 pub async fn authenticate(
-    State(state): State<AppState>,
+    State(store): State<Arc<dyn Store>>,
+    State(tokens): State<Arc<VerifiedTokens>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -216,7 +216,7 @@ pub async fn authenticate(
         .ok_or_else(|| {
             ApiError::AuthenticationFailed("the Authorization header must be 'Bearer <agent token>'".into())
         })?;
-    let agent = verify(&state, token).await?;
+    let agent = verify(store.as_ref(), &tokens, token).await?;
     tracing::Span::current().record("caller", agent.cluster.id().as_str());
     request.extensions_mut().insert(agent);
     Ok(next.run(request).await)

@@ -1,25 +1,31 @@
 //! JSON request bodies: media type, size limit and syntax are checked before any handler logic runs, and typed
 //! parsing reports the exact field that is wrong.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::config::ServeConfig;
 use crate::error::{ApiError, ErrorDetail};
-use crate::state::AppState;
 
 /// A request body that is a JSON object.
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
 
-impl FromRequest<AppState> for JsonBody {
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+    Arc<ServeConfig>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let value = read_object(req, state).await?;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let value = read_object(req, state, Arc::<ServeConfig>::from_ref(state).max_body_bytes).await?;
         if let Some(path) = first_nul(&value) {
             return Err(ApiError::invalid(
                 path.clone(),
@@ -36,11 +42,15 @@ impl FromRequest<AppState> for JsonBody {
 #[derive(Debug)]
 pub struct SanitizedJsonBody(pub Value);
 
-impl FromRequest<AppState> for SanitizedJsonBody {
+impl<S> FromRequest<S> for SanitizedJsonBody
+where
+    S: Send + Sync,
+    Arc<ServeConfig>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let mut value = read_object(req, state).await?;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let mut value = read_object(req, state, Arc::<ServeConfig>::from_ref(state).max_body_bytes).await?;
         if first_nul(&value).is_some() {
             replace_nul(&mut value);
         }
@@ -49,7 +59,7 @@ impl FromRequest<AppState> for SanitizedJsonBody {
 }
 
 /// Reads a JSON object body: media type, size limit and syntax checked.
-async fn read_object(req: Request, state: &AppState) -> Result<Value, ApiError> {
+async fn read_object<S: Send + Sync>(req: Request, state: &S, limit: usize) -> Result<Value, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -69,9 +79,7 @@ async fn read_object(req: Request, state: &AppState) -> Result<Value, ApiError> 
     }
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::RequestEntityTooLarge {
-                limit: state.config.max_body_bytes,
-            }
+            ApiError::RequestEntityTooLarge { limit }
         } else {
             ApiError::InvalidRequestContent(rejection.body_text())
         }

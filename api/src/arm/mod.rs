@@ -9,6 +9,7 @@ pub mod ids;
 pub mod paging;
 pub mod params;
 pub mod path;
+pub mod schema;
 pub mod scope;
 pub mod system_data;
 pub mod write;

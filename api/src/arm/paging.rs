@@ -1,7 +1,9 @@
 //! List paging: `$top` and an opaque `$skipToken` (never `api-version`, which Azure's SDKs replace when they
 //! follow `nextLink`), and the base URL that `nextLink` and `Azure-AsyncOperation` point at.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -11,8 +13,8 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::arm::scope::ClusterSet;
+use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -139,11 +141,15 @@ impl BaseUrl {
     }
 }
 
-impl FromRequestParts<AppState> for BaseUrl {
+impl<S> FromRequestParts<S> for BaseUrl
+where
+    S: Send + Sync,
+    Arc<ServeConfig>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if let Some(public) = &state.config.public_url {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(public) = &Arc::<ServeConfig>::from_ref(state).public_url {
             return Ok(Self(public.trim_end_matches('/').to_owned()));
         }
         let host = parts

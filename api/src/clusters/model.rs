@@ -174,7 +174,7 @@ pub struct ConnectedCluster {
 #[serde(rename_all = "camelCase")]
 pub struct ConnectedClusterProperties {
     #[serde(flatten)]
-    #[schema(schema_with = crate::openapi::open_schema::<ClusterProperties>)]
+    #[schema(schema_with = crate::arm::schema::open_schema::<ClusterProperties>)]
     pub spec: ClusterProperties,
     #[schema(read_only)]
     pub provisioning_state: String,

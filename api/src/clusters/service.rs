@@ -16,8 +16,9 @@ use crate::arm::ids::ClusterRef;
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::ExpiryMessages;
 use crate::lifecycle::{ConnectivityStatus, Lifetimes};
-use crate::model::{ClusterRecord, ExpiryMessages, Write};
+use crate::model::{ClusterRecord, Write};
 use crate::store::Store;
 use crate::turns::Turns;
 

@@ -3,6 +3,7 @@
 //! the fleet (`fleet::summary`, `fleet::cluster_compliance`).
 
 pub mod events;
+pub mod feed;
 pub mod history;
 pub mod ui;
 pub mod write_log;

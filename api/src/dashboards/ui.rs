@@ -18,22 +18,6 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
                                        img-src 'self' data:; connect-src 'self'; form-action 'none'; \
                                        frame-ancestors 'none'; base-uri 'none'";
 
-/// What `fluxplane dev` fills the sign-in form with.
-#[derive(Clone)]
-pub struct SignIn {
-    pub token: String,
-    pub subscription: String,
-}
-
-impl std::fmt::Debug for SignIn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignIn")
-            .field("token", &"<redacted>")
-            .field("subscription", &self.subscription)
-            .finish()
-    }
-}
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))

@@ -50,7 +50,7 @@ pub struct FluxConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct FluxConfigurationProperties {
     #[serde(flatten)]
-    #[schema(schema_with = crate::openapi::open_schema::<FluxConfigurationSpec>)]
+    #[schema(schema_with = crate::arm::schema::open_schema::<FluxConfigurationSpec>)]
     pub spec: FluxConfigurationSpec,
     /// Status of each Flux object the configuration created in the cluster.
     #[schema(read_only)]

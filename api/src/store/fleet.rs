@@ -124,7 +124,7 @@ macro_rules! fleet_helpers {
                 cluster_id: i64,
                 subscription_key: &str,
                 resource_group_key: &str,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
                 let sql = concat!(
                     "SELECT ",
@@ -150,7 +150,7 @@ macro_rules! fleet_helpers {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 a: &$crate::model::PolicyAssignmentRecord,
                 only: Option<i64>,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
                 use $crate::fleet::assignments::model::{
                     BatchMember, Decision, EnforcementMode, Existing, RolloutPhase, advance, decide,

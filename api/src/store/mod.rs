@@ -19,11 +19,13 @@ use chrono::{DateTime, Utc};
 
 use crate::arm::paging::PageRequest;
 use crate::arm::scope::ClusterSet;
+use crate::error::ApiError;
+use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
-    ConfigurationState, DesiredRecords, Expired, ExpiryMessages, FleetGauges, GroupDelete, HistoryQuery, ManagedWrite,
-    OperationRecord, PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount,
-    StateCountQuery, StatusRecord, Write, WriteRecord,
+    ConfigurationState, DesiredRecords, Expired, FleetGauges, GroupDelete, HistoryQuery, OperationRecord,
+    PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery,
+    StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -59,6 +61,19 @@ impl StoreError {
                 code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
             }),
             _ => false,
+        }
+    }
+}
+
+/// How a failed store call answers a request: an unreachable database is a 503 the client may retry, anything else
+/// an internal error.
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match &err {
+            StoreError::Database(cause) if err.is_unavailable() => {
+                ApiError::DatabaseUnavailable(format!("the database is unreachable ({cause}); retry shortly"))
+            }
+            _ => ApiError::Internal(err.into()),
         }
     }
 }

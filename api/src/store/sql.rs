@@ -158,7 +158,7 @@ macro_rules! sql_store {
             async fn insert_cluster(
                 &self,
                 c: &$crate::model::ClusterRecord,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
@@ -200,7 +200,7 @@ macro_rules! sql_store {
                 c: &$crate::model::ClusterRecord,
                 expected_etag: &str,
                 identity_changed: Option<&str>,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &c.subscription_key).await?;
@@ -410,7 +410,7 @@ macro_rules! sql_store {
                 &self,
                 g: &$crate::model::ClusterGroupRecord,
                 expected_etag: &str,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &g.subscription_key).await?;
@@ -498,7 +498,7 @@ macro_rules! sql_store {
                 &self,
                 a: &$crate::model::PolicyAssignmentRecord,
                 expected_etag: Option<&str>,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::AssignmentWrite> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &a.subscription_key).await?;
@@ -584,7 +584,7 @@ macro_rules! sql_store {
 
             async fn reconcile_assignments(
                 &self,
-                managed: &$crate::model::ManagedWrite,
+                managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<usize> {
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments ORDER BY id");
                 let assignments = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
@@ -753,7 +753,7 @@ macro_rules! sql_store {
             async fn expire(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
-                messages: &$crate::model::ExpiryMessages,
+                messages: &$crate::lifecycle::ExpiryMessages,
             ) -> $crate::store::StoreResult<Vec<$crate::model::Expired>> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 // every stored secret is undelivered (acknowledged ones are deleted at once): all fail

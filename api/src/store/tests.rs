@@ -13,8 +13,9 @@ use crate::arm::paging::PageRequest;
 use crate::arm::scope::ClusterSet;
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
+use crate::lifecycle::ManagedWrite;
 use crate::lifecycle::ProvisioningState;
-use crate::model::{ClusterRecord, ConfigurationRecord, ManagedWrite, OperationRecord, SecretsWrite, Write};
+use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
 use crate::on_both_backends;
 use crate::testing::{Backend, TestDatabase, with_database};
 

@@ -14,9 +14,7 @@ use crate::fleet::selector::LabelSelector;
 use crate::fleet::template::substitute;
 use crate::flux::secrets::SecretFields;
 use crate::flux::validate::normalize;
-use crate::lifecycle::ProvisioningState;
-use crate::model::ConfigurationRecord;
-use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
 
 /// Most parameters of one assignment: ARM's limit for a template.
 pub const MAX_PARAMETERS: usize = 256;
@@ -249,7 +247,7 @@ pub struct PolicyAssignment {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyAssignmentProperties {
     #[serde(flatten)]
-    #[schema(schema_with = crate::openapi::open_schema::<AssignmentSpec>)]
+    #[schema(schema_with = crate::arm::schema::open_schema::<AssignmentSpec>)]
     pub spec: AssignmentSpec,
     pub provisioning_state: String,
     /// Read-only: where the assignment stands now.
@@ -311,66 +309,6 @@ pub struct ClusterComplianceEntry {
     pub configuration_id: String,
     pub state: ClusterCompliance,
     pub reason: String,
-}
-
-/// Where a selected cluster stands with the assignment `id` at `generation`, and why. `online` says whether its
-/// agent was heard from recently.
-pub fn assess(
-    id: i64,
-    generation: i64,
-    configuration: Option<&ConfigurationRecord>,
-    online: bool,
-) -> (ClusterCompliance, String) {
-    let Some(c) = configuration else {
-        return (
-            ClusterCompliance::Missing,
-            "the cluster has no configuration of that name".into(),
-        );
-    };
-    if c.managed_by != Some(id) {
-        return (
-            ClusterCompliance::Conflict,
-            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
-        );
-    }
-    if c.managed_generation.is_none() {
-        let when = c
-            .drifted_at
-            .map(|t| format!(" at {}", t.to_rfc3339()))
-            .unwrap_or_default();
-        return (
-            ClusterCompliance::Drifted,
-            format!("written by hand{when}; the assignment restores it at its next reconciliation"),
-        );
-    }
-    if !online {
-        return (
-            ClusterCompliance::Offline,
-            "the cluster's agent is silent: its last report may be stale".into(),
-        );
-    }
-    if c.managed_generation != Some(generation) || c.reported_generation != Some(c.generation) {
-        return (
-            ClusterCompliance::Pending,
-            format!("the agent has not reported generation {} yet", c.generation),
-        );
-    }
-    let message = c.failure.clone().or_else(|| c.observed.error_message.clone());
-    match (c.provisioning_state, c.compliance_state) {
-        (ProvisioningState::Failed, _) => (
-            ClusterCompliance::NonCompliant,
-            message.unwrap_or_else(|| "the agent could not apply it".into()),
-        ),
-        (_, ComplianceState::Compliant) => (ClusterCompliance::Compliant, "compliant".into()),
-        (_, ComplianceState::NonCompliant) => (
-            ClusterCompliance::NonCompliant,
-            message.unwrap_or_else(|| "the agent reports it non-compliant".into()),
-        ),
-        (_, state) => (
-            ClusterCompliance::Pending,
-            format!("the agent reports it {}", state.as_str()),
-        ),
-    }
 }
 
 /// Where an assignment stands, computed when read.

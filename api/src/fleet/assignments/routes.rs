@@ -14,9 +14,9 @@ use utoipa_axum::routes;
 use super::model::{
     AssignmentPlan, AssignmentSpec, AssignmentStatus, ClusterCompliance, ClusterComplianceEntry, ComplianceCounts,
     EnforcementMode, Existing, OnUnmatch, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest,
-    assess, decide, render,
+    decide, render,
 };
-use super::service::{Assignments, TYPE_NAME, proposed};
+use super::service::{Assignments, TYPE_NAME, assess, proposed};
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};

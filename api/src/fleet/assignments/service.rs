@@ -6,17 +6,17 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use fluxplane_agent_protocol::flux::FluxConfigurationSpec;
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
-use super::model::{AssignmentSpec, RolloutPhase, RolloutState};
+use super::model::{AssignmentSpec, ClusterCompliance, RolloutPhase, RolloutState};
 use crate::arm::conditional::Preconditions;
 use crate::arm::scope::FleetScope;
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
-use crate::lifecycle::Lifetimes;
+use crate::lifecycle::{Lifetimes, ProvisioningState};
 use crate::metrics::Metrics;
-use crate::model::{AssignmentWrite, PolicyAssignmentRecord};
+use crate::model::{AssignmentWrite, ConfigurationRecord, PolicyAssignmentRecord};
 use crate::store::Store;
 use crate::turns::Turns;
 
@@ -185,5 +185,65 @@ pub fn proposed(
                 ..current
             }
         }
+    }
+}
+
+/// Where a selected cluster stands with the assignment `id` at `generation`, and why. `online` says whether its
+/// agent was heard from recently.
+pub fn assess(
+    id: i64,
+    generation: i64,
+    configuration: Option<&ConfigurationRecord>,
+    online: bool,
+) -> (ClusterCompliance, String) {
+    let Some(c) = configuration else {
+        return (
+            ClusterCompliance::Missing,
+            "the cluster has no configuration of that name".into(),
+        );
+    };
+    if c.managed_by != Some(id) {
+        return (
+            ClusterCompliance::Conflict,
+            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
+        );
+    }
+    if c.managed_generation.is_none() {
+        let when = c
+            .drifted_at
+            .map(|t| format!(" at {}", t.to_rfc3339()))
+            .unwrap_or_default();
+        return (
+            ClusterCompliance::Drifted,
+            format!("written by hand{when}; the assignment restores it at its next reconciliation"),
+        );
+    }
+    if !online {
+        return (
+            ClusterCompliance::Offline,
+            "the cluster's agent is silent: its last report may be stale".into(),
+        );
+    }
+    if c.managed_generation != Some(generation) || c.reported_generation != Some(c.generation) {
+        return (
+            ClusterCompliance::Pending,
+            format!("the agent has not reported generation {} yet", c.generation),
+        );
+    }
+    let message = c.failure.clone().or_else(|| c.observed.error_message.clone());
+    match (c.provisioning_state, c.compliance_state) {
+        (ProvisioningState::Failed, _) => (
+            ClusterCompliance::NonCompliant,
+            message.unwrap_or_else(|| "the agent could not apply it".into()),
+        ),
+        (_, ComplianceState::Compliant) => (ClusterCompliance::Compliant, "compliant".into()),
+        (_, ComplianceState::NonCompliant) => (
+            ClusterCompliance::NonCompliant,
+            message.unwrap_or_else(|| "the agent reports it non-compliant".into()),
+        ),
+        (_, state) => (
+            ClusterCompliance::Pending,
+            format!("the agent reports it {}", state.as_str()),
+        ),
     }
 }
