@@ -104,6 +104,12 @@ impl FromRef<AppState> for Arc<VerifiedTokens> {
     }
 }
 
+impl FromRef<AppState> for WriteLog {
+    fn from_ref(state: &AppState) -> Self {
+        state.writes.clone()
+    }
+}
+
 /// Aborts a background task when dropped.
 #[derive(Debug)]
 pub(crate) struct TaskGuard(pub(crate) tokio::task::AbortHandle);

@@ -10,10 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{
-    ClusterPatch, ClusterRequest, ClusterSpec, ConnectedCluster, ConnectedClusterProperties, READ_ONLY_FIELDS,
-    READ_ONLY_IDENTITY, READ_ONLY_PROPERTIES,
+    ClusterPatch, ClusterRequest, ClusterSpec, ConnectedCluster, READ_ONLY_FIELDS, READ_ONLY_IDENTITY,
+    READ_ONLY_PROPERTIES,
 };
 use super::service::{ClusterChanges, ClusterDraft, Clusters, TYPE, not_found};
+use super::view::render;
 use crate::arm::api_version::{Clusters as ClustersVersion, Fleet};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -25,7 +26,6 @@ use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::lifecycle::connectivity;
 use crate::model::ClusterRecord;
 use crate::state::AppState;
 
@@ -75,35 +75,6 @@ pub struct ApiVersionParam {
     #[param(rename = "api-version")]
     #[allow(dead_code)]
     api_version: String,
-}
-
-pub(crate) fn render(record: ClusterRecord, offline_after: std::time::Duration) -> ConnectedCluster {
-    let connectivity_status = connectivity(
-        &record.connectivity_status,
-        record.last_connectivity_time,
-        offline_after,
-    );
-    let cluster = ClusterRef::parse(&record.subscription, &record.resource_group, &record.name)
-        .expect("stored names were validated when written");
-    ConnectedCluster {
-        id: cluster.id(),
-        name: record.name,
-        type_: TYPE.to_owned(),
-        location: record.location,
-        tags: record.tags,
-        identity: record.spec.identity,
-        kind: record.spec.kind,
-        system_data: record.system_data,
-        properties: ConnectedClusterProperties {
-            spec: record.spec.properties,
-            provisioning_state: "Succeeded".to_owned(),
-            connectivity_status,
-            last_connectivity_time: record.last_connectivity_time,
-            agent_version: record.agent_version,
-            kubernetes_version: record.kubernetes_version,
-            total_node_count: record.total_node_count,
-        },
-    }
 }
 
 fn respond(state: &AppState, status: StatusCode, record: ClusterRecord) -> Response {
@@ -491,7 +462,7 @@ async fn cluster_history(
     let id = cluster.id();
     let subject = crate::model::HistorySubject::Cluster { cluster_id: record.id };
     let path = format!("{id}/history");
-    history::page(&state, subject, &id, true, &query, &base, &path)
+    history::page(state.store.as_ref(), subject, &id, true, &query, &base, &path)
         .await
         .map(Json)
 }

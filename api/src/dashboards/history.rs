@@ -9,12 +9,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::write_log::WriteLog;
 use crate::arm::ids::ClusterRef;
 use crate::arm::paging::{BaseUrl, Page, decode_token, encode_token};
 use crate::auth::Caller;
 use crate::error::{ApiResult, Problems};
 use crate::model::{HistoryQuery, HistorySubject, StatusRecord, WriteRecord};
-use crate::state::AppState;
+use crate::store::Store;
 
 /// How far back a history answers by default.
 const DEFAULT_SPAN: chrono::Duration = chrono::Duration::hours(24);
@@ -212,7 +213,7 @@ fn check(params: &HistoryParams) -> ApiResult<Range> {
 /// A page of the history of `subject`, whose writes are those to `resource_id` (and, with `below`, to what lies
 /// under it). `path` is the request's path, for `nextLink`.
 pub async fn page(
-    state: &AppState,
+    store: &dyn Store,
     subject: HistorySubject,
     resource_id: &str,
     below: bool,
@@ -232,7 +233,7 @@ pub async fn page(
         // one more of each than a page holds: whether another page follows
         limit: range.top + 1,
     };
-    let (status, writes) = state.store.history(&query).await?;
+    let (status, writes) = store.history(&query).await?;
     let more = status.len() + writes.len() > range.top as usize;
     let mut entries: Vec<(i64, HistoryEntry)> = status
         .into_iter()
@@ -268,7 +269,7 @@ pub async fn page(
 
 /// Middleware on the ARM routes: records each write they accept (PUT, PATCH, DELETE answered below 400) with the
 /// caller's subject. A failure to record is logged, not answered: the write itself is done.
-pub async fn record_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn record_writes(State(writes): State<WriteLog>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     if !matches!(method.as_str(), "PUT" | "PATCH" | "DELETE") {
         return next.run(request).await;
@@ -299,7 +300,7 @@ pub async fn record_writes(State(state): State<AppState>, request: Request, next
             request_id,
         };
         let resource = write.resource_id.clone();
-        if let Err(err) = state.writes.record(write).await {
+        if let Err(err) = writes.record(write).await {
             tracing::warn!(error = %err, %resource, "recording a write in the history failed");
         }
     }

@@ -26,7 +26,7 @@ use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::readable_scopes;
 use crate::auth::{Caller, Role};
 use crate::clusters::model::ConnectedCluster;
-use crate::clusters::routes::render as render_cluster;
+use crate::clusters::view::render as render_cluster;
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::model::ClusterGroupRecord;
 use crate::state::AppState;

@@ -548,7 +548,7 @@ async fn configuration_history(
         name: target.name.as_str().to_owned(),
     };
     let path = format!("{id}/history");
-    history::page(&state, subject, &id, false, &query, &base, &path)
+    history::page(state.store.as_ref(), subject, &id, false, &query, &base, &path)
         .await
         .map(Json)
 }

@@ -759,7 +759,7 @@ async fn assignment_history(
         .ok_or_else(|| not_found(&scope, &name))?;
     let subject = HistorySubject::Assignment { id: record.arm_id() };
     let path = format!("{id}/history");
-    history::page(state, subject, &id, false, query, base, &path).await
+    history::page(state.store.as_ref(), subject, &id, false, query, base, &path).await
 }
 
 /// The history of a policy assignment of a subscription: the status transitions of the configurations it manages
