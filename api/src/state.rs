@@ -59,7 +59,12 @@ impl FromRef<AppState> for Clusters {
 
 impl FromRef<AppState> for Configurations {
     fn from_ref(state: &AppState) -> Self {
-        Configurations::new(state.store.clone(), state.turns.clone(), state.lifetimes)
+        Configurations::new(
+            state.store.clone(),
+            state.turns.clone(),
+            state.lifetimes,
+            state.config.offline_after,
+        )
     }
 }
 

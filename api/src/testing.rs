@@ -17,9 +17,15 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::auth::{self, Role, RoleAssignment};
+use crate::clusters::service::Clusters;
 use crate::config::{LogFormat, ServeConfig};
+use crate::fleet::assignments::service::Assignments;
+use crate::fleet::groups_service::Groups;
+use crate::flux::service::Configurations;
+use crate::lifecycle::Lifetimes;
 use crate::state::AppState;
 use crate::store::{self, Store};
+use crate::turns::Turns;
 
 /// The two store backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +311,31 @@ where
 {
     if let Some(database) = TestDatabase::create(backend).await {
         body(database).await;
+    }
+}
+
+/// The write services over one store, as the app builds them, for tests without HTTP.
+#[derive(Clone)]
+pub struct Services {
+    pub clusters: Clusters,
+    pub configurations: Configurations,
+    pub groups: Groups,
+    pub assignments: Assignments,
+}
+
+impl Services {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let lifetimes = Lifetimes {
+            secrets: Duration::from_secs(48 * 3600),
+            pending: Duration::from_secs(3600),
+        };
+        let turns = Arc::new(Turns::default());
+        Self {
+            clusters: Clusters::new(store.clone(), turns.clone(), lifetimes, Arc::new(lifetimes.messages())),
+            configurations: Configurations::new(store.clone(), turns.clone(), lifetimes, Duration::from_secs(300)),
+            groups: Groups::new(store.clone(), turns.clone(), lifetimes),
+            assignments: Assignments::new(store, turns, lifetimes, Arc::default()),
+        }
     }
 }
 

@@ -217,3 +217,75 @@ fn same_location(a: &str, b: &str) -> bool {
     };
     normal(a) == normal(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    fn draft(location: &str, env: &str) -> ClusterDraft {
+        let spec = serde_json::from_value(json!({"properties": {"agentPublicKeyCertificate": "a2V5"}})).unwrap();
+        ClusterDraft::new(location.into(), BTreeMap::from([("env".into(), env.into())]), spec).unwrap()
+    }
+
+    on_both_backends!(
+        a_cluster_is_registered_replaced_and_patched_but_never_moved,
+        registered_replaced_patched_case
+    );
+    async fn registered_replaced_patched_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let clusters = Services::new(store.clone()).clusters;
+            let c1 = ClusterRef::parse("sub", "rg", "c1").unwrap();
+            let any = Preconditions::default();
+            let (first, created) = clusters
+                .put("alice", &c1, &draft("westeurope", "dev"), &any)
+                .await
+                .unwrap();
+            assert!(created);
+            assert_eq!(first.connectivity_status, "Connecting");
+            let (second, created) = clusters
+                .put("bob", &c1, &draft("West Europe", "prod"), &any)
+                .await
+                .unwrap();
+            assert!(!created, "the same location, spelled as ARM allows");
+            assert_ne!(second.etag, first.etag);
+            assert_eq!(second.tags["env"], "prod");
+            let moved = clusters
+                .put("bob", &c1, &draft("eastus", "prod"), &any)
+                .await
+                .unwrap_err();
+            assert_eq!(moved.status(), axum::http::StatusCode::BAD_REQUEST, "{moved:?}");
+
+            let changes = ClusterChanges {
+                properties: Some(json!({"distribution": "k3s"})),
+                tags: Some(BTreeMap::from([("env".into(), "qa".into())])),
+            };
+            let patched = clusters.patch("carol", &c1, &changes, &any).await.unwrap();
+            assert_eq!(patched.spec.properties.distribution.as_deref(), Some("k3s"));
+            assert_eq!(
+                patched.spec.properties.agent_public_key_certificate, "a2V5",
+                "merged, not replaced"
+            );
+            assert_eq!(patched.tags["env"], "qa");
+            assert_eq!(patched.system_data.last_modified_by, "carol");
+
+            let stale = clusters
+                .patch("dave", &c1, &changes, &Preconditions::if_match(&first.etag))
+                .await
+                .unwrap_err();
+            assert_eq!(stale.code(), "PreconditionFailed");
+            let stored = store.get_cluster(&c1.key()).await.unwrap().unwrap();
+            assert_eq!(stored.etag, patched.etag, "a refused write changes nothing");
+
+            assert!(clusters.delete(&c1).await.unwrap());
+            assert!(!clusters.delete(&c1).await.unwrap());
+            let gone = clusters.patch("carol", &c1, &changes, &any).await.unwrap_err();
+            assert_eq!(gone.code(), "ResourceNotFound");
+        })
+        .await;
+    }
+}

@@ -115,3 +115,79 @@ impl Groups {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fleet::assignments::model::PolicyAssignmentRequest;
+    use crate::fleet::assignments::model::render;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    fn selector(value: serde_json::Value) -> LabelSelector {
+        serde_json::from_value(value).unwrap()
+    }
+
+    on_both_backends!(
+        a_group_is_written_checked_and_kept_while_assignments_follow_it,
+        group_case
+    );
+    async fn group_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let scope = FleetScope::parse("sub", Some("rg")).unwrap();
+            let any = Preconditions::default();
+            let prod = selector(json!({"matchLabels": {"env": "prod"}}));
+            let (first, created) = services.groups.put("alice", &scope, "prod", &prod, &any).await.unwrap();
+            assert!(created);
+            assert_eq!(first.key, "sub/rg/prod");
+            let wider =
+                selector(json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "qa"]}]}));
+            let (second, created) = services.groups.put("bob", &scope, "prod", &wider, &any).await.unwrap();
+            assert!(!created);
+            assert_eq!(second.selector, wider);
+            let invalid = selector(json!({"matchExpressions": [{"key": "env", "operator": "In", "values": []}]}));
+            let refused = services
+                .groups
+                .put("bob", &scope, "prod", &invalid, &any)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.status(), axum::http::StatusCode::BAD_REQUEST, "{refused:?}");
+            let stale = services
+                .groups
+                .put("carol", &scope, "prod", &prod, &Preconditions::if_match(&first.etag))
+                .await
+                .unwrap_err();
+            assert_eq!(stale.code(), "PreconditionFailed");
+            assert_eq!(
+                store.get_cluster_group("sub/rg/prod").await.unwrap().unwrap().selector,
+                wider
+            );
+
+            let request: PolicyAssignmentRequest = serde_json::from_value(json!({"properties": {
+                "clusterGroupId": scope.resource_id(TYPE_NAME, "prod"),
+                "configurationName": "baseline",
+                "configurationTemplate": {
+                    "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": "main"}},
+                    "kustomizations": {"infra": {"path": "./infra"}}
+                }
+            }}))
+            .unwrap();
+            let rendered = render(&request.properties).unwrap();
+            services
+                .assignments
+                .put("owner", &scope, "baseline", &request.properties, &rendered, &any)
+                .await
+                .unwrap();
+            let in_use = services.groups.delete(&scope, "prod").await.unwrap_err();
+            assert_eq!(in_use.code(), "Conflict");
+            assert!(services.assignments.delete(&scope, "baseline").await.unwrap());
+            assert!(services.groups.delete(&scope, "prod").await.unwrap());
+            assert!(!services.groups.delete(&scope, "prod").await.unwrap());
+        })
+        .await;
+    }
+}

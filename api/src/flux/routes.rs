@@ -108,26 +108,17 @@ pub struct DeleteParams {
     force_delete: Option<String>,
 }
 
-/// A configuration a request addresses, and whether its cluster's agent is online (for the freshness reads show).
-struct Addressed {
-    target: Target,
-    online: bool,
-}
-
 /// Parses the path, authorises the caller for it, and finds the registered cluster.
 async fn resolve(
-    state: &AppState,
     configurations: &Configurations,
     caller: &Caller,
     params: &ConfigurationParams,
     role: Role,
-) -> ApiResult<Addressed> {
+) -> ApiResult<Target> {
     let scope = ClusterScope::parse(&params.cluster())?;
     let name = ConfigurationName::parse(&params.flux_configuration_name)?;
     caller.require(role, &scope.configuration_id(name.as_str()))?;
-    let target = configurations.target(scope, name).await?;
-    let online = agent_online(target.cluster.last_connectivity_time, state.config.offline_after);
-    Ok(Addressed { target, online })
+    configurations.target(scope, name).await
 }
 
 fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> FluxConfiguration {
@@ -181,16 +172,16 @@ fn check_secrets(secrets: &SecretFields) -> ApiResult<()> {
 }
 
 /// Answers a write: the resource, its ETag, and where to poll the operation.
-fn written(addressed: &Addressed, written: Written, base: &BaseUrl, api_version: &str) -> Response {
+fn written(target: &Target, written: Written, base: &BaseUrl, api_version: &str) -> Response {
     let status = if written.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let url = operation_url(base, &addressed.target.id(), &written.operation.id, api_version);
+    let url = operation_url(base, &target.id(), &written.operation.id, api_version);
     let mut headers = async_operation_headers(&url);
     insert_etag(&mut headers, &written.record.etag);
-    let body = render(&addressed.target.scope, addressed.online, written.record);
+    let body = render(&target.scope, target.online, written.record);
     (status, headers, Json(body)).into_response()
 }
 
@@ -212,7 +203,6 @@ fn written(addressed: &Addressed, written: Written, base: &BaseUrl, api_version:
     security(("bearer" = []))
 )]
 async fn put_configuration(
-    State(state): State<AppState>,
     State(configurations): State<Configurations>,
     caller: Caller,
     version: ApiVersion<FluxConfigurations>,
@@ -221,7 +211,7 @@ async fn put_configuration(
     base: BaseUrl,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult<Response> {
-    let addressed = resolve(&state, &configurations, &caller, &params, Role::Contributor).await?;
+    let target = resolve(&configurations, &caller, &params, Role::Contributor).await?;
     strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
     let mut properties = match body.as_object_mut().and_then(|b| b.remove("properties")) {
         Some(properties) if properties.is_object() => properties,
@@ -234,9 +224,9 @@ async fn put_configuration(
     check_secrets(&secrets)?;
     let spec: FluxConfigurationSpec = parse(properties, "properties")?;
     let result = configurations
-        .put(&caller.subject, &addressed.target, &spec, &secrets, &preconditions)
+        .put(&caller.subject, &target, &spec, &secrets, &preconditions)
         .await?;
-    Ok(written(&addressed, result, &base, version.version))
+    Ok(written(&target, result, &base, version.version))
 }
 
 /// The body of a configuration PUT or PATCH besides `properties`: nothing else is accepted.
@@ -264,7 +254,6 @@ pub struct FluxConfigurationRequest {
     security(("bearer" = []))
 )]
 async fn patch_configuration(
-    State(state): State<AppState>,
     State(configurations): State<Configurations>,
     caller: Caller,
     version: ApiVersion<FluxConfigurations>,
@@ -273,7 +262,7 @@ async fn patch_configuration(
     base: BaseUrl,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult<Response> {
-    let addressed = resolve(&state, &configurations, &caller, &params, Role::Contributor).await?;
+    let target = resolve(&configurations, &caller, &params, Role::Contributor).await?;
     strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
     let mut changes = body
         .as_object_mut()
@@ -288,9 +277,9 @@ async fn patch_configuration(
     let secrets = SecretFields::split_patch_from(&mut changes);
     check_secrets(&secrets)?;
     let result = configurations
-        .patch(&caller.subject, &addressed.target, &changes, &secrets, &preconditions)
+        .patch(&caller.subject, &target, &changes, &secrets, &preconditions)
         .await?;
-    Ok(written(&addressed, result, &base, version.version))
+    Ok(written(&target, result, &base, version.version))
 }
 
 /// Reads a Flux configuration.
@@ -313,7 +302,7 @@ async fn get_configuration(
     _version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ConfigurationParams>,
 ) -> ApiResult<Response> {
-    let Addressed { target, online } = resolve(&state, &configurations, &caller, &params, Role::Reader).await?;
+    let target = resolve(&configurations, &caller, &params, Role::Reader).await?;
     let record = state
         .store
         .get_configuration(target.cluster.id, target.name.as_str())
@@ -321,7 +310,7 @@ async fn get_configuration(
         .ok_or_else(|| not_found(&target))?;
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
-    Ok((headers, Json(render(&target.scope, online, record))).into_response())
+    Ok((headers, Json(render(&target.scope, target.online, record))).into_response())
 }
 
 /// Deletes a Flux configuration: at once with `forceDelete=true`, otherwise once the agent has removed it.
@@ -341,7 +330,6 @@ async fn get_configuration(
     security(("bearer" = []))
 )]
 async fn delete_configuration(
-    State(state): State<AppState>,
     State(configurations): State<Configurations>,
     caller: Caller,
     version: ApiVersion<FluxConfigurations>,
@@ -360,7 +348,7 @@ async fn delete_configuration(
             ));
         }
     };
-    let Addressed { target, .. } = resolve(&state, &configurations, &caller, &params, Role::Contributor).await?;
+    let target = resolve(&configurations, &caller, &params, Role::Contributor).await?;
     Ok(
         match configurations
             .delete(&caller.subject, &target, force, &preconditions)
@@ -541,7 +529,7 @@ async fn configuration_history(
     ArmPath(params): ArmPath<ConfigurationParams>,
     ArmQuery(query): ArmQuery<HistoryParams>,
 ) -> ApiResult<Json<Page<HistoryEntry>>> {
-    let Addressed { target, .. } = resolve(&state, &configurations, &caller, &params, Role::Reader).await?;
+    let target = resolve(&configurations, &caller, &params, Role::Reader).await?;
     let id = target.id();
     let subject = HistorySubject::Configuration {
         cluster_id: target.cluster.id,

@@ -3,6 +3,7 @@
 //! sealed to the cluster's agent on the way. A deletion is a generation too, completed by the agent, unless forced.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
@@ -18,7 +19,7 @@ use crate::arm::ids::{ClusterScope, ConfigurationName};
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, contention, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
-use crate::lifecycle::{self, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep};
+use crate::lifecycle::{self, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep, agent_online};
 use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
 use crate::store::Store;
 use crate::turns::Turns;
@@ -29,6 +30,8 @@ pub struct Target {
     pub scope: ClusterScope,
     pub name: ConfigurationName,
     pub cluster: ClusterRecord,
+    /// Whether the cluster's agent has been heard from lately: what reads show as the status's freshness.
+    pub online: bool,
 }
 
 impl Target {
@@ -58,7 +61,7 @@ pub enum Deletion {
     /// There was no such configuration.
     Missing,
     /// The agent removes it from its cluster; the operation ends when it has.
-    Started(OperationRecord),
+    Started(Box<OperationRecord>),
 }
 
 /// Writes Flux configurations.
@@ -67,21 +70,30 @@ pub struct Configurations {
     store: Arc<dyn Store>,
     turns: Arc<Turns>,
     lifetimes: Lifetimes,
+    /// How long an agent may be silent before its cluster counts as offline.
+    offline_after: Duration,
 }
 
 impl Configurations {
-    pub fn new(store: Arc<dyn Store>, turns: Arc<Turns>, lifetimes: Lifetimes) -> Self {
+    pub fn new(store: Arc<dyn Store>, turns: Arc<Turns>, lifetimes: Lifetimes, offline_after: Duration) -> Self {
         Self {
             store,
             turns,
             lifetimes,
+            offline_after,
         }
     }
 
     /// The configuration `name` of the cluster `scope` addresses, which must be registered.
     pub async fn target(&self, scope: ClusterScope, name: ConfigurationName) -> ApiResult<Target> {
         let cluster = self.cluster(&scope).await?;
-        Ok(Target { scope, name, cluster })
+        let online = agent_online(cluster.last_connectivity_time, self.offline_after);
+        Ok(Target {
+            scope,
+            name,
+            cluster,
+            online,
+        })
     }
 
     async fn cluster(&self, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
@@ -220,7 +232,7 @@ impl Configurations {
                 {
                     Write::Written => {
                         tracing::info!(configuration = %target.id(), "configuration deletion started");
-                        Attempt::Done(Deletion::Started(operation))
+                        Attempt::Done(Deletion::Started(Box::new(operation)))
                     }
                     Write::Conflict | Write::ParentMissing => Attempt::Lost,
                 },
@@ -404,4 +416,170 @@ fn being_deleted(target: &Target) -> ApiError {
         "The Flux configuration '{}' is being deleted; wait for the deletion to finish or delete with forceDelete=true.",
         target.name.as_str()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::arm::ids::ClusterRef;
+    use crate::clusters::service::ClusterDraft;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    fn spec(branch: &str) -> FluxConfigurationSpec {
+        serde_json::from_value(json!({
+            "sourceKind": "GitRepository",
+            "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": branch}},
+            "kustomizations": {"apps": {"path": "./apps"}}
+        }))
+        .unwrap()
+    }
+
+    fn scope() -> ClusterScope {
+        ClusterScope::parse(&crate::arm::ids::ClusterPath {
+            subscription_id: "sub".into(),
+            resource_group_name: "rg".into(),
+            cluster_rp: "Microsoft.Kubernetes".into(),
+            cluster_resource_name: "connectedClusters".into(),
+            cluster_name: "c1".into(),
+        })
+        .unwrap()
+    }
+
+    async fn registered(services: &Services) -> Target {
+        let draft = ClusterDraft::new(
+            "westeurope".into(),
+            BTreeMap::new(),
+            serde_json::from_value(json!({"properties": {"agentPublicKeyCertificate": "a2V5"}})).unwrap(),
+        )
+        .unwrap();
+        let cluster = ClusterRef::parse("sub", "rg", "c1").unwrap();
+        services
+            .clusters
+            .put("alice", &cluster, &draft, &Preconditions::default())
+            .await
+            .unwrap();
+        let name = ConfigurationName::parse("cfg").unwrap();
+        services.configurations.target(scope(), name).await.unwrap()
+    }
+
+    on_both_backends!(
+        each_write_is_a_generation_with_its_operation_and_a_deletion_is_one_too,
+        generations_case
+    );
+    async fn generations_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let configurations = &services.configurations;
+            let target = registered(&services).await;
+            let (any, none) = (Preconditions::default(), SecretFields::default());
+
+            let created = configurations
+                .put("alice", &target, &spec("main"), &none, &any)
+                .await
+                .unwrap();
+            assert!(created.created);
+            assert_eq!(created.record.generation, 1);
+            assert_eq!(created.record.provisioning_state, ProvisioningState::Creating);
+            assert_eq!(created.record.compliance_state, ComplianceState::Pending);
+            assert!(
+                created.record.generation_expires_at.is_some(),
+                "a generation waits for its agent so long"
+            );
+            let operation = store.get_operation(&created.operation.id).await.unwrap().unwrap();
+            assert_eq!(
+                (operation.kind.as_str(), operation.status),
+                ("Create", OperationState::InProgress)
+            );
+
+            let replaced = configurations
+                .put("bob", &target, &spec("release"), &none, &any)
+                .await
+                .unwrap();
+            assert!(!replaced.created);
+            assert_eq!(replaced.record.generation, 2);
+            assert_eq!(replaced.record.provisioning_state, ProvisioningState::Updating);
+
+            let changes = json!({"suspend": true});
+            let patched = configurations
+                .patch("carol", &target, &changes, &none, &any)
+                .await
+                .unwrap();
+            assert_eq!(patched.record.generation, 3);
+            assert!(patched.record.spec.suspend.unwrap_or_default());
+            let branch = patched
+                .record
+                .spec
+                .git_repository
+                .as_ref()
+                .and_then(|g| g.repository_ref.as_ref());
+            assert_eq!(
+                branch.and_then(|r| r.branch.as_deref()),
+                Some("release"),
+                "a patch keeps the rest"
+            );
+
+            let Deletion::Started(operation) = configurations.delete("dave", &target, false, &any).await.unwrap()
+            else {
+                panic!("a deletion without force waits for the agent");
+            };
+            assert_eq!(operation.generation, 4);
+            let deleting = store
+                .get_configuration(target.cluster.id, "cfg")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(deleting.provisioning_state, ProvisioningState::Deleting);
+            assert_eq!(deleting.generation_expires_at, None, "a deletion never expires");
+            let refused = configurations
+                .put("erin", &target, &spec("main"), &none, &any)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), "Conflict");
+
+            let forced = configurations.delete("dave", &target, true, &any).await.unwrap();
+            assert!(matches!(forced, Deletion::Deleted), "{forced:?}");
+            let again = configurations.delete("dave", &target, true, &any).await.unwrap();
+            assert!(matches!(again, Deletion::Missing), "{again:?}");
+        })
+        .await;
+    }
+
+    on_both_backends!(
+        secrets_need_the_agents_key_and_a_configuration_needs_its_cluster,
+        secrets_and_parent_case
+    );
+    async fn secrets_and_parent_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let name = ConfigurationName::parse("cfg").unwrap();
+            let missing = services.configurations.target(scope(), name).await.unwrap_err();
+            assert_eq!(missing.code(), "ParentResourceNotFound");
+
+            let target = registered(&services).await;
+            let mut properties = serde_json::to_value(spec("main")).unwrap();
+            properties["configurationProtectedSettings"] = json!({"token": "s3cr3t"});
+            let secrets = SecretFields::split_from(&mut properties);
+            let refused = services
+                .configurations
+                .put("alice", &target, &spec("main"), &secrets, &Preconditions::default())
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), "AgentEncryptionKeyMissing");
+            assert!(
+                store
+                    .get_configuration(target.cluster.id, "cfg")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        })
+        .await;
+    }
 }

@@ -1207,3 +1207,72 @@ async fn a_request_cancelled_while_beginning_hands_back_no_open_transaction() {
         );
     }
 }
+
+/// Every table and column of a migrated database, as `table.column`.
+async fn columns(db: &TestDatabase) -> std::collections::BTreeSet<String> {
+    use sqlx::Connection;
+    let rows: Vec<(String, String)> = match db.backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_as(
+                "SELECT table_name::TEXT, column_name::TEXT FROM information_schema.columns \
+                 WHERE table_schema = current_schema()",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_as(
+                "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        }
+    };
+    rows.into_iter()
+        .filter(|(table, _)| table != "_sqlx_migrations")
+        .map(|(table, column)| format!("{table}.{column}"))
+        .collect()
+}
+
+/// Tables one engine has for what only it needs (see the migration that makes each).
+const SQLITE_ONLY: &[&str] = &[
+    // 0012_wakeups: the clusters a transaction changed, for the wake-ups PostgreSQL sends with NOTIFY
+    "desired_changes.cluster_key",
+];
+
+const POSTGRES_ONLY: &[&str] = &[
+    // 0013_one_trigger_per_event: the clusters not connected, kept by a trigger so that the summary reads them
+    // without scanning every cluster; SQLite's summary filters the clusters table instead (`sqlite::UNHEARD`)
+    "unconnected_clusters.cluster_id",
+    "unconnected_clusters.resource_group_key",
+    "unconnected_clusters.subscription_key",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_engines_end_with_the_same_tables_and_columns() {
+    let sqlite = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let Some(postgres) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    // migrated by opening them
+    sqlite.store().await;
+    postgres.store().await;
+    let (on_sqlite, on_postgres) = (columns(&sqlite).await, columns(&postgres).await);
+    assert!(
+        on_postgres.contains("flux_configurations.generation"),
+        "{on_postgres:?}"
+    );
+    let expected_sqlite_only: std::collections::BTreeSet<String> =
+        SQLITE_ONLY.iter().map(|c| (*c).to_owned()).collect();
+    let sqlite_only: std::collections::BTreeSet<String> = on_sqlite.difference(&on_postgres).cloned().collect();
+    let expected_postgres_only: std::collections::BTreeSet<String> =
+        POSTGRES_ONLY.iter().map(|c| (*c).to_owned()).collect();
+    let postgres_only: std::collections::BTreeSet<String> = on_postgres.difference(&on_sqlite).cloned().collect();
+    assert_eq!(sqlite_only, expected_sqlite_only, "columns only SQLite has");
+    assert_eq!(postgres_only, expected_postgres_only, "columns only PostgreSQL has");
+}

@@ -247,3 +247,190 @@ pub fn assess(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::arm::ids::{ClusterPath, ClusterRef, ClusterScope, ConfigurationName};
+    use crate::arm::scope::ClusterSet;
+    use crate::clusters::service::ClusterDraft;
+    use crate::fleet::assignments::model::{PolicyAssignmentRequest, render};
+    use crate::flux::secrets::SecretFields;
+    use crate::notify::Notifier;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    async fn cluster(services: &Services, name: &str, env: &str) -> ClusterRef {
+        let draft = ClusterDraft::new(
+            "westeurope".into(),
+            BTreeMap::from([("env".into(), env.into())]),
+            serde_json::from_value(json!({"properties": {"agentPublicKeyCertificate": "a2V5"}})).unwrap(),
+        )
+        .unwrap();
+        let cluster = ClusterRef::parse("sub", "rg", name).unwrap();
+        services
+            .clusters
+            .put("alice", &cluster, &draft, &Preconditions::default())
+            .await
+            .unwrap();
+        cluster
+    }
+
+    fn spec(name: &str, branch: &str) -> AssignmentSpec {
+        let request: PolicyAssignmentRequest = serde_json::from_value(json!({"properties": {
+            "selector": {"matchLabels": {"env": "prod"}},
+            "configurationName": name,
+            "configurationTemplate": {
+                "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": branch}},
+                "kustomizations": {"infra": {"path": "./infra"}}
+            }
+        }}))
+        .unwrap();
+        request.properties
+    }
+
+    async fn assign(
+        services: &Services,
+        name: &str,
+        spec: &AssignmentSpec,
+    ) -> ApiResult<(PolicyAssignmentRecord, bool)> {
+        let scope = FleetScope::parse("sub", None).unwrap();
+        let rendered = render(spec)?;
+        services
+            .assignments
+            .put("owner", &scope, name, spec, &rendered, &Preconditions::default())
+            .await
+    }
+
+    on_both_backends!(
+        an_assignment_writes_the_configuration_of_every_cluster_it_selects_and_overlaps_are_refused,
+        assignment_case
+    );
+    async fn assignment_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let prod = cluster(&services, "prod-1", "prod").await;
+            cluster(&services, "dev-1", "dev").await;
+            let (record, created) = assign(&services, "baseline", &spec("baseline", "main")).await.unwrap();
+            assert!(created);
+            let everywhere = ClusterSet::Subscription {
+                subscription_key: "sub".into(),
+            };
+            let written = store.configurations_named(&everywhere, "baseline").await.unwrap();
+            assert_eq!(written.len(), 1, "the prod cluster only: {written:?}");
+            let prod_id = store.get_cluster(&prod.key()).await.unwrap().unwrap().id;
+            assert_eq!(
+                (written[0].cluster_id, written[0].managed_by),
+                (prod_id, Some(record.id))
+            );
+
+            let (_, created) = assign(&services, "baseline", &spec("baseline", "main")).await.unwrap();
+            assert!(!created);
+            let overlap = assign(&services, "rival", &spec("baseline", "dev")).await.unwrap_err();
+            assert_eq!(overlap.code(), "Conflict");
+            assert!(overlap.to_string().contains("'baseline'"), "{overlap}");
+            assert!(
+                store.get_policy_assignment("sub/rival").await.unwrap().is_none(),
+                "nothing of it stays"
+            );
+
+            let scope = FleetScope::parse("sub", None).unwrap();
+            assert!(services.assignments.delete(&scope, "baseline").await.unwrap());
+            assert!(!services.assignments.delete(&scope, "baseline").await.unwrap());
+        })
+        .await;
+    }
+
+    on_both_backends!(
+        the_sweepers_drift_restoration_wakes_the_clusters_waiting_polls_at_once,
+        drift_wakes_case
+    );
+    async fn drift_wakes_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let prod = cluster(&services, "prod-1", "prod").await;
+            assign(&services, "baseline", &spec("baseline", "main")).await.unwrap();
+
+            // an agent waits on its cluster, as a long-poll does
+            let notifier = Arc::new(Notifier::default());
+            let follower = tokio::spawn({
+                let (store, notifier) = (store.clone(), notifier.clone());
+                async move { store.follow_changes(notifier).await }
+            });
+            let mut waiting = notifier.subscribe(&prod.key());
+            let scope = ClusterScope::parse(&ClusterPath {
+                subscription_id: "sub".into(),
+                resource_group_name: "rg".into(),
+                cluster_rp: "Microsoft.Kubernetes".into(),
+                cluster_resource_name: "connectedClusters".into(),
+                cluster_name: "prod-1".into(),
+            })
+            .unwrap();
+            let target = services
+                .configurations
+                .target(scope, ConfigurationName::parse("baseline").unwrap())
+                .await
+                .unwrap();
+            // someone edits the managed configuration by hand: drift (retried until the follower listens)
+            let mut hand: FluxConfigurationSpec = serde_json::from_value(json!({
+                "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": "hotfix"}},
+                "kustomizations": {"infra": {"path": "./infra"}}
+            }))
+            .unwrap();
+            let mut heard = false;
+            for _ in 0..20 {
+                hand.suspend = Some(!hand.suspend.unwrap_or_default());
+                services
+                    .configurations
+                    .put(
+                        "mallory",
+                        &target,
+                        &hand,
+                        &SecretFields::default(),
+                        &Preconditions::default(),
+                    )
+                    .await
+                    .unwrap();
+                if tokio::time::timeout(Duration::from_millis(500), waiting.changed())
+                    .await
+                    .is_ok()
+                {
+                    heard = true;
+                    break;
+                }
+            }
+            assert!(heard, "a write by hand wakes the cluster's polls");
+            waiting.borrow_and_update();
+
+            let restored = store
+                .reconcile_assignments(&crate::lifecycle::ManagedWrite::default())
+                .await
+                .unwrap();
+            assert_eq!(restored, 1);
+            tokio::time::timeout(Duration::from_secs(1), waiting.changed())
+                .await
+                .expect("the restoration wakes the waiting poll within a second")
+                .unwrap();
+            let stored = store
+                .get_configuration(target.cluster.id, "baseline")
+                .await
+                .unwrap()
+                .unwrap();
+            let spec = serde_json::to_value(&stored.spec).unwrap();
+            assert_eq!(
+                spec["gitRepository"]["repositoryRef"]["branch"],
+                Value::from("main"),
+                "restored"
+            );
+            follower.abort();
+        })
+        .await;
+    }
+}
