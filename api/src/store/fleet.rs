@@ -153,7 +153,7 @@ macro_rules! fleet_helpers {
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
                 use $crate::fleet::assignments::model::{
-                    BatchMember, Decision, EnforcementMode, Existing, RolloutPhase, advance, decide,
+                    BatchMember, Decision, EnforcementMode, Existing, decide, gate_rollout,
                 };
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
@@ -192,30 +192,22 @@ macro_rules! fleet_helpers {
                     .collect();
                 let Decision { create: inserts, update: mut updates, release: gone, .. } =
                     decide(a.id, a.generation, &matched, &existing);
-                // a rollout in progress lets the new generation reach the clusters of its batches so far only; a
-                // single cluster's write (a tag change) leaves its configuration to the rollout
-                let rolling = a.rollout_state.as_ref().filter(|s| {
-                    s.generation == a.generation && s.state != RolloutPhase::Completed && a.spec.rollout.is_some()
-                });
-                if only.is_some() && rolling.is_some() {
-                    updates.clear();
-                }
-                if let (Some(rollout), Some(state), None) = (&a.spec.rollout, rolling, only) {
-                    let size = rollout.batch_count(matched.len()).unwrap_or(1);
-                    let batches: Vec<Vec<i64>> = matched.chunks(size).map(<[i64]>::to_vec).collect();
-                    let next = advance(rollout, state, &batches, &members, chrono::Utc::now());
-                    if next != *state {
-                        sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
-                            .bind(sqlx::types::Json(&next))
-                            .bind(a.id)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    if next.state != RolloutPhase::Completed {
-                        let reached: std::collections::HashSet<i64> =
-                            batches.iter().take(next.batch + 1).flatten().copied().collect();
-                        updates.retain(|c| reached.contains(c));
-                    }
+                let next = gate_rollout(
+                    a.spec.rollout.as_ref(),
+                    a.rollout_state.as_ref(),
+                    a.generation,
+                    &matched,
+                    &members,
+                    only.is_some(),
+                    &mut updates,
+                    chrono::Utc::now(),
+                );
+                if let Some(next) = next {
+                    sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
+                        .bind(sqlx::types::Json(&next))
+                        .bind(a.id)
+                        .execute(&mut **tx)
+                        .await?;
                 }
                 let now = chrono::Utc::now();
                 let etag = uuid::Uuid::new_v4().to_string();

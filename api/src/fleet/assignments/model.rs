@@ -146,6 +146,39 @@ pub struct BatchMember {
     pub failed: bool,
 }
 
+/// Narrows what a reconciliation rewrites (`updates`) to what the assignment's rollout lets through now, and moves
+/// the rollout on: a rollout in progress lets the new generation reach the clusters of its batches so far only, and
+/// a single cluster's reconciliation (a tag change, `single_cluster`) leaves that cluster to the rollout. Answers
+/// the rollout's next state when it changed, for the store to write.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_rollout(
+    rollout: Option<&Rollout>,
+    state: Option<&RolloutState>,
+    generation: i64,
+    matched: &[i64],
+    members: &std::collections::HashMap<i64, BatchMember>,
+    single_cluster: bool,
+    updates: &mut Vec<i64>,
+    now: DateTime<Utc>,
+) -> Option<RolloutState> {
+    let rolling = state.filter(|s| s.generation == generation && s.state != RolloutPhase::Completed);
+    let (Some(rollout), Some(state)) = (rollout, rolling) else {
+        return None;
+    };
+    if single_cluster {
+        updates.clear();
+        return None;
+    }
+    let size = rollout.batch_count(matched.len()).unwrap_or(1);
+    let batches: Vec<Vec<i64>> = matched.chunks(size).map(<[i64]>::to_vec).collect();
+    let next = advance(rollout, state, &batches, members, now);
+    if next.state != RolloutPhase::Completed {
+        let reached: std::collections::HashSet<i64> = batches.iter().take(next.batch + 1).flatten().copied().collect();
+        updates.retain(|c| reached.contains(c));
+    }
+    (next != *state).then_some(next)
+}
+
 /// Advances a rollout: the current batch is done when all of it is Compliant at the new generation, when all of
 /// it has reported (failures counted), or when its time is up; without `waitForCompliance` one batch goes per
 /// call. Past `maxFailures` the rollout halts; past the last batch it completes. `batches` are cluster ids.
@@ -521,6 +554,81 @@ mod tests {
             compliant,
             failed,
         }
+    }
+
+    #[test]
+    fn a_rollout_lets_its_batches_so_far_through_and_leaves_single_clusters_to_itself() {
+        let now = Utc::now();
+        let r = rollout(json!(2), true, 0);
+        let matched = [1, 2, 3, 4, 5];
+        let mut members = std::collections::HashMap::new();
+        members.insert(1, member(false, false, false));
+        let mut updates = vec![1, 2, 3, 4, 5];
+        let gated = gate_rollout(
+            Some(&r),
+            Some(&started(now)),
+            2,
+            &matched,
+            &members,
+            false,
+            &mut updates,
+            now,
+        );
+        assert_eq!(
+            (gated, updates.as_slice()),
+            (None, [1, 2].as_slice()),
+            "the first batch, unchanged"
+        );
+
+        members.insert(1, member(true, true, false));
+        members.insert(2, member(true, true, false));
+        let mut updates = vec![1, 2, 3, 4, 5];
+        let gated = gate_rollout(
+            Some(&r),
+            Some(&started(now)),
+            2,
+            &matched,
+            &members,
+            false,
+            &mut updates,
+            now,
+        );
+        assert_eq!(
+            gated.map(|s| s.batch),
+            Some(1),
+            "moved on: the store writes the new state"
+        );
+        assert_eq!(updates, [1, 2, 3, 4]);
+
+        let mut updates = vec![3];
+        gate_rollout(
+            Some(&r),
+            Some(&started(now)),
+            2,
+            &matched,
+            &members,
+            true,
+            &mut updates,
+            now,
+        );
+        assert!(updates.is_empty(), "a tag change leaves the cluster to the rollout");
+
+        let mut updates = vec![1, 2, 3];
+        let other_generation = gate_rollout(
+            Some(&r),
+            Some(&started(now)),
+            3,
+            &matched,
+            &members,
+            false,
+            &mut updates,
+            now,
+        );
+        assert_eq!(
+            (other_generation, updates.len()),
+            (None, 3),
+            "no rollout of this generation: all at once"
+        );
     }
 
     #[test]
