@@ -19,8 +19,8 @@ use utoipa_axum::routes;
 use super::feed::BATCH;
 use super::history::StatusEntry;
 use crate::arm::ApiVersion;
-use crate::arm::ArmPath;
 use crate::arm::api_version::Fleet;
+use crate::arm::params::at_both_scopes;
 use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::arm::scope::ClusterSet;
 use crate::arm::scope::FleetScope;
@@ -30,55 +30,36 @@ use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::model::StatusRecord;
 use crate::state::AppState;
 
-/// Streams the status transitions of a subscription's clusters (those of the resource groups the caller may read,
-/// if it may not read the whole subscription). Each event is `status`, its data a history status entry, its id
-/// what `Last-Event-ID` resumes after.
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/events",
     tag = "Events",
-    operation_id = "Events_StreamAtSubscription",
-    params(SubscriptionScopePath, FleetApiVersionParam, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    params(FleetApiVersionParam, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
         (status = 200, description = "A text/event-stream of `status` events whose data is a StatusEntry", content_type = "text/event-stream", body = StatusEntry),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionScopePath>,
-    headers: HeaderMap,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let scope = FleetScope::parse(path.subscription(), None)?;
-    open(state, &caller, &scope, &headers).await
-}
-
-/// Streams the status transitions of a resource group's clusters.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/events",
-    tag = "Events",
-    operation_id = "Events_Stream",
-    params(ResourceGroupScopePath, FleetApiVersionParam, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
-    responses(
-        (status = 200, description = "A text/event-stream of `status` events whose data is a StatusEntry", content_type = "text/event-stream", body = StatusEntry),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupScopePath>,
-    headers: HeaderMap,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let (subscription, resource_group) = path.scope();
-    let scope = FleetScope::parse(subscription, Some(resource_group))?;
-    open(state, &caller, &scope, &headers).await
+    /// Streams the status transitions of a subscription's clusters (those of the resource groups the caller may read,
+    /// if it may not read the whole subscription). Each event is `status`, its data a history status entry, its id
+    /// what `Last-Event-ID` resumes after.
+    at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/events",
+        "Events_StreamAtSubscription",
+        SubscriptionScopePath;
+    /// Streams the status transitions of a resource group's clusters.
+    at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/events",
+        "Events_Stream",
+        ResourceGroupScopePath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path (
+        headers: HeaderMap,
+    ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+        let scope = path.fleet_scope()?;
+        open(state, &caller, &scope, &headers).await
+    }
 }
 
 pub fn router() -> OpenApiRouter<AppState> {

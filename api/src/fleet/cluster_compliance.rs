@@ -18,9 +18,10 @@ use crate::arm::api_version::Fleet;
 use crate::arm::ids::ClusterRef;
 use crate::arm::paging::list_scopes;
 use crate::arm::paging::{BaseUrl, ListParams, MAX_PAGE_SIZE, Page, PageRequest, encode_token};
+use crate::arm::params::at_both_scopes;
 use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::arm::scope::FleetScope;
-use crate::arm::{ApiVersion, ArmPath, ArmQuery};
+use crate::arm::{ApiVersion, ArmQuery};
 use crate::auth::Caller;
 use crate::auth::readable_scopes;
 use crate::error::{ApiResult, ErrorResponse, Problems};
@@ -86,56 +87,36 @@ pub struct ClusterRow {
     pub configurations: Vec<ConfigurationCell>,
 }
 
-/// A page of a subscription's clusters with their configurations' states (the resource groups the caller may
-/// read, if it may not read the whole subscription).
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterCompliance",
     tag = "ComplianceSummary",
-    operation_id = "ClusterCompliance_ListAtSubscription",
-    params(SubscriptionScopePath, FleetApiVersionParam, GridParams),
+    params(FleetApiVersionParam, GridParams),
     responses(
         (status = 200, description = "A page of clusters", body = inline(Page<ClusterRow>)),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    base: BaseUrl,
-    ArmPath(path): ArmPath<SubscriptionScopePath>,
-    ArmQuery(params): ArmQuery<GridParams>,
-) -> ApiResult<Json<Page<ClusterRow>>> {
-    let scope = FleetScope::parse(path.subscription(), None)?;
-    grid(&state, &caller, scope, &params, &base).await.map(Json)
-}
-
-/// A page of a resource group's clusters with their configurations' states.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterCompliance",
-    tag = "ComplianceSummary",
-    operation_id = "ClusterCompliance_List",
-    params(ResourceGroupScopePath, FleetApiVersionParam, GridParams),
-    responses(
-        (status = 200, description = "A page of clusters", body = inline(Page<ClusterRow>)),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    base: BaseUrl,
-    ArmPath(path): ArmPath<ResourceGroupScopePath>,
-    ArmQuery(params): ArmQuery<GridParams>,
-) -> ApiResult<Json<Page<ClusterRow>>> {
-    let (subscription, resource_group) = path.scope();
-    let scope = FleetScope::parse(subscription, Some(resource_group))?;
-    grid(&state, &caller, scope, &params, &base).await.map(Json)
+    /// A page of a subscription's clusters with their configurations' states (the resource groups the caller may
+    /// read, if it may not read the whole subscription).
+    at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterCompliance",
+        "ClusterCompliance_ListAtSubscription",
+        SubscriptionScopePath;
+    /// A page of a resource group's clusters with their configurations' states.
+    at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterCompliance",
+        "ClusterCompliance_List",
+        ResourceGroupScopePath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+        base: BaseUrl,
+    ) path (
+        ArmQuery(params): ArmQuery<GridParams>,
+    ) -> ApiResult<Json<Page<ClusterRow>>> {
+        let scope = path.fleet_scope()?;
+        grid(&state, &caller, scope, &params, &base).await.map(Json)
+    }
 }
 
 async fn grid(

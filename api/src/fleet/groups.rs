@@ -19,10 +19,11 @@ use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::paging::list_scopes;
 use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
+use crate::arm::params::at_both_scopes;
 use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::arm::scope::{FleetScope, parse_name};
 use crate::arm::system_data::SystemData;
-use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::arm::{ApiVersion, ArmQuery, JsonBody};
 use crate::auth::readable_scopes;
 use crate::auth::{Caller, Role};
 use crate::clusters::model::ConnectedCluster;
@@ -286,255 +287,158 @@ async fn members(
     )))
 }
 
-/// Reads a cluster group of a subscription.
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
     tag = "ClusterGroups",
-    operation_id = "ClusterGroups_GetAtSubscription",
-    params(SubscriptionGroupPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     responses(
         (status = 200, description = "The group", body = ClusterGroup),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn get_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionGroupPath>,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    get(&state, &caller, scope, name).await
+    /// Reads a cluster group of a subscription.
+    get_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+        "ClusterGroups_GetAtSubscription",
+        SubscriptionGroupPath;
+    /// Reads a cluster group of a resource group.
+    get_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+        "ClusterGroups_Get",
+        ResourceGroupGroupPath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<Response> {
+        let (scope, name) = path.target()?;
+        get(&state, &caller, scope, name).await
+    }
 }
 
-/// Reads a cluster group of a resource group.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
-    tag = "ClusterGroups",
-    operation_id = "ClusterGroups_Get",
-    params(ResourceGroupGroupPath, FleetApiVersionParam),
-    responses(
-        (status = 200, description = "The group", body = ClusterGroup),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn get_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    get(&state, &caller, scope, name).await
-}
-
-/// Creates or replaces a cluster group of a subscription: its selector sees every cluster of the subscription.
-#[utoipa::path(
+at_both_scopes! {
     put,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
     tag = "ClusterGroups",
-    operation_id = "ClusterGroups_CreateOrUpdateAtSubscription",
-    params(SubscriptionGroupPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     request_body = ClusterGroupRequest,
     responses(
         (status = 200, description = "Replaced", body = ClusterGroup),
         (status = 201, description = "Created", body = ClusterGroup),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn put_at_subscription(
-    State(state): State<AppState>,
-    State(groups): State<Groups>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionGroupPath>,
-    preconditions: Preconditions,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    put(&groups, &state, &caller, scope, name, &preconditions, body).await
+    /// Creates or replaces a cluster group of a subscription: its selector sees every cluster of the subscription.
+    put_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+        "ClusterGroups_CreateOrUpdateAtSubscription",
+        SubscriptionGroupPath;
+    /// Creates or replaces a cluster group of a resource group: its selector sees the clusters of that group only.
+    put_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+        "ClusterGroups_CreateOrUpdate",
+        ResourceGroupGroupPath;
+    |path| (
+        State(state): State<AppState>,
+        State(groups): State<Groups>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path (
+        preconditions: Preconditions,
+        JsonBody(body): JsonBody,
+    ) -> ApiResult<Response> {
+        let (scope, name) = path.target()?;
+        put(&groups, &state, &caller, scope, name, &preconditions, body).await
+    }
 }
 
-/// Creates or replaces a cluster group of a resource group: its selector sees the clusters of that group only.
-#[utoipa::path(
-    put,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
-    tag = "ClusterGroups",
-    operation_id = "ClusterGroups_CreateOrUpdate",
-    params(ResourceGroupGroupPath, FleetApiVersionParam),
-    request_body = ClusterGroupRequest,
-    responses(
-        (status = 200, description = "Replaced", body = ClusterGroup),
-        (status = 201, description = "Created", body = ClusterGroup),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn put_at_resource_group(
-    State(state): State<AppState>,
-    State(groups): State<Groups>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
-    preconditions: Preconditions,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    put(&groups, &state, &caller, scope, name, &preconditions, body).await
-}
-
-/// Deletes a cluster group of a subscription (200), or finds nothing to delete (204); 409 while policy
-/// assignments follow it.
-#[utoipa::path(
+at_both_scopes! {
     delete,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
     tag = "ClusterGroups",
-    operation_id = "ClusterGroups_DeleteAtSubscription",
-    params(SubscriptionGroupPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     responses(
         (status = 200, description = "Deleted"),
         (status = 204, description = "There was no such group"),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn delete_at_subscription(
-    State(groups): State<Groups>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionGroupPath>,
-) -> ApiResult<StatusCode> {
-    let (scope, name) = path.target()?;
-    delete(&groups, &caller, scope, name).await
+    /// Deletes a cluster group of a subscription (200), or finds nothing to delete (204); 409 while policy
+    /// assignments follow it.
+    delete_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+        "ClusterGroups_DeleteAtSubscription",
+        SubscriptionGroupPath;
+    /// Deletes a cluster group of a resource group (200), or finds nothing to delete (204); 409 while policy
+    /// assignments follow it.
+    delete_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
+        "ClusterGroups_Delete",
+        ResourceGroupGroupPath;
+    |path| (
+        State(groups): State<Groups>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<StatusCode> {
+        let (scope, name) = path.target()?;
+        delete(&groups, &caller, scope, name).await
+    }
 }
 
-/// Deletes a cluster group of a resource group (200), or finds nothing to delete (204); 409 while policy
-/// assignments follow it.
-#[utoipa::path(
-    delete,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
-    tag = "ClusterGroups",
-    operation_id = "ClusterGroups_Delete",
-    params(ResourceGroupGroupPath, FleetApiVersionParam),
-    responses(
-        (status = 200, description = "Deleted"),
-        (status = 204, description = "There was no such group"),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn delete_at_resource_group(
-    State(groups): State<Groups>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
-) -> ApiResult<StatusCode> {
-    let (scope, name) = path.target()?;
-    delete(&groups, &caller, scope, name).await
-}
-
-/// Lists the cluster groups of a subscription, those of its resource groups included (a caller who may read only
-/// some resource groups sees theirs, as ARM lists).
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups",
     tag = "ClusterGroups",
-    operation_id = "ClusterGroups_ListBySubscription",
-    params(SubscriptionScopePath, FleetApiVersionParam, ListParams),
+    params(FleetApiVersionParam, ListParams),
     responses(
         (status = 200, description = "A page of groups", body = Page<ClusterGroup>),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn list_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionScopePath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<ClusterGroup>>> {
-    let scope = FleetScope::parse(&path.subscription_id, None)?;
-    list(&state, &caller, scope, &params, &base, version.version).await
+    /// Lists the cluster groups of a subscription, those of its resource groups included (a caller who may read only
+    /// some resource groups sees theirs, as ARM lists).
+    list_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups",
+        "ClusterGroups_ListBySubscription",
+        SubscriptionScopePath;
+    /// Lists the cluster groups of a resource group.
+    list_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups",
+        "ClusterGroups_ListByResourceGroup",
+        ResourceGroupScopePath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        version: ApiVersion<Fleet>,
+    ) path (
+        ArmQuery(params): ArmQuery<ListParams>,
+        base: BaseUrl,
+    ) -> ApiResult<Json<Page<ClusterGroup>>> {
+        let scope = path.fleet_scope()?;
+        list(&state, &caller, scope, &params, &base, version.version).await
+    }
 }
 
-/// Lists the cluster groups of a resource group.
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups",
     tag = "ClusterGroups",
-    operation_id = "ClusterGroups_ListByResourceGroup",
-    params(ResourceGroupScopePath, FleetApiVersionParam, ListParams),
-    responses(
-        (status = 200, description = "A page of groups", body = Page<ClusterGroup>),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn list_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupScopePath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<ClusterGroup>>> {
-    let scope = FleetScope::parse(&path.subscription_id, Some(&path.resource_group_name))?;
-    list(&state, &caller, scope, &params, &base, version.version).await
-}
-
-/// Lists the clusters a subscription's cluster group takes in now.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}/members",
-    tag = "ClusterGroups",
-    operation_id = "ClusterGroups_ListMembersAtSubscription",
-    params(SubscriptionGroupPath, FleetApiVersionParam, ListParams),
+    params(FleetApiVersionParam, ListParams),
     responses(
         (status = 200, description = "A page of member clusters", body = Page<ConnectedCluster>),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn members_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionGroupPath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<ConnectedCluster>>> {
-    let (scope, name) = path.target()?;
-    members(&state, &caller, scope, name, &params, &base, version.version).await
-}
-
-/// Lists the clusters a resource group's cluster group takes in now.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}/members",
-    tag = "ClusterGroups",
-    operation_id = "ClusterGroups_ListMembers",
-    params(ResourceGroupGroupPath, FleetApiVersionParam, ListParams),
-    responses(
-        (status = 200, description = "A page of member clusters", body = Page<ConnectedCluster>),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn members_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupGroupPath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<ConnectedCluster>>> {
-    let (scope, name) = path.target()?;
-    members(&state, &caller, scope, name, &params, &base, version.version).await
+    /// Lists the clusters a subscription's cluster group takes in now.
+    members_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}/members",
+        "ClusterGroups_ListMembersAtSubscription",
+        SubscriptionGroupPath;
+    /// Lists the clusters a resource group's cluster group takes in now.
+    members_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}/members",
+        "ClusterGroups_ListMembers",
+        ResourceGroupGroupPath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        version: ApiVersion<Fleet>,
+    ) path (
+        ArmQuery(params): ArmQuery<ListParams>,
+        base: BaseUrl,
+    ) -> ApiResult<Json<Page<ConnectedCluster>>> {
+        let (scope, name) = path.target()?;
+        members(&state, &caller, scope, name, &params, &base, version.version).await
+    }
 }

@@ -24,10 +24,11 @@ use super::groups_service::TYPE_NAME;
 use super::selector::LabelSelector;
 use crate::arm::api_version::Fleet;
 use crate::arm::paging::{MAX_PAGE_SIZE, PageRequest};
+use crate::arm::params::at_both_scopes;
 use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::arm::scope::ClusterSet;
 use crate::arm::scope::FleetScope;
-use crate::arm::{ApiVersion, ArmPath, ArmQuery};
+use crate::arm::{ApiVersion, ArmQuery};
 use crate::auth::readable_scopes;
 use crate::auth::{CLOCK_SKEW_SECONDS, Caller, Role};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
@@ -122,54 +123,35 @@ pub struct ComplianceSummary {
     pub groups: Vec<SummaryGroup>,
 }
 
-/// Summarises the configurations of a subscription's clusters (those of the resource groups the caller may read,
-/// if it may not read the whole subscription).
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/complianceSummary",
     tag = "ComplianceSummary",
-    operation_id = "ComplianceSummary_GetAtSubscription",
-    params(SubscriptionScopePath, FleetApiVersionParam, SummaryParams),
+    params(FleetApiVersionParam, SummaryParams),
     responses(
         (status = 200, description = "The summary", body = ComplianceSummary),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionScopePath>,
-    ArmQuery(params): ArmQuery<SummaryParams>,
-) -> ApiResult<Json<ComplianceSummary>> {
-    let scope = FleetScope::parse(path.subscription(), None)?;
-    summarise(&state, &caller, scope, &params).await.map(Json)
-}
-
-/// Summarises the configurations of a resource group's clusters.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/complianceSummary",
-    tag = "ComplianceSummary",
-    operation_id = "ComplianceSummary_Get",
-    params(ResourceGroupScopePath, FleetApiVersionParam, SummaryParams),
-    responses(
-        (status = 200, description = "The summary", body = ComplianceSummary),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupScopePath>,
-    ArmQuery(params): ArmQuery<SummaryParams>,
-) -> ApiResult<Json<ComplianceSummary>> {
-    let (subscription, resource_group) = path.scope();
-    let scope = FleetScope::parse(subscription, Some(resource_group))?;
-    summarise(&state, &caller, scope, &params).await.map(Json)
+    /// Summarises the configurations of a subscription's clusters (those of the resource groups the caller may read,
+    /// if it may not read the whole subscription).
+    at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/complianceSummary",
+        "ComplianceSummary_GetAtSubscription",
+        SubscriptionScopePath;
+    /// Summarises the configurations of a resource group's clusters.
+    at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/complianceSummary",
+        "ComplianceSummary_Get",
+        ResourceGroupScopePath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path (
+        ArmQuery(params): ArmQuery<SummaryParams>,
+    ) -> ApiResult<Json<ComplianceSummary>> {
+        let scope = path.fleet_scope()?;
+        summarise(&state, &caller, scope, &params).await.map(Json)
+    }
 }
 
 /// The parameters, checked: every problem is named at once.

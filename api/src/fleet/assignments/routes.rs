@@ -22,9 +22,10 @@ use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::paging::list_scopes;
 use crate::arm::paging::{BaseUrl, ListParams, Page};
+use crate::arm::params::at_both_scopes;
 use crate::arm::params::{FleetApiVersionParam, ResourceGroupScopePath, SubscriptionScopePath};
 use crate::arm::scope::{FleetScope, parse_name};
-use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
+use crate::arm::{ApiVersion, ArmQuery, JsonBody};
 use crate::auth::readable_scopes;
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
@@ -434,312 +435,194 @@ async fn list(
     )))
 }
 
-/// Reads a policy assignment of a subscription.
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
     tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_GetAtSubscription",
-    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     responses(
         (status = 200, description = "The assignment and where it stands", body = PolicyAssignment),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn get_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    get(&state, &caller, scope, name).await
+    /// Reads a policy assignment of a subscription.
+    get_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+        "PolicyAssignments_GetAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Reads a policy assignment of a resource group.
+    get_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+        "PolicyAssignments_Get",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<Response> {
+        let (scope, name) = path.target()?;
+        get(&state, &caller, scope, name).await
+    }
 }
 
-/// Reads a policy assignment of a resource group.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
-    tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_Get",
-    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
-    responses(
-        (status = 200, description = "The assignment and where it stands", body = PolicyAssignment),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn get_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    get(&state, &caller, scope, name).await
-}
-
-/// Creates or replaces a policy assignment of a subscription; every matching cluster gets its configuration in the
-/// same transaction.
-#[utoipa::path(
+at_both_scopes! {
     put,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
     tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_CreateOrUpdateAtSubscription",
-    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     request_body = PolicyAssignmentRequest,
     responses(
         (status = 200, description = "Replaced", body = PolicyAssignment),
         (status = 201, description = "Created", body = PolicyAssignment),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn put_at_subscription(
-    State(state): State<AppState>,
-    State(assignments): State<Assignments>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
-    preconditions: Preconditions,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    put(&assignments, &state, &caller, scope, name, &preconditions, body).await
+    /// Creates or replaces a policy assignment of a subscription; every matching cluster gets its configuration in the
+    /// same transaction.
+    put_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+        "PolicyAssignments_CreateOrUpdateAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Creates or replaces a policy assignment of a resource group; every matching cluster of the group gets its
+    /// configuration in the same transaction.
+    put_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+        "PolicyAssignments_CreateOrUpdate",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        State(assignments): State<Assignments>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path (
+        preconditions: Preconditions,
+        JsonBody(body): JsonBody,
+    ) -> ApiResult<Response> {
+        let (scope, name) = path.target()?;
+        put(&assignments, &state, &caller, scope, name, &preconditions, body).await
+    }
 }
 
-/// Creates or replaces a policy assignment of a resource group; every matching cluster of the group gets its
-/// configuration in the same transaction.
-#[utoipa::path(
-    put,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
-    tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_CreateOrUpdate",
-    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
-    request_body = PolicyAssignmentRequest,
-    responses(
-        (status = 200, description = "Replaced", body = PolicyAssignment),
-        (status = 201, description = "Created", body = PolicyAssignment),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn put_at_resource_group(
-    State(state): State<AppState>,
-    State(assignments): State<Assignments>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
-    preconditions: Preconditions,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Response> {
-    let (scope, name) = path.target()?;
-    put(&assignments, &state, &caller, scope, name, &preconditions, body).await
-}
-
-/// Deletes a policy assignment of a subscription (200), its configurations going as its `onUnmatch` says; 204
-/// when there is none.
-#[utoipa::path(
+at_both_scopes! {
     delete,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
     tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_DeleteAtSubscription",
-    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     responses(
         (status = 200, description = "Deleted"),
         (status = 204, description = "There was no such assignment"),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn delete_at_subscription(
-    State(assignments): State<Assignments>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
-) -> ApiResult<StatusCode> {
-    let (scope, name) = path.target()?;
-    delete(&assignments, &caller, scope, name).await
+    /// Deletes a policy assignment of a subscription (200), its configurations going as its `onUnmatch` says; 204
+    /// when there is none.
+    delete_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+        "PolicyAssignments_DeleteAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Deletes a policy assignment of a resource group (200), its configurations going as its `onUnmatch` says; 204
+    /// when there is none.
+    delete_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
+        "PolicyAssignments_Delete",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(assignments): State<Assignments>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<StatusCode> {
+        let (scope, name) = path.target()?;
+        delete(&assignments, &caller, scope, name).await
+    }
 }
 
-/// Deletes a policy assignment of a resource group (200), its configurations going as its `onUnmatch` says; 204
-/// when there is none.
-#[utoipa::path(
-    delete,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}",
-    tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_Delete",
-    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
-    responses(
-        (status = 200, description = "Deleted"),
-        (status = 204, description = "There was no such assignment"),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn delete_at_resource_group(
-    State(assignments): State<Assignments>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
-) -> ApiResult<StatusCode> {
-    let (scope, name) = path.target()?;
-    delete(&assignments, &caller, scope, name).await
-}
-
-/// Lists the policy assignments of a subscription, those of its resource groups included (a caller who may read
-/// only some resource groups sees theirs, as ARM lists).
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments",
     tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_ListBySubscription",
-    params(SubscriptionScopePath, FleetApiVersionParam, ListParams),
+    params(FleetApiVersionParam, ListParams),
     responses(
         (status = 200, description = "A page of assignments", body = Page<PolicyAssignment>),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn list_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionScopePath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<PolicyAssignment>>> {
-    let scope = FleetScope::parse(path.subscription(), None)?;
-    list(&state, &caller, scope, &params, &base, version.version).await
+    /// Lists the policy assignments of a subscription, those of its resource groups included (a caller who may read
+    /// only some resource groups sees theirs, as ARM lists).
+    list_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments",
+        "PolicyAssignments_ListBySubscription",
+        SubscriptionScopePath;
+    /// Lists the policy assignments of a resource group.
+    list_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments",
+        "PolicyAssignments_ListByResourceGroup",
+        ResourceGroupScopePath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        version: ApiVersion<Fleet>,
+    ) path (
+        ArmQuery(params): ArmQuery<ListParams>,
+        base: BaseUrl,
+    ) -> ApiResult<Json<Page<PolicyAssignment>>> {
+        let scope = path.fleet_scope()?;
+        list(&state, &caller, scope, &params, &base, version.version).await
+    }
 }
 
-/// Lists the policy assignments of a resource group.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments",
-    tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_ListByResourceGroup",
-    params(ResourceGroupScopePath, FleetApiVersionParam, ListParams),
-    responses(
-        (status = 200, description = "A page of assignments", body = Page<PolicyAssignment>),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn list_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupScopePath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<PolicyAssignment>>> {
-    let (subscription, resource_group) = path.scope();
-    let scope = FleetScope::parse(subscription, Some(resource_group))?;
-    list(&state, &caller, scope, &params, &base, version.version).await
-}
-
-/// What applying a proposed policy assignment of a subscription would do; writes nothing.
-#[utoipa::path(
+at_both_scopes! {
     post,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/plan",
     tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_PlanAtSubscription",
-    params(SubscriptionAssignmentPath, FleetApiVersionParam),
+    params(FleetApiVersionParam),
     request_body = PolicyAssignmentRequest,
     responses(
         (status = 200, description = "What applying it would do", body = AssignmentPlan),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn plan_at_subscription(
-    State(state): State<AppState>,
-    State(assignments): State<Assignments>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<AssignmentPlan>> {
-    let (scope, name) = path.target()?;
-    plan(&assignments, &state, &caller, scope, name, body).await
+    /// What applying a proposed policy assignment of a subscription would do; writes nothing.
+    plan_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/plan",
+        "PolicyAssignments_PlanAtSubscription",
+        SubscriptionAssignmentPath;
+    /// What applying a proposed policy assignment of a resource group would do; writes nothing.
+    plan_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/plan",
+        "PolicyAssignments_Plan",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        State(assignments): State<Assignments>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path (
+        JsonBody(body): JsonBody,
+    ) -> ApiResult<Json<AssignmentPlan>> {
+        let (scope, name) = path.target()?;
+        plan(&assignments, &state, &caller, scope, name, body).await
+    }
 }
 
-/// What applying a proposed policy assignment of a resource group would do; writes nothing.
-#[utoipa::path(
-    post,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/plan",
-    tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_Plan",
-    params(ResourceGroupAssignmentPath, FleetApiVersionParam),
-    request_body = PolicyAssignmentRequest,
-    responses(
-        (status = 200, description = "What applying it would do", body = AssignmentPlan),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn plan_at_resource_group(
-    State(state): State<AppState>,
-    State(assignments): State<Assignments>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Json<AssignmentPlan>> {
-    let (scope, name) = path.target()?;
-    plan(&assignments, &state, &caller, scope, name, body).await
-}
-
-/// Where every cluster a subscription's policy assignment selects stands, and why; paged.
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/compliance",
     tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_ListComplianceAtSubscription",
-    params(SubscriptionAssignmentPath, FleetApiVersionParam, ListParams),
+    params(FleetApiVersionParam, ListParams),
     responses(
         (status = 200, description = "A page of selected clusters", body = Page<ClusterComplianceEntry>),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn compliance_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
-    let (scope, name) = path.target()?;
-    compliance(&state, &caller, scope, name, &params, &base, version.version).await
-}
-
-/// Where every cluster a resource group's policy assignment selects stands, and why; paged.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/compliance",
-    tag = "PolicyAssignments",
-    operation_id = "PolicyAssignments_ListCompliance",
-    params(ResourceGroupAssignmentPath, FleetApiVersionParam, ListParams),
-    responses(
-        (status = 200, description = "A page of selected clusters", body = Page<ClusterComplianceEntry>),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn compliance_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    version: ApiVersion<Fleet>,
-    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
-    ArmQuery(params): ArmQuery<ListParams>,
-    base: BaseUrl,
-) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
-    let (scope, name) = path.target()?;
-    compliance(&state, &caller, scope, name, &params, &base, version.version).await
+    /// Where every cluster a subscription's policy assignment selects stands, and why; paged.
+    compliance_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/compliance",
+        "PolicyAssignments_ListComplianceAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Where every cluster a resource group's policy assignment selects stands, and why; paged.
+    compliance_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/compliance",
+        "PolicyAssignments_ListCompliance",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        version: ApiVersion<Fleet>,
+    ) path (
+        ArmQuery(params): ArmQuery<ListParams>,
+        base: BaseUrl,
+    ) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
+        let (scope, name) = path.target()?;
+        compliance(&state, &caller, scope, name, &params, &base, version.version).await
+    }
 }
 
 async fn assignment_history(
@@ -762,57 +645,36 @@ async fn assignment_history(
     history::page(state.store.as_ref(), subject, &id, false, query, base, &path).await
 }
 
-/// The history of a policy assignment of a subscription: the status transitions of the configurations it manages
-/// and the writes to it, in time order.
-#[utoipa::path(
+at_both_scopes! {
     get,
-    path = "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/history",
     tag = "History",
-    operation_id = "PolicyAssignments_HistoryAtSubscription",
-    params(SubscriptionAssignmentPath, FleetApiVersionParam, HistoryParams),
+    params(FleetApiVersionParam, HistoryParams),
     responses(
         (status = 200, description = "A page of the history", body = inline(Page<HistoryEntry>)),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
-    security(("bearer" = []))
-)]
-async fn history_at_subscription(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    base: BaseUrl,
-    ArmPath(path): ArmPath<SubscriptionAssignmentPath>,
-    ArmQuery(query): ArmQuery<HistoryParams>,
-) -> ApiResult<Json<Page<HistoryEntry>>> {
-    let (scope, name) = path.target()?;
-    assignment_history(&state, &caller, scope, name, &query, &base)
-        .await
-        .map(Json)
-}
-
-/// The history of a policy assignment of a resource group.
-#[utoipa::path(
-    get,
-    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/history",
-    tag = "History",
-    operation_id = "PolicyAssignments_History",
-    params(ResourceGroupAssignmentPath, FleetApiVersionParam, HistoryParams),
-    responses(
-        (status = 200, description = "A page of the history", body = inline(Page<HistoryEntry>)),
-        (status = "default", description = "Error", body = ErrorResponse),
-    ),
-    security(("bearer" = []))
-)]
-async fn history_at_resource_group(
-    State(state): State<AppState>,
-    caller: Caller,
-    _version: ApiVersion<Fleet>,
-    base: BaseUrl,
-    ArmPath(path): ArmPath<ResourceGroupAssignmentPath>,
-    ArmQuery(query): ArmQuery<HistoryParams>,
-) -> ApiResult<Json<Page<HistoryEntry>>> {
-    let (scope, name) = path.target()?;
-    assignment_history(&state, &caller, scope, name, &query, &base)
-        .await
-        .map(Json)
+    /// The history of a policy assignment of a subscription: the status transitions of the configurations it manages
+    /// and the writes to it, in time order.
+    history_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/history",
+        "PolicyAssignments_HistoryAtSubscription",
+        SubscriptionAssignmentPath;
+    /// The history of a policy assignment of a resource group.
+    history_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/history",
+        "PolicyAssignments_History",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+        base: BaseUrl,
+    ) path (
+        ArmQuery(query): ArmQuery<HistoryParams>,
+    ) -> ApiResult<Json<Page<HistoryEntry>>> {
+        let (scope, name) = path.target()?;
+        assignment_history(&state, &caller, scope, name, &query, &base)
+            .await
+            .map(Json)
+    }
 }
