@@ -1,7 +1,8 @@
 //! The binary's logging: text or JSON lines on standard error, filtered by `RUST_LOG` (default `info`), in colour
-//! only on a terminal (never in a file or a pipe, nor with `NO_COLOR` set). `dev` sends the lines of its local
-//! agents, everything logged inside their `agent` span, to a file of their own, so that the terminal keeps the
-//! control plane's lines and the banner.
+//! only on a terminal (never in a file or a pipe, nor with `NO_COLOR` set). `dev` sends its local agents' traffic
+//! to a file of its own: everything logged inside an agent's span, and the control plane's lines about requests to
+//! the agent API; warnings and errors among them still reach the terminal too. The terminal keeps the control
+//! plane's other lines and the banner.
 
 use std::fs::File;
 use std::io::IsTerminal;
@@ -10,7 +11,8 @@ use std::sync::Mutex;
 
 use anyhow::Context as _;
 use fluxplane_api::config::LogFormat;
-use tracing::Metadata;
+use tracing::field::{Field, Visit};
+use tracing::{Level, Metadata, span};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -19,21 +21,86 @@ use tracing_subscriber::{EnvFilter, Layer, filter, fmt};
 /// The name of the span `dev` runs each local agent in; its `cluster` field names the agent's cluster.
 pub const AGENT_SPAN: &str = "agent";
 
+/// The span the server opens for each request, and its field naming the matched route.
+const REQUEST_SPAN: &str = "request";
+const ROUTE_FIELD: &str = "route";
+/// Routes of the agent API.
+const AGENT_ROUTES: &str = "/agent/";
+
 /// Whether standard error takes colour: a terminal, and `NO_COLOR` unset or empty (<https://no-color.org>).
 fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
-/// Whether an event was logged inside an agent's span (spans themselves always pass, so that both outputs can
-/// name them).
-fn in_agent<S>(metadata: &Metadata<'_>, context: &Context<'_, S>) -> bool
+/// Marks the server's request spans of the agent API (`AgentTraffic` in their extensions).
+struct MarkAgentRequests;
+
+/// The mark of a request span of the agent API.
+struct AgentTraffic;
+
+/// Finds whether a span's `route` is one of the agent API's.
+#[derive(Default)]
+struct AgentRoute(bool);
+
+impl Visit for AgentRoute {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == ROUTE_FIELD && value.starts_with(AGENT_ROUTES) {
+            self.0 = true;
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == ROUTE_FIELD {
+            self.record_str(field, format!("{value:?}").trim_matches('"'));
+        }
+    }
+}
+
+impl<S> Layer<S> for MarkAgentRequests
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    metadata.is_span()
-        || context
-            .lookup_current()
-            .is_some_and(|span| span.scope().any(|span| span.name() == AGENT_SPAN))
+    fn on_new_span(&self, attributes: &span::Attributes<'_>, id: &span::Id, context: Context<'_, S>) {
+        if attributes.metadata().name() != REQUEST_SPAN {
+            return;
+        }
+        let mut route = AgentRoute::default();
+        attributes.record(&mut route);
+        if route.0
+            && let Some(span) = context.span(id)
+        {
+            span.extensions_mut().insert(AgentTraffic);
+        }
+    }
+}
+
+/// Whether an event belongs to the agents' traffic: logged inside an agent's span, or inside a request span of the
+/// agent API.
+fn agents_traffic<S>(context: &Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    context.lookup_current().is_some_and(|current| {
+        current
+            .scope()
+            .any(|span| span.name() == AGENT_SPAN || span.extensions().get::<AgentTraffic>().is_some())
+    })
+}
+
+/// What the agents' file takes: their traffic (spans always pass, so that each output can name them).
+fn to_agents_file<S>(metadata: &Metadata<'_>, context: &Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    metadata.is_span() || agents_traffic(context)
+}
+
+/// What the terminal takes beside the agents' file: everything else, and the agents' warnings and errors.
+fn to_terminal<S>(metadata: &Metadata<'_>, context: &Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    metadata.is_span() || *metadata.level() <= Level::WARN || !agents_traffic(context)
 }
 
 fn output<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
@@ -64,13 +131,12 @@ pub fn init(format: LogFormat, agents_log: Option<&Path>) -> anyhow::Result<()> 
                 .open(path)
                 .with_context(|| format!("opening {}", path.display()))?;
             vec![
+                MarkAgentRequests.boxed(),
                 output(format, std::io::stderr, colour())
-                    .with_filter(filter::dynamic_filter_fn(|metadata, context| {
-                        metadata.is_span() || !in_agent(metadata, context)
-                    }))
+                    .with_filter(filter::dynamic_filter_fn(to_terminal))
                     .boxed(),
                 output(format, Mutex::new(file), false)
-                    .with_filter(filter::dynamic_filter_fn(in_agent))
+                    .with_filter(filter::dynamic_filter_fn(to_agents_file))
                     .boxed(),
             ]
         }
@@ -106,42 +172,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_agents_lines_go_to_their_own_output_and_the_rest_to_the_terminal() {
+    async fn the_agents_traffic_goes_to_its_own_output_and_the_rest_to_the_terminal() {
         let (terminal, agents) = (Kept::default(), Kept::default());
-        let (to_terminal, to_agents) = (terminal.clone(), agents.clone());
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                output(LogFormat::Text, move || to_terminal.clone(), false)
-                    .with_filter(filter::dynamic_filter_fn(|metadata, context| {
-                        metadata.is_span() || !in_agent(metadata, context)
-                    }))
-                    .boxed(),
-            )
-            .with(
-                output(LogFormat::Text, move || to_agents.clone(), false)
-                    .with_filter(filter::dynamic_filter_fn(in_agent))
-                    .boxed(),
-            );
+        let (to_terminal_writer, to_agents_writer) = (terminal.clone(), agents.clone());
+        let subscriber = tracing_subscriber::registry().with(vec![
+            MarkAgentRequests.boxed(),
+            output(LogFormat::Text, move || to_terminal_writer.clone(), false)
+                .with_filter(filter::dynamic_filter_fn(to_terminal))
+                .boxed(),
+            output(LogFormat::Text, move || to_agents_writer.clone(), false)
+                .with_filter(filter::dynamic_filter_fn(to_agents_file))
+                .boxed(),
+        ]);
         let _guard = tracing::subscriber::set_default(subscriber);
         tracing::info!("control plane line");
         async {
             tracing::info!("agent line");
-            async { tracing::warn!("nested agent line") }
+            async { tracing::info!("nested agent line") }
                 .instrument(tracing::info_span!("poll"))
                 .await;
+            tracing::warn!("agent warning");
         }
         .instrument(tracing::info_span!(AGENT_SPAN, cluster = %"dev-1"))
         .await;
+        tracing::info_span!(REQUEST_SPAN, method = "POST", route = "/agent/v1/status")
+            .in_scope(|| tracing::info!("answered an agent"));
+        tracing::info_span!(REQUEST_SPAN, method = "PUT", route = "/subscriptions/{subscriptionId}")
+            .in_scope(|| tracing::info!("answered a user"));
 
         let (terminal, agents) = (terminal.text(), agents.text());
-        assert!(terminal.contains("control plane line"), "{terminal}");
-        assert!(!terminal.contains("agent line"), "{terminal}");
+        for line in ["control plane line", "answered a user", "agent warning"] {
+            assert!(terminal.contains(line), "{line}: {terminal}");
+        }
+        for line in ["agent line", "answered an agent"] {
+            assert!(!terminal.contains(line), "{line}: {terminal}");
+        }
         assert!(agents.contains("agent{cluster=dev-1}: "), "{agents}");
-        assert!(
-            agents.contains("agent line") && agents.contains("nested agent line"),
-            "{agents}"
-        );
-        assert!(!agents.contains("control plane line"), "{agents}");
+        for line in ["agent line", "nested agent line", "agent warning", "answered an agent"] {
+            assert!(agents.contains(line), "{line}: {agents}");
+        }
+        for line in ["control plane line", "answered a user"] {
+            assert!(!agents.contains(line), "{line}: {agents}");
+        }
         assert!(!agents.contains('\u{1b}'), "no colour codes in the file: {agents}");
     }
 }

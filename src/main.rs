@@ -4,8 +4,8 @@ mod dev;
 mod logging;
 
 /// jemalloc rather than glibc's allocator: with 10,000 agents long-polling, glibc's arenas kept about 31 KiB
-/// resident per poll where jemalloc keeps 22 KiB (docs/benchmarks/latest.md, server memory), and the server stays under
-/// its 256 MiB target.
+/// resident per poll where jemalloc keeps 22 KiB (docs/benchmarks/latest.md, server memory), and the server stays
+/// under its 256 MiB target.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -239,6 +239,8 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
             "dev",
             "--listen",
             "127.0.0.1:0",
+            "--git-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
             "--log-format",
