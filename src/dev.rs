@@ -136,10 +136,14 @@ pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
         }
     };
     let agents = options.agents;
+    // the demo's own requests carry a token of their own, so that the log can tell them from the user's
     let demo = if agents == 0 {
         Ok(None)
     } else {
-        demo(&config, &url, &token, &options).await.map(Some)
+        match self::token(&config, crate::logging::DEMO_CALLER) {
+            Ok(demo_token) => demo(&config, &url, &demo_token, &options).await.map(Some),
+            Err(err) => Err(err),
+        }
     };
     let mut banner = vec![
         format!(
@@ -199,14 +203,20 @@ pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
     })
 }
 
+/// The Owner token the banner and the web UI hand out.
 fn owner_token(config: &ServeConfig) -> anyhow::Result<String> {
+    token(config, "dev-owner")
+}
+
+/// An Owner token of every subscription, valid 24 hours, naming `subject`.
+fn token(config: &ServeConfig, subject: &str) -> anyhow::Result<String> {
     let secret = auth::read_secret_file(&config.jwt_secret_path())?;
     let owner = RoleAssignment::parse(Role::Owner, "/")?;
     auth::mint(
         &secret,
         &config.jwt_issuer,
         &config.jwt_audience,
-        "dev-owner",
+        subject,
         vec![owner],
         chrono::Duration::hours(24),
     )

@@ -21,9 +21,15 @@ use tracing_subscriber::{EnvFilter, Layer, filter, fmt};
 /// The name of the span `dev` runs each local agent in; its `cluster` field names the agent's cluster.
 pub const AGENT_SPAN: &str = "agent";
 
-/// The span the server opens for each request, and its field naming the matched route.
+/// The subject of the token `dev` sets its demo up with (registering the agents, writing their configurations):
+/// the control plane's lines about those requests go with the agents' traffic too.
+pub const DEMO_CALLER: &str = "dev-demo";
+
+/// The span the server opens for each request, its field naming the matched route, and the one naming the caller
+/// (recorded once authenticated).
 const REQUEST_SPAN: &str = "request";
 const ROUTE_FIELD: &str = "route";
+const CALLER_FIELD: &str = "caller";
 /// Routes of the agent API.
 const AGENT_ROUTES: &str = "/agent/";
 
@@ -32,26 +38,46 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
-/// Marks the server's request spans of the agent API (`AgentTraffic` in their extensions).
+/// Marks the server's request spans of the agents' traffic (`AgentTraffic` in their extensions): requests to the
+/// agent API, and the demo's own requests.
 struct MarkAgentRequests;
 
-/// The mark of a request span of the agent API.
+/// The mark of a request span of the agents' traffic.
 struct AgentTraffic;
 
-/// Finds whether a span's `route` is one of the agent API's.
+/// Finds whether a request span's fields make it agents' traffic.
 #[derive(Default)]
-struct AgentRoute(bool);
+struct AgentRequest(bool);
 
-impl Visit for AgentRoute {
+impl Visit for AgentRequest {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == ROUTE_FIELD && value.starts_with(AGENT_ROUTES) {
-            self.0 = true;
+        match field.name() {
+            ROUTE_FIELD if value.starts_with(AGENT_ROUTES) => self.0 = true,
+            CALLER_FIELD if value == DEMO_CALLER => self.0 = true,
+            _ => {}
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == ROUTE_FIELD {
+        if matches!(field.name(), ROUTE_FIELD | CALLER_FIELD) {
             self.record_str(field, format!("{value:?}").trim_matches('"'));
+        }
+    }
+}
+
+impl MarkAgentRequests {
+    fn mark<S>(&self, id: &span::Id, context: &Context<'_, S>, record: impl FnOnce(&mut AgentRequest))
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Some(span) = context.span(id) else { return };
+        if span.name() != REQUEST_SPAN {
+            return;
+        }
+        let mut request = AgentRequest::default();
+        record(&mut request);
+        if request.0 {
+            span.extensions_mut().replace(AgentTraffic);
         }
     }
 }
@@ -61,16 +87,11 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attributes: &span::Attributes<'_>, id: &span::Id, context: Context<'_, S>) {
-        if attributes.metadata().name() != REQUEST_SPAN {
-            return;
-        }
-        let mut route = AgentRoute::default();
-        attributes.record(&mut route);
-        if route.0
-            && let Some(span) = context.span(id)
-        {
-            span.extensions_mut().insert(AgentTraffic);
-        }
+        self.mark(id, &context, |request| attributes.record(request));
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, context: Context<'_, S>) {
+        self.mark(id, &context, |request| values.record(request));
     }
 }
 
@@ -199,16 +220,30 @@ mod tests {
             .in_scope(|| tracing::info!("answered an agent"));
         tracing::info_span!(REQUEST_SPAN, method = "PUT", route = "/subscriptions/{subscriptionId}")
             .in_scope(|| tracing::info!("answered a user"));
+        let demo = tracing::info_span!(
+            REQUEST_SPAN,
+            method = "PUT",
+            route = "/subscriptions/{subscriptionId}",
+            caller = tracing::field::Empty
+        );
+        demo.record(CALLER_FIELD, DEMO_CALLER);
+        demo.in_scope(|| tracing::info!("answered the demo"));
 
         let (terminal, agents) = (terminal.text(), agents.text());
         for line in ["control plane line", "answered a user", "agent warning"] {
             assert!(terminal.contains(line), "{line}: {terminal}");
         }
-        for line in ["agent line", "answered an agent"] {
+        for line in ["agent line", "answered an agent", "answered the demo"] {
             assert!(!terminal.contains(line), "{line}: {terminal}");
         }
         assert!(agents.contains("agent{cluster=dev-1}: "), "{agents}");
-        for line in ["agent line", "nested agent line", "agent warning", "answered an agent"] {
+        for line in [
+            "agent line",
+            "nested agent line",
+            "agent warning",
+            "answered an agent",
+            "answered the demo",
+        ] {
             assert!(agents.contains(line), "{line}: {agents}");
         }
         for line in ["control plane line", "answered a user"] {
