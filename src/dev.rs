@@ -1,7 +1,8 @@
 //! `fluxplane dev`: everything on one machine for trying fluxplane out. Beside the control plane on the embedded
-//! store it makes a small demo Git repository (served over HTTP on a port of its own), registers a few local
-//! agents with `dir` targets in the data directory, and gives each cluster a demo configuration, so that a
-//! newcomer sees configurations turn Compliant within seconds.
+//! store it makes a small demo Git repository (served over HTTP on an address of its own, the same on every start:
+//! `--git-listen`), registers a few local agents with `dir` targets in the data directory, and gives each cluster a
+//! demo configuration, so that a newcomer sees configurations turn Compliant within seconds. The agents log to
+//! `<data-dir>/logs/agents.log`; the banner with the token comes last, once the demo has settled.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,6 +20,7 @@ use fluxplane_api::config::ServeConfig;
 use fluxplane_api::config::SignIn;
 use fluxplane_api::server;
 use serde_json::json;
+use tracing::Instrument;
 
 pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
 const RESOURCE_GROUP: &str = "dev";
@@ -92,9 +94,11 @@ fn demo_repository(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `root` as static files (Git's dumb HTTP protocol) on a port of its own; answers the base URL.
-async fn serve_files(root: &Path) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// Serves `root` as static files (Git's dumb HTTP protocol) on `listen`; answers the base URL.
+async fn serve_files(root: &Path, listen: SocketAddr) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("serving the demo Git repository on {listen} (choose another address with --git-listen)")
+    })?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(root));
     tokio::spawn(async move {
@@ -103,8 +107,26 @@ async fn serve_files(root: &Path) -> anyhow::Result<String> {
     Ok(base)
 }
 
-/// Sets up the demo against the control plane listening on `address` and prints how to use it.
-pub async fn start(config: ServeConfig, address: SocketAddr, agents: usize) {
+/// Where `dev` puts the demo.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// Local agents to start, each for a cluster `dev-{n}`.
+    pub agents: usize,
+    /// The demo Git repository's HTTP address.
+    pub git_listen: SocketAddr,
+}
+
+/// The file the local agents log to.
+pub fn agents_log(config: &ServeConfig) -> std::path::PathBuf {
+    config.data_dir.join("logs").join("agents.log")
+}
+
+/// How long the banner waits for the demo configurations to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets up the demo against the control plane listening on `address`, then prints how to use it: last, so that
+/// the token stays on screen.
+pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
     let url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
     let token = match owner_token(&config) {
         Ok(token) => token,
@@ -113,39 +135,51 @@ pub async fn start(config: ServeConfig, address: SocketAddr, agents: usize) {
             return;
         }
     };
+    let agents = options.agents;
+    // the demo's own requests carry a token of their own, so that the log can tell them from the user's
     let demo = if agents == 0 {
         Ok(None)
     } else {
-        demo(&config, &url, &token, agents).await.map(Some)
-    };
-    println!(
-        "fluxplane dev is running on the {} store",
-        if config.uses_default_store() {
-            "embedded SQLite"
-        } else {
-            "given"
+        match self::token(&config, crate::logging::DEMO_CALLER) {
+            Ok(demo_token) => demo(&config, &url, &demo_token, &options).await.map(Some),
+            Err(err) => Err(err),
         }
-    );
-    println!("  API:   {url}");
-    println!("  UI:    {url}/ (signed in as the owner)");
-    println!("  Docs:  {url}/docs");
+    };
+    let mut banner = vec![
+        format!(
+            "fluxplane dev is running on the {} store",
+            if config.uses_default_store() {
+                "embedded SQLite"
+            } else {
+                "given"
+            }
+        ),
+        format!("  API:   {url}"),
+        format!("  UI:    {url}/ (signed in as the owner)"),
+        format!("  Docs:  {url}/docs"),
+    ];
     match demo {
-        Ok(Some(repository)) => {
-            println!(
-                "  Demo:  {agents} agents (clusters dev-1..dev-{agents}, files under {}),",
-                config.data_dir.join("clusters").display()
-            );
-            println!("         each with the configuration 'demo' of {repository}");
+        Ok(Some((repository, compliant))) => {
+            banner.push(format!(
+                "  Demo:  {agents} agents (clusters dev-1..dev-{agents}, files under {}, log in {}),",
+                config.data_dir.join("clusters").display(),
+                agents_log(&config).display()
+            ));
+            banner.push(format!(
+                "         each with the configuration 'demo' of {repository} ({compliant} of {agents} Compliant)"
+            ));
         }
         Ok(None) => {}
-        Err(err) => println!("  Demo:  not started: {err:#}"),
+        Err(err) => banner.push(format!("  Demo:  not started: {err:#}")),
     }
-    println!("  Owner token (every subscription, valid 24 hours):");
-    println!("  export TOKEN={token}");
-    println!(
+    banner.push("  Owner token (every subscription, valid 24 hours):".to_owned());
+    banner.push(format!("  export TOKEN={token}"));
+    banner.push(format!(
         "  Try:   curl -s -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
-    );
-    println!("  Stop with Ctrl-C.");
+    ));
+    banner.push("  Stop with Ctrl-C.".to_owned());
+    // one write, so that no log line lands inside the banner
+    println!("{}", banner.join("\n"));
 }
 
 /// What the web UI's sign-in is filled with: an Owner token and the demo's subscription.
@@ -169,56 +203,43 @@ pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
     })
 }
 
+/// The Owner token the banner and the web UI hand out.
 fn owner_token(config: &ServeConfig) -> anyhow::Result<String> {
+    token(config, "dev-owner")
+}
+
+/// An Owner token of every subscription, valid 24 hours, naming `subject`.
+fn token(config: &ServeConfig, subject: &str) -> anyhow::Result<String> {
     let secret = auth::read_secret_file(&config.jwt_secret_path())?;
     let owner = RoleAssignment::parse(Role::Owner, "/")?;
     auth::mint(
         &secret,
         &config.jwt_issuer,
         &config.jwt_audience,
-        "dev-owner",
+        subject,
         vec![owner],
         chrono::Duration::hours(24),
     )
 }
 
-/// The demo repository, the agents and their configurations; answers the repository's URL.
-async fn demo(config: &ServeConfig, url: &str, token: &str, agents: usize) -> anyhow::Result<String> {
+/// The demo repository, the agents and their configurations; answers the repository's URL and how many of the
+/// demo configurations were Compliant once they settled (or `SETTLE_TIMEOUT` passed).
+async fn demo(config: &ServeConfig, url: &str, token: &str, options: &Demo) -> anyhow::Result<(String, usize)> {
     let root = config.data_dir.join("demo");
     demo_repository(&root)?;
-    let repository = format!("{}/fleet.git", serve_files(&root.join("served")).await?);
+    let repository = format!(
+        "{}/fleet.git",
+        serve_files(&root.join("served"), options.git_listen).await?
+    );
     let http = reqwest::Client::new();
-    for index in 1..=agents {
+    let mut configurations = Vec::with_capacity(options.agents);
+    for index in 1..=options.agents {
         let cluster = cluster_id(index);
-        let identity_path = config.data_dir.join("agents").join(format!("dev-{index}.json"));
-        let identity = match Identity::load(&identity_path) {
-            Ok(mut identity) => {
-                // the address changes between runs when the port does
-                identity.server = url.to_owned();
-                identity
-            }
-            Err(_) => {
-                let registration = Registration {
-                    server: url.to_owned(),
-                    user_token: token.to_owned(),
-                    cluster_id: cluster.clone(),
-                    tags: [
-                        ("env".to_owned(), "dev".to_owned()),
-                        ("agent".to_owned(), index.to_string()),
-                    ]
-                    .into(),
-                    location: Some("local".to_owned()),
-                };
-                register(&registration, &identity_path).await?
-            }
-        };
-        let target = DirTarget::new(config.data_dir.join("clusters").join(format!("dev-{index}")))?;
-        let options = Options {
-            poll_wait: Duration::from_secs(30),
-            ..Default::default()
-        };
-        let agent = Agent::new(ControlPlane::new(identity)?, Box::new(target), options).await?;
-        tokio::spawn(agent.run(server::shutdown_signal()));
+        let span = tracing::info_span!(crate::logging::AGENT_SPAN, cluster = %format!("dev-{index}"));
+        let agent = start_agent(config, url, token, index, &cluster)
+            .instrument(span.clone())
+            .await?;
+        tokio::spawn(agent.run(server::shutdown_signal()).instrument(span));
         let body = json!({"properties": {
             "namespace": "demo",
             "gitRepository": {"url": repository, "repositoryRef": {"branch": "main"}, "syncIntervalInSeconds": 60},
@@ -230,15 +251,82 @@ async fn demo(config: &ServeConfig, url: &str, token: &str, agents: usize) -> an
         let configuration = format!(
             "{url}{cluster}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
         );
-        let written = http.put(configuration).bearer_auth(token).json(&body).send().await?;
+        let written = http.put(&configuration).bearer_auth(token).json(&body).send().await?;
         if !written.status().is_success() {
             bail!(
                 "writing the demo configuration failed: {}",
                 written.text().await.unwrap_or_default()
             );
         }
+        configurations.push(configuration);
     }
-    Ok(repository)
+    let compliant = settle(&http, token, &configurations).await;
+    Ok((repository, compliant))
+}
+
+/// Registers the agent of `dev-{index}` (once: its identity is kept in the data directory) and makes it.
+async fn start_agent(
+    config: &ServeConfig,
+    url: &str,
+    token: &str,
+    index: usize,
+    cluster: &str,
+) -> anyhow::Result<Agent> {
+    let identity_path = config.data_dir.join("agents").join(format!("dev-{index}.json"));
+    let identity = match Identity::load(&identity_path) {
+        Ok(mut identity) => {
+            // the address changes between runs when the port does
+            identity.server = url.to_owned();
+            identity
+        }
+        Err(_) => {
+            let registration = Registration {
+                server: url.to_owned(),
+                user_token: token.to_owned(),
+                cluster_id: cluster.to_owned(),
+                tags: [
+                    ("env".to_owned(), "dev".to_owned()),
+                    ("agent".to_owned(), index.to_string()),
+                ]
+                .into(),
+                location: Some("local".to_owned()),
+            };
+            register(&registration, &identity_path).await?
+        }
+    };
+    let target = DirTarget::new(config.data_dir.join("clusters").join(format!("dev-{index}")))?;
+    let options = Options {
+        poll_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Agent::new(ControlPlane::new(identity)?, Box::new(target), options).await
+}
+
+/// Waits until the agents have answered on every configuration written (its provisioning state left `Creating` and
+/// `Updating`), or `SETTLE_TIMEOUT` passed; answers how many are Compliant.
+async fn settle(http: &reqwest::Client, token: &str, configurations: &[String]) -> usize {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let mut settled = 0;
+        let mut compliant = 0;
+        for configuration in configurations {
+            let read = http.get(configuration).bearer_auth(token).send().await;
+            let Ok(body) = async { read?.error_for_status()?.json::<serde_json::Value>().await }.await else {
+                continue;
+            };
+            let properties = &body["properties"];
+            if !matches!(properties["provisioningState"].as_str(), Some("Creating" | "Updating")) {
+                settled += 1;
+            }
+            if properties["complianceState"] == "Compliant" {
+                compliant += 1;
+            }
+        }
+        if settled == configurations.len() || tokio::time::Instant::now() >= deadline {
+            return compliant;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

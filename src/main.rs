@@ -1,13 +1,15 @@
 //! `fluxplane`: the one binary, with a subcommand per role. Each subcommand is a thin shell around the libraries.
 
 mod dev;
+mod logging;
 
 /// jemalloc rather than glibc's allocator: with 10,000 agents long-polling, glibc's arenas kept about 31 KiB
-/// resident per poll where jemalloc keeps 22 KiB (docs/BENCHMARKS.md, server memory), and the server stays under
-/// its 256 MiB target.
+/// resident per poll where jemalloc keeps 22 KiB (docs/benchmarks/latest.md, server memory), and the server stays
+/// under its 256 MiB target.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_agent::targets::kube::KubeTarget;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::{LogFormat, ServeConfig};
-use fluxplane_api::{keys, openapi, server, telemetry};
+use fluxplane_api::{keys, openapi, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +68,10 @@ struct DevArgs {
     /// Local agents to start, each for its own cluster with a `dir` target in the data directory.
     #[arg(long, env = "FLUXPLANE_DEV_AGENTS", default_value_t = 3)]
     agents: usize,
+    /// Address of the demo Git repository's HTTP server. The demo configurations point at it, so it stays the same
+    /// from one start to the next.
+    #[arg(long, env = "FLUXPLANE_DEV_GIT_LISTEN", default_value = "127.0.0.1:8081")]
+    git_listen: SocketAddr,
     /// Listen on an address other machines can reach although the web UI hands an Owner token for every
     /// subscription to whoever loads it (`dev` refuses such an address without this flag).
     #[arg(long)]
@@ -175,25 +181,32 @@ struct TokenArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // every TLS client of the process (the agents', reqwest's) uses rustls with ring
+    fluxplane_agent::tls::install_crypto_provider();
     match Cli::parse().command {
         Command::Serve(config) => {
-            telemetry::init(config.log_format);
+            logging::init(config.log_format, None)?;
             let generate = config.uses_default_store();
             server::run(config, generate, |_| {}).await
         }
         Command::Dev(DevArgs {
             serve: mut config,
             agents,
+            git_listen,
             allow_remote,
         }) => {
             dev::check_listen(config.listen, allow_remote)?;
-            telemetry::init(config.log_format);
+            logging::init(
+                config.log_format,
+                (agents > 0).then(|| dev::agents_log(&config)).as_deref(),
+            )?;
             // the keys first: the web UI's sign-in is filled with a token they sign
             fluxplane_api::keys::prepare(&config, true)?;
             config.ui_sign_in = Some(dev::ui_sign_in(&config)?);
             let demo = config.clone();
+            let options = dev::Demo { agents, git_listen };
             server::run(config, true, move |address| {
-                tokio::spawn(dev::start(demo, address, agents));
+                tokio::spawn(dev::start(demo, address, options));
             })
             .await
         }
@@ -239,7 +252,7 @@ async fn agent(command: AgentCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AgentCommand::Run(args) => {
-            telemetry::init(args.log_format);
+            logging::init(args.log_format, None)?;
             let identity = Identity::load(&args.identity)?;
             let control_plane = ControlPlane::new(identity)?;
             let target: Box<dyn Target> = match &args.target {

@@ -37,7 +37,7 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn new(identity: Identity) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;

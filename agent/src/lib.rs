@@ -12,3 +12,4 @@ pub mod register;
 pub mod run;
 pub mod secrets;
 pub mod targets;
+pub mod tls;

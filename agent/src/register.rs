@@ -44,7 +44,7 @@ pub async fn register(registration: &Registration, identity_path: &Path) -> anyh
     let server = registration.server.trim_end_matches('/');
     let new = Identity::generate(server, id)?;
     let url = format!("{server}{id}?api-version={CLUSTER_API_VERSION}");
-    let http = reqwest::Client::new();
+    let http = crate::tls::http_client().build()?;
     let existing = http
         .get(&url)
         .bearer_auth(&registration.user_token)

@@ -1,5 +1,5 @@
 -- A month of history of a 10,000-cluster fleet, synthesised on a database migrated by fluxplane, then the history's
--- read shapes timed with EXPLAIN ANALYZE (docs/BENCHMARKS.md, "History at a month's scale").
+-- read shapes timed with EXPLAIN ANALYZE (a check by hand, beside fluxplane-bench: docs/benchmarks/).
 --
 --   createdb history_month; fluxplane serve --database-url postgres://postgres@127.0.0.1/history_month (migrates;
 --   stop it with Ctrl-C)

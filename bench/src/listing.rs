@@ -93,7 +93,7 @@ pub async fn listing(
         let db_runs = db.listing("listing", top, count, repeat).await?;
 
         let median = |runs: &[Duration]| ms(runs[runs.len() / 2]);
-        // SQLite is held to the design's target too (docs/BENCHMARKS.md, "Targets")
+        // SQLite is held to the design's target too (docs/benchmarks/targets.md)
         let is_target = top == 1000;
         figures.push(Figure {
             backend,

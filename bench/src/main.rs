@@ -277,6 +277,8 @@ pub(crate) fn ms(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // every reqwest client of the process speaks TLS through rustls with ring (fluxplane_agent::tls)
+    fluxplane_agent::tls::install_crypto_provider();
     let mut args = Args::parse();
     match args.command {
         Some(Command::Simulate(simulate)) => return fleet::simulate(simulate).await,

@@ -298,7 +298,7 @@ pub async fn propagation(
         scenario: format!("write to agent receipt, {agents} agents polling"),
         value: receipt_p99,
         unit: "ms p99",
-        // both backends are held to the design's target (docs/BENCHMARKS.md, "Targets")
+        // both backends are held to the design's target (docs/benchmarks/targets.md)
         target: Some("p99 < 100 ms".to_owned()),
         met: Some(receipt_p99 < 100.0),
         detail: format!(

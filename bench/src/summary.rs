@@ -43,7 +43,7 @@ async fn phase(target: &Target, db: &Db, url: &str, instances: usize) -> anyhow:
 }
 
 /// How long after the simulator stops the quiet phase starts in full runs. The abandoned polls end as soon as its
-/// process exits, but the recorded results (docs/BENCHMARKS.md) were all measured 35 s after, with the burst's
+/// process exits, but the recorded results (docs/benchmarks/) were all measured 35 s after, with the burst's
 /// folding and vacuum done by then: full runs keep that, so that their figures stay comparable; `--quick` only
 /// waits for the polls to end.
 pub const QUIET_AFTER: Duration = Duration::from_secs(35);

@@ -92,8 +92,8 @@ pub async fn throughput(
     db.close().await;
 
     let rate = |elapsed: Duration| puts as f64 / elapsed.as_secs_f64();
-    // SQLite lets one transaction write at a time: its own target is a quarter of the design's (docs/BENCHMARKS.md,
-    // "Targets")
+    // SQLite lets one transaction write at a time: its own target is a quarter of the design's
+    // (docs/benchmarks/targets.md)
     let target = if is_postgres { 2000.0 } else { 500.0 };
     figures.push(Figure {
         backend,

@@ -256,7 +256,7 @@ def run_schemathesis(server, fleet, seconds, random_seed, report_dir):
         "--workers", "2",
         "--request-timeout", "20",
         # tokens are the hooks' business: negative cases spend nothing on mangling the Authorization header,
-        # which tests/auth.rs covers
+        # which tests/e2e/auth.rs covers
         "--generation-with-security-parameters", "false",
         # generation-quality checks, not the server's: the operation status path (seven path parameters, steered by
         # the hooks) trips filter_too_much now and then, and a busy two-core machine too_slow

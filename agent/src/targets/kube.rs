@@ -62,6 +62,7 @@ impl KubeTarget {
 
     /// A target for the cluster the agent runs in, or the one the kubeconfig names.
     pub async fn from_environment() -> anyhow::Result<Self> {
+        crate::tls::install_crypto_provider();
         Ok(Self::new(kube::Client::try_default().await.context(
             "connecting to the Kubernetes API (in-cluster or kubeconfig)",
         )?))

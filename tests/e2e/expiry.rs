@@ -1,12 +1,10 @@
 //! End-to-end: the 48-hour rules with short limits. Secrets nobody collects are deleted and the configuration says
 //! to apply them again; a change no agent picks up fails, naming the disconnection.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::agents::registered;
-use common::*;
+use crate::common::agents::registered;
+use crate::common::*;
 use fluxplane_agent::client::ControlPlane;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::{Backend, TestServer};
@@ -22,7 +20,7 @@ async fn start(backend: Backend, secret_ttl: u64, pending_ttl: u64) -> Option<Ap
     Some(Api {
         token: server.owner_token(),
         server,
-        client: reqwest::Client::new(),
+        client: http_client(),
     })
 }
 

@@ -1,12 +1,10 @@
 //! End-to-end: the fleet compliance summary over real HTTP, its counts checked against ground truth the test
 //! computes itself from the configuration and cluster lists, with agents reporting through the real agent API.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fluxplane_api::auth::Role;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;

@@ -1,8 +1,6 @@
 //! End-to-end: the fluxConfigurations API over real HTTP, on both backends.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fluxplane_agent::register::{Registration, register};
 use fluxplane_api::flux::secrets::SECRET_FIELDS;
 use fluxplane_api::lifecycle::ProvisioningState;

@@ -1,8 +1,6 @@
 //! End-to-end: user authentication (401) and role-based authorisation by scope (403).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::{Backend, TestServer};
@@ -227,7 +225,7 @@ async fn tokens_from_a_jwks_provider_are_verified_with_the_pinned_algorithm() {
     let api = Api {
         token,
         server,
-        client: reqwest::Client::new(),
+        client: http_client(),
     };
     let path = with_version(
         "/subscriptions/s/providers/Microsoft.Kubernetes/connectedClusters",

@@ -2,9 +2,7 @@
 //! template, follow clusters that join or leave through their tags in the same write, never overwrite what they
 //! do not manage, and refuse to write a configuration another assignment writes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fluxplane_api::auth::Role;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
@@ -531,7 +529,7 @@ async fn drift_case(backend: Backend) {
     let api = Api {
         token: server.owner_token(),
         server,
-        client: reqwest::Client::new(),
+        client: http_client(),
     };
     tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
     tagged_cluster(&api, "prod-2", json!({"env": "prod"})).await;
@@ -592,7 +590,7 @@ async fn drift_case(backend: Backend) {
 
 on_both_backends!(assignment_compliance_follows_what_real_agents_report, compliance_case);
 async fn compliance_case(backend: Backend) {
-    use common::agents::{RunningAgent, registered, served_repository};
+    use crate::common::agents::{RunningAgent, registered, served_repository};
     let Some(api) = Api::start(backend).await else { return };
     let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
@@ -650,7 +648,7 @@ on_both_backends!(
     rollout_case
 );
 async fn rollout_case(backend: Backend) {
-    use common::agents::{RunningAgent, registered, served_repository};
+    use crate::common::agents::{RunningAgent, registered, served_repository};
     let Some(api) = Api::start(backend).await else { return };
     let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();

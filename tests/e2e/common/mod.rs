@@ -57,6 +57,12 @@ impl Answer {
     }
 }
 
+/// An HTTP client as the tests' own: reqwest, its TLS through the agent's provider (rustls with ring), which
+/// reqwest needs installed before a client is built.
+pub fn http_client() -> reqwest::Client {
+    fluxplane_agent::tls::http_client().build().expect("an HTTP client")
+}
+
 pub struct Api {
     pub server: TestServer,
     pub client: reqwest::Client,
@@ -69,7 +75,7 @@ impl Api {
         let token = server.owner_token();
         Some(Self {
             server,
-            client: reqwest::Client::new(),
+            client: http_client(),
             token,
         })
     }

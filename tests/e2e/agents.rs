@@ -1,13 +1,11 @@
 //! End-to-end: agents with their own identities long-poll a real server, materialise configurations of real Git
 //! repositories (served over real HTTP) in `dir` targets, and report status back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::agents::*;
-use common::git::MANIFEST;
-use common::*;
+use crate::common::agents::*;
+use crate::common::git::MANIFEST;
+use crate::common::*;
 use fluxplane_agent::client::ControlPlane;
 use fluxplane_agent::identity::Identity;
 use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
@@ -421,7 +419,7 @@ async fn an_offline_clusters_status_is_not_shown_as_fresh() {
     let api = Api {
         token: server.owner_token(),
         server,
-        client: reqwest::Client::new(),
+        client: http_client(),
     };
     let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,6 @@
 //! End-to-end: every kind of bad input gets a clear ARM error with the right status, and changes nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
@@ -153,7 +151,7 @@ async fn media_case(backend: Backend) {
     let api = Api {
         token: server.owner_token(),
         server,
-        client: reqwest::Client::new(),
+        client: http_client(),
     };
     let path = with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API);
     let text = api

@@ -2,12 +2,10 @@
 //! live status stream and its resumption, the fleet grid and the metrics, over real HTTP with clusters reporting
 //! through the real agent API.
 
-mod common;
-
 use std::time::Duration;
 
-use common::reports::{agent_cluster, report};
-use common::*;
+use crate::common::reports::{agent_cluster, report};
+use crate::common::*;
 use fluxplane_api::auth::Role;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;

@@ -1,12 +1,10 @@
 //! End-to-end: the server attacked as a hostile or broken client would, on both backends. Each test is one threat of
 //! docs/SECURITY.md ("Hostile clients"): the server must answer clearly, change nothing, and keep serving others.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::agents::*;
-use common::*;
+use crate::common::agents::*;
+use crate::common::*;
 use fluxplane_agent::client::ControlPlane;
 use fluxplane_agent_protocol::agent::{
     AGENT_AUDIENCE, AgentClaims, AgentInfo, ApplyOutcome, ConfigurationReport, ReportDisposition, StatusReport,
@@ -470,7 +468,7 @@ async fn sockets_case(backend: Backend) {
     let token = server.owner_token();
     let api = Api {
         server,
-        client: reqwest::Client::new(),
+        client: http_client(),
         token,
     };
     let (_repository, _git, url) = served_repository().await;
@@ -643,7 +641,7 @@ async fn a_database_outage_is_answered_503_at_once_and_the_server_recovers() {
         chrono::Duration::hours(1),
     )
     .unwrap();
-    let client = reqwest::Client::new();
+    let client = http_client();
     let cluster = format!("{base}{}", with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API));
     let put = client
         .put(&cluster)

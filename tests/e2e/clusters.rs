@@ -1,8 +1,6 @@
 //! End-to-end: registering, reading, listing, patching and deleting connected clusters over real HTTP.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
 use reqwest::{Method, StatusCode};

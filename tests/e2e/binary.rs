@@ -1,14 +1,12 @@
 //! End-to-end: the real `fluxplane` binary, as users start it.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fluxplane_api::keys::ensure_key_file;
 use fluxplane_api::testing::{Backend, TestDatabase};
 use reqwest::StatusCode;
@@ -159,7 +157,7 @@ async fn invented_methods_grow_neither_the_metrics_nor_the_memory() {
         .unwrap()
         .to_owned();
     let base = format!("http://{address}");
-    let client = reqwest::Client::new();
+    let client = http_client();
     let send = |count: usize, invent: bool| {
         let workers: Vec<_> = (0..8)
             .map(|worker| {
@@ -241,6 +239,8 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
             "dev",
             "--listen",
             "127.0.0.1:0",
+            "--git-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
             "--log-format",
@@ -260,7 +260,7 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
         "{url} vs {listening}"
     );
 
-    let client = reqwest::Client::new();
+    let client = http_client();
     // a secret for dev-1's demo configuration: sealed to its agent, which writes it beside the demo's objects
     let demo_1 = format!(
         "{url}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dev/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
@@ -409,7 +409,7 @@ async fn serve_runs_on_postgres_with_the_keys_it_is_given() {
     assert!(token.status.success(), "{token:?}");
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
 
-    let client = reqwest::Client::new();
+    let client = http_client();
     let ready = client.get(format!("http://{address}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let registered = client

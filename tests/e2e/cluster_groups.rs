@@ -1,9 +1,7 @@
 //! End-to-end: `Fluxplane.Fleet/clusterGroups` select the clusters of their own scope by tags, and follow tag
 //! changes at once.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fluxplane_api::auth::Role;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;

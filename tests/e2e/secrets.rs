@@ -2,12 +2,10 @@
 //! holds only what the agent alone can open, a real agent writes them to its cluster and acknowledges them, and
 //! then the control plane holds nothing of them at all.
 
-mod common;
-
 use std::time::Duration;
 
-use common::agents::*;
-use common::*;
+use crate::common::agents::*;
+use crate::common::*;
 use fluxplane_agent::client::ControlPlane;
 use fluxplane_agent::identity::Identity;
 use fluxplane_agent_protocol::agent::{DesiredConfiguration, SecretsChange};

@@ -1,18 +1,17 @@
 //! End-to-end: the web UI in a real headless Chromium (Debian's `chromium`, driven through `chromedriver`) against a
 //! real server with real agents applying a real Git repository. Signs in, checks the overview's numbers against
 //! the API, drills down to a failing configuration and to an applied one's objects, watches a live update arrive,
-//! and checks the empty state. The screenshots it takes are the README's (`docs/screenshots/`).
+//! and checks the empty state. It writes its screenshots to `<target>/tmp/screenshots/`, never into the source
+//! tree; `scripts/screenshots` runs it and copies them over the README's (`docs/screenshots/`), on purpose.
 //!
 //! Without chromedriver the test is skipped, except under `CI=true`, where `scripts/test` installs it.
-
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::agents::{RunningAgent, config_body, registered, served_repository, until};
-use common::reports::{agent_cluster, report};
-use common::*;
+use crate::common::agents::{RunningAgent, config_body, registered, served_repository, until};
+use crate::common::reports::{agent_cluster, report};
+use crate::common::*;
 use fantoccini::{Client, Locator};
 use fluxplane_api::testing::{Backend, Browser};
 use serde_json::Value;
@@ -76,7 +75,7 @@ async fn close_with_escape(client: &Client) {
 
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), png).unwrap();
 }

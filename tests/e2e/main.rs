@@ -1,0 +1,20 @@
+//! The end-to-end tests: each module drives a real server (on port 0, with a fresh database of each backend) or the
+//! real binary over real HTTP. They are modules of one test binary, so that a change links one executable rather
+//! than one per file. Run one module with `cargo test --test e2e clusters::`.
+
+mod common;
+
+mod agents;
+mod auth;
+mod binary;
+mod cluster_groups;
+mod clusters;
+mod compliance_summary;
+mod dashboards;
+mod errors;
+mod expiry;
+mod flux_configurations;
+mod hostile;
+mod policy_assignments;
+mod secrets;
+mod ui;
