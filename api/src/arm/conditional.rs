@@ -87,6 +87,7 @@ impl Preconditions {
     }
 
     /// A write allowed only over the version `etag` (as services are called in tests).
+    #[cfg(test)]
     pub fn if_match(etag: &str) -> Self {
         Self {
             if_match: Some(Condition::OneOf(vec![etag.to_owned()])),
