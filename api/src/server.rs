@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tower::layer::layer_fn;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -28,6 +29,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::arm::segments::Vocabulary;
 use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
 use crate::config::ServeConfig;
@@ -125,6 +127,7 @@ impl AppState {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     let (_, openapi) = api_router().split_for_parts();
+    let vocabulary = Vocabulary::of(openapi.paths.paths.keys().map(String::as_str));
     let (arm, _) = arm_router().split_for_parts();
     // recording writes runs inside authentication, which tells it who wrote
     let arm = arm
@@ -141,7 +144,7 @@ pub fn app(state: AppState) -> Router {
             agents::auth::authenticate,
         ))
         .route_layer(guard(state.database.clone()));
-    Router::new()
+    let app = Router::new()
         .merge(arm)
         .merge(agent)
         .merge(dashboards::ui::router())
@@ -193,7 +196,9 @@ pub fn app(state: AppState) -> Router {
             header::AUTHORIZATION,
             header::COOKIE,
         ]))
-        .with_state(state)
+        .with_state(state);
+    // ARM's fixed segments match in any case: the path is respelled before the routes see it
+    Router::new().fallback_service(app.map_request(move |request| vocabulary.canonicalize(request)))
 }
 
 /// The layer of the routes that need the database (see `availability`).

@@ -5,6 +5,7 @@
 mod common;
 
 mod agents;
+mod arm_paths;
 mod auth;
 mod binary;
 mod cluster_groups;

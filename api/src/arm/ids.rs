@@ -246,6 +246,16 @@ impl ClusterScope {
         })
     }
 
+    /// The same scope with the cluster's names spelled as they were registered, whatever case the path used: ids
+    /// echo the stored case, as ARM's do. (The stored names were valid when registered; were one not, the path's
+    /// spelling is kept.)
+    pub fn as_registered(mut self, subscription: &str, resource_group: &str, name: &str) -> Self {
+        if let Ok(cluster) = ClusterRef::parse(subscription, resource_group, name) {
+            self.cluster = cluster;
+        }
+        self
+    }
+
     /// The cluster's id as this path names it: `/subscriptions/{sub}/resourceGroups/{rg}/providers/{rp}/{type}/{name}`.
     pub fn id(&self) -> String {
         format!(

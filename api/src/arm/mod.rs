@@ -11,6 +11,7 @@ pub mod params;
 pub mod path;
 pub mod schema;
 pub mod scope;
+pub mod segments;
 pub mod system_data;
 pub mod write;
 

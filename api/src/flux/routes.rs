@@ -400,6 +400,7 @@ async fn list_configurations(
         .get_cluster(&scope.cluster.key())
         .await?
         .ok_or_else(|| parent_not_found(&scope))?;
+    let scope = scope.as_registered(&cluster.subscription, &cluster.resource_group, &cluster.name);
     let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
     let link = |token: &str| base.next_link(&path, version.version, list.top.as_deref(), token) + &filter.link_suffix();
     let Some(parsed) = parsed else {

@@ -89,7 +89,7 @@ impl Configurations {
         let cluster = self.cluster(&scope).await?;
         let online = agent_online(cluster.last_connectivity_time, self.offline_after);
         Ok(Target {
-            scope,
+            scope: scope.as_registered(&cluster.subscription, &cluster.resource_group, &cluster.name),
             name,
             cluster,
             online,
