@@ -88,7 +88,7 @@ async fn materialise_case(backend: Backend) {
         patch(json!({"gitRepository": {"repositoryRef": {"branch": "missing"}}}))
             .await
             .status,
-        StatusCode::OK
+        StatusCode::ACCEPTED
     );
     let broken = until(&api, &path, "Non-Compliant", |p| {
         p["complianceState"] == "Non-Compliant"

@@ -272,7 +272,7 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
         .send()
         .await
         .unwrap();
-    assert_eq!(patched.status(), StatusCode::OK);
+    assert_eq!(patched.status(), StatusCode::ACCEPTED);
     // the demo: local agents turn their clusters' demo configuration Compliant with the demo repository's commit
     let demo = format!(
         "{url}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dev/providers/Microsoft.Kubernetes/connectedClusters/dev-3/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"

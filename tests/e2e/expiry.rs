@@ -78,7 +78,7 @@ async fn secrets_case(backend: Backend) {
             Some(json!({"properties": {"configurationProtectedSettings": {"httpsKey": "YWdhaW4="}}})),
         )
         .await;
-    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.status, StatusCode::ACCEPTED);
     assert_eq!(again.body["properties"]["provisioningState"], "Updating");
     assert_eq!(again.body["properties"]["errorMessage"], Value::Null);
 }

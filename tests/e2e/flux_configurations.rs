@@ -154,7 +154,7 @@ async fn patch_case(backend: Backend) {
             }})),
         )
         .await;
-    assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
+    assert_eq!(patched.status, StatusCode::ACCEPTED, "{patched:?}");
     assert!(patched.header("azure-asyncoperation").is_some());
     let p = &patched.body["properties"];
     assert_eq!(p["provisioningState"], "Updating");

@@ -256,7 +256,7 @@ async fn patch_case(backend: Backend) {
             Some(json!({"properties": {"azureBlob": {"containerName": "other"}}})),
         )
         .await;
-    assert_eq!(untouched.status, StatusCode::OK);
+    assert_eq!(untouched.status, StatusCode::ACCEPTED);
     let offer = offered(&identity, "cfg").await;
     assert_eq!((offer.generation, offer.secrets_version), (2, Some(1)));
     assert_eq!(offer.sealed_secrets.len(), 1);
@@ -268,7 +268,7 @@ async fn patch_case(backend: Backend) {
             Some(json!({"properties": {"configurationProtectedSettings": {"httpsKey": null, "bucketSecretKey": PATCHED}}})),
         )
         .await;
-    assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+    assert_eq!(changed.status, StatusCode::ACCEPTED, "{changed:?}");
     let sealed = opened(&identity, "cfg").await;
     assert_eq!(sealed.len(), 2, "the undelivered set and the patch on top of it");
     assert_eq!((sealed[1].0, sealed[1].1), (3, SecretsChange::Merge));
@@ -371,7 +371,7 @@ async fn delivery_case(backend: Backend) {
     let suspended = api
         .call(Method::PATCH, &path, Some(json!({"properties": {"suspend": true}})))
         .await;
-    assert_eq!(suspended.status, StatusCode::OK);
+    assert_eq!(suspended.status, StatusCode::ACCEPTED);
     until(&api, &path, "suspended", |p| p["complianceState"] == "Suspended").await;
     let kept = written_secret(&agent, "cfg").unwrap();
     assert_eq!(kept["data"]["password"], SECRETS[1]);

@@ -27,6 +27,13 @@ pub fn async_operation_headers(operation_url: &str) -> HeaderMap {
     if let Ok(value) = HeaderValue::from_str(operation_url) {
         headers.insert("azure-asyncoperation", value);
     }
+    headers.extend(retry_after());
+    headers
+}
+
+/// How soon to poll an operation again: one second, so that a poller sees the agent's report within a second of it.
+pub fn retry_after() -> HeaderMap {
+    let mut headers = HeaderMap::new();
     headers.insert("retry-after", HeaderValue::from_static("1"));
     headers
 }

@@ -24,11 +24,11 @@ use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterPath, ClusterScope, ConfigurationName};
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::params::FleetApiVersionParam;
-use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers};
+use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers, retry_after};
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::lifecycle::agent_online;
+use crate::lifecycle::{OperationState, agent_online};
 use crate::model::{ConfigurationRecord, HistorySubject};
 use crate::state::AppState;
 
@@ -195,9 +195,11 @@ fn written(target: &Target, written: Written, base: &BaseUrl, api_version: &str)
     request_body = FluxConfigurationRequest,
     responses(
         (status = 200, description = "Updated; the agent applies it next", body = FluxConfiguration,
-         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"),
+                 ("Retry-After" = u32, description = "Seconds to wait before polling the operation"))),
         (status = 201, description = "Created; the agent applies it next", body = FluxConfiguration,
-         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"),
+                 ("Retry-After" = u32, description = "Seconds to wait before polling the operation"))),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -247,8 +249,11 @@ pub struct FluxConfigurationRequest {
     params(ConfigurationParams, ApiVersionParam),
     request_body = FluxConfigurationRequest,
     responses(
-        (status = 200, description = "Updated; the agent applies it next", body = FluxConfiguration,
-         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+        (status = 202, description = "Accepted, as Azure's specification answers an update: the configuration as \
+                                      changed; the agent applies it next",
+         body = FluxConfiguration,
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"),
+                 ("Retry-After" = u32, description = "Seconds to wait before polling the operation"))),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -279,7 +284,9 @@ async fn patch_configuration(
     let result = configurations
         .patch(&caller.subject, &target, &changes, &secrets, &preconditions)
         .await?;
-    Ok(written(&target, result, &base, version.version))
+    let mut response = written(&target, result, &base, version.version);
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
 }
 
 /// Reads a Flux configuration.
@@ -323,7 +330,8 @@ async fn get_configuration(
     responses(
         (status = 200, description = "Deleted at once (forceDelete=true)"),
         (status = 202, description = "Deletion started; the agent completes it",
-         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"))),
+         headers(("Azure-AsyncOperation" = String, description = "Operation status URL"),
+                 ("Retry-After" = u32, description = "Seconds to wait before polling the operation"))),
         (status = 204, description = "There was no such configuration"),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
@@ -469,7 +477,8 @@ const FILTER_FIELDS: &[Field] = &[
     operation_id = "FluxConfigOperationStatus_Get",
     params(OperationParams, ApiVersionParam),
     responses(
-        (status = 200, description = "The operation's status", body = OperationStatus),
+        (status = 200, description = "The operation's status", body = OperationStatus,
+         headers(("Retry-After" = u32, description = "While the operation is InProgress: seconds to wait before polling again"))),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -479,7 +488,7 @@ async fn get_operation(
     caller: Caller,
     _version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<OperationParams>,
-) -> ApiResult<Json<OperationStatus>> {
+) -> ApiResult<(HeaderMap, Json<OperationStatus>)> {
     let scope = ClusterScope::parse(&ClusterPath {
         subscription_id: params.subscription_id,
         resource_group_name: params.resource_group_name,
@@ -497,14 +506,20 @@ async fn get_operation(
         .await?
         .filter(|op| op.resource_key == resource_key)
         .ok_or_else(|| ApiError::ResourceNotFound(format!("The operation '{}' was not found.", params.operation_id)))?;
-    Ok(Json(OperationStatus {
+    // azure-core's pollers wait as long as Retry-After says, and without it their own default (30 s for ARM)
+    let headers = if operation.status == OperationState::InProgress {
+        retry_after()
+    } else {
+        HeaderMap::new()
+    };
+    Ok((headers, Json(OperationStatus {
         id: format!("{id}/operations/{}", operation.id),
         name: operation.id,
         status: operation.status.as_str().to_owned(),
         start_time: operation.start_time,
         end_time: operation.end_time,
         error: operation.error,
-    }))
+    })))
 }
 
 /// The history of a configuration: its status transitions (in all its lives, if it was deleted and created again)
