@@ -385,7 +385,7 @@ async fn delivery_case(backend: Backend) {
             Some(json!({"properties": {"suspend": false, "configurationProtectedSettings": {"httpsKey": PATCHED}}})),
         )
         .await;
-    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.status, StatusCode::ACCEPTED);
     let merged = secret_version(&agent, "cfg", Some(3)).await.unwrap();
     assert_eq!(merged["data"]["password"], PATCHED);
     until(&api, &path, "re-applied", |p| p["provisioningState"] == "Succeeded").await;
