@@ -219,6 +219,7 @@ fn token(config: &ServeConfig, subject: &str) -> anyhow::Result<String> {
         subject,
         vec![owner],
         chrono::Duration::hours(24),
+        config.tenant(),
     )
 }
 

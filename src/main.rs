@@ -177,6 +177,9 @@ struct TokenArgs {
     jwt_issuer: String,
     #[arg(long, env = "FLUXPLANE_JWT_AUDIENCE", default_value = "fluxplane")]
     jwt_audience: String,
+    /// The server's tenant (`tid`), when it was given one with its own --tenant-id.
+    #[arg(long, env = "FLUXPLANE_TENANT_ID")]
+    tenant_id: Option<uuid::Uuid>,
 }
 
 #[tokio::main]
@@ -288,5 +291,16 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
         .unwrap_or_else(|| args.data_dir.join("jwt-secret"));
     let secret = auth::read_secret_file(&path).context("the token is signed with the server's HS256 secret")?;
     let ttl = chrono::Duration::from_std(args.ttl).context("--ttl is too long")?;
-    auth::mint(&secret, &args.jwt_issuer, &args.jwt_audience, &args.subject, roles, ttl)
+    let tenant = args
+        .tenant_id
+        .unwrap_or_else(|| fluxplane_api::config::default_tenant(&args.jwt_issuer));
+    auth::mint(
+        &secret,
+        &args.jwt_issuer,
+        &args.jwt_audience,
+        &args.subject,
+        roles,
+        ttl,
+        tenant,
+    )
 }

@@ -20,6 +20,7 @@ use chrono::Utc;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::arm::ids::{ResourceGroupName, SubscriptionId};
 use crate::arm::scope::{ClusterSet, FleetScope};
@@ -113,6 +114,13 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default)]
     pub roles: Vec<RoleAssignment>,
+    /// The tenant, as Entra ID names it: Azure's tools read it (`az login` files subscriptions under it). A token
+    /// that names another tenant than the server's is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+    /// The caller's object id in the tenant, which Azure's tools read as the signed-in principal's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<String>,
 }
 
 /// The authenticated caller of a request.
@@ -174,6 +182,8 @@ enum Keys {
 pub struct Authenticator {
     keys: Keys,
     validation: Validation,
+    /// The server's tenant, which a token's `tid`, when it has one, must name.
+    tenant: Option<Uuid>,
 }
 
 impl Authenticator {
@@ -186,6 +196,7 @@ impl Authenticator {
         Ok(Self {
             keys: Keys::Shared(DecodingKey::from_secret(secret)),
             validation: validation(Algorithm::HS256, issuer, audience),
+            tenant: None,
         })
     }
 
@@ -201,11 +212,22 @@ impl Authenticator {
         Ok(Self {
             keys: Keys::Set(keys),
             validation: validation(algorithm, issuer, audience),
+            tenant: None,
         })
+    }
+
+    /// Refuses tokens whose `tid` names another tenant than `tenant`.
+    pub fn in_tenant(mut self, tenant: Uuid) -> Self {
+        self.tenant = Some(tenant);
+        self
     }
 
     /// Builds the authenticator the configuration asks for.
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
+        Ok(Self::keys_of(config)?.in_tenant(config.tenant()))
+    }
+
+    fn keys_of(config: &ServeConfig) -> anyhow::Result<Self> {
         if let Some(path) = &config.jwks_file {
             let algorithm = match config.jwt_algorithm.unwrap_or(JwtAlgorithm::Rs256) {
                 JwtAlgorithm::Rs256 => Algorithm::RS256,
@@ -252,6 +274,13 @@ impl Authenticator {
                 _ => fail("malformed token"),
             }
         })?;
+        if let (Some(tid), Some(tenant)) = (&data.claims.tid, self.tenant)
+            && !Uuid::parse_str(tid).is_ok_and(|tid| tid == tenant)
+        {
+            return Err(fail(&format!(
+                "it was issued for tenant '{tid}', not this server's '{tenant}'"
+            )));
+        }
         Ok(Caller {
             subject: data.claims.sub,
             roles: data.claims.roles,
@@ -275,7 +304,8 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes.trim_ascii().to_vec())
 }
 
-/// Mints an HS256 user token, as `fluxplane token` does.
+/// Mints an HS256 user token, as `fluxplane token` does: with the claims Azure's tools read besides ours, the
+/// tenant (`tid`) and an object id (`oid`) that is the same for the same subject in the same tenant.
 pub fn mint(
     secret: &[u8],
     issuer: &str,
@@ -283,6 +313,7 @@ pub fn mint(
     subject: &str,
     roles: Vec<RoleAssignment>,
     ttl: chrono::Duration,
+    tenant: Uuid,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(!subject.is_empty(), "the subject must not be empty");
     let now = Utc::now().timestamp();
@@ -294,6 +325,8 @@ pub fn mint(
         nbf: now,
         exp: now + ttl.num_seconds(),
         roles,
+        tid: Some(tenant.to_string()),
+        oid: Some(Uuid::new_v5(&tenant, subject.as_bytes()).to_string()),
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -357,6 +390,8 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+    const TENANT: Uuid = Uuid::from_u128(0x1234);
+
     fn owner_of(scope: &str) -> Vec<RoleAssignment> {
         vec![RoleAssignment::parse(Role::Owner, scope).unwrap()]
     }
@@ -374,6 +409,7 @@ mod tests {
             "alice",
             owner_of("/"),
             chrono::Duration::hours(1),
+            TENANT,
         )
         .unwrap();
         let caller = auth().authenticate(&token).unwrap();
@@ -390,6 +426,7 @@ mod tests {
             "a",
             owner_of("/"),
             chrono::Duration::hours(-2),
+            TENANT,
         )
         .unwrap();
         let err = auth().authenticate(&token).unwrap_err();
@@ -400,11 +437,11 @@ mod tests {
     #[test]
     fn wrong_audience_issuer_and_key_are_refused() {
         let hour = chrono::Duration::hours(1);
-        let other_aud = mint(SECRET, "fluxplane", "other", "a", owner_of("/"), hour).unwrap();
+        let other_aud = mint(SECRET, "fluxplane", "other", "a", owner_of("/"), hour, TENANT).unwrap();
         assert!(auth().authenticate(&other_aud).is_err());
-        let other_iss = mint(SECRET, "evil", "fluxplane", "a", owner_of("/"), hour).unwrap();
+        let other_iss = mint(SECRET, "evil", "fluxplane", "a", owner_of("/"), hour, TENANT).unwrap();
         assert!(auth().authenticate(&other_iss).is_err());
-        let other_key = mint(&[7u8; 32], "fluxplane", "fluxplane", "a", owner_of("/"), hour).unwrap();
+        let other_key = mint(&[7u8; 32], "fluxplane", "fluxplane", "a", owner_of("/"), hour, TENANT).unwrap();
         assert!(auth().authenticate(&other_key).is_err());
     }
 

@@ -45,6 +45,12 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_JWT_AUDIENCE", default_value = "fluxplane")]
     pub jwt_audience: String,
 
+    /// The tenant this server answers for: the `tenantId` of its subscriptions and the `tid` claim of the tokens
+    /// `fluxplane token` signs; a token with a `tid` naming another tenant is refused. Default: a GUID derived from
+    /// the issuer, the same on every start.
+    #[arg(long, env = "FLUXPLANE_TENANT_ID")]
+    pub tenant_id: Option<uuid::Uuid>,
+
     /// A cluster whose agent has not been heard from for this long shows as Offline.
     #[arg(long, env = "FLUXPLANE_OFFLINE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
     pub offline_after: std::time::Duration,
@@ -93,7 +99,20 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 }
 
+/// The tenant of a server that names none: derived from its token issuer, so that `fluxplane token` and the server
+/// agree without configuration.
+pub fn default_tenant(issuer: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("fluxplane:tenant:{issuer}").as_bytes(),
+    )
+}
+
 impl ServeConfig {
+    pub fn tenant(&self) -> uuid::Uuid {
+        self.tenant_id.unwrap_or_else(|| default_tenant(&self.jwt_issuer))
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

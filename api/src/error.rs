@@ -68,6 +68,13 @@ pub enum ApiError {
     ParentResourceNotFound(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    SubscriptionNotFound(String),
+    /// A write of a resource type Azure retired (Flux v1's sourceControlConfigurations).
+    #[error("{0}")]
+    Retired(String),
+    #[error("{0}")]
+    InvalidResourceNamespace(String),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -106,12 +113,15 @@ impl ApiError {
             ApiError::InvalidParameter { .. }
             | ApiError::InvalidRequestContent(_)
             | ApiError::MissingApiVersion
-            | ApiError::InvalidApiVersion { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidApiVersion { .. }
+            | ApiError::Retired(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ResourceNotFound(_) | ApiError::ParentResourceNotFound(_) | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ResourceNotFound(_)
+            | ApiError::ParentResourceNotFound(_)
+            | ApiError::NotFound(_)
+            | ApiError::SubscriptionNotFound(_)
+            | ApiError::InvalidResourceNamespace(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) | ApiError::AgentEncryptionKeyMissing(_) => StatusCode::CONFLICT,
@@ -134,6 +144,9 @@ impl ApiError {
             ApiError::ResourceNotFound(_) => "ResourceNotFound",
             ApiError::ParentResourceNotFound(_) => "ParentResourceNotFound",
             ApiError::NotFound(_) => "NotFound",
+            ApiError::SubscriptionNotFound(_) => "SubscriptionNotFound",
+            ApiError::Retired(_) => "FluxV1Retired",
+            ApiError::InvalidResourceNamespace(_) => "InvalidResourceNamespace",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::PreconditionFailed(_) => "PreconditionFailed",
             ApiError::Conflict(_) => "Conflict",

@@ -20,6 +20,8 @@ use utoipa::{Modify, OpenApi};
         (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
         (name = "PolicyAssignments", description = "A Flux configuration for every cluster a selector matches (Fluxplane.Fleet)"),
         (name = "ComplianceSummary", description = "Counts of configuration instances by state across a fleet (Fluxplane.Fleet)"),
+        (name = "ResourceManager", description = "What Azure Resource Manager itself answers: subscriptions, provider registrations and operations, the cloud's metadata"),
+        (name = "SourceControlConfigurations", description = "Flux v1 configurations, retired by Azure: every cluster has none"),
     )
 )]
 pub struct ApiDoc;

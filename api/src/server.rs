@@ -43,7 +43,7 @@ use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
-use crate::{agents, clusters, dashboards, fleet, flux, health, sweep};
+use crate::{agents, clusters, dashboards, fleet, flux, health, manager, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -52,6 +52,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(arm_router())
         .merge(agents::routes::router())
+        .merge(manager::public_router())
 }
 
 /// The ARM API users call.
@@ -59,11 +60,13 @@ fn arm_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(clusters::routes::router())
         .merge(flux::routes::router())
+        .merge(flux::source_control::router())
         .merge(fleet::groups::router())
         .merge(fleet::assignments::routes::router())
         .merge(fleet::summary::router())
         .merge(fleet::cluster_compliance::router())
         .merge(dashboards::events::router())
+        .merge(manager::router())
 }
 
 impl AppState {
@@ -144,9 +147,12 @@ pub fn app(state: AppState) -> Router {
             agents::auth::authenticate,
         ))
         .route_layer(guard(state.database.clone()));
+    // the cloud's metadata is read before signing in, and needs no database
+    let (metadata, _) = manager::public_router().split_for_parts();
     let app = Router::new()
         .merge(arm)
         .merge(agent)
+        .merge(metadata)
         .merge(dashboards::ui::router())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -170,6 +170,7 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         jwt_algorithm: None,
         jwt_issuer: "fluxplane".to_owned(),
         jwt_audience: "fluxplane".to_owned(),
+        tenant_id: None,
         offline_after: std::time::Duration::from_secs(300),
         secret_ttl: std::time::Duration::from_secs(48 * 3600),
         pending_ttl: std::time::Duration::from_secs(48 * 3600),
@@ -267,6 +268,7 @@ impl TestServer {
             subject,
             roles,
             chrono::Duration::hours(1),
+            self.state.config.tenant(),
         )
         .expect("minting")
     }

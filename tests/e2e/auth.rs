@@ -26,6 +26,7 @@ async fn unauthenticated_case(backend: Backend) {
         "a",
         owner.clone(),
         chrono::Duration::hours(-1),
+        api.server.state.config.tenant(),
     )
     .unwrap();
     let audience = auth::mint(
@@ -35,6 +36,17 @@ async fn unauthenticated_case(backend: Backend) {
         "a",
         owner.clone(),
         chrono::Duration::hours(1),
+        api.server.state.config.tenant(),
+    )
+    .unwrap();
+    let other_tenant = auth::mint(
+        &secret,
+        "fluxplane",
+        "fluxplane",
+        "a",
+        owner.clone(),
+        chrono::Duration::hours(1),
+        uuid::Uuid::from_u128(7),
     )
     .unwrap();
     let foreign = auth::mint(
@@ -44,9 +56,16 @@ async fn unauthenticated_case(backend: Backend) {
         "a",
         owner,
         chrono::Duration::hours(1),
+        api.server.state.config.tenant(),
     )
     .unwrap();
-    for token in ["garbage", expired.as_str(), audience.as_str(), foreign.as_str()] {
+    for token in [
+        "garbage",
+        expired.as_str(),
+        audience.as_str(),
+        other_tenant.as_str(),
+        foreign.as_str(),
+    ] {
         let refused = api.call_as(token, Method::PUT, &path, Some(cluster_body())).await;
         assert_eq!(
             (refused.status, refused.code()),
@@ -240,6 +259,7 @@ async fn tokens_from_a_jwks_provider_are_verified_with_the_pinned_algorithm() {
         "x",
         vec![],
         chrono::Duration::hours(1),
+        api.server.state.config.tenant(),
     )
     .unwrap();
     assert_eq!(

@@ -639,6 +639,7 @@ async fn a_database_outage_is_answered_503_at_once_and_the_server_recovers() {
         "t",
         vec![owner],
         chrono::Duration::hours(1),
+        state.config.tenant(),
     )
     .unwrap();
     let client = http_client();

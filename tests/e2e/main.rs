@@ -17,5 +17,6 @@ mod expiry;
 mod flux_configurations;
 mod hostile;
 mod policy_assignments;
+mod resource_manager;
 mod secrets;
 mod ui;

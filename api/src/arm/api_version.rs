@@ -25,6 +25,13 @@ impl Versioned for FluxConfigurations {
     const SUPPORTED: &'static [&'static str] = &["2023-05-01", "2024-11-01", "2025-04-01"];
 }
 
+/// `Microsoft.KubernetesConfiguration/sourceControlConfigurations`, Flux v1's configurations, which Azure retired:
+/// its GA versions are served so that tools which look for old configurations find none.
+pub struct SourceControlConfigurations;
+impl Versioned for SourceControlConfigurations {
+    const SUPPORTED: &'static [&'static str] = &["2021-03-01", "2022-03-01", "2022-07-01", "2022-11-01", "2023-05-01"];
+}
+
 /// The `Fluxplane.Fleet` resource types: cluster groups and policy assignments.
 pub struct Fleet;
 impl Versioned for Fleet {
@@ -55,6 +62,48 @@ pub fn check<R: Versioned>(query: Option<&str>) -> Result<&'static str, ApiError
             given,
             supported: R::SUPPORTED.join(", "),
         })
+}
+
+/// The `api-version` of a call to Resource Manager's own endpoints (subscriptions, providers, cloud metadata):
+/// required, and any date-shaped version (`2022-12-01`, `2021-04-01-preview`) is served, since every Azure client
+/// pins its own and their answers have kept one shape.
+#[derive(Debug)]
+pub struct AnyApiVersion(pub String);
+
+/// `YYYY-MM-DD` with an optional `-suffix` of letters (`-preview`, `-beta`).
+fn is_date_version(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.len() < 10 {
+        return false;
+    }
+    let (date, suffix) = bytes.split_at(10);
+    date.iter().enumerate().all(|(i, b)| {
+        if i == 4 || i == 7 {
+            *b == b'-'
+        } else {
+            b.is_ascii_digit()
+        }
+    }) && match suffix {
+        [] => true,
+        [b'-', word @ ..] => !word.is_empty() && word.len() <= 20 && word.iter().all(u8::is_ascii_alphabetic),
+        _ => false,
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AnyApiVersion {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let given = find_api_version(parts.uri.query()).ok_or(ApiError::MissingApiVersion)?;
+        if is_date_version(&given) {
+            Ok(Self(given))
+        } else {
+            Err(ApiError::InvalidApiVersion {
+                given,
+                supported: "any version of the form YYYY-MM-DD or YYYY-MM-DD-preview".into(),
+            })
+        }
+    }
 }
 
 impl<S: Send + Sync, R: Versioned> FromRequestParts<S> for ApiVersion<R> {
@@ -97,6 +146,26 @@ mod tests {
             check::<FluxConfigurations>(Some("API-Version=2024-11-01")).unwrap(),
             "2024-11-01"
         );
+    }
+
+    #[test]
+    fn resource_manager_versions_are_dates_with_an_optional_suffix() {
+        for good in ["2022-12-01", "2016-06-01", "2021-04-01-preview"] {
+            assert!(is_date_version(good), "{good}");
+        }
+        for bad in [
+            "",
+            "2022-12",
+            "2022-12-01-",
+            "2022-12-01-pre-view",
+            "20221201",
+            "2022-1a-01",
+            "2022-12-01x",
+            "2022-12-0é",
+            "2022-12-01-é",
+        ] {
+            assert!(!is_date_version(bad), "{bad}");
+        }
     }
 
     proptest::proptest! {

@@ -512,14 +512,17 @@ async fn get_operation(
     } else {
         HeaderMap::new()
     };
-    Ok((headers, Json(OperationStatus {
-        id: format!("{id}/operations/{}", operation.id),
-        name: operation.id,
-        status: operation.status.as_str().to_owned(),
-        start_time: operation.start_time,
-        end_time: operation.end_time,
-        error: operation.error,
-    })))
+    Ok((
+        headers,
+        Json(OperationStatus {
+            id: format!("{id}/operations/{}", operation.id),
+            name: operation.id,
+            status: operation.status.as_str().to_owned(),
+            start_time: operation.start_time,
+            end_time: operation.end_time,
+            error: operation.error,
+        }),
+    ))
 }
 
 /// The history of a configuration: its status transitions (in all its lives, if it was deleted and created again)

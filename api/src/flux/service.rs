@@ -96,7 +96,8 @@ impl Configurations {
         })
     }
 
-    async fn cluster(&self, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
+    /// The cluster `scope` addresses, which must be registered.
+    pub async fn cluster(&self, scope: &ClusterScope) -> ApiResult<ClusterRecord> {
         self.store
             .get_cluster(&scope.cluster.key())
             .await?

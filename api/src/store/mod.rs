@@ -179,6 +179,10 @@ pub trait Store: Dashboards {
     /// database. Runs until dropped (returns at once where no other process can write).
     async fn follow_changes(&self, notifier: Arc<Notifier>) -> StoreResult<()>;
 
+    /// Up to `page.limit + 1` subscriptions that hold a cluster, a cluster group or a policy assignment, in key
+    /// order after `page.after`: each as (key, the spelling that sorts first among its resources).
+    async fn subscriptions(&self, page: &PageRequest) -> StoreResult<Vec<(String, String)>>;
+
     async fn get_cluster(&self, key: &str) -> StoreResult<Option<ClusterRecord>>;
     /// Up to `page.limit + 1` clusters in key order after `page.after`.
     async fn list_clusters(&self, scope: &ClusterSet, page: &PageRequest) -> StoreResult<Vec<ClusterRecord>>;

@@ -104,6 +104,23 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn subscriptions(
+                &self,
+                page: &$crate::arm::paging::PageRequest,
+            ) -> $crate::store::StoreResult<Vec<(String, String)>> {
+                // every table has an index on (subscription_key, ...): each part reads its index in order
+                let sql = "SELECT subscription_key, MIN(subscription) FROM ( \
+                               SELECT subscription_key, subscription FROM clusters WHERE subscription_key > $1 \
+                               UNION ALL SELECT subscription_key, subscription FROM cluster_groups WHERE subscription_key > $1 \
+                               UNION ALL SELECT subscription_key, subscription FROM policy_assignments WHERE subscription_key > $1 \
+                           ) AS known GROUP BY subscription_key ORDER BY subscription_key LIMIT $2";
+                Ok(sqlx::query_as::<$db, (String, String)>(sql)
+                    .bind(page.after.clone().unwrap_or_default())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn get_cluster(&self, key: &str) -> $crate::store::StoreResult<Option<$crate::model::ClusterRecord>> {
                 let sql = concat!("SELECT ", cluster_columns!(), " FROM clusters WHERE key = $1");
                 Ok(sqlx::query_as::<$db, $crate::model::ClusterRecord>(sql)
