@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{ApplyOutcome, ReportDisposition};
-use fluxplane_agent_protocol::flux::ComplianceState;
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -147,6 +147,27 @@ pub mod failure {
     pub const AGENT_KEY_CHANGED: &str = "AgentKeyChanged";
     /// The agent reported that it could not apply the generation.
     pub const APPLY_FAILED: &str = "FluxConfigurationFailed";
+    /// With `waitForReconciliation`: the configuration was not reported Compliant within its
+    /// `reconciliationWaitDuration`.
+    pub const RECONCILIATION_TIMED_OUT: &str = "ReconciliationTimedOut";
+}
+
+/// How long a write with `waitForReconciliation` and no `reconciliationWaitDuration` waits for Compliance.
+pub const DEFAULT_RECONCILIATION_WAIT: Duration = Duration::from_secs(3600);
+
+/// When the operation of a write of `spec` made at `now` must have seen the configuration Compliant: `None` unless
+/// the configuration asks to wait (`waitForReconciliation`), in which case its operation ends with the first
+/// Compliant report (or a failure), not with the first report.
+pub fn reconcile_by(spec: &FluxConfigurationSpec, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if spec.wait_for_reconciliation != Some(true) {
+        return None;
+    }
+    let wait = spec
+        .reconciliation_wait_duration
+        .as_deref()
+        .and_then(|text| iso8601::duration(text).ok())
+        .map_or(DEFAULT_RECONCILIATION_WAIT, Duration::from);
+    Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
 }
 
 /// Connectivity of a cluster's agent.
@@ -437,6 +458,19 @@ mod tests {
             secrets: Duration::from_secs(48 * 3600),
             pending: Duration::from_secs(3600),
         }
+    }
+
+    #[test]
+    fn only_a_configuration_that_asks_to_wait_for_reconciliation_waits_and_for_as_long_as_it_says() {
+        let now = Utc::now();
+        let mut spec = FluxConfigurationSpec::default();
+        assert_eq!(reconcile_by(&spec, now), None);
+        spec.wait_for_reconciliation = Some(true);
+        assert_eq!(reconcile_by(&spec, now), Some(now + chrono::Duration::hours(1)));
+        spec.reconciliation_wait_duration = Some("PT5M".into());
+        assert_eq!(reconcile_by(&spec, now), Some(now + chrono::Duration::minutes(5)));
+        spec.wait_for_reconciliation = Some(false);
+        assert_eq!(reconcile_by(&spec, now), None);
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct OperationRecord {
     pub end_time: Option<DateTime<Utc>>,
     #[sqlx(json(nullable))]
     pub error: Option<ErrorDetail>,
+    /// With `waitForReconciliation`: the operation succeeds only once the configuration is reported Compliant,
+    /// and fails if it is not by then.
+    pub reconcile_by: Option<DateTime<Utc>>,
 }
 
 /// What an agent's report does to a configuration at the generation it names.

@@ -361,3 +361,58 @@ async fn configuration_filter_case(backend: Backend) {
             .contains("properties/complianceState")
     );
 }
+
+on_both_backends!(
+    an_operation_that_waits_for_reconciliation_ends_only_when_compliant_or_out_of_time,
+    reconciliation_wait_case
+);
+async fn reconciliation_wait_case(backend: Backend) {
+    use crate::common::reports::{agent_cluster, report_states};
+    use fluxplane_agent_protocol::flux::ComplianceState;
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_cluster(&api, "c1", "prod", dir.path()).await;
+    let cluster = cluster_path("s", "rg-a", "c1");
+    let operation_of = |answer: &Answer| {
+        answer
+            .header("azure-asyncoperation")
+            .expect("an operation to poll")
+            .to_owned()
+    };
+    let mut waiting = git_config_body();
+    waiting["properties"]["waitForReconciliation"] = json!(true);
+    waiting["properties"]["reconciliationWaitDuration"] = json!("PT1H");
+    let created = api.put_config(&cluster, "waits", waiting.clone()).await;
+    let operation = operation_of(&created);
+    let immediate = api.put_config(&cluster, "reports", git_config_body()).await;
+    let unwaited = operation_of(&immediate);
+
+    // applied, not yet reconciled: only the configuration that does not wait is done
+    report_states(&agent, &[], &[], ComplianceState::Pending).await;
+    assert_eq!(api.get(&unwaited).await.body["status"], "Succeeded");
+    let still = api.get(&operation).await;
+    assert_eq!(still.body["status"], "InProgress", "{still:?}");
+    assert_eq!(still.header("retry-after"), Some("1"));
+
+    report_states(&agent, &[], &[], ComplianceState::Compliant).await;
+    assert_eq!(api.get(&operation).await.body["status"], "Succeeded");
+
+    // a change that never reconciles fails when its wait is over
+    waiting["properties"]["suspend"] = json!(true);
+    let changed = api.put_config(&cluster, "waits", waiting).await;
+    let operation = operation_of(&changed);
+    report_states(&agent, &[], &[], ComplianceState::NonCompliant).await;
+    assert_eq!(api.get(&operation).await.body["status"], "InProgress");
+    let store = &api.server.state.store;
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(30);
+    assert_eq!(
+        store.time_out_reconciliations(soon).await.unwrap(),
+        0,
+        "within the hour it waits"
+    );
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    assert_eq!(store.time_out_reconciliations(later).await.unwrap(), 1);
+    let failed = api.get(&operation).await;
+    assert_eq!(failed.body["status"], "Failed");
+    assert_eq!(failed.body["error"]["code"], "ReconciliationTimedOut");
+}

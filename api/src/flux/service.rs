@@ -224,7 +224,7 @@ impl Configurations {
                 secrets_expire_at: None,
                 ..current
             };
-            let operation = new_operation(target, "Delete", record.generation);
+            let operation = new_operation(target, "Delete", record.generation, None);
             Ok(
                 match self
                     .store
@@ -281,7 +281,7 @@ impl Configurations {
         match current {
             None => {
                 let record = lived(new_record(target, subject, now));
-                let operation = new_operation(target, "Create", record.generation);
+                let operation = new_operation(target, "Create", record.generation, lifecycle::reconcile_by(&spec, now));
                 let outcome = self
                     .store
                     .insert_configuration(&record, &secrets_write, &operation)
@@ -302,7 +302,7 @@ impl Configurations {
                     system_data,
                     ..lived(current)
                 };
-                let operation = new_operation(target, "Update", record.generation);
+                let operation = new_operation(target, "Update", record.generation, lifecycle::reconcile_by(&spec, now));
                 let outcome = self
                     .store
                     .update_configuration(&record, &secrets_write, &expected, &operation)
@@ -358,7 +358,7 @@ fn new_record(target: &Target, subject: &str, now: DateTime<Utc>) -> Configurati
     }
 }
 
-fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecord {
+fn new_operation(target: &Target, kind: &str, generation: i64, reconcile_by: Option<DateTime<Utc>>) -> OperationRecord {
     OperationRecord {
         id: uuid::Uuid::new_v4().to_string(),
         resource_key: target.resource_key(),
@@ -369,6 +369,7 @@ fn new_operation(target: &Target, kind: &str, generation: i64) -> OperationRecor
         start_time: Utc::now(),
         end_time: None,
         error: None,
+        reconcile_by,
     }
 }
 

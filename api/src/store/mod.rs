@@ -292,6 +292,9 @@ pub trait Store: Dashboards {
     /// generations past `generation_expires_at`, failing their configurations and operations. Safe to run on
     /// every replica at once: each row changes once.
     async fn expire(&self, now: DateTime<Utc>, messages: &ExpiryMessages) -> StoreResult<Vec<Expired>>;
+    /// Fails the operations that wait for reconciliation (`waitForReconciliation`) past their time; answers how
+    /// many.
+    async fn time_out_reconciliations(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Applies a report about the configuration `name` at `generation`, if that is still its generation, and ends
     /// the operation of that generation. `resource_key` names the configuration's operations. Whatever the

@@ -129,7 +129,8 @@ sql_store!(
                  encapsulated_key, ciphertext) SELECT id, $14, $15, $16, $17, $18, $19 FROM inserted \
                  WHERE $14 IS NOT NULL), \
                  started AS (INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, \
-                 start_time, end_time, error) SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28 FROM inserted) \
+                 start_time, end_time, error, reconcile_by) SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28, $29 \
+                 FROM inserted) \
                  SELECT c.key, set_config('fluxplane.notify', 'after-commit', TRUE) \
                  FROM inserted JOIN clusters c ON c.id = inserted.cluster_id",
             )
@@ -168,7 +169,8 @@ sql_store!(
                  superseded AS (UPDATE operations SET status = 'Canceled', end_time = $28 \
                  WHERE resource_key = $23 AND status = 'InProgress' AND EXISTS (SELECT FROM updated)), \
                  started AS (INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, \
-                 start_time, end_time, error) SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30 FROM updated) \
+                 start_time, end_time, error, reconcile_by) SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30, $31 \
+                 FROM updated) \
                  SELECT c.key, set_config('fluxplane.notify', 'after-commit', TRUE) \
                  FROM updated JOIN clusters c ON c.id = updated.cluster_id",
             );
@@ -343,4 +345,5 @@ fn bind_sealed_and_operation<'q>(
         .bind(op.start_time)
         .bind(op.end_time)
         .bind(op.error.as_ref().map(sqlx::types::Json))
+        .bind(op.reconcile_by)
 }

@@ -351,10 +351,29 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn time_out_reconciliations(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<u64> {
+                let error = $crate::error::ErrorDetail::new(
+                    $crate::lifecycle::failure::RECONCILIATION_TIMED_OUT,
+                    "the configuration was not reported Compliant within its reconciliationWaitDuration",
+                );
+                let done = sqlx::query::<$db>(
+                    "UPDATE operations SET status = 'Failed', end_time = $1, error = $2 \
+                     WHERE status = 'InProgress' AND reconcile_by IS NOT NULL AND reconcile_by <= $1",
+                )
+                .bind(now)
+                .bind(sqlx::types::Json(&error))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn get_operation(&self, id: &str) -> $crate::store::StoreResult<Option<$crate::model::OperationRecord>> {
                 Ok(sqlx::query_as::<$db, $crate::model::OperationRecord>(
-                    "SELECT id, resource_key, resource_id, kind, generation, status, start_time, end_time, error \
-                     FROM operations WHERE id = $1",
+                    "SELECT id, resource_key, resource_id, kind, generation, status, start_time, end_time, error, \
+                     reconcile_by FROM operations WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -902,15 +921,24 @@ macro_rules! sql_store {
                         written_at: None,
                     });
                 }
+                // an operation that waits for reconciliation succeeds only on a Compliant report; a failure ends it
+                let compliant = match write {
+                    $crate::model::ReportWrite::Status { compliance_state, .. } => {
+                        *compliance_state == fluxplane_agent_protocol::flux::ComplianceState::Compliant
+                    }
+                    $crate::model::ReportWrite::Removed => true,
+                };
                 let written_at = sqlx::query_scalar::<$db, chrono::DateTime<chrono::Utc>>(
                     "UPDATE operations SET status = $1, end_time = $2, error = $3 \
-                     WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress' RETURNING start_time",
+                     WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress' \
+                     AND (reconcile_by IS NULL OR $6 OR $1 <> 'Succeeded') RETURNING start_time",
                 )
                 .bind(operation_status.as_str())
                 .bind(at)
                 .bind(operation_error.as_ref().map(sqlx::types::Json))
                 .bind(resource_key)
                 .bind(generation)
+                .bind(compliant)
                 .fetch_optional(&mut *tx)
                 .await?;
                 self.commit(tx).await?;

@@ -225,7 +225,7 @@ impl SqliteStore {
     ) -> Result<(), sqlx::Error> {
         sqlx::query::<sqlx::Sqlite>(
             "INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, start_time, \
-             end_time, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             end_time, error, reconcile_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&op.id)
         .bind(&op.resource_key)
@@ -236,6 +236,7 @@ impl SqliteStore {
         .bind(op.start_time)
         .bind(op.end_time)
         .bind(op.error.as_ref().map(sqlx::types::Json))
+        .bind(op.reconcile_by)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -81,6 +81,7 @@ fn operation(resource_key: &str, generation: i64) -> OperationRecord {
         start_time: Utc::now(),
         end_time: None,
         error: None,
+        reconcile_by: None,
     }
 }
 

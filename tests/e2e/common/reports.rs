@@ -29,6 +29,12 @@ pub async fn agent_cluster(api: &Api, name: &str, env: &str, dir: &std::path::Pa
 /// Reports every configuration the agent holds: `failing` ones Failed and Non-Compliant, the rest Applied and
 /// Compliant; `skip` ones not at all.
 pub async fn report(agent: &ControlPlane, failing: &[&str], skip: &[&str]) {
+    report_states(agent, failing, skip, ComplianceState::Compliant).await
+}
+
+/// As `report`, with the configurations that do not fail reporting `compliance` (Applied, but not necessarily
+/// Compliant yet).
+pub async fn report_states(agent: &ControlPlane, failing: &[&str], skip: &[&str], compliance: ComplianceState) {
     let desired = agent.desired_state(None, Duration::ZERO).await.unwrap();
     let configurations = desired
         .configurations
@@ -47,7 +53,7 @@ pub async fn report(agent: &ControlPlane, failing: &[&str], skip: &[&str]) {
                 compliance_state: if fails {
                     ComplianceState::NonCompliant
                 } else {
-                    ComplianceState::Compliant
+                    compliance
                 },
                 message: fails.then(|| "the branch is missing".into()),
                 statuses: Vec::new(),
