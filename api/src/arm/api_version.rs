@@ -207,8 +207,7 @@ fn since(added: &[Added], path: &[&str], value: Option<&str>) -> Option<&'static
                 None => (entry.path, None),
             };
             let segments: Vec<&str> = entry_path.split('.').collect();
-            let prefix = segments.len() <= path.len()
-                && segments.iter().zip(path).all(|(s, p)| *s == "*" || s == p);
+            let prefix = segments.len() <= path.len() && segments.iter().zip(path).all(|(s, p)| *s == "*" || s == p);
             match entry_value {
                 None => prefix,
                 Some(v) => prefix && segments.len() == path.len() && value == Some(v),
@@ -335,7 +334,14 @@ mod tests {
     fn specified(extract: &Value, root: &str) -> BTreeSet<String> {
         let mut paths = BTreeSet::new();
         let definitions = &extract["definitions"];
-        walk(definitions, &definitions[root], "", false, &mut vec![root.to_owned()], &mut paths);
+        walk(
+            definitions,
+            &definitions[root],
+            "",
+            false,
+            &mut vec![root.to_owned()],
+            &mut paths,
+        );
         paths
     }
 
@@ -348,7 +354,13 @@ mod tests {
         paths: &mut BTreeSet<String>,
     ) {
         let read_only = read_only || schema["readOnly"] == true;
-        let at = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+        let at = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
         let local = |reference: &Value, seen: &mut Vec<String>, paths: &mut BTreeSet<String>| {
             // references to Azure's common types (ProxyResource, systemData) are ARM's envelope
             if let Some(name) = reference.as_str().and_then(|r| r.strip_prefix("#/definitions/"))
@@ -377,7 +389,14 @@ mod tests {
         }
         if schema["additionalProperties"].is_object() {
             paths.insert(at("*"));
-            walk(definitions, &schema["additionalProperties"], &at("*"), read_only, seen, paths);
+            walk(
+                definitions,
+                &schema["additionalProperties"],
+                &at("*"),
+                read_only,
+                seen,
+                paths,
+            );
         }
         if schema["items"].is_object() {
             paths.insert(at("[]"));
@@ -408,11 +427,17 @@ mod tests {
             for path in &every {
                 let (in_spec, in_table) = (paths.contains(*path), defined::<R>(path, version));
                 if in_spec != in_table {
-                    wrong.push(format!("{resource} {version} {path}: specification {in_spec}, table {in_table}"));
+                    wrong.push(format!(
+                        "{resource} {version} {path}: specification {in_spec}, table {in_table}"
+                    ));
                 }
             }
         }
-        assert!(wrong.is_empty(), "the table disagrees with the specifications:\n{}", wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "the table disagrees with the specifications:\n{}",
+            wrong.join("\n")
+        );
         for entry in R::ADDED {
             assert!(
                 every.iter().any(|path| *path == entry.path),
@@ -448,7 +473,10 @@ mod tests {
         ] {
             assert!(paths.contains(path), "{path}");
         }
-        assert!(!paths.contains("properties.complianceState=Compliant"), "read-only enums are answers only");
+        assert!(
+            !paths.contains("properties.complianceState=Compliant"),
+            "read-only enums are answers only"
+        );
     }
 
     fn flux(version: &str) -> ApiVersion<FluxConfigurations> {
@@ -465,7 +493,10 @@ mod tests {
         assert!(flux("2024-11-01").check_defined(&body).is_ok());
         let nested = json!({"properties": {"kustomizations": {"apps": {"path": "./apps", "wait": true}}}});
         let err = flux("2022-11-01").check_defined(&nested).unwrap_err();
-        assert_eq!(err.detail().target.as_deref(), Some("properties.kustomizations.apps.wait"));
+        assert_eq!(
+            err.detail().target.as_deref(),
+            Some("properties.kustomizations.apps.wait")
+        );
         assert!(flux("2023-05-01").check_defined(&nested).is_ok());
     }
 
@@ -490,11 +521,14 @@ mod tests {
             "statusFreshness": "Fresh",
         }});
         let old = serde_json::to_value(flux("2022-07-01").render(&resource)).unwrap();
-        assert_eq!(old, json!({"name": "c", "properties": {
-            "sourceKind": "OCIRepository",
-            "kustomizations": {"apps": {"path": "./apps", "prune": false}},
-            "statusFreshness": "Fresh",
-        }}));
+        assert_eq!(
+            old,
+            json!({"name": "c", "properties": {
+                "sourceKind": "OCIRepository",
+                "kustomizations": {"apps": {"path": "./apps", "prune": false}},
+                "statusFreshness": "Fresh",
+            }})
+        );
         let newest = serde_json::to_value(ApiVersion::<FluxConfigurations>::newest().render(&resource)).unwrap();
         assert_eq!(newest, resource);
     }
@@ -513,15 +547,24 @@ mod tests {
         ApiVersion::<Clusters>::of("2024-01-01")
             .unwrap()
             .keep_newer(&mut replacement, &current);
-        assert_eq!(replacement, json!({"kind": null, "properties": {
-            "agentPublicKeyCertificate": "new",
-            "arcAgentProfile": {"desiredAgentVersion": "2.0", "systemComponents": [{"type": "x"}]},
-            "gateway": {"enabled": true},
-        }}), "2024-01-01 expresses kind: null replaces it");
+        assert_eq!(
+            replacement,
+            json!({"kind": null, "properties": {
+                "agentPublicKeyCertificate": "new",
+                "arcAgentProfile": {"desiredAgentVersion": "2.0", "systemComponents": [{"type": "x"}]},
+                "gateway": {"enabled": true},
+            }}),
+            "2024-01-01 expresses kind: null replaces it"
+        );
         let mut older = json!({"properties": {"agentPublicKeyCertificate": "new"}});
-        ApiVersion::<Clusters>::of("2021-10-01").unwrap().keep_newer(&mut older, &current);
+        ApiVersion::<Clusters>::of("2021-10-01")
+            .unwrap()
+            .keep_newer(&mut older, &current);
         assert_eq!(older["kind"], "ProvisionedCluster");
-        assert_eq!(older["properties"]["arcAgentProfile"], current["properties"]["arcAgentProfile"]);
+        assert_eq!(
+            older["properties"]["arcAgentProfile"],
+            current["properties"]["arcAgentProfile"]
+        );
 
         let kustomizations = json!({"properties": {"kustomizations": {
             "apps": {"path": "./apps", "wait": false}, "gone": {"wait": true}

@@ -15,6 +15,7 @@ use super::model::{
 };
 use super::service::{ClusterChanges, ClusterDraft, Clusters, TYPE, not_found};
 use super::view::render;
+use crate::arm::api_version::Rendered;
 use crate::arm::api_version::{Clusters as ClustersVersion, Fleet};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -22,7 +23,6 @@ use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterRef, ResourceGroupName, SubscriptionId};
 use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
 use crate::arm::params::FleetApiVersionParam;
-use crate::arm::api_version::Rendered;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
@@ -79,7 +79,12 @@ pub struct ApiVersionParam {
     api_version: String,
 }
 
-fn respond(state: &AppState, status: StatusCode, record: ClusterRecord, version: ApiVersion<ClustersVersion>) -> Response {
+fn respond(
+    state: &AppState,
+    status: StatusCode,
+    record: ClusterRecord,
+    version: ApiVersion<ClustersVersion>,
+) -> Response {
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
     let body = version.render(render(record, state.config.offline_after));

@@ -123,7 +123,10 @@ impl Clusters {
                 draft.spec.clone()
             } else {
                 let mut spec = serde_json::to_value(&draft.spec).map_err(anyhow::Error::from)?;
-                version.keep_newer(&mut spec, &serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?);
+                version.keep_newer(
+                    &mut spec,
+                    &serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?,
+                );
                 parse(spec, "")?
             };
             let record = ClusterRecord {

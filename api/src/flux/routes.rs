@@ -17,6 +17,7 @@ use super::model::{
 use super::secrets::SecretFields;
 use super::service::{Configurations, Deletion, Target, Written, not_found, parent_not_found};
 use super::validate::{self};
+use crate::arm::api_version::Rendered;
 use crate::arm::api_version::{Fleet, FluxConfigurations};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -24,7 +25,6 @@ use crate::arm::filter::{Field, FilterParam, Matching, scan};
 use crate::arm::ids::{ClusterPath, ClusterScope, ConfigurationName};
 use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::params::FleetApiVersionParam;
-use crate::arm::api_version::Rendered;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers, retry_after};
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
@@ -522,14 +522,17 @@ async fn get_operation(
     } else {
         HeaderMap::new()
     };
-    Ok((headers, Json(OperationStatus {
-        id: format!("{id}/operations/{}", operation.id),
-        name: operation.id,
-        status: operation.status.as_str().to_owned(),
-        start_time: operation.start_time,
-        end_time: operation.end_time,
-        error: operation.error,
-    })))
+    Ok((
+        headers,
+        Json(OperationStatus {
+            id: format!("{id}/operations/{}", operation.id),
+            name: operation.id,
+            status: operation.status.as_str().to_owned(),
+            start_time: operation.start_time,
+            end_time: operation.end_time,
+            error: operation.error,
+        }),
+    ))
 }
 
 /// The history of a configuration: its status transitions (in all its lives, if it was deleted and created again)

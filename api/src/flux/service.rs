@@ -490,7 +490,13 @@ mod tests {
         let cluster = ClusterRef::parse("sub", "rg", "c1").unwrap();
         services
             .clusters
-            .put("alice", &cluster, &draft, &Preconditions::default(), ApiVersion::newest())
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                ApiVersion::newest(),
+            )
             .await
             .unwrap();
         let name = ConfigurationName::parse("cfg").unwrap();
@@ -598,7 +604,14 @@ mod tests {
             let secrets = SecretFields::split_from(&mut properties);
             let refused = services
                 .configurations
-                .put("alice", &target, &spec("main"), &secrets, &Preconditions::default(), ApiVersion::newest())
+                .put(
+                    "alice",
+                    &target,
+                    &spec("main"),
+                    &secrets,
+                    &Preconditions::default(),
+                    ApiVersion::newest(),
+                )
                 .await
                 .unwrap_err();
             assert_eq!(refused.code(), "AgentEncryptionKeyMissing");

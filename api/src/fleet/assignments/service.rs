@@ -275,7 +275,13 @@ mod tests {
         let cluster = ClusterRef::parse("sub", "rg", name).unwrap();
         services
             .clusters
-            .put("alice", &cluster, &draft, &Preconditions::default(), crate::arm::ApiVersion::newest())
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                crate::arm::ApiVersion::newest(),
+            )
             .await
             .unwrap();
         cluster
