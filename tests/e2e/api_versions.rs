@@ -201,7 +201,11 @@ async fn older_refuses_case(backend: Backend) {
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
     let target = refused.body["error"]["target"].as_str().unwrap();
     assert!(
-        ["properties.kustomizations.apps.wait", "properties.kustomizations.apps.postBuild"].contains(&target),
+        [
+            "properties.kustomizations.apps.wait",
+            "properties.kustomizations.apps.postBuild"
+        ]
+        .contains(&target),
         "{refused:?}"
     );
     assert_eq!(
