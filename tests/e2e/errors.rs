@@ -27,7 +27,7 @@ async fn api_version_case(backend: Backend) {
     let config = api
         .call(
             Method::GET,
-            &with_version(&config_path(&cluster, "cfg"), "2022-03-01"),
+            &with_version(&config_path(&cluster, "cfg"), "2021-09-01"),
             None,
         )
         .await;

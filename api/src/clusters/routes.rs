@@ -15,6 +15,7 @@ use super::model::{
 };
 use super::service::{ClusterChanges, ClusterDraft, Clusters, TYPE, not_found};
 use super::view::render;
+use crate::arm::api_version::Rendered;
 use crate::arm::api_version::{Clusters as ClustersVersion, Fleet};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -70,17 +71,24 @@ pub struct SubscriptionPath {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ApiVersionParam {
-    /// The API version: 2024-01-01 or 2026-05-01.
+    /// The API version: 2021-03-01, 2021-10-01, 2024-01-01 or 2026-05-01. An older version refuses, and does not
+    /// answer, the properties it does not define; its PUT keeps them.
     #[serde(rename = "api-version")]
     #[param(rename = "api-version")]
     #[allow(dead_code)]
     api_version: String,
 }
 
-fn respond(state: &AppState, status: StatusCode, record: ClusterRecord) -> Response {
+fn respond(
+    state: &AppState,
+    status: StatusCode,
+    record: ClusterRecord,
+    version: ApiVersion<ClustersVersion>,
+) -> Response {
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
-    (status, headers, Json(render(record, state.config.offline_after))).into_response()
+    let body = version.render(render(record, state.config.offline_after));
+    (status, headers, Json(body)).into_response()
 }
 
 /// Registers a cluster or replaces its location-independent fields.
@@ -102,7 +110,7 @@ async fn put_cluster(
     State(state): State<AppState>,
     State(clusters): State<Clusters>,
     caller: Caller,
-    _version: ApiVersion<ClustersVersion>,
+    version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
     preconditions: Preconditions,
     JsonBody(mut body): JsonBody,
@@ -112,6 +120,7 @@ async fn put_cluster(
     strip_read_only(&mut body, READ_ONLY_FIELDS);
     strip_read_only(&mut body["properties"], READ_ONLY_PROPERTIES);
     strip_read_only(&mut body["identity"], READ_ONLY_IDENTITY);
+    version.check_defined(&body)?;
     let request: ClusterRequest = parse(body, "")?;
     let spec = ClusterSpec {
         identity: request.identity,
@@ -119,9 +128,11 @@ async fn put_cluster(
         properties: request.properties,
     };
     let draft = ClusterDraft::new(request.location, request.tags.unwrap_or_default(), spec)?;
-    let (record, created) = clusters.put(&caller.subject, &cluster, &draft, &preconditions).await?;
+    let (record, created) = clusters
+        .put(&caller.subject, &cluster, &draft, &preconditions, version)
+        .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(respond(&state, status, record))
+    Ok(respond(&state, status, record, version))
 }
 
 /// Updates a cluster's tags (replaced as a whole) and patchable properties (merged).
@@ -142,13 +153,14 @@ async fn patch_cluster(
     State(state): State<AppState>,
     State(clusters): State<Clusters>,
     caller: Caller,
-    _version: ApiVersion<ClustersVersion>,
+    version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
     preconditions: Preconditions,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let cluster = path.cluster()?;
     caller.require(Role::Contributor, &cluster.id())?;
+    version.check_defined(&body)?;
     let patch: ClusterPatch = parse(body.clone(), "")?;
     let changes = ClusterChanges {
         properties: body.get("properties").cloned(),
@@ -157,7 +169,7 @@ async fn patch_cluster(
     let record = clusters
         .patch(&caller.subject, &cluster, &changes, &preconditions)
         .await?;
-    Ok(respond(&state, StatusCode::OK, record))
+    Ok(respond(&state, StatusCode::OK, record, version))
 }
 
 /// The cluster the path names, if the caller may read it.
@@ -188,11 +200,11 @@ async fn readable(state: &AppState, caller: &Caller, path: &ClusterNamePath) -> 
 async fn get_cluster(
     State(state): State<AppState>,
     caller: Caller,
-    _version: ApiVersion<ClustersVersion>,
+    version: ApiVersion<ClustersVersion>,
     ArmPath(path): ArmPath<ClusterNamePath>,
 ) -> ApiResult<Response> {
     let (_, record) = readable(&state, &caller, &path).await?;
-    Ok(respond(&state, StatusCode::OK, record))
+    Ok(respond(&state, StatusCode::OK, record, version))
 }
 
 /// Deletes a cluster and all its Flux configurations.
@@ -245,7 +257,7 @@ async fn list_by_resource_group(
     ArmQuery(params): ArmQuery<ListParams>,
     ArmQuery(filter): ArmQuery<FilterParam>,
     base: BaseUrl,
-) -> ApiResult<Json<Page<ConnectedCluster>>> {
+) -> ApiResult<Json<Page<Rendered<ConnectedCluster>>>> {
     let subscription = SubscriptionId::parse(&path.subscription_id)?;
     let resource_group = ResourceGroupName::parse(&path.resource_group_name)?;
     let scope_path = format!(
@@ -263,7 +275,7 @@ async fn list_by_resource_group(
         params: &params,
         filter: &filter,
         base: &base,
-        api_version: version.version,
+        version,
         path: &list_path,
     };
     listing.answer(&state, &Source::Scope(scope)).await
@@ -290,7 +302,7 @@ async fn list_by_subscription(
     ArmQuery(params): ArmQuery<ListParams>,
     ArmQuery(filter): ArmQuery<FilterParam>,
     base: BaseUrl,
-) -> ApiResult<Json<Page<ConnectedCluster>>> {
+) -> ApiResult<Json<Page<Rendered<ConnectedCluster>>>> {
     let subscription = SubscriptionId::parse(&path.subscription_id)?;
     let scope_path = format!("/subscriptions/{}", subscription.as_str());
     let list_path = format!("{scope_path}/providers/{TYPE}");
@@ -298,7 +310,7 @@ async fn list_by_subscription(
         params: &params,
         filter: &filter,
         base: &base,
-        api_version: version.version,
+        version,
         path: &list_path,
     };
     if caller.require(Role::Reader, &scope_path).is_ok() {
@@ -370,20 +382,21 @@ struct Listing<'a> {
     params: &'a ListParams,
     filter: &'a FilterParam,
     base: &'a BaseUrl,
-    api_version: &'a str,
+    version: ApiVersion<ClustersVersion>,
     path: &'a str,
 }
 
 impl Listing<'_> {
-    async fn answer(&self, state: &AppState, source: &Source) -> ApiResult<Json<Page<ConnectedCluster>>> {
+    async fn answer(&self, state: &AppState, source: &Source) -> ApiResult<Json<Page<Rendered<ConnectedCluster>>>> {
         let page = self.params.page()?;
         let filter = self.filter.parse(FILTER_FIELDS)?;
         let link = |token: &str| {
             self.base
-                .next_link(self.path, self.api_version, self.params.top.as_deref(), token)
+                .next_link(self.path, self.version.version, self.params.top.as_deref(), token)
                 + &self.filter.link_suffix()
         };
         let offline_after = state.config.offline_after;
+        let version = self.version;
         let Some(filter) = filter else {
             let records = source.fetch(state, &page).await?;
             return Ok(Json(Page::from_items(
@@ -391,7 +404,7 @@ impl Listing<'_> {
                 &page,
                 |c| c.key.clone(),
                 link,
-                |record| render(record, offline_after),
+                |record| version.render(render(record, offline_after)),
             )));
         };
         Ok(Json(
@@ -400,7 +413,7 @@ impl Listing<'_> {
                 &filter,
                 |batch| async move { source.fetch(state, &batch).await },
                 |c| c.key.clone(),
-                |record| render(record, offline_after),
+                |record| version.render(render(record, offline_after)),
                 link,
             )
             .await?,

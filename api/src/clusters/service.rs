@@ -10,6 +10,8 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::model::{ClusterProperties, ClusterSpec, validate};
+use crate::arm::ApiVersion;
+use crate::arm::api_version::Clusters as ClustersVersion;
 use crate::arm::body::parse;
 use crate::arm::conditional::Preconditions;
 use crate::arm::ids::ClusterRef;
@@ -65,13 +67,15 @@ impl Clusters {
         }
     }
 
-    /// Registers the cluster, or replaces its fields but its location; true when it was created.
+    /// Registers the cluster, or replaces its fields but its location (at an older `version`, the fields that
+    /// version can express: [`ApiVersion::keep_newer`]); true when it was created.
     pub async fn put(
         &self,
         subject: &str,
         cluster: &ClusterRef,
         draft: &ClusterDraft,
         preconditions: &Preconditions,
+        version: ApiVersion<ClustersVersion>,
     ) -> ApiResult<(ClusterRecord, bool)> {
         let key = &cluster.key();
         retry(&self.turns, &turn(key), preconditions, move || async move {
@@ -115,9 +119,19 @@ impl Clusters {
                     ),
                 ));
             }
+            let spec = if version.is_newest() {
+                draft.spec.clone()
+            } else {
+                let mut spec = serde_json::to_value(&draft.spec).map_err(anyhow::Error::from)?;
+                version.keep_newer(
+                    &mut spec,
+                    &serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?,
+                );
+                parse(spec, "")?
+            };
             let record = ClusterRecord {
                 tags: draft.tags.clone(),
-                spec: draft.spec.clone(),
+                spec,
                 etag: new_etag(),
                 system_data: current.system_data.modified(subject, now),
                 ..current.clone()
@@ -242,20 +256,20 @@ mod tests {
             let c1 = ClusterRef::parse("sub", "rg", "c1").unwrap();
             let any = Preconditions::default();
             let (first, created) = clusters
-                .put("alice", &c1, &draft("westeurope", "dev"), &any)
+                .put("alice", &c1, &draft("westeurope", "dev"), &any, ApiVersion::newest())
                 .await
                 .unwrap();
             assert!(created);
             assert_eq!(first.connectivity_status, "Connecting");
             let (second, created) = clusters
-                .put("bob", &c1, &draft("West Europe", "prod"), &any)
+                .put("bob", &c1, &draft("West Europe", "prod"), &any, ApiVersion::newest())
                 .await
                 .unwrap();
             assert!(!created, "the same location, spelled as ARM allows");
             assert_ne!(second.etag, first.etag);
             assert_eq!(second.tags["env"], "prod");
             let moved = clusters
-                .put("bob", &c1, &draft("eastus", "prod"), &any)
+                .put("bob", &c1, &draft("eastus", "prod"), &any, ApiVersion::newest())
                 .await
                 .unwrap_err();
             assert_eq!(moved.status(), axum::http::StatusCode::BAD_REQUEST, "{moved:?}");

@@ -17,6 +17,7 @@ use super::model::{
 use super::secrets::SecretFields;
 use super::service::{Configurations, Deletion, Target, Written, not_found, parent_not_found};
 use super::validate::{self};
+use crate::arm::api_version::Rendered;
 use crate::arm::api_version::{Fleet, FluxConfigurations};
 use crate::arm::body::{parse, strip_read_only};
 use crate::arm::conditional::{Preconditions, insert_etag};
@@ -92,7 +93,8 @@ pub struct OperationParams {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ApiVersionParam {
-    /// The API version: 2023-05-01, 2024-11-01 or 2025-04-01.
+    /// The API version: 2022-03-01, 2022-07-01, 2022-11-01, 2023-05-01, 2024-11-01 or 2025-04-01. An older
+    /// version refuses, and does not answer, the properties it does not define; its PUT keeps them.
     #[serde(rename = "api-version")]
     #[param(rename = "api-version")]
     #[allow(dead_code)]
@@ -121,13 +123,19 @@ async fn resolve(
     configurations.target(scope, name).await
 }
 
-fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> FluxConfiguration {
+/// The configuration as `version` answers it.
+fn render(
+    scope: &ClusterScope,
+    online: bool,
+    record: ConfigurationRecord,
+    version: ApiVersion<FluxConfigurations>,
+) -> Rendered<FluxConfiguration> {
     let status_freshness = match (online, record.reported_generation == Some(record.generation)) {
         (false, _) => StatusFreshness::Offline,
         (true, true) => StatusFreshness::Fresh,
         (true, false) => StatusFreshness::Stale,
     };
-    FluxConfiguration {
+    version.render(FluxConfiguration {
         id: scope.configuration_id(&record.name),
         name: record.name,
         type_: TYPE.to_owned(),
@@ -145,7 +153,7 @@ fn render(scope: &ClusterScope, online: bool, record: ConfigurationRecord) -> Fl
             status_freshness,
             managed_by: record.managed_by_id,
         },
-    }
+    })
 }
 
 fn operation_url(base: &BaseUrl, id: &str, operation: &str, api_version: &str) -> String {
@@ -172,16 +180,16 @@ fn check_secrets(secrets: &SecretFields) -> ApiResult<()> {
 }
 
 /// Answers a write: the resource, its ETag, and where to poll the operation.
-fn written(target: &Target, written: Written, base: &BaseUrl, api_version: &str) -> Response {
+fn written(target: &Target, written: Written, base: &BaseUrl, version: ApiVersion<FluxConfigurations>) -> Response {
     let status = if written.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let url = operation_url(base, &target.id(), &written.operation.id, api_version);
+    let url = operation_url(base, &target.id(), &written.operation.id, version.version);
     let mut headers = async_operation_headers(&url);
     insert_etag(&mut headers, &written.record.etag);
-    let body = render(&target.scope, target.online, written.record);
+    let body = render(&target.scope, target.online, written.record, version);
     (status, headers, Json(body)).into_response()
 }
 
@@ -215,6 +223,7 @@ async fn put_configuration(
 ) -> ApiResult<Response> {
     let target = resolve(&configurations, &caller, &params, Role::Contributor).await?;
     strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
+    version.check_defined(&body)?;
     let mut properties = match body.as_object_mut().and_then(|b| b.remove("properties")) {
         Some(properties) if properties.is_object() => properties,
         Some(_) => return Err(ApiError::invalid("properties", "properties must be an object")),
@@ -226,9 +235,9 @@ async fn put_configuration(
     check_secrets(&secrets)?;
     let spec: FluxConfigurationSpec = parse(properties, "properties")?;
     let result = configurations
-        .put(&caller.subject, &target, &spec, &secrets, &preconditions)
+        .put(&caller.subject, &target, &spec, &secrets, &preconditions, version)
         .await?;
-    Ok(written(&target, result, &base, version.version))
+    Ok(written(&target, result, &base, version))
 }
 
 /// The body of a configuration PUT or PATCH besides `properties`: nothing else is accepted.
@@ -269,6 +278,7 @@ async fn patch_configuration(
 ) -> ApiResult<Response> {
     let target = resolve(&configurations, &caller, &params, Role::Contributor).await?;
     strip_read_only(&mut body, TOP_LEVEL_READ_ONLY);
+    version.check_defined(&body)?;
     let mut changes = body
         .as_object_mut()
         .and_then(|b| b.remove("properties"))
@@ -284,7 +294,7 @@ async fn patch_configuration(
     let result = configurations
         .patch(&caller.subject, &target, &changes, &secrets, &preconditions)
         .await?;
-    let mut response = written(&target, result, &base, version.version);
+    let mut response = written(&target, result, &base, version);
     *response.status_mut() = StatusCode::ACCEPTED;
     Ok(response)
 }
@@ -306,7 +316,7 @@ async fn get_configuration(
     State(state): State<AppState>,
     State(configurations): State<Configurations>,
     caller: Caller,
-    _version: ApiVersion<FluxConfigurations>,
+    version: ApiVersion<FluxConfigurations>,
     ArmPath(params): ArmPath<ConfigurationParams>,
 ) -> ApiResult<Response> {
     let target = resolve(&configurations, &caller, &params, Role::Reader).await?;
@@ -317,7 +327,7 @@ async fn get_configuration(
         .ok_or_else(|| not_found(&target))?;
     let mut headers = HeaderMap::new();
     insert_etag(&mut headers, &record.etag);
-    Ok((headers, Json(render(&target.scope, target.online, record))).into_response())
+    Ok((headers, Json(render(&target.scope, target.online, record, version))).into_response())
 }
 
 /// Deletes a Flux configuration: at once with `forceDelete=true`, otherwise once the agent has removed it.
@@ -397,7 +407,7 @@ async fn list_configurations(
     ArmQuery(list): ArmQuery<ListParams>,
     ArmQuery(filter): ArmQuery<FilterParam>,
     base: BaseUrl,
-) -> ApiResult<Json<Page<FluxConfiguration>>> {
+) -> ApiResult<Json<Page<Rendered<FluxConfiguration>>>> {
     let scope = ClusterScope::parse(&params)?;
     let path = format!("{}/providers/{TYPE}", scope.id());
     caller.require(Role::Reader, &path)?;
@@ -418,7 +428,7 @@ async fn list_configurations(
             &page,
             |c| c.name.clone(),
             link,
-            |record| render(&scope, online, record),
+            |record| render(&scope, online, record, version),
         )));
     };
     Ok(Json(
@@ -430,7 +440,7 @@ async fn list_configurations(
                 async move { store.list_configurations(cluster.id, &batch).await }
             },
             |c| c.name.clone(),
-            |record| render(&scope, online, record),
+            |record| render(&scope, online, record, version),
             link,
         )
         .await?,

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
-use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec, SourceKind};
 use fluxplane_agent_protocol::sealing::{self, Envelope};
 use serde_json::Value;
 
 use super::secrets::SecretFields;
 use super::validate::normalize;
+use crate::arm::ApiVersion;
+use crate::arm::api_version::FluxConfigurations;
 use crate::arm::body::parse;
 use crate::arm::conditional::Preconditions;
 use crate::arm::ids::{ClusterScope, ConfigurationName};
@@ -104,7 +106,8 @@ impl Configurations {
             .ok_or_else(|| parent_not_found(scope))
     }
 
-    /// Creates the configuration or replaces it as a whole, secrets included (`secrets` empty: it has none).
+    /// Creates the configuration or replaces it as a whole, secrets included (`secrets` empty: it has none); at an
+    /// older `version`, as a whole that version can express (see [`kept_newer`]).
     pub async fn put(
         &self,
         subject: &str,
@@ -112,6 +115,7 @@ impl Configurations {
         spec: &FluxConfigurationSpec,
         secrets: &SecretFields,
         preconditions: &Preconditions,
+        version: ApiVersion<FluxConfigurations>,
     ) -> ApiResult<Written> {
         let input = if secrets.is_empty() {
             SecretsInput::ReplaceWithNone
@@ -130,7 +134,10 @@ impl Configurations {
             {
                 return Err(being_deleted(target));
             }
-            let mut spec = spec.clone();
+            let mut spec = match &current {
+                Some(current) if !version.is_newest() => kept_newer(spec, &current.spec, version)?,
+                _ => spec.clone(),
+            };
             normalize(&mut spec, &target.name, current.as_ref().map(|c| &c.spec))?;
             match self.write(subject, target, current, spec, secrets, input).await? {
                 // the cluster went between the read and the write
@@ -320,6 +327,29 @@ impl Configurations {
     }
 }
 
+/// `spec`, a PUT at `version`, with what `current` holds that `version` cannot express
+/// ([`ApiVersion::keep_newer`]). A source block is the exception: `sourceKind`, which every version expresses,
+/// selects the one block in use, so a newer block the request did not select is not kept (an older client that
+/// sets a Git source has replaced an OCI one it could not see). Secrets need no such care: the only newer
+/// properties that hold any are the newer source blocks.
+fn kept_newer(
+    spec: &FluxConfigurationSpec,
+    current: &FluxConfigurationSpec,
+    version: ApiVersion<FluxConfigurations>,
+) -> ApiResult<FluxConfigurationSpec> {
+    let mut replacement = serde_json::json!({ "properties": spec });
+    version.keep_newer(&mut replacement, &serde_json::json!({ "properties": current }));
+    let mut kept: FluxConfigurationSpec = parse(replacement["properties"].take(), "properties")?;
+    let selected = spec.source_kind.unwrap_or(SourceKind::GitRepository);
+    if spec.azure_blob.is_none() && selected != SourceKind::AzureBlob {
+        kept.azure_blob = None;
+    }
+    if spec.oci_repository.is_none() && selected != SourceKind::OciRepository {
+        kept.oci_repository = None;
+    }
+    Ok(kept)
+}
+
 /// A write's outcome as an attempt of the retry loop.
 fn attempt(outcome: Write, written: Written) -> Attempt<Written> {
     match outcome {
@@ -462,7 +492,13 @@ mod tests {
         let cluster = ClusterRef::parse("sub", "rg", "c1").unwrap();
         services
             .clusters
-            .put("alice", &cluster, &draft, &Preconditions::default())
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                ApiVersion::newest(),
+            )
             .await
             .unwrap();
         let name = ConfigurationName::parse("cfg").unwrap();
@@ -482,7 +518,7 @@ mod tests {
             let (any, none) = (Preconditions::default(), SecretFields::default());
 
             let created = configurations
-                .put("alice", &target, &spec("main"), &none, &any)
+                .put("alice", &target, &spec("main"), &none, &any, ApiVersion::newest())
                 .await
                 .unwrap();
             assert!(created.created);
@@ -500,7 +536,7 @@ mod tests {
             );
 
             let replaced = configurations
-                .put("bob", &target, &spec("release"), &none, &any)
+                .put("bob", &target, &spec("release"), &none, &any, ApiVersion::newest())
                 .await
                 .unwrap();
             assert!(!replaced.created);
@@ -539,7 +575,7 @@ mod tests {
             assert_eq!(deleting.provisioning_state, ProvisioningState::Deleting);
             assert_eq!(deleting.generation_expires_at, None, "a deletion never expires");
             let refused = configurations
-                .put("erin", &target, &spec("main"), &none, &any)
+                .put("erin", &target, &spec("main"), &none, &any, ApiVersion::newest())
                 .await
                 .unwrap_err();
             assert_eq!(refused.code(), "Conflict");
@@ -570,7 +606,14 @@ mod tests {
             let secrets = SecretFields::split_from(&mut properties);
             let refused = services
                 .configurations
-                .put("alice", &target, &spec("main"), &secrets, &Preconditions::default())
+                .put(
+                    "alice",
+                    &target,
+                    &spec("main"),
+                    &secrets,
+                    &Preconditions::default(),
+                    ApiVersion::newest(),
+                )
                 .await
                 .unwrap_err();
             assert_eq!(refused.code(), "AgentEncryptionKeyMissing");

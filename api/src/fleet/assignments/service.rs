@@ -275,7 +275,13 @@ mod tests {
         let cluster = ClusterRef::parse("sub", "rg", name).unwrap();
         services
             .clusters
-            .put("alice", &cluster, &draft, &Preconditions::default())
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                crate::arm::ApiVersion::newest(),
+            )
             .await
             .unwrap();
         cluster
@@ -395,6 +401,7 @@ mod tests {
                         &hand,
                         &SecretFields::default(),
                         &Preconditions::default(),
+                        crate::arm::ApiVersion::newest(),
                     )
                     .await
                     .unwrap();
