@@ -61,6 +61,50 @@ pub struct DesiredState {
     pub revision: i64,
     /// Every configuration of the cluster, those being deleted included, in name order.
     pub configurations: Vec<DesiredConfiguration>,
+    /// The cluster's extensions (`Microsoft.KubernetesConfiguration/extensions`; only `microsoft.flux` is served),
+    /// those being deleted included, in name order. Absent from answers of servers that predate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<DesiredExtension>,
+}
+
+/// One cluster extension as the cluster should hold it. The agent reports on each generation
+/// ([`ExtensionReport`]): its first report on a generation ends the write's operation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DesiredExtension {
+    pub name: String,
+    /// Bumped by every write; reports name the generation they describe.
+    pub generation: i64,
+    /// The extension is being deleted: uninstall it, then report `Removed`.
+    #[serde(default)]
+    pub deleting: bool,
+    /// Lower-cased, e.g. `microsoft.flux`.
+    pub extension_type: String,
+    pub auto_upgrade_minor_version: bool,
+    pub release_train: String,
+    /// The version pinned, if any (only with `autoUpgradeMinorVersion` false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The namespace the extension is installed in (cluster scope).
+    pub release_namespace: String,
+    #[serde(default)]
+    pub configuration_settings: std::collections::BTreeMap<String, String>,
+    /// The version of the protected settings the cluster should hold (the generation that last wrote them); absent
+    /// when the extension has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_version: Option<i64>,
+    /// The protected settings not acknowledged yet, sealed as a configuration's are (each a `Replace` of the whole
+    /// set, `{"configurationProtectedSettings": {...}}`), with `extensions/{name}` in place of the configuration's
+    /// name in the associated data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_secrets: Vec<SealedSecrets>,
+}
+
+/// What the associated data of an extension's sealed settings names in place of a configuration: configuration
+/// names cannot hold `/`, so the two never collide.
+pub fn extension_sealing_name(extension: &str) -> String {
+    format!("extensions/{extension}")
 }
 
 /// One configuration as the cluster should hold it.
@@ -163,6 +207,29 @@ pub struct StatusReport {
     pub agent: AgentInfo,
     #[serde(default)]
     pub configurations: Vec<ConfigurationReport>,
+    /// Reports on the cluster's extensions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ExtensionReport>,
+}
+
+/// What the agent did with one extension at one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ExtensionReport {
+    pub name: String,
+    pub generation: i64,
+    /// `Applied`: installed with this generation's settings; `Failed`: not (see `message`); `Removed`: uninstalled
+    /// after a delete.
+    pub outcome: ApplyOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The version of the extension now installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+    /// The version of the protected settings the cluster now holds: acknowledges every sealed change up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_version: Option<i64>,
 }
 
 /// What the agent observed of one configuration at one generation.
@@ -207,6 +274,9 @@ pub enum ApplyOutcome {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct StatusAccepted {
     pub results: Vec<ReportResult>,
+    /// What became of each extension report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ReportResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

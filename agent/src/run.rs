@@ -7,13 +7,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use fluxplane_agent_protocol::agent::{
-    AgentInfo, ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, StatusReport,
+    AgentInfo, ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState,
+    ExtensionReport, StatusReport, extension_sealing_name,
 };
 use fluxplane_agent_protocol::flux::{ComplianceState, SourceKind};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, ControlPlane};
-use crate::secrets::resolve;
+use crate::secrets::{SecretSet, resolve, resolve_sealed};
 use crate::targets::{Observation, Target};
 
 /// How the agent runs.
@@ -86,6 +87,17 @@ struct Held {
     reported: Option<ConfigurationReport>,
 }
 
+/// What the agent holds of one extension: the settings of the generation it installed. It records them only:
+/// acting on them (multi-tenancy and the rest) is not done yet.
+#[derive(Debug)]
+pub struct HeldExtension {
+    pub generation: i64,
+    pub settings: DesiredExtension,
+    /// The protected settings of `secrets_version` (`None`: none, or not known after a restart, once acknowledged).
+    pub protected: Option<SecretSet>,
+    pub secrets_version: Option<i64>,
+}
+
 fn sync_interval(configuration: &DesiredConfiguration) -> Duration {
     let spec = &configuration.spec;
     let seconds = match spec.source_kind.unwrap_or(SourceKind::GitRepository) {
@@ -124,6 +136,10 @@ pub struct Agent {
     held: HashMap<String, Held>,
     /// Reports not yet accepted by the control plane, by configuration.
     pending: BTreeMap<String, ConfigurationReport>,
+    /// The cluster's extensions, as last installed.
+    extensions: HashMap<String, HeldExtension>,
+    /// Extension reports not yet accepted, by extension.
+    pending_extensions: BTreeMap<String, ExtensionReport>,
 }
 
 impl Agent {
@@ -153,7 +169,14 @@ impl Agent {
             options,
             held,
             pending: BTreeMap::new(),
+            extensions: HashMap::new(),
+            pending_extensions: BTreeMap::new(),
         })
+    }
+
+    /// The extension `name` as the agent holds it.
+    pub fn extension(&self, name: &str) -> Option<&HeldExtension> {
+        self.extensions.get(name)
     }
 
     /// Runs until `shutdown` completes.
@@ -212,6 +235,7 @@ impl Agent {
                 );
             }
             revision = Some(desired.revision);
+            self.reconcile_extensions(&desired);
             self.reconcile(&desired).await;
             self.send_reports().await;
         }
@@ -222,7 +246,7 @@ impl Agent {
     /// How long the next poll may wait: until the earliest source check is due, at most the poll wait; at once
     /// while reports wait to be sent.
     fn next_wait(&self) -> Duration {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
             return Duration::from_secs(1);
         }
         let now = Instant::now();
@@ -335,6 +359,81 @@ impl Agent {
         }
     }
 
+    /// Records the extensions of `desired` and queues a report on each generation not reported yet: installed with
+    /// its settings (the protected ones opened), failed (they do not open), or removed.
+    pub fn reconcile_extensions(&mut self, desired: &DesiredState) {
+        let version = self.options.info.agent_version.clone();
+        for extension in &desired.extensions {
+            let name = extension.name.clone();
+            let report = |outcome, message, secrets_version| ExtensionReport {
+                name: extension.name.clone(),
+                generation: extension.generation,
+                outcome,
+                message,
+                current_version: match outcome {
+                    // the agent is what installs the extension here: its version is the one installed
+                    ApplyOutcome::Applied => version.clone(),
+                    _ => None,
+                },
+                secrets_version,
+            };
+            if extension.deleting {
+                if self.extensions.remove(&name).is_some() || !self.pending_extensions.contains_key(&name) {
+                    tracing::info!(extension = %name, "extension uninstalled");
+                }
+                self.pending_extensions
+                    .insert(name, report(ApplyOutcome::Removed, None, None));
+                continue;
+            }
+            let held = self.extensions.get(&name);
+            let new_generation = held.is_none_or(|h| h.generation != extension.generation);
+            let undelivered = !extension.sealed_secrets.is_empty()
+                && held.is_none_or(|h| h.secrets_version != extension.secrets_version);
+            if !new_generation && !undelivered {
+                continue;
+            }
+            let kept = held.and_then(|h| h.protected.clone());
+            let opened = if extension.sealed_secrets.is_empty() {
+                // acknowledged before (by this run, or by one before a restart, whose copy is gone)
+                Ok(kept.filter(|k| Some(k.version) == extension.secrets_version))
+            } else {
+                resolve_sealed(
+                    self.control_plane.cluster_id(),
+                    &extension_sealing_name(&name),
+                    extension.secrets_version,
+                    &extension.sealed_secrets,
+                    kept,
+                    self.control_plane.encryption_key(),
+                )
+            };
+            let queued = match opened {
+                Ok(protected) => {
+                    let secrets_version = protected.as_ref().map(|p| p.version);
+                    tracing::info!(extension = %name, generation = extension.generation, "extension installed");
+                    self.extensions.insert(
+                        name.clone(),
+                        HeldExtension {
+                            generation: extension.generation,
+                            settings: extension.clone(),
+                            protected,
+                            secrets_version: extension.secrets_version,
+                        },
+                    );
+                    report(ApplyOutcome::Applied, None, secrets_version)
+                }
+                Err(message) => {
+                    tracing::warn!(extension = %name, error = %message, "installing the extension failed");
+                    report(ApplyOutcome::Failed, Some(message), None)
+                }
+            };
+            self.pending_extensions.insert(name, queued);
+        }
+        let wanted: std::collections::HashSet<&str> = desired.extensions.iter().map(|e| e.name.as_str()).collect();
+        // deleted at once (forceDelete): nothing to report
+        self.extensions.retain(|name, _| wanted.contains(name.as_str()));
+        self.pending_extensions.retain(|name, _| wanted.contains(name.as_str()));
+    }
+
     /// Writes the configuration with the secret set it should have; answers that set's version, or why it failed.
     async fn write(&self, configuration: &DesiredConfiguration) -> Result<Option<i64>, String> {
         let secrets = if configuration.secrets_version.is_some() {
@@ -365,7 +464,7 @@ impl Agent {
 
     /// Sends the pending reports; those not accepted stay pending for the next round.
     pub async fn send_reports(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_extensions.is_empty() {
             return;
         }
         let facts = self.target.cluster_facts().await;
@@ -376,6 +475,7 @@ impl Agent {
                 ..self.options.info.clone()
             },
             configurations: self.pending.values().cloned().collect(),
+            extensions: self.pending_extensions.values().cloned().collect(),
         };
         match self.control_plane.report(&report).await {
             Ok(accepted) => {
@@ -386,6 +486,15 @@ impl Agent {
                         .is_some_and(|r| r.generation == result.generation)
                     {
                         self.pending.remove(&result.name);
+                    }
+                }
+                for result in accepted.extensions {
+                    if self
+                        .pending_extensions
+                        .get(&result.name)
+                        .is_some_and(|r| r.generation == result.generation)
+                    {
+                        self.pending_extensions.remove(&result.name);
                     }
                 }
             }
@@ -467,6 +576,7 @@ mod tests {
                 generation: 1,
                 ..Default::default()
             }],
+            extensions: Vec::new(),
         };
         agent.reconcile(&desired).await;
         assert_eq!(agent.pending["cfg"].outcome, ApplyOutcome::Failed);

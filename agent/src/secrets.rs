@@ -11,7 +11,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use fluxplane_agent_protocol::agent::{DesiredConfiguration, SecretsChange};
+use fluxplane_agent_protocol::agent::{DesiredConfiguration, SealedSecrets, SecretsChange};
 use fluxplane_agent_protocol::flux::{FluxConfigurationSpec, SourceKind};
 use fluxplane_agent_protocol::sealing::EncryptionKey;
 use serde_json::{Map, Value};
@@ -40,15 +40,35 @@ pub fn resolve(
     held: Option<SecretSet>,
     key: &EncryptionKey,
 ) -> Result<Option<SecretSet>, String> {
-    let Some(wanted) = configuration.secrets_version else {
+    resolve_sealed(
+        cluster_id,
+        &configuration.name,
+        configuration.secrets_version,
+        &configuration.sealed_secrets,
+        held,
+        key,
+    )
+}
+
+/// The secret set of version `wanted` (`None`: no secrets) from `held` and the sealed changes delivered for the
+/// sealed name `name` (a configuration's, or an extension's `extensions/{name}`).
+pub fn resolve_sealed(
+    cluster_id: &str,
+    name: &str,
+    wanted: Option<i64>,
+    delivered: &[SealedSecrets],
+    held: Option<SecretSet>,
+    key: &EncryptionKey,
+) -> Result<Option<SecretSet>, String> {
+    let Some(wanted) = wanted else {
         return Ok(None);
     };
     let mut current = held;
-    for sealed in &configuration.sealed_secrets {
+    for sealed in delivered {
         if current.as_ref().is_some_and(|c| c.version >= sealed.version) {
             continue; // applied before; its acknowledgement has not reached the control plane yet
         }
-        let plaintext = key.open(cluster_id, &configuration.name, sealed).map_err(|err| {
+        let plaintext = key.open(cluster_id, name, sealed).map_err(|err| {
             format!(
                 "the secrets (version {}) cannot be opened: {err}; {REAPPLY}",
                 sealed.version

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connections;
 pub mod dashboards;
 pub mod error;
+pub mod extensions;
 pub mod fleet;
 pub mod flux;
 pub mod health;

@@ -150,6 +150,8 @@ pub mod failure {
     /// With `waitForReconciliation`: the configuration was not reported Compliant within its
     /// `reconciliationWaitDuration`.
     pub const RECONCILIATION_TIMED_OUT: &str = "ReconciliationTimedOut";
+    /// The agent reported that it could not install an extension with its settings.
+    pub const EXTENSION_FAILED: &str = "ExtensionInstallFailed";
 }
 
 /// How long a write with `waitForReconciliation` and no `reconciliationWaitDuration` waits for Compliance.
@@ -232,6 +234,10 @@ pub struct ExpiryMessages {
     pub pending: String,
     /// The agent's keys changed while secrets sealed to the old ones were undelivered.
     pub rotated: String,
+    /// An extension's protected settings reached their time to live undelivered.
+    pub extension_secrets: String,
+    /// The agent did not pick an extension's change up in time.
+    pub extension_pending: String,
 }
 /// How long what a write creates lives unless its agent acts on it (the 48-hour rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +289,14 @@ impl Lifetimes {
             pending: format!(
                 "The cluster's agent did not pick up this change within {pending_ttl}: the cluster is disconnected or \
                  its agent is failing. Apply the configuration again once the cluster is connected."
+            ),
+            extension_secrets: format!(
+                "The protected settings expired before the cluster's agent received them (secrets are kept at most \
+                 {secret_ttl}). Apply them again (PUT or PATCH the extension with configurationProtectedSettings)."
+            ),
+            extension_pending: format!(
+                "The cluster's agent did not pick up this change of the extension within {pending_ttl}: the cluster \
+                 is disconnected or its agent is failing. Apply the extension again once the cluster is connected."
             ),
         }
     }
@@ -428,6 +442,54 @@ pub fn reported(
     }
 }
 
+/// What an agent's report of installing an extension's generation sets: its provisioning state, and how its
+/// operation ends.
+pub fn extension_reported(
+    outcome: ApplyOutcome,
+    message: Option<&str>,
+) -> (ProvisioningState, OperationState, Option<ErrorDetail>) {
+    match outcome {
+        ApplyOutcome::Applied | ApplyOutcome::Removed => {
+            (ProvisioningState::Succeeded, OperationState::Succeeded, None)
+        }
+        ApplyOutcome::Failed => (
+            ProvisioningState::Failed,
+            OperationState::Failed,
+            Some(ErrorDetail::new(
+                failure::EXTENSION_FAILED,
+                message
+                    .unwrap_or("the agent could not install the extension")
+                    .to_owned(),
+            )),
+        ),
+    }
+}
+
+/// Why a Flux configuration may not be written on a cluster, from the state of its Flux extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FluxExtensionRefusal {
+    /// The extension is being deleted.
+    BeingDeleted,
+    /// The cluster has no Flux extension but holds configurations: it was deleted after they were written.
+    NotInstalled,
+}
+
+/// Whether a Flux configuration may be written on a cluster whose Flux extension is in `extension` (`None`: it has
+/// none) and which holds configurations or not. A cluster's first configuration brings the extension with it (the
+/// store creates it in the same transaction), as Azure's tools install it; once deleted, the extension must be
+/// installed again before configurations change, as Azure refuses them without it.
+pub fn flux_extension_gate(
+    extension: Option<ProvisioningState>,
+    has_configurations: bool,
+) -> Result<(), FluxExtensionRefusal> {
+    match extension {
+        Some(ProvisioningState::Deleting) => Err(FluxExtensionRefusal::BeingDeleted),
+        Some(_) => Ok(()),
+        None if has_configurations => Err(FluxExtensionRefusal::NotInstalled),
+        None => Ok(()),
+    }
+}
+
 /// How a report that changed nothing is answered: the configuration still exists at another generation (stale),
 /// or is gone.
 pub fn unrecorded(current_generation: Option<i64>) -> ReportDisposition {
@@ -542,6 +604,33 @@ mod tests {
         assert_eq!(rollout_verdict("Failed", "Compliant"), (true, false));
         assert_eq!(rollout_verdict("Succeeded", "Non-Compliant"), (true, false));
         assert_eq!(rollout_verdict("Succeeded", "Pending"), (false, false));
+    }
+
+    #[test]
+    fn a_configuration_waits_for_a_flux_extension_being_deleted_or_deleted_but_not_for_a_first_one() {
+        assert_eq!(
+            flux_extension_gate(None, false),
+            Ok(()),
+            "the first configuration brings it"
+        );
+        assert_eq!(flux_extension_gate(Some(ProvisioningState::Creating), true), Ok(()));
+        assert_eq!(flux_extension_gate(Some(ProvisioningState::Failed), true), Ok(()));
+        assert_eq!(
+            flux_extension_gate(Some(ProvisioningState::Deleting), false),
+            Err(FluxExtensionRefusal::BeingDeleted)
+        );
+        assert_eq!(flux_extension_gate(None, true), Err(FluxExtensionRefusal::NotInstalled));
+    }
+
+    #[test]
+    fn an_extension_report_ends_its_operation_and_a_failure_says_why() {
+        assert_eq!(
+            extension_reported(ApplyOutcome::Applied, None),
+            (ProvisioningState::Succeeded, OperationState::Succeeded, None)
+        );
+        let (state, operation, error) = extension_reported(ApplyOutcome::Failed, Some("no key"));
+        assert_eq!((state, operation), (ProvisioningState::Failed, OperationState::Failed));
+        assert_eq!(error.unwrap().code, failure::EXTENSION_FAILED);
     }
 
     #[test]

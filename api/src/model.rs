@@ -12,6 +12,7 @@ use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
+use crate::extensions::model::{ExtensionObserved, ExtensionSpec};
 use crate::fleet::assignments::model::{AssignmentSpec, RolloutState};
 use crate::fleet::selector::LabelSelector;
 use crate::flux::model::Observed;
@@ -92,6 +93,54 @@ pub struct ConfigurationRecord {
     /// write by hand: the assignment restores it).
     pub managed_by: Option<i64>,
     pub managed_generation: Option<i64>,
+}
+
+/// A cluster extension (`Microsoft.KubernetesConfiguration/extensions`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExtensionRecord {
+    pub id: i64,
+    pub cluster_id: i64,
+    pub name: String,
+    /// Lower-cased: a cluster holds one extension of a type.
+    pub extension_type: String,
+    #[sqlx(json)]
+    pub spec: ExtensionSpec,
+    pub generation: i64,
+    pub etag: String,
+    #[sqlx(try_from = "String")]
+    pub provisioning_state: ProvisioningState,
+    #[sqlx(json)]
+    pub observed: ExtensionObserved,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+    /// The generation `observed` describes; `None` until the agent reports.
+    pub reported_generation: Option<i64>,
+    /// The version of the protected settings the cluster should hold (the generation that last wrote them).
+    pub secrets_version: Option<i64>,
+    /// The protected settings awaiting the agent's acknowledgement, sealed to its key (at most one change: every
+    /// write of them replaces the set).
+    #[sqlx(json)]
+    pub sealed: Vec<SealedSecrets>,
+    /// When `sealed` must be gone (set while it holds any).
+    pub secrets_expire_at: Option<DateTime<Utc>>,
+    /// When the current generation fails unless the agent has picked it up.
+    pub generation_expires_at: Option<DateTime<Utc>>,
+    /// Why the control plane failed the extension (an expiry).
+    pub failure: Option<String>,
+}
+
+/// What an agent's report does to an extension at the generation it names.
+#[derive(Debug, Clone)]
+pub enum ExtensionReportWrite {
+    /// Installed, or not: the extension's state and its operation's end.
+    Status {
+        provisioning_state: ProvisioningState,
+        observed: ExtensionObserved,
+        operation_status: OperationState,
+        operation_error: Option<ErrorDetail>,
+    },
+    /// Uninstalled after a delete.
+    Removed,
 }
 
 /// The status of a long-running operation.
@@ -432,6 +481,8 @@ pub struct DesiredRecords {
     pub configurations: Vec<ConfigurationRecord>,
     /// The undelivered secret changes of those configurations, in version order.
     pub sealed: Vec<SealedSecretsRecord>,
+    /// The cluster's extensions, in name order.
+    pub extensions: Vec<ExtensionRecord>,
 }
 
 /// A configuration the control plane failed itself, with the operation it ended.

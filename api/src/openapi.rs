@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "ConnectedClusters", description = "Clusters registered with the control plane"),
         (name = "FluxConfigurations", description = "Flux configurations of a cluster"),
+        (name = "Extensions", description = "Cluster extensions: the microsoft.flux extension, which Flux configurations need"),
         (name = "Agent", description = "The agent API (v1): desired state by long-poll, status back"),
         (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
         (name = "PolicyAssignments", description = "A Flux configuration for every cluster a selector matches (Fluxplane.Fleet)"),

@@ -43,7 +43,7 @@ use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
-use crate::{agents, clusters, dashboards, fleet, flux, health, manager, sweep};
+use crate::{agents, clusters, dashboards, extensions, fleet, flux, health, manager, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -60,6 +60,7 @@ fn arm_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(clusters::routes::router())
         .merge(flux::routes::router())
+        .merge(extensions::routes::router())
         .merge(flux::source_control::router())
         .merge(fleet::groups::router())
         .merge(fleet::assignments::routes::router())

@@ -11,6 +11,7 @@ use crate::clusters::service::Clusters;
 use crate::config::ServeConfig;
 use crate::dashboards::feed::Feed;
 use crate::dashboards::write_log::WriteLog;
+use crate::extensions::service::Extensions;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
 use crate::flux::service::Configurations;
@@ -65,6 +66,12 @@ impl FromRef<AppState> for Configurations {
             state.lifetimes,
             state.config.offline_after,
         )
+    }
+}
+
+impl FromRef<AppState> for Extensions {
+    fn from_ref(state: &AppState) -> Self {
+        Extensions::new(state.store.clone(), state.turns.clone(), state.lifetimes)
     }
 }
 

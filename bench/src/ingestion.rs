@@ -55,6 +55,7 @@ impl Reporter {
 fn report(configurations: &[(String, i64)], compliant: bool, agent: usize) -> StatusReport {
     StatusReport {
         agent: Default::default(),
+        extensions: Vec::new(),
         configurations: configurations
             .iter()
             .map(|(name, generation)| ConfigurationReport {

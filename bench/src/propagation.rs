@@ -126,6 +126,7 @@ pub(crate) async fn simulated_agent(
             .collect();
         let report = StatusReport {
             agent: Default::default(),
+            extensions: Vec::new(),
             configurations: fresh
                 .iter()
                 .zip(&outcomes)

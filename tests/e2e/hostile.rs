@@ -168,6 +168,7 @@ async fn nul_case(backend: Backend) {
             agent_version: Some("0.1.0\u{0}".into()),
             ..Default::default()
         },
+        extensions: Vec::new(),
         configurations: vec![ConfigurationReport {
             name: "cfg".into(),
             generation: 1,

@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{
-    ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredState, EncryptionKeyRegistration, MAX_WAIT_SECONDS,
-    ReportDisposition, ReportResult, SealedSecrets, StatusAccepted, StatusReport,
+    ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState, EncryptionKeyRegistration,
+    ExtensionReport, MAX_WAIT_SECONDS, ReportDisposition, ReportResult, SealedSecrets, StatusAccepted, StatusReport,
 };
 use fluxplane_agent_protocol::sealing;
 use serde::Deserialize;
@@ -22,9 +22,11 @@ use crate::arm::body::SanitizedJsonBody;
 use crate::arm::body::parse;
 use crate::arm::{ArmQuery, JsonBody};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::extensions::model::ExtensionObserved;
+use crate::extensions::service::resource_key as extension_resource_key;
 use crate::flux::model::Observed;
 use crate::lifecycle::{self, ProvisioningState};
-use crate::model::ReportWrite;
+use crate::model::{ExtensionRecord, ExtensionReportWrite, ReportWrite};
 use crate::state::AppState;
 
 /// How long a poll waits when the agent does not say.
@@ -116,7 +118,25 @@ async fn desired_state(
                 secrets_version: c.secrets_version,
             })
             .collect(),
+        extensions: desired.extensions.into_iter().map(desired_extension).collect(),
     }))
+}
+
+/// An extension as its agent reads it.
+fn desired_extension(e: ExtensionRecord) -> DesiredExtension {
+    DesiredExtension {
+        deleting: e.provisioning_state == ProvisioningState::Deleting,
+        name: e.name,
+        generation: e.generation,
+        extension_type: e.extension_type,
+        auto_upgrade_minor_version: e.spec.auto_upgrade_minor_version,
+        release_train: e.spec.release_train,
+        version: e.spec.version,
+        release_namespace: e.spec.release_namespace,
+        configuration_settings: e.spec.configuration_settings,
+        secrets_version: e.secrets_version,
+        sealed_secrets: e.sealed,
+    }
 }
 
 /// The time after which a heartbeat need not be written again: a tenth of the silence that makes a cluster
@@ -145,7 +165,7 @@ async fn report_status(
     SanitizedJsonBody(body): SanitizedJsonBody,
 ) -> ApiResult<Json<StatusAccepted>> {
     let report: StatusReport = parse(body, "")?;
-    if report.configurations.len() > MAX_REPORTS {
+    if report.configurations.len() + report.extensions.len() > MAX_REPORTS {
         return Err(ApiError::invalid(
             "configurations",
             format!("at most {MAX_REPORTS} reports fit in one request"),
@@ -189,6 +209,26 @@ async fn report_status(
             result,
         });
     }
+    let mut extensions = Vec::with_capacity(report.extensions.len());
+    for entry in &report.extensions {
+        let result = state
+            .store
+            .apply_extension_report(
+                agent.cluster_id,
+                &entry.name,
+                entry.generation,
+                &extension_resource_key(&agent.cluster.key(), &entry.name),
+                &extension_write(entry, now),
+                entry.secrets_version,
+                now,
+            )
+            .await?;
+        extensions.push(ReportResult {
+            name: entry.name.clone(),
+            generation: entry.generation,
+            result: result.disposition,
+        });
+    }
     if agent
         .last_heard
         .heartbeat_due(quiet_since(&state, now), Some(&report.agent))
@@ -199,7 +239,7 @@ async fn report_status(
             .await?
             .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     }
-    Ok(Json(StatusAccepted { results }))
+    Ok(Json(StatusAccepted { results, extensions }))
 }
 
 /// Registers the agent's encryption key, which the control plane seals its cluster's secrets to. Registering
@@ -238,6 +278,25 @@ async fn register_encryption_key(
     }
     tracing::info!(cluster = %agent.cluster.id(), "agent encryption key registered");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a report does to its extension.
+fn extension_write(entry: &ExtensionReport, now: DateTime<Utc>) -> ExtensionReportWrite {
+    if entry.outcome == ApplyOutcome::Removed {
+        return ExtensionReportWrite::Removed;
+    }
+    let (provisioning_state, operation_status, operation_error) =
+        lifecycle::extension_reported(entry.outcome, entry.message.as_deref());
+    ExtensionReportWrite::Status {
+        provisioning_state,
+        observed: ExtensionObserved {
+            current_version: entry.current_version.clone(),
+            error: operation_error.clone(),
+            status_updated_at: Some(now),
+        },
+        operation_status,
+        operation_error,
+    }
 }
 
 /// What a report does to its configuration.

@@ -87,6 +87,38 @@ impl Versioned for FluxConfigurations {
     ];
 }
 
+/// `Microsoft.KubernetesConfiguration/extensions` and its operation statuses: every stable version in Azure's
+/// specification (`specification/kubernetesconfiguration/resource-manager/Microsoft.KubernetesConfiguration/
+/// extensions/stable`). The table was read from those specifications (2021-09-01 and 2022-03-01 at commit
+/// `9bf444bb`, 2022-11-01 at `70a09e82`, 2024-11-01 at `303dc64f`, 2025-03-01 at `fbc9b4ed`); no extracts of them
+/// are vendored yet, because two properties were later removed (`installedVersion` after 2022-07-01, the identity's
+/// `principalId` and `tenantId` in 2025-03-01), which a table of additions cannot state. Those are not answered.
+pub struct Extensions;
+impl Versioned for Extensions {
+    const SUPPORTED: &'static [&'static str] = &[
+        "2021-09-01",
+        "2022-03-01",
+        "2022-07-01",
+        "2022-11-01",
+        "2023-05-01",
+        "2024-11-01",
+        "2025-03-01",
+    ];
+    const ADDED: &'static [Added] = &[
+        added("properties.aksAssignedIdentity.type=UserAssigned", "2022-03-01"),
+        added("properties.currentVersion", "2022-11-01"),
+        added("properties.isSystemExtension", "2022-11-01"),
+        added("plan", "2022-11-01"),
+        added("properties.autoUpgradeMode", "2025-03-01"),
+        added("properties.managementDetails", "2025-03-01"),
+        added("properties.additionalDetails", "2025-03-01"),
+        added("properties.aksAssignedIdentity.type=Workload", "2025-03-01"),
+        added("managedBy", "2025-03-01"),
+        added("identity.userAssignedIdentities", "2025-03-01"),
+        added("identity.type=UserAssigned", "2025-03-01"),
+    ];
+}
+
 /// `Microsoft.KubernetesConfiguration/sourceControlConfigurations`, Flux v1's configurations, which Azure retired:
 /// its GA versions are served so that tools which look for old configurations find none.
 pub struct SourceControlConfigurations;
@@ -624,6 +656,33 @@ mod tests {
             put,
             json!({"properties": {"kustomizations": {"apps": {"path": "./apps2", "wait": false}}}}),
             "a kustomization the PUT removed goes with what it held"
+        );
+    }
+
+    #[test]
+    fn an_older_extension_version_neither_answers_nor_takes_what_it_lacks() {
+        let old = ApiVersion::<Extensions>::of("2022-07-01").unwrap();
+        let answer = json!({"properties": {"extensionType": "microsoft.flux", "currentVersion": "1.0.0",
+                                          "isSystemExtension": false}});
+        assert_eq!(
+            serde_json::to_value(old.render(&answer)).unwrap(),
+            json!({"properties": {"extensionType": "microsoft.flux"}})
+        );
+        assert!(
+            old.check_defined(&json!({"plan": {"name": "x"}}))
+                .unwrap_err()
+                .to_string()
+                .contains("2022-11-01")
+        );
+        let ga = ApiVersion::<Extensions>::of("2023-05-01").unwrap();
+        assert_eq!(serde_json::to_value(ga.render(&answer)).unwrap(), answer);
+        assert!(
+            ga.check_defined(&json!({"identity": {"type": "UserAssigned"}}))
+                .is_err()
+        );
+        assert!(
+            ga.check_defined(&json!({"identity": {"type": "SystemAssigned"}}))
+                .is_ok()
         );
     }
 

@@ -138,6 +138,26 @@ impl ConfigurationName {
     }
 }
 
+/// A cluster extension's name: a DNS-1123 label, because the agent names what it installs after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionName(String);
+
+impl ExtensionName {
+    pub fn parse(value: &str) -> Result<Self, ApiError> {
+        check(
+            "extensionName",
+            value,
+            is_dns1123_label(value),
+            "use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit",
+        )?;
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The Kubernetes cluster resource types Azure lets Flux configurations hang under, as (provider, type).
 pub const CLUSTER_TYPES: &[(&str, &str)] = &[
     ("Microsoft.Kubernetes", "connectedClusters"),
@@ -271,6 +291,13 @@ impl ClusterScope {
     pub fn configuration_id(&self, name: &str) -> String {
         format!(
             "{}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{name}",
+            self.id()
+        )
+    }
+
+    pub fn extension_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.KubernetesConfiguration/extensions/{name}",
             self.id()
         )
     }

@@ -18,10 +18,14 @@ use crate::arm::api_version::FluxConfigurations;
 use crate::arm::body::parse;
 use crate::arm::conditional::Preconditions;
 use crate::arm::ids::{ClusterScope, ConfigurationName};
+use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, contention, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
-use crate::lifecycle::{self, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep, agent_online};
+use crate::extensions::model as extensions;
+use crate::lifecycle::{
+    self, FluxExtensionRefusal, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep, agent_online,
+};
 use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
 use crate::store::Store;
 use crate::turns::Turns;
@@ -134,6 +138,7 @@ impl Configurations {
             {
                 return Err(being_deleted(target));
             }
+            self.flux_extension_allows(target).await?;
             let mut spec = match &current {
                 Some(current) if !version.is_newest() => kept_newer(spec, &current.spec, version)?,
                 _ => spec.clone(),
@@ -174,6 +179,7 @@ impl Configurations {
             if current.provisioning_state == ProvisioningState::Deleting {
                 return Err(being_deleted(target));
             }
+            self.flux_extension_allows(target).await?;
             let mut properties = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
             json_patch::merge(&mut properties, changes);
             let mut spec: FluxConfigurationSpec = parse(properties, "properties")?;
@@ -247,6 +253,39 @@ impl Configurations {
             )
         })
         .await
+    }
+
+    /// Refuses a write while the cluster's Flux extension is being deleted, or after it was deleted from a cluster
+    /// that still holds configurations (`lifecycle::flux_extension_gate`).
+    async fn flux_extension_allows(&self, target: &Target) -> ApiResult<()> {
+        let extension = self
+            .store
+            .extension_of_type(target.cluster.id, extensions::FLUX)
+            .await?;
+        let has_configurations = extension.is_some()
+            || !self
+                .store
+                .list_configurations(target.cluster.id, &PageRequest { after: None, limit: 0 })
+                .await?
+                .is_empty();
+        let name = extension.as_ref().map_or(extensions::FLUX_NAME, |e| e.name.as_str());
+        let cluster = target.scope.cluster.name.as_str();
+        let install = format!(
+            "{}/providers/Microsoft.KubernetesConfiguration/extensions/{name}",
+            target.scope.id()
+        );
+        match lifecycle::flux_extension_gate(extension.as_ref().map(|e| e.provisioning_state), has_configurations) {
+            Ok(()) => Ok(()),
+            Err(FluxExtensionRefusal::BeingDeleted) => Err(ApiError::Conflict(format!(
+                "The Flux extension '{name}' of cluster '{cluster}' is being deleted: Flux configurations cannot be \
+                 written until it is installed again (PUT {install} with extensionType microsoft.flux once the \
+                 deletion has finished)."
+            ))),
+            Err(FluxExtensionRefusal::NotInstalled) => Err(ApiError::Conflict(format!(
+                "The Flux extension (microsoft.flux) is not installed on cluster '{cluster}': it must be installed \
+                 before Flux configurations are written (PUT {install} with extensionType microsoft.flux)."
+            ))),
+        }
     }
 
     /// Writes `spec` and the secrets as the next generation over `current` (`None`: creates the configuration).

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::subscriptions::visible;
 use crate::arm::ArmPath;
 use crate::arm::api_version::{
-    AnyApiVersion, Clusters, Fleet, FluxConfigurations, SourceControlConfigurations, Versioned,
+    AnyApiVersion, Clusters, Extensions, Fleet, FluxConfigurations, SourceControlConfigurations, Versioned,
 };
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
@@ -67,6 +67,12 @@ pub const PROVIDERS: &[Provider] = &[
             ResourceType {
                 name: "fluxConfigurations",
                 api_versions: FluxConfigurations::SUPPORTED,
+                operations: CRUD,
+            },
+            ResourceType {
+                // only the microsoft.flux extension is served
+                name: "extensions",
+                api_versions: Extensions::SUPPORTED,
                 operations: CRUD,
             },
             ResourceType {

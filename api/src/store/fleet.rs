@@ -243,6 +243,32 @@ macro_rules! fleet_helpers {
                     }
                     list.push_unseparated(")");
                     q.build().execute(&mut **tx).await?;
+                    // each cluster given a configuration holds the Flux extension, as the single write's does:
+                    // policy declares what clusters run, and Flux needs its extension
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, \
+                         provisioning_state, observed, system_data, generation_expires_at) \
+                         SELECT id, 'flux', 'microsoft.flux', ",
+                    );
+                    q.push_bind(sqlx::types::Json($crate::extensions::model::ExtensionSpec::flux_default()))
+                        .push(", 1, ")
+                        .push_bind(&etag)
+                        .push(", 'Creating', ")
+                        .push_bind(sqlx::types::Json($crate::extensions::model::ExtensionObserved::default()))
+                        .push(", ")
+                        .push_bind(sqlx::types::Json($crate::arm::system_data::SystemData::created(&arm_id, now)))
+                        .push(", ")
+                        .push_bind(managed.generation_expires_at)
+                        .push(
+                            " FROM clusters WHERE NOT EXISTS (SELECT 1 FROM extensions e \
+                             WHERE e.cluster_id = clusters.id AND e.extension_type = 'microsoft.flux') AND id IN (",
+                        );
+                    let mut list = q.separated(", ");
+                    for cluster in chunk {
+                        list.push_bind(*cluster);
+                    }
+                    list.push_unseparated(") ON CONFLICT DO NOTHING");
+                    q.build().execute(&mut **tx).await?;
                 }
                 for chunk in updates.chunks($crate::store::fleet::CHUNK) {
                     let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE flux_configurations SET spec = ");

@@ -23,9 +23,9 @@ use crate::error::ApiError;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
-    ConfigurationState, DesiredRecords, Expired, FleetGauges, GroupDelete, HistoryQuery, OperationRecord,
-    PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery,
-    StatusRecord, Write, WriteRecord,
+    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GroupDelete,
+    HistoryQuery, OperationRecord, PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup, SecretsWrite,
+    StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -209,7 +209,8 @@ pub trait Store: Dashboards {
     async fn get_configuration(&self, cluster_id: i64, name: &str) -> StoreResult<Option<ConfigurationRecord>>;
     /// Up to `page.limit + 1` configurations in name order after `page.after`.
     async fn list_configurations(&self, cluster_id: i64, page: &PageRequest) -> StoreResult<Vec<ConfigurationRecord>>;
-    /// Inserts the configuration with its sealed secrets and starts `operation`.
+    /// Inserts the configuration with its sealed secrets and starts `operation`; a cluster without a Flux extension
+    /// gets one (`flux`, Azure's defaults, the configuration's systemData) in the same transaction.
     async fn insert_configuration(
         &self,
         config: &ConfigurationRecord,
@@ -229,6 +230,38 @@ pub trait Store: Dashboards {
     async fn delete_configuration(&self, cluster_id: i64, name: &str, resource_key: &str) -> StoreResult<bool>;
 
     async fn get_operation(&self, id: &str) -> StoreResult<Option<OperationRecord>>;
+
+    async fn get_extension(&self, cluster_id: i64, name: &str) -> StoreResult<Option<ExtensionRecord>>;
+    /// The cluster's extension of `extension_type` (lower-cased), whatever its name: a cluster holds one of a type.
+    async fn extension_of_type(&self, cluster_id: i64, extension_type: &str) -> StoreResult<Option<ExtensionRecord>>;
+    /// Up to `page.limit + 1` extensions in name order after `page.after`.
+    async fn list_extensions(&self, cluster_id: i64, page: &PageRequest) -> StoreResult<Vec<ExtensionRecord>>;
+    /// Inserts the extension and starts `operation`; `Conflict` when the cluster holds one of that name or type.
+    async fn insert_extension(&self, extension: &ExtensionRecord, operation: &OperationRecord) -> StoreResult<Write>;
+    /// Replaces the extension if its etag is still `expected_etag` and starts `operation`, superseding the
+    /// operations still running on it.
+    async fn update_extension(
+        &self,
+        extension: &ExtensionRecord,
+        expected_etag: &str,
+        operation: &OperationRecord,
+    ) -> StoreResult<Write>;
+    /// Deletes the extension at once, superseding its running operations; false if it did not exist.
+    async fn delete_extension(&self, cluster_id: i64, name: &str, resource_key: &str) -> StoreResult<bool>;
+    /// Applies a report about the extension `name` at `generation`, if that is still its generation, and ends the
+    /// operation of that generation (filed under `resource_key`). Whatever the generation, `secrets_version`
+    /// acknowledges the sealed protected settings up to it, which are deleted.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_extension_report(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        generation: i64,
+        resource_key: &str,
+        write: &ExtensionReportWrite,
+        secrets_version: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReportOutcome>;
 
     async fn get_cluster_group(&self, key: &str) -> StoreResult<Option<ClusterGroupRecord>>;
     /// Up to `page.limit + 1` groups in key order after `page.after`: at a subscription, its own and those of its

@@ -16,8 +16,8 @@ use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
 use super::sql::{
-    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
-    sql_store,
+    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, extension_columns,
+    policy_assignment_columns, sql_store,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -130,14 +130,25 @@ sql_store!(
                  WHERE $14 IS NOT NULL), \
                  started AS (INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, \
                  start_time, end_time, error, reconcile_by) SELECT $20, $21, $22, $23, $24, $25, $26, $27, $28, $29 \
-                 FROM inserted) \
+                 FROM inserted), \
+                 flux AS (INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, \
+                 provisioning_state, observed, system_data, generation_expires_at) \
+                 SELECT cluster_id, 'flux', 'microsoft.flux', $30, 1, $31, 'Creating', $32, $10, $12 FROM inserted \
+                 WHERE NOT EXISTS (SELECT 1 FROM extensions WHERE cluster_id = $1 \
+                 AND extension_type = 'microsoft.flux') ON CONFLICT DO NOTHING) \
                  SELECT c.key, set_config('fluxplane.notify', 'after-commit', TRUE) \
                  FROM inserted JOIN clusters c ON c.id = inserted.cluster_id",
             )
             .bind(c.cluster_id)
             .bind(&c.name);
             let query = bind_configuration!(query, c);
+            // a cluster's first configuration brings the Flux extension (`ensure_flux_extension!` in one statement)
             let inserted = bind_sealed_and_operation(query, SealedParams::of(secrets), op)
+                .bind(sqlx::types::Json(
+                    crate::extensions::model::ExtensionSpec::flux_default(),
+                ))
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(sqlx::types::Json(crate::extensions::model::ExtensionObserved::default()))
                 .fetch_optional(&self.pool)
                 .await;
             match inserted {

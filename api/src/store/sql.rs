@@ -22,6 +22,26 @@ macro_rules! configuration_columns {
     };
 }
 
+/// The columns of `ExtensionRecord`.
+macro_rules! extension_columns {
+    () => {
+        "id, cluster_id, name, extension_type, spec, generation, etag, provisioning_state, observed, system_data, \
+         reported_generation, secrets_version, sealed, secrets_expire_at, generation_expires_at, failure"
+    };
+}
+
+/// Gives cluster `$1` the Flux extension unless it holds one: `flux`, with the spec `$2`, etag `$3`, observed
+/// `$4`, system data `$5` and generation expiry `$6` (those of the configuration that brings it).
+macro_rules! ensure_flux_extension {
+    () => {
+        "INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, provisioning_state, \
+         observed, system_data, generation_expires_at) \
+         SELECT $1, 'flux', 'microsoft.flux', $2, 1, $3, 'Creating', $4, $5, $6 \
+         WHERE NOT EXISTS (SELECT 1 FROM extensions WHERE cluster_id = $1 AND extension_type = 'microsoft.flux') \
+         ON CONFLICT DO NOTHING"
+    };
+}
+
 /// The columns of `PolicyAssignmentRecord`.
 macro_rules! policy_assignment_columns {
     () => {
@@ -280,6 +300,12 @@ macro_rules! sql_store {
                 .bind(key)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query::<$db>(
+                    "DELETE FROM extensions WHERE cluster_id = (SELECT id FROM clusters WHERE key = $1)",
+                )
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
                 let done = sqlx::query::<$db>("DELETE FROM clusters WHERE key = $1")
                     .bind(key)
                     .execute(&mut *tx)
@@ -378,6 +404,255 @@ macro_rules! sql_store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn get_extension(
+                &self,
+                cluster_id: i64,
+                name: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::model::ExtensionRecord>> {
+                let sql = concat!("SELECT ", extension_columns!(), " FROM extensions WHERE cluster_id = $1 AND name = $2");
+                Ok(sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
+                    .bind(cluster_id)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn extension_of_type(
+                &self,
+                cluster_id: i64,
+                extension_type: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::model::ExtensionRecord>> {
+                let sql = concat!(
+                    "SELECT ",
+                    extension_columns!(),
+                    " FROM extensions WHERE cluster_id = $1 AND extension_type = $2"
+                );
+                Ok(sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
+                    .bind(cluster_id)
+                    .bind(extension_type)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_extensions(
+                &self,
+                cluster_id: i64,
+                page: &$crate::arm::paging::PageRequest,
+            ) -> $crate::store::StoreResult<Vec<$crate::model::ExtensionRecord>> {
+                let sql = concat!(
+                    "SELECT ",
+                    extension_columns!(),
+                    " FROM extensions WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+                );
+                Ok(sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
+                    .bind(cluster_id)
+                    .bind(page.after.clone().unwrap_or_default())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn insert_extension(
+                &self,
+                e: &$crate::model::ExtensionRecord,
+                op: &$crate::model::OperationRecord,
+            ) -> $crate::store::StoreResult<$crate::model::Write> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let inserted = sqlx::query::<$db>(
+                    "INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, \
+                     provisioning_state, observed, system_data, reported_generation, secrets_version, sealed, \
+                     secrets_expire_at, generation_expires_at, failure) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
+                )
+                .bind(e.cluster_id)
+                .bind(&e.name)
+                .bind(&e.extension_type)
+                .bind(sqlx::types::Json(&e.spec))
+                .bind(e.generation)
+                .bind(&e.etag)
+                .bind(e.provisioning_state.as_str())
+                .bind(sqlx::types::Json(&e.observed))
+                .bind(sqlx::types::Json(&e.system_data))
+                .bind(e.reported_generation)
+                .bind(e.secrets_version)
+                .bind(sqlx::types::Json(&e.sealed))
+                .bind(e.secrets_expire_at)
+                .bind(e.generation_expires_at)
+                .bind(&e.failure)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
+                        return Ok($crate::model::Write::ParentMissing);
+                    }
+                    Err(err) => return Err(err.into()),
+                    Ok(done) if done.rows_affected() == 0 => return Ok($crate::model::Write::Conflict),
+                    Ok(_) => {}
+                }
+                Self::start_extension_operation(&mut tx, op).await?;
+                self.commit(tx).await?;
+                Ok($crate::model::Write::Written)
+            }
+
+            async fn update_extension(
+                &self,
+                e: &$crate::model::ExtensionRecord,
+                expected_etag: &str,
+                op: &$crate::model::OperationRecord,
+            ) -> $crate::store::StoreResult<$crate::model::Write> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let done = sqlx::query::<$db>(
+                    "UPDATE extensions SET spec = $1, generation = $2, etag = $3, provisioning_state = $4, \
+                     observed = $5, system_data = $6, secrets_version = $7, sealed = $8, secrets_expire_at = $9, \
+                     generation_expires_at = $10, failure = $11 WHERE id = $12 AND etag = $13",
+                )
+                .bind(sqlx::types::Json(&e.spec))
+                .bind(e.generation)
+                .bind(&e.etag)
+                .bind(e.provisioning_state.as_str())
+                .bind(sqlx::types::Json(&e.observed))
+                .bind(sqlx::types::Json(&e.system_data))
+                .bind(e.secrets_version)
+                .bind(sqlx::types::Json(&e.sealed))
+                .bind(e.secrets_expire_at)
+                .bind(e.generation_expires_at)
+                .bind(&e.failure)
+                .bind(e.id)
+                .bind(expected_etag)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok($crate::model::Write::Conflict);
+                }
+                Self::supersede_operations(&mut tx, &op.resource_key, op.start_time).await?;
+                Self::start_extension_operation(&mut tx, op).await?;
+                self.commit(tx).await?;
+                Ok($crate::model::Write::Written)
+            }
+
+            async fn delete_extension(
+                &self,
+                cluster_id: i64,
+                name: &str,
+                resource_key: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let done = sqlx::query::<$db>("DELETE FROM extensions WHERE cluster_id = $1 AND name = $2")
+                    .bind(cluster_id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::supersede_operations(&mut tx, resource_key, chrono::Utc::now()).await?;
+                self.commit(tx).await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn apply_extension_report(
+                &self,
+                cluster_id: i64,
+                name: &str,
+                generation: i64,
+                resource_key: &str,
+                write: &$crate::model::ExtensionReportWrite,
+                secrets_version: Option<i64>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<$crate::model::ReportOutcome> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let sql = concat!(
+                    "SELECT ",
+                    extension_columns!(),
+                    " FROM extensions WHERE cluster_id = $1 AND name = $2",
+                    $row_lock
+                );
+                let Some(current) = sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
+                    .bind(cluster_id)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    self.commit(tx).await?;
+                    return Ok($crate::model::ReportOutcome {
+                        disposition: $crate::lifecycle::unrecorded(None),
+                        written_at: None,
+                    });
+                };
+                if let Some(version) = secrets_version
+                    && current.sealed.iter().any(|s| s.version <= version)
+                {
+                    // the cluster holds the settings: the control plane's copy goes, whatever became of the rest
+                    let kept: Vec<_> = current.sealed.iter().filter(|s| s.version > version).cloned().collect();
+                    sqlx::query::<$db>(
+                        "UPDATE extensions SET sealed = $1, \
+                         secrets_expire_at = CASE WHEN $2 THEN NULL ELSE secrets_expire_at END WHERE id = $3",
+                    )
+                    .bind(sqlx::types::Json(&kept))
+                    .bind(kept.is_empty())
+                    .bind(current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let current_generation = current.generation == generation;
+                let (changed, operation_status, operation_error) = match write {
+                    $crate::model::ExtensionReportWrite::Status {
+                        provisioning_state,
+                        observed,
+                        operation_status,
+                        operation_error,
+                    } => {
+                        let applies = current_generation
+                            && current.provisioning_state != $crate::lifecycle::ProvisioningState::Deleting
+                            && current.failure.is_none();
+                        if applies {
+                            sqlx::query::<$db>(
+                                "UPDATE extensions SET provisioning_state = $1, observed = $2, \
+                                 reported_generation = $3, generation_expires_at = NULL WHERE id = $4",
+                            )
+                            .bind(provisioning_state.as_str())
+                            .bind(sqlx::types::Json(observed))
+                            .bind(generation)
+                            .bind(current.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        (applies, *operation_status, operation_error.clone())
+                    }
+                    $crate::model::ExtensionReportWrite::Removed => {
+                        let applies = current_generation
+                            && current.provisioning_state == $crate::lifecycle::ProvisioningState::Deleting;
+                        if applies {
+                            sqlx::query::<$db>("DELETE FROM extensions WHERE id = $1")
+                                .bind(current.id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        (applies, $crate::lifecycle::OperationState::Succeeded, None)
+                    }
+                };
+                if !changed {
+                    self.commit(tx).await?;
+                    return Ok($crate::model::ReportOutcome {
+                        disposition: $crate::lifecycle::unrecorded(Some(current.generation)),
+                        written_at: None,
+                    });
+                }
+                let written_at = sqlx::query_scalar::<$db, chrono::DateTime<chrono::Utc>>(
+                    "UPDATE operations SET status = $1, end_time = $2, error = $3 \
+                     WHERE resource_key = $4 AND generation = $5 AND status = 'InProgress' RETURNING start_time",
+                )
+                .bind(operation_status.as_str())
+                .bind(at)
+                .bind(operation_error.as_ref().map(sqlx::types::Json))
+                .bind(resource_key)
+                .bind(generation)
+                .fetch_optional(&mut *tx)
+                .await?;
+                self.commit(tx).await?;
+                Ok($crate::model::ReportOutcome {
+                    disposition: $crate::model::ReportDisposition::Recorded,
+                    written_at,
+                })
             }
 
             async fn get_cluster_group(
@@ -779,10 +1054,16 @@ macro_rules! sql_store {
                 } else {
                     Vec::new()
                 };
+                let sql = concat!("SELECT ", extension_columns!(), " FROM extensions WHERE cluster_id = $1 ORDER BY name");
+                let extensions = sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
+                    .bind(cluster_id)
+                    .fetch_all(&self.pool)
+                    .await?;
                 Ok($crate::model::DesiredRecords {
                     revision,
                     configurations,
                     sealed,
+                    extensions,
                 })
             }
 
@@ -822,6 +1103,33 @@ macro_rules! sql_store {
                 for (_, cluster_id, name, generation) in pending {
                     Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, &messages.pending), now).await?;
                     expired.push($crate::model::Expired { cluster_id, name, generation, secrets: false });
+                }
+                let extension_secrets = sqlx::query_as::<$db, (i64, String, i64)>(
+                    "UPDATE extensions SET sealed = '[]', secrets_expire_at = NULL, generation_expires_at = NULL, \
+                     provisioning_state = 'Failed', failure = $2 WHERE secrets_expire_at <= $1 \
+                     RETURNING cluster_id, name, generation",
+                )
+                .bind(now)
+                .bind(&messages.extension_secrets)
+                .fetch_all(&mut *tx)
+                .await?;
+                let extension_pending = sqlx::query_as::<$db, (i64, String, i64)>(
+                    "UPDATE extensions SET provisioning_state = 'Failed', failure = $2, generation_expires_at = NULL \
+                     WHERE generation_expires_at <= $1 AND provisioning_state <> 'Deleting' \
+                     RETURNING cluster_id, name, generation",
+                )
+                .bind(now)
+                .bind(&messages.extension_pending)
+                .fetch_all(&mut *tx)
+                .await?;
+                for ((cluster_id, name, generation), (message, secrets)) in extension_secrets
+                    .into_iter()
+                    .map(|e| (e, (&messages.extension_secrets, true)))
+                    .chain(extension_pending.into_iter().map(|e| (e, (&messages.extension_pending, false))))
+                {
+                    let name = format!("extensions/{name}");
+                    Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, message), now).await?;
+                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets });
                 }
                 self.commit(tx).await?;
                 Ok(expired)
@@ -990,6 +1298,32 @@ macro_rules! sql_store {
                     Self::fail_operation(tx, cluster_id, &name, generation, ($crate::lifecycle::failure::AGENT_KEY_CHANGED, message), now).await?;
                     expired.push($crate::model::Expired { cluster_id, name, generation, secrets: true });
                 }
+                // an extension's sealed settings are a JSON column: which recipient they name is read here
+                let sql = concat!(
+                    "SELECT ",
+                    extension_columns!(),
+                    " FROM extensions WHERE cluster_id = $1 AND secrets_expire_at IS NOT NULL"
+                );
+                let holding = sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
+                    .bind(cluster_id)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                for e in holding {
+                    if e.sealed.iter().all(|s| keep.is_some_and(|key| s.recipient == key)) {
+                        continue;
+                    }
+                    sqlx::query::<$db>(
+                        "UPDATE extensions SET sealed = '[]', secrets_expire_at = NULL, generation_expires_at = NULL, \
+                         provisioning_state = 'Failed', failure = $1 WHERE id = $2",
+                    )
+                    .bind(message)
+                    .bind(e.id)
+                    .execute(&mut **tx)
+                    .await?;
+                    let name = format!("extensions/{}", e.name);
+                    Self::fail_operation(tx, cluster_id, &name, e.generation, ($crate::lifecycle::failure::AGENT_KEY_CHANGED, message), now).await?;
+                    expired.push($crate::model::Expired { cluster_id, name, generation: e.generation, secrets: true });
+                }
                 Ok(expired)
             }
 
@@ -1018,6 +1352,30 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// Records `op`, running.
+            async fn start_extension_operation(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                op: &$crate::model::OperationRecord,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query::<$db>(
+                    "INSERT INTO operations (id, resource_key, resource_id, kind, generation, status, start_time, \
+                     end_time, error, reconcile_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&op.id)
+                .bind(&op.resource_key)
+                .bind(&op.resource_id)
+                .bind(&op.kind)
+                .bind(op.generation)
+                .bind(op.status.as_str())
+                .bind(op.start_time)
+                .bind(op.end_time)
+                .bind(op.error.as_ref().map(sqlx::types::Json))
+                .bind(op.reconcile_by)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// Marks the operations still running on the resource as superseded by a newer write.
             async fn supersede_operations(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -1040,6 +1398,6 @@ macro_rules! sql_store {
 }
 
 pub(super) use {
-    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
-    sql_store,
+    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
+    extension_columns, policy_assignment_columns, sql_store,
 };

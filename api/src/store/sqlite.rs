@@ -14,8 +14,8 @@ use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
 use super::sql::{
-    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, policy_assignment_columns,
-    sql_store,
+    bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
+    extension_columns, policy_assignment_columns, sql_store,
 };
 use crate::notify::Notifier;
 
@@ -143,6 +143,7 @@ sql_store!(
             Self::write_secrets(&mut tx, id, secrets).await?;
             // a configuration that did not exist has no running operation: deletes end theirs
             Self::insert_operation(&mut tx, op).await?;
+            Self::ensure_flux_extension(&mut tx, c).await?;
             self.commit(tx).await?;
             Ok(crate::model::Write::Written)
         }
@@ -207,6 +208,25 @@ impl SqliteStore {
             .execute(&mut **tx)
             .await?;
         }
+        Ok(())
+    }
+
+    /// Gives the cluster the Flux extension its first configuration `c` brings, unless it holds one.
+    async fn ensure_flux_extension(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        c: &crate::model::ConfigurationRecord,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query::<sqlx::Sqlite>(ensure_flux_extension!())
+            .bind(c.cluster_id)
+            .bind(sqlx::types::Json(
+                crate::extensions::model::ExtensionSpec::flux_default(),
+            ))
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(sqlx::types::Json(crate::extensions::model::ExtensionObserved::default()))
+            .bind(sqlx::types::Json(&c.system_data))
+            .bind(c.generation_expires_at)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

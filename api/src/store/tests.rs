@@ -601,6 +601,8 @@ fn messages() -> super::ExpiryMessages {
         secrets: "secrets expired".into(),
         pending: "not picked up".into(),
         rotated: "keys changed".into(),
+        extension_secrets: "extension settings expired".into(),
+        extension_pending: "extension not picked up".into(),
     }
 }
 

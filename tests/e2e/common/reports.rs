@@ -66,6 +66,7 @@ pub async fn report_states(agent: &ControlPlane, failing: &[&str], skip: &[&str]
     agent
         .report(&StatusReport {
             agent: Default::default(),
+            extensions: Vec::new(),
             configurations,
         })
         .await
