@@ -421,7 +421,11 @@ async fn revision_case(backend: Backend) {
             .insert_configuration(&record, &SecretsWrite::Keep, &operation("sub/rg/c1/cfg", 1))
             .await
             .unwrap();
-        assert_eq!(revision(store.clone()).await, 1);
+        assert_eq!(
+            revision(store.clone()).await,
+            2,
+            "the first configuration and the Flux extension it brings"
+        );
         let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
         let next = ConfigurationRecord {
             generation: 2,
@@ -432,7 +436,7 @@ async fn revision_case(backend: Backend) {
             .update_configuration(&next, &SecretsWrite::Keep, &stored.etag, &operation("sub/rg/c1/cfg", 2))
             .await
             .unwrap();
-        assert_eq!(revision(store.clone()).await, 2);
+        assert_eq!(revision(store.clone()).await, 3);
         let outcome = store
             .apply_report(
                 c.id,
@@ -449,12 +453,12 @@ async fn revision_case(backend: Backend) {
         assert_eq!(outcome, crate::model::ReportDisposition::Recorded);
         assert_eq!(
             revision(store.clone()).await,
-            2,
+            3,
             "a status report is not a desired-state change"
         );
         store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap();
         let after_delete = store.desired_state(c.id).await.unwrap();
-        assert_eq!((after_delete.revision, after_delete.configurations.len()), (3, 0));
+        assert_eq!((after_delete.revision, after_delete.configurations.len()), (4, 0));
     })
     .await;
 }
@@ -1278,4 +1282,336 @@ async fn both_engines_end_with_the_same_tables_and_columns() {
     let postgres_only: std::collections::BTreeSet<String> = on_postgres.difference(&on_sqlite).cloned().collect();
     assert_eq!(sqlite_only, expected_sqlite_only, "columns only SQLite has");
     assert_eq!(postgres_only, expected_postgres_only, "columns only PostgreSQL has");
+}
+
+fn extension(cluster_id: i64, name: &str) -> crate::model::ExtensionRecord {
+    crate::model::ExtensionRecord {
+        id: 0,
+        cluster_id,
+        name: name.to_owned(),
+        extension_type: "microsoft.flux".to_owned(),
+        spec: crate::extensions::model::ExtensionSpec::flux_default(),
+        generation: 1,
+        etag: uuid::Uuid::new_v4().to_string(),
+        provisioning_state: ProvisioningState::Creating,
+        observed: Default::default(),
+        system_data: SystemData::created("tester", Utc::now()),
+        reported_generation: None,
+        secrets_version: None,
+        sealed: Vec::new(),
+        secrets_expire_at: None,
+        generation_expires_at: None,
+        failure: None,
+    }
+}
+
+fn installed(outcome: crate::lifecycle::OperationState) -> crate::model::ExtensionReportWrite {
+    let state = if outcome == crate::lifecycle::OperationState::Succeeded {
+        ProvisioningState::Succeeded
+    } else {
+        ProvisioningState::Failed
+    };
+    crate::model::ExtensionReportWrite::Status {
+        provisioning_state: state,
+        observed: crate::extensions::model::ExtensionObserved {
+            current_version: Some("0.1.0".into()),
+            ..Default::default()
+        },
+        operation_status: outcome,
+        operation_error: None,
+    }
+}
+
+on_both_backends!(
+    a_cluster_holds_one_extension_of_a_type_and_its_writes_move_the_revision,
+    extension_writes_case
+);
+async fn extension_writes_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let revision = |store: Arc<dyn Store>| async move { store.revision(c.id).await.unwrap().unwrap() };
+        let created = operation("sub/rg/c1/extensions/flux", 1);
+        let flux = extension(c.id, "flux");
+        assert_eq!(store.insert_extension(&flux, &created).await.unwrap(), Write::Written);
+        assert_eq!(
+            revision(store.clone()).await,
+            1,
+            "a new extension is a desired-state change"
+        );
+        let again = operation("sub/rg/c1/extensions/flux", 1);
+        assert_eq!(
+            store.insert_extension(&flux, &again).await.unwrap(),
+            Write::Conflict,
+            "the name is taken"
+        );
+        let other = operation("sub/rg/c1/extensions/gitops", 1);
+        assert_eq!(
+            store
+                .insert_extension(&extension(c.id, "gitops"), &other)
+                .await
+                .unwrap(),
+            Write::Conflict,
+            "a second extension of the type"
+        );
+        assert!(
+            store.get_operation(&other.id).await.unwrap().is_none(),
+            "a refused write starts nothing"
+        );
+        let stored = store.extension_of_type(c.id, "microsoft.flux").await.unwrap().unwrap();
+        assert_eq!(
+            (stored.name.as_str(), stored.spec.release_namespace.as_str()),
+            ("flux", "flux-system")
+        );
+
+        let updated = crate::model::ExtensionRecord {
+            generation: 2,
+            etag: "e2".into(),
+            ..stored.clone()
+        };
+        let update = operation("sub/rg/c1/extensions/flux", 2);
+        assert_eq!(
+            store.update_extension(&updated, "stale", &update).await.unwrap(),
+            Write::Conflict
+        );
+        assert_eq!(
+            store.update_extension(&updated, &stored.etag, &update).await.unwrap(),
+            Write::Written
+        );
+        assert_eq!(revision(store.clone()).await, 2);
+        assert_eq!(
+            store.get_operation(&created.id).await.unwrap().unwrap().status,
+            "Canceled",
+            "the newer write supersedes the running operation"
+        );
+        let listed = store.list_extensions(c.id, &page(None, 10)).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let desired = store.desired_state(c.id).await.unwrap();
+        assert_eq!(desired.extensions.len(), 1, "the agent reads it");
+
+        assert!(
+            store
+                .delete_extension(c.id, "flux", "sub/rg/c1/extensions/flux")
+                .await
+                .unwrap()
+        );
+        assert_eq!(revision(store.clone()).await, 3);
+        assert_eq!(
+            store.get_operation(&update.id).await.unwrap().unwrap().status,
+            "Canceled"
+        );
+        assert!(
+            !store
+                .delete_extension(c.id, "flux", "sub/rg/c1/extensions/flux")
+                .await
+                .unwrap()
+        );
+    })
+    .await;
+}
+
+on_both_backends!(
+    a_first_configuration_brings_the_flux_extension_and_leaves_one_the_cluster_has,
+    extension_brought_case
+);
+async fn extension_brought_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let first = ConfigurationRecord {
+            system_data: SystemData::created("alice", Utc::now()),
+            ..configuration(c.id, "cfg")
+        };
+        store
+            .insert_configuration(&first, &SecretsWrite::Keep, &operation("sub/rg/c1/cfg", 1))
+            .await
+            .unwrap();
+        let brought = store.extension_of_type(c.id, "microsoft.flux").await.unwrap().unwrap();
+        assert_eq!(brought.name, "flux");
+        assert_eq!(brought.provisioning_state, ProvisioningState::Creating);
+        assert_eq!(
+            brought.system_data.created_by, "alice",
+            "created with the configuration"
+        );
+        assert_eq!(brought.spec, crate::extensions::model::ExtensionSpec::flux_default());
+
+        // a cluster whose Flux extension has another name keeps it alone
+        let d = registered(&store, "c2").await;
+        let own = extension(d.id, "gitops");
+        store
+            .insert_extension(&own, &operation("sub/rg/c2/extensions/gitops", 1))
+            .await
+            .unwrap();
+        store
+            .insert_configuration(
+                &configuration(d.id, "cfg"),
+                &SecretsWrite::Keep,
+                &operation("sub/rg/c2/cfg", 1),
+            )
+            .await
+            .unwrap();
+        let kept = store.list_extensions(d.id, &page(None, 10)).await.unwrap();
+        assert_eq!(kept.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["gitops"]);
+        store
+            .insert_configuration(
+                &configuration(c.id, "second"),
+                &SecretsWrite::Keep,
+                &operation("sub/rg/c1/second", 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.list_extensions(c.id, &page(None, 10)).await.unwrap().len(), 1);
+
+        assert!(store.delete_cluster(&c.key).await.unwrap());
+        assert!(
+            store.extension_of_type(c.id, "microsoft.flux").await.unwrap().is_none(),
+            "it goes with its cluster"
+        );
+    })
+    .await;
+}
+
+on_both_backends!(
+    an_extension_report_acknowledges_its_settings_and_ends_its_generations_operation,
+    extension_report_case
+);
+async fn extension_report_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let key = "sub/rg/c1/extensions/flux";
+        let flux = crate::model::ExtensionRecord {
+            secrets_version: Some(1),
+            sealed: vec![sealed(1, SecretsChange::Replace, None, "key")],
+            secrets_expire_at: Some(Utc::now() + chrono::Duration::hours(48)),
+            generation_expires_at: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..extension(c.id, "flux")
+        };
+        let created = operation(key, 1);
+        store.insert_extension(&flux, &created).await.unwrap();
+        let success = installed(crate::lifecycle::OperationState::Succeeded);
+        let stale = store
+            .apply_extension_report(c.id, "flux", 0, key, &success, None, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(stale.disposition, crate::model::ReportDisposition::Stale);
+        assert_eq!(
+            store.get_operation(&created.id).await.unwrap().unwrap().status,
+            "InProgress"
+        );
+
+        let recorded = store
+            .apply_extension_report(c.id, "flux", 1, key, &success, Some(1), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(recorded.disposition, crate::model::ReportDisposition::Recorded);
+        assert!(
+            recorded.written_at.is_some(),
+            "the first report ends the write's operation"
+        );
+        let done = store.get_extension(c.id, "flux").await.unwrap().unwrap();
+        assert_eq!(done.provisioning_state, ProvisioningState::Succeeded);
+        assert_eq!(done.observed.current_version.as_deref(), Some("0.1.0"));
+        assert!(done.sealed.is_empty(), "acknowledged settings are deleted");
+        assert_eq!((done.secrets_expire_at, done.generation_expires_at), (None, None));
+        assert_eq!(done.secrets_version, Some(1), "the cluster still holds version 1");
+        assert_eq!(
+            store.get_operation(&created.id).await.unwrap().unwrap().status,
+            "Succeeded"
+        );
+
+        let removed = crate::model::ExtensionReportWrite::Removed;
+        let early = store
+            .apply_extension_report(c.id, "flux", 1, key, &removed, None, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            early.disposition,
+            crate::model::ReportDisposition::Stale,
+            "only a deletion is removed"
+        );
+        let deleting = crate::model::ExtensionRecord {
+            generation: 2,
+            etag: "e2".into(),
+            provisioning_state: ProvisioningState::Deleting,
+            ..done.clone()
+        };
+        let deletion = operation(key, 2);
+        store.update_extension(&deleting, &done.etag, &deletion).await.unwrap();
+        let gone = store
+            .apply_extension_report(c.id, "flux", 2, key, &removed, None, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(gone.disposition, crate::model::ReportDisposition::Recorded);
+        assert!(store.get_extension(c.id, "flux").await.unwrap().is_none());
+        assert_eq!(
+            store.get_operation(&deletion.id).await.unwrap().unwrap().status,
+            "Succeeded"
+        );
+        let unknown = store
+            .apply_extension_report(c.id, "flux", 2, key, &removed, None, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(unknown.disposition, crate::model::ReportDisposition::Unknown);
+    })
+    .await;
+}
+
+on_both_backends!(
+    an_extensions_undelivered_settings_expire_and_fail_when_the_agents_key_changes,
+    extension_expiry_case
+);
+async fn extension_expiry_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        let flux = crate::model::ExtensionRecord {
+            secrets_version: Some(1),
+            sealed: vec![sealed(1, SecretsChange::Replace, None, "key")],
+            secrets_expire_at: Some(past),
+            ..extension(c.id, "flux")
+        };
+        let created = operation("sub/rg/c1/extensions/flux", 1);
+        store.insert_extension(&flux, &created).await.unwrap();
+        let expired = store.expire(Utc::now(), &messages()).await.unwrap();
+        let summary: Vec<_> = expired.iter().map(|e| (e.name.as_str(), e.secrets)).collect();
+        assert_eq!(summary, [("extensions/flux", true)]);
+        let failed = store.get_extension(c.id, "flux").await.unwrap().unwrap();
+        assert_eq!(failed.provisioning_state, ProvisioningState::Failed);
+        assert!(failed.sealed.is_empty(), "no secret outlives its time");
+        assert_eq!(failed.failure.as_deref(), Some("extension settings expired"));
+        let ended = store.get_operation(&created.id).await.unwrap().unwrap();
+        assert_eq!(ended.status, "Failed");
+        assert!(store.expire(Utc::now(), &messages()).await.unwrap().is_empty());
+
+        let d = registered(&store, "c2").await;
+        let sealed_to_old = crate::model::ExtensionRecord {
+            secrets_version: Some(1),
+            sealed: vec![sealed(1, SecretsChange::Replace, None, "old")],
+            secrets_expire_at: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..extension(d.id, "flux")
+        };
+        store
+            .insert_extension(&sealed_to_old, &operation("sub/rg/c2/extensions/flux", 1))
+            .await
+            .unwrap();
+        let failed = store
+            .set_agent_encryption_key(d.id, "new", "keys changed")
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1);
+        let rotated = store.get_extension(d.id, "flux").await.unwrap().unwrap();
+        assert!(rotated.sealed.is_empty());
+        assert_eq!(rotated.failure.as_deref(), Some("keys changed"));
+        assert!(
+            store
+                .set_agent_encryption_key(d.id, "new", "keys changed")
+                .await
+                .unwrap()
+                .is_empty(),
+            "the same key again changes nothing"
+        );
+    })
+    .await;
 }
