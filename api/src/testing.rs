@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{self, Role, RoleAssignment};
 use crate::clusters::service::Clusters;
 use crate::config::{LogFormat, ServeConfig};
+use crate::extensions::service::Extensions;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
 use crate::flux::service::Configurations;
@@ -321,6 +322,7 @@ where
 pub struct Services {
     pub clusters: Clusters,
     pub configurations: Configurations,
+    pub extensions: Extensions,
     pub groups: Groups,
     pub assignments: Assignments,
 }
@@ -335,6 +337,7 @@ impl Services {
         Self {
             clusters: Clusters::new(store.clone(), turns.clone(), lifetimes, Arc::new(lifetimes.messages())),
             configurations: Configurations::new(store.clone(), turns.clone(), lifetimes, Duration::from_secs(300)),
+            extensions: Extensions::new(store.clone(), turns.clone(), lifetimes),
             groups: Groups::new(store.clone(), turns.clone(), lifetimes),
             assignments: Assignments::new(store, turns, lifetimes, Arc::default()),
         }

@@ -423,3 +423,357 @@ fn being_deleted(target: &Target) -> ApiError {
         target.name.as_str()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::arm::ApiVersion;
+    use crate::arm::ids::{ClusterPath, ClusterRef, ConfigurationName};
+    use crate::clusters::service::ClusterDraft;
+    use crate::flux::secrets::SecretFields;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    fn scope() -> ClusterScope {
+        ClusterScope::parse(&ClusterPath {
+            subscription_id: "sub".into(),
+            resource_group_name: "rg".into(),
+            cluster_rp: "Microsoft.Kubernetes".into(),
+            cluster_resource_name: "connectedClusters".into(),
+            cluster_name: "c1".into(),
+        })
+        .unwrap()
+    }
+
+    async fn registered(services: &Services, store: &Arc<dyn Store>) -> ClusterRecord {
+        let draft = ClusterDraft::new(
+            "westeurope".into(),
+            BTreeMap::new(),
+            serde_json::from_value(json!({"properties": {"agentPublicKeyCertificate": "a2V5"}})).unwrap(),
+        )
+        .unwrap();
+        let cluster = ClusterRef::parse("sub", "rg", "c1").unwrap();
+        services
+            .clusters
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                ApiVersion::newest(),
+            )
+            .await
+            .unwrap();
+        store.get_cluster("sub/rg/c1").await.unwrap().unwrap()
+    }
+
+    async fn target(services: &Services, name: &str) -> Target {
+        let name = ExtensionName::parse(name).unwrap();
+        services.extensions.target(scope(), name).await.unwrap()
+    }
+
+    fn flux(properties: serde_json::Value) -> Draft {
+        Draft {
+            properties: serde_json::from_value(properties).unwrap(),
+            ..Draft::default()
+        }
+    }
+
+    fn config_spec() -> fluxplane_agent_protocol::flux::FluxConfigurationSpec {
+        serde_json::from_value(json!({
+            "sourceKind": "GitRepository",
+            "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": "main"}},
+            "kustomizations": {"apps": {"path": "./apps"}}
+        }))
+        .unwrap()
+    }
+
+    on_both_backends!(
+        each_extension_write_is_a_generation_and_a_second_flux_extension_is_refused,
+        writes_case
+    );
+    async fn writes_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            registered(&services, &store).await;
+            let any = Preconditions::default();
+            let flux_target = target(&services, "flux").await;
+
+            let other = services
+                .extensions
+                .put(
+                    "alice",
+                    &flux_target,
+                    &flux(json!({"extensionType": "microsoft.dapr"})),
+                    &any,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(other.status(), axum::http::StatusCode::BAD_REQUEST);
+            assert!(
+                store
+                    .get_extension(flux_target.cluster.id, "flux")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+
+            let created = services
+                .extensions
+                .put(
+                    "alice",
+                    &flux_target,
+                    &flux(json!({"extensionType": "Microsoft.Flux"})),
+                    &any,
+                )
+                .await
+                .unwrap();
+            assert!(created.created);
+            assert_eq!(created.record.generation, 1);
+            assert_eq!(created.record.extension_type, "microsoft.flux");
+            assert_eq!(created.record.provisioning_state, ProvisioningState::Creating);
+            let operation = store.get_operation(&created.operation.id).await.unwrap().unwrap();
+            assert_eq!(
+                (operation.kind.as_str(), operation.status),
+                ("Create", OperationState::InProgress)
+            );
+            assert_eq!(operation.resource_key, "sub/rg/c1/extensions/flux");
+
+            let second = target(&services, "gitops").await;
+            let refused = services
+                .extensions
+                .put("bob", &second, &flux(json!({"extensionType": "microsoft.flux"})), &any)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), "Conflict");
+            assert!(refused.to_string().contains("'flux'"), "{refused}");
+
+            let changes = json!({"configurationSettings": {"multiTenancy.enforce": "false"}});
+            let patched = services
+                .extensions
+                .patch("carol", &flux_target, &changes, &Draft::default(), &any)
+                .await
+                .unwrap();
+            assert_eq!(patched.record.generation, 2);
+            assert_eq!(patched.record.provisioning_state, ProvisioningState::Updating);
+            assert_eq!(
+                patched.record.spec.configuration_settings["multiTenancy.enforce"],
+                "false"
+            );
+            assert_eq!(
+                patched.record.spec.release_namespace, "flux-system",
+                "a patch keeps the rest"
+            );
+            let removed = json!({"configurationSettings": {"multiTenancy.enforce": null}});
+            let patched = services
+                .extensions
+                .patch("carol", &flux_target, &removed, &Draft::default(), &any)
+                .await
+                .unwrap();
+            assert!(
+                patched.record.spec.configuration_settings.is_empty(),
+                "null removes a setting"
+            );
+
+            let Deletion::Started(deletion) = services
+                .extensions
+                .delete("dave", &flux_target, false, &any)
+                .await
+                .unwrap()
+            else {
+                panic!("a deletion without force waits for the agent");
+            };
+            assert_eq!(deletion.generation, 4);
+            let deleting = store
+                .get_extension(flux_target.cluster.id, "flux")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(deleting.provisioning_state, ProvisioningState::Deleting);
+            let busy = services
+                .extensions
+                .patch("erin", &flux_target, &changes, &Draft::default(), &any)
+                .await
+                .unwrap_err();
+            assert_eq!(busy.code(), "Conflict");
+            let forced = services
+                .extensions
+                .delete("dave", &flux_target, true, &any)
+                .await
+                .unwrap();
+            assert!(matches!(forced, Deletion::Deleted), "{forced:?}");
+            let again = services
+                .extensions
+                .delete("dave", &flux_target, true, &any)
+                .await
+                .unwrap();
+            assert!(matches!(again, Deletion::Missing), "{again:?}");
+        })
+        .await;
+    }
+
+    on_both_backends!(
+        configurations_bring_the_flux_extension_and_wait_while_it_is_deleted_or_gone,
+        gate_case
+    );
+    async fn gate_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let cluster = registered(&services, &store).await;
+            let any = Preconditions::default();
+            let put_config = |name: &'static str| {
+                let services = &services;
+                let any = &any;
+                async move {
+                    let name = ConfigurationName::parse(name).unwrap();
+                    let target = services.configurations.target(scope(), name).await.unwrap();
+                    services
+                        .configurations
+                        .put(
+                            "alice",
+                            &target,
+                            &config_spec(),
+                            &SecretFields::default(),
+                            any,
+                            ApiVersion::newest(),
+                        )
+                        .await
+                }
+            };
+            put_config("first").await.unwrap();
+            let brought = store
+                .extension_of_type(cluster.id, "microsoft.flux")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(brought.name, "flux", "named as Azure names the one it installs");
+            assert_eq!(brought.system_data.created_by, "alice");
+
+            let flux_target = target(&services, "flux").await;
+            services
+                .extensions
+                .delete("bob", &flux_target, false, &any)
+                .await
+                .unwrap();
+            let refused = put_config("second").await.unwrap_err();
+            assert_eq!(refused.code(), "Conflict");
+            assert!(refused.to_string().contains("is being deleted"), "{refused}");
+            assert!(store.get_configuration(cluster.id, "second").await.unwrap().is_none());
+
+            services
+                .extensions
+                .delete("bob", &flux_target, true, &any)
+                .await
+                .unwrap();
+            let refused = put_config("first").await.unwrap_err();
+            assert!(refused.to_string().contains("is not installed"), "{refused}");
+            assert!(
+                store.get_configuration(cluster.id, "first").await.unwrap().is_some(),
+                "deleting the extension leaves the configurations"
+            );
+
+            services
+                .extensions
+                .put(
+                    "bob",
+                    &flux_target,
+                    &flux(json!({"extensionType": "microsoft.flux"})),
+                    &any,
+                )
+                .await
+                .unwrap();
+            put_config("second").await.unwrap();
+        })
+        .await;
+    }
+
+    on_both_backends!(
+        protected_settings_are_sealed_to_the_agent_and_replaced_as_a_whole,
+        protected_case
+    );
+    async fn protected_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let cluster = registered(&services, &store).await;
+            let any = Preconditions::default();
+            let flux_target = target(&services, "flux").await;
+            let secret = Draft {
+                protected: Some(BTreeMap::from([("token".to_owned(), "s3cr3t".to_owned())])),
+                ..flux(json!({"extensionType": "microsoft.flux"}))
+            };
+            let refused = services
+                .extensions
+                .put("alice", &flux_target, &secret, &any)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), "AgentEncryptionKeyMissing");
+            assert!(store.get_extension(cluster.id, "flux").await.unwrap().is_none());
+
+            let key = fluxplane_agent_protocol::sealing::EncryptionKey::generate();
+            store
+                .set_agent_encryption_key(cluster.id, &key.public_base64(), "keys changed")
+                .await
+                .unwrap();
+            let flux_target = target(&services, "flux").await;
+            let written = services
+                .extensions
+                .put("alice", &flux_target, &secret, &any)
+                .await
+                .unwrap();
+            let stored = store.get_extension(cluster.id, "flux").await.unwrap().unwrap();
+            assert_eq!(stored.secrets_version, Some(1));
+            assert_eq!(stored.sealed.len(), 1);
+            assert!(
+                stored.secrets_expire_at.is_some(),
+                "sealed settings live 48 hours at most"
+            );
+            let stored_text = format!("{:?}", stored.sealed);
+            assert!(!stored_text.contains("s3cr3t"), "only the agent can read them");
+            let opened = key
+                .open(&flux_target.scope.cluster.id(), "extensions/flux", &stored.sealed[0])
+                .unwrap();
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&opened).unwrap(),
+                json!({"configurationProtectedSettings": {"token": "s3cr3t"}})
+            );
+            assert_eq!(written.record.sealed.len(), 1);
+
+            let untouched = services
+                .extensions
+                .patch(
+                    "bob",
+                    &flux_target,
+                    &json!({"releaseTrain": "Preview"}),
+                    &Draft::default(),
+                    &any,
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                untouched.record.secrets_version,
+                Some(1),
+                "a patch without them keeps them"
+            );
+            let cleared = services
+                .extensions
+                .put(
+                    "bob",
+                    &flux_target,
+                    &flux(json!({"extensionType": "microsoft.flux"})),
+                    &any,
+                )
+                .await
+                .unwrap();
+            assert_eq!(cleared.record.secrets_version, None, "a PUT without them has none");
+            assert!(cleared.record.sealed.is_empty());
+        })
+        .await;
+    }
+}
