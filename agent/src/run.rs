@@ -140,6 +140,8 @@ pub struct Agent {
     extensions: HashMap<String, HeldExtension>,
     /// Extension reports not yet accepted, by extension.
     pending_extensions: BTreeMap<String, ExtensionReport>,
+    /// The generation of each extension whose settings failed to open, reported once.
+    failed_extensions: HashMap<String, i64>,
 }
 
 impl Agent {
@@ -171,6 +173,7 @@ impl Agent {
             pending: BTreeMap::new(),
             extensions: HashMap::new(),
             pending_extensions: BTreeMap::new(),
+            failed_extensions: HashMap::new(),
         })
     }
 
@@ -389,7 +392,8 @@ impl Agent {
             let new_generation = held.is_none_or(|h| h.generation != extension.generation);
             let undelivered = !extension.sealed_secrets.is_empty()
                 && held.is_none_or(|h| h.secrets_version != extension.secrets_version);
-            if !new_generation && !undelivered {
+            let failed_before = self.failed_extensions.get(&name) == Some(&extension.generation);
+            if (!new_generation && !undelivered) || failed_before {
                 continue;
             }
             let kept = held.and_then(|h| h.protected.clone());
@@ -408,6 +412,7 @@ impl Agent {
             };
             let queued = match opened {
                 Ok(protected) => {
+                    self.failed_extensions.remove(&name);
                     let secrets_version = protected.as_ref().map(|p| p.version);
                     tracing::info!(extension = %name, generation = extension.generation, "extension installed");
                     self.extensions.insert(
@@ -423,6 +428,7 @@ impl Agent {
                 }
                 Err(message) => {
                     tracing::warn!(extension = %name, error = %message, "installing the extension failed");
+                    self.failed_extensions.insert(name.clone(), extension.generation);
                     report(ApplyOutcome::Failed, Some(message), None)
                 }
             };
@@ -432,6 +438,7 @@ impl Agent {
         // deleted at once (forceDelete): nothing to report
         self.extensions.retain(|name, _| wanted.contains(name.as_str()));
         self.pending_extensions.retain(|name, _| wanted.contains(name.as_str()));
+        self.failed_extensions.retain(|name, _| wanted.contains(name.as_str()));
     }
 
     /// Writes the configuration with the secret set it should have; answers that set's version, or why it failed.
@@ -590,6 +597,126 @@ mod tests {
         agent.reconcile(&desired).await;
         assert_eq!(target.writes.load(Ordering::SeqCst), 2, "then the write is tried again");
         assert_eq!(agent.pending["cfg"].outcome, ApplyOutcome::Applied);
+    }
+
+    fn flux_extension(generation: i64) -> DesiredExtension {
+        DesiredExtension {
+            name: "flux".into(),
+            generation,
+            extension_type: "microsoft.flux".into(),
+            auto_upgrade_minor_version: true,
+            release_train: "Stable".into(),
+            release_namespace: "flux-system".into(),
+            configuration_settings: [("multiTenancy.enforce".to_owned(), "false".to_owned())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_extension_is_recorded_with_its_opened_settings_and_reported_once_per_generation() {
+        let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
+        let identity = Identity::generate("http://127.0.0.1:9", cluster).unwrap().identity;
+        let mut agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(Flaky::default()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let recipient = agent.control_plane.encryption_key().public_base64();
+        let envelope = fluxplane_agent_protocol::sealing::Envelope {
+            cluster_id: cluster,
+            configuration: "extensions/flux",
+            version: 1,
+            change: fluxplane_agent_protocol::agent::SecretsChange::Replace,
+            base_version: None,
+        };
+        let plaintext = br#"{"configurationProtectedSettings": {"token": "s3cr3t"}}"#;
+        let sealed = fluxplane_agent_protocol::sealing::seal(&recipient, envelope, plaintext).unwrap();
+        let mut desired = DesiredState {
+            cluster_id: cluster.into(),
+            revision: 1,
+            extensions: vec![DesiredExtension {
+                secrets_version: Some(1),
+                sealed_secrets: vec![sealed],
+                ..flux_extension(1)
+            }],
+            ..Default::default()
+        };
+        agent.reconcile_extensions(&desired);
+        let report = agent.pending_extensions["flux"].clone();
+        assert_eq!((report.outcome, report.generation), (ApplyOutcome::Applied, 1));
+        assert_eq!(report.secrets_version, Some(1), "acknowledges the settings it opened");
+        assert_eq!(report.current_version, Options::default().info.agent_version);
+        let held = agent.extension("flux").unwrap();
+        assert_eq!(held.settings.configuration_settings["multiTenancy.enforce"], "false");
+        let protected = held.protected.as_ref().unwrap();
+        assert_eq!(protected.settings["configurationProtectedSettings"]["token"], "s3cr3t");
+
+        agent.pending_extensions.clear();
+        agent.reconcile_extensions(&desired);
+        assert!(agent.pending_extensions.is_empty(), "a generation is reported once");
+
+        // the control plane deleted its copy once acknowledged: the agent keeps its own
+        desired.extensions[0].sealed_secrets.clear();
+        desired.extensions[0].generation = 2;
+        agent.reconcile_extensions(&desired);
+        assert_eq!(agent.pending_extensions["flux"].secrets_version, Some(1));
+        assert!(agent.extension("flux").unwrap().protected.is_some());
+
+        desired.extensions[0].deleting = true;
+        desired.extensions[0].generation = 3;
+        agent.reconcile_extensions(&desired);
+        assert_eq!(agent.pending_extensions["flux"].outcome, ApplyOutcome::Removed);
+        assert!(agent.extension("flux").is_none());
+    }
+
+    #[tokio::test]
+    async fn settings_sealed_to_another_key_fail_the_extension_and_are_not_acknowledged() {
+        let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
+        let identity = Identity::generate("http://127.0.0.1:9", cluster).unwrap().identity;
+        let mut agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(Flaky::default()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let other = fluxplane_agent_protocol::sealing::EncryptionKey::generate();
+        let envelope = fluxplane_agent_protocol::sealing::Envelope {
+            cluster_id: cluster,
+            configuration: "extensions/flux",
+            version: 1,
+            change: fluxplane_agent_protocol::agent::SecretsChange::Replace,
+            base_version: None,
+        };
+        let sealed = fluxplane_agent_protocol::sealing::seal(&other.public_base64(), envelope, b"{}").unwrap();
+        let desired = DesiredState {
+            extensions: vec![DesiredExtension {
+                secrets_version: Some(1),
+                sealed_secrets: vec![sealed],
+                ..flux_extension(1)
+            }],
+            ..Default::default()
+        };
+        agent.reconcile_extensions(&desired);
+        let report = &agent.pending_extensions["flux"];
+        assert_eq!(report.outcome, ApplyOutcome::Failed);
+        assert_eq!(report.secrets_version, None);
+        assert!(
+            report
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("cannot be opened")
+        );
+        assert!(agent.extension("flux").is_none());
+        agent.pending_extensions.clear();
+        agent.reconcile_extensions(&desired);
+        assert!(
+            agent.pending_extensions.is_empty(),
+            "the failure is reported once per generation"
+        );
     }
 
     #[test]
