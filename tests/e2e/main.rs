@@ -15,6 +15,7 @@ mod compliance_summary;
 mod dashboards;
 mod errors;
 mod expiry;
+mod extensions;
 mod flux_configurations;
 mod hostile;
 mod policy_assignments;
