@@ -135,7 +135,7 @@ pub enum ExtensionReportWrite {
     /// Installed, or not: the extension's state and its operation's end.
     Status {
         provisioning_state: ProvisioningState,
-        observed: ExtensionObserved,
+        observed: Box<ExtensionObserved>,
         operation_status: OperationState,
         operation_error: Option<ErrorDetail>,
     },

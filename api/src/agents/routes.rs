@@ -289,11 +289,11 @@ fn extension_write(entry: &ExtensionReport, now: DateTime<Utc>) -> ExtensionRepo
         lifecycle::extension_reported(entry.outcome, entry.message.as_deref());
     ExtensionReportWrite::Status {
         provisioning_state,
-        observed: ExtensionObserved {
+        observed: Box::new(ExtensionObserved {
             current_version: entry.current_version.clone(),
             error: operation_error.clone(),
             status_updated_at: Some(now),
-        },
+        }),
         operation_status,
         operation_error,
     }

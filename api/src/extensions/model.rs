@@ -282,7 +282,7 @@ pub fn protected_settings(value: serde_json::Value) -> ApiResult<BTreeMap<String
             serde_json::Value::String(text) => {
                 settings.insert(key, text);
             }
-            _ => p.add(&format!("{target}.{}", truncated(&key)), "values are strings"),
+            _ => p.add(format!("{target}.{}", truncated(&key)), "values are strings"),
         }
     }
     settings_valid(&mut p, "configurationProtectedSettings", settings.iter());
@@ -297,7 +297,7 @@ fn settings_valid<'a>(
 ) {
     if settings.len() > MAX_SETTINGS {
         p.add(
-            &format!("properties.{field}"),
+            format!("properties.{field}"),
             format!("holds {} settings; at most {MAX_SETTINGS} are allowed", settings.len()),
         );
         return;

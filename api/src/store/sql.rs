@@ -610,7 +610,7 @@ macro_rules! sql_store {
                                  reported_generation = $3, generation_expires_at = NULL WHERE id = $4",
                             )
                             .bind(provisioning_state.as_str())
-                            .bind(sqlx::types::Json(observed))
+                            .bind(sqlx::types::Json(observed.as_ref()))
                             .bind(generation)
                             .bind(current.id)
                             .execute(&mut *tx)

@@ -1313,10 +1313,10 @@ fn installed(outcome: crate::lifecycle::OperationState) -> crate::model::Extensi
     };
     crate::model::ExtensionReportWrite::Status {
         provisioning_state: state,
-        observed: crate::extensions::model::ExtensionObserved {
+        observed: Box::new(crate::extensions::model::ExtensionObserved {
             current_version: Some("0.1.0".into()),
             ..Default::default()
-        },
+        }),
         operation_status: outcome,
         operation_error: None,
     }
