@@ -320,8 +320,9 @@ mod tests {
         let examples = readme_examples();
         assert_eq!(
             examples.len(),
-            7,
-            "claims, desired state, report, answer, encryption key, sealed secrets, acknowledgement"
+            9,
+            "claims, desired state, report, answer, encryption key, sealed secrets, acknowledgement, extension, \
+             extension report"
         );
         let claims: AgentClaims = serde_json::from_value(examples[0].clone()).unwrap();
         assert_eq!(claims.aud, AGENT_AUDIENCE);
@@ -341,6 +342,13 @@ mod tests {
         assert!(sealed.sealed_secrets.iter().all(|s| s.recipient == key.public_key));
         let acknowledgement: StatusReport = serde_json::from_value(examples[6].clone()).unwrap();
         assert_eq!(acknowledgement.configurations[0].secrets_version, Some(4));
+        let extension: DesiredExtension = serde_json::from_value(examples[7].clone()).unwrap();
+        assert_eq!(extension.secrets_version, Some(2));
+        assert_eq!(extension.sealed_secrets[0].change, SecretsChange::Replace);
+        let installed: StatusReport = serde_json::from_value(examples[8].clone()).unwrap();
+        assert!(installed.configurations.is_empty());
+        assert_eq!(installed.extensions[0].outcome, ApplyOutcome::Applied);
+        assert_eq!(installed.extensions[0].secrets_version, Some(2));
     }
 
     #[test]
@@ -351,5 +359,14 @@ mod tests {
         let report: StatusReport = serde_json::from_value(minimal).unwrap();
         assert_eq!(report.agent, AgentInfo::default());
         assert!(report.configurations[0].statuses.is_empty());
+        assert!(report.extensions.is_empty());
+        let desired: DesiredState =
+            serde_json::from_value(serde_json::json!({"clusterId": "c", "revision": 1, "configurations": []})).unwrap();
+        assert!(
+            desired.extensions.is_empty(),
+            "a server without extensions leaves them out"
+        );
+        let accepted: StatusAccepted = serde_json::from_value(serde_json::json!({"results": []})).unwrap();
+        assert!(accepted.extensions.is_empty());
     }
 }
