@@ -19,8 +19,7 @@ use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use fluxplane_agent_protocol::agent::{DESIRED_STATE_PATH, MAX_WAIT_SECONDS};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
@@ -31,6 +30,9 @@ const RESERVED_FILES: u64 = 512;
 
 /// Refused connections being answered at once; past it, a refused connection is closed without an answer.
 pub const MAX_REFUSING: usize = 256;
+
+/// Longest time a refused connection is answered for (and, over TLS, has for its handshake before that).
+pub const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
 /// The connections of one server.
 pub struct Connections {
@@ -284,8 +286,9 @@ impl HttpBody for Guarded {
 
 /// Answers a connection refused at the cap: reads its request's head (an answer before the request confuses
 /// HTTP clients), answers 503 with `Retry-After`, and closes, reading what else the client sent meanwhile so that
-/// closing does not reset the connection before the answer is read. Two seconds at most in all.
-pub async fn refuse(mut stream: TcpStream, max: usize) {
+/// closing does not reset the connection before the answer is read. [`REFUSAL_TIME`] at most in all. Over TLS,
+/// `stream` is the connection once handshaken.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, max: usize) {
     let body = format!(
         r#"{{"error":{{"code":"ServerBusy","message":"the server holds its limit of {max} connections, each inside a request; retry shortly"}}}}"#
     );
@@ -309,7 +312,7 @@ pub async fn refuse(mut stream: TcpStream, max: usize) {
         while stream.read(&mut buffer).await? > 0 {}
         std::io::Result::Ok(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
+    let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
 }
 
 #[cfg(test)]
