@@ -312,8 +312,17 @@ pub async fn serve(
         // bounded, since until it ends the connection holds a place without a request
         let (tls, http, watcher, mut stopped) = (tls.clone(), http.clone(), graceful.watcher(), stopped.clone());
         tokio::spawn(async move {
+            let handshake = async {
+                // a TLS connection opens with a handshake record (22); a letter is a plain HTTP request's method
+                let mut first = [0u8; 1];
+                if matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic()) {
+                    connections::require_tls(stream).await;
+                    return Err(std::io::Error::other("a plain HTTP request, answered 400"));
+                }
+                tls.accept(stream).await
+            };
             let stream = tokio::select! {
-                handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream)) => match handshake {
+                handshake = tokio::time::timeout(handshake_timeout, handshake) => match handshake {
                     Ok(Ok(stream)) => stream,
                     // a client that does not trust the certificate, a port scanner, plain HTTP: the client's problem
                     Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),
