@@ -386,3 +386,59 @@ async fn an_agent_registers_and_polls_over_https_trusting_its_ca_file() {
     let _ = agent.wait();
     server.terminate();
 }
+
+#[tokio::test]
+async fn over_tls_a_connection_stuck_in_its_handshake_makes_room_at_the_cap_and_a_busy_server_still_answers_503() {
+    use tokio::io::AsyncReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new();
+    let files = Files::write(dir.path(), &authority, &authority.server());
+    let (cert, key) = (files.cert.clone(), files.key.clone());
+    let Some(server) = fluxplane_api::testing::TestServer::start_with(fluxplane_api::testing::Backend::Sqlite, |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.max_connections = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let token = server.owner_token();
+    // a connection that never begins its handshake holds a place while it waits
+    let mut silent = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // two live streams, each inside a request on a connection of its own: the second takes the silent one's place
+    let events = format!(
+        "{}/subscriptions/s/providers/Fluxplane.Fleet/events?api-version=2026-01-01",
+        server.base
+    );
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let stream = https_client(&files.ca)
+            .get(&events)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        streams.push(stream);
+    }
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte))
+        .await
+        .expect("the connection stuck in its handshake is closed to make room");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // every place is inside a request: a new connection is refused, over TLS, with a 503 that says why
+    let refused = https_client(&files.ca)
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ServerBusy", "{body}");
+    drop(streams);
+    drop(server);
+}
