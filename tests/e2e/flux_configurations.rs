@@ -53,6 +53,7 @@ async fn round_trip_case(backend: Backend) {
         cluster_id: cluster.clone(),
         tags: Default::default(),
         location: Some("westeurope".into()),
+        trust: Default::default(),
     };
     register(&registration, &dir.path().join("agent.json")).await.unwrap();
     for (i, (file, body)) in azure_examples().into_iter().enumerate() {

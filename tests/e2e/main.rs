@@ -20,4 +20,5 @@ mod hostile;
 mod policy_assignments;
 mod resource_manager;
 mod secrets;
+mod tls;
 mod ui;
