@@ -1,11 +1,13 @@
 //! `fluxplane dev`: everything on one machine for trying fluxplane out. Beside the control plane on the embedded
 //! store it makes a small demo Git repository (served over HTTP on an address of its own, the same on every start:
 //! `--git-listen`), registers a few local agents with `dir` targets in the data directory, and gives each cluster a
-//! demo configuration, so that a newcomer sees configurations turn Compliant within seconds. The agents log to
-//! `<data-dir>/logs/agents.log`; the banner with the token comes last, once the demo has settled.
+//! demo configuration, so that a newcomer sees configurations turn Compliant within seconds. It serves HTTPS with a
+//! certificate from a CA of its own (`local_ca`; `--plain-http` for HTTP), which the banner names and its agents
+//! trust. The agents log to `<data-dir>/logs/agents.log`; the banner with the token comes last, once the demo has
+//! settled.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use fluxplane_agent::identity::Identity;
 use fluxplane_agent::register::{Registration, register};
 use fluxplane_agent::run::{Agent, Options};
 use fluxplane_agent::targets::dir::DirTarget;
+use fluxplane_agent::tls::Trust;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::ServeConfig;
 use fluxplane_api::config::SignIn;
@@ -114,6 +117,10 @@ pub struct Demo {
     pub agents: usize,
     /// The demo Git repository's HTTP address.
     pub git_listen: SocketAddr,
+    /// The CA file of dev's own certificate authority, when it serves HTTPS with it.
+    pub ca: Option<PathBuf>,
+    /// What the demo's clients (its setup, the agents) trust: dev's CA when it serves HTTPS with it.
+    pub trust: Trust,
 }
 
 /// The file the local agents log to.
@@ -127,7 +134,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sets up the demo against the control plane listening on `address`, then prints how to use it: last, so that
 /// the token stays on screen.
 pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
-    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
+    let scheme = if config.serves_tls() { "https" } else { "http" };
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{address}"));
     let token = match owner_token(&config) {
         Ok(token) => token,
         Err(err) => {
@@ -158,6 +169,19 @@ pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
         format!("  UI:    {url}/ (signed in as the owner)"),
         format!("  Docs:  {url}/docs"),
     ];
+    let cacert = match &options.ca {
+        Some(ca) => {
+            let ca = ca.display();
+            banner.push(format!(
+                "  TLS:   the API's certificate is signed by dev's own CA, {ca}, kept across restarts: trust it once"
+            ));
+            banner.push(format!(
+                "         (curl --cacert {ca}; Python, az: REQUESTS_CA_BUNDLE; Node: NODE_EXTRA_CA_CERTS; or a browser)"
+            ));
+            format!(" --cacert {ca}")
+        }
+        None => String::new(),
+    };
     match demo {
         Ok(Some((repository, compliant))) => {
             banner.push(format!(
@@ -175,7 +199,7 @@ pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
     banner.push("  Owner token (every subscription, valid 24 hours):".to_owned());
     banner.push(format!("  export TOKEN={token}"));
     banner.push(format!(
-        "  Try:   curl -s -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
+        "  Try:   curl -s{cacert} -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
     ));
     banner.push("  Stop with Ctrl-C.".to_owned());
     // one write, so that no log line lands inside the banner
@@ -232,12 +256,12 @@ async fn demo(config: &ServeConfig, url: &str, token: &str, options: &Demo) -> a
         "{}/fleet.git",
         serve_files(&root.join("served"), options.git_listen).await?
     );
-    let http = reqwest::Client::new();
+    let http = fluxplane_agent::tls::http_client_trusting(&options.trust).build()?;
     let mut configurations = Vec::with_capacity(options.agents);
     for index in 1..=options.agents {
         let cluster = cluster_id(index);
         let span = tracing::info_span!(crate::logging::AGENT_SPAN, cluster = %format!("dev-{index}"));
-        let agent = start_agent(config, url, token, index, &cluster)
+        let agent = start_agent(config, url, token, index, &cluster, &options.trust)
             .instrument(span.clone())
             .await?;
         tokio::spawn(agent.run(server::shutdown_signal()).instrument(span));
@@ -272,6 +296,7 @@ async fn start_agent(
     token: &str,
     index: usize,
     cluster: &str,
+    trust: &Trust,
 ) -> anyhow::Result<Agent> {
     let identity_path = config.data_dir.join("agents").join(format!("dev-{index}.json"));
     let identity = match Identity::load(&identity_path) {
@@ -291,6 +316,7 @@ async fn start_agent(
                 ]
                 .into(),
                 location: Some("local".to_owned()),
+                trust: trust.clone(),
             };
             register(&registration, &identity_path).await?
         }
@@ -300,7 +326,7 @@ async fn start_agent(
         poll_wait: Duration::from_secs(30),
         ..Default::default()
     };
-    Agent::new(ControlPlane::new(identity)?, Box::new(target), options).await
+    Agent::new(ControlPlane::trusting(identity, trust)?, Box::new(target), options).await
 }
 
 /// Waits until the agents have answered on every configuration written (its provisioning state left `Creating` and

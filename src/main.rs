@@ -1,6 +1,7 @@
 //! `fluxplane`: the one binary, with a subcommand per role. Each subcommand is a thin shell around the libraries.
 
 mod dev;
+mod local_ca;
 mod logging;
 
 /// jemalloc rather than glibc's allocator: with 10,000 agents long-polling, glibc's arenas kept about 31 KiB
@@ -22,6 +23,7 @@ use fluxplane_agent::run;
 use fluxplane_agent::targets::Target;
 use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_agent::targets::kube::KubeTarget;
+use fluxplane_agent::tls::Trust;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::{LogFormat, ServeConfig};
 use fluxplane_api::{keys, openapi, server};
@@ -76,6 +78,9 @@ struct DevArgs {
     /// subscription to whoever loads it (`dev` refuses such an address without this flag).
     #[arg(long)]
     allow_remote: bool,
+    /// Serve plain HTTP rather than HTTPS with a certificate from dev's own CA (`<data-dir>/tls/ca.pem`).
+    #[arg(long, env = "FLUXPLANE_DEV_PLAIN_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
+    plain_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +112,23 @@ struct RegisterArgs {
     /// Where to write the identity (mode 0600).
     #[arg(long, env = "FLUXPLANE_AGENT_IDENTITY")]
     identity: PathBuf,
+    #[command(flatten)]
+    ca: CaFile,
+}
+
+/// The CA the control plane's certificate comes from, when the platform's roots do not know it.
+#[derive(Debug, Args)]
+struct CaFile {
+    /// CA certificates (PEM) to trust for the control plane's certificate beside the platform's roots, such as
+    /// `fluxplane dev`'s `data/tls/ca.pem`.
+    #[arg(long = "ca-file", env = "FLUXPLANE_CA_FILE", value_name = "PEM")]
+    path: Option<PathBuf>,
+}
+
+impl CaFile {
+    fn trust(&self) -> anyhow::Result<Trust> {
+        Trust::optional(self.path.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +146,8 @@ struct RunArgs {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLUXPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    ca: CaFile,
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -197,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
             agents,
             git_listen,
             allow_remote,
+            plain_http,
         }) => {
             dev::check_listen(config.listen, allow_remote)?;
             logging::init(
@@ -206,8 +231,22 @@ async fn main() -> anyhow::Result<()> {
             // the keys first: the web UI's sign-in is filled with a token they sign
             fluxplane_api::keys::prepare(&config, true)?;
             config.ui_sign_in = Some(dev::ui_sign_in(&config)?);
+            // HTTPS unless told otherwise or given a certificate: Azure's clients send tokens over nothing else
+            let ca = if plain_http || config.tls_cert.is_some() {
+                None
+            } else {
+                let tls = local_ca::prepare(&config.data_dir, config.listen)?;
+                config.tls_cert = Some(tls.cert);
+                config.tls_key = Some(tls.key);
+                Some(tls.ca)
+            };
             let demo = config.clone();
-            let options = dev::Demo { agents, git_listen };
+            let options = dev::Demo {
+                agents,
+                git_listen,
+                trust: Trust::optional(ca.as_deref())?,
+                ca,
+            };
             server::run(config, true, move |address| {
                 tokio::spawn(dev::start(demo, address, options));
             })
@@ -240,6 +279,7 @@ async fn agent(command: AgentCommand) -> anyhow::Result<()> {
     match command {
         AgentCommand::Register(args) => {
             let registration = Registration {
+                trust: args.ca.trust()?,
                 server: args.server,
                 user_token: args.token,
                 cluster_id: args.cluster,
@@ -256,8 +296,9 @@ async fn agent(command: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::Run(args) => {
             logging::init(args.log_format, None)?;
+            let trust = args.ca.trust()?;
             let identity = Identity::load(&args.identity)?;
-            let control_plane = ControlPlane::new(identity)?;
+            let control_plane = ControlPlane::trusting(identity, &trust)?;
             let target: Box<dyn Target> = match &args.target {
                 TargetArg::Kube => Box::new(KubeTarget::from_environment().await?),
                 TargetArg::Dir(path) => Box::new(DirTarget::new(path)?),

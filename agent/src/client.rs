@@ -12,6 +12,7 @@ use fluxplane_agent_protocol::sealing::EncryptionKey;
 use reqwest::StatusCode;
 
 use crate::identity::{AgentToken, Identity};
+use crate::tls::Trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,8 +37,14 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A client that checks the control plane's certificate against the platform's roots.
     pub fn new(identity: Identity) -> Result<Self, ClientError> {
-        let http = crate::tls::http_client()
+        Self::trusting(identity, &Trust::default())
+    }
+
+    /// A client that checks the control plane's certificate against the platform's roots and `trust`'s CAs.
+    pub fn trusting(identity: Identity, trust: &Trust) -> Result<Self, ClientError> {
+        let http = crate::tls::http_client_trusting(trust)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;

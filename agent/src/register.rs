@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::client::ControlPlane;
 use crate::identity::Identity;
+use crate::tls::Trust;
 
 const CLUSTER_API_VERSION: &str = "2024-01-01";
 
@@ -27,6 +28,8 @@ pub struct Registration {
     pub tags: BTreeMap<String, String>,
     /// Where the cluster is; needed only when it is created.
     pub location: Option<String>,
+    /// The CAs the control plane's certificate may come from, beside the platform's roots.
+    pub trust: Trust,
 }
 
 /// Registers the agent and writes its identity to `identity_path`.
@@ -44,13 +47,20 @@ pub async fn register(registration: &Registration, identity_path: &Path) -> anyh
     let server = registration.server.trim_end_matches('/');
     let new = Identity::generate(server, id)?;
     let url = format!("{server}{id}?api-version={CLUSTER_API_VERSION}");
-    let http = crate::tls::http_client().build()?;
+    let http = crate::tls::http_client_trusting(&registration.trust).build()?;
     let existing = http
         .get(&url)
         .bearer_auth(&registration.user_token)
         .send()
         .await
-        .context("reaching the control plane")?;
+        .with_context(|| {
+            let hint = if server.starts_with("https://") {
+                " (a certificate from a private CA, such as fluxplane dev's, needs --ca-file)"
+            } else {
+                ""
+            };
+            format!("reaching the control plane at {server}{hint}")
+        })?;
     let mut body = match existing.status().as_u16() {
         200 => existing.json::<Value>().await?,
         404 => json!({
@@ -85,7 +95,7 @@ pub async fn register(registration: &Registration, identity_path: &Path) -> anyh
     }
     new.identity.save(identity_path)?;
     // secrets can be written for the cluster from here on (`agent run` registers it again at every start)
-    ControlPlane::new(new.identity.clone())?
+    ControlPlane::trusting(new.identity.clone(), &registration.trust)?
         .register_encryption_key()
         .await
         .context("registering the agent's encryption key")?;

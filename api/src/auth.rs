@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::arm::ids::{ResourceGroupName, SubscriptionId};
 use crate::arm::scope::{ClusterSet, FleetScope};
 use crate::config::{JwtAlgorithm, ServeConfig};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// Shortest HS256 secret accepted: 256 bits, as RFC 7518 requires for HS256.
 const MIN_SECRET_BYTES: usize = 32;
@@ -304,6 +304,33 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes.trim_ascii().to_vec())
 }
 
+/// The subscription a role's scope lies in (`None` for `/`).
+pub fn subscription_of(scope: &str) -> Option<&str> {
+    scope
+        .strip_prefix("/subscriptions/")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+}
+
+pub fn covers_everything(caller: &Caller) -> bool {
+    caller.roles.iter().any(|a| a.scope == "/")
+}
+
+/// `subscription` if the caller may see it (what `GET /subscriptions/{id}` and provider reads answer for) (any role at, inside or above it), else ARM's `SubscriptionNotFound`.
+pub fn visible_subscription(caller: &Caller, subscription: &str) -> ApiResult<String> {
+    let parsed = SubscriptionId::parse(subscription)?;
+    let named = caller
+        .roles
+        .iter()
+        .any(|a| subscription_of(&a.scope).is_some_and(|s| s.eq_ignore_ascii_case(parsed.as_str())));
+    if named || covers_everything(caller) {
+        Ok(parsed.as_str().to_owned())
+    } else {
+        Err(ApiError::SubscriptionNotFound(format!(
+            "The subscription '{subscription}' could not be found."
+        )))
+    }
+}
+
 /// Mints an HS256 user token, as `fluxplane token` does: with the claims Azure's tools read besides ours, the
 /// tenant (`tid`) and an object id (`oid`) that is the same for the same subject in the same tenant.
 pub fn mint(
@@ -398,6 +425,29 @@ mod tests {
 
     fn auth() -> Authenticator {
         Authenticator::shared_secret(SECRET, "fluxplane", "fluxplane").unwrap()
+    }
+
+    fn reader_at(scopes: &[&str]) -> Caller {
+        Caller {
+            subject: "t".into(),
+            roles: scopes
+                .iter()
+                .map(|s| RoleAssignment::parse(Role::Reader, s).unwrap())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_caller_sees_the_subscriptions_its_roles_name_and_no_other() {
+        let reader = reader_at(&["/subscriptions/Team-A", "/subscriptions/team-b/resourceGroups/rg"]);
+        assert_eq!(visible_subscription(&reader, "team-a").unwrap(), "team-a");
+        assert_eq!(visible_subscription(&reader, "TEAM-B").unwrap(), "TEAM-B");
+        let err = visible_subscription(&reader, "team-c").unwrap_err();
+        assert_eq!((err.code(), err.status().as_u16()), ("SubscriptionNotFound", 404));
+        assert_eq!(
+            visible_subscription(&reader_at(&["/"]), "anything").unwrap(),
+            "anything"
+        );
     }
 
     #[test]

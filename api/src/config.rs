@@ -20,6 +20,15 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// Certificate chain (PEM, the server's own certificate first) to serve HTTPS with; without it the server
+    /// speaks plain HTTP (behind a proxy that terminates TLS). Read again when it changes.
+    #[arg(long, env = "FLUXPLANE_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of the --tls-cert certificate. Read again when it changes.
+    #[arg(long, env = "FLUXPLANE_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
     /// Externally visible base URL for `nextLink` and `Azure-AsyncOperation` (default: from the request's Host).
     #[arg(long, env = "FLUXPLANE_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -85,7 +94,8 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 
-    /// How long a connection may take to send a request's headers, and stay idle between requests.
+    /// How long a connection may take to finish its TLS handshake, to send a request's headers, and stay idle
+    /// between requests.
     #[arg(long, env = "FLUXPLANE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: std::time::Duration,
 
@@ -125,11 +135,38 @@ impl ServeConfig {
         self.database_url.is_none()
     }
 
+    /// The certificate and key to serve HTTPS with, or none for plain HTTP; one without the other is an error.
+    pub fn tls_files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key, the certificate's private key"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert, the certificate chain it belongs to"),
+        }
+    }
+
+    /// Whether the server terminates TLS itself: then the URLs it writes say `https://` unless a proxy says
+    /// otherwise (`X-Forwarded-Proto`).
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
     pub fn jwt_secret_path(&self) -> PathBuf {
         self.jwt_secret_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("jwt-secret"))
     }
+}
+
+/// The PEM files the server's TLS is served from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

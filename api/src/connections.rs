@@ -19,7 +19,7 @@ use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use fluxplane_agent_protocol::agent::{DESIRED_STATE_PATH, MAX_WAIT_SECONDS};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -31,6 +31,9 @@ const RESERVED_FILES: u64 = 512;
 
 /// Refused connections being answered at once; past it, a refused connection is closed without an answer.
 pub const MAX_REFUSING: usize = 256;
+
+/// Longest time a refused connection is answered for (and, over TLS, has for its handshake before that).
+pub const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
 /// The connections of one server.
 pub struct Connections {
@@ -282,16 +285,41 @@ impl HttpBody for Guarded {
     }
 }
 
-/// Answers a connection refused at the cap: reads its request's head (an answer before the request confuses
-/// HTTP clients), answers 503 with `Retry-After`, and closes, reading what else the client sent meanwhile so that
-/// closing does not reset the connection before the answer is read. Two seconds at most in all.
-pub async fn refuse(mut stream: TcpStream, max: usize) {
-    let body = format!(
-        r#"{{"error":{{"code":"ServerBusy","message":"the server holds its limit of {max} connections, each inside a request; retry shortly"}}}}"#
-    );
+/// Answers a connection refused at the cap with a 503 and `Retry-After`, and closes it ([`answer_and_close`]).
+/// Over TLS, `stream` is the connection once handshaken.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: S, max: usize) {
+    let message = format!("the server holds its limit of {max} connections, each inside a request; retry shortly");
+    answer_and_close(
+        stream,
+        "503 Service Unavailable",
+        "ServerBusy",
+        &message,
+        "retry-after: 1\r\n",
+    )
+    .await;
+}
+
+/// Answers a plain HTTP request sent to a server that speaks HTTPS: 400 saying so, where the TLS handshake would
+/// only send bytes the client shows as garbage ("HTTP/0.9").
+pub async fn require_tls(stream: TcpStream) {
+    let message = "this server speaks HTTPS only: use an https:// URL";
+    answer_and_close(stream, "400 Bad Request", "HttpsRequired", message, "").await;
+}
+
+/// Answers an ARM error without serving the connection: reads the request's head (an answer before the request
+/// confuses HTTP clients), answers, and closes, reading what else the client sent meanwhile so that closing does
+/// not reset the connection before the answer is read. [`REFUSAL_TIME`] at most in all.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    status: &str,
+    code: &str,
+    message: &str,
+    headers: &str,
+) {
+    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-ms-error-code: ServerBusy\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-ms-error-code: {code}\r\n{headers}\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let answer = async {
@@ -309,7 +337,7 @@ pub async fn refuse(mut stream: TcpStream, max: usize) {
         while stream.read(&mut buffer).await? > 0 {}
         std::io::Result::Ok(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
+    let _ = tokio::time::timeout(REFUSAL_TIME, answer).await;
 }
 
 #[cfg(test)]

@@ -64,8 +64,12 @@ pub enum ApiError {
     RequestEntityTooLarge { limit: usize },
     #[error("{0}")]
     ResourceNotFound(String),
+    /// A Flux configuration that does not exist on its (registered) cluster.
     #[error("{0}")]
-    ParentResourceNotFound(String),
+    FluxConfigurationNotFound(String),
+    /// An extension that does not exist on its (registered) cluster.
+    #[error("{0}")]
+    ExtensionNotFound(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -118,7 +122,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ResourceNotFound(_)
-            | ApiError::ParentResourceNotFound(_)
+            | ApiError::FluxConfigurationNotFound(_)
+            | ApiError::ExtensionNotFound(_)
             | ApiError::NotFound(_)
             | ApiError::SubscriptionNotFound(_)
             | ApiError::InvalidResourceNamespace(_) => StatusCode::NOT_FOUND,
@@ -142,7 +147,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::ResourceNotFound(_) => "ResourceNotFound",
-            ApiError::ParentResourceNotFound(_) => "ParentResourceNotFound",
+            ApiError::FluxConfigurationNotFound(_) => "FluxConfigurationNotFound",
+            ApiError::ExtensionNotFound(_) => "ExtensionNotFound",
             ApiError::NotFound(_) => "NotFound",
             ApiError::SubscriptionNotFound(_) => "SubscriptionNotFound",
             ApiError::Retired(_) => "FluxV1Retired",

@@ -31,4 +31,5 @@ pub mod sweep;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 pub mod turns;

@@ -43,6 +43,7 @@ use crate::notify::Notifier;
 use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
+use crate::tls::{self, Certificates};
 use crate::{agents, clusters, dashboards, extensions, fleet, flux, health, manager, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
@@ -71,10 +72,14 @@ fn arm_router() -> OpenApiRouter<AppState> {
 }
 
 impl AppState {
-    /// Builds the state from a configuration and a store: loads the keys the configuration names, and starts
-    /// following the store's changes for the long-polls (inside a Tokio runtime).
+    /// Builds the state from a configuration and a store: loads the keys and the TLS certificate the configuration
+    /// names, and starts following the store's changes for the long-polls (inside a Tokio runtime).
     pub fn new(config: ServeConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let auth = Authenticator::from_config(&config).context("loading the user token key")?;
+        let tls = match config.tls_files()? {
+            Some(files) => Some(Certificates::load(files).context("loading the TLS certificate")?),
+            None => None,
+        };
         let notifier = Arc::new(Notifier::default());
         let lifetimes = Lifetimes::of(&config);
         let messages = Arc::new(lifetimes.messages());
@@ -103,6 +108,18 @@ impl AppState {
         let (writes, appender) = WriteLog::start(store.clone());
         let database = Arc::new(DatabaseHealth::default());
         let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
+        let mut tasks = vec![
+            TaskGuard(follower.abort_handle()),
+            TaskGuard(sweeper.abort_handle()),
+            TaskGuard(maintainer.abort_handle()),
+            TaskGuard(tail.abort_handle()),
+            TaskGuard(appender.abort_handle()),
+            TaskGuard(watcher.abort_handle()),
+        ];
+        if let Some(tls) = &tls {
+            let reloader = tokio::spawn(tls.clone().watch(tls::RELOAD_INTERVAL));
+            tasks.push(TaskGuard(reloader.abort_handle()));
+        }
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -116,14 +133,8 @@ impl AppState {
             turns: Arc::default(),
             lifetimes,
             database,
-            _tasks: Arc::new([
-                TaskGuard(follower.abort_handle()),
-                TaskGuard(sweeper.abort_handle()),
-                TaskGuard(maintainer.abort_handle()),
-                TaskGuard(tail.abort_handle()),
-                TaskGuard(appender.abort_handle()),
-                TaskGuard(watcher.abort_handle()),
-            ]),
+            tls,
+            _tasks: tasks.into(),
         })
     }
 }
@@ -221,6 +232,10 @@ fn guard<S>(health: Arc<DatabaseHealth>) -> impl tower::Layer<S, Service = Guard
 /// HTTP/1.1 either way) and replays them: hyper then finds a partial request head in its 8 KiB read buffer and
 /// doubles it. Measured with heaptrack over 2,000 idle long-polls, that was 16 KiB of read buffer per connection,
 /// kept for as long as the agent polls; served directly, it stays at 8 KiB.
+///
+/// With a TLS certificate in the state (`--tls-cert`), every connection is TLS: its handshake runs in the
+/// connection's task within `--header-read-timeout`, and a failed one is logged at debug level only, since it says
+/// something about the client (an untrusted certificate, a scanner, plain HTTP), not about the server.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -228,13 +243,19 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let notifier = state.notifier.clone();
     let limits = Arc::new(Connections::new(state.config.max_connections));
+    let tls = match &state.tls {
+        Some(certificates) => Some(certificates.acceptor().map_err(std::io::Error::other)?),
+        None => None,
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout);
-    let request_timeout = state.config.request_timeout;
+    let (request_timeout, handshake_timeout) = (state.config.request_timeout, state.config.header_read_timeout);
     // a built router is an `Arc`: each connection gets a clone, the route tables are built once
     let router = app(state);
     let graceful = GracefulShutdown::new();
+    // connections still in their TLS handshake give up when the server stops, rather than hold up its shutdown
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let (mut refusals, mut last_warned) = (0u64, None);
     let refusing = Arc::new(tokio::sync::Semaphore::new(connections::MAX_REFUSING));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -264,9 +285,18 @@ pub async fn serve(
                 }
                 // answered while few are, else closed at once: refusals must not use up the files left
                 if let Ok(permit) = refusing.clone().try_acquire_owned() {
-                    let max = limits.max();
+                    let (max, tls) = (limits.max(), tls.clone());
                     tokio::spawn(async move {
-                        connections::refuse(stream, max).await;
+                        match tls {
+                            None => connections::refuse(stream, max).await,
+                            Some(tls) => {
+                                if let Ok(Ok(stream)) =
+                                    tokio::time::timeout(connections::REFUSAL_TIME, tls.accept(stream)).await
+                                {
+                                    connections::refuse(stream, max).await;
+                                }
+                            }
+                        }
                         drop(permit);
                     });
                 }
@@ -274,21 +304,54 @@ pub async fn serve(
             }
         };
         let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone(), request_timeout));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(connection_ended(connection, slot));
+            continue;
+        };
+        // the handshake runs in the connection's own task, so that a slow one holds up no other connection; it is
+        // bounded, since until it ends the connection holds a place without a request
+        let (tls, http, watcher, mut stopped) = (tls.clone(), http.clone(), graceful.watcher(), stopped.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                ended = connection => if let Err(err) = ended {
-                    tracing::debug!(error = %err, "connection ended with an error");
+            let handshake = async {
+                // a TLS connection opens with a handshake record (22); a letter is a plain HTTP request's method
+                let mut first = [0u8; 1];
+                if matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic()) {
+                    connections::require_tls(stream).await;
+                    return Err(std::io::Error::other("a plain HTTP request, answered 400"));
+                }
+                tls.accept(stream).await
+            };
+            let stream = tokio::select! {
+                handshake = tokio::time::timeout(handshake_timeout, handshake) => match handshake {
+                    Ok(Ok(stream)) => stream,
+                    // a client that does not trust the certificate, a port scanner, plain HTTP: the client's problem
+                    Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(timeout = ?handshake_timeout, "TLS handshake not finished in time"),
                 },
-                // dropping the connection closes it: it was waiting for a request, so none is cut short
-                () = slot.evicted() => tracing::debug!("idle connection closed to make room for a new one"),
-            }
+                () = slot.evicted() => return tracing::debug!("connection in its TLS handshake closed to make room for a new one"),
+                _ = stopped.wait_for(|stopping| *stopping) => return,
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            connection_ended(connection, slot).await;
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     notifier.close();
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Serves a connection until it ends, or until it is asked to make room for a new one while it waits for a request.
+async fn connection_ended(connection: impl Future<Output = hyper::Result<()>>, slot: Arc<connections::Slot>) {
+    tokio::select! {
+        ended = connection => if let Err(err) = ended {
+            tracing::debug!(error = %err, "connection ended with an error");
+        },
+        // dropping the connection closes it: it was waiting for a request, so none is cut short
+        () = slot.evicted() => tracing::debug!("idle connection closed to make room for a new one"),
+    }
 }
 
 /// Handles a failed accept: a connection the peer gave up on is skipped; anything else (most often the open-file

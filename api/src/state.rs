@@ -20,6 +20,7 @@ use crate::lifecycle::Lifetimes;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::store::Store;
+use crate::tls::Certificates;
 use crate::turns::Turns;
 
 #[derive(Clone)]
@@ -42,9 +43,12 @@ pub struct AppState {
     pub lifetimes: Lifetimes,
     /// Whether the database was last seen reachable.
     pub database: Arc<DatabaseHealth>,
+    /// The certificate connections are served with over TLS, or none for plain HTTP.
+    pub tls: Option<Arc<Certificates>>,
     /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,
-    /// appending to the write history, watching an unreachable database) when the last clone of the state goes.
-    pub(crate) _tasks: Arc<[TaskGuard; 6]>,
+    /// appending to the write history, watching an unreachable database, reloading the TLS certificate) when the
+    /// last clone of the state goes.
+    pub(crate) _tasks: Arc<[TaskGuard]>,
 }
 
 impl FromRef<AppState> for Clusters {

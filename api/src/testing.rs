@@ -165,6 +165,8 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         listen: "127.0.0.1:0".parse().expect("an address"),
         database_url: Some(database_url.to_owned()),
         data_dir: dir.to_path_buf(),
+        tls_cert: None,
+        tls_key: None,
         public_url: None,
         jwt_secret_file: Some(dir.join("jwt-secret")),
         jwks_file: None,
@@ -247,7 +249,10 @@ impl TestServer {
         }));
         TestServer {
             address,
-            base: format!("http://{address}"),
+            base: format!(
+                "{}://{address}",
+                if state.config.serves_tls() { "https" } else { "http" }
+            ),
             state,
             database,
             shutdown: Some(shutdown),

@@ -1,128 +1,16 @@
 //! End-to-end: the real `fluxplane` binary, as users start it.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::common::process::{Process, run};
 use crate::common::*;
 use fluxplane_api::keys::ensure_key_file;
 use fluxplane_api::testing::{Backend, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_fluxplane");
 /// A protected setting (base64, as Azure's CLI sends them) to look for in the logs.
 const SENTINEL: &str = "YmluYXJ5LXRlc3Qtc2VjcmV0LVNFTlRJTkVM";
-
-/// A running binary whose output lines arrive on channels.
-struct Process {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Process {
-    fn start(args: &[&str], dir: &Path) -> Self {
-        Self::start_logging(args, dir, "debug")
-    }
-
-    fn start_logging(args: &[&str], dir: &Path, level: &str) -> Self {
-        let mut child = Command::new(BINARY)
-            .args(args)
-            .current_dir(dir)
-            .env("RUST_LOG", level)
-            .env_remove("FLUXPLANE_DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the binary");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Self {
-            child,
-            stdout,
-            stderr,
-            log: Vec::new(),
-        }
-    }
-
-    /// Waits for a line of stdout that contains `needle`.
-    fn stdout_line(&mut self, needle: &str) -> String {
-        loop {
-            match self.stdout.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no stdout line with {needle:?}; log: {:#?}", self.drain_log()),
-            }
-        }
-    }
-
-    /// Waits for a JSON log line whose message is `message`.
-    fn log_event(&mut self, message: &str) -> Value {
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no log event {message:?}; log: {:#?}", self.log));
-            self.log.push(line.clone());
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == message
-            {
-                return event;
-            }
-        }
-    }
-
-    fn drain_log(&mut self) -> Vec<String> {
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
-            self.log.push(line);
-        }
-        self.log.clone()
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        for _ in 0..100 {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                assert!(exit.success(), "exited with {exit}; log: {:#?}", self.drain_log());
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.child.kill().ok();
-        panic!("the binary did not stop within 10 s of SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BINARY).args(args).output().expect("running the binary")
-}
 
 /// The resident memory of a process, in bytes.
 fn resident_bytes(pid: u32) -> u64 {
@@ -231,7 +119,7 @@ fn dev_refuses_an_address_other_machines_reach() {
 }
 
 #[tokio::test]
-async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on_sigterm() {
+async fn dev_serves_https_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut dev = Process::start(
@@ -249,18 +137,28 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
         dir.path(),
     );
     let url = dev.stdout_line("API:").split_whitespace().last().unwrap().to_owned();
+    let ca = data.join("tls/ca.pem");
+    let trust = dev.stdout_line("TLS:");
+    assert!(
+        trust.contains(&ca.display().to_string()),
+        "the banner names the CA: {trust}"
+    );
     let token = dev
         .stdout_line("export TOKEN=")
         .trim()
         .trim_start_matches("export TOKEN=")
         .to_owned();
     let listening = dev.log_event("fluxplane listening");
-    assert!(
-        url.ends_with(listening["address"].as_str().unwrap()),
-        "{url} vs {listening}"
+    assert_eq!(
+        url,
+        format!("https://{}", listening["address"].as_str().unwrap()),
+        "dev serves HTTPS"
     );
 
-    let client = http_client();
+    // with a certificate from dev's own CA, which its agents trust too (they turn the demo Compliant below)
+    let client = https_client(&ca);
+    let untrusting = http_client().get(format!("{url}/healthz")).send().await;
+    assert!(untrusting.is_err(), "a client without dev's CA refuses its certificate");
     // a secret for dev-1's demo configuration: sealed to its agent, which writes it beside the demo's objects
     let demo_1 = format!(
         "{url}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dev/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/demo?api-version=2025-04-01"
@@ -357,6 +255,34 @@ async fn dev_prints_a_working_owner_token_logs_json_without_secrets_and_stops_on
     for file in ["fluxplane.db", "jwt-secret"] {
         assert!(data.join(file).exists(), "{file} in the data directory");
     }
+}
+
+#[tokio::test]
+async fn dev_serves_plain_http_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut dev = Process::start(
+        &[
+            "dev",
+            "--plain-http",
+            "--agents",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        dir.path(),
+    );
+    let url = dev.stdout_line("API:").split_whitespace().last().unwrap().to_owned();
+    assert!(url.starts_with("http://"), "{url}");
+    dev.stdout_line("Stop with Ctrl-C.");
+    let ready = http_client().get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert!(!data.join("tls").exists(), "no CA made");
+    dev.terminate();
 }
 
 #[tokio::test]

@@ -21,4 +21,5 @@ mod hostile;
 mod policy_assignments;
 mod resource_manager;
 mod secrets;
+mod tls;
 mod ui;

@@ -31,13 +31,14 @@ class UnusedCredential:
 
 
 def client(cls, server, subscription, **kwargs):
-    """An Azure SDK client of `cls` for `server` (as `start_server` answers it)."""
+    """An Azure SDK client of `cls` for `server` (as `start_server` answers it); its pollers check every 0.1 s
+    unless `polling_interval` says otherwise."""
+    kwargs.setdefault("polling_interval", 0.1)
     return cls(
         UnusedCredential(),
         subscription,
         base_url=server["base_url"],
         authentication_policy=StaticBearer(server["token"]),
-        polling_interval=0.1,
         **kwargs,
     )
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 
 import support
 
@@ -103,3 +104,43 @@ def test_create_and_delete_wait_for_the_agent(fleet, repository):
     with pytest.raises(ResourceNotFoundError):
         client.flux_configurations.get(*where, "lro-config")
     assert not (fleet["target"] / "lro-config").exists()
+
+
+class RecordingTransport(RequestsTransport):
+    """The SDK's own transport, noting how long its pollers choose to wait between status reads."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.waits = []
+
+    def sleep(self, duration):
+        self.waits.append(duration)
+        super().sleep(duration)
+
+
+def test_a_poller_with_its_default_interval_follows_retry_after(fleet, repository):
+    from azure.mgmt.kubernetesconfiguration.fluxconfigurations import (
+        KubernetesConfigurationFluxConfigurationsMgmtClient,
+        models,
+    )
+
+    transport = RecordingTransport()
+    # the client's own polling interval (30 s for ARM): only the server's Retry-After can make it poll sooner
+    client = support.client(
+        KubernetesConfigurationFluxConfigurationsMgmtClient, fleet, SUBSCRIPTION, polling_interval=30, transport=transport
+    )
+    where = (GROUP, "Microsoft.Kubernetes", "connectedClusters", "lro")
+    config = models.FluxConfiguration(
+        properties=models.FluxConfigurationProperties(
+            namespace="flux-system",
+            git_repository=models.GitRepositoryDefinition(
+                url=repository, repository_ref=models.RepositoryRefDefinition(branch="main")
+            ),
+            kustomizations={"apps": models.KustomizationDefinition(path="./apps")},
+        )
+    )
+    created = client.flux_configurations.begin_create_or_update(*where, "default-poller", config).result()
+    assert created.properties.provisioning_state == "Succeeded"
+    client.flux_configurations.begin_delete(*where, "default-poller").result()
+    assert transport.waits, "the operations were polled"
+    assert all(wait <= 1 for wait in transport.waits), transport.waits

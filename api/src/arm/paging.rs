@@ -149,7 +149,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(public) = &Arc::<ServeConfig>::from_ref(state).public_url {
+        let config = Arc::<ServeConfig>::from_ref(state);
+        if let Some(public) = &config.public_url {
             return Ok(Self(public.trim_end_matches('/').to_owned()));
         }
         let host = parts
@@ -163,7 +164,8 @@ where
             .get("x-forwarded-proto")
             .and_then(|h| h.to_str().ok())
             .filter(|p| *p == "https" || *p == "http")
-            .unwrap_or("http");
+            // without a proxy's word, the scheme this server speaks
+            .unwrap_or(if config.serves_tls() { "https" } else { "http" });
         Ok(Self(format!("{scheme}://{host}")))
     }
 }

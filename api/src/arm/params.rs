@@ -43,6 +43,16 @@ pub struct FleetApiVersionParam {
     api_version: String,
 }
 
+/// `api-version` of Resource Manager's own endpoints: any version of the form `YYYY-MM-DD`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AnyApiVersionParam {
+    #[serde(rename = "api-version")]
+    #[param(rename = "api-version")]
+    #[allow(dead_code)]
+    api_version: String,
+}
+
 /// Declares a handler of a fleet resource once for both of its scopes: at a subscription (`$sub`) and at a resource
 /// group (`$rg`). Each gets its own path, operation id, path parameters and doc comment in the OpenAPI document;
 /// both run the one body, with the scope's path parameters extracted as `$path` at the place `path` marks among the

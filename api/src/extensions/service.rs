@@ -409,8 +409,10 @@ fn seal(
     Ok(sealing::seal(key, envelope, &plaintext).map_err(anyhow::Error::from)?)
 }
 
+/// An extension that does not exist on a registered cluster: a code of its own, because Azure's CLI reads
+/// `ResourceNotFound` as a missing cluster (as for configurations).
 pub fn not_found(target: &Target) -> ApiError {
-    ApiError::ResourceNotFound(format!(
+    ApiError::ExtensionNotFound(format!(
         "The extension '{}' was not found on cluster '{}'.",
         target.name.as_str(),
         target.scope.cluster.name.as_str()

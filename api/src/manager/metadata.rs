@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::providers::AnyApiVersionParam;
 use crate::arm::api_version::AnyApiVersion;
 use crate::arm::paging::BaseUrl;
+use crate::arm::params::AnyApiVersionParam;
 use crate::config::ServeConfig;
 use crate::error::{ApiResult, ErrorResponse};
 use crate::state::AppState;

@@ -8,12 +8,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::subscriptions::visible;
 use crate::arm::ArmPath;
 use crate::arm::api_version::{
     AnyApiVersion, Clusters, Extensions, Fleet, FluxConfigurations, SourceControlConfigurations, Versioned,
 };
-use crate::auth::{Caller, Role};
+use crate::arm::params::AnyApiVersionParam;
+use crate::auth::{Caller, Role, visible_subscription};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::state::AppState;
 
@@ -200,16 +200,6 @@ struct NamespacePath {
     resource_provider_namespace: String,
 }
 
-/// `api-version`: any version of the form `YYYY-MM-DD`, as Resource Manager's own endpoints accept.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AnyApiVersionParam {
-    #[serde(rename = "api-version")]
-    #[param(rename = "api-version")]
-    #[allow(dead_code)]
-    api_version: String,
-}
-
 /// Lists the providers fluxplane serves, as registered in the subscription.
 #[utoipa::path(
     get,
@@ -228,7 +218,7 @@ async fn list_providers(
     _version: AnyApiVersion,
     ArmPath(path): ArmPath<SubscriptionPath>,
 ) -> ApiResult<Json<ProviderList>> {
-    let subscription = visible(&caller, &path.subscription_id)?;
+    let subscription = visible_subscription(&caller, &path.subscription_id)?;
     Ok(Json(ProviderList {
         value: PROVIDERS.iter().map(|p| p.registration(&subscription)).collect(),
     }))
@@ -252,7 +242,7 @@ async fn get_provider(
     _version: AnyApiVersion,
     ArmPath(path): ArmPath<ProviderPath>,
 ) -> ApiResult<Json<ProviderRegistration>> {
-    let subscription = visible(&caller, &path.subscription_id)?;
+    let subscription = visible_subscription(&caller, &path.subscription_id)?;
     Ok(Json(
         find(&path.resource_provider_namespace)?.registration(&subscription),
     ))
@@ -276,7 +266,7 @@ async fn register_provider(
     _version: AnyApiVersion,
     ArmPath(path): ArmPath<ProviderPath>,
 ) -> ApiResult<Json<ProviderRegistration>> {
-    let subscription = visible(&caller, &path.subscription_id)?;
+    let subscription = visible_subscription(&caller, &path.subscription_id)?;
     let provider = find(&path.resource_provider_namespace)?;
     caller.require(Role::Contributor, &format!("/subscriptions/{subscription}"))?;
     Ok(Json(provider.registration(&subscription)))

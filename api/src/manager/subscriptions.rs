@@ -13,14 +13,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::providers::AnyApiVersionParam;
 use crate::arm::api_version::AnyApiVersion;
-use crate::arm::ids::SubscriptionId;
 use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
+use crate::arm::params::AnyApiVersionParam;
 use crate::arm::{ArmPath, ArmQuery};
-use crate::auth::Caller;
+use crate::auth::visible_subscription;
+use crate::auth::{Caller, covers_everything, subscription_of};
 use crate::config::ServeConfig;
-use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::error::{ApiResult, ErrorResponse};
 use crate::state::AppState;
 use crate::store::Store;
 
@@ -70,33 +70,6 @@ impl Subscription {
                 spending_limit: "Off".into(),
             },
         }
-    }
-}
-
-/// The subscription a role's scope lies in (`None` for `/`).
-fn subscription_of(scope: &str) -> Option<&str> {
-    scope
-        .strip_prefix("/subscriptions/")
-        .map(|rest| rest.split('/').next().unwrap_or(rest))
-}
-
-fn covers_everything(caller: &Caller) -> bool {
-    caller.roles.iter().any(|a| a.scope == "/")
-}
-
-/// `subscription` if the caller may see it (any role at, inside or above it), else ARM's `SubscriptionNotFound`.
-pub fn visible(caller: &Caller, subscription: &str) -> ApiResult<String> {
-    let parsed = SubscriptionId::parse(subscription)?;
-    let named = caller
-        .roles
-        .iter()
-        .any(|a| subscription_of(&a.scope).is_some_and(|s| s.eq_ignore_ascii_case(parsed.as_str())));
-    if named || covers_everything(caller) {
-        Ok(parsed.as_str().to_owned())
-    } else {
-        Err(ApiError::SubscriptionNotFound(format!(
-            "The subscription '{subscription}' could not be found."
-        )))
     }
 }
 
@@ -177,7 +150,7 @@ async fn get_subscription(
     _version: AnyApiVersion,
     ArmPath(path): ArmPath<SubscriptionPath>,
 ) -> ApiResult<Json<Subscription>> {
-    let subscription = visible(&caller, &path.subscription_id)?;
+    let subscription = visible_subscription(&caller, &path.subscription_id)?;
     Ok(Json(Subscription::new(&subscription, &config.tenant().to_string())))
 }
 
@@ -194,16 +167,6 @@ mod tests {
                 .map(|s| RoleAssignment::parse(Role::Reader, s).unwrap())
                 .collect(),
         }
-    }
-
-    #[test]
-    fn a_caller_sees_the_subscriptions_its_roles_name_and_no_other() {
-        let reader = caller(&["/subscriptions/Team-A", "/subscriptions/team-b/resourceGroups/rg"]);
-        assert_eq!(visible(&reader, "team-a").unwrap(), "team-a");
-        assert_eq!(visible(&reader, "TEAM-B").unwrap(), "TEAM-B");
-        let err = visible(&reader, "team-c").unwrap_err();
-        assert_eq!((err.code(), err.status().as_u16()), ("SubscriptionNotFound", 404));
-        assert_eq!(visible(&caller(&["/"]), "anything").unwrap(), "anything");
     }
 
     #[test]

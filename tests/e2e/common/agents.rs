@@ -24,6 +24,7 @@ pub async fn registered(api: &Api, name: &str, dir: &Path) -> Identity {
         cluster_id: cluster_path("s", "rg", name),
         tags: [("env".to_owned(), "test".to_owned())].into(),
         location: Some("westeurope".into()),
+        trust: Default::default(),
     };
     register(&registration, &dir.join(format!("{name}.json")))
         .await

@@ -63,6 +63,14 @@ pub fn http_client() -> reqwest::Client {
     fluxplane_agent::tls::http_client().build().expect("an HTTP client")
 }
 
+/// An HTTP client that trusts the CAs of `ca_file` beside the platform's roots, as the agent's `--ca-file` does.
+pub fn https_client(ca_file: &std::path::Path) -> reqwest::Client {
+    let trust = fluxplane_agent::tls::Trust::from_ca_file(ca_file).expect("a CA file");
+    fluxplane_agent::tls::http_client_trusting(&trust)
+        .build()
+        .expect("an HTTP client")
+}
+
 pub struct Api {
     pub server: TestServer,
     pub client: reqwest::Client,
@@ -176,4 +184,5 @@ pub fn assert_contains(actual: &Value, expected: &Value, at: &str) {
 
 pub mod agents;
 pub mod git;
+pub mod process;
 pub mod reports;

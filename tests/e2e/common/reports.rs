@@ -19,6 +19,7 @@ pub async fn agent_cluster(api: &Api, name: &str, env: &str, dir: &std::path::Pa
         cluster_id: cluster_path("s", "rg-a", name),
         tags: BTreeMap::from([("env".to_owned(), env.to_owned())]),
         location: Some("westeurope".into()),
+        trust: Default::default(),
     };
     let identity = register(&registration, &dir.join(format!("{name}.json")))
         .await
