@@ -48,13 +48,29 @@ pub fn resource_key(cluster_key: &str, name: &str) -> String {
 }
 
 /// What a write brings: the properties (protected settings apart), the identity if given, and the protected
-/// settings if given.
-#[derive(Debug, Clone, Default)]
+/// settings if given. Its `Debug` output names the protected settings' keys only.
+#[derive(Clone, Default)]
 pub struct Draft {
     pub properties: ExtensionPropertiesRequest,
     /// `None`: not given; `Some(None)`: `null`.
     pub identity: Option<Option<IdentityRequest>>,
     pub protected: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Draft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Draft")
+            .field("properties", &self.properties)
+            .field("identity", &self.identity)
+            .field(
+                "protected",
+                &self
+                    .protected
+                    .as_ref()
+                    .map(|p| p.keys().map(|k| (k, "<redacted>")).collect::<Vec<_>>()),
+            )
+            .finish()
+    }
 }
 
 /// What an accepted write answers.
@@ -738,6 +754,10 @@ mod tests {
             );
             let stored_text = format!("{:?}", stored.sealed);
             assert!(!stored_text.contains("s3cr3t"), "only the agent can read them");
+            assert!(
+                !format!("{secret:?}").contains("s3cr3t"),
+                "nor can a log line of the write"
+            );
             let opened = key
                 .open(&flux_target.scope.cluster.id(), "extensions/flux", &stored.sealed[0])
                 .unwrap();
