@@ -144,6 +144,17 @@ async fn lifecycle_case(backend: Backend) {
     let retype = json!({"properties": {"extensionType": "microsoft.dapr"}});
     let refused = api.call(Method::PATCH, &path, Some(retype)).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    let newest = with_version(&format!("{}/flux", extensions_path(&cluster)), "2025-03-01");
+    let mode = json!({"properties": {"autoUpgradeMode": "patch"}});
+    let refused = api.call(Method::PATCH, &newest, Some(mode)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not supported"),
+        "{refused:?}"
+    );
 
     let deleted = api.call(Method::DELETE, &path, None).await;
     assert_eq!(deleted.status, StatusCode::ACCEPTED, "{deleted:?}");

@@ -133,6 +133,16 @@ pub const PATCHABLE: &[&str] = &[
     "configurationProtectedSettings",
 ];
 
+/// Writable properties of Azure's specification this server does not serve, and why: refused by name rather than
+/// as unknown.
+pub const NOT_SERVED: &[(&str, &str)] = &[
+    (
+        "autoUpgradeMode",
+        "upgrades follow autoUpgradeMinorVersion and releaseTrain here",
+    ),
+    ("aksAssignedIdentity", "this server assigns no identities in clusters"),
+];
+
 /// The read-only properties a client may send back with what it read: ignored.
 pub const READ_ONLY_PROPERTIES: &[&str] = &[
     "provisioningState",

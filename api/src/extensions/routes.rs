@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::model::{
     Extension, ExtensionIdentity, ExtensionProperties, ExtensionPropertiesRequest, ExtensionScope, IdentityRequest,
-    PATCHABLE, READ_ONLY_PROPERTIES, ScopeCluster, TYPE, protected_settings,
+    NOT_SERVED, PATCHABLE, READ_ONLY_PROPERTIES, ScopeCluster, TYPE, protected_settings,
 };
 use super::service::{Deletion, Draft, Extensions, Target, Written, not_found, resource_key};
 use crate::arm::api_version::{self, Rendered};
@@ -204,6 +204,17 @@ fn split(mut body: Value, version: ApiVersion<Versions>, allowed: Option<&[&str]
         None | Some(Value::Null) => None,
         Some(settings) => Some(protected_settings(settings)?),
     };
+    for (name, why) in NOT_SERVED {
+        if properties.get(*name).is_some_and(|value| !value.is_null()) {
+            return Err(ApiError::invalid(
+                format!("properties.{name}"),
+                format!("properties.{name} is not supported: {why}"),
+            ));
+        }
+        if let Some(map) = properties.as_object_mut() {
+            map.remove(*name);
+        }
+    }
     if let Some(allowed) = allowed
         && let Some(key) = properties
             .as_object()
