@@ -24,10 +24,12 @@ fn extension_path(cluster: &str, name: &str) -> String {
     with_version(&format!("{}/{name}", extensions_path(cluster)), EXTENSIONS_API)
 }
 
-/// What `az k8s-extension create --extension-type microsoft.flux` sends for a connected cluster.
+/// What `az k8s-extension create --extension-type microsoft.flux` sends for a connected cluster (with the
+/// cluster's location, as the CLI adds it).
 fn flux_body() -> Value {
     json!({
         "identity": {"type": "SystemAssigned"},
+        "location": "westeurope",
         "properties": {
             "extensionType": "microsoft.flux",
             "autoUpgradeMinorVersion": true,

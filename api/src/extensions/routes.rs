@@ -31,7 +31,9 @@ use crate::state::AppState;
 
 type Versions = api_version::Extensions;
 
-const TOP_LEVEL_READ_ONLY: &[&str] = &["id", "name", "type", "systemData"];
+/// Ignored in a body: the read-only envelope, and `location`, which Azure's CLI sets on the extensions it creates for
+/// connected clusters (`__add_identity` of `az k8s-configuration`) though an extension lives where its cluster does.
+const TOP_LEVEL_READ_ONLY: &[&str] = &["id", "name", "type", "systemData", "location"];
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
