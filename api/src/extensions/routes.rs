@@ -204,7 +204,8 @@ fn split(mut body: Value, version: ApiVersion<Versions>, allowed: Option<&[&str]
         .and_then(|p| p.remove("configurationProtectedSettings"))
     {
         None | Some(Value::Null) => None,
-        Some(settings) => Some(protected_settings(settings)?),
+        // Azure's CLI sends an empty set when none are given: it asks for none, and seals nothing
+        Some(settings) => Some(protected_settings(settings)?).filter(|settings| !settings.is_empty()),
     };
     for (name, why) in NOT_SERVED {
         if properties.get(*name).is_some_and(|value| !value.is_null()) {
