@@ -20,7 +20,8 @@ use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_agent::tls::Trust;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::ServeConfig;
-use fluxplane_api::config::SignIn;
+use fluxplane_api::config::{ManagedIdentity, SignIn};
+use fluxplane_api::managed_identity;
 use fluxplane_api::server;
 use serde_json::json;
 use tracing::Instrument;
@@ -201,6 +202,14 @@ pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
     banner.push(format!(
         "  Try:   curl -s{cacert} -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
     ));
+    if let Some(identity) = &config.managed_identity {
+        banner.push("  Azure CLI, azure-identity: dev's managed identity, Owner too (az login --identity):".to_owned());
+        banner.push(format!(
+            "  export IDENTITY_ENDPOINT={url}{} IDENTITY_HEADER={}",
+            managed_identity::PATH,
+            identity.header
+        ));
+    }
     banner.push("  Stop with Ctrl-C.".to_owned());
     // one write, so that no log line lands inside the banner
     println!("{}", banner.join("\n"));
@@ -224,6 +233,20 @@ pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
     Ok(SignIn {
         token: owner_token(config)?,
         subscription: SUBSCRIPTION.to_owned(),
+    })
+}
+
+/// The managed identity whose token endpoint dev serves: its secret is made once in the data directory and kept, so
+/// that the `export IDENTITY_ENDPOINT=... IDENTITY_HEADER=...` line of an earlier start keeps working, as the token
+/// of an earlier banner does.
+pub fn managed_identity(config: &ServeConfig) -> anyhow::Result<ManagedIdentity> {
+    let path = config.data_dir.join("managed-identity-secret");
+    fluxplane_api::keys::ensure_key_file(&path)?;
+    let header = String::from_utf8(auth::read_secret_file(&path)?)
+        .with_context(|| format!("{} holds text other than base64", path.display()))?;
+    Ok(ManagedIdentity {
+        header,
+        signing_key: auth::read_secret_file(&config.jwt_secret_path())?,
     })
 }
 

@@ -17,6 +17,7 @@ mod errors;
 mod expiry;
 mod flux_configurations;
 mod hostile;
+mod managed_identity;
 mod policy_assignments;
 mod resource_manager;
 mod secrets;
