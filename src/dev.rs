@@ -242,8 +242,17 @@ pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
 pub fn managed_identity(config: &ServeConfig) -> anyhow::Result<ManagedIdentity> {
     let path = config.data_dir.join("managed-identity-secret");
     fluxplane_api::keys::ensure_key_file(&path)?;
+    // it travels in a header and an `export` line: printable text only (an edited file is refused, not mangled)
     let header = String::from_utf8(auth::read_secret_file(&path)?)
-        .with_context(|| format!("{} holds text other than base64", path.display()))?;
+        .ok()
+        .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()))
+        .with_context(|| {
+            format!(
+                "{} must hold one word of printable ASCII, such as the base64 dev writes there (delete the file \
+                 for a new one)",
+                path.display()
+            )
+        })?;
     Ok(ManagedIdentity {
         header,
         signing_key: auth::read_secret_file(&config.jwt_secret_path())?,
@@ -382,6 +391,23 @@ async fn settle(http: &reqwest::Client, token: &str, configurations: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_managed_identitys_secret_is_made_once_and_kept_and_an_unprintable_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fluxplane_api::testing::test_config(dir.path(), "sqlite::memory:");
+        fluxplane_api::keys::prepare(&config, true).unwrap();
+        let first = managed_identity(&config).unwrap();
+        assert!(first.header.len() >= 40, "a 32-byte random secret");
+        assert_eq!(managed_identity(&config).unwrap().header, first.header);
+        assert_eq!(
+            first.signing_key,
+            auth::read_secret_file(&config.jwt_secret_path()).unwrap()
+        );
+        std::fs::write(dir.path().join("managed-identity-secret"), "two words\n").unwrap();
+        let err = managed_identity(&config).unwrap_err();
+        assert!(err.to_string().contains("printable"), "{err}");
+    }
 
     #[test]
     fn dev_listens_beyond_loopback_only_when_allowed() {

@@ -11,8 +11,8 @@
 //!   and `statusCode` and `message` from anything else.
 //!
 //! The answer also carries `resource`, `token_type` and `client_id`, as App Service's does, and a refusal also
-//! carries ARM's `error` object, for readers with curl. The token is the one `dev`'s banner prints, Owner of every
-//! scope, signed for this server's own audience only: a request for another resource is refused, since a token for
+//! carries ARM's `error` object, for readers with curl. The token is like the one `dev`'s banner prints, Owner of
+//! every scope, signed for this server's own audience only: a request for another resource is refused, since a token for
 //! it could not be used here anyway and most likely means the client is still pointed at Azure's cloud.
 //!
 //! Only `dev` sets `ServeConfig::managed_identity`; the route is not mounted without it (`server::app`).
@@ -185,7 +185,7 @@ pub fn object_id(tenant: Uuid) -> Uuid {
     Uuid::new_v5(&tenant, SUBJECT.as_bytes())
 }
 
-/// A token, or a refusal that may name one, is never kept by a cache.
+/// Neither a token nor a refusal is kept by a cache: each request must reach the server, which decides anew.
 fn no_store() -> [(HeaderName, HeaderValue); 1] {
     [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
 }
