@@ -64,8 +64,9 @@ pub enum ApiError {
     RequestEntityTooLarge { limit: usize },
     #[error("{0}")]
     ResourceNotFound(String),
+    /// A Flux configuration that does not exist on its (registered) cluster.
     #[error("{0}")]
-    ParentResourceNotFound(String),
+    FluxConfigurationNotFound(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -118,7 +119,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ResourceNotFound(_)
-            | ApiError::ParentResourceNotFound(_)
+            | ApiError::FluxConfigurationNotFound(_)
             | ApiError::NotFound(_)
             | ApiError::SubscriptionNotFound(_)
             | ApiError::InvalidResourceNamespace(_) => StatusCode::NOT_FOUND,
@@ -142,7 +143,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::ResourceNotFound(_) => "ResourceNotFound",
-            ApiError::ParentResourceNotFound(_) => "ParentResourceNotFound",
+            ApiError::FluxConfigurationNotFound(_) => "FluxConfigurationNotFound",
             ApiError::NotFound(_) => "NotFound",
             ApiError::SubscriptionNotFound(_) => "SubscriptionNotFound",
             ApiError::Retired(_) => "FluxV1Retired",

@@ -139,7 +139,7 @@ async fn delete_case(backend: Backend) {
     let config = api.get(&with_version(&config_path(&cluster, "cfg"), FLUX_API)).await;
     assert_eq!(
         (config.status, config.code()),
-        (StatusCode::NOT_FOUND, "ParentResourceNotFound")
+        (StatusCode::NOT_FOUND, "ResourceNotFound")
     );
     api.put_cluster("s", "rg", "c1").await;
     let (configs, _) = api

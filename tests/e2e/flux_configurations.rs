@@ -255,7 +255,19 @@ async fn parent_case(backend: Backend) {
         .await;
     assert_eq!(
         (missing.status, missing.code()),
-        (StatusCode::NOT_FOUND, "ParentResourceNotFound")
+        (StatusCode::NOT_FOUND, "ResourceNotFound")
+    );
+    // a missing configuration of a registered cluster has a code of its own, as Azure's CLI tells the two apart
+    api.put_cluster("s", "rg", "real").await;
+    let absent = api
+        .get(&with_version(
+            &config_path(&cluster_path("s", "rg", "real"), "cfg"),
+            FLUX_API,
+        ))
+        .await;
+    assert_eq!(
+        (absent.status, absent.code()),
+        (StatusCode::NOT_FOUND, "FluxConfigurationNotFound")
     );
 }
 

@@ -179,7 +179,7 @@ async fn source_control_case(backend: Backend) {
         &format!("{cluster}/providers/Microsoft.KubernetesConfiguration/sourceControlConfigurations"),
         SOURCE_CONTROL_API,
     );
-    assert_eq!(api.get(&list).await.code(), "ParentResourceNotFound");
+    assert_eq!(api.get(&list).await.code(), "ResourceNotFound");
     api.put_cluster("s", "rg", "c1").await;
 
     let listed = api.get(&list).await;

@@ -428,15 +428,22 @@ fn seal(
     Ok(sealing::seal(key, envelope, &secrets.to_bytes()).map_err(anyhow::Error::from)?)
 }
 
+/// A cluster that is not registered, answered as ARM answers a missing resource: `ResourceNotFound`, which Azure's
+/// CLI reads as "the cluster (or its --cluster-type) is wrong".
 pub fn parent_not_found(scope: &ClusterScope) -> ApiError {
-    ApiError::ParentResourceNotFound(format!(
-        "The parent resource '{}' was not found; register the cluster first.",
-        scope.id()
+    ApiError::ResourceNotFound(format!(
+        "The Resource '{}/{}/{}' under resource group '{}' was not found; register the cluster first.",
+        scope.provider,
+        scope.resource_type,
+        scope.cluster.name.as_str(),
+        scope.cluster.resource_group.as_str()
     ))
 }
 
+/// A configuration that does not exist on a registered cluster: a code of its own, because Azure's CLI reads
+/// `ResourceNotFound` as a missing cluster.
 pub fn not_found(target: &Target) -> ApiError {
-    ApiError::ResourceNotFound(format!(
+    ApiError::FluxConfigurationNotFound(format!(
         "The Flux configuration '{}' was not found on cluster '{}'.",
         target.name.as_str(),
         target.scope.cluster.name.as_str()
@@ -598,7 +605,7 @@ mod tests {
             let services = Services::new(store.clone());
             let name = ConfigurationName::parse("cfg").unwrap();
             let missing = services.configurations.target(scope(), name).await.unwrap_err();
-            assert_eq!(missing.code(), "ParentResourceNotFound");
+            assert_eq!(missing.code(), "ResourceNotFound");
 
             let target = registered(&services).await;
             let mut properties = serde_json::to_value(spec("main")).unwrap();
