@@ -20,7 +20,8 @@ use fluxplane_agent::targets::dir::DirTarget;
 use fluxplane_agent::tls::Trust;
 use fluxplane_api::auth::{self, Role, RoleAssignment};
 use fluxplane_api::config::ServeConfig;
-use fluxplane_api::config::SignIn;
+use fluxplane_api::config::{ManagedIdentity, SignIn};
+use fluxplane_api::managed_identity;
 use fluxplane_api::server;
 use serde_json::json;
 use tracing::Instrument;
@@ -201,6 +202,14 @@ pub async fn start(config: ServeConfig, address: SocketAddr, options: Demo) {
     banner.push(format!(
         "  Try:   curl -s{cacert} -H \"Authorization: Bearer $TOKEN\" \"{url}/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Kubernetes/connectedClusters/dev-1/providers/Microsoft.KubernetesConfiguration/fluxConfigurations?api-version=2025-04-01\""
     ));
+    if let Some(identity) = &config.managed_identity {
+        banner.push("  Azure CLI, azure-identity: dev's managed identity, Owner too (az login --identity):".to_owned());
+        banner.push(format!(
+            "  export IDENTITY_ENDPOINT={url}{} IDENTITY_HEADER={}",
+            managed_identity::PATH,
+            identity.header
+        ));
+    }
     banner.push("  Stop with Ctrl-C.".to_owned());
     // one write, so that no log line lands inside the banner
     println!("{}", banner.join("\n"));
@@ -224,6 +233,29 @@ pub fn ui_sign_in(config: &ServeConfig) -> anyhow::Result<SignIn> {
     Ok(SignIn {
         token: owner_token(config)?,
         subscription: SUBSCRIPTION.to_owned(),
+    })
+}
+
+/// The managed identity whose token endpoint dev serves: its secret is made once in the data directory and kept, so
+/// that the `export IDENTITY_ENDPOINT=... IDENTITY_HEADER=...` line of an earlier start keeps working, as the token
+/// of an earlier banner does.
+pub fn managed_identity(config: &ServeConfig) -> anyhow::Result<ManagedIdentity> {
+    let path = config.data_dir.join("managed-identity-secret");
+    fluxplane_api::keys::ensure_key_file(&path)?;
+    // it travels in a header and an `export` line: printable text only (an edited file is refused, not mangled)
+    let header = String::from_utf8(auth::read_secret_file(&path)?)
+        .ok()
+        .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()))
+        .with_context(|| {
+            format!(
+                "{} must hold one word of printable ASCII, such as the base64 dev writes there (delete the file \
+                 for a new one)",
+                path.display()
+            )
+        })?;
+    Ok(ManagedIdentity {
+        header,
+        signing_key: auth::read_secret_file(&config.jwt_secret_path())?,
     })
 }
 
@@ -359,6 +391,23 @@ async fn settle(http: &reqwest::Client, token: &str, configurations: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_managed_identitys_secret_is_made_once_and_kept_and_an_unprintable_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = fluxplane_api::testing::test_config(dir.path(), "sqlite::memory:");
+        fluxplane_api::keys::prepare(&config, true).unwrap();
+        let first = managed_identity(&config).unwrap();
+        assert!(first.header.len() >= 40, "a 32-byte random secret");
+        assert_eq!(managed_identity(&config).unwrap().header, first.header);
+        assert_eq!(
+            first.signing_key,
+            auth::read_secret_file(&config.jwt_secret_path()).unwrap()
+        );
+        std::fs::write(dir.path().join("managed-identity-secret"), "two words\n").unwrap();
+        let err = managed_identity(&config).unwrap_err();
+        assert!(err.to_string().contains("printable"), "{err}");
+    }
 
     #[test]
     fn dev_listens_beyond_loopback_only_when_allowed() {

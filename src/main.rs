@@ -231,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             // the keys first: the web UI's sign-in is filled with a token they sign
             fluxplane_api::keys::prepare(&config, true)?;
             config.ui_sign_in = Some(dev::ui_sign_in(&config)?);
+            config.managed_identity = Some(dev::managed_identity(&config)?);
             // HTTPS unless told otherwise or given a certificate: Azure's clients send tokens over nothing else
             let ca = if plain_http || config.tls_cert.is_some() {
                 None

@@ -84,6 +84,11 @@ pub struct ServeConfig {
     #[arg(skip)]
     pub ui_sign_in: Option<SignIn>,
 
+    /// The managed identity whose token endpoint `fluxplane dev` serves (never from the command line: `serve`
+    /// hands out no token, so it has no such endpoint).
+    #[arg(skip)]
+    pub managed_identity: Option<ManagedIdentity>,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FLUXPLANE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -197,6 +202,23 @@ impl std::fmt::Debug for SignIn {
         f.debug_struct("SignIn")
             .field("token", &"<redacted>")
             .field("subscription", &self.subscription)
+            .finish()
+    }
+}
+
+/// What `fluxplane dev`'s managed-identity endpoint needs (`managed_identity`): the secret its callers send as
+/// `X-IDENTITY-HEADER`, and the HS256 key of the server's user tokens, which it signs with.
+#[derive(Clone)]
+pub struct ManagedIdentity {
+    pub header: String,
+    pub signing_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ManagedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedIdentity")
+            .field("header", &"<redacted>")
+            .field("signing_key", &"<redacted>")
             .finish()
     }
 }

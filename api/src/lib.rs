@@ -19,6 +19,7 @@ pub mod flux;
 pub mod health;
 pub mod keys;
 pub mod lifecycle;
+pub mod managed_identity;
 pub mod manager;
 pub mod metrics;
 pub mod model;

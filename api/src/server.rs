@@ -44,7 +44,7 @@ use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
 use crate::tls::{self, Certificates};
-use crate::{agents, clusters, dashboards, extensions, fleet, flux, health, manager, sweep};
+use crate::{agents, clusters, dashboards, extensions, fleet, flux, health, managed_identity, manager, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -161,10 +161,12 @@ pub fn app(state: AppState) -> Router {
         .route_layer(guard(state.database.clone()));
     // the cloud's metadata is read before signing in, and needs no database
     let (metadata, _) = manager::public_router().split_for_parts();
-    let app = Router::new()
-        .merge(arm)
-        .merge(agent)
-        .merge(metadata)
+    let mut app = Router::new().merge(arm).merge(agent).merge(metadata);
+    // `dev` only: a server that hands out no token has no such route, not even one that refuses
+    if state.config.managed_identity.is_some() {
+        app = app.merge(managed_identity::router());
+    }
+    let app = app
         .merge(dashboards::ui::router())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -213,6 +215,7 @@ pub fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
+            managed_identity::SECRET_HEADER,
         ]))
         .with_state(state);
     // ARM's fixed segments match in any case: the path is respelled before the routes see it

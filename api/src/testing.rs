@@ -180,6 +180,7 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         sweep_interval: std::time::Duration::from_millis(200),
         history_retention: std::time::Duration::from_secs(30 * 24 * 3600),
         ui_sign_in: None,
+        managed_identity: None,
         max_body_bytes: 1024 * 1024,
         max_connections: 50_000,
         header_read_timeout: std::time::Duration::from_secs(30),

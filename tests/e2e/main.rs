@@ -18,6 +18,7 @@ mod expiry;
 mod extensions;
 mod flux_configurations;
 mod hostile;
+mod managed_identity;
 mod policy_assignments;
 mod resource_manager;
 mod secrets;

@@ -1,6 +1,7 @@
 """Azure's SDKs with their own bearer-token policy, as the README shows them: it sends a token over https:// only, so
 they talk to `fluxplane dev` serving HTTPS with a certificate from its own CA, trusted through `connection_verify` or
-`REQUESTS_CA_BUNDLE`, and refuse a plain-HTTP server.
+`REQUESTS_CA_BUNDLE`, and refuse a plain-HTTP server. azure-identity's own `ManagedIdentityCredential` gets their
+token from dev's managed identity.
 """
 
 import subprocess
@@ -8,7 +9,7 @@ import time
 
 import pytest
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import ServiceRequestError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
 import support
 
@@ -47,10 +48,17 @@ def dev(tmp_path_factory):
             banner["api"] = words[-1]
         elif line.startswith("  export TOKEN="):
             banner["token"] = line.strip().removeprefix("export TOKEN=")
+        elif line.startswith("  export IDENTITY_ENDPOINT="):
+            banner["identity"] = dict(pair.split("=", 1) for pair in words[1:])
         elif line.startswith("  Stop with Ctrl-C."):
             banner["stop"] = True
     assert banner["api"].startswith("https://127.0.0.1:"), banner["api"]
-    yield {"api": banner["api"], "token": banner["token"], "ca": str(data / "tls" / "ca.pem")}
+    yield {
+        "api": banner["api"],
+        "token": banner["token"],
+        "ca": str(data / "tls" / "ca.pem"),
+        "identity": banner["identity"],
+    }
     process.stdout.close()
     support.stop(process)
 
@@ -90,6 +98,32 @@ def test_the_sdks_own_bearer_policy_sends_the_token_over_https_to_a_server_trust
 def test_requests_ca_bundle_trusts_devs_ca_as_python_clients_and_az_read_it(dev, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", dev["ca"])
     assert register(clusters_client(dev["api"], dev["token"]), "tls-2").name == "tls-2"
+
+
+def test_azure_identitys_managed_identity_credential_signs_the_sdks_in_with_devs_identity(dev, monkeypatch):
+    # the environment dev's banner prints, as App Service sets it
+    for name, value in dev["identity"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", dev["ca"])
+    from azure.identity import ManagedIdentityCredential
+    from azure.mgmt.hybridkubernetes import ConnectedKubernetesClient
+
+    # the SDK asks for a token for the server's audience, as /metadata/endpoints announces it
+    clusters = ConnectedKubernetesClient(
+        ManagedIdentityCredential(),
+        SUBSCRIPTION,
+        base_url=dev["api"],
+        credential_scopes=["fluxplane/.default"],
+        polling_interval=0.1,
+    )
+    assert register(clusters, "identity-1").name == "identity-1"
+    listed = [cluster.name for cluster in clusters.connected_cluster.list_by_resource_group(GROUP)]
+    assert "identity-1" in listed
+
+    # Azure's own audience is refused, and the reason reaches the caller
+    with pytest.raises(ClientAuthenticationError, match="audience 'fluxplane' only"):
+        ManagedIdentityCredential().get_token("https://management.azure.com/.default")
 
 
 def test_without_devs_ca_the_sdk_refuses_the_certificate(dev, monkeypatch):
