@@ -146,6 +146,23 @@ test("a cluster's configurations list across pages, and forceDelete removes one 
   await clusters.connectedClusterOperations.beginDeleteAndWait("js-paging", "quiet");
 });
 
+test("the Flux extension a first configuration brought: listed, its settings updated through its LRO, other types refused", async () => {
+  const client = new SourceControlConfigurationClient(credential, SUBSCRIPTION, { endpoint: API });
+  const on = [DEV_GROUP, "Microsoft.Kubernetes", "connectedClusters", "dev-2"];
+  // dev's demo configuration brought it, as Azure installs it with a cluster's first configuration
+  const listed = await all(client.extensions.list(...on));
+  assert.deepEqual(listed.map((e) => [e.name, e.extensionType, e.provisioningState]), [["flux", "microsoft.flux", "Succeeded"]]);
+  const updated = await client.extensions.beginUpdateAndWait(...on, "flux", {
+    configurationSettings: { "multiTenancy.enforce": "false" },
+  });
+  assert.equal(updated.configurationSettings["multiTenancy.enforce"], "false");
+  assert.equal(updated.provisioningState, "Succeeded");
+  await assert.rejects(
+    client.extensions.beginCreateAndWait(...on, "monitor", { extensionType: "microsoft.azuremonitor.containers" }),
+    (err) => err.statusCode === 400,
+  );
+});
+
 test("the provider's operations list", async () => {
   const client = new SourceControlConfigurationClient(credential, SUBSCRIPTION, { endpoint: API });
   const operations = await all(client.operations.list());
