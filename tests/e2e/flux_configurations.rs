@@ -429,3 +429,35 @@ async fn reconciliation_wait_case(backend: Backend) {
     assert_eq!(failed.body["status"], "Failed");
     assert_eq!(failed.body["error"]["code"], "ReconciliationTimedOut");
 }
+
+on_both_backends!(
+    concurrent_first_configurations_of_a_cluster_all_land_with_one_flux_extension,
+    concurrent_first_case
+);
+async fn concurrent_first_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let cluster = cluster_path("s", "rg", "busy");
+    api.put_cluster("s", "rg", "busy").await;
+    let api = std::sync::Arc::new(api);
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let (api, cluster) = (api.clone(), cluster.clone());
+            tokio::spawn(async move { api.put_config(&cluster, &format!("cfg-{i}"), git_config_body()).await })
+        })
+        .collect();
+    for writer in writers {
+        let answer = writer.await.unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+    }
+    let extensions = api
+        .get(&with_version(
+            &format!("{cluster}/providers/Microsoft.KubernetesConfiguration/extensions"),
+            "2023-05-01",
+        ))
+        .await;
+    assert_eq!(
+        extensions.body["value"].as_array().map(Vec::len),
+        Some(1),
+        "{extensions:?}"
+    );
+}

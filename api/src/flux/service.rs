@@ -258,7 +258,7 @@ impl Configurations {
     /// Refuses a write while the cluster's Flux extension is being deleted, or after it was deleted from a cluster
     /// that still holds configurations (`lifecycle::flux_extension_gate`).
     async fn flux_extension_allows(&self, target: &Target) -> ApiResult<()> {
-        let extension = self
+        let mut extension = self
             .store
             .extension_of_type(target.cluster.id, extensions::FLUX)
             .await?;
@@ -268,6 +268,14 @@ impl Configurations {
                 .list_configurations(target.cluster.id, &PageRequest { after: None, limit: 0 })
                 .await?
                 .is_empty();
+        if extension.is_none() && has_configurations {
+            // a concurrent first configuration may have committed, with the extension it brings, between the two
+            // reads: only an extension still missing after them is missing
+            extension = self
+                .store
+                .extension_of_type(target.cluster.id, extensions::FLUX)
+                .await?;
+        }
         let name = extension.as_ref().map_or(extensions::FLUX_NAME, |e| e.name.as_str());
         let cluster = target.scope.cluster.name.as_str();
         let install = format!(
