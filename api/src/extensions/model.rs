@@ -382,8 +382,8 @@ pub struct ExtensionProperties {
     /// Why the last write failed, as the agent (or the control plane, on expiry) said.
     #[schema(read_only)]
     pub error_info: Option<ErrorDetail>,
-    /// Always false: no extension here is a system extension.
-    #[schema(read_only)]
+    /// Always false: no extension here is a system extension. Not answered at api-versions before it existed.
+    #[schema(read_only, required = false)]
     pub is_system_extension: bool,
     /// Always null: there are no custom locations here.
     #[schema(read_only, value_type = Option<Object>)]
