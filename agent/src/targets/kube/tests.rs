@@ -1,7 +1,9 @@
 //! The kube target against a fake Kubernetes API server that keeps objects in memory and verifies every request:
-//! writes must be server-side applies by our field manager; reads and deletes must name kinds we own.
+//! writes must be server-side applies by our field manager; reads and deletes must name kinds we own; and, as a real
+//! API server would, it refuses (403) any request the agent's RBAC in `deploy/agent/agent.yaml` does not allow
+//! (`rbac.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -20,6 +22,8 @@ use base64::engine::general_purpose::STANDARD;
 use crate::deploy_key::DeployKey;
 use crate::secrets::SecretSet;
 
+mod rbac;
+
 type Key = (String, String, String, String); // group/version, plural, namespace, name
 
 #[derive(Default)]
@@ -28,6 +32,39 @@ struct FakeApi {
     /// Requests the fake refused, with why: a test fails if there is any.
     violations: Mutex<Vec<String>>,
     applies: Mutex<usize>,
+    /// Every request received, as the API server's authorizer sees it.
+    requests: Mutex<Vec<rbac::Access>>,
+}
+
+/// What a real API server does before anything else: authorise the request with the agent's RBAC.
+async fn authorize(
+    State(fake): State<Arc<FakeApi>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let uri = request.uri();
+    let access = rbac::Access::of(
+        request.method().as_str(),
+        uri.path(),
+        uri.query(),
+        content_type.as_deref(),
+    );
+    fake.requests.lock().unwrap().push(access.clone());
+    if !rbac::Rbac::of_manifest().allows(&access) {
+        fake.violations
+            .lock()
+            .unwrap()
+            .push(format!("forbidden by deploy/agent/agent.yaml: {access:?}"));
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("forbidden: {access:?}"), "reason": "Forbidden", "code": 403});
+        return (StatusCode::FORBIDDEN, axum::Json(status)).into_response();
+    }
+    next.run(request).await
 }
 
 fn not_found() -> Response {
@@ -198,6 +235,7 @@ async fn start() -> (KubeTarget, Arc<FakeApi>) {
             }),
         )
         .route("/api/v1/{plural}", get(core_list))
+        .layer(axum::middleware::from_fn_with_state(fake.clone(), authorize))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -493,4 +531,105 @@ async fn a_deploy_key_lives_in_the_auth_secret_and_its_public_half_is_observed()
     let mut https = config.clone();
     https.spec.git_repository.as_mut().unwrap().url = Some("https://github.com/org/fleet".into());
     assert_eq!(target.observe(&https).await.repository_public_key, None);
+}
+
+/// The RBAC of `deploy/agent/agent.yaml` allows every request the kube target makes (the fake refuses the rest, as
+/// a real API server would), and grants nothing the target never asks for: a configuration with secrets through
+/// each source kind, pruned, observed, its secrets read back, removed, and the heartbeat's cluster facts.
+#[tokio::test]
+async fn the_agents_rbac_allows_every_request_the_kube_target_makes_and_nothing_more() {
+    let rbac = rbac::Rbac::of_manifest();
+    // the check refuses what the rules do not name
+    for (method, path, query) in [
+        ("GET", "/apis/fluxplane.io/v1alpha1/fluxconfigs", Some("watch=true")),
+        (
+            "PUT",
+            "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/a/kustomizations/b",
+            None,
+        ),
+        ("GET", "/api/v1/namespaces/a/configmaps/b", None),
+        ("POST", "/api/v1/namespaces", None),
+        ("GET", "/api/v1/namespaces/a", None),
+        ("DELETE", "/api/v1/namespaces/a/secrets", None),
+        ("GET", "/api/v1/nodes/node-1", None),
+        ("GET", "/apis", None),
+    ] {
+        let access = rbac::Access::of(method, path, query, None);
+        assert!(!rbac.allows(&access), "{method} {path} is allowed: {access:?}");
+    }
+
+    let (target, fake) = start().await;
+    let with_source = |generation: i64, kustomizations: Value, source: Value| {
+        let mut spec = json!({"namespace": "flux-system", "suspend": false, "kustomizations": kustomizations});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(source.as_object().unwrap().clone());
+        DesiredConfiguration {
+            name: "cfg".into(),
+            generation,
+            deleting: false,
+            spec: serde_json::from_value(spec).unwrap(),
+            ..Default::default()
+        }
+    };
+    let mut config = with_source(
+        1,
+        json!({"infra": {"path": "./infra"}, "apps": {"path": "./apps"}}),
+        json!({"sourceKind": "GitRepository", "gitRepository": {"url": "https://github.com/org/fleet",
+               "repositoryRef": {"branch": "main"}}}),
+    );
+    config.secrets_version = Some(1);
+    let secrets = SecretSet {
+        version: 1,
+        settings: json!({"configurationProtectedSettings": {"sshPrivateKey": "a2V5"}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    let credentials = Credentials {
+        secrets: Some(secrets),
+        deploy_key: None,
+    };
+    target.apply(&config, &credentials).await.unwrap();
+    assert_eq!(
+        target.inventory().await.unwrap(),
+        BTreeMap::from([("cfg".to_owned(), 1)])
+    );
+    assert_eq!(target.credentials(&config).await.unwrap(), credentials);
+    assert_eq!(target.observe(&config).await.compliance, ComplianceState::Pending);
+    // another source kind each time: the previous source, the dropped kustomization and the secret are pruned
+    for (generation, source) in [
+        (
+            2,
+            json!({"sourceKind": "Bucket", "bucket": {"url": "https://minio.local:9000/", "bucketName": "gitops"}}),
+        ),
+        (
+            3,
+            json!({"sourceKind": "OCIRepository", "ociRepository": {"url": "oci://ghcr.io/org/manifests",
+                   "repositoryRef": {"tag": "v1"}}}),
+        ),
+    ] {
+        let next = with_source(generation, json!({"infra": {"path": "./infra"}}), source);
+        target.apply(&next, &Credentials::default()).await.unwrap();
+        assert_eq!(target.observe(&next).await.compliance, ComplianceState::Pending);
+    }
+    let facts = target.cluster_facts().await;
+    assert!(facts.kubernetes_version.is_some() && facts.total_node_count.is_some());
+    target.remove("cfg").await.unwrap();
+    assert!(names(&fake).is_empty());
+
+    let violations = fake.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let used: BTreeSet<rbac::Grant> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(rbac::Access::grants_used)
+        .collect();
+    let unused: Vec<_> = rbac.grants().difference(&used).cloned().collect();
+    assert!(
+        unused.is_empty(),
+        "deploy/agent/agent.yaml grants what the agent never asks for: {unused:#?}"
+    );
 }
