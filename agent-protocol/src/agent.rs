@@ -262,6 +262,44 @@ pub struct ConfigurationReport {
     /// key the agent made for an SSH source without a key of the user's, or the public half of the user's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_public_key: Option<String>,
+    /// Objects of the configuration the agent found deleted or changed in its cluster since its last report, and
+    /// wrote back as desired: each becomes an event of the configuration's history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<Restoration>,
+}
+
+/// An object of a configuration that was deleted or changed in the cluster, and that the agent wrote back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Restoration {
+    /// The object's kind, e.g. `Kustomization`; for the `dir` target, the kind of the object its file holds.
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub drift: Drift,
+    /// When the agent noticed (RFC 3339).
+    pub noticed_at: String,
+}
+
+/// How an object had drifted from what the agent wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum Drift {
+    /// It was gone.
+    Deleted,
+    /// Fields the agent writes held other values.
+    Changed,
+}
+
+impl Drift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drift::Deleted => "deleted",
+            Drift::Changed => "changed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

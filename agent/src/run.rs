@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use fluxplane_agent_protocol::agent::{
     AgentInfo, ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState,
-    ExtensionReport, StatusReport, extension_sealing_name,
+    ExtensionReport, Restoration, StatusReport, extension_sealing_name,
 };
-use fluxplane_agent_protocol::flux::{ComplianceState, SourceKind};
+use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatusCondition, SourceKind};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, ControlPlane};
@@ -71,6 +71,9 @@ impl Default for Backoff {
     }
 }
 
+/// The type of the condition a restored object's status carries.
+pub const RESTORED_CONDITION: &str = "Restored";
+
 /// How soon a configuration whose objects could not be written is tried again.
 const RETRY_FAILED_APPLY: Duration = Duration::from_secs(10);
 
@@ -86,6 +89,9 @@ struct Held {
     next_check: Instant,
     /// What was last reported for it, to report again only on change.
     reported: Option<ConfigurationReport>,
+    /// The objects of this generation the agent wrote back after they drifted, the latest per object: each shows
+    /// as a `Restored` condition on its status for as long as the generation lasts.
+    restorations: Vec<Restoration>,
 }
 
 /// What the agent holds of one extension: the settings of the generation it installed. It records them only:
@@ -117,6 +123,7 @@ fn report_of(
     secrets_version: Option<i64>,
 ) -> ConfigurationReport {
     ConfigurationReport {
+        restored: Vec::new(),
         secrets_version,
         name: configuration.name.clone(),
         generation: configuration.generation,
@@ -127,6 +134,37 @@ fn report_of(
         source_synced_commit_id: observation.source_synced_commit_id,
         source_updated_at: observation.source_updated_at,
         repository_public_key: observation.repository_public_key,
+    }
+}
+
+/// The condition a restored object's status carries: when, and what had become of it.
+fn restored_condition(restoration: &Restoration) -> ObjectStatusCondition {
+    ObjectStatusCondition {
+        last_transition_time: Some(restoration.noticed_at.clone()),
+        message: Some(format!(
+            "restored by the agent: it was {} in the cluster",
+            restoration.drift.as_str()
+        )),
+        reason: Some(format!("{:?}", restoration.drift)),
+        status: Some("True".to_owned()),
+        type_: Some(RESTORED_CONDITION.to_owned()),
+    }
+}
+
+/// Adds each restoration's condition to the status of the object it restored.
+fn mark_restored(report: &mut ConfigurationReport, restorations: &[Restoration]) {
+    for restoration in restorations {
+        let status = report.statuses.iter_mut().find(|status| {
+            status.kind.as_deref() == Some(restoration.kind.as_str())
+                && status.name.as_deref() == Some(restoration.name.as_str())
+                && status.namespace == restoration.namespace
+        });
+        if let Some(status) = status {
+            status
+                .status_conditions
+                .get_or_insert_with(Vec::new)
+                .push(restored_condition(restoration));
+        }
     }
 }
 
@@ -163,6 +201,7 @@ impl Agent {
                         secrets_version: None,
                         next_check: now,
                         reported: None,
+                        restorations: Vec::new(),
                     },
                 )
             })
@@ -292,24 +331,36 @@ impl Agent {
             let write = new_generation || undelivered || held.is_some_and(|h| !h.applied);
             let mut applied = true;
             let mut secrets_version = held.and_then(|h| h.secrets_version);
-            let report = if write {
-                match self.write(configuration).await {
-                    Ok(written) => {
-                        tracing::info!(configuration = %name, generation = configuration.generation, "applied");
-                        secrets_version = written;
-                        let observation = self.target.observe(configuration).await;
-                        report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
-                    }
-                    Err(message) => {
-                        applied = false;
-                        tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
-                        let observation = Observation::only(ComplianceState::NonCompliant, Some(message));
-                        report_of(configuration, ApplyOutcome::Failed, observation, secrets_version)
-                    }
-                }
+            let mut restored = Vec::new();
+            let written = if write {
+                Some(self.write(configuration).await)
             } else {
-                let observation = self.target.observe(configuration).await;
-                report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
+                // what it wrote, it keeps: objects deleted or changed since are written back
+                match self.restore(configuration).await {
+                    Ok(found) => {
+                        restored = found;
+                        None
+                    }
+                    Err(message) => Some(Err(message)),
+                }
+            };
+            let report = match written {
+                Some(Ok(version)) => {
+                    tracing::info!(configuration = %name, generation = configuration.generation, "applied");
+                    secrets_version = version;
+                    let observation = self.target.observe(configuration).await;
+                    report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
+                }
+                Some(Err(message)) => {
+                    applied = false;
+                    tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
+                    let observation = Observation::only(ComplianceState::NonCompliant, Some(message));
+                    report_of(configuration, ApplyOutcome::Failed, observation, secrets_version)
+                }
+                None => {
+                    let observation = self.target.observe(configuration).await;
+                    report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
+                }
             };
             let held = self.held.entry(name).or_insert(Held {
                 generation: configuration.generation,
@@ -317,7 +368,11 @@ impl Agent {
                 secrets_version,
                 next_check: now,
                 reported: None,
+                restorations: Vec::new(),
             });
+            if held.generation != configuration.generation {
+                held.restorations.clear();
+            }
             held.generation = configuration.generation;
             held.applied = applied;
             held.secrets_version = secrets_version;
@@ -327,8 +382,25 @@ impl Agent {
                 } else {
                     RETRY_FAILED_APPLY
                 };
-            if held.reported.as_ref() != Some(&report) {
+            for restoration in &restored {
+                held.restorations.retain(|r| {
+                    (&r.kind, &r.name, &r.namespace) != (&restoration.kind, &restoration.name, &restoration.namespace)
+                });
+                held.restorations.push(restoration.clone());
+            }
+            let mut report = report;
+            mark_restored(&mut report, &held.restorations);
+            if held.reported.as_ref() != Some(&report) || !restored.is_empty() {
                 held.reported = Some(report.clone());
+                // restorations not yet accepted stay with the report that replaces theirs
+                let mut unsent = self
+                    .pending
+                    .remove(&report.name)
+                    .filter(|pending| pending.generation == report.generation)
+                    .map(|pending| pending.restored)
+                    .unwrap_or_default();
+                unsent.extend(restored);
+                report.restored = unsent;
                 self.pending.insert(report.name.clone(), report);
             }
         }
@@ -431,10 +503,10 @@ impl Agent {
         self.failed_extensions.retain(|name, _| wanted.contains(name.as_str()));
     }
 
-    /// Writes the configuration with the credentials it should have: the secret set of its version, and for an SSH
-    /// source with no key of the user's, the deploy key the cluster holds or, the first time, a new one. Answers the
-    /// secret set's version, or why it failed.
-    async fn write(&self, configuration: &DesiredConfiguration) -> Result<Option<i64>, String> {
+    /// The credentials the configuration's objects carry: the secret set of its version, brought up to date from
+    /// what the cluster holds, and for an SSH source with no key of the user's, the deploy key the cluster holds or,
+    /// the first time (or once it was lost), a new one. The error says what the user must do.
+    async fn credentials(&self, configuration: &DesiredConfiguration) -> Result<Credentials, String> {
         let needs_key = deploy_key::ssh_git_source(&configuration.spec).is_some();
         let held = if configuration.secrets_version.is_some() || needs_key {
             self.target
@@ -461,12 +533,60 @@ impl Agent {
                 DeployKey::generate(&format!("fluxplane:{cluster}/{}", configuration.name))
             })
         });
-        let version = secrets.as_ref().map(|s| s.version);
+        Ok(Credentials { secrets, deploy_key })
+    }
+
+    /// Writes the configuration with the credentials it should have; answers the secret set's version, or why it
+    /// failed.
+    async fn write(&self, configuration: &DesiredConfiguration) -> Result<Option<i64>, String> {
+        let credentials = self.credentials(configuration).await?;
+        let version = credentials.secrets.as_ref().map(|s| s.version);
         self.target
-            .apply(configuration, &Credentials { secrets, deploy_key })
+            .apply(configuration, &credentials)
             .await
             .map_err(|err| format!("{err:#}"))?;
         Ok(version)
+    }
+
+    /// Writes back the objects of a configuration written before that were deleted or changed in the cluster since;
+    /// answers what it restored, or why it could not.
+    async fn restore(&self, configuration: &DesiredConfiguration) -> Result<Vec<Restoration>, String> {
+        let credentials = self.credentials(configuration).await?;
+        let drifted = match self.target.drift(configuration, &credentials).await {
+            Ok(drifted) => drifted,
+            Err(err) => {
+                // not knowing is no reason to rewrite: the next check looks again
+                tracing::warn!(configuration = %configuration.name, error = format!("{err:#}"), "checking for drift failed");
+                return Ok(Vec::new());
+            }
+        };
+        if drifted.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.target
+            .apply(configuration, &credentials)
+            .await
+            .map_err(|err| format!("{err:#}"))?;
+        let noticed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        Ok(drifted
+            .into_iter()
+            .map(|drifted| {
+                tracing::info!(
+                    configuration = %configuration.name,
+                    kind = %drifted.kind,
+                    object = %drifted.name,
+                    drift = drifted.drift.as_str(),
+                    "restored"
+                );
+                Restoration {
+                    kind: drifted.kind,
+                    name: drifted.name,
+                    namespace: drifted.namespace,
+                    drift: drifted.drift,
+                    noticed_at: noticed_at.clone(),
+                }
+            })
+            .collect())
     }
 
     fn queue(&mut self, report: ConfigurationReport) {
@@ -521,13 +641,16 @@ mod tests {
 
     use super::*;
     use crate::identity::Identity;
-    use crate::targets::ClusterFacts;
+    use crate::targets::{ClusterFacts, Drifted};
+    use fluxplane_agent_protocol::agent::Drift;
 
-    /// A target whose first write fails; clones share what they count.
+    /// A target whose first write fails; clones share what they count. Its objects drift when a test says so,
+    /// and its one object is the Kustomization `ns/cfg-apps`.
     #[derive(Default, Clone)]
     struct Flaky {
         writes: Arc<AtomicUsize>,
         observed: Arc<Mutex<Vec<String>>>,
+        drifted: Arc<Mutex<Vec<Drifted>>>,
     }
 
     #[async_trait::async_trait]
@@ -544,12 +667,23 @@ mod tests {
         async fn credentials(&self, _: &DesiredConfiguration) -> anyhow::Result<Credentials> {
             Ok(Credentials::default())
         }
+        async fn drift(&self, _: &DesiredConfiguration, _: &Credentials) -> anyhow::Result<Vec<Drifted>> {
+            Ok(std::mem::take(&mut *self.drifted.lock().unwrap()))
+        }
         async fn remove(&self, _: &str) -> anyhow::Result<()> {
             Ok(())
         }
         async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {
             self.observed.lock().unwrap().push(configuration.name.clone());
-            Observation::only(ComplianceState::Compliant, None)
+            Observation {
+                statuses: vec![fluxplane_agent_protocol::flux::ObjectStatus {
+                    kind: Some("Kustomization".into()),
+                    name: Some("cfg-apps".into()),
+                    namespace: Some("ns".into()),
+                    ..Default::default()
+                }],
+                ..Observation::only(ComplianceState::Compliant, None)
+            }
         }
         async fn cluster_facts(&self) -> ClusterFacts {
             ClusterFacts::default()
@@ -594,6 +728,97 @@ mod tests {
         agent.reconcile(&desired).await;
         assert_eq!(target.writes.load(Ordering::SeqCst), 2, "then the write is tried again");
         assert_eq!(agent.pending["cfg"].outcome, ApplyOutcome::Applied);
+    }
+
+    fn agent_identity() -> Identity {
+        Identity::generate(
+            "http://127.0.0.1:9",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c",
+        )
+        .unwrap()
+        .identity
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drifted_objects_are_written_back_and_reported_once_with_a_lasting_condition() {
+        let target = Flaky::default();
+        target.writes.store(1, Ordering::SeqCst); // no failing first write here
+        let mut agent = Agent::new(
+            ControlPlane::new(agent_identity()).unwrap(),
+            Box::new(target.clone()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let mut desired = DesiredState {
+            cluster_id: "c".into(),
+            revision: 1,
+            configurations: vec![DesiredConfiguration {
+                name: "cfg".into(),
+                generation: 1,
+                ..Default::default()
+            }],
+            extensions: Vec::new(),
+        };
+        agent.reconcile(&desired).await;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 2);
+        agent.pending.clear(); // as if accepted
+
+        // deleted in the cluster: noticed at the next check, which comes with the sync interval
+        target.drifted.lock().unwrap().push(Drifted {
+            kind: "Kustomization".into(),
+            name: "cfg-apps".into(),
+            namespace: Some("ns".into()),
+            drift: Drift::Deleted,
+        });
+        agent.reconcile(&desired).await;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 2, "not before the check is due");
+        tokio::time::advance(Duration::from_secs(600)).await;
+        agent.reconcile(&desired).await;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 3, "written back");
+        let report = agent.pending["cfg"].clone();
+        assert_eq!(report.restored.len(), 1);
+        assert_eq!(report.restored[0].drift, Drift::Deleted);
+        let condition = |report: &ConfigurationReport| {
+            report.statuses[0]
+                .status_conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_.as_deref() == Some(RESTORED_CONDITION))
+                .cloned()
+        };
+        assert_eq!(condition(&report).unwrap().reason.as_deref(), Some("Deleted"));
+
+        // a report that replaces an unsent one keeps its restorations
+        target.drifted.lock().unwrap().push(Drifted {
+            kind: "GitRepository".into(),
+            name: "cfg".into(),
+            namespace: Some("ns".into()),
+            drift: Drift::Changed,
+        });
+        tokio::time::advance(Duration::from_secs(600)).await;
+        agent.reconcile(&desired).await;
+        assert_eq!(
+            agent.pending["cfg"].restored.len(),
+            2,
+            "{:?}",
+            agent.pending["cfg"].restored
+        );
+        agent.pending.clear();
+
+        // nothing drifted: nothing written, nothing new to say; the condition stays with the generation
+        tokio::time::advance(Duration::from_secs(600)).await;
+        agent.reconcile(&desired).await;
+        assert_eq!(target.writes.load(Ordering::SeqCst), 4);
+        assert!(agent.pending.is_empty(), "{:?}", agent.pending);
+        assert!(condition(agent.held["cfg"].reported.as_ref().unwrap()).is_some());
+
+        // a new generation starts clean
+        desired.configurations[0].generation = 2;
+        agent.reconcile(&desired).await;
+        let fresh = &agent.pending["cfg"];
+        assert!(fresh.restored.is_empty());
+        assert!(condition(fresh).is_none());
     }
 
     fn flux_extension(generation: i64) -> DesiredExtension {

@@ -114,16 +114,25 @@ pub enum HistoryEvent {
     Created,
     Updated,
     Deleted,
+    /// The agent found an object of the configuration deleted or changed in its cluster and wrote it back (recorded
+    /// by `store::apply_report`, not by a trigger).
+    Restored,
 }
 
 impl HistoryEvent {
-    pub const ALL: [HistoryEvent; 3] = [HistoryEvent::Created, HistoryEvent::Updated, HistoryEvent::Deleted];
+    pub const ALL: [HistoryEvent; 4] = [
+        HistoryEvent::Created,
+        HistoryEvent::Updated,
+        HistoryEvent::Deleted,
+        HistoryEvent::Restored,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             HistoryEvent::Created => "Created",
             HistoryEvent::Updated => "Updated",
             HistoryEvent::Deleted => "Deleted",
+            HistoryEvent::Restored => "Restored",
         }
     }
 }

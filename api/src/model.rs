@@ -172,6 +172,8 @@ pub enum ReportWrite {
         observed: Box<Observed>,
         operation_status: OperationState,
         operation_error: Option<ErrorDetail>,
+        /// What the agent restored in its cluster since its last report, each as the history's message.
+        restored: Vec<String>,
     },
     /// The agent removed a configuration that is being deleted.
     Removed,

@@ -77,6 +77,7 @@ fn report(configurations: &[(String, i64)], compliant: bool, agent: usize) -> St
                 source_updated_at: None,
                 secrets_version: None,
                 repository_public_key: None,
+                restored: Vec::new(),
             })
             .collect(),
     }

@@ -149,6 +149,7 @@ pub(crate) async fn simulated_agent(
                     source_updated_at: None,
                     secrets_version: None,
                     repository_public_key: None,
+                    restored: Vec::new(),
                 })
                 .collect(),
         };

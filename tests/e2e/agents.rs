@@ -451,3 +451,93 @@ async fn an_offline_clusters_status_is_not_shown_as_fresh() {
     let cluster_state = api.get(&with_version(&cluster, CLUSTER_API)).await;
     assert_eq!(cluster_state.body["properties"]["connectivityStatus"], "Offline");
 }
+
+on_both_backends!(
+    files_deleted_or_edited_by_hand_are_restored_and_recorded_in_the_history,
+    self_repair_case
+);
+async fn self_repair_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "demo"), FLUX_API);
+    assert_eq!(
+        api.put_config(&cluster, "demo", config_body(&url)).await.status,
+        StatusCode::CREATED
+    );
+    until(&api, &path, "Compliant", |p| p["complianceState"] == "Compliant").await;
+
+    // by hand: one kustomization's file deleted, the source's URL edited
+    let kustomization = agent.file("demo", "kustomization-apps.yaml");
+    let source = agent.file("demo", "source.yaml");
+    let written_source = std::fs::read_to_string(&source).unwrap();
+    std::fs::remove_file(&kustomization).unwrap();
+    std::fs::write(
+        &source,
+        written_source.replace(&url, "http://127.0.0.1:9/elsewhere.git"),
+    )
+    .unwrap();
+
+    // written back within the sync interval (1 s), each shown as restored on its status...
+    let repaired = until(&api, &path, "both objects marked restored", |p| {
+        let restored = |kind: &str, name: &str| {
+            p["statuses"].as_array().into_iter().flatten().any(|s| {
+                s["kind"] == kind
+                    && s["name"] == name
+                    && s["statusConditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Restored")
+            })
+        };
+        restored("Kustomization", "demo-apps") && restored("GitRepository", "demo")
+    })
+    .await;
+    assert_eq!(repaired["properties"]["complianceState"], "Compliant");
+    assert!(kustomization.exists());
+    assert_eq!(std::fs::read_to_string(&source).unwrap(), written_source);
+    let deleted = repaired["properties"]["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "demo-apps")
+        .unwrap()["statusConditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Restored")
+        .unwrap()
+        .clone();
+    assert_eq!(deleted["reason"], "Deleted");
+
+    // ...and in the configuration's history
+    let history = api
+        .get(&format!(
+            "{}/history?api-version=2026-01-01",
+            config_path(&cluster, "demo")
+        ))
+        .await;
+    let restored: Vec<&str> = history.body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "Restored")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        restored
+            .iter()
+            .any(|m| m.starts_with("restored Kustomization flux-system/demo-apps, deleted in the cluster (noticed at ")),
+        "{restored:?}"
+    );
+    assert!(
+        restored
+            .iter()
+            .any(|m| m.starts_with("restored GitRepository flux-system/demo, changed in the cluster")),
+        "{restored:?}"
+    );
+    agent.stop().await;
+}

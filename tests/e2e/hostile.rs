@@ -7,7 +7,8 @@ use crate::common::agents::*;
 use crate::common::*;
 use fluxplane_agent::client::ControlPlane;
 use fluxplane_agent_protocol::agent::{
-    AGENT_AUDIENCE, AgentClaims, AgentInfo, ApplyOutcome, ConfigurationReport, ReportDisposition, StatusReport,
+    AGENT_AUDIENCE, AgentClaims, AgentInfo, ApplyOutcome, ConfigurationReport, Drift, ReportDisposition, Restoration,
+    StatusReport,
 };
 use fluxplane_agent_protocol::flux::ComplianceState;
 use fluxplane_api::auth::Role;
@@ -180,6 +181,7 @@ async fn nul_case(backend: Backend) {
             source_updated_at: None,
             secrets_version: None,
             repository_public_key: None,
+            restored: Vec::new(),
         }],
     };
     let agent = ControlPlane::new(identity).unwrap();
@@ -200,6 +202,20 @@ async fn nul_case(backend: Backend) {
     assert!(
         text.contains("400") && text.contains("configurations[0].repositoryPublicKey"),
         "{text}"
+    );
+    // so is a restoration whose object name holds control characters, which would reach the history's readers
+    let mut forged = report.clone();
+    forged.configurations[0].restored = vec![Restoration {
+        kind: "Kustomization".into(),
+        name: "apps\u{1b}[2J".into(),
+        namespace: Some("flux-system".into()),
+        drift: Drift::Deleted,
+        noticed_at: "2026-12-06T00:00:00Z".into(),
+    }];
+    let refused = agent.report(&forged).await.expect_err("a control character is refused");
+    assert!(
+        refused.to_string().contains("configurations[0].restored[0].name"),
+        "{refused}"
     );
     let unchanged = api.get(&with_version(&config_path(&c2, "cfg"), FLUX_API)).await;
     assert_eq!(unchanged.body["properties"], read.body["properties"]);

@@ -24,11 +24,11 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
-use fluxplane_agent_protocol::agent::DesiredConfiguration;
+use fluxplane_agent_protocol::agent::{DesiredConfiguration, Drift};
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatusCondition, SourceKind};
 use serde_json::Value;
 
-use super::{ClusterFacts, Observation, Target};
+use super::{ClusterFacts, Drifted, Observation, Target};
 use crate::deploy_key::ssh_git_source;
 use crate::files::write_atomically;
 use crate::git::{Mirror, mirror_path, ssh_command};
@@ -202,6 +202,31 @@ impl Target for DirTarget {
             }
         }
         Ok(())
+    }
+
+    /// Its files are the agent's alone: one that is missing, no longer parses or holds anything else has drifted.
+    async fn drift(
+        &self,
+        configuration: &DesiredConfiguration,
+        credentials: &Credentials,
+    ) -> anyhow::Result<Vec<Drifted>> {
+        let dir = self.dir(&configuration.name);
+        let mut drifted = Vec::new();
+        for object in &configuration_objects(configuration, credentials) {
+            let path = dir.join(file_name(object));
+            let found = match std::fs::read_to_string(&path) {
+                Ok(text) => serde_yaml_ng::from_str::<Value>(&text).unwrap_or(Value::Null),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    drifted.push(Drifted::new(object, Drift::Deleted));
+                    continue;
+                }
+                Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+            };
+            if found != *object {
+                drifted.push(Drifted::new(object, Drift::Changed));
+            }
+        }
+        Ok(drifted)
     }
 
     /// A directory is no cluster: nothing to report.

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use k8s_openapi::api::core::v1::Node;
 
-use super::{ClusterFacts, Observation, Target};
+use super::{ClusterFacts, Drifted, Observation, Target};
 use crate::deploy_key::ssh_git_source;
 use crate::objects::{
     CONFIGURATION_LABEL, FLUXCONFIG_API, GENERATION_ANNOTATION, KUSTOMIZE_API, MANAGED_BY, SOURCE_API,
@@ -195,6 +195,28 @@ impl Target for KubeTarget {
             .await?
             .map(|secret| credentials_of(&secret))
             .unwrap_or_default())
+    }
+
+    async fn drift(
+        &self,
+        configuration: &DesiredConfiguration,
+        credentials: &Credentials,
+    ) -> anyhow::Result<Vec<Drifted>> {
+        let mut drifted = Vec::new();
+        for object in &configuration_objects(configuration, credentials) {
+            let api_version = object["apiVersion"].as_str().unwrap_or_default();
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let found = self
+                .get(&resource(api_version, kind)?, namespace, name)
+                .await
+                .with_context(|| format!("reading {kind} {namespace}/{name}"))?
+                .map(serde_json::to_value)
+                .transpose()?;
+            drifted.extend(Drifted::of(object, found.as_ref()));
+        }
+        Ok(drifted)
     }
 
     async fn remove(&self, name: &str) -> anyhow::Result<()> {

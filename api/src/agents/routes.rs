@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{
     ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState, EncryptionKeyRegistration,
-    ExtensionReport, MAX_WAIT_SECONDS, ReportDisposition, ReportResult, SealedSecrets, StatusAccepted, StatusReport,
+    ExtensionReport, MAX_WAIT_SECONDS, ReportDisposition, ReportResult, Restoration, SealedSecrets, StatusAccepted,
+    StatusReport,
 };
 use fluxplane_agent_protocol::sealing;
 use serde::Deserialize;
@@ -299,6 +300,45 @@ fn extension_write(entry: &ExtensionReport, now: DateTime<Utc>) -> ExtensionRepo
     }
 }
 
+/// The most restorations one configuration's report may carry: a configuration writes a source, its secret, its
+/// FluxConfig and at most 100 kustomizations.
+const MAX_RESTORATIONS: usize = 110;
+/// The longest kind, name or namespace a restoration may name (Kubernetes' longest name is 253 characters).
+const MAX_OBJECT_NAME: usize = 253;
+
+/// The history's message for an object the agent restored: "restored Kustomization flux-system/apps, deleted in the
+/// cluster (noticed at ...)".
+fn restoration_event(restoration: &Restoration, at: &str) -> ApiResult<String> {
+    let field = |name: &str, value: &str| {
+        if value.is_empty() || value.len() > MAX_OBJECT_NAME || value.chars().any(char::is_control) {
+            Err(ApiError::invalid(
+                format!("{at}.{name}"),
+                format!("must be 1-{MAX_OBJECT_NAME} characters without control characters"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    field("kind", &restoration.kind)?;
+    field("name", &restoration.name)?;
+    if let Some(namespace) = &restoration.namespace {
+        field("namespace", namespace)?;
+    }
+    let noticed = DateTime::parse_from_rfc3339(&restoration.noticed_at)
+        .map_err(|_| ApiError::invalid(format!("{at}.noticedAt"), "must be an RFC 3339 timestamp"))?
+        .with_timezone(&Utc);
+    let object = match &restoration.namespace {
+        Some(namespace) => format!("{namespace}/{}", restoration.name),
+        None => restoration.name.clone(),
+    };
+    Ok(format!(
+        "restored {} {object}, {} in the cluster (noticed at {})",
+        restoration.kind,
+        restoration.drift.as_str(),
+        noticed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
+}
+
 /// The longest public key line a report may carry: an RSA key of 16,384 bits takes under 3 KiB.
 const MAX_PUBLIC_KEY_LENGTH: usize = 8 * 1024;
 
@@ -335,7 +375,20 @@ fn report_write(entry: &ConfigurationReport, now: DateTime<Utc>, index: usize) -
                 .with_timezone(&Utc),
         ),
     };
+    if entry.restored.len() > MAX_RESTORATIONS {
+        return Err(ApiError::invalid(
+            format!("configurations[{index}].restored"),
+            format!("at most {MAX_RESTORATIONS} restorations fit in one report"),
+        ));
+    }
+    let restored = entry
+        .restored
+        .iter()
+        .enumerate()
+        .map(|(i, restoration)| restoration_event(restoration, &format!("configurations[{index}].restored[{i}]")))
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(ReportWrite::Status {
+        restored,
         provisioning_state,
         compliance_state: entry.compliance_state,
         observed: Box::new(Observed {

@@ -57,7 +57,8 @@ impl HistoryEntry {
     }
 }
 
-/// A configuration's states changed: it was created, deleted, or its generation, states, commit or message moved.
+/// A configuration's states changed: it was created, deleted, or its generation, states, commit or message moved;
+/// or its agent restored one of its objects in the cluster.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusEntry {
@@ -68,7 +69,8 @@ pub struct StatusEntry {
     pub resource_id: String,
     pub cluster_id: String,
     pub configuration_name: String,
-    /// Created, Updated or Deleted.
+    /// Created, Updated, Deleted, or Restored (the agent wrote back an object deleted or changed in its cluster; the
+    /// message says which).
     pub event: String,
     pub generation: i64,
     /// The generation the agent last reported on.

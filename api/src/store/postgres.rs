@@ -108,6 +108,7 @@ sql_store!(
     fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1))",
     row_lock = " FOR NO KEY UPDATE",
     write_begin = None,
+    history_now = "now()",
     {
         // A configuration write is one statement: the row, its sealed secrets and its operation in data-modifying
         // CTEs, which PostgreSQL runs as one atomic command on one snapshot (so the operation inserted is not among

@@ -95,6 +95,7 @@ macro_rules! sql_store {
         fleet_lock = $lock:literal,
         row_lock = $row_lock:literal,
         write_begin = $write:expr,
+        history_now = $history_now:literal,
         { $($extra:tt)* }
     ) => {
         #[async_trait::async_trait]
@@ -1185,6 +1186,7 @@ macro_rules! sql_store {
                         observed,
                         operation_status,
                         operation_error,
+                        restored,
                     } => {
                         let done = sqlx::query::<$db>(
                             "UPDATE flux_configurations SET provisioning_state = $1, compliance_state = $2, \
@@ -1200,6 +1202,29 @@ macro_rules! sql_store {
                         .bind(name)
                         .execute(&mut *tx)
                         .await?;
+                        if done.rows_affected() > 0 {
+                            // what the agent restored is history the triggers cannot see: the status may not move
+                            for message in restored {
+                                sqlx::query::<$db>(concat!(
+                                    "INSERT INTO status_history (at, configuration_id, cluster_id, subscription_key, \
+                                     resource_group_key, cluster_path, name, policy_assignment, event, generation, \
+                                     reported_generation, compliance_state, provisioning_state, commit_id, message) \
+                                     SELECT ", $history_now, ", f.id, f.cluster_id, c.subscription_key, \
+                                     c.resource_group_key, c.subscription || '/' || c.resource_group || '/' || c.name, \
+                                     f.name, COALESCE(f.managed_by_id, ''), $1, f.generation, f.reported_generation, \
+                                     f.compliance_state, f.provisioning_state, $2, $3 \
+                                     FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
+                                     WHERE f.cluster_id = $4 AND f.name = $5"
+                                ))
+                                .bind($crate::lifecycle::HistoryEvent::Restored.as_str())
+                                .bind(observed.source_synced_commit_id.as_deref())
+                                .bind(message)
+                                .bind(cluster_id)
+                                .bind(name)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                        }
                         (done.rows_affected() > 0, *operation_status, operation_error.clone())
                     }
                     $crate::model::ReportWrite::Removed => {

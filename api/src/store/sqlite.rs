@@ -91,6 +91,8 @@ sql_store!(
     fleet_lock = "SELECT $1",
     row_lock = "",
     write_begin = Some(WRITE),
+    // the format the history triggers write (migration 0009), which its range scans compare as text
+    history_now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
     {
         /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
         /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next

@@ -403,6 +403,7 @@ fn applied(compliance: ComplianceState) -> crate::model::ReportWrite {
         }),
         operation_status: crate::lifecycle::OperationState::Succeeded,
         operation_error: None,
+        restored: Vec::new(),
     }
 }
 

@@ -62,6 +62,7 @@ pub async fn report_states(agent: &ControlPlane, failing: &[&str], skip: &[&str]
                 source_updated_at: None,
                 secrets_version: None,
                 repository_public_key: None,
+                restored: Vec::new(),
             }
         })
         .collect();

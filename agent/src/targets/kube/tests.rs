@@ -21,6 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::deploy_key::DeployKey;
 use crate::secrets::SecretSet;
+use fluxplane_agent_protocol::agent::Drift;
 
 mod rbac;
 
@@ -535,7 +536,8 @@ async fn a_deploy_key_lives_in_the_auth_secret_and_its_public_half_is_observed()
 
 /// The RBAC of `deploy/agent/agent.yaml` allows every request the kube target makes (the fake refuses the rest, as
 /// a real API server would), and grants nothing the target never asks for: a configuration with secrets through
-/// each source kind, pruned, observed, its secrets read back, removed, and the heartbeat's cluster facts.
+/// each source kind, pruned, observed, checked for drift, its secrets read back, removed, and the heartbeat's
+/// cluster facts.
 #[tokio::test]
 async fn the_agents_rbac_allows_every_request_the_kube_target_makes_and_nothing_more() {
     let rbac = rbac::Rbac::of_manifest();
@@ -597,6 +599,7 @@ async fn the_agents_rbac_allows_every_request_the_kube_target_makes_and_nothing_
     );
     assert_eq!(target.credentials(&config).await.unwrap(), credentials);
     assert_eq!(target.observe(&config).await.compliance, ComplianceState::Pending);
+    assert_eq!(target.drift(&config, &credentials).await.unwrap(), Vec::new());
     // another source kind each time: the previous source, the dropped kustomization and the secret are pruned
     for (generation, source) in [
         (
@@ -631,5 +634,62 @@ async fn the_agents_rbac_allows_every_request_the_kube_target_makes_and_nothing_
     assert!(
         unused.is_empty(),
         "deploy/agent/agent.yaml grants what the agent never asks for: {unused:#?}"
+    );
+}
+
+#[tokio::test]
+async fn objects_deleted_or_edited_in_the_cluster_are_drift_and_applying_restores_them() {
+    let (target, fake) = start().await;
+    let config = configuration(1, json!({"infra": {"path": "./infra"}, "apps": {"path": "./apps"}}));
+    let credentials = Credentials::default();
+    target.apply(&config, &credentials).await.unwrap();
+    // what Flux and the API server add is not drift
+    set_status(
+        &fake,
+        "kustomizations",
+        "cfg-apps",
+        json!({"conditions": [ready("True", "applied")]}),
+    );
+    assert_eq!(target.drift(&config, &credentials).await.unwrap(), Vec::new());
+
+    let key = |plural: &str, api: &str, name: &str| {
+        (
+            api.to_owned(),
+            plural.to_owned(),
+            "flux-system".to_owned(),
+            name.to_owned(),
+        )
+    };
+    fake.objects
+        .lock()
+        .unwrap()
+        .remove(&key("kustomizations", KUSTOMIZE_API, "cfg-infra"));
+    fake.objects
+        .lock()
+        .unwrap()
+        .get_mut(&key("gitrepositories", SOURCE_API, "cfg"))
+        .unwrap()["spec"]["url"] = json!("https://github.com/someone/else");
+    let drifted = target.drift(&config, &credentials).await.unwrap();
+    let found: Vec<(String, String, Drift)> = drifted
+        .iter()
+        .map(|d| (d.kind.clone(), d.name.clone(), d.drift))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("GitRepository".to_owned(), "cfg".to_owned(), Drift::Changed),
+            ("Kustomization".to_owned(), "cfg-infra".to_owned(), Drift::Deleted),
+        ]
+    );
+    target.apply(&config, &credentials).await.unwrap();
+    assert_eq!(target.drift(&config, &credentials).await.unwrap(), Vec::new());
+    assert_eq!(
+        fake.objects.lock().unwrap()[&key("gitrepositories", SOURCE_API, "cfg")]["spec"]["url"],
+        "https://github.com/org/fleet"
+    );
+    assert!(
+        fake.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.violations.lock().unwrap()
     );
 }
