@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fluxplane_agent_protocol::flux::RepositoryRef;
+use fluxplane_agent_protocol::semver::Constraint;
 use serde::Deserialize;
 use tokio::process::Command;
 
@@ -119,18 +120,32 @@ impl Mirror {
         })
     }
 
+    /// The tag Flux would check out for `range`: the highest version among the tags (strict semver, an optional
+    /// `v`) that satisfies it, read as Flux reads it (`agent_protocol::semver`); equal versions go to the tag whose
+    /// commit is the latest, as in Flux.
     async fn latest_matching_tag(&self, range: &str) -> anyhow::Result<String> {
-        let requirement =
-            semver::VersionReq::parse(range).with_context(|| format!("'{range}' is not a semver range"))?;
-        let tags = self.git(&["tag", "--list"]).await?;
-        tags.lines()
-            .filter_map(|tag| {
-                let version = semver::Version::parse(tag.trim_start_matches('v')).ok()?;
-                requirement.matches(&version).then(|| (version, tag.to_owned()))
+        let constraint = Constraint::parse(range).map_err(|err| anyhow::anyhow!("semver parse error: {err}"))?;
+        // an annotated tag's commit date is its target's (`*committerdate`), a lightweight tag's its own
+        let listing = self
+            .git(&[
+                "for-each-ref",
+                "--format=%(refname:strip=2)%00%(*committerdate:unix)%00%(committerdate:unix)",
+                "refs/tags",
+            ])
+            .await?;
+        let tags: Vec<(&str, i64)> = listing
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\0');
+                let tag = fields.next()?;
+                let time = fields.find_map(|f| f.parse().ok()).unwrap_or(0);
+                Some((tag, time))
             })
-            .max()
-            .map(|(_, tag)| tag)
-            .with_context(|| format!("no tag matches the semver range '{range}'"))
+            .collect();
+        constraint
+            .latest(tags)
+            .map(str::to_owned)
+            .with_context(|| format!("no match found for semver: {range}"))
     }
 
     /// Checks that `path` is a directory at `commit` holding at least one YAML file, all of them valid.
