@@ -1,6 +1,6 @@
 //! A real check of a Git source, for targets where no Flux runs: fetch the repository with the git CLI into a bare
-//! mirror, resolve the configuration's reference (commit > semver > tag > branch, as Flux does), and check that
-//! every kustomization path exists and holds valid YAML.
+//! mirror, resolve the configuration's reference (commit > semver > tag > branch, as Flux does), and check what a
+//! `kustomize build` of every kustomization path would read (`kustomize.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fluxplane_agent_protocol::flux::RepositoryRef;
 use fluxplane_agent_protocol::semver::Constraint;
-use serde::Deserialize;
 use tokio::process::Command;
+
+use crate::kustomize::{self, Blobs, Limits, Outcome, Snapshot};
 
 /// A resolved reference: the commit and the label Flux reports it with (`main@sha1:...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,67 +149,113 @@ impl Mirror {
             .with_context(|| format!("no match found for semver: {range}"))
     }
 
-    /// Checks that `path` is a directory at `commit` holding at least one YAML file, all of them valid.
-    pub async fn check_path(&self, commit: &str, path: &str) -> anyhow::Result<usize> {
-        let relative = normalise(path);
-        let tree = if relative.is_empty() {
-            format!("{commit}^{{tree}}")
-        } else {
-            format!("{commit}:{relative}")
-        };
-        let kind = self
-            .git(&["cat-file", "-t", &tree])
+    /// Checks what a `kustomize build` of each path at `commit` would read (`kustomize.rs`), in the order given.
+    /// The commit's tree is listed once, and its files read through one `git cat-file --batch`.
+    pub async fn check_kustomizations(&self, commit: &str, paths: Vec<String>) -> anyhow::Result<Vec<Outcome>> {
+        let listing = self
+            .git_bytes(&["ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit])
+            .await?;
+        let snapshot = Snapshot::from_ls_tree(&listing)?;
+        if snapshot.len() > MAX_TREE_ENTRIES {
+            let reason = format!(
+                "the commit holds {} files and directories; the dir target checks at most {MAX_TREE_ENTRIES}",
+                snapshot.len()
+            );
+            return Ok(paths.iter().map(|_| Outcome::Unverified(reason.clone())).collect());
+        }
+        let git_dir = self.path.clone();
+        let timeout = self.timeout;
+        // the walk is synchronous (each reference read decides the next), so it runs off the async workers, with
+        // the same time limit as every git command
+        let work = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Outcome>> {
+            let mut blobs = CatFile::start(&git_dir)?;
+            Ok(paths
+                .iter()
+                .map(|path| kustomize::check(&snapshot, &mut blobs, path, Limits::default()))
+                .collect())
+        });
+        tokio::time::timeout(timeout, work)
             .await
-            .map_err(|_| anyhow::anyhow!("path '{path}' does not exist"))?;
-        if kind.trim() != "tree" {
-            bail!("path '{path}' is not a directory");
+            .with_context(|| format!("checking the kustomizations timed out after {timeout:?}"))?
+            .context("the kustomization check panicked")?
+    }
+
+    async fn git_bytes(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let mut command = Command::new("git");
+        command
+            .arg("--git-dir")
+            .arg(&self.path)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(self.timeout, command.output())
+            .await
+            .with_context(|| format!("git {} timed out after {:?}", args.first().unwrap_or(&""), self.timeout))?
+            .context("running git")?;
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
         }
-        let mut args = vec!["ls-tree", "-r", "--name-only", commit];
-        if !relative.is_empty() {
-            args.extend(["--", relative.as_str()]);
-        }
-        let files: Vec<String> = self
-            .git(&args)
-            .await?
-            .lines()
-            .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
-            .map(str::to_owned)
-            .collect();
-        if files.is_empty() {
-            bail!("path '{path}' holds no YAML");
-        }
-        for file in &files {
-            let text = self.git(&["show", &format!("{commit}:{file}")]).await?;
-            for document in serde_yaml_ng::Deserializer::from_str(&text) {
-                serde_yaml_ng::Value::deserialize(document)
-                    .map_err(|err| anyhow::anyhow!("{file}: invalid YAML: {err}"))?;
-            }
-        }
-        Ok(files.len())
+        Ok(output.stdout)
     }
 }
 
-/// A kustomization path relative to the repository root, without `./` or surrounding slashes.
-fn normalise(path: &str) -> String {
-    path.split('/')
-        .filter(|segment| !segment.is_empty() && *segment != ".")
-        .collect::<Vec<_>>()
-        .join("/")
+/// Most entries (files and directories) a commit may hold for the dir target to check it: a bound on the memory
+/// and time a hostile repository can cost each sync.
+const MAX_TREE_ENTRIES: usize = 200_000;
+
+/// Blobs read from a bare repository by one long-lived `git cat-file --batch` (one process for a whole check,
+/// rather than one per file).
+struct CatFile {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl CatFile {
+    fn start(git_dir: &Path) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(["cat-file", "--batch"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running git cat-file")?;
+        let input = child.stdin.take().context("git cat-file's input")?;
+        let output = std::io::BufReader::new(child.stdout.take().context("git cat-file's output")?);
+        Ok(Self { child, input, output })
+    }
+}
+
+impl Blobs for CatFile {
+    fn read(&mut self, oid: &str) -> anyhow::Result<Vec<u8>> {
+        use std::io::{BufRead, Read, Write};
+        writeln!(self.input, "{oid}")?;
+        self.input.flush()?;
+        let mut header = String::new();
+        self.output.read_line(&mut header)?;
+        // `<oid> <type> <size>`, or `<oid> missing`
+        let size: usize = header
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("git cat-file: {}", header.trim()))?;
+        let mut contents = vec![0; size + 1];
+        self.output.read_exact(&mut contents)?;
+        contents.pop();
+        Ok(contents)
+    }
+}
+
+impl Drop for CatFile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The mirror directory of a configuration under `root`.
 pub fn mirror_path(root: &Path, configuration: &str) -> PathBuf {
     root.join(".fluxplane").join("git").join(format!("{configuration}.git"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kustomization_paths_are_normalised() {
-        assert_eq!(normalise("./apps/staging/"), "apps/staging");
-        assert_eq!(normalise("./"), "");
-        assert_eq!(normalise(""), "");
-    }
 }
