@@ -8,6 +8,7 @@
 //! {configuration}/source.yaml                the GitRepository, Bucket or OCIRepository it implies
 //! {configuration}/kustomization-{name}.yaml  one Flux Kustomization per kustomization
 //! {configuration}/secret.yaml                the Secret of its secrets, if it has any (mode 0600)
+//! {configuration}/verification-keys.yaml     the Secret of an OCI source's cosign public keys, if it has any
 //! .fluxplane/git/{configuration}.git         the bare mirror the source check fetches into
 //! ```
 //!
@@ -31,11 +32,15 @@ use super::{ClusterFacts, Observation, Target};
 use crate::files::write_atomically;
 use crate::git::{Mirror, Resolved, mirror_path};
 use crate::kustomize::Outcome;
-use crate::objects::{GENERATION_ANNOTATION, configuration_objects, secret_set_of};
+use crate::objects::{
+    CONFIGURATION_LABEL, GENERATION_ANNOTATION, configuration_objects, secret_set_of, verification_secret_name,
+};
 use crate::secrets::SecretSet;
 
 const FLUXCONFIG_FILE: &str = "fluxconfig.yaml";
 const SECRET_FILE: &str = "secret.yaml";
+/// The public keys an OCI source verifies with (`objects::verification_secret_name`); no secret, so not private.
+const VERIFICATION_FILE: &str = "verification-keys.yaml";
 
 pub struct DirTarget {
     root: PathBuf,
@@ -62,6 +67,13 @@ fn file_name(object: &Value) -> String {
                 .unwrap_or_default()
         ),
         Some("FluxConfig") => FLUXCONFIG_FILE.to_owned(),
+        Some("Secret")
+            if object["metadata"]["labels"][CONFIGURATION_LABEL]
+                .as_str()
+                .is_some_and(|c| object["metadata"]["name"] == verification_secret_name(c).as_str()) =>
+        {
+            VERIFICATION_FILE.to_owned()
+        }
         Some("Secret") => SECRET_FILE.to_owned(),
         _ => "source.yaml".to_owned(),
     }
@@ -689,5 +701,36 @@ mod tests {
             .await;
         assert_eq!(observed.compliance, ComplianceState::NonCompliant);
         assert_eq!(observed.message.as_deref(), Some("no match found for semver: >=3"));
+    }
+
+    #[tokio::test]
+    async fn an_oci_sources_public_keys_get_a_file_of_their_own_beside_the_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let mut desired = DesiredConfiguration {
+            name: "oci".into(),
+            generation: 1,
+            deleting: false,
+            spec: serde_json::from_value(json!({
+                "sourceKind": "OCIRepository", "namespace": "team",
+                "ociRepository": {"url": "oci://ghcr.io/org/m", "repositoryRef": {"tag": "v1"},
+                                  "verify": {"provider": "cosign", "verificationConfig": {"cosign.pub": "a2V5"}}},
+                "kustomizations": {"k": {"path": "./"}}
+            }))
+            .unwrap(),
+            secrets_version: None,
+            sealed_secrets: Vec::new(),
+        };
+        target.apply(&desired, None).await.unwrap();
+        let keys = std::fs::read_to_string(dir.path().join("oci").join(VERIFICATION_FILE)).unwrap();
+        assert!(keys.contains("cosign.pub: a2V5"), "{keys}");
+        assert!(!dir.path().join("oci").join(SECRET_FILE).exists());
+        let source = std::fs::read_to_string(dir.path().join("oci").join("source.yaml")).unwrap();
+        assert!(source.contains("name: oci-verify"), "{source}");
+
+        // keys dropped, file gone
+        desired.spec.oci_repository.as_mut().unwrap().verify = None;
+        target.apply(&desired, None).await.unwrap();
+        assert!(!dir.path().join("oci").join(VERIFICATION_FILE).exists());
     }
 }
