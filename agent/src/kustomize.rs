@@ -291,13 +291,20 @@ impl Walk<'_> {
         }
         match self.kustomization_file(&dir)? {
             Some(file) => self.build(&dir, &file, Expect::Kustomization),
-            None => self.generated(&dir),
+            None => self.generated(&dir, 0),
         }
     }
 
     /// Flux's generated kustomization: every YAML file below `dir` as a resource (each must decode as Kubernetes
     /// objects), and every subdirectory holding a kustomization file, which is built and not descended into.
-    fn generated(&mut self, dir: &str) -> Step {
+    fn generated(&mut self, dir: &str, depth: usize) -> Step {
+        // the walk recurses per directory level, which the repository chooses: bounded like nesting
+        if depth > self.limits.depth {
+            return Err(Stop::Limit(format!(
+                "{dir}: directories nest more than {} deep; the dir target checks no deeper",
+                self.limits.depth
+            )));
+        }
         let children: Vec<(String, Entry)> = self
             .snapshot
             .children(dir)
@@ -307,7 +314,7 @@ impl Walk<'_> {
             match entry.kind {
                 Kind::Dir => match self.kustomization_file(&path)? {
                     Some(file) => self.nested(&path, &file, Expect::Kustomization)?,
-                    None => self.generated(&path)?,
+                    None => self.generated(&path, depth + 1)?,
                 },
                 // Flux's walk neither follows linked directories nor finds anything in an unfetched submodule
                 Kind::Submodule => {}
@@ -924,6 +931,22 @@ mod tests {
         assert!(matches!(
             check(&snapshot, &mut blobs, "d0", generous),
             Outcome::Built { .. }
+        ));
+    }
+
+    #[test]
+    fn a_directory_tree_deeper_than_the_limit_is_unverified_not_a_stack_overflow() {
+        let deep = (0..300).map(|l| format!("d{l}")).collect::<Vec<_>>().join("/");
+        let (snapshot, mut blobs) = memory(&[(format!("{deep}/cm.yaml"), CM.to_owned())]);
+        match check(&snapshot, &mut blobs, "d0", Limits::default()) {
+            Outcome::Unverified(reason) => assert!(reason.contains("directories nest more than 32"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let shallow = (0..10).map(|l| format!("d{l}")).collect::<Vec<_>>().join("/");
+        let (snapshot, mut blobs) = memory(&[(format!("{shallow}/cm.yaml"), CM.to_owned())]);
+        assert!(matches!(
+            check(&snapshot, &mut blobs, "", Limits::default()),
+            Outcome::Built { files: 1 }
         ));
     }
 

@@ -710,6 +710,16 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn any_semver_range_is_accepted_or_refused_as_a_bad_request(
+            range in "[0-9xX*v.<>=!~^|, +-]{0,40}|\\PC{0,40}",
+        ) {
+            let mut s = spec(json!({"gitRepository": {"url": "https://x.io/r", "repositoryRef": {"semver": range}}}));
+            if let Err(err) = normalize(&mut s, &name("c"), None) {
+                proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
         fn any_configuration_is_read_and_normalised_or_refused_as_a_bad_request(value in configuration_like()) {
             match crate::arm::body::parse::<FluxConfigurationSpec>(value, "properties") {
                 Ok(mut spec) => {
