@@ -165,8 +165,8 @@ impl Mirror {
         }
         let git_dir = self.path.clone();
         let timeout = self.timeout;
-        // the walk is synchronous (each reference read decides the next), so it runs off the async workers, with
-        // the same time limit as every git command
+        // the walk is synchronous (each reference read decides the next), so it runs off the async workers; its
+        // work is bounded by `Limits`, and the observation stops waiting for it after the source's timeout
         let work = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Outcome>> {
             let mut blobs = CatFile::start(&git_dir)?;
             Ok(paths
