@@ -258,6 +258,10 @@ pub struct ConfigurationReport {
     /// control plane then deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_version: Option<i64>,
+    /// The public key the source authenticates with, as one OpenSSH line (`ssh-ed25519 AAAA... comment`): the deploy
+    /// key the agent made for an SSH source without a key of the user's, or the public half of the user's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

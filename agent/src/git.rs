@@ -25,14 +25,27 @@ pub struct Resolved {
 pub struct Mirror {
     path: PathBuf,
     timeout: Duration,
+    /// What git runs to reach an `ssh://` remote (`GIT_SSH_COMMAND`); git's default when absent.
+    ssh_command: Option<String>,
 }
 
 impl Mirror {
     pub fn new(path: PathBuf, timeout: Duration) -> Self {
-        Self { path, timeout }
+        Self {
+            path,
+            timeout,
+            ssh_command: None,
+        }
     }
 
-    async fn git(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// The mirror, fetching over SSH with `command` (see [`ssh_command`]).
+    pub fn with_ssh_command(mut self, command: String) -> Self {
+        self.ssh_command = Some(command);
+        self
+    }
+
+    /// Runs git on the mirror; its output as bytes (paths and blobs need not be UTF-8).
+    async fn git_bytes(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
         let mut command = Command::new("git");
         command
             .arg("--git-dir")
@@ -41,6 +54,9 @@ impl Mirror {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
             .kill_on_drop(true);
+        if let Some(ssh) = &self.ssh_command {
+            command.env("GIT_SSH_COMMAND", ssh);
+        }
         let output = tokio::time::timeout(self.timeout, command.output())
             .await
             .with_context(|| format!("git {} timed out after {:?}", args.first().unwrap_or(&""), self.timeout))?
@@ -48,7 +64,11 @@ impl Mirror {
         if !output.status.success() {
             bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(output.stdout)
+    }
+
+    async fn git(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.git_bytes(args).await?).into_owned())
     }
 
     /// Brings the mirror up to date with `url`: every branch and tag.
@@ -67,6 +87,15 @@ impl Mirror {
             "+refs/tags/*:refs/tags/*",
         ])
         .await
+        .map_err(|err| {
+            if err.to_string().contains("Host key verification failed") {
+                err.context(
+                    "the server's host key is not known: set gitRepository.sshKnownHosts to its known_hosts lines",
+                )
+            } else {
+                err
+            }
+        })
         .with_context(|| format!("fetching {url}"))?;
         Ok(())
     }
@@ -179,24 +208,6 @@ impl Mirror {
             .with_context(|| format!("checking the kustomizations timed out after {timeout:?}"))?
             .context("the kustomization check panicked")?
     }
-
-    async fn git_bytes(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
-        let mut command = Command::new("git");
-        command
-            .arg("--git-dir")
-            .arg(&self.path)
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .kill_on_drop(true);
-        let output = tokio::time::timeout(self.timeout, command.output())
-            .await
-            .with_context(|| format!("git {} timed out after {:?}", args.first().unwrap_or(&""), self.timeout))?
-            .context("running git")?;
-        if !output.status.success() {
-            bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
-        }
-        Ok(output.stdout)
-    }
 }
 
 /// Most entries (files and directories) a commit may hold for the dir target to check it: a bound on the memory
@@ -255,7 +266,59 @@ impl Drop for CatFile {
     }
 }
 
+/// The command git reaches `ssh://` remotes with: only the given key (never an agent's or the user's own), host keys
+/// checked strictly against `known_hosts` (else the system's files), nothing asked of a terminal, no user config.
+pub fn ssh_command(identity: Option<&Path>, known_hosts: Option<&Path>) -> anyhow::Result<String> {
+    let mut words = vec![
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ];
+    let identity_option;
+    if let Some(identity) = identity {
+        identity_option = format!("IdentityFile={}", identity.display());
+        words.extend([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            &identity_option,
+        ]);
+    }
+    let known_hosts_option;
+    if let Some(known_hosts) = known_hosts {
+        known_hosts_option = format!("UserKnownHostsFile={}", known_hosts.display());
+        words.extend(["-o", &known_hosts_option, "-o", "GlobalKnownHostsFile=/dev/null"]);
+    }
+    shlex::try_join(words).context("a path of the agent's target cannot be passed to ssh")
+}
+
 /// The mirror directory of a configuration under `root`.
 pub fn mirror_path(root: &Path, configuration: &str) -> PathBuf {
     root.join(".fluxplane").join("git").join(format!("{configuration}.git"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ssh_command_uses_only_the_given_key_and_quotes_its_paths() {
+        let command = ssh_command(Some(Path::new("/t/my dir/identity")), Some(Path::new("/t/kh"))).unwrap();
+        let words = shlex::split(&command).unwrap();
+        assert!(
+            words.contains(&"IdentityFile=/t/my dir/identity".to_owned()),
+            "{command}"
+        );
+        assert!(words.contains(&"IdentitiesOnly=yes".to_owned()));
+        assert!(words.contains(&"UserKnownHostsFile=/t/kh".to_owned()));
+        assert!(words.contains(&"StrictHostKeyChecking=yes".to_owned()));
+        let bare = shlex::split(&ssh_command(None, None).unwrap()).unwrap();
+        assert!(!bare.iter().any(|w| w.starts_with("IdentityFile")));
+    }
 }

@@ -4,6 +4,7 @@
 //! the poll loop and the cluster targets build on them.
 
 pub mod client;
+pub mod deploy_key;
 mod files;
 pub mod git;
 pub mod identity;

@@ -10,7 +10,8 @@ use fluxplane_agent_protocol::flux::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::secrets::{SecretSet, flux_secret_data, spec_with};
+use crate::deploy_key::{DeployKey, public_key_of};
+use crate::secrets::{Credentials, SecretSet, flux_secret_data, spec_with};
 
 pub const SOURCE_API: &str = "source.toolkit.fluxcd.io/v1";
 pub const KUSTOMIZE_API: &str = "kustomize.toolkit.fluxcd.io/v1";
@@ -29,38 +30,58 @@ pub const SECRETS_VERSION_ANNOTATION: &str = "fluxplane.io/secrets-version";
 /// set apply to; Flux reads the other keys.
 pub const SECRET_SET_KEY: &str = "fluxplane.json";
 
+/// The annotation of a configuration's secret that marks its `identity` as a deploy key the agent made.
+pub const DEPLOY_KEY_ANNOTATION: &str = "fluxplane.io/deploy-key";
+/// The keys of a Flux secret that hold an SSH private key and its public half.
+const IDENTITY_KEY: &str = "identity";
+const IDENTITY_PUB_KEY: &str = "identity.pub";
+
 /// The name of the secret holding the credentials a configuration brings along.
 pub fn auth_secret_name(configuration: &str) -> String {
     format!("{configuration}-auth")
 }
 
 /// Every object a configuration's generation puts in the cluster, the FluxConfig last (its generation annotation
-/// says the rest is in place): the Flux objects, and the secret when the configuration has secrets.
-pub fn configuration_objects(configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> Vec<Value> {
-    let spec = spec_with(&configuration.spec, secrets);
+/// says the rest is in place): the Flux objects, and the secret when the configuration has credentials.
+pub fn configuration_objects(configuration: &DesiredConfiguration, credentials: &Credentials) -> Vec<Value> {
+    let spec = spec_with(&configuration.spec, credentials.secrets.as_ref());
     let mut objects = flux_objects(&configuration.name, &spec);
-    // the keys go in before the OCIRepository that verifies with them
+    if credentials.deploy_key.is_some() {
+        // the key the agent made is what the source authenticates with (only made where nothing else would be)
+        objects[0]["spec"]["secretRef"] = json!({ "name": auth_secret_name(&configuration.name) });
+    }
+    // the keys go in before the OCIRepository that verifies with them (after the source is addressed as `objects[0]`)
     objects.splice(0..0, verification_secret_object(&configuration.name, &spec));
-    if let Some(secrets) = secrets {
-        objects.push(auth_secret_object(configuration, &spec, secrets));
+    if credentials.secrets.is_some() || credentials.deploy_key.is_some() {
+        objects.push(auth_secret_object(configuration, &spec, credentials));
     }
     objects.push(flux_config_object(configuration));
     objects
 }
 
-/// The configuration's secret: what Flux reads under its own key names, and the secret set itself.
+/// The configuration's secret: what Flux reads under its own key names, the secret set itself, and the deploy key
+/// the agent made (marked as such, so that a key of the user's is never taken for one).
 fn auth_secret_object(
     configuration: &DesiredConfiguration,
     spec: &FluxConfigurationSpec,
-    secrets: &SecretSet,
+    credentials: &Credentials,
 ) -> Value {
     let namespace = spec.namespace.as_deref().unwrap_or("default");
     let name = auth_secret_name(&configuration.name);
     let mut metadata = metadata(&name, namespace, &configuration.name);
-    metadata["annotations"] = json!({SECRETS_VERSION_ANNOTATION: secrets.version.to_string()});
-    let mut data = flux_secret_data(spec, secrets);
-    let set = serde_json::to_vec(&secrets.settings).expect("a JSON map serialises");
-    data.insert(SECRET_SET_KEY.to_owned(), STANDARD.encode(set));
+    let mut annotations = Map::new();
+    let mut data = flux_secret_data(spec, credentials.secrets.as_ref());
+    if let Some(secrets) = &credentials.secrets {
+        annotations.insert(SECRETS_VERSION_ANNOTATION.into(), secrets.version.to_string().into());
+        let set = serde_json::to_vec(&secrets.settings).expect("a JSON map serialises");
+        data.insert(SECRET_SET_KEY.to_owned(), STANDARD.encode(set));
+    }
+    if let Some(key) = &credentials.deploy_key {
+        annotations.insert(DEPLOY_KEY_ANNOTATION.into(), "true".into());
+        data.insert(IDENTITY_KEY.to_owned(), STANDARD.encode(key.private_openssh()));
+        data.insert(IDENTITY_PUB_KEY.to_owned(), STANDARD.encode(key.public_openssh()));
+    }
+    metadata["annotations"] = Value::Object(annotations);
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -70,17 +91,32 @@ fn auth_secret_object(
     })
 }
 
-/// The secret set a configuration's secret (as read back from the cluster) holds; `None` for anything else.
-pub fn secret_set_of(object: &Value) -> Option<SecretSet> {
-    let version = object["metadata"]["annotations"][SECRETS_VERSION_ANNOTATION]
-        .as_str()?
-        .parse()
-        .ok()?;
-    let set = STANDARD.decode(object["data"][SECRET_SET_KEY].as_str()?).ok()?;
-    Some(SecretSet {
-        version,
-        settings: serde_json::from_slice(&set).ok()?,
-    })
+/// What a configuration's secret (as read back from the cluster) holds; nothing for anything else.
+pub fn credentials_of(object: &Value) -> Credentials {
+    let data = |key: &str| object["data"][key].as_str().and_then(|text| STANDARD.decode(text).ok());
+    let secrets = (|| {
+        let version = object["metadata"]["annotations"][SECRETS_VERSION_ANNOTATION]
+            .as_str()?
+            .parse()
+            .ok()?;
+        Some(SecretSet {
+            version,
+            settings: serde_json::from_slice(&data(SECRET_SET_KEY)?).ok()?,
+        })
+    })();
+    let deploy_key = (object["metadata"]["annotations"][DEPLOY_KEY_ANNOTATION] == "true")
+        .then(|| data(IDENTITY_KEY))
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| DeployKey::from_openssh(&text).ok());
+    Credentials { secrets, deploy_key }
+}
+
+/// The public key the configuration's source authenticates with, from its secret as read back: the deploy key the
+/// agent made, or the public half of the user's own key where its format carries one (`repositoryPublicKey`).
+pub fn repository_public_key_of(object: &Value) -> Option<String> {
+    let key = STANDARD.decode(object["data"][IDENTITY_KEY].as_str()?).ok()?;
+    public_key_of(&key)
 }
 
 /// The Flux objects of a configuration whose spec the control plane has normalised (defaults filled in):
@@ -419,6 +455,60 @@ mod tests {
         serde_json::from_value(value).unwrap()
     }
 
+    fn desired(url: &str) -> DesiredConfiguration {
+        DesiredConfiguration {
+            name: "cfg".into(),
+            generation: 1,
+            spec: spec(json!({"namespace": "ns", "sourceKind": "GitRepository", "gitRepository": {"url": url}})),
+            ..Default::default()
+        }
+    }
+
+    fn secret_of(objects: &[Value]) -> &Value {
+        objects.iter().find(|o| o["kind"] == "Secret").expect("a secret")
+    }
+
+    #[test]
+    fn a_deploy_key_alone_makes_the_auth_secret_and_reads_back_as_the_agents_own() {
+        let key = DeployKey::generate("fluxplane:c/cfg");
+        let credentials = Credentials {
+            secrets: None,
+            deploy_key: Some(key.clone()),
+        };
+        let objects = configuration_objects(&desired("ssh://git@host/repo"), &credentials);
+        assert_eq!(objects[0]["spec"]["secretRef"], json!({"name": "cfg-auth"}));
+        let secret = secret_of(&objects);
+        assert_eq!(secret["metadata"]["annotations"][DEPLOY_KEY_ANNOTATION], "true");
+        assert!(
+            secret["data"].get(SECRET_SET_KEY).is_none(),
+            "no secret set was delivered"
+        );
+        assert_eq!(credentials_of(secret), credentials);
+        assert_eq!(repository_public_key_of(secret), Some(key.public_openssh()));
+    }
+
+    #[test]
+    fn a_users_own_key_is_never_taken_for_a_deploy_key_but_shows_its_public_half() {
+        let users = DeployKey::generate("me@laptop");
+        let secrets = SecretSet {
+            version: 3,
+            settings: json!({"configurationProtectedSettings":
+                {"sshPrivateKey": STANDARD.encode(users.private_openssh())}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        };
+        let credentials = Credentials {
+            secrets: Some(secrets),
+            deploy_key: None,
+        };
+        let objects = configuration_objects(&desired("ssh://git@host/repo"), &credentials);
+        let secret = secret_of(&objects);
+        assert_eq!(credentials_of(secret), credentials);
+        assert_eq!(credentials_of(secret).deploy_key, None);
+        assert_eq!(repository_public_key_of(secret), Some(users.public_openssh()));
+    }
+
     #[test]
     fn a_git_configuration_becomes_a_git_repository_and_its_kustomizations() {
         let objects = flux_objects(
@@ -535,7 +625,7 @@ mod tests {
             secrets_version: None,
             sealed_secrets: Vec::new(),
         };
-        let objects = configuration_objects(&configuration, None);
+        let objects = configuration_objects(&configuration, &Credentials::default());
         let secret = &objects[0];
         assert_eq!(secret["kind"], "Secret");
         assert_eq!(secret["metadata"]["name"], "o-verify");
@@ -563,7 +653,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .verification_config = None;
-        let objects = configuration_objects(&keyless, None);
+        let objects = configuration_objects(&keyless, &Credentials::default());
         assert!(objects.iter().all(|o| o["kind"] != "Secret"), "no keys, no secret");
         let source = objects.iter().find(|o| o["kind"] == "OCIRepository").unwrap();
         assert!(source["spec"]["verify"].get("secretRef").is_none());

@@ -14,7 +14,8 @@ use fluxplane_agent_protocol::flux::{ComplianceState, SourceKind};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, ControlPlane};
-use crate::secrets::{SecretSet, resolve, resolve_sealed};
+use crate::deploy_key::{self, DeployKey};
+use crate::secrets::{Credentials, SecretSet, resolve, resolve_sealed, spec_with};
 use crate::targets::{Observation, Target};
 
 /// How the agent runs.
@@ -125,6 +126,7 @@ fn report_of(
         statuses: observation.statuses,
         source_synced_commit_id: observation.source_synced_commit_id,
         source_updated_at: observation.source_updated_at,
+        repository_public_key: observation.repository_public_key,
     }
 }
 
@@ -271,13 +273,7 @@ impl Agent {
                     Ok(()) => {
                         tracing::info!(configuration = %name, "removed");
                         self.held.remove(&name);
-                        let observation = Observation {
-                            compliance: ComplianceState::Unknown,
-                            message: None,
-                            statuses: Vec::new(),
-                            source_synced_commit_id: None,
-                            source_updated_at: None,
-                        };
+                        let observation = Observation::only(ComplianceState::Unknown, None);
                         self.queue(report_of(configuration, ApplyOutcome::Removed, observation, None));
                     }
                     Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
@@ -307,13 +303,7 @@ impl Agent {
                     Err(message) => {
                         applied = false;
                         tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
-                        let observation = Observation {
-                            compliance: ComplianceState::NonCompliant,
-                            message: Some(message),
-                            statuses: Vec::new(),
-                            source_synced_commit_id: None,
-                            source_updated_at: None,
-                        };
+                        let observation = Observation::only(ComplianceState::NonCompliant, Some(message));
                         report_of(configuration, ApplyOutcome::Failed, observation, secrets_version)
                     }
                 }
@@ -441,28 +431,42 @@ impl Agent {
         self.failed_extensions.retain(|name, _| wanted.contains(name.as_str()));
     }
 
-    /// Writes the configuration with the secret set it should have; answers that set's version, or why it failed.
+    /// Writes the configuration with the credentials it should have: the secret set of its version, and for an SSH
+    /// source with no key of the user's, the deploy key the cluster holds or, the first time, a new one. Answers the
+    /// secret set's version, or why it failed.
     async fn write(&self, configuration: &DesiredConfiguration) -> Result<Option<i64>, String> {
-        let secrets = if configuration.secrets_version.is_some() {
-            let held = self
-                .target
-                .secrets(configuration)
+        let needs_key = deploy_key::ssh_git_source(&configuration.spec).is_some();
+        let held = if configuration.secrets_version.is_some() || needs_key {
+            self.target
+                .credentials(configuration)
                 .await
-                .map_err(|err| format!("{err:#}"))?;
+                .map_err(|err| format!("{err:#}"))?
+        } else {
+            Credentials::default()
+        };
+        let secrets = if configuration.secrets_version.is_some() {
             resolve(
                 self.control_plane.cluster_id(),
                 configuration,
-                held,
+                held.secrets,
                 self.control_plane.encryption_key(),
             )?
         } else {
             None
         };
+        let deploy_key = deploy_key::wanted(&spec_with(&configuration.spec, secrets.as_ref())).then(|| {
+            held.deploy_key.unwrap_or_else(|| {
+                tracing::info!(configuration = %configuration.name, "made a deploy key for the SSH source");
+                let cluster = self.control_plane.cluster_id().rsplit('/').next().unwrap_or_default();
+                DeployKey::generate(&format!("fluxplane:{cluster}/{}", configuration.name))
+            })
+        });
+        let version = secrets.as_ref().map(|s| s.version);
         self.target
-            .apply(configuration, secrets.as_ref())
+            .apply(configuration, &Credentials { secrets, deploy_key })
             .await
             .map_err(|err| format!("{err:#}"))?;
-        Ok(secrets.map(|s| s.version))
+        Ok(version)
     }
 
     fn queue(&mut self, report: ConfigurationReport) {
@@ -517,7 +521,6 @@ mod tests {
 
     use super::*;
     use crate::identity::Identity;
-    use crate::secrets::SecretSet;
     use crate::targets::ClusterFacts;
 
     /// A target whose first write fails; clones share what they count.
@@ -532,27 +535,21 @@ mod tests {
         async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>> {
             Ok(BTreeMap::new())
         }
-        async fn apply(&self, _: &DesiredConfiguration, _: Option<&SecretSet>) -> anyhow::Result<()> {
+        async fn apply(&self, _: &DesiredConfiguration, _: &Credentials) -> anyhow::Result<()> {
             if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
                 anyhow::bail!("disk full");
             }
             Ok(())
         }
-        async fn secrets(&self, _: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>> {
-            Ok(None)
+        async fn credentials(&self, _: &DesiredConfiguration) -> anyhow::Result<Credentials> {
+            Ok(Credentials::default())
         }
         async fn remove(&self, _: &str) -> anyhow::Result<()> {
             Ok(())
         }
         async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {
             self.observed.lock().unwrap().push(configuration.name.clone());
-            Observation {
-                compliance: ComplianceState::Compliant,
-                message: None,
-                statuses: Vec::new(),
-                source_synced_commit_id: None,
-                source_updated_at: None,
-            }
+            Observation::only(ComplianceState::Compliant, None)
         }
         async fn cluster_facts(&self) -> ClusterFacts {
             ClusterFacts::default()

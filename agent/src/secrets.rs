@@ -14,6 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use fluxplane_agent_protocol::agent::{DesiredConfiguration, SealedSecrets, SecretsChange};
 use fluxplane_agent_protocol::flux::{FluxConfigurationSpec, SourceKind};
 use fluxplane_agent_protocol::sealing::EncryptionKey;
+
+use crate::deploy_key::{DeployKey, SSH_PRIVATE_KEY_SETTING};
 use serde_json::{Map, Value};
 
 /// A configuration's secret set as the cluster holds it: shaped like the configuration's `properties`, holding
@@ -137,21 +139,30 @@ pub fn spec_with(spec: &FluxConfigurationSpec, secrets: Option<&SecretSet>) -> F
     serde_json::from_value(value).unwrap_or_else(|_| spec.clone())
 }
 
+/// What a configuration's secret holds: the secret set the control plane delivered, and the deploy key the agent
+/// made for it (`deploy_key.rs`). Either may be absent; with neither, there is no secret.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Credentials {
+    pub secrets: Option<SecretSet>,
+    pub deploy_key: Option<DeployKey>,
+}
+
 /// The `data` of the Flux secret (`{configuration}-auth`), under the keys Flux's source controller reads for the
 /// configuration's source kind; every value is base64, as a Kubernetes Secret's `data` holds it.
-pub fn flux_secret_data(spec: &FluxConfigurationSpec, secrets: &SecretSet) -> BTreeMap<String, String> {
+pub fn flux_secret_data(spec: &FluxConfigurationSpec, secrets: Option<&SecretSet>) -> BTreeMap<String, String> {
     let encode = |text: &str| STANDARD.encode(text.as_bytes());
     let mut data = BTreeMap::new();
+    let no_settings = Map::new();
+    let settings = secrets.map_or(&no_settings, |s| &s.settings);
     // protected settings are base64 already (as Azure's CLI writes them); the well-known ones get Flux's names
-    if let Some(settings) = secrets
-        .settings
+    if let Some(settings) = settings
         .get("configurationProtectedSettings")
         .and_then(Value::as_object)
     {
         for (key, value) in settings {
             let Some(value) = value.as_str() else { continue };
             let name = match key.as_str() {
-                "sshPrivateKey" => "identity",
+                SSH_PRIVATE_KEY_SETTING => "identity",
                 "httpsKey" => "password",
                 "bucketSecretKey" => "secretkey",
                 other => other,
@@ -160,7 +171,7 @@ pub fn flux_secret_data(spec: &FluxConfigurationSpec, secrets: &SecretSet) -> BT
         }
     }
     let secret = |pointer: &str| {
-        Value::Object(secrets.settings.clone())
+        Value::Object(settings.clone())
             .pointer(pointer)
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -378,7 +389,7 @@ mod tests {
             version: 1,
             settings: settings(json!({"configurationProtectedSettings": {"httpsKey": "cGF0", "extra": "eA=="}})),
         };
-        let data = flux_secret_data(&spec, &set);
+        let data = flux_secret_data(&spec, Some(&set));
         assert_eq!(data["password"], "cGF0");
         assert_eq!(data["username"], STANDARD.encode("bot"));
         assert_eq!(data["known_hosts"], "aG9zdHM=");
@@ -392,7 +403,7 @@ mod tests {
             version: 1,
             settings: settings(json!({"azureBlob": {"accountKey": "k3y", "servicePrincipal": {"clientSecret": "s"}}})),
         };
-        let data = flux_secret_data(&blob, &set);
+        let data = flux_secret_data(&blob, Some(&set));
         assert_eq!(data["accountKey"], STANDARD.encode("k3y"));
         assert_eq!(data["clientSecret"], STANDARD.encode("s"));
         assert_eq!(data["clientId"], STANDARD.encode("id"));
@@ -410,7 +421,7 @@ mod tests {
                           "servicePrincipal": {"clientId": "sp", "tenantId": "t", "clientCertificateSendChain": true}}
         }))
         .unwrap();
-        let data = flux_secret_data(&chained, &set);
+        let data = flux_secret_data(&chained, Some(&set));
         assert_eq!(data["clientCertificateSendChain"], STANDARD.encode("true"));
         assert_eq!(data["clientId"], STANDARD.encode("sp"));
         let unchained: FluxConfigurationSpec = serde_json::from_value(json!({
@@ -419,7 +430,7 @@ mod tests {
                           "servicePrincipal": {"clientId": "sp", "clientCertificateSendChain": false}}
         }))
         .unwrap();
-        assert!(!flux_secret_data(&unchained, &set).contains_key("clientCertificateSendChain"));
+        assert!(!flux_secret_data(&unchained, Some(&set)).contains_key("clientCertificateSendChain"));
         let identity: FluxConfigurationSpec = serde_json::from_value(json!({
             "sourceKind": "AzureBlob",
             "azureBlob": {"url": "https://a.blob.core.windows.net", "containerName": "c",
@@ -430,6 +441,9 @@ mod tests {
             version: 1,
             settings: settings(json!({})),
         };
-        assert_eq!(flux_secret_data(&identity, &empty)["clientId"], STANDARD.encode("mi"));
+        assert_eq!(
+            flux_secret_data(&identity, Some(&empty))["clientId"],
+            STANDARD.encode("mi")
+        );
     }
 }

@@ -76,6 +76,7 @@ fn report(configurations: &[(String, i64)], compliant: bool, agent: usize) -> St
                 source_synced_commit_id: Some("main@sha1:0000000000000000000000000000000000000000".into()),
                 source_updated_at: None,
                 secrets_version: None,
+                repository_public_key: None,
             })
             .collect(),
     }

@@ -148,6 +148,7 @@ pub(crate) async fn simulated_agent(
                     source_synced_commit_id: Some("main@sha1:0000000000000000000000000000000000000000".into()),
                     source_updated_at: None,
                     secrets_version: None,
+                    repository_public_key: None,
                 })
                 .collect(),
         };

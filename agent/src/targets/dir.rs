@@ -10,6 +10,7 @@
 //! {configuration}/secret.yaml                the Secret of its secrets, if it has any (mode 0600)
 //! {configuration}/verification-keys.yaml     the Secret of an OCI source's cosign public keys, if it has any
 //! .fluxplane/git/{configuration}.git         the bare mirror the source check fetches into
+//! .fluxplane/ssh/{configuration}/            the SSH key and known hosts that fetch uses (mode 0600)
 //! ```
 //!
 //! Each file is written to a temporary name and renamed into place, so a reader never sees half a file. No Flux
@@ -23,19 +24,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{ComplianceState, Kustomization, ObjectStatus, ObjectStatusCondition, SourceKind};
 use serde_json::Value;
 
 use super::{ClusterFacts, Observation, Target};
+use crate::deploy_key::ssh_git_source;
 use crate::files::write_atomically;
-use crate::git::{Mirror, Resolved, mirror_path};
+use crate::git::{Mirror, Resolved, mirror_path, ssh_command};
 use crate::kustomize::Outcome;
 use crate::objects::{
-    CONFIGURATION_LABEL, GENERATION_ANNOTATION, configuration_objects, secret_set_of, verification_secret_name,
+    CONFIGURATION_LABEL, GENERATION_ANNOTATION, configuration_objects, credentials_of, repository_public_key_of,
+    verification_secret_name,
 };
-use crate::secrets::SecretSet;
+use crate::secrets::Credentials;
 
 const FLUXCONFIG_FILE: &str = "fluxconfig.yaml";
 const SECRET_FILE: &str = "secret.yaml";
@@ -55,6 +60,53 @@ impl DirTarget {
 
     fn dir(&self, configuration: &str) -> PathBuf {
         self.root.join(configuration)
+    }
+
+    fn ssh_dir(&self, configuration: &str) -> PathBuf {
+        self.root.join(".fluxplane").join("ssh").join(configuration)
+    }
+
+    /// The configuration's secret as written, if there is one.
+    fn secret(&self, configuration: &str) -> anyhow::Result<Option<Value>> {
+        let path = self.dir(configuration).join(SECRET_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        let object = serde_yaml_ng::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(object))
+    }
+
+    /// The command git reaches the configuration's `ssh://` source with: the key its secret holds (the user's or
+    /// the agent's deploy key) and its `sshKnownHosts`, written where only the agent reads them.
+    fn ssh_access(&self, configuration: &DesiredConfiguration, secret: Option<&Value>) -> anyhow::Result<String> {
+        let dir = self.ssh_dir(&configuration.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let decoded = |value: Option<&str>| value.and_then(|text| STANDARD.decode(text.trim()).ok());
+        let identity = match decoded(secret.and_then(|s| s["data"]["identity"].as_str())) {
+            Some(key) => {
+                let path = dir.join("identity");
+                write_atomically(&path, &key, true)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let known_hosts = match decoded(
+            configuration
+                .spec
+                .git_repository
+                .as_ref()
+                .and_then(|g| g.ssh_known_hosts.as_deref()),
+        ) {
+            Some(hosts) => {
+                let path = dir.join("known_hosts");
+                write_atomically(&path, &hosts, true)?;
+                Some(path)
+            }
+            None => None,
+        };
+        ssh_command(identity.as_deref(), known_hosts.as_deref())
     }
 }
 
@@ -131,11 +183,11 @@ impl Target for DirTarget {
         Ok(held)
     }
 
-    async fn apply(&self, configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> anyhow::Result<()> {
+    async fn apply(&self, configuration: &DesiredConfiguration, credentials: &Credentials) -> anyhow::Result<()> {
         let dir = self.dir(&configuration.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut written = BTreeSet::new();
-        for object in &configuration_objects(configuration, secrets) {
+        for object in &configuration_objects(configuration, credentials) {
             let file = file_name(object);
             let private = file == SECRET_FILE;
             write_atomically(&dir.join(&file), serde_yaml_ng::to_string(object)?.as_bytes(), private)?;
@@ -150,19 +202,15 @@ impl Target for DirTarget {
         Ok(())
     }
 
-    async fn secrets(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>> {
-        let path = self.dir(&configuration.name).join(SECRET_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-        };
-        let object: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-        Ok(secret_set_of(&object))
+    async fn credentials(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Credentials> {
+        Ok(self
+            .secret(&configuration.name)?
+            .map(|secret| credentials_of(&secret))
+            .unwrap_or_default())
     }
 
     async fn remove(&self, name: &str) -> anyhow::Result<()> {
-        for path in [self.dir(name), mirror_path(&self.root, name)] {
+        for path in [self.dir(name), mirror_path(&self.root, name), self.ssh_dir(name)] {
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -178,6 +226,21 @@ impl Target for DirTarget {
     }
 
     async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {
+        let secret = match self.secret(&configuration.name) {
+            Ok(secret) => secret,
+            Err(err) => return Observation::only(ComplianceState::Unknown, Some(format!("{err:#}"))),
+        };
+        let mut observation = self.observe_source(configuration, secret.as_ref()).await;
+        // only an SSH source authenticates with a key whose public half means something to the user
+        if ssh_git_source(&configuration.spec).is_some() {
+            observation.repository_public_key = secret.as_ref().and_then(repository_public_key_of);
+        }
+        observation
+    }
+}
+
+impl DirTarget {
+    async fn observe_source(&self, configuration: &DesiredConfiguration, secret: Option<&Value>) -> Observation {
         let spec = &configuration.spec;
         let name = configuration.name.as_str();
         let namespace = spec.namespace.as_deref().unwrap_or("default");
@@ -189,6 +252,7 @@ impl Target for DirTarget {
                 statuses: Vec::new(),
                 source_synced_commit_id: None,
                 source_updated_at: None,
+                repository_public_key: None,
             };
         }
         let Some(git) = spec
@@ -212,10 +276,17 @@ impl Target for DirTarget {
                 )],
                 source_synced_commit_id: None,
                 source_updated_at: None,
+                repository_public_key: None,
             };
         };
         let timeout = Duration::from_secs(git.timeout_in_seconds.unwrap_or(600).max(1) as u64);
-        let mirror = Mirror::new(mirror_path(&self.root, name), timeout);
+        let mut mirror = Mirror::new(mirror_path(&self.root, name), timeout);
+        if ssh_git_source(spec).is_some() {
+            match self.ssh_access(configuration, secret) {
+                Ok(command) => mirror = mirror.with_ssh_command(command),
+                Err(err) => return Observation::only(ComplianceState::Unknown, Some(format!("{err:#}"))),
+            }
+        }
         let url = git.url.clone().unwrap_or_default();
         let resolved = match mirror.fetch(&url).await {
             Ok(()) => mirror.resolve(&git.repository_ref.clone().unwrap_or_default()).await,
@@ -237,6 +308,7 @@ impl Target for DirTarget {
                     )],
                     source_synced_commit_id: None,
                     source_updated_at: None,
+                    repository_public_key: None,
                 };
             }
         };
@@ -259,6 +331,7 @@ impl Target for DirTarget {
             statuses,
             source_synced_commit_id: Some(resolved.synced_id),
             source_updated_at: Some(resolved.committed_at),
+            repository_public_key: None,
         }
     }
 }
@@ -721,7 +794,7 @@ mod tests {
             secrets_version: None,
             sealed_secrets: Vec::new(),
         };
-        target.apply(&desired, None).await.unwrap();
+        target.apply(&desired, &Credentials::default()).await.unwrap();
         let keys = std::fs::read_to_string(dir.path().join("oci").join(VERIFICATION_FILE)).unwrap();
         assert!(keys.contains("cosign.pub: a2V5"), "{keys}");
         assert!(!dir.path().join("oci").join(SECRET_FILE).exists());
@@ -730,7 +803,7 @@ mod tests {
 
         // keys dropped, file gone
         desired.spec.oci_repository.as_mut().unwrap().verify = None;
-        target.apply(&desired, None).await.unwrap();
+        target.apply(&desired, &Credentials::default()).await.unwrap();
         assert!(!dir.path().join("oci").join(VERIFICATION_FILE).exists());
     }
 }

@@ -17,11 +17,12 @@ use serde_json::Value;
 use k8s_openapi::api::core::v1::Node;
 
 use super::{ClusterFacts, Observation, Target};
+use crate::deploy_key::ssh_git_source;
 use crate::objects::{
     CONFIGURATION_LABEL, FLUXCONFIG_API, GENERATION_ANNOTATION, KUSTOMIZE_API, MANAGED_BY, SOURCE_API,
-    auth_secret_name, configuration_objects, secret_set_of,
+    auth_secret_name, configuration_objects, credentials_of, repository_public_key_of,
 };
-use crate::secrets::SecretSet;
+use crate::secrets::Credentials;
 
 pub const FIELD_MANAGER: &str = "fluxplane-agent";
 
@@ -155,8 +156,8 @@ impl Target for KubeTarget {
             .collect())
     }
 
-    async fn apply(&self, configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> anyhow::Result<()> {
-        let objects = configuration_objects(configuration, secrets);
+    async fn apply(&self, configuration: &DesiredConfiguration, credentials: &Credentials) -> anyhow::Result<()> {
+        let objects = configuration_objects(configuration, credentials);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut wanted = BTreeSet::new();
         for object in &objects {
@@ -188,17 +189,12 @@ impl Target for KubeTarget {
         Ok(())
     }
 
-    async fn secrets(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>> {
-        let namespace = configuration.spec.namespace.as_deref().unwrap_or("default");
-        let found = self
-            .get(
-                &resource("v1", "Secret")?,
-                namespace,
-                &auth_secret_name(&configuration.name),
-            )
-            .await
-            .context("reading the configuration's secret")?;
-        Ok(found.and_then(|secret| secret_set_of(&serde_json::to_value(secret).ok()?)))
+    async fn credentials(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Credentials> {
+        Ok(self
+            .auth_secret(configuration)
+            .await?
+            .map(|secret| credentials_of(&secret))
+            .unwrap_or_default())
     }
 
     async fn remove(&self, name: &str) -> anyhow::Result<()> {
@@ -237,18 +233,29 @@ impl Target for KubeTarget {
     async fn observe(&self, configuration: &DesiredConfiguration) -> Observation {
         match self.read_status(configuration).await {
             Ok(observation) => observation,
-            Err(err) => Observation {
-                compliance: ComplianceState::Unknown,
-                message: Some(format!("reading the Flux objects failed: {err:#}")),
-                statuses: Vec::new(),
-                source_synced_commit_id: None,
-                source_updated_at: None,
-            },
+            Err(err) => Observation::only(
+                ComplianceState::Unknown,
+                Some(format!("reading the Flux objects failed: {err:#}")),
+            ),
         }
     }
 }
 
 impl KubeTarget {
+    /// The configuration's secret (`{configuration}-auth`) as the cluster holds it, if it does.
+    async fn auth_secret(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<Value>> {
+        let namespace = configuration.spec.namespace.as_deref().unwrap_or("default");
+        let found = self
+            .get(
+                &resource("v1", "Secret")?,
+                namespace,
+                &auth_secret_name(&configuration.name),
+            )
+            .await
+            .context("reading the configuration's secret")?;
+        Ok(found.map(serde_json::to_value).transpose()?)
+    }
+
     async fn read_status(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Observation> {
         let spec = &configuration.spec;
         let namespace = spec.namespace.as_deref().unwrap_or("default");
@@ -309,7 +316,17 @@ impl KubeTarget {
             ComplianceState::Pending
         };
         let artifact = source.map(|s| s["status"]["artifact"].clone()).unwrap_or(Value::Null);
+        // only an SSH source authenticates with a key whose public half means something to the user
+        let repository_public_key = if ssh_git_source(spec).is_some() {
+            self.auth_secret(configuration)
+                .await?
+                .as_ref()
+                .and_then(repository_public_key_of)
+        } else {
+            None
+        };
         Ok(Observation {
+            repository_public_key,
             compliance,
             message: (!messages.is_empty()).then(|| messages.join("; ")),
             statuses,

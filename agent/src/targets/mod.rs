@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus};
 
-use crate::secrets::SecretSet;
+use crate::secrets::Credentials;
 
 /// The observed state of a configuration's objects.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,23 @@ pub struct Observation {
     pub statuses: Vec<ObjectStatus>,
     pub source_synced_commit_id: Option<String>,
     pub source_updated_at: Option<String>,
+    /// The public key the source authenticates with (`repositoryPublicKey`), where the configuration's secret
+    /// holds an SSH key whose public half is known.
+    pub repository_public_key: Option<String>,
+}
+
+impl Observation {
+    /// An observation of nothing but a state and why.
+    pub fn only(compliance: ComplianceState, message: Option<String>) -> Self {
+        Self {
+            compliance,
+            message,
+            statuses: Vec::new(),
+            source_synced_commit_id: None,
+            source_updated_at: None,
+            repository_public_key: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -27,11 +44,11 @@ pub trait Target: Send + Sync {
     /// The configurations the target holds, with the generation each was written at: what a restarted agent
     /// need not write again.
     async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>>;
-    /// Writes the configuration's objects with its secret set, if it has one (replacing an older generation,
+    /// Writes the configuration's objects with its credentials, if it has any (replacing an older generation,
     /// removing objects it no longer implies, the secret included).
-    async fn apply(&self, configuration: &DesiredConfiguration, secrets: Option<&SecretSet>) -> anyhow::Result<()>;
-    /// The secret set the target holds for the configuration, if any.
-    async fn secrets(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Option<SecretSet>>;
+    async fn apply(&self, configuration: &DesiredConfiguration, credentials: &Credentials) -> anyhow::Result<()>;
+    /// The credentials the target holds for the configuration (none when it holds no secret for it).
+    async fn credentials(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Credentials>;
     /// Removes every object of the configuration; removing what is absent succeeds.
     async fn remove(&self, name: &str) -> anyhow::Result<()>;
     /// Observes the configuration's objects as they are now.

@@ -299,6 +299,22 @@ fn extension_write(entry: &ExtensionReport, now: DateTime<Utc>) -> ExtensionRepo
     }
 }
 
+/// The longest public key line a report may carry: an RSA key of 16,384 bits takes under 3 KiB.
+const MAX_PUBLIC_KEY_LENGTH: usize = 8 * 1024;
+
+/// A reported `repositoryPublicKey`, checked to be what it says (one OpenSSH public key line), since users copy it
+/// into their Git host as a deploy key.
+fn public_key_line(key: &str, index: usize) -> ApiResult<String> {
+    let key = key.trim();
+    if key.len() > MAX_PUBLIC_KEY_LENGTH || ssh_key::PublicKey::from_openssh(key).is_err() {
+        return Err(ApiError::invalid(
+            format!("configurations[{index}].repositoryPublicKey"),
+            format!("must be one OpenSSH public key line of at most {MAX_PUBLIC_KEY_LENGTH} bytes"),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
 /// What a report does to its configuration.
 fn report_write(entry: &ConfigurationReport, now: DateTime<Utc>, index: usize) -> ApiResult<ReportWrite> {
     if entry.outcome == ApplyOutcome::Removed {
@@ -327,7 +343,11 @@ fn report_write(entry: &ConfigurationReport, now: DateTime<Utc>, index: usize) -
             source_synced_commit_id: entry.source_synced_commit_id.clone(),
             source_updated_at,
             status_updated_at: Some(now),
-            repository_public_key: None,
+            repository_public_key: entry
+                .repository_public_key
+                .as_deref()
+                .map(|key| public_key_line(key, index))
+                .transpose()?,
             error_message: entry.message.clone(),
         }),
         operation_status,

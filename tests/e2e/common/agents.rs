@@ -40,7 +40,11 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     pub async fn start(identity: Identity) -> Self {
-        let target = tempfile::tempdir().unwrap();
+        Self::start_in(identity, tempfile::tempdir().unwrap()).await
+    }
+
+    /// An agent with the target directory an earlier one left (see [`RunningAgent::stop_keeping_target`]).
+    pub async fn start_in(identity: Identity, target: TempDir) -> Self {
         let agent = Agent::new(
             ControlPlane::new(identity).unwrap(),
             Box::new(DirTarget::new(target.path()).unwrap()),
@@ -62,9 +66,16 @@ impl RunningAgent {
         }
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_target().await;
+    }
+
+    /// Stops the agent and hands over its target directory, for a restarted agent to find.
+    pub async fn stop_keeping_target(mut self) -> TempDir {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.target, empty)
     }
 
     pub fn file(&self, configuration: &str, file: &str) -> std::path::PathBuf {

@@ -186,3 +186,4 @@ pub mod agents;
 pub mod git;
 pub mod process;
 pub mod reports;
+pub mod sshd;

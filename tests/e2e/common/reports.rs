@@ -61,6 +61,7 @@ pub async fn report_states(agent: &ControlPlane, failing: &[&str], skip: &[&str]
                 source_synced_commit_id: None,
                 source_updated_at: None,
                 secrets_version: None,
+                repository_public_key: None,
             }
         })
         .collect();

@@ -14,6 +14,11 @@ use fluxplane_agent_protocol::agent::DesiredConfiguration;
 use serde_json::{Value, json};
 
 use super::*;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::deploy_key::DeployKey;
+use crate::secrets::SecretSet;
 
 type Key = (String, String, String, String); // group/version, plural, namespace, name
 
@@ -248,7 +253,10 @@ fn ready(status: &str, message: &str) -> Value {
 async fn applying_writes_every_object_by_server_side_apply_and_prunes_what_is_gone() {
     let (target, fake) = start().await;
     let two = json!({"infra": {"path": "./infra"}, "apps": {"path": "./apps", "dependsOn": ["infra"]}});
-    target.apply(&configuration(1, two), None).await.unwrap();
+    target
+        .apply(&configuration(1, two), &Credentials::default())
+        .await
+        .unwrap();
     assert!(
         fake.violations.lock().unwrap().is_empty(),
         "{:?}",
@@ -270,7 +278,10 @@ async fn applying_writes_every_object_by_server_side_apply_and_prunes_what_is_go
     );
 
     target
-        .apply(&configuration(2, json!({"infra": {"path": "./infra"}})), None)
+        .apply(
+            &configuration(2, json!({"infra": {"path": "./infra"}})),
+            &Credentials::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -296,7 +307,7 @@ async fn applying_writes_every_object_by_server_side_apply_and_prunes_what_is_go
 async fn compliance_follows_the_flux_objects_ready_conditions() {
     let (target, fake) = start().await;
     let config = configuration(1, json!({"infra": {"path": "./infra"}}));
-    target.apply(&config, None).await.unwrap();
+    target.apply(&config, &Credentials::default()).await.unwrap();
     let observed = target.observe(&config).await;
     assert_eq!(observed.compliance, ComplianceState::Pending, "nothing reconciled yet");
 
@@ -333,12 +344,12 @@ async fn compliance_follows_the_flux_objects_ready_conditions() {
     );
     assert_eq!(target.observe(&config).await.compliance, ComplianceState::Compliant);
     // applying again keeps the status the controllers wrote
-    target.apply(&config, None).await.unwrap();
+    target.apply(&config, &Credentials::default()).await.unwrap();
     assert_eq!(target.observe(&config).await.compliance, ComplianceState::Compliant);
 
     let mut suspended = configuration(2, json!({"infra": {"path": "./infra"}}));
     suspended.spec.suspend = Some(true);
-    target.apply(&suspended, None).await.unwrap();
+    target.apply(&suspended, &Credentials::default()).await.unwrap();
     assert_eq!(target.observe(&suspended).await.compliance, ComplianceState::Suspended);
 }
 
@@ -384,7 +395,11 @@ async fn a_configurations_secrets_become_its_auth_secret_and_leave_with_them() {
             .unwrap()
             .clone(),
     };
-    target.apply(&config, Some(&secrets)).await.unwrap();
+    let credentials = Credentials {
+        secrets: Some(secrets),
+        deploy_key: None,
+    };
+    target.apply(&config, &credentials).await.unwrap();
     assert!(
         fake.violations.lock().unwrap().is_empty(),
         "{:?}",
@@ -414,14 +429,14 @@ async fn a_configurations_secrets_become_its_auth_secret_and_leave_with_them() {
     )]
         .clone();
     assert_eq!(source["spec"]["secretRef"]["name"], "cfg-auth");
-    assert_eq!(target.secrets(&config).await.unwrap(), Some(secrets));
+    assert_eq!(target.credentials(&config).await.unwrap(), credentials);
 
     // the next generation without secrets prunes the secret; removing the configuration removes everything
     config.generation = 2;
     config.secrets_version = None;
-    target.apply(&config, None).await.unwrap();
+    target.apply(&config, &Credentials::default()).await.unwrap();
     assert!(!names(&fake).contains(&"secrets/cfg-auth".to_owned()));
-    assert_eq!(target.secrets(&config).await.unwrap(), None);
+    assert_eq!(target.credentials(&config).await.unwrap(), Credentials::default());
     target.remove("cfg").await.unwrap();
     assert!(names(&fake).is_empty());
     assert!(
@@ -429,4 +444,53 @@ async fn a_configurations_secrets_become_its_auth_secret_and_leave_with_them() {
         "{:?}",
         fake.violations.lock().unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_deploy_key_lives_in_the_auth_secret_and_its_public_half_is_observed() {
+    let (target, fake) = start().await;
+    let mut config = configuration(1, json!({"infra": {"path": "./infra"}}));
+    config.spec.git_repository.as_mut().unwrap().url = Some("ssh://git@github.com/org/fleet".into());
+    let key = DeployKey::generate("fluxplane:c/cfg");
+    let credentials = Credentials {
+        secrets: None,
+        deploy_key: Some(key.clone()),
+    };
+    target.apply(&config, &credentials).await.unwrap();
+    assert!(
+        fake.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.violations.lock().unwrap()
+    );
+    let stored = fake.objects.lock().unwrap()[&(
+        "v1".to_owned(),
+        "secrets".to_owned(),
+        "flux-system".to_owned(),
+        "cfg-auth".to_owned(),
+    )]
+        .clone();
+    let decoded = |k: &str| String::from_utf8(STANDARD.decode(stored["data"][k].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        decoded("identity"),
+        key.private_openssh(),
+        "Flux reads the SSH key as `identity`"
+    );
+    assert_eq!(decoded("identity.pub"), key.public_openssh());
+    let source = fake.objects.lock().unwrap()[&(
+        SOURCE_API.to_owned(),
+        "gitrepositories".to_owned(),
+        "flux-system".to_owned(),
+        "cfg".to_owned(),
+    )]
+        .clone();
+    assert_eq!(source["spec"]["secretRef"]["name"], "cfg-auth");
+    // what a restarted agent reads back: the same key, not a new one
+    assert_eq!(target.credentials(&config).await.unwrap(), credentials);
+    let observed = target.observe(&config).await;
+    assert_eq!(observed.repository_public_key, Some(key.public_openssh()));
+
+    // an https source has no public key to show, even with a key in its secret
+    let mut https = config.clone();
+    https.spec.git_repository.as_mut().unwrap().url = Some("https://github.com/org/fleet".into());
+    assert_eq!(target.observe(&https).await.repository_public_key, None);
 }
