@@ -181,6 +181,9 @@ impl Mirror {
     /// Checks what a `kustomize build` of each path at `commit` would read (`kustomize.rs`), in the order given.
     /// The commit's tree is listed once, and its files read through one `git cat-file --batch`.
     pub async fn check_kustomizations(&self, commit: &str, paths: Vec<String>) -> anyhow::Result<Vec<Outcome>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
         let listing = self
             .git_bytes(&["ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit])
             .await?;
