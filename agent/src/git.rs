@@ -1,14 +1,16 @@
 //! A real check of a Git source, for targets where no Flux runs: fetch the repository with the git CLI into a bare
-//! mirror, resolve the configuration's reference (commit > semver > tag > branch, as Flux does), and check that
-//! every kustomization path exists and holds valid YAML.
+//! mirror, resolve the configuration's reference (commit > semver > tag > branch, as Flux does), and check what a
+//! `kustomize build` of every kustomization path would read (`kustomize.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fluxplane_agent_protocol::flux::RepositoryRef;
-use serde::Deserialize;
+use fluxplane_agent_protocol::semver::Constraint;
 use tokio::process::Command;
+
+use crate::kustomize::{self, Blobs, Limits, Outcome, Snapshot};
 
 /// A resolved reference: the commit and the label Flux reports it with (`main@sha1:...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +44,8 @@ impl Mirror {
         self
     }
 
-    async fn git(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// Runs git on the mirror; its output as bytes (paths and blobs need not be UTF-8).
+    async fn git_bytes(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
         let mut command = Command::new("git");
         command
             .arg("--git-dir")
@@ -61,7 +64,11 @@ impl Mirror {
         if !output.status.success() {
             bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(output.stdout)
+    }
+
+    async fn git(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.git_bytes(args).await?).into_owned())
     }
 
     /// Brings the mirror up to date with `url`: every branch and tag.
@@ -143,66 +150,123 @@ impl Mirror {
         })
     }
 
+    /// The tag Flux would check out for `range`: the highest version among the tags (strict semver, an optional
+    /// `v`) that satisfies it, read as Flux reads it (`agent_protocol::semver`); equal versions go to the tag whose
+    /// commit is the latest, as in Flux.
     async fn latest_matching_tag(&self, range: &str) -> anyhow::Result<String> {
-        let requirement =
-            semver::VersionReq::parse(range).with_context(|| format!("'{range}' is not a semver range"))?;
-        let tags = self.git(&["tag", "--list"]).await?;
-        tags.lines()
-            .filter_map(|tag| {
-                let version = semver::Version::parse(tag.trim_start_matches('v')).ok()?;
-                requirement.matches(&version).then(|| (version, tag.to_owned()))
+        let constraint = Constraint::parse(range).map_err(|err| anyhow::anyhow!("semver parse error: {err}"))?;
+        // an annotated tag's commit date is its target's (`*committerdate`), a lightweight tag's its own
+        let listing = self
+            .git(&[
+                "for-each-ref",
+                "--format=%(refname:strip=2)%00%(*committerdate:unix)%00%(committerdate:unix)",
+                "refs/tags",
+            ])
+            .await?;
+        let tags: Vec<(&str, i64)> = listing
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\0');
+                let tag = fields.next()?;
+                let time = fields.find_map(|f| f.parse().ok()).unwrap_or(0);
+                Some((tag, time))
             })
-            .max()
-            .map(|(_, tag)| tag)
-            .with_context(|| format!("no tag matches the semver range '{range}'"))
+            .collect();
+        constraint
+            .latest(tags)
+            .map(str::to_owned)
+            .with_context(|| format!("no match found for semver: {range}"))
     }
 
-    /// Checks that `path` is a directory at `commit` holding at least one YAML file, all of them valid.
-    pub async fn check_path(&self, commit: &str, path: &str) -> anyhow::Result<usize> {
-        let relative = normalise(path);
-        let tree = if relative.is_empty() {
-            format!("{commit}^{{tree}}")
-        } else {
-            format!("{commit}:{relative}")
-        };
-        let kind = self
-            .git(&["cat-file", "-t", &tree])
+    /// Checks what a `kustomize build` of each path at `commit` would read (`kustomize.rs`), in the order given.
+    /// The commit's tree is listed once, and its files read through one `git cat-file --batch`.
+    pub async fn check_kustomizations(&self, commit: &str, paths: Vec<String>) -> anyhow::Result<Vec<Outcome>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let listing = self
+            .git_bytes(&["ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit])
+            .await?;
+        let snapshot = Snapshot::from_ls_tree(&listing)?;
+        if snapshot.len() > MAX_TREE_ENTRIES {
+            let reason = format!(
+                "the commit holds {} files and directories; the dir target checks at most {MAX_TREE_ENTRIES}",
+                snapshot.len()
+            );
+            return Ok(paths.iter().map(|_| Outcome::Unverified(reason.clone())).collect());
+        }
+        let git_dir = self.path.clone();
+        let timeout = self.timeout;
+        // the walk is synchronous (each reference read decides the next), so it runs off the async workers; its
+        // work is bounded by `Limits`, and the observation stops waiting for it after the source's timeout
+        let work = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Outcome>> {
+            let mut blobs = CatFile::start(&git_dir)?;
+            Ok(paths
+                .iter()
+                .map(|path| kustomize::check(&snapshot, &mut blobs, path, Limits::default()))
+                .collect())
+        });
+        tokio::time::timeout(timeout, work)
             .await
-            .map_err(|_| anyhow::anyhow!("path '{path}' does not exist"))?;
-        if kind.trim() != "tree" {
-            bail!("path '{path}' is not a directory");
-        }
-        let mut args = vec!["ls-tree", "-r", "--name-only", commit];
-        if !relative.is_empty() {
-            args.extend(["--", relative.as_str()]);
-        }
-        let files: Vec<String> = self
-            .git(&args)
-            .await?
-            .lines()
-            .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
-            .map(str::to_owned)
-            .collect();
-        if files.is_empty() {
-            bail!("path '{path}' holds no YAML");
-        }
-        for file in &files {
-            let text = self.git(&["show", &format!("{commit}:{file}")]).await?;
-            for document in serde_yaml_ng::Deserializer::from_str(&text) {
-                serde_yaml_ng::Value::deserialize(document)
-                    .map_err(|err| anyhow::anyhow!("{file}: invalid YAML: {err}"))?;
-            }
-        }
-        Ok(files.len())
+            .with_context(|| format!("checking the kustomizations timed out after {timeout:?}"))?
+            .context("the kustomization check panicked")?
     }
 }
 
-/// A kustomization path relative to the repository root, without `./` or surrounding slashes.
-fn normalise(path: &str) -> String {
-    path.split('/')
-        .filter(|segment| !segment.is_empty() && *segment != ".")
-        .collect::<Vec<_>>()
-        .join("/")
+/// Most entries (files and directories) a commit may hold for the dir target to check it: a bound on the memory
+/// and time a hostile repository can cost each sync.
+const MAX_TREE_ENTRIES: usize = 200_000;
+
+/// Blobs read from a bare repository by one long-lived `git cat-file --batch` (one process for a whole check,
+/// rather than one per file).
+struct CatFile {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl CatFile {
+    fn start(git_dir: &Path) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(["cat-file", "--batch"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running git cat-file")?;
+        let input = child.stdin.take().context("git cat-file's input")?;
+        let output = std::io::BufReader::new(child.stdout.take().context("git cat-file's output")?);
+        Ok(Self { child, input, output })
+    }
+}
+
+impl Blobs for CatFile {
+    fn read(&mut self, oid: &str) -> anyhow::Result<Vec<u8>> {
+        use std::io::{BufRead, Read, Write};
+        writeln!(self.input, "{oid}")?;
+        self.input.flush()?;
+        let mut header = String::new();
+        self.output.read_line(&mut header)?;
+        // `<oid> <type> <size>`, or `<oid> missing`
+        let size: usize = header
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("git cat-file: {}", header.trim()))?;
+        let mut contents = vec![0; size + 1];
+        self.output.read_exact(&mut contents)?;
+        contents.pop();
+        Ok(contents)
+    }
+}
+
+impl Drop for CatFile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The command git reaches `ssh://` remotes with: only the given key (never an agent's or the user's own), host keys
@@ -259,12 +323,5 @@ mod tests {
         assert!(words.contains(&"StrictHostKeyChecking=yes".to_owned()));
         let bare = shlex::split(&ssh_command(None, None).unwrap()).unwrap();
         assert!(!bare.iter().any(|w| w.starts_with("IdentityFile")));
-    }
-
-    #[test]
-    fn kustomization_paths_are_normalised() {
-        assert_eq!(normalise("./apps/staging/"), "apps/staging");
-        assert_eq!(normalise("./"), "");
-        assert_eq!(normalise(""), "");
     }
 }

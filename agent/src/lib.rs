@@ -8,9 +8,12 @@ pub mod deploy_key;
 mod files;
 pub mod git;
 pub mod identity;
+pub mod kustomize;
 pub mod objects;
 pub mod register;
 pub mod run;
 pub mod secrets;
 pub mod targets;
+#[cfg(test)]
+mod testing;
 pub mod tls;

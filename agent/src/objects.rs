@@ -50,6 +50,8 @@ pub fn configuration_objects(configuration: &DesiredConfiguration, credentials: 
         // the key the agent made is what the source authenticates with (only made where nothing else would be)
         objects[0]["spec"]["secretRef"] = json!({ "name": auth_secret_name(&configuration.name) });
     }
+    // the keys go in before the OCIRepository that verifies with them (after the source is addressed as `objects[0]`)
+    objects.splice(0..0, verification_secret_object(&configuration.name, &spec));
     if credentials.secrets.is_some() || credentials.deploy_key.is_some() {
         objects.push(auth_secret_object(configuration, &spec, credentials));
     }
@@ -301,6 +303,12 @@ fn oci_spec(s: &mut Map<String, Value>, configuration: &str, oci: Option<&OciRep
                 .collect()
         });
         put(&mut v, "matchOIDCIdentity", identities.map(Value::Array));
+        if verify.verification_config.as_ref().is_some_and(|keys| !keys.is_empty()) {
+            v.insert(
+                "secretRef".into(),
+                json!({ "name": verification_secret_name(configuration) }),
+            );
+        }
         s.insert("verify".into(), Value::Object(v));
     }
     put(s, "insecure", oci.insecure.map(Value::Bool));
@@ -324,6 +332,54 @@ fn oci_spec(s: &mut Map<String, Value>, configuration: &str, oci: Option<&OciRep
         "secretRef",
         secret_ref(auth_secret(configuration, oci.local_auth_ref.as_ref(), protected)),
     );
+}
+
+/// The secret holding an OCI source's trusted public keys (`verify.verificationConfig`), which Flux reads through
+/// `verify.secretRef`.
+pub fn verification_secret_name(configuration: &str) -> String {
+    format!("{configuration}-verify")
+}
+
+/// The secret of an OCI source's `verify.verificationConfig`, if it has keys. Flux only reads keys ending in `.pub`,
+/// so a name without it gets it; a value that is base64 already (as Azure documents) is kept, PEM text is encoded.
+/// The keys are public: the secret is no secret set, and exists whether or not the configuration has secrets.
+fn verification_secret_object(configuration: &str, spec: &FluxConfigurationSpec) -> Option<Value> {
+    if spec.source_kind != Some(SourceKind::OciRepository) {
+        return None;
+    }
+    let keys = spec
+        .oci_repository
+        .as_ref()?
+        .verify
+        .as_ref()?
+        .verification_config
+        .as_ref()?;
+    if keys.is_empty() {
+        return None;
+    }
+    let data: Map<String, Value> = keys
+        .iter()
+        .map(|(name, key)| {
+            let name = if name.ends_with(".pub") {
+                name.clone()
+            } else {
+                format!("{name}.pub")
+            };
+            let value = match STANDARD.decode(key.trim()) {
+                Ok(_) => key.trim().to_owned(),
+                Err(_) => STANDARD.encode(key),
+            };
+            (name, Value::String(value))
+        })
+        .collect();
+    let namespace = spec.namespace.as_deref().unwrap_or("default");
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(&verification_secret_name(configuration), namespace, configuration),
+        "type": "Opaque",
+        "data": data,
+    }))
 }
 
 /// A bucket endpoint is a host (and port) without a scheme.
@@ -551,5 +607,55 @@ mod tests {
         assert_eq!(oci[0]["spec"]["provider"], "azure");
         assert_eq!(oci[1]["spec"]["sourceRef"]["kind"], "OCIRepository");
         assert_eq!(oci[1]["spec"]["targetNamespace"], "team");
+    }
+
+    #[test]
+    fn oci_cosign_keys_become_the_secret_verify_names() {
+        let configuration = DesiredConfiguration {
+            name: "o".into(),
+            generation: 1,
+            deleting: false,
+            spec: spec(json!({"sourceKind": "OCIRepository", "namespace": "team",
+                "ociRepository": {"url": "oci://ghcr.io/org/manifests", "repositoryRef": {"tag": "v1"},
+                    "verify": {"provider": "cosign",
+                               "verificationConfig": {"cosign.pub": "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0K",
+                                                      "team": "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n"},
+                               "matchOidcIdentity": [{"issuer": "^https://token.actions.githubusercontent.com$",
+                                                      "subject": "^https://github.com/org/.*$"}]}}})),
+            secrets_version: None,
+            sealed_secrets: Vec::new(),
+        };
+        let objects = configuration_objects(&configuration, &Credentials::default());
+        let secret = &objects[0];
+        assert_eq!(secret["kind"], "Secret");
+        assert_eq!(secret["metadata"]["name"], "o-verify");
+        assert_eq!(secret["metadata"]["namespace"], "team");
+        assert_eq!(secret["data"]["cosign.pub"], "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0K");
+        assert_eq!(
+            STANDARD.decode(secret["data"]["team.pub"].as_str().unwrap()).unwrap(),
+            b"-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n"
+        );
+        let source = objects.iter().find(|o| o["kind"] == "OCIRepository").unwrap();
+        assert_eq!(source["spec"]["verify"]["provider"], "cosign");
+        assert_eq!(source["spec"]["verify"]["secretRef"], json!({"name": "o-verify"}));
+        assert_eq!(
+            source["spec"]["verify"]["matchOIDCIdentity"][0]["subject"],
+            "^https://github.com/org/.*$"
+        );
+
+        let mut keyless = configuration.clone();
+        keyless
+            .spec
+            .oci_repository
+            .as_mut()
+            .unwrap()
+            .verify
+            .as_mut()
+            .unwrap()
+            .verification_config = None;
+        let objects = configuration_objects(&keyless, &Credentials::default());
+        assert!(objects.iter().all(|o| o["kind"] != "Secret"), "no keys, no secret");
+        let source = objects.iter().find(|o| o["kind"] == "OCIRepository").unwrap();
+        assert!(source["spec"]["verify"].get("secretRef").is_none());
     }
 }

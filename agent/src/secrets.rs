@@ -200,7 +200,15 @@ pub fn flux_secret_data(spec: &FluxConfigurationSpec, secrets: Option<&SecretSet
             let plain = [
                 ("accountKey", secret("/azureBlob/accountKey")),
                 ("sasKey", secret("/azureBlob/sasToken")),
-                ("clientId", principal.and_then(|p| p.client_id.clone())),
+                // a service principal's client, else the user-assigned managed identity's (Flux reads `clientId` alone
+                // as a managed identity)
+                (
+                    "clientId",
+                    principal.and_then(|p| p.client_id.clone()).or_else(|| {
+                        let identity = spec.azure_blob.as_ref().and_then(|b| b.managed_identity.as_ref());
+                        identity.and_then(|m| m.client_id.clone())
+                    }),
+                ),
                 ("tenantId", principal.and_then(|p| p.tenant_id.clone())),
                 ("clientSecret", secret("/azureBlob/servicePrincipal/clientSecret")),
                 (
@@ -212,6 +220,9 @@ pub fn flux_secret_data(spec: &FluxConfigurationSpec, secrets: Option<&SecretSet
                 if let Some(value) = value {
                     data.insert(name.into(), encode(&value));
                 }
+            }
+            if principal.and_then(|p| p.client_certificate_send_chain) == Some(true) {
+                data.insert("clientCertificateSendChain".into(), encode("true"));
             }
             // a certificate is base64 already
             if let Some(certificate) = secret("/azureBlob/servicePrincipal/clientCertificate") {
@@ -396,5 +407,43 @@ mod tests {
         assert_eq!(data["accountKey"], STANDARD.encode("k3y"));
         assert_eq!(data["clientSecret"], STANDARD.encode("s"));
         assert_eq!(data["clientId"], STANDARD.encode("id"));
+    }
+
+    #[test]
+    fn a_managed_identitys_client_and_a_certificates_chain_flag_reach_flux() {
+        let set = SecretSet {
+            version: 1,
+            settings: settings(json!({"azureBlob": {"servicePrincipal": {"clientCertificate": "Y2VydA=="}}})),
+        };
+        let chained: FluxConfigurationSpec = serde_json::from_value(json!({
+            "sourceKind": "AzureBlob",
+            "azureBlob": {"url": "https://a.blob.core.windows.net", "containerName": "c",
+                          "servicePrincipal": {"clientId": "sp", "tenantId": "t", "clientCertificateSendChain": true}}
+        }))
+        .unwrap();
+        let data = flux_secret_data(&chained, Some(&set));
+        assert_eq!(data["clientCertificateSendChain"], STANDARD.encode("true"));
+        assert_eq!(data["clientId"], STANDARD.encode("sp"));
+        let unchained: FluxConfigurationSpec = serde_json::from_value(json!({
+            "sourceKind": "AzureBlob",
+            "azureBlob": {"url": "https://a.blob.core.windows.net", "containerName": "c",
+                          "servicePrincipal": {"clientId": "sp", "clientCertificateSendChain": false}}
+        }))
+        .unwrap();
+        assert!(!flux_secret_data(&unchained, Some(&set)).contains_key("clientCertificateSendChain"));
+        let identity: FluxConfigurationSpec = serde_json::from_value(json!({
+            "sourceKind": "AzureBlob",
+            "azureBlob": {"url": "https://a.blob.core.windows.net", "containerName": "c",
+                          "managedIdentity": {"clientId": "mi"}}
+        }))
+        .unwrap();
+        let empty = SecretSet {
+            version: 1,
+            settings: settings(json!({})),
+        };
+        assert_eq!(
+            flux_secret_data(&identity, Some(&empty))["clientId"],
+            STANDARD.encode("mi")
+        );
     }
 }

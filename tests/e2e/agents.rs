@@ -541,3 +541,113 @@ async fn self_repair_case(backend: Backend) {
     );
     agent.stop().await;
 }
+
+/// The dir target's honesty, through the real server: a semver range as Flux writes it picks the tag Flux would, an
+/// overlay missing a file is Non-Compliant with the file and the reference named, and what depends on it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_overlay_is_reported_by_file_and_reference_and_semver_ranges_read_as_flux_reads_them() {
+    let Some(api) = Api::start(Backend::Sqlite).await else {
+        return;
+    };
+    let repository = crate::common::git::Repository::new(&[
+        ("infra/ns.yaml", MANIFEST),
+        ("apps/base/kustomization.yaml", "resources:\n- app.yaml\n"),
+        ("apps/base/app.yaml", MANIFEST),
+        ("apps/overlays/prod/kustomization.yaml", "resources:\n- ../../base\n"),
+        ("tools/tool.yaml", MANIFEST),
+    ]);
+    repository.tag("v1.0.0");
+    repository.commit(
+        &[(
+            "apps/overlays/prod/kustomization.yaml",
+            "resources:\n- ../../base\n- ../base/missing.yaml\n",
+        )],
+        "break the overlay",
+    );
+    repository.tag("v1.4.0");
+    let broken = repository.head();
+    repository.commit(&[("NEXT", "2")], "next major");
+    repository.tag("v2.0.0");
+    let git = crate::common::git::FileServer::start(repository.served_root()).await;
+    let url = format!("{}/repo.git", git.base);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "demo"), FLUX_API);
+    let body = |range: &str| {
+        json!({"properties": {
+            "namespace": "flux-system",
+            "gitRepository": {"url": url, "repositoryRef": {"semver": range}, "syncIntervalInSeconds": 1},
+            "kustomizations": {
+                "infra": {"path": "./infra"},
+                "apps": {"path": "./apps/overlays/prod", "dependsOn": ["infra"]},
+                "tools": {"path": "./tools", "dependsOn": ["apps"]}
+            }
+        }})
+    };
+
+    let refused = api.put_config(&cluster, "demo", body("latest")).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert!(
+        refused
+            .body
+            .to_string()
+            .contains("properties.gitRepository.repositoryRef.semver"),
+        "{}",
+        refused.body
+    );
+
+    let created = api.put_config(&cluster, "demo", body(">= 1.2, < 2.0")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let reported = until(&api, &path, "Non-Compliant at v1.4.0", |p| {
+        p["complianceState"] == "Non-Compliant" && p["sourceSyncedCommitId"] == format!("v1.4.0@sha1:{broken}")
+    })
+    .await;
+    let properties = &reported["properties"];
+    let message = properties["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "kustomization 'apps': apps/overlays/prod/kustomization.yaml: resource '../base/missing.yaml' does not exist"
+        ),
+        "{message}"
+    );
+    let status = |name: &str| {
+        properties["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no status {name}: {properties}"))
+    };
+    assert_eq!(status("demo-infra")["complianceState"], "Compliant");
+    assert_eq!(status("demo-apps")["complianceState"], "Non-Compliant");
+    let tools = status("demo-tools");
+    assert_eq!(tools["complianceState"], "Non-Compliant");
+    assert_eq!(tools["statusConditions"][0]["reason"], "DependencyNotReady");
+    assert!(
+        tools["statusConditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dependency 'flux-system/demo-apps' is not ready"),
+        "{tools}"
+    );
+
+    // the range moved to the unbroken release: everything is compliant
+    let patched = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"properties": {"gitRepository": {"repositoryRef": {"semver": "~1.0"}}}})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::ACCEPTED, "{patched:?}");
+    until(&api, &path, "Compliant at v1.0.0", |p| {
+        p["complianceState"] == "Compliant"
+            && p["sourceSyncedCommitId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("v1.0.0@sha1:"))
+    })
+    .await;
+    agent.stop().await;
+}

@@ -8,12 +8,15 @@
 //! {configuration}/source.yaml                the GitRepository, Bucket or OCIRepository it implies
 //! {configuration}/kustomization-{name}.yaml  one Flux Kustomization per kustomization
 //! {configuration}/secret.yaml                the Secret of its secrets, if it has any (mode 0600)
+//! {configuration}/verification-keys.yaml     the Secret of an OCI source's cosign public keys, if it has any
 //! .fluxplane/git/{configuration}.git         the bare mirror the source check fetches into
 //! .fluxplane/ssh/{configuration}/            the SSH key and known hosts that fetch uses (mode 0600)
 //! ```
 //!
 //! Each file is written to a temporary name and renamed into place, so a reader never sees half a file. No Flux
-//! runs here, so the target checks Git sources itself (see `git.rs`); sources it cannot check report `Unknown`.
+//! runs here, so the target checks Git sources itself (see `git.rs`): the reference resolves, each kustomization's
+//! build would read only what exists and parses (`kustomize.rs`), and its `dependsOn` are ready (`settle`). What it
+//! cannot check (Bucket and OCI sources, remote kustomize references) reports `Unknown`, never `Compliant`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -25,18 +28,24 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use fluxplane_agent_protocol::agent::{DesiredConfiguration, Drift};
-use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatusCondition, SourceKind};
+use fluxplane_agent_protocol::flux::{ComplianceState, Kustomization, ObjectStatus, ObjectStatusCondition, SourceKind};
 use serde_json::Value;
 
 use super::{ClusterFacts, Drifted, Observation, Target};
 use crate::deploy_key::ssh_git_source;
 use crate::files::write_atomically;
-use crate::git::{Mirror, mirror_path, ssh_command};
-use crate::objects::{GENERATION_ANNOTATION, configuration_objects, credentials_of, repository_public_key_of};
+use crate::git::{Mirror, Resolved, mirror_path, ssh_command};
+use crate::kustomize::Outcome;
+use crate::objects::{
+    CONFIGURATION_LABEL, GENERATION_ANNOTATION, configuration_objects, credentials_of, repository_public_key_of,
+    verification_secret_name,
+};
 use crate::secrets::Credentials;
 
 const FLUXCONFIG_FILE: &str = "fluxconfig.yaml";
 const SECRET_FILE: &str = "secret.yaml";
+/// The public keys an OCI source verifies with (`objects::verification_secret_name`); no secret, so not private.
+const VERIFICATION_FILE: &str = "verification-keys.yaml";
 
 pub struct DirTarget {
     root: PathBuf,
@@ -110,6 +119,13 @@ fn file_name(object: &Value) -> String {
                 .unwrap_or_default()
         ),
         Some("FluxConfig") => FLUXCONFIG_FILE.to_owned(),
+        Some("Secret")
+            if object["metadata"]["labels"][CONFIGURATION_LABEL]
+                .as_str()
+                .is_some_and(|c| object["metadata"]["name"] == verification_secret_name(c).as_str()) =>
+        {
+            VERIFICATION_FILE.to_owned()
+        }
         Some("Secret") => SECRET_FILE.to_owned(),
         _ => "source.yaml".to_owned(),
     }
@@ -332,46 +348,487 @@ impl DirTarget {
                 &format!("stored artifact for revision '{}'", resolved.synced_id),
             ),
         )];
-        let mut problems = Vec::new();
-        for (kustomization, k) in spec.kustomizations.iter().flatten() {
-            let path = k.path.clone().unwrap_or_default();
-            let object = format!("{name}-{kustomization}");
-            match mirror.check_path(&resolved.commit, &path).await {
-                Ok(_) => statuses.push(status(
-                    &object,
-                    namespace,
-                    "Kustomization",
-                    ComplianceState::Compliant,
-                    condition(
-                        true,
-                        "ReconciliationSucceeded",
-                        &format!("Applied revision: {}", resolved.synced_id),
-                    ),
-                )),
-                Err(err) => {
-                    let message = format!("kustomization '{kustomization}': {err:#}");
-                    statuses.push(status(
-                        &object,
-                        namespace,
-                        "Kustomization",
-                        ComplianceState::NonCompliant,
-                        condition(false, "BuildFailed", &message),
-                    ));
-                    problems.push(message);
-                }
-            }
-        }
+        let checked = check_kustomizations(&mirror, &resolved, configuration).await;
+        statuses.extend(checked.statuses);
         Observation {
-            compliance: if problems.is_empty() {
-                ComplianceState::Compliant
-            } else {
-                ComplianceState::NonCompliant
-            },
-            message: (!problems.is_empty()).then(|| problems.join("; ")),
+            compliance: checked.compliance,
+            message: checked.message,
             statuses,
             source_synced_commit_id: Some(resolved.synced_id),
             source_updated_at: Some(resolved.committed_at),
             repository_public_key: None,
         }
+    }
+}
+
+/// The kustomizations' side of an observation.
+struct Checked {
+    statuses: Vec<ObjectStatus>,
+    compliance: ComplianceState,
+    message: Option<String>,
+}
+
+/// Checks each kustomization's build at the resolved commit (`kustomize.rs`), then its `dependsOn` (`settle`), into
+/// statuses and the configuration's compliance: Non-Compliant if any is, else Unknown if any is, else Compliant.
+async fn check_kustomizations(mirror: &Mirror, resolved: &Resolved, configuration: &DesiredConfiguration) -> Checked {
+    let spec = &configuration.spec;
+    let namespace = spec.namespace.as_deref().unwrap_or("default");
+    let kustomizations: Vec<(&String, &Kustomization)> = spec.kustomizations.iter().flatten().collect();
+    let paths = kustomizations
+        .iter()
+        .map(|(_, k)| k.path.clone().unwrap_or_default())
+        .collect();
+    let outcomes = match mirror.check_kustomizations(&resolved.commit, paths).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => vec![Outcome::Unverified(format!("checking the build: {err:#}")); kustomizations.len()],
+    };
+    let graph = kustomizations
+        .iter()
+        .zip(outcomes)
+        .map(|((name, k), outcome)| ((*name).clone(), (k.depends_on.clone().unwrap_or_default(), outcome)))
+        .collect();
+    let verdicts = settle(&configuration.name, namespace, &graph, &resolved.synced_id);
+    let mut statuses = Vec::new();
+    let mut problems = Vec::new();
+    let mut compliance = ComplianceState::Compliant;
+    for (kustomization, verdict) in verdicts {
+        let ok = verdict.state == ComplianceState::Compliant;
+        if !ok {
+            problems.push(format!("kustomization '{kustomization}': {}", verdict.message));
+        }
+        compliance = match (compliance, verdict.state) {
+            (ComplianceState::NonCompliant, _) | (_, ComplianceState::NonCompliant) => ComplianceState::NonCompliant,
+            (ComplianceState::Unknown, _) | (_, ComplianceState::Unknown) => ComplianceState::Unknown,
+            _ => ComplianceState::Compliant,
+        };
+        statuses.push(status(
+            &format!("{}-{kustomization}", configuration.name),
+            namespace,
+            "Kustomization",
+            verdict.state,
+            condition(ok, verdict.reason, &verdict.message),
+        ));
+    }
+    Checked {
+        statuses,
+        compliance,
+        message: (!problems.is_empty()).then(|| problems.join("; ")),
+    }
+}
+
+/// A kustomization's state once its dependencies are accounted for.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    state: ComplianceState,
+    /// The Ready condition's reason, in Flux's words.
+    reason: &'static str,
+    message: String,
+}
+
+/// Each kustomization's verdict, given its `dependsOn` and its own build's outcome, as Flux's kustomize-controller
+/// decides: a kustomization waits for its dependencies before it builds, so one whose dependency is not ready is
+/// not ready either ("dependency 'ns/name' is not ready"; Unknown when the dependency is, Non-Compliant otherwise),
+/// whatever its own build; a cycle of dependencies is reported on every kustomization in it, never followed round.
+fn settle(
+    configuration: &str,
+    namespace: &str,
+    graph: &BTreeMap<String, (Vec<String>, Outcome)>,
+    revision: &str,
+) -> BTreeMap<String, Verdict> {
+    struct Walk<'a> {
+        configuration: &'a str,
+        namespace: &'a str,
+        graph: &'a BTreeMap<String, (Vec<String>, Outcome)>,
+        revision: &'a str,
+        done: BTreeMap<String, Verdict>,
+        path: Vec<String>,
+    }
+
+    impl Walk<'_> {
+        fn object(&self, kustomization: &str) -> String {
+            format!("{}/{}-{kustomization}", self.namespace, self.configuration)
+        }
+
+        fn visit(&mut self, name: &str) -> Verdict {
+            if let Some(verdict) = self.done.get(name) {
+                return verdict.clone();
+            }
+            if let Some(start) = self.path.iter().position(|p| p == name) {
+                let mut way: Vec<String> = self.path[start..].to_vec();
+                way.push(name.to_owned());
+                let verdict = Verdict {
+                    state: ComplianceState::NonCompliant,
+                    reason: "DependencyNotReady",
+                    message: format!("dependency cycle: {}", way.join(" → ")),
+                };
+                for member in &self.path[start..] {
+                    self.done.insert(member.clone(), verdict.clone());
+                }
+                return verdict;
+            }
+            let Some((depends_on, outcome)) = self.graph.get(name) else {
+                return Verdict {
+                    state: ComplianceState::NonCompliant,
+                    reason: "DependencyNotReady",
+                    message: format!("unable to get '{}' dependency: not found", self.object(name)),
+                };
+            };
+            self.path.push(name.to_owned());
+            let mut blocked = None;
+            for dependency in depends_on {
+                let verdict = self.visit(dependency);
+                if verdict.state != ComplianceState::Compliant {
+                    blocked = Some((dependency, verdict));
+                    break;
+                }
+            }
+            self.path.pop();
+            // a cycle found below may have settled this one already
+            if let Some(verdict) = self.done.get(name) {
+                return verdict.clone();
+            }
+            let verdict = match (blocked, outcome) {
+                (Some((dependency, verdict)), _) => Verdict {
+                    state: if verdict.state == ComplianceState::Unknown {
+                        ComplianceState::Unknown
+                    } else {
+                        ComplianceState::NonCompliant
+                    },
+                    reason: "DependencyNotReady",
+                    message: format!(
+                        "dependencies do not meet ready condition (dependency '{}' is not ready)",
+                        self.object(dependency)
+                    ),
+                },
+                (None, Outcome::Built { .. }) => Verdict {
+                    state: ComplianceState::Compliant,
+                    reason: "ReconciliationSucceeded",
+                    message: format!("Applied revision: {}", self.revision),
+                },
+                (None, Outcome::Broken(message)) => Verdict {
+                    state: ComplianceState::NonCompliant,
+                    reason: "BuildFailed",
+                    message: message.clone(),
+                },
+                (None, Outcome::Unverified(message)) => Verdict {
+                    state: ComplianceState::Unknown,
+                    reason: "Unverified",
+                    message: message.clone(),
+                },
+            };
+            self.done.insert(name.to_owned(), verdict.clone());
+            verdict
+        }
+    }
+
+    let mut walk = Walk {
+        configuration,
+        namespace,
+        graph,
+        revision,
+        done: BTreeMap::new(),
+        path: Vec::new(),
+    };
+    for name in graph.keys() {
+        walk.visit(name);
+    }
+    walk.done
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{CONFIG_MAP, Repository, git};
+
+    fn graph(entries: &[(&str, &[&str], Outcome)]) -> BTreeMap<String, (Vec<String>, Outcome)> {
+        entries
+            .iter()
+            .map(|(name, deps, outcome)| {
+                (
+                    name.to_string(),
+                    (deps.iter().map(|d| d.to_string()).collect(), outcome.clone()),
+                )
+            })
+            .collect()
+    }
+
+    fn built() -> Outcome {
+        Outcome::Built { files: 1 }
+    }
+
+    #[test]
+    fn a_kustomization_whose_dependency_fails_is_not_ready_in_fluxs_words() {
+        let verdicts = settle(
+            "cfg",
+            "ns",
+            &graph(&[
+                (
+                    "infra",
+                    &[],
+                    Outcome::Broken("infra/kustomization.yaml: resource 'x' does not exist".into()),
+                ),
+                ("apps", &["infra"], built()),
+                ("tests", &["apps"], built()),
+                ("other", &[], built()),
+            ]),
+            "main@sha1:abc",
+        );
+        assert_eq!(verdicts["infra"].state, ComplianceState::NonCompliant);
+        assert_eq!(verdicts["infra"].reason, "BuildFailed");
+        assert_eq!(verdicts["apps"].state, ComplianceState::NonCompliant);
+        assert_eq!(verdicts["apps"].reason, "DependencyNotReady");
+        assert_eq!(
+            verdicts["apps"].message,
+            "dependencies do not meet ready condition (dependency 'ns/cfg-infra' is not ready)"
+        );
+        assert_eq!(
+            verdicts["tests"].message,
+            "dependencies do not meet ready condition (dependency 'ns/cfg-apps' is not ready)",
+            "a chain waits link by link"
+        );
+        assert_eq!(verdicts["other"].state, ComplianceState::Compliant);
+        assert_eq!(verdicts["other"].message, "Applied revision: main@sha1:abc");
+    }
+
+    #[test]
+    fn a_dependency_that_cannot_be_verified_leaves_its_dependents_unknown() {
+        let verdicts = settle(
+            "cfg",
+            "ns",
+            &graph(&[
+                ("remote", &[], Outcome::Unverified("remote base".into())),
+                ("apps", &["remote"], built()),
+            ]),
+            "r",
+        );
+        assert_eq!(verdicts["remote"].state, ComplianceState::Unknown);
+        assert_eq!(verdicts["apps"].state, ComplianceState::Unknown);
+        assert_eq!(verdicts["apps"].reason, "DependencyNotReady");
+    }
+
+    #[test]
+    fn a_broken_build_waiting_on_a_dependency_reports_the_dependency_first_as_flux_does() {
+        let verdicts = settle(
+            "cfg",
+            "ns",
+            &graph(&[
+                ("infra", &[], Outcome::Unverified("remote".into())),
+                ("apps", &["infra"], Outcome::Broken("its own problem".into())),
+            ]),
+            "r",
+        );
+        assert!(
+            verdicts["apps"]
+                .message
+                .contains("dependency 'ns/cfg-infra' is not ready")
+        );
+    }
+
+    #[test]
+    fn dependency_cycles_and_missing_dependencies_are_reported_not_followed() {
+        let verdicts = settle(
+            "cfg",
+            "ns",
+            &graph(&[
+                ("a", &["b"], built()),
+                ("b", &["c"], built()),
+                ("c", &["a"], built()),
+                ("d", &["a"], built()),
+                ("e", &["ghost"], built()),
+            ]),
+            "r",
+        );
+        for member in ["a", "b", "c"] {
+            assert_eq!(verdicts[member].state, ComplianceState::NonCompliant, "{member}");
+            assert!(
+                verdicts[member].message.starts_with("dependency cycle: "),
+                "{member}: {:?}",
+                verdicts[member]
+            );
+        }
+        assert_eq!(verdicts["a"].message, "dependency cycle: a → b → c → a");
+        assert!(verdicts["d"].message.contains("dependency 'ns/cfg-a' is not ready"));
+        assert!(verdicts["e"].message.contains("dependency 'ns/cfg-ghost' is not ready"));
+    }
+
+    fn configuration(repository: &Repository, reference: Value, kustomizations: Value) -> DesiredConfiguration {
+        DesiredConfiguration {
+            name: "demo".into(),
+            generation: 1,
+            deleting: false,
+            spec: serde_json::from_value(json!({
+                "namespace": "flux-system",
+                "gitRepository": {"url": repository.url(), "repositoryRef": reference, "timeoutInSeconds": 60},
+                "kustomizations": kustomizations,
+            }))
+            .unwrap(),
+            secrets_version: None,
+            sealed_secrets: Vec::new(),
+        }
+    }
+
+    fn status_of<'a>(observation: &'a Observation, name: &str) -> &'a ObjectStatus {
+        observation
+            .statuses
+            .iter()
+            .find(|s| s.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no status for {name}: {observation:?}"))
+    }
+
+    fn message(status: &ObjectStatus) -> String {
+        status.status_conditions.as_ref().unwrap()[0].message.clone().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_broken_overlay_and_its_dependents_are_non_compliant_and_the_rest_compliant() {
+        let repository = Repository::new(&[
+            (
+                "infra/kustomization.yaml",
+                "resources:\n- ns.yaml\npatches:\n- path: missing-patch.yaml\n",
+            ),
+            ("infra/ns.yaml", CONFIG_MAP),
+            ("apps/app.yaml", CONFIG_MAP),
+            ("tools/tool.yaml", CONFIG_MAP),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let desired = configuration(
+            &repository,
+            json!({"branch": "main"}),
+            json!({"infra": {"path": "./infra"}, "apps": {"path": "./apps", "dependsOn": ["infra"]},
+                   "tools": {"path": "./tools"}}),
+        );
+        let observed = target.observe(&desired).await;
+        assert_eq!(observed.compliance, ComplianceState::NonCompliant, "{observed:?}");
+        let infra = status_of(&observed, "demo-infra");
+        assert_eq!(infra.compliance_state, Some(ComplianceState::NonCompliant));
+        assert_eq!(
+            message(infra),
+            "infra/kustomization.yaml: patch 'missing-patch.yaml' does not exist"
+        );
+        let apps = status_of(&observed, "demo-apps");
+        assert_eq!(apps.compliance_state, Some(ComplianceState::NonCompliant));
+        assert!(
+            message(apps).contains("dependency 'flux-system/demo-infra' is not ready"),
+            "{apps:?}"
+        );
+        assert_eq!(
+            status_of(&observed, "demo-tools").compliance_state,
+            Some(ComplianceState::Compliant)
+        );
+        let summary = observed.message.unwrap();
+        assert!(
+            summary
+                .contains("kustomization 'infra': infra/kustomization.yaml: patch 'missing-patch.yaml' does not exist"),
+            "{summary}"
+        );
+
+        // fixed in the next commit, every kustomization is compliant
+        repository.commit(
+            &[(
+                "infra/missing-patch.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n",
+            )],
+            "fix",
+        );
+        let observed = target.observe(&desired).await;
+        assert_eq!(observed.compliance, ComplianceState::Compliant, "{observed:?}");
+        assert_eq!(observed.message, None);
+    }
+
+    #[tokio::test]
+    async fn a_remote_base_makes_the_configuration_unknown_never_compliant() {
+        let repository = Repository::new(&[(
+            "apps/kustomization.yaml",
+            "resources:\n- https://github.com/stefanprodan/podinfo//kustomize?ref=6.7.0\n",
+        )]);
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let observed = target
+            .observe(&configuration(
+                &repository,
+                json!({"branch": "main"}),
+                json!({"apps": {"path": "apps"}}),
+            ))
+            .await;
+        assert_eq!(observed.compliance, ComplianceState::Unknown, "{observed:?}");
+        let apps = status_of(&observed, "demo-apps");
+        assert_eq!(apps.compliance_state, Some(ComplianceState::Unknown));
+        assert!(message(apps).contains("is remote; the dir target does not fetch remote references"));
+    }
+
+    #[tokio::test]
+    async fn a_semver_range_as_flux_writes_it_resolves_to_the_highest_matching_tag() {
+        let repository = Repository::new(&[("apps/app.yaml", CONFIG_MAP)]);
+        let mut tagged = BTreeMap::new();
+        for tag in ["v1.0.0", "v1.2.0", "v1.4.2", "v2.0.0", "v1.5.0-rc.1", "release-7"] {
+            let commit = repository.commit(&[("VERSION", tag)], tag);
+            git(&repository.work, &["tag", "-a", tag, "-m", tag]);
+            tagged.insert(tag, commit);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let kustomizations = json!({"apps": {"path": "apps"}});
+        for (range, expected) in [
+            (">= 1.2, < 2.0", "v1.4.2"),
+            (">=1.1.0 <2.0.0", "v1.4.2"),
+            ("~1.2", "v1.2.0"),
+            ("^1", "v1.4.2"),
+            ("1.0.0 - 1.3.0", "v1.2.0"),
+            ("^1 || ^2", "v2.0.0"),
+            (">=1.0.0-0 <2.0.0-0", "v1.5.0-rc.1"),
+        ] {
+            let observed = target
+                .observe(&configuration(
+                    &repository,
+                    json!({"semver": range}),
+                    kustomizations.clone(),
+                ))
+                .await;
+            assert_eq!(observed.compliance, ComplianceState::Compliant, "{range}: {observed:?}");
+            assert_eq!(
+                observed.source_synced_commit_id,
+                Some(format!("{expected}@sha1:{}", tagged[expected])),
+                "{range}"
+            );
+        }
+        let observed = target
+            .observe(&configuration(&repository, json!({"semver": ">=3"}), kustomizations))
+            .await;
+        assert_eq!(observed.compliance, ComplianceState::NonCompliant);
+        assert_eq!(observed.message.as_deref(), Some("no match found for semver: >=3"));
+    }
+
+    #[tokio::test]
+    async fn an_oci_sources_public_keys_get_a_file_of_their_own_beside_the_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let mut desired = DesiredConfiguration {
+            name: "oci".into(),
+            generation: 1,
+            deleting: false,
+            spec: serde_json::from_value(json!({
+                "sourceKind": "OCIRepository", "namespace": "team",
+                "ociRepository": {"url": "oci://ghcr.io/org/m", "repositoryRef": {"tag": "v1"},
+                                  "verify": {"provider": "cosign", "verificationConfig": {"cosign.pub": "a2V5"}}},
+                "kustomizations": {"k": {"path": "./"}}
+            }))
+            .unwrap(),
+            secrets_version: None,
+            sealed_secrets: Vec::new(),
+        };
+        target.apply(&desired, &Credentials::default()).await.unwrap();
+        let keys = std::fs::read_to_string(dir.path().join("oci").join(VERIFICATION_FILE)).unwrap();
+        assert!(keys.contains("cosign.pub: a2V5"), "{keys}");
+        assert!(!dir.path().join("oci").join(SECRET_FILE).exists());
+        let source = std::fs::read_to_string(dir.path().join("oci").join("source.yaml")).unwrap();
+        assert!(source.contains("name: oci-verify"), "{source}");
+
+        // keys dropped, file gone
+        desired.spec.oci_repository.as_mut().unwrap().verify = None;
+        target.apply(&desired, &Credentials::default()).await.unwrap();
+        assert!(!dir.path().join("oci").join(VERIFICATION_FILE).exists());
     }
 }

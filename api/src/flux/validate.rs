@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use fluxplane_agent_protocol::flux::{
     FluxConfigurationSpec, Kustomization, PostBuild, ScopeType, Secret, SourceKind, SubstituteFrom,
 };
+use fluxplane_agent_protocol::semver::Constraint;
 
 use crate::arm::ids::{ConfigurationName, is_dns1123_label, is_dns1123_subdomain};
 use crate::error::{ApiError, ApiResult, Problems};
@@ -119,6 +120,7 @@ pub fn normalize(
                         p.add(format!("{t}.repositoryRef.{field}"), "must not be empty");
                     }
                 }
+                semver_constraint(&mut p, &format!("{t}.repositoryRef.semver"), r.semver.as_deref());
                 if let Some(commit) = &r.commit
                     && !commit.is_empty()
                     && !(commit.len() >= 7 && commit.len() <= 64 && commit.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -188,6 +190,9 @@ pub fn normalize(
             &mut oci.timeout_in_seconds,
             &mut oci.sync_interval_in_seconds,
         );
+        if let Some(r) = &oci.repository_ref {
+            semver_constraint(&mut p, &format!("{t}.repositoryRef.semver"), r.semver.as_deref());
+        }
         oci.insecure.get_or_insert(false);
         oci.use_workload_identity.get_or_insert(false);
         object_name(
@@ -423,6 +428,22 @@ fn base64_field(p: &mut Problems, target: &str, value: Option<&str>) {
     }
 }
 
+/// A semver range must be one Flux parses (Masterminds' syntax), read by the same function the agent resolves tags
+/// with, so that what is accepted here is what the agent can follow. Empty ones are refused above.
+fn semver_constraint(p: &mut Problems, target: &str, value: Option<&str>) {
+    if let Some(value) = value.filter(|v| !v.is_empty())
+        && let Err(err) = Constraint::parse(value)
+    {
+        p.add(
+            target,
+            format!(
+                "{err}; Flux's forms are e.g. '>=1.1.0 <2.0.0', '>= 1.2, < 3.0', '~1.2', '^1', '1.2.x', \
+                 '1.0.0 - 2.0.0', '^1 || ^2'"
+            ),
+        );
+    }
+}
+
 fn object_name(p: &mut Problems, target: &str, value: Option<&str>) {
     if let Some(value) = value
         && !is_dns1123_subdomain(value)
@@ -495,6 +516,45 @@ mod tests {
             (Some(false), Some(false), Some(true))
         );
         assert_eq!(infra.sync_interval_in_seconds, Some(600));
+    }
+
+    #[test]
+    fn semver_ranges_as_flux_writes_them_are_accepted_and_others_refused_with_the_field_named() {
+        for range in [
+            ">=1.1.0 <2.0.0",
+            "1.2.x",
+            "~1.2",
+            "^1",
+            ">= 1.2, < 3.0",
+            "1.0.0 - 2.0.0",
+            "^1 || ^2",
+            "=>1.0.0, !=1.2.3",
+        ] {
+            let mut s = spec(json!({"gitRepository": {"url": "https://x.io/r", "repositoryRef": {"semver": range}}}));
+            normalize(&mut s, &name("c"), None).unwrap_or_else(|e| panic!("{range}: {:?}", e.detail()));
+            let mut s = spec(json!({"sourceKind": "OCIRepository",
+                                    "ociRepository": {"url": "oci://ghcr.io/x/y", "repositoryRef": {"semver": range}}}));
+            normalize(&mut s, &name("c"), None).unwrap_or_else(|e| panic!("{range}: {:?}", e.detail()));
+        }
+        let mut s = spec(json!({"gitRepository": {"url": "https://x.io/r", "repositoryRef": {"semver": "latest"}}}));
+        let detail = normalize(&mut s, &name("c"), None).unwrap_err().detail();
+        let problems: Vec<_> = detail
+            .details
+            .iter()
+            .map(|d| (d.target.clone(), d.message.clone()))
+            .collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].0.as_deref(),
+            Some("properties.gitRepository.repositoryRef.semver")
+        );
+        assert!(problems[0].1.contains("'latest' is not a semver range"), "{problems:?}");
+        let mut s = spec(json!({"sourceKind": "OCIRepository",
+                                "ociRepository": {"url": "oci://ghcr.io/x/y", "repositoryRef": {"semver": "^1 ||"}}}));
+        assert_eq!(
+            targets(normalize(&mut s, &name("c"), None).unwrap_err()),
+            ["properties.ociRepository.repositoryRef.semver"]
+        );
     }
 
     #[test]
@@ -649,6 +709,16 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn any_semver_range_is_accepted_or_refused_as_a_bad_request(
+            range in "[0-9xX*v.<>=!~^|, +-]{0,40}|\\PC{0,40}",
+        ) {
+            let mut s = spec(json!({"gitRepository": {"url": "https://x.io/r", "repositoryRef": {"semver": range}}}));
+            if let Err(err) = normalize(&mut s, &name("c"), None) {
+                proptest::prop_assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+
         #[test]
         fn any_configuration_is_read_and_normalised_or_refused_as_a_bad_request(value in configuration_like()) {
             match crate::arm::body::parse::<FluxConfigurationSpec>(value, "properties") {

@@ -65,6 +65,22 @@ impl Repository {
         self.head()
     }
 
+    /// Tags the current commit (annotated) and publishes the tag.
+    pub fn tag(&self, tag: &str) {
+        git(&self.work, &["tag", "-a", tag, "-m", tag]);
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "--force",
+                self.bare.to_str().unwrap(),
+                &format!("refs/tags/{tag}"),
+            ],
+        );
+        git(&self.bare, &["update-server-info"]);
+    }
+
     pub fn head(&self) -> String {
         git(&self.work, &["rev-parse", "HEAD"])
     }
