@@ -46,13 +46,17 @@ pub fn auth_secret_name(configuration: &str) -> String {
 pub fn configuration_objects(configuration: &DesiredConfiguration, credentials: &Credentials) -> Vec<Value> {
     let spec = spec_with(&configuration.spec, credentials.secrets.as_ref());
     let mut objects = flux_objects(&configuration.name, &spec);
+    let auth = json!({ "name": auth_secret_name(&configuration.name) });
     if credentials.deploy_key.is_some() {
         // the key the agent made is what the source authenticates with (only made where nothing else would be)
-        objects[0]["spec"]["secretRef"] = json!({ "name": auth_secret_name(&configuration.name) });
+        objects[0]["spec"]["secretRef"] = auth.clone();
     }
+    // the secret exists whenever the source names it: credentials that are not secret (an HTTPS user, a managed
+    // identity's client id, known hosts) live there too
+    let named = objects[0]["spec"]["secretRef"] == auth || objects[0]["spec"]["certSecretRef"] == auth;
     // the keys go in before the OCIRepository that verifies with them (after the source is addressed as `objects[0]`)
     objects.splice(0..0, verification_secret_object(&configuration.name, &spec));
-    if credentials.secrets.is_some() || credentials.deploy_key.is_some() {
+    if named || credentials.secrets.is_some() {
         objects.push(auth_secret_object(configuration, &spec, credentials));
     }
     objects.push(flux_config_object(configuration));
@@ -485,6 +489,17 @@ mod tests {
         );
         assert_eq!(credentials_of(secret), credentials);
         assert_eq!(repository_public_key_of(secret), Some(key.public_openssh()));
+    }
+
+    #[test]
+    fn a_source_that_names_the_auth_secret_gets_it_even_without_secrets() {
+        let mut configuration = desired("https://github.com/org/repo");
+        configuration.spec.git_repository.as_mut().unwrap().https_user = Some("bot".into());
+        let objects = configuration_objects(&configuration, &Credentials::default());
+        assert_eq!(objects[0]["spec"]["secretRef"], json!({"name": "cfg-auth"}));
+        assert_eq!(secret_of(&objects)["data"]["username"], STANDARD.encode("bot"));
+        let plain = configuration_objects(&desired("https://github.com/org/repo"), &Credentials::default());
+        assert!(!plain.iter().any(|o| o["kind"] == "Secret"), "nothing to hold");
     }
 
     #[test]
