@@ -323,6 +323,8 @@ pub struct StateCountQuery {
     pub managed_by: Option<i64>,
     pub by_name: bool,
     pub by_assignment: bool,
+    /// Split by the commit the agent last reported (`sourceSyncedCommitId`).
+    pub by_commit: bool,
 }
 
 /// The number of a cluster's configurations in one combination of states.
@@ -337,6 +339,8 @@ pub struct StateCount {
     pub provisioning_state: String,
     /// Whether the agent has reported on the current generation.
     pub reported: bool,
+    /// The commit the agent last reported, when split by commit (`None` as well before a first sync).
+    pub commit_id: Option<String>,
     pub count: i64,
 }
 
@@ -457,6 +461,8 @@ pub struct ConfigurationState {
     pub reported: bool,
     /// The managing assignment's ARM id, or ''.
     pub policy_assignment: String,
+    /// The commit the agent last reported (`sourceSyncedCommitId`).
+    pub commit_id: Option<String>,
 }
 
 /// What the fleet gauges show: instances by compliance and provisioning state, clusters by stored connectivity

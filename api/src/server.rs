@@ -65,6 +65,7 @@ fn arm_router() -> OpenApiRouter<AppState> {
         .merge(flux::source_control::router())
         .merge(fleet::groups::router())
         .merge(fleet::assignments::routes::router())
+        .merge(fleet::assignments::commits::router())
         .merge(fleet::summary::router())
         .merge(fleet::cluster_compliance::router())
         .merge(dashboards::events::router())

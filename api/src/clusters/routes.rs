@@ -25,7 +25,7 @@ use crate::arm::paging::{BaseUrl, ListParams, Page, PageRequest};
 use crate::arm::params::FleetApiVersionParam;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role};
-use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
+use crate::dashboards::history::{self, ClusterAsOfParams, HistoryEntry, HistoryParams, StatusEntry};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::model::ClusterRecord;
 use crate::state::AppState;
@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_by_resource_group))
         .routes(routes!(list_by_subscription))
         .routes(routes!(cluster_history))
+        .routes(routes!(cluster_as_of))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -478,4 +479,40 @@ async fn cluster_history(
     history::page(state.store.as_ref(), subject, &id, true, &query, &base, &path)
         .await
         .map(Json)
+}
+
+/// What a cluster's configurations were at a past time: per configuration, its latest status entry by then (its
+/// generation, states and the commit its agent had reported), in name order; those not yet created or already
+/// deleted then are left out. Within the history's retention.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Kubernetes/connectedClusters/{clusterName}/asOf",
+    tag = "History",
+    operation_id = "ConnectedCluster_AsOf",
+    params(ClusterNamePath, FleetApiVersionParam, ClusterAsOfParams),
+    responses(
+        (status = 200, description = "A page of the cluster's configurations as they were", body = inline(Page<StatusEntry>)),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn cluster_as_of(
+    State(state): State<AppState>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    base: BaseUrl,
+    ArmPath(path): ArmPath<ClusterNamePath>,
+    ArmQuery(query): ArmQuery<ClusterAsOfParams>,
+) -> ApiResult<Json<Page<StatusEntry>>> {
+    let (cluster, record) = readable(&state, &caller, &path).await?;
+    history::cluster_as_of(
+        state.store.as_ref(),
+        record.id,
+        &cluster.id(),
+        &query,
+        state.config.history_retention,
+        &base,
+    )
+    .await
+    .map(Json)
 }

@@ -1,6 +1,6 @@
 //! What changed when: the status transitions the store's triggers record and the writes the ARM API accepted,
-//! answered as one time-ordered list per configuration, cluster or policy assignment (`.../history`), and the
-//! middleware that records each accepted write.
+//! answered as one time-ordered list per configuration, cluster or policy assignment (`.../history`); what a
+//! cluster's configurations were at a past time (`.../asOf`); and the middleware that records each accepted write.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -12,8 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::write_log::WriteLog;
 use crate::arm::ids::ClusterRef;
 use crate::arm::paging::{BaseUrl, Page, decode_token, encode_token};
-use crate::auth::Caller;
-use crate::error::{ApiResult, Problems};
+use crate::auth::{CLOCK_SKEW_SECONDS, Caller};
+use crate::error::{ApiError, ApiResult, Problems};
+use crate::lifecycle::HistoryEvent;
 use crate::model::{HistoryQuery, HistorySubject, StatusRecord, WriteRecord};
 use crate::store::Store;
 
@@ -267,6 +268,177 @@ pub async fn page(
         value: entries.into_iter().map(|(_, e)| e).collect(),
         next_link,
     })
+}
+
+/// A time the history is asked about (`asOf`, `time`), checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastTime {
+    /// Now or a little later (a client's clock may run ahead): the present.
+    Now,
+    /// A past time within the history's retention.
+    At(DateTime<Utc>),
+}
+
+impl PastTime {
+    /// The instant it names, `Now` being `now`.
+    pub fn instant(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::Now => now,
+            Self::At(at) => at,
+        }
+    }
+}
+
+/// Reads the parameter `param` as a time of the history's past: RFC 3339, not in the future (a clock skew
+/// allowed), not before the history kept (`retention` back); a problem is recorded under `param`.
+pub fn past_time(param: &str, text: &str, retention: std::time::Duration, problems: &mut Problems) -> Option<PastTime> {
+    let now = Utc::now();
+    let kept_since = chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|r| now.checked_sub_signed(r))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    match DateTime::parse_from_rfc3339(text) {
+        Err(_) => problems.add(param, format!("'{text}' is not an RFC 3339 time")),
+        Ok(at) if at > now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS as i64) => problems.add(
+            param,
+            format!("'{text}' is in the future: the history goes up to now"),
+        ),
+        Ok(at) if at >= now => return Some(PastTime::Now),
+        Ok(at) if at < kept_since => problems.add(
+            param,
+            format!(
+                "'{text}' is before the history kept (--history-retention, {} back: from {})",
+                humantime::format_duration(retention),
+                kept_since.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+        ),
+        Ok(at) => return Some(PastTime::At(at.with_timezone(&Utc))),
+    }
+    None
+}
+
+/// Most configurations a page of a cluster's past answers, and how many by default.
+const MAX_AS_OF_TOP: i64 = 1000;
+const DEFAULT_AS_OF_TOP: i64 = 100;
+
+/// Query parameters of a cluster's configurations at a past time.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterAsOfParams {
+    /// The time (RFC 3339), within the history's retention (`--history-retention`, default 30 days); now answers the
+    /// present.
+    time: Option<String>,
+    /// Largest number of configurations in one page (1-1000, default 100).
+    #[serde(rename = "$top")]
+    #[param(rename = "$top")]
+    top: Option<String>,
+    /// Continuation token from a previous page's `nextLink`.
+    #[serde(rename = "$skipToken")]
+    #[param(rename = "$skipToken")]
+    skip_token: Option<String>,
+}
+
+/// Query parameter of a configuration at a past time.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AsOfParams {
+    /// The time (RFC 3339), within the history's retention (`--history-retention`, default 30 days); now answers the
+    /// present.
+    time: Option<String>,
+}
+
+/// The `time` parameter: required.
+fn required_time(text: Option<&str>, retention: std::time::Duration, problems: &mut Problems) -> Option<PastTime> {
+    match text {
+        None => {
+            problems.add("time", "give the time to answer for (RFC 3339), e.g. time=2026-01-13T14:00:00Z");
+            None
+        }
+        Some(text) => past_time("time", text, retention, problems),
+    }
+}
+
+/// A page of the configurations of the cluster (its store id, and its ARM id `cluster`) as they were at the time
+/// the parameters give: per name, its latest status entry by then (the generation, states and commit it had),
+/// in name order; names that did not exist then (not yet created, or deleted) are left out.
+pub async fn cluster_as_of(
+    store: &dyn Store,
+    cluster_id: i64,
+    cluster: &str,
+    params: &ClusterAsOfParams,
+    retention: std::time::Duration,
+    base: &BaseUrl,
+) -> ApiResult<Page<StatusEntry>> {
+    let mut problems = Problems::default();
+    let time = required_time(params.time.as_deref(), retention, &mut problems);
+    let top = match &params.top {
+        None => DEFAULT_AS_OF_TOP,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_AS_OF_TOP).contains(n))
+            .unwrap_or_else(|| {
+                problems.add("$top", format!("$top must be a whole number from 1 to {MAX_AS_OF_TOP}"));
+                DEFAULT_AS_OF_TOP
+            }),
+    };
+    let after = match &params.skip_token {
+        None => String::new(),
+        Some(token) => decode_token(token).unwrap_or_else(|_| {
+            problems.add("$skipToken", "$skipToken is not a token this server issued");
+            String::new()
+        }),
+    };
+    problems.into_result("asOf request", None)?;
+    let at = time.expect("checked above").instant(Utc::now());
+    // one more name than a page holds: whether another page follows
+    let (mut names, entries) = store.states_as_of(cluster_id, at, None, &after, top + 1).await?;
+    let more = names.len() > top as usize;
+    names.truncate(top as usize);
+    let last = names.last().cloned();
+    let value = entries
+        .into_iter()
+        .filter(|e| last.as_ref().is_some_and(|l| e.name <= *l))
+        .filter(|e| e.event != HistoryEvent::Deleted)
+        .map(StatusEntry::from_record)
+        .collect();
+    let next_link = more.then(|| {
+        let link = base.next_link(
+            &format!("{cluster}/asOf"),
+            "2026-01-01",
+            params.top.as_deref(),
+            &encode_token(&last.unwrap_or_default()),
+        );
+        format!("{link}&time={}", at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    });
+    Ok(Page { value, next_link })
+}
+
+/// The configuration `name` of the cluster as it was at the time the parameters give: its latest status entry by
+/// then. A 404 when it did not exist then.
+pub async fn configuration_as_of(
+    store: &dyn Store,
+    cluster_id: i64,
+    configuration: &str,
+    name: &str,
+    params: &AsOfParams,
+    retention: std::time::Duration,
+) -> ApiResult<StatusEntry> {
+    let mut problems = Problems::default();
+    let time = required_time(params.time.as_deref(), retention, &mut problems);
+    problems.into_result("asOf request", None)?;
+    let at = time.expect("checked above").instant(Utc::now());
+    let (_, entries) = store.states_as_of(cluster_id, at, Some(name), "", 1).await?;
+    entries
+        .into_iter()
+        .find(|e| e.event != HistoryEvent::Deleted)
+        .map(StatusEntry::from_record)
+        .ok_or_else(|| {
+            ApiError::ResourceNotFound(format!(
+                "The Resource '{configuration}' did not exist at {} (or had no recorded state by then).",
+                at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            ))
+        })
 }
 
 /// Middleware on the ARM routes: records each write they accept (PUT, PATCH, DELETE answered below 400) with the

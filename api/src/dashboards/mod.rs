@@ -20,12 +20,16 @@ use crate::store::Store;
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
 /// Every second, folds the rollups and marks Offline the clusters silent past `offline_after` (so that the summary
-/// finds them by index); every `prune_every`, drops the history older than `retention`; until dropped. Safe on
-/// every replica at once (each delta is folded once, each row changed once).
+/// finds them by index); every `prune_every`, drops the history older than `retention` (but each configuration's
+/// last state before it: the first prune of a process looks at the whole history, the next ones at what crossed
+/// the cut-off since the last that succeeded); until dropped. Safe on every replica at once (each delta is folded
+/// once, each row changed once).
 pub async fn maintain(store: Arc<dyn Store>, offline_after: Duration, retention: Duration, prune_every: Duration) {
     let mut ticks = tokio::time::interval(COMPACT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pruned: Option<tokio::time::Instant> = None;
+    // the cut-off of the last prune that succeeded
+    let mut pruned_before: Option<chrono::DateTime<Utc>> = None;
     loop {
         ticks.tick().await;
         if let Err(err) = store.compact_rollups().await {
@@ -48,9 +52,13 @@ pub async fn maintain(store: Arc<dyn Store>, offline_after: Duration, retention:
                 .ok()
                 .and_then(|r| now.checked_sub_signed(r))
                 .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
-            match store.prune_history(before).await {
-                Ok(0) => {}
-                Ok(pruned) => tracing::info!(pruned, %before, "pruned the history"),
+            match store.prune_history(before, pruned_before).await {
+                Ok(pruned) => {
+                    pruned_before = Some(before);
+                    if pruned > 0 {
+                        tracing::info!(pruned, %before, "pruned the history");
+                    }
+                }
                 Err(err) => tracing::warn!(error = %err, "pruning the history failed; will retry"),
             }
         }

@@ -1,7 +1,7 @@
 //! The fleet's grid: clusters in key order, a page at a time, each with the states of its configurations, so that
 //! a dashboard draws clusters × configurations without a request per cluster. Narrowed by the summary's filters:
-//! tags and cluster group choose clusters; compliance state and policy assignment choose configurations, and then
-//! only clusters with one of them are listed.
+//! tags and cluster group choose clusters; compliance state, policy assignment and commit choose configurations,
+//! and then only clusters with one of them are listed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::summary::{cluster_group, compliance_state, policy_assignment, tag_selector};
+use super::summary::{cluster_group, commit_filter, compliance_state, policy_assignment, tag_selector};
 use crate::arm::api_version::Fleet;
 use crate::arm::ids::ClusterRef;
 use crate::arm::paging::list_scopes;
@@ -48,6 +48,9 @@ pub struct GridParams {
     policy_assignment: Option<String>,
     /// Only configurations in this compliance state, and clusters with one.
     compliance_state: Option<String>,
+    /// Only configurations whose agent last reported this commit (as reported, `main@sha1:<hash>`, or a commit hash
+    /// or its first 7 or more hexadecimal digits), and clusters with one.
+    source_synced_commit_id: Option<String>,
     /// Largest number of clusters in one page (1-1000, default 100).
     #[serde(rename = "$top")]
     #[param(rename = "$top")]
@@ -70,6 +73,9 @@ pub struct ConfigurationCell {
     /// fresh, stale or offline (see the summary).
     pub freshness: String,
     pub policy_assignment_id: Option<String>,
+    /// The commit the agent last reported (absent before its first sync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_synced_commit_id: Option<String>,
 }
 
 /// A cluster's row of the grid.
@@ -130,6 +136,7 @@ async fn grid(
     let mut problems = Problems::default();
     let tags = tag_selector(params.tag_selector.as_deref(), &mut problems);
     let wanted_state = compliance_state(params.compliance_state.as_deref(), &mut problems);
+    let wanted_commit = commit_filter(params.source_synced_commit_id.as_deref(), &mut problems);
     let list = ListParams {
         top: params.top.clone(),
         skip_token: params.skip_token.clone(),
@@ -146,7 +153,7 @@ async fn grid(
     let group = cluster_group(state, caller, &scope, params.cluster_group.as_deref()).await?;
     let assignment = policy_assignment(state, caller, &scope, params.policy_assignment.as_deref()).await?;
     let assignment_id = assignment.as_ref().map(|a| a.arm_id());
-    let narrowed = wanted_state.is_some() || assignment_id.is_some();
+    let narrowed = wanted_state.is_some() || assignment_id.is_some() || wanted_commit.is_some();
     let mut rows: Vec<(String, ClusterRow)> = Vec::new();
     let mut after = page.after.clone();
     // read clusters a batch at a time until the page (and one more, to know of a next page) is full
@@ -184,6 +191,11 @@ async fn grid(
                 .into_iter()
                 .filter(|c| wanted_state.is_none_or(|s| s == c.compliance_state))
                 .filter(|c| {
+                    wanted_commit
+                        .as_ref()
+                        .is_none_or(|w| w.matches(c.commit_id.as_deref()))
+                })
+                .filter(|c| {
                     assignment_id
                         .as_ref()
                         .is_none_or(|a| a.eq_ignore_ascii_case(&c.policy_assignment))
@@ -200,6 +212,7 @@ async fn grid(
                     compliance_state: c.compliance_state,
                     provisioning_state: c.provisioning_state,
                     policy_assignment_id: (!c.policy_assignment.is_empty()).then_some(c.policy_assignment),
+                    source_synced_commit_id: c.commit_id,
                 })
                 .collect();
             if narrowed && configurations.is_empty() {
@@ -240,6 +253,7 @@ async fn grid(
                 ("clusterGroup", &params.cluster_group),
                 ("policyAssignment", &params.policy_assignment),
                 ("complianceState", &params.compliance_state),
+                ("sourceSyncedCommitId", &params.source_synced_commit_id),
             ];
             for (name, value) in filters {
                 if let Some(value) = value {

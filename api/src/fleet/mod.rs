@@ -1,10 +1,13 @@
 //! `Fluxplane.Fleet`: resources over many clusters at once, at subscription or resource-group scope. Cluster
 //! groups select clusters by their tags (`selector`, served by `groups`); policy assignments give every cluster
 //! they select a Flux configuration rendered from a template (`template`, served by `assignments`); the compliance
-//! summary counts their configurations' states (`summary`).
+//! summary counts their configurations' states (`summary`). Where each commit is and how it spread (`commits`), and
+//! the circuit breaker that halts the assignments reading a repository whose commit fails (`breaker`).
 
 pub mod assignments;
+pub mod breaker;
 pub mod cluster_compliance;
+pub mod commits;
 pub mod groups;
 pub mod groups_service;
 pub mod selector;

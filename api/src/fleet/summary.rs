@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 use axum::Json;
 use axum::extract::State;
@@ -20,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::cluster_ref;
+use super::commits::CommitFilter;
 use super::groups_service::TYPE_NAME;
 use super::selector::LabelSelector;
 use crate::arm::api_version::Fleet;
@@ -30,7 +31,8 @@ use crate::arm::scope::ClusterSet;
 use crate::arm::scope::FleetScope;
 use crate::arm::{ApiVersion, ArmQuery};
 use crate::auth::readable_scopes;
-use crate::auth::{CLOCK_SKEW_SECONDS, Caller, Role};
+use crate::auth::{Caller, Role};
+use crate::dashboards::history::{PastTime, past_time};
 use crate::error::{ApiError, ApiResult, ErrorResponse, Problems};
 use crate::lifecycle::ConnectivityStatus;
 use crate::lifecycle::{agent_online, connectivity};
@@ -56,10 +58,15 @@ pub enum GroupBy {
     ClusterGroup,
     PolicyAssignment,
     Configuration,
+    /// The commit each configuration's agent last reported; `key: null` before a first sync.
+    SourceSyncedCommitId,
 }
 
 const GROUP_BY: &str = "complianceState, provisioningState, freshness, connectivityStatus, cluster, clusterGroup, \
-                        policyAssignment, configuration";
+                        policyAssignment, configuration, sourceSyncedCommitId";
+
+/// Most groups a summary answers, and how many by default (`$top`): the largest; `otherGroups` counts the rest.
+pub const MAX_GROUPS: usize = 1000;
 
 /// Query parameters of the summary.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -67,7 +74,7 @@ const GROUP_BY: &str = "complianceState, provisioningState, freshness, connectiv
 #[into_params(parameter_in = Query)]
 pub struct SummaryParams {
     /// One of complianceState (default), provisioningState, freshness, connectivityStatus, cluster, clusterGroup,
-    /// policyAssignment, configuration.
+    /// policyAssignment, configuration, sourceSyncedCommitId.
     group_by: Option<String>,
     /// Only clusters whose tags match this Kubernetes label selector, e.g. `env=prod,region in (eu,us)`.
     tag_selector: Option<String>,
@@ -77,10 +84,17 @@ pub struct SummaryParams {
     policy_assignment: Option<String>,
     /// Only configurations in this compliance state.
     compliance_state: Option<String>,
+    /// Only configurations whose agent last reported this commit: as reported (`main@sha1:<hash>`), or a commit
+    /// hash or its first 7 or more hexadecimal digits (whatever the ref).
+    source_synced_commit_id: Option<String>,
+    /// Most groups answered, the largest (1-1000, default 1000); `otherGroups` counts the rest.
+    #[serde(rename = "$top")]
+    #[param(rename = "$top")]
+    top: Option<String>,
     /// The summary as it was at this time (RFC 3339), within the history's retention; now or later answers the
     /// current summary. Freshness then counts what agents had reported (agent silence is not history: nothing is
     /// offline), and only the unfiltered groupings by complianceState, provisioningState, freshness and
-    /// policyAssignment are available.
+    /// policyAssignment are available (commits are not rolled up: sourceSyncedCommitId is answered for now only).
     as_of: Option<String>,
 }
 
@@ -119,8 +133,23 @@ pub struct ComplianceSummary {
     /// Clusters with at least one (the cluster filters applied).
     pub clusters: i64,
     pub freshness: Freshness,
-    /// By `groupBy`, largest first (then by key). By clusterGroup a cluster counts in each group it is in.
+    /// By `groupBy`, largest first (then by key), at most `$top`. By clusterGroup a cluster counts in each group it
+    /// is in.
     pub groups: Vec<SummaryGroup>,
+    /// The groups past `$top`, counted together; absent when every group is listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_groups: Option<OtherGroups>,
+}
+
+/// The groups a summary does not list (past `$top`), counted together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtherGroups {
+    /// How many groups.
+    pub groups: i64,
+    /// Their configuration instances.
+    pub count: i64,
+    pub freshness: Freshness,
 }
 
 at_both_scopes! {
@@ -159,6 +188,8 @@ struct Request {
     group_by: GroupBy,
     tags: LabelSelector,
     compliance_state: Option<&'static str>,
+    commit: Option<CommitFilter>,
+    top: usize,
     as_of: Option<DateTime<Utc>>,
 }
 
@@ -169,9 +200,10 @@ impl Request {
             && params.cluster_group.is_none()
             && params.policy_assignment.is_none()
             && self.compliance_state.is_none()
+            && self.commit.is_none()
             && !matches!(
                 self.group_by,
-                GroupBy::Cluster | GroupBy::ClusterGroup | GroupBy::Configuration
+                GroupBy::Cluster | GroupBy::ClusterGroup | GroupBy::Configuration | GroupBy::SourceSyncedCommitId
             )
     }
 }
@@ -187,39 +219,42 @@ fn check(params: &SummaryParams, retention: std::time::Duration) -> ApiResult<Re
     };
     let tags = tag_selector(params.tag_selector.as_deref(), &mut problems);
     let compliance_state = compliance_state(params.compliance_state.as_deref(), &mut problems);
-    let as_of = params.as_of.as_deref().and_then(|text| {
-        let now = Utc::now();
-        let kept_since = chrono::Duration::from_std(retention)
+    let commit = commit_filter(params.source_synced_commit_id.as_deref(), &mut problems);
+    let top = match params.top.as_deref() {
+        None => MAX_GROUPS,
+        Some(text) => text
+            .parse()
             .ok()
-            .and_then(|r| now.checked_sub_signed(r))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        match DateTime::parse_from_rfc3339(text) {
-            Err(_) => problems.add("asOf", format!("'{text}' is not an RFC 3339 time")),
-            Ok(at) if at > now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS as i64) => problems.add(
-                "asOf",
-                format!("'{text}' is in the future: the summary's past goes up to now"),
-            ),
-            // now or a little later (a client's clock may run ahead): the current summary
-            Ok(at) if at >= now => {}
-            Ok(at) if at < kept_since => problems.add(
-                "asOf",
-                format!(
-                    "'{text}' is before the history kept ({} back, from {})",
-                    humantime::format_duration(retention),
-                    kept_since.to_rfc3339_opts(SecondsFormat::Secs, true)
-                ),
-            ),
-            Ok(at) => return Some(at.with_timezone(&Utc)),
-        }
-        None
-    });
+            .filter(|n| (1..=MAX_GROUPS).contains(n))
+            .unwrap_or_else(|| {
+                problems.add("$top", format!("$top must be a whole number from 1 to {MAX_GROUPS}"));
+                MAX_GROUPS
+            }),
+    };
+    let as_of = params
+        .as_of
+        .as_deref()
+        .and_then(|text| past_time("asOf", text, retention, &mut problems))
+        .and_then(|at| match at {
+            PastTime::Now => None,
+            PastTime::At(at) => Some(at),
+        });
     problems.into_result("summary request", None)?;
     let request = Request {
         group_by,
         tags,
         compliance_state,
+        commit,
+        top,
         as_of,
     };
+    if request.as_of.is_some() && (request.commit.is_some() || request.group_by == GroupBy::SourceSyncedCommitId) {
+        return Err(ApiError::invalid(
+            "asOf",
+            "commits are not rolled up: a summary by or of sourceSyncedCommitId is answered for now only (each \
+             assignment's commits and their spread over time: GET {assignmentId}/commits)",
+        ));
+    }
     if request.as_of.is_some() && (!request.rolled_up(params) || request.group_by == GroupBy::ConnectivityStatus) {
         return Err(ApiError::invalid(
             "asOf",
@@ -264,6 +299,13 @@ pub(super) fn compliance_state(text: Option<&str>, problems: &mut Problems) -> O
         );
     }
     found
+}
+
+/// The `sourceSyncedCommitId` parameter, parsed.
+pub(super) fn commit_filter(text: Option<&str>, problems: &mut Problems) -> Option<CommitFilter> {
+    CommitFilter::parse(text?)
+        .map_err(|why| problems.add("sourceSyncedCommitId", why))
+        .ok()
 }
 
 /// The cluster group the `clusterGroup` parameter names, if given and readable by the caller.
@@ -352,7 +394,7 @@ async fn summarise(
     let scopes = readable_scopes(caller, &scope)?;
     let request = check(params, state.config.history_retention)?;
     if request.rolled_up(params) {
-        return from_rollups(state, &scopes, scope.id(), request.group_by, request.as_of).await;
+        return from_rollups(state, &scopes, scope.id(), request.group_by, request.as_of, request.top).await;
     }
     let group = cluster_group(state, caller, &scope, params.cluster_group.as_deref()).await?;
     let assignment = policy_assignment(state, caller, &scope, params.policy_assignment.as_deref()).await?;
@@ -393,6 +435,7 @@ async fn summarise(
         managed_by: assignment.as_ref().map(|a| a.id),
         by_name: request.group_by == GroupBy::Configuration,
         by_assignment: request.group_by == GroupBy::PolicyAssignment,
+        by_commit: request.group_by == GroupBy::SourceSyncedCommitId || request.commit.is_some(),
     };
     let mut tally = Tally::default();
     for readable in &scopes {
@@ -410,6 +453,13 @@ async fn summarise(
                 continue;
             };
             if request.compliance_state.is_some_and(|s| s != row.compliance_state) {
+                continue;
+            }
+            if request
+                .commit
+                .as_ref()
+                .is_some_and(|c| !c.matches(row.commit_id.as_deref()))
+            {
                 continue;
             }
             let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
@@ -436,11 +486,12 @@ async fn summarise(
                     .collect(),
                 GroupBy::PolicyAssignment => vec![(!row.managed_by_id.is_empty()).then(|| row.managed_by_id.clone())],
                 GroupBy::Configuration => vec![Some(row.name.clone())],
+                GroupBy::SourceSyncedCommitId => vec![row.commit_id.clone()],
             };
             tally.add(row.cluster_id, keys, freshness, row.count);
         }
     }
-    Ok(tally.summary(scope.id(), request.group_by))
+    Ok(tally.summary(scope.id(), request.group_by, request.top))
 }
 
 /// Counts as they accumulate.
@@ -463,7 +514,7 @@ impl Tally {
         }
     }
 
-    fn summary(self, scope: String, group_by: GroupBy) -> ComplianceSummary {
+    fn summary(self, scope: String, group_by: GroupBy, top: usize) -> ComplianceSummary {
         let groups = self
             .groups
             .into_iter()
@@ -474,7 +525,7 @@ impl Tally {
                 freshness,
             })
             .collect();
-        finish(scope, group_by, self.total, self.clusters.len() as i64, groups)
+        finish(scope, group_by, self.total, self.clusters.len() as i64, groups, top)
     }
 }
 
@@ -492,16 +543,29 @@ impl Freshness {
     }
 }
 
-/// The summary with its groups largest first (then by key), empty groups left out.
+/// The summary with its groups largest first (then by key), empty groups left out, the first `top` listed and the
+/// rest counted together.
 fn finish(
     scope: String,
     group_by: GroupBy,
     total: Freshness,
     clusters: i64,
     mut groups: Vec<SummaryGroup>,
+    top: usize,
 ) -> ComplianceSummary {
     groups.retain(|g| g.count != 0);
     groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+    let other_groups = (groups.len() > top).then(|| {
+        let mut other = OtherGroups::default();
+        for g in groups.drain(top..) {
+            other.groups += 1;
+            other.count += g.count;
+            other.freshness.fresh += g.freshness.fresh;
+            other.freshness.stale += g.freshness.stale;
+            other.freshness.offline += g.freshness.offline;
+        }
+        other
+    });
     ComplianceSummary {
         scope,
         group_by,
@@ -509,6 +573,7 @@ fn finish(
         clusters,
         freshness: total,
         groups,
+        other_groups,
     }
 }
 
@@ -543,6 +608,7 @@ async fn from_rollups(
     scope_id: String,
     group_by: GroupBy,
     as_of: Option<DateTime<Utc>>,
+    top: usize,
 ) -> ApiResult<ComplianceSummary> {
     let now = Utc::now();
     let heard_since = chrono::Duration::from_std(state.config.offline_after)
@@ -657,5 +723,6 @@ async fn from_rollups(
         total,
         clusters,
         groups.into_values().collect(),
+        top,
     ))
 }

@@ -27,7 +27,7 @@ use crate::arm::paging::{BaseUrl, ListParams, Page};
 use crate::arm::params::FleetApiVersionParam;
 use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_headers, retry_after};
 use crate::auth::{Caller, Role};
-use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
+use crate::dashboards::history::{self, AsOfParams, HistoryEntry, HistoryParams, StatusEntry};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::lifecycle::{OperationState, agent_online};
 use crate::model::{ConfigurationRecord, HistorySubject};
@@ -47,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_configurations))
         .routes(routes!(get_operation))
         .routes(routes!(configuration_history))
+        .routes(routes!(configuration_as_of))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -477,6 +478,10 @@ const FILTER_FIELDS: &[Field] = &[
         path: "properties/managedBy",
         matching: Matching::IgnoreCase,
     },
+    Field {
+        path: "properties/sourceSyncedCommitId",
+        matching: Matching::Exact,
+    },
 ];
 
 /// Reads the status of a long-running operation on a configuration.
@@ -568,4 +573,40 @@ async fn configuration_history(
     history::page(state.store.as_ref(), subject, &id, false, &query, &base, &path)
         .await
         .map(Json)
+}
+
+/// What a configuration was at a past time: its latest status entry by then (its generation, states and the commit
+/// its agent had reported), whichever of its lives it was; 404 when it did not exist then. Within the history's
+/// retention.
+#[utoipa::path(
+    get,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}/asOf",
+    tag = "History",
+    operation_id = "FluxConfigurations_AsOf",
+    params(ConfigurationParams, FleetApiVersionParam, AsOfParams),
+    responses(
+        (status = 200, description = "The configuration as it was", body = StatusEntry),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn configuration_as_of(
+    State(state): State<AppState>,
+    State(configurations): State<Configurations>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+    ArmQuery(query): ArmQuery<AsOfParams>,
+) -> ApiResult<Json<StatusEntry>> {
+    let target = resolve(&configurations, &caller, &params, Role::Reader).await?;
+    history::configuration_as_of(
+        state.store.as_ref(),
+        target.cluster.id,
+        &target.id(),
+        target.name.as_str(),
+        &query,
+        state.config.history_retention,
+    )
+    .await
+    .map(Json)
 }

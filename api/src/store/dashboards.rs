@@ -158,13 +158,35 @@ macro_rules! dashboards_store {
             .rows_affected())
         }
 
-        async fn prune_history(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
+        async fn prune_history(
+            &self,
+            before: chrono::DateTime<chrono::Utc>,
+            since: Option<chrono::DateTime<chrono::Utc>>,
+        ) -> $crate::store::StoreResult<u64> {
+            let since = since.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
             let mut pruned = 0;
+            // Each configuration name keeps its last state before the cut-off, which it was still in after it: the
+            // rows an entry that crossed the cut-off since `since` supersedes go, then the crossed entries that
+            // hold no state (a deletion is no state to keep; a restoration is an event).
+            for sql in [
+                "DELETE FROM status_history WHERE id IN (SELECT h.id FROM status_history h JOIN ( \
+                 SELECT cluster_id, name, MAX(at) AS base FROM status_history \
+                 WHERE at >= $2 AND at < $1 AND event <> 'Restored' GROUP BY cluster_id, name) n \
+                 ON h.cluster_id = n.cluster_id AND h.name = n.name AND h.at < n.base)",
+                "DELETE FROM status_history WHERE at >= $2 AND at < $1 AND event IN ('Deleted', 'Restored')",
+            ] {
+                pruned += sqlx::query::<$db>(sql)
+                    .bind(before)
+                    .bind(since)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
             for sql in [
                 "DELETE FROM instance_delta_history WHERE at < $1",
                 "DELETE FROM cluster_delta_history WHERE at < $1",
-                "DELETE FROM status_history WHERE at < $1",
                 "DELETE FROM write_history WHERE at < $1",
+                "DELETE FROM circuit_breaker_trips WHERE at < $1",
             ] {
                 pruned += sqlx::query::<$db>(sql)
                     .bind(before)
@@ -280,7 +302,8 @@ macro_rules! dashboards_store {
             Ok(sqlx::query_as::<$db, $crate::model::ConfigurationState>(
                 "SELECT f.cluster_id, f.name, f.compliance_state, f.provisioning_state, \
                  COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
-                 COALESCE(f.managed_by_id, '') AS policy_assignment \
+                 COALESCE(f.managed_by_id, '') AS policy_assignment, \
+                 f.observed ->> 'sourceSyncedCommitId' AS commit_id \
                  FROM clusters c JOIN flux_configurations f ON f.cluster_id = c.id \
                  WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
                  AND c.key >= $3 AND c.key <= $4 ORDER BY c.key, f.name",
@@ -289,6 +312,103 @@ macro_rules! dashboards_store {
             .bind(resource_group_key)
             .bind(first)
             .bind(last)
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn states_as_of(
+            &self,
+            cluster_id: i64,
+            at: chrono::DateTime<chrono::Utc>,
+            only: Option<&str>,
+            after: &str,
+            limit: i64,
+        ) -> $crate::store::StoreResult<(Vec<String>, Vec<$crate::model::StatusRecord>)> {
+            // the cluster's names one index seek each (`status_history_by_cluster_name`), then each one's latest
+            // entry by then
+            let names: Vec<String> = match only {
+                Some(name) => vec![name.to_owned()],
+                None => sqlx::query_scalar::<$db, String>(
+                    "WITH RECURSIVE names (name, n) AS ( \
+                     SELECT (SELECT name FROM status_history WHERE cluster_id = $1 AND name > $2 \
+                     ORDER BY name LIMIT 1), 1 \
+                     UNION ALL SELECT (SELECT s.name FROM status_history s WHERE s.cluster_id = $1 \
+                     AND s.name > names.name ORDER BY s.name LIMIT 1), names.n + 1 \
+                     FROM names WHERE names.name IS NOT NULL AND names.n < $3) \
+                     SELECT name FROM names WHERE name IS NOT NULL ORDER BY name",
+                )
+                .bind(cluster_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+            };
+            if names.is_empty() {
+                return Ok((names, Vec::new()));
+            }
+            let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
+                "SELECT ",
+                status_columns!(),
+                " FROM status_history WHERE id IN (SELECT (SELECT s.id FROM status_history s \
+                 WHERE s.cluster_id = "
+            ));
+            q.push_bind(cluster_id)
+                .push(" AND s.name = n.name AND s.at <= ")
+                .push_bind(at)
+                .push(" AND s.event <> 'Restored' ORDER BY s.at DESC, s.id DESC LIMIT 1) FROM (");
+            let mut first = true;
+            for name in &names {
+                q.push(if first { "SELECT " } else { " UNION ALL SELECT " });
+                q.push_bind(name.as_str()).push(" AS name");
+                first = false;
+            }
+            q.push(") n) ORDER BY name");
+            let entries = q
+                .build_query_as::<$crate::model::StatusRecord>()
+                .fetch_all(&self.pool)
+                .await?;
+            Ok((names, entries))
+        }
+
+        async fn assignment_commits(
+            &self,
+            assignment: &str,
+            limit: i64,
+        ) -> $crate::store::StoreResult<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+            // the assignment's distinct commits one seek each (`status_history_by_commit`, whose condition each
+            // statement repeats so that SQLite uses it), and each one's first entry
+            Ok(sqlx::query_as::<$db, (String, chrono::DateTime<chrono::Utc>)>(
+                "WITH RECURSIVE commits (commit_id, n) AS ( \
+                 SELECT (SELECT commit_id FROM status_history WHERE policy_assignment = $1 \
+                 AND policy_assignment <> '' AND commit_id IS NOT NULL ORDER BY commit_id LIMIT 1), 1 \
+                 UNION ALL SELECT (SELECT s.commit_id FROM status_history s WHERE s.policy_assignment = $1 \
+                 AND s.policy_assignment <> '' AND s.commit_id IS NOT NULL AND s.commit_id > commits.commit_id \
+                 ORDER BY s.commit_id LIMIT 1), commits.n + 1 \
+                 FROM commits WHERE commits.commit_id IS NOT NULL AND commits.n < $2) \
+                 SELECT commit_id, (SELECT s.at FROM status_history s WHERE s.policy_assignment = $1 \
+                 AND s.policy_assignment <> '' AND s.commit_id = commits.commit_id ORDER BY s.at LIMIT 1) AS first_seen \
+                 FROM commits WHERE commit_id IS NOT NULL",
+            )
+            .bind(assignment)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn commit_sightings(
+            &self,
+            assignment: &str,
+            commit: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::fleet::commits::Sighting>> {
+            Ok(sqlx::query_as::<$db, $crate::fleet::commits::Sighting>(
+                "SELECT cluster_id, provisioning_state, compliance_state, \
+                 COALESCE(reported_generation = generation, FALSE) AS reported, MIN(at) AS first_at \
+                 FROM status_history WHERE policy_assignment = $1 AND policy_assignment <> '' \
+                 AND commit_id IS NOT NULL AND commit_id = $2 \
+                 GROUP BY cluster_id, provisioning_state, compliance_state, 4",
+            )
+            .bind(assignment)
+            .bind(commit)
             .fetch_all(&self.pool)
             .await?)
         }

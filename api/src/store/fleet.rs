@@ -5,9 +5,10 @@
 /// Clusters per statement of a set-based write (each statement binds one parameter per cluster).
 pub(super) const CHUNK: usize = 1000;
 
-/// Adds the fleet helpers to `$store`; `$lock` serialises fleet writes of one subscription (key `$1`).
+/// Adds the fleet helpers to `$store`; `$lock` serialises fleet writes of one subscription (key `$1`), `$write`
+/// begins a transaction that writes (see `sql_store!`).
 macro_rules! fleet_helpers {
-    ($store:ty, $db:ty, $lock:literal) => {
+    ($store:ty, $db:ty, $lock:literal, $write:expr) => {
         impl $store {
             /// Serialises the transactions that decide which clusters get which managed configurations, so that
             /// none of them decides on what another is changing.
@@ -327,6 +328,101 @@ macro_rules! fleet_helpers {
                 }
                 q.build().execute(&mut **tx).await?;
                 Ok(())
+            }
+
+            /// The circuit breakers, evaluated where rollouts advance: for each repository an assignment's
+            /// `circuitBreaker` watches, counts the clusters that applied each commit (their agent reported on the
+            /// current generation) and those it failed on; a commit past a setting trips once (recorded in
+            /// `circuit_breaker_trips`) and halts every assignment of the subscription reading the repository.
+            /// Answers how many assignments it halted.
+            async fn trip_breakers(
+                &self,
+                assignments: &[$crate::model::PolicyAssignmentRecord],
+            ) -> Result<usize, sqlx::Error> {
+                use $crate::fleet::assignments::model::EnforcementMode;
+                use $crate::fleet::breaker;
+                let readers: Vec<breaker::Reader<'_>> = assignments
+                    .iter()
+                    .map(|a| breaker::Reader {
+                        id: a.id,
+                        subscription_key: &a.subscription_key,
+                        name: &a.name,
+                        url: a.rendered.git_repository.as_ref().and_then(|g| g.url.as_deref()),
+                        breaker: a.spec.circuit_breaker.as_ref(),
+                        enforced: a.spec.enforcement_mode == EnforcementMode::Default,
+                    })
+                    .collect();
+                let mut halted = 0;
+                for watch in breaker::watches(&readers) {
+                    if watch.assignments.is_empty() {
+                        continue;
+                    }
+                    let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                    Self::lock_fleet(&mut tx, &watch.subscription_key).await?;
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT cluster_id, observed ->> 'sourceSyncedCommitId' AS commit_id, provisioning_state, \
+                         compliance_state FROM flux_configurations WHERE reported_generation = generation \
+                         AND observed ->> 'sourceSyncedCommitId' IS NOT NULL AND managed_by IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in &watch.assignments {
+                        list.push_bind(*id);
+                    }
+                    list.push_unseparated(")");
+                    let reports = q
+                        .build_query_as::<breaker::CommitReport>()
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let now = chrono::Utc::now();
+                    let mut trips = Vec::new();
+                    for trip in breaker::tripped(&watch.breakers, &breaker::tally(&reports)) {
+                        // once per commit: a corrected template applied since is not halted again by it
+                        let recorded = sqlx::query::<$db>(
+                            "INSERT INTO circuit_breaker_trips (subscription_key, repository, commit_id, at, applied, \
+                             failed) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&watch.subscription_key)
+                        .bind(&watch.repository)
+                        .bind(&trip.commit)
+                        .bind(now)
+                        .bind(trip.applied as i64)
+                        .bind(trip.failed as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                        if recorded.rows_affected() > 0 {
+                            tracing::warn!(repository = %watch.repository, commit = %trip.commit, applied = trip.applied,
+                                failed = trip.failed, by = %trip.by, "circuit breaker tripped");
+                            trips.push(trip);
+                        }
+                    }
+                    for (id, message) in breaker::halts(&watch, &trips) {
+                        let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
+                        let Some(a) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                        else {
+                            continue; // deleted since the list was read
+                        };
+                        let batches = match &a.spec.rollout {
+                            Some(rollout) => {
+                                let selected = Self::matched(&mut tx, &a, None).await?.len();
+                                breaker::batches(rollout.batch_count(selected), selected)
+                            }
+                            None => 0,
+                        };
+                        if let Some(state) = breaker::halt(a.rollout_state.as_ref(), a.generation, batches, message, now) {
+                            sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
+                                .bind(sqlx::types::Json(&state))
+                                .bind(a.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            halted += 1;
+                        }
+                    }
+                    self.commit(tx).await?;
+                }
+                Ok(halted)
             }
 
             fn push_clusters(q: &mut sqlx::QueryBuilder<$db>, clusters: &[i64]) {

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::arm::paging::PageRequest;
 use crate::arm::scope::ClusterSet;
 use crate::error::ApiError;
+use crate::fleet::commits::Sighting;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
@@ -138,8 +139,11 @@ pub trait Dashboards: Send + Sync + 'static {
     async fn mark_offline(&self, heard_before: DateTime<Utc>) -> StoreResult<u64>;
     /// Folds the deltas written since the last compaction into the rollups; answers how many it folded.
     async fn compact_rollups(&self) -> StoreResult<u64>;
-    /// Drops the history (and the folded deltas) from before `before`; answers how many rows went.
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// Drops the history (and the folded deltas) from before `before`; answers how many rows went. Each
+    /// configuration name keeps its last status entry before `before` (the state it was in after it) unless that
+    /// entry is its deletion. `since` is the `before` of the last prune that succeeded, whose entries need no second
+    /// look (`None`: look at the whole history).
+    async fn prune_history(&self, before: DateTime<Utc>, since: Option<DateTime<Utc>>) -> StoreResult<u64>;
     /// Appends accepted writes to the history, in one statement (their `id` and `at` are the store's).
     async fn record_writes(&self, writes: &[WriteRecord]) -> StoreResult<()>;
     /// A page of status transitions and writes: at most `limit` of each, in id order.
@@ -152,6 +156,24 @@ pub trait Dashboards: Send + Sync + 'static {
         first: &str,
         last: &str,
     ) -> StoreResult<Vec<ConfigurationState>>;
+    /// The state of each configuration name of the cluster at `at`: its latest status entry at or before it (a
+    /// `Restored` event is no state), for up to `limit` names after `after` in name order, or for the name `only`.
+    /// Answers the names read (with or without an entry by then) and the entries; an entry `Deleted` says the name
+    /// did not exist then.
+    async fn states_as_of(
+        &self,
+        cluster_id: i64,
+        at: DateTime<Utc>,
+        only: Option<&str>,
+        after: &str,
+        limit: i64,
+    ) -> StoreResult<(Vec<String>, Vec<StatusRecord>)>;
+    /// Up to `limit` distinct commits that the configurations of the assignment (its ARM id) reported, in commit id
+    /// order, each with the time of its first entry.
+    async fn assignment_commits(&self, assignment: &str, limit: i64) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
+    /// What the history holds of the assignment's clusters at `commit`: per cluster and combination of states, the
+    /// first time.
+    async fn commit_sightings(&self, assignment: &str, commit: &str) -> StoreResult<Vec<Sighting>>;
     /// The id of the latest status transition (0 if none).
     async fn latest_status_event(&self) -> StoreResult<i64>;
     /// Status transitions after `after` in id order, of the scope or of every scope.

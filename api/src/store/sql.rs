@@ -902,6 +902,8 @@ macro_rules! sql_store {
                 let assignments = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .fetch_all(&self.pool)
                     .await?;
+                // the circuit breakers first: a rollout halted by one does not advance below
+                self.trip_breakers(&assignments).await?;
                 // one transaction each: the lock is held for one assignment at a time
                 for a in &assignments {
                     let mut tx = $crate::store::begin(&self.pool, $write).await?;
@@ -978,17 +980,19 @@ macro_rules! sql_store {
                      CASE WHEN $4 THEN f.name ELSE '' END AS name, \
                      CASE WHEN $5 THEN COALESCE(f.managed_by_id, '') ELSE '' END AS managed_by_id, \
                      f.compliance_state, f.provisioning_state, \
-                     COALESCE(f.reported_generation = f.generation, FALSE) AS reported, COUNT(*) AS count \
+                     COALESCE(f.reported_generation = f.generation, FALSE) AS reported, \
+                     CASE WHEN $6 THEN f.observed ->> 'sourceSyncedCommitId' END AS commit_id, COUNT(*) AS count \
                      FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
                      WHERE c.subscription_key = $1 AND ($2 = '' OR c.resource_group_key = $2) \
                      AND ($3 = 0 OR f.managed_by = $3) \
-                     GROUP BY f.cluster_id, 2, 3, f.compliance_state, f.provisioning_state, 6",
+                     GROUP BY f.cluster_id, 2, 3, f.compliance_state, f.provisioning_state, 6, 7",
                 )
                 .bind(subscription_key)
                 .bind(resource_group_key)
                 .bind(query.managed_by.unwrap_or(0))
                 .bind(query.by_name)
                 .bind(query.by_assignment)
+                .bind(query.by_commit)
                 .fetch_all(&self.pool)
                 .await?)
             }
@@ -1282,7 +1286,7 @@ macro_rules! sql_store {
             }
         }
 
-        $crate::store::fleet::fleet_helpers!($store, $db, $lock);
+        $crate::store::fleet::fleet_helpers!($store, $db, $lock, $write);
 
         impl $store {
             async fn delete_sealed_secrets(

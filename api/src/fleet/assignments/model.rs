@@ -10,6 +10,7 @@ use crate::arm::body::parse;
 use crate::arm::ids::ConfigurationName;
 use crate::arm::system_data::SystemData;
 use crate::error::{ApiError, ApiResult, ErrorDetail, Problems};
+use crate::fleet::breaker::CircuitBreaker;
 use crate::fleet::selector::LabelSelector;
 use crate::fleet::template::substitute;
 use crate::flux::secrets::SecretFields;
@@ -255,6 +256,10 @@ pub struct AssignmentSpec {
     /// Roll template changes out in batches instead of to every cluster at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// Halt every assignment of the subscription reading the template's Git repository once a commit of it fails
+    /// on too many of the clusters that applied it (`fleet::breaker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// The body of a policy assignment PUT.
@@ -449,6 +454,9 @@ pub fn render(spec: &AssignmentSpec) -> ApiResult<FluxConfigurationSpec> {
     }
     if let Some(rollout) = &spec.rollout {
         rollout.validate(&mut p);
+    }
+    if let Some(breaker) = &spec.circuit_breaker {
+        breaker.validate(&mut p);
     }
     let name = ConfigurationName::parse(&spec.configuration_name)
         .map_err(|err| p.add("properties.configurationName", err.to_string()))

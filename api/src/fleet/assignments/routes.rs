@@ -79,7 +79,7 @@ pub struct ResourceGroupAssignmentPath {
 }
 
 impl SubscriptionAssignmentPath {
-    fn target(&self) -> ApiResult<(FleetScope, String)> {
+    pub(super) fn target(&self) -> ApiResult<(FleetScope, String)> {
         Ok((
             FleetScope::parse(&self.subscription_id, None)?,
             parse_name("policyAssignmentName", &self.policy_assignment_name)?,
@@ -88,7 +88,7 @@ impl SubscriptionAssignmentPath {
 }
 
 impl ResourceGroupAssignmentPath {
-    fn target(&self) -> ApiResult<(FleetScope, String)> {
+    pub(super) fn target(&self) -> ApiResult<(FleetScope, String)> {
         Ok((
             FleetScope::parse(&self.subscription_id, Some(&self.resource_group_name))?,
             parse_name("policyAssignmentName", &self.policy_assignment_name)?,
@@ -96,7 +96,7 @@ impl ResourceGroupAssignmentPath {
     }
 }
 
-fn not_found(scope: &FleetScope, name: &str) -> ApiError {
+pub(super) fn not_found(scope: &FleetScope, name: &str) -> ApiError {
     ApiError::ResourceNotFound(format!(
         "The Resource '{TYPE}/{name}' under '{}' was not found.",
         scope.id()
