@@ -163,7 +163,8 @@ macro_rules! dashboards_store {
             before: chrono::DateTime<chrono::Utc>,
             since: Option<chrono::DateTime<chrono::Utc>>,
         ) -> $crate::store::StoreResult<u64> {
-            let since = since.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            // the epoch: PostgreSQL refuses chrono's earliest time
+            let since = since.unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
             let mut pruned = 0;
             // Each configuration name keeps its last state before the cut-off, which it was still in after it: the
             // rows an entry that crossed the cut-off since `since` supersedes go, then the crossed entries that

@@ -1082,7 +1082,10 @@ async fn rollup_case(backend: Backend) {
     .await;
 }
 
-on_both_backends!(pruning_drops_old_history_and_leaves_the_current_counts, prune_case);
+on_both_backends!(
+    pruning_drops_old_history_but_each_configurations_last_state_and_leaves_the_current_counts,
+    prune_case
+);
 async fn prune_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
@@ -1100,13 +1103,14 @@ async fn prune_case(backend: Backend) {
             subscription_key: "sub".to_owned(),
         };
         assert_eq!(store.status_events(Some(&scope), 0, 10).await.unwrap().len(), 1);
-        // not yet folded: pruning keeps the deltas the current counts still read
+        // not yet folded: pruning keeps the deltas the current counts still read, and the configuration's one
+        // entry (the state it is still in)
         assert_eq!(
             store
-                .prune_history(Utc::now() + chrono::Duration::seconds(5))
+                .prune_history(Utc::now() + chrono::Duration::seconds(5), None)
                 .await
                 .unwrap(),
-            1
+            0
         );
         let sorted = |mut rollup: super::Rollup| {
             rollup
@@ -1119,16 +1123,17 @@ async fn prune_case(backend: Backend) {
         store.compact_rollups().await.unwrap();
         assert!(
             store
-                .prune_history(Utc::now() + chrono::Duration::seconds(5))
+                .prune_history(Utc::now() + chrono::Duration::seconds(5), None)
                 .await
                 .unwrap()
                 > 0
         );
-        assert!(store.status_events(Some(&scope), 0, 10).await.unwrap().is_empty());
+        let kept = store.status_events(Some(&scope), 0, 10).await.unwrap();
+        assert_eq!(kept.len(), 1, "the state 'a' is still in: {kept:?}");
         let after = sorted(store.rollup(&scope, None, false).await.unwrap());
         assert_eq!(after, before, "the current counts outlive the history");
         assert_eq!(
-            store.prune_history(Utc::now()).await.unwrap(),
+            store.prune_history(Utc::now(), None).await.unwrap(),
             0,
             "nothing left to prune"
         );
@@ -1616,3 +1621,405 @@ async fn extension_expiry_case(backend: Backend) {
     })
     .await;
 }
+
+/// A report of the configuration `name` at `generation`: `commit`, failed or compliant.
+async fn report_commit(store: &Arc<dyn Store>, c: &ClusterRecord, name: &str, commit: &str, failed: bool) {
+    let generation = store.get_configuration(c.id, name).await.unwrap().unwrap().generation;
+    let report = crate::model::ReportWrite::Status {
+        provisioning_state: if failed {
+            ProvisioningState::Failed
+        } else {
+            ProvisioningState::Succeeded
+        },
+        compliance_state: if failed {
+            ComplianceState::NonCompliant
+        } else {
+            ComplianceState::Compliant
+        },
+        observed: Box::new(crate::flux::model::Observed {
+            source_synced_commit_id: Some(commit.to_owned()),
+            ..Default::default()
+        }),
+        operation_status: crate::lifecycle::OperationState::Succeeded,
+        operation_error: None,
+        restored: Vec::new(),
+    };
+    let key = format!("{}/{name}", c.key);
+    let outcome = store
+        .apply_report(c.id, name, generation, &key, &report, None, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(outcome.disposition, crate::model::ReportDisposition::Recorded);
+}
+
+/// The history's clock moves on (SQLite records milliseconds; PostgreSQL, its transactions' start).
+async fn tick() -> chrono::DateTime<Utc> {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let now = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    now
+}
+
+on_both_backends!(
+    the_state_counts_and_the_grid_carry_the_commit_each_agent_last_reported,
+    commit_counts_case
+);
+async fn commit_counts_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let scope = ClusterSet::Subscription {
+            subscription_key: "sub".to_owned(),
+        };
+        let c1 = registered(&store, "c1").await;
+        let c2 = registered(&store, "c2").await;
+        for (c, name) in [(&c1, "a"), (&c1, "b"), (&c2, "a")] {
+            store
+                .insert_configuration(
+                    &configuration(c.id, name),
+                    &SecretsWrite::Keep,
+                    &operation(&format!("{}/{name}", c.key), 1),
+                )
+                .await
+                .unwrap();
+        }
+        report_commit(&store, &c1, "a", "main@sha1:aaa", false).await;
+        report_commit(&store, &c2, "a", "main@sha1:aaa", true).await;
+        // c1/b has not synced yet
+        let by_commit = super::StateCountQuery {
+            by_commit: true,
+            ..Default::default()
+        };
+        let mut counted: BTreeMap<(i64, Option<String>), i64> = BTreeMap::new();
+        for row in store.state_counts(&scope, &by_commit).await.unwrap() {
+            *counted.entry((row.cluster_id, row.commit_id)).or_default() += row.count;
+        }
+        let aaa = Some("main@sha1:aaa".to_owned());
+        assert_eq!(
+            counted,
+            BTreeMap::from([((c1.id, aaa.clone()), 1), ((c1.id, None), 1), ((c2.id, aaa.clone()), 1)])
+        );
+        let unsplit = store
+            .state_counts(&scope, &super::StateCountQuery::default())
+            .await
+            .unwrap();
+        assert!(unsplit.iter().all(|r| r.commit_id.is_none()), "only split when asked");
+        let cells = store.configuration_states(&scope, "sub/rg/c1", "sub/rg/c2").await.unwrap();
+        let commits: Vec<(&str, Option<&str>)> = cells
+            .iter()
+            .map(|c| (c.name.as_str(), c.commit_id.as_deref()))
+            .collect();
+        assert_eq!(
+            commits,
+            [("a", aaa.as_deref()), ("b", None), ("a", aaa.as_deref())]
+        );
+    })
+    .await;
+}
+
+on_both_backends!(
+    a_clusters_configurations_are_answered_as_they_were_at_a_time,
+    states_as_of_case
+);
+async fn states_as_of_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let other = registered(&store, "c2").await;
+        let insert = |cluster: ClusterRecord, name: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .insert_configuration(
+                        &configuration(cluster.id, name),
+                        &SecretsWrite::Keep,
+                        &operation(&format!("{}/{name}", cluster.key), 1),
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        let before_anything = tick().await;
+        insert(c.clone(), "b").await;
+        insert(c.clone(), "a").await;
+        insert(other.clone(), "a").await;
+        report_commit(&store, &c, "a", "main@sha1:one", false).await;
+        report_commit(&store, &c, "b", "main@sha1:one", false).await;
+        let on_one = tick().await;
+        report_commit(&store, &c, "a", "main@sha1:two", true).await;
+        assert!(store.delete_configuration(c.id, "b", "sub/rg/c1/b").await.unwrap());
+        insert(c.clone(), "c").await;
+        let on_two = tick().await;
+
+        let at = |when, only: Option<&'static str>, after: &'static str, limit| {
+            let store = store.clone();
+            async move { store.states_as_of(c.id, when, only, after, limit).await.unwrap() }
+        };
+        let states = |entries: &[crate::model::StatusRecord]| -> Vec<(String, String, Option<String>)> {
+            entries
+                .iter()
+                .map(|e| (e.name.clone(), e.event.as_str().to_owned(), e.commit_id.clone()))
+                .collect()
+        };
+        let one = Some("main@sha1:one".to_owned());
+        let (names, entries) = at(on_one, None, "", 10).await;
+        assert_eq!(names, ["a", "b", "c"], "every name the cluster had, in order");
+        assert_eq!(
+            states(&entries),
+            [
+                ("a".into(), "Updated".into(), one.clone()),
+                ("b".into(), "Updated".into(), one.clone())
+            ],
+            "c did not exist yet"
+        );
+        let (_, entries) = at(on_two, None, "", 10).await;
+        assert_eq!(
+            states(&entries),
+            [
+                ("a".into(), "Updated".into(), Some("main@sha1:two".into())),
+                ("b".into(), "Deleted".into(), one.clone()),
+                ("c".into(), "Created".into(), None)
+            ]
+        );
+        assert_eq!(entries[0].compliance_state, "Non-Compliant");
+        let (_, entries) = at(before_anything, None, "", 10).await;
+        assert!(entries.is_empty(), "{entries:?}");
+        // a page of names, and the next
+        let (names, _) = at(on_two, None, "", 2).await;
+        assert_eq!(names, ["a", "b"]);
+        let (names, entries) = at(on_two, None, "b", 2).await;
+        assert_eq!((names.as_slice(), entries.len()), (["c".to_owned()].as_slice(), 1));
+        // one name
+        let (_, entries) = at(on_one, Some("a"), "", 1).await;
+        assert_eq!(states(&entries), [("a".into(), "Updated".into(), one.clone())]);
+        let (_, entries) = at(on_one, Some("missing"), "", 1).await;
+        assert!(entries.is_empty());
+    })
+    .await;
+}
+
+on_both_backends!(
+    pruning_keeps_the_state_each_name_was_in_at_the_cut_off_and_drops_what_a_later_entry_supersedes,
+    prune_keeps_state_case
+);
+async fn prune_keeps_state_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        for name in ["a", "b"] {
+            store
+                .insert_configuration(
+                    &configuration(c.id, name),
+                    &SecretsWrite::Keep,
+                    &operation(&format!("sub/rg/c1/{name}"), 1),
+                )
+                .await
+                .unwrap();
+        }
+        report_commit(&store, &c, "a", "main@sha1:one", false).await;
+        assert!(store.delete_configuration(c.id, "b", "sub/rg/c1/b").await.unwrap());
+        let cut = tick().await;
+        report_commit(&store, &c, "a", "main@sha1:two", false).await;
+        let later = tick().await;
+
+        // a's Created is superseded before the cut; b was deleted before it: nothing of b stays
+        let pruned = store.prune_history(cut, None).await.unwrap();
+        assert!(pruned > 0);
+        let (_, entries) = store.states_as_of(c.id, cut, None, "", 10).await.unwrap();
+        let kept: Vec<(String, Option<String>)> = entries.iter().map(|e| (e.name.clone(), e.commit_id.clone())).collect();
+        assert_eq!(
+            kept,
+            [("a".to_owned(), Some("main@sha1:one".to_owned()))],
+            "a at the cut, still answerable"
+        );
+        assert_eq!(
+            store.prune_history(cut, Some(cut)).await.unwrap(),
+            0,
+            "a window with nothing in it"
+        );
+        // the next window: a's new entry crosses and supersedes the one kept
+        let pruned = store.prune_history(later, Some(cut)).await.unwrap();
+        assert!(pruned > 0);
+        let (_, entries) = store.states_as_of(c.id, later, None, "", 10).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].commit_id.as_deref(), Some("main@sha1:two"));
+        let (_, gone) = store.states_as_of(c.id, cut, None, "", 10).await.unwrap();
+        assert!(gone.is_empty(), "before the retention nothing is kept: {gone:?}");
+    })
+    .await;
+}
+
+/// Writes the assignment `name` of subscription `sub` (selecting env=prod) reading `url` at branch `main`, with a
+/// breaker and a rollout if given.
+async fn assignment(
+    store: &Arc<dyn Store>,
+    name: &str,
+    url: &str,
+    breaker: Option<serde_json::Value>,
+    rollout: Option<serde_json::Value>,
+) -> crate::model::PolicyAssignmentRecord {
+    assignment_at(store, name, url, "main", breaker, rollout).await
+}
+
+async fn assignment_at(
+    store: &Arc<dyn Store>,
+    name: &str,
+    url: &str,
+    branch: &str,
+    breaker: Option<serde_json::Value>,
+    rollout: Option<serde_json::Value>,
+) -> crate::model::PolicyAssignmentRecord {
+    use crate::fleet::assignments::model::{AssignmentSpec, render};
+    let mut spec = serde_json::json!({
+        "selector": {"matchLabels": {"env": "prod"}},
+        "configurationName": name,
+        "configurationTemplate": {"gitRepository": {"url": url, "repositoryRef": {"branch": branch}}}
+    });
+    if let Some(breaker) = breaker {
+        spec["circuitBreaker"] = breaker;
+    }
+    if let Some(rollout) = rollout {
+        spec["rollout"] = rollout;
+    }
+    let spec: AssignmentSpec = serde_json::from_value(spec).unwrap();
+    let rendered = render(&spec).unwrap();
+    let scope = crate::arm::scope::FleetScope::parse("sub", None).unwrap();
+    let current = store.get_policy_assignment(&format!("sub/{name}")).await.unwrap();
+    let expected = current.as_ref().map(|a| a.etag.clone());
+    let record = crate::fleet::assignments::service::proposed(&scope, name, &spec, &rendered, None, current, "tester");
+    let written = store
+        .write_policy_assignment(&record, expected.as_deref(), &ManagedWrite::default())
+        .await
+        .unwrap();
+    assert_eq!(written, crate::model::AssignmentWrite::Written);
+    store.get_policy_assignment(&format!("sub/{name}")).await.unwrap().unwrap()
+}
+
+on_both_backends!(
+    an_assignments_commits_are_listed_with_their_first_sighting_and_each_clusters_entries,
+    assignment_commits_case
+);
+async fn assignment_commits_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c1 = registered(&store, "c1").await;
+        let c2 = registered(&store, "c2").await;
+        let a = assignment(&store, "infra", "https://h/org/fleet", None, None).await;
+        let other = assignment(&store, "apps", "https://h/org/apps", None, None).await;
+        let start = tick().await;
+        report_commit(&store, &c1, "infra", "main@sha1:one", false).await;
+        let first = tick().await;
+        report_commit(&store, &c2, "infra", "main@sha1:one", true).await;
+        report_commit(&store, &c1, "apps", "main@sha1:elsewhere", false).await;
+        report_commit(&store, &c1, "infra", "main@sha1:two", false).await;
+        let commits = store.assignment_commits(&a.arm_id(), 100).await.unwrap();
+        let names: Vec<&str> = commits.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["main@sha1:one", "main@sha1:two"], "its own commits only");
+        assert!(commits[0].1 >= start && commits[0].1 <= first, "{commits:?}");
+        assert!(commits[1].1 > first);
+        assert_eq!(store.assignment_commits(&a.arm_id(), 1).await.unwrap().len(), 1, "bounded");
+        assert_eq!(store.assignment_commits(&other.arm_id(), 100).await.unwrap().len(), 1);
+
+        let mut seen = store.commit_sightings(&a.arm_id(), "main@sha1:one").await.unwrap();
+        seen.sort_by_key(|s| (s.cluster_id, s.first_at));
+        let selected = [c1.id, c2.id].into();
+        let spread = crate::fleet::commits::spread(&seen, &selected);
+        assert_eq!((spread.clusters, spread.failed), (2, 1), "{seen:?}");
+        assert!(spread.reached[0].is_some_and(|t| t <= first), "c1 is half");
+        assert!(spread.reached[2].is_some_and(|t| t > first), "c2 completed it");
+    })
+    .await;
+}
+
+on_both_backends!(
+    a_commit_failing_past_the_breaker_halts_every_assignment_reading_its_repository_once,
+    breaker_case
+);
+async fn breaker_case(backend: Backend) {
+    use crate::fleet::assignments::model::RolloutPhase;
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let mut clusters = Vec::new();
+        for name in ["c1", "c2", "c3", "c4"] {
+            clusters.push(registered(&store, name).await);
+        }
+        let breaker = serde_json::json!({"maxFailurePercent": 50, "minClusters": 3});
+        let rollout = serde_json::json!({"batchSize": 1});
+        let infra = assignment(&store, "infra", "https://h/org/fleet.git", Some(breaker), None).await;
+        // the same repository spelled otherwise, without a breaker of its own, rolling out in batches
+        assignment(&store, "apps", "ssh://git@H/org/fleet", None, Some(rollout.clone())).await;
+        assignment(&store, "other", "https://h/org/other", None, None).await;
+        let state = |name: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .get_policy_assignment(&format!("sub/{name}"))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .rollout_state
+            }
+        };
+        let reconcile = || async {
+            store
+                .reconcile_assignments(&ManagedWrite::default())
+                .await
+                .unwrap()
+        };
+        // failing on two clusters, as on a cluster of another repository: not yet enough clusters applied it
+        report_commit(&store, &clusters[0], "infra", "main@sha1:bad", true).await;
+        report_commit(&store, &clusters[1], "infra", "main@sha1:bad", true).await;
+        report_commit(&store, &clusters[3], "other", "main@sha1:bad", true).await;
+        reconcile().await;
+        assert_eq!(state("infra").await, None);
+        // a third cluster applies it through the other assignment: 2 of 3 failed, more than 50%
+        report_commit(&store, &clusters[2], "apps", "main@sha1:bad", false).await;
+        report_commit(&store, &clusters[1], "apps", "main@sha1:bad", true).await;
+        reconcile().await;
+        for name in ["infra", "apps"] {
+            let halted = state(name).await.expect("halted");
+            assert_eq!(halted.state, RolloutPhase::Halted, "{name}");
+            let message = halted.message.unwrap();
+            for part in ["main@sha1:bad", "2 of the 3 clusters", "(66%)", "h/org/fleet", "'infra'"] {
+                assert!(message.contains(part), "{name}: {message} lacks {part}");
+            }
+        }
+        assert_eq!(state("other").await, None, "another repository goes on");
+        assert_eq!(state("apps").await.unwrap().batch, 4, "at rest: every batch reached");
+
+        // a write that renders the same configuration leaves the halt as it is
+        let same = assignment(&store, "apps", "ssh://git@H/org/fleet", None, Some(rollout.clone())).await;
+        assert_eq!(same.rollout_state.unwrap().state, RolloutPhase::Halted);
+        // once per commit: a corrected template goes on, though its clusters still report the commit failing
+        let corrected = assignment_at(
+            &store,
+            "infra",
+            "https://h/org/fleet.git",
+            "fixed",
+            Some(serde_json::json!({"maxFailurePercent": 50, "minClusters": 3})),
+            Some(rollout),
+        )
+        .await;
+        assert_eq!(corrected.generation, infra.generation + 1);
+        assert_eq!(corrected.rollout_state.as_ref().unwrap().state, RolloutPhase::Progressing);
+        reconcile().await;
+        assert_ne!(
+            state("infra").await.unwrap().state,
+            RolloutPhase::Halted,
+            "not halted again by the same commit"
+        );
+        // another failing commit trips it again
+        for c in &clusters[..3] {
+            report_commit(&store, c, "apps", "main@sha1:worse", true).await;
+        }
+        reconcile().await;
+        let halted = state("infra").await.unwrap();
+        assert_eq!(halted.state, RolloutPhase::Halted);
+        assert!(halted.message.unwrap().contains("main@sha1:worse"));
+        assert!(
+            state("apps").await.unwrap().message.unwrap().contains("main@sha1:bad"),
+            "a halt stays what it was"
+        );
+    })
+    .await;
+}
+
