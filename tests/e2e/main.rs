@@ -11,6 +11,7 @@ mod auth;
 mod binary;
 mod cluster_groups;
 mod clusters;
+mod commits;
 mod compliance_summary;
 mod dashboards;
 mod deploy_keys;
