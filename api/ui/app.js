@@ -15,7 +15,7 @@ const HISTORY_POINTS = 12;
 const STORAGE_TOKEN = "fluxplane.token";
 const STORAGE_SUBSCRIPTION = "fluxplane.subscription";
 const SVG_NS = "http://www.w3.org/2000/svg";
-const EMPTY_FILTERS = Object.freeze({ clusterGroup: "", policyAssignment: "", tagSelector: "", complianceState: "" });
+const EMPTY_FILTERS = Object.freeze({ clusterGroup: "", policyAssignment: "", tagSelector: "", commit: "", complianceState: "" });
 
 // epoch counts sign-ins and sign-outs, so that work started for one session never lands in the next.
 const session = { token: "", subscription: "", epoch: 0 };
@@ -136,7 +136,12 @@ function fleetUrl(resource, params = {}) {
   return `/subscriptions/${subscription}/providers/Fluxplane.Fleet/${resource}?${query({ "api-version": FLEET_API, ...params })}`;
 }
 
-const summaryFilters = (f) => ({ tagSelector: f.tagSelector, clusterGroup: f.clusterGroup, policyAssignment: f.policyAssignment });
+const summaryFilters = (f) => ({
+  tagSelector: f.tagSelector,
+  clusterGroup: f.clusterGroup,
+  policyAssignment: f.policyAssignment,
+  sourceSyncedCommitId: f.commit,
+});
 
 function summaryUrl(asOf) {
   return fleetUrl("complianceSummary", { groupBy: "complianceState", ...summaryFilters(view.filters), asOf });
@@ -342,7 +347,7 @@ function reloadAll() {
 // ---------------------------------------------------------------------------------------------------------------
 // Filters, kept in location.hash so that a reload (or a shared link) keeps them
 
-const HASH_KEYS = { clusterGroup: "group", policyAssignment: "assignment", tagSelector: "tags", complianceState: "state" };
+const HASH_KEYS = { clusterGroup: "group", policyAssignment: "assignment", tagSelector: "tags", commit: "commit", complianceState: "state" };
 
 function readHashFilters() {
   const params = new URLSearchParams(location.hash.slice(1));
@@ -375,6 +380,7 @@ function readFilterForm() {
     clusterGroup: $("f-group").value,
     policyAssignment: $("f-assignment").value,
     tagSelector: $("f-tags").value.trim(),
+    commit: $("f-commit").value.trim(),
     complianceState: $("f-state").value,
   };
 }
@@ -386,6 +392,7 @@ function fillFilterForm() {
   $("f-group").value = f.clusterGroup;
   $("f-assignment").value = f.policyAssignment;
   $("f-tags").value = f.tagSelector;
+  $("f-commit").value = f.commit;
   $("f-state").value = f.complianceState;
   $("clear-filters").disabled = hashOf(f) === "";
   updateCardsPressed();
@@ -744,6 +751,7 @@ function cellLabel(cluster, cfg) {
   const parts = [cfg.complianceState || "Unknown"];
   if (cfg.freshness && cfg.freshness !== "fresh") parts.push(cfg.freshness);
   if (cfg.provisioningState && cfg.provisioningState !== "Succeeded") parts.push(`provisioning ${cfg.provisioningState}`);
+  if (cfg.sourceSyncedCommitId) parts.push(`at ${shortCommit(cfg.sourceSyncedCommitId)}`);
   return `${cluster.name} / ${cfg.name}: ${parts.join(", ")}`;
 }
 
@@ -1297,6 +1305,7 @@ function updateCellFromEvent(event) {
     cfg.complianceState = event.complianceState || cfg.complianceState;
     cfg.provisioningState = event.provisioningState || cfg.provisioningState;
     cfg.freshness = eventFreshness(event, cfg.freshness);
+    cfg.sourceSyncedCommitId = event.commit || cfg.sourceSyncedCommitId;
     cluster.configurations = [...others, cfg].sort((a, b) => a.name.localeCompare(b.name));
     paintCell(cell, cluster, name, cfg);
   }

@@ -211,6 +211,55 @@ async fn the_web_ui_shows_the_fleet_drills_down_and_updates_live() {
     )
     .await;
 
+    // filtered by the commit the agents applied (a hash prefix): the reports without one leave the grid
+    let platform = api
+        .get(&with_version(
+            &config_path(&cluster_path(SUBSCRIPTION, "rg", "edge-1"), "platform"),
+            FLUX_API,
+        ))
+        .await;
+    let commit = platform.body["properties"]["sourceSyncedCommitId"].as_str().unwrap().to_owned();
+    let hash = &commit[commit.rfind(':').unwrap() + 1..][..8];
+    let field = client.find(Locator::Css("#f-commit")).await.unwrap();
+    field.send_keys(hash).await.unwrap();
+    client
+        .find(Locator::Css("#filters button[type='submit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        client,
+        "the grid narrowed to the commit",
+        "const cells = [...document.querySelectorAll('[data-configuration]')]; \
+         return cells.length === 2 && cells.every((c) => c.dataset.configuration === 'platform') \
+         && location.hash.includes('commit=')",
+    )
+    .await;
+    let label = client
+        .find(Locator::Css("[data-cluster='edge-1'][data-configuration='platform']"))
+        .await
+        .unwrap()
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(label.contains(&hash[..7]), "the cell names its commit: {label}");
+    client
+        .find(Locator::Css("#clear-filters"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        client,
+        "the grid back to every configuration",
+        "return document.querySelectorAll('[data-configuration]').length === 3",
+    )
+    .await;
+
     // a subscription with nothing in it shows the empty state
     client.goto(&format!("{}/#", api.server.base)).await.unwrap();
     client
