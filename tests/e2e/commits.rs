@@ -146,7 +146,10 @@ async fn spread_case(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut agents = BTreeMap::new();
     for name in CLUSTERS {
-        agents.insert(name, RunningAgent::start(registered(&api, name, dir.path()).await).await);
+        agents.insert(
+            name,
+            RunningAgent::start(registered(&api, name, dir.path()).await).await,
+        );
     }
     let first = format!("main@sha1:{}", repository.head());
     let assigned_at = Utc::now();
@@ -159,7 +162,10 @@ async fn spread_case(backend: Backend) {
     // c stops; a good commit reaches a and b
     agents.remove("c").unwrap().stop().await;
     let committed_at = Utc::now();
-    let second = format!("main@sha1:{}", repository.commit(&[("infra/more.yaml", MANIFEST)], "more"));
+    let second = format!(
+        "main@sha1:{}",
+        repository.commit(&[("infra/more.yaml", MANIFEST)], "more")
+    );
     let mut seen_on_one = None;
     let both_on_second = {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -249,7 +255,10 @@ async fn spread_case(backend: Backend) {
     // what the rollups cannot answer, and what is no commit, is refused and changes nothing
     let past = (Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
     for (query, target) in [
-        (vec![("groupBy", "sourceSyncedCommitId"), ("asOf", past.as_str())], "asOf"),
+        (
+            vec![("groupBy", "sourceSyncedCommitId"), ("asOf", past.as_str())],
+            "asOf",
+        ),
         (vec![("sourceSyncedCommitId", "main")], "sourceSyncedCommitId"),
         (vec![("sourceSyncedCommitId", "abc")], "sourceSyncedCommitId"),
         (vec![("$top", "0")], "$top"),
@@ -267,7 +276,9 @@ async fn spread_case(backend: Backend) {
     assert_eq!(reported(&api, "infra").await, truth, "nothing changed");
 
     // the assignment's commits, newest first, against what was seen
-    let commits = api.get(&fleet(&format!("{}/commits", assignment_path("infra")), &[])).await;
+    let commits = api
+        .get(&fleet(&format!("{}/commits", assignment_path("infra")), &[]))
+        .await;
     assert_eq!(commits.status, StatusCode::OK, "{commits:?}");
     let value = commits.body["value"].as_array().unwrap();
     assert_eq!(value.len(), 2, "{commits:?}");
@@ -278,38 +289,67 @@ async fn spread_case(backend: Backend) {
         assert_eq!(c["selectedClusters"], 3);
         assert_eq!(c["failedClusters"], 0);
     }
-    assert_eq!((newest["clusters"].as_u64(), newest["currentClusters"].as_u64()), (Some(2), Some(2)));
-    assert_eq!((oldest["clusters"].as_u64(), oldest["currentClusters"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (newest["clusters"].as_u64(), newest["currentClusters"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        (oldest["clusters"].as_u64(), oldest["currentClusters"].as_u64()),
+        (Some(3), Some(1))
+    );
     // seen between the commit and when the test saw it on one cluster; half reached by the time two had it
     assert!(time(&newest["firstSeen"]) >= committed_at && time(&newest["firstSeen"]) <= seen_on_one.unwrap());
     assert!(time(&newest["reached50Percent"]) <= both_on_second);
-    assert!(newest["reached95Percent"].is_null() && newest["reached100Percent"].is_null(), "c never got it");
+    assert!(
+        newest["reached95Percent"].is_null() && newest["reached100Percent"].is_null(),
+        "c never got it"
+    );
     assert!(time(&oldest["firstSeen"]) >= assigned_at);
     assert!(time(&oldest["reached100Percent"]) <= all_on_first);
     assert!(time(&oldest["reached50Percent"]) <= time(&oldest["reached95Percent"]));
 
     // a broken commit: it fails on both clusters that applied it
-    let broken = format!("main@sha1:{}", repository.commit(&[("infra/kustomization.yaml", BROKEN)], "broken"));
+    let broken = format!(
+        "main@sha1:{}",
+        repository.commit(&[("infra/kustomization.yaml", BROKEN)], "broken")
+    );
     until_reported(&api, "infra", "a and b failing at the broken commit", |t| {
         on(t, &broken) == 2 && t.values().filter(|(_, s)| s == "Non-Compliant").count() == 2
     })
     .await;
     let page = api
-        .get(&fleet(&format!("{}/commits", assignment_path("infra")), &[("$top", "1")]))
+        .get(&fleet(
+            &format!("{}/commits", assignment_path("infra")),
+            &[("$top", "1")],
+        ))
         .await;
     let newest = &page.body["value"][0];
     assert_eq!(newest["commit"], broken.as_str());
-    assert_eq!((newest["clusters"].as_u64(), newest["failedClusters"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (newest["clusters"].as_u64(), newest["failedClusters"].as_u64()),
+        (Some(2), Some(2))
+    );
     let (all, pages) = api
-        .list_all(&fleet(&format!("{}/commits", assignment_path("infra")), &[("$top", "1")]))
+        .list_all(&fleet(
+            &format!("{}/commits", assignment_path("infra")),
+            &[("$top", "1")],
+        ))
         .await;
     let listed: Vec<&str> = all.iter().map(|c| c["commit"].as_str().unwrap()).collect();
-    assert_eq!((listed, pages), (vec![broken.as_str(), second.as_str(), first.as_str()], 3));
+    assert_eq!(
+        (listed, pages),
+        (vec![broken.as_str(), second.as_str(), first.as_str()], 3)
+    );
     let refused = api
-        .get(&fleet(&format!("{}/commits", assignment_path("infra")), &[("$top", "101")]))
+        .get(&fleet(
+            &format!("{}/commits", assignment_path("infra")),
+            &[("$top", "101")],
+        ))
         .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
-    let missing = api.get(&fleet(&format!("{}/commits", assignment_path("nope")), &[])).await;
+    let missing = api
+        .get(&fleet(&format!("{}/commits", assignment_path("nope")), &[]))
+        .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND, "{missing:?}");
     for (_, agent) in agents {
         agent.stop().await;
@@ -349,7 +389,12 @@ async fn breaker_case(backend: Backend) {
         assignment(&url, "apps", "./apps", json!({"rollout": {"batchSize": 1}})),
     )
     .await;
-    assign(&api, "elsewhere", assignment(&other_url, "elsewhere", "./infra", json!({}))).await;
+    assign(
+        &api,
+        "elsewhere",
+        assignment(&other_url, "elsewhere", "./infra", json!({})),
+    )
+    .await;
     for name in ["infra", "apps", "elsewhere"] {
         until_reported(&api, name, "every cluster compliant", |t| {
             t.len() == 3 && t.values().all(|(_, s)| s == "Compliant")
@@ -358,16 +403,20 @@ async fn breaker_case(backend: Backend) {
     }
     let status = |name: &'static str| {
         let api = &api;
-        async move {
-            api.get(&fleet(&assignment_path(name), &[])).await.body["properties"]["status"].clone()
-        }
+        async move { api.get(&fleet(&assignment_path(name), &[])).await.body["properties"]["status"].clone() }
     };
     for name in ["infra", "apps", "elsewhere"] {
-        assert!(status(name).await["rollout"].is_null(), "{name} has nothing to halt yet");
+        assert!(
+            status(name).await["rollout"].is_null(),
+            "{name} has nothing to halt yet"
+        );
     }
 
     // a commit that breaks the infra kustomization on every cluster
-    let broken = format!("main@sha1:{}", repository.commit(&[("infra/kustomization.yaml", BROKEN)], "broken"));
+    let broken = format!(
+        "main@sha1:{}",
+        repository.commit(&[("infra/kustomization.yaml", BROKEN)], "broken")
+    );
     until_reported(&api, "infra", "every cluster failing at the broken commit", |t| {
         on(t, &broken) == 3 && t.values().all(|(_, s)| s == "Non-Compliant")
     })
@@ -393,10 +442,13 @@ async fn breaker_case(backend: Backend) {
             .and_then(|(counts, _)| counts.split_once(" of the "))
             .map(|(f, a)| (f.parse::<u64>().unwrap(), a.parse::<u64>().unwrap()))
             .unwrap_or_else(|| panic!("the share in {message}"));
-        assert!(applied >= 2 && applied <= 3 && failed * 100 > 50 * applied, "{message}");
+        assert!((2..=3).contains(&applied) && failed * 100 > 50 * applied, "{message}");
         assert!(message.contains(&format!("({}%)", failed * 100 / applied)), "{message}");
     }
-    assert!(status("elsewhere").await["rollout"].is_null(), "another repository goes on");
+    assert!(
+        status("elsewhere").await["rollout"].is_null(),
+        "another repository goes on"
+    );
     for agent in agents {
         agent.stop().await;
     }
@@ -432,7 +484,10 @@ async fn as_of_case(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let on_first = Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = format!("main@sha1:{}", repository.commit(&[("infra/more.yaml", MANIFEST)], "more"));
+    let second = format!(
+        "main@sha1:{}",
+        repository.commit(&[("infra/more.yaml", MANIFEST)], "more")
+    );
     crate::common::agents::until(&api, &configuration("a", "web"), "at the second commit", |p| {
         p["complianceState"] == "Compliant" && p["sourceSyncedCommitId"] == second.as_str()
     })
@@ -486,7 +541,10 @@ async fn as_of_case(backend: Backend) {
         .map(|e| (e["configurationName"].as_str().unwrap(), e["commit"].as_str().unwrap()))
         .collect();
     assert_eq!(names, [("web", second.as_str())], "jobs was deleted");
-    assert!(as_of(before).await.body["value"].as_array().unwrap().is_empty(), "nothing yet");
+    assert!(
+        as_of(before).await.body["value"].as_array().unwrap().is_empty(),
+        "nothing yet"
+    );
     // a page at a time
     let (items, pages) = api
         .list_all(&fleet(
@@ -497,12 +555,19 @@ async fn as_of_case(backend: Backend) {
     assert_eq!((items.len(), pages), (2, 2));
 
     // one configuration
-    let jobs = format!("{}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/jobs", cluster);
-    let was = api.get(&fleet(&format!("{jobs}/asOf"), &[("time", &on_first.to_rfc3339())])).await;
+    let jobs = format!(
+        "{}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/jobs",
+        cluster
+    );
+    let was = api
+        .get(&fleet(&format!("{jobs}/asOf"), &[("time", &on_first.to_rfc3339())]))
+        .await;
     assert_eq!(was.status, StatusCode::OK, "{was:?}");
     assert_eq!(was.body["commit"], first.as_str());
     assert!(was.body["generation"].as_i64().is_some());
-    let gone = api.get(&fleet(&format!("{jobs}/asOf"), &[("time", &Utc::now().to_rfc3339())])).await;
+    let gone = api
+        .get(&fleet(&format!("{jobs}/asOf"), &[("time", &Utc::now().to_rfc3339())]))
+        .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND, "{gone:?}");
     assert!(gone.body.to_string().contains("did not exist"), "{gone:?}");
 

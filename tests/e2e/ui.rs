@@ -218,7 +218,10 @@ async fn the_web_ui_shows_the_fleet_drills_down_and_updates_live() {
             FLUX_API,
         ))
         .await;
-    let commit = platform.body["properties"]["sourceSyncedCommitId"].as_str().unwrap().to_owned();
+    let commit = platform.body["properties"]["sourceSyncedCommitId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let hash = &commit[commit.rfind(':').unwrap() + 1..][..8];
     let field = client.find(Locator::Css("#f-commit")).await.unwrap();
     field.send_keys(hash).await.unwrap();

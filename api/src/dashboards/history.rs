@@ -299,10 +299,9 @@ pub fn past_time(param: &str, text: &str, retention: std::time::Duration, proble
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     match DateTime::parse_from_rfc3339(text) {
         Err(_) => problems.add(param, format!("'{text}' is not an RFC 3339 time")),
-        Ok(at) if at > now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS as i64) => problems.add(
-            param,
-            format!("'{text}' is in the future: the history goes up to now"),
-        ),
+        Ok(at) if at > now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS as i64) => {
+            problems.add(param, format!("'{text}' is in the future: the history goes up to now"))
+        }
         Ok(at) if at >= now => return Some(PastTime::Now),
         Ok(at) if at < kept_since => problems.add(
             param,
@@ -351,7 +350,10 @@ pub struct AsOfParams {
 fn required_time(text: Option<&str>, retention: std::time::Duration, problems: &mut Problems) -> Option<PastTime> {
     match text {
         None => {
-            problems.add("time", "give the time to answer for (RFC 3339), e.g. time=2026-01-13T14:00:00Z");
+            problems.add(
+                "time",
+                "give the time to answer for (RFC 3339), e.g. time=2026-01-13T14:00:00Z",
+            );
             None
         }
         Some(text) => past_time("time", text, retention, problems),

@@ -66,7 +66,10 @@ pub fn repository_key(url: &str) -> String {
         None => (url, None),
     };
     // `git@host:org/repo` (scp-like: no scheme, a `:` before any `/`)
-    let scp = scheme.is_none() && rest.find(':').is_some_and(|colon| rest.find('/').is_none_or(|s| colon < s));
+    let scp = scheme.is_none()
+        && rest
+            .find(':')
+            .is_some_and(|colon| rest.find('/').is_none_or(|s| colon < s));
     let (authority, path) = if scp {
         rest.split_once(':').unwrap_or((rest, ""))
     } else {
@@ -293,7 +296,11 @@ mod tests {
         ] {
             assert_eq!(repository_key(url), key, "{url}");
         }
-        assert_ne!(repository_key("https://github.com/org/Fleet"), key, "paths keep their case");
+        assert_ne!(
+            repository_key("https://github.com/org/Fleet"),
+            key,
+            "paths keep their case"
+        );
         assert_ne!(repository_key("https://github.com:8443/org/fleet"), key, "another port");
         assert_ne!(repository_key("https://gitlab.com/org/fleet"), key);
     }
@@ -347,8 +354,14 @@ mod tests {
             failed,
         };
         let breakers = [("a".to_owned(), setting(50, 4))];
-        assert!(tripped(&breakers, &[tally(3, 3)]).is_empty(), "too few clusters applied it");
-        assert!(tripped(&breakers, &[tally(4, 2)]).is_empty(), "50% is not more than 50%");
+        assert!(
+            tripped(&breakers, &[tally(3, 3)]).is_empty(),
+            "too few clusters applied it"
+        );
+        assert!(
+            tripped(&breakers, &[tally(4, 2)]).is_empty(),
+            "50% is not more than 50%"
+        );
         let trips = tripped(&breakers, &[tally(4, 3)]);
         assert_eq!((trips.len(), trips[0].by.as_str()), (1, "a"));
         let message = trips[0].message("github.com/org/fleet");
@@ -356,7 +369,11 @@ mod tests {
             assert!(message.contains(part), "{message} lacks {part}");
         }
         let strict = [("z".to_owned(), setting(0, 1)), ("a".to_owned(), setting(90, 1))];
-        assert_eq!(tripped(&strict, &[tally(10, 1)])[0].by, "z", "any setting gone past trips it");
+        assert_eq!(
+            tripped(&strict, &[tally(10, 1)])[0].by,
+            "z",
+            "any setting gone past trips it"
+        );
     }
 
     #[test]
@@ -375,7 +392,10 @@ mod tests {
             },
         ];
         let trips = tripped(&breakers, &tallies);
-        assert_eq!(trips.iter().map(|t| t.commit.as_str()).collect::<Vec<_>>(), ["all", "half"]);
+        assert_eq!(
+            trips.iter().map(|t| t.commit.as_str()).collect::<Vec<_>>(),
+            ["all", "half"]
+        );
     }
 
     fn state(generation: i64, phase: RolloutPhase, batch: usize) -> RolloutState {
@@ -394,7 +414,10 @@ mod tests {
         let now = Utc::now();
         let moving = state(3, RolloutPhase::Progressing, 1);
         let halted = halt(Some(&moving), 3, 5, "why".into(), now).unwrap();
-        assert_eq!((halted.state, halted.batch, halted.failures), (RolloutPhase::Halted, 1, 1));
+        assert_eq!(
+            (halted.state, halted.batch, halted.failures),
+            (RolloutPhase::Halted, 1, 1)
+        );
         assert_eq!(halted.message.as_deref(), Some("why"));
 
         let done = state(3, RolloutPhase::Completed, 5);

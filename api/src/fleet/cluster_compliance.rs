@@ -190,11 +190,7 @@ async fn grid(
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|c| wanted_state.is_none_or(|s| s == c.compliance_state))
-                .filter(|c| {
-                    wanted_commit
-                        .as_ref()
-                        .is_none_or(|w| w.matches(c.commit_id.as_deref()))
-                })
+                .filter(|c| wanted_commit.as_ref().is_none_or(|w| w.matches(c.commit_id.as_deref())))
                 .filter(|c| {
                     assignment_id
                         .as_ref()

@@ -132,7 +132,14 @@ mod tests {
             CommitFilter::parse("4F2A9C1"),
             Ok(CommitFilter::Hash("4f2a9c1".to_owned()))
         );
-        for bad in ["", "4f2a9c", "main", "4f2a 9c1e", "zzzzzzzz", &"a".repeat(MAX_FILTER_LENGTH + 1)] {
+        for bad in [
+            "",
+            "4f2a9c",
+            "main",
+            "4f2a 9c1e",
+            "zzzzzzzz",
+            &"a".repeat(MAX_FILTER_LENGTH + 1),
+        ] {
             assert!(CommitFilter::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -143,7 +150,10 @@ mod tests {
         assert!(prefix.matches(Some(ID)));
         assert!(prefix.matches(Some("v1.2.0@sha1:4f2a9c1e8d7b")));
         assert!(prefix.matches(Some("main/4f2a9c1e8d7b")), "Flux's older form");
-        assert!(!prefix.matches(Some("main@sha1:04f2a9c1e8d7b")), "a prefix, not a substring");
+        assert!(
+            !prefix.matches(Some("main@sha1:04f2a9c1e8d7b")),
+            "a prefix, not a substring"
+        );
         assert!(!prefix.matches(None), "not synced yet");
         let exact = CommitFilter::parse(ID).unwrap();
         assert!(exact.matches(Some(ID)));

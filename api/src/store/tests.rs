@@ -1703,15 +1703,15 @@ async fn commit_counts_case(backend: Backend) {
             .await
             .unwrap();
         assert!(unsplit.iter().all(|r| r.commit_id.is_none()), "only split when asked");
-        let cells = store.configuration_states(&scope, "sub/rg/c1", "sub/rg/c2").await.unwrap();
+        let cells = store
+            .configuration_states(&scope, "sub/rg/c1", "sub/rg/c2")
+            .await
+            .unwrap();
         let commits: Vec<(&str, Option<&str>)> = cells
             .iter()
             .map(|c| (c.name.as_str(), c.commit_id.as_deref()))
             .collect();
-        assert_eq!(
-            commits,
-            [("a", aaa.as_deref()), ("b", None), ("a", aaa.as_deref())]
-        );
+        assert_eq!(commits, [("a", aaa.as_deref()), ("b", None), ("a", aaa.as_deref())]);
     })
     .await;
 }
@@ -1825,7 +1825,8 @@ async fn prune_keeps_state_case(backend: Backend) {
         let pruned = store.prune_history(cut, None).await.unwrap();
         assert!(pruned > 0);
         let (_, entries) = store.states_as_of(c.id, cut, None, "", 10).await.unwrap();
-        let kept: Vec<(String, Option<String>)> = entries.iter().map(|e| (e.name.clone(), e.commit_id.clone())).collect();
+        let kept: Vec<(String, Option<String>)> =
+            entries.iter().map(|e| (e.name.clone(), e.commit_id.clone())).collect();
         assert_eq!(
             kept,
             [("a".to_owned(), Some("main@sha1:one".to_owned()))],
@@ -1891,7 +1892,11 @@ async fn assignment_at(
         .await
         .unwrap();
     assert_eq!(written, crate::model::AssignmentWrite::Written);
-    store.get_policy_assignment(&format!("sub/{name}")).await.unwrap().unwrap()
+    store
+        .get_policy_assignment(&format!("sub/{name}"))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 on_both_backends!(
@@ -1916,7 +1921,11 @@ async fn assignment_commits_case(backend: Backend) {
         assert_eq!(names, ["main@sha1:one", "main@sha1:two"], "its own commits only");
         assert!(commits[0].1 >= start && commits[0].1 <= first, "{commits:?}");
         assert!(commits[1].1 > first);
-        assert_eq!(store.assignment_commits(&a.arm_id(), 1).await.unwrap().len(), 1, "bounded");
+        assert_eq!(
+            store.assignment_commits(&a.arm_id(), 1).await.unwrap().len(),
+            1,
+            "bounded"
+        );
         assert_eq!(store.assignment_commits(&other.arm_id(), 100).await.unwrap().len(), 1);
 
         let mut seen = store.commit_sightings(&a.arm_id(), "main@sha1:one").await.unwrap();
@@ -1959,12 +1968,7 @@ async fn breaker_case(backend: Backend) {
                     .rollout_state
             }
         };
-        let reconcile = || async {
-            store
-                .reconcile_assignments(&ManagedWrite::default())
-                .await
-                .unwrap()
-        };
+        let reconcile = || async { store.reconcile_assignments(&ManagedWrite::default()).await.unwrap() };
         // failing on two clusters, as on a cluster of another repository: not yet enough clusters applied it
         report_commit(&store, &clusters[0], "infra", "main@sha1:bad", true).await;
         report_commit(&store, &clusters[1], "infra", "main@sha1:bad", true).await;
@@ -1979,7 +1983,13 @@ async fn breaker_case(backend: Backend) {
             let halted = state(name).await.expect("halted");
             assert_eq!(halted.state, RolloutPhase::Halted, "{name}");
             let message = halted.message.unwrap();
-            for part in ["main@sha1:bad", "2 of the 3 clusters", "(66%)", "h/org/fleet", "'infra'"] {
+            for part in [
+                "main@sha1:bad",
+                "2 of the 3 clusters",
+                "(66%)",
+                "h/org/fleet",
+                "'infra'",
+            ] {
                 assert!(message.contains(part), "{name}: {message} lacks {part}");
             }
         }
@@ -2000,7 +2010,10 @@ async fn breaker_case(backend: Backend) {
         )
         .await;
         assert_eq!(corrected.generation, infra.generation + 1);
-        assert_eq!(corrected.rollout_state.as_ref().unwrap().state, RolloutPhase::Progressing);
+        assert_eq!(
+            corrected.rollout_state.as_ref().unwrap().state,
+            RolloutPhase::Progressing
+        );
         reconcile().await;
         assert_ne!(
             state("infra").await.unwrap().state,
@@ -2022,4 +2035,3 @@ async fn breaker_case(backend: Backend) {
     })
     .await;
 }
-

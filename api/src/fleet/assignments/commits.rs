@@ -262,10 +262,16 @@ mod tests {
         };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor.clone()));
         assert_eq!(Cursor::decode("not a token"), None);
-        assert!(cursor.before(at - chrono::Duration::seconds(1), "a"), "older comes after");
+        assert!(
+            cursor.before(at - chrono::Duration::seconds(1), "a"),
+            "older comes after"
+        );
         assert!(cursor.before(at, "main@sha1:ef"), "same time: by commit");
         assert!(!cursor.before(at, "main@sha1:ab"));
-        assert!(!cursor.before(at + chrono::Duration::seconds(1), "z"), "newer came before");
+        assert!(
+            !cursor.before(at + chrono::Duration::seconds(1), "z"),
+            "newer came before"
+        );
     }
 
     #[test]
