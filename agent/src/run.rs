@@ -1,6 +1,10 @@
 //! The agent's loop: long-poll the desired state, bring the target in line, report what it observed, and re-check
 //! each configuration's source on its sync interval. Every failure backs off exponentially with jitter; nothing
 //! is lost across failures, because every poll answers the full desired state and reports are kept until sent.
+//!
+//! A target whose cluster does not answer (its API server down, at start or later) does not stop the agent: it keeps
+//! polling (every poll is a heartbeat), reports each configuration `Unknown` saying why, asks the cluster again with
+//! backoff, and once it answers takes the inventory it could not take and checks every configuration at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -8,7 +12,7 @@ use std::time::Duration;
 
 use fluxplane_agent_protocol::agent::{
     AgentInfo, ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState,
-    ExtensionReport, Restoration, StatusReport, extension_sealing_name,
+    ExtensionReport, ExtensionStatus, Restoration, StatusReport, extension_sealing_name,
 };
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatusCondition, SourceKind};
 use tokio::time::Instant;
@@ -17,6 +21,7 @@ use crate::client::{ClientError, ControlPlane};
 use crate::deploy_key::{self, DeployKey};
 use crate::secrets::{Credentials, SecretSet, resolve, resolve_sealed, spec_with};
 use crate::targets::{Observation, Target};
+use crate::tenancy;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -76,6 +81,18 @@ pub const RESTORED_CONDITION: &str = "Restored";
 
 /// How soon a configuration whose objects could not be written is tried again.
 const RETRY_FAILED_APPLY: Duration = Duration::from_secs(10);
+/// How often what the cluster runs of an extension (for Flux: its version and controllers) is read again.
+const EXTENSION_CHECK: Duration = Duration::from_secs(300);
+/// The extension type whose settings the agent acts on.
+const FLUX_EXTENSION: &str = "microsoft.flux";
+
+/// The target's cluster does not answer: why, and when to ask it again.
+#[derive(Debug)]
+struct Unreachable {
+    message: String,
+    backoff: Backoff,
+    retry_at: Instant,
+}
 
 /// What the agent knows of one configuration.
 #[derive(Debug)]
@@ -94,8 +111,8 @@ struct Held {
     restorations: Vec<Restoration>,
 }
 
-/// What the agent holds of one extension: the settings of the generation it installed. It records them only:
-/// acting on them (multi-tenancy and the rest) is not done yet.
+/// What the agent holds of one extension: the settings of the generation it installed, which the agent acts on
+/// (for `microsoft.flux`, `multiTenancy.enforce`), and what it last reported finding in the cluster.
 #[derive(Debug)]
 pub struct HeldExtension {
     pub generation: i64,
@@ -103,6 +120,10 @@ pub struct HeldExtension {
     /// The protected settings of `secrets_version` (`None`: none, or not known after a restart, once acknowledged).
     pub protected: Option<SecretSet>,
     pub secrets_version: Option<i64>,
+    /// What the cluster runs of it, as last reported.
+    pub statuses: Vec<ExtensionStatus>,
+    /// When that is due to be read again.
+    next_check: Instant,
 }
 
 fn sync_interval(configuration: &DesiredConfiguration) -> Duration {
@@ -182,45 +203,165 @@ pub struct Agent {
     pending_extensions: BTreeMap<String, ExtensionReport>,
     /// The generation of each extension whose settings failed to open, reported once.
     failed_extensions: HashMap<String, i64>,
+    /// Whether the target's inventory was taken: until then the agent does not know what an earlier run wrote.
+    inventoried: bool,
+    /// Set while the target's cluster does not answer.
+    unreachable: Option<Unreachable>,
+    /// Whether the target writes with multi-tenancy enforced, as last set (`None`: not set by this run).
+    multi_tenancy: Option<bool>,
 }
 
 impl Agent {
+    /// An agent that holds what the target's inventory lists. A cluster that does not answer does not stop it: the
+    /// inventory is taken once it answers.
     pub async fn new(control_plane: ControlPlane, target: Box<dyn Target>, options: Options) -> anyhow::Result<Self> {
-        let now = Instant::now();
-        // what an earlier run wrote need not be written again: only observed
-        let held = target
-            .inventory()
-            .await?
-            .into_iter()
-            .map(|(name, generation)| {
-                (
-                    name,
-                    Held {
+        let mut agent = Self {
+            control_plane,
+            target,
+            options,
+            held: HashMap::new(),
+            pending: BTreeMap::new(),
+            extensions: HashMap::new(),
+            pending_extensions: BTreeMap::new(),
+            failed_extensions: HashMap::new(),
+            inventoried: false,
+            unreachable: None,
+            multi_tenancy: None,
+        };
+        agent.take_inventory().await;
+        Ok(agent)
+    }
+
+    /// The extension `name` as the agent holds it.
+    pub fn extension(&self, name: &str) -> Option<&HeldExtension> {
+        self.extensions.get(name)
+    }
+
+    /// The report on configuration `name` waiting to be sent, if one is.
+    pub fn pending_report(&self, name: &str) -> Option<&ConfigurationReport> {
+        self.pending.get(name)
+    }
+
+    /// The report on extension `name` waiting to be sent, if one is.
+    pub fn pending_extension_report(&self, name: &str) -> Option<&ExtensionReport> {
+        self.pending_extensions.get(name)
+    }
+
+    /// Why the target's cluster does not answer, while it does not.
+    pub fn unreachable(&self) -> Option<&str> {
+        self.unreachable.as_ref().map(|u| u.message.as_str())
+    }
+
+    /// Takes the target's inventory: what an earlier run wrote need not be written again, only observed (and what
+    /// this run failed to write while the cluster did not answer stays to be written). Answers whether it could.
+    async fn take_inventory(&mut self) -> bool {
+        match self.target.inventory().await {
+            Ok(found) => {
+                let now = Instant::now();
+                for (name, generation) in found {
+                    self.held.entry(name).or_insert(Held {
                         generation,
                         applied: true,
                         secrets_version: None,
                         next_check: now,
                         reported: None,
                         restorations: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        Ok(Self {
-            control_plane,
-            target,
-            options,
-            held,
-            pending: BTreeMap::new(),
-            extensions: HashMap::new(),
-            pending_extensions: BTreeMap::new(),
-            failed_extensions: HashMap::new(),
-        })
+                    });
+                }
+                self.inventoried = true;
+                true
+            }
+            Err(err) => {
+                self.mark_unreachable(format!("{err:#}"));
+                false
+            }
+        }
     }
 
-    /// The extension `name` as the agent holds it.
-    pub fn extension(&self, name: &str) -> Option<&HeldExtension> {
-        self.extensions.get(name)
+    /// Notes that the target's cluster does not answer, and when to ask again.
+    fn mark_unreachable(&mut self, message: String) {
+        let now = Instant::now();
+        if self.unreachable.is_none() {
+            tracing::warn!(error = %message, "the cluster does not answer; the agent keeps running and retries");
+        }
+        let state = self.unreachable.get_or_insert_with(|| Unreachable {
+            message: String::new(),
+            backoff: Backoff::new(),
+            retry_at: now,
+        });
+        state.message = message;
+        state.retry_at = now + state.backoff.next_delay();
+    }
+
+    /// Whether the target's cluster answers: at once when it was not known to fail; while it fails, asked again
+    /// when the backoff allows. Once it answers again, every configuration and extension is checked at once.
+    async fn cluster_answers(&mut self) -> bool {
+        let Some(state) = &self.unreachable else {
+            return true;
+        };
+        if state.retry_at > Instant::now() {
+            return false;
+        }
+        let answers = if self.inventoried {
+            match self.target.reachable().await {
+                Ok(()) => true,
+                Err(err) => {
+                    self.mark_unreachable(format!("{err:#}"));
+                    false
+                }
+            }
+        } else {
+            self.take_inventory().await
+        };
+        if answers {
+            tracing::info!("the cluster answers again; catching up");
+            self.unreachable = None;
+            let now = Instant::now();
+            for held in self.held.values_mut() {
+                held.next_check = now;
+            }
+            for extension in self.extensions.values_mut() {
+                extension.next_check = now;
+            }
+        }
+        answers
+    }
+
+    /// While the cluster does not answer: each configuration is reported `Unknown`, saying why. Objects an earlier
+    /// round (or run) wrote for its generation are still `Applied`; a generation not written yet is `Failed` until
+    /// the cluster answers and it is.
+    fn report_unreachable(&mut self, desired: &DesiredState) {
+        let why = self.unreachable.as_ref().map(|u| u.message.clone()).unwrap_or_default();
+        let message = format!(
+            "the agent cannot read its cluster ({why}); it retries with backoff and catches up once the cluster \
+             answers"
+        );
+        let now = Instant::now();
+        for configuration in desired.configurations.iter().filter(|c| !c.deleting) {
+            let held = self.held.entry(configuration.name.clone()).or_insert(Held {
+                generation: configuration.generation,
+                applied: false,
+                secrets_version: None,
+                next_check: now,
+                reported: None,
+                restorations: Vec::new(),
+            });
+            if held.generation != configuration.generation {
+                held.generation = configuration.generation;
+                held.applied = false;
+            }
+            let outcome = if held.applied {
+                ApplyOutcome::Applied
+            } else {
+                ApplyOutcome::Failed
+            };
+            let observation = Observation::only(ComplianceState::Unknown, Some(message.clone()));
+            let report = report_of(configuration, outcome, observation, held.secrets_version);
+            if held.reported.as_ref() != Some(&report) {
+                held.reported = Some(report.clone());
+                self.pending.insert(report.name.clone(), report);
+            }
+        }
     }
 
     /// Runs until `shutdown` completes.
@@ -281,30 +422,41 @@ impl Agent {
             revision = Some(desired.revision);
             self.reconcile_extensions(&desired);
             self.reconcile(&desired).await;
+            self.observe_extensions().await;
             self.send_reports().await;
         }
         tracing::info!("agent stopped");
         Ok(())
     }
 
-    /// How long the next poll may wait: until the earliest source check is due, at most the poll wait; at once
-    /// while reports wait to be sent.
+    /// How long the next poll may wait: until the earliest source check is due (while the cluster does not answer,
+    /// until it is asked again), at most the poll wait; at once while reports wait to be sent.
     fn next_wait(&self) -> Duration {
         if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
             return Duration::from_secs(1);
         }
         let now = Instant::now();
-        self.held
-            .values()
-            .map(|h| h.next_check.saturating_duration_since(now))
-            .min()
-            .unwrap_or(self.options.poll_wait)
+        let due = match &self.unreachable {
+            Some(state) => Some(state.retry_at.saturating_duration_since(now)),
+            None => self
+                .held
+                .values()
+                .map(|h| h.next_check.saturating_duration_since(now))
+                .min(),
+        };
+        due.unwrap_or(self.options.poll_wait)
             .clamp(Duration::from_secs(1), self.options.poll_wait)
     }
 
     /// Brings the target in line with `desired` and queues the reports that changed.
     pub async fn reconcile(&mut self, desired: &DesiredState) {
+        if !self.cluster_answers().await {
+            self.report_unreachable(desired);
+            return;
+        }
         let now = Instant::now();
+        // a failure may be the cluster going away: if so, the next rounds wait for it instead of failing each write
+        let mut failed = false;
         for configuration in &desired.configurations {
             let name = configuration.name.clone();
             if configuration.deleting {
@@ -315,7 +467,10 @@ impl Agent {
                         let observation = Observation::only(ComplianceState::Unknown, None);
                         self.queue(report_of(configuration, ApplyOutcome::Removed, observation, None));
                     }
-                    Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
+                    Err(err) => {
+                        failed = true;
+                        tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed")
+                    }
                 }
                 continue;
             }
@@ -353,6 +508,7 @@ impl Agent {
                 }
                 Some(Err(message)) => {
                     applied = false;
+                    failed = true;
                     tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
                     let observation = Observation::only(ComplianceState::NonCompliant, Some(message));
                     report_of(configuration, ApplyOutcome::Failed, observation, secrets_version)
@@ -362,6 +518,7 @@ impl Agent {
                     report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
                 }
             };
+            failed |= report.compliance_state == ComplianceState::Unknown;
             let held = self.held.entry(name).or_insert(Held {
                 generation: configuration.generation,
                 applied,
@@ -419,8 +576,14 @@ impl Agent {
                     self.held.remove(&name);
                     self.pending.remove(&name);
                 }
-                Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
+                Err(err) => {
+                    failed = true;
+                    tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed")
+                }
             }
+        }
+        if failed && let Err(err) = self.target.reachable().await {
+            self.mark_unreachable(format!("{err:#}"));
         }
     }
 
@@ -441,6 +604,7 @@ impl Agent {
                     _ => None,
                 },
                 secrets_version,
+                statuses: Vec::new(),
             };
             if extension.deleting {
                 if self.extensions.remove(&name).is_some() || !self.pending_extensions.contains_key(&name) {
@@ -484,6 +648,8 @@ impl Agent {
                             settings: extension.clone(),
                             protected,
                             secrets_version: extension.secrets_version,
+                            statuses: Vec::new(),
+                            next_check: Instant::now(),
                         },
                     );
                     report(ApplyOutcome::Applied, None, secrets_version)
@@ -501,6 +667,81 @@ impl Agent {
         self.extensions.retain(|name, _| wanted.contains(name.as_str()));
         self.pending_extensions.retain(|name, _| wanted.contains(name.as_str()));
         self.failed_extensions.retain(|name, _| wanted.contains(name.as_str()));
+        self.apply_multi_tenancy();
+    }
+
+    /// Sets multi-tenancy on the target as the Flux extension's settings say (on without one, as in Azure). When it
+    /// changes, or was not set by this run (an earlier run may have written under the other setting), every
+    /// configuration is written again, on the target that depends on it.
+    fn apply_multi_tenancy(&mut self) {
+        let settings = self
+            .extensions
+            .values()
+            .find(|e| e.settings.extension_type.eq_ignore_ascii_case(FLUX_EXTENSION))
+            .map(|e| &e.settings.configuration_settings);
+        let enforced = tenancy::enforced(settings);
+        if self.multi_tenancy == Some(enforced) {
+            return;
+        }
+        self.multi_tenancy = Some(enforced);
+        if self.target.set_multi_tenancy(enforced) {
+            tracing::info!(enforced, "multi-tenancy set; writing every configuration again");
+            let now = Instant::now();
+            for held in self.held.values_mut() {
+                held.applied = false;
+                held.next_check = now;
+            }
+        }
+    }
+
+    /// Reads what the cluster runs of each installed extension, for its statuses: with the report of a generation
+    /// just installed, and every [`EXTENSION_CHECK`] after, reporting the generation again when they changed.
+    pub async fn observe_extensions(&mut self) {
+        let now = Instant::now();
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for (name, held) in &mut self.extensions {
+            let queued = self
+                .pending_extensions
+                .get(name)
+                .is_some_and(|r| r.generation == held.generation && r.outcome == ApplyOutcome::Applied);
+            if !queued && held.next_check > now {
+                continue;
+            }
+            held.next_check = now + EXTENSION_CHECK;
+            let mut statuses = self.target.flux_statuses(&held.settings.release_namespace).await;
+            let unchanged = statuses.len() == held.statuses.len()
+                && statuses.iter().zip(&held.statuses).all(|(new, old)| {
+                    ExtensionStatus {
+                        time: None,
+                        ..old.clone()
+                    } == *new
+                });
+            if unchanged {
+                // the time says when it was first seen so
+                statuses.clone_from(&held.statuses);
+            } else {
+                for status in &mut statuses {
+                    status.time = Some(time.clone());
+                }
+            }
+            if !queued && unchanged {
+                continue;
+            }
+            held.statuses.clone_from(&statuses);
+            let report = self
+                .pending_extensions
+                .entry(name.clone())
+                .or_insert_with(|| ExtensionReport {
+                    name: name.clone(),
+                    generation: held.generation,
+                    outcome: ApplyOutcome::Applied,
+                    message: None,
+                    current_version: self.options.info.agent_version.clone(),
+                    secrets_version: held.protected.as_ref().map(|p| p.version),
+                    statuses: Vec::new(),
+                });
+            report.statuses = statuses;
+        }
     }
 
     /// The credentials the configuration's objects carry: the secret set of its version, brought up to date from
