@@ -425,6 +425,10 @@ mod tests {
         assert!(installed.configurations.is_empty());
         assert_eq!(installed.extensions[0].outcome, ApplyOutcome::Applied);
         assert_eq!(installed.extensions[0].secrets_version, Some(2));
+        assert_eq!(
+            installed.extensions[0].statuses[0].level,
+            Some(StatusLevel::Information)
+        );
     }
 
     #[test]
