@@ -700,10 +700,10 @@ impl Agent {
         let now = Instant::now();
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         for (name, held) in &mut self.extensions {
-            let queued = self
-                .pending_extensions
-                .get(name)
-                .is_some_and(|r| r.generation == held.generation && r.outcome == ApplyOutcome::Applied);
+            // a report of the installed generation waits without statuses: it goes with them
+            let queued = self.pending_extensions.get(name).is_some_and(|r| {
+                r.generation == held.generation && r.outcome == ApplyOutcome::Applied && r.statuses.is_empty()
+            });
             if !queued && held.next_check > now {
                 continue;
             }
@@ -886,12 +886,13 @@ mod tests {
     use fluxplane_agent_protocol::agent::Drift;
 
     /// A target whose first write fails; clones share what they count. Its objects drift when a test says so,
-    /// and its one object is the Kustomization `ns/cfg-apps`.
+    /// its one object is the Kustomization `ns/cfg-apps`, and it finds of Flux what a test says.
     #[derive(Default, Clone)]
     struct Flaky {
         writes: Arc<AtomicUsize>,
         observed: Arc<Mutex<Vec<String>>>,
         drifted: Arc<Mutex<Vec<Drifted>>>,
+        flux: Arc<Mutex<Vec<ExtensionStatus>>>,
     }
 
     #[async_trait::async_trait]
@@ -928,6 +929,9 @@ mod tests {
         }
         async fn cluster_facts(&self) -> ClusterFacts {
             ClusterFacts::default()
+        }
+        async fn flux_statuses(&self, _: &str) -> Vec<ExtensionStatus> {
+            self.flux.lock().unwrap().clone()
         }
     }
 
@@ -1196,5 +1200,52 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_cluster_runs_of_flux_goes_with_the_install_and_again_when_it_changes() {
+        let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
+        let identity = Identity::generate("http://127.0.0.1:9", cluster).unwrap().identity;
+        let target = Flaky::default();
+        let version = |v: &str| ExtensionStatus {
+            code: Some("FluxVersion".into()),
+            display_status: Some(v.into()),
+            ..Default::default()
+        };
+        *target.flux.lock().unwrap() = vec![version("v2.6.0")];
+        let mut agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(target.clone()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let desired = DesiredState {
+            cluster_id: cluster.into(),
+            revision: 1,
+            extensions: vec![flux_extension(1)],
+            ..Default::default()
+        };
+        agent.reconcile_extensions(&desired);
+        agent.observe_extensions().await;
+        let installed = agent.pending_extensions["flux"].clone();
+        assert_eq!(installed.outcome, ApplyOutcome::Applied);
+        assert_eq!(installed.statuses[0].display_status.as_deref(), Some("v2.6.0"));
+        assert!(installed.statuses[0].time.is_some(), "stamped when seen");
+
+        agent.pending_extensions.clear();
+        tokio::time::advance(EXTENSION_CHECK).await;
+        agent.observe_extensions().await;
+        assert!(agent.pending_extensions.is_empty(), "unchanged: not reported again");
+
+        *target.flux.lock().unwrap() = vec![version("v2.7.0")];
+        agent.observe_extensions().await;
+        assert!(agent.pending_extensions.is_empty(), "not read again before it is due");
+        tokio::time::advance(EXTENSION_CHECK).await;
+        agent.observe_extensions().await;
+        let again = &agent.pending_extensions["flux"];
+        assert_eq!((again.generation, again.outcome), (1, ApplyOutcome::Applied));
+        assert_eq!(again.statuses[0].display_status.as_deref(), Some("v2.7.0"));
+        assert_eq!(again.current_version, installed.current_version);
     }
 }
