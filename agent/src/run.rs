@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fluxplane_agent_protocol::agent::{
@@ -189,9 +190,39 @@ fn mark_restored(report: &mut ConfigurationReport, restorations: &[Restoration])
     }
 }
 
+/// A condition's `lastTransitionTime` says when it last changed: one that reads as it did in the previous report
+/// keeps that report's time (a target that stamps its conditions when it observes them would otherwise make every
+/// check a new report, and every agent a steady load on the control plane).
+fn keep_transition_times(report: &mut ConfigurationReport, previous: &ConfigurationReport) {
+    for status in &mut report.statuses {
+        let Some(before) = previous
+            .statuses
+            .iter()
+            .find(|p| (&p.kind, &p.name, &p.namespace) == (&status.kind, &status.name, &status.namespace))
+        else {
+            continue;
+        };
+        for condition in status.status_conditions.iter_mut().flatten() {
+            let same = before.status_conditions.iter().flatten().find(|b| {
+                (&b.type_, &b.status, &b.reason, &b.message)
+                    == (
+                        &condition.type_,
+                        &condition.status,
+                        &condition.reason,
+                        &condition.message,
+                    )
+            });
+            if let Some(same) = same {
+                condition.last_transition_time = same.last_transition_time.clone();
+            }
+        }
+    }
+}
+
 /// The agent: a control plane, a target, and what it holds.
 pub struct Agent {
-    control_plane: ControlPlane,
+    /// Shared with the poll in flight, which stays open while the agent re-checks its cluster.
+    control_plane: Arc<ControlPlane>,
     target: Box<dyn Target>,
     options: Options,
     held: HashMap<String, Held>,
@@ -216,7 +247,7 @@ impl Agent {
     /// inventory is taken once it answers.
     pub async fn new(control_plane: ControlPlane, target: Box<dyn Target>, options: Options) -> anyhow::Result<Self> {
         let mut agent = Self {
-            control_plane,
+            control_plane: Arc::new(control_plane),
             target,
             options,
             held: HashMap::new(),
@@ -389,14 +420,33 @@ impl Agent {
             }
         }
         backoff.reset();
-        loop {
-            let wait = self.next_wait();
-            let polled = tokio::select! {
-                () = &mut shutdown => break,
-                polled = self.control_plane.desired_state(revision, wait) => polled,
+        // the desired state last received: what the checks between polls hold the cluster to
+        let mut desired: Option<DesiredState> = None;
+        'polling: loop {
+            // The poll stays open while the agent re-checks its cluster between answers, so that checks and
+            // retries, however frequent, never cost the control plane a request.
+            let poll = {
+                let control_plane = Arc::clone(&self.control_plane);
+                let wait = self.options.poll_wait;
+                async move { control_plane.desired_state(revision, wait).await }
             };
-            let desired = match polled {
-                Ok(desired) => desired,
+            tokio::pin!(poll);
+            let polled = loop {
+                let due = self.next_due();
+                tokio::select! {
+                    () = &mut shutdown => break 'polling,
+                    polled = &mut poll => break polled,
+                    () = tokio::time::sleep_until(due), if desired.is_some() => {
+                        if let Some(desired) = &desired {
+                            self.reconcile(desired).await;
+                            self.observe_extensions().await;
+                            self.send_reports().await;
+                        }
+                    }
+                }
+            };
+            let answer = match polled {
+                Ok(answer) => answer,
                 Err(err) => {
                     let delay = backoff.next_delay();
                     match &err {
@@ -412,40 +462,38 @@ impl Agent {
                 }
             };
             backoff.reset();
-            if revision != Some(desired.revision) {
+            if revision != Some(answer.revision) {
                 tracing::debug!(
-                    revision = desired.revision,
-                    configurations = desired.configurations.len(),
+                    revision = answer.revision,
+                    configurations = answer.configurations.len(),
                     "desired state"
                 );
             }
-            revision = Some(desired.revision);
-            self.reconcile_extensions(&desired);
-            self.reconcile(&desired).await;
+            revision = Some(answer.revision);
+            self.reconcile_extensions(&answer);
+            self.reconcile(&answer).await;
             self.observe_extensions().await;
             self.send_reports().await;
+            desired = Some(answer);
         }
         tracing::info!("agent stopped");
         Ok(())
     }
 
-    /// How long the next poll may wait: until the earliest source check is due (while the cluster does not answer,
-    /// until it is asked again), at most the poll wait; at once while reports wait to be sent.
-    fn next_wait(&self) -> Duration {
-        if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
-            return Duration::from_secs(1);
-        }
+    /// When the agent next has work between polls: the earliest source check (while the cluster does not answer,
+    /// the next time it is asked), or a second from now while reports wait to be sent again; never sooner than a
+    /// second from now.
+    fn next_due(&self) -> Instant {
         let now = Instant::now();
+        let soonest = now + Duration::from_secs(1);
+        if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
+            return soonest;
+        }
         let due = match &self.unreachable {
-            Some(state) => Some(state.retry_at.saturating_duration_since(now)),
-            None => self
-                .held
-                .values()
-                .map(|h| h.next_check.saturating_duration_since(now))
-                .min(),
+            Some(state) => Some(state.retry_at),
+            None => self.held.values().map(|h| h.next_check).min(),
         };
-        due.unwrap_or(self.options.poll_wait)
-            .clamp(Duration::from_secs(1), self.options.poll_wait)
+        due.unwrap_or(now + self.options.poll_wait).max(soonest)
     }
 
     /// Brings the target in line with `desired` and queues the reports that changed.
@@ -547,6 +595,9 @@ impl Agent {
             }
             let mut report = report;
             mark_restored(&mut report, &held.restorations);
+            if let Some(previous) = &held.reported {
+                keep_transition_times(&mut report, previous);
+            }
             if held.reported.as_ref() != Some(&report) || !restored.is_empty() {
                 held.reported = Some(report.clone());
                 // restorations not yet accepted stay with the report that replaces theirs

@@ -730,3 +730,49 @@ async fn unanswering_case(backend: Backend) {
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 }
+
+/// How many requests on routes containing `route` the server has answered, from its metrics.
+async fn requests_to(api: &Api, route: &str) -> f64 {
+    let metrics = api.raw(api.client.get(api.url("/metrics"))).await;
+    metrics
+        .body
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("fluxplane_http_requests_total{") && l.contains(route))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+on_both_backends!(
+    checks_between_polls_cost_the_control_plane_no_request,
+    quiet_checks_case
+);
+async fn quiet_checks_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "demo"), FLUX_API);
+    api.put_config(&cluster, "demo", config_body(&url)).await;
+    until(&api, &path, "Compliant", |p| p["complianceState"] == "Compliant").await;
+    // the source is checked every second (syncIntervalInSeconds: 1) and the files are re-read for drift, while
+    // one poll at a time stays open for 5 s (RunningAgent's poll wait): 4 s of checks take at most one new poll
+    // (and a check that finds all as it was reports nothing)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (polls, reports) = (
+        requests_to(&api, "desired-state").await,
+        requests_to(&api, "/agent/v1/status").await,
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let polls = requests_to(&api, "desired-state").await - polls;
+    let reports = requests_to(&api, "/agent/v1/status").await - reports;
+    assert!(polls <= 1.0, "{polls} polls in 4 s");
+    assert_eq!(reports, 0.0, "nothing changed, nothing reported");
+    let removed = agent.file("demo", "kustomization-infra.yaml");
+    std::fs::remove_file(&removed).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(removed.exists(), "the checks ran meanwhile");
+    agent.stop().await;
+}
