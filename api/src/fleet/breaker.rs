@@ -232,8 +232,9 @@ pub struct Reader<'a> {
     pub id: i64,
     pub subscription_key: &'a str,
     pub name: &'a str,
-    /// The Git URL its configuration reads, if it reads Git.
-    pub url: Option<&'a str>,
+    /// The Git URLs its configurations read: its rendered configuration's, or, when its template reads the
+    /// cluster, those its configurations hold.
+    pub urls: Vec<String>,
     pub breaker: Option<&'a CircuitBreaker>,
     /// Whether it writes configurations (not `DoNotEnforce`).
     pub enforced: bool,
@@ -243,24 +244,32 @@ pub struct Reader<'a> {
 pub fn watches(readers: &[Reader<'_>]) -> Vec<Watch> {
     let mut by_repository: BTreeMap<(String, String), Watch> = BTreeMap::new();
     for r in readers {
-        let Some(url) = r.url else { continue };
-        let repository = repository_key(url);
-        let watch = by_repository
-            .entry((r.subscription_key.to_owned(), repository.clone()))
-            .or_insert_with(|| Watch {
-                subscription_key: r.subscription_key.to_owned(),
-                repository,
-                assignments: Vec::new(),
-                breakers: Vec::new(),
-            });
-        if r.enforced {
-            watch.assignments.push(r.id);
-        }
-        if let Some(b) = r.breaker {
-            watch.breakers.push((r.name.to_owned(), b.clone()));
+        let repositories: std::collections::BTreeSet<String> = r.urls.iter().map(|u| repository_key(u)).collect();
+        for repository in repositories {
+            let watch = by_repository
+                .entry((r.subscription_key.to_owned(), repository.clone()))
+                .or_insert_with(|| Watch {
+                    subscription_key: r.subscription_key.to_owned(),
+                    repository,
+                    assignments: Vec::new(),
+                    breakers: Vec::new(),
+                });
+            if r.enforced {
+                watch.assignments.push(r.id);
+            }
+            if let Some(b) = r.breaker {
+                watch.breakers.push((r.name.to_owned(), b.clone()));
+            }
         }
     }
     by_repository.into_values().filter(|w| !w.breakers.is_empty()).collect()
+}
+
+/// The Git URL of an assignment's rendered configuration, if it renders one configuration for every cluster and
+/// that reads Git.
+pub fn rendered_url(rendered: &impl Serialize) -> Option<String> {
+    let rendered = serde_json::to_value(rendered).ok()?;
+    Some(rendered.get("gitRepository")?.get("url")?.as_str()?.to_owned())
 }
 
 /// How many batches a rollout of `selected` clusters has at `batch_size` clusters a batch.
@@ -436,20 +445,27 @@ mod tests {
     #[test]
     fn only_repositories_a_breaker_watches_are_counted_and_every_enforced_reader_halts() {
         let b = setting(20, 3);
-        let reader = |id, name, url, breaker, enforced| Reader {
+        let reader = |id, name, urls: &[&str], breaker, enforced| Reader {
             id,
             subscription_key: "s",
             name,
-            url,
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
             breaker,
             enforced,
         };
         let readers = [
-            reader(1, "a", Some("https://h/org/r"), Some(&b), true),
-            reader(2, "b", Some("git@h:org/r.git"), None, true),
-            reader(3, "audit", Some("https://h/org/r"), None, false),
-            reader(4, "other", Some("https://h/org/other"), None, true),
-            reader(5, "bucket", None, None, true),
+            reader(1, "a", &["https://h/org/r"], Some(&b), true),
+            // a template that reads its cluster: the URLs its configurations hold
+            reader(
+                2,
+                "b",
+                &["git@h:org/r.git", "https://h/org/r/", "https://h/org/eu"],
+                None,
+                true,
+            ),
+            reader(3, "audit", &["https://h/org/r"], None, false),
+            reader(4, "other", &["https://h/org/other"], None, true),
+            reader(5, "bucket", &[], None, true),
         ];
         let watches = watches(&readers);
         assert_eq!(watches.len(), 1, "{watches:?}");
@@ -485,6 +501,13 @@ mod tests {
         let mut p = Problems::default();
         setting(0, 1).validate(&mut p);
         assert!(p.into_result("x", None).is_ok());
+    }
+
+    #[test]
+    fn an_assignment_rendering_one_configuration_reads_its_url() {
+        let rendered = serde_json::json!({"gitRepository": {"url": "https://h/org/r"}, "kustomizations": {}});
+        assert_eq!(rendered_url(&rendered).as_deref(), Some("https://h/org/r"));
+        assert_eq!(rendered_url(&serde_json::json!({"bucket": {"url": "https://h"}})), None);
     }
 
     #[test]

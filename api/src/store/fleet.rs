@@ -341,17 +341,35 @@ macro_rules! fleet_helpers {
             ) -> Result<usize, sqlx::Error> {
                 use $crate::fleet::assignments::model::EnforcementMode;
                 use $crate::fleet::breaker;
-                let readers: Vec<breaker::Reader<'_>> = assignments
+                // only the subscriptions where a breaker watches (none, usually: nothing is read then)
+                let watched: std::collections::HashSet<&str> = assignments
                     .iter()
-                    .map(|a| breaker::Reader {
+                    .filter(|a| a.spec.circuit_breaker.is_some())
+                    .map(|a| a.subscription_key.as_str())
+                    .collect();
+                let mut readers: Vec<breaker::Reader<'_>> = Vec::new();
+                for a in assignments.iter().filter(|a| watched.contains(a.subscription_key.as_str())) {
+                    // the one configuration it renders for every cluster, or what its configurations hold when
+                    // its template reads the cluster
+                    let urls = match breaker::rendered_url(&a.rendered) {
+                        Some(url) => vec![url],
+                        None => sqlx::query_scalar::<$db, String>(
+                            "SELECT DISTINCT spec -> 'gitRepository' ->> 'url' FROM flux_configurations \
+                             WHERE managed_by = $1 AND spec -> 'gitRepository' ->> 'url' IS NOT NULL",
+                        )
+                        .bind(a.id)
+                        .fetch_all(&self.pool)
+                        .await?,
+                    };
+                    readers.push(breaker::Reader {
                         id: a.id,
                         subscription_key: &a.subscription_key,
                         name: &a.name,
-                        url: a.rendered.git_repository.as_ref().and_then(|g| g.url.as_deref()),
+                        urls,
                         breaker: a.spec.circuit_breaker.as_ref(),
                         enforced: a.spec.enforcement_mode == EnforcementMode::Default,
-                    })
-                    .collect();
+                    });
+                }
                 let mut halted = 0;
                 for watch in breaker::watches(&readers) {
                     if watch.assignments.is_empty() {

@@ -1957,6 +1957,31 @@ async fn breaker_case(backend: Backend) {
         // the same repository spelled otherwise, without a breaker of its own, rolling out in batches
         assignment(&store, "apps", "ssh://git@H/org/fleet", None, Some(rollout.clone())).await;
         assignment(&store, "other", "https://h/org/other", None, None).await;
+        // a source that is no Git repository: its configurations' sources are read, and nothing is watched
+        {
+            use crate::fleet::assignments::model::{AssignmentSpec, render};
+            let spec: AssignmentSpec = serde_json::from_value(serde_json::json!({
+                "selector": {"matchLabels": {"env": "prod"}},
+                "configurationName": "objects",
+                "configurationTemplate": {"sourceKind": "Bucket",
+                                          "bucket": {"url": "https://h/org/fleet", "bucketName": "fleet"}}
+            }))
+            .unwrap();
+            let scope = crate::arm::scope::FleetScope::parse("sub", None).unwrap();
+            let record = crate::fleet::assignments::service::proposed(
+                &scope,
+                "objects",
+                &spec,
+                &render(&spec).unwrap(),
+                None,
+                None,
+                "tester",
+            );
+            store
+                .write_policy_assignment(&record, None, &ManagedWrite::default())
+                .await
+                .unwrap();
+        }
         let state = |name: &'static str| {
             let store = store.clone();
             async move {
@@ -1994,6 +2019,7 @@ async fn breaker_case(backend: Backend) {
             }
         }
         assert_eq!(state("other").await, None, "another repository goes on");
+        assert_eq!(state("objects").await, None, "a bucket is no Git repository");
         assert_eq!(state("apps").await.unwrap().batch, 4, "at rest: every batch reached");
 
         // a write that renders the same configuration leaves the halt as it is
