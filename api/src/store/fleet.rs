@@ -429,7 +429,9 @@ macro_rules! fleet_helpers {
                             }
                             None => 0,
                         };
-                        if let Some(state) = breaker::halt(a.rollout_state.as_ref(), a.generation, batches, message, now) {
+                        if let Some(state) =
+                            $crate::fleet::assignments::halts::halt(a.rollout_state.as_ref(), a.generation, batches, message, now)
+                        {
                             sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
                                 .bind(sqlx::types::Json(&state))
                                 .bind(a.id)
