@@ -354,14 +354,13 @@ macro_rules! dashboards_store {
                  WHERE s.cluster_id = "
             ));
             q.push_bind(cluster_id)
-                .push(" AND s.name = n.name AND s.at <= ")
+                .push(" AND s.name = n.column1 AND s.at <= ")
                 .push_bind(at)
-                .push(" AND s.event <> 'Restored' ORDER BY s.at DESC, s.id DESC LIMIT 1) FROM (");
-            let mut first = true;
+                .push(" AND s.event <> 'Restored' ORDER BY s.at DESC, s.id DESC LIMIT 1) FROM (VALUES ");
+            // a VALUES list, not a UNION: SQLite allows 500 terms in a compound SELECT, and a page holds 1,001 names
+            let mut list = q.separated(", ");
             for name in &names {
-                q.push(if first { "SELECT " } else { " UNION ALL SELECT " });
-                q.push_bind(name.as_str()).push(" AS name");
-                first = false;
+                list.push("(").push_bind_unseparated(name.as_str()).push_unseparated(")");
             }
             q.push(") n) ORDER BY name");
             let entries = q

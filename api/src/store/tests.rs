@@ -2061,3 +2061,30 @@ async fn breaker_case(backend: Backend) {
     })
     .await;
 }
+
+on_both_backends!(
+    a_page_of_a_clusters_past_reads_more_names_than_a_compound_select_may_hold,
+    states_as_of_many_case
+);
+async fn states_as_of_many_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        // SQLite refuses a compound SELECT of more than 500 terms
+        for i in 0..600 {
+            let name = format!("cfg-{i:03}");
+            store
+                .insert_configuration(
+                    &configuration(c.id, &name),
+                    &SecretsWrite::Keep,
+                    &operation(&format!("sub/rg/c1/{name}"), 1),
+                )
+                .await
+                .unwrap();
+        }
+        let (names, entries) = store.states_as_of(c.id, tick().await, None, "", 1001).await.unwrap();
+        assert_eq!((names.len(), entries.len()), (600, 600));
+        assert_eq!(entries[599].name, "cfg-599", "in name order");
+    })
+    .await;
+}
