@@ -273,6 +273,17 @@ async fn spread_case(backend: Backend) {
         assert_eq!(refused.body["error"]["code"], "InvalidParameter");
         assert!(refused.body.to_string().contains(target), "{query:?}: {refused:?}");
     }
+    let refused = api
+        .get(&fleet(
+            &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/clusterCompliance"),
+            &[("sourceSyncedCommitId", "not a commit")],
+        ))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert_eq!(
+        refused.body["error"]["details"][0]["target"], "sourceSyncedCommitId",
+        "{refused:?}"
+    );
     assert_eq!(reported(&api, "infra").await, truth, "nothing changed");
 
     // the assignment's commits, newest first, against what was seen
@@ -411,6 +422,35 @@ async fn breaker_case(backend: Backend) {
             "{name} has nothing to halt yet"
         );
     }
+    // a setting out of range is refused where it is, and changes nothing
+    let before = api.get(&fleet(&assignment_path("infra"), &[])).await;
+    for (breaker, target) in [
+        (
+            json!({"maxFailurePercent": 100}),
+            "properties.circuitBreaker.maxFailurePercent",
+        ),
+        (
+            json!({"maxFailurePercent": 10, "minClusters": 0}),
+            "properties.circuitBreaker.minClusters",
+        ),
+        (json!({"maxFailurePercent": -1}), "circuitBreaker"),
+        (json!({"maxFailurePercent": 10, "shareOf": "all"}), "shareOf"),
+    ] {
+        let refused = api
+            .call(
+                Method::PUT,
+                &fleet(&assignment_path("infra"), &[]),
+                Some(assignment(&url, "infra", "./infra", json!({"circuitBreaker": breaker}))),
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{breaker}: {refused:?}");
+        assert!(refused.body.to_string().contains(target), "{breaker}: {refused:?}");
+    }
+    assert_eq!(
+        api.get(&fleet(&assignment_path("infra"), &[])).await.body,
+        before.body,
+        "nothing changed"
+    );
 
     // a commit that breaks the infra kustomization on every cluster
     let broken = format!(
