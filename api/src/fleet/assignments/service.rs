@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use fluxplane_agent_protocol::flux::ComplianceState;
 
-use super::model::{AssignmentSpec, ClusterCompliance, RolloutPhase, RolloutState};
+use super::model::{AssignmentSpec, ClusterCompliance, Rendering, RolloutPhase, RolloutState};
 use crate::arm::conditional::Preconditions;
 use crate::arm::scope::FleetScope;
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
+use crate::fleet::template::Unresolvable;
 use crate::lifecycle::{Lifetimes, ProvisioningState};
 use crate::metrics::Metrics;
 use crate::model::{AssignmentWrite, ConfigurationRecord, PolicyAssignmentRecord};
@@ -68,14 +69,14 @@ impl Assignments {
     }
 
     /// Creates or replaces the assignment `name` of `scope`, with every configuration it manages; true when it was
-    /// created. `rendered` is the configuration `spec`'s template renders to.
+    /// created. `rendering` is `spec`'s template, checked and compiled.
     pub async fn put(
         &self,
         subject: &str,
         scope: &FleetScope,
         name: &str,
         spec: &AssignmentSpec,
-        rendered: &FluxConfigurationSpec,
+        rendering: &Rendering,
         preconditions: &Preconditions,
     ) -> ApiResult<(PolicyAssignmentRecord, bool)> {
         let group = match &spec.cluster_group_id {
@@ -91,7 +92,7 @@ impl Assignments {
                 let current = self.store.get_policy_assignment(key).await?;
                 preconditions.check(current.as_ref().map(|a| a.etag.as_str()))?;
                 let expected = current.as_ref().map(|a| a.etag.clone());
-                let record = proposed(scope, name, spec, rendered, group, current, subject);
+                let record = proposed(scope, name, spec, rendering, group, current, subject);
                 let started = std::time::Instant::now();
                 let outcome = self
                     .store
@@ -132,12 +133,13 @@ pub fn proposed(
     scope: &FleetScope,
     name: &str,
     spec: &AssignmentSpec,
-    rendered: &FluxConfigurationSpec,
+    rendering: &Rendering,
     group: Option<i64>,
     current: Option<PolicyAssignmentRecord>,
     subject: &str,
 ) -> PolicyAssignmentRecord {
     let now = Utc::now();
+    let rendered = rendering.fingerprint(spec);
     match current {
         None => PolicyAssignmentRecord {
             id: 0,
@@ -150,7 +152,7 @@ pub fn proposed(
             cluster_group_id: group,
             configuration_name: spec.configuration_name.clone(),
             spec: spec.clone(),
-            rendered: rendered.clone(),
+            rendered,
             generation: 1,
             etag: new_etag(),
             system_data: SystemData::created(subject, now),
@@ -158,8 +160,9 @@ pub fn proposed(
             rollout_state: None,
         },
         Some(current) => {
-            // managed configurations get a new generation only when what they hold changes
-            let changed = current.rendered != *rendered;
+            // managed configurations get a new generation only when what they hold changes (a template that reads
+            // the cluster: when the template or its parameters change)
+            let changed = current.rendered != rendered;
             let generation = current.generation + i64::from(changed);
             PolicyAssignmentRecord {
                 cluster_group_id: group,
@@ -179,7 +182,7 @@ pub fn proposed(
                     (Some(_), false) => current.rollout_state.clone(),
                 },
                 generation,
-                rendered: rendered.clone(),
+                rendered,
                 etag: new_etag(),
                 system_data: current.system_data.modified(subject, now),
                 ..current
@@ -189,25 +192,38 @@ pub fn proposed(
 }
 
 /// Where a selected cluster stands with the assignment `id` at `generation`, and why. `online` says whether its
-/// agent was heard from recently.
+/// agent was heard from recently; `unresolvable`, why the template cannot be rendered for it, if it cannot.
 pub fn assess(
     id: i64,
     generation: i64,
     configuration: Option<&ConfigurationRecord>,
     online: bool,
+    unresolvable: Option<&Unresolvable>,
 ) -> (ClusterCompliance, String) {
+    if let Some(c) = configuration
+        && c.managed_by != Some(id)
+    {
+        return (
+            ClusterCompliance::Conflict,
+            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
+        );
+    }
+    if let Some(why) = unresolvable {
+        let consequence = match configuration {
+            Some(_) => "the configuration it has is kept as it was",
+            None => "it gets the configuration once the template can be rendered for it",
+        };
+        return (
+            ClusterCompliance::Unresolvable,
+            format!("{} (at {}); {consequence}", why.message, why.target),
+        );
+    }
     let Some(c) = configuration else {
         return (
             ClusterCompliance::Missing,
             "the cluster has no configuration of that name".into(),
         );
     };
-    if c.managed_by != Some(id) {
-        return (
-            ClusterCompliance::Conflict,
-            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
-        );
-    }
     if c.managed_generation.is_none() {
         let when = c
             .drifted_at
@@ -385,7 +401,7 @@ mod tests {
                 .await
                 .unwrap();
             // someone edits the managed configuration by hand: drift (retried until the follower listens)
-            let mut hand: FluxConfigurationSpec = serde_json::from_value(json!({
+            let mut hand: fluxplane_agent_protocol::flux::FluxConfigurationSpec = serde_json::from_value(json!({
                 "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": "hotfix"}},
                 "kustomizations": {"infra": {"path": "./infra"}}
             }))
