@@ -1191,6 +1191,48 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_example_renders_as_the_readme_says() {
+        let rendering = render(&spec(json!({
+            "selector": {}, "configurationName": "baseline", "parameters": {"stable": "release"},
+            "configurationTemplate":
+                {"gitRepository": {"url": "https://github.com/org/fleet",
+                                   "repositoryRef": {"branch": "[if(equals(tag('ring', 'broad'), 'canary'), 'main', parameters('stable'))]"}},
+                 "kustomizations": {
+                   "infra": {"path": "[format('./clusters/{0}/infra', toLower(cluster().location))]"},
+                   "apps": {"path": "[concat('./apps/', cluster().tags.env)]", "dependsOn": ["infra"],
+                            "postBuild": {"substitute": {"cluster": "[cluster().name]", "region": "[tag('region', 'eu')]"}}}}}
+        })))
+        .unwrap();
+        let summary = |spec: FluxConfigurationSpec| {
+            let git = spec.git_repository.unwrap();
+            let ks = spec.kustomizations.unwrap();
+            let substitute = ks["apps"].post_build.clone().unwrap().substitute.unwrap();
+            (
+                git.repository_ref.unwrap().branch.unwrap(),
+                ks["infra"].path.clone().unwrap(),
+                ks["apps"].path.clone().unwrap(),
+                substitute.into_iter().collect::<Vec<_>>(),
+            )
+        };
+        let canary = tags(&[("env", "prod"), ("ring", "canary")]);
+        assert_eq!(
+            summary(rendering.for_cluster(&facts("prod-eu-3", &canary)).unwrap()),
+            (
+                "main".to_owned(),
+                "./clusters/westeurope/infra".to_owned(),
+                "./apps/prod".to_owned(),
+                vec![
+                    ("cluster".to_owned(), "prod-eu-3".to_owned()),
+                    ("region".to_owned(), "eu".to_owned())
+                ]
+            )
+        );
+        let dev = tags(&[("env", "dev")]);
+        let (branch, _, apps, _) = summary(rendering.for_cluster(&facts("dev-1", &dev)).unwrap());
+        assert_eq!((branch.as_str(), apps.as_str()), ("release", "./apps/dev"));
+    }
+
+    #[test]
     fn a_tag_change_makes_a_configuration_stale_only_when_what_it_renders_changes() {
         let rendering = render(&per_cluster(regional())).unwrap();
         let (eu, eu_again, us, none) = (
