@@ -1527,12 +1527,12 @@ mod tests {
         assert!(value(&long, &[]).unwrap_err().contains("at most 24576"));
         let huge = "[padLeft('x', 65536, 'y')]";
         assert!(value(huge, &[]).is_ok());
-        let doubled = format!("[concat({})]", vec!["padLeft('x', 60000)"; 2].join(", "));
+        let doubled = format!("[concat({})]", ["padLeft('x', 60000)"; 2].join(", "));
         assert!(value(&doubled, &[]).unwrap_err().contains("at most 65536"));
         // many strings within the limit each, past the budget together: per cluster, since they read it
         let many = format!(
             "[concat({})]",
-            vec!["string(length(padLeft(cluster().name, 60000)))"; 20].join(", ")
+            ["string(length(padLeft(cluster().name, 60000)))"; 20].join(", ")
         );
         assert!(value(&many, &[]).unwrap_err().contains("more than"));
     }
