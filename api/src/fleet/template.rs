@@ -480,6 +480,8 @@ pub struct Template {
     parameters: Vec<(String, Node)>,
     /// The places in the template whose value depends on the cluster.
     per_cluster: Vec<String>,
+    /// The same places as JSON pointers into the rendered template.
+    pointers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -513,14 +515,19 @@ impl Template {
             root: Node::Const(Value::Null),
             parameters: Vec::new(),
             per_cluster: Vec::new(),
+            pointers: Vec::new(),
         };
         for (name, value) in parameters {
             let node = compiled.compile_node(value, format!("properties.parameters.{name}"), true, p);
             compiled.parameters.push((name.clone(), node));
         }
         compiled.root = compiled.compile_node(template, target.to_owned(), false, p);
-        compiled.per_cluster = Vec::new();
-        collect_places(&compiled.root, &mut compiled.per_cluster);
+        collect_places(
+            &compiled.root,
+            &mut String::new(),
+            &mut compiled.per_cluster,
+            &mut compiled.pointers,
+        );
         compiled
     }
 
@@ -532,6 +539,14 @@ impl Template {
     /// The places whose value depends on the cluster.
     pub fn places(&self) -> &[String] {
         &self.per_cluster
+    }
+
+    /// Whether `rendered` holds an array or an object at a place that depends on the cluster: what a cluster's
+    /// values may put where the template's shared part has been checked holds only scalars otherwise.
+    pub fn renders_structure(&self, rendered: &Value) -> bool {
+        self.pointers
+            .iter()
+            .any(|p| matches!(rendered.pointer(p), Some(Value::Array(_) | Value::Object(_))))
     }
 
     /// The template rendered for `cluster`.
@@ -648,12 +663,29 @@ fn into_const(node: Node) -> Value {
     }
 }
 
-fn collect_places(node: &Node, places: &mut Vec<String>) {
+fn collect_places(node: &Node, pointer: &mut String, places: &mut Vec<String>, pointers: &mut Vec<String>) {
+    let at = pointer.len();
     match node {
         Node::Const(_) => {}
-        Node::Expr(_, target) => places.push(target.clone()),
-        Node::Array(items) => items.iter().for_each(|n| collect_places(n, places)),
-        Node::Object(entries) => entries.iter().for_each(|(_, n)| collect_places(n, places)),
+        Node::Expr(_, target) => {
+            places.push(target.clone());
+            pointers.push(pointer.clone());
+        }
+        Node::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                pointer.push_str(&format!("/{i}"));
+                collect_places(item, pointer, places, pointers);
+                pointer.truncate(at);
+            }
+        }
+        Node::Object(entries) => {
+            for (key, item) in entries {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                collect_places(item, pointer, places, pointers);
+                pointer.truncate(at);
+            }
+        }
     }
 }
 

@@ -546,7 +546,7 @@ impl Rendering {
         let fixed = if template.per_cluster() {
             None
         } else {
-            Some(finish(template.shared(), &name)?.0)
+            Some(finish(template.shared(), &name, true)?.0)
         };
         Ok(Self { name, template, fixed })
     }
@@ -571,7 +571,7 @@ impl Rendering {
     pub fn for_cluster(&self, cluster: &ClusterFacts) -> Result<FluxConfigurationSpec, Unresolvable> {
         match &self.fixed {
             Some(fixed) => Ok(fixed.clone()),
-            None => Ok(finish(self.template.render(cluster)?, &self.name)?.0),
+            None => Ok(self.finish(self.template.render(cluster)?)?.0),
         }
     }
 
@@ -588,11 +588,7 @@ impl Rendering {
         }
         let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (id, cluster) in clusters {
-            match self
-                .template
-                .render(&cluster)
-                .and_then(|value| finish(value, &self.name))
-            {
+            match self.template.render(&cluster).and_then(|value| self.finish(value)) {
                 Ok((spec, json)) => match seen.get(&json) {
                     Some(at) => renders.groups[*at].1.push(id),
                     None => {
@@ -606,6 +602,11 @@ impl Rendering {
         renders
     }
 
+    fn finish(&self, value: Value) -> Result<(FluxConfigurationSpec, String), Unresolvable> {
+        let structure = self.template.renders_structure(&value);
+        finish(value, &self.name, structure)
+    }
+
     /// Whether a tag change (or any change of what the template reads of `cluster`) leaves its configuration,
     /// written at the assignment's current generation as `current`, out of date: it is rewritten then, in the
     /// same transaction. A cluster whose configuration cannot be rendered keeps the one it has.
@@ -615,14 +616,28 @@ impl Rendering {
 }
 
 /// A rendered template, checked and completed as a configuration (as a configuration PUT is), and its JSON.
-fn finish(mut value: Value, name: &ConfigurationName) -> Result<(FluxConfigurationSpec, String), Unresolvable> {
+/// `structure` says whether the rendering may hold an array where an object belongs, which only the body parser
+/// (`parse`) refuses; without, the configuration is read directly, parsed again only to name what fails.
+fn finish(
+    mut value: Value,
+    name: &ConfigurationName,
+    structure: bool,
+) -> Result<(FluxConfigurationSpec, String), Unresolvable> {
     if !SecretFields::split_from(&mut value).is_empty() {
         return Err(Unresolvable {
             target: TEMPLATE.into(),
             message: SECRETS.into(),
         });
     }
-    let mut config: FluxConfigurationSpec = parse(value, TEMPLATE).map_err(unresolvable)?;
+    let read = if structure {
+        None
+    } else {
+        FluxConfigurationSpec::deserialize(&value).ok()
+    };
+    let mut config = match read {
+        Some(config) => config,
+        None => parse::<FluxConfigurationSpec>(value, TEMPLATE).map_err(unresolvable)?,
+    };
     normalize(&mut config, name, None).map_err(|err| unresolvable(retarget(err, TEMPLATE)))?;
     let json = serde_json::to_string(&config).expect("a configuration serialises");
     if json.len() > MAX_RENDERED_BYTES {
@@ -1059,6 +1074,14 @@ mod tests {
         }
     }
 
+    trait Tap: Sized {
+        fn tap(mut self, change: impl FnOnce(&mut Self)) -> Self {
+            change(&mut self);
+            self
+        }
+    }
+    impl Tap for AssignmentSpec {}
+
     fn per_cluster(template: Value) -> AssignmentSpec {
         spec(json!({
             "selector": {},
@@ -1188,6 +1211,33 @@ mod tests {
             Some("properties.configurationTemplate.kustomizations.apps.path")
         );
         assert!(err.to_string().contains("substring"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_shape_from_a_cluster_is_refused_for_that_cluster_and_named() {
+        let rendering = render(&per_cluster(json!({
+            "gitRepository": {"url": "https://github.com/org/fleet",
+                              "repositoryRef": "[if(equals(cluster().name, 'x-y-z-w'), split(cluster().name, '-'), parameters('ref'))]",
+                              "syncIntervalInSeconds": "[if(equals(cluster().name, 'text'), cluster().name, 60)]"}
+        }))
+        .tap(|s| {
+            s.parameters.insert("ref".into(), json!({"branch": "main"}));
+        }))
+        .unwrap();
+        let none = tags(&[]);
+        assert!(rendering.for_cluster(&facts("even", &none)).is_ok());
+        let why = rendering.for_cluster(&facts("x-y-z-w", &none)).unwrap_err();
+        assert_eq!(
+            why.target,
+            "properties.configurationTemplate.gitRepository.repositoryRef"
+        );
+        assert!(why.message.contains("expected an object, found an array"), "{why}");
+        let why = rendering.for_cluster(&facts("text", &none)).unwrap_err();
+        assert_eq!(
+            why.target,
+            "properties.configurationTemplate.gitRepository.syncIntervalInSeconds"
+        );
+        assert!(why.message.contains("invalid type: string \"text\""), "{why}");
     }
 
     #[test]
