@@ -230,6 +230,40 @@ pub struct ExtensionReport {
     /// The version of the protected settings the cluster now holds: acknowledges every sealed change up to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_version: Option<i64>,
+    /// What the agent finds of the extension in its cluster (for `microsoft.flux`: the Flux version, its
+    /// controllers, whether multi-tenancy is enforced), in Azure's shape of an extension's `statuses`. A report
+    /// may repeat a generation to bring new statuses; older agents leave the field out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<ExtensionStatus>,
+}
+
+/// One status of an extension, as Azure's `Microsoft.KubernetesConfiguration/extensions` answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ExtensionStatus {
+    /// What the status is about, e.g. `FluxVersion`, `FluxController`, `MultiTenancy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// A short value, e.g. `v2.7.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<StatusLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the agent observed it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+/// How much an extension status matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum StatusLevel {
+    Error,
+    Warning,
+    Information,
 }
 
 /// What the agent observed of one configuration at one generation.
@@ -391,6 +425,10 @@ mod tests {
         assert!(installed.configurations.is_empty());
         assert_eq!(installed.extensions[0].outcome, ApplyOutcome::Applied);
         assert_eq!(installed.extensions[0].secrets_version, Some(2));
+        assert_eq!(
+            installed.extensions[0].statuses[0].level,
+            Some(StatusLevel::Information)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod register;
 pub mod run;
 pub mod secrets;
 pub mod targets;
+pub mod tenancy;
 #[cfg(test)]
 mod testing;
 pub mod tls;

@@ -1,14 +1,19 @@
 //! The agent's loop: long-poll the desired state, bring the target in line, report what it observed, and re-check
 //! each configuration's source on its sync interval. Every failure backs off exponentially with jitter; nothing
 //! is lost across failures, because every poll answers the full desired state and reports are kept until sent.
+//!
+//! A target whose cluster does not answer (its API server down, at start or later) does not stop the agent: it keeps
+//! polling (every poll is a heartbeat), reports each configuration `Unknown` saying why, asks the cluster again with
+//! backoff, and once it answers takes the inventory it could not take and checks every configuration at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fluxplane_agent_protocol::agent::{
     AgentInfo, ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState,
-    ExtensionReport, Restoration, StatusReport, extension_sealing_name,
+    ExtensionReport, ExtensionStatus, Restoration, StatusReport, extension_sealing_name,
 };
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatusCondition, SourceKind};
 use tokio::time::Instant;
@@ -17,6 +22,7 @@ use crate::client::{ClientError, ControlPlane};
 use crate::deploy_key::{self, DeployKey};
 use crate::secrets::{Credentials, SecretSet, resolve, resolve_sealed, spec_with};
 use crate::targets::{Observation, Target};
+use crate::tenancy;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -76,6 +82,18 @@ pub const RESTORED_CONDITION: &str = "Restored";
 
 /// How soon a configuration whose objects could not be written is tried again.
 const RETRY_FAILED_APPLY: Duration = Duration::from_secs(10);
+/// How often what the cluster runs of an extension (for Flux: its version and controllers) is read again.
+const EXTENSION_CHECK: Duration = Duration::from_secs(300);
+/// The extension type whose settings the agent acts on.
+const FLUX_EXTENSION: &str = "microsoft.flux";
+
+/// The target's cluster does not answer: why, and when to ask it again.
+#[derive(Debug)]
+struct Unreachable {
+    message: String,
+    backoff: Backoff,
+    retry_at: Instant,
+}
 
 /// What the agent knows of one configuration.
 #[derive(Debug)]
@@ -94,8 +112,8 @@ struct Held {
     restorations: Vec<Restoration>,
 }
 
-/// What the agent holds of one extension: the settings of the generation it installed. It records them only:
-/// acting on them (multi-tenancy and the rest) is not done yet.
+/// What the agent holds of one extension: the settings of the generation it installed, which the agent acts on
+/// (for `microsoft.flux`, `multiTenancy.enforce`), and what it last reported finding in the cluster.
 #[derive(Debug)]
 pub struct HeldExtension {
     pub generation: i64,
@@ -103,6 +121,10 @@ pub struct HeldExtension {
     /// The protected settings of `secrets_version` (`None`: none, or not known after a restart, once acknowledged).
     pub protected: Option<SecretSet>,
     pub secrets_version: Option<i64>,
+    /// What the cluster runs of it, as last reported.
+    pub statuses: Vec<ExtensionStatus>,
+    /// When that is due to be read again.
+    next_check: Instant,
 }
 
 fn sync_interval(configuration: &DesiredConfiguration) -> Duration {
@@ -168,9 +190,39 @@ fn mark_restored(report: &mut ConfigurationReport, restorations: &[Restoration])
     }
 }
 
+/// A condition's `lastTransitionTime` says when it last changed: one that reads as it did in the previous report
+/// keeps that report's time (a target that stamps its conditions when it observes them would otherwise make every
+/// check a new report, and every agent a steady load on the control plane).
+fn keep_transition_times(report: &mut ConfigurationReport, previous: &ConfigurationReport) {
+    for status in &mut report.statuses {
+        let Some(before) = previous
+            .statuses
+            .iter()
+            .find(|p| (&p.kind, &p.name, &p.namespace) == (&status.kind, &status.name, &status.namespace))
+        else {
+            continue;
+        };
+        for condition in status.status_conditions.iter_mut().flatten() {
+            let same = before.status_conditions.iter().flatten().find(|b| {
+                (&b.type_, &b.status, &b.reason, &b.message)
+                    == (
+                        &condition.type_,
+                        &condition.status,
+                        &condition.reason,
+                        &condition.message,
+                    )
+            });
+            if let Some(same) = same {
+                condition.last_transition_time = same.last_transition_time.clone();
+            }
+        }
+    }
+}
+
 /// The agent: a control plane, a target, and what it holds.
 pub struct Agent {
-    control_plane: ControlPlane,
+    /// Shared with the poll in flight, which stays open while the agent re-checks its cluster.
+    control_plane: Arc<ControlPlane>,
     target: Box<dyn Target>,
     options: Options,
     held: HashMap<String, Held>,
@@ -182,45 +234,165 @@ pub struct Agent {
     pending_extensions: BTreeMap<String, ExtensionReport>,
     /// The generation of each extension whose settings failed to open, reported once.
     failed_extensions: HashMap<String, i64>,
+    /// Whether the target's inventory was taken: until then the agent does not know what an earlier run wrote.
+    inventoried: bool,
+    /// Set while the target's cluster does not answer.
+    unreachable: Option<Unreachable>,
+    /// Whether the target writes with multi-tenancy enforced, as last set (`None`: not set by this run).
+    multi_tenancy: Option<bool>,
 }
 
 impl Agent {
+    /// An agent that holds what the target's inventory lists. A cluster that does not answer does not stop it: the
+    /// inventory is taken once it answers.
     pub async fn new(control_plane: ControlPlane, target: Box<dyn Target>, options: Options) -> anyhow::Result<Self> {
-        let now = Instant::now();
-        // what an earlier run wrote need not be written again: only observed
-        let held = target
-            .inventory()
-            .await?
-            .into_iter()
-            .map(|(name, generation)| {
-                (
-                    name,
-                    Held {
+        let mut agent = Self {
+            control_plane: Arc::new(control_plane),
+            target,
+            options,
+            held: HashMap::new(),
+            pending: BTreeMap::new(),
+            extensions: HashMap::new(),
+            pending_extensions: BTreeMap::new(),
+            failed_extensions: HashMap::new(),
+            inventoried: false,
+            unreachable: None,
+            multi_tenancy: None,
+        };
+        agent.take_inventory().await;
+        Ok(agent)
+    }
+
+    /// The extension `name` as the agent holds it.
+    pub fn extension(&self, name: &str) -> Option<&HeldExtension> {
+        self.extensions.get(name)
+    }
+
+    /// The report on configuration `name` waiting to be sent, if one is.
+    pub fn pending_report(&self, name: &str) -> Option<&ConfigurationReport> {
+        self.pending.get(name)
+    }
+
+    /// The report on extension `name` waiting to be sent, if one is.
+    pub fn pending_extension_report(&self, name: &str) -> Option<&ExtensionReport> {
+        self.pending_extensions.get(name)
+    }
+
+    /// Why the target's cluster does not answer, while it does not.
+    pub fn unreachable(&self) -> Option<&str> {
+        self.unreachable.as_ref().map(|u| u.message.as_str())
+    }
+
+    /// Takes the target's inventory: what an earlier run wrote need not be written again, only observed (and what
+    /// this run failed to write while the cluster did not answer stays to be written). Answers whether it could.
+    async fn take_inventory(&mut self) -> bool {
+        match self.target.inventory().await {
+            Ok(found) => {
+                let now = Instant::now();
+                for (name, generation) in found {
+                    self.held.entry(name).or_insert(Held {
                         generation,
                         applied: true,
                         secrets_version: None,
                         next_check: now,
                         reported: None,
                         restorations: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        Ok(Self {
-            control_plane,
-            target,
-            options,
-            held,
-            pending: BTreeMap::new(),
-            extensions: HashMap::new(),
-            pending_extensions: BTreeMap::new(),
-            failed_extensions: HashMap::new(),
-        })
+                    });
+                }
+                self.inventoried = true;
+                true
+            }
+            Err(err) => {
+                self.mark_unreachable(format!("{err:#}"));
+                false
+            }
+        }
     }
 
-    /// The extension `name` as the agent holds it.
-    pub fn extension(&self, name: &str) -> Option<&HeldExtension> {
-        self.extensions.get(name)
+    /// Notes that the target's cluster does not answer, and when to ask again.
+    fn mark_unreachable(&mut self, message: String) {
+        let now = Instant::now();
+        if self.unreachable.is_none() {
+            tracing::warn!(error = %message, "the cluster does not answer; the agent keeps running and retries");
+        }
+        let state = self.unreachable.get_or_insert_with(|| Unreachable {
+            message: String::new(),
+            backoff: Backoff::new(),
+            retry_at: now,
+        });
+        state.message = message;
+        state.retry_at = now + state.backoff.next_delay();
+    }
+
+    /// Whether the target's cluster answers: at once when it was not known to fail; while it fails, asked again
+    /// when the backoff allows. Once it answers again, every configuration and extension is checked at once.
+    async fn cluster_answers(&mut self) -> bool {
+        let Some(state) = &self.unreachable else {
+            return true;
+        };
+        if state.retry_at > Instant::now() {
+            return false;
+        }
+        let answers = if self.inventoried {
+            match self.target.reachable().await {
+                Ok(()) => true,
+                Err(err) => {
+                    self.mark_unreachable(format!("{err:#}"));
+                    false
+                }
+            }
+        } else {
+            self.take_inventory().await
+        };
+        if answers {
+            tracing::info!("the cluster answers again; catching up");
+            self.unreachable = None;
+            let now = Instant::now();
+            for held in self.held.values_mut() {
+                held.next_check = now;
+            }
+            for extension in self.extensions.values_mut() {
+                extension.next_check = now;
+            }
+        }
+        answers
+    }
+
+    /// While the cluster does not answer: each configuration is reported `Unknown`, saying why. Objects an earlier
+    /// round (or run) wrote for its generation are still `Applied`; a generation not written yet is `Failed` until
+    /// the cluster answers and it is.
+    fn report_unreachable(&mut self, desired: &DesiredState) {
+        let why = self.unreachable.as_ref().map(|u| u.message.clone()).unwrap_or_default();
+        let message = format!(
+            "the agent cannot read its cluster ({why}); it retries with backoff and catches up once the cluster \
+             answers"
+        );
+        let now = Instant::now();
+        for configuration in desired.configurations.iter().filter(|c| !c.deleting) {
+            let held = self.held.entry(configuration.name.clone()).or_insert(Held {
+                generation: configuration.generation,
+                applied: false,
+                secrets_version: None,
+                next_check: now,
+                reported: None,
+                restorations: Vec::new(),
+            });
+            if held.generation != configuration.generation {
+                held.generation = configuration.generation;
+                held.applied = false;
+            }
+            let outcome = if held.applied {
+                ApplyOutcome::Applied
+            } else {
+                ApplyOutcome::Failed
+            };
+            let observation = Observation::only(ComplianceState::Unknown, Some(message.clone()));
+            let report = report_of(configuration, outcome, observation, held.secrets_version);
+            if held.reported.as_ref() != Some(&report) {
+                held.reported = Some(report.clone());
+                self.pending.insert(report.name.clone(), report);
+            }
+        }
     }
 
     /// Runs until `shutdown` completes.
@@ -248,14 +420,33 @@ impl Agent {
             }
         }
         backoff.reset();
-        loop {
-            let wait = self.next_wait();
-            let polled = tokio::select! {
-                () = &mut shutdown => break,
-                polled = self.control_plane.desired_state(revision, wait) => polled,
+        // the desired state last received: what the checks between polls hold the cluster to
+        let mut desired: Option<DesiredState> = None;
+        'polling: loop {
+            // The poll stays open while the agent re-checks its cluster between answers, so that checks and
+            // retries, however frequent, never cost the control plane a request.
+            let poll = {
+                let control_plane = Arc::clone(&self.control_plane);
+                let wait = self.options.poll_wait;
+                async move { control_plane.desired_state(revision, wait).await }
             };
-            let desired = match polled {
-                Ok(desired) => desired,
+            tokio::pin!(poll);
+            let polled = loop {
+                let due = self.next_due();
+                tokio::select! {
+                    () = &mut shutdown => break 'polling,
+                    polled = &mut poll => break polled,
+                    () = tokio::time::sleep_until(due), if desired.is_some() => {
+                        if let Some(desired) = &desired {
+                            self.reconcile(desired).await;
+                            self.observe_extensions().await;
+                            self.send_reports().await;
+                        }
+                    }
+                }
+            };
+            let answer = match polled {
+                Ok(answer) => answer,
                 Err(err) => {
                     let delay = backoff.next_delay();
                     match &err {
@@ -271,40 +462,49 @@ impl Agent {
                 }
             };
             backoff.reset();
-            if revision != Some(desired.revision) {
+            if revision != Some(answer.revision) {
                 tracing::debug!(
-                    revision = desired.revision,
-                    configurations = desired.configurations.len(),
+                    revision = answer.revision,
+                    configurations = answer.configurations.len(),
                     "desired state"
                 );
             }
-            revision = Some(desired.revision);
-            self.reconcile_extensions(&desired);
-            self.reconcile(&desired).await;
+            revision = Some(answer.revision);
+            self.reconcile_extensions(&answer);
+            self.reconcile(&answer).await;
+            self.observe_extensions().await;
             self.send_reports().await;
+            desired = Some(answer);
         }
         tracing::info!("agent stopped");
         Ok(())
     }
 
-    /// How long the next poll may wait: until the earliest source check is due, at most the poll wait; at once
-    /// while reports wait to be sent.
-    fn next_wait(&self) -> Duration {
-        if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
-            return Duration::from_secs(1);
-        }
+    /// When the agent next has work between polls: the earliest source check (while the cluster does not answer,
+    /// the next time it is asked), or a second from now while reports wait to be sent again; never sooner than a
+    /// second from now.
+    fn next_due(&self) -> Instant {
         let now = Instant::now();
-        self.held
-            .values()
-            .map(|h| h.next_check.saturating_duration_since(now))
-            .min()
-            .unwrap_or(self.options.poll_wait)
-            .clamp(Duration::from_secs(1), self.options.poll_wait)
+        let soonest = now + Duration::from_secs(1);
+        if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
+            return soonest;
+        }
+        let due = match &self.unreachable {
+            Some(state) => Some(state.retry_at),
+            None => self.held.values().map(|h| h.next_check).min(),
+        };
+        due.unwrap_or(now + self.options.poll_wait).max(soonest)
     }
 
     /// Brings the target in line with `desired` and queues the reports that changed.
     pub async fn reconcile(&mut self, desired: &DesiredState) {
+        if !self.cluster_answers().await {
+            self.report_unreachable(desired);
+            return;
+        }
         let now = Instant::now();
+        // a failure may be the cluster going away: if so, the next rounds wait for it instead of failing each write
+        let mut failed = false;
         for configuration in &desired.configurations {
             let name = configuration.name.clone();
             if configuration.deleting {
@@ -315,7 +515,10 @@ impl Agent {
                         let observation = Observation::only(ComplianceState::Unknown, None);
                         self.queue(report_of(configuration, ApplyOutcome::Removed, observation, None));
                     }
-                    Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
+                    Err(err) => {
+                        failed = true;
+                        tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed")
+                    }
                 }
                 continue;
             }
@@ -353,6 +556,7 @@ impl Agent {
                 }
                 Some(Err(message)) => {
                     applied = false;
+                    failed = true;
                     tracing::warn!(configuration = %name, error = %message, "applying failed; will retry");
                     let observation = Observation::only(ComplianceState::NonCompliant, Some(message));
                     report_of(configuration, ApplyOutcome::Failed, observation, secrets_version)
@@ -362,6 +566,7 @@ impl Agent {
                     report_of(configuration, ApplyOutcome::Applied, observation, secrets_version)
                 }
             };
+            failed |= report.compliance_state == ComplianceState::Unknown;
             let held = self.held.entry(name).or_insert(Held {
                 generation: configuration.generation,
                 applied,
@@ -390,6 +595,9 @@ impl Agent {
             }
             let mut report = report;
             mark_restored(&mut report, &held.restorations);
+            if let Some(previous) = &held.reported {
+                keep_transition_times(&mut report, previous);
+            }
             if held.reported.as_ref() != Some(&report) || !restored.is_empty() {
                 held.reported = Some(report.clone());
                 // restorations not yet accepted stay with the report that replaces theirs
@@ -419,8 +627,14 @@ impl Agent {
                     self.held.remove(&name);
                     self.pending.remove(&name);
                 }
-                Err(err) => tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed"),
+                Err(err) => {
+                    failed = true;
+                    tracing::warn!(configuration = %name, error = format!("{err:#}"), "removing failed")
+                }
             }
+        }
+        if failed && let Err(err) = self.target.reachable().await {
+            self.mark_unreachable(format!("{err:#}"));
         }
     }
 
@@ -441,6 +655,7 @@ impl Agent {
                     _ => None,
                 },
                 secrets_version,
+                statuses: Vec::new(),
             };
             if extension.deleting {
                 if self.extensions.remove(&name).is_some() || !self.pending_extensions.contains_key(&name) {
@@ -484,6 +699,8 @@ impl Agent {
                             settings: extension.clone(),
                             protected,
                             secrets_version: extension.secrets_version,
+                            statuses: Vec::new(),
+                            next_check: Instant::now(),
                         },
                     );
                     report(ApplyOutcome::Applied, None, secrets_version)
@@ -501,6 +718,81 @@ impl Agent {
         self.extensions.retain(|name, _| wanted.contains(name.as_str()));
         self.pending_extensions.retain(|name, _| wanted.contains(name.as_str()));
         self.failed_extensions.retain(|name, _| wanted.contains(name.as_str()));
+        self.apply_multi_tenancy();
+    }
+
+    /// Sets multi-tenancy on the target as the Flux extension's settings say (on without one, as in Azure). When it
+    /// changes, or was not set by this run (an earlier run may have written under the other setting), every
+    /// configuration is written again, on the target that depends on it.
+    fn apply_multi_tenancy(&mut self) {
+        let settings = self
+            .extensions
+            .values()
+            .find(|e| e.settings.extension_type.eq_ignore_ascii_case(FLUX_EXTENSION))
+            .map(|e| &e.settings.configuration_settings);
+        let enforced = tenancy::enforced(settings);
+        if self.multi_tenancy == Some(enforced) {
+            return;
+        }
+        self.multi_tenancy = Some(enforced);
+        if self.target.set_multi_tenancy(enforced) {
+            tracing::info!(enforced, "multi-tenancy set; writing every configuration again");
+            let now = Instant::now();
+            for held in self.held.values_mut() {
+                held.applied = false;
+                held.next_check = now;
+            }
+        }
+    }
+
+    /// Reads what the cluster runs of each installed extension, for its statuses: with the report of a generation
+    /// just installed, and every [`EXTENSION_CHECK`] after, reporting the generation again when they changed.
+    pub async fn observe_extensions(&mut self) {
+        let now = Instant::now();
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for (name, held) in &mut self.extensions {
+            // a report of the installed generation waits without statuses: it goes with them
+            let queued = self.pending_extensions.get(name).is_some_and(|r| {
+                r.generation == held.generation && r.outcome == ApplyOutcome::Applied && r.statuses.is_empty()
+            });
+            if !queued && held.next_check > now {
+                continue;
+            }
+            held.next_check = now + EXTENSION_CHECK;
+            let mut statuses = self.target.flux_statuses(&held.settings.release_namespace).await;
+            let unchanged = statuses.len() == held.statuses.len()
+                && statuses.iter().zip(&held.statuses).all(|(new, old)| {
+                    ExtensionStatus {
+                        time: None,
+                        ..old.clone()
+                    } == *new
+                });
+            if unchanged {
+                // the time says when it was first seen so
+                statuses.clone_from(&held.statuses);
+            } else {
+                for status in &mut statuses {
+                    status.time = Some(time.clone());
+                }
+            }
+            if !queued && unchanged {
+                continue;
+            }
+            held.statuses.clone_from(&statuses);
+            let report = self
+                .pending_extensions
+                .entry(name.clone())
+                .or_insert_with(|| ExtensionReport {
+                    name: name.clone(),
+                    generation: held.generation,
+                    outcome: ApplyOutcome::Applied,
+                    message: None,
+                    current_version: self.options.info.agent_version.clone(),
+                    secrets_version: held.protected.as_ref().map(|p| p.version),
+                    statuses: Vec::new(),
+                });
+            report.statuses = statuses;
+        }
     }
 
     /// The credentials the configuration's objects carry: the secret set of its version, brought up to date from
@@ -645,12 +937,13 @@ mod tests {
     use fluxplane_agent_protocol::agent::Drift;
 
     /// A target whose first write fails; clones share what they count. Its objects drift when a test says so,
-    /// and its one object is the Kustomization `ns/cfg-apps`.
+    /// its one object is the Kustomization `ns/cfg-apps`, and it finds of Flux what a test says.
     #[derive(Default, Clone)]
     struct Flaky {
         writes: Arc<AtomicUsize>,
         observed: Arc<Mutex<Vec<String>>>,
         drifted: Arc<Mutex<Vec<Drifted>>>,
+        flux: Arc<Mutex<Vec<ExtensionStatus>>>,
     }
 
     #[async_trait::async_trait]
@@ -687,6 +980,9 @@ mod tests {
         }
         async fn cluster_facts(&self) -> ClusterFacts {
             ClusterFacts::default()
+        }
+        async fn flux_statuses(&self, _: &str) -> Vec<ExtensionStatus> {
+            self.flux.lock().unwrap().clone()
         }
     }
 
@@ -955,5 +1251,52 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_cluster_runs_of_flux_goes_with_the_install_and_again_when_it_changes() {
+        let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
+        let identity = Identity::generate("http://127.0.0.1:9", cluster).unwrap().identity;
+        let target = Flaky::default();
+        let version = |v: &str| ExtensionStatus {
+            code: Some("FluxVersion".into()),
+            display_status: Some(v.into()),
+            ..Default::default()
+        };
+        *target.flux.lock().unwrap() = vec![version("v2.6.0")];
+        let mut agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(target.clone()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let desired = DesiredState {
+            cluster_id: cluster.into(),
+            revision: 1,
+            extensions: vec![flux_extension(1)],
+            ..Default::default()
+        };
+        agent.reconcile_extensions(&desired);
+        agent.observe_extensions().await;
+        let installed = agent.pending_extensions["flux"].clone();
+        assert_eq!(installed.outcome, ApplyOutcome::Applied);
+        assert_eq!(installed.statuses[0].display_status.as_deref(), Some("v2.6.0"));
+        assert!(installed.statuses[0].time.is_some(), "stamped when seen");
+
+        agent.pending_extensions.clear();
+        tokio::time::advance(EXTENSION_CHECK).await;
+        agent.observe_extensions().await;
+        assert!(agent.pending_extensions.is_empty(), "unchanged: not reported again");
+
+        *target.flux.lock().unwrap() = vec![version("v2.7.0")];
+        agent.observe_extensions().await;
+        assert!(agent.pending_extensions.is_empty(), "not read again before it is due");
+        tokio::time::advance(EXTENSION_CHECK).await;
+        agent.observe_extensions().await;
+        let again = &agent.pending_extensions["flux"];
+        assert_eq!((again.generation, again.outcome), (1, ApplyOutcome::Applied));
+        assert_eq!(again.statuses[0].display_status.as_deref(), Some("v2.7.0"));
+        assert_eq!(again.current_version, installed.current_version);
     }
 }

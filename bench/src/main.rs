@@ -2,8 +2,9 @@
 //!
 //! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
 //! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
-//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, and
-//! the fleet compliance summary. Each figure comes with its ceilings measured in the same run (see `ceiling`).
+//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, the
+//! fleet compliance summary, and what real agents re-checking their clusters cost the control plane. Each figure
+//! comes with its ceilings measured in the same run (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
 mod assignment;
@@ -13,6 +14,7 @@ mod ingestion;
 mod listing;
 mod memory;
 mod propagation;
+mod rechecks;
 mod report;
 mod summary;
 mod throughput;
@@ -80,6 +82,13 @@ struct Args {
     /// Clusters in the summary scenario, each with ten configurations.
     #[arg(long, default_value_t = 10_000)]
     summary_clusters: usize,
+    /// Real agents re-checking their clusters in the re-check scenario, in this process (each holds a connection
+    /// at both ends, so the process's open-file limit, 20,000 here, caps them below 10,000).
+    #[arg(long, default_value_t = 5000)]
+    recheck_agents: usize,
+    /// Seconds the re-check scenario counts the control plane's requests.
+    #[arg(long, default_value_t = 30)]
+    recheck_window: u64,
     /// How the simulated agents of the propagation, assignment and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
@@ -114,6 +123,7 @@ enum Scenario {
     Propagation,
     Assignment,
     Summary,
+    Rechecks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -299,6 +309,8 @@ async fn main() -> anyhow::Result<()> {
         args.writes = 40;
         args.fleet = 50;
         args.summary_clusters = 30;
+        args.recheck_agents = 20;
+        args.recheck_window = 3;
     }
     let apply = args.apply.apply();
     let backends: &[(Backend, &'static str)] = match args.backend {
@@ -363,6 +375,22 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
             let target = Target::start(*backend).await?;
             assignment::assignment_reach(&target, args.fleet, apply, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Rechecks) {
+            eprintln!(
+                "{name}: {} real agents re-checking their clusters every second, for {} s",
+                args.recheck_agents, args.recheck_window
+            );
+            let target = Target::start(*backend).await?;
+            rechecks::rechecks(
+                &target,
+                args.recheck_agents,
+                Duration::from_secs(args.recheck_window),
+                &mut figures,
+                name,
+            )
+            .await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Summary) {

@@ -1,6 +1,8 @@
 //! End-to-end: agents with their own identities long-poll a real server, materialise configurations of real Git
-//! repositories (served over real HTTP) in `dir` targets, and report status back.
+//! repositories (served over real HTTP) in `dir` targets, and report status back; an agent whose cluster does not
+//! answer keeps its heartbeat and says so.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::common::agents::*;
@@ -8,7 +10,11 @@ use crate::common::git::MANIFEST;
 use crate::common::*;
 use fluxplane_agent::client::ControlPlane;
 use fluxplane_agent::identity::Identity;
-use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims};
+use fluxplane_agent::run::{Agent, Options};
+use fluxplane_agent::secrets::Credentials;
+use fluxplane_agent::targets::{ClusterFacts, Drifted, Observation, Target};
+use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims, DesiredConfiguration};
+use fluxplane_agent_protocol::flux::ComplianceState;
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
@@ -649,5 +655,124 @@ async fn a_broken_overlay_is_reported_by_file_and_reference_and_semver_ranges_re
                 .is_some_and(|id| id.starts_with("v1.0.0@sha1:"))
     })
     .await;
+    agent.stop().await;
+}
+
+/// A target whose cluster never answers, as a kube target's while its API server is down.
+struct Unanswering;
+
+#[async_trait::async_trait]
+impl Target for Unanswering {
+    async fn inventory(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        anyhow::bail!("connection refused")
+    }
+    async fn apply(&self, _: &DesiredConfiguration, _: &Credentials) -> anyhow::Result<()> {
+        anyhow::bail!("connection refused")
+    }
+    async fn credentials(&self, _: &DesiredConfiguration) -> anyhow::Result<Credentials> {
+        anyhow::bail!("connection refused")
+    }
+    async fn drift(&self, _: &DesiredConfiguration, _: &Credentials) -> anyhow::Result<Vec<Drifted>> {
+        anyhow::bail!("connection refused")
+    }
+    async fn remove(&self, _: &str) -> anyhow::Result<()> {
+        anyhow::bail!("connection refused")
+    }
+    async fn observe(&self, _: &DesiredConfiguration) -> Observation {
+        Observation::only(ComplianceState::Unknown, Some("connection refused".into()))
+    }
+    async fn cluster_facts(&self) -> ClusterFacts {
+        ClusterFacts::default()
+    }
+    async fn reachable(&self) -> anyhow::Result<()> {
+        anyhow::bail!("connection refused")
+    }
+}
+
+on_both_backends!(
+    an_agent_whose_cluster_does_not_answer_keeps_its_heartbeat_and_reports_its_configurations_unknown,
+    unanswering_case
+);
+async fn unanswering_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let created = api.put_config(&cluster, "cfg", git_config_body()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    // it starts, though its cluster does not answer (it used to exit here)
+    let agent = Agent::new(
+        ControlPlane::new(identity).unwrap(),
+        Box::new(Unanswering),
+        Options {
+            poll_wait: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(agent.run(async {
+        let _ = stopped.await;
+    }));
+    let path = with_version(&config_path(&cluster, "cfg"), FLUX_API);
+    let reported = until(&api, &path, "the configuration reported Unknown", |p| {
+        p["complianceState"] == "Unknown"
+    })
+    .await;
+    let message = reported["properties"]["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot read its cluster"), "{reported}");
+    let cluster_answer = api.get(&with_version(&cluster, CLUSTER_API)).await;
+    assert_eq!(
+        cluster_answer.body["properties"]["connectivityStatus"], "Connected",
+        "every poll is a heartbeat: {cluster_answer:?}"
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// How many requests on routes containing `route` the server has answered, from its metrics.
+async fn requests_to(api: &Api, route: &str) -> f64 {
+    let metrics = api.raw(api.client.get(api.url("/metrics"))).await;
+    metrics
+        .body
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("fluxplane_http_requests_total{") && l.contains(route))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+on_both_backends!(
+    checks_between_polls_cost_the_control_plane_no_request,
+    quiet_checks_case
+);
+async fn quiet_checks_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;
+    let cluster = cluster_path("s", "rg", "c1");
+    let path = with_version(&config_path(&cluster, "demo"), FLUX_API);
+    api.put_config(&cluster, "demo", config_body(&url)).await;
+    until(&api, &path, "Compliant", |p| p["complianceState"] == "Compliant").await;
+    // the source is checked every second (syncIntervalInSeconds: 1) and the files are re-read for drift, while
+    // one poll at a time stays open for 5 s (RunningAgent's poll wait): 4 s of checks take at most one new poll
+    // (and a check that finds all as it was reports nothing)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (polls, reports) = (
+        requests_to(&api, "desired-state").await,
+        requests_to(&api, "/agent/v1/status").await,
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let polls = requests_to(&api, "desired-state").await - polls;
+    let reports = requests_to(&api, "/agent/v1/status").await - reports;
+    assert!(polls <= 1.0, "{polls} polls in 4 s");
+    assert_eq!(reports, 0.0, "nothing changed, nothing reported");
+    let removed = agent.file("demo", "kustomization-infra.yaml");
+    std::fs::remove_file(&removed).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(removed.exists(), "the checks ran meanwhile");
     agent.stop().await;
 }

@@ -1,11 +1,14 @@
 //! End-to-end: the `microsoft.flux` cluster extension as Azure's tools drive it. A real agent completes its
 //! long-running operations; a cluster's first Flux configuration brings it; other types and a second Flux
-//! extension are refused; configurations wait while it is deleted; its protected settings are never answered.
+//! extension are refused; configurations wait while it is deleted; its protected settings are never answered; what
+//! the agent finds of Flux in its cluster is answered as its statuses.
 
 use std::time::{Duration, Instant};
 
 use crate::common::agents::*;
 use crate::common::*;
+use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent_protocol::agent::{ApplyOutcome, ExtensionReport, ExtensionStatus, StatusLevel, StatusReport};
 use fluxplane_api::on_both_backends;
 use fluxplane_api::testing::Backend;
 use reqwest::{Method, StatusCode};
@@ -334,4 +337,52 @@ async fn assignment_case(backend: Backend) {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["flux"], "{listed:?}");
+}
+
+on_both_backends!(
+    the_statuses_an_agent_reports_are_answered_as_the_extensions_statuses,
+    statuses_case
+);
+async fn statuses_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let client = ControlPlane::new(registered(&api, "c1", dir.path()).await).unwrap();
+    let path = extension_path(&cluster_path("s", "rg", "c1"), "flux");
+    let created = api.call(Method::PUT, &path, Some(flux_body())).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let generation = client.desired_state(None, Duration::ZERO).await.unwrap().extensions[0].generation;
+    let flux = |version: &str| ExtensionStatus {
+        code: Some("FluxVersion".into()),
+        display_status: Some(version.into()),
+        level: Some(StatusLevel::Information),
+        message: Some(format!("Flux {version} in flux-system: source-controller")),
+        time: Some("2026-11-22T00:00:00Z".into()),
+    };
+    let mut report = StatusReport {
+        extensions: vec![ExtensionReport {
+            name: "flux".into(),
+            generation,
+            outcome: ApplyOutcome::Applied,
+            message: None,
+            current_version: Some("0.1.0".into()),
+            secrets_version: None,
+            statuses: vec![flux("v2.7.0")],
+        }],
+        ..Default::default()
+    };
+    client.report(&report).await.unwrap();
+    let read = api.get(&path).await;
+    assert_eq!(read.body["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(
+        read.body["properties"]["statuses"],
+        json!([{"code": "FluxVersion", "displayStatus": "v2.7.0", "level": "Information",
+                "message": "Flux v2.7.0 in flux-system: source-controller", "time": "2026-11-22T00:00:00Z"}])
+    );
+
+    // the agent reports the same generation again when what it finds changes (Flux upgraded)
+    report.extensions[0].statuses = vec![flux("v2.8.0")];
+    client.report(&report).await.unwrap();
+    let read = api.get(&path).await;
+    assert_eq!(read.body["properties"]["statuses"][0]["displayStatus"], "v2.8.0");
+    assert_eq!(read.body["properties"]["provisioningState"], "Succeeded");
 }

@@ -3,17 +3,30 @@
 //! conditions: True → Compliant, False → Non-Compliant, unknown or not yet reconciled → Pending, suspended →
 //! Suspended. Every object carries the label `fluxplane.io/configuration`, which is how stale ones are found. A
 //! configuration's secrets become the Secret `{configuration}-auth` in its namespace.
+//!
+//! - The configuration's namespace is created when missing (labelled managed-by fluxplane), and never deleted: it
+//!   may hold what Flux applied and what others put there. A namespace that exists is left as it is.
+//! - Under multi-tenancy (`crate::tenancy`) the namespace also gets the `flux-applier` ServiceAccount and its
+//!   bindings, and the Kustomizations run as it.
+//! - The status also lists the Flux objects the Kustomizations applied (`inventory`): HelmReleases with Azure's
+//!   `helmReleaseProperties`, nested Kustomizations, sources, each with its `Ready` condition and `appliedBy`, and
+//!   they count towards compliance.
+//! - What Flux runs in the extension's namespace becomes the Flux extension's statuses (`flux`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use fluxplane_agent_protocol::agent::DesiredConfiguration;
-use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus, ObjectStatusCondition, SourceKind};
+use fluxplane_agent_protocol::agent::{DesiredConfiguration, Drift, ExtensionStatus};
+use fluxplane_agent_protocol::flux::{
+    ComplianceState, ObjectReference, ObjectStatus, ObjectStatusCondition, ScopeType, SourceKind,
+};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::Value;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 
 use super::{ClusterFacts, Drifted, Observation, Target};
@@ -23,6 +36,12 @@ use crate::objects::{
     auth_secret_name, configuration_objects, credentials_of, repository_public_key_of,
 };
 use crate::secrets::Credentials;
+use crate::tenancy;
+
+mod flux;
+mod inventory;
+
+pub use inventory::MAX_OBJECTS_READ;
 
 pub const FIELD_MANAGER: &str = "fluxplane-agent";
 
@@ -36,9 +55,22 @@ const KINDS: [(&str, &str, &str); 6] = [
     ("v1", "Secret", "secrets"),
 ];
 
+/// The kinds the target writes that no single configuration owns, as (apiVersion, kind, plural): the namespace, and
+/// the multi-tenancy applier's account and bindings, shared by a namespace's configurations.
+const SHARED_KINDS: [(&str, &str, &str); 4] = [
+    ("v1", "Namespace", "namespaces"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
+    (tenancy::RBAC_API, "RoleBinding", "rolebindings"),
+    (tenancy::RBAC_API, "ClusterRoleBinding", "clusterrolebindings"),
+];
+
+/// The annotation of a namespace the agent created, naming the configuration it was created for.
+pub const CREATED_FOR_ANNOTATION: &str = "fluxplane.io/created-for-configuration";
+
 fn resource(api_version: &str, kind: &str) -> anyhow::Result<ApiResource> {
     let (_, _, plural) = KINDS
         .iter()
+        .chain(SHARED_KINDS.iter())
         .find(|(v, k, _)| *v == api_version && *k == kind)
         .with_context(|| format!("{api_version} {kind} is not a kind this target writes"))?;
     // the core group ("v1") has no group name
@@ -54,14 +86,39 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<ApiResource> {
 
 pub struct KubeTarget {
     client: kube::Client,
+    /// Whether configurations are written for multi-tenancy: on until the Flux extension's settings say otherwise.
+    multi_tenancy: AtomicBool,
+}
+
+fn namespace_of(configuration: &DesiredConfiguration) -> &str {
+    configuration.spec.namespace.as_deref().unwrap_or("default")
+}
+
+/// Whether an object carries fluxplane's managed-by label: only those are changed or deleted by the agent among the
+/// objects it shares between configurations.
+fn ours(object: &DynamicObject) -> bool {
+    object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(MANAGED_BY.0))
+        .is_some_and(|value| value == MANAGED_BY.1)
 }
 
 impl KubeTarget {
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            multi_tenancy: AtomicBool::new(true),
+        }
     }
 
-    /// A target for the cluster the agent runs in, or the one the kubeconfig names.
+    fn multi_tenancy(&self) -> bool {
+        self.multi_tenancy.load(Ordering::Relaxed)
+    }
+
+    /// A target for the cluster the agent runs in, or the one the kubeconfig names. Nothing is asked of the API
+    /// server yet: the agent starts while it is unreachable.
     pub async fn from_environment() -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
         Ok(Self::new(kube::Client::try_default().await.context(
@@ -100,6 +157,148 @@ impl KubeTarget {
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// The API of a shared kind's objects: namespaced, or cluster-wide for namespaces and ClusterRoleBindings.
+    fn shared_api(&self, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(namespace) => self.namespaced(namespace, resource),
+            None => Api::all_with(self.client.clone(), resource),
+        }
+    }
+
+    /// Creates the configuration's namespace when it is missing: objects in a namespace that does not exist are
+    /// refused. One that exists, the agent's or not, is left as it is.
+    async fn ensure_namespace(&self, namespace: &str, configuration: &str) -> anyhow::Result<()> {
+        let resource = resource("v1", "Namespace")?;
+        let api = self.shared_api(&resource, None);
+        if api
+            .get_opt(namespace)
+            .await
+            .with_context(|| format!("reading the namespace {namespace}"))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": namespace,
+                "labels": {MANAGED_BY.0: MANAGED_BY.1},
+                "annotations": {CREATED_FOR_ANNOTATION: configuration},
+            },
+        });
+        api.patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("creating the namespace {namespace}"))?;
+        tracing::info!(namespace, configuration, "created the configuration's namespace");
+        Ok(())
+    }
+
+    /// Applies a shared object when it is missing or the agent's; one of the same name that someone else made is
+    /// left alone (and used as it is).
+    async fn ensure_shared(&self, object: &serde_json::Value) -> anyhow::Result<()> {
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let namespace = object["metadata"]["namespace"].as_str();
+        let api = self.shared_api(&resource(api_version, kind)?, namespace);
+        let what = format!(
+            "{kind} {}{name}",
+            namespace.map(|n| format!("{n}/")).unwrap_or_default()
+        );
+        match api.get_opt(name).await.with_context(|| format!("reading {what}"))? {
+            Some(found) if !ours(&found) => {
+                tracing::debug!(object = %what, "not the agent's: left as it is");
+                Ok(())
+            }
+            _ => {
+                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+                    .await
+                    .with_context(|| format!("applying {what}"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes a shared object if it is there and the agent's.
+    async fn delete_shared(&self, kind: &str, namespace: Option<&str>, name: &str) -> anyhow::Result<()> {
+        let (api_version, _, _) = SHARED_KINDS
+            .iter()
+            .find(|(_, k, _)| *k == kind)
+            .context("not a shared kind")?;
+        let api = self.shared_api(&resource(api_version, kind)?, namespace);
+        let what = format!(
+            "{kind} {}{name}",
+            namespace.map(|n| format!("{n}/")).unwrap_or_default()
+        );
+        if let Some(found) = api.get_opt(name).await.with_context(|| format!("reading {what}"))?
+            && ours(&found)
+        {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err).with_context(|| format!("deleting {what}")),
+            }
+            tracing::info!(object = %what, "deleted: no longer needed");
+        }
+        Ok(())
+    }
+
+    /// The objects a configuration's Kustomizations need to run as the multi-tenancy applier: none without
+    /// multi-tenancy.
+    fn applier_objects(&self, configuration: &DesiredConfiguration) -> Vec<serde_json::Value> {
+        if !self.multi_tenancy() {
+            return Vec::new();
+        }
+        let namespace = namespace_of(configuration);
+        let mut objects = vec![tenancy::service_account(namespace), tenancy::role_binding(namespace)];
+        if configuration.spec.scope != Some(ScopeType::Namespace) {
+            objects.push(tenancy::cluster_role_binding(namespace));
+        }
+        objects
+    }
+
+    /// The objects `apply` writes for the configuration, in order: under multi-tenancy its Kustomizations run as
+    /// the applier.
+    fn rendered(&self, configuration: &DesiredConfiguration, credentials: &Credentials) -> Vec<serde_json::Value> {
+        let mut objects = configuration_objects(configuration, credentials);
+        if self.multi_tenancy() {
+            tenancy::impersonate(&mut objects);
+        }
+        objects
+    }
+
+    /// Removes what of `namespace`'s applier its configurations no longer need: all of it without multi-tenancy or
+    /// once the namespace holds no configuration, the ClusterRoleBinding once none of them is of cluster scope.
+    async fn settle_applier(&self, namespace: &str) -> anyhow::Result<()> {
+        let resource = resource(FLUXCONFIG_API, "FluxConfig")?;
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let configs = self
+            .namespaced(namespace, &resource)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .with_context(|| format!("listing the FluxConfigs of {namespace}"))?
+            .items;
+        let enforced = self.multi_tenancy();
+        let any = enforced && !configs.is_empty();
+        let cluster_wide = enforced && configs.iter().any(|c| c.data["spec"]["scope"] != "namespace");
+        if !any {
+            self.delete_shared("RoleBinding", Some(namespace), tenancy::APPLIER_BINDING)
+                .await?;
+            self.delete_shared("ServiceAccount", Some(namespace), tenancy::APPLIER)
+                .await?;
+        }
+        if !cluster_wide {
+            self.delete_shared("ClusterRoleBinding", None, &tenancy::cluster_binding_name(namespace))
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -157,9 +356,17 @@ impl Target for KubeTarget {
     }
 
     async fn apply(&self, configuration: &DesiredConfiguration, credentials: &Credentials) -> anyhow::Result<()> {
-        let objects = configuration_objects(configuration, credentials);
+        let own_namespace = namespace_of(configuration);
+        self.ensure_namespace(own_namespace, &configuration.name).await?;
+        // the applier is in place before the Kustomizations that run as it
+        for object in &self.applier_objects(configuration) {
+            self.ensure_shared(object).await?;
+        }
+        let objects = self.rendered(configuration, credentials);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut wanted = BTreeSet::new();
+        // the namespaces whose applier may have to go: this one, and any the configuration left
+        let mut touched = BTreeSet::from([own_namespace.to_owned()]);
         for object in &objects {
             let api_version = object["apiVersion"].as_str().unwrap_or_default();
             let kind = object["kind"].as_str().unwrap_or_default();
@@ -182,9 +389,13 @@ impl Target for KubeTarget {
                     object.metadata.name.clone().unwrap_or_default(),
                 );
                 if !wanted.contains(&key) {
+                    touched.insert(key.1.clone());
                     self.delete(&resource, &object).await?;
                 }
             }
+        }
+        for namespace in &touched {
+            self.settle_applier(namespace).await?;
         }
         Ok(())
     }
@@ -203,7 +414,26 @@ impl Target for KubeTarget {
         credentials: &Credentials,
     ) -> anyhow::Result<Vec<Drifted>> {
         let mut drifted = Vec::new();
-        for object in &configuration_objects(configuration, credentials) {
+        // the applier (one that someone else made counts as there), and what the configuration implies
+        for object in &self.applier_objects(configuration) {
+            let api_version = object["apiVersion"].as_str().unwrap_or_default();
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let namespace = object["metadata"]["namespace"].as_str();
+            let found = self
+                .shared_api(&resource(api_version, kind)?, namespace)
+                .get_opt(name)
+                .await
+                .with_context(|| format!("reading {kind} {name}"))?;
+            match found {
+                None => drifted.push(Drifted::new(object, Drift::Deleted)),
+                Some(found) if ours(&found) => {
+                    drifted.extend(Drifted::of(object, Some(&serde_json::to_value(found)?)));
+                }
+                Some(_) => {}
+            }
+        }
+        for object in &self.rendered(configuration, credentials) {
             let api_version = object["apiVersion"].as_str().unwrap_or_default();
             let kind = object["kind"].as_str().unwrap_or_default();
             let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
@@ -221,11 +451,17 @@ impl Target for KubeTarget {
 
     async fn remove(&self, name: &str) -> anyhow::Result<()> {
         // the FluxConfig last, so that an interrupted removal is retried from the inventory
+        let mut touched = BTreeSet::new();
         for (api_version, kind, _) in KINDS.iter().rev() {
             let resource = resource(api_version, kind)?;
             for object in self.labelled(&resource, name).await? {
+                touched.extend(object.metadata.namespace.clone());
                 self.delete(&resource, &object).await?;
             }
+        }
+        // the applier goes with its namespace's last configuration; the namespace itself stays
+        for namespace in &touched {
+            self.settle_applier(namespace).await?;
         }
         Ok(())
     }
@@ -261,6 +497,30 @@ impl Target for KubeTarget {
             ),
         }
     }
+
+    async fn reachable(&self) -> anyhow::Result<()> {
+        self.client
+            .apiserver_version()
+            .await
+            .context("the Kubernetes API server does not answer")?;
+        Ok(())
+    }
+
+    fn set_multi_tenancy(&self, enforced: bool) -> bool {
+        self.multi_tenancy.store(enforced, Ordering::Relaxed);
+        true
+    }
+
+    async fn flux_statuses(&self, namespace: &str) -> Vec<ExtensionStatus> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        match deployments
+            .list(&ListParams::default().labels(flux::PART_OF_FLUX))
+            .await
+        {
+            Ok(list) => flux::statuses(namespace, &list.items, self.multi_tenancy()),
+            Err(err) => flux::unreadable(namespace, &err.to_string()),
+        }
+    }
 }
 
 impl KubeTarget {
@@ -280,7 +540,7 @@ impl KubeTarget {
 
     async fn read_status(&self, configuration: &DesiredConfiguration) -> anyhow::Result<Observation> {
         let spec = &configuration.spec;
-        let namespace = spec.namespace.as_deref().unwrap_or("default");
+        let namespace = namespace_of(configuration);
         let source_kind = match spec.source_kind.unwrap_or(SourceKind::GitRepository) {
             SourceKind::GitRepository => "GitRepository",
             SourceKind::Bucket | SourceKind::AzureBlob => "Bucket",
@@ -297,6 +557,8 @@ impl KubeTarget {
         let mut messages = Vec::new();
         let mut states = Vec::new();
         let mut source = None;
+        // what the Kustomizations applied, read after them: (entry, the Kustomization that applied it)
+        let mut applied = Vec::new();
         for (resource, name) in &objects {
             let found = self.get(resource, namespace, name).await?;
             let value = found
@@ -317,6 +579,13 @@ impl KubeTarget {
             if source.is_none() {
                 source = Some(value.clone());
             }
+            if resource.kind == "Kustomization" {
+                let by = ObjectReference {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.to_owned()),
+                };
+                applied.extend(inventory::flux_entries(&value).into_iter().map(|e| (e, by.clone())));
+            }
             states.push(state);
             statuses.push(ObjectStatus {
                 name: Some(name.clone()),
@@ -328,12 +597,16 @@ impl KubeTarget {
                 helm_release_properties: None,
             });
         }
+        self.read_applied(applied, &objects, namespace, &mut statuses, &mut states, &mut messages)
+            .await;
         let compliance = if spec.suspend == Some(true) || states.contains(&ComplianceState::Suspended) {
             ComplianceState::Suspended
         } else if states.contains(&ComplianceState::NonCompliant) {
             ComplianceState::NonCompliant
         } else if states.iter().all(|s| *s == ComplianceState::Compliant) {
             ComplianceState::Compliant
+        } else if states.contains(&ComplianceState::Unknown) {
+            ComplianceState::Unknown
         } else {
             ComplianceState::Pending
         };
@@ -355,6 +628,73 @@ impl KubeTarget {
             source_synced_commit_id: artifact["revision"].as_str().map(str::to_owned),
             source_updated_at: artifact["lastUpdateTime"].as_str().map(str::to_owned),
         })
+    }
+
+    /// Reads the Flux objects the Kustomizations applied (at most [`MAX_OBJECTS_READ`], those the agent wrote
+    /// itself skipped) into the statuses, their states and messages. One that cannot be read is Unknown, saying why.
+    async fn read_applied(
+        &self,
+        applied: Vec<(inventory::Entry, ObjectReference)>,
+        own: &[(ApiResource, String)],
+        namespace: &str,
+        statuses: &mut Vec<ObjectStatus>,
+        states: &mut Vec<ComplianceState>,
+        messages: &mut Vec<String>,
+    ) {
+        let multi_tenancy = self.multi_tenancy();
+        let mut seen = BTreeSet::new();
+        let mut unknown_kinds = BTreeSet::new();
+        let (mut listed, mut read) = (0, 0);
+        for (entry, by) in applied {
+            let written_by_agent = entry.namespace == namespace
+                && own
+                    .iter()
+                    .any(|(r, name)| r.group == entry.group && r.kind == entry.kind && *name == entry.name);
+            if written_by_agent || !seen.insert(entry.clone()) {
+                continue;
+            }
+            let Some(resource) = entry.resource() else {
+                unknown_kinds.insert(format!("{} ({})", entry.kind, entry.group));
+                continue;
+            };
+            listed += 1;
+            if read == MAX_OBJECTS_READ {
+                continue;
+            }
+            read += 1;
+            let api = if entry.namespace.is_empty() {
+                Api::<DynamicObject>::all_with(self.client.clone(), &resource)
+            } else {
+                self.namespaced(&entry.namespace, &resource)
+            };
+            let (status, message) = match api.get_opt(&entry.name).await {
+                Ok(found) => {
+                    let value = found.map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
+                    inventory::object_status(&entry, value.as_ref(), &by, multi_tenancy)
+                }
+                Err(err) => {
+                    let why = format!(
+                        "reading {} {}/{} failed: {err}",
+                        entry.kind, entry.namespace, entry.name
+                    );
+                    let (mut status, _) = inventory::object_status(&entry, None, &by, multi_tenancy);
+                    status.compliance_state = Some(ComplianceState::Unknown);
+                    status.status_conditions = Some(vec![ObjectStatusCondition {
+                        message: Some(why.clone()),
+                        reason: Some("ReadFailed".to_owned()),
+                        status: Some("Unknown".to_owned()),
+                        type_: Some("Ready".to_owned()),
+                        last_transition_time: None,
+                    }]);
+                    (status, Some(why))
+                }
+            };
+            states.push(status.compliance_state.unwrap_or(ComplianceState::Unknown));
+            messages.extend(message);
+            statuses.push(status);
+        }
+        let unknown_kinds: Vec<String> = unknown_kinds.into_iter().collect();
+        messages.extend(inventory::unread_message(read, listed, &unknown_kinds));
     }
 }
 

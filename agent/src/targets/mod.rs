@@ -6,7 +6,7 @@ pub mod kube;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use fluxplane_agent_protocol::agent::{DesiredConfiguration, Drift};
+use fluxplane_agent_protocol::agent::{DesiredConfiguration, Drift, ExtensionStatus};
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatus};
 
 use crate::secrets::Credentials;
@@ -62,6 +62,22 @@ pub trait Target: Send + Sync {
     async fn observe(&self, configuration: &DesiredConfiguration) -> Observation;
     /// What the target knows of its cluster: the Kubernetes version and the node count, where there is a cluster.
     async fn cluster_facts(&self) -> ClusterFacts;
+    /// Whether the target's cluster answers (`Err` says why not): what the agent asks before it writes again after
+    /// a failure, and while it waits for the cluster to come back. A target without a cluster always answers.
+    async fn reachable(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Writes configurations from now on with multi-tenancy enforced or not (the Flux extension's
+    /// `multiTenancy.enforce`); answers whether what the target writes depends on it, so that the agent writes its
+    /// configurations again when it changes.
+    fn set_multi_tenancy(&self, _enforced: bool) -> bool {
+        false
+    }
+    /// What the target finds of Flux in its cluster's `namespace` (the Flux extension's), as the extension's
+    /// statuses; none where there is no cluster.
+    async fn flux_statuses(&self, _namespace: &str) -> Vec<ExtensionStatus> {
+        Vec::new()
+    }
 }
 
 /// An object of a configuration that is not as the agent wrote it.

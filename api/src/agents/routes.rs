@@ -294,6 +294,7 @@ fn extension_write(entry: &ExtensionReport, now: DateTime<Utc>) -> ExtensionRepo
             current_version: entry.current_version.clone(),
             error: operation_error.clone(),
             status_updated_at: Some(now),
+            statuses: entry.statuses.clone(),
         }),
         operation_status,
         operation_error,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use fluxplane_agent_protocol::agent::ExtensionStatus;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -67,6 +68,9 @@ pub struct ExtensionObserved {
     pub current_version: Option<String>,
     pub error: Option<ErrorDetail>,
     pub status_updated_at: Option<DateTime<Utc>>,
+    /// What the agent found of the extension in its cluster (rows written before agents reported it have none).
+    #[serde(default)]
+    pub statuses: Vec<ExtensionStatus>,
 }
 
 /// The writable properties of a PUT (and, merged over the stored ones, of a PATCH). Protected settings are split
@@ -373,9 +377,10 @@ pub struct ExtensionProperties {
     pub configuration_settings: BTreeMap<String, String>,
     #[schema(read_only)]
     pub provisioning_state: ProvisioningState,
-    /// Statuses the extension reports; the agent reports none yet.
+    /// What the agent finds of the extension in its cluster: for `microsoft.flux`, the Flux version
+    /// (`FluxVersion`), each controller (`FluxController`) and multi-tenancy (`MultiTenancy`), or why it cannot tell.
     #[schema(read_only)]
-    pub statuses: Vec<serde_json::Value>,
+    pub statuses: Vec<ExtensionStatus>,
     /// The version the agent reports installed.
     #[schema(read_only)]
     pub current_version: Option<String>,

@@ -149,7 +149,7 @@ fn render(scope: &ClusterScope, record: ExtensionRecord, version: ApiVersion<Ver
             },
             configuration_settings: record.spec.configuration_settings,
             provisioning_state: record.provisioning_state,
-            statuses: Vec::new(),
+            statuses: record.observed.statuses,
             current_version: record.observed.current_version,
             error_info,
             is_system_extension: false,
