@@ -816,9 +816,22 @@ fn is_cluster_tags(expr: &Expr) -> bool {
         if name.eq_ignore_ascii_case("tags") && matches!(**base, Expr::Call(Function::Cluster, _)))
 }
 
+/// About how many bytes `value` takes: what copying it costs.
+fn size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => 8 + items.iter().map(size).sum::<usize>(),
+        Value::Object(map) => 8 + map.iter().map(|(k, v)| k.len() + size(v)).sum::<usize>(),
+        _ => 8,
+    }
+}
+
 fn eval(expr: &Expr, scope: &mut Scope) -> Result<Value, Stop> {
     match expr {
-        Expr::Const(value) => Ok(value.clone()),
+        Expr::Const(value) => {
+            scope.produced(size(value))?;
+            Ok(value.clone())
+        }
         Expr::Property(base, name) if is_cluster_tags(base) => {
             let cluster = scope.cluster()?;
             cluster
@@ -979,7 +992,10 @@ fn call(function: Function, args: &[Expr], scope: &mut Scope) -> Result<Value, S
                 )));
             };
             return match node {
-                Node::Const(value) => Ok(value.clone()),
+                Node::Const(value) => {
+                    scope.produced(size(value))?;
+                    Ok(value.clone())
+                }
                 _ if scope.cluster.is_none() => Err(Stop::Unknown),
                 node => render_node(node, scope).map_err(|u| Stop::Failed(format!("{} (in {})", u.message, u.target))),
             };
@@ -1002,11 +1018,11 @@ fn call(function: Function, args: &[Expr], scope: &mut Scope) -> Result<Value, S
     match function {
         F::Concat => {
             if args.iter().all(Value::is_array) {
+                scope.produced(args.iter().map(size).sum())?;
                 let items: Vec<Value> = args
                     .iter()
                     .flat_map(|a| a.as_array().unwrap().iter().cloned())
                     .collect();
-                scope.produced(items.len() * 8)?;
                 return Ok(Value::Array(items));
             }
             let mut text = String::new();
@@ -1567,6 +1583,18 @@ mod tests {
             ["string(length(padLeft(cluster().name, 60000)))"; 20].join(", ")
         );
         assert!(value(&many, &[]).unwrap_err().contains("more than"));
+        // copies of a large parameter count as well, before they are made
+        let big: Vec<String> = (0..6000).map(|i| format!("item-{i}")).collect();
+        let copies = format!("[concat({})]", ["parameters('big')"; 20].join(", "));
+        let mut p = Problems::default();
+        Template::compile(
+            &json!({"v": copies}),
+            json!({"big": big}).as_object().unwrap(),
+            "t",
+            &mut p,
+        );
+        let err = p.into_result("template", None).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
     }
 
     #[test]
