@@ -352,7 +352,11 @@ macro_rules! fleet_helpers {
                     update_common(&mut q);
                     q.push(" FROM (VALUES ");
                     Self::push_rows(&mut q, chunk);
-                    q.push(") AS v WHERE flux_configurations.cluster_id = v.column1 AND managed_by = ")
+                    // the name as well: SQLite then looks each row up by (cluster_id, name), where with the assignment
+                    // alone it searched the assignment's configurations once per row (10,000 clusters: 5 s, not 20 ms)
+                    q.push(") AS v WHERE flux_configurations.cluster_id = v.column1 AND flux_configurations.name = ")
+                        .push_bind(&a.configuration_name)
+                        .push(" AND managed_by = ")
                         .push_bind(a.id);
                     q.build().execute(&mut **tx).await?;
                 }
@@ -401,7 +405,7 @@ macro_rules! fleet_helpers {
             /// `(cluster, configuration), ...` for a `VALUES` list: `column1` the cluster, `column2` its configuration.
             fn push_rows(
                 q: &mut sqlx::QueryBuilder<$db>,
-                rows: &[(i64, &fluxplane_agent_protocol::flux::FluxConfigurationSpec)],
+                rows: &[(i64, &serde_json::value::RawValue)],
             ) {
                 let mut list = q.separated(", ");
                 for (cluster, spec) in rows {

@@ -503,32 +503,45 @@ pub struct Rendering {
 /// the order the clusters came), and those that do not with the reason.
 #[derive(Debug, Default)]
 pub struct Renders {
-    pub groups: Vec<(FluxConfigurationSpec, Vec<i64>)>,
+    pub groups: Vec<Group>,
     pub unresolvable: Vec<(i64, Unresolvable)>,
+}
+
+/// A configuration and the clusters that get it.
+#[derive(Debug)]
+pub struct Group {
+    pub spec: FluxConfigurationSpec,
+    /// `spec` as JSON, as the store writes it.
+    pub json: Box<serde_json::value::RawValue>,
+    pub clusters: Vec<i64>,
 }
 
 impl Renders {
     /// The configurations several clusters get, each with its clusters.
-    pub fn shared(&self) -> impl Iterator<Item = (&FluxConfigurationSpec, &[i64])> {
+    pub fn shared(&self) -> impl Iterator<Item = (&serde_json::value::RawValue, &[i64])> {
         self.groups
             .iter()
-            .filter(|(_, ids)| ids.len() > 1)
-            .map(|(spec, ids)| (spec, ids.as_slice()))
+            .filter(|g| g.clusters.len() > 1)
+            .map(|g| (&*g.json, g.clusters.as_slice()))
     }
 
     /// The configurations one cluster gets, with the cluster.
-    pub fn single(&self) -> Vec<(i64, &FluxConfigurationSpec)> {
+    pub fn single(&self) -> Vec<(i64, &serde_json::value::RawValue)> {
         self.groups
             .iter()
-            .filter(|(_, ids)| ids.len() == 1)
-            .map(|(spec, ids)| (ids[0], spec))
+            .filter(|g| g.clusters.len() == 1)
+            .map(|g| (g.clusters[0], &*g.json))
             .collect()
     }
 
     /// Every cluster that renders.
     pub fn clusters(&self) -> Vec<i64> {
-        self.groups.iter().flat_map(|(_, ids)| ids.iter().copied()).collect()
+        self.groups.iter().flat_map(|g| g.clusters.iter().copied()).collect()
     }
+}
+
+fn raw(json: String) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(json).expect("serialised JSON is JSON")
 }
 
 impl Rendering {
@@ -582,7 +595,12 @@ impl Rendering {
         if let Some(fixed) = &self.fixed {
             let ids: Vec<i64> = clusters.into_iter().map(|(id, _)| id).collect();
             if !ids.is_empty() {
-                renders.groups.push((fixed.clone(), ids));
+                let json = serde_json::to_string(fixed).expect("a configuration serialises");
+                renders.groups.push(Group {
+                    spec: fixed.clone(),
+                    json: raw(json),
+                    clusters: ids,
+                });
             }
             return renders;
         }
@@ -590,10 +608,14 @@ impl Rendering {
         for (id, cluster) in clusters {
             match self.template.render(&cluster).and_then(|value| self.finish(value)) {
                 Ok((spec, json)) => match seen.get(&json) {
-                    Some(at) => renders.groups[*at].1.push(id),
+                    Some(at) => renders.groups[*at].clusters.push(id),
                     None => {
-                        seen.insert(json, renders.groups.len());
-                        renders.groups.push((spec, vec![id]));
+                        seen.insert(json.clone(), renders.groups.len());
+                        renders.groups.push(Group {
+                            spec,
+                            json: raw(json),
+                            clusters: vec![id],
+                        });
                     }
                 },
                 Err(why) => renders.unresolvable.push((id, why)),
@@ -623,7 +645,9 @@ fn finish(
     name: &ConfigurationName,
     structure: bool,
 ) -> Result<(FluxConfigurationSpec, String), Unresolvable> {
-    if !SecretFields::split_from(&mut value).is_empty() {
+    // a template's secret fields are refused when it is written; a cluster's values can bring one only inside an
+    // array or object
+    if structure && !SecretFields::split_from(&mut value).is_empty() {
         return Err(Unresolvable {
             target: TEMPLATE.into(),
             message: SECRETS.into(),
@@ -722,8 +746,10 @@ pub fn render(spec: &AssignmentSpec) -> ApiResult<Rendering> {
     } else {
         Template::compile(&spec.configuration_template, &spec.parameters, TEMPLATE, &mut p)
     };
+    // a secret field anywhere in the template, whatever its value (an expression too), or in what parameters give
     let mut shared = template.shared();
-    if !SecretFields::split_from(&mut shared).is_empty() {
+    let mut written = spec.configuration_template.clone();
+    if !SecretFields::split_from(&mut written).is_empty() || !SecretFields::split_from(&mut shared).is_empty() {
         p.add(TEMPLATE, SECRETS);
     }
     p.into_result("policy assignment", Some("properties"))?;
@@ -1127,15 +1153,19 @@ mod tests {
         let grouped: Vec<(String, String, Vec<i64>)> = renders
             .groups
             .iter()
-            .map(|(spec, ids)| {
-                let git = spec.git_repository.as_ref().unwrap();
-                let branch = git.repository_ref.as_ref().unwrap().branch.clone().unwrap();
-                (
-                    branch,
-                    spec.kustomizations.as_ref().unwrap()["apps"].path.clone().unwrap(),
-                    ids.clone(),
-                )
-            })
+            .map(
+                |Group {
+                     spec, clusters: ids, ..
+                 }| {
+                    let git = spec.git_repository.as_ref().unwrap();
+                    let branch = git.repository_ref.as_ref().unwrap().branch.clone().unwrap();
+                    (
+                        branch,
+                        spec.kustomizations.as_ref().unwrap()["apps"].path.clone().unwrap(),
+                        ids.clone(),
+                    )
+                },
+            )
             .collect();
         assert_eq!(
             grouped,
@@ -1165,15 +1195,24 @@ mod tests {
         // a secret a parameter brings to some clusters only is refused for those
         let mut spec = per_cluster(json!({
             "gitRepository": {"url": "https://github.com/org/fleet", "repositoryRef": {"branch": "main"}},
-            "configurationProtectedSettings": "[if(equals(cluster().name, 'x'), parameters('secrets'), null())]"
+            "azureBlob": "[if(equals(cluster().name, 'x'), parameters('blob'), null())]"
         }));
-        spec.parameters
-            .insert("secrets".into(), json!({"sshPrivateKey": "c2VjcmV0"}));
+        spec.parameters.insert(
+            "blob".into(),
+            json!({"url": "https://x.blob.core.windows.net", "accountKey": "c2VjcmV0"}),
+        );
         let rendering = render(&spec).unwrap();
         let none = tags(&[]);
         assert!(rendering.for_cluster(&facts("y", &none)).is_ok());
         let why = rendering.for_cluster(&facts("x", &none)).unwrap_err();
         assert!(why.message.contains("cannot carry secrets"), "{why}");
+        // a secret field whose value an expression gives is refused when written
+        let err = render(&per_cluster(json!({
+            "gitRepository": {"url": "https://github.com/org/fleet", "repositoryRef": {"branch": "main"}},
+            "configurationProtectedSettings": {"sshPrivateKey": "[cluster().tags.key]"}
+        })))
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot carry secrets"), "{err}");
     }
 
     #[test]
