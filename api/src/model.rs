@@ -218,9 +218,10 @@ pub struct PolicyAssignmentRecord {
     pub configuration_name: String,
     #[sqlx(json)]
     pub spec: AssignmentSpec,
-    /// The configuration each matching cluster gets.
+    /// What decides the generation (`Rendering::fingerprint`): the configuration each matching cluster gets, or,
+    /// when the template reads the cluster, the template and its parameters.
     #[sqlx(json)]
-    pub rendered: FluxConfigurationSpec,
+    pub rendered: serde_json::Value,
     /// Bumped when `rendered` changes.
     pub generation: i64,
     pub etag: String,
@@ -257,10 +258,24 @@ pub struct ClusterTags {
     pub key: String,
     pub resource_group: String,
     pub name: String,
+    pub location: String,
     #[sqlx(json)]
     pub tags: BTreeMap<String, String>,
     pub connectivity_status: String,
     pub last_connectivity_time: Option<DateTime<Utc>>,
+}
+
+impl ClusterTags {
+    /// What an assignment's template may read of the cluster; `subscription` as the assignment spells it.
+    pub fn facts<'a>(&'a self, subscription: &'a str) -> crate::fleet::template::ClusterFacts<'a> {
+        crate::fleet::template::ClusterFacts {
+            subscription,
+            resource_group: &self.resource_group,
+            name: &self.name,
+            location: &self.location,
+            tags: &self.tags,
+        }
+    }
 }
 
 /// A sealed secret change awaiting its agent's acknowledgement.

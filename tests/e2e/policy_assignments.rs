@@ -333,6 +333,14 @@ async fn errors_case(backend: Backend) {
         json!("/subscriptions/s/providers/Fluxplane.Fleet/clusterGroups/none");
     let mut bad_mode = assignment(prod(), "main");
     bad_mode["properties"]["enforcementMode"] = json!("Sometimes");
+    let with_path = |path: &str| {
+        let mut body = assignment(prod(), "main");
+        body["properties"]["configurationTemplate"]["kustomizations"]["infra"]["path"] = json!(path);
+        body
+    };
+    let mut parameter_reading_parameters = assignment(prod(), "main");
+    parameter_reading_parameters["properties"]["parameters"]["other"] = json!("[parameters('branch')]");
+    const PATH: &str = "properties.configurationTemplate.kustomizations.infra.path";
     let cases = [
         (both, "properties.selector"),
         (
@@ -344,14 +352,57 @@ async fn errors_case(backend: Backend) {
         (missing_group, "properties.clusterGroupId"),
         (bad_mode, "properties.enforcementMode"),
     ];
-    for (body, target) in cases {
+    // template expressions: an unknown function, bad syntax, a wrong number of arguments, an expression inside a
+    // longer string, a constant part that fails, a parameter reading parameters: each named where it is
+    let expressions = [
+        (
+            with_path("[clusterName()]"),
+            PATH,
+            "the template function 'clusterName' is not found",
+        ),
+        (with_path("[concat('./', cluster().name]"), PATH, "expected ',' or ')'"),
+        (
+            with_path("[toLower()]"),
+            PATH,
+            "expects exactly 1 parameter(s), but was given 0",
+        ),
+        (
+            with_path("./[cluster().name]"),
+            PATH,
+            "an expression must be the whole string",
+        ),
+        (
+            with_path("[concat(cluster().name, int('x'))]"),
+            PATH,
+            "cannot convert 'x' to an integer",
+        ),
+        (
+            parameter_reading_parameters,
+            "properties.parameters.other",
+            "cannot use parameters()",
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(body, target)| (body, target, ""))
+        .chain(expressions);
+    for (body, target, message) in cases {
         let answer = api.call(Method::PUT, &path, Some(body.clone())).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}: {answer:?}");
-        let targets: Vec<&str> = std::iter::once(&answer.body["error"])
+        let named: Vec<(&str, &str)> = std::iter::once(&answer.body["error"])
             .chain(answer.body["error"]["details"].as_array().into_iter().flatten())
-            .filter_map(|d| d["target"].as_str())
+            .filter_map(|d| Some((d["target"].as_str()?, d["message"].as_str()?)))
             .collect();
-        assert!(targets.contains(&target), "{target} not in {targets:?}: {answer:?}");
+        assert!(
+            named.iter().any(|(t, m)| *t == target && m.contains(message)),
+            "{target}: {message} not in {named:?}: {answer:?}"
+        );
+        let plan = api.call(Method::POST, &plan_path("bad"), Some(body.clone())).await;
+        assert_eq!(
+            plan.status,
+            StatusCode::BAD_REQUEST,
+            "a plan refuses it as well: {plan:?}"
+        );
     }
     assert_eq!(
         api.get(&path).await.status,
@@ -748,4 +799,314 @@ async fn rollout_case(backend: Backend) {
     for agent in agents {
         agent.stop().await;
     }
+}
+
+/// An assignment of the configuration `baseline`, from the served repository at `url`, to the test agents' clusters
+/// (`env=test`), whose kustomization's path and substitutions come from each cluster.
+fn per_cluster_assignment(url: &str) -> Value {
+    json!({"properties": {
+        "selector": {"matchLabels": {"env": "test"}},
+        "configurationName": "baseline",
+        "configurationTemplate": {
+            "namespace": "flux-system",
+            "gitRepository": {"url": "[parameters('url')]", "repositoryRef": {"branch": "main"}},
+            "kustomizations": {"layer": {
+                "path": "[concat('./', cluster().tags.layer)]",
+                "postBuild": {"substitute": {
+                    "cluster": "[cluster().name]",
+                    "region": "[toUpper(tag('region', 'none'))]"
+                }}
+            }}
+        },
+        "parameters": {"url": url}
+    }})
+}
+
+fn compliance_path() -> String {
+    with_version(
+        &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/policyAssignments/baseline/compliance"),
+        FLEET_API,
+    )
+}
+
+/// Reads the assignment's compliance counts until `done` holds of them (or fails after 30 s).
+async fn counts_until(api: &Api, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let counts = api.get(&assignment_path("baseline")).await.body["properties"]["status"]["compliance"].clone();
+        if done(&counts) {
+            return counts;
+        }
+        assert!(std::time::Instant::now() < deadline, "waiting for {what}: {counts}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the file `fluxconfig.yaml` the agent wrote for `baseline` says `text`.
+async fn applied(agent: &crate::common::agents::RunningAgent, text: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let written = std::fs::read_to_string(agent.file("baseline", "fluxconfig.yaml")).unwrap_or_default();
+        if written.contains(text) {
+            return written;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for '{text}' in: {written}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+on_both_backends!(
+    a_template_renders_each_clusters_configuration_from_its_tags_and_a_tag_change_re_renders_it,
+    per_cluster_case
+);
+async fn per_cluster_case(backend: Backend) {
+    use crate::common::agents::{RunningAgent, registered, served_repository};
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = RunningAgent::start(registered(&api, "a", dir.path()).await).await;
+    let b = RunningAgent::start(registered(&api, "b", dir.path()).await).await;
+    retag(&api, "a", json!({"env": "test", "layer": "infra", "region": "eu"})).await;
+    retag(&api, "b", json!({"env": "test", "layer": "apps"})).await;
+
+    let created = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline"),
+            Some(per_cluster_assignment(&url)),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    counts_until(&api, "both compliant", |c| c["compliant"] == 2).await;
+    // each agent holds and applied the configuration rendered for its cluster
+    let on_a = applied(&a, "./infra").await;
+    assert!(on_a.contains("cluster: a") && on_a.contains("region: EU"), "{on_a}");
+    let on_b = applied(&b, "./apps").await;
+    assert!(on_b.contains("cluster: b") && on_b.contains("region: NONE"), "{on_b}");
+    let b_config = configuration(&api, "b", "baseline").await;
+    assert_eq!(b_config.body["properties"]["kustomizations"]["layer"]["path"], "./apps");
+
+    // b's tags change: its configuration is rendered again in the same write, the agent applies it, a keeps its own
+    let store = &api.server.state.store;
+    let id = |name: &'static str| async move { store.get_cluster(&format!("s/rg/{name}")).await.unwrap().unwrap().id };
+    let (a_id, b_id) = (id("a").await, id("b").await);
+    let a_before = store.get_configuration(a_id, "baseline").await.unwrap().unwrap();
+    let b_before = store.get_configuration(b_id, "baseline").await.unwrap().unwrap();
+    retag(&api, "b", json!({"env": "test", "layer": "infra", "region": "us"})).await;
+    let b_after = store.get_configuration(b_id, "baseline").await.unwrap().unwrap();
+    assert_eq!(
+        b_after.generation,
+        b_before.generation + 1,
+        "in the tag change's own write"
+    );
+    assert_eq!(
+        b_after.spec.kustomizations.as_ref().unwrap()["layer"].path.as_deref(),
+        Some("./infra")
+    );
+    let on_b = applied(&b, "./infra").await;
+    assert!(on_b.contains("region: US"), "{on_b}");
+    assert_eq!(
+        store
+            .get_configuration(a_id, "baseline")
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        a_before.generation,
+        "a's tags did not change"
+    );
+    // a tag it does not read changes nothing
+    retag(
+        &api,
+        "a",
+        json!({"env": "test", "layer": "infra", "region": "eu", "team": "blue"}),
+    )
+    .await;
+    assert_eq!(
+        store
+            .get_configuration(a_id, "baseline")
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        a_before.generation
+    );
+    counts_until(&api, "both compliant again", |c| c["compliant"] == 2).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+on_both_backends!(
+    a_cluster_whose_tags_leave_an_expression_unresolvable_is_reported_and_gets_nothing_until_they_do,
+    unresolvable_case
+);
+async fn unresolvable_case(backend: Backend) {
+    use crate::common::agents::{RunningAgent, registered, served_repository};
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = RunningAgent::start(registered(&api, "a", dir.path()).await).await;
+    let c = RunningAgent::start(registered(&api, "c", dir.path()).await).await;
+    retag(&api, "a", json!({"env": "test", "layer": "infra"})).await;
+
+    // c has no 'layer' tag: the plan says so, and applying writes nothing for it
+    let plan = api
+        .call(Method::POST, &plan_path("baseline"), Some(per_cluster_assignment(&url)))
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{plan:?}");
+    assert_eq!(plan.body["create"], json!([config_id("a", "baseline")]));
+    assert_eq!(plan.body["unresolvable"][0]["clusterId"], cluster_path("s", "rg", "c"));
+    assert_eq!(
+        plan.body["unresolvable"][0]["target"],
+        "properties.configurationTemplate.kustomizations.layer.path"
+    );
+    assert_eq!(
+        plan.body["unresolvable"][0]["reason"],
+        "tag 'layer' is not set on cluster 'c'"
+    );
+    let created = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline"),
+            Some(per_cluster_assignment(&url)),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let counts = counts_until(&api, "a compliant", |c| c["compliant"] == 1).await;
+    assert_eq!(counts["unresolvable"], 1, "{counts}");
+    assert_eq!(counts["missing"], 0, "not missing: unresolvable, with its reason");
+    assert_eq!(configuration(&api, "c", "baseline").await.status, StatusCode::NOT_FOUND);
+    let (entries, _) = api.list_all(&compliance_path()).await;
+    let entry = entries
+        .iter()
+        .find(|e| e["clusterId"] == cluster_path("s", "rg", "c"))
+        .unwrap();
+    assert_eq!(entry["state"], "Unresolvable");
+    assert_eq!(
+        entry["reason"],
+        "tag 'layer' is not set on cluster 'c' (at properties.configurationTemplate.kustomizations.layer.path); \
+         it gets the configuration once the template can be rendered for it"
+    );
+
+    // the tag comes: c gets its configuration in that write and turns compliant
+    retag(&api, "c", json!({"env": "test", "layer": "apps"})).await;
+    assert_eq!(configuration(&api, "c", "baseline").await.status, StatusCode::OK);
+    applied(&c, "./apps").await;
+    counts_until(&api, "both compliant", |c| {
+        c["compliant"] == 2 && c["unresolvable"] == 0
+    })
+    .await;
+
+    // a's tag goes: a keeps the configuration it has, as it was, and is reported
+    let store = &api.server.state.store;
+    let a_id = store.get_cluster("s/rg/a").await.unwrap().unwrap().id;
+    let before = store.get_configuration(a_id, "baseline").await.unwrap().unwrap();
+    retag(&api, "a", json!({"env": "test"})).await;
+    let after = store.get_configuration(a_id, "baseline").await.unwrap().unwrap();
+    assert_eq!((after.generation, &after.spec), (before.generation, &before.spec));
+    let counts = counts_until(&api, "a unresolvable", |c| c["unresolvable"] == 1).await;
+    assert_eq!(counts["compliant"], 1, "{counts}");
+    let (entries, _) = api.list_all(&compliance_path()).await;
+    let entry = entries
+        .iter()
+        .find(|e| e["clusterId"] == cluster_path("s", "rg", "a"))
+        .unwrap();
+    assert_eq!(entry["state"], "Unresolvable");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("the configuration it has is kept as it was"),
+        "{entry}"
+    );
+    assert!(
+        a.file("baseline", "fluxconfig.yaml").exists(),
+        "the agent still runs it"
+    );
+    a.stop().await;
+    c.stop().await;
+}
+
+on_both_backends!(
+    a_plan_shows_each_entering_or_changing_cluster_its_rendered_configuration_and_what_changes,
+    plan_rendering_case
+);
+async fn plan_rendering_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod", "region": "eu"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod", "region": "us"})).await;
+    tagged_cluster(&api, "staging-1", json!({"env": "staging", "region": "ap"})).await;
+    let body = |selector: Value, path: &str| {
+        let mut body = assignment(selector, "main");
+        body["properties"]["configurationTemplate"]["kustomizations"]["infra"]["path"] = json!(path);
+        body
+    };
+    let applied = api
+        .call(
+            Method::PUT,
+            &assignment_path("baseline"),
+            Some(body(prod(), "[concat('./infra/', cluster().tags.region)]")),
+        )
+        .await;
+    assert_eq!(applied.status, StatusCode::CREATED, "{applied:?}");
+    // staging-1 enters, prod-1 and prod-2 change
+    let wider = json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "staging"]}]});
+    let plan = api
+        .call(
+            Method::POST,
+            &plan_path("baseline"),
+            Some(body(
+                wider,
+                "[concat('./clusters/', cluster().tags.region, '/', cluster().name)]",
+            )),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{plan:?}");
+    assert_eq!(
+        plan.body["enteringClusters"],
+        json!([cluster_path("s", "rg", "staging-1")])
+    );
+    assert_eq!(plan.body["create"], json!([config_id("staging-1", "baseline")]));
+    assert_eq!(
+        plan.body["update"],
+        json!([config_id("prod-1", "baseline"), config_id("prod-2", "baseline")])
+    );
+    assert_eq!(plan.body["changeCount"], 3);
+    let changes = plan.body["changes"].as_array().unwrap();
+    let created = &changes[0];
+    assert_eq!(
+        (created["configurationId"].as_str(), created["change"].as_str()),
+        (Some(config_id("staging-1", "baseline").as_str()), Some("Create"))
+    );
+    assert_eq!(
+        created["properties"]["kustomizations"]["infra"]["path"],
+        "./clusters/ap/staging-1"
+    );
+    assert!(
+        created.get("patch").is_none(),
+        "nothing to compare a new configuration with"
+    );
+    let updated = &changes[2];
+    assert_eq!(updated["configurationId"], config_id("prod-2", "baseline"));
+    assert_eq!(
+        updated["properties"]["gitRepository"]["repositoryRef"]["branch"], "main",
+        "the whole configuration, defaults filled in"
+    );
+    assert_eq!(
+        updated["patch"],
+        json!([{"op": "replace", "path": "/kustomizations/infra/path", "value": "./clusters/us/prod-2"}]),
+        "against what prod-2 holds: ./infra/us"
+    );
+    assert_eq!(plan.body["unresolvable"], json!([]));
+    let store = &api.server.state.store;
+    let prod_2 = store.get_cluster("s/rg/prod-2").await.unwrap().unwrap().id;
+    let held = store.get_configuration(prod_2, "baseline").await.unwrap().unwrap();
+    assert_eq!(
+        held.spec.kustomizations.as_ref().unwrap()["infra"].path.as_deref(),
+        Some("./infra/us"),
+        "the plan wrote nothing"
+    );
 }

@@ -63,7 +63,7 @@ macro_rules! fleet_helpers {
                     return Ok(Vec::new());
                 };
                 let clusters = sqlx::query_as::<$db, $crate::model::ClusterTags>(
-                    "SELECT id, key, resource_group, name, tags, connectivity_status, last_connectivity_time FROM clusters WHERE subscription_key = $1 \
+                    "SELECT id, key, resource_group, name, location, tags, connectivity_status, last_connectivity_time FROM clusters WHERE subscription_key = $1 \
                      AND ($2 = '' OR resource_group_key = $2) AND ($3 = 0 OR id = $3) ORDER BY key",
                 )
                 .bind(subscription_key)
@@ -159,7 +159,8 @@ macro_rules! fleet_helpers {
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
                 }
-                let matched: Vec<i64> = Self::matched(tx, a, only).await?.into_iter().map(|c| c.id).collect();
+                let clusters = Self::matched(tx, a, only).await?;
+                let matched: Vec<i64> = clusters.iter().map(|c| c.id).collect();
                 type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String);
                 let existing = sqlx::query_as::<$db, Row>(
                     "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state, f.generation, \
@@ -210,21 +211,55 @@ macro_rules! fleet_helpers {
                         .execute(&mut **tx)
                         .await?;
                 }
+                // what each cluster gets, rendered for it when the template reads the cluster; a cluster it cannot
+                // be rendered for gets nothing and keeps what it has (its compliance says why)
+                let rendering = $crate::fleet::assignments::model::Rendering::of(&a.spec);
+                let clusters: std::collections::HashMap<i64, &$crate::model::ClusterTags> =
+                    clusters.iter().map(|c| (c.id, c)).collect();
+                let facts = |ids: &[i64]| -> Vec<(i64, $crate::fleet::template::ClusterFacts<'_>)> {
+                    ids.iter()
+                        .filter_map(|id| clusters.get(id).map(|c| (*id, c.facts(&a.subscription))))
+                        .collect()
+                };
+                if let (Some(cluster), Ok(rendering)) = (only, &rendering)
+                    && rendering.per_cluster()
+                    && !updates.contains(&cluster)
+                    && existing.get(&cluster).is_some_and(|e| {
+                        e.managed_by == Some(a.id) && e.managed_generation == Some(a.generation) && !e.deleting
+                    })
+                    && let Some(tags) = clusters.get(&cluster)
+                {
+                    // its tags changed: what it renders may have, outside any rollout (it holds this generation)
+                    let current = sqlx::query_scalar::<$db, sqlx::types::Json<fluxplane_agent_protocol::flux::FluxConfigurationSpec>>(
+                        "SELECT spec FROM flux_configurations WHERE cluster_id = $1 AND name = $2",
+                    )
+                    .bind(cluster)
+                    .bind(&a.configuration_name)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    if rendering.stale(&tags.facts(&a.subscription), &current.0) {
+                        updates.push(cluster);
+                    }
+                }
+                let (inserts, updates) = match &rendering {
+                    Ok(rendering) => (rendering.for_clusters(facts(&inserts)), rendering.for_clusters(facts(&updates))),
+                    Err(_) => Default::default(),
+                };
                 let now = chrono::Utc::now();
                 let etag = uuid::Uuid::new_v4().to_string();
                 let arm_id = a.arm_id();
-                // the same configuration for every cluster: bound once per statement, the clusters as a list
-                for chunk in inserts.chunks($crate::store::fleet::CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                // a configuration many clusters share is bound once per statement, the clusters as a list; one of
+                // its own goes with its cluster, a thousand to a statement
+                let insert_head = |q: &mut sqlx::QueryBuilder<$db>| {
+                    q.push(
                         "INSERT INTO flux_configurations (cluster_id, name, spec, generation, etag, \
                          provisioning_state, compliance_state, observed, system_data, generation_expires_at, \
-                         managed_by, managed_by_id, managed_generation) SELECT id, ",
+                         managed_by, managed_by_id, managed_generation) ",
                     );
-                    q.push_bind(&a.configuration_name)
-                        .push(", ")
-                        .push_bind(sqlx::types::Json(&a.rendered))
-                        .push(", 1, ")
-                        .push_bind(&etag)
+                };
+                let insert_common = |q: &mut sqlx::QueryBuilder<$db>| {
+                    q.push(", 1, ")
+                        .push_bind(etag.clone())
                         .push(", 'Creating', 'Pending', ")
                         .push_bind(sqlx::types::Json($crate::flux::model::Observed::default()))
                         .push(", ")
@@ -234,16 +269,37 @@ macro_rules! fleet_helpers {
                         .push(", ")
                         .push_bind(a.id)
                         .push(", ")
-                        .push_bind(&arm_id)
+                        .push_bind(arm_id.clone())
                         .push(", ")
-                        .push_bind(a.generation)
-                        .push(" FROM clusters WHERE id IN (");
-                    let mut list = q.separated(", ");
-                    for cluster in chunk {
-                        list.push_bind(*cluster);
+                        .push_bind(a.generation);
+                };
+                for (spec, ids) in inserts.shared() {
+                    for chunk in ids.chunks($crate::store::fleet::CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("");
+                        insert_head(&mut q);
+                        q.push("SELECT id, ").push_bind(&a.configuration_name).push(", ").push_bind(sqlx::types::Json(spec));
+                        insert_common(&mut q);
+                        q.push(" FROM clusters WHERE id IN (");
+                        let mut list = q.separated(", ");
+                        for cluster in chunk {
+                            list.push_bind(*cluster);
+                        }
+                        list.push_unseparated(")");
+                        q.build().execute(&mut **tx).await?;
                     }
-                    list.push_unseparated(")");
+                }
+                for chunk in inserts.single().chunks($crate::store::fleet::CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("");
+                    insert_head(&mut q);
+                    q.push("SELECT v.column1, ").push_bind(&a.configuration_name).push(", v.column2");
+                    insert_common(&mut q);
+                    q.push(" FROM (VALUES ");
+                    Self::push_rows(&mut q, chunk);
+                    q.push(") AS v");
                     q.build().execute(&mut **tx).await?;
+                }
+                let created = inserts.clusters();
+                for chunk in created.chunks($crate::store::fleet::CHUNK) {
                     // each cluster given a configuration holds the Flux extension, as the single write's does:
                     // policy declares what clusters run, and Flux needs its extension
                     let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -271,21 +327,38 @@ macro_rules! fleet_helpers {
                     list.push_unseparated(") ON CONFLICT DO NOTHING");
                     q.build().execute(&mut **tx).await?;
                 }
-                for chunk in updates.chunks($crate::store::fleet::CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE flux_configurations SET spec = ");
-                    q.push_bind(sqlx::types::Json(&a.rendered))
-                        .push(", generation = generation + 1, etag = ")
-                        .push_bind(&etag)
+                let update_common = |q: &mut sqlx::QueryBuilder<$db>| {
+                    q.push(", generation = generation + 1, etag = ")
+                        .push_bind(etag.clone())
                         .push(
                             ", provisioning_state = 'Updating', compliance_state = 'Pending', failure = NULL, \
                              generation_expires_at = ",
                         )
                         .push_bind(managed.generation_expires_at)
                         .push(", managed_generation = ")
-                        .push_bind(a.generation)
-                        .push(" WHERE managed_by = ")
+                        .push_bind(a.generation);
+                };
+                for (spec, ids) in updates.shared() {
+                    for chunk in ids.chunks($crate::store::fleet::CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE flux_configurations SET spec = ");
+                        q.push_bind(sqlx::types::Json(spec));
+                        update_common(&mut q);
+                        q.push(" WHERE managed_by = ").push_bind(a.id);
+                        Self::push_clusters(&mut q, chunk);
+                        q.build().execute(&mut **tx).await?;
+                    }
+                }
+                for chunk in updates.single().chunks($crate::store::fleet::CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE flux_configurations SET spec = v.column2");
+                    update_common(&mut q);
+                    q.push(" FROM (VALUES ");
+                    Self::push_rows(&mut q, chunk);
+                    // the name as well: SQLite then looks each row up by (cluster_id, name), where with the assignment
+                    // alone it searched the assignment's configurations once per row (10,000 clusters: 5 s, not 20 ms)
+                    q.push(") AS v WHERE flux_configurations.cluster_id = v.column1 AND flux_configurations.name = ")
+                        .push_bind(&a.configuration_name)
+                        .push(" AND managed_by = ")
                         .push_bind(a.id);
-                    Self::push_clusters(&mut q, chunk);
                     q.build().execute(&mut **tx).await?;
                 }
                 for chunk in gone.chunks($crate::store::fleet::CHUNK) {
@@ -443,6 +516,21 @@ macro_rules! fleet_helpers {
                     self.commit(tx).await?;
                 }
                 Ok(halted)
+            }
+
+            /// `(cluster, configuration), ...` for a `VALUES` list: `column1` the cluster, `column2` its configuration.
+            fn push_rows(
+                q: &mut sqlx::QueryBuilder<$db>,
+                rows: &[(i64, &serde_json::value::RawValue)],
+            ) {
+                let mut list = q.separated(", ");
+                for (cluster, spec) in rows {
+                    list.push("(");
+                    list.push_bind_unseparated(*cluster);
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(sqlx::types::Json(*spec));
+                    list.push_unseparated(")");
+                }
             }
 
             fn push_clusters(q: &mut sqlx::QueryBuilder<$db>, clusters: &[i64]) {

@@ -959,7 +959,7 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::model::ClusterTags>> {
                 let (subscription_key, resource_group_key) = scope.keys();
                 Ok(sqlx::query_as::<$db, $crate::model::ClusterTags>(
-                    "SELECT id, key, resource_group, name, tags, connectivity_status, last_connectivity_time FROM clusters \
+                    "SELECT id, key, resource_group, name, location, tags, connectivity_status, last_connectivity_time FROM clusters \
                      WHERE subscription_key = $1 AND ($2 = '' OR resource_group_key = $2) ORDER BY key",
                 )
                 .bind(subscription_key)

@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 
 use super::model::{
     AssignmentPlan, AssignmentSpec, AssignmentStatus, ClusterCompliance, ClusterComplianceEntry, ComplianceCounts,
-    EnforcementMode, Existing, OnUnmatch, PolicyAssignment, PolicyAssignmentProperties, PolicyAssignmentRequest,
-    decide, render,
+    EnforcementMode, Existing, OnUnmatch, PlannedChange, PlannedChangeKind, PolicyAssignment,
+    PolicyAssignmentProperties, PolicyAssignmentRequest, Rendering, UnresolvableCluster, decide, render,
 };
 use super::service::{Assignments, TYPE_NAME, assess, proposed};
 use crate::arm::api_version::Fleet;
@@ -38,6 +38,8 @@ use crate::state::AppState;
 const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
 /// Most conflicts an assignment's status lists (`conflictCount` counts them all).
 const MAX_LISTED_CONFLICTS: usize = 100;
+/// Most configurations a plan shows rendered (`changeCount` counts them all; `create` and `update` list them all).
+const MAX_PLANNED_CHANGES: usize = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -122,11 +124,24 @@ async fn assessed(
         .values()
         .filter(|c| c.managed_by == Some(record.id))
         .count() as u64;
+    // the template is rendered for each cluster when it reads the cluster, to tell those it cannot be rendered for
+    let rendering = Rendering::of(&record.spec);
     let assessed = matched
         .into_iter()
         .map(|cluster| {
             let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
-            let (compliance, reason) = assess(record.id, record.generation, configurations.get(&cluster.id), online);
+            let unresolvable = match &rendering {
+                Err(why) => Some(why.clone()),
+                Ok(r) if r.per_cluster() => r.for_cluster(&cluster.facts(&record.subscription)).err(),
+                Ok(_) => None,
+            };
+            let (compliance, reason) = assess(
+                record.id,
+                record.generation,
+                configurations.get(&cluster.id),
+                online,
+                unresolvable.as_ref(),
+            );
             (cluster, compliance, reason)
         })
         .collect();
@@ -252,9 +267,9 @@ async fn put(
 ) -> ApiResult<Response> {
     caller.require(Role::Owner, &scope.resource_id(TYPE_NAME, &name))?;
     let spec = proposal(body)?;
-    let rendered = render(&spec)?;
+    let rendering = render(&spec)?;
     let (record, created) = assignments
-        .put(&caller.subject, &scope, &name, &spec, &rendered, preconditions)
+        .put(&caller.subject, &scope, &name, &spec, &rendering, preconditions)
         .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     respond(state, status, record).await
@@ -281,7 +296,7 @@ async fn plan(
 ) -> ApiResult<Json<AssignmentPlan>> {
     caller.require(Role::Reader, &scope.resource_id(TYPE_NAME, &name))?;
     let spec = proposal(body)?;
-    let rendered = render(&spec)?;
+    let rendering = render(&spec)?;
     let group = match &spec.cluster_group_id {
         Some(id) => Some(assignments.resolve_group(&scope, id).await?),
         None => None,
@@ -291,7 +306,7 @@ async fn plan(
         Some(current) => state.store.assignment_matches(current).await?,
         None => Vec::new(),
     };
-    let next_record = proposed(&scope, &name, &spec, &rendered, group, current, &caller.subject);
+    let next_record = proposed(&scope, &name, &spec, &rendering, group, current, &caller.subject);
     let next = state.store.assignment_matches(&next_record).await?;
     let every: HashMap<i64, ClusterTags> = state
         .store
@@ -322,15 +337,19 @@ async fn plan(
             .collect(),
         ..Default::default()
     };
-    let existing: HashMap<i64, Existing> = state
+    let held: HashMap<i64, ConfigurationRecord> = state
         .store
         .configurations_named(&scope.clusters(), &spec.configuration_name)
         .await?
         .into_iter()
-        .map(|c| {
+        .map(|c| (c.cluster_id, c))
+        .collect();
+    let existing: HashMap<i64, Existing> = held
+        .iter()
+        .map(|(cluster, c)| {
             let deleting = c.provisioning_state == crate::lifecycle::ProvisioningState::Deleting;
             (
-                c.cluster_id,
+                *cluster,
                 Existing {
                     managed_by: c.managed_by,
                     managed_generation: c.managed_generation,
@@ -341,9 +360,56 @@ async fn plan(
         .collect();
     let decision = decide(next_record.id, next_record.generation, &next_ids, &existing);
     plan.conflicts = decision.conflicts.iter().filter_map(configuration).collect();
+    // what each entering or changing cluster would hold, rendered for it; those it cannot be rendered for get
+    // nothing (and keep what they have), as applying would do
+    let mut written = Vec::new();
+    for (kind, ids) in [
+        (PlannedChangeKind::Create, &decision.create),
+        (PlannedChangeKind::Update, &decision.update),
+    ] {
+        for id in ids {
+            let Some(tags) = every.get(id) else { continue };
+            match rendering.for_cluster(&tags.facts(scope.subscription.as_str())) {
+                Ok(rendered) => written.push((kind, *id, rendered)),
+                Err(why) => plan.unresolvable.push(UnresolvableCluster {
+                    cluster_id: cluster_ref(scope.subscription.as_str(), tags).id(),
+                    target: why.target,
+                    reason: why.message,
+                }),
+            }
+        }
+    }
     if spec.enforcement_mode == EnforcementMode::Default {
-        plan.create = decision.create.iter().filter_map(configuration).collect();
-        plan.update = decision.update.iter().filter_map(configuration).collect();
+        let written_ids = |wanted: PlannedChangeKind| {
+            written
+                .iter()
+                .filter(|(kind, ..)| *kind == wanted)
+                .filter_map(|(_, id, _)| configuration(id))
+                .collect::<Vec<_>>()
+        };
+        plan.create = written_ids(PlannedChangeKind::Create);
+        plan.update = written_ids(PlannedChangeKind::Update);
+        plan.changes = written
+            .iter()
+            .take(MAX_PLANNED_CHANGES)
+            .filter_map(|(kind, id, rendered)| {
+                let properties = serde_json::to_value(rendered).ok()?;
+                let patch = match (kind, held.get(id)) {
+                    (PlannedChangeKind::Update, Some(c)) => {
+                        let now = serde_json::to_value(&c.spec).ok()?;
+                        Some(serde_json::to_value(json_patch::diff(&now, &properties)).ok()?)
+                    }
+                    _ => None,
+                };
+                Some(PlannedChange {
+                    configuration_id: configuration(id)?,
+                    change: *kind,
+                    properties,
+                    patch,
+                })
+            })
+            .collect();
+        plan.change_count = written.len() as u64;
         let released = in_key_order(decision.release)
             .iter()
             .filter_map(configuration)

@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
+use fluxplane_agent_protocol::flux::ComplianceState;
 
-use super::model::{AssignmentSpec, ClusterCompliance, RolloutPhase, RolloutState};
+use super::model::{AssignmentSpec, ClusterCompliance, Rendering, RolloutPhase, RolloutState};
 use crate::arm::conditional::Preconditions;
 use crate::arm::scope::FleetScope;
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
+use crate::fleet::template::Unresolvable;
 use crate::lifecycle::{Lifetimes, ProvisioningState};
 use crate::metrics::Metrics;
 use crate::model::{AssignmentWrite, ConfigurationRecord, PolicyAssignmentRecord};
@@ -68,14 +69,14 @@ impl Assignments {
     }
 
     /// Creates or replaces the assignment `name` of `scope`, with every configuration it manages; true when it was
-    /// created. `rendered` is the configuration `spec`'s template renders to.
+    /// created. `rendering` is `spec`'s template, checked and compiled.
     pub async fn put(
         &self,
         subject: &str,
         scope: &FleetScope,
         name: &str,
         spec: &AssignmentSpec,
-        rendered: &FluxConfigurationSpec,
+        rendering: &Rendering,
         preconditions: &Preconditions,
     ) -> ApiResult<(PolicyAssignmentRecord, bool)> {
         let group = match &spec.cluster_group_id {
@@ -91,7 +92,7 @@ impl Assignments {
                 let current = self.store.get_policy_assignment(key).await?;
                 preconditions.check(current.as_ref().map(|a| a.etag.as_str()))?;
                 let expected = current.as_ref().map(|a| a.etag.clone());
-                let record = proposed(scope, name, spec, rendered, group, current, subject);
+                let record = proposed(scope, name, spec, rendering, group, current, subject);
                 let started = std::time::Instant::now();
                 let outcome = self
                     .store
@@ -132,12 +133,13 @@ pub fn proposed(
     scope: &FleetScope,
     name: &str,
     spec: &AssignmentSpec,
-    rendered: &FluxConfigurationSpec,
+    rendering: &Rendering,
     group: Option<i64>,
     current: Option<PolicyAssignmentRecord>,
     subject: &str,
 ) -> PolicyAssignmentRecord {
     let now = Utc::now();
+    let rendered = rendering.fingerprint(spec);
     match current {
         None => PolicyAssignmentRecord {
             id: 0,
@@ -150,7 +152,7 @@ pub fn proposed(
             cluster_group_id: group,
             configuration_name: spec.configuration_name.clone(),
             spec: spec.clone(),
-            rendered: rendered.clone(),
+            rendered,
             generation: 1,
             etag: new_etag(),
             system_data: SystemData::created(subject, now),
@@ -158,8 +160,9 @@ pub fn proposed(
             rollout_state: None,
         },
         Some(current) => {
-            // managed configurations get a new generation only when what they hold changes
-            let changed = current.rendered != *rendered;
+            // managed configurations get a new generation only when what they hold changes (a template that reads
+            // the cluster: when the template or its parameters change)
+            let changed = current.rendered != rendered;
             let generation = current.generation + i64::from(changed);
             PolicyAssignmentRecord {
                 cluster_group_id: group,
@@ -179,7 +182,7 @@ pub fn proposed(
                     (Some(_), false) => current.rollout_state.clone(),
                 },
                 generation,
-                rendered: rendered.clone(),
+                rendered,
                 etag: new_etag(),
                 system_data: current.system_data.modified(subject, now),
                 ..current
@@ -189,25 +192,38 @@ pub fn proposed(
 }
 
 /// Where a selected cluster stands with the assignment `id` at `generation`, and why. `online` says whether its
-/// agent was heard from recently.
+/// agent was heard from recently; `unresolvable`, why the template cannot be rendered for it, if it cannot.
 pub fn assess(
     id: i64,
     generation: i64,
     configuration: Option<&ConfigurationRecord>,
     online: bool,
+    unresolvable: Option<&Unresolvable>,
 ) -> (ClusterCompliance, String) {
+    if let Some(c) = configuration
+        && c.managed_by != Some(id)
+    {
+        return (
+            ClusterCompliance::Conflict,
+            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
+        );
+    }
+    if let Some(why) = unresolvable {
+        let consequence = match configuration {
+            Some(_) => "the configuration it has is kept as it was",
+            None => "it gets the configuration once the template can be rendered for it",
+        };
+        return (
+            ClusterCompliance::Unresolvable,
+            format!("{} (at {}); {consequence}", why.message, why.target),
+        );
+    }
     let Some(c) = configuration else {
         return (
             ClusterCompliance::Missing,
             "the cluster has no configuration of that name".into(),
         );
     };
-    if c.managed_by != Some(id) {
-        return (
-            ClusterCompliance::Conflict,
-            "a configuration of that name that the assignment does not manage is there; it is left as it is".into(),
-        );
-    }
     if c.managed_generation.is_none() {
         let when = c
             .drifted_at
@@ -353,6 +369,158 @@ mod tests {
         .await;
     }
 
+    async fn tagged(services: &Services, name: &str, tags: &[(&str, &str)]) {
+        let draft = ClusterDraft::new(
+            "westeurope".into(),
+            tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            serde_json::from_value(json!({"properties": {"agentPublicKeyCertificate": "a2V5"}})).unwrap(),
+        )
+        .unwrap();
+        let cluster = ClusterRef::parse("sub", "rg", name).unwrap();
+        services
+            .clusters
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                crate::arm::ApiVersion::newest(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// An assignment of `name` to every `env=prod` cluster whose kustomization `k` renders `path` per cluster.
+    fn per_cluster(name: &str, path: &str, substitute: Value) -> AssignmentSpec {
+        let request: PolicyAssignmentRequest = serde_json::from_value(json!({"properties": {
+            "selector": {"matchLabels": {"env": "prod"}},
+            "configurationName": name,
+            "configurationTemplate": {
+                "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": "[parameters('branch')]"}},
+                "kustomizations": {"k": {"path": path, "postBuild": {"substitute": substitute}}}
+            },
+            "parameters": {"branch": "main"}
+        }}))
+        .unwrap();
+        request.properties
+    }
+
+    on_both_backends!(
+        a_template_that_reads_tags_gives_each_cluster_its_own_configuration_and_follows_their_changes,
+        per_cluster_case
+    );
+    async fn per_cluster_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            for (name, region) in [
+                ("eu-1", Some("eu")),
+                ("eu-2", Some("eu")),
+                ("us-1", Some("us")),
+                ("bare", None),
+            ] {
+                let mut tags = vec![("env", "prod")];
+                tags.extend(region.map(|r| ("region", r)));
+                tagged(&services, name, &tags).await;
+            }
+            // each cluster its own configuration (one statement row each), and one that clusters share by region
+            let mut apps = per_cluster(
+                "apps",
+                "[concat('./apps/', cluster().tags.region)]",
+                json!({"cluster": "[cluster().name]"}),
+            );
+            let infra = per_cluster("infra", "[concat('./infra/', cluster().tags.region)]", json!({}));
+            assign(&services, "apps", &apps).await.unwrap();
+            assign(&services, "infra", &infra).await.unwrap();
+            let held = |name: &'static str| {
+                let store = store.clone();
+                async move {
+                    let everywhere = ClusterSet::Subscription {
+                        subscription_key: "sub".into(),
+                    };
+                    let mut held = std::collections::BTreeMap::new();
+                    for c in store.configurations_named(&everywhere, name).await.unwrap() {
+                        let cluster = store.cluster_tags(&everywhere).await.unwrap();
+                        let cluster = cluster.into_iter().find(|t| t.id == c.cluster_id).unwrap().name;
+                        let k = &c.spec.kustomizations.as_ref().unwrap()["k"];
+                        let substitute = k
+                            .post_build
+                            .as_ref()
+                            .and_then(|p| p.substitute.clone())
+                            .unwrap_or_default();
+                        let path = k.path.clone().unwrap();
+                        held.insert(cluster, (path, substitute.get("cluster").cloned(), c.generation));
+                    }
+                    held
+                }
+            };
+            let before = held("apps").await;
+            assert_eq!(
+                before
+                    .iter()
+                    .map(|(c, (path, name, _))| (c.as_str(), path.as_str(), name.as_deref()))
+                    .collect::<Vec<_>>(),
+                [
+                    ("eu-1", "./apps/eu", Some("eu-1")),
+                    ("eu-2", "./apps/eu", Some("eu-2")),
+                    ("us-1", "./apps/us", Some("us-1"))
+                ],
+                "bare has no region tag: nothing for it"
+            );
+            let paths = |held: &std::collections::BTreeMap<String, (String, Option<String>, i64)>| {
+                held.iter()
+                    .map(|(c, (path, ..))| format!("{c}:{path}"))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                paths(&held("infra").await),
+                ["eu-1:./infra/eu", "eu-2:./infra/eu", "us-1:./infra/us"]
+            );
+
+            // a tag change re-renders that cluster's configurations in the cluster's write; a tag they do not read,
+            // nothing; a tag gone leaves what the cluster has as it was; a tag that comes brings the configuration
+            tagged(&services, "us-1", &[("env", "prod"), ("region", "eu")]).await;
+            tagged(&services, "eu-1", &[("env", "prod"), ("region", "eu"), ("team", "x")]).await;
+            tagged(&services, "eu-2", &[("env", "prod")]).await;
+            tagged(&services, "bare", &[("env", "prod"), ("region", "ap")]).await;
+            let after = held("apps").await;
+            assert_eq!(after["us-1"].0, "./apps/eu");
+            assert_eq!(after["us-1"].2, before["us-1"].2 + 1, "a new generation");
+            assert_eq!(after["eu-1"], before["eu-1"], "a tag it does not read");
+            assert_eq!(after["eu-2"], before["eu-2"], "kept as it was");
+            assert_eq!((after["bare"].0.as_str(), after["bare"].2), ("./apps/ap", 1));
+            assert_eq!(
+                paths(&held("infra").await),
+                [
+                    "bare:./infra/ap",
+                    "eu-1:./infra/eu",
+                    "eu-2:./infra/eu",
+                    "us-1:./infra/eu"
+                ]
+            );
+
+            // the same assignment written again changes nothing; a new parameter rewrites every cluster it can
+            assign(&services, "apps", &apps).await.unwrap();
+            assert_eq!(held("apps").await, after);
+            apps.parameters.insert("branch".into(), json!("release"));
+            let (record, _) = assign(&services, "apps", &apps).await.unwrap();
+            assert_eq!(record.generation, 2);
+            let rewritten = held("apps").await;
+            for cluster in ["bare", "eu-1", "us-1"] {
+                assert_eq!(rewritten[cluster].2, after[cluster].2 + 1, "{cluster}");
+            }
+            assert_eq!(rewritten["eu-2"], after["eu-2"], "unresolvable: kept as it was");
+            let eu_2 = store.get_cluster("sub/rg/eu-2").await.unwrap().unwrap().id;
+            let kept = store.get_configuration(eu_2, "apps").await.unwrap().unwrap();
+            assert_eq!(
+                kept.managed_generation,
+                Some(1),
+                "still of the generation it was written at"
+            );
+        })
+        .await;
+    }
+
     on_both_backends!(
         the_sweepers_drift_restoration_wakes_the_clusters_waiting_polls_at_once,
         drift_wakes_case
@@ -385,7 +553,7 @@ mod tests {
                 .await
                 .unwrap();
             // someone edits the managed configuration by hand: drift (retried until the follower listens)
-            let mut hand: FluxConfigurationSpec = serde_json::from_value(json!({
+            let mut hand: fluxplane_agent_protocol::flux::FluxConfigurationSpec = serde_json::from_value(json!({
                 "gitRepository": {"url": "https://example.com/fleet.git", "repositoryRef": {"branch": "hotfix"}},
                 "kustomizations": {"infra": {"path": "./infra"}}
             }))
