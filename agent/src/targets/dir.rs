@@ -87,7 +87,7 @@ impl DirTarget {
         let identity = match decoded(secret.and_then(|s| s["data"]["identity"].as_str())) {
             Some(key) => {
                 let path = dir.join("identity");
-                write_atomically(&path, &key, true)?;
+                write_if_changed(&path, &key)?;
                 Some(path)
             }
             None => None,
@@ -101,13 +101,22 @@ impl DirTarget {
         ) {
             Some(hosts) => {
                 let path = dir.join("known_hosts");
-                write_atomically(&path, &hosts, true)?;
+                write_if_changed(&path, &hosts)?;
                 Some(path)
             }
             None => None,
         };
         ssh_command(identity.as_deref(), known_hosts.as_deref())
     }
+}
+
+/// Writes a private file unless it already holds `contents`: the SSH files are read at every check of the source,
+/// and rewriting (and syncing) them each time would be disk work for nothing.
+fn write_if_changed(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
+    if std::fs::read(path).is_ok_and(|held| held == contents) {
+        return Ok(());
+    }
+    write_atomically(path, contents, true)
 }
 
 fn file_name(object: &Value) -> String {
