@@ -13,7 +13,8 @@ use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
 use crate::extensions::model::{ExtensionObserved, ExtensionSpec};
-use crate::fleet::assignments::model::{AssignmentSpec, RolloutState};
+use crate::fleet::assignments::model::{AssignmentSpec, CompliantTemplate};
+use crate::fleet::assignments::rollout::{RolloutPhase, RolloutState};
 use crate::fleet::selector::LabelSelector;
 use crate::flux::model::Observed;
 use crate::lifecycle::{HistoryEvent, OperationState, ProvisioningState};
@@ -230,6 +231,9 @@ pub struct PolicyAssignmentRecord {
     /// Where the rollout of `generation` stands, if the assignment rolls out in batches.
     #[sqlx(json(nullable))]
     pub rollout_state: Option<RolloutState>,
+    /// The last generation whose template was Compliant everywhere it was applied (`rollout::compliant_everywhere`).
+    #[sqlx(json(nullable))]
+    pub last_compliant: Option<CompliantTemplate>,
 }
 
 /// How an assignment write ended.
@@ -463,7 +467,31 @@ pub struct HistoryQuery {
     pub to: DateTime<Utc>,
     pub after_status: i64,
     pub after_write: i64,
+    pub after_rollout: i64,
     pub limit: i64,
+}
+
+/// A page of history as the store reads it: at most `limit` of each kind, in id order.
+#[derive(Debug, Default)]
+pub struct HistoryRows {
+    pub status: Vec<StatusRecord>,
+    pub writes: Vec<WriteRecord>,
+    /// An assignment's rollout transitions (other subjects have none).
+    pub rollouts: Vec<RolloutRecord>,
+}
+
+/// One recorded transition of a policy assignment's rollout (`fleet::assignments::rollout::events`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The assignment's ARM id.
+    pub policy_assignment: String,
+    pub event: String,
+    pub generation: i64,
+    pub batch: i64,
+    pub batches: i64,
+    pub message: String,
 }
 
 /// A configuration's states, as the fleet's grid shows them.
@@ -530,5 +558,16 @@ impl PolicyAssignmentRecord {
             crate::arm::scope::PROVIDER,
             self.name
         )
+    }
+
+    /// The generation its clusters are meant to hold now: the assignment's own, or, once its rollout rolled back,
+    /// the one it went back to.
+    pub fn held_generation(&self) -> i64 {
+        match &self.rollout_state {
+            Some(s) if s.generation == self.generation && s.state == RolloutPhase::RolledBack => {
+                s.rolled_back_to.unwrap_or(self.generation)
+            }
+            _ => self.generation,
+        }
     }
 }

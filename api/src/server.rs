@@ -37,6 +37,7 @@ use crate::connections::{self, Admission, Connections, Tracked};
 use crate::dashboards::feed::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
+use crate::fleet::assignments::pace::{self, Pace};
 use crate::lifecycle::Lifetimes;
 use crate::metrics::{Metrics, Track};
 use crate::notify::Notifier;
@@ -98,6 +99,13 @@ impl AppState {
             config.sweep_interval,
             lifetimes,
         ));
+        let rollouts = Arc::new(Pace::default());
+        let pacer = tokio::spawn(pace::run(
+            store.clone(),
+            rollouts.clone(),
+            config.sweep_interval,
+            lifetimes,
+        ));
         let maintainer = tokio::spawn(dashboards::maintain(
             store.clone(),
             config.offline_after,
@@ -112,6 +120,7 @@ impl AppState {
         let mut tasks = vec![
             TaskGuard(follower.abort_handle()),
             TaskGuard(sweeper.abort_handle()),
+            TaskGuard(pacer.abort_handle()),
             TaskGuard(maintainer.abort_handle()),
             TaskGuard(tail.abort_handle()),
             TaskGuard(appender.abort_handle()),
@@ -132,6 +141,7 @@ impl AppState {
             feed,
             writes,
             turns: Arc::default(),
+            rollouts,
             lifetimes,
             database,
             tls,

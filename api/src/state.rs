@@ -12,6 +12,7 @@ use crate::config::ServeConfig;
 use crate::dashboards::feed::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::extensions::service::Extensions;
+use crate::fleet::assignments::pace::Pace;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
 use crate::flux::service::Configurations;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.
     pub writes: WriteLog,
+    /// Wakes the task that moves rollouts on (`fleet::assignments::pace`).
+    pub rollouts: Arc<Pace>,
     /// Writers of one resource take turns.
     pub turns: Arc<Turns>,
     /// How long what writes create lives unless acted upon.
@@ -92,6 +95,7 @@ impl FromRef<AppState> for Assignments {
             state.turns.clone(),
             state.lifetimes,
             state.metrics.clone(),
+            state.rollouts.clone(),
         )
     }
 }

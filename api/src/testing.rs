@@ -345,7 +345,7 @@ impl Services {
             configurations: Configurations::new(store.clone(), turns.clone(), lifetimes, Duration::from_secs(300)),
             extensions: Extensions::new(store.clone(), turns.clone(), lifetimes),
             groups: Groups::new(store.clone(), turns.clone(), lifetimes),
-            assignments: Assignments::new(store, turns, lifetimes, Arc::default()),
+            assignments: Assignments::new(store, turns, lifetimes, Arc::default(), Arc::default()),
         }
     }
 }

@@ -1110,3 +1110,242 @@ async fn plan_rendering_case(backend: Backend) {
         "the plan wrote nothing"
     );
 }
+
+/// The rollout history entries of the assignment `baseline`: (event, batch, time).
+async fn rollout_events(api: &Api) -> Vec<(String, i64, chrono::DateTime<chrono::Utc>)> {
+    let path = with_version(
+        &format!("{SUBSCRIPTION}/providers/Fluxplane.Fleet/policyAssignments/baseline/history"),
+        FLEET_API,
+    );
+    let answer = api.get(&path).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer.body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rollout")
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["batch"].as_i64().unwrap(),
+                e["time"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+on_both_backends!(
+    a_rollout_goes_ring_by_ring_soaks_each_batch_rolls_back_a_failing_one_and_pauses_on_demand,
+    staged_rollout_case
+);
+async fn staged_rollout_case(backend: Backend) {
+    use crate::common::agents::{RunningAgent, registered, served_repository};
+    let Some(api) = Api::start(backend).await else { return };
+    let (_repository, _git, url) = served_repository().await;
+    let dir = tempfile::tempdir().unwrap();
+    // ring order is not name order: b (canary), c (early), then a (broad)
+    let rings = [("a", "broad"), ("b", "canary"), ("c", "early")];
+    let mut agents = Vec::new();
+    for (name, ring) in rings {
+        agents.push(RunningAgent::start(registered(&api, name, dir.path()).await).await);
+        retag(&api, name, json!({"env": "test", "ring": ring})).await;
+    }
+    let store = &api.server.state.store;
+    let mut ids = Vec::new();
+    for name in ["b", "c", "a"] {
+        ids.push(store.get_cluster(&format!("s/rg/{name}")).await.unwrap().unwrap().id);
+    }
+    // each cluster's generation of `baseline` in ring order (0: none yet)
+    let generations = || async {
+        let mut generations = Vec::new();
+        for id in &ids {
+            let configuration = store.get_configuration(*id, "baseline").await.unwrap();
+            generations.push(configuration.map_or(0, |c| c.generation));
+        }
+        generations
+    };
+    let body = |path: &str, soak: &str| {
+        json!({"properties": {
+            "selector": {"matchLabels": {"env": "test"}},
+            "configurationName": "baseline",
+            "configurationTemplate": {
+                "namespace": "flux-system",
+                "gitRepository": {"url": url, "repositoryRef": {"branch": "main"}},
+                "kustomizations": {"k": {"path": "[parameters('path')]"}}
+            },
+            "parameters": {"path": path},
+            "rollout": {"batchSize": 1, "maxFailures": 0, "soakTime": soak, "autoRollback": true,
+                        "rings": {"tag": "ring", "order": ["canary", "early", "broad"]}}
+        }})
+    };
+    let status = || async { api.get(&assignment_path("baseline")).await.body["properties"]["status"].clone() };
+    let wait_for = |what: &'static str, done: fn(&Value) -> bool| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let now = status().await;
+            if done(&now) {
+                return now;
+            }
+            assert!(std::time::Instant::now() < deadline, "waiting for {what}: {now}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    // moves in ring order: a later ring never holds a generation an earlier one lacks
+    let watch_order = |before: Vec<i64>, what: &'static str| {
+        let generations = &generations;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let now = generations().await;
+                let moved: Vec<bool> = now.iter().zip(&before).map(|(n, b)| n > b).collect();
+                assert!(
+                    moved.windows(2).all(|w| w[0] || !w[1]),
+                    "{what}: a later ring moved before an earlier one: {moved:?}"
+                );
+                if moved.iter().all(|m| *m) {
+                    return now;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what} did not finish: {now:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // the first deployment is staged: canary, early, broad, each soaking a second once Compliant
+    let created = api
+        .call(Method::PUT, &assignment_path("baseline"), Some(body("./infra", "PT1S")))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(
+        created.body["properties"]["status"]["managedConfigurations"], 1,
+        "the canary only"
+    );
+    assert_eq!(created.body["properties"]["status"]["rollout"]["ring"], "canary");
+    watch_order(vec![0, 0, 0], "the first deployment").await;
+    let done = wait_for("completed", |s| {
+        s["rollout"]["state"] == "Completed" && s["compliance"]["compliant"] == 3
+    })
+    .await;
+    assert_eq!(done["rollout"]["batches"], 3);
+    let events = rollout_events(&api).await;
+    let names: Vec<&str> = events.iter().map(|(e, ..)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Started",
+            "Soaking",
+            "BatchStarted",
+            "Soaking",
+            "BatchStarted",
+            "Soaking",
+            "Completed"
+        ],
+        "{events:?}"
+    );
+    for pair in events.windows(2).filter(|w| w[0].0 == "Soaking") {
+        let soaked = pair[1].2 - pair[0].2;
+        assert!(
+            soaked >= chrono::Duration::seconds(1),
+            "batch {} soaked {soaked} only",
+            pair[0].1
+        );
+    }
+
+    // a broken change fails on the canary: the rollout halts and the canary goes back to the first template, the
+    // others never leave it
+    let before = generations().await;
+    api.call(
+        Method::PUT,
+        &assignment_path("baseline"),
+        Some(body("./missing", "PT1S")),
+    )
+    .await;
+    let rolled_back = wait_for("rolled back", |s| s["rollout"]["state"] == "RolledBack").await;
+    assert_eq!(rolled_back["rollout"]["rolledBackTo"], 1, "{rolled_back}");
+    let message = rolled_back["rollout"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("maxFailures 0") && message.contains("went back to generation 1"),
+        "{message}"
+    );
+    let healed = wait_for("the canary compliant again", |s| s["compliance"]["compliant"] == 3).await;
+    assert_eq!(healed["rollout"]["state"], "RolledBack");
+    let after = generations().await;
+    assert_eq!(
+        after[0],
+        before[0] + 2,
+        "the canary moved forward and back: {before:?} {after:?}"
+    );
+    assert_eq!(&after[1..], &before[1..], "the other rings kept what they had");
+    let canary = store.get_configuration(ids[0], "baseline").await.unwrap().unwrap();
+    assert_eq!(
+        canary.spec.kustomizations.as_ref().unwrap()["k"].path.as_deref(),
+        Some("./infra")
+    );
+    assert_eq!(canary.managed_generation, Some(1));
+    assert!(rollout_events(&api).await.iter().any(|(e, ..)| e == "RolledBack"));
+
+    // a good change, paused at once: the rings after the canary wait until it is resumed
+    let before = generations().await;
+    api.call(Method::PUT, &assignment_path("baseline"), Some(body("./apps", "PT1S")))
+        .await;
+    let pause = fleet_path(SUBSCRIPTION, "policyAssignments", "baseline/pauseRollout");
+    let reader = api.server.token("reader", &[(Role::Reader, SUBSCRIPTION)]);
+    let refused = api.call_as(&reader, Method::POST, &pause, None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    let contributor = api
+        .server
+        .token("release-manager", &[(Role::Contributor, SUBSCRIPTION)]);
+    let paused = api.call_as(&contributor, Method::POST, &pause, None).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    let rollout = &paused.body["properties"]["status"]["rollout"];
+    assert_eq!(
+        (rollout["state"].as_str(), rollout["batch"].as_i64()),
+        (Some("Paused"), Some(0))
+    );
+    assert_eq!(rollout["message"], "paused by release-manager");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let held = generations().await;
+    assert_eq!(
+        &held[1..],
+        &before[1..],
+        "nothing past the canary while paused: {held:?}"
+    );
+    let resume = fleet_path(SUBSCRIPTION, "policyAssignments", "baseline/resumeRollout");
+    let not_owner = api.call_as(&contributor, Method::POST, &resume, None).await;
+    assert_eq!(
+        not_owner.status,
+        StatusCode::FORBIDDEN,
+        "resuming lets a change go on: an Owner's call"
+    );
+    let resumed = api.call(Method::POST, &resume, None).await;
+    assert_eq!(resumed.status, StatusCode::OK, "{resumed:?}");
+    watch_order(before, "the resumed rollout").await;
+    wait_for("completed again", |s| {
+        s["rollout"]["state"] == "Completed" && s["compliance"]["compliant"] == 3
+    })
+    .await;
+    let names: Vec<String> = rollout_events(&api).await.into_iter().map(|(e, ..)| e).collect();
+    let at = |event: &str| names.iter().rposition(|e| e == event);
+    assert!(
+        at("Paused") < at("Resumed") && at("Resumed") < at("Completed") && at("Paused").is_some(),
+        "paused, resumed, then completed: {names:?}"
+    );
+    let nothing = api.call(Method::POST, &pause, None).await;
+    assert_eq!(
+        nothing.status,
+        StatusCode::CONFLICT,
+        "nothing under way to pause: {nothing:?}"
+    );
+    assert!(
+        nothing.body["error"]["message"].as_str().unwrap().contains("Completed"),
+        "{nothing:?}"
+    );
+    let missing = fleet_path(SUBSCRIPTION, "policyAssignments", "nope/pauseRollout");
+    assert_eq!(
+        api.call(Method::POST, &missing, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}

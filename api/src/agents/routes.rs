@@ -210,6 +210,8 @@ async fn report_status(
             result,
         });
     }
+    // a batch of a rollout may be done now
+    state.rollouts.reported();
     let mut extensions = Vec::with_capacity(report.extensions.len());
     for entry in &report.extensions {
         let result = state

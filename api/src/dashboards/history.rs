@@ -15,7 +15,7 @@ use crate::arm::paging::{BaseUrl, Page, decode_token, encode_token};
 use crate::auth::{CLOCK_SKEW_SECONDS, Caller};
 use crate::error::{ApiError, ApiResult, Problems};
 use crate::lifecycle::HistoryEvent;
-use crate::model::{HistoryQuery, HistorySubject, StatusRecord, WriteRecord};
+use crate::model::{HistoryQuery, HistoryRows, HistorySubject, RolloutRecord, StatusRecord, WriteRecord};
 use crate::store::Store;
 
 /// How far back a history answers by default.
@@ -41,12 +41,13 @@ pub struct HistoryParams {
     skip_token: Option<String>,
 }
 
-/// One entry of a history: a status transition or a write.
+/// One entry of a history: a status transition, a write, or (of a policy assignment) a rollout transition.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum HistoryEntry {
     Status(StatusEntry),
     Write(WriteEntry),
+    Rollout(RolloutEntry),
 }
 
 impl HistoryEntry {
@@ -54,6 +55,42 @@ impl HistoryEntry {
         match self {
             Self::Status(s) => s.time,
             Self::Write(w) => w.time,
+            Self::Rollout(r) => r.time,
+        }
+    }
+}
+
+/// A policy assignment's rollout moved: it started, a batch started, a batch soaked, it was paused or resumed, it
+/// halted, rolled back or completed, or a newer generation superseded it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutEntry {
+    pub id: String,
+    pub time: DateTime<Utc>,
+    /// The policy assignment's ARM id.
+    pub resource_id: String,
+    /// Started, Superseded, BatchStarted, Soaking, Paused, Resumed, Halted, RolledBack or Completed.
+    pub event: String,
+    /// The assignment generation rolled out.
+    pub generation: i64,
+    /// The batch concerned (1-based).
+    pub batch: i64,
+    /// How many batches the rollout has (0 before its first step counted them).
+    pub batches: i64,
+    pub message: String,
+}
+
+impl From<RolloutRecord> for RolloutEntry {
+    fn from(record: RolloutRecord) -> Self {
+        Self {
+            id: format!("r{}", record.id),
+            time: record.at,
+            resource_id: record.policy_assignment,
+            event: record.event,
+            generation: record.generation,
+            batch: record.batch + 1,
+            batches: record.batches,
+            message: record.message,
         }
     }
 }
@@ -148,20 +185,27 @@ impl From<WriteRecord> for WriteEntry {
 struct Cursor {
     status: i64,
     write: i64,
+    rollout: i64,
 }
 
 impl Cursor {
     fn encode(&self) -> String {
-        encode_token(&format!("{}.{}", self.status, self.write))
+        encode_token(&format!("{}.{}.{}", self.status, self.write, self.rollout))
     }
 
+    /// Reads a token, those issued before rollouts were recorded (`status.write`) included.
     fn decode(token: &str) -> Option<Self> {
         let text = decode_token(token).ok()?;
-        let (status, write) = text.split_once('.')?;
-        Some(Self {
-            status: status.parse().ok()?,
-            write: write.parse().ok()?,
-        })
+        let mut parts = text.split('.').map(|p| p.parse::<i64>().ok());
+        let (status, write) = (parts.next()??, parts.next()??);
+        let rollout = match parts.next() {
+            None => 0,
+            Some(id) => id?,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { status, write, rollout })
     }
 }
 
@@ -233,26 +277,30 @@ pub async fn page(
         to: range.to,
         after_status: range.cursor.status,
         after_write: range.cursor.write,
+        after_rollout: range.cursor.rollout,
         // one more of each than a page holds: whether another page follows
         limit: range.top + 1,
     };
-    let (status, writes) = store.history(&query).await?;
-    let more = status.len() + writes.len() > range.top as usize;
+    let HistoryRows {
+        status,
+        writes,
+        rollouts,
+    } = store.history(&query).await?;
+    let more = status.len() + writes.len() + rollouts.len() > range.top as usize;
     let mut entries: Vec<(i64, HistoryEntry)> = status
         .into_iter()
         .map(|s| (s.id, HistoryEntry::Status(StatusEntry::from_record(s))))
         .chain(writes.into_iter().map(|w| (w.id, HistoryEntry::Write(w.into()))))
+        .chain(rollouts.into_iter().map(|r| (r.id, HistoryEntry::Rollout(r.into()))))
         .collect();
     entries.sort_by_key(|(_, e)| e.time());
     entries.truncate(range.top as usize);
-    let mut next = Cursor {
-        status: range.cursor.status,
-        write: range.cursor.write,
-    };
+    let mut next = range.cursor;
     for (id, entry) in &entries {
         match entry {
             HistoryEntry::Status(_) => next.status = next.status.max(*id),
             HistoryEntry::Write(_) => next.write = next.write.max(*id),
+            HistoryEntry::Rollout(_) => next.rollout = next.rollout.max(*id),
         }
     }
     let next_link = more.then(|| {
@@ -490,9 +538,23 @@ mod tests {
 
     #[test]
     fn a_cursor_reads_back_what_it_wrote() {
-        let cursor = Cursor { status: 42, write: 7 };
+        let cursor = Cursor {
+            status: 42,
+            write: 7,
+            rollout: 3,
+        };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         assert_eq!(Cursor::decode("not a token"), None);
+        assert_eq!(
+            Cursor::decode(&encode_token("42.7")),
+            Some(Cursor {
+                status: 42,
+                write: 7,
+                rollout: 0
+            }),
+            "a token issued before rollouts were recorded still reads"
+        );
+        assert_eq!(Cursor::decode(&encode_token("1.2.3.4")), None);
     }
 
     #[test]

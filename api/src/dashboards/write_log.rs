@@ -96,9 +96,10 @@ mod tests {
             to: Utc::now() + chrono::Duration::hours(1),
             after_status: 0,
             after_write: 0,
+            after_rollout: 0,
             limit: 1000,
         };
-        store.history(&query).await.expect("reading the history").1
+        store.history(&query).await.expect("reading the history").writes
     }
 
     on_both_backends!(writes_recorded_at_once_are_each_stored_once, concurrent_case);

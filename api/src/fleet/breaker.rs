@@ -1,6 +1,6 @@
 //! The fleet's circuit breaker: a policy assignment's `circuitBreaker` watches every commit of its Git repository
 //! across the subscription, and once one fails on more than a set share of the clusters that applied it, every
-//! assignment of the subscription reading that repository halts its rollout (`assignments::halts`). Pure
+//! assignment of the subscription reading that repository halts its rollout (`assignments::rollout::halt`). Pure
 //! decisions; the sweeper's reconciliation (`store::fleet`) counts, records each commit's trip once and writes the
 //! halts.
 
@@ -242,11 +242,6 @@ pub fn rendered_url(rendered: &impl Serialize) -> Option<String> {
     Some(rendered.get("gitRepository")?.get("url")?.as_str()?.to_owned())
 }
 
-/// How many batches a rollout of `selected` clusters has at `batch_size` clusters a batch.
-pub fn batches(batch_size: Option<usize>, selected: usize) -> usize {
-    batch_size.map_or(0, |size| selected.div_ceil(size.max(1)))
-}
-
 /// The assignments of the watch that `trips` halt and with what message: every one of them, for the worst trip.
 pub fn halts(watch: &Watch, trips: &[Trip]) -> HashMap<i64, String> {
     let Some(worst) = trips.first() else {
@@ -443,12 +438,5 @@ mod tests {
         let rendered = serde_json::json!({"gitRepository": {"url": "https://h/org/r"}, "kustomizations": {}});
         assert_eq!(rendered_url(&rendered).as_deref(), Some("https://h/org/r"));
         assert_eq!(rendered_url(&serde_json::json!({"bucket": {"url": "https://h"}})), None);
-    }
-
-    #[test]
-    fn batches_cover_the_selection() {
-        assert_eq!(batches(None, 10), 0);
-        assert_eq!(batches(Some(3), 10), 4);
-        assert_eq!(batches(Some(5), 10), 2);
     }
 }

@@ -188,6 +188,7 @@ macro_rules! dashboards_store {
                 "DELETE FROM cluster_delta_history WHERE at < $1",
                 "DELETE FROM write_history WHERE at < $1",
                 "DELETE FROM circuit_breaker_trips WHERE at < $1",
+                "DELETE FROM rollout_history WHERE at < $1",
             ] {
                 pruned += sqlx::query::<$db>(sql)
                     .bind(before)
@@ -224,7 +225,7 @@ macro_rules! dashboards_store {
         async fn history(
             &self,
             query: &$crate::model::HistoryQuery,
-        ) -> $crate::store::StoreResult<(Vec<$crate::model::StatusRecord>, Vec<$crate::model::WriteRecord>)> {
+        ) -> $crate::store::StoreResult<$crate::model::HistoryRows> {
             // one statement per subject, each answered by its own index
             let status = match &query.subject {
                 $crate::model::HistorySubject::Configuration { cluster_id, name } => {
@@ -290,7 +291,24 @@ macro_rules! dashboards_store {
                 .bind(query.limit)
                 .fetch_all(&self.pool)
                 .await?;
-            Ok((status, writes))
+            let rollouts = match &query.subject {
+                $crate::model::HistorySubject::Assignment { id } => {
+                    sqlx::query_as::<$db, $crate::model::RolloutRecord>(
+                        "SELECT id, at, policy_assignment, event, generation, batch, batches, message \
+                         FROM rollout_history WHERE policy_assignment = $1 AND at >= $2 AND at < $3 AND id > $4 \
+                         ORDER BY id LIMIT $5",
+                    )
+                    .bind(id)
+                    .bind(query.from)
+                    .bind(query.to)
+                    .bind(query.after_rollout)
+                    .bind(query.limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                _ => Vec::new(),
+            };
+            Ok($crate::model::HistoryRows { status, writes, rollouts })
         }
 
         async fn configuration_states(

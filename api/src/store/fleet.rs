@@ -153,16 +153,16 @@ macro_rules! fleet_helpers {
                 only: Option<i64>,
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> Result<(), sqlx::Error> {
-                use $crate::fleet::assignments::model::{
-                    BatchMember, Decision, EnforcementMode, Existing, decide, gate_rollout,
-                };
+                use $crate::fleet::assignments::model::{Decision, EnforcementMode, Existing, decide};
+                use $crate::fleet::assignments::rollout::{self, BatchMember, Candidate, Reach};
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
                 }
+                let now = chrono::Utc::now();
                 let clusters = Self::matched(tx, a, only).await?;
                 let matched: Vec<i64> = clusters.iter().map(|c| c.id).collect();
                 type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String);
-                let existing = sqlx::query_as::<$db, Row>(
+                let rows = sqlx::query_as::<$db, Row>(
                     "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state, f.generation, \
                      f.reported_generation, f.compliance_state \
                      FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
@@ -175,59 +175,82 @@ macro_rules! fleet_helpers {
                 .bind(only.unwrap_or(0))
                 .fetch_all(&mut **tx)
                 .await?;
-                let members: std::collections::HashMap<i64, BatchMember> = existing
+                // each configuration as the rollout sees it: whether it holds the generation rolled out, and how its
+                // agent reported on it
+                let members: std::collections::HashMap<i64, BatchMember> = rows
                     .iter()
                     .map(|(cluster, by, managed_generation, state, generation, reported, compliance)| {
                         let current = *by == Some(a.id) && *managed_generation == Some(a.generation);
                         let reported = current && *reported == Some(*generation);
                         let (failed, compliant) = $crate::lifecycle::rollout_verdict(state, compliance);
-                        let (failed, compliant) = (reported && failed, reported && compliant);
-                        (*cluster, BatchMember { reported, compliant, failed })
+                        (*cluster, BatchMember { reported, compliant: reported && compliant, failed: reported && failed })
                     })
                     .collect();
-                let existing = existing
-                    .into_iter()
+                let existing: std::collections::HashMap<i64, Existing> = rows
+                    .iter()
                     .map(|(cluster, managed_by, managed_generation, state, ..)| {
                         let deleting = state == $crate::lifecycle::ProvisioningState::Deleting.as_str();
-                        (cluster, Existing { managed_by, managed_generation, deleting })
+                        (*cluster, Existing { managed_by: *managed_by, managed_generation: *managed_generation, deleting })
                     })
                     .collect();
-                let Decision { create: inserts, update: mut updates, release: gone, .. } =
-                    decide(a.id, a.generation, &matched, &existing);
-                let next = gate_rollout(
+                let candidates: Vec<Candidate<'_>> =
+                    clusters.iter().map(|c| Candidate { id: c.id, name: &c.name, tags: &c.tags }).collect();
+                let gate = rollout::gate(
                     a.spec.rollout.as_ref(),
                     a.rollout_state.as_ref(),
                     a.generation,
-                    &matched,
+                    only.is_none().then_some(candidates.as_slice()),
                     &members,
-                    only.is_some(),
-                    &mut updates,
-                    chrono::Utc::now(),
+                    a.last_compliant.as_ref().map(|t| t.generation),
+                    now,
                 );
-                if let Some(next) = next {
-                    sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
-                        .bind(sqlx::types::Json(&next))
-                        .bind(a.id)
-                        .execute(&mut **tx)
-                        .await?;
+                if let Some(next) = &gate.next {
+                    Self::move_rollout(tx, a, next).await?;
+                }
+                // what the clusters are to hold: the assignment's generation, or, rolled back, the last one that was
+                // Compliant everywhere
+                let (generation, spec) = match (&gate.reach, &a.last_compliant) {
+                    (Reach::RolledBack { to }, Some(good)) if good.generation == *to => (*to, &good.spec),
+                    _ => (a.generation, &a.spec),
+                };
+                let Decision { create: mut inserts, update: mut updates, release: gone, .. } =
+                    decide(a.id, generation, &matched, &existing);
+                match &gate.reach {
+                    Reach::All => {}
+                    Reach::Only(reached) => {
+                        inserts.retain(|c| reached.contains(c));
+                        updates.retain(|c| reached.contains(c));
+                    }
+                    Reach::Deferred => {
+                        inserts.clear();
+                        updates.clear();
+                    }
+                    // the clusters the halted rollout moved go back (and any written by hand); the others keep what
+                    // they have
+                    Reach::RolledBack { .. } => updates.retain(|c| {
+                        existing.get(c).is_some_and(|e| {
+                            e.deleting || e.managed_generation.is_none() || e.managed_generation == Some(a.generation)
+                        })
+                    }),
                 }
                 // what each cluster gets, rendered for it when the template reads the cluster; a cluster it cannot
                 // be rendered for gets nothing and keeps what it has (its compliance says why)
-                let rendering = $crate::fleet::assignments::model::Rendering::of(&a.spec);
-                let clusters: std::collections::HashMap<i64, &$crate::model::ClusterTags> =
+                let rendering = $crate::fleet::assignments::model::Rendering::of(spec);
+                let by_id: std::collections::HashMap<i64, &$crate::model::ClusterTags> =
                     clusters.iter().map(|c| (c.id, c)).collect();
                 let facts = |ids: &[i64]| -> Vec<(i64, $crate::fleet::template::ClusterFacts<'_>)> {
                     ids.iter()
-                        .filter_map(|id| clusters.get(id).map(|c| (*id, c.facts(&a.subscription))))
+                        .filter_map(|id| by_id.get(id).map(|c| (*id, c.facts(&a.subscription))))
                         .collect()
                 };
                 if let (Some(cluster), Ok(rendering)) = (only, &rendering)
                     && rendering.per_cluster()
+                    && gate.reach != Reach::Deferred
                     && !updates.contains(&cluster)
                     && existing.get(&cluster).is_some_and(|e| {
-                        e.managed_by == Some(a.id) && e.managed_generation == Some(a.generation) && !e.deleting
+                        e.managed_by == Some(a.id) && e.managed_generation == Some(generation) && !e.deleting
                     })
-                    && let Some(tags) = clusters.get(&cluster)
+                    && let Some(tags) = by_id.get(&cluster)
                 {
                     // its tags changed: what it renders may have, outside any rollout (it holds this generation)
                     let current = sqlx::query_scalar::<$db, sqlx::types::Json<fluxplane_agent_protocol::flux::FluxConfigurationSpec>>(
@@ -245,7 +268,33 @@ macro_rules! fleet_helpers {
                     Ok(rendering) => (rendering.for_clusters(facts(&inserts)), rendering.for_clusters(facts(&updates))),
                     Err(_) => Default::default(),
                 };
-                let now = chrono::Utc::now();
+                if only.is_none()
+                    && gate.reach == Reach::All
+                    && inserts.clusters().is_empty()
+                    && updates.clusters().is_empty()
+                    && a.last_compliant.as_ref().map(|t| t.generation) != Some(a.generation)
+                {
+                    // the generation has reached every cluster it can: is it Compliant on each of them?
+                    let wanted: std::collections::HashSet<i64> = matched.iter().copied().collect();
+                    let held = rows.iter().filter(|(cluster, by, .., state, _, _, _)| {
+                        *by == Some(a.id) && wanted.contains(cluster) && state != $crate::lifecycle::ProvisioningState::Deleting.as_str()
+                    });
+                    let everywhere = rollout::compliant_everywhere(held.map(|(cluster, _, managed_generation, ..)| {
+                        (*managed_generation == Some(a.generation), members[cluster])
+                    }));
+                    if everywhere {
+                        let good = $crate::fleet::assignments::model::CompliantTemplate {
+                            generation: a.generation,
+                            spec: a.spec.clone(),
+                            at: now,
+                        };
+                        sqlx::query::<$db>("UPDATE policy_assignments SET last_compliant = $1 WHERE id = $2")
+                            .bind(sqlx::types::Json(&good))
+                            .bind(a.id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
                 let etag = uuid::Uuid::new_v4().to_string();
                 let arm_id = a.arm_id();
                 // a configuration many clusters share is bound once per statement, the clusters as a list; one of
@@ -271,7 +320,7 @@ macro_rules! fleet_helpers {
                         .push(", ")
                         .push_bind(arm_id.clone())
                         .push(", ")
-                        .push_bind(a.generation);
+                        .push_bind(generation);
                 };
                 for (spec, ids) in inserts.shared() {
                     for chunk in ids.chunks($crate::store::fleet::CHUNK) {
@@ -336,7 +385,7 @@ macro_rules! fleet_helpers {
                         )
                         .push_bind(managed.generation_expires_at)
                         .push(", managed_generation = ")
-                        .push_bind(a.generation);
+                        .push_bind(generation);
                 };
                 for (spec, ids) in updates.shared() {
                     for chunk in ids.chunks($crate::store::fleet::CHUNK) {
@@ -496,26 +545,68 @@ macro_rules! fleet_helpers {
                             continue; // deleted since the list was read
                         };
                         let batches = match &a.spec.rollout {
-                            Some(rollout) => {
-                                let selected = Self::matched(&mut tx, &a, None).await?.len();
-                                breaker::batches(rollout.batch_count(selected), selected)
+                            Some(settings) => {
+                                let selected = Self::matched(&mut tx, &a, None).await?;
+                                let candidates: Vec<_> = selected
+                                    .iter()
+                                    .map(|c| $crate::fleet::assignments::rollout::Candidate { id: c.id, name: &c.name, tags: &c.tags })
+                                    .collect();
+                                $crate::fleet::assignments::rollout::batches(settings, &candidates).len()
                             }
                             None => 0,
                         };
                         if let Some(state) =
-                            $crate::fleet::assignments::halts::halt(a.rollout_state.as_ref(), a.generation, batches, message, now)
+                            $crate::fleet::assignments::rollout::halt(a.rollout_state.as_ref(), a.generation, batches, message, now)
                         {
-                            sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
-                                .bind(sqlx::types::Json(&state))
-                                .bind(a.id)
-                                .execute(&mut *tx)
-                                .await?;
+                            Self::move_rollout(&mut tx, &a, &state).await?;
                             halted += 1;
                         }
                     }
                     self.commit(tx).await?;
                 }
                 Ok(halted)
+            }
+
+            /// Writes the assignment's next rollout state, with the events of its transition in the history.
+            async fn move_rollout(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                a: &$crate::model::PolicyAssignmentRecord,
+                next: &$crate::fleet::assignments::rollout::RolloutState,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
+                    .bind(sqlx::types::Json(next))
+                    .bind(a.id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::record_rollout(tx, &a.arm_id(), a.rollout_state.as_ref(), next).await
+            }
+
+            /// Records the events of a rollout's transition from `previous` to `next` (`rollout::events`).
+            async fn record_rollout(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                assignment: &str,
+                previous: Option<&$crate::fleet::assignments::rollout::RolloutState>,
+                next: &$crate::fleet::assignments::rollout::RolloutState,
+            ) -> Result<(), sqlx::Error> {
+                let at = chrono::Utc::now();
+                for e in $crate::fleet::assignments::rollout::events(previous, next) {
+                    tracing::info!(%assignment, event = e.event, generation = e.generation, batch = e.batch + 1,
+                        batches = e.batches, message = %e.message, "rollout");
+                    sqlx::query::<$db>(
+                        "INSERT INTO rollout_history (at, policy_assignment, event, generation, batch, batches, message) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(at)
+                    .bind(assignment)
+                    .bind(e.event)
+                    .bind(e.generation)
+                    .bind(e.batch as i64)
+                    .bind(e.batches as i64)
+                    .bind(&e.message)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
             }
 
             /// `(cluster, configuration), ...` for a `VALUES` list: `column1` the cluster, `column2` its configuration.

@@ -25,8 +25,8 @@ use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
     ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GroupDelete,
-    HistoryQuery, OperationRecord, PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup, SecretsWrite,
-    StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
+    HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup,
+    SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -146,8 +146,9 @@ pub trait Dashboards: Send + Sync + 'static {
     async fn prune_history(&self, before: DateTime<Utc>, since: Option<DateTime<Utc>>) -> StoreResult<u64>;
     /// Appends accepted writes to the history, in one statement (their `id` and `at` are the store's).
     async fn record_writes(&self, writes: &[WriteRecord]) -> StoreResult<()>;
-    /// A page of status transitions and writes: at most `limit` of each, in id order.
-    async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<StatusRecord>, Vec<WriteRecord>)>;
+    /// A page of status transitions, writes and (of an assignment) rollout transitions: at most `limit` of each, in
+    /// id order.
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<HistoryRows>;
     /// The states of the configurations of the scope's clusters whose keys are in `[first, last]`, in cluster key
     /// and name order.
     async fn configuration_states(
@@ -324,6 +325,20 @@ pub trait Store: Dashboards {
     /// Brings every assignment's configurations in line with it again, restoring those written by hand (drift)
     /// or deleted: what the sweeper runs on every replica. Answers how many assignments it went through.
     async fn reconcile_assignments(&self, managed: &ManagedWrite) -> StoreResult<usize>;
+    /// Reconciles the assignments whose rollout is moving (a batch updating or soaking), so that a rollout moves on
+    /// soon after its batch's reports, not at the next sweep. Answers how many there were.
+    async fn advance_rollouts(&self, managed: &ManagedWrite) -> StoreResult<usize>;
+    /// Pauses or resumes the rollout of the assignment `key`, as `by` asks (a resumed one moves on at once if its
+    /// batch is done).
+    /// `None`: no such assignment; `Err`: its rollout is in no state to be steered so. Answers the assignment as it
+    /// stands after.
+    async fn steer_rollout(
+        &self,
+        key: &str,
+        steer: crate::fleet::assignments::rollout::Steer,
+        by: &str,
+        managed: &ManagedWrite,
+    ) -> StoreResult<Option<Result<PolicyAssignmentRecord, crate::fleet::assignments::rollout::Refused>>>;
     /// The clusters the assignment (stored or proposed) matches now, in key order: the same rule its writes follow.
     async fn assignment_matches(&self, assignment: &PolicyAssignmentRecord) -> StoreResult<Vec<ClusterTags>>;
     /// The configurations named `name` on the clusters of the scope.

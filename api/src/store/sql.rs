@@ -46,7 +46,7 @@ macro_rules! ensure_flux_extension {
 macro_rules! policy_assignment_columns {
     () => {
         "id, key, subscription_key, resource_group_key, subscription, resource_group, name, cluster_group_id, \
-         configuration_name, spec, rendered, generation, etag, system_data, rollout_state"
+         configuration_name, spec, rendered, generation, etag, system_data, rollout_state, last_compliant"
     };
 }
 
@@ -814,6 +814,18 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<$crate::model::AssignmentWrite> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 Self::lock_fleet(&mut tx, &a.subscription_key).await?;
+                // the rollout state it replaces, for the history of its transition
+                let previous = match expected_etag {
+                    None => None,
+                    Some(_) => sqlx::query_scalar::<$db, Option<sqlx::types::Json<$crate::fleet::assignments::rollout::RolloutState>>>(
+                        "SELECT rollout_state FROM policy_assignments WHERE key = $1",
+                    )
+                    .bind(&a.key)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten()
+                    .map(|s| s.0),
+                };
                 let written = match expected_etag {
                     None => {
                         sqlx::query_scalar::<$db, i64>(
@@ -864,6 +876,9 @@ macro_rules! sql_store {
                     return Ok($crate::model::AssignmentWrite::Conflict);
                 };
                 let a = $crate::model::PolicyAssignmentRecord { id, ..a.clone() };
+                if let Some(next) = &a.rollout_state {
+                    Self::record_rollout(&mut tx, &a.arm_id(), previous.as_ref(), next).await?;
+                }
                 let overlapping = Self::overlapping(&mut tx, &a).await?;
                 if !overlapping.is_empty() {
                     tx.rollback().await?;
@@ -920,6 +935,84 @@ macro_rules! sql_store {
                     self.commit(tx).await?;
                 }
                 Ok(assignments.len())
+            }
+
+            async fn advance_rollouts(
+                &self,
+                managed: &$crate::lifecycle::ManagedWrite,
+            ) -> $crate::store::StoreResult<usize> {
+                // the assignments are few (one per configuration a fleet shares): read them all, keep the moving
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments ORDER BY id");
+                let assignments = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut moving = 0;
+                for a in assignments.iter().filter(|a| {
+                    a.rollout_state.as_ref().is_some_and(|s| s.generation == a.generation && s.state.moving())
+                }) {
+                    let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                    Self::lock_fleet(&mut tx, &a.subscription_key).await?;
+                    let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
+                    if let Some(current) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
+                        .bind(a.id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    {
+                        Self::reconcile(&mut tx, &current, None, managed).await?;
+                        moving += 1;
+                    }
+                    self.commit(tx).await?;
+                }
+                Ok(moving)
+            }
+
+            async fn steer_rollout(
+                &self,
+                key: &str,
+                steer: $crate::fleet::assignments::rollout::Steer,
+                by: &str,
+                managed: &$crate::lifecycle::ManagedWrite,
+            ) -> $crate::store::StoreResult<Option<Result<$crate::model::PolicyAssignmentRecord, $crate::fleet::assignments::rollout::Refused>>> {
+                use $crate::fleet::assignments::rollout::{Steer, pause, resume};
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
+                let Some(a) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                Self::lock_fleet(&mut tx, &a.subscription_key).await?;
+                // read again under the lock: a reconciliation may have moved the rollout meanwhile
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
+                let a = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
+                    .bind(a.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let next = match steer {
+                    Steer::Pause => pause(a.rollout_state.as_ref(), a.generation, by),
+                    Steer::Resume => resume(a.rollout_state.as_ref(), a.generation, by, chrono::Utc::now()),
+                };
+                let next = match next {
+                    Err(refused) => {
+                        tx.rollback().await?;
+                        return Ok(Some(Err(refused)));
+                    }
+                    Ok(None) => {
+                        tx.rollback().await?;
+                        return Ok(Some(Ok(a)));
+                    }
+                    Ok(Some(next)) => next,
+                };
+                Self::move_rollout(&mut tx, &a, &next).await?;
+                let a = $crate::model::PolicyAssignmentRecord { rollout_state: Some(next), ..a };
+                if steer == Steer::Resume {
+                    // the batch it was at may be done already: move on now, not at the next sweep
+                    Self::reconcile(&mut tx, &a, None, managed).await?;
+                }
+                self.commit(tx).await?;
+                Ok(Some(Ok(a)))
             }
 
             async fn assignment_matches(

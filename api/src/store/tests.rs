@@ -1944,7 +1944,7 @@ on_both_backends!(
     breaker_case
 );
 async fn breaker_case(backend: Backend) {
-    use crate::fleet::assignments::model::RolloutPhase;
+    use crate::fleet::assignments::rollout::RolloutPhase;
     with_database(backend, |db| async move {
         let store = db.store().await;
         let mut clusters = Vec::new();
@@ -1954,7 +1954,9 @@ async fn breaker_case(backend: Backend) {
         let breaker = serde_json::json!({"maxFailurePercent": 50, "minClusters": 3});
         let rollout = serde_json::json!({"batchSize": 1});
         let infra = assignment(&store, "infra", "https://h/org/fleet.git", Some(breaker), None).await;
-        // the same repository spelled otherwise, without a breaker of its own, rolling out in batches
+        // the same repository spelled otherwise, without a breaker of its own, rolling out in batches (written
+        // first without, so that every cluster has it and its rollout is at rest)
+        assignment(&store, "apps", "ssh://git@H/org/fleet", None, None).await;
         assignment(&store, "apps", "ssh://git@H/org/fleet", None, Some(rollout.clone())).await;
         assignment(&store, "other", "https://h/org/other", None, None).await;
         // a source that is no Git repository: its configurations' sources are read, and nothing is watched

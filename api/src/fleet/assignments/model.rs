@@ -1,11 +1,11 @@
 //! The policyAssignments resource: what users write, how a write is checked and rendered into the configuration
 //! every matching cluster gets, and what the API answers.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::rollout::{Rollout, RolloutState};
 use crate::arm::body::parse;
 use crate::arm::ids::ConfigurationName;
 use crate::arm::system_data::SystemData;
@@ -40,197 +40,6 @@ pub enum OnUnmatch {
     Orphan,
 }
 
-/// How a change of the template reaches the clusters that already have the configuration: in batches, each
-/// waiting for the previous one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Rollout {
-    /// Clusters per batch: a count (`2`) or a percentage of the selected clusters (`"25%"`).
-    #[schema(schema_with = batch_size_schema)]
-    pub batch_size: Value,
-    /// Wait for a batch to be Compliant before the next (default true); otherwise one batch per reconciliation.
-    #[serde(default = "yes")]
-    pub wait_for_compliance: bool,
-    /// How many clusters may fail (non-compliant or failed at the new generation) before the rollout halts.
-    #[serde(default)]
-    pub max_failures: u32,
-    /// How long a batch may take to turn Compliant before the next one starts anyway (ISO 8601, default PT10M).
-    #[serde(default = "ten_minutes")]
-    pub batch_timeout: String,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn ten_minutes() -> String {
-    "PT10M".to_owned()
-}
-
-impl Rollout {
-    /// Records the problems of the rollout settings.
-    pub fn validate(&self, p: &mut Problems) {
-        if self.batch_count(100).is_none() {
-            p.add(
-                "properties.rollout.batchSize",
-                "a whole number of clusters of at least 1, or a percentage such as \"25%\"",
-            );
-        }
-        if self.timeout().is_none() {
-            p.add("properties.rollout.batchTimeout", "an ISO 8601 duration such as PT10M");
-        }
-    }
-
-    /// The batch size for `selected` clusters (at least 1).
-    pub fn batch_count(&self, selected: usize) -> Option<usize> {
-        match &self.batch_size {
-            Value::Number(n) => n.as_u64().filter(|n| *n >= 1).map(|n| n as usize),
-            Value::String(text) => {
-                let percent: u64 = text.strip_suffix('%')?.parse().ok().filter(|p| (1..=100).contains(p))?;
-                Some(((selected as u64 * percent).div_ceil(100)).max(1) as usize)
-            }
-            _ => None,
-        }
-    }
-
-    pub fn timeout(&self) -> Option<chrono::Duration> {
-        let parsed = iso8601::duration(&self.batch_timeout).ok()?;
-        chrono::Duration::from_std(parsed.into()).ok()
-    }
-}
-
-/// `batchSize` in the OpenAPI document: a count of at least 1, or a percentage from `"1%"` to `"100%"`.
-fn batch_size_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-    let one_of = OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^[0-9]{1,3}%$")),
-        )
-        .description(Some(
-            "Clusters per batch: a count (`2`) or a percentage of the selected clusters (`\"25%\"`).",
-        ));
-    Schema::OneOf(one_of.build()).into()
-}
-
-/// Where a rollout stands: stored with the assignment, shown in its status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutState {
-    /// The assignment generation being rolled out.
-    pub generation: i64,
-    pub state: RolloutPhase,
-    /// The batch now updating (0-based); batches before it are done.
-    pub batch: usize,
-    pub batch_started_at: DateTime<Utc>,
-    /// Clusters non-compliant or failed at the new generation so far.
-    pub failures: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub enum RolloutPhase {
-    Progressing,
-    Completed,
-    Halted,
-}
-
-/// What the rollout needs to know of a configuration in the batch.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchMember {
-    /// It holds the generation being rolled out and its agent reported on it.
-    pub reported: bool,
-    pub compliant: bool,
-    pub failed: bool,
-}
-
-/// Narrows what a reconciliation rewrites (`updates`) to what the assignment's rollout lets through now, and moves
-/// the rollout on: a rollout in progress lets the new generation reach the clusters of its batches so far only, and
-/// a single cluster's reconciliation (a tag change, `single_cluster`) leaves that cluster to the rollout. Answers
-/// the rollout's next state when it changed, for the store to write.
-#[allow(clippy::too_many_arguments)]
-pub fn gate_rollout(
-    rollout: Option<&Rollout>,
-    state: Option<&RolloutState>,
-    generation: i64,
-    matched: &[i64],
-    members: &std::collections::HashMap<i64, BatchMember>,
-    single_cluster: bool,
-    updates: &mut Vec<i64>,
-    now: DateTime<Utc>,
-) -> Option<RolloutState> {
-    let rolling = state.filter(|s| s.generation == generation && s.state != RolloutPhase::Completed);
-    let (Some(rollout), Some(state)) = (rollout, rolling) else {
-        return None;
-    };
-    if single_cluster {
-        updates.clear();
-        return None;
-    }
-    let size = rollout.batch_count(matched.len()).unwrap_or(1);
-    let batches: Vec<Vec<i64>> = matched.chunks(size).map(<[i64]>::to_vec).collect();
-    let next = advance(rollout, state, &batches, members, now);
-    if next.state != RolloutPhase::Completed {
-        let reached: std::collections::HashSet<i64> = batches.iter().take(next.batch + 1).flatten().copied().collect();
-        updates.retain(|c| reached.contains(c));
-    }
-    (next != *state).then_some(next)
-}
-
-/// Advances a rollout: the current batch is done when all of it is Compliant at the new generation, when all of
-/// it has reported (failures counted), or when its time is up; without `waitForCompliance` one batch goes per
-/// call. Past `maxFailures` the rollout halts; past the last batch it completes. `batches` are cluster ids.
-pub fn advance(
-    rollout: &Rollout,
-    state: &RolloutState,
-    batches: &[Vec<i64>],
-    members: &std::collections::HashMap<i64, BatchMember>,
-    now: DateTime<Utc>,
-) -> RolloutState {
-    let mut next = state.clone();
-    let timeout = rollout.timeout().unwrap_or(chrono::Duration::minutes(10));
-    while next.state == RolloutPhase::Progressing {
-        let Some(batch) = batches.get(next.batch) else {
-            next.state = RolloutPhase::Completed;
-            return next;
-        };
-        let member = |c: &i64| members.get(c).copied();
-        let compliant = batch
-            .iter()
-            .all(|c| member(c).is_some_and(|m| m.reported && m.compliant));
-        let reported = batch.iter().all(|c| member(c).is_some_and(|m| m.reported));
-        let timed_out = now - next.batch_started_at >= timeout;
-        if rollout.wait_for_compliance && !(compliant || reported || timed_out) {
-            return next;
-        }
-        next.failures += batch.iter().filter(|c| member(c).is_some_and(|m| m.failed)).count() as u32;
-        if next.failures > rollout.max_failures {
-            next.state = RolloutPhase::Halted;
-            next.message = Some(format!(
-                "halted after batch {} of {}: {} clusters failed at generation {}, more than maxFailures {}",
-                next.batch + 1,
-                batches.len(),
-                next.failures,
-                next.generation,
-                rollout.max_failures
-            ));
-            return next;
-        }
-        next.batch += 1;
-        next.batch_started_at = now;
-        if !rollout.wait_for_compliance {
-            if next.batch >= batches.len() {
-                next.state = RolloutPhase::Completed;
-            }
-            return next;
-        }
-    }
-    next
-}
-
 /// The writable properties of a policy assignment, stored as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -255,13 +64,24 @@ pub struct AssignmentSpec {
     pub enforcement_mode: EnforcementMode,
     #[serde(default)]
     pub on_unmatch: OnUnmatch,
-    /// Roll template changes out in batches instead of to every cluster at once.
+    /// Roll each new generation out in batches (the first deployment included), ring by ring, instead of to every
+    /// cluster at once (`fleet::assignments::rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
     /// Halt every assignment of the subscription reading the template's Git repository once a commit of it fails
     /// on too many of the clusters that applied it (`fleet::breaker`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// The last generation whose template was Compliant on every cluster it was applied to: what an automatic
+/// rollback goes back to. Kept with the assignment, never answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompliantTemplate {
+    pub generation: i64,
+    pub spec: AssignmentSpec,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The body of a policy assignment PUT.
@@ -909,168 +729,6 @@ mod tests {
 
     fn spec(value: Value) -> AssignmentSpec {
         serde_json::from_value(value).unwrap()
-    }
-
-    fn rollout(batch_size: Value, wait: bool, max_failures: u32) -> Rollout {
-        serde_json::from_value(json!({"batchSize": batch_size, "waitForCompliance": wait,
-                                      "maxFailures": max_failures, "batchTimeout": "PT1M"}))
-        .unwrap()
-    }
-
-    fn started(now: DateTime<Utc>) -> RolloutState {
-        RolloutState {
-            generation: 2,
-            state: RolloutPhase::Progressing,
-            batch: 0,
-            batch_started_at: now,
-            failures: 0,
-            message: None,
-        }
-    }
-
-    fn member(reported: bool, compliant: bool, failed: bool) -> BatchMember {
-        BatchMember {
-            reported,
-            compliant,
-            failed,
-        }
-    }
-
-    #[test]
-    fn a_rollout_lets_its_batches_so_far_through_and_leaves_single_clusters_to_itself() {
-        let now = Utc::now();
-        let r = rollout(json!(2), true, 0);
-        let matched = [1, 2, 3, 4, 5];
-        let mut members = std::collections::HashMap::new();
-        members.insert(1, member(false, false, false));
-        let mut updates = vec![1, 2, 3, 4, 5];
-        let gated = gate_rollout(
-            Some(&r),
-            Some(&started(now)),
-            2,
-            &matched,
-            &members,
-            false,
-            &mut updates,
-            now,
-        );
-        assert_eq!(
-            (gated, updates.as_slice()),
-            (None, [1, 2].as_slice()),
-            "the first batch, unchanged"
-        );
-
-        members.insert(1, member(true, true, false));
-        members.insert(2, member(true, true, false));
-        let mut updates = vec![1, 2, 3, 4, 5];
-        let gated = gate_rollout(
-            Some(&r),
-            Some(&started(now)),
-            2,
-            &matched,
-            &members,
-            false,
-            &mut updates,
-            now,
-        );
-        assert_eq!(
-            gated.map(|s| s.batch),
-            Some(1),
-            "moved on: the store writes the new state"
-        );
-        assert_eq!(updates, [1, 2, 3, 4]);
-
-        let mut updates = vec![3];
-        gate_rollout(
-            Some(&r),
-            Some(&started(now)),
-            2,
-            &matched,
-            &members,
-            true,
-            &mut updates,
-            now,
-        );
-        assert!(updates.is_empty(), "a tag change leaves the cluster to the rollout");
-
-        let mut updates = vec![1, 2, 3];
-        let other_generation = gate_rollout(
-            Some(&r),
-            Some(&started(now)),
-            3,
-            &matched,
-            &members,
-            false,
-            &mut updates,
-            now,
-        );
-        assert_eq!(
-            (other_generation, updates.len()),
-            (None, 3),
-            "no rollout of this generation: all at once"
-        );
-    }
-
-    #[test]
-    fn batch_sizes_are_counts_or_percentages_of_the_selection() {
-        assert_eq!(rollout(json!(3), true, 0).batch_count(10), Some(3));
-        assert_eq!(rollout(json!("25%"), true, 0).batch_count(10), Some(3));
-        assert_eq!(rollout(json!("1%"), true, 0).batch_count(10), Some(1));
-        for bad in [json!(0), json!("0%"), json!("101%"), json!("half"), json!(true)] {
-            let mut p = Problems::default();
-            rollout(bad.clone(), true, 0).validate(&mut p);
-            assert!(p.into_result("x", None).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_rollout_moves_on_when_its_batch_is_compliant_and_halts_past_max_failures() {
-        let now = Utc::now();
-        let batches = vec![vec![1, 2], vec![3, 4], vec![5]];
-        let r = rollout(json!(2), true, 1);
-        let mut members = std::collections::HashMap::new();
-        members.insert(1, member(true, true, false));
-        members.insert(2, member(false, false, false));
-        assert_eq!(
-            advance(&r, &started(now), &batches, &members, now).batch,
-            0,
-            "2 has not reported"
-        );
-        members.insert(2, member(true, true, false));
-        let second = advance(&r, &started(now), &batches, &members, now);
-        assert_eq!((second.batch, second.state), (1, RolloutPhase::Progressing));
-        // one failure is allowed, the second halts it
-        members.insert(3, member(true, false, true));
-        members.insert(4, member(true, true, false));
-        let third = advance(&r, &second, &batches, &members, now);
-        assert_eq!((third.batch, third.failures), (2, 1));
-        members.insert(5, member(true, false, true));
-        let halted = advance(&r, &third, &batches, &members, now);
-        assert_eq!(halted.state, RolloutPhase::Halted);
-        assert!(halted.message.unwrap().contains("2 clusters failed"));
-        members.insert(5, member(true, true, false));
-        assert_eq!(
-            advance(&r, &third, &batches, &members, now).state,
-            RolloutPhase::Completed
-        );
-    }
-
-    #[test]
-    fn a_slow_batch_is_passed_after_its_timeout_and_without_waiting_batches_go_one_per_step() {
-        let now = Utc::now();
-        let batches = vec![vec![1], vec![2]];
-        let members = std::collections::HashMap::new();
-        let waiting = rollout(json!(1), true, 0);
-        assert_eq!(advance(&waiting, &started(now), &batches, &members, now).batch, 0);
-        let later = now + chrono::Duration::minutes(2);
-        assert_eq!(advance(&waiting, &started(now), &batches, &members, later).batch, 1);
-        let eager = rollout(json!(1), false, 0);
-        let first = advance(&eager, &started(now), &batches, &members, now);
-        assert_eq!((first.batch, first.state), (1, RolloutPhase::Progressing));
-        assert_eq!(
-            advance(&eager, &first, &batches, &members, now).state,
-            RolloutPhase::Completed
-        );
     }
 
     #[test]

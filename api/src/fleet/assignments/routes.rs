@@ -16,6 +16,7 @@ use super::model::{
     EnforcementMode, Existing, OnUnmatch, PlannedChange, PlannedChangeKind, PolicyAssignment,
     PolicyAssignmentProperties, PolicyAssignmentRequest, Rendering, UnresolvableCluster, decide, render,
 };
+use super::rollout::Steer;
 use super::service::{Assignments, TYPE_NAME, assess, proposed};
 use crate::arm::api_version::Fleet;
 use crate::arm::body::{parse, strip_read_only};
@@ -61,6 +62,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(compliance_at_resource_group))
         .routes(routes!(history_at_subscription))
         .routes(routes!(history_at_resource_group))
+        .routes(routes!(pause_at_subscription))
+        .routes(routes!(pause_at_resource_group))
+        .routes(routes!(resume_at_subscription))
+        .routes(routes!(resume_at_resource_group))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -137,7 +142,7 @@ async fn assessed(
             };
             let (compliance, reason) = assess(
                 record.id,
-                record.generation,
+                record.held_generation(),
                 configurations.get(&cluster.id),
                 online,
                 unresolvable.as_ref(),
@@ -273,6 +278,28 @@ async fn put(
         .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     respond(state, status, record).await
+}
+
+/// Pauses (a Contributor may: it only holds changes back) or resumes (an Owner, as for a write: it lets the change
+/// go on) the assignment's rollout.
+async fn steer(
+    assignments: &Assignments,
+    state: &AppState,
+    caller: &Caller,
+    scope: FleetScope,
+    name: String,
+    steer: Steer,
+) -> ApiResult<Response> {
+    let role = match steer {
+        Steer::Pause => Role::Contributor,
+        Steer::Resume => Role::Owner,
+    };
+    caller.require(role, &scope.resource_id(TYPE_NAME, &name))?;
+    let record = assignments
+        .steer(&caller.subject, &scope, &name, steer)
+        .await?
+        .ok_or_else(|| not_found(&scope, &name))?;
+    respond(state, StatusCode::OK, record).await
 }
 
 /// Parses and checks a proposed assignment as a PUT does.
@@ -688,6 +715,68 @@ at_both_scopes! {
     ) -> ApiResult<Json<Page<ClusterComplianceEntry>>> {
         let (scope, name) = path.target()?;
         compliance(&state, &caller, scope, name, &params, &base, version.version).await
+    }
+}
+
+at_both_scopes! {
+    post,
+    tag = "PolicyAssignments",
+    params(FleetApiVersionParam),
+    responses(
+        (status = 200, description = "The assignment, its rollout paused (or paused already)", body = PolicyAssignment),
+        (status = "default", description = "Error (409: no rollout under way)", body = ErrorResponse),
+    ),
+    /// Pauses the rollout of a subscription's policy assignment: no batch starts until it is resumed; the clusters
+    /// it reached keep the new generation, the others what they have.
+    pause_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/pauseRollout",
+        "PolicyAssignments_PauseRolloutAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Pauses the rollout of a resource group's policy assignment: no batch starts until it is resumed; the clusters
+    /// it reached keep the new generation, the others what they have.
+    pause_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/pauseRollout",
+        "PolicyAssignments_PauseRollout",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        State(assignments): State<Assignments>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<Response> {
+        let (scope, name) = path.target()?;
+        steer(&assignments, &state, &caller, scope, name, Steer::Pause).await
+    }
+}
+
+at_both_scopes! {
+    post,
+    tag = "PolicyAssignments",
+    params(FleetApiVersionParam),
+    responses(
+        (status = 200, description = "The assignment, its rollout moving again (or moving already)", body = PolicyAssignment),
+        (status = "default", description = "Error (409: no rollout paused)", body = ErrorResponse),
+    ),
+    /// Resumes the paused rollout of a subscription's policy assignment: its batch gets a full `batchTimeout`
+    /// again, and moves on at once if it is done.
+    resume_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/resumeRollout",
+        "PolicyAssignments_ResumeRolloutAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Resumes the paused rollout of a resource group's policy assignment: its batch gets a full `batchTimeout`
+    /// again, and moves on at once if it is done.
+    resume_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/resumeRollout",
+        "PolicyAssignments_ResumeRollout",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(state): State<AppState>,
+        State(assignments): State<Assignments>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<Response> {
+        let (scope, name) = path.target()?;
+        steer(&assignments, &state, &caller, scope, name, Steer::Resume).await
     }
 }
 

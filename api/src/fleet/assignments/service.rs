@@ -8,7 +8,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use fluxplane_agent_protocol::flux::ComplianceState;
 
-use super::model::{AssignmentSpec, ClusterCompliance, Rendering, RolloutPhase, RolloutState};
+use super::model::{AssignmentSpec, ClusterCompliance, Rendering};
+use super::pace::Pace;
+use super::rollout;
 use crate::arm::conditional::Preconditions;
 use crate::arm::scope::FleetScope;
 use crate::arm::system_data::SystemData;
@@ -30,15 +32,23 @@ pub struct Assignments {
     turns: Arc<Turns>,
     lifetimes: Lifetimes,
     metrics: Arc<Metrics>,
+    rollouts: Arc<Pace>,
 }
 
 impl Assignments {
-    pub fn new(store: Arc<dyn Store>, turns: Arc<Turns>, lifetimes: Lifetimes, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        turns: Arc<Turns>,
+        lifetimes: Lifetimes,
+        metrics: Arc<Metrics>,
+        rollouts: Arc<Pace>,
+    ) -> Self {
         Self {
             store,
             turns,
             lifetimes,
             metrics,
+            rollouts,
         }
     }
 
@@ -115,7 +125,37 @@ impl Assignments {
         tracing::info!(assignment = %record.arm_id(), generation = record.generation, "policy assignment written");
         // the store may have moved its rollout on in the same transaction
         let record = self.store.get_policy_assignment(key).await?.unwrap_or(record);
+        if record.rollout_state.as_ref().is_some_and(|s| s.state.moving()) {
+            self.rollouts.started();
+        }
         Ok((record, created))
+    }
+
+    /// Pauses or resumes the assignment's rollout, as `subject` asks; answers the assignment as it stands after. A
+    /// rollout in no state to be so steered (none under way, completed, halted) is a conflict.
+    pub async fn steer(
+        &self,
+        subject: &str,
+        scope: &FleetScope,
+        name: &str,
+        steer: rollout::Steer,
+    ) -> ApiResult<Option<PolicyAssignmentRecord>> {
+        let managed = self.lifetimes.managed_write(Utc::now());
+        match self
+            .store
+            .steer_rollout(&scope.key(name), steer, subject, &managed)
+            .await?
+        {
+            None => Ok(None),
+            Some(Err(refused)) => Err(ApiError::Conflict(refused.0)),
+            Some(Ok(record)) => {
+                tracing::info!(assignment = %record.arm_id(), ?steer, by = subject, "rollout steered");
+                if steer == rollout::Steer::Resume {
+                    self.rollouts.started();
+                }
+                Ok(Some(record))
+            }
+        }
     }
 
     /// Deletes the assignment with what it decided for its configurations; false when there was none.
@@ -156,8 +196,9 @@ pub fn proposed(
             generation: 1,
             etag: new_etag(),
             system_data: SystemData::created(subject, now),
-            // a new assignment creates every configuration at once: there is nothing to roll out
-            rollout_state: None,
+            // its first deployment is staged as any change is
+            rollout_state: spec.rollout.as_ref().map(|_| rollout::start(1, now)),
+            last_compliant: None,
         },
         Some(current) => {
             // managed configurations get a new generation only when what they hold changes (a template that reads
@@ -171,14 +212,7 @@ pub fn proposed(
                 // a new generation starts a new rollout, from the first batch
                 rollout_state: match (&spec.rollout, changed) {
                     (None, _) => None,
-                    (Some(_), true) => Some(RolloutState {
-                        generation,
-                        state: RolloutPhase::Progressing,
-                        batch: 0,
-                        batch_started_at: now,
-                        failures: 0,
-                        message: None,
-                    }),
+                    (Some(_), true) => Some(rollout::start(generation, now)),
                     (Some(_), false) => current.rollout_state.clone(),
                 },
                 generation,
