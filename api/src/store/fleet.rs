@@ -245,7 +245,6 @@ macro_rules! fleet_helpers {
                 };
                 if let (Some(cluster), Ok(rendering)) = (only, &rendering)
                     && rendering.per_cluster()
-                    && gate.reach != Reach::Deferred
                     && !updates.contains(&cluster)
                     && existing.get(&cluster).is_some_and(|e| {
                         e.managed_by == Some(a.id) && e.managed_generation == Some(generation) && !e.deleting
