@@ -38,6 +38,12 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_JWT_SECRET_FILE", conflicts_with = "jwks_file")]
     pub jwt_secret_file: Option<PathBuf>,
 
+    /// File holding the key that seals the server's own credentials at rest (alert receivers' webhook URLs and
+    /// signing keys, Git hosts' webhook secrets): 32 random bytes in base64. Default: `<data-dir>/secrets-key`,
+    /// generated for the embedded store; every replica on a shared PostgreSQL needs the same file.
+    #[arg(long, env = "FLUXPLANE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
     /// JSON Web Key Set of the identity provider that signs user tokens (RS256 or ES256).
     #[arg(long, env = "FLUXPLANE_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
@@ -157,6 +163,12 @@ impl ServeConfig {
     /// otherwise (`X-Forwarded-Proto`).
     pub fn serves_tls(&self) -> bool {
         self.tls_cert.is_some()
+    }
+
+    pub fn secrets_key_path(&self) -> PathBuf {
+        self.secrets_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets-key"))
     }
 
     pub fn jwt_secret_path(&self) -> PathBuf {

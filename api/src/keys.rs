@@ -50,6 +50,10 @@ pub fn prepare(config: &ServeConfig, generate: bool) -> anyhow::Result<()> {
             tracing::info!(path = %path.display(), "generated a new key file");
         }
     }
+    let path = config.secrets_key_path();
+    if ensure_key_file(&path)? {
+        tracing::info!(path = %path.display(), "generated a new key file");
+    }
     Ok(())
 }
 

@@ -34,3 +34,4 @@ pub mod telemetry;
 pub mod testing;
 pub mod tls;
 pub mod turns;
+pub mod vault;

@@ -45,6 +45,7 @@ use crate::openapi::ApiDoc;
 use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
 use crate::tls::{self, Certificates};
+use crate::vault::Vault;
 use crate::{agents, clusters, dashboards, extensions, fleet, flux, health, managed_identity, manager, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
@@ -83,6 +84,13 @@ impl AppState {
             None => None,
         };
         let notifier = Arc::new(Notifier::default());
+        let vault = match config.secrets_key_path() {
+            path if path.exists() => Some(Arc::new(Vault::load(&path).context("loading the secrets key")?)),
+            path if config.secrets_key_file.is_some() => {
+                anyhow::bail!("--secrets-key-file {}: no such file", path.display())
+            }
+            _ => None,
+        };
         let lifetimes = Lifetimes::of(&config);
         let messages = Arc::new(lifetimes.messages());
         let follower = tokio::spawn({
@@ -141,6 +149,7 @@ impl AppState {
             feed,
             writes,
             turns: Arc::default(),
+            vault,
             rollouts,
             lifetimes,
             database,

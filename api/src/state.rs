@@ -23,6 +23,7 @@ use crate::notify::Notifier;
 use crate::store::Store;
 use crate::tls::Certificates;
 use crate::turns::Turns;
+use crate::vault::Vault;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -38,6 +39,9 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.
     pub writes: WriteLog,
+    /// Seals the server's own credentials at rest; `None` when no `--secrets-key-file` exists (a shared
+    /// PostgreSQL without one): what needs it is refused with a clear error.
+    pub vault: Option<Arc<Vault>>,
     /// Wakes the task that moves rollouts on (`fleet::assignments::pace`).
     pub rollouts: Arc<Pace>,
     /// Writers of one resource take turns.

@@ -169,6 +169,7 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         tls_key: None,
         public_url: None,
         jwt_secret_file: Some(dir.join("jwt-secret")),
+        secrets_key_file: None,
         jwks_file: None,
         jwt_algorithm: None,
         jwt_issuer: "fluxplane".to_owned(),
