@@ -1349,3 +1349,74 @@ async fn staged_rollout_case(backend: Backend) {
         agent.stop().await;
     }
 }
+
+on_both_backends!(
+    a_rendering_that_would_move_a_configuration_to_another_namespace_leaves_it_where_it_is_and_says_so,
+    placement_case
+);
+async fn placement_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    tagged_cluster(&api, "prod-1", json!({"env": "prod", "team": "payments"})).await;
+    tagged_cluster(&api, "prod-2", json!({"env": "prod", "team": "search"})).await;
+    let body = |namespace: &str| {
+        json!({"properties": {
+            "selector": prod(),
+            "configurationName": "baseline",
+            "configurationTemplate": {
+                "namespace": namespace,
+                "gitRepository": {"url": "https://github.com/org/fleet", "repositoryRef": {"branch": "main"}},
+                "kustomizations": {"infra": {"path": "./infra"}}
+            }
+        }})
+    };
+    let created = api
+        .call(Method::PUT, &assignment_path("baseline"), Some(body("[tag('team')]")))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let store = &api.server.state.store;
+    let id = store.get_cluster("s/rg/prod-1").await.unwrap().unwrap().id;
+    let before = store.get_configuration(id, "baseline").await.unwrap().unwrap();
+    assert_eq!(before.spec.namespace.as_deref(), Some("payments"));
+
+    // its team changes: Flux's objects cannot move namespace, so the configuration stays and the cluster is reported
+    retag(&api, "prod-1", json!({"env": "prod", "team": "billing"})).await;
+    let after = store.get_configuration(id, "baseline").await.unwrap().unwrap();
+    assert_eq!((after.generation, &after.spec), (before.generation, &before.spec));
+    let (entries, _) = api.list_all(&compliance_path()).await;
+    let entry = entries
+        .iter()
+        .find(|e| e["clusterId"] == cluster_path("s", "rg", "prod-1"))
+        .unwrap();
+    assert_eq!(entry["state"], "Unresolvable", "{entry}");
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("renders namespace 'billing' where the cluster's configuration has 'payments'")
+            && reason.contains("at properties.configurationTemplate.namespace"),
+        "{reason}"
+    );
+
+    // a template moving every cluster's namespace: the plan names each, and applying rewrites none
+    let plan = api
+        .call(Method::POST, &plan_path("baseline"), Some(body("platform")))
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{plan:?}");
+    assert_eq!(plan.body["update"], json!([]), "{plan:?}");
+    let targets: Vec<&str> = plan.body["unresolvable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["properties.configurationTemplate.namespace"; 2], "{plan:?}");
+    let applied = api
+        .call(Method::PUT, &assignment_path("baseline"), Some(body("platform")))
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{applied:?}");
+    assert_eq!(applied.body["properties"]["status"]["compliance"]["unresolvable"], 2);
+    let kept = store.get_configuration(id, "baseline").await.unwrap().unwrap();
+    assert_eq!(kept.spec.namespace.as_deref(), Some("payments"));
+    // a new cluster is placed where the template says
+    tagged_cluster(&api, "prod-3", json!({"env": "prod"})).await;
+    let third = configuration(&api, "prod-3", "baseline").await;
+    assert_eq!(third.body["properties"]["namespace"], "platform", "{third:?}");
+}

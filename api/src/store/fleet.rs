@@ -161,10 +161,10 @@ macro_rules! fleet_helpers {
                 let now = chrono::Utc::now();
                 let clusters = Self::matched(tx, a, only).await?;
                 let matched: Vec<i64> = clusters.iter().map(|c| c.id).collect();
-                type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String);
+                type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String, Option<String>, Option<String>);
                 let rows = sqlx::query_as::<$db, Row>(
                     "SELECT f.cluster_id, f.managed_by, f.managed_generation, f.provisioning_state, f.generation, \
-                     f.reported_generation, f.compliance_state \
+                     f.reported_generation, f.compliance_state, f.spec ->> 'namespace', f.spec ->> 'scope' \
                      FROM flux_configurations f JOIN clusters c ON c.id = f.cluster_id \
                      WHERE f.name = $1 AND c.subscription_key = $2 AND ($3 = '' OR c.resource_group_key = $3) \
                      AND ($4 = 0 OR c.id = $4)",
@@ -179,7 +179,7 @@ macro_rules! fleet_helpers {
                 // agent reported on it
                 let members: std::collections::HashMap<i64, BatchMember> = rows
                     .iter()
-                    .map(|(cluster, by, managed_generation, state, generation, reported, compliance)| {
+                    .map(|(cluster, by, managed_generation, state, generation, reported, compliance, ..)| {
                         let current = *by == Some(a.id) && *managed_generation == Some(a.generation);
                         let reported = current && *reported == Some(*generation);
                         let (failed, compliant) = $crate::lifecycle::rollout_verdict(state, compliance);
@@ -195,17 +195,22 @@ macro_rules! fleet_helpers {
                     .collect();
                 let candidates: Vec<Candidate<'_>> =
                     clusters.iter().map(|c| Candidate { id: c.id, name: &c.name, tags: &c.tags }).collect();
+                let own = $crate::fleet::assignments::model::Rendering::of(&a.spec);
                 let gate = rollout::gate(
                     a.spec.rollout.as_ref(),
                     a.rollout_state.as_ref(),
                     a.generation,
                     only.is_none().then_some(candidates.as_slice()),
-                    &members,
+                    &$crate::fleet::assignments::model::Selected {
+                        members: &members,
+                        rendering: own.as_ref().ok(),
+                        facts: clusters.iter().map(|c| (c.id, c.facts(&a.subscription))).collect(),
+                    },
                     a.last_compliant.as_ref().map(|t| t.generation),
                     now,
                 );
                 if let Some(next) = &gate.next {
-                    Self::move_rollout(tx, a, next).await?;
+                    Self::move_rollout(tx, a, next, now).await?;
                 }
                 // what the clusters are to hold: the assignment's generation, or, rolled back, the last one that was
                 // Compliant everywhere
@@ -235,7 +240,11 @@ macro_rules! fleet_helpers {
                 }
                 // what each cluster gets, rendered for it when the template reads the cluster; a cluster it cannot
                 // be rendered for gets nothing and keeps what it has (its compliance says why)
-                let rendering = $crate::fleet::assignments::model::Rendering::of(spec);
+                let rendering = if std::ptr::eq(spec, &a.spec) {
+                    own
+                } else {
+                    $crate::fleet::assignments::model::Rendering::of(spec)
+                };
                 let by_id: std::collections::HashMap<i64, &$crate::model::ClusterTags> =
                     clusters.iter().map(|c| (c.id, c)).collect();
                 let facts = |ids: &[i64]| -> Vec<(i64, $crate::fleet::template::ClusterFacts<'_>)> {
@@ -263,10 +272,22 @@ macro_rules! fleet_helpers {
                         updates.push(cluster);
                     }
                 }
-                let (inserts, updates) = match &rendering {
+                let (inserts, mut updates) = match &rendering {
                     Ok(rendering) => (rendering.for_clusters(facts(&inserts)), rendering.for_clusters(facts(&updates))),
                     Err(_) => Default::default(),
                 };
+                // a rewrite never moves a configuration to another namespace or scope: that cluster keeps what it has
+                let placed: std::collections::HashMap<i64, $crate::fleet::assignments::model::Placement> = rows
+                    .iter()
+                    .map(|(cluster, .., namespace, scope)| {
+                        let placement = $crate::fleet::assignments::model::Placement {
+                            namespace: namespace.clone(),
+                            scope: scope.clone(),
+                        };
+                        (*cluster, placement)
+                    })
+                    .collect();
+                updates.keep_placement(&placed);
                 if only.is_none()
                     && gate.reach == Reach::All
                     && inserts.clusters().is_empty()
@@ -275,7 +296,7 @@ macro_rules! fleet_helpers {
                 {
                     // the generation has reached every cluster it can: is it Compliant on each of them?
                     let wanted: std::collections::HashSet<i64> = matched.iter().copied().collect();
-                    let held = rows.iter().filter(|(cluster, by, .., state, _, _, _)| {
+                    let held = rows.iter().filter(|(cluster, by, _, state, ..)| {
                         *by == Some(a.id) && wanted.contains(cluster) && state != $crate::lifecycle::ProvisioningState::Deleting.as_str()
                     });
                     let everywhere = rollout::compliant_everywhere(held.map(|(cluster, _, managed_generation, ..)| {
@@ -557,7 +578,7 @@ macro_rules! fleet_helpers {
                         if let Some(state) =
                             $crate::fleet::assignments::rollout::halt(a.rollout_state.as_ref(), a.generation, batches, message, now)
                         {
-                            Self::move_rollout(&mut tx, &a, &state).await?;
+                            Self::move_rollout(&mut tx, &a, &state, now).await?;
                             halted += 1;
                         }
                     }
@@ -566,18 +587,20 @@ macro_rules! fleet_helpers {
                 Ok(halted)
             }
 
-            /// Writes the assignment's next rollout state, with the events of its transition in the history.
+            /// Writes the assignment's next rollout state, with the events of its transition in the history, at
+            /// `at`: the time the transition was decided at (so that the history's times are the decisions').
             async fn move_rollout(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 a: &$crate::model::PolicyAssignmentRecord,
                 next: &$crate::fleet::assignments::rollout::RolloutState,
+                at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), sqlx::Error> {
                 sqlx::query::<$db>("UPDATE policy_assignments SET rollout_state = $1 WHERE id = $2")
                     .bind(sqlx::types::Json(next))
                     .bind(a.id)
                     .execute(&mut **tx)
                     .await?;
-                Self::record_rollout(tx, &a.arm_id(), a.rollout_state.as_ref(), next).await
+                Self::record_rollout(tx, &a.arm_id(), a.rollout_state.as_ref(), next, at).await
             }
 
             /// Records the events of a rollout's transition from `previous` to `next` (`rollout::events`).
@@ -586,8 +609,8 @@ macro_rules! fleet_helpers {
                 assignment: &str,
                 previous: Option<&$crate::fleet::assignments::rollout::RolloutState>,
                 next: &$crate::fleet::assignments::rollout::RolloutState,
+                at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), sqlx::Error> {
-                let at = chrono::Utc::now();
                 for e in $crate::fleet::assignments::rollout::events(previous, next) {
                     tracing::info!(%assignment, event = e.event, generation = e.generation, batch = e.batch + 1,
                         batches = e.batches, message = %e.message, "rollout");

@@ -877,7 +877,7 @@ macro_rules! sql_store {
                 };
                 let a = $crate::model::PolicyAssignmentRecord { id, ..a.clone() };
                 if let Some(next) = &a.rollout_state {
-                    Self::record_rollout(&mut tx, &a.arm_id(), previous.as_ref(), next).await?;
+                    Self::record_rollout(&mut tx, &a.arm_id(), previous.as_ref(), next, next.batch_started_at).await?;
                 }
                 let overlapping = Self::overlapping(&mut tx, &a).await?;
                 if !overlapping.is_empty() {
@@ -990,9 +990,10 @@ macro_rules! sql_store {
                     .bind(a.id)
                     .fetch_one(&mut *tx)
                     .await?;
+                let now = chrono::Utc::now();
                 let next = match steer {
                     Steer::Pause => pause(a.rollout_state.as_ref(), a.generation, by),
-                    Steer::Resume => resume(a.rollout_state.as_ref(), a.generation, by, chrono::Utc::now()),
+                    Steer::Resume => resume(a.rollout_state.as_ref(), a.generation, by, now),
                 };
                 let next = match next {
                     Err(refused) => {
@@ -1005,7 +1006,7 @@ macro_rules! sql_store {
                     }
                     Ok(Some(next)) => next,
                 };
-                Self::move_rollout(&mut tx, &a, &next).await?;
+                Self::move_rollout(&mut tx, &a, &next, now).await?;
                 let a = $crate::model::PolicyAssignmentRecord { rollout_state: Some(next), ..a };
                 if steer == Steer::Resume {
                     // the batch it was at may be done already: move on now, not at the next sweep

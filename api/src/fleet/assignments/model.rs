@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::rollout::{Rollout, RolloutState};
+use std::collections::HashMap;
+
+use super::rollout::{BatchMember, Members, Rollout, RolloutState};
 use crate::arm::body::parse;
 use crate::arm::ids::ConfigurationName;
 use crate::arm::system_data::SystemData;
@@ -363,6 +365,67 @@ impl Renders {
     pub fn clusters(&self) -> Vec<i64> {
         self.groups.iter().flat_map(|g| g.clusters.iter().copied()).collect()
     }
+
+    /// Moves to `unresolvable` the clusters whose configuration (its namespace and scope, `placed`, as stored)
+    /// would be rewritten in another namespace or scope: those never change once a configuration exists.
+    pub fn keep_placement(&mut self, placed: &HashMap<i64, Placement>) {
+        for group in &mut self.groups {
+            let spec = &group.spec;
+            let (kept, moved): (Vec<i64>, Vec<i64>) = group
+                .clusters
+                .iter()
+                .partition(|c| placed.get(c).is_none_or(|p| p.moved_by(spec).is_none()));
+            for cluster in moved {
+                if let Some(why) = placed.get(&cluster).and_then(|p| p.moved_by(spec)) {
+                    self.unresolvable.push((cluster, why));
+                }
+            }
+            group.clusters = kept;
+        }
+        self.groups.retain(|g| !g.clusters.is_empty());
+    }
+}
+
+/// Where a configuration lives: its namespace and scope, which never change once it exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub namespace: Option<String>,
+    /// As stored: `cluster` or `namespace`.
+    pub scope: Option<String>,
+}
+
+impl Placement {
+    pub fn of(spec: &FluxConfigurationSpec) -> Self {
+        Self {
+            namespace: spec.namespace.clone(),
+            scope: spec
+                .scope
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|v| v.as_str().map(str::to_owned)),
+        }
+    }
+
+    /// Why `rendered` cannot replace a configuration placed here, if it cannot.
+    pub fn moved_by(&self, rendered: &FluxConfigurationSpec) -> Option<Unresolvable> {
+        let new = Self::of(rendered);
+        let field = if new.namespace != self.namespace {
+            ("namespace", &self.namespace, &new.namespace)
+        } else if new.scope != self.scope {
+            ("scope", &self.scope, &new.scope)
+        } else {
+            return None;
+        };
+        let (name, was, now) = field;
+        Some(Unresolvable {
+            target: format!("{TEMPLATE}.{name}"),
+            message: format!(
+                "renders {name} '{}' where the cluster's configuration has '{}': a configuration's namespace and \
+                 scope cannot change once it exists (delete it, or assign another configurationName)",
+                now.as_deref().unwrap_or_default(),
+                was.as_deref().unwrap_or_default()
+            ),
+        })
+    }
 }
 
 fn raw(json: String) -> Box<serde_json::value::RawValue> {
@@ -454,11 +517,53 @@ impl Rendering {
         finish(value, &self.name, structure)
     }
 
+    /// Why the configuration `cluster` holds now (`current`) cannot take what the template renders for it, if it
+    /// cannot: the rendering fails, or it would move the configuration to another namespace or scope.
+    pub fn blocked(&self, cluster: &ClusterFacts, current: Option<&FluxConfigurationSpec>) -> Option<Unresolvable> {
+        let rendered;
+        let spec = match &self.fixed {
+            Some(fixed) => fixed,
+            None => match self.for_cluster(cluster) {
+                Ok(spec) => {
+                    rendered = spec;
+                    &rendered
+                }
+                Err(why) => return Some(why),
+            },
+        };
+        current.and_then(|current| Placement::of(current).moved_by(spec))
+    }
+
     /// Whether a tag change (or any change of what the template reads of `cluster`) leaves its configuration,
     /// written at the assignment's current generation as `current`, out of date: it is rewritten then, in the
     /// same transaction. A cluster whose configuration cannot be rendered keeps the one it has.
     pub fn stale(&self, cluster: &ClusterFacts, current: &FluxConfigurationSpec) -> bool {
         self.per_cluster() && self.for_cluster(cluster).is_ok_and(|rendered| rendered != *current)
+    }
+}
+
+/// The rollout's view of an assignment's selected clusters: each one's configuration, and whether the template
+/// renders for it (`None`: the template renders for no cluster).
+pub struct Selected<'a> {
+    pub members: &'a HashMap<i64, BatchMember>,
+    pub rendering: Option<&'a Rendering>,
+    pub facts: HashMap<i64, ClusterFacts<'a>>,
+}
+
+impl Members for Selected<'_> {
+    fn member(&self, cluster: i64) -> Option<BatchMember> {
+        self.members.get(&cluster).copied()
+    }
+
+    fn resolvable(&self, cluster: i64) -> bool {
+        match self.rendering {
+            None => false,
+            Some(rendering) if rendering.per_cluster() => self
+                .facts
+                .get(&cluster)
+                .is_some_and(|facts| rendering.for_cluster(facts).is_ok()),
+            Some(_) => true,
+        }
     }
 }
 
@@ -750,6 +855,43 @@ mod tests {
         assert_eq!(git.repository_ref.unwrap().branch.as_deref(), Some("release"));
         assert_eq!(git.sync_interval_in_seconds, Some(600), "defaults filled in");
         assert_eq!(rendered.namespace.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn a_rewrite_keeps_each_configuration_in_its_namespace_and_scope() {
+        let spec = |namespace: &str| -> FluxConfigurationSpec {
+            serde_json::from_value(json!({"namespace": namespace, "scope": "cluster"})).unwrap()
+        };
+        let here = Placement::of(&spec("apps"));
+        assert_eq!(here.scope.as_deref(), Some("cluster"));
+        assert_eq!(here.moved_by(&spec("apps")), None);
+        let why = here.moved_by(&spec("other")).unwrap();
+        assert_eq!(why.target, "properties.configurationTemplate.namespace");
+        assert!(
+            why.message
+                .contains("renders namespace 'other' where the cluster's configuration has 'apps'")
+        );
+        let mut namespaced = spec("apps");
+        namespaced.scope = Some(fluxplane_agent_protocol::flux::ScopeType::Namespace);
+        assert_eq!(
+            here.moved_by(&namespaced).unwrap().target,
+            "properties.configurationTemplate.scope"
+        );
+
+        let json = raw(serde_json::to_string(&spec("other")).unwrap());
+        let mut renders = Renders {
+            groups: vec![Group {
+                spec: spec("other"),
+                json,
+                clusters: vec![1, 2, 3],
+            }],
+            unresolvable: Vec::new(),
+        };
+        let placed = HashMap::from([(1, here.clone()), (2, Placement::of(&spec("other")))]);
+        renders.keep_placement(&placed);
+        assert_eq!(renders.clusters(), [2, 3], "2 is there already, 3 is new");
+        assert_eq!(renders.unresolvable.len(), 1);
+        assert_eq!(renders.unresolvable[0].0, 1);
     }
 
     fn tags(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {

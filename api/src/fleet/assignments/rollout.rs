@@ -304,6 +304,23 @@ pub struct BatchMember {
     pub failed: bool,
 }
 
+/// What a rollout knows of its clusters: each one's configuration, and whether the template can be rendered for
+/// it at all (a cluster it cannot be rendered for never gets the generation, so it does not hold its batch up).
+pub trait Members {
+    fn member(&self, cluster: i64) -> Option<BatchMember>;
+
+    /// Asked only of clusters whose agent has not reported on the generation.
+    fn resolvable(&self, _cluster: i64) -> bool {
+        true
+    }
+}
+
+impl Members for HashMap<i64, BatchMember> {
+    fn member(&self, cluster: i64) -> Option<BatchMember> {
+        self.get(&cluster).copied()
+    }
+}
+
 /// Advances a moving rollout. The current batch is done when all of it is Compliant at the new generation (and
 /// has stayed so for the soak time), when each of its clusters is Compliant or failed (failures counted), or when
 /// its time is up;
@@ -313,7 +330,7 @@ pub fn advance(
     rollout: &Rollout,
     state: &RolloutState,
     batches: &[Batch],
-    members: &HashMap<i64, BatchMember>,
+    members: &dyn Members,
     now: DateTime<Utc>,
 ) -> RolloutState {
     let mut next = state.clone();
@@ -331,9 +348,15 @@ pub fn advance(
             return next;
         };
         next.ring = batch.ring.clone();
-        let member = |c: &i64| members.get(c).copied();
-        let compliant = batch
+        let member = |c: &i64| members.member(*c);
+        // a cluster the template cannot be rendered for is left out: it gets nothing, its compliance says why
+        let counted: Vec<i64> = batch
             .clusters
+            .iter()
+            .copied()
+            .filter(|c| member(c).is_some_and(|m| m.reported) || members.resolvable(*c))
+            .collect();
+        let compliant = counted
             .iter()
             .all(|c| member(c).is_some_and(|m| m.reported && m.compliant));
         if rollout.wait_for_compliance {
@@ -349,8 +372,7 @@ pub fn advance(
                 next.soaking_since = None;
                 next.state = RolloutPhase::Progressing;
                 // every cluster's agent has a verdict on the generation: Compliant, or failed (counted below)
-                let settled = batch
-                    .clusters
+                let settled = counted
                     .iter()
                     .all(|c| member(c).is_some_and(|m| m.reported && (m.compliant || m.failed)));
                 let timed_out = now - next.batch_started_at >= timeout;
@@ -538,7 +560,7 @@ pub fn gate(
     state: Option<&RolloutState>,
     generation: i64,
     candidates: Option<&[Candidate<'_>]>,
-    members: &HashMap<i64, BatchMember>,
+    members: &dyn Members,
     last_compliant: Option<i64>,
     now: DateTime<Utc>,
 ) -> Gate {
@@ -889,6 +911,43 @@ mod tests {
         assert_eq!(again.soaking_since, Some(later), "the soak starts again");
         let done = advance(&r, &again, &batches, &members, later + chrono::Duration::minutes(10));
         assert_eq!((done.state, done.batch), (RolloutPhase::Progressing, 1));
+    }
+
+    struct Unrenderable(HashMap<i64, BatchMember>, i64);
+
+    impl Members for Unrenderable {
+        fn member(&self, cluster: i64) -> Option<BatchMember> {
+            self.0.get(&cluster).copied()
+        }
+
+        fn resolvable(&self, cluster: i64) -> bool {
+            cluster != self.1
+        }
+    }
+
+    #[test]
+    fn a_cluster_the_template_cannot_be_rendered_for_does_not_hold_its_batch() {
+        let now = Utc::now();
+        let batches = plain(&[&[1, 2], &[3]]);
+        let r = rollout(json!({}));
+        let members = HashMap::from([(1, member(true, true, false))]);
+        assert_eq!(
+            advance(&r, &started(now), &batches, &members, now).batch,
+            0,
+            "2 pending"
+        );
+        let two_unrenderable = Unrenderable(members.clone(), 2);
+        assert_eq!(
+            advance(&r, &started(now), &batches, &two_unrenderable, now).batch,
+            1,
+            "2 gets nothing: the batch is done without it"
+        );
+        let one_unrenderable = Unrenderable(members, 1);
+        assert_eq!(
+            advance(&r, &started(now), &batches, &one_unrenderable, now).batch,
+            0,
+            "a cluster that reported counts, whatever its tags say now"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::model::{
     AssignmentPlan, AssignmentSpec, AssignmentStatus, ClusterCompliance, ClusterComplianceEntry, ComplianceCounts,
-    EnforcementMode, Existing, OnUnmatch, PlannedChange, PlannedChangeKind, PolicyAssignment,
+    EnforcementMode, Existing, OnUnmatch, Placement, PlannedChange, PlannedChangeKind, PolicyAssignment,
     PolicyAssignmentProperties, PolicyAssignmentRequest, Rendering, UnresolvableCluster, decide, render,
 };
 use super::rollout::Steer;
@@ -32,7 +32,7 @@ use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::fleet::cluster_ref;
-use crate::lifecycle::agent_online;
+use crate::lifecycle::{ProvisioningState, agent_online};
 use crate::model::{ClusterTags, ConfigurationRecord, HistorySubject, PolicyAssignmentRecord};
 use crate::state::AppState;
 
@@ -137,8 +137,15 @@ async fn assessed(
             let online = agent_online(cluster.last_connectivity_time, state.config.offline_after);
             let unresolvable = match &rendering {
                 Err(why) => Some(why.clone()),
-                Ok(r) if r.per_cluster() => r.for_cluster(&cluster.facts(&record.subscription)).err(),
-                Ok(_) => None,
+                Ok(r) => {
+                    let current = configurations
+                        .get(&cluster.id)
+                        .filter(|c| {
+                            c.managed_by == Some(record.id) && c.provisioning_state != ProvisioningState::Deleting
+                        })
+                        .map(|c| &c.spec);
+                    r.blocked(&cluster.facts(&record.subscription), current)
+                }
             };
             let (compliance, reason) = assess(
                 record.id,
@@ -396,7 +403,18 @@ async fn plan(
     ] {
         for id in ids {
             let Some(tags) = every.get(id) else { continue };
-            match rendering.for_cluster(&tags.facts(scope.subscription.as_str())) {
+            let rendered = rendering
+                .for_cluster(&tags.facts(scope.subscription.as_str()))
+                .and_then(
+                    |rendered| match held.get(id).filter(|_| kind == PlannedChangeKind::Update) {
+                        Some(current) => match Placement::of(&current.spec).moved_by(&rendered) {
+                            Some(why) => Err(why),
+                            None => Ok(rendered),
+                        },
+                        None => Ok(rendered),
+                    },
+                );
+            match rendered {
                 Ok(rendered) => written.push((kind, *id, rendered)),
                 Err(why) => plan.unresolvable.push(UnresolvableCluster {
                     cluster_id: cluster_ref(scope.subscription.as_str(), tags).id(),
