@@ -721,17 +721,7 @@ async fn rollout_case(backend: Backend) {
         }})
     };
     let status = || async { api.get(&assignment_path("baseline")).await.body["properties"]["status"].clone() };
-    let wait_for = |what: &'static str, done: fn(&Value) -> bool| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let now = status().await;
-            if done(&now) {
-                return now;
-            }
-            assert!(std::time::Instant::now() < deadline, "waiting for {what}: {now}");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
+    let wait_for = |what: &'static str, done: fn(&Value) -> bool| status_until(&api, what, done);
     api.call(Method::PUT, &assignment_path("baseline"), Some(body("./infra")))
         .await;
     wait_for("all compliant", |s| s["compliance"]["compliant"] == 3).await;
@@ -829,17 +819,22 @@ fn compliance_path() -> String {
     )
 }
 
-/// Reads the assignment's compliance counts until `done` holds of them (or fails after 30 s).
-async fn counts_until(api: &Api, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+/// Reads the status of the assignment `baseline` until `done` holds of it (or fails after 60 s).
+async fn status_until(api: &Api, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let counts = api.get(&assignment_path("baseline")).await.body["properties"]["status"]["compliance"].clone();
-        if done(&counts) {
-            return counts;
+        let status = api.get(&assignment_path("baseline")).await.body["properties"]["status"].clone();
+        if done(&status) {
+            return status;
         }
-        assert!(std::time::Instant::now() < deadline, "waiting for {what}: {counts}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(std::time::Instant::now() < deadline, "waiting for {what}: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Reads the assignment's compliance counts until `done` holds of them.
+async fn counts_until(api: &Api, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    status_until(api, what, |status| done(&status["compliance"])).await["compliance"].clone()
 }
 
 /// Waits until the file `fluxconfig.yaml` the agent wrote for `baseline` says `text`.
@@ -1178,18 +1173,7 @@ async fn staged_rollout_case(backend: Backend) {
                         "rings": {"tag": "ring", "order": ["canary", "early", "broad"]}}
         }})
     };
-    let status = || async { api.get(&assignment_path("baseline")).await.body["properties"]["status"].clone() };
-    let wait_for = |what: &'static str, done: fn(&Value) -> bool| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let now = status().await;
-            if done(&now) {
-                return now;
-            }
-            assert!(std::time::Instant::now() < deadline, "waiting for {what}: {now}");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
+    let wait_for = |what: &'static str, done: fn(&Value) -> bool| status_until(&api, what, done);
     // moves in ring order: a later ring never holds a generation an earlier one lacks
     let watch_order = |before: Vec<i64>, what: &'static str| {
         let generations = &generations;

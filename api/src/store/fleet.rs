@@ -587,6 +587,27 @@ macro_rules! fleet_helpers {
                 Ok(halted)
             }
 
+            /// Reconciles an assignment read in a list earlier, in a transaction of its own (the lock is held for one
+            /// assignment at a time), as it stands now: it may have changed or gone since. False when it is gone.
+            async fn reconcile_listed(
+                &self,
+                listed: &$crate::model::PolicyAssignmentRecord,
+                managed: &$crate::lifecycle::ManagedWrite,
+            ) -> Result<bool, sqlx::Error> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                Self::lock_fleet(&mut tx, &listed.subscription_key).await?;
+                let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
+                let current = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
+                    .bind(listed.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(current) = &current {
+                    Self::reconcile(&mut tx, current, None, managed).await?;
+                }
+                self.commit(tx).await?;
+                Ok(current.is_some())
+            }
+
             /// Writes the assignment's next rollout state, with the events of its transition in the history, at
             /// `at`: the time the transition was decided at (so that the history's times are the decisions').
             async fn move_rollout(

@@ -919,20 +919,8 @@ macro_rules! sql_store {
                     .await?;
                 // the circuit breakers first: a rollout halted by one does not advance below
                 self.trip_breakers(&assignments).await?;
-                // one transaction each: the lock is held for one assignment at a time
                 for a in &assignments {
-                    let mut tx = $crate::store::begin(&self.pool, $write).await?;
-                    Self::lock_fleet(&mut tx, &a.subscription_key).await?;
-                    let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
-                    // it may have changed or gone since the list was read
-                    if let Some(current) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
-                        .bind(a.id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                    {
-                        Self::reconcile(&mut tx, &current, None, managed).await?;
-                    }
-                    self.commit(tx).await?;
+                    self.reconcile_listed(a, managed).await?;
                 }
                 Ok(assignments.len())
             }
@@ -950,18 +938,7 @@ macro_rules! sql_store {
                 for a in assignments.iter().filter(|a| {
                     a.rollout_state.as_ref().is_some_and(|s| s.generation == a.generation && s.state.moving())
                 }) {
-                    let mut tx = $crate::store::begin(&self.pool, $write).await?;
-                    Self::lock_fleet(&mut tx, &a.subscription_key).await?;
-                    let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
-                    if let Some(current) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
-                        .bind(a.id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                    {
-                        Self::reconcile(&mut tx, &current, None, managed).await?;
-                        moving += 1;
-                    }
-                    self.commit(tx).await?;
+                    moving += usize::from(self.reconcile_listed(a, managed).await?);
                 }
                 Ok(moving)
             }
