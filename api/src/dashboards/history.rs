@@ -287,14 +287,23 @@ pub async fn page(
         rollouts,
     } = store.history(&query).await?;
     let more = status.len() + writes.len() + rollouts.len() > range.top as usize;
-    let mut entries: Vec<(i64, HistoryEntry)> = status
-        .into_iter()
-        .map(|s| (s.id, HistoryEntry::Status(StatusEntry::from_record(s))))
-        .chain(writes.into_iter().map(|w| (w.id, HistoryEntry::Write(w.into()))))
-        .chain(rollouts.into_iter().map(|r| (r.id, HistoryEntry::Rollout(r.into()))))
-        .collect();
-    entries.sort_by_key(|(_, e)| e.time());
-    entries.truncate(range.top as usize);
+    let entries = merge(
+        [
+            status
+                .into_iter()
+                .map(|s| (s.id, HistoryEntry::Status(StatusEntry::from_record(s))))
+                .collect(),
+            writes
+                .into_iter()
+                .map(|w| (w.id, HistoryEntry::Write(w.into())))
+                .collect(),
+            rollouts
+                .into_iter()
+                .map(|r| (r.id, HistoryEntry::Rollout(r.into())))
+                .collect(),
+        ],
+        range.top as usize,
+    );
     let mut next = range.cursor;
     for (id, entry) in &entries {
         match entry {
@@ -316,6 +325,27 @@ pub async fn page(
         value: entries.into_iter().map(|(_, e)| e).collect(),
         next_link,
     })
+}
+
+/// The first `top` entries of the kinds' lists (each in id order, as read) merged by time: each kind's list is
+/// taken from its head, so what a page holds of a kind is a prefix in id order and its cursor (the last id taken)
+/// skips nothing. Sorting all by time would not do: an entry's time is its transaction's, and a transaction that
+/// began earlier may commit later, so a later id can carry an earlier time, and a page that took it but not the
+/// entry before it would leave that one behind its cursor.
+fn merge(kinds: [Vec<(i64, HistoryEntry)>; 3], top: usize) -> Vec<(i64, HistoryEntry)> {
+    let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<(i64, HistoryEntry)>>> =
+        kinds.into_iter().map(|k| k.into_iter().peekable()).collect();
+    let mut out = Vec::with_capacity(top);
+    while out.len() < top {
+        let next = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, h)| h.peek().map(|(_, e)| (e.time(), i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        out.extend(heads[i].next());
+    }
+    out
 }
 
 /// A time the history is asked about (`asOf`, `time`), checked.
@@ -535,6 +565,31 @@ pub async fn record_writes(State(writes): State<WriteLog>, request: Request, nex
 mod tests {
     use super::*;
     use crate::error::ApiError;
+
+    fn write_at(id: i64, seconds: i64) -> (i64, HistoryEntry) {
+        let time = DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).unwrap();
+        let entry = WriteEntry {
+            id: format!("w{id}"),
+            time,
+            resource_id: "r".into(),
+            actor: "a".into(),
+            action: "PUT".into(),
+            status_code: 200,
+        };
+        (id, HistoryEntry::Write(entry))
+    }
+
+    #[test]
+    fn a_page_takes_each_kind_in_id_order_so_its_cursor_leaves_nothing_behind() {
+        // id 2's transaction began before id 1's: its time is earlier though its id is later
+        let writes = vec![write_at(1, 10), write_at(2, 5), write_at(3, 20)];
+        let rollouts = vec![write_at(7, 8)];
+        let page = merge([Vec::new(), writes, rollouts], 2);
+        let ids: Vec<i64> = page.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [7, 1], "by time across kinds, by id within one");
+        let all = merge([Vec::new(), vec![write_at(1, 10), write_at(2, 5)], Vec::new()], 10);
+        assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
+    }
 
     #[test]
     fn a_cursor_reads_back_what_it_wrote() {
