@@ -600,7 +600,11 @@ mod tests {
             .filter(|o| o["metadata"]["annotations"][RECONCILE_REQUESTED_AT] == "2026-11-21T18:20:05.123Z")
             .map(|o| o["metadata"]["name"].as_str().unwrap())
             .collect();
-        assert_eq!(annotated, ["cfg", "cfg-apps", "cfg-infra"], "the source and every Kustomization");
+        assert_eq!(
+            annotated,
+            ["cfg", "cfg-apps", "cfg-infra"],
+            "the source and every Kustomization"
+        );
         let flux_config = objects.iter().find(|o| o["kind"] == "FluxConfig").unwrap();
         assert_eq!(
             flux_config["metadata"]["annotations"][GENERATION_ANNOTATION], "2",

@@ -593,7 +593,8 @@ impl Agent {
             held.generation = configuration.generation;
             held.applied = applied;
             // acted on, whatever came of it: a failed write is tried again on its own clock (`RETRY_FAILED_APPLY`)
-            held.reconcile_requested_at.clone_from(&configuration.reconcile_requested_at);
+            held.reconcile_requested_at
+                .clone_from(&configuration.reconcile_requested_at);
             held.secrets_version = secrets_version;
             held.next_check = now
                 + if applied {
