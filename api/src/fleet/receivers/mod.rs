@@ -3,5 +3,7 @@
 //! resource (`routes`); its public webhook (`hook`) authenticates each delivery with that secret and asks the
 //! configurations of the receiver's scope that read the pushed ref to re-check their source at once.
 
+pub mod hook;
 pub mod model;
+pub mod routes;
 pub mod service;

@@ -207,3 +207,204 @@ impl GitReceiverRecord {
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a stored Git receiver has an invalid scope")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::arm::ids::ClusterRef;
+    use crate::clusters::service::ClusterDraft;
+    use crate::fleet::assignments::model::{PolicyAssignmentRequest, render};
+    use crate::fleet::receivers::model::{HostType, PushedRef};
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    async fn cluster(services: &Services, resource_group: &str, name: &str) -> i64 {
+        let draft = ClusterDraft::new(
+            "westeurope".into(),
+            BTreeMap::from([("env".into(), "prod".into())]),
+            serde_json::from_value(json!({"properties": {"agentPublicKeyCertificate": "a2V5"}})).unwrap(),
+        )
+        .unwrap();
+        let cluster = ClusterRef::parse("sub", resource_group, name).unwrap();
+        services
+            .clusters
+            .put(
+                "alice",
+                &cluster,
+                &draft,
+                &Preconditions::default(),
+                crate::arm::ApiVersion::newest(),
+            )
+            .await
+            .unwrap();
+        let store = services.git_receivers.store.clone();
+        store.get_cluster(&cluster.key()).await.unwrap().unwrap().id
+    }
+
+    async fn assign(services: &Services, name: &str, branch: &str) {
+        let request: PolicyAssignmentRequest = serde_json::from_value(json!({"properties": {
+            "selector": {"matchLabels": {"env": "prod"}},
+            "configurationName": name,
+            "configurationTemplate": {
+                "gitRepository": {"url": "https://example.com/org/fleet.git", "repositoryRef": {"branch": branch}},
+                "kustomizations": {"infra": {"path": "./infra"}}
+            }
+        }}))
+        .unwrap();
+        let scope = FleetScope::parse("sub", None).unwrap();
+        let rendered = render(&request.properties).unwrap();
+        services
+            .assignments
+            .put(
+                "owner",
+                &scope,
+                name,
+                &request.properties,
+                &rendered,
+                &Preconditions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    on_both_backends!(
+        a_receivers_secret_is_sealed_and_kept_and_its_push_asks_the_configurations_of_its_scope_and_ref,
+        receiver_case
+    );
+    async fn receiver_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let here = cluster(&services, "rg", "here").await;
+            let elsewhere = cluster(&services, "other", "elsewhere").await;
+            assign(&services, "baseline", "main").await;
+            assign(&services, "edge", "edge").await;
+
+            let scope = FleetScope::parse("sub", Some("rg")).unwrap();
+            let spec = GitReceiverSpec {
+                repository_url: "git@example.com:org/fleet.git".into(),
+                host_type: HostType::GitHub,
+            };
+            let any = Preconditions::default();
+            let refused = services
+                .git_receivers
+                .put("alice", &scope, "fleet", &spec, None, &any)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                refused.status(),
+                axum::http::StatusCode::BAD_REQUEST,
+                "a new receiver needs a secret"
+            );
+            let secret = "a-long-random-secret-0123456789";
+            let (first, created) = services
+                .git_receivers
+                .put("alice", &scope, "fleet", &spec, Some(secret), &any)
+                .await
+                .unwrap();
+            assert!(created);
+            assert!(!first.sealed_secret.contains(secret), "sealed, not kept in the clear");
+            assert_eq!(first.hook_id.len(), 32);
+            let (second, created) = services
+                .git_receivers
+                .put("bob", &scope, "fleet", &spec, None, &any)
+                .await
+                .unwrap();
+            assert!(!created);
+            assert_eq!(second.hook_id, first.hook_id, "the webhook's URL never changes");
+            assert_eq!(
+                services.git_receivers.secret(&second).unwrap(),
+                secret.as_bytes(),
+                "a write without a secret keeps the one it had"
+            );
+
+            let push = Push {
+                repositories: vec!["https://example.com/org/fleet".into()],
+                refs: vec![PushedRef {
+                    name: "refs/heads/main".into(),
+                    commit: Some("0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".into()),
+                }],
+            };
+            let now = Utc::now();
+            let asked = services.git_receivers.push(&second, &push, now).await.unwrap();
+            assert_eq!(
+                asked, 1,
+                "the configuration on main, of the receiver's resource group only"
+            );
+            let requested = |cluster: i64, name: &'static str| {
+                let store = store.clone();
+                async move {
+                    store
+                        .get_configuration(cluster, name)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .reconcile_requested_at
+                }
+            };
+            assert_eq!(requested(here, "baseline").await, Some(reconcile_requested(now)));
+            assert_eq!(requested(here, "edge").await, None, "another branch");
+            assert_eq!(requested(elsewhere, "baseline").await, None, "another resource group");
+            let last = store
+                .get_git_receiver(&second.key)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_push
+                .unwrap();
+            assert_eq!(last.refs, ["refs/heads/main"]);
+            assert_eq!(last.configurations, 1);
+            assert_eq!(last.commit.as_deref(), Some("0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"));
+
+            let fleet = FleetScope::parse("sub", None).unwrap();
+            let (_, asked) = services
+                .assignments
+                .request_reconcile("carol", &fleet, "edge")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(asked, 2, "every configuration the assignment manages");
+            assert!(requested(elsewhere, "edge").await.is_some());
+            assert!(
+                services
+                    .assignments
+                    .request_reconcile("carol", &fleet, "none")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+
+            assert!(services.git_receivers.delete(&scope, "fleet").await.unwrap());
+            assert!(store.git_receiver_by_hook(&first.hook_id).await.unwrap().is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_server_without_a_secrets_key_refuses_receivers_clearly() {
+        let db = crate::testing::TestDatabase::create(Backend::Sqlite).await.unwrap();
+        let store = db.store().await;
+        let receivers = GitReceivers::new(store, Arc::default(), None);
+        let spec = GitReceiverSpec {
+            repository_url: "https://github.com/org/fleet".into(),
+            host_type: HostType::Generic,
+        };
+        let refused = receivers
+            .put(
+                "alice",
+                &FleetScope::parse("sub", None).unwrap(),
+                "fleet",
+                &spec,
+                Some("a-long-random-secret-0123456789"),
+                &Preconditions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), "Conflict");
+        assert!(refused.to_string().contains("--secrets-key-file"));
+    }
+}
