@@ -15,7 +15,7 @@ use crate::extensions::service::Extensions;
 use crate::fleet::assignments::pace::Pace;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
-use crate::fleet::receivers::hook::HookLimits;
+use crate::fleet::receivers::limits::HookLimits;
 use crate::fleet::receivers::service::GitReceivers;
 use crate::flux::service::Configurations;
 use crate::lifecycle::ExpiryMessages;

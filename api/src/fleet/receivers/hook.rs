@@ -2,58 +2,26 @@
 //! token: each delivery is authenticated with the receiver's secret (`model::read`), and hard to abuse:
 //!
 //! - a path that is no hook id is refused without touching the database; deliveries are rate limited, all
-//!   together before the receiver is looked up and per receiver after ([`HookLimits`]);
+//!   together before the receiver is looked up and per receiver after (`limits`);
 //! - the body is read up to `--max-body-bytes` (413 beyond) and authenticated before it is parsed;
 //! - a delivery that does not authenticate changes nothing and is answered 401 without saying why; the server's
 //!   log says which receiver refused it, never a header or the body.
-
-use std::num::NonZeroU32;
 
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{Event, Headers, Refused, read};
-use super::service::GitReceivers;
+use super::service::{GitReceivers, HOOK_ID_CHARS};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::fleet::breaker::repository_key;
 use crate::state::AppState;
-
-/// Deliveries per second to all receivers together, per replica, before any is looked up (and its burst).
-const ALL_PER_SECOND: u32 = 200;
-const ALL_BURST: u32 = 400;
-/// Deliveries per second to one receiver, per replica (and its burst: a host pushing many branches at once).
-const RECEIVER_PER_SECOND: u32 = 10;
-const RECEIVER_BURST: u32 = 30;
-/// Characters of a hook id (`service`: 24 random bytes, URL-safe base64 without padding).
-const HOOK_ID_CHARS: usize = 32;
-
-/// The webhook's rate limits on this replica.
-pub struct HookLimits {
-    all: DefaultDirectRateLimiter,
-    /// By receiver id: as many keys as receivers that were called, never more.
-    per_receiver: DefaultKeyedRateLimiter<i64>,
-}
-
-impl Default for HookLimits {
-    fn default() -> Self {
-        let quota = |per_second: u32, burst: u32| {
-            Quota::per_second(NonZeroU32::new(per_second).expect("a positive rate"))
-                .allow_burst(NonZeroU32::new(burst).expect("a positive burst"))
-        };
-        Self {
-            all: DefaultDirectRateLimiter::direct(quota(ALL_PER_SECOND, ALL_BURST)),
-            per_receiver: DefaultKeyedRateLimiter::keyed(quota(RECEIVER_PER_SECOND, RECEIVER_BURST)),
-        }
-    }
-}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(deliver))
@@ -117,13 +85,13 @@ async fn deliver(
     {
         return Err(unknown());
     }
-    if state.hooks.all.check().is_err() {
+    if !state.hooks.all() {
         return Err(ApiError::TooManyRequests(
             "too many webhook deliveries; retry shortly".into(),
         ));
     }
     let receiver = state.store.git_receiver_by_hook(&hook_id).await?.ok_or_else(unknown)?;
-    if state.hooks.per_receiver.check_key(&receiver.id).is_err() {
+    if !state.hooks.receiver(receiver.id) {
         tracing::warn!(receiver = %receiver.key, "webhook deliveries past the receiver's rate limit");
         return Err(ApiError::TooManyRequests(
             "too many deliveries to this receiver; retry shortly".into(),

@@ -4,6 +4,7 @@
 //! configurations of the receiver's scope that read the pushed ref to re-check their source at once.
 
 pub mod hook;
+pub mod limits;
 pub mod model;
 pub mod routes;
 pub mod service;

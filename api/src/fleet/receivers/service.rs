@@ -30,6 +30,8 @@ pub const TYPE: &str = "Fluxplane.Fleet/gitReceivers";
 
 /// Random bytes of a webhook's path segment: unguessable, so that the webhooks cannot be listed by trying.
 const HOOK_ID_BYTES: usize = 24;
+/// Characters of a hook id: its bytes in URL-safe base64 without padding.
+pub const HOOK_ID_CHARS: usize = HOOK_ID_BYTES * 4 / 3;
 
 /// Writes Git receivers and acts on their pushes.
 #[derive(Clone)]
