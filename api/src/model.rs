@@ -561,6 +561,26 @@ pub struct FleetGauges {
     pub clusters: Vec<(String, bool, i64)>,
 }
 
+/// What the metrics of failing configurations are counted from (`fleet::failing`): per policy assignment (its ARM
+/// id, '' for none) with configurations, how many fail, from the rollups; every cluster with failing
+/// configurations, with how many; and every cluster group, to count those clusters into.
+#[derive(Debug, Clone, Default)]
+pub struct FailingGauges {
+    pub by_assignment: Vec<(String, i64)>,
+    pub clusters: Vec<FailingCluster>,
+    pub groups: Vec<ClusterGroupRecord>,
+}
+
+/// A cluster with failing configurations: where it is, its tags, how many fail.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FailingCluster {
+    pub subscription_key: String,
+    pub resource_group_key: String,
+    #[sqlx(json)]
+    pub tags: BTreeMap<String, String>,
+    pub failing: i64,
+}
+
 /// What became of a status report, and when the write it reports on was accepted if this is the first report on
 /// it (the write's operation ends with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

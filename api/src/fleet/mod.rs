@@ -10,6 +10,7 @@ pub mod assignments;
 pub mod breaker;
 pub mod cluster_compliance;
 pub mod commits;
+pub mod failing;
 pub mod groups;
 pub mod groups_service;
 pub mod receivers;

@@ -26,9 +26,10 @@ use crate::fleet::receivers::model::LastPush;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
-    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GitReceiverRecord,
-    GitSource, GroupDelete, HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReconcileTarget,
-    ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
+    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FailingGauges, FleetGauges,
+    GitReceiverRecord, GitSource, GroupDelete, HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord,
+    ReconcileTarget, ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord,
+    Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -184,6 +185,9 @@ pub trait Dashboards: Send + Sync + 'static {
     -> StoreResult<Vec<StatusRecord>>;
     /// The fleet-wide counts the metrics export.
     async fn fleet_gauges(&self, heard_since: DateTime<Utc>) -> StoreResult<FleetGauges>;
+    /// What the metrics of failing configurations by cluster group and policy assignment are counted from: reads
+    /// the rollups, the failing configurations only (an index of their own) and the cluster groups.
+    async fn failing_gauges(&self) -> StoreResult<FailingGauges>;
 }
 
 /// Git receivers, and requests to re-check sources at once (`receivers.rs`).

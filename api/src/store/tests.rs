@@ -2200,3 +2200,54 @@ async fn reconcile_request_case(backend: Backend) {
     })
     .await;
 }
+
+on_both_backends!(
+    the_failing_configurations_are_read_per_cluster_and_per_assignment,
+    failing_gauges_case
+);
+async fn failing_gauges_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let (a, b) = (registered(&store, "a").await, registered(&store, "b").await);
+        for (cluster, name, compliance) in [
+            (a.id, "x", ComplianceState::NonCompliant),
+            (a.id, "y", ComplianceState::NonCompliant),
+            (a.id, "z", ComplianceState::Compliant),
+            (b.id, "x", ComplianceState::Pending),
+        ] {
+            let record = ConfigurationRecord {
+                compliance_state: compliance,
+                ..configuration(cluster, name)
+            };
+            store
+                .insert_configuration(
+                    &record,
+                    &SecretsWrite::Keep,
+                    &operation(&format!("{cluster}/{name}"), 1),
+                )
+                .await
+                .unwrap();
+        }
+        let gauges = store.failing_gauges().await.unwrap();
+        assert_eq!(
+            gauges.by_assignment,
+            [(String::new(), 2)],
+            "unmanaged: two of four fail"
+        );
+        assert_eq!(
+            gauges.clusters.len(),
+            1,
+            "only clusters with failing configurations: {:?}",
+            gauges.clusters
+        );
+        assert_eq!(gauges.clusters[0].failing, 2);
+        assert_eq!(gauges.clusters[0].tags["env"], "prod");
+        store.compact_rollups().await.unwrap();
+        assert_eq!(
+            store.failing_gauges().await.unwrap().by_assignment,
+            [(String::new(), 2)],
+            "folded the same"
+        );
+    })
+    .await;
+}
