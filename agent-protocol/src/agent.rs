@@ -128,6 +128,13 @@ pub struct DesiredConfiguration {
     /// key. Applied in order on top of the cluster's copy, they bring it to `secretsVersion`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sealed_secrets: Vec<SealedSecrets>,
+    /// When someone last asked for the configuration's source to be checked again at once (RFC 3339): a Git push
+    /// the control plane heard of, or a `reconcile` action. It moves without a new generation; an agent that sees
+    /// a value it has not acted on fetches the source now (the `kube` target sets Flux's
+    /// `reconcile.fluxcd.io/requestedAt` to it) instead of waiting for the sync interval. Absent until first asked,
+    /// and from servers that predate it; older agents ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_requested_at: Option<String>,
 }
 
 /// One change to a configuration's secrets, sealed so that only the agent holding the private half of
@@ -405,6 +412,10 @@ mod tests {
         assert!(claims.exp - claims.iat <= MAX_TOKEN_LIFETIME_SECONDS);
         let desired: DesiredState = serde_json::from_value(examples[1].clone()).unwrap();
         assert_eq!(desired.configurations[0].generation, 3);
+        assert_eq!(
+            desired.configurations[0].reconcile_requested_at.as_deref(),
+            Some("2026-11-21T18:20:05.123Z")
+        );
         let report: StatusReport = serde_json::from_value(examples[2].clone()).unwrap();
         assert_eq!(report.configurations[0].outcome, ApplyOutcome::Applied);
         assert_eq!(report.agent.total_node_count, Some(3));
@@ -440,8 +451,13 @@ mod tests {
         assert_eq!(report.agent, AgentInfo::default());
         assert!(report.configurations[0].statuses.is_empty());
         assert!(report.extensions.is_empty());
-        let desired: DesiredState =
-            serde_json::from_value(serde_json::json!({"clusterId": "c", "revision": 1, "configurations": []})).unwrap();
+        let desired: DesiredState = serde_json::from_value(serde_json::json!({"clusterId": "c", "revision": 1,
+            "configurations": [{"name": "c", "generation": 1, "spec": {}}]}))
+        .unwrap();
+        assert_eq!(
+            desired.configurations[0].reconcile_requested_at, None,
+            "a server that predates reconcile requests leaves them out"
+        );
         assert!(
             desired.extensions.is_empty(),
             "a server without extensions leaves them out"

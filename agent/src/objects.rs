@@ -24,6 +24,9 @@ pub const CONFIGURATION_LABEL: &str = "fluxplane.io/configuration";
 /// The label every object fluxplane writes carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fluxplane");
 
+/// Flux's annotation that asks its controllers to reconcile an object at once: a new value is a new request.
+pub const RECONCILE_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+
 /// The annotation of a configuration's secret that records the version of the secret set it holds.
 pub const SECRETS_VERSION_ANNOTATION: &str = "fluxplane.io/secrets-version";
 /// The key of a configuration's secret that holds the secret set as delivered (JSON), which later patches of the
@@ -46,6 +49,12 @@ pub fn auth_secret_name(configuration: &str) -> String {
 pub fn configuration_objects(configuration: &DesiredConfiguration, credentials: &Credentials) -> Vec<Value> {
     let spec = spec_with(&configuration.spec, credentials.secrets.as_ref());
     let mut objects = flux_objects(&configuration.name, &spec);
+    if let Some(requested) = &configuration.reconcile_requested_at {
+        // Flux reconciles an object whose annotation changes at once: the source fetches, the Kustomizations apply
+        for object in &mut objects {
+            object["metadata"]["annotations"][RECONCILE_REQUESTED_AT] = Value::String(requested.clone());
+        }
+    }
     let auth = json!({ "name": auth_secret_name(&configuration.name) });
     if credentials.deploy_key.is_some() {
         // the key the agent made is what the source authenticates with (only made where nothing else would be)
@@ -568,6 +577,42 @@ mod tests {
     }
 
     #[test]
+    fn a_reconcile_request_annotates_what_flux_reconciles_and_nothing_else() {
+        let mut configuration = DesiredConfiguration {
+            name: "cfg".into(),
+            generation: 2,
+            spec: spec(json!({"namespace": "ns", "sourceKind": "GitRepository",
+                "gitRepository": {"url": "https://x.io/r", "repositoryRef": {"branch": "main"}, "httpsUser": "bot"},
+                "kustomizations": {"apps": {"path": "./apps"}, "infra": {"path": "./infra"}}})),
+            ..Default::default()
+        };
+        let plain = configuration_objects(&configuration, &Credentials::default());
+        assert!(
+            plain
+                .iter()
+                .all(|o| o["metadata"]["annotations"].get(RECONCILE_REQUESTED_AT).is_none()),
+            "no request, no annotation"
+        );
+        configuration.reconcile_requested_at = Some("2026-11-21T18:20:05.123Z".into());
+        let objects = configuration_objects(&configuration, &Credentials::default());
+        let annotated: Vec<&str> = objects
+            .iter()
+            .filter(|o| o["metadata"]["annotations"][RECONCILE_REQUESTED_AT] == "2026-11-21T18:20:05.123Z")
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            annotated,
+            ["cfg", "cfg-apps", "cfg-infra"],
+            "the source and every Kustomization"
+        );
+        let flux_config = objects.iter().find(|o| o["kind"] == "FluxConfig").unwrap();
+        assert_eq!(
+            flux_config["metadata"]["annotations"][GENERATION_ANNOTATION], "2",
+            "the generation stays what it was"
+        );
+    }
+
+    #[test]
     fn credentials_point_at_the_auth_secret_or_the_users_own() {
         let with_key = spec(json!({
             "gitRepository": {"url": "ssh://git@github.com/org/repo", "repositoryRef": {"tag": "v1"}},
@@ -639,6 +684,7 @@ mod tests {
                                                       "subject": "^https://github.com/org/.*$"}]}}})),
             secrets_version: None,
             sealed_secrets: Vec::new(),
+            reconcile_requested_at: None,
         };
         let objects = configuration_objects(&configuration, &Credentials::default());
         let secret = &objects[0];

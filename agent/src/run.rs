@@ -110,6 +110,8 @@ struct Held {
     /// The objects of this generation the agent wrote back after they drifted, the latest per object: each shows
     /// as a `Restored` condition on its status for as long as the generation lasts.
     restorations: Vec<Restoration>,
+    /// The last request to re-check the source at once that the agent acted on (`reconcileRequestedAt`).
+    reconcile_requested_at: Option<String>,
 }
 
 /// What the agent holds of one extension: the settings of the generation it installed, which the agent acts on
@@ -297,6 +299,7 @@ impl Agent {
                         next_check: now,
                         reported: None,
                         restorations: Vec::new(),
+                        reconcile_requested_at: None,
                     });
                 }
                 self.inventoried = true;
@@ -376,6 +379,7 @@ impl Agent {
                 next_check: now,
                 reported: None,
                 restorations: Vec::new(),
+                reconcile_requested_at: None,
             });
             if held.generation != configuration.generation {
                 held.generation = configuration.generation;
@@ -528,10 +532,17 @@ impl Agent {
             let undelivered = !configuration.sealed_secrets.is_empty()
                 && held.is_none_or(|h| h.secrets_version != configuration.secrets_version);
             let due = held.is_none_or(|h| h.next_check <= now);
-            if !new_generation && !undelivered && !due {
+            // a request to re-check at once (a push, a `reconcile` action) not acted on yet: the objects are written
+            // again with it (Flux's request annotation, `objects::configuration_objects`) and the source checked now
+            let requested = configuration.reconcile_requested_at.is_some()
+                && held.is_some_and(|h| h.reconcile_requested_at != configuration.reconcile_requested_at);
+            if !new_generation && !undelivered && !due && !requested {
                 continue;
             }
-            let write = new_generation || undelivered || held.is_some_and(|h| !h.applied);
+            if requested {
+                tracing::info!(configuration = %name, requested_at = ?configuration.reconcile_requested_at, "re-checking at once, as asked");
+            }
+            let write = new_generation || undelivered || requested || held.is_some_and(|h| !h.applied);
             let mut applied = true;
             let mut secrets_version = held.and_then(|h| h.secrets_version);
             let mut restored = Vec::new();
@@ -574,12 +585,16 @@ impl Agent {
                 next_check: now,
                 reported: None,
                 restorations: Vec::new(),
+                reconcile_requested_at: None,
             });
             if held.generation != configuration.generation {
                 held.restorations.clear();
             }
             held.generation = configuration.generation;
             held.applied = applied;
+            // acted on, whatever came of it: a failed write is tried again on its own clock (`RETRY_FAILED_APPLY`)
+            held.reconcile_requested_at
+                .clone_from(&configuration.reconcile_requested_at);
             held.secrets_version = secrets_version;
             held.next_check = now
                 + if applied {
@@ -1115,6 +1130,51 @@ mod tests {
         let fresh = &agent.pending["cfg"];
         assert!(fresh.restored.is_empty());
         assert!(condition(fresh).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_request_is_acted_on_at_once_and_once() {
+        let target = Flaky::default();
+        target.writes.store(1, Ordering::SeqCst); // no failing first write here
+        let mut agent = Agent::new(
+            ControlPlane::new(agent_identity()).unwrap(),
+            Box::new(target.clone()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let mut desired = DesiredState {
+            cluster_id: "c".into(),
+            revision: 1,
+            configurations: vec![DesiredConfiguration {
+                name: "cfg".into(),
+                generation: 1,
+                ..Default::default()
+            }],
+            extensions: Vec::new(),
+        };
+        agent.reconcile(&desired).await;
+        let observed = || target.observed.lock().unwrap().len();
+        assert_eq!((target.writes.load(Ordering::SeqCst), observed()), (2, 1));
+
+        // long before the sync interval, with no new generation
+        tokio::time::advance(Duration::from_secs(5)).await;
+        desired.revision = 2;
+        desired.configurations[0].reconcile_requested_at = Some("2026-11-21T18:20:05.123Z".into());
+        agent.reconcile(&desired).await;
+        assert_eq!(
+            (target.writes.load(Ordering::SeqCst), observed()),
+            (3, 2),
+            "written again (with Flux's request annotation) and checked at once"
+        );
+        agent.reconcile(&desired).await;
+        assert_eq!(observed(), 2, "a request is acted on once");
+        agent.pending.clear(); // as if accepted
+        assert_eq!(
+            agent.next_due(),
+            Instant::now() + Duration::from_secs(600),
+            "the next check comes a sync interval after this one"
+        );
     }
 
     fn flux_extension(generation: i64) -> DesiredExtension {

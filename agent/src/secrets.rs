@@ -273,6 +273,7 @@ mod tests {
             spec: Default::default(),
             secrets_version: version,
             sealed_secrets,
+            reconcile_requested_at: None,
         }
     }
 

@@ -99,6 +99,9 @@ pub enum ApiError {
     DatabaseUnavailable(String),
     #[error("the request did not complete within {} seconds", .0.as_secs())]
     RequestTimeout(std::time::Duration),
+    /// A caller went past a rate limit; it may try again in a second.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -134,6 +137,7 @@ impl ApiError {
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
             ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -161,6 +165,7 @@ impl ApiError {
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
             ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => "ServiceUnavailable",
             ApiError::RequestTimeout(_) => "RequestTimeout",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::Internal(_) => "InternalServerError",
         }
     }
@@ -205,6 +210,9 @@ impl IntoResponse for ApiError {
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

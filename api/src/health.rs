@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::error::ApiError;
+use crate::fleet;
 use crate::state::AppState;
 
 /// The process is up.
@@ -29,7 +30,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 }
 
 /// Prometheus metrics in the OpenMetrics text format. The fleet gauges are read from the store's rollups at
-/// each scrape; if that fails the rest is still answered, and the failure logged.
+/// each scrape, and the failing configurations by cluster group and policy assignment from the rollups and the
+/// failing rows only; if that fails the rest is still answered, and the failure logged.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let now = chrono::Utc::now();
     let heard_since = chrono::Duration::from_std(state.config.offline_after)
@@ -39,6 +41,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.fleet_gauges(heard_since).await {
         Ok(gauges) => state.metrics.set_fleet(&gauges),
         Err(err) => tracing::warn!(error = %err, "reading the fleet gauges failed"),
+    }
+    match state.store.failing_gauges().await {
+        Ok(gauges) => state.metrics.set_failing(&fleet::failing::tally(&gauges)),
+        Err(err) => tracing::warn!(error = %err, "reading the failing configurations failed"),
     }
     (
         StatusCode::OK,

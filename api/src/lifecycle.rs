@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use fluxplane_agent_protocol::agent::{ApplyOutcome, ReportDisposition};
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,18 @@ pub fn reconcile_by(spec: &FluxConfigurationSpec, now: DateTime<Utc>) -> Option<
         .and_then(|text| iso8601::duration(text).ok())
         .map_or(DEFAULT_RECONCILIATION_WAIT, Duration::from);
     Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+}
+
+/// When a request to re-check a source at once (a Git push, a `reconcile` action) made at `now` is recorded: to
+/// the millisecond, as agents read it (`reconcileRequestedAt`), so that what is stored is what they compare.
+pub fn reconcile_requested(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.with_nanosecond(now.timestamp_subsec_millis() * 1_000_000)
+        .unwrap_or(now)
+}
+
+/// `reconcileRequestedAt` as agents receive it.
+pub fn reconcile_requested_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Connectivity of a cluster's agent.
@@ -529,6 +541,22 @@ mod tests {
             secrets: Duration::from_secs(48 * 3600),
             pending: Duration::from_secs(3600),
         }
+    }
+
+    #[test]
+    fn a_reconcile_request_is_kept_to_the_millisecond_agents_read() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T18:20:05.123456789Z")
+            .unwrap()
+            .to_utc();
+        let at = reconcile_requested(now);
+        assert_eq!(reconcile_requested_text(at), "2026-11-21T18:20:05.123Z");
+        assert_eq!(
+            DateTime::parse_from_rfc3339(&reconcile_requested_text(at))
+                .unwrap()
+                .to_utc(),
+            at,
+            "what agents read is what is stored"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::fleet::failing::Failing;
 use crate::lifecycle::ConnectivityStatus;
 use crate::model::FleetGauges;
 
@@ -49,6 +50,23 @@ struct ReportLabels {
     disposition: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterGroupLabels {
+    cluster_group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyAssignmentLabels {
+    policy_assignment: String,
+}
+
+/// Most series of a family labelled by a resource (a cluster group, a policy assignment): those with the most
+/// failing configurations (then by id), the rest summed in one series labelled [`OTHER`]. Every series is kept by
+/// Prometheus for as long as it is scraped: the fleet's size must not be the count of series.
+pub const MAX_LABELLED_SERIES: usize = 100;
+/// The label value of the series that sums the resources past [`MAX_LABELLED_SERIES`].
+pub const OTHER: &str = "other";
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -62,6 +80,8 @@ pub struct Metrics {
     pub status_latency: Histogram,
     configurations: Family<StateLabels, Gauge>,
     clusters: Family<ConnectivityLabels, Gauge>,
+    failing_by_group: Family<ClusterGroupLabels, Gauge>,
+    failing_by_assignment: Family<PolicyAssignmentLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -115,6 +135,20 @@ impl Default for Metrics {
             "Clusters of the whole fleet by connectivity status",
             clusters.clone(),
         );
+        let failing_by_group = Family::<ClusterGroupLabels, Gauge>::default();
+        registry.register(
+            "failing_configurations_by_cluster_group",
+            "Failed or Non-Compliant configuration instances on the clusters of each cluster group (its ARM id; at most \
+             100 groups, the most failing first, the rest summed as \"other\")",
+            failing_by_group.clone(),
+        );
+        let failing_by_assignment = Family::<PolicyAssignmentLabels, Gauge>::default();
+        registry.register(
+            "failing_configurations_by_policy_assignment",
+            "Failed or Non-Compliant configuration instances each policy assignment manages (its ARM id, \"none\" for \
+             configurations written by hand; at most 100, the most failing first, the rest summed as \"other\")",
+            failing_by_assignment.clone(),
+        );
         Self {
             registry,
             requests,
@@ -125,8 +159,25 @@ impl Default for Metrics {
             status_latency,
             configurations,
             clusters,
+            failing_by_group,
+            failing_by_assignment,
         }
     }
+}
+
+/// `counts` (label value, count) cut to [`MAX_LABELLED_SERIES`] series: the largest counts (then by label), and
+/// the rest summed under [`OTHER`] when there is a rest.
+fn capped(counts: &[(String, i64)]) -> Vec<(String, i64)> {
+    let mut sorted: Vec<&(String, i64)> = counts.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut series: Vec<(String, i64)> = sorted.iter().take(MAX_LABELLED_SERIES).map(|c| (*c).clone()).collect();
+    if sorted.len() > MAX_LABELLED_SERIES {
+        series.push((
+            OTHER.to_owned(),
+            sorted[MAX_LABELLED_SERIES..].iter().map(|c| c.1).sum(),
+        ));
+    }
+    series
 }
 
 impl Metrics {
@@ -164,6 +215,23 @@ impl Metrics {
                     connectivity_status: connectivity_status.to_owned(),
                 })
                 .inc_by(*count);
+        }
+    }
+
+    /// Sets the failing configurations by cluster group and by policy assignment (read when scraped, as the fleet
+    /// gauges are), each family capped (`MAX_LABELLED_SERIES`).
+    pub fn set_failing(&self, failing: &Failing) {
+        self.failing_by_group.clear();
+        for (cluster_group, count) in capped(&failing.by_cluster_group) {
+            self.failing_by_group
+                .get_or_create(&ClusterGroupLabels { cluster_group })
+                .set(count);
+        }
+        self.failing_by_assignment.clear();
+        for (policy_assignment, count) in capped(&failing.by_policy_assignment) {
+            self.failing_by_assignment
+                .get_or_create(&PolicyAssignmentLabels { policy_assignment })
+                .set(count);
         }
     }
 
@@ -345,6 +413,49 @@ mod tests {
                 "a dashboard queries {name}, which /metrics does not export"
             );
         }
+    }
+
+    #[test]
+    fn failing_configurations_by_group_keep_to_the_cap_with_the_rest_as_other() {
+        let metrics = Metrics::default();
+        let groups: Vec<(String, i64)> = (0..MAX_LABELLED_SERIES + 20)
+            .map(|i| {
+                (
+                    format!("/subscriptions/s/providers/Fluxplane.Fleet/clusterGroups/g{i:03}"),
+                    i as i64 % 7,
+                )
+            })
+            .collect();
+        metrics.set_failing(&Failing {
+            by_cluster_group: groups.clone(),
+            by_policy_assignment: vec![("none".into(), 2)],
+        });
+        let exported = metrics.render();
+        let series = exported
+            .lines()
+            .filter(|l| l.starts_with("fluxplane_failing_configurations_by_cluster_group{"))
+            .count();
+        assert_eq!(series, MAX_LABELLED_SERIES + 1, "the cap, and one for the rest");
+        let total: i64 = groups.iter().map(|g| g.1).sum();
+        let exported_total: i64 = exported
+            .lines()
+            .filter(|l| l.starts_with("fluxplane_failing_configurations_by_cluster_group{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+            .sum();
+        assert_eq!(exported_total, total, "nothing is lost in the cut");
+        assert!(exported.contains(r#"cluster_group="other""#));
+        assert!(
+            exported.contains(r#"fluxplane_failing_configurations_by_policy_assignment{policy_assignment="none"} 2"#),
+            "{exported}"
+        );
+        // a second scrape with fewer groups leaves no stale series
+        metrics.set_failing(&Failing {
+            by_cluster_group: groups[..2].to_vec(),
+            by_policy_assignment: Vec::new(),
+        });
+        let exported = metrics.render();
+        assert!(!exported.contains(r#"cluster_group="other""#));
+        assert!(!exported.contains("policy_assignment=\"none\""));
     }
 
     #[test]

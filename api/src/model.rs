@@ -15,6 +15,7 @@ use crate::error::ErrorDetail;
 use crate::extensions::model::{ExtensionObserved, ExtensionSpec};
 use crate::fleet::assignments::model::{AssignmentSpec, CompliantTemplate};
 use crate::fleet::assignments::rollout::{RolloutPhase, RolloutState};
+use crate::fleet::receivers::model::{GitReceiverSpec, LastPush, SourceRef};
 use crate::fleet::selector::LabelSelector;
 use crate::flux::model::Observed;
 use crate::lifecycle::{HistoryEvent, OperationState, ProvisioningState};
@@ -94,6 +95,9 @@ pub struct ConfigurationRecord {
     /// write by hand: the assignment restores it).
     pub managed_by: Option<i64>,
     pub managed_generation: Option<i64>,
+    /// When its source was last asked to be checked again at once (a Git push, a `reconcile` action): set by the
+    /// store alone (`Store::request_reconcile`), never by a write, and no new generation.
+    pub reconcile_requested_at: Option<DateTime<Utc>>,
 }
 
 /// A cluster extension (`Microsoft.KubernetesConfiguration/extensions`).
@@ -202,6 +206,47 @@ pub struct ClusterGroupRecord {
     pub etag: String,
     #[sqlx(json)]
     pub system_data: SystemData,
+}
+
+/// A Git receiver: the repository whose pushes it hears of, from which host, at which webhook.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GitReceiverRecord {
+    pub id: i64,
+    pub key: String,
+    pub subscription_key: String,
+    /// Empty for a receiver at subscription scope.
+    pub resource_group_key: String,
+    pub subscription: String,
+    pub resource_group: Option<String>,
+    pub name: String,
+    #[sqlx(json)]
+    pub spec: GitReceiverSpec,
+    /// The random last segment of its webhook's URL; never changes.
+    pub hook_id: String,
+    /// Its secret, sealed by the vault for its key; never answered or logged.
+    pub sealed_secret: String,
+    pub etag: String,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+    #[sqlx(json(nullable))]
+    pub last_push: Option<LastPush>,
+}
+
+/// A configuration's Git source, as a receiver looks configurations up by repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    pub configuration_id: i64,
+    pub url: String,
+    pub reference: SourceRef,
+}
+
+/// Which configurations a request to re-check at once goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileTarget<'a> {
+    /// These configurations (by id).
+    Configurations(&'a [i64]),
+    /// The configurations the policy assignment (its id) manages.
+    ManagedBy(i64),
 }
 
 /// A policy assignment: a configuration template for every cluster its selector (or group) matches.
@@ -514,6 +559,26 @@ pub struct ConfigurationState {
 pub struct FleetGauges {
     pub instances: Vec<(String, String, i64)>,
     pub clusters: Vec<(String, bool, i64)>,
+}
+
+/// What the metrics of failing configurations are counted from (`fleet::failing`): per policy assignment (its ARM
+/// id, '' for none) with configurations, how many fail, from the rollups; every cluster with failing
+/// configurations, with how many; and every cluster group, to count those clusters into.
+#[derive(Debug, Clone, Default)]
+pub struct FailingGauges {
+    pub by_assignment: Vec<(String, i64)>,
+    pub clusters: Vec<FailingCluster>,
+    pub groups: Vec<ClusterGroupRecord>,
+}
+
+/// A cluster with failing configurations: where it is, its tags, how many fail.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FailingCluster {
+    pub subscription_key: String,
+    pub resource_group_key: String,
+    #[sqlx(json)]
+    pub tags: BTreeMap<String, String>,
+    pub failing: i64,
 }
 
 /// What became of a status report, and when the write it reports on was accepted if this is the first report on

@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         (name = "Agent", description = "The agent API (v1): desired state by long-poll, status back"),
         (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
         (name = "PolicyAssignments", description = "A Flux configuration for every cluster a selector matches (Fluxplane.Fleet)"),
+        (name = "GitReceivers", description = "Webhooks Git hosts call on push, which ask the configurations reading the pushed ref to re-check their source at once (Fluxplane.Fleet)"),
         (name = "ComplianceSummary", description = "Counts of configuration instances by state across a fleet (Fluxplane.Fleet)"),
         (name = "ResourceManager", description = "What Azure Resource Manager itself answers: subscriptions, provider registrations and operations, the cloud's metadata"),
         (name = "SourceControlConfigurations", description = "Flux v1 configurations, retired by Azure: every cluster has none"),

@@ -55,6 +55,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(arm_router())
         .merge(agents::routes::router())
+        .merge(fleet::receivers::hook::router())
         .merge(manager::public_router())
 }
 
@@ -66,6 +67,7 @@ fn arm_router() -> OpenApiRouter<AppState> {
         .merge(extensions::routes::router())
         .merge(flux::source_control::router())
         .merge(fleet::groups::router())
+        .merge(fleet::receivers::routes::router())
         .merge(fleet::assignments::routes::router())
         .merge(fleet::assignments::commits::router())
         .merge(fleet::summary::router())
@@ -151,6 +153,7 @@ impl AppState {
             turns: Arc::default(),
             vault,
             rollouts,
+            hooks: Arc::default(),
             lifetimes,
             database,
             tls,
@@ -179,9 +182,12 @@ pub fn app(state: AppState) -> Router {
             agents::auth::authenticate,
         ))
         .route_layer(guard(state.database.clone()));
+    // Git hosts authenticate each delivery with the receiver's secret, not with a token
+    let (hooks, _) = fleet::receivers::hook::router().split_for_parts();
+    let hooks = hooks.route_layer(guard(state.database.clone()));
     // the cloud's metadata is read before signing in, and needs no database
     let (metadata, _) = manager::public_router().split_for_parts();
-    let mut app = Router::new().merge(arm).merge(agent).merge(metadata);
+    let mut app = Router::new().merge(arm).merge(agent).merge(hooks).merge(metadata);
     // `dev` only: a server that hands out no token has no such route, not even one that refuses
     if state.config.managed_identity.is_some() {
         app = app.merge(managed_identity::router());
@@ -236,6 +242,11 @@ pub fn app(state: AppState) -> Router {
             header::AUTHORIZATION,
             header::COOKIE,
             managed_identity::SECRET_HEADER,
+            // what Git hosts authenticate their webhook deliveries with
+            HeaderName::from_static("x-gitlab-token"),
+            HeaderName::from_static("x-hub-signature"),
+            HeaderName::from_static("x-hub-signature-256"),
+            HeaderName::from_static("x-signature"),
         ]))
         .with_state(state);
     // ARM's fixed segments match in any case: the path is respelled before the routes see it

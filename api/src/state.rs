@@ -15,6 +15,8 @@ use crate::extensions::service::Extensions;
 use crate::fleet::assignments::pace::Pace;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
+use crate::fleet::receivers::limits::HookLimits;
+use crate::fleet::receivers::service::GitReceivers;
 use crate::flux::service::Configurations;
 use crate::lifecycle::ExpiryMessages;
 use crate::lifecycle::Lifetimes;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub vault: Option<Arc<Vault>>,
     /// Wakes the task that moves rollouts on (`fleet::assignments::pace`).
     pub rollouts: Arc<Pace>,
+    /// The rate limits of the Git receivers' webhook on this replica.
+    pub hooks: Arc<HookLimits>,
     /// Writers of one resource take turns.
     pub turns: Arc<Turns>,
     /// How long what writes create lives unless acted upon.
@@ -101,6 +105,12 @@ impl FromRef<AppState> for Assignments {
             state.metrics.clone(),
             state.rollouts.clone(),
         )
+    }
+}
+
+impl FromRef<AppState> for GitReceivers {
+    fn from_ref(state: &AppState) -> Self {
+        GitReceivers::new(state.store.clone(), state.turns.clone(), state.vault.clone())
     }
 }
 

@@ -22,11 +22,13 @@ use crate::config::{LogFormat, ServeConfig};
 use crate::extensions::service::Extensions;
 use crate::fleet::assignments::service::Assignments;
 use crate::fleet::groups_service::Groups;
+use crate::fleet::receivers::service::GitReceivers;
 use crate::flux::service::Configurations;
 use crate::lifecycle::Lifetimes;
 use crate::state::AppState;
 use crate::store::{self, Store};
 use crate::turns::Turns;
+use crate::vault::Vault;
 
 /// The two store backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +334,7 @@ pub struct Services {
     pub extensions: Extensions,
     pub groups: Groups,
     pub assignments: Assignments,
+    pub git_receivers: GitReceivers,
 }
 
 impl Services {
@@ -346,7 +349,12 @@ impl Services {
             configurations: Configurations::new(store.clone(), turns.clone(), lifetimes, Duration::from_secs(300)),
             extensions: Extensions::new(store.clone(), turns.clone(), lifetimes),
             groups: Groups::new(store.clone(), turns.clone(), lifetimes),
-            assignments: Assignments::new(store, turns, lifetimes, Arc::default(), Arc::default()),
+            assignments: Assignments::new(store.clone(), turns.clone(), lifetimes, Arc::default(), Arc::default()),
+            git_receivers: GitReceivers::new(
+                store,
+                turns,
+                Some(Arc::new(Vault::from_key(&[7u8; 32]).expect("a 32-byte key"))),
+            ),
         }
     }
 }

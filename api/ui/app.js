@@ -26,7 +26,8 @@ const view = {
   history: { seq: 0, points: null, width: 0 },
   // offset: position of the page's first cluster; stack: the pages before it, as {url, offset}.
   grid: { seq: 0, url: "", offset: 0, stack: [], nextLink: null, rows: [], cells: new Map(), active: { row: 0, col: 0 } },
-  drill: { seq: 0, target: null, opener: null, timer: 0 },
+  // reconciled: the last "Reconcile now" of this panel, {id, text}
+  drill: { seq: 0, target: null, opener: null, timer: 0, reconciled: null },
   live: { controller: null, timer: 0, lastEventId: "", failures: 0 },
   errors: new Map(),
   firstView: false,
@@ -156,6 +157,18 @@ async function api(url) {
   let response;
   try {
     response = await fetch(url, { headers: { ...authHeaders(), Accept: "application/json" }, cache: "no-store" });
+  } catch (err) {
+    throw new ApiError(0, "NetworkError", `The API could not be reached (${err.message}).`);
+  }
+  if (!response.ok) throw await apiError(response);
+  return response.json();
+}
+
+// A POST of an action (no body); answers the JSON it returns.
+async function apiPost(url) {
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", headers: { ...authHeaders(), Accept: "application/json" }, cache: "no-store" });
   } catch (err) {
     throw new ApiError(0, "NetworkError", `The API could not be reached (${err.message}).`);
   }
@@ -315,6 +328,30 @@ function endSession() {
   buildCards();
   view.firstView = false;
   delete document.body.dataset.ready;
+}
+
+// What the token's roles claim grants ([{role, scope}]), to offer only the actions the server would allow (it
+// checks every call itself). A token without such a claim offers none.
+const ROLE_RANK = { Reader: 0, Contributor: 1, Owner: 2 };
+
+function tokenRoles() {
+  try {
+    const payload = session.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const roles = JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "="))).roles;
+    return Array.isArray(roles) ? roles : [];
+  } catch {
+    return [];
+  }
+}
+
+// Whether the session may act on resourceId with `role` or above: an assignment of it covers the resource's id.
+function mayAct(resourceId, role) {
+  const id = String(resourceId || "").toLowerCase();
+  return tokenRoles().some((assignment) => {
+    if (!(ROLE_RANK[assignment?.role] >= ROLE_RANK[role])) return false;
+    const scope = String(assignment.scope || "").toLowerCase().replace(/\/+$/, "");
+    return assignment.scope === "/" || (scope !== "" && (id === scope || id.startsWith(`${scope}/`)));
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -909,6 +946,7 @@ function closeDrilldown(restoreFocus = true) {
   $("drilldown").hidden = true;
   view.drill.seq++;
   view.drill.target = null;
+  view.drill.reconciled = null;
   clearTimeout(view.drill.timer);
   view.drill.timer = 0;
   if (!restoreFocus) return;
@@ -974,6 +1012,7 @@ async function showConfiguration(opener, cluster, cfg, refresh = false) {
   }
   const p = detail.value.properties || {};
   setPanelBody(
+    reconcileControl(cfg.id, p.provisioningState),
     facts([
       ["Compliance", badge(p.complianceState)],
       ["Provisioning", provisioningBadge(p.provisioningState)],
@@ -987,6 +1026,32 @@ async function showConfiguration(opener, cluster, cfg, refresh = false) {
     section("Source", sourceFacts(p)),
     section("Kustomizations", kustomizationsTable(p.kustomizations || {})),
   );
+}
+
+// "Reconcile now" for those who may (Contributor or above): asks the agent to re-check the source at once. What
+// was asked stays shown while the panel shows that configuration, across its live refreshes.
+function reconcileControl(id, provisioningState) {
+  if (!mayAct(id, "Contributor") || provisioningState === "Deleting") return null;
+  const asked = view.drill.reconciled?.id === id ? view.drill.reconciled : null;
+  const note = h("span", { class: "muted", "data-testid": "reconcile-status", role: "status" },
+    asked ? asked.text : "");
+  const button = h("button", { type: "button", class: "button", "data-testid": "reconcile",
+    title: "Ask the cluster's agent to check the source again now, rather than at its sync interval" }, "Reconcile now");
+  button.onclick = async () => {
+    button.disabled = true;
+    note.textContent = "Asking…";
+    let text;
+    try {
+      const answer = await apiPost(`${id}/reconcile?api-version=${FLEET_API}`);
+      text = `Asked at ${formatDateTime(answer.reconcileRequestedAt)}: the agent re-checks the source now.`;
+    } catch (err) {
+      text = `Could not ask: ${err.code}: ${err.message}`;
+    }
+    view.drill.reconciled = { id, text };
+    note.textContent = text;
+    button.disabled = false;
+  };
+  return h("div", { class: "dd-actions" }, button, " ", note);
 }
 
 async function showCluster(opener, cluster, refresh = false) {

@@ -325,6 +325,7 @@ async fn poller(
             reported: Instant::now(),
             failed: false,
             exchange: Exchange::default(),
+            reconcile_requested_at: None,
         });
     }
 }
@@ -378,6 +379,8 @@ const ASSIGN: &str = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FR
 /// A policy assignment's template change: every configuration it manages rewritten.
 const REASSIGN: &str = "UPDATE bench_ceiling_configurations SET spec = $1, generation = generation + 1, etag = $2 \
      WHERE name = 'baseline'";
+/// A push's request to re-check: the touched configurations (those of the first `$2` clusters) marked at once.
+const MARK: &str = "UPDATE bench_ceiling_configurations SET etag = $1 WHERE cluster_id < $2";
 /// A listing page, as the server reads it: one more row than the page, to know whether another follows.
 const PAGE: &str = "SELECT * FROM flux_configurations WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3";
 
@@ -734,6 +737,43 @@ impl Db {
                 reach: change_reach,
             },
         ])
+    }
+
+    /// A push to the configurations of `touched` clusters among `clusters`, `pushes` times: the touched rows marked in
+    /// one transaction, then each touched cluster at once reads its desired state and writes its status in a
+    /// transaction of its own. Answers each cluster's time from the push's start to its status written, sorted.
+    pub(crate) async fn push(&self, clusters: usize, touched: usize, pushes: usize) -> anyhow::Result<Vec<Duration>> {
+        let documents = self.scratch().await?;
+        self.assign(clusters, "app", &documents).await?;
+        let mut times = Vec::with_capacity(pushes * touched);
+        for push in 0..pushes {
+            let started = Instant::now();
+            on_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(MARK)
+                    .bind(format!("push-{push}"))
+                    .bind(touched as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            });
+            let tasks: Vec<_> = (0..touched as i64)
+                .map(|cluster| {
+                    let (db, observed) = (self.clone(), documents.observed.clone());
+                    tokio::spawn(async move {
+                        db.desired(cluster).await?;
+                        db.report(cluster, "app", true, &observed).await?;
+                        Ok::<_, anyhow::Error>(started.elapsed())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                times.push(task.await??);
+            }
+        }
+        self.drop_scratch().await?;
+        times.sort();
+        Ok(times)
     }
 
     /// The configuration `name` on each of `clusters` clusters, in one transaction.

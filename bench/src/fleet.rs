@@ -104,6 +104,8 @@ struct ReceiptLine {
     reported_micros: u64,
     failed: bool,
     exchange: Exchange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reconcile_requested_at: Option<String>,
 }
 
 /// What an agent of the fleet received, and when.
@@ -114,6 +116,8 @@ pub struct FleetReceipt {
     pub reported: SystemTime,
     pub failed: bool,
     pub exchange: Exchange,
+    /// The request to re-check at once the agent answered, if that is what it received.
+    pub reconcile_requested_at: Option<String>,
 }
 
 /// Registers `clusters` clusters (`fleet-00000` and up) through the API, each with an identity of its own.
@@ -208,6 +212,7 @@ pub(crate) fn print_receipts(mut receipts: mpsc::UnboundedReceiver<Receipt>) -> 
                     reported_micros: wall(receipt.reported)?,
                     failed: receipt.failed,
                     exchange: receipt.exchange,
+                    reconcile_requested_at: receipt.reconcile_requested_at,
                 };
                 serde_json::to_writer(&mut out, &line)?;
                 out.push(b'\n');
@@ -319,6 +324,7 @@ impl Fleet {
                     reported: UNIX_EPOCH + Duration::from_micros(line.reported_micros),
                     failed: line.failed,
                     exchange: line.exchange,
+                    reconcile_requested_at: line.reconcile_requested_at,
                 };
                 if sender.send(receipt).is_err() {
                     return;

@@ -3,7 +3,8 @@
 //! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
 //! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
 //! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, the
-//! fleet compliance summary, and what real agents re-checking their clusters cost the control plane. Each figure
+//! fleet compliance summary, what real agents re-checking their clusters cost the control plane, and a Git push
+//! reaching the agents of the configurations it concerns (to Compliant). Each figure
 //! comes with its ceilings measured in the same run (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
@@ -14,6 +15,7 @@ mod ingestion;
 mod listing;
 mod memory;
 mod propagation;
+mod push;
 mod rechecks;
 mod report;
 mod summary;
@@ -89,6 +91,15 @@ struct Args {
     /// Seconds the re-check scenario counts the control plane's requests.
     #[arg(long, default_value_t = 30)]
     recheck_window: u64,
+    /// Simulated agents polling in the push scenario (in the simulator's process), each with one configuration.
+    #[arg(long, default_value_t = 10_000)]
+    push_agents: usize,
+    /// Configurations of the push scenario that read the pushed repository (the others read another).
+    #[arg(long, default_value_t = 1000)]
+    push_touched: usize,
+    /// Pushes timed in the push scenario.
+    #[arg(long, default_value_t = 5)]
+    pushes: usize,
     /// How the simulated agents of the propagation, assignment and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
@@ -124,6 +135,7 @@ enum Scenario {
     Assignment,
     Summary,
     Rechecks,
+    Push,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -311,6 +323,9 @@ async fn main() -> anyhow::Result<()> {
         args.summary_clusters = 30;
         args.recheck_agents = 20;
         args.recheck_window = 3;
+        args.push_agents = 20;
+        args.push_touched = 5;
+        args.pushes = 2;
     }
     let apply = args.apply.apply();
     let backends: &[(Backend, &'static str)] = match args.backend {
@@ -393,6 +408,23 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             target.server.stop().await;
         }
+        if wanted(Scenario::Push) {
+            eprintln!(
+                "{name}: {} pushes to {} of {} agents' configurations",
+                args.pushes, args.push_touched, args.push_agents
+            );
+            let target = Target::start(*backend).await?;
+            push::push(
+                &target,
+                args.push_agents,
+                args.push_touched,
+                args.pushes,
+                &mut figures,
+                name,
+            )
+            .await?;
+            target.server.stop().await;
+        }
         if wanted(Scenario::Summary) {
             eprintln!(
                 "{name}: the compliance summary of {} clusters with ten configurations each",
@@ -426,6 +458,9 @@ async fn main() -> anyhow::Result<()> {
             "writes": args.writes,
             "fleet": args.fleet,
             "summary_clusters": args.summary_clusters,
+            "push_agents": args.push_agents,
+            "push_touched": args.push_touched,
+            "pushes": args.pushes,
             "apply_delay_ms": args.apply.apply_delay,
             "failure_rate": args.apply.failure_rate,
         });

@@ -2,8 +2,9 @@
 //! status comes back. The fleet is simulated by agents that speak the real protocol with their own identities
 //! (Ed25519 keys registered on their clusters), long-poll, and apply either instantly or after `--apply-delay`:
 //! they then report the new generation `Applied`/`Compliant`, or, for the fraction `--failure-rate` of applies,
-//! `Failed`/`Non-Compliant` with a message. The agents run in the fleet simulator's process (see `fleet`), so that
-//! 10,000 of them fit beside the server's own 10,000 connections.
+//! `Failed`/`Non-Compliant` with a message. Asked to re-check their source at once (`reconcileRequestedAt`: a push,
+//! a `reconcile` action), they report again as if the check had found a new commit. The agents run in the fleet
+//! simulator's process (see `fleet`), so that 10,000 of them fit beside the server's own 10,000 connections.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -90,16 +91,31 @@ pub(crate) struct Receipt {
     pub(crate) reported: Instant,
     pub(crate) failed: bool,
     pub(crate) exchange: Exchange,
+    /// The request to re-check the source at once this report answers (`reconcileRequestedAt`), if it was one.
+    pub(crate) reconcile_requested_at: Option<String>,
 }
 
-/// One simulated agent: polls, and reports every new generation as `apply` says.
+/// The commit a simulated agent reports: the same until someone asks it to re-check its source (a push, a
+/// `reconcile` action), then one of its own for each request, as if the re-check had found a new commit.
+fn synced_commit(reconcile_requested_at: Option<&str>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in reconcile_requested_at.unwrap_or_default().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let hash = if reconcile_requested_at.is_some() { hash } else { 0 };
+    format!("main@sha1:{hash:040x}")
+}
+
+/// One simulated agent: polls, and reports every new generation, and every request to re-check its source, as
+/// `apply` says.
 pub(crate) async fn simulated_agent(
     control_plane: ControlPlane,
     apply: Apply,
     receipts: mpsc::UnboundedSender<Receipt>,
 ) -> anyhow::Result<()> {
     let mut revision = None;
-    let mut seen = std::collections::HashMap::<String, i64>::new();
+    let mut seen = std::collections::HashMap::<String, (i64, Option<String>)>::new();
     loop {
         let desired = match control_plane.desired_state(revision, Duration::from_secs(30)).await {
             Ok(desired) => desired,
@@ -112,7 +128,11 @@ pub(crate) async fn simulated_agent(
         let fresh: Vec<_> = desired
             .configurations
             .iter()
-            .filter(|c| seen.get(&c.name).is_none_or(|g| *g < c.generation))
+            .filter(|c| {
+                seen.get(&c.name).is_none_or(|(generation, requested)| {
+                    *generation < c.generation || *requested != c.reconcile_requested_at
+                })
+            })
             .collect();
         if fresh.is_empty() {
             continue;
@@ -145,7 +165,7 @@ pub(crate) async fn simulated_agent(
                     },
                     message: failed.then(|| format!("simulated failure applying generation {}", c.generation)),
                     statuses: Vec::new(),
-                    source_synced_commit_id: Some("main@sha1:0000000000000000000000000000000000000000".into()),
+                    source_synced_commit_id: Some(synced_commit(c.reconcile_requested_at.as_deref())),
                     source_updated_at: None,
                     secrets_version: None,
                     repository_public_key: None,
@@ -163,7 +183,11 @@ pub(crate) async fn simulated_agent(
             accepted: serde_json::to_vec(&accepted)?.len(),
         };
         for (configuration, failed) in fresh.into_iter().zip(outcomes) {
-            seen.insert(configuration.name.clone(), configuration.generation);
+            let requested = configuration.reconcile_requested_at.clone();
+            seen.insert(
+                configuration.name.clone(),
+                (configuration.generation, requested.clone()),
+            );
             let _ = receipts.send(Receipt {
                 name: configuration.name.clone(),
                 generation: configuration.generation,
@@ -171,6 +195,7 @@ pub(crate) async fn simulated_agent(
                 reported,
                 failed,
                 exchange,
+                reconcile_requested_at: requested,
             });
         }
     }

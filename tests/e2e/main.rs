@@ -19,6 +19,7 @@ mod errors;
 mod expiry;
 mod extensions;
 mod flux_configurations;
+mod git_receivers;
 mod hostile;
 mod managed_identity;
 mod policy_assignments;

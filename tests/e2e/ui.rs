@@ -188,6 +188,27 @@ async fn the_web_ui_shows_the_fleet_drills_down_and_updates_live() {
     )
     .await;
     screenshot(client, "objects.png").await;
+    // an Owner may ask for a reconcile: the button says when it asked
+    client
+        .find(Locator::Css("[data-testid='reconcile']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        client,
+        "the reconcile to be asked",
+        "const s = document.querySelector(\"[data-testid='reconcile-status']\"); return !!s && /Asked at/.test(s.textContent)",
+    )
+    .await;
+    let asked = api
+        .get(&with_version(
+            &config_path(&cluster_path(SUBSCRIPTION, "rg", "edge-1"), "platform"),
+            FLUX_API,
+        ))
+        .await;
+    assert_eq!(asked.body["properties"]["complianceState"], "Compliant", "{asked:?}");
     close_with_escape(client).await;
 
     // a live update: the failing cluster recovers; the cell and the counts follow without a reload
@@ -262,6 +283,38 @@ async fn the_web_ui_shows_the_fleet_drills_down_and_updates_live() {
         "return document.querySelectorAll('[data-configuration]').length === 3",
     )
     .await;
+
+    // a Reader sees the configuration but is offered no reconcile
+    client.goto(&format!("{}/#", api.server.base)).await.unwrap();
+    client
+        .execute("sessionStorage.clear(); location.reload(); return true", vec![])
+        .await
+        .unwrap();
+    let reader = api
+        .server
+        .token("reader", &[(fluxplane_api::auth::Role::Reader, "/subscriptions/s")]);
+    sign_in(client, &reader, SUBSCRIPTION).await;
+    wait_for(
+        client,
+        "the first view, as a Reader",
+        "return document.body.dataset.ready === 'true'",
+    )
+    .await;
+    drill_down(
+        client,
+        "[data-cluster='edge-1'][data-configuration='platform']",
+        "Kustomization",
+    )
+    .await;
+    assert!(
+        client
+            .find_all(Locator::Css("[data-testid='reconcile']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no reconcile for a Reader"
+    );
+    close_with_escape(client).await;
 
     // a subscription with nothing in it shows the empty state
     client.goto(&format!("{}/#", api.server.base)).await.unwrap();

@@ -675,6 +675,7 @@ mod tests {
             .unwrap(),
             secrets_version: None,
             sealed_secrets: Vec::new(),
+            reconcile_requested_at: None,
         }
     }
 
@@ -827,6 +828,7 @@ mod tests {
             .unwrap(),
             secrets_version: None,
             sealed_secrets: Vec::new(),
+            reconcile_requested_at: None,
         };
         target.apply(&desired, &Credentials::default()).await.unwrap();
         let keys = std::fs::read_to_string(dir.path().join("oci").join(VERIFICATION_FILE)).unwrap();

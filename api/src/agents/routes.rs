@@ -117,6 +117,7 @@ async fn desired_state(
                 generation: c.generation,
                 spec: c.spec,
                 secrets_version: c.secrets_version,
+                reconcile_requested_at: c.reconcile_requested_at.map(lifecycle::reconcile_requested_text),
             })
             .collect(),
         extensions: desired.extensions.into_iter().map(desired_extension).collect(),

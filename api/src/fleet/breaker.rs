@@ -57,7 +57,9 @@ impl CircuitBreaker {
 }
 
 /// A Git URL as the breaker compares them: the same repository whatever the scheme (`https://`, `ssh://`, `git@`
-/// host:path), user, letter case of the host, default port, trailing `/` or `.git`. `host[:port]/path`.
+/// host:path), user, letter case of the host, default port, trailing `/` or `.git`. `host[:port]/path`. Azure
+/// DevOps spells one repository two ways (`dev.azure.com/{org}/{project}/_git/{repo}` over HTTPS,
+/// `ssh.dev.azure.com:v3/{org}/{project}/{repo}` over SSH): both read as the HTTPS one.
 pub fn repository_key(url: &str) -> String {
     let url = url.trim();
     let (rest, scheme) = match url.split_once("://") {
@@ -88,6 +90,11 @@ pub fn repository_key(url: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let path = path.trim_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path).trim_end_matches('/');
+    if host == "ssh.dev.azure.com"
+        && let ["v3", org, project, repo] = path.split('/').collect::<Vec<_>>().as_slice()
+    {
+        return format!("dev.azure.com/{org}/{project}/_git/{repo}");
+    }
     format!("{host}/{path}")
 }
 
@@ -277,6 +284,23 @@ mod tests {
         );
         assert_ne!(repository_key("https://github.com:8443/org/fleet"), key, "another port");
         assert_ne!(repository_key("https://gitlab.com/org/fleet"), key);
+    }
+
+    #[test]
+    fn an_azure_devops_repository_reads_the_same_over_ssh_and_https() {
+        let key = "dev.azure.com/org/project/_git/fleet";
+        for url in [
+            "https://dev.azure.com/org/project/_git/fleet",
+            "https://org@dev.azure.com/org/project/_git/fleet",
+            "git@ssh.dev.azure.com:v3/org/project/fleet",
+            "ssh://git@ssh.dev.azure.com/v3/org/project/fleet",
+        ] {
+            assert_eq!(repository_key(url), key, "{url}");
+        }
+        assert_eq!(
+            repository_key("git@ssh.dev.azure.com:v3/org/fleet"),
+            "ssh.dev.azure.com/v3/org/fleet"
+        );
     }
 
     fn setting(percent: u32, min: u32) -> CircuitBreaker {

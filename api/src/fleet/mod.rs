@@ -2,14 +2,18 @@
 //! groups select clusters by their tags (`selector`, served by `groups`); policy assignments give every cluster
 //! they select a Flux configuration rendered from a template (`template`, served by `assignments`); the compliance
 //! summary counts their configurations' states (`summary`). Where each commit is and how it spread (`commits`), and
-//! the circuit breaker that halts the assignments reading a repository whose commit fails (`breaker`).
+//! the circuit breaker that halts the assignments reading a repository whose commit fails (`breaker`). Git
+//! receivers hear of pushes and ask the configurations reading the pushed repository to re-check it at once
+//! (`receivers`).
 
 pub mod assignments;
 pub mod breaker;
 pub mod cluster_compliance;
 pub mod commits;
+pub mod failing;
 pub mod groups;
 pub mod groups_service;
+pub mod receivers;
 pub mod selector;
 pub mod summary;
 pub mod template;

@@ -29,7 +29,8 @@ use crate::arm::{ApiVersion, ArmPath, ArmQuery, JsonBody, async_operation_header
 use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, AsOfParams, HistoryEntry, HistoryParams, StatusEntry};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
-use crate::lifecycle::{OperationState, agent_online};
+use crate::fleet::receivers::model::ReconcileRequested;
+use crate::lifecycle::{self, OperationState, agent_online};
 use crate::model::{ConfigurationRecord, HistorySubject};
 use crate::state::AppState;
 
@@ -46,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(list_configurations))
         .routes(routes!(get_operation))
+        .routes(routes!(reconcile_configuration))
         .routes(routes!(configuration_history))
         .routes(routes!(configuration_as_of))
 }
@@ -538,6 +540,37 @@ async fn get_operation(
             error: operation.error,
         }),
     ))
+}
+
+/// Asks the configuration's agent to check its source again at once, rather than at its sync interval: fluxplane's
+/// own action (Azure has none; `az k8s-configuration flux` cannot call it, `az rest` can). No new generation and no
+/// operation: the agent receives the request with its next desired state (at once, if it is waiting) as
+/// `reconcileRequestedAt`, fetches, and reports what it finds. Contributor or above; 409 while the configuration is
+/// being deleted.
+#[utoipa::path(
+    post,
+    path = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/{clusterRp}/{clusterResourceName}/{clusterName}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{fluxConfigurationName}/reconcile",
+    tag = "FluxConfigurations",
+    operation_id = "FluxConfigurations_Reconcile",
+    params(ConfigurationParams, FleetApiVersionParam),
+    responses(
+        (status = 200, description = "Asked", body = ReconcileRequested),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+async fn reconcile_configuration(
+    State(configurations): State<Configurations>,
+    caller: Caller,
+    _version: ApiVersion<Fleet>,
+    ArmPath(params): ArmPath<ConfigurationParams>,
+) -> ApiResult<Json<ReconcileRequested>> {
+    let target = resolve(&configurations, &caller, &params, Role::Contributor).await?;
+    let at = configurations.request_reconcile(&caller.subject, &target).await?;
+    Ok(Json(ReconcileRequested {
+        reconcile_requested_at: lifecycle::reconcile_requested_text(at),
+        configurations: 1,
+    }))
 }
 
 /// The history of a configuration: its status transitions (in all its lives, if it was deleted and created again)

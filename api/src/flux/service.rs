@@ -26,7 +26,7 @@ use crate::extensions::model as extensions;
 use crate::lifecycle::{
     self, FluxExtensionRefusal, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep, agent_online,
 };
-use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
+use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, ReconcileTarget, SecretsWrite, Write};
 use crate::store::Store;
 use crate::turns::Turns;
 
@@ -190,6 +190,34 @@ impl Configurations {
         .await?;
         tracing::info!(configuration = %target.id(), generation = written.record.generation, "configuration patched");
         Ok(written)
+    }
+
+    /// Asks the configuration's agent to re-check its source at once (the `reconcile` action): no new generation,
+    /// no operation; its cluster's revision moves so that a waiting poll answers now. Answers when it was asked. A
+    /// configuration being deleted has nothing left to re-check: a conflict.
+    pub async fn request_reconcile(&self, subject: &str, target: &Target) -> ApiResult<DateTime<Utc>> {
+        let current = self
+            .store
+            .get_configuration(target.cluster.id, target.name.as_str())
+            .await?
+            .ok_or_else(|| not_found(target))?;
+        if current.provisioning_state == ProvisioningState::Deleting {
+            return Err(ApiError::Conflict(format!(
+                "the Flux configuration '{}' is being deleted: there is nothing left to reconcile",
+                target.name.as_str()
+            )));
+        }
+        let at = lifecycle::reconcile_requested(Utc::now());
+        let asked = self
+            .store
+            .request_reconcile(ReconcileTarget::Configurations(&[current.id]), at, None)
+            .await?;
+        if asked == 0 {
+            // deleted, or its deletion started, since it was read
+            return Err(not_found(target));
+        }
+        tracing::info!(configuration = %target.id(), by = subject, "reconcile requested");
+        Ok(at)
     }
 
     /// Deletes the configuration: at once when `force`, otherwise by a generation its agent completes.
@@ -432,6 +460,7 @@ fn new_record(target: &Target, subject: &str, now: DateTime<Utc>) -> Configurati
         drifted_at: None,
         managed_by: None,
         managed_generation: None,
+        reconcile_requested_at: None,
     }
 }
 

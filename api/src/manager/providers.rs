@@ -100,7 +100,13 @@ pub const PROVIDERS: &[Provider] = &[
                     ("write", "Creates or updates"),
                     ("delete", "Deletes"),
                     ("plan/action", "Plans a change of"),
+                    ("reconcile/action", "Asks the agents to re-check the sources of"),
                 ],
+            },
+            ResourceType {
+                name: "gitReceivers",
+                api_versions: Fleet::SUPPORTED,
+                operations: CRUD,
             },
             ResourceType {
                 name: "complianceSummary",

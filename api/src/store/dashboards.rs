@@ -496,6 +496,32 @@ macro_rules! dashboards_store {
             .await?;
             Ok($crate::model::FleetGauges { instances, clusters })
         }
+
+        async fn failing_gauges(&self) -> $crate::store::StoreResult<$crate::model::FailingGauges> {
+            let by_assignment = sqlx::query_as::<$db, (String, i64)>(
+                "SELECT policy_assignment, CAST(SUM(CASE WHEN compliance_state = 'Non-Compliant' \
+                 OR provisioning_state = 'Failed' THEN instances ELSE 0 END) AS BIGINT) FROM ( \
+                 SELECT policy_assignment, compliance_state, provisioning_state, instances FROM instance_rollups \
+                 UNION ALL SELECT policy_assignment, compliance_state, provisioning_state, instances \
+                 FROM instance_deltas) t GROUP BY 1 HAVING SUM(instances) <> 0",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            // the predicate is the partial index's (migrations: postgres 0020, sqlite 0018): failing rows only
+            let clusters = sqlx::query_as::<$db, $crate::model::FailingCluster>(
+                "SELECT c.subscription_key, c.resource_group_key, c.tags, f.failing FROM ( \
+                 SELECT cluster_id, COUNT(*) AS failing FROM flux_configurations \
+                 WHERE compliance_state = 'Non-Compliant' OR provisioning_state = 'Failed' GROUP BY cluster_id) f \
+                 JOIN clusters c ON c.id = f.cluster_id",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let sql = concat!("SELECT ", cluster_group_columns!(), " FROM cluster_groups ORDER BY key");
+            let groups = sqlx::query_as::<$db, $crate::model::ClusterGroupRecord>(sql)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok($crate::model::FailingGauges { by_assignment, clusters, groups })
+        }
         }
 
         impl $store {

@@ -7,6 +7,7 @@
 mod dashboards;
 mod fleet;
 mod postgres;
+mod receivers;
 mod sql;
 mod sqlite;
 #[cfg(test)]
@@ -21,12 +22,14 @@ use crate::arm::paging::PageRequest;
 use crate::arm::scope::ClusterSet;
 use crate::error::ApiError;
 use crate::fleet::commits::Sighting;
+use crate::fleet::receivers::model::LastPush;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
-    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GroupDelete,
-    HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup,
-    SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
+    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FailingGauges, FleetGauges,
+    GitReceiverRecord, GitSource, GroupDelete, HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord,
+    ReconcileTarget, ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord,
+    Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -182,10 +185,42 @@ pub trait Dashboards: Send + Sync + 'static {
     -> StoreResult<Vec<StatusRecord>>;
     /// The fleet-wide counts the metrics export.
     async fn fleet_gauges(&self, heard_since: DateTime<Utc>) -> StoreResult<FleetGauges>;
+    /// What the metrics of failing configurations by cluster group and policy assignment are counted from: reads
+    /// the rollups, the failing configurations only (an index of their own) and the cluster groups.
+    async fn failing_gauges(&self) -> StoreResult<FailingGauges>;
+}
+
+/// Git receivers, and requests to re-check sources at once (`receivers.rs`).
+#[async_trait]
+pub trait Receivers: Send + Sync + 'static {
+    async fn get_git_receiver(&self, key: &str) -> StoreResult<Option<GitReceiverRecord>>;
+    /// The receiver whose webhook path ends in `hook_id`.
+    async fn git_receiver_by_hook(&self, hook_id: &str) -> StoreResult<Option<GitReceiverRecord>>;
+    /// Up to `page.limit + 1` receivers in key order after `page.after`: at a subscription, its own and those of
+    /// its resource groups.
+    async fn list_git_receivers(&self, scope: &ClusterSet, page: &PageRequest) -> StoreResult<Vec<GitReceiverRecord>>;
+    /// Inserts unless a receiver with the same key exists (`Conflict`).
+    async fn insert_git_receiver(&self, receiver: &GitReceiverRecord) -> StoreResult<Write>;
+    /// Replaces its spec, sealed secret, etag and system data if the stored etag is still `expected_etag`.
+    async fn update_git_receiver(&self, receiver: &GitReceiverRecord, expected_etag: &str) -> StoreResult<Write>;
+    async fn delete_git_receiver(&self, key: &str) -> StoreResult<bool>;
+    /// The Git sources of the configurations (not being deleted) of the scope's clusters whose URL holds
+    /// `repository_name` in any case: a superset of those reading the repository, which the caller compares in full.
+    async fn git_sources(&self, scope: &ClusterSet, repository_name: &str) -> StoreResult<Vec<GitSource>>;
+    /// Asks the target's configurations (not being deleted) to re-check their source at once: sets their
+    /// `reconcile_requested_at` to `at` and bumps their clusters' revisions in one transaction, whose commit wakes
+    /// the clusters' polls; with `push`, records it (with the count) as the receiver's (its id) last in the same
+    /// transaction. Answers how many configurations were asked.
+    async fn request_reconcile(
+        &self,
+        target: ReconcileTarget<'_>,
+        at: DateTime<Utc>,
+        push: Option<(i64, &LastPush)>,
+    ) -> StoreResult<u64>;
 }
 
 #[async_trait]
-pub trait Store: Dashboards {
+pub trait Store: Dashboards + Receivers {
     /// Succeeds when the database answers and every migration this build knows is applied.
     async fn check_ready(&self) -> StoreResult<()>;
 

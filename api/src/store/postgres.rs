@@ -15,6 +15,7 @@ use super::StoreResult;
 use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
+use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, extension_columns,
     policy_assignment_columns, sql_store,
@@ -69,6 +70,14 @@ impl PgStore {
     /// clusters whose desired state it changed, or leave it to `written` (migrations 0013 and 0014).
     async fn commit(&self, tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), sqlx::Error> {
         tx.commit().await
+    }
+
+    /// Requests to re-check sources at once moved the revisions of these clusters: no trigger notified them (no
+    /// generation moved), so `announce` does, as for a configuration write.
+    fn revised(&self, keys: Vec<String>) {
+        for key in keys {
+            let _ = self.announcements.send(key);
+        }
     }
 
     /// A configuration write committed on the cluster `key`: its notification is left to `announce`.
@@ -223,6 +232,13 @@ sql_store!(
             }
         }
     }
+);
+
+super::receivers::receivers_store!(
+    PgStore,
+    sqlx::Postgres,
+    row_lock = " FOR NO KEY UPDATE",
+    write_begin = None
 );
 
 // READ COMMITTED would give each statement its own snapshot. The clusters not connected are listed in a table of

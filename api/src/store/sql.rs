@@ -18,7 +18,7 @@ macro_rules! configuration_columns {
     () => {
         "id, cluster_id, name, spec, secrets_version, generation, etag, provisioning_state, compliance_state, \
          observed, system_data, reported_generation, secrets_expire_at, generation_expires_at, failure, managed_by_id, \
-         drifted_at, managed_by, managed_generation"
+         drifted_at, managed_by, managed_generation, reconcile_requested_at"
     };
 }
 

@@ -13,6 +13,7 @@ use super::StoreResult;
 use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
+use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
     extension_columns, policy_assignment_columns, sql_store,
@@ -79,7 +80,13 @@ impl SqliteStore {
     fn migrator(&self) -> &'static Migrator {
         &MIGRATOR
     }
+
+    /// Requests to re-check sources at once moved the revisions of these clusters: `commit` has woken their polls
+    /// already (the revision's trigger left their keys), so nothing is left to announce.
+    fn revised(&self, _keys: Vec<String>) {}
 }
+
+super::receivers::receivers_store!(SqliteStore, sqlx::Sqlite, row_lock = "", write_begin = Some(WRITE));
 
 // SQLite lets one transaction write at a time, so fleet writes are serialised already: the lock statement does
 // nothing. A transaction that writes takes the write lock as it begins (`BEGIN IMMEDIATE`): one that read first

@@ -67,6 +67,7 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
         drifted_at: None,
         managed_by: None,
         managed_generation: None,
+        reconcile_requested_at: None,
     }
 }
 
@@ -2087,6 +2088,166 @@ async fn states_as_of_many_case(backend: Backend) {
         let (names, entries) = store.states_as_of(c.id, tick().await, None, "", 1001).await.unwrap();
         assert_eq!((names.len(), entries.len()), (600, 600));
         assert_eq!(entries[599].name, "cfg-599", "in name order");
+    })
+    .await;
+}
+
+fn git_configuration(cluster_id: i64, name: &str, url: &str, reference: serde_json::Value) -> ConfigurationRecord {
+    ConfigurationRecord {
+        spec: serde_json::from_value(serde_json::json!({
+            "sourceKind": "GitRepository",
+            "gitRepository": {"url": url, "repositoryRef": reference}
+        }))
+        .unwrap(),
+        ..configuration(cluster_id, name)
+    }
+}
+
+on_both_backends!(
+    a_reconcile_request_moves_the_revision_and_wakes_polls_but_no_generation,
+    reconcile_request_case
+);
+async fn reconcile_request_case(backend: Backend) {
+    use crate::model::ReconcileTarget;
+    use crate::notify::Notifier;
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let (a, b) = (registered(&store, "a").await, registered(&store, "b").await);
+        for (cluster, name, url) in [
+            (a.id, "fleet", "https://github.com/org/fleet.git"),
+            (a.id, "other", "https://github.com/org/other"),
+            (b.id, "fleet", "git@github.com:org/fleet.git"),
+        ] {
+            let record = git_configuration(cluster, name, url, serde_json::json!({"branch": "main"}));
+            store
+                .insert_configuration(
+                    &record,
+                    &SecretsWrite::Keep,
+                    &operation(&format!("{cluster}/{name}"), 1),
+                )
+                .await
+                .unwrap();
+        }
+        let sources = store
+            .git_sources(
+                &ClusterSet::Subscription {
+                    subscription_key: "sub".into(),
+                },
+                "FLEET",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            sources.len(),
+            2,
+            "looked up by the repository's name, in any case: {sources:?}"
+        );
+        assert_eq!(sources[0].reference.branch.as_deref(), Some("main"));
+        let revision = |cluster: i64| {
+            let store = store.clone();
+            async move { store.revision(cluster).await.unwrap().unwrap() }
+        };
+        let (before_a, before_b) = (revision(a.id).await, revision(b.id).await);
+
+        // an agent of `a` waits, as a long-poll does
+        let notifier = Arc::new(Notifier::default());
+        let follower = tokio::spawn({
+            let (store, notifier) = (store.clone(), notifier.clone());
+            async move { store.follow_changes(notifier).await }
+        });
+        let mut waiting = notifier.subscribe(&a.key);
+        let at = crate::lifecycle::reconcile_requested(Utc::now());
+        let ids: Vec<i64> = sources.iter().map(|s| s.configuration_id).collect();
+        // retried until the follower listens (PostgreSQL's LISTEN starts on a connection of its own)
+        let mut woken = false;
+        for _ in 0..20 {
+            assert_eq!(
+                store
+                    .request_reconcile(ReconcileTarget::Configurations(&ids), at, None)
+                    .await
+                    .unwrap(),
+                2
+            );
+            if tokio::time::timeout(std::time::Duration::from_millis(250), waiting.changed())
+                .await
+                .is_ok()
+            {
+                woken = true;
+                break;
+            }
+        }
+        follower.abort();
+        assert!(woken, "the waiting poll of the cluster woke");
+        assert!(revision(a.id).await > before_a);
+        assert!(revision(b.id).await > before_b);
+        let desired = store.desired_state(a.id).await.unwrap();
+        let fleet = desired.configurations.iter().find(|c| c.name == "fleet").unwrap();
+        let other = desired.configurations.iter().find(|c| c.name == "other").unwrap();
+        assert_eq!(fleet.reconcile_requested_at, Some(at));
+        assert_eq!(fleet.generation, 1, "no new generation");
+        assert_eq!(other.reconcile_requested_at, None, "only those asked");
+        let history = store.latest_status_event().await.unwrap();
+        assert!(history > 0);
+        store
+            .request_reconcile(ReconcileTarget::Configurations(&ids), at, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.latest_status_event().await.unwrap(),
+            history,
+            "a request is no event of the configurations' history"
+        );
+    })
+    .await;
+}
+
+on_both_backends!(
+    the_failing_configurations_are_read_per_cluster_and_per_assignment,
+    failing_gauges_case
+);
+async fn failing_gauges_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let (a, b) = (registered(&store, "a").await, registered(&store, "b").await);
+        for (cluster, name, compliance) in [
+            (a.id, "x", ComplianceState::NonCompliant),
+            (a.id, "y", ComplianceState::NonCompliant),
+            (a.id, "z", ComplianceState::Compliant),
+            (b.id, "x", ComplianceState::Pending),
+        ] {
+            let record = ConfigurationRecord {
+                compliance_state: compliance,
+                ..configuration(cluster, name)
+            };
+            store
+                .insert_configuration(
+                    &record,
+                    &SecretsWrite::Keep,
+                    &operation(&format!("{cluster}/{name}"), 1),
+                )
+                .await
+                .unwrap();
+        }
+        let gauges = store.failing_gauges().await.unwrap();
+        assert_eq!(
+            gauges.by_assignment,
+            [(String::new(), 2)],
+            "unmanaged: two of four fail"
+        );
+        assert_eq!(
+            gauges.clusters.len(),
+            1,
+            "only clusters with failing configurations: {:?}",
+            gauges.clusters
+        );
+        assert_eq!(gauges.clusters[0].failing, 2);
+        assert_eq!(gauges.clusters[0].tags["env"], "prod");
+        store.compact_rollups().await.unwrap();
+        assert_eq!(
+            store.failing_gauges().await.unwrap().by_assignment,
+            [(String::new(), 2)],
+            "folded the same"
+        );
     })
     .await;
 }

@@ -32,6 +32,7 @@ use crate::auth::{Caller, Role};
 use crate::dashboards::history::{self, HistoryEntry, HistoryParams};
 use crate::error::{ApiError, ApiResult, ErrorDetail, ErrorResponse};
 use crate::fleet::cluster_ref;
+use crate::fleet::receivers::model::ReconcileRequested;
 use crate::lifecycle::{ProvisioningState, agent_online};
 use crate::model::{ClusterTags, ConfigurationRecord, HistorySubject, PolicyAssignmentRecord};
 use crate::state::AppState;
@@ -66,6 +67,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pause_at_resource_group))
         .routes(routes!(resume_at_subscription))
         .routes(routes!(resume_at_resource_group))
+        .routes(routes!(reconcile_at_subscription))
+        .routes(routes!(reconcile_at_resource_group))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -795,6 +798,44 @@ at_both_scopes! {
     ) path () -> ApiResult<Response> {
         let (scope, name) = path.target()?;
         steer(&assignments, &state, &caller, scope, name, Steer::Resume).await
+    }
+}
+
+at_both_scopes! {
+    post,
+    tag = "PolicyAssignments",
+    params(FleetApiVersionParam),
+    responses(
+        (status = 200, description = "Asked", body = ReconcileRequested),
+        (status = "default", description = "Error", body = ErrorResponse),
+    ),
+    /// Asks the agents of every configuration a subscription's policy assignment manages to check their source again
+    /// at once, rather than at their sync interval (no new generation); Contributor or above.
+    reconcile_at_subscription:
+        "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/reconcile",
+        "PolicyAssignments_ReconcileAtSubscription",
+        SubscriptionAssignmentPath;
+    /// Asks the agents of every configuration a resource group's policy assignment manages to check their source
+    /// again at once, rather than at their sync interval (no new generation); Contributor or above.
+    reconcile_at_resource_group:
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/policyAssignments/{policyAssignmentName}/reconcile",
+        "PolicyAssignments_Reconcile",
+        ResourceGroupAssignmentPath;
+    |path| (
+        State(assignments): State<Assignments>,
+        caller: Caller,
+        _version: ApiVersion<Fleet>,
+    ) path () -> ApiResult<Json<ReconcileRequested>> {
+        let (scope, name) = path.target()?;
+        caller.require(Role::Contributor, &scope.resource_id(TYPE_NAME, &name))?;
+        let (at, configurations) = assignments
+            .request_reconcile(&caller.subject, &scope, &name)
+            .await?
+            .ok_or_else(|| not_found(&scope, &name))?;
+        Ok(Json(ReconcileRequested {
+            reconcile_requested_at: crate::lifecycle::reconcile_requested_text(at),
+            configurations,
+        }))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::flux::ComplianceState;
 
 use super::model::{AssignmentSpec, ClusterCompliance, Rendering};
@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::fleet::template::Unresolvable;
 use crate::lifecycle::{Lifetimes, ProvisioningState};
 use crate::metrics::Metrics;
-use crate::model::{AssignmentWrite, ConfigurationRecord, PolicyAssignmentRecord};
+use crate::model::{AssignmentWrite, ConfigurationRecord, PolicyAssignmentRecord, ReconcileTarget};
 use crate::store::Store;
 use crate::turns::Turns;
 
@@ -156,6 +156,26 @@ impl Assignments {
                 Ok(Some(record))
             }
         }
+    }
+
+    /// Asks the agents of every configuration the assignment manages to re-check their source at once (the
+    /// `reconcile` action); `None` when there is no such assignment. Answers when it was asked and how many were.
+    pub async fn request_reconcile(
+        &self,
+        subject: &str,
+        scope: &FleetScope,
+        name: &str,
+    ) -> ApiResult<Option<(DateTime<Utc>, u64)>> {
+        let Some(assignment) = self.store.get_policy_assignment(&scope.key(name)).await? else {
+            return Ok(None);
+        };
+        let at = crate::lifecycle::reconcile_requested(Utc::now());
+        let asked = self
+            .store
+            .request_reconcile(ReconcileTarget::ManagedBy(assignment.id), at, None)
+            .await?;
+        tracing::info!(assignment = %assignment.arm_id(), by = subject, configurations = asked, "reconcile requested");
+        Ok(Some((at, asked)))
     }
 
     /// Deletes the assignment with what it decided for its configurations; false when there was none.
