@@ -49,6 +49,11 @@ struct ReportLabels {
     disposition: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -62,6 +67,12 @@ pub struct Metrics {
     pub status_latency: Histogram,
     configurations: Family<StateLabels, Gauge>,
     clusters: Family<ConnectivityLabels, Gauge>,
+    alert_deliveries: Family<DeliveryLabels, Counter>,
+    /// Alert messages not queued because their receiver's backlog was full.
+    pub alert_dropped: Counter,
+    /// Alert events waiting for the dispatcher, and messages waiting to be sent (every replica's view of the store).
+    pub alert_events_waiting: Gauge,
+    pub alert_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -115,6 +126,30 @@ impl Default for Metrics {
             "Clusters of the whole fleet by connectivity status",
             clusters.clone(),
         );
+        let alert_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "alert_delivery_attempts",
+            "Attempts to deliver alert messages, by outcome (delivered, retried, failed)",
+            alert_deliveries.clone(),
+        );
+        let alert_dropped = Counter::default();
+        registry.register(
+            "alert_messages_dropped",
+            "Alert messages not queued because their receiver's backlog was full (--alert-backlog)",
+            alert_dropped.clone(),
+        );
+        let alert_events_waiting = Gauge::default();
+        registry.register(
+            "alert_events_waiting",
+            "Events waiting to be matched against alert rules",
+            alert_events_waiting.clone(),
+        );
+        let alert_backlog = Gauge::default();
+        registry.register(
+            "alert_backlog",
+            "Alert messages waiting to be delivered, all receivers together",
+            alert_backlog.clone(),
+        );
         Self {
             registry,
             requests,
@@ -125,6 +160,10 @@ impl Default for Metrics {
             status_latency,
             configurations,
             clusters,
+            alert_deliveries,
+            alert_dropped,
+            alert_events_waiting,
+            alert_backlog,
         }
     }
 }
@@ -137,6 +176,11 @@ impl Metrics {
                 disposition: disposition.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts one attempt to deliver an alert: `delivered`, `retried` or `failed`.
+    pub fn alert_delivery(&self, outcome: &'static str) {
+        self.alert_deliveries.get_or_create(&DeliveryLabels { outcome }).inc();
     }
 
     /// Sets the fleet gauges to the store's counts (read when scraped: the store is shared by every replica, so

@@ -110,7 +110,8 @@ impl Groups {
             }
             GroupDelete::Missing => Ok(false),
             GroupDelete::InUse => Err(ApiError::Conflict(format!(
-                "policy assignments follow the cluster group '{name}': delete them or point them elsewhere first"
+                "policy assignments or alert rules follow the cluster group '{name}': delete them or point them \
+                 elsewhere first"
             ))),
         }
     }

@@ -103,6 +103,21 @@ pub const PROVIDERS: &[Provider] = &[
                 ],
             },
             ResourceType {
+                name: "alertReceivers",
+                api_versions: Fleet::SUPPORTED,
+                operations: &[
+                    ("read", "Reads"),
+                    ("write", "Creates or updates"),
+                    ("delete", "Deletes"),
+                    ("test/action", "Sends a test message to"),
+                ],
+            },
+            ResourceType {
+                name: "alertRules",
+                api_versions: Fleet::SUPPORTED,
+                operations: CRUD,
+            },
+            ResourceType {
                 name: "complianceSummary",
                 api_versions: Fleet::SUPPORTED,
                 operations: READ,

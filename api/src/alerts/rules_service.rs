@@ -1,0 +1,181 @@
+//! The write rules of alert rules: the spec checked (`RuleSpec::validate`), its cluster group and receivers
+//! resolved to rows of the rule's subscription (a group's scope must share clusters with the rule's), its policy
+//! assignment id checked for form (the assignment may come and go: the rule matches its events while it exists),
+//! then written under optimistic concurrency with its receivers in one transaction.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::model::RuleSpec;
+use super::receivers_service::TYPE_NAME as RECEIVERS;
+use crate::arm::conditional::Preconditions;
+use crate::arm::scope::FleetScope;
+use crate::arm::system_data::SystemData;
+use crate::arm::write::{Attempt, new_etag, retry};
+use crate::error::{ApiError, ApiResult, Problems};
+use crate::model::{AlertRuleRecord, Write};
+use crate::store::Store;
+use crate::turns::Turns;
+
+pub const TYPE_NAME: &str = "alertRules";
+
+/// Writes alert rules.
+#[derive(Clone)]
+pub struct Rules {
+    store: Arc<dyn Store>,
+    turns: Arc<Turns>,
+}
+
+impl Rules {
+    pub fn new(store: Arc<dyn Store>, turns: Arc<Turns>) -> Self {
+        Self { store, turns }
+    }
+
+    /// The store ids of the receivers `spec` names, in its order: each must exist in the rule's subscription, and
+    /// be named once.
+    async fn resolve_receivers(&self, scope: &FleetScope, spec: &RuleSpec) -> ApiResult<Vec<i64>> {
+        let mut ids = Vec::with_capacity(spec.receiver_ids.len());
+        for (i, id) in spec.receiver_ids.iter().enumerate() {
+            let target = format!("properties.receiverIds[{i}]");
+            let invalid = |message: &str| ApiError::invalid(target.clone(), format!("{target}: '{id}' {message}"));
+            let (receiver_scope, name) = FleetScope::parse_resource_id(id, RECEIVERS)
+                .ok_or_else(|| invalid("is not the ARM id of an alert receiver"))?
+                .map_err(|_| invalid("is not a valid ARM id"))?;
+            if receiver_scope.subscription.key() != scope.subscription.key() {
+                return Err(invalid("is not in the rule's subscription"));
+            }
+            let receiver = self
+                .store
+                .get_alert_receiver(&receiver_scope.key(name))
+                .await?
+                .ok_or_else(|| invalid("names no alert receiver"))?;
+            if ids.contains(&receiver.id) {
+                return Err(invalid("is named twice"));
+            }
+            ids.push(receiver.id);
+        }
+        Ok(ids)
+    }
+
+    /// The store id of the cluster group `spec` names, which must exist in the rule's subscription and share
+    /// clusters with its scope.
+    async fn resolve_group(&self, scope: &FleetScope, id: &str) -> ApiResult<i64> {
+        const TARGET: &str = "properties.clusterGroupId";
+        let invalid = |message: &str| ApiError::invalid(TARGET, format!("{TARGET}: '{id}' {message}"));
+        let (group_scope, name) = FleetScope::parse_resource_id(id, "clusterGroups")
+            .ok_or_else(|| invalid("is not the ARM id of a cluster group"))?
+            .map_err(|_| invalid("is not a valid ARM id"))?;
+        if group_scope.subscription.key() != scope.subscription.key() {
+            return Err(invalid("is not in the rule's subscription"));
+        }
+        if let (Some(rule), Some(group)) = (&scope.resource_group, &group_scope.resource_group)
+            && rule.key() != group.key()
+        {
+            return Err(invalid("is in a resource group whose clusters the rule does not see"));
+        }
+        let group = self
+            .store
+            .get_cluster_group(&group_scope.key(name))
+            .await?
+            .ok_or_else(|| invalid("names no cluster group"))?;
+        Ok(group.id)
+    }
+
+    /// Creates or replaces the rule `name` of `scope`; true when it was created.
+    pub async fn put(
+        &self,
+        subject: &str,
+        scope: &FleetScope,
+        name: &str,
+        spec: &RuleSpec,
+        preconditions: &Preconditions,
+    ) -> ApiResult<(AlertRuleRecord, bool)> {
+        let mut problems = Problems::default();
+        spec.validate(&mut problems);
+        if let Some(id) = &spec.policy_assignment_id {
+            match FleetScope::parse_resource_id(id, "policyAssignments") {
+                Some(Ok((assignment, _))) if assignment.subscription.key() == scope.subscription.key() => {}
+                Some(Ok(_)) => problems.add(
+                    "properties.policyAssignmentId",
+                    format!("'{id}' is not in the rule's subscription"),
+                ),
+                _ => problems.add(
+                    "properties.policyAssignmentId",
+                    format!("'{id}' is not the ARM id of a policy assignment"),
+                ),
+            }
+        }
+        problems.into_result("alert rule", Some("properties"))?;
+        let receivers = self.resolve_receivers(scope, spec).await?;
+        let group = match &spec.cluster_group_id {
+            Some(id) => Some(self.resolve_group(scope, id).await?),
+            None => None,
+        };
+        let key = &scope.key(name);
+        let (receivers, group) = (&receivers, group);
+        let written = retry(
+            &self.turns,
+            &format!("{TYPE_NAME} {key}"),
+            preconditions,
+            move || async move {
+                let current = self.store.get_alert_rule(key).await?;
+                preconditions.check(current.as_ref().map(|r| r.etag.as_str()))?;
+                let now = Utc::now();
+                let (record, created, outcome) = match current {
+                    None => {
+                        let record = AlertRuleRecord {
+                            id: 0,
+                            key: key.to_owned(),
+                            subscription_key: scope.subscription.key(),
+                            resource_group_key: scope.resource_group.as_ref().map(|g| g.key()).unwrap_or_default(),
+                            subscription: scope.subscription.as_str().to_owned(),
+                            resource_group: scope.resource_group.as_ref().map(|g| g.as_str().to_owned()),
+                            name: name.to_owned(),
+                            spec: spec.clone(),
+                            cluster_group_id: group,
+                            etag: new_etag(),
+                            system_data: SystemData::created(subject, now),
+                            receivers: receivers.clone(),
+                        };
+                        let outcome = self.store.insert_alert_rule(&record).await?;
+                        (record, true, outcome)
+                    }
+                    Some(current) => {
+                        let expected = current.etag.clone();
+                        let record = AlertRuleRecord {
+                            spec: spec.clone(),
+                            cluster_group_id: group,
+                            etag: new_etag(),
+                            system_data: current.system_data.modified(subject, now),
+                            receivers: receivers.clone(),
+                            ..current
+                        };
+                        let outcome = self.store.update_alert_rule(&record, &expected).await?;
+                        (record, false, outcome)
+                    }
+                };
+                match outcome {
+                    Write::Written => Ok(Attempt::Done((record, created))),
+                    Write::Conflict => Ok(Attempt::Lost),
+                    Write::ParentMissing => Err(ApiError::invalid(
+                        "properties",
+                        "properties: the rule's cluster group or one of its receivers was deleted meanwhile",
+                    )),
+                }
+            },
+        )
+        .await?;
+        tracing::info!(rule = %scope.resource_id(TYPE_NAME, name), "alert rule written");
+        Ok(written)
+    }
+
+    /// Deletes the rule (and what its minimum interval held back); false when there was none.
+    pub async fn delete(&self, scope: &FleetScope, name: &str) -> ApiResult<bool> {
+        let deleted = self.store.delete_alert_rule(&scope.key(name)).await?;
+        if deleted {
+            tracing::info!(rule = %scope.resource_id(TYPE_NAME, name), "alert rule deleted");
+        }
+        Ok(deleted)
+    }
+}
