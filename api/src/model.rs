@@ -612,7 +612,12 @@ impl AlertReceiverRecord {
 
     /// The receiver's ARM id, as rules name it.
     pub fn arm_id(&self) -> String {
-        fleet_id(&self.subscription, self.resource_group.as_deref(), "alertReceivers", &self.name)
+        fleet_id(
+            &self.subscription,
+            self.resource_group.as_deref(),
+            "alertReceivers",
+            &self.name,
+        )
     }
 }
 
@@ -640,7 +645,12 @@ pub struct AlertRuleRecord {
 
 impl AlertRuleRecord {
     pub fn arm_id(&self) -> String {
-        fleet_id(&self.subscription, self.resource_group.as_deref(), "alertRules", &self.name)
+        fleet_id(
+            &self.subscription,
+            self.resource_group.as_deref(),
+            "alertRules",
+            &self.name,
+        )
     }
 }
 

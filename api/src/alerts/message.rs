@@ -71,7 +71,10 @@ fn severity_mark(severity: Severity) -> &'static str {
 /// The facts a chat message lists: (label, value), cluster-supplied values as they are (each renderer escapes).
 fn facts(message: &Message) -> Vec<(&'static str, String)> {
     let last_segment = |id: &str| id.rsplit('/').next().unwrap_or_default().to_owned();
-    let mut facts = vec![("Severity", format!("{:?}", message.severity)), ("Event", message.kind.clone())];
+    let mut facts = vec![
+        ("Severity", format!("{:?}", message.severity)),
+        ("Event", message.kind.clone()),
+    ];
     if let Some(cluster) = &message.cluster_id {
         facts.push(("Cluster", last_segment(cluster)));
     }
@@ -162,7 +165,10 @@ fn slack(message: &Message) -> Value {
 fn markdown_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '#' | '<' | '>' | '!' | '|' | '~') {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '#' | '<' | '>' | '!' | '|' | '~'
+        ) {
             out.push('\\');
         }
         out.push(c);
@@ -212,7 +218,10 @@ mod tests {
     fn message() -> Message {
         let mut details = serde_json::Map::new();
         details.insert("complianceState".into(), "Non-Compliant".into());
-        details.insert("message".into(), "<!channel> see <https://evil.example|here> & [x](http://evil)".into());
+        details.insert(
+            "message".into(),
+            "<!channel> see <https://evil.example|here> & [x](http://evil)".into(),
+        );
         Message {
             id: "d1".into(),
             kind: "BecameNonCompliant".into(),
@@ -241,7 +250,13 @@ mod tests {
         assert_eq!(body["type"], "BecameNonCompliant");
         assert_eq!(body["id"], "d1");
         assert_eq!(body["digest"]["events"], 3);
-        let header = |name: &str| rendered.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        let header = |name: &str| {
+            rendered
+                .headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(header(TIMESTAMP_HEADER).as_deref(), Some("1700000000"));
         assert_eq!(header(DELIVERY_HEADER).as_deref(), Some("d1"));
         // what a receiver computes, by the documented recipe
@@ -274,13 +289,21 @@ mod tests {
     #[test]
     fn slack_gets_text_and_blocks_with_its_markup_escaped() {
         let body: Value = serde_json::from_slice(&render(ReceiverKind::Slack, &message(), None, 0).body).unwrap();
-        assert!(body["text"].as_str().unwrap().contains("[Error] Flux configuration 'web'"));
+        assert!(
+            body["text"]
+                .as_str()
+                .unwrap()
+                .contains("[Error] Flux configuration 'web'")
+        );
         let blocks = body["blocks"].as_array().unwrap();
         assert_eq!(blocks[0]["type"], "header");
         assert_eq!(blocks[0]["text"]["type"], "plain_text");
         let facts = blocks[2]["text"]["text"].as_str().unwrap();
         assert!(facts.contains("*Cluster:* c1"), "{facts}");
-        assert!(facts.contains("&lt;!channel&gt;") && !facts.contains("<!channel>"), "{facts}");
+        assert!(
+            facts.contains("&lt;!channel&gt;") && !facts.contains("<!channel>"),
+            "{facts}"
+        );
         assert!(facts.contains("&amp;"));
         assert!(facts.contains("Held back:* 3 events"), "{facts}");
         assert_eq!(blocks[3]["type"], "context");
@@ -298,7 +321,9 @@ mod tests {
         assert_eq!(card["version"], "1.4");
         assert_eq!(card["body"][0]["color"], "Attention");
         let facts = card["body"][2]["facts"].as_array().unwrap();
-        let text = facts.iter().find(|f| f["title"] == "Message").unwrap()["value"].as_str().unwrap();
+        let text = facts.iter().find(|f| f["title"] == "Message").unwrap()["value"]
+            .as_str()
+            .unwrap();
         assert!(text.contains("\\[x\\]\\(http://evil\\)"), "{text}");
     }
 
@@ -307,6 +332,9 @@ mod tests {
         let mut long = message();
         long.summary = "x".repeat(5000);
         let body: Value = serde_json::from_slice(&render(ReceiverKind::Slack, &long, None, 0).body).unwrap();
-        assert_eq!(body["blocks"][1]["text"]["text"].as_str().unwrap().chars().count(), SLACK_SECTION_CHARS);
+        assert_eq!(
+            body["blocks"][1]["text"]["text"].as_str().unwrap().chars().count(),
+            SLACK_SECTION_CHARS
+        );
     }
 }

@@ -565,7 +565,11 @@ pub fn classify(queued: &QueuedEvent) -> Vec<Alert> {
             vec![a]
         }
         other => {
-            tracing::warn!(event = queued.id, kind = other, "an alert event of an unknown kind; dropped");
+            tracing::warn!(
+                event = queued.id,
+                kind = other,
+                "an alert event of an unknown kind; dropped"
+            );
             Vec::new()
         }
     }
@@ -635,11 +639,7 @@ pub fn subject_key(alert: &Alert) -> String {
 
 /// Whether an alert goes out now (`None`) or is held back until the returned time, given when the rule last sent a
 /// message about the subject.
-pub fn hold_until(
-    last_sent: Option<DateTime<Utc>>,
-    interval: Duration,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
+pub fn hold_until(last_sent: Option<DateTime<Utc>>, interval: Duration, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let last = last_sent?;
     let next = last + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
     (next > now).then_some(next)
@@ -880,17 +880,36 @@ mod tests {
     #[test]
     fn status_transitions_alert_when_the_settled_state_turns_or_provisioning_fails() {
         use EventType::*;
-        assert_eq!(status("Non-Compliant", "Succeeded", Some("Compliant"), Some("Updating")), [BecameNonCompliant]);
-        assert_eq!(status("Non-Compliant", "Succeeded", None, Some("Creating")), [BecameNonCompliant]);
-        assert_eq!(status("Non-Compliant", "Succeeded", Some("Non-Compliant"), Some("Updating")), []);
-        assert_eq!(status("Compliant", "Succeeded", Some("Non-Compliant"), Some("Updating")), [BecameCompliant]);
-        assert_eq!(status("Compliant", "Succeeded", None, Some("Creating")), [], "a first Compliant is no news");
+        assert_eq!(
+            status("Non-Compliant", "Succeeded", Some("Compliant"), Some("Updating")),
+            [BecameNonCompliant]
+        );
+        assert_eq!(
+            status("Non-Compliant", "Succeeded", None, Some("Creating")),
+            [BecameNonCompliant]
+        );
+        assert_eq!(
+            status("Non-Compliant", "Succeeded", Some("Non-Compliant"), Some("Updating")),
+            []
+        );
+        assert_eq!(
+            status("Compliant", "Succeeded", Some("Non-Compliant"), Some("Updating")),
+            [BecameCompliant]
+        );
+        assert_eq!(
+            status("Compliant", "Succeeded", None, Some("Creating")),
+            [],
+            "a first Compliant is no news"
+        );
         assert_eq!(
             status("Non-Compliant", "Failed", Some("Compliant"), Some("Updating")),
             [BecameNonCompliant, ProvisioningFailed]
         );
         assert_eq!(status("Pending", "Failed", None, Some("Failed")), [], "still failing");
-        assert_eq!(status("Pending", "Failed", None, Some("Updating")), [ProvisioningFailed]);
+        assert_eq!(
+            status("Pending", "Failed", None, Some("Updating")),
+            [ProvisioningFailed]
+        );
     }
 
     #[test]
@@ -970,7 +989,10 @@ mod tests {
         assert_eq!(change[0].event, EventType::ChangeExpired);
         assert!(change[0].subject.ends_with("/extensions/flux"));
         assert!(change[0].configuration_name.is_none());
-        assert!(classify(&queued("expiry", json!({"nonsense": 1}))).is_empty(), "unreadable facts are dropped");
+        assert!(
+            classify(&queued("expiry", json!({"nonsense": 1}))).is_empty(),
+            "unreadable facts are dropped"
+        );
         assert!(classify(&queued("unknown", json!({}))).is_empty());
     }
 
@@ -1001,14 +1023,23 @@ mod tests {
             resource_group_key: "rg".into(),
             tags: [("env".to_owned(), "prod".to_owned())].into(),
         };
-        assert!(matches(&rule(json!({"events": ["BecameNonCompliant"]})), &alert, Some(&prod)));
-        assert!(!matches(&rule(json!({"events": ["ClusterOffline"]})), &alert, Some(&prod)));
+        assert!(matches(
+            &rule(json!({"events": ["BecameNonCompliant"]})),
+            &alert,
+            Some(&prod)
+        ));
+        assert!(!matches(
+            &rule(json!({"events": ["ClusterOffline"]})),
+            &alert,
+            Some(&prod)
+        ));
         assert!(!matches(
             &rule(json!({"events": ["BecameNonCompliant"], "enabled": false})),
             &alert,
             Some(&prod)
         ));
-        let tagged = rule(json!({"events": ["BecameNonCompliant"], "clusterSelector": {"matchLabels": {"env": "prod"}}}));
+        let tagged =
+            rule(json!({"events": ["BecameNonCompliant"], "clusterSelector": {"matchLabels": {"env": "prod"}}}));
         assert!(matches(&tagged, &alert, Some(&prod)));
         let qa = ClusterFacts {
             resource_group_key: "rg".into(),
@@ -1020,15 +1051,27 @@ mod tests {
         assert!(!matches(&named, &alert, Some(&prod)));
         let mut elsewhere = rule(json!({"events": ["BecameNonCompliant"]}));
         elsewhere.resource_group_key = "other".into();
-        assert!(!matches(&elsewhere, &alert, Some(&prod)), "a resource group's rule sees its own group");
+        assert!(
+            !matches(&elsewhere, &alert, Some(&prod)),
+            "a resource group's rule sees its own group"
+        );
         let mut grouped = rule(json!({"events": ["BecameNonCompliant"]}));
-        grouped.group = Some(("rg".into(), serde_json::from_value(json!({"matchLabels": {"env": "prod"}})).unwrap()));
+        grouped.group = Some((
+            "rg".into(),
+            serde_json::from_value(json!({"matchLabels": {"env": "prod"}})).unwrap(),
+        ));
         assert!(matches(&grouped, &alert, Some(&prod)));
         grouped.group = Some(("other".into(), LabelSelector::default()));
-        assert!(!matches(&grouped, &alert, Some(&prod)), "a group sees its own resource group's clusters");
+        assert!(
+            !matches(&grouped, &alert, Some(&prod)),
+            "a group sees its own resource group's clusters"
+        );
         let assigned = rule(json!({"events": ["BecameNonCompliant"],
             "policyAssignmentId": "/subscriptions/s/providers/Fluxplane.Fleet/policyAssignments/web"}));
-        assert!(!matches(&assigned, &alert, Some(&prod)), "written by hand, no assignment's");
+        assert!(
+            !matches(&assigned, &alert, Some(&prod)),
+            "written by hand, no assignment's"
+        );
         let mut managed = alert.clone();
         managed.policy_assignment_id = Some("/subscriptions/S/providers/Fluxplane.Fleet/policyAssignments/WEB".into());
         assert!(matches(&assigned, &managed, Some(&prod)), "ids compare in any case");
@@ -1055,7 +1098,10 @@ mod tests {
         let five = Duration::from_secs(300);
         assert_eq!(hold_until(None, five, now), None, "never sent: now");
         let recent = now - chrono::Duration::seconds(10);
-        assert_eq!(hold_until(Some(recent), five, now), Some(recent + chrono::Duration::seconds(300)));
+        assert_eq!(
+            hold_until(Some(recent), five, now),
+            Some(recent + chrono::Duration::seconds(300))
+        );
         assert_eq!(hold_until(Some(now - chrono::Duration::seconds(300)), five, now), None);
         assert_eq!(hold_until(Some(now), Duration::ZERO, now), None, "0 holds nothing back");
 
@@ -1068,7 +1114,10 @@ mod tests {
         assert_eq!(held.since, first.time);
         assert_eq!(held.latest, back);
         assert_eq!(held.by_type[&EventType::BecameNonCompliant], 1);
-        let rule = RuleRef { id: "/r".into(), name: "r".into() };
+        let rule = RuleRef {
+            id: "/r".into(),
+            name: "r".into(),
+        };
         let message = Message::of_held(&held, &rule, Severity::Error);
         assert_eq!(message.kind, "BecameCompliant", "the latest state goes out");
         assert_eq!(message.digest.unwrap().events, 2);
@@ -1136,20 +1185,33 @@ mod tests {
         let url = ReceiverUrl::parse("https://hooks.slack.com/services/T000/B000/XXXXSECRET").unwrap();
         assert_eq!(url.host(), "hooks.slack.com");
         assert!(!format!("{url:?}").contains("SECRET"));
-        assert_eq!(ReceiverUrl::parse("http://127.0.0.1:9000/hook").unwrap().host(), "127.0.0.1:9000");
-        for bad in ["ftp://x/y", "not a url", "https://x/#frag", "file:///etc/passwd", "https:///path"] {
+        assert_eq!(
+            ReceiverUrl::parse("http://127.0.0.1:9000/hook").unwrap().host(),
+            "127.0.0.1:9000"
+        );
+        for bad in [
+            "ftp://x/y",
+            "not a url",
+            "https://x/#frag",
+            "file:///etc/passwd",
+            "http://",
+        ] {
             assert!(ReceiverUrl::parse(bad).is_err(), "{bad}");
         }
         assert!(ReceiverUrl::parse(&format!("https://x/{}", "a".repeat(MAX_URL_LENGTH))).is_err());
         let key = SigningKey::parse("0123456789abcdef0123456789abcdef").unwrap();
         assert_eq!(format!("{key:?}"), "SigningKey(<redacted>)");
         assert!(SigningKey::parse("short").is_err());
-        assert!(SigningKey::parse(&format!("{} x", "a".repeat(40))).is_err(), "no spaces");
+        assert!(
+            SigningKey::parse(&format!("{} x", "a".repeat(40))).is_err(),
+            "no spaces"
+        );
     }
 
     #[test]
     fn rules_are_checked_field_by_field_with_defaults_filled() {
-        let spec: RuleSpec = serde_json::from_value(json!({"events": ["ClusterOffline"], "receiverIds": ["r"]})).unwrap();
+        let spec: RuleSpec =
+            serde_json::from_value(json!({"events": ["ClusterOffline"], "receiverIds": ["r"]})).unwrap();
         assert_eq!(spec.severity, Severity::Warning);
         assert_eq!(spec.minimum_interval_in_seconds, DEFAULT_INTERVAL_SECONDS);
         assert!(spec.enabled);
@@ -1165,9 +1227,17 @@ mod tests {
         let mut problems = Problems::default();
         bad.validate(&mut problems);
         let err = problems.into_result("alert rule", Some("properties")).unwrap_err();
-        let crate::error::ApiError::InvalidParameter { details, .. } = err else { panic!() };
+        let crate::error::ApiError::InvalidParameter { details, .. } = err else {
+            panic!()
+        };
         let targets: Vec<_> = details.iter().filter_map(|d| d.target.as_deref()).collect();
-        for field in ["events", "receiverIds", "configurationName", "minimumIntervalInSeconds", "clusterSelector"] {
+        for field in [
+            "events",
+            "receiverIds",
+            "configurationName",
+            "minimumIntervalInSeconds",
+            "clusterSelector",
+        ] {
             assert!(targets.iter().any(|t| t.contains(field)), "{field}: {targets:?}");
         }
     }

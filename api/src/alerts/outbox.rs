@@ -159,9 +159,7 @@ impl Sender {
                 }
                 Attempted {
                     status: Some(status.as_u16()),
-                    error: (!status.is_success()).then(|| {
-                        format!("the receiver answered {status}")
-                    }),
+                    error: (!status.is_success()).then(|| format!("the receiver answered {status}")),
                     retry_after,
                     elapsed: started.elapsed(),
                     unsendable: false,
@@ -272,7 +270,12 @@ pub async fn run(store: Arc<dyn Store>, sender: Arc<Sender>, metrics: Arc<Metric
                 Ok(done) => {
                     report_dropped(&metrics, &done.dropped);
                     if done.queued > 0 || done.held > 0 {
-                        tracing::debug!(events = done.taken, queued = done.queued, held = done.held, "alerts dispatched");
+                        tracing::debug!(
+                            events = done.taken,
+                            queued = done.queued,
+                            held = done.held,
+                            "alerts dispatched"
+                        );
                     }
                     if done.taken < BATCH as usize {
                         break;
@@ -479,8 +482,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let client = reqwest::Client::new();
-        let err = client
+        let err = sender()
+            .client
             .post(format!("http://{address}/services/T/B/SECRET-TOKEN"))
             .send()
             .await

@@ -134,15 +134,19 @@ impl AlertReceiverRequestProperties {
     /// Every problem at once, or the write.
     fn parse(self) -> ApiResult<ReceiverWrite> {
         let mut problems = Problems::default();
-        let url = self
-            .url
-            .as_deref()
-            .and_then(|url| ReceiverUrl::parse(url).map_err(|why| problems.add("properties.url", why)).ok());
+        let url = self.url.as_deref().and_then(|url| {
+            ReceiverUrl::parse(url)
+                .map_err(|why| problems.add("properties.url", why))
+                .ok()
+        });
         let signing_key = match (&self.signing_key, self.receiver_type.signs()) {
             (Some(_), false) => {
                 problems.add(
                     "properties.signingKey",
-                    format!("a {:?} receiver does not sign its messages: leave it out", self.receiver_type),
+                    format!(
+                        "a {:?} receiver does not sign its messages: leave it out",
+                        self.receiver_type
+                    ),
                 );
                 None
             }

@@ -105,10 +105,9 @@ impl Receivers {
                 };
                 let sealed_signing_key = match (write.kind.signs(), &write.signing_key) {
                     (false, _) => None,
-                    (true, Some(signing_key)) => Some(vault.seal(
-                        &AlertReceiverRecord::signing_key_place(key),
-                        signing_key.as_bytes(),
-                    )),
+                    (true, Some(signing_key)) => {
+                        Some(vault.seal(&AlertReceiverRecord::signing_key_place(key), signing_key.as_bytes()))
+                    }
                     (true, None) => match kept.and_then(|k| k.sealed_signing_key.clone()) {
                         Some(sealed) => Some(sealed),
                         None => {
@@ -236,5 +235,172 @@ impl Receivers {
             finished_at: Some(outcome.due_at),
             ..delivery
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::http::HeaderMap;
+
+    use super::*;
+    use crate::alerts::message::{SIGNATURE_HEADER, TIMESTAMP_HEADER, signature};
+    use crate::lifecycle::DeliveryState;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, test_config, with_database};
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A receiver on port 0 answering `status`, keeping what it was sent.
+    async fn listening(status: u16) -> (String, Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>) {
+        let seen: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+        let kept = seen.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push((headers, body.to_vec()));
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}/hooks/T0/SECRET-PATH"), seen)
+    }
+
+    fn receivers(store: Arc<dyn Store>, vault: Option<Arc<Vault>>) -> Receivers {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path(), "sqlite::memory:");
+        let sender = Arc::new(Sender::new(&config, vault.clone()).unwrap());
+        Receivers::new(store, Arc::default(), vault, sender, Arc::default())
+    }
+
+    fn webhook(url: Option<&str>, key: Option<&str>) -> ReceiverWrite {
+        ReceiverWrite {
+            kind: ReceiverKind::Webhook,
+            url: url.map(|u| ReceiverUrl::parse(u).unwrap()),
+            signing_key: key.map(|k| SigningKey::parse(k).unwrap()),
+            rate_limit_per_minute: 60,
+        }
+    }
+
+    on_both_backends!(
+        a_receiver_keeps_its_credentials_sealed_and_write_only_and_its_test_message_is_signed,
+        receiver_case
+    );
+    async fn receiver_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let vault = Arc::new(Vault::from_key(&[3u8; 32]).unwrap());
+            let service = receivers(store.clone(), Some(vault.clone()));
+            let scope = FleetScope::parse("sub", None).unwrap();
+            let any = Preconditions::default();
+            let (url, seen) = listening(204).await;
+
+            let refused = service
+                .put("owner", &scope, "ops", &webhook(None, Some(KEY)), &any)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), "InvalidParameter", "a new receiver needs its URL");
+            let refused = service
+                .put("owner", &scope, "ops", &webhook(Some(&url), None), &any)
+                .await
+                .unwrap_err();
+            assert!(refused.to_string().contains("signingKey"), "{refused}");
+            assert!(
+                store.get_alert_receiver("sub/ops").await.unwrap().is_none(),
+                "refused writes change nothing"
+            );
+
+            let (created, new) = service
+                .put("owner", &scope, "ops", &webhook(Some(&url), Some(KEY)), &any)
+                .await
+                .unwrap();
+            assert!(new);
+            assert!(created.spec.url_host.starts_with("127.0.0.1:"));
+            assert!(!created.sealed_url.contains("SECRET"), "sealed at rest");
+            let opened = vault
+                .open(&AlertReceiverRecord::url_place("sub/ops"), &created.sealed_url)
+                .unwrap();
+            assert_eq!(opened, url.as_bytes());
+            // a PUT without the write-only fields keeps them
+            let (kept, new) = service
+                .put("owner", &scope, "ops", &webhook(None, None), &any)
+                .await
+                .unwrap();
+            assert!(!new);
+            assert_eq!(
+                (kept.sealed_url.clone(), kept.sealed_signing_key.clone()),
+                (created.sealed_url, created.sealed_signing_key)
+            );
+            // another type needs its own URL, and drops the key
+            let slack = ReceiverWrite {
+                kind: ReceiverKind::Slack,
+                ..webhook(None, None)
+            };
+            let refused = service.put("owner", &scope, "ops", &slack, &any).await.unwrap_err();
+            assert!(refused.to_string().contains("type changes"), "{refused}");
+
+            let delivery = service.test(&scope, "ops").await.unwrap().unwrap();
+            assert_eq!(
+                (delivery.state, delivery.last_status_code),
+                (DeliveryState::Delivered, Some(204))
+            );
+            let (headers, body) = seen.lock().unwrap().pop().unwrap();
+            let timestamp: i64 = headers[TIMESTAMP_HEADER].to_str().unwrap().parse().unwrap();
+            assert!((Utc::now().timestamp() - timestamp).abs() < 60);
+            assert_eq!(
+                headers[SIGNATURE_HEADER].to_str().unwrap(),
+                signature(KEY.as_bytes(), timestamp, &body),
+                "signed with the receiver's key over its timestamp and body"
+            );
+            let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(sent["type"], "Test");
+            let log = store.list_deliveries(kept.id, None, 10).await.unwrap();
+            assert_eq!(
+                log[0].state,
+                DeliveryState::Delivered,
+                "the test is in the delivery log"
+            );
+            assert!(service.test(&scope, "none").await.unwrap().is_none());
+
+            // a refusing receiver: the test answers what happened, and the error never holds the URL
+            let (refusing, _) = listening(404).await;
+            service
+                .put("owner", &scope, "ops", &webhook(Some(&refusing), None), &any)
+                .await
+                .unwrap();
+            let failed = service.test(&scope, "ops").await.unwrap().unwrap();
+            assert_eq!(
+                (failed.state, failed.last_status_code),
+                (DeliveryState::Failed, Some(404))
+            );
+            assert!(!failed.last_error.unwrap().contains("SECRET"));
+
+            // at most the rate limit's bucket at once
+            let tight = ReceiverWrite {
+                rate_limit_per_minute: 1,
+                ..webhook(None, None)
+            };
+            service.put("owner", &scope, "ops", &tight, &any).await.unwrap();
+            service.test(&scope, "ops").await.unwrap();
+            let limited = service.test(&scope, "ops").await.unwrap_err();
+            assert_eq!(limited.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+
+            assert!(service.delete(&scope, "ops").await.unwrap());
+            assert!(!service.delete(&scope, "ops").await.unwrap());
+
+            let keyless = receivers(store.clone(), None);
+            let refused = keyless
+                .put("owner", &scope, "ops", &webhook(Some(&url), Some(KEY)), &any)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        })
+        .await;
     }
 }

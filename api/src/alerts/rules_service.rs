@@ -179,3 +179,100 @@ impl Rules {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::on_both_backends;
+    use crate::testing::{Backend, Services, with_database};
+
+    fn spec(value: serde_json::Value) -> RuleSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    on_both_backends!(
+        a_rule_names_receivers_and_a_group_of_its_subscription_and_keeps_them_from_deletion,
+        rule_case
+    );
+    async fn rule_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let store = db.store().await;
+            let services = Services::new(store.clone());
+            let rules = Rules::new(store.clone(), Arc::default());
+            let scope = FleetScope::parse("sub", Some("rg")).unwrap();
+            let any = Preconditions::default();
+            let receiver = crate::model::AlertReceiverRecord {
+                id: 0,
+                key: "sub/ops".into(),
+                subscription_key: "sub".into(),
+                resource_group_key: String::new(),
+                subscription: "sub".into(),
+                resource_group: None,
+                name: "ops".into(),
+                spec: crate::alerts::model::ReceiverSpec {
+                    kind: crate::alerts::model::ReceiverKind::Slack,
+                    url_host: "hooks.slack.com".into(),
+                    rate_limit_per_minute: 60,
+                },
+                sealed_url: "sealed".into(),
+                sealed_signing_key: None,
+                etag: "e".into(),
+                system_data: SystemData::created("owner", Utc::now()),
+                tokens: 10.0,
+                tokens_at: Utc::now(),
+                dropped: 0,
+                dropped_at: None,
+            };
+            store.insert_alert_receiver(&receiver).await.unwrap();
+            let ops = "/subscriptions/sub/providers/Fluxplane.Fleet/alertReceivers/ops";
+            let prod: crate::fleet::selector::LabelSelector =
+                serde_json::from_value(json!({"matchLabels": {"env": "prod"}})).unwrap();
+            services.groups.put("owner", &scope, "prod", &prod, &any).await.unwrap();
+            let group = "/subscriptions/sub/resourceGroups/rg/providers/Fluxplane.Fleet/clusterGroups/prod";
+
+            for (bad, target) in [
+                (json!({"events": ["ClusterOffline"], "receiverIds": ["/subscriptions/sub/providers/Fluxplane.Fleet/alertReceivers/none"]}), "receiverIds[0]"),
+                (json!({"events": ["ClusterOffline"], "receiverIds": ["/subscriptions/other/providers/Fluxplane.Fleet/alertReceivers/ops"]}), "receiverIds[0]"),
+                (json!({"events": ["ClusterOffline"], "receiverIds": [ops, ops]}), "receiverIds[1]"),
+                (json!({"events": ["ClusterOffline"], "receiverIds": ["not an id"]}), "receiverIds[0]"),
+                (json!({"events": ["ClusterOffline"], "receiverIds": [ops], "clusterGroupId": "/subscriptions/sub/resourceGroups/other/providers/Fluxplane.Fleet/clusterGroups/prod"}), "clusterGroupId"),
+                (json!({"events": ["ClusterOffline"], "receiverIds": [ops], "clusterGroupId": "/subscriptions/sub/resourceGroups/rg/providers/Fluxplane.Fleet/clusterGroups/none"}), "clusterGroupId"),
+                (json!({"events": ["ClusterOffline"], "receiverIds": [ops], "policyAssignmentId": "/subscriptions/other/providers/Fluxplane.Fleet/policyAssignments/a"}), "policyAssignmentId"),
+                (json!({"events": [], "receiverIds": [ops]}), "events"),
+            ] {
+                let err = rules.put("alice", &scope, "r", &spec(bad.clone()), &any).await.unwrap_err();
+                assert_eq!(err.code(), "InvalidParameter", "{bad}");
+                let crate::error::ApiError::InvalidParameter { target: Some(at), .. } = &err else {
+                    panic!("{err:?}")
+                };
+                assert!(at.ends_with(target), "{bad}: {at}");
+            }
+            assert!(store.get_alert_rule("sub/rg/r").await.unwrap().is_none(), "refused writes change nothing");
+
+            let good = spec(json!({"events": ["BecameNonCompliant"], "receiverIds": [ops], "clusterGroupId": group,
+                                   "severity": "Critical"}));
+            let (written, created) = rules.put("alice", &scope, "r", &good, &any).await.unwrap();
+            assert!(created);
+            assert_eq!(written.receivers.len(), 1);
+            assert!(written.cluster_group_id.is_some());
+            let stale = rules
+                .put("bob", &scope, "r", &good, &Preconditions::if_match("stale"))
+                .await
+                .unwrap_err();
+            assert_eq!(stale.code(), "PreconditionFailed");
+
+            let in_use = services.groups.delete(&scope, "prod").await.unwrap_err();
+            assert_eq!(in_use.code(), "Conflict", "rules follow the group");
+            assert_eq!(
+                store.delete_alert_receiver("sub/ops").await.unwrap(),
+                crate::model::GroupDelete::InUse
+            );
+            assert!(rules.delete(&scope, "r").await.unwrap());
+            assert!(!rules.delete(&scope, "r").await.unwrap());
+            assert!(services.groups.delete(&scope, "prod").await.unwrap());
+        })
+        .await;
+    }
+}

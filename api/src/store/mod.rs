@@ -24,11 +24,11 @@ use crate::error::ApiError;
 use crate::fleet::commits::Sighting;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
-    AgentInfo, AlertReceiverRecord, AlertRuleRecord, DeliveryOutcome, DeliveryRecord, DispatchLimits, Dispatched,
-    ReceiverStatus, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
-    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GroupDelete,
-    HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReportOutcome, ReportWrite, Rollup,
-    SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
+    AgentInfo, AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags,
+    ConfigurationRecord, ConfigurationState, DeliveryOutcome, DeliveryRecord, DesiredRecords, DispatchLimits,
+    Dispatched, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GroupDelete, HistoryQuery, HistoryRows,
+    OperationRecord, PolicyAssignmentRecord, ReceiverStatus, ReportOutcome, ReportWrite, Rollup, SecretsWrite,
+    StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -192,8 +192,11 @@ pub trait Alerts: Send + Sync + 'static {
     async fn get_alert_receiver(&self, key: &str) -> StoreResult<Option<AlertReceiverRecord>>;
     /// Up to `page.limit + 1` receivers in key order after `page.after`: at a subscription, its own and those of
     /// its resource groups.
-    async fn list_alert_receivers(&self, scope: &ClusterSet, page: &PageRequest)
-    -> StoreResult<Vec<AlertReceiverRecord>>;
+    async fn list_alert_receivers(
+        &self,
+        scope: &ClusterSet,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<AlertReceiverRecord>>;
     /// Inserts unless a receiver with the key exists (`Conflict`).
     async fn insert_alert_receiver(&self, receiver: &AlertReceiverRecord) -> StoreResult<Write>;
     /// Replaces the settings and sealed credentials if the etag is still `expected_etag`; the token bucket keeps
@@ -203,8 +206,12 @@ pub trait Alerts: Send + Sync + 'static {
     async fn delete_alert_receiver(&self, key: &str) -> StoreResult<GroupDelete>;
     async fn receiver_status(&self, receiver_id: i64) -> StoreResult<ReceiverStatus>;
     /// Up to `limit` of the receiver's deliveries, newest first, with ids below `before`.
-    async fn list_deliveries(&self, receiver_id: i64, before: Option<i64>, limit: i64)
-    -> StoreResult<Vec<DeliveryRecord>>;
+    async fn list_deliveries(
+        &self,
+        receiver_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
 
     /// The rule with its receivers.
     async fn get_alert_rule(&self, key: &str) -> StoreResult<Option<AlertRuleRecord>>;
