@@ -832,3 +832,92 @@ async fn kill_case(backend: Backend) {
     assert!(!log.contains(KEY), "a signing key reached the log");
     assert!(!log.contains(&token), "a token reached the log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_ui_shows_each_receivers_delivery_state() {
+    use fantoccini::Locator;
+    let Some(browser) = fluxplane_api::testing::Browser::start().await else {
+        return;
+    };
+    let client = &browser.client;
+    let api = Api::start(Backend::Sqlite).await.expect("the embedded store");
+    let (healthy, failing) = (TestReceiver::start().await, TestReceiver::start().await);
+    failing.answer(500);
+    for (name, receiver) in [("healthy", &healthy), ("failing", &failing)] {
+        put(&api, &fleet("alertReceivers", name), webhook(&receiver.url, 60)).await;
+        let tested = api
+            .call(
+                Method::POST,
+                &with_version(&format!("{FLEET}/alertReceivers/{name}/test"), FLEET_API),
+                None,
+            )
+            .await;
+        assert_eq!(tested.status, StatusCode::OK);
+    }
+    client.goto(&format!("{}/", api.server.base)).await.unwrap();
+    let wait_for = |what: &'static str, script: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.execute(script, vec![]).await.unwrap() != Value::Bool(true) {
+            assert!(Instant::now() < deadline, "waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(
+        "the sign-in form",
+        "return !!document.querySelector(\"[data-testid='signin']\")",
+    )
+    .await;
+    let form = client.find(Locator::Css("[data-testid='signin']")).await.unwrap();
+    form.find(Locator::Css("input[type='password']"))
+        .await
+        .unwrap()
+        .send_keys(&api.token)
+        .await
+        .unwrap();
+    form.find(Locator::Css("input:not([type='password'])"))
+        .await
+        .unwrap()
+        .send_keys("s")
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[type='submit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        "the receivers' states",
+        "const row = (n) => document.querySelector(`[data-testid='receiver-${n}'] [data-testid='receiver-health']`); \
+         return !!row('healthy') && row('healthy').textContent.includes('Delivering') \
+         && row('failing').textContent.includes('Failing')",
+    )
+    .await;
+    let row = client
+        .find(Locator::Css("[data-testid='receiver-failing']"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("HTTP 500") && row.contains("127.0.0.1"), "{row}");
+    assert!(!row.contains(URL_SECRET), "{row}");
+    client
+        .find(Locator::Css("[data-testid='receiver-failing'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        "the failing receiver's delivery log",
+        "const p = document.querySelector(\"[data-testid='drilldown']\"); \
+         return !!p && p.getClientRects().length > 0 && p.textContent.includes('Test') && p.textContent.includes('Failed')",
+    )
+    .await;
+    let png = client.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("alert-receivers.png"), png).unwrap();
+    browser.client.clone().close().await.unwrap();
+}

@@ -758,7 +758,7 @@ impl Message {
             severity: Severity::Info,
             time: now,
             subject: receiver_id.to_owned(),
-            summary: "A test message from fluxplane: this receiver works".to_owned(),
+            summary: "A test message from fluxplane, sent by the receiver's test action".to_owned(),
             rule: None,
             cluster_id: None,
             configuration_name: None,
