@@ -3,10 +3,12 @@
 //! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
 //! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
 //! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, the
-//! fleet compliance summary, and what real agents re-checking their clusters cost the control plane. Each figure
+//! fleet compliance summary, what real agents re-checking their clusters cost the control plane, and the alert
+//! outbox's throughput when one change fails a fleet's configurations. Each figure
 //! comes with its ceilings measured in the same run (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
+mod alerts;
 mod assignment;
 mod ceiling;
 mod fleet;
@@ -89,6 +91,10 @@ struct Args {
     /// Seconds the re-check scenario counts the control plane's requests.
     #[arg(long, default_value_t = 30)]
     recheck_window: u64,
+    /// Configurations (a hundred per cluster) one change fails at once in the alerts scenario: each an event the
+    /// outbox delivers (their clusters' Flux extensions add one each).
+    #[arg(long, default_value_t = 10_000)]
+    alert_events: usize,
     /// How the simulated agents of the propagation, assignment and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
@@ -124,6 +130,7 @@ enum Scenario {
     Assignment,
     Summary,
     Rechecks,
+    Alerts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -311,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         args.summary_clusters = 30;
         args.recheck_agents = 20;
         args.recheck_window = 3;
+        args.alert_events = 50;
     }
     let apply = args.apply.apply();
     let backends: &[(Backend, &'static str)] = match args.backend {
@@ -407,6 +415,15 @@ async fn main() -> anyhow::Result<()> {
             summary::summary(&target, args.summary_clusters, apply, quiet_after, &mut figures, name).await?;
             target.server.stop().await;
         }
+        if wanted(Scenario::Alerts) {
+            eprintln!(
+                "{name}: the alert outbox delivering {} events from one change",
+                args.alert_events
+            );
+            let target = Target::start(*backend).await?;
+            alerts::outbox(&target, args.alert_events, &mut figures, name).await?;
+            target.server.stop().await;
+        }
     }
 
     report::table(&figures);
@@ -426,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
             "writes": args.writes,
             "fleet": args.fleet,
             "summary_clusters": args.summary_clusters,
+            "alert_events": args.alert_events,
             "apply_delay_ms": args.apply.apply_delay,
             "failure_rate": args.apply.failure_rate,
         });
