@@ -694,6 +694,16 @@ pub struct DeliveryOutcome {
     pub error: Option<String>,
 }
 
+/// A leased delivery's end, to record: attempted at `attempted_at`, or released unattempted (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedDelivery {
+    pub id: i64,
+    /// The attempts its lease counted: the lease still holds if they still are.
+    pub attempts: i32,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub outcome: DeliveryOutcome,
+}
+
 /// A receiver's delivery state, as its reads and the web UI show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceiverStatus {

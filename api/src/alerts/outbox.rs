@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::message;
@@ -19,7 +19,7 @@ use super::model::{Backoff, Verdict, verdict};
 use crate::config::ServeConfig;
 use crate::lifecycle::DeliveryState;
 use crate::metrics::Metrics;
-use crate::model::{AlertReceiverRecord, DeliveryOutcome, DeliveryRecord, DispatchLimits};
+use crate::model::{AlertReceiverRecord, DeliveryOutcome, DeliveryRecord, DispatchLimits, FinishedDelivery};
 use crate::store::Store;
 use crate::vault::Vault;
 
@@ -52,6 +52,19 @@ pub struct Sender {
     vault: Option<Arc<Vault>>,
     timeout: Duration,
     backoff: Backoff,
+}
+
+/// A receiver's opened credentials: where to post, in what shape, and the signing key. Never printed.
+pub struct Credentials {
+    kind: super::model::ReceiverKind,
+    url: String,
+    key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, <redacted>)", self.kind)
+    }
 }
 
 /// How one attempt ended, before it is recorded.
@@ -96,47 +109,59 @@ impl Sender {
         now + chrono::Duration::from_std(self.timeout + LEASE_SLACK).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// Posts the delivery's message to the receiver, once.
-    pub async fn attempt(&self, receiver: &AlertReceiverRecord, delivery: &DeliveryRecord) -> Attempted {
-        let started = std::time::Instant::now();
+    /// Opens the receiver's URL and signing key, once for a lease's attempts; when they do not open, what every
+    /// attempt meets instead.
+    pub fn open(&self, receiver: &AlertReceiverRecord) -> Result<Credentials, Attempted> {
         let failed = |error: String, unsendable: bool| Attempted {
             status: None,
             error: Some(error),
             retry_after: None,
-            elapsed: started.elapsed(),
+            elapsed: Duration::ZERO,
             unsendable,
         };
         let Some(vault) = &self.vault else {
             // another replica wrote the receiver: this one may get the key file at its next start
-            return failed(
+            return Err(failed(
                 "this server has no --secrets-key-file to open the receiver's URL with".to_owned(),
                 false,
-            );
+            ));
         };
-        let opened = vault
+        let url = vault
             .open(&AlertReceiverRecord::url_place(&receiver.key), &receiver.sealed_url)
             .map_err(|err| err.to_string())
-            .and_then(|url| String::from_utf8(url).map_err(|_| "the receiver's URL is not text".to_owned()));
-        let url = match opened {
-            Ok(url) => url,
-            Err(error) => return failed(format!("{error}; write the receiver again"), true),
-        };
+            .and_then(|url| String::from_utf8(url).map_err(|_| "the receiver's URL is not text".to_owned()))
+            .map_err(|error| failed(format!("{error}; write the receiver again"), true))?;
         let key = match &receiver.sealed_signing_key {
-            Some(sealed) => match vault.open(&AlertReceiverRecord::signing_key_place(&receiver.key), sealed) {
-                Ok(key) => Some(key),
-                Err(err) => return failed(format!("{err}; write the receiver again"), true),
-            },
+            Some(sealed) => Some(
+                vault
+                    .open(&AlertReceiverRecord::signing_key_place(&receiver.key), sealed)
+                    .map_err(|err| failed(format!("{err}; write the receiver again"), true))?,
+            ),
             None => None,
         };
+        Ok(Credentials {
+            kind: receiver.spec.kind,
+            url,
+            key,
+        })
+    }
+
+    /// Posts the delivery's message to the receiver, once.
+    pub async fn attempt(&self, credentials: &Result<Credentials, Attempted>, delivery: &DeliveryRecord) -> Attempted {
+        let credentials = match credentials {
+            Ok(credentials) => credentials,
+            Err(unopened) => return unopened.clone(),
+        };
+        let started = std::time::Instant::now();
         let rendered = message::render(
-            receiver.spec.kind,
+            credentials.kind,
             &delivery.message,
-            key.as_deref(),
+            credentials.key.as_deref(),
             Utc::now().timestamp(),
         );
         let mut request = self
             .client
-            .post(url)
+            .post(&credentials.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         for (name, value) in rendered.headers {
             request = request.header(name, value);
@@ -165,7 +190,13 @@ impl Sender {
                     unsendable: false,
                 }
             }
-            Err(err) => failed(describe(&err, self.timeout), false),
+            Err(err) => Attempted {
+                status: None,
+                error: Some(describe(&err, self.timeout)),
+                retry_after: None,
+                elapsed: started.elapsed(),
+                unsendable: false,
+            },
         }
     }
 
@@ -227,6 +258,45 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Where a leased delivery stands that goes back unattempted: due with `after`'s next attempt (the attempt before
+    /// it failed: the receiver is failing), given up if that is past its time, or due `now` (the lease ran out).
+    pub fn release(
+        &self,
+        delivery: &DeliveryRecord,
+        after: Option<&DeliveryOutcome>,
+        now: DateTime<Utc>,
+    ) -> DeliveryOutcome {
+        let Some(failed) = after else {
+            return DeliveryOutcome {
+                state: DeliveryState::Pending,
+                due_at: now,
+                status_code: None,
+                error: None,
+            };
+        };
+        if self.backoff.gives_up(delivery.created_at, failed.due_at) {
+            DeliveryOutcome {
+                state: DeliveryState::Failed,
+                due_at: now,
+                status_code: None,
+                error: Some(format!(
+                    "gave up after {}: the receiver kept failing ({})",
+                    humantime::format_duration(self.backoff.give_up_after),
+                    failed.error.as_deref().unwrap_or("failed")
+                )),
+            }
+        } else {
+            DeliveryOutcome {
+                state: DeliveryState::Pending,
+                due_at: failed.due_at,
+                status_code: None,
+                error: None,
+            }
+        }
+    }
+}
+
 /// What a failed request met, without its URL (reqwest's errors print it, and a webhook's URL is its secret).
 fn describe(err: &reqwest::Error, timeout: Duration) -> String {
     if err.is_timeout() {
@@ -249,26 +319,34 @@ fn describe(err: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-/// Runs the outbox until dropped: dispatching, flushing held messages, sending, pruning the log.
+/// Runs the outbox until dropped: the dispatcher (events to messages, held messages once due, the log's pruning
+/// and the queue gauges) and the senders' scheduler, side by side, so that sending starts with the first batch a
+/// dispatch commits (it wakes the scheduler) rather than after the whole burst.
 pub async fn run(store: Arc<dyn Store>, sender: Arc<Sender>, metrics: Arc<Metrics>, backlog: u32) {
+    let queued = Arc::new(Notify::new());
+    tokio::join!(
+        dispatch(store.clone(), metrics.clone(), backlog, queued.clone()),
+        schedule(store, sender, metrics, queued),
+    );
+}
+
+async fn dispatch(store: Arc<dyn Store>, metrics: Arc<Metrics>, backlog: u32, queued: Arc<Notify>) {
     let limits = DispatchLimits {
         batch: BATCH,
         backlog: i64::from(backlog),
     };
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sending: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
-    let permits = Arc::new(Semaphore::new(CONCURRENT_RECEIVERS));
-    let mut senders = JoinSet::new();
     let (mut pruned_at, mut gauged_at) = (None::<tokio::time::Instant>, None::<tokio::time::Instant>);
     loop {
         ticks.tick().await;
-        while senders.try_join_next().is_some() {}
-        let now = Utc::now();
         for _ in 0..BATCHES_PER_TICK {
-            match store.dispatch_alerts(now, &limits).await {
+            match store.dispatch_alerts(Utc::now(), &limits).await {
                 Ok(done) => {
                     report_dropped(&metrics, &done.dropped);
+                    if done.queued > 0 {
+                        queued.notify_one();
+                    }
                     if done.queued > 0 || done.held > 0 {
                         tracing::debug!(
                             events = done.taken,
@@ -287,30 +365,14 @@ pub async fn run(store: Arc<dyn Store>, sender: Arc<Sender>, metrics: Arc<Metric
                 }
             }
         }
-        match store.flush_held_alerts(now, &limits).await {
-            Ok(done) => report_dropped(&metrics, &done.dropped),
-            Err(err) => tracing::warn!(error = %err, "sending held-back alerts failed; will retry"),
-        }
-        match store.due_receivers(Utc::now(), 1000).await {
-            Ok(receivers) => {
-                for receiver in receivers {
-                    if !sending.lock().unwrap_or_else(PoisonError::into_inner).insert(receiver) {
-                        continue;
-                    }
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        sending.lock().unwrap_or_else(PoisonError::into_inner).remove(&receiver);
-                        break;
-                    };
-                    let (store, sender, metrics, sending) =
-                        (store.clone(), sender.clone(), metrics.clone(), sending.clone());
-                    senders.spawn(async move {
-                        send_to(&*store, &sender, &metrics, receiver).await;
-                        sending.lock().unwrap_or_else(PoisonError::into_inner).remove(&receiver);
-                        drop(permit);
-                    });
+        match store.flush_held_alerts(Utc::now(), &limits).await {
+            Ok(done) => {
+                report_dropped(&metrics, &done.dropped);
+                if done.queued > 0 {
+                    queued.notify_one();
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "reading the alerts due failed; will retry"),
+            Err(err) => tracing::warn!(error = %err, "sending held-back alerts failed; will retry"),
         }
         if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             pruned_at = Some(tokio::time::Instant::now());
@@ -335,6 +397,45 @@ pub async fn run(store: Arc<dyn Store>, sender: Arc<Sender>, metrics: Arc<Metric
     }
 }
 
+/// Starts a sender for each receiver with deliveries due (and none running here), at most `CONCURRENT_RECEIVERS`
+/// at once; the senders end with the scheduler.
+async fn schedule(store: Arc<dyn Store>, sender: Arc<Sender>, metrics: Arc<Metrics>, queued: Arc<Notify>) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sending: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+    let permits = Arc::new(Semaphore::new(CONCURRENT_RECEIVERS));
+    let mut senders = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = queued.notified() => {}
+        }
+        while senders.try_join_next().is_some() {}
+        let receivers = match store.due_receivers(Utc::now(), 1000).await {
+            Ok(receivers) => receivers,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the alerts due failed; will retry");
+                continue;
+            }
+        };
+        for receiver in receivers {
+            if !sending.lock().unwrap_or_else(PoisonError::into_inner).insert(receiver) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                sending.lock().unwrap_or_else(PoisonError::into_inner).remove(&receiver);
+                break;
+            };
+            let (store, sender, metrics, sending) = (store.clone(), sender.clone(), metrics.clone(), sending.clone());
+            senders.spawn(async move {
+                send_to(store, &sender, metrics, receiver).await;
+                sending.lock().unwrap_or_else(PoisonError::into_inner).remove(&receiver);
+                drop(permit);
+            });
+        }
+    }
+}
+
 fn report_dropped(metrics: &Metrics, dropped: &[(i64, u64)]) {
     for (receiver, count) in dropped {
         metrics.alert_dropped.inc_by(*count);
@@ -347,75 +448,166 @@ fn report_dropped(metrics: &Metrics, dropped: &[(i64, u64)]) {
 }
 
 /// Sends the receiver's due deliveries, a lease at a time, in order, until none is due or its rate limit says wait.
-async fn send_to(store: &dyn Store, sender: &Sender, metrics: &Metrics, receiver_id: i64) {
+/// Outcomes are recorded by a task of their own while the next message goes out, as many per transaction as have
+/// come meanwhile: a slow commit does not hold the sending up, and a fast receiver gets its messages in batched
+/// commits. A message whose attempt fails stops the lease: the rest wait for its next attempt, so that a receiver
+/// that is down gets one message per backoff, not its whole backlog each time; and the rest are released when the
+/// lease would end before another attempt could.
+async fn send_to(store: Arc<dyn Store>, sender: &Sender, metrics: Arc<Metrics>, receiver_id: i64) {
+    let (outcomes, recorded) = tokio::sync::mpsc::channel(CLAIM as usize * 2);
+    let recorder = tokio::spawn(record_all(store.clone(), metrics, recorded));
     loop {
         let now = Utc::now();
-        let claimed = match store
-            .claim_deliveries(receiver_id, now, sender.lease_until(now), CLAIM)
-            .await
-        {
+        let lease_until = sender.lease_until(now);
+        let claimed = match store.claim_deliveries(receiver_id, now, lease_until, CLAIM).await {
             Ok(Some(claimed)) => claimed,
-            Ok(None) => return,
+            Ok(None) => break,
             Err(err) => {
                 tracing::warn!(receiver_id, error = %err, "leasing alert deliveries failed; will retry");
-                return;
+                break;
             }
         };
         let (receiver, deliveries, limited) = claimed;
-        if deliveries.is_empty() {
-            return;
-        }
+        let credentials = sender.open(&receiver);
+        let receiver = Arc::new(receiver);
         let full = deliveries.len() as i64 == CLAIM;
-        for delivery in &deliveries {
-            let attempted = sender.attempt(&receiver, delivery).await;
-            let outcome = sender.outcome(delivery, &attempted, Utc::now());
-            record(store, metrics, &receiver, delivery, &attempted, &outcome).await;
+        let mut stopped = false;
+        let mut claimed = deliveries.into_iter();
+        while let Some(delivery) = claimed.next() {
+            if Utc::now() + chrono::Duration::from_std(sender.timeout).unwrap_or_default() >= lease_until {
+                // no time left for another attempt under this lease: the rest go back, due now
+                let now = Utc::now();
+                let rest = std::iter::once(delivery).chain(claimed.by_ref());
+                for d in rest {
+                    let outcome = sender.release(&d, None, now);
+                    let _ = outcomes.send(Recorded::released(&receiver, d, outcome)).await;
+                }
+                break;
+            }
+            let attempted = sender.attempt(&credentials, &delivery).await;
+            let now = Utc::now();
+            let outcome = sender.outcome(&delivery, &attempted, now);
+            let failing = outcome.state == DeliveryState::Pending;
+            if failing {
+                for d in claimed.by_ref() {
+                    let released = sender.release(&d, Some(&outcome), now);
+                    let _ = outcomes.send(Recorded::released(&receiver, d, released)).await;
+                }
+                stopped = true;
+            }
+            let _ = outcomes
+                .send(Recorded {
+                    receiver: receiver.clone(),
+                    delivery,
+                    attempted: Some(attempted),
+                    outcome,
+                    at: now,
+                })
+                .await;
         }
-        if limited || !full {
-            return;
+        if stopped || limited || !full {
+            break;
+        }
+    }
+    drop(outcomes);
+    let _ = recorder.await;
+}
+
+/// A delivery's end, waiting to be recorded.
+pub struct Recorded {
+    pub receiver: Arc<AlertReceiverRecord>,
+    pub delivery: DeliveryRecord,
+    /// `None` when it was released without an attempt.
+    pub attempted: Option<Attempted>,
+    pub outcome: DeliveryOutcome,
+    pub at: DateTime<Utc>,
+}
+
+impl Recorded {
+    fn released(receiver: &Arc<AlertReceiverRecord>, delivery: DeliveryRecord, outcome: DeliveryOutcome) -> Self {
+        Self {
+            receiver: receiver.clone(),
+            delivery,
+            attempted: None,
+            outcome,
+            at: Utc::now(),
         }
     }
 }
 
-/// Records an attempt's end, logs it and counts it.
-pub async fn record(
-    store: &dyn Store,
-    metrics: &Metrics,
-    receiver: &AlertReceiverRecord,
-    delivery: &DeliveryRecord,
-    attempted: &Attempted,
-    outcome: &DeliveryOutcome,
-) {
-    let counted = match outcome.state {
-        DeliveryState::Delivered => "delivered",
-        DeliveryState::Failed => "failed",
-        _ => "retried",
-    };
-    metrics.alert_delivery(counted);
-    let receiver_id = receiver.arm_id();
-    match outcome.state {
-        DeliveryState::Delivered => tracing::debug!(
-            receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
-            status = attempted.status, elapsed_ms = attempted.elapsed.as_millis() as u64, "alert delivered"
-        ),
-        DeliveryState::Failed => tracing::warn!(
-            receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
-            attempts = delivery.attempts, error = outcome.error.as_deref().unwrap_or_default(), "alert not delivered"
-        ),
-        _ => tracing::info!(
-            receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
-            attempts = delivery.attempts, next_attempt = %outcome.due_at,
-            error = outcome.error.as_deref().unwrap_or_default(), "alert delivery failed; will retry"
-        ),
+/// Records what `ends` brings, a transaction for all that has come at once, until the channel closes.
+async fn record_all(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut ends: tokio::sync::mpsc::Receiver<Recorded>) {
+    let mut batch = Vec::new();
+    while ends.recv_many(&mut batch, 256).await > 0 {
+        record(&*store, &metrics, &batch).await;
+        batch.clear();
     }
-    match store.finish_delivery(delivery.id, delivery.attempts, outcome).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            receiver = %receiver_id, delivery = %delivery.delivery_id,
-            "an alert delivery's lease ended before its attempt did: another attempt took it over"
-        ),
-        // the lease ends and the delivery is tried again: at least once
-        Err(err) => tracing::warn!(receiver = %receiver_id, error = %err, "recording an alert delivery failed"),
+}
+
+/// Records attempts' ends in one transaction, logs them and counts them.
+pub async fn record(store: &dyn Store, metrics: &Metrics, ends: &[Recorded]) {
+    let finished: Vec<FinishedDelivery> = ends
+        .iter()
+        .map(|e| FinishedDelivery {
+            id: e.delivery.id,
+            attempts: e.delivery.attempts,
+            attempted_at: e.attempted.as_ref().map(|_| e.at),
+            outcome: e.outcome.clone(),
+        })
+        .collect();
+    let held = match store.finish_deliveries(&finished).await {
+        Ok(held) => held,
+        Err(err) => {
+            // the leases end and the deliveries are tried again: at least once
+            tracing::warn!(error = %err, deliveries = ends.len(), "recording alert deliveries failed");
+            return;
+        }
+    };
+    for (end, held) in ends.iter().zip(held) {
+        let (receiver, delivery, outcome) = (&end.receiver, &end.delivery, &end.outcome);
+        let receiver_id = receiver.arm_id();
+        if !held {
+            tracing::warn!(
+                receiver = %receiver_id, delivery = %delivery.delivery_id,
+                "an alert delivery's lease ended before its attempt did: another attempt took it over"
+            );
+            continue;
+        }
+        let Some(attempted) = &end.attempted else {
+            if outcome.state == DeliveryState::Failed {
+                metrics.alert_delivery("failed");
+                tracing::warn!(
+                    receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
+                    error = outcome.error.as_deref().unwrap_or_default(), "alert not delivered"
+                );
+            }
+            continue;
+        };
+        match outcome.state {
+            DeliveryState::Delivered => {
+                metrics.alert_delivery("delivered");
+                tracing::debug!(
+                    receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
+                    status = attempted.status, elapsed_ms = attempted.elapsed.as_millis() as u64, "alert delivered"
+                )
+            }
+            DeliveryState::Failed => {
+                metrics.alert_delivery("failed");
+                tracing::warn!(
+                    receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
+                    attempts = delivery.attempts, error = outcome.error.as_deref().unwrap_or_default(),
+                    "alert not delivered"
+                )
+            }
+            _ => {
+                metrics.alert_delivery("retried");
+                tracing::info!(
+                    receiver = %receiver_id, host = %receiver.spec.url_host, delivery = %delivery.delivery_id,
+                    attempts = delivery.attempts, next_attempt = %outcome.due_at,
+                    error = outcome.error.as_deref().unwrap_or_default(), "alert delivery failed; will retry"
+                )
+            }
+        }
     }
 }
 
@@ -475,6 +667,21 @@ mod tests {
         let given_up = sender.outcome(&delivery(9, old), &attempted(None), now);
         assert_eq!(given_up.state, DeliveryState::Failed);
         assert!(given_up.error.unwrap().starts_with("gave up after 9 attempts"));
+    }
+
+    #[test]
+    fn what_a_failing_receivers_lease_leaves_waits_for_the_next_attempt_or_is_given_up() {
+        let sender = sender();
+        let now = Utc::now();
+        let failed = sender.outcome(&delivery(1, now), &attempted(Some(503)), now);
+        let waiting = sender.release(&delivery(1, now), Some(&failed), now);
+        assert_eq!((waiting.state, waiting.due_at), (DeliveryState::Pending, failed.due_at));
+        let old = now - chrono::Duration::hours(25);
+        let given_up = sender.release(&delivery(1, old), Some(&failed), now);
+        assert_eq!(given_up.state, DeliveryState::Failed);
+        assert!(given_up.error.unwrap().contains("kept failing"));
+        let lease_over = sender.release(&delivery(1, now), None, now);
+        assert_eq!((lease_over.state, lease_over.due_at), (DeliveryState::Pending, now));
     }
 
     #[tokio::test]

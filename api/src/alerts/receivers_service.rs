@@ -219,15 +219,24 @@ impl Receivers {
                 });
             }
         };
-        let attempted = self.sender.attempt(&receiver, &delivery).await;
+        let attempted = self.sender.attempt(&self.sender.open(&receiver), &delivery).await;
         let mut outcome = self.sender.outcome(&delivery, &attempted, Utc::now());
         if outcome.state == crate::lifecycle::DeliveryState::Pending {
             // a test is sent once: what would be retried is its answer
             outcome.state = crate::lifecycle::DeliveryState::Failed;
             outcome.due_at = Utc::now();
         }
-        outbox::record(&*self.store, &self.metrics, &receiver, &delivery, &attempted, &outcome).await;
+        let at = Utc::now();
+        let recorded = outbox::Recorded {
+            receiver: Arc::new(receiver),
+            delivery: delivery.clone(),
+            attempted: Some(attempted),
+            outcome: outcome.clone(),
+            at,
+        };
+        outbox::record(&*self.store, &self.metrics, std::slice::from_ref(&recorded)).await;
         Ok(Some(DeliveryRecord {
+            last_attempt_at: Some(at),
             state: outcome.state,
             due_at: outcome.due_at,
             last_status_code: outcome.status_code,

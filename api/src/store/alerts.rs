@@ -513,9 +513,7 @@ macro_rules! alerts_store {
                 if granted > 0 {
                     let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE alert_deliveries SET state = 'Sending', due_at = ");
                     update.push_bind(lease_until);
-                    update.push(", attempts = attempts + 1, last_attempt_at = ");
-                    update.push_bind(now);
-                    update.push(" WHERE id IN (");
+                    update.push(", attempts = attempts + 1 WHERE id IN (");
                     let mut list = update.separated(", ");
                     for id in &due[..granted] {
                         list.push_bind(*id);
@@ -538,27 +536,47 @@ macro_rules! alerts_store {
                 Ok(Some((receiver, claimed, limited)))
             }
 
-            async fn finish_delivery(
+            async fn finish_deliveries(
                 &self,
-                id: i64,
-                attempts: i32,
-                outcome: &$crate::model::DeliveryOutcome,
-            ) -> $crate::store::StoreResult<bool> {
-                let finished = outcome.state != $crate::lifecycle::DeliveryState::Pending;
-                let done = sqlx::query::<$db>(
-                    "UPDATE alert_deliveries SET state = $1, due_at = $2, last_status_code = $3, last_error = $4, \
-                     finished_at = $5 WHERE id = $6 AND attempts = $7 AND state = 'Sending'",
-                )
-                .bind(outcome.state.as_str())
-                .bind(outcome.due_at)
-                .bind(outcome.status_code)
-                .bind(&outcome.error)
-                .bind(finished.then_some(outcome.due_at))
-                .bind(id)
-                .bind(attempts)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
+                finished: &[$crate::model::FinishedDelivery],
+            ) -> $crate::store::StoreResult<Vec<bool>> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut held = Vec::with_capacity(finished.len());
+                for f in finished {
+                    let ended = f.outcome.state != $crate::lifecycle::DeliveryState::Pending;
+                    let done = match f.attempted_at {
+                        Some(at) => sqlx::query::<$db>(
+                            "UPDATE alert_deliveries SET state = $1, due_at = $2, last_status_code = $3, \
+                             last_error = $4, finished_at = $5, last_attempt_at = $6 \
+                             WHERE id = $7 AND attempts = $8 AND state = 'Sending'",
+                        )
+                        .bind(f.outcome.state.as_str())
+                        .bind(f.outcome.due_at)
+                        .bind(f.outcome.status_code)
+                        .bind(&f.outcome.error)
+                        .bind(ended.then_some(f.outcome.due_at))
+                        .bind(at)
+                        .bind(f.id)
+                        .bind(f.attempts),
+                        // released unattempted: the attempt counted by its lease is given back
+                        None => sqlx::query::<$db>(
+                            "UPDATE alert_deliveries SET state = $1, due_at = $2, attempts = attempts - 1, \
+                             last_error = COALESCE($3, last_error), finished_at = $4 \
+                             WHERE id = $5 AND attempts = $6 AND state = 'Sending'",
+                        )
+                        .bind(f.outcome.state.as_str())
+                        .bind(f.outcome.due_at)
+                        .bind(&f.outcome.error)
+                        .bind(ended.then_some(f.outcome.due_at))
+                        .bind(f.id)
+                        .bind(f.attempts),
+                    }
+                    .execute(&mut *tx)
+                    .await?;
+                    held.push(done.rows_affected() == 1);
+                }
+                tx.commit().await?;
+                Ok(held)
             }
 
             async fn claim_test_delivery(
@@ -784,6 +802,13 @@ macro_rules! alerts_store {
                 alerts: &[&$crate::alerts::model::Alert],
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Vec<$crate::alerts::model::Message>, sqlx::Error> {
+                if rule.spec.minimum_interval_in_seconds == 0 {
+                    // nothing is ever held back: no row to keep (what an earlier interval held is flushed as due)
+                    return Ok(alerts
+                        .iter()
+                        .map(|a| $crate::alerts::model::Message::of(a, reference, rule.spec.severity, None))
+                        .collect());
+                }
                 sqlx::query::<$db>(
                     "INSERT INTO alert_throttle (rule_id, subject) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 )

@@ -25,8 +25,8 @@ use crate::fleet::commits::Sighting;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AgentInfo, AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags,
-    ConfigurationRecord, ConfigurationState, DeliveryOutcome, DeliveryRecord, DesiredRecords, DispatchLimits,
-    Dispatched, Expired, ExtensionRecord, ExtensionReportWrite, FleetGauges, GroupDelete, HistoryQuery, HistoryRows,
+    ConfigurationRecord, ConfigurationState, DeliveryRecord, DesiredRecords, DispatchLimits, Dispatched, Expired,
+    ExtensionRecord, ExtensionReportWrite, FinishedDelivery, FleetGauges, GroupDelete, HistoryQuery, HistoryRows,
     OperationRecord, PolicyAssignmentRecord, ReceiverStatus, ReportOutcome, ReportWrite, Rollup, SecretsWrite,
     StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
 };
@@ -241,9 +241,10 @@ pub trait Alerts: Send + Sync + 'static {
         lease_until: DateTime<Utc>,
         max: i64,
     ) -> StoreResult<Option<(AlertReceiverRecord, Vec<DeliveryRecord>, bool)>>;
-    /// Records how the attempt `attempts` of a leased delivery ended; false when its lease was lost meanwhile (the
-    /// delivery was taken again), in which case nothing changes.
-    async fn finish_delivery(&self, id: i64, attempts: i32, outcome: &DeliveryOutcome) -> StoreResult<bool>;
+    /// Records how leased deliveries ended, in one transaction: an attempted one's answer, or one released without
+    /// an attempt (its lease's attempt given back). Answers, for each, whether its lease still held; one that was
+    /// lost meanwhile (the delivery taken again) changes nothing.
+    async fn finish_deliveries(&self, finished: &[FinishedDelivery]) -> StoreResult<Vec<bool>>;
     /// Takes a token of the receiver's rate limit and records a test message as being sent; `Err` with the wait
     /// until a token is back when there is none.
     async fn claim_test_delivery(

@@ -2284,11 +2284,18 @@ async fn outbox_case(backend: Backend) {
             status_code: Some(200),
             error: None,
         };
-        assert!(store.finish_delivery(claimed[0].id, 1, &delivered).await.unwrap());
-        assert!(
-            !store.finish_delivery(claimed[0].id, 1, &delivered).await.unwrap(),
-            "finished once"
-        );
+        let finish = |id: i64, attempts: i32, outcome: &crate::model::DeliveryOutcome, attempted: bool| {
+            let store = store.clone();
+            let finished = crate::model::FinishedDelivery {
+                id,
+                attempts,
+                attempted_at: attempted.then_some(later),
+                outcome: outcome.clone(),
+            };
+            async move { store.finish_deliveries(&[finished]).await.unwrap()[0] }
+        };
+        assert!(finish(claimed[0].id, 1, &delivered, true).await);
+        assert!(!finish(claimed[0].id, 1, &delivered, true).await, "finished once");
         // the second one's sender died: its lease ends, and it is taken again
         let after_lease = lease + chrono::Duration::seconds(1);
         let (_, again, _) = store
@@ -2303,7 +2310,7 @@ async fn outbox_case(backend: Backend) {
             .unwrap();
         assert_eq!((again.len(), again[0].id, again[0].attempts), (1, claimed[1].id, 2));
         assert!(
-            !store.finish_delivery(claimed[1].id, 1, &delivered).await.unwrap(),
+            !finish(claimed[1].id, 1, &delivered, true).await,
             "the dead lease's end is void"
         );
         let retry = crate::model::DeliveryOutcome {
@@ -2312,7 +2319,7 @@ async fn outbox_case(backend: Backend) {
             status_code: Some(503),
             error: Some("the receiver answered 503".into()),
         };
-        assert!(store.finish_delivery(claimed[1].id, 2, &retry).await.unwrap());
+        assert!(finish(claimed[1].id, 2, &retry, true).await);
         let status = store.receiver_status(receiver.id).await.unwrap();
         assert_eq!(status.backlog, 1);
         assert_eq!(
@@ -2327,6 +2334,36 @@ async fn outbox_case(backend: Backend) {
             "not due yet"
         );
         assert_eq!(store.due_receivers(retry.due_at, 10).await.unwrap(), vec![receiver.id]);
+        // released without an attempt: the attempt its lease counted is given back
+        let (_, leased, _) = store
+            .claim_deliveries(
+                receiver.id,
+                retry.due_at,
+                retry.due_at + chrono::Duration::seconds(30),
+                50,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(leased[0].attempts, 3);
+        let back = crate::model::DeliveryOutcome {
+            state: crate::lifecycle::DeliveryState::Pending,
+            due_at: retry.due_at,
+            status_code: None,
+            error: None,
+        };
+        assert!(finish(leased[0].id, 3, &back, false).await);
+        let log = store.list_deliveries(receiver.id, None, 10).await.unwrap();
+        let released = log.iter().find(|d| d.id == leased[0].id).unwrap();
+        assert_eq!(
+            (released.attempts, released.state),
+            (2, crate::lifecycle::DeliveryState::Pending)
+        );
+        assert_eq!(
+            released.last_error.as_deref(),
+            Some("the receiver answered 503"),
+            "its last error kept"
+        );
 
         // a full backlog drops what does not fit, and counts it
         report(&store, c.id, "cfg", ComplianceState::NonCompliant).await;
