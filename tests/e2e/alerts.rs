@@ -770,24 +770,35 @@ async fn kill_case(backend: Backend) {
         }
     };
     configure(base.clone(), 0..15).await;
+    // fifteen configurations and the Flux extension the first brought wait in the outbox, while the receiver is
+    // tried again and again: one message per backoff, not the whole backlog each time
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let tried: BTreeSet<String> = receiver
-            .received()
-            .iter()
-            .map(|m| m.body["subject"].as_str().unwrap().to_owned())
-            .collect();
-        // fifteen configurations and the Flux extension the first brought
-        if tried.len() == 16 {
+        let receiver_state: Value =
+            serde_json::from_str(&call(base.clone(), Method::GET, fleet("alertReceivers", "ops"), None).await).unwrap();
+        let backlog = receiver_state["properties"]["deliveryState"]["backlog"].clone();
+        if backlog == 16 && receiver.received().len() >= 3 {
+            assert_eq!(
+                receiver_state["properties"]["deliveryState"]["lastFailureStatusCode"],
+                503
+            );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the first expiries were not tried: {}",
-            tried.len()
+            "the first expiries did not wait in the outbox: {receiver_state}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let tried: BTreeSet<String> = receiver
+        .received()
+        .iter()
+        .map(|m| m.body["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        tried.len() < 16,
+        "a receiver that is down is not sent its whole backlog: {tried:?}"
+    );
     // more changes, which expire while the server is gone: nothing happened to them yet
     configure(base.clone(), 15..30).await;
     server.child.kill().unwrap();
