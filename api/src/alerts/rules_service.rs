@@ -95,7 +95,13 @@ impl Rules {
         spec.validate(&mut problems);
         if let Some(id) = &spec.policy_assignment_id {
             match FleetScope::parse_resource_id(id, "policyAssignments") {
-                Some(Ok((assignment, _))) if assignment.subscription.key() == scope.subscription.key() => {}
+                Some(Ok((assignment, name)))
+                    if assignment.subscription.key() == scope.subscription.key()
+                        && crate::arm::scope::parse_name("policyAssignmentName", name).is_ok() => {}
+                Some(Ok((assignment, _))) if assignment.subscription.key() == scope.subscription.key() => problems.add(
+                    "properties.policyAssignmentId",
+                    format!("'{id}' does not end in a valid policy assignment name"),
+                ),
                 Some(Ok(_)) => problems.add(
                     "properties.policyAssignmentId",
                     format!("'{id}' is not in the rule's subscription"),
@@ -241,6 +247,7 @@ mod tests {
                 (json!({"events": ["ClusterOffline"], "receiverIds": [ops], "clusterGroupId": "/subscriptions/sub/resourceGroups/rg/providers/Fluxplane.Fleet/clusterGroups/none"}), "clusterGroupId"),
                 (json!({"events": ["ClusterOffline"], "receiverIds": [ops], "policyAssignmentId": "/subscriptions/other/providers/Fluxplane.Fleet/policyAssignments/a"}), "policyAssignmentId"),
                 (json!({"events": [], "receiverIds": [ops]}), "events"),
+                (json!({"events": ["RolloutHalted"], "receiverIds": [ops], "policyAssignmentId": format!("/subscriptions/sub/providers/Fluxplane.Fleet/policyAssignments/{}", "a".repeat(64))}), "policyAssignmentId"),
             ] {
                 let err = rules.put("alice", &scope, "r", &spec(bad.clone()), &any).await.unwrap_err();
                 assert_eq!(err.code(), "InvalidParameter", "{bad}");
