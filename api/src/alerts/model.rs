@@ -656,7 +656,8 @@ pub struct Held {
     pub latest: Alert,
 }
 
-/// Adds `alert` to what is held.
+/// Adds `alert` to what is held. The latest stays the one that happened last, whatever the order alerts come in
+/// (replicas dispatch batches side by side).
 pub fn hold(held: Option<Held>, alert: Alert) -> Held {
     let mut held = held.unwrap_or_else(|| Held {
         count: 0,
@@ -667,7 +668,9 @@ pub fn hold(held: Option<Held>, alert: Alert) -> Held {
     held.count += 1;
     *held.by_type.entry(alert.event).or_default() += 1;
     held.since = held.since.min(alert.time);
-    held.latest = alert;
+    if alert.time >= held.latest.time {
+        held.latest = alert;
+    }
     held
 }
 
@@ -1114,6 +1117,12 @@ mod tests {
         assert_eq!(held.since, first.time);
         assert_eq!(held.latest, back);
         assert_eq!(held.by_type[&EventType::BecameNonCompliant], 1);
+        let late = hold(Some(hold(None, back.clone())), first.clone());
+        assert_eq!(
+            (late.latest.clone(), late.since, late.count),
+            (back.clone(), first.time, 2),
+            "an older one, come late, is counted only"
+        );
         let rule = RuleRef {
             id: "/r".into(),
             name: "r".into(),

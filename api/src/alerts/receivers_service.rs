@@ -207,8 +207,9 @@ impl Receivers {
             .claim_test_delivery(receiver.id, &message, now, self.sender.lease_until(now))
             .await?
         {
-            Ok(delivery) => delivery,
-            Err(wait) => {
+            None => return Ok(None),
+            Some(Ok(delivery)) => delivery,
+            Some(Err(wait)) => {
                 let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
                 return Err(ApiError::TooManyRequests {
                     message: format!(

@@ -585,20 +585,23 @@ macro_rules! alerts_store {
                 message: &$crate::alerts::model::Message,
                 now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<Result<$crate::model::DeliveryRecord, std::time::Duration>> {
+            ) -> $crate::store::StoreResult<Option<Result<$crate::model::DeliveryRecord, std::time::Duration>>> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
                 let sql = concat!("SELECT ", receiver_columns!(), " FROM alert_receivers WHERE id = $1", $lock);
                 let receiver = sqlx::query_as::<$db, $crate::model::AlertReceiverRecord>(sql)
                     .bind(receiver_id)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                let Some(receiver) = receiver else {
+                    return Ok(None);
+                };
                 let limit = $crate::alerts::model::RateLimit {
                     per_minute: receiver.spec.rate_limit_per_minute,
                 };
                 let (granted, tokens) = limit.take(receiver.tokens, receiver.tokens_at, now, 1);
                 if granted == 0 {
                     tx.commit().await?;
-                    return Ok(Err(limit.wait_for_one(tokens)));
+                    return Ok(Some(Err(limit.wait_for_one(tokens))));
                 }
                 sqlx::query::<$db>("UPDATE alert_receivers SET tokens = $1, tokens_at = $2 WHERE id = $3")
                     .bind(tokens)
@@ -620,7 +623,7 @@ macro_rules! alerts_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                Ok(Ok(delivery))
+                Ok(Some(Ok(delivery)))
             }
 
             async fn prune_alerts(
@@ -809,21 +812,16 @@ macro_rules! alerts_store {
                         .map(|a| $crate::alerts::model::Message::of(a, reference, rule.spec.severity, None))
                         .collect());
                 }
-                sqlx::query::<$db>(
-                    "INSERT INTO alert_throttle (rule_id, subject) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                )
-                .bind(rule.id)
-                .bind(subject)
-                .execute(&mut **tx)
-                .await?;
-                let sql = concat!(
-                    "SELECT last_sent_at, held FROM alert_throttle WHERE rule_id = $1 AND subject = $2",
-                    $lock
-                );
+                // one statement creates the subject's row or locks the existing one (an upsert's update locks its
+                // row until the transaction ends) and reads it: dispatchers meeting on a subject take turns
                 let (mut last_sent, held) = sqlx::query_as::<
                     $db,
                     (Option<chrono::DateTime<chrono::Utc>>, Option<sqlx::types::Json<$crate::alerts::model::Held>>),
-                >(sql)
+                >(
+                    "INSERT INTO alert_throttle (rule_id, subject) VALUES ($1, $2) \
+                     ON CONFLICT (rule_id, subject) DO UPDATE SET subject = excluded.subject \
+                     RETURNING last_sent_at, held",
+                )
                 .bind(rule.id)
                 .bind(subject)
                 .fetch_one(&mut **tx)

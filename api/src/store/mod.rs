@@ -246,14 +246,14 @@ pub trait Alerts: Send + Sync + 'static {
     /// lost meanwhile (the delivery taken again) changes nothing.
     async fn finish_deliveries(&self, finished: &[FinishedDelivery]) -> StoreResult<Vec<bool>>;
     /// Takes a token of the receiver's rate limit and records a test message as being sent; `Err` with the wait
-    /// until a token is back when there is none.
+    /// until a token is back when there is none, `None` when the receiver is gone.
     async fn claim_test_delivery(
         &self,
         receiver_id: i64,
         message: &crate::alerts::model::Message,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> StoreResult<Result<DeliveryRecord, std::time::Duration>>;
+    ) -> StoreResult<Option<Result<DeliveryRecord, std::time::Duration>>>;
     /// Drops finished deliveries from before `finished_before` and all but the last `keep_per_receiver` of each
     /// receiver, and the minimum-interval records of subjects quiet since `quiet_since`; answers how many rows.
     async fn prune_alerts(

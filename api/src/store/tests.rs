@@ -2515,3 +2515,75 @@ async fn concurrent_dispatch_case(backend: Backend) {
     })
     .await;
 }
+
+on_both_backends!(
+    dispatchers_meeting_on_one_flapping_subject_send_one_message_and_hold_the_rest,
+    concurrent_throttle_case
+);
+async fn concurrent_throttle_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let (receiver, _) = alerting(
+            &store,
+            serde_json::json!(["BecameNonCompliant", "BecameCompliant"]),
+            300,
+        )
+        .await;
+        store
+            .insert_configuration(
+                &configuration(c.id, "cfg"),
+                &SecretsWrite::Keep,
+                &operation("sub/rg/c1/cfg", 1),
+            )
+            .await
+            .unwrap();
+        const FLAPS: usize = 40;
+        for i in 0..FLAPS {
+            let state = if i % 2 == 0 {
+                ComplianceState::NonCompliant
+            } else {
+                ComplianceState::Compliant
+            };
+            report(&store, c.id, "cfg", state).await;
+        }
+        let now = Utc::now();
+        let small = crate::model::DispatchLimits {
+            batch: 3,
+            backlog: 10_000,
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (mut queued, mut held) = (0, 0);
+                    loop {
+                        let done = store.dispatch_alerts(now, &small).await.unwrap();
+                        queued += done.queued;
+                        held += done.held;
+                        if done.taken == 0 {
+                            return (queued, held);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let (mut queued, mut held) = (0, 0);
+        for worker in workers {
+            let (q, h) = worker.await.unwrap();
+            queued += q;
+            held += h;
+        }
+        assert_eq!((queued, held), (1, FLAPS - 1), "one message, the rest held back");
+        let flushed = store
+            .flush_held_alerts(now + chrono::Duration::seconds(301), &LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(flushed.queued, 1);
+        let log = store.list_deliveries(receiver.id, None, 10).await.unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].message.digest.as_ref().unwrap().events, (FLAPS - 1) as u64);
+        assert_eq!(log[0].message.kind, "BecameCompliant", "the flapping's last state");
+    })
+    .await;
+}
