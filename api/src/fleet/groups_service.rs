@@ -101,7 +101,7 @@ impl Groups {
         Ok(written)
     }
 
-    /// Deletes the group; false when there was none, 409 while policy assignments follow it.
+    /// Deletes the group; false when there was none, 409 while policy assignments or alert rules follow it.
     pub async fn delete(&self, scope: &FleetScope, name: &str) -> ApiResult<bool> {
         match self.store.delete_cluster_group(&scope.key(name)).await? {
             GroupDelete::Deleted => {
