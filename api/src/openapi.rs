@@ -123,6 +123,7 @@ mod tests {
             ("ConnectedClusterProperties", "connectivityStatus"),
             ("FluxConfigurationProperties", "complianceState"),
             ("PolicyAssignmentProperties", "status"),
+            ("AlertRuleProperties", "provisioningState"),
         ] {
             let items = schemas[schema]["allOf"].as_array().unwrap();
             assert!(

@@ -61,6 +61,7 @@ pub struct AlertRule {
 #[serde(rename_all = "camelCase")]
 pub struct AlertRuleProperties {
     #[serde(flatten)]
+    #[schema(schema_with = crate::arm::schema::open_schema::<RuleSpec>)]
     pub spec: RuleSpec,
     pub provisioning_state: String,
 }
