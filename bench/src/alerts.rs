@@ -2,8 +2,9 @@
 //! per cluster, none with an agent) fails at once as its change expires, in one transaction (the store call the
 //! sweeper makes, as of two days later), and so does each cluster's Flux extension. Each failure is an event queued
 //! in that transaction; a rule sends them all to one `Webhook` receiver in this process, which answers 200 at once.
-//! Timed from just before the expiry to the receiver holding the last message: the dispatch (events to messages),
-//! the leases, the signing and the posts, one receiver's messages one after another as the outbox sends them.
+//! Timed from the change's commit, when every event is in the outbox, to the receiver holding the last message:
+//! the dispatch (events to messages), the leases, the signing and the posts, one receiver's messages one after
+//! another as the outbox sends them. The change's own transaction is in the detail.
 //!
 //! HTTP ceiling: as many POSTs of a real message's bytes and headers to the same receiver, one after another, by a
 //! client built as the outbox's. Database ceiling: as many rows inserted into a scratch table in one transaction,
@@ -27,7 +28,7 @@ use crate::{Figure, Target, ms, seed};
 const FLEET: &str = "/subscriptions/bench/providers/Fluxplane.Fleet";
 const PER_CLUSTER: usize = 100;
 /// Deliveries a sender leases at a time (`alerts::outbox`).
-const LEASE: usize = 50;
+const LEASE: usize = 100;
 const KEY: &str = "bench-signing-key-0123456789abcdef0123456789";
 
 /// A receiver that counts what it is sent and keeps the first message, to replay it for the ceiling.
@@ -112,9 +113,11 @@ pub async fn outbox(
 
     let store: &Arc<dyn Store> = &target.server.state.store;
     let later = chrono::Utc::now() + chrono::Duration::hours(49);
-    let started = Instant::now();
+    let changing = Instant::now();
     let expired = store.expire(later, &target.server.state.messages).await?.len();
-    let change = started.elapsed();
+    let change = changing.elapsed();
+    // the events are in the outbox once the change has committed: from here on it is the outbox's work
+    let started = Instant::now();
     if expired < events {
         bail!("{expired} expired, expected at least {events}");
     }
@@ -150,9 +153,7 @@ pub async fn outbox(
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    counting.received.store(0, Ordering::SeqCst);
-    let posting = Instant::now();
-    for _ in 0..expired {
+    let post = || async {
         let response = client
             .post(&url)
             .headers(headers.clone())
@@ -163,8 +164,20 @@ pub async fn outbox(
             bail!("the HTTP ceiling's post: {}", response.status());
         }
         response.bytes().await?;
+        Ok(())
+    };
+    // warmed up, then the better of two passes: a ceiling, on a machine whose other work comes and goes
+    for _ in 0..100 {
+        post().await?;
     }
-    let http_rate = expired as f64 / posting.elapsed().as_secs_f64();
+    let mut http_rate: f64 = 0.0;
+    for _ in 0..2 {
+        let posting = Instant::now();
+        for _ in 0..expired {
+            post().await?;
+        }
+        http_rate = http_rate.max(expired as f64 / posting.elapsed().as_secs_f64());
+    }
     receiver_task.abort();
 
     let db = Db::open(target).await?;
@@ -179,8 +192,8 @@ pub async fn outbox(
         target: None,
         met: None,
         detail: format!(
-            "the change's transaction {:.0} ms; all events dispatched at {:.0} ms; last message at {:.0} ms; \
-             {} B each, signed",
+            "the change's transaction {:.0} ms; after its commit, all events dispatched at {:.0} ms, the last \
+             message delivered at {:.0} ms; {} B each, signed",
             ms(change),
             ms(dispatched),
             ms(elapsed),
@@ -190,12 +203,12 @@ pub async fn outbox(
             rate,
             http_rate,
             "as many POSTs of a real message (bytes and headers) to the same receiver, one after another, by a \
-             client built as the outbox's",
+             client built as the outbox's; after 100 to warm up, the better of two passes",
         )),
         db_ceiling: Some(Ceiling::rate(
             rate,
             db_rate,
-            "as many rows of the message's size inserted in one transaction, then per 50 one transaction leasing \
+            "as many rows of the message's size inserted in one transaction, then per 100 one transaction leasing \
              them and one recording each one's end, one batch after another",
         )),
     });

@@ -28,8 +28,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Queued events (or held messages) per transaction, and batches per tick before the loop lets others run.
 const BATCH: i64 = 500;
 const BATCHES_PER_TICK: usize = 20;
-/// Deliveries one receiver's sender leases at a time.
-const CLAIM: i64 = 50;
+/// Deliveries one receiver's sender leases at a time: fewer leasing transactions for a receiver that answers
+/// quickly; a slow one's lease is released before it could end mid-attempt.
+const CLAIM: i64 = 100;
 /// Receivers sent to at once by one replica.
 const CONCURRENT_RECEIVERS: usize = 16;
 /// How long past its time limit a lease lasts: a replica that has not finished an attempt by then is taken for dead.
