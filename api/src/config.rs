@@ -86,6 +86,24 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_HISTORY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub history_retention: std::time::Duration,
 
+    /// How long after an alert's failed delivery it is first tried again; each further wait doubles, up to an hour,
+    /// less a random part of up to half.
+    #[arg(long, env = "FLUXPLANE_ALERT_RETRY_DELAY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub alert_retry_delay: std::time::Duration,
+
+    /// An alert not delivered within this long of being queued is given up (its delivery shows Failed).
+    #[arg(long, env = "FLUXPLANE_ALERT_GIVE_UP_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub alert_give_up_after: std::time::Duration,
+
+    /// How long a receiver may take to answer an alert before the attempt counts as failed.
+    #[arg(long, env = "FLUXPLANE_ALERT_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub alert_request_timeout: std::time::Duration,
+
+    /// Most alerts waiting for one receiver; past it new ones are dropped, counted on the receiver and in
+    /// `fluxplane_alert_messages_dropped_total`.
+    #[arg(long, env = "FLUXPLANE_ALERT_BACKLOG", default_value_t = 10_000)]
+    pub alert_backlog: u32,
+
     /// What the web UI's sign-in is filled with (set by `fluxplane dev`, never from the command line).
     #[arg(skip)]
     pub ui_sign_in: Option<SignIn>,

@@ -99,9 +99,9 @@ pub enum ApiError {
     DatabaseUnavailable(String),
     #[error("the request did not complete within {} seconds", .0.as_secs())]
     RequestTimeout(std::time::Duration),
-    /// A caller went past a rate limit; it may try again in a second.
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// A rate limit of the server's own (an alert receiver's) has no room now; retry after the given seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -137,7 +137,7 @@ impl ApiError {
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
             ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,7 +165,7 @@ impl ApiError {
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
             ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => "ServiceUnavailable",
             ApiError::RequestTimeout(_) => "RequestTimeout",
-            ApiError::TooManyRequests(_) => "TooManyRequests",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalServerError",
         }
     }
@@ -211,8 +211,8 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

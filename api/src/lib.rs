@@ -5,6 +5,7 @@
 //! listener the caller binds. The binary (`fluxplane`) is a thin shell around these.
 
 pub mod agents;
+pub mod alerts;
 pub mod arm;
 pub mod auth;
 pub mod availability;

@@ -220,6 +220,47 @@ impl ConnectivityStatus {
     }
 }
 
+/// Where an alert's delivery to a receiver stands (`alert_deliveries.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum DeliveryState {
+    /// Waiting for its first attempt or its next one.
+    Pending,
+    /// A replica holds its lease and is sending it; if that replica dies, the lease ends and it is sent again.
+    Sending,
+    Delivered,
+    /// Refused by the receiver (a 4xx that retrying cannot fix), or given up after its retries.
+    Failed,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Sending,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "Pending",
+            DeliveryState::Sending => "Sending",
+            DeliveryState::Delivered => "Delivered",
+            DeliveryState::Failed => "Failed",
+        }
+    }
+}
+
+impl TryFrom<String> for DeliveryState {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == value)
+            .ok_or_else(|| format!("unknown delivery state '{value}'"))
+    }
+}
+
 /// A connected cluster whose agent has been silent for `offline_after` is Offline when read, at once: the
 /// dashboards' maintenance marks it Offline in the database too (for the rollups), but only every few seconds.
 pub fn connectivity(
@@ -719,6 +760,7 @@ mod tests {
             .chain(OperationState::ALL.iter().map(|s| s.as_str()))
             .chain(ConnectivityStatus::ALL.iter().map(|s| s.as_str()))
             .chain(HistoryEvent::ALL.iter().map(|e| e.as_str()))
+            .chain(DeliveryState::ALL.iter().map(|s| s.as_str()))
             .chain([failure::EXPIRED, failure::AGENT_KEY_CHANGED, failure::APPLY_FAILED])
             .collect();
         let found = state_names_in_sql();

@@ -51,6 +51,11 @@ struct ReportLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterGroupLabels {
     cluster_group: String,
 }
@@ -82,6 +87,12 @@ pub struct Metrics {
     clusters: Family<ConnectivityLabels, Gauge>,
     failing_by_group: Family<ClusterGroupLabels, Gauge>,
     failing_by_assignment: Family<PolicyAssignmentLabels, Gauge>,
+    alert_deliveries: Family<DeliveryLabels, Counter>,
+    /// Alert messages not queued because their receiver's backlog was full.
+    pub alert_dropped: Counter,
+    /// Alert events waiting for the dispatcher, and messages waiting to be sent (every replica's view of the store).
+    pub alert_events_waiting: Gauge,
+    pub alert_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -135,6 +146,30 @@ impl Default for Metrics {
             "Clusters of the whole fleet by connectivity status",
             clusters.clone(),
         );
+        let alert_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "alert_delivery_attempts",
+            "Attempts to deliver alert messages, by outcome (delivered, retried, failed)",
+            alert_deliveries.clone(),
+        );
+        let alert_dropped = Counter::default();
+        registry.register(
+            "alert_messages_dropped",
+            "Alert messages not queued because their receiver's backlog was full (--alert-backlog)",
+            alert_dropped.clone(),
+        );
+        let alert_events_waiting = Gauge::default();
+        registry.register(
+            "alert_events_waiting",
+            "Events waiting to be matched against alert rules",
+            alert_events_waiting.clone(),
+        );
+        let alert_backlog = Gauge::default();
+        registry.register(
+            "alert_backlog",
+            "Alert messages waiting to be delivered, all receivers together",
+            alert_backlog.clone(),
+        );
         let failing_by_group = Family::<ClusterGroupLabels, Gauge>::default();
         registry.register(
             "failing_configurations_by_cluster_group",
@@ -161,6 +196,10 @@ impl Default for Metrics {
             clusters,
             failing_by_group,
             failing_by_assignment,
+            alert_deliveries,
+            alert_dropped,
+            alert_events_waiting,
+            alert_backlog,
         }
     }
 }
@@ -216,6 +255,11 @@ impl Metrics {
                 })
                 .inc_by(*count);
         }
+    }
+
+    /// Counts one attempt to deliver an alert: `delivered`, `retried` or `failed`.
+    pub fn alert_delivery(&self, outcome: &'static str) {
+        self.alert_deliveries.get_or_create(&DeliveryLabels { outcome }).inc();
     }
 
     /// Sets the failing configurations by cluster group and by policy assignment (read when scraped, as the fleet

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
+use crate::alerts::model::{Message, ReceiverSpec, RuleSpec};
 use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::error::ErrorDetail;
@@ -18,7 +19,7 @@ use crate::fleet::assignments::rollout::{RolloutPhase, RolloutState};
 use crate::fleet::receivers::model::{GitReceiverSpec, LastPush, SourceRef};
 use crate::fleet::selector::LabelSelector;
 use crate::flux::model::Observed;
-use crate::lifecycle::{HistoryEvent, OperationState, ProvisioningState};
+use crate::lifecycle::{DeliveryState, HistoryEvent, OperationState, ProvisioningState};
 
 /// How a conditional write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,12 +292,12 @@ pub enum AssignmentWrite {
     Overlap(Vec<String>),
 }
 
-/// How a cluster group delete ended.
+/// How the delete of something others may follow (a cluster group, an alert receiver) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupDelete {
     Deleted,
     Missing,
-    /// Policy assignments follow the group.
+    /// Others follow it: policy assignments or alert rules a group, alert rules a receiver.
     InUse,
 }
 
@@ -635,4 +636,169 @@ impl PolicyAssignmentRecord {
             _ => self.generation,
         }
     }
+}
+
+/// An alert receiver (`Fluxplane.Fleet/alertReceivers`): where messages go. The URL and signing key are sealed with
+/// the server's key (`vault`), in the places `sealed_url_place` and `sealed_signing_key_place` name.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AlertReceiverRecord {
+    pub id: i64,
+    pub key: String,
+    pub subscription_key: String,
+    /// Empty for a receiver at subscription scope.
+    pub resource_group_key: String,
+    pub subscription: String,
+    pub resource_group: Option<String>,
+    pub name: String,
+    #[sqlx(json)]
+    pub spec: ReceiverSpec,
+    pub sealed_url: String,
+    pub sealed_signing_key: Option<String>,
+    pub etag: String,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+    /// The rate limit's token bucket: tokens left as of `tokens_at`.
+    pub tokens: f64,
+    pub tokens_at: DateTime<Utc>,
+    /// Messages not queued because the receiver's backlog was full, and when the last was.
+    pub dropped: i64,
+    pub dropped_at: Option<DateTime<Utc>>,
+}
+
+impl AlertReceiverRecord {
+    /// Where the URL is sealed: its place binds the sealed value to this receiver's row.
+    pub fn url_place(key: &str) -> String {
+        format!("alertReceivers/{key}#url")
+    }
+
+    pub fn signing_key_place(key: &str) -> String {
+        format!("alertReceivers/{key}#signingKey")
+    }
+
+    /// The receiver's ARM id, as rules name it.
+    pub fn arm_id(&self) -> String {
+        fleet_id(
+            &self.subscription,
+            self.resource_group.as_deref(),
+            "alertReceivers",
+            &self.name,
+        )
+    }
+}
+
+/// An alert rule (`Fluxplane.Fleet/alertRules`), with the store ids of its receivers.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AlertRuleRecord {
+    pub id: i64,
+    pub key: String,
+    pub subscription_key: String,
+    pub resource_group_key: String,
+    pub subscription: String,
+    pub resource_group: Option<String>,
+    pub name: String,
+    #[sqlx(json)]
+    pub spec: RuleSpec,
+    /// The store id of the cluster group its `clusterGroupId` names.
+    pub cluster_group_id: Option<i64>,
+    pub etag: String,
+    #[sqlx(json)]
+    pub system_data: SystemData,
+    /// Read from `alert_rule_receivers`, in id order.
+    #[sqlx(skip)]
+    pub receivers: Vec<i64>,
+}
+
+impl AlertRuleRecord {
+    pub fn arm_id(&self) -> String {
+        fleet_id(
+            &self.subscription,
+            self.resource_group.as_deref(),
+            "alertRules",
+            &self.name,
+        )
+    }
+}
+
+fn fleet_id(subscription: &str, resource_group: Option<&str>, type_: &str, name: &str) -> String {
+    let scope = match resource_group {
+        None => format!("/subscriptions/{subscription}"),
+        Some(group) => format!("/subscriptions/{subscription}/resourceGroups/{group}"),
+    };
+    format!("{scope}/providers/{}/{type_}/{name}", crate::arm::scope::PROVIDER)
+}
+
+/// One message for one receiver: the outbox's row and the delivery log's.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub delivery_id: String,
+    pub receiver_id: i64,
+    pub rule_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "String")]
+    pub state: DeliveryState,
+    /// When it is next tried; while `Sending`, when its lease ends.
+    pub due_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    /// What the last failed attempt met: the receiver's status or the connection's error, never its URL.
+    pub last_error: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[sqlx(json)]
+    pub message: Message,
+}
+
+/// Where a delivery stands after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    pub state: DeliveryState,
+    /// The next attempt (Pending), or the attempt's time (Delivered, Failed).
+    pub due_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// A leased delivery's end, to record: attempted at `attempted_at`, or released unattempted (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedDelivery {
+    pub id: i64,
+    /// The attempts its lease counted: the lease still holds if they still are.
+    pub attempts: i32,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub outcome: DeliveryOutcome,
+}
+
+/// A receiver's delivery state, as its reads and the web UI show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverStatus {
+    /// Messages waiting to be sent (or being sent).
+    pub backlog: i64,
+    pub last_delivered_at: Option<DateTime<Utc>>,
+    /// The latest failed attempt: when, the receiver's status code if it answered, and the error.
+    pub last_failure: Option<(DateTime<Utc>, Option<i32>, Option<String>)>,
+    /// The earliest next attempt of the backlog.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The bounds the dispatcher keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchLimits {
+    /// Events (or held digests) taken per transaction.
+    pub batch: i64,
+    /// Messages a receiver may have waiting; what does not fit is dropped and counted on the receiver.
+    pub backlog: i64,
+}
+
+/// What a dispatch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Queued events (or held digests) taken.
+    pub taken: usize,
+    /// Messages queued for receivers.
+    pub queued: usize,
+    /// Alerts held back by a rule's minimum interval.
+    pub held: usize,
+    /// Messages dropped per receiver id (its backlog was full).
+    pub dropped: Vec<(i64, u64)>,
 }

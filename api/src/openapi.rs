@@ -21,6 +21,8 @@ use utoipa::{Modify, OpenApi};
         (name = "ClusterGroups", description = "Groups of clusters selected by their tags (Fluxplane.Fleet)"),
         (name = "PolicyAssignments", description = "A Flux configuration for every cluster a selector matches (Fluxplane.Fleet)"),
         (name = "GitReceivers", description = "Webhooks Git hosts call on push, which ask the configurations reading the pushed ref to re-check their source at once (Fluxplane.Fleet)"),
+        (name = "AlertReceivers", description = "Where alerts go: signed webhooks, Slack and Microsoft Teams (Fluxplane.Fleet)"),
+        (name = "AlertRules", description = "Which events are sent to which receivers, how bad and how often (Fluxplane.Fleet)"),
         (name = "ComplianceSummary", description = "Counts of configuration instances by state across a fleet (Fluxplane.Fleet)"),
         (name = "ResourceManager", description = "What Azure Resource Manager itself answers: subscriptions, provider registrations and operations, the cloud's metadata"),
         (name = "SourceControlConfigurations", description = "Flux v1 configurations, retired by Azure: every cluster has none"),
@@ -99,6 +101,8 @@ mod tests {
             ("TlsConfig", "clientCertificate"),
             ("TlsConfig", "privateKey"),
             ("TlsConfig", "caCertificate"),
+            ("AlertReceiverRequestProperties", "url"),
+            ("AlertReceiverRequestProperties", "signingKey"),
         ] {
             let property = &schemas[schema]["properties"][field];
             assert_eq!(property["writeOnly"], true, "{schema}.{field}: {property}");
@@ -120,6 +124,7 @@ mod tests {
             ("ConnectedClusterProperties", "connectivityStatus"),
             ("FluxConfigurationProperties", "complianceState"),
             ("PolicyAssignmentProperties", "status"),
+            ("AlertRuleProperties", "provisioningState"),
         ] {
             let items = schemas[schema]["allOf"].as_array().unwrap();
             assert!(

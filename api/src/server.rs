@@ -46,7 +46,7 @@ use crate::state::{AppState, TaskGuard};
 use crate::store::Store;
 use crate::tls::{self, Certificates};
 use crate::vault::Vault;
-use crate::{agents, clusters, dashboards, extensions, fleet, flux, health, managed_identity, manager, sweep};
+use crate::{agents, alerts, clusters, dashboards, extensions, fleet, flux, health, managed_identity, manager, sweep};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -72,6 +72,8 @@ fn arm_router() -> OpenApiRouter<AppState> {
         .merge(fleet::assignments::commits::router())
         .merge(fleet::summary::router())
         .merge(fleet::cluster_compliance::router())
+        .merge(alerts::receivers::router())
+        .merge(alerts::rules::router())
         .merge(dashboards::events::router())
         .merge(manager::router())
 }
@@ -127,6 +129,15 @@ impl AppState {
         let (writes, appender) = WriteLog::start(store.clone());
         let database = Arc::new(DatabaseHealth::default());
         let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let alert_sender =
+            Arc::new(alerts::outbox::Sender::new(&config, vault.clone()).context("building the alerts' HTTP client")?);
+        let outbox = tokio::spawn(alerts::outbox::run(
+            store.clone(),
+            alert_sender.clone(),
+            metrics.clone(),
+            config.alert_backlog,
+        ));
         let mut tasks = vec![
             TaskGuard(follower.abort_handle()),
             TaskGuard(sweeper.abort_handle()),
@@ -135,6 +146,7 @@ impl AppState {
             TaskGuard(tail.abort_handle()),
             TaskGuard(appender.abort_handle()),
             TaskGuard(watcher.abort_handle()),
+            TaskGuard(outbox.abort_handle()),
         ];
         if let Some(tls) = &tls {
             let reloader = tokio::spawn(tls.clone().watch(tls::RELOAD_INTERVAL));
@@ -145,13 +157,14 @@ impl AppState {
             store,
             auth: Arc::new(auth),
             messages,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             notifier,
             agent_tokens: Arc::default(),
             feed,
             writes,
             turns: Arc::default(),
             vault,
+            alert_sender,
             rollouts,
             hooks: Arc::default(),
             lifetimes,

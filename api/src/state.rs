@@ -5,6 +5,9 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 
 use crate::agents::auth::VerifiedTokens;
+use crate::alerts::outbox::Sender;
+use crate::alerts::receivers_service::Receivers;
+use crate::alerts::rules_service::Rules;
 use crate::auth::Authenticator;
 use crate::availability::DatabaseHealth;
 use crate::clusters::service::Clusters;
@@ -44,6 +47,8 @@ pub struct AppState {
     /// Seals the server's own credentials at rest; `None` when no `--secrets-key-file` exists (a shared
     /// PostgreSQL without one): what needs it is refused with a clear error.
     pub vault: Option<Arc<Vault>>,
+    /// Posts alert messages (the outbox's senders and the receivers' test action share it).
+    pub alert_sender: Arc<Sender>,
     /// Wakes the task that moves rollouts on (`fleet::assignments::pace`).
     pub rollouts: Arc<Pace>,
     /// The rate limits of the Git receivers' webhook on this replica.
@@ -57,8 +62,8 @@ pub struct AppState {
     /// The certificate connections are served with over TLS, or none for plain HTTP.
     pub tls: Option<Arc<Certificates>>,
     /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,
-    /// appending to the write history, watching an unreachable database, reloading the TLS certificate) when the
-    /// last clone of the state goes.
+    /// appending to the write history, watching an unreachable database, delivering alerts, reloading the TLS
+    /// certificate) when the last clone of the state goes.
     pub(crate) _tasks: Arc<[TaskGuard]>,
 }
 
@@ -111,6 +116,24 @@ impl FromRef<AppState> for Assignments {
 impl FromRef<AppState> for GitReceivers {
     fn from_ref(state: &AppState) -> Self {
         GitReceivers::new(state.store.clone(), state.turns.clone(), state.vault.clone())
+    }
+}
+
+impl FromRef<AppState> for Receivers {
+    fn from_ref(state: &AppState) -> Self {
+        Receivers::new(
+            state.store.clone(),
+            state.turns.clone(),
+            state.vault.clone(),
+            state.alert_sender.clone(),
+            state.metrics.clone(),
+        )
+    }
+}
+
+impl FromRef<AppState> for Rules {
+    fn from_ref(state: &AppState) -> Self {
+        Rules::new(state.store.clone(), state.turns.clone())
     }
 }
 

@@ -15,7 +15,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The folders of the resources.
-const RESOURCES: &[&str] = &["agents", "clusters", "dashboards", "extensions", "fleet", "flux"];
+const RESOURCES: &[&str] = &[
+    "agents",
+    "alerts",
+    "clusters",
+    "dashboards",
+    "extensions",
+    "fleet",
+    "flux",
+];
 /// The files that assemble the app: they may import anything.
 const ASSEMBLY: &[&str] = &["lib.rs", "server.rs", "openapi.rs", "state.rs", "testing.rs"];
 /// The one import cycle allowed.

@@ -28,6 +28,7 @@ const view = {
   grid: { seq: 0, url: "", offset: 0, stack: [], nextLink: null, rows: [], cells: new Map(), active: { row: 0, col: 0 } },
   // reconciled: the last "Reconcile now" of this panel, {id, text}
   drill: { seq: 0, target: null, opener: null, timer: 0, reconciled: null },
+  receivers: { seq: 0, timer: 0 },
   live: { controller: null, timer: 0, lastEventId: "", failures: 0 },
   errors: new Map(),
   firstView: false,
@@ -89,6 +90,16 @@ function formatAgo(iso) {
   if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
   if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
   return `${Math.floor(seconds / 86400)} d ago`;
+}
+
+// How far ahead a time is (a retry's next attempt).
+function formatUntil(iso) {
+  const seconds = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  if (Number.isNaN(seconds)) return "";
+  if (seconds <= 0) return "now";
+  if (seconds < 60) return `in ${seconds} s`;
+  if (seconds < 3600) return `in ${Math.ceil(seconds / 60)} min`;
+  return `in ${Math.ceil(seconds / 3600)} h`;
 }
 
 // RFC 3339 without milliseconds, the form the API documents.
@@ -316,8 +327,13 @@ function endSession() {
   view.summary.seq++;
   view.history.seq++;
   view.grid.seq++;
+  view.receivers.seq++;
   clearTimeout(view.summary.timer);
   view.summary.timer = 0;
+  clearTimeout(view.receivers.timer);
+  view.receivers.timer = 0;
+  $("receivers").replaceChildren();
+  $("receivers-updated").textContent = "";
   view.errors.clear();
   renderErrors();
   // Nothing of this session's fleet may linger on screen for the next one.
@@ -369,6 +385,7 @@ async function loadFirstView() {
   startLive();
   loadFilterSources();
   scheduleFleetHistory();
+  loadReceivers();
 }
 
 function reloadAll() {
@@ -928,6 +945,104 @@ function openCell(cell) {
   }
   const data = cellData.get(cell);
   if (data?.cfg) showConfiguration(cell, data.cluster, data.cfg);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Alert receivers: where alerts go and how their delivery fares (last success, last failure, backlog), read again
+// every 30 seconds; a receiver's delivery log opens in the drill-down panel.
+
+const RECEIVERS_EVERY = 30 * 1000;
+
+async function loadReceivers() {
+  const seq = ++view.receivers.seq;
+  clearTimeout(view.receivers.timer);
+  try {
+    const receivers = await fetchAllPages(fleetUrl("alertReceivers", { $top: 100 }), 5);
+    if (seq !== view.receivers.seq) return;
+    renderReceivers(receivers);
+    $("receivers-updated").textContent = `updated ${formatSeconds(Date.now())}`;
+    clearError("receivers");
+  } catch (err) {
+    if (seq !== view.receivers.seq) return;
+    $("receivers-updated").textContent = "not updated: see the error above";
+    showError("receivers", "Could not load the alert receivers", err);
+  }
+  if (seq === view.receivers.seq) view.receivers.timer = setTimeout(loadReceivers, RECEIVERS_EVERY);
+}
+
+// How a receiver fares: failing when its latest failure is newer than its latest success.
+function receiverHealth(state) {
+  const failed = state.lastFailureAt ? Date.parse(state.lastFailureAt) : 0;
+  const delivered = state.lastDeliveredAt ? Date.parse(state.lastDeliveredAt) : 0;
+  if (failed > delivered) return h("span", { class: "badge prov-bad" }, "Failing");
+  if (delivered) return h("span", { class: "badge prov-ok" }, "Delivering");
+  return h("span", { class: "badge prov-busy" }, "Nothing sent yet");
+}
+
+function renderReceivers(receivers) {
+  if (!receivers.length) {
+    $("receivers").replaceChildren(h("p", { class: "muted" },
+      "No alert receivers in this subscription. An Owner creates one with ",
+      h("code", {}, "PUT …/providers/Fluxplane.Fleet/alertReceivers/{name}"), " (see the README's Alerts section)."));
+    return;
+  }
+  $("receivers").replaceChildren(h("table", { class: "dd-table receivers" },
+    h("thead", {}, h("tr", {}, ["Receiver", "Type", "Host", "State", "Last delivered", "Last failure", "Backlog", "Dropped"]
+      .map((title) => h("th", { scope: "col" }, title)))),
+    h("tbody", {}, receivers.map((receiver) => {
+      const p = receiver.properties || {};
+      const state = p.deliveryState || {};
+      const failure = state.lastFailureAt
+        ? h("span", {}, timeValue(state.lastFailureAt), h("br"),
+          h("span", { class: "muted" }, [state.lastFailureStatusCode ? `HTTP ${state.lastFailureStatusCode}` : null, state.lastFailure]
+            .filter(Boolean).join(" · ")))
+        : "—";
+      const backlog = state.backlog
+        ? h("span", {}, String(state.backlog), state.nextAttemptAt ? h("span", { class: "muted" }, ` next ${formatUntil(state.nextAttemptAt)}`) : null)
+        : "0";
+      return h("tr", { "data-testid": `receiver-${receiver.name}` },
+        h("td", {}, h("button", { type: "button", class: "link-button", onclick: (event) => openReceiver(receiver, event.currentTarget) }, receiver.name)),
+        h("td", {}, p.receiverType),
+        h("td", {}, h("code", {}, p.urlHost)),
+        h("td", { "data-testid": "receiver-health" }, receiverHealth(state)),
+        h("td", {}, timeValue(state.lastDeliveredAt) || "—"),
+        h("td", {}, failure),
+        h("td", { "data-testid": "receiver-backlog" }, backlog),
+        h("td", {}, state.dropped ? h("strong", { title: state.lastDroppedAt || "" }, String(state.dropped)) : "0"));
+    }))));
+}
+
+async function openReceiver(receiver, opener) {
+  const seq = ++view.drill.seq;
+  const p = receiver.properties || {};
+  openPanel(receiver.name, `${p.receiverType} receiver · ${p.urlHost}`, opener, true);
+  setPanelLoading();
+  let deliveries;
+  try {
+    deliveries = (await api(`${receiver.id}/deliveries?${query({ "api-version": FLEET_API, $top: 50 })}`)).value || [];
+  } catch (err) {
+    if (seq === view.drill.seq) setPanelBody(errorNote("Delivery log unavailable", err));
+    return;
+  }
+  if (seq !== view.drill.seq) return;
+  setPanelBody(
+    facts([
+      ["Signed", p.hasSigningKey ? "yes (HMAC-SHA256)" : "no"],
+      ["Rate limit", `${p.rateLimitPerMinute} a minute`],
+      ["Backlog", String(p.deliveryState?.backlog ?? 0)],
+    ]),
+    section("Latest deliveries", deliveries.length ? h("table", { class: "dd-table" },
+      h("thead", {}, h("tr", {}, ["When", "Event", "State", "Attempts", "Last answer"].map((title) => h("th", { scope: "col" }, title)))),
+      h("tbody", {}, deliveries.map((d) => h("tr", { class: d.state === "Failed" ? "problem" : null },
+        h("td", {}, timeValue(d.createdAt)),
+        h("td", {}, h("strong", {}, d.eventType), h("br"), h("span", { class: "muted" }, d.summary),
+          d.digest ? h("span", { class: "muted" }, ` (${d.digest.events} events)`) : null),
+        h("td", {}, h("span", { class: `badge ${d.state === "Delivered" ? "prov-ok" : d.state === "Failed" ? "prov-bad" : "prov-busy"}` }, d.state),
+          d.nextAttemptAt ? h("span", { class: "muted" }, ` next ${formatUntil(d.nextAttemptAt)}`) : null),
+        h("td", {}, String(d.attempts)),
+        h("td", {}, [d.lastStatusCode ? `HTTP ${d.lastStatusCode}` : null, d.lastError].filter(Boolean).join(" · ") || "—"))))) :
+      h("p", { class: "muted" }, "No deliveries yet.")),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

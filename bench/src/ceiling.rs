@@ -567,6 +567,51 @@ impl Db {
         Ok(on_pool!(self, pool => sqlx::query(DESIRED).bind(cluster).fetch_all(pool).await?.len()))
     }
 
+    /// The alert outbox's ceiling: `count` rows of `bytes` each inserted into a scratch table in one transaction,
+    /// then leased and marked delivered in the outbox's batches, one after another: per `lease` rows, one
+    /// transaction updating them all (the lease) and one updating each (their ends). Answers the time it took.
+    pub(crate) async fn outbox(&self, count: usize, bytes: usize, lease: usize) -> anyhow::Result<Duration> {
+        let message = "x".repeat(bytes);
+        let ids: Vec<i64> = (0..count as i64).collect();
+        let started = Instant::now();
+        on_pool!(self, pool => {
+            sqlx::query("DROP TABLE IF EXISTS bench_ceiling_outbox").execute(pool).await?;
+            let create = if matches!(self.pool, Pool::Postgres(_)) {
+                "CREATE TABLE bench_ceiling_outbox (id BIGINT PRIMARY KEY, state TEXT NOT NULL, message TEXT NOT NULL)"
+            } else {
+                "CREATE TABLE bench_ceiling_outbox (id INTEGER PRIMARY KEY, state TEXT NOT NULL, message TEXT NOT NULL)"
+            };
+            sqlx::query(create).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            for chunk in ids.chunks(500) {
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO bench_ceiling_outbox (id, state, message) ");
+                insert.push_values(chunk, |mut row, id| {
+                    row.push_bind(*id).push_bind("Pending").push_bind(&message);
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            for chunk in ids.chunks(lease) {
+                let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+                sqlx::query("UPDATE bench_ceiling_outbox SET state = 'Sending' WHERE id BETWEEN $1 AND $2")
+                    .bind(first)
+                    .bind(last)
+                    .execute(pool)
+                    .await?;
+                let mut tx = pool.begin().await?;
+                for id in chunk {
+                    sqlx::query("UPDATE bench_ceiling_outbox SET state = 'Delivered' WHERE id = $1")
+                        .bind(*id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            sqlx::query("DROP TABLE bench_ceiling_outbox").execute(pool).await?;
+        });
+        Ok(started.elapsed())
+    }
+
     /// Lists the configurations of the cluster named `cluster` page by page (`top` rows each, keyset by name, as
     /// the server pages), `repeat` times; answers the runs' times, sorted. The rows are fetched, not decoded.
     pub(crate) async fn listing(

@@ -5,9 +5,12 @@
 //! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, the
 //! fleet compliance summary, what real agents re-checking their clusters cost the control plane, and a Git push
 //! reaching the agents of the configurations it concerns (to Compliant). Each figure
+//! fleet compliance summary, what real agents re-checking their clusters cost the control plane, and the alert
+//! outbox's throughput when one change fails a fleet's configurations. Each figure
 //! comes with its ceilings measured in the same run (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
+mod alerts;
 mod assignment;
 mod ceiling;
 mod fleet;
@@ -100,6 +103,10 @@ struct Args {
     /// Pushes timed in the push scenario.
     #[arg(long, default_value_t = 5)]
     pushes: usize,
+    /// Configurations (a hundred per cluster) one change fails at once in the alerts scenario: each an event the
+    /// outbox delivers (their clusters' Flux extensions add one each).
+    #[arg(long, default_value_t = 10_000)]
+    alert_events: usize,
     /// How the simulated agents of the propagation, assignment and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
@@ -136,6 +143,7 @@ enum Scenario {
     Summary,
     Rechecks,
     Push,
+    Alerts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -326,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
         args.push_agents = 20;
         args.push_touched = 5;
         args.pushes = 2;
+        args.alert_events = 50;
     }
     let apply = args.apply.apply();
     let backends: &[(Backend, &'static str)] = match args.backend {
@@ -439,6 +448,15 @@ async fn main() -> anyhow::Result<()> {
             summary::summary(&target, args.summary_clusters, apply, quiet_after, &mut figures, name).await?;
             target.server.stop().await;
         }
+        if wanted(Scenario::Alerts) {
+            eprintln!(
+                "{name}: the alert outbox delivering {} events from one change",
+                args.alert_events
+            );
+            let target = Target::start(*backend).await?;
+            alerts::outbox(&target, args.alert_events, &mut figures, name).await?;
+            target.server.stop().await;
+        }
     }
 
     report::table(&figures);
@@ -461,6 +479,7 @@ async fn main() -> anyhow::Result<()> {
             "push_agents": args.push_agents,
             "push_touched": args.push_touched,
             "pushes": args.pushes,
+            "alert_events": args.alert_events,
             "apply_delay_ms": args.apply.apply_delay,
             "failure_rate": args.apply.failure_rate,
         });

@@ -5,6 +5,7 @@
 mod common;
 
 mod agents;
+mod alerts;
 mod api_versions;
 mod arm_paths;
 mod auth;

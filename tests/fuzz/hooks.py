@@ -47,6 +47,8 @@ def _hints():
         "fluxConfigurationName": [seed.CONFIG, "baseline-sub", "baseline-rg", "new-1"],
         "clusterGroupName": [seed.CLUSTER_GROUP, "group-2"],
         "policyAssignmentName": [seed.ASSIGNMENT, "assign-2"],
+        "alertReceiverName": [seed.RECEIVER, "receiver-2"],
+        "alertRuleName": [seed.RULE, "rule-2"],
         "$top": ["1", "2", "1000"],
         "groupBy": [
             "complianceState", "provisioningState", "freshness", "connectivityStatus", "cluster", "clusterGroup",
@@ -115,7 +117,23 @@ def _bodies():
                         "rollout": {"batchSize": "50%", "waitForCompliance": True, "maxFailures": 1,
                                     "batchTimeout": "PT10M"}}},
     ]
+    receiver_id = f"{seed.SUB}/{seed.FLEET}/alertReceivers/{seed.RECEIVER}"
     return {
+        "AlertReceivers_CreateOrUpdate": [
+            {"properties": {"receiverType": "Webhook", "url": seed.RECEIVER_URL, "signingKey": seed.RECEIVER_KEY}},
+            {"properties": {"receiverType": "Slack", "url": "http://127.0.0.1:9/services/T/B/x",
+                            "rateLimitPerMinute": 30}},
+            {"properties": {"receiverType": "MicrosoftTeams", "url": "http://127.0.0.1:9/workflows/x"}},
+        ],
+        "AlertRules_CreateOrUpdate": [
+            {"properties": {"events": ["BecameNonCompliant", "BecameCompliant"], "receiverIds": [receiver_id]}},
+            {"properties": {"events": ["RolloutHalted", "RolloutCompleted"], "receiverIds": [receiver_id],
+                            "policyAssignmentId": f"{seed.SUB}/{seed.FLEET}/policyAssignments/{seed.ASSIGNMENT}",
+                            "severity": "Critical", "minimumIntervalInSeconds": 0}},
+            {"properties": {"events": ["ClusterOffline", "ClusterReconnected"], "receiverIds": [receiver_id],
+                            "clusterSelector": {"matchLabels": {"env": "fuzz"}}, "configurationName": seed.CONFIG,
+                            "enabled": False}},
+        ],
         "ConnectedCluster_CreateOrReplace": [
             {"location": "westeurope", "tags": {"env": "fuzz"}, "properties": {"agentPublicKeyCertificate": "a2V5"}},
             {"location": "westeurope", "kind": "AWS", "identity": {"type": "None"},

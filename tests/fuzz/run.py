@@ -92,8 +92,10 @@ class Server:
         if self.backend == "postgres":
             self.database = f"fluxplane_fuzz_{os.getpid()}_{int(time.time())}"
             psql(POSTGRES_URL, f"create database {self.database}")
-            # with --database-url the user-token key must be given; at the default path `token` finds it too
-            subprocess.run([BINARY, "keygen", str(self.data / "jwt-secret")], check=True, capture_output=True)
+            # with --database-url the keys must be given (the user tokens' key, where `token` finds it too, and the key
+            # that seals alert receivers' credentials, read from its default path)
+            for key in ("jwt-secret", "secrets-key"):
+                subprocess.run([BINARY, "keygen", str(self.data / key)], check=True, capture_output=True)
             args += [
                 "--database-url", with_database(POSTGRES_URL, self.database),
                 "--jwt-secret-file", str(self.data / "jwt-secret"),

@@ -25,6 +25,11 @@ CONFIG = "cfg-1"
 FLEET = "providers/Fluxplane.Fleet"
 CLUSTER_GROUP = "group-1"
 ASSIGNMENT = "assign-1"
+RECEIVER = "receiver-1"
+RULE = "rule-1"
+# the discard port, where nothing listens: the receiver's deliveries and tests fail fast, and are retried
+RECEIVER_URL = "http://127.0.0.1:9/hooks/fuzz"
+RECEIVER_KEY = "fuzz-signing-key-0123456789abcdef0123"
 CLUSTER_VERSION = "2024-01-01"
 FLUX_VERSION = "2025-04-01"
 FLEET_VERSION = "2026-01-01"
@@ -196,6 +201,26 @@ class Fleet:
                     }
                 },
             )
+        for scope in (SUB, RG):
+            self.call(
+                "PUT",
+                f"{scope}/{FLEET}/alertReceivers/{RECEIVER}",
+                FLEET_VERSION,
+                {"properties": {"receiverType": "Webhook", "url": RECEIVER_URL, "signingKey": RECEIVER_KEY}},
+            )
+            self.call(
+                "PUT",
+                f"{scope}/{FLEET}/alertRules/{RULE}",
+                FLEET_VERSION,
+                {
+                    "properties": {
+                        "events": ["BecameNonCompliant", "ProvisioningFailed", "ClusterOffline"],
+                        "receiverIds": [f"{scope}/{FLEET}/alertReceivers/{RECEIVER}"],
+                        "clusterGroupId": f"{scope}/{FLEET}/clusterGroups/{CLUSTER_GROUP}",
+                        "severity": "Error",
+                    }
+                },
+            )
         # the agent reads its desired state and reports on it, so that clusters are Connected with the agent's
         # facts, configurations have a status and history has transitions
         desired = self.call("GET", "/agent/v1/desired-state", agent=True).json()
@@ -235,7 +260,7 @@ class Fleet:
             self.skip_token = query.get("$skipToken", [None])[0]
 
     def seeded_names(self):
-        return {AGENT_CLUSTER, PLAIN_CLUSTER, CONFIG, CLUSTER_GROUP, ASSIGNMENT}
+        return {AGENT_CLUSTER, PLAIN_CLUSTER, CONFIG, CLUSTER_GROUP, ASSIGNMENT, RECEIVER, RULE}
 
     def state(self):
         return {

@@ -187,12 +187,14 @@ def test_the_control_plane_probes_and_keys_match_the_server():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e for e in container["env"]}
-    for name in ("FLUXPLANE_DATABASE_URL", "FLUXPLANE_JWT_SECRET_FILE"):
+    for name in ("FLUXPLANE_DATABASE_URL", "FLUXPLANE_JWT_SECRET_FILE", "FLUXPLANE_SECRETS_KEY_FILE"):
         assert name in env, name
-    # the control plane has no key for secrets: they are sealed to the agents
+    # the secrets key seals the server's own credentials (alert receivers'); configurations' secrets are sealed to
+    # the agents, with no key of the server's
     assert "FLUXPLANE_SECRET_KEY_FILE" not in env
     pod = deployment("kubernetes")["spec"]["template"]["spec"]
-    assert mounted(env["FLUXPLANE_JWT_SECRET_FILE"]["value"], pod, container)
+    for name in ("FLUXPLANE_JWT_SECRET_FILE", "FLUXPLANE_SECRETS_KEY_FILE"):
+        assert mounted(env[name]["value"], pod, container), name
 
 
 def test_the_agent_reads_its_identity_from_its_secret_and_holds_no_user_token_key():

@@ -359,13 +359,13 @@ at_both_scopes! {
         (status = "default", description = "Error", body = ErrorResponse),
     ),
     /// Deletes a cluster group of a subscription (200), or finds nothing to delete (204); 409 while policy
-    /// assignments follow it.
+    /// assignments or alert rules follow it.
     delete_at_subscription:
         "/subscriptions/{subscriptionId}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
         "ClusterGroups_DeleteAtSubscription",
         SubscriptionGroupPath;
     /// Deletes a cluster group of a resource group (200), or finds nothing to delete (204); 409 while policy
-    /// assignments follow it.
+    /// assignments or alert rules follow it.
     delete_at_resource_group:
         "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Fluxplane.Fleet/clusterGroups/{clusterGroupName}",
         "ClusterGroups_Delete",

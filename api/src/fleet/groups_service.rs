@@ -101,7 +101,7 @@ impl Groups {
         Ok(written)
     }
 
-    /// Deletes the group; false when there was none, 409 while policy assignments follow it.
+    /// Deletes the group; false when there was none, 409 while policy assignments or alert rules follow it.
     pub async fn delete(&self, scope: &FleetScope, name: &str) -> ApiResult<bool> {
         match self.store.delete_cluster_group(&scope.key(name)).await? {
             GroupDelete::Deleted => {
@@ -110,7 +110,8 @@ impl Groups {
             }
             GroupDelete::Missing => Ok(false),
             GroupDelete::InUse => Err(ApiError::Conflict(format!(
-                "policy assignments follow the cluster group '{name}': delete them or point them elsewhere first"
+                "policy assignments or alert rules follow the cluster group '{name}': delete them or point them \
+                 elsewhere first"
             ))),
         }
     }

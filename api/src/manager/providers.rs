@@ -101,10 +101,27 @@ pub const PROVIDERS: &[Provider] = &[
                     ("delete", "Deletes"),
                     ("plan/action", "Plans a change of"),
                     ("reconcile/action", "Asks the agents to re-check the sources of"),
+                    ("pauseRollout/action", "Pauses the rollout of"),
+                    ("resumeRollout/action", "Resumes the rollout of"),
                 ],
             },
             ResourceType {
                 name: "gitReceivers",
+                api_versions: Fleet::SUPPORTED,
+                operations: CRUD,
+            },
+            ResourceType {
+                name: "alertReceivers",
+                api_versions: Fleet::SUPPORTED,
+                operations: &[
+                    ("read", "Reads"),
+                    ("write", "Creates or updates"),
+                    ("delete", "Deletes"),
+                    ("test/action", "Sends a test message to"),
+                ],
+            },
+            ResourceType {
+                name: "alertRules",
                 api_versions: Fleet::SUPPORTED,
                 operations: CRUD,
             },

@@ -621,18 +621,21 @@ macro_rules! fleet_helpers {
                     .bind(a.id)
                     .execute(&mut **tx)
                     .await?;
-                Self::record_rollout(tx, &a.arm_id(), a.rollout_state.as_ref(), next, at).await
+                Self::record_rollout(tx, a, a.rollout_state.as_ref(), next, at).await
             }
 
-            /// Records the events of a rollout's transition from `previous` to `next` (`rollout::events`).
+            /// Records the events of a rollout's transition from `previous` to `next` (`rollout::events`), and
+            /// queues those an alert is about.
             async fn record_rollout(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                assignment: &str,
+                a: &$crate::model::PolicyAssignmentRecord,
                 previous: Option<&$crate::fleet::assignments::rollout::RolloutState>,
                 next: &$crate::fleet::assignments::rollout::RolloutState,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), sqlx::Error> {
+                let assignment = &a.arm_id();
                 for e in $crate::fleet::assignments::rollout::events(previous, next) {
+                    Self::queue_rollout_alert(tx, a, &e).await?;
                     tracing::info!(%assignment, event = e.event, generation = e.generation, batch = e.batch + 1,
                         batches = e.batches, message = %e.message, "rollout");
                     sqlx::query::<$db>(

@@ -4,6 +4,7 @@
 //! operations, so that the optimistic-concurrency loop and every rule live once, above it, for both backends.
 //! Both implementations share their SQL (see `sql.rs`); each adds only what its engine needs to connect.
 
+mod alerts;
 mod dashboards;
 mod fleet;
 mod postgres;
@@ -25,11 +26,11 @@ use crate::fleet::commits::Sighting;
 use crate::fleet::receivers::model::LastPush;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
-    AgentInfo, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags, ConfigurationRecord,
-    ConfigurationState, DesiredRecords, Expired, ExtensionRecord, ExtensionReportWrite, FailingGauges, FleetGauges,
-    GitReceiverRecord, GitSource, GroupDelete, HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord,
-    ReconcileTarget, ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord,
-    Write, WriteRecord,
+    AgentInfo, AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags,
+    ConfigurationRecord, ConfigurationState, DeliveryRecord, DesiredRecords, DispatchLimits, Dispatched, Expired,
+    ExtensionRecord, ExtensionReportWrite, FailingGauges, FinishedDelivery, FleetGauges, GitReceiverRecord, GitSource,
+    GroupDelete, HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReceiverStatus, ReconcileTarget,
+    ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -219,8 +220,88 @@ pub trait Receivers: Send + Sync + 'static {
     ) -> StoreResult<u64>;
 }
 
+/// What alerts need: receivers and rules as resources, and the outbox's steps (`store::alerts`).
 #[async_trait]
-pub trait Store: Dashboards + Receivers {
+pub trait Alerts: Send + Sync + 'static {
+    async fn get_alert_receiver(&self, key: &str) -> StoreResult<Option<AlertReceiverRecord>>;
+    /// Up to `page.limit + 1` receivers in key order after `page.after`: at a subscription, its own and those of
+    /// its resource groups.
+    async fn list_alert_receivers(
+        &self,
+        scope: &ClusterSet,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<AlertReceiverRecord>>;
+    /// Inserts unless a receiver with the key exists (`Conflict`).
+    async fn insert_alert_receiver(&self, receiver: &AlertReceiverRecord) -> StoreResult<Write>;
+    /// Replaces the settings and sealed credentials if the etag is still `expected_etag`; the token bucket keeps
+    /// its tokens up to `receiver.tokens` (the new limit's capacity).
+    async fn update_alert_receiver(&self, receiver: &AlertReceiverRecord, expected_etag: &str) -> StoreResult<Write>;
+    /// Deletes the receiver and its deliveries; `InUse` while rules send to it.
+    async fn delete_alert_receiver(&self, key: &str) -> StoreResult<GroupDelete>;
+    async fn receiver_status(&self, receiver_id: i64) -> StoreResult<ReceiverStatus>;
+    /// Up to `limit` of the receiver's deliveries, newest first, with ids below `before`.
+    async fn list_deliveries(
+        &self,
+        receiver_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+
+    /// The rule with its receivers.
+    async fn get_alert_rule(&self, key: &str) -> StoreResult<Option<AlertRuleRecord>>;
+    /// Up to `page.limit + 1` rules in key order after `page.after` (their receivers not read).
+    async fn list_alert_rules(&self, scope: &ClusterSet, page: &PageRequest) -> StoreResult<Vec<AlertRuleRecord>>;
+    /// Inserts the rule and its receivers: `Conflict` when the key exists, `ParentMissing` when its group or a
+    /// receiver is gone.
+    async fn insert_alert_rule(&self, rule: &AlertRuleRecord) -> StoreResult<Write>;
+    /// Replaces the rule and its receivers if the etag is still `expected_etag`.
+    async fn update_alert_rule(&self, rule: &AlertRuleRecord, expected_etag: &str) -> StoreResult<Write>;
+    async fn delete_alert_rule(&self, key: &str) -> StoreResult<bool>;
+
+    /// Turns up to `limits.batch` queued events into messages for the receivers of the rules they match (held
+    /// back by a rule's minimum interval, dropped past a receiver's backlog), and deletes them: one transaction.
+    async fn dispatch_alerts(&self, now: DateTime<Utc>, limits: &DispatchLimits) -> StoreResult<Dispatched>;
+    /// Sends what rules held back whose interval has passed, as one message per rule and subject.
+    async fn flush_held_alerts(&self, now: DateTime<Utc>, limits: &DispatchLimits) -> StoreResult<Dispatched>;
+    /// Receivers with deliveries due at `now` (or whose lease ended).
+    async fn due_receivers(&self, now: DateTime<Utc>, limit: i64) -> StoreResult<Vec<i64>>;
+    /// Leases up to `max` of the receiver's due deliveries until `lease_until`, as many as its rate limit allows
+    /// now, counting an attempt on each. `None` when the receiver is gone or another replica is claiming for it;
+    /// the flag says that the rate limit left due deliveries behind.
+    async fn claim_deliveries(
+        &self,
+        receiver_id: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        max: i64,
+    ) -> StoreResult<Option<(AlertReceiverRecord, Vec<DeliveryRecord>, bool)>>;
+    /// Records how leased deliveries ended, in one transaction: an attempted one's answer, or one released without
+    /// an attempt (its lease's attempt given back). Answers, for each, whether its lease still held; one that was
+    /// lost meanwhile (the delivery taken again) changes nothing.
+    async fn finish_deliveries(&self, finished: &[FinishedDelivery]) -> StoreResult<Vec<bool>>;
+    /// Takes a token of the receiver's rate limit and records a test message as being sent; `Err` with the wait
+    /// until a token is back when there is none, `None` when the receiver is gone.
+    async fn claim_test_delivery(
+        &self,
+        receiver_id: i64,
+        message: &crate::alerts::model::Message,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Option<Result<DeliveryRecord, std::time::Duration>>>;
+    /// Drops finished deliveries from before `finished_before` and all but the last `keep_per_receiver` of each
+    /// receiver, and the minimum-interval records of subjects quiet since `quiet_since`; answers how many rows.
+    async fn prune_alerts(
+        &self,
+        finished_before: DateTime<Utc>,
+        quiet_since: DateTime<Utc>,
+        keep_per_receiver: i64,
+    ) -> StoreResult<u64>;
+    /// Events waiting for the dispatcher, and deliveries waiting to be sent.
+    async fn alert_queues(&self) -> StoreResult<(i64, i64)>;
+}
+
+#[async_trait]
+pub trait Store: Dashboards + Receivers + Alerts {
     /// Succeeds when the database answers and every migration this build knows is applied.
     async fn check_ready(&self) -> StoreResult<()>;
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::notify::Notifier;
 
 use super::StoreResult;
+use super::alerts::{alerts_store, delivery_columns, receiver_columns, rule_columns};
 use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
@@ -375,3 +376,13 @@ fn bind_sealed_and_operation<'q>(
         .bind(op.error.as_ref().map(sqlx::types::Json))
         .bind(op.reconcile_by)
 }
+
+// Replicas share the outbox's work: each takes rows no other holds (`SKIP LOCKED`) and never waits for them.
+alerts_store!(
+    PgStore,
+    sqlx::Postgres,
+    skip = " FOR UPDATE SKIP LOCKED",
+    skip_no_key = " FOR NO KEY UPDATE SKIP LOCKED",
+    lock = " FOR NO KEY UPDATE",
+    write_begin = None
+);

@@ -877,7 +877,7 @@ macro_rules! sql_store {
                 };
                 let a = $crate::model::PolicyAssignmentRecord { id, ..a.clone() };
                 if let Some(next) = &a.rollout_state {
-                    Self::record_rollout(&mut tx, &a.arm_id(), previous.as_ref(), next, next.batch_started_at).await?;
+                    Self::record_rollout(&mut tx, &a, previous.as_ref(), next, next.batch_started_at).await?;
                 }
                 let overlapping = Self::overlapping(&mut tx, &a).await?;
                 if !overlapping.is_empty() {
@@ -1174,11 +1174,15 @@ macro_rules! sql_store {
                 for (id, cluster_id, name, generation) in secrets {
                     Self::delete_sealed_secrets(&mut tx, id).await?;
                     Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, &messages.secrets), now).await?;
-                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets: true });
+                    let e = $crate::model::Expired { cluster_id, name, generation, secrets: true };
+                    Self::queue_expiry_alert(&mut tx, &e, &messages.secrets).await?;
+                    expired.push(e);
                 }
                 for (_, cluster_id, name, generation) in pending {
                     Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, &messages.pending), now).await?;
-                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets: false });
+                    let e = $crate::model::Expired { cluster_id, name, generation, secrets: false };
+                    Self::queue_expiry_alert(&mut tx, &e, &messages.pending).await?;
+                    expired.push(e);
                 }
                 let extension_secrets = sqlx::query_as::<$db, (i64, String, i64)>(
                     "UPDATE extensions SET sealed = '[]', secrets_expire_at = NULL, generation_expires_at = NULL, \
@@ -1205,7 +1209,9 @@ macro_rules! sql_store {
                 {
                     let name = format!("extensions/{name}");
                     Self::fail_operation(&mut tx, cluster_id, &name, generation, ($crate::lifecycle::failure::EXPIRED, message), now).await?;
-                    expired.push($crate::model::Expired { cluster_id, name, generation, secrets });
+                    let e = $crate::model::Expired { cluster_id, name, generation, secrets };
+                    Self::queue_expiry_alert(&mut tx, &e, message).await?;
+                    expired.push(e);
                 }
                 self.commit(tx).await?;
                 Ok(expired)

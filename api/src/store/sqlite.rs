@@ -10,6 +10,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::StoreResult;
+use super::alerts::{alerts_store, delivery_columns, receiver_columns, rule_columns};
 use super::dashboards::{
     current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
@@ -312,3 +313,13 @@ dashboards_store!(SqliteStore, sqlx::Sqlite, begin = "BEGIN", unheard = UNHEARD,
         Ok(folded)
     }
 });
+
+// One writer at a time: the outbox's steps need no row locks.
+alerts_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    skip = "",
+    skip_no_key = "",
+    lock = "",
+    write_begin = Some(WRITE)
+);

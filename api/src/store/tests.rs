@@ -2251,3 +2251,500 @@ async fn failing_gauges_case(backend: Backend) {
     })
     .await;
 }
+
+fn receiver(subscription: &str, name: &str, per_minute: u32) -> crate::model::AlertReceiverRecord {
+    let spec = crate::alerts::model::ReceiverSpec {
+        kind: crate::alerts::model::ReceiverKind::Webhook,
+        url_host: "127.0.0.1".into(),
+        rate_limit_per_minute: per_minute,
+    };
+    crate::model::AlertReceiverRecord {
+        id: 0,
+        key: format!("{subscription}/{name}"),
+        subscription_key: subscription.into(),
+        resource_group_key: String::new(),
+        subscription: subscription.into(),
+        resource_group: None,
+        name: name.into(),
+        spec,
+        sealed_url: "sealed".into(),
+        sealed_signing_key: None,
+        etag: "e".into(),
+        system_data: SystemData::created("tester", Utc::now()),
+        tokens: crate::alerts::model::RateLimit { per_minute }.capacity(),
+        tokens_at: Utc::now(),
+        dropped: 0,
+        dropped_at: None,
+    }
+}
+
+fn rule(subscription: &str, name: &str, spec: serde_json::Value, receivers: Vec<i64>) -> crate::model::AlertRuleRecord {
+    let mut spec = spec;
+    spec["receiverIds"] = serde_json::json!(["/x"]);
+    crate::model::AlertRuleRecord {
+        id: 0,
+        key: format!("{subscription}/{name}"),
+        subscription_key: subscription.into(),
+        resource_group_key: String::new(),
+        subscription: subscription.into(),
+        resource_group: None,
+        name: name.into(),
+        spec: serde_json::from_value(spec).unwrap(),
+        cluster_group_id: None,
+        etag: "e".into(),
+        system_data: SystemData::created("tester", Utc::now()),
+        receivers,
+    }
+}
+
+/// A receiver and a rule sending it `events` (interval in seconds), as stored.
+async fn alerting(
+    store: &Arc<dyn Store>,
+    events: serde_json::Value,
+    interval: u32,
+) -> (crate::model::AlertReceiverRecord, crate::model::AlertRuleRecord) {
+    assert_eq!(
+        store.insert_alert_receiver(&receiver("sub", "ops", 60)).await.unwrap(),
+        Write::Written
+    );
+    let receiver = store.get_alert_receiver("sub/ops").await.unwrap().unwrap();
+    let record = rule(
+        "sub",
+        "prod",
+        serde_json::json!({"events": events, "minimumIntervalInSeconds": interval, "severity": "Error"}),
+        vec![receiver.id],
+    );
+    assert_eq!(store.insert_alert_rule(&record).await.unwrap(), Write::Written);
+    let rule = store.get_alert_rule("sub/prod").await.unwrap().unwrap();
+    assert_eq!(rule.receivers, vec![receiver.id]);
+    (receiver, rule)
+}
+
+const LIMITS: crate::model::DispatchLimits = crate::model::DispatchLimits {
+    batch: 500,
+    backlog: 10_000,
+};
+
+async fn report(store: &Arc<dyn Store>, cluster: i64, name: &str, compliance: ComplianceState) {
+    store
+        .apply_report(
+            cluster,
+            name,
+            1,
+            &format!("sub/rg/c1/{name}"),
+            &applied(compliance),
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+}
+
+on_both_backends!(
+    status_transitions_become_messages_once_and_the_minimum_interval_holds_back_the_rest,
+    outbox_case
+);
+async fn outbox_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        store
+            .insert_configuration(
+                &configuration(c.id, "cfg"),
+                &SecretsWrite::Keep,
+                &operation("sub/rg/c1/cfg", 1),
+            )
+            .await
+            .unwrap();
+        report(&store, c.id, "cfg", ComplianceState::NonCompliant).await;
+        assert_eq!(store.alert_queues().await.unwrap(), (0, 0), "no rule, nothing queued");
+
+        let (receiver, rule) = alerting(
+            &store,
+            serde_json::json!(["BecameNonCompliant", "BecameCompliant"]),
+            300,
+        )
+        .await;
+        // the history remembers the Non-Compliant report from before the rule: this is back to Compliant
+        report(&store, c.id, "cfg", ComplianceState::Compliant).await;
+        assert_eq!(store.alert_queues().await.unwrap(), (1, 0));
+        let now = Utc::now();
+        let done = store.dispatch_alerts(now, &LIMITS).await.unwrap();
+        assert_eq!((done.taken, done.queued, done.held), (1, 1, 0));
+        assert_eq!(
+            store.alert_queues().await.unwrap(),
+            (0, 1),
+            "the event became one message"
+        );
+        assert_eq!(
+            store.dispatch_alerts(now, &LIMITS).await.unwrap().taken,
+            0,
+            "and is gone"
+        );
+
+        // flapping within the interval: held back, then one message standing for both
+        report(&store, c.id, "cfg", ComplianceState::NonCompliant).await;
+        report(&store, c.id, "cfg", ComplianceState::Compliant).await;
+        let done = store.dispatch_alerts(now, &LIMITS).await.unwrap();
+        assert_eq!((done.taken, done.queued, done.held), (2, 0, 2));
+        assert_eq!(
+            store.flush_held_alerts(now, &LIMITS).await.unwrap().queued,
+            0,
+            "not yet"
+        );
+        let later = now + chrono::Duration::seconds(301);
+        assert_eq!(store.flush_held_alerts(later, &LIMITS).await.unwrap().queued, 1);
+        assert_eq!(
+            store.flush_held_alerts(later, &LIMITS).await.unwrap().taken,
+            0,
+            "flushed once"
+        );
+
+        let log = store.list_deliveries(receiver.id, None, 10).await.unwrap();
+        assert_eq!(log.len(), 2);
+        let digest = &log[0].message;
+        assert_eq!(digest.kind, "BecameCompliant", "the latest state");
+        assert_eq!(digest.digest.as_ref().unwrap().events, 2);
+        assert_eq!(digest.rule.as_ref().unwrap().name, "prod");
+        assert_eq!(digest.severity, crate::alerts::model::Severity::Error);
+        assert_eq!(log[1].message.kind, "BecameCompliant");
+        assert_eq!(log[1].message.configuration_name.as_deref(), Some("cfg"));
+        assert_ne!(log[0].delivery_id, log[1].delivery_id);
+        assert_eq!(
+            store.list_deliveries(receiver.id, Some(log[0].id), 10).await.unwrap()[0].id,
+            log[1].id,
+            "paged newest first"
+        );
+
+        // leased, rate-limited, finished
+        let lease = later + chrono::Duration::seconds(30);
+        let (_, claimed, limited) = store
+            .claim_deliveries(receiver.id, later, lease, 50)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((claimed.len(), limited), (2, false));
+        assert!(
+            claimed
+                .iter()
+                .all(|d| d.attempts == 1 && d.state == crate::lifecycle::DeliveryState::Sending)
+        );
+        assert!(
+            store
+                .claim_deliveries(receiver.id, later, lease, 50)
+                .await
+                .unwrap()
+                .unwrap()
+                .1
+                .is_empty(),
+            "leased"
+        );
+        let delivered = crate::model::DeliveryOutcome {
+            state: crate::lifecycle::DeliveryState::Delivered,
+            due_at: later,
+            status_code: Some(200),
+            error: None,
+        };
+        let finish = |id: i64, attempts: i32, outcome: &crate::model::DeliveryOutcome, attempted: bool| {
+            let store = store.clone();
+            let finished = crate::model::FinishedDelivery {
+                id,
+                attempts,
+                attempted_at: attempted.then_some(later),
+                outcome: outcome.clone(),
+            };
+            async move { store.finish_deliveries(&[finished]).await.unwrap()[0] }
+        };
+        assert!(finish(claimed[0].id, 1, &delivered, true).await);
+        assert!(!finish(claimed[0].id, 1, &delivered, true).await, "finished once");
+        // the second one's sender died: its lease ends, and it is taken again
+        let after_lease = lease + chrono::Duration::seconds(1);
+        let (_, again, _) = store
+            .claim_deliveries(
+                receiver.id,
+                after_lease,
+                after_lease + chrono::Duration::seconds(30),
+                50,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.len(), again[0].id, again[0].attempts), (1, claimed[1].id, 2));
+        assert!(
+            !finish(claimed[1].id, 1, &delivered, true).await,
+            "the dead lease's end is void"
+        );
+        let retry = crate::model::DeliveryOutcome {
+            state: crate::lifecycle::DeliveryState::Pending,
+            due_at: after_lease + chrono::Duration::seconds(10),
+            status_code: Some(503),
+            error: Some("the receiver answered 503".into()),
+        };
+        assert!(finish(claimed[1].id, 2, &retry, true).await);
+        let status = store.receiver_status(receiver.id).await.unwrap();
+        assert_eq!(status.backlog, 1);
+        assert_eq!(
+            status.next_attempt_at.map(|t| t.trunc_subsecs(6)),
+            Some(retry.due_at.trunc_subsecs(6))
+        );
+        assert_eq!(status.last_failure.unwrap().1, Some(503));
+        assert!(status.last_delivered_at.is_some());
+        assert_eq!(
+            store.due_receivers(after_lease, 10).await.unwrap(),
+            Vec::<i64>::new(),
+            "not due yet"
+        );
+        assert_eq!(store.due_receivers(retry.due_at, 10).await.unwrap(), vec![receiver.id]);
+        // released without an attempt: the attempt its lease counted is given back
+        let (_, leased, _) = store
+            .claim_deliveries(
+                receiver.id,
+                retry.due_at,
+                retry.due_at + chrono::Duration::seconds(30),
+                50,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(leased[0].attempts, 3);
+        let back = crate::model::DeliveryOutcome {
+            state: crate::lifecycle::DeliveryState::Pending,
+            due_at: retry.due_at,
+            status_code: None,
+            error: None,
+        };
+        assert!(finish(leased[0].id, 3, &back, false).await);
+        let log = store.list_deliveries(receiver.id, None, 10).await.unwrap();
+        let released = log.iter().find(|d| d.id == leased[0].id).unwrap();
+        assert_eq!(
+            (released.attempts, released.state),
+            (2, crate::lifecycle::DeliveryState::Pending)
+        );
+        assert_eq!(
+            released.last_error.as_deref(),
+            Some("the receiver answered 503"),
+            "its last error kept"
+        );
+
+        // a full backlog drops what does not fit, and counts it
+        report(&store, c.id, "cfg", ComplianceState::NonCompliant).await;
+        let tight = crate::model::DispatchLimits { batch: 500, backlog: 1 };
+        let done = store
+            .dispatch_alerts(later + chrono::Duration::seconds(600), &tight)
+            .await
+            .unwrap();
+        assert_eq!((done.queued, done.dropped.clone()), (0, vec![(receiver.id, 1)]));
+        assert_eq!(store.get_alert_receiver("sub/ops").await.unwrap().unwrap().dropped, 1);
+
+        // a receiver that rules send to stays; deleting both takes the log with them
+        assert_eq!(
+            store.delete_alert_receiver("sub/ops").await.unwrap(),
+            crate::model::GroupDelete::InUse
+        );
+        assert!(store.delete_alert_rule(&rule.key).await.unwrap());
+        assert_eq!(
+            store.delete_alert_receiver("sub/ops").await.unwrap(),
+            crate::model::GroupDelete::Deleted
+        );
+        assert_eq!(store.alert_queues().await.unwrap(), (0, 0));
+    })
+    .await;
+}
+
+on_both_backends!(
+    silence_reconnection_and_expiry_are_queued_in_their_own_transactions,
+    connectivity_alerts_case
+);
+async fn connectivity_alerts_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let (receiver, _) = alerting(
+            &store,
+            serde_json::json!(["ClusterOffline", "ClusterReconnected", "ChangeExpired"]),
+            0,
+        )
+        .await;
+        let start = Utc::now();
+        store
+            .heartbeat(c.id, start - chrono::Duration::hours(1), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.mark_offline(start - chrono::Duration::minutes(5)).await.unwrap(),
+            1
+        );
+        store.heartbeat(c.id, start, None).await.unwrap();
+        store.heartbeat(c.id, start, None).await.unwrap();
+        let expiring = ConfigurationRecord {
+            generation_expires_at: Some(start - chrono::Duration::seconds(1)),
+            ..configuration(c.id, "cfg")
+        };
+        store
+            .insert_configuration(&expiring, &SecretsWrite::Keep, &operation("sub/rg/c1/cfg", 1))
+            .await
+            .unwrap();
+        let messages = crate::lifecycle::Lifetimes {
+            secrets: std::time::Duration::from_secs(3600),
+            pending: std::time::Duration::from_secs(3600),
+        }
+        .messages();
+        assert_eq!(
+            store.expire(start, &messages).await.unwrap().len(),
+            2,
+            "the configuration and its extension"
+        );
+        store.dispatch_alerts(start, &LIMITS).await.unwrap();
+        let log = store.list_deliveries(receiver.id, None, 10).await.unwrap();
+        let mut kinds: Vec<&str> = log.iter().map(|d| d.message.kind.as_str()).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            ["ChangeExpired", "ChangeExpired", "ClusterOffline", "ClusterReconnected"],
+            "the first heartbeat (Connecting) and the repeated one alert nothing"
+        );
+        let mut subjects: Vec<&str> = log
+            .iter()
+            .filter(|d| d.message.kind == "ChangeExpired")
+            .map(|d| d.message.subject.rsplit_once("/providers/").unwrap().1)
+            .collect();
+        subjects.sort();
+        assert_eq!(
+            subjects,
+            [
+                "Microsoft.KubernetesConfiguration/extensions/flux",
+                "Microsoft.KubernetesConfiguration/fluxConfigurations/cfg"
+            ]
+        );
+    })
+    .await;
+}
+
+on_both_backends!(
+    dispatchers_running_at_once_turn_each_event_into_its_messages_once,
+    concurrent_dispatch_case
+);
+async fn concurrent_dispatch_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let (receiver, _) = alerting(&store, serde_json::json!(["BecameNonCompliant"]), 0).await;
+        const CONFIGURATIONS: usize = 120;
+        for i in 0..CONFIGURATIONS {
+            let name = format!("cfg-{i:03}");
+            store
+                .insert_configuration(
+                    &configuration(c.id, &name),
+                    &SecretsWrite::Keep,
+                    &operation(&format!("sub/rg/c1/{name}"), 1),
+                )
+                .await
+                .unwrap();
+            report(&store, c.id, &name, ComplianceState::NonCompliant).await;
+        }
+        let small = crate::model::DispatchLimits {
+            batch: 7,
+            backlog: 10_000,
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut queued = 0;
+                    loop {
+                        let done = store.dispatch_alerts(Utc::now(), &small).await.unwrap();
+                        queued += done.queued;
+                        if done.taken == 0 {
+                            return queued;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut queued = 0;
+        for worker in workers {
+            queued += worker.await.unwrap();
+        }
+        assert_eq!(queued, CONFIGURATIONS);
+        let log = store.list_deliveries(receiver.id, None, 1000).await.unwrap();
+        let subjects: std::collections::BTreeSet<_> = log.iter().map(|d| d.message.subject.clone()).collect();
+        assert_eq!(
+            (log.len(), subjects.len()),
+            (CONFIGURATIONS, CONFIGURATIONS),
+            "each once"
+        );
+    })
+    .await;
+}
+
+on_both_backends!(
+    dispatchers_meeting_on_one_flapping_subject_send_one_message_and_hold_the_rest,
+    concurrent_throttle_case
+);
+async fn concurrent_throttle_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let (receiver, _) = alerting(
+            &store,
+            serde_json::json!(["BecameNonCompliant", "BecameCompliant"]),
+            300,
+        )
+        .await;
+        store
+            .insert_configuration(
+                &configuration(c.id, "cfg"),
+                &SecretsWrite::Keep,
+                &operation("sub/rg/c1/cfg", 1),
+            )
+            .await
+            .unwrap();
+        const FLAPS: usize = 40;
+        for i in 0..FLAPS {
+            let state = if i % 2 == 0 {
+                ComplianceState::NonCompliant
+            } else {
+                ComplianceState::Compliant
+            };
+            report(&store, c.id, "cfg", state).await;
+        }
+        let now = Utc::now();
+        let small = crate::model::DispatchLimits {
+            batch: 3,
+            backlog: 10_000,
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (mut queued, mut held) = (0, 0);
+                    loop {
+                        let done = store.dispatch_alerts(now, &small).await.unwrap();
+                        queued += done.queued;
+                        held += done.held;
+                        if done.taken == 0 {
+                            return (queued, held);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let (mut queued, mut held) = (0, 0);
+        for worker in workers {
+            let (q, h) = worker.await.unwrap();
+            queued += q;
+            held += h;
+        }
+        assert_eq!((queued, held), (1, FLAPS - 1), "one message, the rest held back");
+        let flushed = store
+            .flush_held_alerts(now + chrono::Duration::seconds(301), &LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(flushed.queued, 1);
+        let log = store.list_deliveries(receiver.id, None, 10).await.unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].message.digest.as_ref().unwrap().events, (FLAPS - 1) as u64);
+        assert_eq!(log[0].message.kind, "BecameCompliant", "the flapping's last state");
+    })
+    .await;
+}

@@ -86,16 +86,18 @@ async fn deliver(
         return Err(unknown());
     }
     if !state.hooks.all() {
-        return Err(ApiError::TooManyRequests(
-            "too many webhook deliveries; retry shortly".into(),
-        ));
+        return Err(ApiError::TooManyRequests {
+            message: "too many webhook deliveries; retry shortly".into(),
+            retry_after: 1,
+        });
     }
     let receiver = state.store.git_receiver_by_hook(&hook_id).await?.ok_or_else(unknown)?;
     if !state.hooks.receiver(receiver.id) {
         tracing::warn!(receiver = %receiver.key, "webhook deliveries past the receiver's rate limit");
-        return Err(ApiError::TooManyRequests(
-            "too many deliveries to this receiver; retry shortly".into(),
-        ));
+        return Err(ApiError::TooManyRequests {
+            message: "too many deliveries to this receiver; retry shortly".into(),
+            retry_after: 1,
+        });
     }
     let limit = state.config.max_body_bytes;
     let body = to_bytes(body, limit)
