@@ -262,9 +262,12 @@ mod tests {
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
 
+    /// What a test receiver was sent: each request's headers and body.
+    type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
     /// A receiver on port 0 answering `status`, keeping what it was sent.
-    async fn listening(status: u16) -> (String, Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>) {
-        let seen: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    async fn listening(status: u16) -> (String, Seen) {
+        let seen: Seen = Arc::default();
         let kept = seen.clone();
         let app = axum::Router::new().route(
             "/{*path}",
