@@ -2,9 +2,10 @@
 //!
 //! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
 //! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
-//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, the
-//! fleet compliance summary, and what real agents re-checking their clusters cost the control plane. Each figure
-//! comes with its ceilings measured in the same run (see `ceiling`).
+//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, a
+//! staged rollout of one across the fleet in ten batches, the fleet compliance summary, and what real agents
+//! re-checking their clusters cost the control plane. Each figure comes with its ceilings measured in the same run
+//! (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
 mod assignment;
@@ -16,6 +17,7 @@ mod memory;
 mod propagation;
 mod rechecks;
 mod report;
+mod rollout;
 mod summary;
 mod throughput;
 mod ui;
@@ -76,7 +78,7 @@ struct Args {
     /// Configuration writes timed in the propagation scenario.
     #[arg(long, default_value_t = 500)]
     writes: usize,
-    /// Clusters a policy assignment matches in the assignment scenario.
+    /// Clusters a policy assignment matches in the assignment and rollout scenarios.
     #[arg(long, default_value_t = 10_000)]
     fleet: usize,
     /// Clusters in the summary scenario, each with ten configurations.
@@ -89,7 +91,7 @@ struct Args {
     /// Seconds the re-check scenario counts the control plane's requests.
     #[arg(long, default_value_t = 30)]
     recheck_window: u64,
-    /// How the simulated agents of the propagation, assignment and summary scenarios apply.
+    /// How the simulated agents of the propagation, assignment, rollout and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
     /// Run only these scenarios (default: all).
@@ -122,6 +124,7 @@ enum Scenario {
     Ingestion,
     Propagation,
     Assignment,
+    Rollout,
     Summary,
     Rechecks,
 }
@@ -375,6 +378,16 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
             let target = Target::start(*backend).await?;
             assignment::assignment_reach(&target, args.fleet, apply, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Rollout) {
+            eprintln!(
+                "{name}: a policy assignment rolled out to {} clusters in ten batches ({})",
+                args.fleet,
+                apply.describe()
+            );
+            let target = Target::start(*backend).await?;
+            rollout::rollout(&target, args.fleet, apply, &mut figures, name).await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Rechecks) {
