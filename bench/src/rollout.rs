@@ -18,6 +18,7 @@
 //! report, and counts its Compliant configurations. Neither waits for anything between batches: the server's
 //! pacing (its 200 ms gather, its reconciliations) is part of what the figure measures against them.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
@@ -69,9 +70,12 @@ struct Measured {
     seen: Duration,
     /// Each batch, from its start to the next one's (the last one's: to `Completed`), sorted.
     batches: Vec<Duration>,
-    /// Each batch, from its start to the answer to its last agent's report, sorted.
-    reported: Vec<Duration>,
-    /// Each batch, from the answer to its last agent's report to the next batch's start (or `Completed`), sorted.
+    /// Each batch, from its start to its last agent's receipt, sorted.
+    received: Vec<Duration>,
+    /// Each batch, from its start to the server recording its last cluster Compliant, sorted.
+    recorded: Vec<Duration>,
+    /// Each batch, from the server recording its last cluster Compliant to the next batch's start (or
+    /// `Completed`), sorted.
     paced: Vec<Duration>,
     failed: usize,
     exchange: Exchange,
@@ -86,32 +90,59 @@ struct Transition {
     time: SystemTime,
 }
 
-/// The transitions of the rollout of `generation` in the assignment's history since `since`, in time order.
-async fn transitions(target: &Target, generation: i64, since: SystemTime) -> anyhow::Result<Vec<Transition>> {
+/// What the assignment's history holds of the rollout of one generation.
+struct History {
+    /// Its transitions, in time order.
+    transitions: Vec<Transition>,
+    /// When each cluster (by its index in the fleet) was first recorded Compliant at the generation.
+    compliant: HashMap<usize, SystemTime>,
+}
+
+/// The assignment's history since `since`, of the rollout of `generation` (the configurations' generation too).
+async fn history(target: &Target, generation: i64, since: SystemTime) -> anyhow::Result<History> {
     let from = DateTime::<Utc>::from(since - Duration::from_secs(1)).to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut next = Some(format!(
         "{}{ASSIGNMENT}/history?api-version={FLEET_API}&$top=5000&from={from}",
         target.server.base
     ));
-    let mut transitions = Vec::new();
+    let mut history = History {
+        transitions: Vec::new(),
+        compliant: HashMap::new(),
+    };
     while let Some(url) = next {
         let page: Value = serde_json::from_slice(&target.get_bytes(&url).await?)?;
         for entry in page["value"].as_array().context("a history page without entries")? {
-            if entry["kind"] != "rollout" || entry["generation"] != generation {
+            if entry["generation"] != generation {
                 continue;
             }
-            let time: DateTime<Utc> = entry["time"].as_str().context("a transition without time")?.parse()?;
-            transitions.push(Transition {
-                event: entry["event"].as_str().unwrap_or_default().to_owned(),
-                batch: entry["batch"].as_u64().unwrap_or_default() as usize,
-                batches: entry["batches"].as_u64().unwrap_or_default() as usize,
-                time: time.into(),
-            });
+            let time: SystemTime = entry["time"]
+                .as_str()
+                .context("a history entry without time")?
+                .parse::<DateTime<Utc>>()?
+                .into();
+            if entry["kind"] == "rollout" {
+                history.transitions.push(Transition {
+                    event: entry["event"].as_str().unwrap_or_default().to_owned(),
+                    batch: entry["batch"].as_u64().unwrap_or_default() as usize,
+                    batches: entry["batches"].as_u64().unwrap_or_default() as usize,
+                    time,
+                });
+            } else if entry["kind"] == "status"
+                && entry["configurationName"] == "baseline"
+                && entry["reportedGeneration"] == generation
+                && entry["complianceState"] == "Compliant"
+                && let Some(cluster) = entry["clusterId"]
+                    .as_str()
+                    .and_then(|id| id.rsplit_once("/fleet-")?.1.parse().ok())
+            {
+                let first = history.compliant.entry(cluster).or_insert(time);
+                *first = (*first).min(time);
+            }
         }
         next = page["nextLink"].as_str().map(str::to_owned);
     }
-    transitions.sort_by_key(|t| t.time);
-    Ok(transitions)
+    history.transitions.sort_by_key(|t| t.time);
+    Ok(history)
 }
 
 /// The rollout state the server stores with the assignment.
@@ -182,7 +213,7 @@ async fn staged(
         );
     }
 
-    let transitions = transitions(target, generation, written).await?;
+    let History { transitions, compliant } = history(target, generation, written).await?;
     let completed = transitions
         .iter()
         .find(|t| t.event == "Completed")
@@ -211,25 +242,52 @@ async fn staged(
         );
     }
     // each batch's receipts: a batch starts only once the one before has reported, so in the order they came the
-    // receipts fall into batches of `size`
+    // receipts fall into batches of `size`; its clusters are the fleet's in name order, `size` at a time
     receipts.sort_by_key(|r| r.received);
-    let (mut lengths, mut reported, mut paced) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lengths, mut received, mut recorded, mut paced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, batch) in receipts.chunks(size).enumerate() {
         let end = starts.get(k + 1).copied().unwrap_or(completed.time);
-        let last = batch.iter().map(|r| r.reported).max().unwrap_or(starts[k]);
+        let last_receipt = batch.iter().map(|r| r.received).max().unwrap_or(starts[k]);
+        // when the server recorded the batch's last Compliant report: the rollout may move on from then, never before
+        let mut last_compliant = starts[k];
+        for cluster in k * size..((k + 1) * size).min(clusters) {
+            let Some(at) = compliant.get(&cluster) else {
+                bail!("the history of generation {generation} does not show fleet-{cluster:05} Compliant");
+            };
+            last_compliant = last_compliant.max(*at);
+        }
+        if last_compliant > end {
+            bail!(
+                "batch {} of generation {generation} ended {:.0} ms before the server recorded its last cluster \
+                 Compliant",
+                k + 1,
+                ms(last_compliant.duration_since(end).unwrap_or_default())
+            );
+        }
         lengths.push(end.duration_since(starts[k]).unwrap_or_default());
-        reported.push(last.duration_since(starts[k]).unwrap_or_default());
-        paced.push(end.duration_since(last).unwrap_or_default());
+        received.push(last_receipt.duration_since(starts[k]).unwrap_or_default());
+        recorded.push(last_compliant.duration_since(starts[k]).unwrap_or_default());
+        paced.push(end.duration_since(last_compliant).unwrap_or_default());
     }
+    eprintln!(
+        "  batches of generation {generation} (ms: to the last receipt / the last Compliant recorded / the next \
+         batch): {}",
+        (0..lengths.len())
+            .map(|k| format!("{:.0}/{:.0}/{:.0}", ms(received[k]), ms(recorded[k]), ms(lengths[k])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     lengths.sort();
-    reported.sort();
+    received.sort();
+    recorded.sort();
     paced.sort();
     let measured = Measured {
         total: completed.time.duration_since(written).unwrap_or_default(),
         answered,
         seen,
         batches: lengths,
-        reported,
+        received,
+        recorded,
         paced,
         failed,
         exchange: receipts[0].exchange,
@@ -354,14 +412,15 @@ pub async fn rollout(
             met: has_target.then_some(rollout.total < TARGET),
             detail: format!(
                 "from the PUT to Completed, every cluster Compliant ({} failed); batches of {}: median {:.0} ms, \
-                 slowest {:.0} ms; per batch (medians), its last agent's report answered after {:.0} ms, the next \
-                 batch started {:.0} ms after that; the PUT answered after {:.0} ms, Completed read {:.0} ms after \
-                 it was",
+                 slowest {:.0} ms; per batch (medians), its last agent held it after {:.0} ms, the server recorded its \
+                 last cluster Compliant after {:.0} ms, the next batch started {:.0} ms after that; the PUT answered after {:.0} \
+                 ms, Completed read {:.0} ms after it was",
                 rollout.failed,
                 batch_size(clusters),
                 ms(percentile(&rollout.batches, 0.5)),
                 ms(rollout.batches[rollout.batches.len() - 1]),
-                ms(percentile(&rollout.reported, 0.5)),
+                ms(percentile(&rollout.received, 0.5)),
+                ms(percentile(&rollout.recorded, 0.5)),
                 ms(percentile(&rollout.paced, 0.5)),
                 ms(rollout.answered),
                 ms(rollout.seen.saturating_sub(rollout.total)),
