@@ -98,51 +98,77 @@ struct History {
     compliant: HashMap<usize, SystemTime>,
 }
 
-/// The assignment's history since `since`, of the rollout of `generation` (the configurations' generation too).
+/// How much of the assignment's history one request asks for: a span whose entries fit in one page (a batch of
+/// 1,000 clusters records about 2,000 entries in a second or two). The history's pages may skip entries: a page ends
+/// at a time, but continues after the highest id it showed, and PostgreSQL stamps an entry with its transaction's
+/// start, so an entry with a lower id and a later time than the page's last is never shown (the benchmark's check
+/// below found 6 of 10,000 Compliant reports missing from the paged history). Windows of one page each miss none.
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// The assignment's history from `since` until now, of the rollout of `generation` (the configurations'
+/// generation too), read window by window.
 async fn history(target: &Target, generation: i64, since: SystemTime) -> anyhow::Result<History> {
-    let from = DateTime::<Utc>::from(since - Duration::from_secs(1)).to_rfc3339_opts(SecondsFormat::Micros, true);
-    let mut next = Some(format!(
-        "{}{ASSIGNMENT}/history?api-version={FLEET_API}&$top=5000&from={from}",
-        target.server.base
-    ));
     let mut history = History {
         transitions: Vec::new(),
         compliant: HashMap::new(),
     };
-    while let Some(url) = next {
-        let page: Value = serde_json::from_slice(&target.get_bytes(&url).await?)?;
-        for entry in page["value"].as_array().context("a history page without entries")? {
-            if entry["generation"] != generation {
-                continue;
+    let (mut from, until) = (
+        since - Duration::from_secs(1),
+        SystemTime::now() + Duration::from_secs(1),
+    );
+    let time = |at: SystemTime| DateTime::<Utc>::from(at).to_rfc3339_opts(SecondsFormat::Micros, true);
+    while from < until {
+        let to = (from + WINDOW).min(until);
+        let mut next = Some(format!(
+            "{}{ASSIGNMENT}/history?api-version={FLEET_API}&$top=5000&from={}&to={}",
+            target.server.base,
+            time(from),
+            time(to)
+        ));
+        while let Some(url) = next {
+            let page: Value = serde_json::from_slice(&target.get_bytes(&url).await?)?;
+            for entry in page["value"].as_array().context("a history page without entries")? {
+                history.add(entry, generation)?;
             }
-            let time: SystemTime = entry["time"]
-                .as_str()
-                .context("a history entry without time")?
-                .parse::<DateTime<Utc>>()?
-                .into();
-            if entry["kind"] == "rollout" {
-                history.transitions.push(Transition {
-                    event: entry["event"].as_str().unwrap_or_default().to_owned(),
-                    batch: entry["batch"].as_u64().unwrap_or_default() as usize,
-                    batches: entry["batches"].as_u64().unwrap_or_default() as usize,
-                    time,
-                });
-            } else if entry["kind"] == "status"
-                && entry["configurationName"] == "baseline"
-                && entry["reportedGeneration"] == generation
-                && entry["complianceState"] == "Compliant"
-                && let Some(cluster) = entry["clusterId"]
-                    .as_str()
-                    .and_then(|id| id.rsplit_once("/fleet-")?.1.parse().ok())
-            {
-                let first = history.compliant.entry(cluster).or_insert(time);
-                *first = (*first).min(time);
-            }
+            next = page["nextLink"].as_str().map(str::to_owned);
         }
-        next = page["nextLink"].as_str().map(str::to_owned);
+        from = to;
     }
     history.transitions.sort_by_key(|t| t.time);
     Ok(history)
+}
+
+impl History {
+    /// Takes in an entry of the history, if it concerns `generation`.
+    fn add(&mut self, entry: &Value, generation: i64) -> anyhow::Result<()> {
+        if entry["generation"] != generation {
+            return Ok(());
+        }
+        let time: SystemTime = entry["time"]
+            .as_str()
+            .context("a history entry without time")?
+            .parse::<DateTime<Utc>>()?
+            .into();
+        if entry["kind"] == "rollout" {
+            self.transitions.push(Transition {
+                event: entry["event"].as_str().unwrap_or_default().to_owned(),
+                batch: entry["batch"].as_u64().unwrap_or_default() as usize,
+                batches: entry["batches"].as_u64().unwrap_or_default() as usize,
+                time,
+            });
+        } else if entry["kind"] == "status"
+            && entry["configurationName"] == "baseline"
+            && entry["reportedGeneration"] == generation
+            && entry["complianceState"] == "Compliant"
+            && let Some(cluster) = entry["clusterId"]
+                .as_str()
+                .and_then(|id| id.rsplit_once("/fleet-")?.1.parse().ok())
+        {
+            let first = self.compliant.entry(cluster).or_insert(time);
+            *first = (*first).min(time);
+        }
+        Ok(())
+    }
 }
 
 /// The rollout state the server stores with the assignment.
