@@ -7,11 +7,12 @@
 //!
 //! The template is the assignment scenario's (it reads the cluster, so every batch is rendered per cluster). The
 //! agents run in the simulator's process (see `fleet`) and report as the propagation's do. The times of the
-//! rollout's transitions come from the assignment's history, where the server records each as it makes it; the
-//! agents' from their receipts. The benchmark reads nothing from the server while the batches move: once every
-//! agent has reported it reads the stored rollout state (one row) every 100 ms until it is `Completed`, then the
-//! assignment's status once, to check that every cluster is Compliant. Polling that status throughout would load
-//! the server it measures: each read assesses every selected cluster.
+//! rollout's transitions, and of the server recording each cluster Compliant, come from the assignment's history;
+//! the agents' from their receipts. From them the benchmark also checks the rollout's promise: no batch started
+//! before every cluster of the one before was recorded Compliant. It reads nothing from the server while the
+//! batches move: once every agent has reported it reads the stored rollout state (one row) every 100 ms until it is
+//! `Completed`, then the assignment's status once, to check that every cluster is Compliant. Polling that status
+//! throughout would load the server it measures: each read assesses every selected cluster.
 //!
 //! The HTTP ceiling runs the same batches against pollers: per batch one PUT wakes its pollers' held polls and each
 //! reports. The database ceiling writes each batch in one transaction, has its agents read their desired state and
