@@ -155,7 +155,7 @@ impl FixedServer {
     }
 
     /// The URL of one write waking the pollers of `pollers` at once.
-    pub(crate) fn write_range_url(&self, pollers: std::ops::Range<usize>) -> String {
+    pub(crate) fn write_range_url(&self, pollers: Range<usize>) -> String {
         format!("{}/write/{}/{}", self.base, pollers.start, pollers.end)
     }
 
