@@ -16,7 +16,7 @@ use crate::propagation::{Apply, Exchange};
 use crate::{Figure, Target, ms};
 
 const ASSIGNMENT: &str = "/subscriptions/bench/providers/Fluxplane.Fleet/policyAssignments/baseline";
-const FLEET_API: &str = "2026-01-01";
+pub(crate) const FLEET_API: &str = "2026-01-01";
 
 /// The total time the server has spent applying policy assignments, from its metrics.
 async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
@@ -35,8 +35,8 @@ async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
 }
 
 /// The assignment: a template with cluster expressions, so that every cluster's configuration is its own (its
-/// name in a substitution), rendered per cluster when it is written.
-fn assignment(branch: &str) -> Value {
+/// name in a substitution), rendered per cluster when it is written. The rollout scenario adds its `rollout`.
+pub(crate) fn assignment(branch: &str) -> Value {
     json!({"properties": {
         "selector": {"matchLabels": {"fleet": "bench"}},
         "configurationName": "baseline",
@@ -130,7 +130,9 @@ pub async fn assignment_reach(
             .settled(|| fixed.waiting(), clusters, Duration::from_secs(600))
             .await?;
         let written = SystemTime::now();
-        target.put_url(&fixed.write_all_url(), &assignment(branch)).await?;
+        target
+            .put_url(&fixed.write_range_url(0..clusters), &assignment(branch))
+            .await?;
         http.push(
             held_by_all(
                 &mut pollers,

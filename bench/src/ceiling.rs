@@ -9,6 +9,7 @@
 //!   the scenario's query shapes directly through sqlx: writes go to a scratch table with the columns of
 //!   `flux_configurations` (no triggers, no foreign keys), reads to the real tables.
 
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,8 +103,8 @@ pub(crate) struct FixedServer {
 
 impl FixedServer {
     /// Serves `bodies` at `/body/{i}`; `pollers` polls at `/poll/{i}`, answered with the desired state's size of
-    /// `exchange`, reports at `/report/{i}` with its answer's size, and writes at `/write/{i}` and `/write-all`,
-    /// answered with `write_answer`.
+    /// `exchange`, reports at `/report/{i}` with its answer's size, and writes at `/write/{i}` (poller i) and
+    /// `/write/{from}/{to}` (pollers `from` to `to - 1`), answered with `write_answer`.
     pub(crate) async fn start(
         bodies: Vec<Bytes>,
         pollers: usize,
@@ -125,7 +126,7 @@ impl FixedServer {
             .route("/poll/{i}", get(poll))
             .route("/report/{i}", post(report))
             .route("/write/{i}", put(write))
-            .route("/write-all", put(write_all))
+            .route("/write/{from}/{to}", put(write_range))
             .with_state(fixed.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -153,8 +154,9 @@ impl FixedServer {
         format!("{}/write/{poller}", self.base)
     }
 
-    pub(crate) fn write_all_url(&self) -> String {
-        format!("{}/write-all", self.base)
+    /// The URL of one write waking the pollers of `pollers` at once.
+    pub(crate) fn write_range_url(&self, pollers: Range<usize>) -> String {
+        format!("{}/write/{}/{}", self.base, pollers.start, pollers.end)
     }
 
     /// How many polls it holds.
@@ -188,8 +190,15 @@ async fn write(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, _body: Byt
     json_answer(fixed.write_answer.clone())
 }
 
-async fn write_all(State(fixed): State<Arc<Fixed>>, _body: Bytes) -> Response {
-    for poll in &fixed.polls {
+async fn write_range(
+    State(fixed): State<Arc<Fixed>>,
+    Path((from, to)): Path<(usize, usize)>,
+    _body: Bytes,
+) -> Response {
+    let Some(polls) = fixed.polls.get(from..to) else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    for poll in polls {
         poll.send_modify(|generation| *generation += 1);
     }
     json_answer(fixed.write_answer.clone())
@@ -371,8 +380,9 @@ const REPORT: &str = "UPDATE bench_ceiling_configurations SET provisioning_state
      observed = $3, reported_generation = generation WHERE cluster_id = $4 AND name = $5";
 /// A cluster's desired state.
 const DESIRED: &str = "SELECT * FROM bench_ceiling_configurations WHERE cluster_id = $1 ORDER BY name";
-/// The configuration `$5` on each of `$4` clusters, in one statement: a policy assignment's creation.
-const ASSIGN: &str = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $4) \
+/// The configuration `$5` on each of the clusters `$6` to `$4 - 1`, in one statement: a policy assignment's
+/// creation (all of them), or one batch of its rollout.
+const ASSIGN: &str = "WITH RECURSIVE n(i) AS (SELECT CAST($6 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $4) \
      INSERT INTO bench_ceiling_configurations (cluster_id, name, spec, generation, etag, provisioning_state, \
      compliance_state, observed, system_data) \
      SELECT i, $5, $1, 1, 'e', 'Creating', 'Pending', $2, $3 FROM n";
@@ -381,6 +391,12 @@ const REASSIGN: &str = "UPDATE bench_ceiling_configurations SET spec = $1, gener
      WHERE name = 'baseline'";
 /// A push's request to re-check: the touched configurations (those of the first `$2` clusters) marked at once.
 const MARK: &str = "UPDATE bench_ceiling_configurations SET etag = $1 WHERE cluster_id < $2";
+/// One batch of a rollout of a template change: the configurations of the clusters `$3` to `$4 - 1` rewritten.
+const REASSIGN_BATCH: &str = "UPDATE bench_ceiling_configurations SET spec = $1, generation = generation + 1, \
+     etag = $2 WHERE name = 'baseline' AND cluster_id >= $3 AND cluster_id < $4";
+/// Whether a batch of a rollout is done: how many of its configurations are reported Compliant at their generation.
+const BATCH_COMPLIANT: &str = "SELECT COUNT(*) FROM bench_ceiling_configurations WHERE name = 'baseline' \
+     AND cluster_id >= $1 AND cluster_id < $2 AND compliance_state = 'Compliant' AND reported_generation = generation";
 /// A listing page, as the server reads it: one more row than the page, to know whether another follows.
 const PAGE: &str = "SELECT * FROM flux_configurations WHERE cluster_id = $1 AND name > $2 ORDER BY name LIMIT $3";
 
@@ -730,7 +746,7 @@ impl Db {
     ) -> anyhow::Result<Duration> {
         let documents = self.scratch().await?;
         for c in 0..configurations {
-            self.assign(agents, &format!("cfg-{c}"), &documents).await?;
+            self.assign(0..agents, &format!("cfg-{c}"), &documents).await?;
         }
         let elapsed = concurrently(agents, |agent| {
             let (db, observed) = (self.clone(), documents.observed.clone());
@@ -756,7 +772,7 @@ impl Db {
     pub(crate) async fn assignment(&self, clusters: usize) -> anyhow::Result<[DbAssignmentStep; 2]> {
         let documents = self.scratch().await?;
         let started = Instant::now();
-        self.assign(clusters, "baseline", &documents).await?;
+        self.assign(0..clusters, "baseline", &documents).await?;
         let creation = started.elapsed();
         let creation_reach = self.wake(clusters).await?;
         let started = Instant::now();
@@ -789,7 +805,7 @@ impl Db {
     /// transaction of its own. Answers each cluster's time from the push's start to its status written, sorted.
     pub(crate) async fn push(&self, clusters: usize, touched: usize, pushes: usize) -> anyhow::Result<Vec<Duration>> {
         let documents = self.scratch().await?;
-        self.assign(clusters, "app", &documents).await?;
+        self.assign(0..clusters, "app", &documents).await?;
         let mut times = Vec::with_capacity(pushes * touched);
         for push in 0..pushes {
             let started = Instant::now();
@@ -821,21 +837,73 @@ impl Db {
         Ok(times)
     }
 
-    /// The configuration `name` on each of `clusters` clusters, in one transaction.
-    async fn assign(&self, clusters: usize, name: &str, documents: &Documents) -> anyhow::Result<()> {
+    /// The configuration `name` on each of the clusters `clusters`, in one transaction.
+    async fn assign(&self, clusters: Range<usize>, name: &str, documents: &Documents) -> anyhow::Result<()> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(ASSIGN)
                 .bind(Json(&documents.spec))
                 .bind(Json(&documents.observed))
                 .bind(Json(&documents.system_data))
-                .bind(clusters as i64)
+                .bind(clusters.end as i64)
                 .bind(name)
+                .bind(clusters.start as i64)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// A rollout over `clusters` clusters in batches of `batch`, one batch after another: its first deployment
+    /// (each batch's configurations inserted in one transaction) and a template change (each batch's rewritten in
+    /// one transaction). After each batch's write, every agent of the batch at once reads its desired state and
+    /// reports it Compliant (a transaction per report, as the server records them), and one query counts the
+    /// batch's Compliant configurations, the decision to start the next. Answers each rollout's total time.
+    pub(crate) async fn rollout(&self, clusters: usize, batch: usize) -> anyhow::Result<[Duration; 2]> {
+        let documents = self.scratch().await?;
+        let mut totals = [Duration::ZERO; 2];
+        for (step, total) in totals.iter_mut().enumerate() {
+            for first in (0..clusters).step_by(batch) {
+                let members = first..(first + batch).min(clusters);
+                let started = Instant::now();
+                if step == 0 {
+                    self.assign(members.clone(), "baseline", &documents).await?;
+                } else {
+                    on_pool!(self, pool => {
+                        let mut tx = pool.begin().await?;
+                        sqlx::query(REASSIGN_BATCH)
+                            .bind(Json(&documents.spec))
+                            .bind(format!("e{step}"))
+                            .bind(members.start as i64)
+                            .bind(members.end as i64)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                    });
+                }
+                let observed = Arc::new(documents.observed.clone());
+                concurrently(members.len(), |i| {
+                    let (db, observed, cluster) = (self.clone(), observed.clone(), (first + i) as i64);
+                    async move {
+                        db.desired(cluster).await?;
+                        db.report(cluster, "baseline", true, &observed).await
+                    }
+                })
+                .await?;
+                let compliant: i64 = on_pool!(self, pool => sqlx::query_scalar(BATCH_COMPLIANT)
+                    .bind(members.start as i64)
+                    .bind(members.end as i64)
+                    .fetch_one(pool)
+                    .await?);
+                if compliant != members.len() as i64 {
+                    bail!("the database ceiling's batch {members:?} has {compliant} Compliant configurations");
+                }
+                *total += started.elapsed();
+            }
+        }
+        self.drop_scratch().await?;
+        Ok(totals)
     }
 
     /// Every cluster's agent at once reading its desired state.

@@ -2,12 +2,11 @@
 //!
 //! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
 //! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
-//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, the
-//! fleet compliance summary, what real agents re-checking their clusters cost the control plane, and a Git push
-//! reaching the agents of the configurations it concerns (to Compliant). Each figure
-//! fleet compliance summary, what real agents re-checking their clusters cost the control plane, and the alert
-//! outbox's throughput when one change fails a fleet's configurations. Each figure
-//! comes with its ceilings measured in the same run (see `ceiling`).
+//! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, a
+//! staged rollout of one across the fleet in ten batches, the fleet compliance summary, what real agents re-checking
+//! their clusters cost the control plane, a Git push reaching the agents of the configurations it concerns (to
+//! Compliant), and the alert outbox's throughput when one change fails a fleet's configurations. Each figure comes
+//! with its ceilings measured in the same run (see `ceiling`).
 //! Results print as a table and, with `--json`, as a JSON file.
 
 mod alerts;
@@ -21,6 +20,7 @@ mod propagation;
 mod push;
 mod rechecks;
 mod report;
+mod rollout;
 mod summary;
 mod throughput;
 mod ui;
@@ -81,7 +81,7 @@ struct Args {
     /// Configuration writes timed in the propagation scenario.
     #[arg(long, default_value_t = 500)]
     writes: usize,
-    /// Clusters a policy assignment matches in the assignment scenario.
+    /// Clusters a policy assignment matches in the assignment and rollout scenarios.
     #[arg(long, default_value_t = 10_000)]
     fleet: usize,
     /// Clusters in the summary scenario, each with ten configurations.
@@ -107,7 +107,7 @@ struct Args {
     /// outbox delivers (their clusters' Flux extensions add one each).
     #[arg(long, default_value_t = 10_000)]
     alert_events: usize,
-    /// How the simulated agents of the propagation, assignment and summary scenarios apply.
+    /// How the simulated agents of the propagation, assignment, rollout and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
     /// Run only these scenarios (default: all).
@@ -140,6 +140,7 @@ enum Scenario {
     Ingestion,
     Propagation,
     Assignment,
+    Rollout,
     Summary,
     Rechecks,
     Push,
@@ -399,6 +400,16 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
             let target = Target::start(*backend).await?;
             assignment::assignment_reach(&target, args.fleet, apply, &mut figures, name).await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Rollout) {
+            eprintln!(
+                "{name}: a policy assignment rolled out to {} clusters in ten batches ({})",
+                args.fleet,
+                apply.describe()
+            );
+            let target = Target::start(*backend).await?;
+            rollout::rollout(&target, args.fleet, apply, &mut figures, name).await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Rechecks) {

@@ -215,7 +215,7 @@ pub async fn push(
             .settled(|| fixed.waiting(), touched, Duration::from_secs(600))
             .await?;
         let sent = SystemTime::now();
-        target.put_url(&fixed.write_all_url(), &json!({})).await?;
+        target.put_url(&fixed.write_range_url(0..touched), &json!({})).await?;
         let mut reported = 0;
         while reported < touched {
             let next = tokio::time::timeout(Duration::from_secs(60), pollers.receipts.recv())
