@@ -260,13 +260,6 @@ impl ResourceGroupReceiverPath {
     }
 }
 
-fn not_found(scope: &FleetScope, name: &str) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Resource '{TYPE}/{name}' under '{}' was not found.",
-        scope.id()
-    ))
-}
-
 async fn render(state: &AppState, record: AlertReceiverRecord) -> ApiResult<AlertReceiver> {
     let status = state.store.receiver_status(record.id).await?;
     let (last_failure_at, last_failure_status_code, last_failure) = match status.last_failure {
@@ -309,7 +302,7 @@ async fn read(state: &AppState, scope: &FleetScope, name: &str) -> ApiResult<Ale
         .store
         .get_alert_receiver(&scope.key(name))
         .await?
-        .ok_or_else(|| not_found(scope, name))
+        .ok_or_else(|| scope.not_found(TYPE, name))
 }
 
 async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String) -> ApiResult<Response> {
@@ -429,7 +422,7 @@ async fn test(receivers: &Receivers, caller: &Caller, scope: FleetScope, name: S
     let delivery = receivers
         .test(&scope, &name)
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     Ok(Json(TestResult {
         delivery: delivery.into(),
     }))

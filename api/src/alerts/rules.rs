@@ -23,7 +23,7 @@ use crate::arm::scope::{FleetScope, parse_name};
 use crate::arm::system_data::SystemData;
 use crate::arm::{ApiVersion, ArmQuery, JsonBody};
 use crate::auth::{Caller, Role, readable_scopes};
-use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::error::{ApiResult, ErrorResponse};
 use crate::model::AlertRuleRecord;
 use crate::state::AppState;
 
@@ -108,13 +108,6 @@ impl ResourceGroupRulePath {
     }
 }
 
-fn not_found(scope: &FleetScope, name: &str) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Resource '{TYPE}/{name}' under '{}' was not found.",
-        scope.id()
-    ))
-}
-
 fn render(record: AlertRuleRecord) -> AlertRule {
     AlertRule {
         id: record.arm_id(),
@@ -140,7 +133,7 @@ async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String)
         .store
         .get_alert_rule(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     Ok(respond(StatusCode::OK, record))
 }
 

@@ -16,6 +16,14 @@ pub struct FleetScope {
 }
 
 impl FleetScope {
+    /// ARM's 404 for the resource `name` of the type `type_` (`Fluxplane.Fleet/clusterGroups`) in this scope.
+    pub fn not_found(&self, type_: &str, name: &str) -> ApiError {
+        ApiError::ResourceNotFound(format!(
+            "The Resource '{type_}/{name}' under '{}' was not found.",
+            self.id()
+        ))
+    }
+
     pub fn parse(subscription: &str, resource_group: Option<&str>) -> Result<Self, ApiError> {
         Ok(Self {
             subscription: SubscriptionId::parse(subscription)?,

@@ -124,13 +124,6 @@ impl ResourceGroupGroupPath {
     }
 }
 
-fn not_found(scope: &FleetScope, name: &str) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Resource '{TYPE}/{name}' under '{}' was not found.",
-        scope.id()
-    ))
-}
-
 /// The clusters of the scope the selector matches.
 async fn member_count(state: &AppState, scope: &FleetScope, selector: &LabelSelector) -> ApiResult<u64> {
     let tags = state.store.cluster_tags(&scope.clusters()).await?;
@@ -173,7 +166,7 @@ async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String)
         .store
         .get_cluster_group(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     respond(state, StatusCode::OK, record).await
 }
 
@@ -258,7 +251,7 @@ async fn members(
         .store
         .get_cluster_group(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     let page = params.page()?;
     let wanted = page.limit as usize + 1;
     let mut found = Vec::with_capacity(wanted);

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::routes::{ResourceGroupAssignmentPath, SubscriptionAssignmentPath, not_found};
+use super::routes::{ResourceGroupAssignmentPath, SubscriptionAssignmentPath, TYPE};
 use super::service::TYPE_NAME;
 use crate::arm::api_version::Fleet;
 use crate::arm::paging::{BaseUrl, Page, decode_token, encode_token};
@@ -182,7 +182,7 @@ async fn commits(
         .store
         .get_policy_assignment(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     let assignment = record.arm_id();
     let mut listed = state
         .store

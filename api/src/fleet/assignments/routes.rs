@@ -37,7 +37,7 @@ use crate::lifecycle::{ProvisioningState, agent_online};
 use crate::model::{ClusterTags, ConfigurationRecord, HistorySubject, PolicyAssignmentRecord};
 use crate::state::AppState;
 
-const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
+pub(super) const TYPE: &str = "Fluxplane.Fleet/policyAssignments";
 /// Most conflicts an assignment's status lists (`conflictCount` counts them all).
 const MAX_LISTED_CONFLICTS: usize = 100;
 /// Most configurations a plan shows rendered (`changeCount` counts them all; `create` and `update` list them all).
@@ -104,13 +104,6 @@ impl ResourceGroupAssignmentPath {
             parse_name("policyAssignmentName", &self.policy_assignment_name)?,
         ))
     }
-}
-
-pub(super) fn not_found(scope: &FleetScope, name: &str) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Resource '{TYPE}/{name}' under '{}' was not found.",
-        scope.id()
-    ))
 }
 
 /// Every selected cluster with where it stands, in cluster key order, and how many configurations the assignment
@@ -208,7 +201,7 @@ async fn compliance(
         .store
         .get_policy_assignment(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     let page = params.page()?;
     let entries: Vec<_> = assessed(state, &record, &scope)
         .await?
@@ -267,7 +260,7 @@ async fn get(state: &AppState, caller: &Caller, scope: FleetScope, name: String)
         .store
         .get_policy_assignment(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     respond(state, StatusCode::OK, record).await
 }
 
@@ -308,7 +301,7 @@ async fn steer(
     let record = assignments
         .steer(&caller.subject, &scope, &name, steer)
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     respond(state, StatusCode::OK, record).await
 }
 
@@ -831,7 +824,7 @@ at_both_scopes! {
         let (at, configurations) = assignments
             .request_reconcile(&caller.subject, &scope, &name)
             .await?
-            .ok_or_else(|| not_found(&scope, &name))?;
+            .ok_or_else(|| scope.not_found(TYPE, &name))?;
         Ok(Json(ReconcileRequested {
             reconcile_requested_at: crate::lifecycle::reconcile_requested_text(at),
             configurations,
@@ -853,7 +846,7 @@ async fn assignment_history(
         .store
         .get_policy_assignment(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     let subject = HistorySubject::Assignment { id: record.arm_id() };
     let path = format!("{id}/history");
     history::page(state.store.as_ref(), subject, &id, false, query, base, &path).await

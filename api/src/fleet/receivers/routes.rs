@@ -134,13 +134,6 @@ impl ResourceGroupReceiverPath {
     }
 }
 
-fn not_found(scope: &FleetScope, name: &str) -> ApiError {
-    ApiError::ResourceNotFound(format!(
-        "The Resource '{TYPE}/{name}' under '{}' was not found.",
-        scope.id()
-    ))
-}
-
 fn render(base: &BaseUrl, record: GitReceiverRecord) -> ApiResult<GitReceiver> {
     let scope = record.scope()?;
     Ok(GitReceiver {
@@ -175,7 +168,7 @@ async fn get(
         .store
         .get_git_receiver(&scope.key(&name))
         .await?
-        .ok_or_else(|| not_found(&scope, &name))?;
+        .ok_or_else(|| scope.not_found(TYPE, &name))?;
     respond(base, StatusCode::OK, record)
 }
 
