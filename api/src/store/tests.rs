@@ -319,7 +319,10 @@ async fn supersede_case(backend: Backend) {
     .await;
 }
 
-on_both_backends!(deleting_a_cluster_removes_its_configurations, cascade_case);
+on_both_backends!(
+    deleting_a_cluster_removes_its_configurations_and_their_counts,
+    cascade_case
+);
 async fn cascade_case(backend: Backend) {
     with_database(backend, |db| async move {
         let store = db.store().await;
@@ -332,9 +335,20 @@ async fn cascade_case(backend: Backend) {
             .insert_configuration(&configuration(c.id, "b"), &SecretsWrite::Keep, &operation("k/b", 1))
             .await
             .unwrap();
+        // the only cluster with configurations: every per-cluster count is its own
+        let counts = "SELECT COUNT(*) FROM cluster_state_counts";
+        assert!(
+            count_rows(&db, counts).await > 0,
+            "the cluster's configurations are counted"
+        );
         assert!(store.delete_cluster(&c.key).await.unwrap());
         assert!(!store.delete_cluster(&c.key).await.unwrap());
         assert!(store.get_configuration(c.id, "a").await.unwrap().is_none());
+        assert_eq!(
+            count_rows(&db, counts).await,
+            0,
+            "a deleted cluster's counts go with it"
+        );
         let again = registered(&store, "c1").await;
         assert!(
             store
@@ -423,11 +437,10 @@ async fn revision_case(backend: Backend) {
             .insert_configuration(&record, &SecretsWrite::Keep, &operation("sub/rg/c1/cfg", 1))
             .await
             .unwrap();
-        assert_eq!(
-            revision(store.clone()).await,
-            2,
-            "the first configuration and the Flux extension it brings"
-        );
+        // the first configuration and the Flux extension it brings: once or twice (PostgreSQL does not bump a
+        // cluster its transaction already bumped, migration 0022), moved either way
+        let first = revision(store.clone()).await;
+        assert!(first > 0, "the first configuration and the Flux extension it brings");
         let stored = store.get_configuration(c.id, "cfg").await.unwrap().unwrap();
         let next = ConfigurationRecord {
             generation: 2,
@@ -438,7 +451,7 @@ async fn revision_case(backend: Backend) {
             .update_configuration(&next, &SecretsWrite::Keep, &stored.etag, &operation("sub/rg/c1/cfg", 2))
             .await
             .unwrap();
-        assert_eq!(revision(store.clone()).await, 3);
+        assert_eq!(revision(store.clone()).await, first + 1);
         let outcome = store
             .apply_report(
                 c.id,
@@ -455,12 +468,15 @@ async fn revision_case(backend: Backend) {
         assert_eq!(outcome, crate::model::ReportDisposition::Recorded);
         assert_eq!(
             revision(store.clone()).await,
-            3,
+            first + 1,
             "a status report is not a desired-state change"
         );
         store.delete_configuration(c.id, "cfg", "sub/rg/c1/cfg").await.unwrap();
         let after_delete = store.desired_state(c.id).await.unwrap();
-        assert_eq!((after_delete.revision, after_delete.configurations.len()), (4, 0));
+        assert_eq!(
+            (after_delete.revision, after_delete.configurations.len()),
+            (first + 2, 0)
+        );
     })
     .await;
 }
@@ -644,7 +660,11 @@ async fn undelivered(store: &Arc<dyn Store>, cluster_id: i64, name: &str) -> Vec
 /// How many sealed changes the database holds, read directly (the store's reads skip them when no configuration
 /// expects any).
 async fn sealed_rows(db: &TestDatabase) -> i64 {
-    let sql = "SELECT COUNT(*) FROM sealed_secrets";
+    count_rows(db, "SELECT COUNT(*) FROM sealed_secrets").await
+}
+
+/// The count `sql` answers, read directly from the database.
+async fn count_rows(db: &TestDatabase, sql: &'static str) -> i64 {
     match db.backend {
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
