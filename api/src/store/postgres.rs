@@ -111,11 +111,14 @@ async fn announce(pool: PgPool, mut pending: mpsc::UnboundedReceiver<String>) {
 }
 
 // Fleet writes of one subscription take a transaction-scoped advisory lock, so that two of them never decide on
-// what the other is changing (READ COMMITTED alone would let each miss the other's write).
+// what the other is changing (READ COMMITTED alone would let each miss the other's write). In the same statement
+// they raise their own `work_mem`: an assignment's rollup sorts and joins five counts per cluster, which spilled to
+// disk at the default 4 MB for 10,000 clusters (migration 0022).
 sql_store!(
     PgStore,
     sqlx::Postgres,
-    fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1))",
+    fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1)), \
+                  set_config('work_mem', '64MB', TRUE)",
     row_lock = " FOR NO KEY UPDATE",
     write_begin = None,
     history_now = "now()",
