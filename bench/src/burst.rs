@@ -8,7 +8,8 @@
 //! The process registers the clusters, writes their configurations through the API, lets every agent read its
 //! desired state (which opens its connection and tells it the generations to report on, as a real agent learns
 //! them), says `ready`, and on `go` sends every report at once. The HTTP ceiling is the same process posting the
-//! same reports to the HTTP ceiling's server; the database ceiling is `Db::ingestion` with one report per agent.
+//! same reports to the HTTP ceiling's server; the database ceiling is `Db::burst`, `Db::ingestion`'s statements with one
+//! report per agent.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -141,7 +142,10 @@ async fn agents(args: &BurstArgs) -> anyhow::Result<Vec<(Reporter, StatusReport)
                 .map(|c| (c.name.clone(), c.generation))
                 .collect();
             if held.len() != configurations {
-                bail!("agent {agent} holds {} configurations, expected {configurations}", held.len());
+                bail!(
+                    "agent {agent} holds {} configurations, expected {configurations}",
+                    held.len()
+                );
             }
             Ok::<_, anyhow::Error>((Reporter::Agent(control_plane), report(&held, true, agent)))
         }));
@@ -271,7 +275,12 @@ impl Reporters {
 fn micros(outcome: &Outcome, p: f64) -> Duration {
     let sorted = &outcome.latencies_micros;
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    Duration::from_micros(sorted.get(index.min(sorted.len().saturating_sub(1))).copied().unwrap_or(0))
+    Duration::from_micros(
+        sorted
+            .get(index.min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0),
+    )
 }
 
 pub async fn burst(
@@ -303,7 +312,10 @@ pub async fn burst(
     reporters.stop().await?;
     let expected = agents * configurations;
     if server.recorded != expected {
-        bail!("{} of {expected} configuration statuses were answered Recorded", server.recorded);
+        bail!(
+            "{} of {expected} configuration statuses were answered Recorded",
+            server.recorded
+        );
     }
 
     // the answer the server gave, at generation 1 (the ceiling's reports name generation 1)
@@ -318,7 +330,10 @@ pub async fn burst(
         extensions: Vec::new(),
     };
     if serde_json::to_vec(&answer)?.len() != serde_json::to_vec(&server.answer)?.len() {
-        bail!("the server's answer is not the size the ceiling answers: {:?}", server.answer);
+        bail!(
+            "the server's answer is not the size the ceiling answers: {:?}",
+            server.answer
+        );
     }
     let fixed = FixedServer::start(
         vec![Bytes::from(serde_json::to_vec(&answer)?)],
@@ -335,7 +350,7 @@ pub async fn burst(
     ceiling.stop().await?;
     fixed.stop().await;
     let pool = Db::open(target).await?;
-    let db = pool.ingestion(agents, configurations, 1).await?;
+    let db = pool.burst(agents, configurations).await?;
     pool.close().await;
 
     let elapsed = Duration::from_micros(server.elapsed_micros);
@@ -362,8 +377,8 @@ pub async fn burst(
         db_ceiling: Some(Ceiling::time(
             value,
             ms(db),
-            "per report, an UPDATE of each configuration's status in a transaction of its own, every agent at \
-             once, scratch table",
+            "per report, an UPDATE of each configuration's status in a transaction of its own, every agent's at \
+             once through the pool's connections, scratch table",
         )),
     });
     Ok(())
