@@ -97,6 +97,9 @@ pub enum ApiError {
     /// The database cannot be reached; the message says what was met.
     #[error("{0}")]
     DatabaseUnavailable(String),
+    /// The server holds as much of this kind of work as it queues; retry in a second.
+    #[error("{0}")]
+    ServerBusy(String),
     #[error("the request did not complete within {} seconds", .0.as_secs())]
     RequestTimeout(std::time::Duration),
     /// A rate limit of the server's own (an alert receiver's) has no room now; retry after the given seconds.
@@ -135,7 +138,9 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::AgentEncryptionKeyMissing(_) => StatusCode::CONFLICT,
             ApiError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
-            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) | ApiError::ServerBusy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -164,6 +169,7 @@ impl ApiError {
             ApiError::AuthenticationFailed(_) => "AuthenticationFailed",
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
             ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => "ServiceUnavailable",
+            ApiError::ServerBusy(_) => "ServerBusy",
             ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalServerError",
@@ -199,6 +205,8 @@ impl IntoResponse for ApiError {
             ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "request failed"),
             // an outage is logged once, when it begins (availability)
             ApiError::DatabaseUnavailable(_) => {}
+            // a flood refused would be a line per request; the request metrics count them by status
+            ApiError::ServerBusy(_) => tracing::debug!(error = %self, "request refused"),
             _ if status.is_server_error() => tracing::warn!(error = %self, "request failed"),
             _ => {}
         }
@@ -208,7 +216,10 @@ impl IntoResponse for ApiError {
         }
         let headers = response.headers_mut();
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let ApiError::ServerBusy(_) = &self {
+            // as the connection cap's 503 says: a queue drains in moments, an outage does not
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let ApiError::TooManyRequests { retry_after, .. } = &self {

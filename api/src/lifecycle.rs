@@ -115,7 +115,7 @@ pub enum HistoryEvent {
     Updated,
     Deleted,
     /// The agent found an object of the configuration deleted or changed in its cluster and wrote it back (recorded
-    /// by `store::apply_report`, not by a trigger).
+    /// by `store::apply_reports`, not by a trigger).
     Restored,
 }
 

@@ -185,6 +185,34 @@ pub enum ReportWrite {
     Removed,
 }
 
+/// One configuration's report, as `Store::apply_reports` applies it.
+#[derive(Debug, Clone)]
+pub struct ConfigurationReportWrite {
+    pub cluster_id: i64,
+    pub name: String,
+    pub generation: i64,
+    /// What the configuration's operations are filed under.
+    pub resource_key: String,
+    pub write: ReportWrite,
+    /// Acknowledges the sealed secrets up to this version, whatever the generation.
+    pub secrets_version: Option<i64>,
+}
+
+/// An agent heard from, as a batch records it: what `Store::heartbeat` takes.
+#[derive(Debug, Clone)]
+pub struct HeartbeatWrite {
+    pub cluster_id: i64,
+    pub info: AgentInfo,
+}
+
+/// What a batch of reports came to: each report's outcome and each heartbeat's cluster revision (`None`: the
+/// cluster is gone), in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub reports: Vec<ReportOutcome>,
+    pub revisions: Vec<Option<i64>>,
+}
+
 /// How an agent's report was taken.
 pub use fluxplane_agent_protocol::agent::ReportDisposition;
 

@@ -29,6 +29,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::agents::ingest::Ingest;
 use crate::arm::segments::Vocabulary;
 use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
@@ -127,6 +128,7 @@ impl AppState {
         let feed = Arc::new(Feed::default());
         let tail = tokio::spawn(feed.clone().run(store.clone()));
         let (writes, appender) = WriteLog::start(store.clone());
+        let (reports, ingester) = Ingest::start(store.clone());
         let database = Arc::new(DatabaseHealth::default());
         let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
         let metrics = Arc::new(Metrics::default());
@@ -145,6 +147,7 @@ impl AppState {
             TaskGuard(maintainer.abort_handle()),
             TaskGuard(tail.abort_handle()),
             TaskGuard(appender.abort_handle()),
+            TaskGuard(ingester.abort_handle()),
             TaskGuard(watcher.abort_handle()),
             TaskGuard(outbox.abort_handle()),
         ];
@@ -166,6 +169,7 @@ impl AppState {
             vault,
             alert_sender,
             rollouts,
+            reports,
             hooks: Arc::default(),
             lifetimes,
             database,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 
 use crate::agents::auth::VerifiedTokens;
+use crate::agents::ingest::Ingest;
 use crate::alerts::outbox::Sender;
 use crate::alerts::receivers_service::Receivers;
 use crate::alerts::rules_service::Rules;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub alert_sender: Arc<Sender>,
     /// Wakes the task that moves rollouts on (`fleet::assignments::pace`).
     pub rollouts: Arc<Pace>,
+    /// Where agents' status reports are applied, together with the others waiting (`agents::ingest`).
+    pub reports: Ingest,
     /// The rate limits of the Git receivers' webhook on this replica.
     pub hooks: Arc<HookLimits>,
     /// Writers of one resource take turns.
@@ -62,8 +65,8 @@ pub struct AppState {
     /// The certificate connections are served with over TLS, or none for plain HTTP.
     pub tls: Option<Arc<Certificates>>,
     /// Ends the background tasks (following the store's changes, sweeping, folding rollups, tailing the history,
-    /// appending to the write history, watching an unreachable database, delivering alerts, reloading the TLS
-    /// certificate) when the last clone of the state goes.
+    /// appending to the write history, applying status reports, watching an unreachable database, delivering
+    /// alerts, reloading the TLS certificate) when the last clone of the state goes.
     pub(crate) _tasks: Arc<[TaskGuard]>,
 }
 

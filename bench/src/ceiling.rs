@@ -765,6 +765,40 @@ impl Db {
         Ok(elapsed)
     }
 
+    /// The burst's ceiling: `agents` agents' reports at once, each an UPDATE of each of its `configurations`
+    /// configurations' status in a transaction of its own, as `ingestion` writes one report each. The agents go
+    /// through as many workers as the pool has connections (16, the server's; SQLite's one): `ingestion`'s task per
+    /// agent, each waiting for a connection, outlasts the pool's 10 s acquire timeout at 10,000 agents, and more
+    /// waiters than connections write no faster. Answers the time until the last commits.
+    pub(crate) async fn burst(&self, agents: usize, configurations: usize) -> anyhow::Result<Duration> {
+        let documents = self.scratch().await?;
+        for c in 0..configurations {
+            self.assign(0..agents, &format!("cfg-{c}"), &documents).await?;
+        }
+        let workers = match self.pool {
+            Pool::Postgres(ref pool) => pool.options().get_max_connections() as usize,
+            Pool::Sqlite(ref pool) => pool.options().get_max_connections() as usize,
+        };
+        let next = Arc::new(AtomicUsize::new(0));
+        let elapsed = concurrently(workers, |_| {
+            let (db, observed, next) = (self.clone(), documents.observed.clone(), next.clone());
+            async move {
+                loop {
+                    let agent = next.fetch_add(1, Ordering::Relaxed);
+                    if agent >= agents {
+                        return Ok(());
+                    }
+                    for c in 0..configurations {
+                        db.report(agent as i64, &format!("cfg-{c}"), true, &observed).await?;
+                    }
+                }
+            }
+        })
+        .await?;
+        self.drop_scratch().await?;
+        Ok(elapsed)
+    }
+
     /// A policy assignment over `clusters` clusters: its creation (one configuration per cluster, in one
     /// transaction) and its template change (all of them rewritten, in one transaction), each followed by every
     /// cluster's agent at once reading its desired state. The agents' reports are left out: they follow the

@@ -23,7 +23,7 @@ use crate::{Figure, Target, ms, percentile, seed};
 const SEEDING_WORKERS: usize = 16;
 
 /// Who sends the reports: an agent to the control plane, or the same reports to the HTTP ceiling.
-enum Reporter {
+pub(crate) enum Reporter {
     Agent(ControlPlane),
     Ceiling {
         http: reqwest::Client,
@@ -33,7 +33,7 @@ enum Reporter {
 }
 
 impl Reporter {
-    async fn report(&self, report: &StatusReport) -> anyhow::Result<StatusAccepted> {
+    pub(crate) async fn report(&self, report: &StatusReport) -> anyhow::Result<StatusAccepted> {
         match self {
             Reporter::Agent(control_plane) => Ok(control_plane.report(report).await?),
             // as `ControlPlane::report` sends it
@@ -52,7 +52,7 @@ impl Reporter {
 }
 
 /// A report of every configuration at its generation: compliant, or failed with a message.
-fn report(configurations: &[(String, i64)], compliant: bool, agent: usize) -> StatusReport {
+pub(crate) fn report(configurations: &[(String, i64)], compliant: bool, agent: usize) -> StatusReport {
     StatusReport {
         agent: Default::default(),
         extensions: Vec::new(),

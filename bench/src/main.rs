@@ -1,7 +1,8 @@
 //! `fluxplane-bench`: measures the control plane over real HTTP against a server it starts itself, on each backend.
 //!
 //! Scenarios: server memory with idle long-polls, configuration PUT throughput with concurrent clients, listing a
-//! cluster's configurations through paging, status ingestion from many agents, propagation (write to agent
+//! cluster's configurations through paging, status ingestion from many agents, a burst of reports from every agent
+//! at once, propagation (write to agent
 //! receipt, write to first status) with simulated agents long-polling, a policy assignment reaching a fleet, a
 //! staged rollout of one across the fleet in ten batches, the fleet compliance summary, what real agents re-checking
 //! their clusters cost the control plane, a Git push reaching the agents of the configurations it concerns (to
@@ -11,6 +12,7 @@
 
 mod alerts;
 mod assignment;
+mod burst;
 mod ceiling;
 mod fleet;
 mod ingestion;
@@ -72,6 +74,12 @@ struct Args {
     /// Reports each agent sends in the ingestion scenario.
     #[arg(long, default_value_t = 10)]
     ingestion_reports: usize,
+    /// Agents reporting at once in the burst scenario (in a process of their own), one report each.
+    #[arg(long, default_value_t = 10_000)]
+    burst_agents: usize,
+    /// Configurations of each agent's cluster in the burst scenario (each report covers them all).
+    #[arg(long, default_value_t = 1)]
+    burst_configurations: usize,
     /// Simulated agents long-polling in the memory scenario (in the simulator's process).
     #[arg(long, default_value_t = 10_000)]
     memory_agents: usize,
@@ -130,6 +138,9 @@ enum Command {
     /// Run the HTTP ceiling's pollers against its server (started by the benchmark itself), printing what they
     /// receive as `simulate` does, until standard input closes.
     CeilingPollers(ceiling::PollersArgs),
+    /// Run the burst scenario's agents against a running control plane (or, with `--ceiling`, its HTTP ceiling):
+    /// get them ready, say `ready`, send every report at once on the next input line, print the outcome as JSON.
+    BurstReporters(burst::BurstArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +149,7 @@ enum Scenario {
     Throughput,
     Listing,
     Ingestion,
+    Burst,
     Propagation,
     Assignment,
     Rollout,
@@ -314,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Simulate(simulate)) => return fleet::simulate(simulate).await,
         Some(Command::CeilingPollers(pollers)) => return ceiling::pollers(pollers).await,
+        Some(Command::BurstReporters(reporters)) => return burst::reporters(reporters).await,
         None => {}
     }
     // the server's own log (RUST_LOG; its errors explain a failed run)
@@ -325,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
         args.configurations = 300;
         args.repeat = 2;
         args.ingestion_agents = 20;
+        args.burst_agents = 20;
         args.memory_agents = 50;
         args.agents = 20;
         args.writes = 40;
@@ -379,6 +393,22 @@ async fn main() -> anyhow::Result<()> {
                 args.ingestion_agents,
                 args.ingestion_configurations,
                 args.ingestion_reports,
+                &mut figures,
+                name,
+            )
+            .await?;
+            target.server.stop().await;
+        }
+        if wanted(Scenario::Burst) {
+            eprintln!(
+                "{name}: {} agents reporting at once ({} configurations each)",
+                args.burst_agents, args.burst_configurations
+            );
+            let target = Target::start(*backend).await?;
+            burst::burst(
+                &target,
+                args.burst_agents,
+                args.burst_configurations,
                 &mut figures,
                 name,
             )
@@ -482,6 +512,8 @@ async fn main() -> anyhow::Result<()> {
             "ingestion_agents": args.ingestion_agents,
             "ingestion_configurations": args.ingestion_configurations,
             "ingestion_reports": args.ingestion_reports,
+            "burst_agents": args.burst_agents,
+            "burst_configurations": args.burst_configurations,
             "memory_agents": args.memory_agents,
             "agents": args.agents,
             "writes": args.writes,

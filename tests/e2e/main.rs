@@ -26,5 +26,6 @@ mod managed_identity;
 mod policy_assignments;
 mod resource_manager;
 mod secrets;
+mod status_reports;
 mod tls;
 mod ui;

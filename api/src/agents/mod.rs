@@ -2,4 +2,5 @@
 //! desired state and report status back. The wire types are in `fluxplane-agent-protocol`.
 
 pub mod auth;
+pub mod ingest;
 pub mod routes;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{
     ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState, EncryptionKeyRegistration,
@@ -19,6 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::AgentCaller;
+use super::ingest::Submission;
 use crate::arm::body::SanitizedJsonBody;
 use crate::arm::body::parse;
 use crate::arm::{ArmQuery, JsonBody};
@@ -27,7 +28,7 @@ use crate::extensions::model::ExtensionObserved;
 use crate::extensions::service::resource_key as extension_resource_key;
 use crate::flux::model::Observed;
 use crate::lifecycle::{self, ProvisioningState};
-use crate::model::{ExtensionRecord, ExtensionReportWrite, ReportWrite};
+use crate::model::{ConfigurationReportWrite, ExtensionRecord, ExtensionReportWrite, HeartbeatWrite, ReportWrite};
 use crate::state::AppState;
 
 /// How long a poll waits when the agent does not say.
@@ -164,6 +165,7 @@ fn quiet_since(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
 async fn report_status(
     State(state): State<AppState>,
     agent: AgentCaller,
+    headers: HeaderMap,
     SanitizedJsonBody(body): SanitizedJsonBody,
 ) -> ApiResult<Json<StatusAccepted>> {
     let report: StatusReport = parse(body, "")?;
@@ -174,42 +176,57 @@ async fn report_status(
         ));
     }
     let now = Utc::now();
-    let writes = report
+    let reports = report
         .configurations
         .iter()
         .enumerate()
-        .map(|(i, entry)| Ok((entry, report_write(entry, now, i)?)))
+        .map(|(i, entry)| {
+            Ok(ConfigurationReportWrite {
+                cluster_id: agent.cluster_id,
+                name: entry.name.clone(),
+                generation: entry.generation,
+                resource_key: format!("{}/{}", agent.cluster.key(), entry.name),
+                write: report_write(entry, now, i)?,
+                secrets_version: entry.secrets_version,
+            })
+        })
         .collect::<ApiResult<Vec<_>>>()?;
-    let mut results = Vec::with_capacity(writes.len());
-    for (entry, write) in writes {
-        let resource_key = format!("{}/{}", agent.cluster.key(), entry.name);
-        let result = state
-            .store
-            .apply_report(
-                agent.cluster_id,
-                &entry.name,
-                entry.generation,
-                &resource_key,
-                &write,
-                entry.secrets_version,
-                now,
-            )
-            .await?;
-        if let Some(written_at) = result.written_at {
-            let latency = (now - written_at).to_std().unwrap_or_default();
-            state.metrics.status_latency.observe(latency.as_secs_f64());
+    let heartbeat = agent
+        .last_heard
+        .heartbeat_due(quiet_since(&state, now), Some(&report.agent))
+        .then(|| HeartbeatWrite {
+            cluster_id: agent.cluster_id,
+            info: report.agent.clone(),
+        });
+    let mut results = Vec::with_capacity(reports.len());
+    if !reports.is_empty() || heartbeat.is_some() {
+        // its share of the queue: the request's size as sent, or the largest a request may be
+        let bytes = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(state.config.max_body_bytes);
+        let applied = state.reports.submit(Submission { reports, heartbeat }, bytes).await?;
+        if applied.revision == Some(None) {
+            return Err(ApiError::AuthenticationFailed(
+                "the cluster is no longer registered".into(),
+            ));
         }
-        let result = result.disposition;
-        state.metrics.agent_report(match result {
-            ReportDisposition::Recorded => "Recorded",
-            ReportDisposition::Stale => "Stale",
-            ReportDisposition::Unknown => "Unknown",
-        });
-        results.push(ReportResult {
-            name: entry.name.clone(),
-            generation: entry.generation,
-            result,
-        });
+        for (entry, outcome) in report.configurations.iter().zip(applied.reports) {
+            if let Some(written_at) = outcome.written_at {
+                let latency = (now - written_at).to_std().unwrap_or_default();
+                state.metrics.status_latency.observe(latency.as_secs_f64());
+            }
+            state.metrics.agent_report(match outcome.disposition {
+                ReportDisposition::Recorded => "Recorded",
+                ReportDisposition::Stale => "Stale",
+                ReportDisposition::Unknown => "Unknown",
+            });
+            results.push(ReportResult {
+                name: entry.name.clone(),
+                generation: entry.generation,
+                result: outcome.disposition,
+            });
+        }
     }
     // a batch of a rollout may be done now
     state.rollouts.reported();
@@ -232,16 +249,6 @@ async fn report_status(
             generation: entry.generation,
             result: result.disposition,
         });
-    }
-    if agent
-        .last_heard
-        .heartbeat_due(quiet_since(&state, now), Some(&report.agent))
-    {
-        state
-            .store
-            .heartbeat(agent.cluster_id, now, Some(&report.agent))
-            .await?
-            .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     }
     Ok(Json(StatusAccepted { results, extensions }))
 }

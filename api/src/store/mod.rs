@@ -5,6 +5,7 @@
 //! Both implementations share their SQL (see `sql.rs`); each adds only what its engine needs to connect.
 
 mod alerts;
+mod batch;
 mod dashboards;
 mod fleet;
 mod postgres;
@@ -26,11 +27,12 @@ use crate::fleet::commits::Sighting;
 use crate::fleet::receivers::model::LastPush;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
-    AgentInfo, AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, ClusterGroupRecord, ClusterRecord, ClusterTags,
-    ConfigurationRecord, ConfigurationState, DeliveryRecord, DesiredRecords, DispatchLimits, Dispatched, Expired,
-    ExtensionRecord, ExtensionReportWrite, FailingGauges, FinishedDelivery, FleetGauges, GitReceiverRecord, GitSource,
-    GroupDelete, HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReceiverStatus, ReconcileTarget,
-    ReportOutcome, ReportWrite, Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
+    AgentInfo, AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, BatchOutcome, ClusterGroupRecord, ClusterRecord,
+    ClusterTags, ConfigurationRecord, ConfigurationReportWrite, ConfigurationState, DeliveryRecord, DesiredRecords,
+    DispatchLimits, Dispatched, Expired, ExtensionRecord, ExtensionReportWrite, FailingGauges, FinishedDelivery,
+    FleetGauges, GitReceiverRecord, GitSource, GroupDelete, HeartbeatWrite, HistoryQuery, HistoryRows, OperationRecord,
+    PolicyAssignmentRecord, ReceiverStatus, ReconcileTarget, ReportOutcome, Rollup, SecretsWrite, StateCount,
+    StateCountQuery, StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -482,20 +484,19 @@ pub trait Store: Dashboards + Receivers + Alerts {
     /// many.
     async fn time_out_reconciliations(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 
-    /// Applies a report about the configuration `name` at `generation`, if that is still its generation, and ends
-    /// the operation of that generation. `resource_key` names the configuration's operations. Whatever the
-    /// generation, `secrets_version` acknowledges the sealed secrets up to it, which are deleted.
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_report(
+    /// Applies the reports of many agents and records their heartbeats, in one transaction. Each report about the
+    /// configuration `name` at `generation` applies if that is still its generation (else it is `Stale`, or
+    /// `Unknown` without such a configuration) and ends the operation of that generation (filed under
+    /// `resource_key`); whatever the generation, its `secrets_version` acknowledges the sealed secrets up to it,
+    /// which are deleted. Each report's outcome is what it would be alone: they apply in the order given (a
+    /// configuration reported twice is applied twice, the later last). Then each heartbeat is recorded as
+    /// `heartbeat` records it. All of it is committed, or none (an error).
+    async fn apply_reports(
         &self,
-        cluster_id: i64,
-        name: &str,
-        generation: i64,
-        resource_key: &str,
-        write: &ReportWrite,
-        secrets_version: Option<i64>,
+        reports: &[ConfigurationReportWrite],
+        heartbeats: &[HeartbeatWrite],
         at: DateTime<Utc>,
-    ) -> StoreResult<ReportOutcome>;
+    ) -> StoreResult<BatchOutcome>;
 }
 
 /// Opens the store a database URL names and brings its schema up to date.

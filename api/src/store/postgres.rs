@@ -19,7 +19,7 @@ use super::dashboards::{
 use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, extension_columns,
-    policy_assignment_columns, sql_store,
+    heartbeat_statement, policy_assignment_columns, sql_store,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -235,8 +235,224 @@ sql_store!(
                 }
             }
         }
+
+        // Set-based: a round's plain reports (a status, no secrets acknowledged, nothing restored) are one UPDATE of
+        // the configurations, whose statement-level triggers (history, rollup deltas, alerts) then run once for
+        // them all, and one UPDATE of their operations; a round is a round trip or three, not three per report.
+        // The rest, rare, run one by one (`apply_one_report`). The heartbeats are one UPDATE of the clusters after.
+        async fn apply_reports(
+            &self,
+            reports: &[crate::model::ConfigurationReportWrite],
+            heartbeats: &[crate::model::HeartbeatWrite],
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<crate::model::BatchOutcome> {
+            let mut tx = super::begin(&self.pool, None).await?;
+            let mut outcomes = vec![None; reports.len()];
+            for round in super::batch::rounds(reports.iter().map(|r| (r.cluster_id, r.name.as_str()))) {
+                let (plain, others): (Vec<usize>, Vec<usize>) =
+                    round.into_iter().partition(|&i| set_based(&reports[i]));
+                for i in others {
+                    outcomes[i] = Some(Self::apply_one_report(&mut tx, &reports[i], at).await?);
+                }
+                apply_statuses(&mut tx, reports, &plain, at, &mut outcomes).await?;
+            }
+            let revisions = record_heartbeats(&mut tx, heartbeats, at).await?;
+            self.commit(tx).await?;
+            let reports = outcomes
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| super::StoreError::NotReady("a report of the batch was left unapplied".into()))?;
+            Ok(crate::model::BatchOutcome { reports, revisions })
+        }
     }
 );
+
+/// Whether a report is applied with its round's others in one statement: a status, acknowledging no secrets (their
+/// deletion locks the row first, report by report) and restoring nothing (a history row of its own).
+fn set_based(report: &crate::model::ConfigurationReportWrite) -> bool {
+    report.secrets_version.is_none()
+        && matches!(&report.write, crate::model::ReportWrite::Status { restored, .. } if restored.is_empty())
+}
+
+/// Applies the plain reports at `positions` (each naming another configuration) as `apply_one_report` would, in three
+/// statements for them all, and fills their outcomes.
+async fn apply_statuses(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    reports: &[crate::model::ConfigurationReportWrite],
+    positions: &[usize],
+    at: chrono::DateTime<chrono::Utc>,
+    outcomes: &mut [Option<crate::model::ReportOutcome>],
+) -> Result<(), sqlx::Error> {
+    use crate::model::{ReportDisposition, ReportOutcome, ReportWrite};
+    use fluxplane_agent_protocol::flux::ComplianceState;
+    use sqlx::types::Json;
+
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let n = positions.len();
+    let (mut at_position, mut clusters, mut names, mut generations) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut provisioning, mut compliance, mut observed) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut keys, mut operation_status, mut operation_error, mut compliant) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for &i in positions {
+        let report = &reports[i];
+        let ReportWrite::Status {
+            provisioning_state,
+            compliance_state,
+            observed: seen,
+            operation_status: status,
+            operation_error: error,
+            ..
+        } = &report.write
+        else {
+            continue;
+        };
+        at_position.push(i as i64);
+        clusters.push(report.cluster_id);
+        names.push(report.name.as_str());
+        generations.push(report.generation);
+        provisioning.push(provisioning_state.as_str());
+        compliance.push(compliance_state.as_str());
+        observed.push(Json(seen.as_ref()));
+        keys.push(report.resource_key.as_str());
+        operation_status.push(status.as_str());
+        operation_error.push(error.as_ref());
+        // an operation that waits for reconciliation succeeds only on a Compliant report; a failure ends it
+        compliant.push(*compliance_state == ComplianceState::Compliant);
+    }
+    let recorded: Vec<i64> = sqlx::query_scalar(
+        "UPDATE flux_configurations f SET provisioning_state = r.provisioning_state, \
+         compliance_state = r.compliance_state, observed = r.observed, reported_generation = r.generation, \
+         generation_expires_at = NULL \
+         FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::JSONB[]) \
+         AS r(position, cluster_id, name, generation, provisioning_state, compliance_state, observed) \
+         WHERE f.cluster_id = r.cluster_id AND f.name = r.name AND f.generation = r.generation \
+         AND f.provisioning_state <> 'Deleting' AND f.failure IS NULL \
+         RETURNING r.position",
+    )
+    .bind(&at_position)
+    .bind(&clusters)
+    .bind(&names)
+    .bind(&generations)
+    .bind(&provisioning)
+    .bind(&compliance)
+    .bind(&observed)
+    .fetch_all(&mut **tx)
+    .await?;
+    let recorded: std::collections::HashSet<i64> = recorded.into_iter().collect();
+    // the others are stale or unknown: the generation the configuration holds, if it is there, says which
+    let missed: Vec<usize> = (0..n).filter(|&k| !recorded.contains(&at_position[k])).collect();
+    if !missed.is_empty() {
+        let current: Vec<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT r.position, f.generation FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[]) \
+             AS r(position, cluster_id, name) \
+             LEFT JOIN flux_configurations f ON f.cluster_id = r.cluster_id AND f.name = r.name",
+        )
+        .bind(missed.iter().map(|&k| at_position[k]).collect::<Vec<_>>())
+        .bind(missed.iter().map(|&k| clusters[k]).collect::<Vec<_>>())
+        .bind(missed.iter().map(|&k| names[k]).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        for (position, generation) in current {
+            outcomes[position as usize] = Some(ReportOutcome {
+                disposition: crate::lifecycle::unrecorded(generation),
+                written_at: None,
+            });
+        }
+    }
+    let ended: Vec<usize> = (0..n).filter(|&k| recorded.contains(&at_position[k])).collect();
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let written: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "UPDATE operations o SET status = r.status, end_time = $1, error = r.error \
+         FROM unnest($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::JSONB[], $7::BOOLEAN[]) \
+         AS r(position, resource_key, generation, status, error, compliant) \
+         WHERE o.resource_key = r.resource_key AND o.generation = r.generation AND o.status = 'InProgress' \
+         AND (o.reconcile_by IS NULL OR r.compliant OR r.status <> 'Succeeded') \
+         RETURNING r.position, o.start_time",
+    )
+    .bind(at)
+    .bind(ended.iter().map(|&k| at_position[k]).collect::<Vec<_>>())
+    .bind(ended.iter().map(|&k| keys[k]).collect::<Vec<_>>())
+    .bind(ended.iter().map(|&k| generations[k]).collect::<Vec<_>>())
+    .bind(ended.iter().map(|&k| operation_status[k]).collect::<Vec<_>>())
+    .bind(ended.iter().map(|&k| operation_error[k].map(Json)).collect::<Vec<_>>())
+    .bind(ended.iter().map(|&k| compliant[k]).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut started: std::collections::HashMap<i64, chrono::DateTime<chrono::Utc>> = std::collections::HashMap::new();
+    for (position, start_time) in written {
+        started.entry(position).or_insert(start_time);
+    }
+    for k in ended {
+        let position = at_position[k];
+        outcomes[position as usize] = Some(ReportOutcome {
+            disposition: ReportDisposition::Recorded,
+            written_at: started.get(&position).copied(),
+        });
+    }
+    Ok(())
+}
+
+/// Records the heartbeats as `heartbeat` would one after another, in one statement: a cluster heard from twice gets
+/// the time once and what its agent said last of each fact. Answers each heartbeat's revision, in order.
+async fn record_heartbeats(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    heartbeats: &[crate::model::HeartbeatWrite],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    if heartbeats.is_empty() {
+        return Ok(Vec::new());
+    }
+    // in id order, so that two batches lock the clusters they share in the same order
+    let mut merged: std::collections::BTreeMap<i64, crate::model::AgentInfo> = std::collections::BTreeMap::new();
+    for heartbeat in heartbeats {
+        let known = merged.entry(heartbeat.cluster_id).or_default();
+        let said = heartbeat.info.clone();
+        known.agent_version = said.agent_version.or(known.agent_version.take());
+        known.kubernetes_version = said.kubernetes_version.or(known.kubernetes_version.take());
+        known.total_node_count = said.total_node_count.or(known.total_node_count);
+    }
+    let revisions: std::collections::HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+        "UPDATE clusters c SET last_connectivity_time = $1, connectivity_status = 'Connected', \
+         agent_version = COALESCE(h.agent_version, c.agent_version), \
+         kubernetes_version = COALESCE(h.kubernetes_version, c.kubernetes_version), \
+         total_node_count = COALESCE(h.total_node_count, c.total_node_count) \
+         FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[]) \
+         AS h(id, agent_version, kubernetes_version, total_node_count) \
+         WHERE c.id = h.id RETURNING c.id, c.revision",
+    )
+    .bind(at)
+    .bind(merged.keys().copied().collect::<Vec<_>>())
+    .bind(merged.values().map(|i| i.agent_version.clone()).collect::<Vec<_>>())
+    .bind(
+        merged
+            .values()
+            .map(|i| i.kubernetes_version.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(merged.values().map(|i| i.total_node_count).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(heartbeats
+        .iter()
+        .map(|h| revisions.get(&h.cluster_id).copied())
+        .collect())
+}
 
 super::receivers::receivers_store!(
     PgStore,

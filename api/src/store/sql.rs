@@ -58,6 +58,16 @@ macro_rules! cluster_group_columns {
     };
 }
 
+/// Records that the agent of cluster `$5` was heard from at `$1`, saying its agent version `$2`, Kubernetes version
+/// `$3` and node count `$4` where it says them; answers the cluster's revision.
+macro_rules! heartbeat_statement {
+    () => {
+        "UPDATE clusters SET last_connectivity_time = $1, connectivity_status = 'Connected', \
+         agent_version = COALESCE($2, agent_version), kubernetes_version = COALESCE($3, kubernetes_version), \
+         total_node_count = COALESCE($4, total_node_count) WHERE id = $5 RETURNING revision"
+    };
+}
+
 /// Binds what both configuration writes store of `$c` (a `ConfigurationRecord`), eleven parameters in this
 /// order: spec, secrets version, generation, etag, provisioning and compliance state, observed, system data, the
 /// secrets' and the generation's expiry, failure. A macro because the writes' queries differ in type.
@@ -1075,20 +1085,14 @@ macro_rules! sql_store {
                 info: Option<&$crate::model::AgentInfo>,
             ) -> $crate::store::StoreResult<Option<i64>> {
                 let info = info.cloned().unwrap_or_default();
-                Ok(sqlx::query_scalar::<$db, i64>(
-                    "UPDATE clusters SET last_connectivity_time = $1, connectivity_status = 'Connected', \
-                     agent_version = COALESCE($2, agent_version), \
-                     kubernetes_version = COALESCE($3, kubernetes_version), \
-                     total_node_count = COALESCE($4, total_node_count) \
-                     WHERE id = $5 RETURNING revision",
-                )
-                .bind(at)
-                .bind(info.agent_version)
-                .bind(info.kubernetes_version)
-                .bind(info.total_node_count)
-                .bind(cluster_id)
-                .fetch_optional(&self.pool)
-                .await?)
+                Ok(sqlx::query_scalar::<$db, i64>(heartbeat_statement!())
+                    .bind(at)
+                    .bind(info.agent_version)
+                    .bind(info.kubernetes_version)
+                    .bind(info.total_node_count)
+                    .bind(cluster_id)
+                    .fetch_optional(&self.pool)
+                    .await?)
             }
 
             async fn revision(&self, cluster_id: i64) -> $crate::store::StoreResult<Option<i64>> {
@@ -1216,18 +1220,27 @@ macro_rules! sql_store {
                 self.commit(tx).await?;
                 Ok(expired)
             }
+        }
 
-            async fn apply_report(
-                &self,
-                cluster_id: i64,
-                name: &str,
-                generation: i64,
-                resource_key: &str,
-                write: &$crate::model::ReportWrite,
-                secrets_version: Option<i64>,
+        $crate::store::fleet::fleet_helpers!($store, $db, $lock, $write);
+
+        impl $store {
+            /// Applies one configuration's report in `tx`, as `Store::apply_reports` says: SQLite's batches apply each
+            /// report so, PostgreSQL's those it does not apply set-based.
+            async fn apply_one_report(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                report: &$crate::model::ConfigurationReportWrite,
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<$crate::model::ReportOutcome> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+            ) -> Result<$crate::model::ReportOutcome, sqlx::Error> {
+                let $crate::model::ConfigurationReportWrite {
+                    cluster_id,
+                    name,
+                    generation,
+                    resource_key,
+                    write,
+                    secrets_version,
+                } = report;
+                let (cluster_id, generation, secrets_version) = (*cluster_id, *generation, *secrets_version);
                 if let Some(version) = secrets_version {
                     // the cluster holds the secrets: the control plane's copy goes, whatever became of the rest.
                     // The configuration's row is locked first, as a configuration write locks it before its sealed
@@ -1241,13 +1254,13 @@ macro_rules! sql_store {
                     .bind(cluster_id)
                     .bind(name)
                     .bind(version)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
                     if let Some(configuration_id) = holding {
                         sqlx::query::<$db>("DELETE FROM sealed_secrets WHERE version <= $1 AND configuration_id = $2")
                             .bind(version)
                             .bind(configuration_id)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await?;
                         sqlx::query::<$db>(
                             "UPDATE flux_configurations SET secrets_expire_at = NULL \
@@ -1256,7 +1269,7 @@ macro_rules! sql_store {
                         )
                         .bind(cluster_id)
                         .bind(name)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                     }
                 }
@@ -1281,7 +1294,7 @@ macro_rules! sql_store {
                         .bind(generation)
                         .bind(cluster_id)
                         .bind(name)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                         if done.rows_affected() > 0 {
                             // what the agent restored is history the triggers cannot see: the status may not move
@@ -1302,7 +1315,7 @@ macro_rules! sql_store {
                                 .bind(message)
                                 .bind(cluster_id)
                                 .bind(name)
-                                .execute(&mut *tx)
+                                .execute(&mut **tx)
                                 .await?;
                             }
                         }
@@ -1316,7 +1329,7 @@ macro_rules! sql_store {
                         .bind(cluster_id)
                         .bind(name)
                         .bind(generation)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                         (done.rows_affected() > 0, $crate::lifecycle::OperationState::Succeeded, None)
                     }
@@ -1327,9 +1340,8 @@ macro_rules! sql_store {
                     )
                     .bind(cluster_id)
                     .bind(name)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
-                    self.commit(tx).await?;
                     return Ok($crate::model::ReportOutcome {
                         disposition: $crate::lifecycle::unrecorded(current),
                         written_at: None,
@@ -1353,19 +1365,14 @@ macro_rules! sql_store {
                 .bind(resource_key)
                 .bind(generation)
                 .bind(compliant)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
-                self.commit(tx).await?;
                 Ok($crate::model::ReportOutcome {
                     disposition: $crate::model::ReportDisposition::Recorded,
                     written_at,
                 })
             }
-        }
 
-        $crate::store::fleet::fleet_helpers!($store, $db, $lock, $write);
-
-        impl $store {
             async fn delete_sealed_secrets(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 configuration_id: i64,
@@ -1505,5 +1512,5 @@ macro_rules! sql_store {
 
 pub(super) use {
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
-    extension_columns, policy_assignment_columns, sql_store,
+    extension_columns, heartbeat_statement, policy_assignment_columns, sql_store,
 };

@@ -17,7 +17,7 @@ use super::dashboards::{
 use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
-    extension_columns, policy_assignment_columns, sql_store,
+    extension_columns, heartbeat_statement, policy_assignment_columns, sql_store,
 };
 use crate::notify::Notifier;
 
@@ -122,6 +122,34 @@ sql_store!(
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Arc::downgrade(&notifier));
             Ok(())
+        }
+
+        // A statement costs SQLite a call into the library in this process, and a commit a flush of its log: a batch
+        // is each report's statements (`apply_one_report`), in a transaction for all.
+        async fn apply_reports(
+            &self,
+            reports: &[crate::model::ConfigurationReportWrite],
+            heartbeats: &[crate::model::HeartbeatWrite],
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<crate::model::BatchOutcome> {
+            let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
+            let mut outcome = crate::model::BatchOutcome::default();
+            for report in reports {
+                outcome.reports.push(Self::apply_one_report(&mut tx, report, at).await?);
+            }
+            for heartbeat in heartbeats {
+                let revision = sqlx::query_scalar::<sqlx::Sqlite, i64>(heartbeat_statement!())
+                    .bind(at)
+                    .bind(&heartbeat.info.agent_version)
+                    .bind(&heartbeat.info.kubernetes_version)
+                    .bind(heartbeat.info.total_node_count)
+                    .bind(heartbeat.cluster_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                outcome.revisions.push(revision);
+            }
+            self.commit(tx).await?;
+            Ok(outcome)
         }
 
         // SQLite has no data-modifying CTEs: a configuration write is a transaction of a statement per table.

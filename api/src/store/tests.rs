@@ -99,6 +99,48 @@ async fn registered(store: &Arc<dyn Store>, name: &str) -> ClusterRecord {
         .expect("the cluster just inserted")
 }
 
+/// One report applied alone: a batch of one, as a request carrying one report without a heartbeat is applied.
+#[async_trait::async_trait]
+trait ApplyAlone {
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_report(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        generation: i64,
+        resource_key: &str,
+        write: &crate::model::ReportWrite,
+        secrets_version: Option<i64>,
+        at: chrono::DateTime<Utc>,
+    ) -> super::StoreResult<crate::model::ReportOutcome>;
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> ApplyAlone for S {
+    async fn apply_report(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        generation: i64,
+        resource_key: &str,
+        write: &crate::model::ReportWrite,
+        secrets_version: Option<i64>,
+        at: chrono::DateTime<Utc>,
+    ) -> super::StoreResult<crate::model::ReportOutcome> {
+        let report = crate::model::ConfigurationReportWrite {
+            cluster_id,
+            name: name.to_owned(),
+            generation,
+            resource_key: resource_key.to_owned(),
+            write: write.clone(),
+            secrets_version,
+        };
+        let mut outcome = self.apply_reports(&[report], &[], at).await?;
+        assert_eq!(outcome.reports.len(), 1, "one outcome per report");
+        Ok(outcome.reports.remove(0))
+    }
+}
+
 fn page(after: Option<String>, limit: u32) -> PageRequest {
     PageRequest { after, limit }
 }
@@ -2765,6 +2807,184 @@ async fn concurrent_throttle_case(backend: Backend) {
         assert_eq!(log.len(), 2);
         assert_eq!(log[0].message.digest.as_ref().unwrap().events, (FLAPS - 1) as u64);
         assert_eq!(log[0].message.kind, "BecameCompliant", "the flapping's last state");
+    })
+    .await;
+}
+
+fn batched(
+    cluster: &ClusterRecord,
+    name: &str,
+    generation: i64,
+    write: crate::model::ReportWrite,
+) -> crate::model::ConfigurationReportWrite {
+    crate::model::ConfigurationReportWrite {
+        cluster_id: cluster.id,
+        name: name.to_owned(),
+        generation,
+        resource_key: format!("{}/{name}", cluster.key),
+        write,
+        secrets_version: None,
+    }
+}
+
+on_both_backends!(
+    a_batch_of_reports_answers_each_as_if_applied_alone_and_in_order,
+    batch_case
+);
+async fn batch_case(backend: Backend) {
+    use crate::model::{AgentInfo, HeartbeatWrite, ReportDisposition};
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let (c1, c2) = (registered(&store, "c1").await, registered(&store, "c2").await);
+        let mut operations = BTreeMap::new();
+        for (c, name) in [(&c1, "a"), (&c1, "b"), (&c2, "a")] {
+            let op = operation(&format!("{}/{name}", c.key), 1);
+            store
+                .insert_configuration(&configuration(c.id, name), &SecretsWrite::Keep, &op)
+                .await
+                .unwrap();
+            operations.insert((c.id, name), op.id);
+        }
+        // b moves on to generation 2: a report on 1 is stale
+        let stored = store.get_configuration(c1.id, "b").await.unwrap().unwrap();
+        let next = ConfigurationRecord {
+            generation: 2,
+            etag: "e2".into(),
+            ..stored.clone()
+        };
+        let b_key = format!("{}/b", c1.key);
+        store
+            .update_configuration(&next, &SecretsWrite::Keep, &stored.etag, &operation(&b_key, 2))
+            .await
+            .unwrap();
+        // held's secrets are acknowledged in the batch
+        with_secrets(
+            &store,
+            c2.id,
+            "held",
+            "agent-key",
+            Utc::now() + chrono::Duration::hours(1),
+        )
+        .await;
+        let mut acknowledging = batched(&c2, "held", 1, applied(ComplianceState::Compliant));
+        acknowledging.secrets_version = Some(1);
+
+        let reports = vec![
+            batched(&c1, "a", 1, applied(ComplianceState::Compliant)),
+            batched(&c1, "b", 1, applied(ComplianceState::Compliant)),
+            batched(&c1, "gone", 1, applied(ComplianceState::Compliant)),
+            batched(&c2, "a", 1, applied(ComplianceState::Compliant)),
+            // the same configuration again, later: applied after the first, as it would be alone
+            batched(&c1, "a", 1, applied(ComplianceState::NonCompliant)),
+            acknowledging,
+        ];
+        let heartbeats = vec![
+            HeartbeatWrite {
+                cluster_id: c1.id,
+                info: AgentInfo {
+                    agent_version: Some("1.2.3".into()),
+                    ..Default::default()
+                },
+            },
+            HeartbeatWrite {
+                cluster_id: 987_654,
+                info: AgentInfo::default(),
+            },
+            HeartbeatWrite {
+                cluster_id: c1.id,
+                info: AgentInfo {
+                    total_node_count: Some(3),
+                    ..Default::default()
+                },
+            },
+        ];
+        let outcome = store.apply_reports(&reports, &heartbeats, Utc::now()).await.unwrap();
+        let dispositions: Vec<_> = outcome.reports.iter().map(|o| o.disposition).collect();
+        assert_eq!(
+            dispositions,
+            [
+                ReportDisposition::Recorded,
+                ReportDisposition::Stale,
+                ReportDisposition::Unknown,
+                ReportDisposition::Recorded,
+                ReportDisposition::Recorded,
+                ReportDisposition::Recorded,
+            ]
+        );
+        assert!(
+            outcome.reports[0].written_at.is_some(),
+            "the first report on a write ends its operation"
+        );
+        assert!(outcome.reports[3].written_at.is_some());
+        assert_eq!(outcome.reports[4].written_at, None, "the operation had ended already");
+        assert_eq!(
+            store
+                .get_operation(&operations[&(c1.id, "a")])
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "Succeeded"
+        );
+
+        let a = store.get_configuration(c1.id, "a").await.unwrap().unwrap();
+        assert_eq!(
+            a.compliance_state,
+            ComplianceState::NonCompliant,
+            "the later report is the status"
+        );
+        let b = store.get_configuration(c1.id, "b").await.unwrap().unwrap();
+        assert_eq!(b.reported_generation, None, "a stale report changed nothing");
+        let held = store.get_configuration(c2.id, "held").await.unwrap().unwrap();
+        assert_eq!(held.compliance_state, ComplianceState::Compliant);
+        assert_eq!(held.secrets_expire_at, None, "the acknowledged secrets are deleted");
+        assert!(undelivered(&store, c2.id, "held").await.is_empty());
+
+        let revision = store.revision(c1.id).await.unwrap();
+        assert!(revision.is_some());
+        assert_eq!(
+            outcome.revisions,
+            [revision, None, revision],
+            "a heartbeat of a cluster gone finds none"
+        );
+        let heard = store.get_cluster(&c1.key).await.unwrap().unwrap();
+        assert_eq!(heard.connectivity_status, "Connected");
+        assert_eq!(
+            heard.agent_version.as_deref(),
+            Some("1.2.3"),
+            "what the agent said first is kept"
+        );
+        assert_eq!(heard.total_node_count, Some(3));
+
+        // both reports on a are in its history, in the order they came
+        let history = store
+            .history(&crate::model::HistoryQuery {
+                subject: crate::model::HistorySubject::Configuration {
+                    cluster_id: c1.id,
+                    name: "a".into(),
+                },
+                resource_key: format!("{}/a", c1.key),
+                below: false,
+                from: Utc::now() - chrono::Duration::hours(1),
+                to: Utc::now() + chrono::Duration::hours(1),
+                after_status: 0,
+                after_write: 0,
+                after_rollout: 0,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let mut states: Vec<_> = history
+            .status
+            .iter()
+            .map(|s| (s.id, s.compliance_state.clone()))
+            .collect();
+        states.sort();
+        let states: Vec<_> = states.into_iter().map(|(_, state)| state).collect();
+        assert_eq!(states, ["Pending", "Compliant", "Non-Compliant"]);
+
+        let (rolled, truth) = rollups_and_truth(&store).await;
+        assert_eq!(rolled, truth, "the summary's rollups stay exact");
     })
     .await;
 }

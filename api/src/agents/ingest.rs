@@ -1,0 +1,276 @@
+//! The group commit of status reports. A report applied alone was a transaction, and a flush of the database's log,
+//! per configuration, with the configurations' triggers run per statement: a fleet reporting at once queued on
+//! commits. Reports are instead handed to one task per replica, which applies those waiting together in one
+//! transaction (`Store::apply_reports`), set-based where the engine allows. Each request is answered only once its
+//! batch is committed, with each report's own outcome (`Recorded`, `Stale`, `Unknown`) exactly as a report applied
+//! alone would have had, so nothing is acknowledged that is not committed.
+//!
+//! A batch that fails is applied again request by request, each in a transaction of its own, so that one bad
+//! request fails alone; an unreachable database fails the whole batch at once instead (each retry would wait for
+//! it). The queue is bounded by the size of the requests waiting in it: a request that does not fit is refused
+//! with 503 `ServerBusy` and `Retry-After`, which agents retry, so memory stays bounded whatever the fleet does.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::model::{BatchOutcome, ConfigurationReportWrite, HeartbeatWrite, ReportOutcome};
+use crate::store::Store;
+
+/// Configuration reports applied in one transaction at most: a larger backlog is applied in several, one after
+/// another, each request whole (a request carries at most 1,000, so the largest fits in one batch).
+pub const BATCH_REPORTS: usize = 1000;
+/// The request bytes the queue holds at most (its memory bound): 64 MiB, 100,000 reports of a configuration each.
+pub const QUEUE_BYTES: usize = 64 << 20;
+/// The unit the queue counts bytes in (a semaphore counts in `u32`).
+const QUEUE_UNIT: usize = 1024;
+
+/// One request's reports, and the agent's heartbeat if one is due.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub reports: Vec<ConfigurationReportWrite>,
+    pub heartbeat: Option<HeartbeatWrite>,
+}
+
+/// What became of a submission: each report's outcome, in order, and the heartbeat's cluster revision (`None`: no
+/// heartbeat was due; `Some(None)`: the cluster is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub reports: Vec<ReportOutcome>,
+    pub revision: Option<Option<i64>>,
+}
+
+/// A submission waiting in the queue, its room in it, and who to tell.
+struct Job {
+    submission: Submission,
+    _room: OwnedSemaphorePermit,
+    done: oneshot::Sender<Result<Applied, ApiError>>,
+}
+
+/// The handle requests submit through.
+#[derive(Clone)]
+pub struct Ingest {
+    sender: mpsc::UnboundedSender<Job>,
+    room: Arc<Semaphore>,
+}
+
+impl Ingest {
+    /// The queue, and the task that applies what it holds (it ends when every handle is gone).
+    pub fn start(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+        // the semaphore bounds the queue; the channel itself need not
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(QUEUE_BYTES / QUEUE_UNIT));
+        (Self { sender, room }, tokio::spawn(apply(store, receiver)))
+    }
+
+    /// Applies `submission` with whatever else is waiting; `bytes` is the request's size, its share of the queue.
+    /// Answers once it is committed, or 503 `ServerBusy` at once if the queue has no room for it.
+    pub async fn submit(&self, submission: Submission, bytes: usize) -> Result<Applied, ApiError> {
+        let units = u32::try_from(bytes.div_ceil(QUEUE_UNIT).clamp(1, QUEUE_BYTES / QUEUE_UNIT)).unwrap_or(u32::MAX);
+        let room = self.room.clone().try_acquire_many_owned(units).map_err(|_| {
+            ApiError::ServerBusy("the server holds as many status reports as it queues; retry shortly".into())
+        })?;
+        let (done, applied) = oneshot::channel();
+        self.sender
+            .send(Job {
+                submission,
+                _room: room,
+                done,
+            })
+            .map_err(|_| stopped())?;
+        applied.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> ApiError {
+    ApiError::NotReady("the status reports' writer has stopped".into())
+}
+
+/// How many of the waiting submissions, of these sizes in configuration reports, go in the next batch: as many as
+/// fit in `limit` reports, in order, and always the first (a request is never split).
+pub fn batch_len(sizes: impl IntoIterator<Item = usize>, limit: usize) -> usize {
+    let mut total = 0;
+    let mut taken = 0;
+    for size in sizes {
+        // a heartbeat alone costs a statement too
+        let size = size.max(1);
+        if taken > 0 && total + size > limit {
+            break;
+        }
+        total += size;
+        taken += 1;
+    }
+    taken
+}
+
+async fn apply(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Job>) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match receiver.recv().await {
+                Some(job) => waiting.push_back(job),
+                None => return,
+            }
+        }
+        // whatever arrived while the last batch was being written goes in the next
+        while let Ok(job) = receiver.try_recv() {
+            waiting.push_back(job);
+        }
+        let taken = batch_len(waiting.iter().map(|j| j.submission.reports.len()), BATCH_REPORTS);
+        let batch: Vec<Job> = waiting.drain(..taken).collect();
+        apply_batch(store.as_ref(), batch).await;
+    }
+}
+
+/// Applies a batch in one transaction and answers each of its requests; if that fails, applies each request alone.
+async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
+    let submissions: Vec<&Submission> = batch.iter().map(|j| &j.submission).collect();
+    match write(store, &submissions).await {
+        Ok(applied) => {
+            for (job, applied) in batch.into_iter().zip(applied) {
+                let _ = job.done.send(Ok(applied));
+            }
+        }
+        Err(err) if batch.len() == 1 || err.is_unavailable() => {
+            let answer = ApiError::from(err);
+            let message = answer.to_string();
+            let mut jobs = batch.into_iter();
+            if let Some(first) = jobs.next() {
+                let _ = first.done.send(Err(answer));
+            }
+            for job in jobs {
+                let _ = job.done.send(Err(ApiError::DatabaseUnavailable(message.clone())));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = ?err, requests = batch.len(), "a batch of status reports failed; applying each request alone");
+            for job in batch {
+                let applied = write(store, &[&job.submission])
+                    .await
+                    .map(|mut applied| applied.remove(0));
+                let _ = job.done.send(applied.map_err(ApiError::from));
+            }
+        }
+    }
+}
+
+/// One transaction for the submissions; answers what became of each, in order.
+async fn write(store: &dyn Store, submissions: &[&Submission]) -> crate::store::StoreResult<Vec<Applied>> {
+    let reports: Vec<ConfigurationReportWrite> = submissions.iter().flat_map(|s| s.reports.iter().cloned()).collect();
+    let heartbeats: Vec<HeartbeatWrite> = submissions.iter().filter_map(|s| s.heartbeat.clone()).collect();
+    let BatchOutcome { reports, revisions } = store.apply_reports(&reports, &heartbeats, Utc::now()).await?;
+    Ok(split(submissions, reports, revisions))
+}
+
+/// Hands each submission its share of a batch's outcome, in order.
+fn split(submissions: &[&Submission], reports: Vec<ReportOutcome>, revisions: Vec<Option<i64>>) -> Vec<Applied> {
+    let mut reports = reports.into_iter();
+    let mut revisions = revisions.into_iter();
+    submissions
+        .iter()
+        .map(|s| Applied {
+            reports: reports.by_ref().take(s.reports.len()).collect(),
+            revision: s.heartbeat.as_ref().map(|_| revisions.next().flatten()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AgentInfo, ReportDisposition};
+
+    #[test]
+    fn a_batch_takes_the_waiting_requests_in_order_while_their_reports_fit() {
+        assert_eq!(batch_len([400, 400, 300, 10], 1000), 2);
+        assert_eq!(batch_len([400, 600, 1], 1000), 2);
+    }
+
+    #[test]
+    fn a_request_larger_than_a_batch_is_never_split_and_goes_alone() {
+        assert_eq!(batch_len([1500, 1], 1000), 1);
+        assert_eq!(batch_len([1, 1500], 1000), 1);
+    }
+
+    #[test]
+    fn a_heartbeat_without_reports_counts_as_one_statement() {
+        assert_eq!(batch_len([0; 1500], 1000), 1000);
+    }
+
+    #[test]
+    fn nothing_waiting_makes_an_empty_batch() {
+        assert_eq!(batch_len([], 1000), 0);
+    }
+
+    fn outcome(disposition: ReportDisposition) -> ReportOutcome {
+        ReportOutcome {
+            disposition,
+            written_at: None,
+        }
+    }
+
+    fn submission(reports: usize, heartbeat: bool) -> Submission {
+        let report = ConfigurationReportWrite {
+            cluster_id: 1,
+            name: "cfg".into(),
+            generation: 1,
+            resource_key: "sub/rg/c1/cfg".into(),
+            write: crate::model::ReportWrite::Removed,
+            secrets_version: None,
+        };
+        Submission {
+            reports: vec![report; reports],
+            heartbeat: heartbeat.then(|| HeartbeatWrite {
+                cluster_id: 1,
+                info: AgentInfo::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn each_request_gets_its_own_reports_outcomes_and_its_own_heartbeat() {
+        let (a, b, c) = (submission(2, true), submission(0, true), submission(1, false));
+        let applied = split(
+            &[&a, &b, &c],
+            vec![
+                outcome(ReportDisposition::Recorded),
+                outcome(ReportDisposition::Stale),
+                outcome(ReportDisposition::Unknown),
+            ],
+            vec![Some(7), None],
+        );
+        assert_eq!(
+            applied,
+            vec![
+                Applied {
+                    reports: vec![outcome(ReportDisposition::Recorded), outcome(ReportDisposition::Stale)],
+                    revision: Some(Some(7)),
+                },
+                Applied {
+                    reports: Vec::new(),
+                    revision: Some(None),
+                },
+                Applied {
+                    reports: vec![outcome(ReportDisposition::Unknown)],
+                    revision: None,
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_the_queue_full_is_refused_as_busy_at_once() {
+        let (sender, _receiver) = mpsc::unbounded_channel();
+        let ingest = Ingest {
+            sender,
+            room: Arc::new(Semaphore::new(QUEUE_BYTES / QUEUE_UNIT)),
+        };
+        let _held = ingest.room.clone().try_acquire_many_owned(10).unwrap();
+        let refused = ingest.submit(submission(1, false), QUEUE_BYTES).await.unwrap_err();
+        assert!(matches!(refused, ApiError::ServerBusy(_)), "{refused:?}");
+        assert_eq!(refused.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
