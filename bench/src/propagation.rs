@@ -202,10 +202,10 @@ pub(crate) async fn simulated_agent(
 }
 
 /// The times of one timed write: until its agent held it, and until its status was accepted.
-struct Timed {
-    receipt: Vec<Duration>,
-    status: Vec<Duration>,
-    failed: usize,
+pub(crate) struct Timed {
+    pub(crate) receipt: Vec<Duration>,
+    pub(crate) status: Vec<Duration>,
+    pub(crate) failed: usize,
     exchange: Exchange,
     /// The body of the last write's answer.
     answer: Bytes,
@@ -213,7 +213,7 @@ struct Timed {
 
 /// Writes one at a time with `write(i)`, each waiting for the receipt `expect(i)` names (configuration and
 /// generation); the same loop times the server and its HTTP ceiling.
-async fn timed_writes<W, F>(
+pub(crate) async fn timed_writes<W, F>(
     fleet: &mut Fleet,
     writes: usize,
     mut write: W,
