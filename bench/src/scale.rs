@@ -2,8 +2,8 @@
 //! each on a server and database of its own, one row per size in the scaling table.
 //!
 //! At each size the simulated agents (in the simulator's process, see `fleet`) register and long-poll; then:
-//! - memory: this process's resident set (it runs the server) before the fleet connected and with every poll held,
-//!   per poll held;
+//! - memory: this process's resident set (it runs the server) before the fleet connected and with every poll held
+//!   (15 s after the last one arrived, when jemalloc has returned the pages their arrival freed), per poll held;
 //! - polls' CPU: this process's CPU time over a window of `POLL_WINDOW` in which every agent renews its 30 s poll
 //!   once and nothing else happens, per 1,000 polls answered (counted by the server's metrics);
 //! - propagation: `--scale-writes` configuration writes one at a time, spread over the fleet, each timed to its
@@ -42,6 +42,8 @@ const AGENTS_PER_CONNECTION: usize = 250;
 const ASSIGNMENTS: usize = 10;
 /// Longer than the agents' 30 s wait: every agent renews its poll once within it.
 const POLL_WINDOW: Duration = Duration::from_secs(31);
+/// Longer than jemalloc's dirty-page decay (10 s), over which it returns freed pages to the system.
+const ALLOCATOR_DECAY: Duration = Duration::from_secs(15);
 /// How long the longest steps may take at 100,000 agents: registering the fleet and bringing it to poll.
 const SETTLE: Duration = Duration::from_secs(1800);
 
@@ -70,7 +72,10 @@ pub struct Row {
     pub transport: String,
     /// Why the size was not measured, if it was not.
     pub skipped: Option<String>,
+    /// With every poll held, once the allocator has returned what the fleet's arrival freed.
     pub rss_mib: Option<f64>,
+    /// With every poll held, as the memory scenario reads it (half a second after).
+    pub rss_settled_mib: Option<f64>,
     pub rss_per_poll_kib: Option<f64>,
     pub propagation_p99_ms: Option<f64>,
     pub first_status_p99_ms: Option<f64>,
@@ -92,6 +97,7 @@ impl Row {
             transport: transport.to_owned(),
             skipped: Some(reason),
             rss_mib: None,
+            rss_settled_mib: None,
             rss_per_poll_kib: None,
             propagation_p99_ms: None,
             first_status_p99_ms: None,
@@ -224,10 +230,17 @@ async fn size(
     let notifier = &target.server.state.notifier;
     fleet.settled(|| notifier.waiting_clusters(), agents, SETTLE).await?;
     let held = notifier.waiting_clusters();
+    // as the memory scenario reads it, and again once jemalloc has returned the pages the fleet's arrival freed
+    // (it purges them over 10 s): a loaded machine makes that arrival a storm of requests waiting for the database
+    let settled = resident_mib()?;
+    if options.full {
+        tokio::time::sleep(ALLOCATOR_DECAY).await;
+    }
     let rss = resident_mib()?;
     let per_poll = (rss - before) * 1024.0 / held.max(1) as f64;
     eprintln!(
-        "  {held} polls held after {:.1} s: {rss:.1} MiB RSS ({before:.1} before), {per_poll:.2} KiB per poll",
+        "  {held} polls held after {:.1} s: {rss:.1} MiB RSS ({settled:.1} as they settled, {before:.1} before), \
+         {per_poll:.2} KiB per poll",
         started.elapsed().as_secs_f64()
     );
 
@@ -320,6 +333,7 @@ async fn size(
         transport: described.clone(),
         skipped: None,
         rss_mib: Some(rss),
+        rss_settled_mib: Some(settled),
         rss_per_poll_kib: Some(per_poll),
         propagation_p99_ms: Some(receipt_p99),
         first_status_p99_ms: Some(status_p99),
@@ -351,8 +365,9 @@ async fn size(
         "KiB RSS",
         Some(("< 10 KiB (1 GiB at 100,000)".to_owned(), per_poll < 10.0)),
         format!(
-            "{described}; VmRSS of the process running the server {before:.1} MiB before the fleet, {rss:.1} MiB with \
-             {held} polls held; no ceiling"
+            "{described}; VmRSS of the process running the server {before:.1} MiB before the fleet, {settled:.1} MiB \
+             as the polls settled, {rss:.1} MiB {} later; no ceiling",
+            if options.full { "15 s" } else { "at once" }
         ),
     ));
     figures.push(figure(
