@@ -431,25 +431,28 @@ mod tests {
         drop(uploading);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_connection_is_idle_only_after_the_limit_passes_without_a_request() {
         let connections = Arc::new(Connections::with_cap(4));
         let slot = admitted(&connections);
-        let limit = Duration::from_secs(30);
-        // a request that starts and ends within the limit starts the count again
+        let limit = Duration::from_secs(1);
         let idle = tokio::spawn({
             let slot = slot.clone();
             async move { slot.idle_for(limit).await }
         });
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        // a request in progress past the limit keeps the connection from being idle
+        tokio::time::sleep(Duration::from_millis(500)).await;
         slot.busy();
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!idle.is_finished(), "idle while a request is in progress");
+        // once it ends, the count starts again from there
         slot.idle();
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(!idle.is_finished(), "idle 20 s since the request ended, of 30");
-        tokio::time::sleep(Duration::from_secs(11)).await;
-        assert!(idle.is_finished(), "idle 31 s since the request ended");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!idle.is_finished(), "idle half the limit since the request ended");
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("idle once the limit passes without a request")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -344,11 +344,13 @@ impl Protocols {
         match protocol {
             Protocol::Http1 => {
                 let connection = watcher.watch(self.http1.serve_connection(TokioIo::new(io), service));
-                connection_ended(connection, slot, None).await;
+                connection_ended(connection, &slot, std::future::pending()).await;
             }
             Protocol::Http2 => {
                 let connection = watcher.watch(self.http2.serve_connection(TokioIo::new(io), service));
-                connection_ended(connection, slot, Some(self.idle)).await;
+                // boxed: an HTTP/2 connection's state is larger than an HTTP/1.1 one's, and every connection's task
+                // would otherwise be sized for it, where an HTTP/2 connection carries hundreds of agents
+                Box::pin(connection_ended(connection, &slot, slot.idle_for(self.idle))).await;
             }
         }
     }
@@ -516,25 +518,19 @@ pub async fn serve(
 }
 
 /// Serves a connection until it ends, or until it is asked to make room for a new one while it waits for a request,
-/// or (given `idle`) until it has gone that long without a request.
+/// or until `idle_too_long` completes (HTTP/2's limit on time without a request; HTTP/1.1's is hyper's own).
 async fn connection_ended(
     connection: impl Future<Output = hyper::Result<()>>,
-    slot: Arc<connections::Slot>,
-    idle: Option<Duration>,
+    slot: &Slot,
+    idle_too_long: impl Future<Output = ()>,
 ) {
-    let idle_too_long = async {
-        match idle {
-            Some(limit) => slot.idle_for(limit).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         ended = connection => if let Err(err) = ended {
             tracing::debug!(error = %err, "connection ended with an error");
         },
         // dropping the connection closes it: it was waiting for a request, so none is cut short
         () = slot.evicted() => tracing::debug!("idle connection closed to make room for a new one"),
-        () = idle_too_long => tracing::debug!("HTTP/2 connection closed: no request within the header read timeout"),
+        () = idle_too_long => tracing::debug!("connection closed: no request within the header read timeout"),
     }
 }
 
