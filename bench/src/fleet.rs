@@ -293,10 +293,8 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         "  simulator: {} agents, {}, from {} source address(es)",
         args.clusters,
         args.transport.describe(args.clusters),
-        source_address(&args.base, &args.transport, 0, connections).map_or(0, |_| args
-            .transport
-            .addresses(connections)
-            .min(250))
+        source_address(&args.base, &args.transport, 0, connections)
+            .map_or(0, |_| args.transport.addresses(connections).min(250))
     );
     let http = reqwest::Client::new();
     let identities = register(&http, &args.base, &args.token, args.clusters, &args.tags).await?;
@@ -534,8 +532,7 @@ pub(crate) fn cpu_seconds(path: &str) -> anyhow::Result<f64> {
         .split_whitespace()
         .collect();
     // utime and stime are the 14th and 15th fields of the line, the 12th and 13th after the command name
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(i).context("a short stat line")?.parse::<u64>()? as f64)
-    };
+    let ticks =
+        |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("a short stat line")?.parse::<u64>()? as f64) };
     Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }

@@ -248,7 +248,7 @@ impl Target {
             adjust(config);
         })
         .await
-            .context("PostgreSQL is unreachable (set FLUXPLANE_TEST_POSTGRES_URL)")?;
+        .context("PostgreSQL is unreachable (set FLUXPLANE_TEST_POSTGRES_URL)")?;
         let token = server.owner_token();
         Ok(Self {
             server,

@@ -346,8 +346,8 @@ async fn size(
         simulator_cpu_s_per_1000_polls: per_thousand(simulator),
         load: load(),
     };
-    let figure = |scenario: String, value: f64, unit: &'static str, target: Option<(String, bool)>, detail: String| {
-        Figure {
+    let figure =
+        |scenario: String, value: f64, unit: &'static str, target: Option<(String, bool)>, detail: String| Figure {
             backend,
             scenario,
             value,
@@ -357,8 +357,7 @@ async fn size(
             detail,
             http_ceiling: None,
             db_ceiling: None,
-        }
-    };
+        };
     figures.push(figure(
         format!("scale {agents}: server memory per idle long-poll"),
         per_poll,

@@ -52,7 +52,10 @@ fn json(body: &Bytes) -> Value {
     serde_json::from_slice(body).expect("a JSON body")
 }
 
-on_both_backends!(agents_long_poll_on_one_http2_connection_and_a_write_wakes_its_own, polls_case);
+on_both_backends!(
+    agents_long_poll_on_one_http2_connection_and_a_write_wakes_its_own,
+    polls_case
+);
 async fn polls_case(backend: Backend) {
     let Some(api) = Api::start(backend).await else {
         return;
@@ -113,7 +116,10 @@ async fn polls_case(backend: Backend) {
     second_poll.abort();
 }
 
-on_both_backends!(http2_connections_are_held_to_the_limits_of_http11_and_their_own, limits_case);
+on_both_backends!(
+    http2_connections_are_held_to_the_limits_of_http11_and_their_own,
+    limits_case
+);
 async fn limits_case(backend: Backend) {
     let Some(server) = TestServer::start_with(backend, |c| {
         c.header_read_timeout = Duration::from_secs(2);
@@ -174,7 +180,11 @@ async fn limits_case(backend: Backend) {
         .expect("the idle connection is closed")
         .unwrap()
         .ok();
-    assert!(idle_since.elapsed() >= Duration::from_secs(1), "{:?}", idle_since.elapsed());
+    assert!(
+        idle_since.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        idle_since.elapsed()
+    );
     drop(client);
 
     // streams opened and reset at once, thousands of them (the rapid reset attack), leave the server serving
