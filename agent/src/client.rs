@@ -47,7 +47,17 @@ impl ControlPlane {
         let http = crate::tls::http_client_trusting(trust)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
+            // an agent holds one connection with one request at a time, which HTTP/2 would not make cheaper; pinned,
+            // so that the agent speaks the same whether or not a build unifies reqwest's `http2` feature in
+            .http1_only()
             .build()?;
+        Self::with_client(identity, http)
+    }
+
+    /// A client that sends its requests through `http`, a client of the caller's: the benchmark's simulated fleet
+    /// carries many agents' requests on a few HTTP/2 connections, each agent still with its own identity and
+    /// tokens.
+    pub fn with_client(identity: Identity, http: reqwest::Client) -> Result<Self, ClientError> {
         let encryption_key = identity.encryption_key()?;
         Ok(Self {
             http,

@@ -133,6 +133,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLUXPLANE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
 
+    /// Most requests one HTTP/2 connection may have in progress at once (its concurrent streams). A load balancer
+    /// or ingress speaking HTTP/2 to the server carries many agents' long-polls on one connection, one stream each.
+    #[arg(long, env = "FLUXPLANE_HTTP2_MAX_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub http2_max_streams: u32,
+
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLUXPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -53,9 +53,11 @@ struct Inner {
 }
 
 struct Entry {
-    /// Requests in progress (HTTP/1.1 answers one at a time; counted so that a response body outliving the next
-    /// request cannot mark the connection idle).
+    /// Requests in progress (HTTP/1.1 answers one at a time, HTTP/2 many; counted so that a response body outliving
+    /// the next request cannot mark the connection idle).
     busy: usize,
+    /// Requests begun so far: tells a connection that stayed idle from one that was busy in between.
+    begun: u64,
     /// Where the connection sits in `waiting`, while it waits.
     waiting_since: Option<u64>,
     evict: Arc<Notify>,
@@ -117,6 +119,7 @@ impl Connections {
             id,
             Entry {
                 busy: 0,
+                begun: 0,
                 waiting_since: Some(since),
                 evict: evict.clone(),
             },
@@ -126,6 +129,7 @@ impl Connections {
             id,
             connections: self.clone(),
             evict,
+            quiet: Notify::new(),
         }))
     }
 
@@ -145,6 +149,8 @@ pub struct Slot {
     id: u64,
     connections: Arc<Connections>,
     evict: Arc<Notify>,
+    /// Told when the connection's last request in progress ends.
+    quiet: Notify,
 }
 
 impl Slot {
@@ -154,6 +160,7 @@ impl Slot {
             return;
         };
         entry.busy += 1;
+        entry.begun += 1;
         if let Some(since) = entry.waiting_since.take() {
             inner.waiting.remove(&since);
         }
@@ -166,10 +173,38 @@ impl Slot {
             return;
         };
         entry.busy = entry.busy.saturating_sub(1);
-        if entry.busy == 0 && entry.waiting_since.is_none() {
+        if entry.busy > 0 {
+            return;
+        }
+        if entry.waiting_since.is_none() {
             entry.waiting_since = Some(since);
             inner.next += 1;
             inner.waiting.insert(since, self.id);
+        }
+        self.quiet.notify_one();
+    }
+
+    /// Requests in progress and requests begun so far.
+    fn activity(&self) -> (usize, u64) {
+        let inner = self.connections.lock();
+        inner.entries.get(&self.id).map_or((0, 0), |e| (e.busy, e.begun))
+    }
+
+    /// Completes once the connection has gone `limit` without a request in progress or begun: for HTTP/2, what
+    /// hyper's header read timeout is for HTTP/1.1 (which counts idle time between requests). Without it an HTTP/2
+    /// connection that opens no stream would hold its place until the cap evicts it.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let (busy, begun) = self.activity();
+            if busy > 0 {
+                // `notify_one` keeps its permit for a request that ends before this waits: no wake-up is lost
+                self.quiet.notified().await;
+                continue;
+            }
+            tokio::time::sleep(limit).await;
+            if self.activity() == (0, begun) {
+                return;
+            }
         }
     }
 
@@ -394,6 +429,30 @@ mod tests {
             .await
             .expect("once idle it gives way");
         drop(uploading);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_after_the_limit_passes_without_a_request() {
+        let connections = Arc::new(Connections::with_cap(4));
+        let slot = admitted(&connections);
+        let limit = Duration::from_secs(1);
+        let idle = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.idle_for(limit).await }
+        });
+        // a request in progress past the limit keeps the connection from being idle
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        slot.busy();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!idle.is_finished(), "idle while a request is in progress");
+        // once it ends, the count starts again from there
+        slot.idle();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!idle.is_finished(), "idle half the limit since the request ended");
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("idle once the limit passes without a request")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -14,10 +14,10 @@ use axum::http::{HeaderName, Response, header};
 use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower::layer::layer_fn;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,7 +34,7 @@ use crate::arm::segments::Vocabulary;
 use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
 use crate::config::ServeConfig;
-use crate::connections::{self, Admission, Connections, Tracked};
+use crate::connections::{self, Admission, Connections, Slot, Tracked};
 use crate::dashboards::feed::Feed;
 use crate::dashboards::write_log::WriteLog;
 use crate::error::ApiError;
@@ -275,14 +275,127 @@ fn guard<S>(health: Arc<DatabaseHealth>) -> impl tower::Layer<S, Service = Guard
     layer_fn(move |inner| Guard::new(inner, health.clone()))
 }
 
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4); `PRI` is no HTTP/1.1 method.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes of the preface that tell HTTP/2 from HTTP/1.1.
+const HTTP2_SIGN: usize = 3;
+/// HTTP/2 streams a client may open and reset before the server has accepted them (hyper's default, named here
+/// since it is the guard against the rapid reset attack, CVE-2023-44487): past it the connection is closed.
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams the server may reset for a client's errors before it closes the connection (hyper's default).
+const HTTP2_MAX_ERROR_RESETS: usize = 1024;
+/// Bytes an HTTP/2 client may send on one stream, and on the whole connection, before the server has read them:
+/// what one connection can make the server buffer. 64 KiB per stream is the protocol's own default window.
+const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Bytes of response the server buffers per stream for a client that does not read them.
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+/// Largest request head (decoded header list) an HTTP/2 client may send: hyper's default.
+const HTTP2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// How long an HTTP/2 client has to answer the server's ping before its connection is closed.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The protocol a connection speaks.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The service each connection is served by.
+type Service = TowerToHyperService<Tracked<Router>>;
+
+/// Both protocols' connection builders, configured once for every connection.
+#[derive(Clone)]
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// How long an HTTP/2 connection may stay without a request (HTTP/1.1's is hyper's header read timeout).
+    idle: Duration,
+}
+
+impl Protocols {
+    fn new(config: &ServeConfig) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.http2_max_streams)
+            .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(HTTP2_MAX_ERROR_RESETS)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_send_buf_size(HTTP2_SEND_BUFFER)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST)
+            // a peer that vanished (a load balancer's connection cut without a close) no longer holds its streams
+            .keep_alive_interval(config.header_read_timeout)
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+        Self {
+            http1,
+            http2,
+            idle: config.header_read_timeout,
+        }
+    }
+
+    /// Serves a connection in `protocol` until it ends, is evicted, or stays too long without a request.
+    async fn serve<I>(&self, io: I, protocol: Protocol, service: Service, watcher: Watcher, slot: Arc<Slot>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match protocol {
+            Protocol::Http1 => {
+                let connection = watcher.watch(self.http1.serve_connection(TokioIo::new(io), service));
+                connection_ended(connection, &slot, std::future::pending()).await;
+            }
+            Protocol::Http2 => {
+                let connection = watcher.watch(self.http2.serve_connection(TokioIo::new(io), service));
+                // boxed: an HTTP/2 connection's state is larger than an HTTP/1.1 one's, and every connection's task
+                // would otherwise be sized for it, where an HTTP/2 connection carries hundreds of agents
+                Box::pin(connection_ended(connection, &slot, slot.idle_for(self.idle))).await;
+            }
+        }
+    }
+}
+
+/// Tells HTTP/2 with prior knowledge (h2c) from HTTP/1.1 by the connection's first bytes, peeked rather than read:
+/// hyper's HTTP/1.1 connection then reads the request from the socket itself, with its read buffer at its first
+/// size (a replayed prefix would have doubled it, see [`serve`]).
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; HTTP2_SIGN];
+    loop {
+        let peeked = stream.peek(&mut first).await?;
+        if peeked == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !HTTP2_PREFACE.starts_with(&first[..peeked]) {
+            return Ok(Protocol::Http1);
+        }
+        if peeked == HTTP2_SIGN {
+            return Ok(Protocol::Http2);
+        }
+        // a peek answers at once with the bytes already there: a preface arriving byte by byte is peeked again
+        // after a pause rather than in a busy loop (the whole wait is bounded by the header read timeout)
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Serves the app on `listener` until `shutdown` completes, then ends the long-polls and finishes the requests in
 /// flight.
 ///
-/// Connections are served by hyper's HTTP/1.1 server directly rather than through `axum::serve`, whose
-/// connection builder first reads up to 24 bytes to tell HTTP/2's preface from HTTP/1 (this server speaks only
-/// HTTP/1.1 either way) and replays them: hyper then finds a partial request head in its 8 KiB read buffer and
-/// doubles it. Measured with heaptrack over 2,000 idle long-polls, that was 16 KiB of read buffer per connection,
-/// kept for as long as the agent polls; served directly, it stays at 8 KiB.
+/// Connections are served by hyper's HTTP/1.1 and HTTP/2 servers directly rather than through `axum::serve` or
+/// hyper-util's `auto` builder, which first read up to 24 bytes to tell HTTP/2's preface from HTTP/1 and replay
+/// them: hyper then finds a partial request head in its 8 KiB read buffer and doubles it. Measured with heaptrack
+/// over 2,000 idle long-polls, that was 16 KiB of read buffer per connection, kept for as long as the agent polls;
+/// with the first bytes peeked instead ([`sniff`]), it stays at 8 KiB.
+///
+/// HTTP/2 comes with prior knowledge on plain HTTP (h2c, as a load balancer or ingress speaks to its backends) and
+/// by ALPN under TLS. Its connections keep HTTP/1.1's protections: the same cap and eviction (a connection with a
+/// stream open is inside a request), the header read timeout as the longest time without a request, the request
+/// timeout and body limit per stream; and its own: `--http2-max-streams` streams at once, bounded flow-control
+/// windows and send buffers, pings to a silent peer, and the connection closed after a burst of reset streams.
 ///
 /// With a TLS certificate in the state (`--tls-cert`), every connection is TLS: its handshake runs in the
 /// connection's task within `--header-read-timeout`, and a failed one is logged at debug level only, since it says
@@ -298,14 +411,13 @@ pub async fn serve(
         Some(certificates) => Some(certificates.acceptor().map_err(std::io::Error::other)?),
         None => None,
     };
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout);
+    let protocols = Arc::new(Protocols::new(&state.config));
     let (request_timeout, handshake_timeout) = (state.config.request_timeout, state.config.header_read_timeout);
     // a built router is an `Arc`: each connection gets a clone, the route tables are built once
     let router = app(state);
     let graceful = GracefulShutdown::new();
-    // connections still in their TLS handshake give up when the server stops, rather than hold up its shutdown
+    // connections still in their TLS handshake or first bytes give up when the server stops, rather than hold up
+    // its shutdown
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let (mut refusals, mut last_warned) = (0u64, None);
     let refusing = Arc::new(tokio::sync::Semaphore::new(connections::MAX_REFUSING));
@@ -355,14 +467,26 @@ pub async fn serve(
             }
         };
         let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone(), request_timeout));
+        let (protocols, watcher, mut stopped) = (protocols.clone(), graceful.watcher(), stopped.clone());
         let Some(tls) = &tls else {
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(connection_ended(connection, slot));
+            // the first bytes are awaited in the connection's own task, bounded as a TLS handshake is
+            tokio::spawn(async move {
+                let protocol = tokio::select! {
+                    sniffed = tokio::time::timeout(handshake_timeout, sniff(&stream)) => match sniffed {
+                        Ok(Ok(protocol)) => protocol,
+                        Ok(Err(err)) => return tracing::debug!(error = %err, "connection closed before a request"),
+                        Err(_) => return tracing::debug!(timeout = ?handshake_timeout, "no request in time"),
+                    },
+                    () = slot.evicted() => return tracing::debug!("idle connection closed to make room for a new one"),
+                    _ = stopped.wait_for(|stopping| *stopping) => return,
+                };
+                protocols.serve(stream, protocol, service, watcher, slot).await;
+            });
             continue;
         };
         // the handshake runs in the connection's own task, so that a slow one holds up no other connection; it is
         // bounded, since until it ends the connection holds a place without a request
-        let (tls, http, watcher, mut stopped) = (tls.clone(), http.clone(), graceful.watcher(), stopped.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
             let handshake = async {
                 // a TLS connection opens with a handshake record (22); a letter is a plain HTTP request's method
@@ -383,8 +507,11 @@ pub async fn serve(
                 () = slot.evicted() => return tracing::debug!("connection in its TLS handshake closed to make room for a new one"),
                 _ = stopped.wait_for(|stopping| *stopping) => return,
             };
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-            connection_ended(connection, slot).await;
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(tls::ALPN_HTTP2) => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            protocols.serve(stream, protocol, service, watcher, slot).await;
         });
     }
     drop(listener);
@@ -394,14 +521,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves a connection until it ends, or until it is asked to make room for a new one while it waits for a request.
-async fn connection_ended(connection: impl Future<Output = hyper::Result<()>>, slot: Arc<connections::Slot>) {
+/// Serves a connection until it ends, or until it is asked to make room for a new one while it waits for a request,
+/// or until `idle_too_long` completes (HTTP/2's limit on time without a request; HTTP/1.1's is hyper's own).
+async fn connection_ended(
+    connection: impl Future<Output = hyper::Result<()>>,
+    slot: &Slot,
+    idle_too_long: impl Future<Output = ()>,
+) {
     tokio::select! {
         ended = connection => if let Err(err) = ended {
             tracing::debug!(error = %err, "connection ended with an error");
         },
         // dropping the connection closes it: it was waiting for a request, so none is cut short
         () = slot.evicted() => tracing::debug!("idle connection closed to make room for a new one"),
+        () = idle_too_long => tracing::debug!("connection closed: no request within the header read timeout"),
     }
 }
 

@@ -192,6 +192,7 @@ pub fn test_config(dir: &std::path::Path, database_url: &str) -> ServeConfig {
         max_connections: 50_000,
         header_read_timeout: std::time::Duration::from_secs(30),
         request_timeout: std::time::Duration::from_secs(60),
+        http2_max_streams: 256,
         log_format: LogFormat::Text,
     }
 }

@@ -10,6 +10,7 @@
 //! costs nothing.
 //!
 //! rustls with ring's cryptography, as every TLS client of the process (`fluxplane_agent::tls`); TLS 1.2 and 1.3.
+//! ALPN offers HTTP/2 and HTTP/1.1 (`server::serve` serves whichever the client picks).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -26,6 +27,9 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
+
+/// The ALPN name of HTTP/2, offered before HTTP/1.1's.
+pub const ALPN_HTTP2: &[u8] = b"h2";
 
 /// How often the certificate and key files are read again for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -158,7 +162,8 @@ impl Certificates {
             .context("TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first, as clients that speak both prefer it: an agent's poll is then a stream, not a connection
+        config.alpn_protocols = vec![ALPN_HTTP2.to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

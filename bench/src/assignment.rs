@@ -19,7 +19,7 @@ const ASSIGNMENT: &str = "/subscriptions/bench/providers/Fluxplane.Fleet/policyA
 pub(crate) const FLEET_API: &str = "2026-01-01";
 
 /// The total time the server has spent applying policy assignments, from its metrics.
-async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
+pub(crate) async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
     let metrics = target
         .client
         .get(format!("{}/metrics", target.server.base))
@@ -58,7 +58,7 @@ pub(crate) fn assignment(branch: &str) -> Value {
 
 /// Waits until `clusters` receipts of `generation` of the configuration `name` have come; answers the last one's
 /// time and the sizes of its exchange.
-async fn held_by_all(
+pub(crate) async fn held_by_all(
     fleet: &mut Fleet,
     clusters: usize,
     name: impl Fn(&str) -> bool,

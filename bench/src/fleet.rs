@@ -5,6 +5,7 @@
 //! on each side) and the simulator's CPU shows as a process of its own. The HTTP ceiling's pollers run the same
 //! way (`fluxplane-bench ceiling-pollers`, see `ceiling`) and print the same lines.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +23,11 @@ use crate::ceiling::FixedServer;
 use crate::propagation::{Apply, Exchange, Receipt, simulated_agent};
 use crate::{CLUSTER, Target};
 
-/// Descriptors the simulator keeps for itself beyond one per agent.
-const SPARE_FILES: u64 = 256;
+/// Descriptors the simulator keeps for itself beyond one per connection.
+pub(crate) const SPARE_FILES: u64 = 256;
+/// Connections from one source address: well below the 28,000 or so ephemeral ports one address has towards one
+/// server (Linux's `ip_local_port_range`, 32768-60999 by default), leaving room for connections in TIME_WAIT.
+const CONNECTIONS_PER_ADDRESS: usize = 20_000;
 /// Clusters registered at once.
 const REGISTRATION_WORKERS: usize = 16;
 
@@ -43,6 +47,71 @@ pub struct SimulateArgs {
     token: String,
     #[command(flatten)]
     apply: ApplyArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
+/// How the simulated agents reach the control plane: each on a connection of its own (HTTP/1.1, as real agents),
+/// or many on one HTTP/2 connection (as behind an HTTP/2 ingress or load balancer), each with its own identity.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TransportArgs {
+    /// Carry the agents' requests over HTTP/2 with prior knowledge (h2c), `--agents-per-connection` on each.
+    #[arg(long)]
+    pub http2: bool,
+    /// Agents sharing one HTTP/2 connection (at most the server's `--http2-max-streams`, 256 by default).
+    #[arg(long, default_value_t = 250)]
+    pub agents_per_connection: usize,
+    /// Loopback source addresses the connections are spread over, 127.0.0.2 and up (one address runs out of
+    /// ephemeral ports near 28,000 connections to one server); by default one per 20,000 connections. Only when the
+    /// control plane is on a loopback address.
+    #[arg(long)]
+    pub source_addresses: Option<usize>,
+}
+
+impl TransportArgs {
+    /// The connections `agents` agents open.
+    pub(crate) fn connections(&self, agents: usize) -> usize {
+        if self.http2 {
+            agents.div_ceil(self.agents_per_connection.max(1))
+        } else {
+            agents
+        }
+    }
+
+    /// The source addresses the connections are spread over.
+    fn addresses(&self, connections: usize) -> usize {
+        self.source_addresses
+            .unwrap_or_else(|| connections.div_ceil(CONNECTIONS_PER_ADDRESS))
+            .max(1)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.http2 {
+            args.extend([
+                "--http2".to_owned(),
+                "--agents-per-connection".to_owned(),
+                self.agents_per_connection.to_string(),
+            ]);
+        }
+        if let Some(addresses) = self.source_addresses {
+            args.extend(["--source-addresses".to_owned(), addresses.to_string()]);
+        }
+        args
+    }
+
+    /// The transport as the tables name it.
+    pub(crate) fn describe(&self, agents: usize) -> String {
+        if self.http2 {
+            format!(
+                "HTTP/2, {} connections of {} agents",
+                self.connections(agents),
+                self.agents_per_connection.min(agents)
+            )
+        } else {
+            format!("HTTP/1.1, {agents} connections")
+        }
+    }
 }
 
 /// How the simulated agents apply: shared by `simulate`, `ceiling-pollers` and the benchmark itself.
@@ -161,25 +230,80 @@ pub(crate) async fn register(
     Ok(identities.into_iter().map(|(_, identity)| identity).collect())
 }
 
-/// The open-file limit raised as far as it goes, checked against `agents` connections.
-pub(crate) fn raise_file_limit(agents: usize) -> anyhow::Result<()> {
+/// The open-file limit raised as far as it goes, checked against `connections` connections.
+pub(crate) fn raise_file_limit(connections: usize) -> anyhow::Result<()> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
-    if limit < agents as u64 + SPARE_FILES {
-        bail!("the open-file limit is {limit}: too low for {agents} agents (raise the hard limit, `ulimit -Hn`)");
+    if limit < connections as u64 + SPARE_FILES {
+        bail!(
+            "the open-file limit is {limit}: too low for {connections} connections and {SPARE_FILES} spare \
+             (raise the hard limit, `ulimit -Hn`, or carry the agents over HTTP/2 with --http2)"
+        );
     }
     Ok(())
 }
 
+/// The source address of the `connection`th of `connections` connections to `base`: 127.0.0.2 and up, each
+/// address taking its share in turn; none (the system's choice) when `base` is not on a loopback address.
+fn source_address(base: &str, transport: &TransportArgs, connection: usize, connections: usize) -> Option<IpAddr> {
+    let host = reqwest::Url::parse(base).ok()?.host_str()?.to_owned();
+    let loopback = host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host == "localhost";
+    if !loopback {
+        return None;
+    }
+    let addresses = transport.addresses(connections).min(250);
+    let last = u8::try_from(2 + connection % addresses).expect("at most 250 addresses");
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+}
+
+/// The HTTP clients of `agents` agents: one each over HTTP/1.1 (a connection each), or one per
+/// `agents_per_connection` over HTTP/2 (one connection each: a client multiplexes its requests on one connection
+/// per host); each connection from its source address.
+fn agent_clients(base: &str, transport: &TransportArgs, agents: usize) -> anyhow::Result<Vec<reqwest::Client>> {
+    let connections = transport.connections(agents);
+    let clients = (0..connections)
+        .map(|connection| {
+            let builder = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .local_address(source_address(base, transport, connection, connections));
+            let builder = if transport.http2 {
+                builder.http2_prior_knowledge()
+            } else {
+                builder.http1_only()
+            };
+            builder.build().context("building an agent's HTTP client")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((0..agents)
+        .map(|agent| {
+            let connection = if transport.http2 {
+                agent / transport.agents_per_connection.max(1)
+            } else {
+                agent
+            };
+            clients[connection].clone()
+        })
+        .collect())
+}
+
 /// `fluxplane-bench simulate`: registers the clusters, runs their agents until standard input closes.
 pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    raise_file_limit(args.clusters)?;
+    let connections = args.transport.connections(args.clusters);
+    raise_file_limit(connections)?;
+    eprintln!(
+        "  simulator: {} agents, {}, from {} source address(es)",
+        args.clusters,
+        args.transport.describe(args.clusters),
+        source_address(&args.base, &args.transport, 0, connections)
+            .map_or(0, |_| args.transport.addresses(connections).min(250))
+    );
     let http = reqwest::Client::new();
     let identities = register(&http, &args.base, &args.token, args.clusters, &args.tags).await?;
+    let clients = agent_clients(&args.base, &args.transport, args.clusters)?;
     let (sender, receipts) = mpsc::unbounded_channel::<Receipt>();
     let mut agents = JoinSet::new();
-    for identity in identities {
+    for (identity, client) in identities.into_iter().zip(clients) {
         agents.spawn(simulated_agent(
-            ControlPlane::new(identity)?,
+            ControlPlane::with_client(identity, client)?,
             args.apply.apply(),
             sender.clone(),
         ));
@@ -264,6 +388,22 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `fluxplane-bench simulate` against the target with `clusters` clusters tagged `tags`.
     pub async fn spawn(target: &Target, clusters: usize, tags: &[(&str, &str)], apply: Apply) -> anyhow::Result<Self> {
+        let transport = TransportArgs {
+            http2: false,
+            agents_per_connection: 1,
+            source_addresses: None,
+        };
+        Self::spawn_over(target, clusters, tags, apply, transport).await
+    }
+
+    /// Like `spawn`, the agents reaching the target as `transport` says.
+    pub async fn spawn_over(
+        target: &Target,
+        clusters: usize,
+        tags: &[(&str, &str)],
+        apply: Apply,
+        transport: TransportArgs,
+    ) -> anyhow::Result<Self> {
         let mut args = vec![
             "simulate".to_owned(),
             "--base".to_owned(),
@@ -275,6 +415,7 @@ impl Fleet {
             args.extend(["--tag".to_owned(), format!("{key}={value}")]);
         }
         args.extend(ApplyArgs::args(apply));
+        args.extend(transport.args());
         Self::start(args, &target.token)
     }
 
@@ -354,6 +495,12 @@ impl Fleet {
         Ok(())
     }
 
+    /// The CPU time the simulator's process has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let pid = self.child.id().context("the fleet simulator has stopped")?;
+        cpu_seconds(&format!("/proc/{pid}/stat"))
+    }
+
     /// Fails if the simulator has stopped (its own error is on standard error).
     pub fn check(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {
@@ -370,4 +517,22 @@ impl Fleet {
             .context("the fleet simulator did not stop")??;
         Ok(())
     }
+}
+
+/// The CPU time (user and system, every thread) of the process whose `/proc/{pid}/stat` is `path`, in seconds.
+pub(crate) fn cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    // Linux reports these in USER_HZ ticks, which its ABI fixes at 100 a second
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // the command name, in parentheses, may hold spaces: the fields are counted after it
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a stat line without a command name")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are the 14th and 15th fields of the line, the 12th and 13th after the command name
+    let ticks =
+        |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("a short stat line")?.parse::<u64>()? as f64) };
+    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }

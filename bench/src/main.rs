@@ -23,6 +23,7 @@ mod push;
 mod rechecks;
 mod report;
 mod rollout;
+mod scale;
 mod summary;
 mod throughput;
 mod ui;
@@ -115,6 +116,17 @@ struct Args {
     /// outbox delivers (their clusters' Flux extensions add one each).
     #[arg(long, default_value_t = 10_000)]
     alert_events: usize,
+    /// Fleet sizes of the scale scenario, one row of its table each (100,000 is the documented option: it takes
+    /// about half an hour, see docs/benchmarks/method.md).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000])]
+    scale_agents: Vec<usize>,
+    /// How the scale scenario's agents reach the server: `auto` is HTTP/1.1, a connection each, where the
+    /// open-file limits allow it, else HTTP/2 with many agents' polls on a connection.
+    #[arg(long, value_enum, default_value_t = scale::Transport::Auto)]
+    scale_transport: scale::Transport,
+    /// Configuration writes timed at each size of the scale scenario.
+    #[arg(long, default_value_t = 200)]
+    scale_writes: usize,
     /// How the simulated agents of the propagation, assignment, rollout and summary scenarios apply.
     #[command(flatten)]
     apply: fleet::ApplyArgs,
@@ -157,6 +169,7 @@ enum Scenario {
     Rechecks,
     Push,
     Alerts,
+    Scale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,11 +245,22 @@ impl Target {
     }
 
     async fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like `start`, with the server's configuration adjusted by `adjust` after the benchmark's own settings.
+    async fn start_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut fluxplane_api::config::ServeConfig),
+    ) -> anyhow::Result<Self> {
         // the sweep of `fluxplane serve` by default, not the tests' 200 ms: each sweep reconciles every policy
         // assignment under the fleet lock, which at 10,000 clusters would contend with the writes being measured
-        let server = TestServer::start_with(backend, |config| config.sweep_interval = Duration::from_secs(30))
-            .await
-            .context("PostgreSQL is unreachable (set FLUXPLANE_TEST_POSTGRES_URL)")?;
+        let server = TestServer::start_with(backend, |config| {
+            config.sweep_interval = Duration::from_secs(30);
+            adjust(config);
+        })
+        .await
+        .context("PostgreSQL is unreachable (set FLUXPLANE_TEST_POSTGRES_URL)")?;
         let token = server.owner_token();
         Ok(Self {
             server,
@@ -350,6 +374,8 @@ async fn main() -> anyhow::Result<()> {
         args.push_touched = 5;
         args.pushes = 2;
         args.alert_events = 50;
+        args.scale_agents = vec![20, 60];
+        args.scale_writes = 10;
     }
     let apply = args.apply.apply();
     let backends: &[(Backend, &'static str)] = match args.backend {
@@ -358,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
         Backends::Both => &[(Backend::Sqlite, "sqlite"), (Backend::Postgres, "postgres")],
     };
     let mut figures = Vec::new();
+    let mut scaling = Vec::new();
     let wanted = |scenario| args.scenarios.is_empty() || args.scenarios.contains(&scenario);
     for (backend, name) in backends {
         // first, while this process has allocated the least
@@ -498,9 +525,42 @@ async fn main() -> anyhow::Result<()> {
             alerts::outbox(&target, args.alert_events, &mut figures, name).await?;
             target.server.stop().await;
         }
+        if wanted(Scenario::Scale) {
+            eprintln!(
+                "{name}: scale, {} agents",
+                args.scale_agents
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let options = scale::Options {
+                sizes: args.scale_agents.clone(),
+                transport: args.scale_transport,
+                writes: args.scale_writes,
+                full: !args.quick,
+            };
+            // an assignment over 100,000 clusters answers after its transaction, which takes longer than the
+            // default request timeout of 60 s on this kind of machine
+            let start = || Target::start_with(*backend, |config| config.request_timeout = Duration::from_secs(900));
+            for row in scale::scale(start, &options, &mut figures, name).await? {
+                scaling.push((*name, row));
+            }
+        }
     }
 
     report::table(&figures);
+    for backend in ["sqlite", "postgres"] {
+        let rows: Vec<&scale::Row> = scaling
+            .iter()
+            .filter(|(b, _)| *b == backend)
+            .map(|(_, row)| row)
+            .collect();
+        if !rows.is_empty() {
+            println!("\nscaling, {backend}:");
+            scale::table(&rows);
+        }
+    }
     if let Some(path) = &args.json {
         let options = json!({
             "backend": format!("{:?}", args.backend).to_lowercase(),
@@ -523,10 +583,17 @@ async fn main() -> anyhow::Result<()> {
             "push_touched": args.push_touched,
             "pushes": args.pushes,
             "alert_events": args.alert_events,
+            "scale_agents": args.scale_agents,
+            "scale_transport": format!("{:?}", args.scale_transport).to_lowercase(),
+            "scale_writes": args.scale_writes,
             "apply_delay_ms": args.apply.apply_delay,
             "failure_rate": args.apply.failure_rate,
         });
-        report::write_json(path, args.quick, options, &figures).await?;
+        let scaling: Vec<Value> = scaling
+            .iter()
+            .map(|(backend, row)| json!({"backend": backend, "row": row}))
+            .collect();
+        report::write_json(path, args.quick, options, &figures, &scaling).await?;
     }
     Ok(())
 }

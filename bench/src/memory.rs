@@ -15,7 +15,7 @@ use crate::{Figure, Target};
 const TARGET_MIB: f64 = 256.0;
 
 /// This process's resident set (`VmRSS`), in MiB.
-fn resident_mib() -> anyhow::Result<f64> {
+pub(crate) fn resident_mib() -> anyhow::Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let kib: f64 = status
         .lines()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::client::{ClientError, ControlPlane};
 use fluxplane_agent_protocol::agent::{ApplyOutcome, ConfigurationReport, StatusReport};
 use fluxplane_agent_protocol::flux::ComplianceState;
 use serde::{Deserialize, Serialize};
@@ -107,8 +107,24 @@ fn synced_commit(reconcile_requested_at: Option<&str>) -> String {
     format!("main@sha1:{hash:040x}")
 }
 
+/// How long a simulated agent waits before it tries again when the control plane cannot answer (a real agent backs
+/// off from 250 ms to 30 s): an overloaded machine slows the figures down rather than ending the run.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether a failed request is worth retrying: the control plane unreachable, busy (5xx, 503 while its database
+/// is) or too slow (408); any other answer means the simulation itself is wrong.
+fn transient(err: &ClientError) -> bool {
+    match err {
+        ClientError::Transport(_) => true,
+        ClientError::Status { status, .. } => {
+            status.is_server_error() || *status == reqwest::StatusCode::REQUEST_TIMEOUT
+        }
+        _ => false,
+    }
+}
+
 /// One simulated agent: polls, and reports every new generation, and every request to re-check its source, as
-/// `apply` says.
+/// `apply` says; retries what the control plane could not answer.
 pub(crate) async fn simulated_agent(
     control_plane: ControlPlane,
     apply: Apply,
@@ -121,6 +137,10 @@ pub(crate) async fn simulated_agent(
             Ok(desired) => desired,
             // the benchmark is over once nobody listens
             Err(_) if receipts.is_closed() => return Ok(()),
+            Err(err) if transient(&err) => {
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
             Err(err) => return Err(err.into()),
         };
         let received = Instant::now();
@@ -173,7 +193,14 @@ pub(crate) async fn simulated_agent(
                 })
                 .collect(),
         };
-        let accepted = control_plane.report(&report).await?;
+        let accepted = loop {
+            match control_plane.report(&report).await {
+                Ok(accepted) => break accepted,
+                Err(_) if receipts.is_closed() => return Ok(()),
+                Err(err) if transient(&err) => tokio::time::sleep(RETRY_AFTER).await,
+                Err(err) => return Err(err.into()),
+            }
+        };
         let reported = Instant::now();
         // measured after the report, off the timed path: the server wrote these types with serde_json too, so
         // writing them again gives the sizes it sent
@@ -202,10 +229,10 @@ pub(crate) async fn simulated_agent(
 }
 
 /// The times of one timed write: until its agent held it, and until its status was accepted.
-struct Timed {
-    receipt: Vec<Duration>,
-    status: Vec<Duration>,
-    failed: usize,
+pub(crate) struct Timed {
+    pub(crate) receipt: Vec<Duration>,
+    pub(crate) status: Vec<Duration>,
+    pub(crate) failed: usize,
     exchange: Exchange,
     /// The body of the last write's answer.
     answer: Bytes,
@@ -213,7 +240,7 @@ struct Timed {
 
 /// Writes one at a time with `write(i)`, each waiting for the receipt `expect(i)` names (configuration and
 /// generation); the same loop times the server and its HTTP ceiling.
-async fn timed_writes<W, F>(
+pub(crate) async fn timed_writes<W, F>(
     fleet: &mut Fleet,
     writes: usize,
     mut write: W,

@@ -98,8 +98,16 @@ async fn machine(quick: bool) -> Value {
     })
 }
 
-pub(crate) async fn write_json(path: &Path, quick: bool, options: Value, figures: &[Figure]) -> anyhow::Result<()> {
-    let results = json!({"machine": machine(quick).await, "options": options, "figures": figures});
+/// Writes the results: the machine, the options, the figures, and the scale scenario's table (its rows as
+/// `{"backend", "row"}`, none if it did not run).
+pub(crate) async fn write_json(
+    path: &Path,
+    quick: bool,
+    options: Value,
+    figures: &[Figure],
+    scaling: &[Value],
+) -> anyhow::Result<()> {
+    let results = json!({"machine": machine(quick).await, "options": options, "figures": figures, "scaling": scaling});
     std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     Ok(())
 }

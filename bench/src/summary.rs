@@ -159,7 +159,7 @@ pub async fn summary(
 }
 
 /// `READS` reads of the summary one at a time, after `WARMUP`, each answer's count checked; sorted.
-async fn reads(target: &Target, url: &str, instances: usize) -> anyhow::Result<Vec<Duration>> {
+pub(crate) async fn reads(target: &Target, url: &str, instances: usize) -> anyhow::Result<Vec<Duration>> {
     let mut latencies = Vec::with_capacity(READS);
     for read in 0..WARMUP + READS {
         let started = Instant::now();

@@ -22,6 +22,7 @@ mod extensions;
 mod flux_configurations;
 mod git_receivers;
 mod hostile;
+mod http2;
 mod managed_identity;
 mod policy_assignments;
 mod resource_manager;
