@@ -28,7 +28,9 @@ use crate::extensions::model::ExtensionObserved;
 use crate::extensions::service::resource_key as extension_resource_key;
 use crate::flux::model::Observed;
 use crate::lifecycle::{self, ProvisioningState};
-use crate::model::{ConfigurationReportWrite, ExtensionRecord, ExtensionReportWrite, HeartbeatWrite, ReportWrite};
+use crate::model::{
+    AgentInfo, ConfigurationReportWrite, ExtensionRecord, ExtensionReportWrite, HeartbeatWrite, ReportWrite,
+};
 use crate::state::AppState;
 
 /// How long a poll waits when the agent does not say.
@@ -75,7 +77,18 @@ async fn desired_state(
     let mut changes = state.notifier.subscribe(&agent.cluster.key());
     let now = Utc::now();
     let revision = if agent.last_heard.heartbeat_due(quiet_since(&state, now), None) {
-        state.store.heartbeat(agent.cluster_id, now, None).await?
+        // written with the reports and the other polls' heartbeats waiting at that moment, one commit for them all:
+        // a commit per poll, at 100,000 agents polling every 30 s, was half of what one PostgreSQL primary commits
+        // one row at a time (docs/SCALING.md)
+        let heartbeat = HeartbeatWrite {
+            cluster_id: agent.cluster_id,
+            info: AgentInfo::default(),
+        };
+        let submission = Submission {
+            reports: Vec::new(),
+            heartbeat: Some(heartbeat),
+        };
+        state.reports.submit(submission, 0).await?.revision.flatten()
     } else {
         state.store.revision(agent.cluster_id).await?
     }

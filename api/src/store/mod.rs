@@ -27,7 +27,7 @@ use crate::fleet::commits::Sighting;
 use crate::fleet::receivers::model::LastPush;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
-    AgentInfo, AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, BatchOutcome, ClusterGroupRecord, ClusterRecord,
+    AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, BatchOutcome, ClusterGroupRecord, ClusterRecord,
     ClusterTags, ConfigurationRecord, ConfigurationReportWrite, ConfigurationState, DeliveryRecord, DesiredRecords,
     DispatchLimits, Dispatched, Expired, ExtensionRecord, ExtensionReportWrite, FailingGauges, FinishedDelivery,
     FleetGauges, GitReceiverRecord, GitSource, GroupDelete, HeartbeatWrite, HistoryQuery, HistoryRows, OperationRecord,
@@ -467,10 +467,6 @@ pub trait Store: Dashboards + Receivers + Alerts {
     /// `managed_by`, if given); split further by configuration name or managing assignment when asked.
     async fn state_counts(&self, scope: &ClusterSet, query: &StateCountQuery) -> StoreResult<Vec<StateCount>>;
 
-    /// Records that the cluster's agent was heard from at `at` (with what it says of itself, if anything) and
-    /// answers the cluster's revision; `None` if the cluster is gone.
-    async fn heartbeat(&self, cluster_id: i64, at: DateTime<Utc>, info: Option<&AgentInfo>)
-    -> StoreResult<Option<i64>>;
     /// The cluster's revision; `None` if the cluster is gone.
     async fn revision(&self, cluster_id: i64) -> StoreResult<Option<i64>>;
     /// The cluster's revision, every configuration of it and their undelivered sealed secrets; the
@@ -489,8 +485,10 @@ pub trait Store: Dashboards + Receivers + Alerts {
     /// `Unknown` without such a configuration) and ends the operation of that generation (filed under
     /// `resource_key`); whatever the generation, its `secrets_version` acknowledges the sealed secrets up to it,
     /// which are deleted. Each report's outcome is what it would be alone: they apply in the order given (a
-    /// configuration reported twice is applied twice, the later last). Then each heartbeat is recorded as
-    /// `heartbeat` records it. All of it is committed, or none (an error).
+    /// configuration reported twice is applied twice, the later last). Then each heartbeat records that its
+    /// cluster's agent was heard from at `at`, with what it says of itself where it says it (a poll's says
+    /// nothing), and answers the cluster's revision (`None`: the cluster is gone). All of it is committed, or none
+    /// (an error).
     async fn apply_reports(
         &self,
         reports: &[ConfigurationReportWrite],

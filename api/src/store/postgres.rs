@@ -19,7 +19,7 @@ use super::dashboards::{
 use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, extension_columns,
-    heartbeat_statement, policy_assignment_columns, sql_store,
+    policy_assignment_columns, sql_store,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");

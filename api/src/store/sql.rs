@@ -1078,23 +1078,6 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            async fn heartbeat(
-                &self,
-                cluster_id: i64,
-                at: chrono::DateTime<chrono::Utc>,
-                info: Option<&$crate::model::AgentInfo>,
-            ) -> $crate::store::StoreResult<Option<i64>> {
-                let info = info.cloned().unwrap_or_default();
-                Ok(sqlx::query_scalar::<$db, i64>(heartbeat_statement!())
-                    .bind(at)
-                    .bind(info.agent_version)
-                    .bind(info.kubernetes_version)
-                    .bind(info.total_node_count)
-                    .bind(cluster_id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
             async fn revision(&self, cluster_id: i64) -> $crate::store::StoreResult<Option<i64>> {
                 Ok(sqlx::query_scalar::<$db, i64>("SELECT revision FROM clusters WHERE id = $1")
                     .bind(cluster_id)

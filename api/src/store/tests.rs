@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use fluxplane_agent_protocol::flux::{ComplianceState, FluxConfigurationSpec};
 
 use fluxplane_agent_protocol::agent::{SealedSecrets, SecretsChange};
@@ -15,7 +15,7 @@ use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::lifecycle::ManagedWrite;
 use crate::lifecycle::ProvisioningState;
-use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
+use crate::model::{AgentInfo, ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
 use crate::on_both_backends;
 use crate::testing::{Backend, TestDatabase, with_database};
 
@@ -535,9 +535,9 @@ async fn heartbeat_case(backend: Backend) {
         };
         // whole seconds: both engines store them exactly
         let at = Utc::now().trunc_subsecs(0);
-        assert_eq!(store.heartbeat(c.id, at, Some(&info)).await.unwrap(), Some(0));
+        assert_eq!(heard(store.as_ref(), c.id, at, Some(&info)).await, Some(0));
         assert_eq!(
-            store.heartbeat(c.id, at, None).await.unwrap(),
+            heard(store.as_ref(), c.id, at, None).await,
             Some(0),
             "a poll keeps what reports said"
         );
@@ -546,7 +546,7 @@ async fn heartbeat_case(backend: Backend) {
         assert_eq!(reread.kubernetes_version.as_deref(), Some("v1.31.2"));
         assert_eq!(reread.total_node_count, Some(3));
         assert_eq!(reread.last_connectivity_time, Some(at));
-        assert_eq!(store.heartbeat(987_654, at, None).await.unwrap(), None);
+        assert_eq!(heard(store.as_ref(), 987_654, at, None).await, None);
         assert_eq!(store.revision(c.id).await.unwrap(), Some(0));
         assert_eq!(store.revision(987_654).await.unwrap(), None);
     })
@@ -697,6 +697,16 @@ async fn undelivered(store: &Arc<dyn Store>, cluster_id: i64, name: &str) -> Vec
         .filter(|s| s.configuration_id == id)
         .map(|s| s.version)
         .collect()
+}
+
+/// Records that the cluster's agent was heard from at `at`, as a poll (`info` `None`) or a report does, through the
+/// batch writer's statement; answers the cluster's revision.
+async fn heard(store: &dyn Store, cluster_id: i64, at: DateTime<Utc>, info: Option<&AgentInfo>) -> Option<i64> {
+    let heartbeat = crate::model::HeartbeatWrite {
+        cluster_id,
+        info: info.cloned().unwrap_or_default(),
+    };
+    store.apply_reports(&[], &[heartbeat], at).await.unwrap().revisions[0]
 }
 
 /// How many sealed changes the database holds, read directly (the store's reads skip them when no configuration
@@ -1213,7 +1223,7 @@ async fn mark_offline_case(backend: Backend) {
         let store = db.store().await;
         let c = registered(&store, "c1").await;
         let long_ago = Utc::now() - chrono::Duration::minutes(10);
-        store.heartbeat(c.id, long_ago, None).await.unwrap();
+        heard(store.as_ref(), c.id, long_ago, None).await;
         let status = |store: Arc<dyn Store>| async move {
             store
                 .get_cluster("sub/rg/c1")
@@ -1239,7 +1249,7 @@ async fn mark_offline_case(backend: Backend) {
         );
         assert_eq!(status(store.clone()).await, "Offline");
         assert_eq!(store.mark_offline(Utc::now()).await.unwrap(), 0, "marked once");
-        store.heartbeat(c.id, Utc::now(), None).await.unwrap();
+        heard(store.as_ref(), c.id, Utc::now(), None).await;
         assert_eq!(status(store.clone()).await, "Connected");
     })
     .await;
@@ -2628,16 +2638,13 @@ async fn connectivity_alerts_case(backend: Backend) {
         )
         .await;
         let start = Utc::now();
-        store
-            .heartbeat(c.id, start - chrono::Duration::hours(1), None)
-            .await
-            .unwrap();
+        heard(store.as_ref(), c.id, start - chrono::Duration::hours(1), None).await;
         assert_eq!(
             store.mark_offline(start - chrono::Duration::minutes(5)).await.unwrap(),
             1
         );
-        store.heartbeat(c.id, start, None).await.unwrap();
-        store.heartbeat(c.id, start, None).await.unwrap();
+        heard(store.as_ref(), c.id, start, None).await;
+        heard(store.as_ref(), c.id, start, None).await;
         let expiring = ConfigurationRecord {
             generation_expires_at: Some(start - chrono::Duration::seconds(1)),
             ..configuration(c.id, "cfg")
