@@ -20,13 +20,7 @@ pub(crate) const FLEET_API: &str = "2026-01-01";
 
 /// The total time the server has spent applying policy assignments, from its metrics.
 pub(crate) async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
-    let metrics = target
-        .client
-        .get(format!("{}/metrics", target.server.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = target.metrics().await?;
     metrics
         .lines()
         .find_map(|line| line.strip_prefix("fluxplane_policy_assignment_apply_seconds_sum "))

@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::ceiling::{Ceiling, Db, FixedServer, agent_http};
 use crate::fleet::{fleet_cluster, raise_file_limit, register};
-use crate::ingestion::{Reporter, report};
+use crate::ingestion::{Reporter, held, report};
 use crate::propagation::Exchange;
 use crate::{Figure, Target, config_body, ms};
 
@@ -134,19 +134,7 @@ async fn agents(args: &BurstArgs) -> anyhow::Result<Vec<(Reporter, StatusReport)
         reads.push(tokio::spawn(async move {
             let _turn = gate.acquire().await?;
             let control_plane = ControlPlane::new(identity)?;
-            // the generations to report on, as an agent learns them; the read opens the agent's connection
-            let desired = control_plane.desired_state(None, Duration::ZERO).await?;
-            let held: Vec<_> = desired
-                .configurations
-                .iter()
-                .map(|c| (c.name.clone(), c.generation))
-                .collect();
-            if held.len() != configurations {
-                bail!(
-                    "agent {agent} holds {} configurations, expected {configurations}",
-                    held.len()
-                );
-            }
+            let held = held(&control_plane, configurations, agent).await?;
             Ok::<_, anyhow::Error>((Reporter::Agent(control_plane), report(&held, true, agent)))
         }));
     }

@@ -51,6 +51,28 @@ impl Reporter {
     }
 }
 
+/// The generations the agent `agent` is to report on, as an agent learns them (its first read also opens its
+/// connection); it must hold `configurations` of them.
+pub(crate) async fn held(
+    control_plane: &ControlPlane,
+    configurations: usize,
+    agent: usize,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let desired = control_plane.desired_state(None, Duration::ZERO).await?;
+    let held: Vec<_> = desired
+        .configurations
+        .iter()
+        .map(|c| (c.name.clone(), c.generation))
+        .collect();
+    if held.len() != configurations {
+        bail!(
+            "agent {agent} holds {} configurations, expected {configurations}",
+            held.len()
+        );
+    }
+    Ok(held)
+}
+
 /// A report of every configuration at its generation: compliant, or failed with a message.
 pub(crate) fn report(configurations: &[(String, i64)], compliant: bool, agent: usize) -> StatusReport {
     StatusReport {
@@ -156,19 +178,7 @@ pub async fn ingestion(
     for (agent, identity) in identities.into_iter().enumerate() {
         let token = identity.token()?.value;
         let control_plane = ControlPlane::new(identity)?;
-        // the generations to report on, as an agent learns them
-        let desired = control_plane.desired_state(None, Duration::ZERO).await?;
-        let held: Vec<_> = desired
-            .configurations
-            .iter()
-            .map(|c| (c.name.clone(), c.generation))
-            .collect();
-        if held.len() != configurations {
-            bail!(
-                "agent {agent} holds {} configurations, expected {configurations}",
-                held.len()
-            );
-        }
+        let held = held(&control_plane, configurations, agent).await?;
         let pair = [report(&held, true, agent), report(&held, false, agent)];
         agent_reporters.push((Reporter::Agent(control_plane), pair.clone()));
         ceiling_reporters.push((token, pair));

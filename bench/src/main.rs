@@ -231,6 +231,12 @@ impl Target {
         Ok(())
     }
 
+    /// The server's metrics, as Prometheus scrapes them.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.server.base);
+        Ok(self.client.get(url).send().await?.error_for_status()?.text().await?)
+    }
+
     /// The body of a GET as the owner reads it, failing on an error status.
     pub(crate) async fn get_bytes(&self, url: &str) -> anyhow::Result<Bytes> {
         Ok(self

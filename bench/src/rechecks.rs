@@ -85,14 +85,7 @@ impl ClusterTarget for MemoryCluster {
 
 /// Every request the server has answered, from its metrics.
 async fn requests_answered(target: &Target) -> anyhow::Result<f64> {
-    let text = target
-        .client
-        .get(format!("{}/metrics", target.server.base))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
+    let text = target.metrics().await?;
     Ok(text
         .lines()
         .filter(|line| line.starts_with("fluxplane_http_requests_total{"))

@@ -158,13 +158,7 @@ fn transport(agents: usize, wanted: Transport) -> Result<TransportArgs, String> 
 
 /// The agents' polls the server has answered so far (`fluxplane_http_requests_total` of the desired-state route).
 async fn polls_answered(target: &Target) -> anyhow::Result<f64> {
-    let metrics = target
-        .client
-        .get(format!("{}/metrics", target.server.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = target.metrics().await?;
     let route = format!("route=\"{}\"", fluxplane_agent_protocol::agent::DESIRED_STATE_PATH);
     Ok(metrics
         .lines()
