@@ -408,7 +408,10 @@ pub async fn serve(
     let notifier = state.notifier.clone();
     let limits = Arc::new(Connections::new(state.config.max_connections));
     let tls = match &state.tls {
-        Some(certificates) => Some(certificates.acceptor().map_err(std::io::Error::other)?),
+        Some(certificates) => Some((
+            certificates.acceptor().map_err(std::io::Error::other)?,
+            certificates.refusal_acceptor().map_err(std::io::Error::other)?,
+        )),
         None => None,
     };
     let protocols = Arc::new(Protocols::new(&state.config));
@@ -448,7 +451,7 @@ pub async fn serve(
                 }
                 // answered while few are, else closed at once: refusals must not use up the files left
                 if let Ok(permit) = refusing.clone().try_acquire_owned() {
-                    let (max, tls) = (limits.max(), tls.clone());
+                    let (max, tls) = (limits.max(), tls.as_ref().map(|(_, refusal)| refusal.clone()));
                     tokio::spawn(async move {
                         match tls {
                             None => connections::refuse(stream, max).await,
@@ -468,7 +471,7 @@ pub async fn serve(
         };
         let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone(), request_timeout));
         let (protocols, watcher, mut stopped) = (protocols.clone(), graceful.watcher(), stopped.clone());
-        let Some(tls) = &tls else {
+        let Some((tls, _)) = &tls else {
             // the first bytes are awaited in the connection's own task, bounded as a TLS handshake is
             tokio::spawn(async move {
                 let protocol = tokio::select! {

@@ -30,6 +30,8 @@ use crate::config::TlsFiles;
 
 /// The ALPN name of HTTP/2, offered before HTTP/1.1's.
 pub const ALPN_HTTP2: &[u8] = b"h2";
+/// HTTP/1.1's ALPN identifier.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// How often the certificate and key files are read again for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -154,16 +156,26 @@ impl Certificates {
         }
     }
 
-    /// What accepts TLS connections with the current certificate: HTTP/1.1 (offered by ALPN), no client
-    /// certificates.
+    /// What accepts TLS connections with the current certificate: HTTP/2 and HTTP/1.1 (offered by ALPN), no
+    /// client certificates.
     pub fn acceptor(self: &Arc<Self>) -> anyhow::Result<TlsAcceptor> {
+        // HTTP/2 first, as clients that speak both prefer it: an agent's poll is then a stream, not a connection
+        self.offering(vec![ALPN_HTTP2.to_vec(), ALPN_HTTP1.to_vec()])
+    }
+
+    /// What accepts the TLS connections the server refuses at its connection cap: HTTP/1.1 alone, the protocol the
+    /// refusal's 503 is written in (a client that had agreed on HTTP/2 could not read it).
+    pub fn refusal_acceptor(self: &Arc<Self>) -> anyhow::Result<TlsAcceptor> {
+        self.offering(vec![ALPN_HTTP1.to_vec()])
+    }
+
+    fn offering(self: &Arc<Self>, protocols: Vec<Vec<u8>>) -> anyhow::Result<TlsAcceptor> {
         let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()
             .context("TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        // HTTP/2 first, as clients that speak both prefer it: an agent's poll is then a stream, not a connection
-        config.alpn_protocols = vec![ALPN_HTTP2.to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = protocols;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

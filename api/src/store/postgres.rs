@@ -425,13 +425,18 @@ async fn record_heartbeats(
         known.kubernetes_version = said.kubernetes_version.or(known.kubernetes_version.take());
         known.total_node_count = said.total_node_count.or(known.total_node_count);
     }
+    // the rows locked in id order first, as every statement that writes many clusters does (the configurations'
+    // trigger, 0013): an UPDATE joined to a list locks in whatever order its plan reads, and a fleet write locking
+    // the same clusters in id order would deadlock with it
     let revisions: std::collections::HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
-        "UPDATE clusters c SET last_connectivity_time = $1, connectivity_status = 'Connected', \
+        "WITH locked AS (SELECT id FROM clusters WHERE id = ANY ($2) ORDER BY id FOR NO KEY UPDATE) \
+         UPDATE clusters c SET last_connectivity_time = $1, connectivity_status = 'Connected', \
          agent_version = COALESCE(h.agent_version, c.agent_version), \
          kubernetes_version = COALESCE(h.kubernetes_version, c.kubernetes_version), \
          total_node_count = COALESCE(h.total_node_count, c.total_node_count) \
          FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[]) \
          AS h(id, agent_version, kubernetes_version, total_node_count) \
+         JOIN locked l ON l.id = h.id \
          WHERE c.id = h.id RETURNING c.id, c.revision",
     )
     .bind(at)
