@@ -133,9 +133,22 @@ impl Connections {
         }))
     }
 
+    /// Closes every connection waiting for a request, as the cap closes the one waiting longest: a server shutting
+    /// down does so once its clients have had time to read its goodbye (an HTTP/2 GOAWAY), so that a client that
+    /// never answers it (one no longer reading its socket) cannot hold the shutdown up.
+    pub fn close_waiting(&self) {
+        let mut inner = self.lock();
+        let waiting = std::mem::take(&mut inner.waiting);
+        for id in waiting.into_values() {
+            if let Some(entry) = inner.entries.get_mut(&id) {
+                entry.waiting_since = None;
+                entry.evict.notify_one();
+            }
+        }
+    }
+
     /// Connections open now.
-    #[cfg(test)]
-    fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.lock().open
     }
 
@@ -429,6 +442,29 @@ mod tests {
             .await
             .expect("once idle it gives way");
         drop(uploading);
+    }
+
+    #[tokio::test]
+    async fn closing_the_waiting_connections_spares_those_inside_a_request_until_they_end() {
+        let connections = Arc::new(Connections::with_cap(4));
+        let (waiting, polling) = (admitted(&connections), admitted(&connections));
+        polling.busy();
+        connections.close_waiting();
+        tokio::time::timeout(Duration::from_secs(1), waiting.evicted())
+            .await
+            .expect("a waiting connection is asked to close");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), polling.evicted())
+                .await
+                .is_err(),
+            "a connection inside a request is left to finish it"
+        );
+        // once its request ends it waits, and the next round closes it
+        polling.idle();
+        connections.close_waiting();
+        tokio::time::timeout(Duration::from_secs(1), polling.evicted())
+            .await
+            .expect("closed once its request ended");
     }
 
     #[tokio::test]

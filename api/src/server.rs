@@ -295,6 +295,22 @@ const HTTP2_MAX_HEADER_LIST: u32 = 16 * 1024;
 /// How long an HTTP/2 client has to answer the server's ping before its connection is closed.
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a stopping server gives its idle connections to read its goodbye (HTTP/1.1's close, HTTP/2's GOAWAY
+/// and the ping hyper sends with it, one round trip) before it closes them itself, and how often it looks again
+/// for connections whose last request has ended.
+const SHUTDOWN_ROUND: Duration = Duration::from_secs(1);
+
+/// Where the server is in its life, as its connections' tasks see it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// No new connections; those still in their handshake or first bytes give up, the others finish their
+    /// requests.
+    Stopping,
+    /// The requests had their time: every connection still open is closed.
+    Closing,
+}
+
 /// The protocol a connection speaks.
 #[derive(Clone, Copy)]
 enum Protocol {
@@ -340,24 +356,43 @@ impl Protocols {
         }
     }
 
-    /// Serves a connection in `protocol` until it ends, is evicted, or stays too long without a request.
-    async fn serve<I>(&self, io: I, protocol: Protocol, service: Service, watcher: Watcher, slot: Arc<Slot>)
+    /// Serves a connection in `protocol` until it ends, is evicted, stays too long without a request, or the
+    /// server closes its last connections.
+    async fn serve<I>(&self, io: I, protocol: Protocol, service: Service, watcher: Watcher, ends: Ends)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match protocol {
             Protocol::Http1 => {
                 let connection = watcher.watch(self.http1.serve_connection(TokioIo::new(io), service));
-                connection_ended(connection, &slot, std::future::pending()).await;
+                connection_ended(connection, ends, std::future::pending()).await;
             }
             Protocol::Http2 => {
                 let connection = watcher.watch(self.http2.serve_connection(TokioIo::new(io), service));
+                let idle = ends.slot.clone();
                 // boxed: an HTTP/2 connection's state is larger than an HTTP/1.1 one's, and every connection's task
                 // would otherwise be sized for it, where an HTTP/2 connection carries hundreds of agents
-                Box::pin(connection_ended(connection, &slot, slot.idle_for(self.idle))).await;
+                Box::pin(connection_ended(connection, ends, idle.idle_for(self.idle))).await;
             }
         }
     }
+}
+
+/// What, besides its own end, ends a connection: its place asked for (eviction at the cap, or a stopping server
+/// closing its idle connections), and the server's last phase.
+struct Ends {
+    slot: Arc<Slot>,
+    phase: tokio::sync::watch::Receiver<Phase>,
+}
+
+/// Completes once the server has left serving (`Stopping`) or closes what is left (`Closing`).
+async fn reached(phases: &mut tokio::sync::watch::Receiver<Phase>, phase: Phase) {
+    let _ = phases
+        .wait_for(|now| match phase {
+            Phase::Closing => *now == Phase::Closing,
+            _ => *now != Phase::Serving,
+        })
+        .await;
 }
 
 /// Tells HTTP/2 with prior knowledge (h2c) from HTTP/1.1 by the connection's first bytes, peeked rather than read:
@@ -421,7 +456,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     // connections still in their TLS handshake or first bytes give up when the server stops, rather than hold up
     // its shutdown
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let (phase, phases) = tokio::sync::watch::channel(Phase::Serving);
     let (mut refusals, mut last_warned) = (0u64, None);
     let refusing = Arc::new(tokio::sync::Semaphore::new(connections::MAX_REFUSING));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -470,7 +505,11 @@ pub async fn serve(
             }
         };
         let service = TowerToHyperService::new(Tracked::new(router.clone(), slot.clone(), request_timeout));
-        let (protocols, watcher, mut stopped) = (protocols.clone(), graceful.watcher(), stopped.clone());
+        let (protocols, watcher) = (protocols.clone(), graceful.watcher());
+        let mut ends = Ends {
+            slot,
+            phase: phases.clone(),
+        };
         let Some((tls, _)) = &tls else {
             // the first bytes are awaited in the connection's own task, bounded as a TLS handshake is
             tokio::spawn(async move {
@@ -480,10 +519,10 @@ pub async fn serve(
                         Ok(Err(err)) => return tracing::debug!(error = %err, "connection closed before a request"),
                         Err(_) => return tracing::debug!(timeout = ?handshake_timeout, "no request in time"),
                     },
-                    () = slot.evicted() => return tracing::debug!("idle connection closed to make room for a new one"),
-                    _ = stopped.wait_for(|stopping| *stopping) => return,
+                    () = ends.slot.evicted() => return tracing::debug!("idle connection closed to make room for a new one"),
+                    () = reached(&mut ends.phase, Phase::Stopping) => return,
                 };
-                protocols.serve(stream, protocol, service, watcher, slot).await;
+                protocols.serve(stream, protocol, service, watcher, ends).await;
             });
             continue;
         };
@@ -507,28 +546,58 @@ pub async fn serve(
                     Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(timeout = ?handshake_timeout, "TLS handshake not finished in time"),
                 },
-                () = slot.evicted() => return tracing::debug!("connection in its TLS handshake closed to make room for a new one"),
-                _ = stopped.wait_for(|stopping| *stopping) => return,
+                () = ends.slot.evicted() => return tracing::debug!("connection in its TLS handshake closed to make room for a new one"),
+                () = reached(&mut ends.phase, Phase::Stopping) => return,
             };
             let protocol = match stream.get_ref().1.alpn_protocol() {
                 Some(tls::ALPN_HTTP2) => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            protocols.serve(stream, protocol, service, watcher, slot).await;
+            protocols.serve(stream, protocol, service, watcher, ends).await;
         });
     }
     drop(listener);
-    let _ = stopping.send(true);
+    let _ = phase.send(Phase::Stopping);
     notifier.close();
-    graceful.shutdown().await;
+    stop_connections(graceful, &limits, &phase, request_timeout).await;
     Ok(())
 }
 
-/// Serves a connection until it ends, or until it is asked to make room for a new one while it waits for a request,
-/// or until `idle_too_long` completes (HTTP/2's limit on time without a request; HTTP/1.1's is hyper's own).
+/// Ends the connections of a server that stopped accepting: each is told to finish (HTTP/1.1 closes after its
+/// response, HTTP/2 sends GOAWAY), the held long-polls having been answered already. Connections waiting for a
+/// request are then closed a round later, whether or not their client answered, and those still inside a request
+/// once the longest request time has passed.
+async fn stop_connections(
+    graceful: GracefulShutdown,
+    limits: &Connections,
+    phase: &tokio::sync::watch::Sender<Phase>,
+    request_timeout: Duration,
+) {
+    let finished = graceful.shutdown();
+    let mut finished = std::pin::pin!(finished);
+    let deadline = tokio::time::sleep(request_timeout + SHUTDOWN_ROUND);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut finished => return,
+            () = tokio::time::sleep(SHUTDOWN_ROUND) => limits.close_waiting(),
+            () = &mut deadline => break,
+        }
+    }
+    tracing::warn!(
+        connections = limits.open(),
+        "closing the connections still open: their requests outlasted the request timeout"
+    );
+    let _ = phase.send(Phase::Closing);
+    finished.await;
+}
+
+/// Serves a connection until it ends, or until it is asked to close while it waits for a request (to make room for
+/// a new one, or by a stopping server), or until `idle_too_long` completes (HTTP/2's limit on time without a
+/// request; HTTP/1.1's is hyper's own), or until a stopping server closes what is left.
 async fn connection_ended(
     connection: impl Future<Output = hyper::Result<()>>,
-    slot: &Slot,
+    mut ends: Ends,
     idle_too_long: impl Future<Output = ()>,
 ) {
     tokio::select! {
@@ -536,8 +605,9 @@ async fn connection_ended(
             tracing::debug!(error = %err, "connection ended with an error");
         },
         // dropping the connection closes it: it was waiting for a request, so none is cut short
-        () = slot.evicted() => tracing::debug!("idle connection closed to make room for a new one"),
+        () = ends.slot.evicted() => tracing::debug!("idle connection closed"),
         () = idle_too_long => tracing::debug!("connection closed: no request within the header read timeout"),
+        () = reached(&mut ends.phase, Phase::Closing) => tracing::debug!("connection closed: the server stopped"),
     }
 }
 
@@ -555,30 +625,40 @@ async fn refused(err: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that completes on SIGTERM or Ctrl-C. The signals are caught from this call on, not from the future's
+/// first poll: a process that has said it is ready (a banner, a log line) must not die of a SIGTERM that arrives
+/// before its server task ran.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        [SignalKind::terminate(), SignalKind::interrupt()].map(|kind| {
+            signal(kind)
+                .inspect_err(|err| tracing::warn!(error = %err, "cannot listen for SIGTERM or SIGINT"))
+                .ok()
+        })
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let [terminate, interrupt] = signals;
+            let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = received(terminate) => {},
+                () = received(interrupt) => {},
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }
 
 /// Raises the soft open-file limit to the hard one: every long-polling agent holds a connection, and the usual soft
@@ -597,6 +677,8 @@ pub async fn run(
     generate_keys: bool,
     announce: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
+    // caught from here on, before anyone is told the server is there
+    let shutdown = shutdown_signal();
     crate::keys::prepare(&config, generate_keys)?;
     raise_open_file_limit();
     let store = crate::store::connect(&config.database_url())
@@ -610,7 +692,7 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, "fluxplane listening");
     announce(address);
-    serve(listener, state, shutdown_signal()).await?;
+    serve(listener, state, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

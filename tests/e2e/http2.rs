@@ -217,3 +217,44 @@ async fn limits_case(backend: Backend) {
         .unwrap();
     attacked.abort();
 }
+
+/// A client that stops reading its socket (a paused process, a peer gone without a close) never answers the ping
+/// hyper sends with its GOAWAY, and HTTP/2 closes a connection only once that ping is answered: the server must not
+/// wait for it (the header read timeout, then the ping timeout) before it stops.
+#[tokio::test]
+async fn a_stopping_server_closes_an_http2_connection_whose_client_stopped_reading() {
+    let Some(server) = TestServer::start(Backend::Sqlite).await else {
+        return;
+    };
+    let tcp = TcpStream::connect(server.address).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an HTTP/2 handshake");
+    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
+    let held = tokio::spawn(async move {
+        let mut connection = connection;
+        tokio::select! {
+            _ = &mut connection => panic!("the connection ended while in use"),
+            _ = paused => {}
+        }
+        // the connection stays open, and nothing reads it any more
+        std::future::pending::<()>().await;
+        drop(connection);
+    });
+    let healthz = http::Request::builder()
+        .uri(format!("http://{}/healthz", server.address))
+        .body(())
+        .unwrap();
+    let (status, _) = send(&client, healthz).await;
+    assert_eq!(status, StatusCode::OK, "the connection is served");
+    pause.send(()).unwrap();
+
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("the server stopped without the client's answer");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    held.abort();
+}
