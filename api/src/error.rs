@@ -100,6 +100,10 @@ pub enum ApiError {
     /// The server holds as much of this kind of work as it queues; retry in a second.
     #[error("{0}")]
     ServerBusy(String),
+    /// The database rolled the write back for another transaction (a deadlock it broke) and nothing was written;
+    /// retry in a second. Answered as `ServerBusy`.
+    #[error("{0}")]
+    WriteCollided(String),
     #[error("the request did not complete within {} seconds", .0.as_secs())]
     RequestTimeout(std::time::Duration),
     /// A rate limit of the server's own (an alert receiver's) has no room now; retry after the given seconds.
@@ -138,9 +142,10 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::AgentEncryptionKeyMissing(_) => StatusCode::CONFLICT,
             ApiError::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
-            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) | ApiError::ServerBusy(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NotReady(_)
+            | ApiError::DatabaseUnavailable(_)
+            | ApiError::ServerBusy(_)
+            | ApiError::WriteCollided(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -169,7 +174,7 @@ impl ApiError {
             ApiError::AuthenticationFailed(_) => "AuthenticationFailed",
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
             ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => "ServiceUnavailable",
-            ApiError::ServerBusy(_) => "ServerBusy",
+            ApiError::ServerBusy(_) | ApiError::WriteCollided(_) => "ServerBusy",
             ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalServerError",
@@ -216,7 +221,7 @@ impl IntoResponse for ApiError {
         }
         let headers = response.headers_mut();
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
-        if let ApiError::ServerBusy(_) = &self {
+        if let ApiError::ServerBusy(_) | ApiError::WriteCollided(_) = &self {
             // as the connection cap's 503 says: a queue drains in moments, an outage does not
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -125,10 +125,24 @@ async fn apply(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Job>
     }
 }
 
+/// Times a batch the database rolled back for another transaction (a fleet write locking the same clusters) is
+/// tried again whole, before its requests are applied one by one: a thousand transactions where one would do.
+const COLLISION_RETRIES: usize = 3;
+
 /// Applies a batch in one transaction and answers each of its requests; if that fails, applies each request alone.
 async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
     let submissions: Vec<&Submission> = batch.iter().map(|j| &j.submission).collect();
-    match write(store, &submissions).await {
+    let mut written = write(store, &submissions).await;
+    for _ in 0..COLLISION_RETRIES {
+        match &written {
+            Err(err) if err.is_transient() => {
+                tracing::debug!(error = ?err, requests = batch.len(), "a batch of status reports was rolled back for another transaction; trying it again");
+                written = write(store, &submissions).await;
+            }
+            _ => break,
+        }
+    }
+    match written {
         Ok(applied) => {
             for (job, applied) in batch.into_iter().zip(applied) {
                 let _ = job.done.send(Ok(applied));

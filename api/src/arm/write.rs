@@ -31,8 +31,9 @@ pub enum Attempt<T> {
     Lost,
 }
 
-/// Runs `attempt` in the resource's turn until it is done, it fails, or it has lost `WRITE_ATTEMPTS` times. `key`
-/// names the resource as the store keys it, prefixed by its type.
+/// Runs `attempt` in the resource's turn until it is done, it fails, or it has lost `WRITE_ATTEMPTS` times (a race
+/// with another writer, or a transaction the database rolled back to break a deadlock). `key` names the resource as
+/// the store keys it, prefixed by its type.
 ///
 /// `attempt` is a closure returning a future rather than an async closure: the futures of async closures cannot yet
 /// be shown `Send` where axum needs it. Callers capture references (`move || async move { .. }`).
@@ -42,14 +43,22 @@ where
     Fut: Future<Output = ApiResult<Attempt<T>>>,
 {
     let _turn = turns.take(key).await;
+    let mut collided = None;
     for _ in 0..WRITE_ATTEMPTS {
-        match attempt().await? {
-            Attempt::Done(value) => return Ok(value),
-            Attempt::Lost if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
-            Attempt::Lost => continue,
+        match attempt().await {
+            Ok(Attempt::Done(value)) => return Ok(value),
+            Ok(Attempt::Lost) if preconditions.is_conditional() => return Err(Preconditions::lost_race()),
+            Ok(Attempt::Lost) => continue,
+            // rolled back whole for another transaction: the attempt wrote nothing, and its preconditions are
+            // checked again on the next one
+            Err(err @ ApiError::WriteCollided(_)) => {
+                tracing::debug!(error = %err, "a write collided with another transaction; trying again");
+                collided = Some(err);
+            }
+            Err(err) => return Err(err),
         }
     }
-    Err(contention())
+    Err(collided.unwrap_or_else(contention))
 }
 
 #[cfg(test)]
@@ -82,6 +91,49 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(tries.get(), WRITE_ATTEMPTS);
+        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_the_database_rolled_back_for_another_is_tried_again_conditional_or_not() {
+        let turns = Turns::default();
+        let collided = || ApiError::WriteCollided("rolled back".into());
+        for preconditions in [Preconditions::default(), Preconditions::if_match("e1")] {
+            let tries = Cell::new(0);
+            let landed = retry(&turns, "k", &preconditions, || async {
+                tries.set(tries.get() + 1);
+                if tries.get() < 3 {
+                    Err(collided())
+                } else {
+                    Ok(Attempt::Done("written"))
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!((landed, tries.get()), ("written", 3));
+        }
+
+        // rolled back every time: answered as such (503, retry), not as a conflict with other writers
+        let tries = Cell::new(0);
+        let err = retry(&turns, "k", &Preconditions::default(), || async {
+            tries.set(tries.get() + 1);
+            Err::<Attempt<()>, _>(collided())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries.get(), WRITE_ATTEMPTS);
+        assert_eq!(err.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code(), "ServerBusy");
+
+        // any other failure ends the loop at once
+        let tries = Cell::new(0);
+        let err = retry(&turns, "k", &Preconditions::default(), || async {
+            tries.set(tries.get() + 1);
+            Err::<Attempt<()>, _>(ApiError::Conflict("overlap".into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries.get(), 1);
         assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
     }
 

@@ -72,14 +72,33 @@ impl StoreError {
     }
 }
 
-/// How a failed store call answers a request: an unreachable database is a 503 the client may retry, anything else
-/// an internal error.
+impl StoreError {
+    /// Whether the database rolled the transaction back to let another go on (PostgreSQL breaking a deadlock, or
+    /// a serialization failure): nothing of it was written, and the same transaction tried again normally
+    /// succeeds. Fleet writes lock thousands of rows; an agent's batch of reports meeting one of them halfway is
+    /// such a case, however carefully each orders its locks.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        // SQLSTATE 40P01: deadlock detected; 40001: serialization failure
+        db.code().is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001"))
+    }
+}
+
+/// How a failed store call answers a request: an unreachable database is a 503 the client may retry; a write rolled
+/// back for another transaction (tried again by the write loop first, `arm::write::retry`) a 503 `ServerBusy` to
+/// retry at once; anything else an internal error.
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match &err {
             StoreError::Database(cause) if err.is_unavailable() => {
                 ApiError::DatabaseUnavailable(format!("the database is unreachable ({cause}); retry shortly"))
             }
+            _ if err.is_transient() => ApiError::WriteCollided(
+                "the write met another one on the same rows and the database rolled it back, writing nothing; retry"
+                    .into(),
+            ),
             _ => ApiError::Internal(err.into()),
         }
     }

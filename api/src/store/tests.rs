@@ -1009,6 +1009,49 @@ async fn expiry_case(backend: Backend) {
     .await;
 }
 
+/// Two transactions locking the same rows in opposite orders: PostgreSQL rolls one back. That error must read as
+/// transient (the write loop tries again) and, if it reaches a client, as a 503 to retry, not a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_postgres_breaks_is_transient_and_answered_503_to_retry() {
+    with_database(Backend::Postgres, |db| async move {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE crossing (id INT PRIMARY KEY); INSERT INTO crossing VALUES (1), (2)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let first_locks = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let crossing = |first: i32, second: i32| {
+            let (pool, first_locks) = (pool.clone(), first_locks.clone());
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE crossing SET id = id WHERE id = $1")
+                    .bind(first)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                first_locks.wait().await;
+                let crossed = sqlx::query("UPDATE crossing SET id = id WHERE id = $1")
+                    .bind(second)
+                    .execute(&mut *tx)
+                    .await;
+                crossed.map(|_| ())
+            })
+        };
+        let (a, b) = (crossing(1, 2), crossing(2, 1));
+        let outcomes = [a.await.unwrap(), b.await.unwrap()];
+        let broken: Vec<_> = outcomes.into_iter().filter_map(Result::err).collect();
+        assert_eq!(broken.len(), 1, "PostgreSQL broke the deadlock by rolling one back");
+        let err = super::StoreError::from(broken.into_iter().next().unwrap());
+        assert!(err.is_transient(), "{err:?}");
+        assert!(!err.is_unavailable(), "the database is there");
+        let answered = crate::error::ApiError::from(err);
+        assert_eq!(answered.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answered.code(), "ServerBusy");
+        assert!(!super::StoreError::NotReady("x".into()).is_transient());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sweeping_at_once_expire_each_row_once() {
     with_database(Backend::Postgres, |db| async move {
