@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::body::Bytes;
-use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::client::{ClientError, ControlPlane};
 use fluxplane_agent_protocol::agent::{
     ApplyOutcome, ConfigurationReport, ReportDisposition, StatusAccepted, StatusReport,
 };
@@ -35,7 +35,14 @@ pub(crate) enum Reporter {
 impl Reporter {
     pub(crate) async fn report(&self, report: &StatusReport) -> anyhow::Result<StatusAccepted> {
         match self {
-            Reporter::Agent(control_plane) => Ok(control_plane.report(report).await?),
+            Reporter::Agent(control_plane) => match control_plane.report(report).await {
+                // a kept-alive connection the server closed as the report went out (its header read timeout passed
+                // while the other agents got ready): sent again on a new one, as an agent sends its report again
+                Err(ClientError::Transport(err)) if err.is_request() || err.is_connect() => {
+                    Ok(control_plane.report(report).await?)
+                }
+                answered => Ok(answered?),
+            },
             // as `ControlPlane::report` sends it
             Reporter::Ceiling { http, url, token } => Ok(http
                 .post(url)
