@@ -300,8 +300,8 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// for connections whose last request has ended.
 const SHUTDOWN_ROUND: Duration = Duration::from_secs(1);
 
-/// Where the server is in its life, as its connections' tasks see it.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Where the server is in its life, as its connections' tasks see it; phases only move forward.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     Serving,
     /// No new connections; those still in their handshake or first bytes give up, the others finish their
@@ -385,14 +385,9 @@ struct Ends {
     phase: tokio::sync::watch::Receiver<Phase>,
 }
 
-/// Completes once the server has left serving (`Stopping`) or closes what is left (`Closing`).
+/// Completes once the server has reached `phase` (or passed it).
 async fn reached(phases: &mut tokio::sync::watch::Receiver<Phase>, phase: Phase) {
-    let _ = phases
-        .wait_for(|now| match phase {
-            Phase::Closing => *now == Phase::Closing,
-            _ => *now != Phase::Serving,
-        })
-        .await;
+    let _ = phases.wait_for(|now| *now >= phase).await;
 }
 
 /// Tells HTTP/2 with prior knowledge (h2c) from HTTP/1.1 by the connection's first bytes, peeked rather than read:

@@ -70,9 +70,7 @@ impl StoreError {
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// Whether the database rolled the transaction back to let another go on (PostgreSQL breaking a deadlock, or
     /// a serialization failure): nothing of it was written, and the same transaction tried again normally
     /// succeeds. Fleet writes lock thousands of rows; an agent's batch of reports meeting one of them halfway is
