@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
+use tower::ServiceBuilder;
 use tower::layer::layer_fn;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -194,10 +194,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(guard(state.database.clone()));
     let (agent, _) = agents::routes::router().split_for_parts();
     let agent = agent
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            agents::auth::authenticate,
-        ))
+        .route_layer(layer_fn({
+            let (store, tokens) = (state.store.clone(), state.agent_tokens.clone());
+            move |inner| agents::auth::Authenticate::new(inner, store.clone(), tokens.clone())
+        }))
         .route_layer(guard(state.database.clone()));
     // Git hosts authenticate each delivery with the receiver's secret, not with a token
     let (hooks, _) = fleet::receivers::hook::router().split_for_parts();
@@ -217,7 +217,8 @@ pub fn app(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("no resource or route matches this path".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // the layers that name the route a request matched sit inside the routing; each layer there wraps every
+        // route and costs a boxed future per request, kept as long as a long-poll is held
         .layer(layer_fn({
             let metrics = state.metrics.clone();
             move |inner| Track::new(inner, metrics.clone())
@@ -250,11 +251,9 @@ pub fn app(state: AppState) -> Router {
                     );
                 }),
         )
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state.clone());
+    // the rest need no route: one stack around the routing, its futures nested in one allocation per request
+    let around = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
@@ -265,9 +264,16 @@ pub fn app(state: AppState) -> Router {
             HeaderName::from_static("x-hub-signature-256"),
             HeaderName::from_static("x-signature"),
         ]))
-        .with_state(state);
-    // ARM's fixed segments match in any case: the path is respelled before the routes see it
-    Router::new().fallback_service(app.map_request(move |request| vocabulary.canonicalize(request)))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // ARM's fixed segments match in any case: the path is respelled before the routes see it
+        .map_request(move |request| vocabulary.canonicalize(request))
+        .service(app);
+    Router::new().fallback_service(around)
 }
 
 /// The layer of the routes that need the database (see `availability`).

@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::AgentCaller;
+use super::auth::{AgentCaller, heartbeat_every};
 use super::ingest::Submission;
 use crate::arm::body::SanitizedJsonBody;
 use crate::arm::body::parse;
@@ -155,10 +155,9 @@ fn desired_extension(e: ExtensionRecord) -> DesiredExtension {
     }
 }
 
-/// The time after which a heartbeat need not be written again: a tenth of the silence that makes a cluster
-/// Offline, at most 15 s, so that connectivity stays as true as it was.
+/// The time after which a heartbeat need not be written again (`auth::heartbeat_every`).
 fn quiet_since(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
-    let every = (state.config.offline_after / 10).min(Duration::from_secs(15));
+    let every = heartbeat_every(state.config.offline_after);
     now - chrono::Duration::from_std(every).unwrap_or_default()
 }
 
