@@ -397,7 +397,12 @@ async fn main() -> anyhow::Result<()> {
         if wanted(Scenario::Memory) {
             eprintln!("{name}: server memory with {} idle long-polls", args.memory_agents);
             let target = Target::start(*backend).await?;
-            memory::memory(&target, args.memory_agents, &mut figures, name).await?;
+            let decay = if args.quick {
+                Duration::ZERO
+            } else {
+                memory::ALLOCATOR_DECAY
+            };
+            memory::memory(&target, args.memory_agents, decay, &mut figures, name).await?;
             target.server.stop().await;
         }
         if wanted(Scenario::Throughput) {

@@ -29,7 +29,7 @@ use serde_json::json;
 use crate::assignment::{FLEET_API, apply_seconds, assignment, held_by_all};
 use crate::ceiling::{Ceiling, Db};
 use crate::fleet::{Fleet, SPARE_FILES, TransportArgs, cpu_seconds, fleet_cluster, polls_ended};
-use crate::memory::resident_mib;
+use crate::memory::{ALLOCATOR_DECAY, resident_mib};
 use crate::propagation::{Apply, timed_writes};
 use crate::summary::{QUIET_AFTER, reads};
 use crate::{Figure, Target, config_body, ms, percentile};
@@ -42,8 +42,6 @@ const AGENTS_PER_CONNECTION: usize = 250;
 const ASSIGNMENTS: usize = 10;
 /// Longer than the agents' 30 s wait: every agent renews its poll once within it.
 const POLL_WINDOW: Duration = Duration::from_secs(31);
-/// Longer than jemalloc's dirty-page decay (10 s), over which it returns freed pages to the system.
-const ALLOCATOR_DECAY: Duration = Duration::from_secs(15);
 /// How long the longest steps may take at 100,000 agents: registering the fleet and bringing it to poll.
 const SETTLE: Duration = Duration::from_secs(1800);
 
