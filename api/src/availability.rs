@@ -4,6 +4,14 @@
 //! internal error. The first request that meets an unreachable database marks it down; from then on, requests
 //! that need it are answered 503 with `Retry-After` at once, `/readyz` says since when and why, and a watcher
 //! tries a connection of its own every second until the database answers again.
+//!
+//! A request that found no pooled connection free within the timeout met either an outage (sqlx keeps trying a
+//! refused connection until then) or an overload (every connection busy): 100,000 agents arriving at once gave
+//! thousands of such timeouts a second. Marking the database down on them refused every request until the
+//! watcher's next connection succeeded, and then the waiting agents came back together and timed out again: the
+//! replica swung between refusing everyone and drowning, and no agent got through. Such a request is answered
+//! 503 alone and only makes the watcher try a connection of its own: the database is marked down if that fails,
+//! and the overload logged (once a second at most) if it succeeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -19,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::Notify;
 
-use crate::error::{ApiError, Unreachable};
+use crate::error::{ApiError, Unanswered, Unreachable};
 use crate::store::Store;
 
 /// How often the watcher tries the database while it is down, and how long one try may take.
@@ -32,6 +40,9 @@ pub struct DatabaseHealth {
     /// Whether `down` holds an outage: read by every request, so without taking the lock.
     is_down: AtomicBool,
     down: Mutex<Option<Outage>>,
+    /// Why a request found no connection free, until the watcher has tried the database (`suspect`).
+    suspicion: Mutex<Option<String>>,
+    /// Wakes the watcher: the database was marked down, or a request found no connection free (`suspect`).
     went_down: Notify,
 }
 
@@ -73,6 +84,19 @@ impl DatabaseHealth {
         }
     }
 
+    /// Records that a request found no pooled connection free in time: the watcher tries the database at once and
+    /// marks it down (for `why`) if it does not answer. Requests go on meanwhile.
+    pub fn suspect(&self, why: &str) {
+        if self.is_down.load(Ordering::Acquire) {
+            return;
+        }
+        let mut suspicion = self.suspicion.lock().unwrap_or_else(PoisonError::into_inner);
+        if suspicion.is_none() {
+            *suspicion = Some(why.to_owned());
+            self.went_down.notify_one();
+        }
+    }
+
     fn mark_up(&self) {
         let mut down = self.lock();
         self.is_down.store(false, Ordering::Release);
@@ -87,21 +111,68 @@ impl DatabaseHealth {
     }
 }
 
-/// Runs for the life of the state: whenever the database is marked down, tries it at once (a pool that timed out
-/// under load alone clears within a connection's time), then every second until it answers.
+/// Runs for the life of the state with `store.reachable()` as its probe (see [`watch_with`]).
 pub async fn watch(store: Arc<dyn Store>, health: Arc<DatabaseHealth>) {
+    watch_with(
+        move || {
+            let store = store.clone();
+            async move {
+                store
+                    .reachable()
+                    .await
+                    .map_err(|err| format!("{:#}", anyhow::Error::from(err)))
+            }
+        },
+        health,
+    )
+    .await
+}
+
+/// Runs for the life of the state: whenever a request found no connection free, tries the database once with
+/// `probe` (a connection of its own) and marks it down if it does not answer; whenever the database is marked
+/// down, tries it at once, then every second until it answers.
+pub async fn watch_with<P, F>(probe: P, health: Arc<DatabaseHealth>)
+where
+    P: Fn() -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    let tried = || async {
+        match tokio::time::timeout(PROBE_TIMEOUT, probe()).await {
+            Ok(answered) => answered,
+            Err(_) => Err("the database did not answer within the probe's timeout".to_owned()),
+        }
+    };
     loop {
         health.went_down.notified().await;
-        loop {
-            match tokio::time::timeout(PROBE_TIMEOUT, store.reachable()).await {
-                Ok(Ok(())) => {
-                    health.mark_up();
-                    break;
+        let suspicion = health.suspicion.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(why) = suspicion.filter(|_| !health.is_down.load(Ordering::Acquire)) {
+            match tried().await {
+                Ok(()) => {
+                    tracing::warn!(
+                        error = why,
+                        "requests found no database connection free, yet the database answers: this server is \
+                         overloaded (answering them 503 one by one)"
+                    );
+                    // one try a second at most, however many requests time out meanwhile
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    *health.suspicion.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    continue;
                 }
-                Ok(Err(err)) => tracing::debug!(error = %err, "the database is still unreachable"),
-                Err(_) => tracing::debug!("the database did not answer within the probe's timeout"),
+                Err(err) => {
+                    tracing::debug!(error = err, "the database does not answer either");
+                    health.mark_down(&why);
+                }
             }
-            tokio::time::sleep(PROBE_EVERY).await;
+        }
+        *health.suspicion.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        while health.is_down.load(Ordering::Acquire) {
+            match tried().await {
+                Ok(()) => health.mark_up(),
+                Err(err) => {
+                    tracing::debug!(error = err, "the database is still unreachable");
+                    tokio::time::sleep(PROBE_EVERY).await;
+                }
+            }
         }
     }
 }
@@ -171,6 +242,8 @@ where
                 let response = std::task::ready!(future.poll(cx))?;
                 if let Some(Unreachable(why)) = response.extensions().get::<Unreachable>() {
                     health.mark_down(why);
+                } else if let Some(Unanswered(why)) = response.extensions().get::<Unanswered>() {
+                    health.suspect(why);
                 }
                 Poll::Ready(Ok(response))
             }
@@ -180,7 +253,68 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+
+    /// A watcher whose probe answers while `answering` holds, counting its tries.
+    fn watcher(
+        health: &Arc<DatabaseHealth>,
+        answering: &Arc<AtomicBool>,
+    ) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let probe = {
+            let (answering, tries) = (answering.clone(), tries.clone());
+            move || {
+                tries.fetch_add(1, Ordering::SeqCst);
+                let answers = answering.load(Ordering::SeqCst);
+                async move {
+                    if answers {
+                        Ok(())
+                    } else {
+                        Err("connection refused".to_owned())
+                    }
+                }
+            }
+        };
+        (tokio::spawn(watch_with(probe, health.clone())), tries)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_without_a_free_connection_while_the_database_answers_are_an_overload_not_an_outage() {
+        let health = Arc::new(DatabaseHealth::default());
+        let (watching, tries) = watcher(&health, &Arc::new(AtomicBool::new(true)));
+        for _ in 0..1000 {
+            health.suspect("pool timed out while waiting for an open connection");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(health.outage(), None, "nobody is refused for an overload");
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "one try for the whole burst");
+        health.suspect("pool timed out while waiting for an open connection");
+        tokio::time::sleep(PROBE_EVERY / 2).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "at most one try a second");
+        tokio::time::sleep(PROBE_EVERY).await;
+        health.suspect("pool timed out while waiting for an open connection");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 2, "tried again a second later");
+        assert_eq!(health.outage(), None);
+        watching.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_without_a_free_connection_while_the_database_is_silent_mark_it_down_until_it_answers() {
+        let health = Arc::new(DatabaseHealth::default());
+        let answering = Arc::new(AtomicBool::new(false));
+        let (watching, _) = watcher(&health, &answering);
+        health.suspect("pool timed out while waiting for an open connection");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let why = health.outage().expect("marked down once its own connection failed too");
+        assert!(why.contains("pool timed out"), "{why}");
+        answering.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_EVERY * 2).await;
+        assert_eq!(health.outage(), None, "up again once it answers");
+        watching.abort();
+    }
 
     #[test]
     fn an_outage_says_since_when_until_it_ends() {

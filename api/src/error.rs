@@ -97,6 +97,10 @@ pub enum ApiError {
     /// The database cannot be reached; the message says what was met.
     #[error("{0}")]
     DatabaseUnavailable(String),
+    /// No pooled database connection came free in time: the database is down or every connection busy (an
+    /// overload); the availability watcher finds out which before refusing everyone (`availability`).
+    #[error("{0}")]
+    NoConnection(String),
     /// The server holds as much of this kind of work as it queues; retry in a second.
     #[error("{0}")]
     ServerBusy(String),
@@ -144,6 +148,7 @@ impl ApiError {
             ApiError::AuthorizationFailed(_) => StatusCode::FORBIDDEN,
             ApiError::NotReady(_)
             | ApiError::DatabaseUnavailable(_)
+            | ApiError::NoConnection(_)
             | ApiError::ServerBusy(_)
             | ApiError::WriteCollided(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -173,7 +178,9 @@ impl ApiError {
             ApiError::AgentEncryptionKeyMissing(_) => "AgentEncryptionKeyMissing",
             ApiError::AuthenticationFailed(_) => "AuthenticationFailed",
             ApiError::AuthorizationFailed(_) => "AuthorizationFailed",
-            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) => "ServiceUnavailable",
+            ApiError::NotReady(_) | ApiError::DatabaseUnavailable(_) | ApiError::NoConnection(_) => {
+                "ServiceUnavailable"
+            }
             ApiError::ServerBusy(_) | ApiError::WriteCollided(_) => "ServerBusy",
             ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
@@ -210,14 +217,21 @@ impl IntoResponse for ApiError {
             ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "request failed"),
             // an outage is logged once, when it begins (availability)
             ApiError::DatabaseUnavailable(_) => {}
-            // a flood refused would be a line per request; the request metrics count them by status
-            ApiError::ServerBusy(_) => tracing::debug!(error = %self, "request refused"),
+            // a flood refused would be a line per request; the request metrics count them by status (an overload
+            // that leaves requests without a connection is logged once a second, by the availability watcher)
+            ApiError::ServerBusy(_) | ApiError::NoConnection(_) => tracing::debug!(error = %self, "request refused"),
             _ if status.is_server_error() => tracing::warn!(error = %self, "request failed"),
             _ => {}
         }
         let mut response = (status, axum::Json(ErrorResponse { error: self.detail() })).into_response();
-        if let ApiError::DatabaseUnavailable(why) = &self {
-            response.extensions_mut().insert(Unreachable(why.clone()));
+        match &self {
+            ApiError::DatabaseUnavailable(why) => {
+                response.extensions_mut().insert(Unreachable(why.clone()));
+            }
+            ApiError::NoConnection(why) => {
+                response.extensions_mut().insert(Unanswered(why.clone()));
+            }
+            _ => {}
         }
         let headers = response.headers_mut();
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code()));
@@ -243,6 +257,11 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// availability guard marks the database down on seeing it.
 #[derive(Debug, Clone)]
 pub struct Unreachable(pub String);
+
+/// What a response says when no pooled database connection came free in time: the availability guard has the
+/// database tried before it marks it down, since an overload looks the same.
+#[derive(Debug, Clone)]
+pub struct Unanswered(pub String);
 
 /// Collects every validation problem of a request, so that one answer lists them all.
 #[derive(Debug, Default)]
@@ -282,6 +301,32 @@ impl Problems {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_answered_503_and_asks_for_a_check_rather_than_declaring_an_outage() {
+        let err = crate::store::StoreError::Database(sqlx::Error::PoolTimedOut);
+        let response = ApiError::from(err).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(response.headers()["x-ms-error-code"], "ServiceUnavailable");
+        assert!(
+            response.extensions().get::<Unanswered>().is_some(),
+            "the guard has the database tried"
+        );
+        assert!(
+            response.extensions().get::<Unreachable>().is_none(),
+            "not an outage by itself"
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_outage() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let response = ApiError::from(crate::store::StoreError::Database(sqlx::Error::Io(refused))).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.extensions().get::<Unreachable>().is_some());
+        assert!(response.extensions().get::<Unanswered>().is_none());
+    }
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {

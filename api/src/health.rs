@@ -19,6 +19,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
         return Err(ApiError::NotReady(why));
     }
     state.store.check_ready().await.map_err(|err| {
+        if err.is_pool_timeout() {
+            state.database.suspect(&format!("{:#}", anyhow::Error::from(err)));
+            return ApiError::NotReady(
+                "no database connection came free in time: the database is unreachable or this server is overloaded"
+                    .into(),
+            );
+        }
         if err.is_unavailable() {
             state.database.mark_down(&format!("{:#}", anyhow::Error::from(err)));
             return ApiError::NotReady(state.database.outage().unwrap_or_default());

@@ -151,12 +151,19 @@ async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
         Err(err) if batch.len() == 1 || err.is_unavailable() => {
             let answer = ApiError::from(err);
             let message = answer.to_string();
+            // the others are answered alike: a batch without a connection is not an outage until the watcher says so
+            let no_connection = matches!(answer, ApiError::NoConnection(_));
             let mut jobs = batch.into_iter();
             if let Some(first) = jobs.next() {
                 let _ = first.done.send(Err(answer));
             }
             for job in jobs {
-                let _ = job.done.send(Err(ApiError::DatabaseUnavailable(message.clone())));
+                let answer = if no_connection {
+                    ApiError::NoConnection(message.clone())
+                } else {
+                    ApiError::DatabaseUnavailable(message.clone())
+                };
+                let _ = job.done.send(Err(answer));
             }
         }
         Err(err) => {

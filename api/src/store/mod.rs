@@ -71,6 +71,13 @@ impl StoreError {
         }
     }
 
+    /// Whether no pooled connection came free within the pool's timeout. That alone does not say whether the
+    /// database is down (sqlx keeps trying a refused connection until the timeout) or only every connection busy
+    /// under load: the availability watcher tries a connection of its own to tell (`availability`).
+    pub fn is_pool_timeout(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
+
     /// Whether the database rolled the transaction back to let another go on (PostgreSQL breaking a deadlock, or
     /// a serialization failure): nothing of it was written, and the same transaction tried again normally
     /// succeeds. Fleet writes lock thousands of rows; an agent's batch of reports meeting one of them halfway is
@@ -90,6 +97,11 @@ impl StoreError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match &err {
+            _ if err.is_pool_timeout() => ApiError::NoConnection(
+                "no database connection came free in time: the database is unreachable or this server is \
+                 overloaded; retry shortly"
+                    .into(),
+            ),
             StoreError::Database(cause) if err.is_unavailable() => {
                 ApiError::DatabaseUnavailable(format!("the database is unreachable ({cause}); retry shortly"))
             }
