@@ -42,6 +42,11 @@ pub struct DatabaseHealth {
     down: Mutex<Option<Outage>>,
     /// Why a request found no connection free, until the watcher has tried the database (`suspect`).
     suspicion: Mutex<Option<String>>,
+    /// When the watcher's own connection last found the database answering while requests found no connection
+    /// free: for a second after, such requests are known to meet an overload and wait for no new try.
+    answered_at: Mutex<Option<tokio::time::Instant>>,
+    /// Tells the requests waiting on a suspicion that the watcher has tried the database.
+    checked: Notify,
     /// Wakes the watcher: the database was marked down, or a request found no connection free (`suspect`).
     went_down: Notify,
 }
@@ -84,17 +89,31 @@ impl DatabaseHealth {
         }
     }
 
-    /// Records that a request found no pooled connection free in time: the watcher tries the database at once and
-    /// marks it down (for `why`) if it does not answer. Requests go on meanwhile.
-    pub fn suspect(&self, why: &str) {
+    /// Records that a request found no pooled connection free in time, and waits (at most a probe's timeout) until
+    /// the watcher has tried the database with a connection of its own, marking it down (for `why`) if it does not
+    /// answer: so the request is answered once its cause is known, and the client's next request meets the
+    /// outage at once. Other requests go on meanwhile. A second after the database last answered such a try, the
+    /// overload is known and nothing waits.
+    pub async fn suspect(self: Arc<Self>, why: String) {
         if self.is_down.load(Ordering::Acquire) {
             return;
         }
-        let mut suspicion = self.suspicion.lock().unwrap_or_else(PoisonError::into_inner);
-        if suspicion.is_none() {
-            *suspicion = Some(why.to_owned());
-            self.went_down.notify_one();
+        let answered = *self.answered_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if answered.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+            return;
         }
+        let checked = self.checked.notified();
+        tokio::pin!(checked);
+        // counted from now, before the watcher can be woken: its answer cannot be missed
+        checked.as_mut().enable();
+        {
+            let mut suspicion = self.suspicion.lock().unwrap_or_else(PoisonError::into_inner);
+            if suspicion.is_none() {
+                *suspicion = Some(why);
+                self.went_down.notify_one();
+            }
+        }
+        let _ = tokio::time::timeout(PROBE_TIMEOUT + PROBE_EVERY, checked).await;
     }
 
     fn mark_up(&self) {
@@ -153,10 +172,9 @@ where
                         "requests found no database connection free, yet the database answers: this server is \
                          overloaded (answering them 503 one by one)"
                     );
-                    // one try a second at most, however many requests time out meanwhile
-                    tokio::time::sleep(PROBE_EVERY).await;
-                    *health.suspicion.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                    continue;
+                    // one try a second at most, however many requests time out meanwhile (`suspect`)
+                    *health.answered_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(tokio::time::Instant::now());
                 }
                 Err(err) => {
                     tracing::debug!(error = err, "the database does not answer either");
@@ -165,6 +183,7 @@ where
             }
         }
         *health.suspicion.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        health.checked.notify_waiters();
         while health.is_down.load(Ordering::Acquire) {
             match tried().await {
                 Ok(()) => health.mark_up(),
@@ -224,6 +243,8 @@ pin_project_lite::pin_project! {
     pub enum Guarded<F> {
         Refused { response: Option<Response> },
         Called { #[pin] future: F, health: Arc<DatabaseHealth> },
+        // a response that found no connection free, held until the watcher has tried the database (`suspect`)
+        Checking { check: Pin<Box<dyn Future<Output = ()> + Send>>, response: Option<Response> },
     }
 }
 
@@ -233,21 +254,31 @@ where
 {
     type Output = Result<Response, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let checking = match self.as_mut().project() {
             GuardedProjection::Refused { response } => {
-                Poll::Ready(Ok(response.take().expect("a refused request is answered once")))
+                return Poll::Ready(Ok(response.take().expect("a refused request is answered once")));
             }
             GuardedProjection::Called { future, health } => {
                 let response = std::task::ready!(future.poll(cx))?;
                 if let Some(Unreachable(why)) = response.extensions().get::<Unreachable>() {
                     health.mark_down(why);
-                } else if let Some(Unanswered(why)) = response.extensions().get::<Unanswered>() {
-                    health.suspect(why);
                 }
-                Poll::Ready(Ok(response))
+                let Some(Unanswered(why)) = response.extensions().get::<Unanswered>() else {
+                    return Poll::Ready(Ok(response));
+                };
+                Guarded::Checking {
+                    check: Box::pin(health.clone().suspect(why.clone())),
+                    response: Some(response),
+                }
             }
-        }
+            GuardedProjection::Checking { check, response } => {
+                std::task::ready!(check.as_mut().poll(cx));
+                return Poll::Ready(Ok(response.take().expect("a checked request is answered once")));
+            }
+        };
+        self.set(checking);
+        self.poll(cx)
     }
 }
 
@@ -256,6 +287,8 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+
+    const TIMED_OUT: &str = "pool timed out while waiting for an open connection";
 
     /// A watcher whose probe answers while `answering` holds, counting its tries.
     fn watcher(
@@ -284,18 +317,18 @@ mod tests {
     async fn requests_without_a_free_connection_while_the_database_answers_are_an_overload_not_an_outage() {
         let health = Arc::new(DatabaseHealth::default());
         let (watching, tries) = watcher(&health, &Arc::new(AtomicBool::new(true)));
+        let mut burst = tokio::task::JoinSet::new();
         for _ in 0..1000 {
-            health.suspect("pool timed out while waiting for an open connection");
+            burst.spawn(health.clone().suspect(TIMED_OUT.to_owned()));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        burst.join_all().await;
         assert_eq!(health.outage(), None, "nobody is refused for an overload");
         assert_eq!(tries.load(Ordering::SeqCst), 1, "one try for the whole burst");
-        health.suspect("pool timed out while waiting for an open connection");
         tokio::time::sleep(PROBE_EVERY / 2).await;
+        health.clone().suspect(TIMED_OUT.to_owned()).await;
         assert_eq!(tries.load(Ordering::SeqCst), 1, "at most one try a second");
         tokio::time::sleep(PROBE_EVERY).await;
-        health.suspect("pool timed out while waiting for an open connection");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        health.clone().suspect(TIMED_OUT.to_owned()).await;
         assert_eq!(tries.load(Ordering::SeqCst), 2, "tried again a second later");
         assert_eq!(health.outage(), None);
         watching.abort();
@@ -306,9 +339,10 @@ mod tests {
         let health = Arc::new(DatabaseHealth::default());
         let answering = Arc::new(AtomicBool::new(false));
         let (watching, _) = watcher(&health, &answering);
-        health.suspect("pool timed out while waiting for an open connection");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let why = health.outage().expect("marked down once its own connection failed too");
+        health.clone().suspect(TIMED_OUT.to_owned()).await;
+        let why = health
+            .outage()
+            .expect("marked down before the request that met the timeout is answered");
         assert!(why.contains("pool timed out"), "{why}");
         answering.store(true, Ordering::SeqCst);
         tokio::time::sleep(PROBE_EVERY * 2).await;

@@ -20,7 +20,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     }
     state.store.check_ready().await.map_err(|err| {
         if err.is_pool_timeout() {
-            state.database.suspect(&format!("{:#}", anyhow::Error::from(err)));
+            // answered once the watcher has told an outage from an overload (`availability`)
+            tokio::spawn(
+                state
+                    .database
+                    .clone()
+                    .suspect(format!("{:#}", anyhow::Error::from(err))),
+            );
             return ApiError::NotReady(
                 "no database connection came free in time: the database is unreachable or this server is overloaded"
                     .into(),

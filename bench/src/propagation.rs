@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use axum::body::Bytes;
 use fluxplane_agent::client::{ClientError, ControlPlane};
+use fluxplane_agent::run::Backoff;
 use fluxplane_agent_protocol::agent::{ApplyOutcome, ConfigurationReport, StatusReport};
 use fluxplane_agent_protocol::flux::ComplianceState;
 use serde::{Deserialize, Serialize};
@@ -107,10 +108,6 @@ fn synced_commit(reconcile_requested_at: Option<&str>) -> String {
     format!("main@sha1:{hash:040x}")
 }
 
-/// How long a simulated agent waits before it tries again when the control plane cannot answer (a real agent backs
-/// off from 250 ms to 30 s): an overloaded machine slows the figures down rather than ending the run.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 /// Whether a failed request is worth retrying: the control plane unreachable, busy (5xx, 503 while its database
 /// is) or too slow (408); any other answer means the simulation itself is wrong.
 fn transient(err: &ClientError) -> bool {
@@ -132,17 +129,23 @@ pub(crate) async fn simulated_agent(
 ) -> anyhow::Result<()> {
     let mut revision = None;
     let mut seen = std::collections::HashMap::<String, (i64, Option<String>)>::new();
+    // A request the control plane could not answer is tried again as the real agent tries it: after an
+    // exponential backoff with jitter (`fluxplane_agent::run::Backoff`). An overloaded machine slows the figures
+    // down rather than ending the run; retrying every agent each second, as the simulator did, kept 100,000 agents
+    // arriving at once in a storm a real fleet does not make.
+    let mut backoff = Backoff::new();
     loop {
         let desired = match control_plane.desired_state(revision, Duration::from_secs(30)).await {
             Ok(desired) => desired,
             // the benchmark is over once nobody listens
             Err(_) if receipts.is_closed() => return Ok(()),
             Err(err) if transient(&err) => {
-                tokio::time::sleep(RETRY_AFTER).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
             Err(err) => return Err(err.into()),
         };
+        backoff.reset();
         let received = Instant::now();
         revision = Some(desired.revision);
         let fresh: Vec<_> = desired
@@ -197,7 +200,7 @@ pub(crate) async fn simulated_agent(
             match control_plane.report(&report).await {
                 Ok(accepted) => break accepted,
                 Err(_) if receipts.is_closed() => return Ok(()),
-                Err(err) if transient(&err) => tokio::time::sleep(RETRY_AFTER).await,
+                Err(err) if transient(&err) => tokio::time::sleep(backoff.next_delay()).await,
                 Err(err) => return Err(err.into()),
             }
         };
