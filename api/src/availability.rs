@@ -89,7 +89,7 @@ impl DatabaseHealth {
         }
     }
 
-    /// Records that a request found no pooled connection free in time, and waits (at most a probe's timeout) until
+    /// Records that a request found no pooled connection free in time, and waits (4 s at most) until
     /// the watcher has tried the database with a connection of its own, marking it down (for `why`) if it does not
     /// answer: so the request is answered once its cause is known, and the client's next request meets the
     /// outage at once. Other requests go on meanwhile. A second after the database last answered such a try, the
