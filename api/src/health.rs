@@ -27,10 +27,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
                     .clone()
                     .suspect(format!("{:#}", anyhow::Error::from(err))),
             );
-            return ApiError::NotReady(
-                "no database connection came free in time: the database is unreachable or this server is overloaded"
-                    .into(),
-            );
+            return ApiError::NotReady(crate::store::NO_CONNECTION.into());
         }
         if err.is_unavailable() {
             state.database.mark_down(&format!("{:#}", anyhow::Error::from(err)));

@@ -53,6 +53,10 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What a request that found no pooled connection free in time is told (`StoreError::is_pool_timeout`).
+pub const NO_CONNECTION: &str =
+    "no database connection came free in time: the database is unreachable or this server is overloaded";
+
 impl StoreError {
     /// Whether the error says the database cannot be reached (down, restarting, refusing connections, or no pooled
     /// connection within the pool's timeout), rather than that a statement failed.
@@ -71,7 +75,7 @@ impl StoreError {
         }
     }
 
-    /// Whether no pooled connection came free within the pool's timeout. That alone does not say whether the
+    /// Whether no pooled connection came free within the pool's timeout ([`NO_CONNECTION`]). That alone does not say whether the
     /// database is down (sqlx keeps trying a refused connection until the timeout) or only every connection busy
     /// under load: the availability watcher tries a connection of its own to tell (`availability`).
     pub fn is_pool_timeout(&self) -> bool {
@@ -97,11 +101,7 @@ impl StoreError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match &err {
-            _ if err.is_pool_timeout() => ApiError::NoConnection(
-                "no database connection came free in time: the database is unreachable or this server is \
-                 overloaded; retry shortly"
-                    .into(),
-            ),
+            _ if err.is_pool_timeout() => ApiError::NoConnection(format!("{NO_CONNECTION}; retry shortly")),
             StoreError::Database(cause) if err.is_unavailable() => {
                 ApiError::DatabaseUnavailable(format!("the database is unreachable ({cause}); retry shortly"))
             }
