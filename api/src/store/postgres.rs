@@ -36,6 +36,9 @@ pub struct PgStore {
     announcements: mpsc::UnboundedSender<String>,
 }
 
+/// How long a pooled connection may sit idle before it is pinged when lent (see `PgStore::connect`).
+pub(super) const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// How often at most the pending delta tables are vacuumed after deltas moved out of them.
 const VACUUM_EVERY: Duration = Duration::from_secs(10);
 
@@ -51,6 +54,19 @@ impl PgStore {
             // A fleet-wide rollout queues 10,000 agents' fetches for seconds by design; at sqlx's default of 2 s,
             // it logged a warning per agent. Half the timeout: a wait worth a warning is one nearing failure.
             .acquire_slow_threshold(Duration::from_secs(5))
+            // sqlx pings every connection before lending it: one more round trip per statement, 5-10% of a PUT's
+            // or a poll's rate (docs/benchmarks/latest.md). Only a connection idle long enough for PostgreSQL or
+            // a proxy to have dropped it is pinged; a broken busy one fails its statement, which is retried or
+            // answered 503 like any lost connection.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -47,6 +47,8 @@ impl SqliteStore {
             // sqlx's default timeout, stated; warnings at half of it, as on PostgreSQL (see there)
             .acquire_timeout(Duration::from_secs(30))
             .acquire_slow_threshold(Duration::from_secs(15))
+            // a file in this process cannot drop a connection: sqlx's ping before each lending is a wasted step
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -1337,6 +1337,35 @@ async fn a_request_cancelled_while_beginning_hands_back_no_open_transaction() {
     }
 }
 
+/// The pool lends connections without sqlx's ping before every statement; one PostgreSQL dropped while it sat idle
+/// (a restart, an idle timeout, a proxy) must still be replaced before a request meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_while_idle_is_replaced_before_a_request_meets_it() {
+    with_database(Backend::Postgres, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        let dropped: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&database)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        assert!(!dropped.is_empty(), "the store's pooled connections were dropped");
+        tokio::time::sleep(super::postgres::PING_IDLE_AFTER + std::time::Duration::from_millis(200)).await;
+        for _ in 0..dropped.len() + 1 {
+            let found = store.get_cluster(&c.key).await;
+            assert!(matches!(found, Ok(Some(_))), "{found:?}");
+        }
+    })
+    .await;
+}
+
 /// Every table and column of a migrated database, as `table.column`.
 async fn columns(db: &TestDatabase) -> std::collections::BTreeSet<String> {
     use sqlx::Connection;
