@@ -1,7 +1,10 @@
 //! The agent API, version 1: `/agent/v1/...`.
 //!
 //! - `GET /agent/v1/desired-state?after={revision}&wait={seconds}` answers the full desired state of the calling
-//!   agent's cluster once its revision is past `after`, or when `wait` runs out (then with the same revision).
+//!   agent's cluster once its revision is past `after`, or when `wait` runs out (then with the same revision). The
+//!   answer's `ETag` is its revision, quoted. An agent that holds the desired state of a revision names it in
+//!   `If-None-Match` (`"{revision}"`): while the revision is still that one, the answer is `304 Not Modified`
+//!   without a body, and the agent keeps what it holds. Agents that do not send it get the full answer every time.
 //! - `POST /agent/v1/status` takes a batch of per-configuration reports; each is keyed by configuration name and
 //!   the generation it describes, so replaying a report changes nothing and an older one never overwrites a newer.
 //!

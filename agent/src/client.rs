@@ -27,6 +27,15 @@ pub enum ClientError {
     Identity(#[from] anyhow::Error),
 }
 
+/// What a poll by an agent holding a desired state answers.
+#[derive(Debug)]
+pub enum Polled {
+    /// The desired state, changed since the one held (or the first).
+    Changed(DesiredState),
+    /// The revision is still the one held.
+    Unchanged,
+}
+
 pub struct ControlPlane {
     http: reqwest::Client,
     identity: Identity,
@@ -107,17 +116,39 @@ impl ControlPlane {
 
     /// The desired state once its revision is past `after` (at once without one), waiting up to `wait`.
     pub async fn desired_state(&self, after: Option<i64>, wait: Duration) -> Result<DesiredState, ClientError> {
+        answer(self.desired_state_request(after, wait)?.send().await?).await
+    }
+
+    /// As [`Self::desired_state`] for an agent holding the desired state of revision `held`: if the revision is
+    /// still that one when the wait ends, the control plane says so (`304 Not Modified`) instead of sending it all
+    /// again. Servers that predate this answer in full; either way the caller holds the current desired state.
+    pub async fn poll(&self, held: Option<i64>, wait: Duration) -> Result<Polled, ClientError> {
+        let mut request = self.desired_state_request(held, wait)?;
+        if let Some(held) = held {
+            request = request.header(reqwest::header::IF_NONE_MATCH, format!("\"{held}\""));
+        }
+        let response = request.send().await?;
+        if held.is_some() && response.status() == StatusCode::NOT_MODIFIED {
+            return Ok(Polled::Unchanged);
+        }
+        answer(response).await.map(Polled::Changed)
+    }
+
+    fn desired_state_request(
+        &self,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let mut url = format!("{}{DESIRED_STATE_PATH}?wait={}", self.identity.server, wait.as_secs());
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }
-        let request = self
+        Ok(self
             .http
             .get(url)
             // the server answers within `wait`; allow for the network on top
             .timeout(wait + Duration::from_secs(15))
-            .bearer_auth(self.bearer()?);
-        answer(request.send().await?).await
+            .bearer_auth(self.bearer()?))
     }
 
     pub async fn report(&self, report: &StatusReport) -> Result<StatusAccepted, ClientError> {

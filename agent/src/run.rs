@@ -1,6 +1,7 @@
 //! The agent's loop: long-poll the desired state, bring the target in line, report what it observed, and re-check
 //! each configuration's source on its sync interval. Every failure backs off exponentially with jitter; nothing
-//! is lost across failures, because every poll answers the full desired state and reports are kept until sent.
+//! is lost across failures, because every poll answers the full desired state (or that the one held is still
+//! current, `client::Polled::Unchanged`) and reports are kept until sent.
 //!
 //! A target whose cluster does not answer (its API server down, at start or later) does not stop the agent: it keeps
 //! polling (every poll is a heartbeat), reports each configuration `Unknown` saying why, asks the cluster again with
@@ -18,7 +19,7 @@ use fluxplane_agent_protocol::agent::{
 use fluxplane_agent_protocol::flux::{ComplianceState, ObjectStatusCondition, SourceKind};
 use tokio::time::Instant;
 
-use crate::client::{ClientError, ControlPlane};
+use crate::client::{ClientError, ControlPlane, Polled};
 use crate::deploy_key::{self, DeployKey};
 use crate::secrets::{Credentials, SecretSet, resolve, resolve_sealed, spec_with};
 use crate::targets::{Observation, Target};
@@ -432,7 +433,7 @@ impl Agent {
             let poll = {
                 let control_plane = Arc::clone(&self.control_plane);
                 let wait = self.options.poll_wait;
-                async move { control_plane.desired_state(revision, wait).await }
+                async move { control_plane.poll(revision, wait).await }
             };
             tokio::pin!(poll);
             let polled = loop {
@@ -450,7 +451,16 @@ impl Agent {
                 }
             };
             let answer = match polled {
-                Ok(answer) => answer,
+                Ok(Polled::Changed(answer)) => answer,
+                // the revision held is still the desired state: checked again as a new answer would be
+                Ok(Polled::Unchanged) => match desired.take() {
+                    Some(held) => held,
+                    // nothing held to keep (cannot happen: a revision is held with its desired state): ask in full
+                    None => {
+                        revision = None;
+                        continue;
+                    }
+                },
                 Err(err) => {
                     let delay = backoff.next_delay();
                     match &err {

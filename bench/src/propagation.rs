@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use fluxplane_agent::client::{ClientError, ControlPlane};
+use fluxplane_agent::client::{ClientError, ControlPlane, Polled};
 use fluxplane_agent::run::Backoff;
 use fluxplane_agent_protocol::agent::{ApplyOutcome, ConfigurationReport, StatusReport};
 use fluxplane_agent_protocol::flux::ComplianceState;
@@ -135,8 +135,13 @@ pub(crate) async fn simulated_agent(
     // arriving at once in a storm a real fleet does not make.
     let mut backoff = Backoff::new();
     loop {
-        let desired = match control_plane.desired_state(revision, Duration::from_secs(30)).await {
-            Ok(desired) => desired,
+        let desired = match control_plane.poll(revision, Duration::from_secs(30)).await {
+            Ok(Polled::Changed(desired)) => desired,
+            // nothing new since the revision held: poll again, as the real agent does
+            Ok(Polled::Unchanged) => {
+                backoff.reset();
+                continue;
+            }
             // the benchmark is over once nobody listens
             Err(_) if receipts.is_closed() => return Ok(()),
             Err(err) if transient(&err) => {

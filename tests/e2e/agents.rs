@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::agents::*;
 use crate::common::git::MANIFEST;
 use crate::common::*;
-use fluxplane_agent::client::ControlPlane;
+use fluxplane_agent::client::{ControlPlane, Polled};
 use fluxplane_agent::identity::Identity;
 use fluxplane_agent::run::{Agent, Options};
 use fluxplane_agent::secrets::Credentials;
@@ -319,6 +319,69 @@ async fn wake_case(backend: Backend) {
     assert!(state.revision > first.revision);
     assert_eq!(state.configurations[0].name, "cfg");
     assert_eq!(state.configurations[0].generation, 1);
+}
+
+on_both_backends!(
+    an_agent_holding_the_current_revision_is_told_so_instead_of_sent_it_again,
+    unchanged_case
+);
+async fn unchanged_case(backend: Backend) {
+    let Some(api) = Api::start(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let identity = registered(&api, "c1", dir.path()).await;
+    api.put_config(&cluster_path("s", "rg", "c1"), "cfg", git_config_body())
+        .await;
+    let token = identity.token().unwrap().value;
+    let client = ControlPlane::new(identity).unwrap();
+    let poll = |query: &str, held: Option<String>| {
+        let mut request = api
+            .client
+            .get(format!("{}/agent/v1/desired-state?{query}", api.server.base))
+            .bearer_auth(&token);
+        if let Some(held) = held {
+            request = request.header("if-none-match", held);
+        }
+        api.raw(request)
+    };
+
+    // a full answer is tagged with its revision
+    let full = poll("wait=0", None).await;
+    assert_eq!(full.status, StatusCode::OK);
+    let revision = full.body["revision"].as_i64().unwrap();
+    let tag = format!("\"{revision}\"");
+    assert_eq!(full.header("etag"), Some(tag.as_str()));
+
+    // holding it: told so at once without `after`, and when an idle wait ends with it
+    let at_once = poll("wait=0", Some(tag.clone())).await;
+    assert_eq!(
+        (at_once.status, at_once.header("etag"), &at_once.body),
+        (StatusCode::NOT_MODIFIED, Some(tag.as_str()), &Value::Null)
+    );
+    let started = Instant::now();
+    let idle = poll(&format!("after={revision}&wait=1"), Some(tag.clone())).await;
+    assert_eq!((idle.status, &idle.body), (StatusCode::NOT_MODIFIED, &Value::Null));
+    assert!(started.elapsed() >= Duration::from_millis(900), "the poll waited");
+
+    // holding another revision: the whole desired state
+    let other = poll("wait=0", Some(format!("\"{}\"", revision - 1))).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body["configurations"][0]["name"], "cfg");
+
+    // the agent's client: unchanged while nothing moved, the new desired state once a write moved it
+    assert!(matches!(
+        client.poll(Some(revision), Duration::from_secs(1)).await.unwrap(),
+        Polled::Unchanged
+    ));
+    let waiting = tokio::spawn(async move { client.poll(Some(revision), Duration::from_secs(20)).await });
+    wait_for_poll(&api.server).await;
+    api.put_config(&cluster_path("s", "rg", "c1"), "second", git_config_body())
+        .await;
+    let Polled::Changed(state) = waiting.await.unwrap().unwrap() else {
+        panic!("a write moved the revision: the poll answers the new desired state");
+    };
+    assert!(state.revision > revision);
+    let names: Vec<_> = state.configurations.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["cfg", "second"]);
 }
 
 on_both_backends!(a_server_shutting_down_answers_its_held_polls_and_stops, shutdown_case);
@@ -774,5 +837,10 @@ async fn quiet_checks_case(backend: Backend) {
     std::fs::remove_file(&removed).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(removed.exists(), "the checks ran meanwhile");
+    // the polls that ended meanwhile with nothing new were answered without the desired state
+    assert!(
+        requests_to(&api, "desired-state\",status=\"304").await >= 1.0,
+        "the agent names the revision it holds"
+    );
     agent.stop().await;
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use fluxplane_agent_protocol::agent::{
     ApplyOutcome, ConfigurationReport, DesiredConfiguration, DesiredExtension, DesiredState, EncryptionKeyRegistration,
@@ -22,6 +23,7 @@ use super::auth::{AgentCaller, heartbeat_every};
 use super::ingest::Submission;
 use crate::arm::body::SanitizedJsonBody;
 use crate::arm::body::parse;
+use crate::arm::conditional::{Preconditions, insert_etag};
 use crate::arm::{ArmQuery, JsonBody};
 use crate::error::{ApiError, ApiResult, ErrorResponse};
 use crate::extensions::model::ExtensionObserved;
@@ -62,7 +64,11 @@ pub struct PollParams {
     operation_id = "Agent_DesiredState",
     params(PollParams),
     responses(
-        (status = 200, description = "The full desired state of the agent's cluster", body = DesiredState),
+        (status = 200, description = "The full desired state of the agent's cluster", body = DesiredState,
+         headers(("ETag" = String, description = "The revision, quoted: what `If-None-Match` names"))),
+        (status = 304, description = "The revision is still the one `If-None-Match` names: the agent keeps the \
+                                      desired state it holds (no body)",
+         headers(("ETag" = String, description = "The revision, quoted"))),
         (status = "default", description = "Error", body = ErrorResponse),
     ),
     security(("agent" = []))
@@ -71,7 +77,8 @@ async fn desired_state(
     State(state): State<AppState>,
     agent: AgentCaller,
     ArmQuery(params): ArmQuery<PollParams>,
-) -> ApiResult<Json<DesiredState>> {
+    held: Preconditions,
+) -> ApiResult<Response> {
     let wait = Duration::from_secs(params.wait.unwrap_or(DEFAULT_WAIT_SECONDS).min(MAX_WAIT_SECONDS));
     // subscribe before reading the revision: a write in between still wakes this poll
     let mut changes = state.notifier.subscribe(&agent.cluster.key());
@@ -93,12 +100,27 @@ async fn desired_state(
         state.store.revision(agent.cluster_id).await?
     }
     .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
-    if params.after.is_some_and(|after| revision <= after) {
+    let waits = params.after.is_some_and(|after| revision <= after);
+    let mut timed_out = false;
+    if waits {
         tokio::select! {
             _ = changes.changed() => {}
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait) => timed_out = true,
             () = state.notifier.closed() => {}
         }
+    }
+    // An agent names the revision it holds in If-None-Match: most polls end with nothing changed, and then the
+    // answer is that it holds it, after one read of the revision (a wake-up lost between replicas still shows
+    // there) instead of the whole desired state read, encoded, sent and decoded. A woken poll reads it all.
+    let unchanged = match (waits, timed_out) {
+        (false, _) => Some(revision),
+        (true, true) if held.asks_not_modified() => state.store.revision(agent.cluster_id).await?,
+        (true, _) => None,
+    };
+    if let Some(revision) = unchanged.filter(|r| held.not_modified(&r.to_string())) {
+        let mut headers = HeaderMap::new();
+        insert_etag(&mut headers, &revision.to_string());
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
     }
     let desired = state.store.desired_state(agent.cluster_id).await?;
     // the changes written while this poll waited reach the agent now: their propagation time (changes written
@@ -118,7 +140,9 @@ async fn desired_state(
     for row in desired.sealed {
         sealed.entry(row.configuration_id).or_default().push(row.into_wire());
     }
-    Ok(Json(DesiredState {
+    let mut headers = HeaderMap::new();
+    insert_etag(&mut headers, &desired.revision.to_string());
+    let answer = Json(DesiredState {
         cluster_id: agent.cluster.id(),
         revision: desired.revision,
         configurations: desired
@@ -135,7 +159,8 @@ async fn desired_state(
             })
             .collect(),
         extensions: desired.extensions.into_iter().map(desired_extension).collect(),
-    }))
+    });
+    Ok((headers, answer).into_response())
 }
 
 /// An extension as its agent reads it.

@@ -78,6 +78,19 @@ impl Preconditions {
         Ok(())
     }
 
+    /// Whether the caller holds some representation it would keep on a `304 Not Modified` (`If-None-Match`).
+    pub fn asks_not_modified(&self) -> bool {
+        self.if_none_match.is_some()
+    }
+
+    /// Whether a read may answer `304 Not Modified` instead of the representation tagged `current`: the caller holds
+    /// it (`If-None-Match` names it, or `*`).
+    pub fn not_modified(&self, current: &str) -> bool {
+        self.if_none_match
+            .as_ref()
+            .is_some_and(|condition| condition.matches(Some(current)))
+    }
+
     /// The preconditions the `If-Match` and `If-None-Match` headers state.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
         Ok(Self {
@@ -145,5 +158,17 @@ mod tests {
     fn if_none_match_star_only_creates() {
         assert!(pre(None, Some("*")).check(None).is_ok());
         assert!(pre(None, Some("*")).check(Some("abc")).is_err());
+    }
+
+    #[test]
+    fn a_read_is_not_modified_only_for_a_tag_the_caller_names() {
+        assert!(pre(None, Some("\"7\"")).not_modified("7"));
+        assert!(pre(None, Some("\"6\", W/\"7\"")).not_modified("7"));
+        assert!(pre(None, Some("*")).not_modified("7"));
+        assert!(!pre(None, Some("\"6\"")).not_modified("7"));
+        assert!(
+            !pre(Some("\"7\""), None).not_modified("7"),
+            "If-Match says nothing of a read's answer"
+        );
     }
 }
