@@ -118,6 +118,18 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The same answer for another request that met the same failure (a batch's other requests): an error cannot
+    /// be cloned (it may hold its cause), so its kind is kept where a client acts on it (an outage, no connection,
+    /// a collision: retry) and anything else is an internal error saying the same.
+    pub fn for_another(&self) -> ApiError {
+        match self {
+            ApiError::DatabaseUnavailable(message) => ApiError::DatabaseUnavailable(message.clone()),
+            ApiError::NoConnection(message) => ApiError::NoConnection(message.clone()),
+            ApiError::WriteCollided(message) => ApiError::WriteCollided(message.clone()),
+            other => ApiError::Internal(anyhow::anyhow!("{other}")),
+        }
+    }
+
     pub fn invalid(target: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidParameter {
             message: message.into(),
@@ -326,6 +338,29 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.extensions().get::<Unreachable>().is_some());
         assert!(response.extensions().get::<Unanswered>().is_none());
+    }
+
+    #[test]
+    fn the_other_requests_of_a_failed_batch_are_answered_with_the_same_kind_of_error() {
+        let timed_out = ApiError::from(crate::store::StoreError::Database(sqlx::Error::PoolTimedOut));
+        let mate = timed_out.for_another().into_response();
+        assert_eq!(mate.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            mate.extensions().get::<Unanswered>().is_some(),
+            "no connection, not an outage"
+        );
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outage = ApiError::from(crate::store::StoreError::Database(sqlx::Error::Io(refused)));
+        assert!(
+            outage
+                .for_another()
+                .into_response()
+                .extensions()
+                .get::<Unreachable>()
+                .is_some()
+        );
+        let internal = ApiError::Internal(anyhow::anyhow!("a column did not decode"));
+        assert_eq!(internal.for_another().status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

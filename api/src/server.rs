@@ -30,6 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::agents::ingest::Ingest;
+use crate::agents::lookups::ClusterLookups;
 use crate::arm::segments::Vocabulary;
 use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
@@ -129,6 +130,7 @@ impl AppState {
         let tail = tokio::spawn(feed.clone().run(store.clone()));
         let (writes, appender) = WriteLog::start(store.clone());
         let (reports, ingester) = Ingest::start(store.clone());
+        let (agent_clusters, looker) = ClusterLookups::start(store.clone());
         let database = Arc::new(DatabaseHealth::default());
         let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
         let metrics = Arc::new(Metrics::default());
@@ -148,6 +150,7 @@ impl AppState {
             TaskGuard(tail.abort_handle()),
             TaskGuard(appender.abort_handle()),
             TaskGuard(ingester.abort_handle()),
+            TaskGuard(looker.abort_handle()),
             TaskGuard(watcher.abort_handle()),
             TaskGuard(outbox.abort_handle()),
         ];
@@ -163,6 +166,7 @@ impl AppState {
             metrics,
             notifier,
             agent_tokens: Arc::default(),
+            agent_clusters,
             feed,
             writes,
             turns: Arc::default(),
@@ -195,8 +199,8 @@ pub fn app(state: AppState) -> Router {
     let (agent, _) = agents::routes::router().split_for_parts();
     let agent = agent
         .route_layer(layer_fn({
-            let (store, tokens) = (state.store.clone(), state.agent_tokens.clone());
-            move |inner| agents::auth::Authenticate::new(inner, store.clone(), tokens.clone())
+            let (clusters, tokens) = (state.agent_clusters.clone(), state.agent_tokens.clone());
+            move |inner| agents::auth::Authenticate::new(inner, clusters.clone(), tokens.clone())
         }))
         .route_layer(guard(state.database.clone()));
     // Git hosts authenticate each delivery with the receiver's secret, not with a token

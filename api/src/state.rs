@@ -6,6 +6,7 @@ use axum::extract::FromRef;
 
 use crate::agents::auth::VerifiedTokens;
 use crate::agents::ingest::Ingest;
+use crate::agents::lookups::ClusterLookups;
 use crate::alerts::outbox::Sender;
 use crate::alerts::receivers_service::Receivers;
 use crate::alerts::rules_service::Rules;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<Notifier>,
     pub agent_tokens: Arc<VerifiedTokens>,
+    /// Where agents' requests look their cluster up, together with the others waiting (`agents::lookups`).
+    pub agent_clusters: ClusterLookups,
     /// The live status changes this replica streams.
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.

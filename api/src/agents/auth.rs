@@ -20,10 +20,10 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims, AgentInfo, MAX_TOKEN_LIFETIME_SECONDS};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use super::lookups::ClusterLookups;
 use crate::arm::ids::ClusterRef;
 use crate::auth::CLOCK_SKEW_SECONDS;
 use crate::error::ApiError;
-use crate::store::Store;
 
 /// The cluster an authenticated agent speaks for.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ fn verifying_key(registered: &str) -> Option<DecodingKey> {
 }
 
 /// Verifies an agent token and finds the cluster it speaks for.
-pub async fn verify(store: &dyn Store, tokens: &VerifiedTokens, token: &str) -> Result<AgentCaller, ApiError> {
+pub async fn verify(clusters: &ClusterLookups, tokens: &VerifiedTokens, token: &str) -> Result<AgentCaller, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| refused("malformed token"))?;
     if header.alg != Algorithm::EdDSA {
         return Err(refused("agent tokens are signed with EdDSA"));
@@ -116,8 +116,8 @@ pub async fn verify(store: &dyn Store, tokens: &VerifiedTokens, token: &str) -> 
     let unverified: AgentClaims =
         jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| refused("malformed claims"))?;
     let cluster = parse_cluster_id(&unverified.sub).ok_or_else(|| refused("the subject is not a connected cluster"))?;
-    let record = store
-        .get_cluster(&cluster.key())
+    let record = clusters
+        .get(cluster.key())
         .await?
         .ok_or_else(|| refused("the cluster is not registered"))?;
     let registered = &record.spec.properties.agent_public_key_certificate;
@@ -230,15 +230,19 @@ fn bearer(request: &Request) -> Result<String, ApiError> {
 #[derive(Clone)]
 pub struct Authenticate<S> {
     inner: S,
-    store: Arc<dyn Store>,
+    clusters: ClusterLookups,
     tokens: Arc<VerifiedTokens>,
 }
 
 impl<S> Authenticate<S> {
-    /// Authenticates the agents of `inner`'s requests against `store`'s clusters (a layer of these:
+    /// Authenticates the agents of `inner`'s requests against the clusters `clusters` reads (a layer of these:
     /// `tower::layer::layer_fn`).
-    pub fn new(inner: S, store: Arc<dyn Store>, tokens: Arc<VerifiedTokens>) -> Self {
-        Self { inner, store, tokens }
+    pub fn new(inner: S, clusters: ClusterLookups, tokens: Arc<VerifiedTokens>) -> Self {
+        Self {
+            inner,
+            clusters,
+            tokens,
+        }
     }
 }
 
@@ -263,8 +267,8 @@ where
                 };
             }
         };
-        let (store, tokens) = (self.store.clone(), self.tokens.clone());
-        let verifying = Box::pin(async move { verify(store.as_ref(), &tokens, &token).await });
+        let (clusters, tokens) = (self.clusters.clone(), self.tokens.clone());
+        let verifying = Box::pin(async move { verify(&clusters, &tokens, &token).await });
         // the service that was made ready goes with the request; this one stays behind for the next
         let ready = self.inner.clone();
         Authenticating::Verifying {

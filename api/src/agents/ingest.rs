@@ -150,20 +150,14 @@ async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
         }
         Err(err) if batch.len() == 1 || err.is_unavailable() => {
             let answer = ApiError::from(err);
-            let message = answer.to_string();
             // the others are answered alike: a batch without a connection is not an outage until the watcher says so
-            let no_connection = matches!(answer, ApiError::NoConnection(_));
             let mut jobs = batch.into_iter();
-            if let Some(first) = jobs.next() {
-                let _ = first.done.send(Err(answer));
-            }
+            let first = jobs.next();
             for job in jobs {
-                let answer = if no_connection {
-                    ApiError::NoConnection(message.clone())
-                } else {
-                    ApiError::DatabaseUnavailable(message.clone())
-                };
-                let _ = job.done.send(Err(answer));
+                let _ = job.done.send(Err(answer.for_another()));
+            }
+            if let Some(first) = first {
+                let _ = first.done.send(Err(answer));
             }
         }
         Err(err) => {

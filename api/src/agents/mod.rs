@@ -3,4 +3,5 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod lookups;
 pub mod routes;

@@ -13,7 +13,7 @@ mod receivers;
 mod sql;
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 
@@ -354,6 +354,9 @@ pub trait Store: Dashboards + Receivers + Alerts {
     async fn subscriptions(&self, page: &PageRequest) -> StoreResult<Vec<(String, String)>>;
 
     async fn get_cluster(&self, key: &str) -> StoreResult<Option<ClusterRecord>>;
+
+    /// The clusters registered under these keys, in no particular order (keys without one are left out).
+    async fn clusters_by_key(&self, keys: &[String]) -> StoreResult<Vec<ClusterRecord>>;
     /// Up to `page.limit + 1` clusters in key order after `page.after`.
     async fn list_clusters(&self, scope: &ClusterSet, page: &PageRequest) -> StoreResult<Vec<ClusterRecord>>;
     /// Inserts unless a cluster with the same key exists (`Conflict`), giving it the configurations of the policy

@@ -139,6 +139,14 @@ sql_store!(
     write_begin = None,
     history_now = "now()",
     {
+        async fn clusters_by_key(&self, keys: &[String]) -> StoreResult<Vec<crate::model::ClusterRecord>> {
+            let sql = concat!("SELECT ", cluster_columns!(), " FROM clusters WHERE key = ANY($1)");
+            Ok(sqlx::query_as::<sqlx::Postgres, crate::model::ClusterRecord>(sql)
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
         // A configuration write is one statement: the row, its sealed secrets and its operation in data-modifying
         // CTEs, which PostgreSQL runs as one atomic command on one snapshot (so the operation inserted is not among
         // those it supersedes). Against a transaction of a statement per table, that is one round trip instead of

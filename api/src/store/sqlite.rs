@@ -104,6 +104,19 @@ sql_store!(
     // the format the history triggers write (migration 0009), which its range scans compare as text
     history_now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
     {
+        // SQLite binds no arrays: the keys go as one JSON array, unpacked by `json_each`
+        async fn clusters_by_key(&self, keys: &[String]) -> StoreResult<Vec<crate::model::ClusterRecord>> {
+            let sql = concat!(
+                "SELECT ",
+                cluster_columns!(),
+                " FROM clusters WHERE key IN (SELECT value FROM json_each($1))"
+            );
+            Ok(sqlx::query_as::<sqlx::Sqlite, crate::model::ClusterRecord>(sql)
+                .bind(sqlx::types::Json(keys))
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
         /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
         /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next
         /// sweep.

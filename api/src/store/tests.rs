@@ -86,7 +86,7 @@ fn operation(resource_key: &str, generation: i64) -> OperationRecord {
     }
 }
 
-async fn registered(store: &Arc<dyn Store>, name: &str) -> ClusterRecord {
+pub(crate) async fn registered(store: &Arc<dyn Store>, name: &str) -> ClusterRecord {
     let record = cluster("sub", "rg", name);
     assert_eq!(
         store.insert_cluster(&record, &ManagedWrite::default()).await.unwrap(),
