@@ -30,7 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::agents::ingest::Ingest;
-use crate::agents::lookups::ClusterLookups;
+use crate::agents::lookups::{ClusterLookups, RevisionLookups};
 use crate::arm::segments::Vocabulary;
 use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
@@ -130,7 +130,8 @@ impl AppState {
         let tail = tokio::spawn(feed.clone().run(store.clone()));
         let (writes, appender) = WriteLog::start(store.clone());
         let (reports, ingester) = Ingest::start(store.clone());
-        let (agent_clusters, looker) = ClusterLookups::start(store.clone());
+        let (agent_clusters, looker) = ClusterLookups::clusters(store.clone());
+        let (agent_revisions, revision_looker) = RevisionLookups::revisions(store.clone());
         let database = Arc::new(DatabaseHealth::default());
         let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
         let metrics = Arc::new(Metrics::default());
@@ -151,6 +152,7 @@ impl AppState {
             TaskGuard(appender.abort_handle()),
             TaskGuard(ingester.abort_handle()),
             TaskGuard(looker.abort_handle()),
+            TaskGuard(revision_looker.abort_handle()),
             TaskGuard(watcher.abort_handle()),
             TaskGuard(outbox.abort_handle()),
         ];
@@ -167,6 +169,7 @@ impl AppState {
             notifier,
             agent_tokens: Arc::default(),
             agent_clusters,
+            agent_revisions,
             feed,
             writes,
             turns: Arc::default(),

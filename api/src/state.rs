@@ -6,7 +6,7 @@ use axum::extract::FromRef;
 
 use crate::agents::auth::VerifiedTokens;
 use crate::agents::ingest::Ingest;
-use crate::agents::lookups::ClusterLookups;
+use crate::agents::lookups::{ClusterLookups, RevisionLookups};
 use crate::alerts::outbox::Sender;
 use crate::alerts::receivers_service::Receivers;
 use crate::alerts::rules_service::Rules;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub agent_tokens: Arc<VerifiedTokens>,
     /// Where agents' requests look their cluster up, together with the others waiting (`agents::lookups`).
     pub agent_clusters: ClusterLookups,
+    /// Where agents' polls read their cluster's revision, together with the others waiting (`agents::lookups`).
+    pub agent_revisions: RevisionLookups,
     /// The live status changes this replica streams.
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.

@@ -1,46 +1,91 @@
-//! The agents' cluster look-ups, read together. Every agent request (each poll, each report) first reads its
-//! cluster, to check its token against the key registered there: one statement, one round trip and one pooled
-//! connection per request, which a fleet reporting at once queued by the thousand on the pool. The look-ups waiting
-//! at a moment are instead read in one statement, up to [`IN_FLIGHT`] statements at a time: while they are busy, the
-//! look-ups arriving gather into the next. Alone, a look-up waits for nothing but a hop to the reading task.
+//! The agents' look-ups, read together. Every agent request (each poll, each report) first reads its cluster, to
+//! check its token against the key registered there, and a poll reads its cluster's revision before it waits and,
+//! when the wait ends with nothing new, again: a statement, a round trip and a pooled connection each, which a
+//! fleet reporting at once queued by the thousand on the pool. The look-ups of one kind waiting at a moment are
+//! instead read in one statement, up to [`IN_FLIGHT`] statements at a time: while they are busy, the look-ups
+//! arriving gather into the next. Alone, a look-up waits for nothing but a hop to the reading task.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::model::ClusterRecord;
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
-/// Statements reading clusters at once: a share of the pool, so that look-ups never take every connection.
+/// Statements of one kind reading at once: a share of the pool, so that look-ups never take every connection.
 pub const IN_FLIGHT: usize = 4;
-/// Clusters one statement reads at most.
+/// Look-ups one statement answers at most.
 pub const BATCH: usize = 512;
 
-type Found = Result<Option<ClusterRecord>, ApiError>;
+type Found<V> = Result<Option<V>, ApiError>;
 
-struct Lookup {
-    key: String,
-    found: oneshot::Sender<Found>,
+struct Lookup<K, V> {
+    key: K,
+    found: oneshot::Sender<Found<V>>,
 }
 
-/// The handle requests look their cluster up through (cheap to clone).
-#[derive(Clone)]
-pub struct ClusterLookups {
-    sender: mpsc::UnboundedSender<Lookup>,
+/// The handle requests look up through (cheap to clone): values of type `V` by keys of type `K`.
+pub struct Lookups<K, V> {
+    sender: mpsc::UnboundedSender<Lookup<K, V>>,
 }
+
+impl<K, V> Clone for Lookups<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+        }
+    }
+}
+
+/// The registered clusters, by key.
+pub type ClusterLookups = Lookups<String, ClusterRecord>;
+/// The clusters' revisions, by cluster id.
+pub type RevisionLookups = Lookups<i64, i64>;
 
 impl ClusterLookups {
-    /// The queue, and the task that reads what it holds (it ends when every handle is gone). The queue needs no
-    /// bound of its own: it holds a look-up per request in progress, which the connection cap bounds.
-    pub fn start(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn clusters(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start(move |keys: Vec<String>| {
+            let store = store.clone();
+            async move {
+                let clusters = store.clusters_by_key(&keys).await?;
+                Ok(clusters.into_iter().map(|c| (c.key.clone(), c)).collect())
+            }
+        })
+    }
+}
+
+impl RevisionLookups {
+    pub fn revisions(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start(move |ids: Vec<i64>| {
+            let store = store.clone();
+            async move { Ok(store.revisions(&ids).await?.into_iter().collect()) }
+        })
+    }
+}
+
+impl<K, V> Lookups<K, V>
+where
+    K: Eq + Hash + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// The queue, and the task that reads what it holds with `read` (given distinct keys; it answers the values of
+    /// those that have one). The task ends when every handle is gone. The queue needs no bound of its own: it holds
+    /// a look-up per request in progress, which the connection cap bounds.
+    pub fn start<R, F>(read: R) -> (Self, tokio::task::JoinHandle<()>)
+    where
+        R: Fn(Vec<K>) -> F + Send + Sync + 'static,
+        F: Future<Output = StoreResult<HashMap<K, V>>> + Send + 'static,
+    {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (Self { sender }, tokio::spawn(read(store, receiver)))
+        (Self { sender }, tokio::spawn(gather(read, receiver)))
     }
 
-    /// The cluster with this key, read with the others waiting; `None` when none is registered under it.
-    pub async fn get(&self, key: String) -> Found {
+    /// The value under `key`, read with the other look-ups waiting; `None` when there is none.
+    pub async fn get(&self, key: K) -> Found<V> {
         let (found, answer) = oneshot::channel();
         self.sender.send(Lookup { key, found }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -48,10 +93,16 @@ impl ClusterLookups {
 }
 
 fn stopped() -> ApiError {
-    ApiError::NotReady("the agents' cluster look-ups have stopped".into())
+    ApiError::NotReady("the agents' look-ups have stopped".into())
 }
 
-async fn read(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Lookup>) {
+async fn gather<K, V, R, F>(read: R, mut receiver: mpsc::UnboundedReceiver<Lookup<K, V>>)
+where
+    K: Eq + Hash + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+    R: Fn(Vec<K>) -> F,
+    F: Future<Output = StoreResult<HashMap<K, V>>> + Send + 'static,
+{
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // room first: while every statement is busy, what arrives waits in the channel and goes in one batch
@@ -62,24 +113,23 @@ async fn read(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Looku
         if receiver.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
-        let store = store.clone();
+        let mut keys: Vec<K> = batch.iter().map(|l| l.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let reading = read(keys);
         tokio::spawn(async move {
-            answer(store.as_ref(), batch).await;
+            answer(reading.await, batch);
             drop(room);
         });
     }
 }
 
-/// Reads a batch's clusters in one statement and answers each look-up.
-async fn answer(store: &dyn Store, batch: Vec<Lookup>) {
-    let mut keys: Vec<String> = batch.iter().map(|l| l.key.clone()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    match store.clusters_by_key(&keys).await {
-        Ok(clusters) => {
-            let clusters: HashMap<String, ClusterRecord> = clusters.into_iter().map(|c| (c.key.clone(), c)).collect();
+/// Answers each look-up of a batch from what its statement read.
+fn answer<K: Eq + Hash, V: Clone>(read: StoreResult<HashMap<K, V>>, batch: Vec<Lookup<K, V>>) {
+    match read {
+        Ok(values) => {
             for lookup in batch {
-                let _ = lookup.found.send(Ok(clusters.get(&lookup.key).cloned()));
+                let _ = lookup.found.send(Ok(values.get(&lookup.key).cloned()));
             }
         }
         Err(err) => {
@@ -104,33 +154,38 @@ mod tests {
     use crate::testing::{Backend, with_database};
 
     on_both_backends!(
-        look_ups_made_at_once_are_each_answered_with_their_own_cluster,
+        look_ups_made_at_once_are_each_answered_with_their_own_value,
         at_once_case
     );
     async fn at_once_case(backend: Backend) {
         with_database(backend, |db| async move {
             let store = db.store().await;
-            let mut keys = Vec::new();
+            let mut clusters = Vec::new();
             for i in 0..20 {
-                keys.push(registered(&store, &format!("c{i}")).await.key);
+                clusters.push(registered(&store, &format!("c{i}")).await);
             }
-            let (lookups, _reader) = ClusterLookups::start(store.clone());
+            let (lookups, _reader) = ClusterLookups::clusters(store.clone());
+            let (revisions, _revisions_reader) = RevisionLookups::revisions(store.clone());
             // every cluster asked for many times over, and clusters never registered, all at once
             let asked: Vec<_> = (0..2000)
                 .map(|i| {
-                    let key = if i % 10 == 9 {
-                        format!("sub/rg/missing-{i}")
-                    } else {
-                        keys[i % 20].clone()
-                    };
-                    let lookups = lookups.clone();
-                    tokio::spawn(async move { (key.clone(), lookups.get(key).await) })
+                    let known = (i % 10 != 9).then(|| clusters[i % 20].clone());
+                    let (lookups, revisions) = (lookups.clone(), revisions.clone());
+                    tokio::spawn(async move {
+                        let key = known.as_ref().map_or(format!("sub/rg/missing-{i}"), |c| c.key.clone());
+                        let id = known.as_ref().map_or(1_000_000 + i as i64, |c| c.id);
+                        let (cluster, revision) = tokio::join!(lookups.get(key), revisions.get(id));
+                        (known, cluster.unwrap(), revision.unwrap())
+                    })
                 })
                 .collect();
             for asked in asked {
-                let (key, found) = asked.await.unwrap();
-                let expected = (!key.contains("missing")).then(|| key.clone());
-                assert_eq!(found.unwrap().map(|c| c.key), expected, "{key}");
+                let (known, cluster, revision) = asked.await.unwrap();
+                assert_eq!(
+                    cluster.map(|c| (c.id, c.key)),
+                    known.as_ref().map(|c| (c.id, c.key.clone()))
+                );
+                assert_eq!(revision, known.map(|c| c.revision));
             }
         })
         .await;

@@ -97,7 +97,7 @@ async fn desired_state(
         };
         state.reports.submit(submission, 0).await?.revision.flatten()
     } else {
-        state.store.revision(agent.cluster_id).await?
+        state.agent_revisions.get(agent.cluster_id).await?
     }
     .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     let waits = params.after.is_some_and(|after| revision <= after);
@@ -114,7 +114,7 @@ async fn desired_state(
     // there) instead of the whole desired state read, encoded, sent and decoded. A woken poll reads it all.
     let unchanged = match (waits, timed_out) {
         (false, _) => Some(revision),
-        (true, true) if held.asks_not_modified() => state.store.revision(agent.cluster_id).await?,
+        (true, true) if held.asks_not_modified() => state.agent_revisions.get(agent.cluster_id).await?,
         (true, _) => None,
     };
     if let Some(revision) = unchanged.filter(|r| held.not_modified(&r.to_string())) {

@@ -357,6 +357,10 @@ pub trait Store: Dashboards + Receivers + Alerts {
 
     /// The clusters registered under these keys, in no particular order (keys without one are left out).
     async fn clusters_by_key(&self, keys: &[String]) -> StoreResult<Vec<ClusterRecord>>;
+
+    /// The revisions of these clusters, as (id, revision), in no particular order (ids without a cluster are left
+    /// out).
+    async fn revisions(&self, cluster_ids: &[i64]) -> StoreResult<Vec<(i64, i64)>>;
     /// Up to `page.limit + 1` clusters in key order after `page.after`.
     async fn list_clusters(&self, scope: &ClusterSet, page: &PageRequest) -> StoreResult<Vec<ClusterRecord>>;
     /// Inserts unless a cluster with the same key exists (`Conflict`), giving it the configurations of the policy

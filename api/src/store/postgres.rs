@@ -147,6 +147,13 @@ sql_store!(
                 .await?)
         }
 
+        async fn revisions(&self, cluster_ids: &[i64]) -> StoreResult<Vec<(i64, i64)>> {
+            Ok(sqlx::query_as("SELECT id, revision FROM clusters WHERE id = ANY($1)")
+                .bind(cluster_ids)
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
         // A configuration write is one statement: the row, its sealed secrets and its operation in data-modifying
         // CTEs, which PostgreSQL runs as one atomic command on one snapshot (so the operation inserted is not among
         // those it supersedes). Against a transaction of a statement per table, that is one round trip instead of

@@ -117,6 +117,15 @@ sql_store!(
                 .await?)
         }
 
+        async fn revisions(&self, cluster_ids: &[i64]) -> StoreResult<Vec<(i64, i64)>> {
+            Ok(
+                sqlx::query_as("SELECT id, revision FROM clusters WHERE id IN (SELECT value FROM json_each($1))")
+                    .bind(sqlx::types::Json(cluster_ids))
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        }
+
         /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
         /// truncates it, so that the log's copies of deleted rows go with it. Busy readers make it wait for the next
         /// sweep.
