@@ -121,13 +121,19 @@ impl ApiError {
     /// The same answer for another request that met the same failure (a batch's other requests): an error cannot
     /// be cloned (it may hold its cause), so its kind is kept where a client acts on it (an outage, no connection,
     /// a collision: retry) and anything else is an internal error saying the same.
-    pub fn for_another(&self) -> ApiError {
+    fn for_another(&self) -> ApiError {
         match self {
             ApiError::DatabaseUnavailable(message) => ApiError::DatabaseUnavailable(message.clone()),
             ApiError::NoConnection(message) => ApiError::NoConnection(message.clone()),
             ApiError::WriteCollided(message) => ApiError::WriteCollided(message.clone()),
             other => ApiError::Internal(anyhow::anyhow!("{other}")),
         }
+    }
+
+    /// The answers of `n` requests that met this failure together (a batch's): itself, and `n - 1` alike.
+    pub fn for_each_of(self, n: usize) -> impl Iterator<Item = ApiError> {
+        let others: Vec<ApiError> = (1..n).map(|_| self.for_another()).collect();
+        std::iter::once(self).take(n.min(1)).chain(others)
     }
 
     pub fn invalid(target: impl Into<String>, message: impl Into<String>) -> Self {
@@ -361,6 +367,14 @@ mod tests {
         );
         let internal = ApiError::Internal(anyhow::anyhow!("a column did not decode"));
         assert_eq!(internal.for_another().status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let answers: Vec<_> = ApiError::NoConnection("none free".into()).for_each_of(3).collect();
+        assert_eq!(answers.len(), 3);
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, ApiError::NoConnection(m) if m == "none free"))
+        );
+        assert_eq!(ApiError::NoConnection("x".into()).for_each_of(0).count(), 0);
     }
 
     #[test]

@@ -149,15 +149,10 @@ async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
             }
         }
         Err(err) if batch.len() == 1 || err.is_unavailable() => {
-            let answer = ApiError::from(err);
             // the others are answered alike: a batch without a connection is not an outage until the watcher says so
-            let mut jobs = batch.into_iter();
-            let first = jobs.next();
-            for job in jobs {
-                let _ = job.done.send(Err(answer.for_another()));
-            }
-            if let Some(first) = first {
-                let _ = first.done.send(Err(answer));
+            let answers = ApiError::from(err).for_each_of(batch.len());
+            for (job, answer) in batch.into_iter().zip(answers) {
+                let _ = job.done.send(Err(answer));
             }
         }
         Err(err) => {

@@ -133,14 +133,9 @@ fn answer<K: Eq + Hash, V: Clone>(read: StoreResult<HashMap<K, V>>, batch: Vec<L
             }
         }
         Err(err) => {
-            let answer = ApiError::from(err);
-            let mut lookups = batch.into_iter();
-            let first = lookups.next();
-            for lookup in lookups {
-                let _ = lookup.found.send(Err(answer.for_another()));
-            }
-            if let Some(first) = first {
-                let _ = first.found.send(Err(answer));
+            let answers = ApiError::from(err).for_each_of(batch.len());
+            for (lookup, answer) in batch.into_iter().zip(answers) {
+                let _ = lookup.found.send(Err(answer));
             }
         }
     }
