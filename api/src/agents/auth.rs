@@ -19,6 +19,7 @@ use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use fluxplane_agent_protocol::agent::{AGENT_AUDIENCE, AgentClaims, AgentInfo, MAX_TOKEN_LIFETIME_SECONDS};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest as _, Sha256};
 
 use super::lookups::ClusterLookups;
 use crate::arm::ids::ClusterRef;
@@ -179,26 +180,40 @@ fn lifetime_bounded(claims: &AgentClaims, now: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Most tokens remembered; past it, expired ones are dropped, and if none has expired, all.
-const MAX_VERIFIED_TOKENS: usize = 50_000;
+/// Most tokens remembered; past it, expired ones are dropped, and if none has expired, all. Two per agent of a
+/// 100,000-agent fleet (an agent takes a new token at half its old one's life), about 85 bytes each.
+const MAX_VERIFIED_TOKENS: usize = 250_000;
+
+/// A SHA-256 digest: what the cache keeps of a token and of a key.
+type Digest = [u8; 32];
+
+fn digest(text: &str) -> Digest {
+    Sha256::digest(text.as_bytes()).into()
+}
 
 /// Agent tokens whose signature and claims have been checked, each with the key it was checked against and its
 /// expiry. An agent sends the same token for a minute or so; checking the signature once is enough as long as the
 /// cluster's registered key, read with every request, is still that key, so a new key takes effect at once.
+///
+/// Tokens and keys are kept as SHA-256 digests, not whole: a token is some 400 bytes, and at 100,000 agents the
+/// whole ones were about 50 MB, which also made the cache full and cleared over and over, every agent's signature
+/// checked again. A digest stands for its token only because no one can make another token with the same one.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    entries: Mutex<HashMap<String, (String, i64)>>,
+    entries: Mutex<HashMap<Digest, (Digest, i64)>>,
 }
 
 impl VerifiedTokens {
     fn verified(&self, token: &str, registered: &str, now: i64) -> bool {
+        let (token, registered) = (digest(token), digest(registered));
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
-            .get(token)
-            .is_some_and(|(key, expires_at)| key == registered && *expires_at > now)
+            .get(&token)
+            .is_some_and(|(key, expires_at)| *key == registered && *expires_at > now)
     }
 
     fn remember(&self, token: &str, registered: &str, expires_at: i64, now: i64) {
+        let (token, registered) = (digest(token), digest(registered));
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_VERIFIED_TOKENS {
             entries.retain(|_, (_, expires_at)| *expires_at > now);
@@ -206,7 +221,7 @@ impl VerifiedTokens {
                 entries.clear();
             }
         }
-        entries.insert(token.to_owned(), (registered.to_owned(), expires_at));
+        entries.insert(token, (registered, expires_at));
     }
 }
 
@@ -400,7 +415,7 @@ mod tests {
         tokens.remember("new", "k", 100, 50);
         let entries = tokens.entries.lock().unwrap();
         assert_eq!(entries.len(), 1, "the expired ones were dropped");
-        assert!(entries.contains_key("new"));
+        assert!(entries.contains_key(&digest("new")));
     }
 
     #[test]
