@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::ceiling::{Ceiling, Db, FixedServer};
@@ -26,6 +26,26 @@ pub(crate) async fn apply_seconds(target: &Target) -> anyhow::Result<f64> {
         .find_map(|line| line.strip_prefix("fluxplane_policy_assignment_apply_seconds_sum "))
         .and_then(|value| value.trim().parse().ok())
         .context("the server's metrics lack fluxplane_policy_assignment_apply_seconds")
+}
+
+/// The requests the server answered with an error since it started, by method, route and status (from its
+/// metrics), `none` when there were none.
+async fn refusals(target: &Target) -> anyhow::Result<String> {
+    let metrics = target.metrics().await?;
+    let refused: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("fluxplane_http_requests_total{"))
+        .filter_map(|line| {
+            let (labels, count) = line.rsplit_once("} ")?;
+            let status: u16 = labels.split("status=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            (status >= 400).then(|| format!("{labels}: {}", count.trim()))
+        })
+        .collect();
+    Ok(if refused.is_empty() {
+        "none".to_owned()
+    } else {
+        refused.join("; ")
+    })
 }
 
 /// The assignment: a template with cluster expressions, so that every cluster's configuration is its own (its
@@ -51,9 +71,11 @@ pub(crate) fn assignment(branch: &str) -> Value {
 }
 
 /// Waits until `clusters` receipts of `generation` of the configuration `name` have come; answers the last one's
-/// time and the sizes of its exchange.
+/// time and the sizes of its exchange. A minute without a receipt ends the wait with an error that says, for a
+/// fleet of `server`'s, what the server refused meanwhile.
 pub(crate) async fn held_by_all(
     fleet: &mut Fleet,
+    server: Option<&Target>,
     clusters: usize,
     name: impl Fn(&str) -> bool,
     generation: i64,
@@ -61,10 +83,19 @@ pub(crate) async fn held_by_all(
 ) -> anyhow::Result<(Duration, Exchange)> {
     let (mut holding, mut last, mut exchange) = (0, written, Exchange::default());
     while holding < clusters {
-        let receipt = tokio::time::timeout(Duration::from_secs(60), fleet.receipts.recv())
-            .await
-            .with_context(|| format!("{holding} of {clusters} agents hold generation {generation}"))?
-            .context("the fleet simulator stopped")?;
+        let Ok(receipt) = tokio::time::timeout(Duration::from_secs(60), fleet.receipts.recv()).await else {
+            let refused = match server {
+                Some(target) => refusals(target)
+                    .await
+                    .unwrap_or_else(|err| format!("unknown ({err:#})")),
+                None => "-".to_owned(),
+            };
+            bail!(
+                "{holding} of {clusters} agents reported generation {generation}, then none for a minute; the \
+                 server's refusals since it started: {refused}"
+            );
+        };
+        let receipt = receipt.context("the fleet simulator stopped")?;
         if name(&receipt.name) && receipt.generation == generation {
             holding += 1;
             last = last.max(receipt.received);
@@ -109,7 +140,15 @@ pub async fn assignment_reach(
         let transaction = Duration::from_secs_f64(apply_seconds(target).await? - before);
         // each agent reports every generation it sees once
         let reach;
-        (reach, exchange) = held_by_all(&mut fleet, clusters, |name| name == "baseline", generation, written).await?;
+        (reach, exchange) = held_by_all(
+            &mut fleet,
+            Some(target),
+            clusters,
+            |name| name == "baseline",
+            generation,
+            written,
+        )
+        .await?;
         measured.push((transaction, answered, reach));
     }
     fleet.stop().await?;
@@ -130,6 +169,7 @@ pub async fn assignment_reach(
         http.push(
             held_by_all(
                 &mut pollers,
+                None,
                 clusters,
                 |name| name.starts_with("poller-"),
                 generation,

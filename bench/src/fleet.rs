@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ceiling::FixedServer;
-use crate::propagation::{Apply, Exchange, Receipt, simulated_agent};
+use crate::propagation::{Apply, Exchange, Receipt, Setbacks, simulated_agent};
 use crate::{CLUSTER, Target};
 
 /// Descriptors the simulator keeps for itself beyond one per connection.
@@ -30,6 +31,8 @@ pub(crate) const SPARE_FILES: u64 = 256;
 const CONNECTIONS_PER_ADDRESS: usize = 20_000;
 /// Clusters registered at once.
 const REGISTRATION_WORKERS: usize = 16;
+/// How often the simulator prints the requests its agents had to retry (see `Setbacks`).
+const SETBACKS_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
@@ -300,15 +303,27 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let identities = register(&http, &args.base, &args.token, args.clusters, &args.tags).await?;
     let clients = agent_clients(&args.base, &args.transport, args.clusters)?;
     let (sender, receipts) = mpsc::unbounded_channel::<Receipt>();
+    let setbacks = Arc::new(Setbacks::default());
     let mut agents = JoinSet::new();
     for (identity, client) in identities.into_iter().zip(clients) {
         agents.spawn(simulated_agent(
             ControlPlane::with_client(identity, client)?,
             args.apply.apply(),
             sender.clone(),
+            setbacks.clone(),
         ));
     }
     drop(sender);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SETBACKS_EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Some(setbacks) = setbacks.take() {
+                eprintln!("  simulator, last {} s: {setbacks}", SETBACKS_EVERY.as_secs());
+            }
+        }
+    });
     run_until_stdin_closes(agents, print_receipts(receipts)).await
 }
 

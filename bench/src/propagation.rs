@@ -6,6 +6,9 @@
 //! a `reconcile` action), they report again as if the check had found a new commit. The agents run in the fleet
 //! simulator's process (see `fleet`), so that 10,000 of them fit beside the server's own 10,000 connections.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -120,12 +123,61 @@ fn transient(err: &ClientError) -> bool {
     }
 }
 
+/// The requests the simulated agents had to retry, by request and cause, and how many agents wait to retry: what
+/// the simulator prints while it runs, so that a fleet that stops reporting says why.
+#[derive(Debug, Default)]
+pub(crate) struct Setbacks {
+    failed: Mutex<BTreeMap<String, u64>>,
+    waiting: AtomicUsize,
+}
+
+impl Setbacks {
+    /// Counts a failed `request` ("poll", "report") and waits `delay` before its retry.
+    async fn retry_after(&self, request: &str, err: &ClientError, delay: Duration) {
+        let cause = match err {
+            ClientError::Status { status, .. } => status.as_u16().to_string(),
+            ClientError::Transport(err) if err.is_timeout() => "timeout".to_owned(),
+            ClientError::Transport(err) if err.is_connect() => "connect".to_owned(),
+            _ => "transport".to_owned(),
+        };
+        *self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(format!("{request} {cause}"))
+            .or_default() += 1;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// What failed since the last call (`poll 503 x120, report timeout x3`) and how many agents wait to retry;
+    /// `None` when nothing did and nobody waits.
+    pub(crate) fn take(&self) -> Option<String> {
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap_or_else(PoisonError::into_inner));
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if failed.is_empty() && waiting == 0 {
+            return None;
+        }
+        let failed: Vec<String> = failed.iter().map(|(what, n)| format!("{what} x{n}")).collect();
+        Some(format!(
+            "failed: {}; {waiting} agents waiting to retry",
+            if failed.is_empty() {
+                "none".to_owned()
+            } else {
+                failed.join(", ")
+            }
+        ))
+    }
+}
+
 /// One simulated agent: polls, and reports every new generation, and every request to re-check its source, as
-/// `apply` says; retries what the control plane could not answer.
+/// `apply` says; retries what the control plane could not answer, counting it in `setbacks`.
 pub(crate) async fn simulated_agent(
     control_plane: ControlPlane,
     apply: Apply,
     receipts: mpsc::UnboundedSender<Receipt>,
+    setbacks: Arc<Setbacks>,
 ) -> anyhow::Result<()> {
     let mut revision = None;
     let mut seen = std::collections::HashMap::<String, (i64, Option<String>)>::new();
@@ -145,7 +197,7 @@ pub(crate) async fn simulated_agent(
             // the benchmark is over once nobody listens
             Err(_) if receipts.is_closed() => return Ok(()),
             Err(err) if transient(&err) => {
-                tokio::time::sleep(backoff.next_delay()).await;
+                setbacks.retry_after("poll", &err, backoff.next_delay()).await;
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -205,7 +257,7 @@ pub(crate) async fn simulated_agent(
             match control_plane.report(&report).await {
                 Ok(accepted) => break accepted,
                 Err(_) if receipts.is_closed() => return Ok(()),
-                Err(err) if transient(&err) => tokio::time::sleep(backoff.next_delay()).await,
+                Err(err) if transient(&err) => setbacks.retry_after("report", &err, backoff.next_delay()).await,
                 Err(err) => return Err(err.into()),
             }
         };

@@ -281,7 +281,7 @@ async fn size(
         )
         .await?;
     let transaction = (apply_seconds(target).await? - applied) * 1000.0;
-    let (delivery, _) = held_by_all(&mut fleet, agents, |name| name == "baseline", 1, written).await?;
+    let (delivery, _) = held_by_all(&mut fleet, Some(target), agents, |name| name == "baseline", 1, written).await?;
     let delivery = ms(delivery);
     eprintln!("  assignment: {transaction:.0} ms transaction, held by all {agents} agents in {delivery:.0} ms");
     fleet.stop().await?;

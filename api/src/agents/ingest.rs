@@ -9,9 +9,18 @@
 //! request fails alone; an unreachable database fails the whole batch at once instead (each retry would wait for
 //! it). The queue is bounded by the size of the requests waiting in it: a request that does not fit is refused
 //! with 503 `ServerBusy` and `Retry-After`, which agents retry, so memory stays bounded whatever the fleet does.
+//!
+//! It is bounded by time as well. Agents give up on a report after 30 s and send it again; a queue that holds a
+//! report longer than that applies it for nobody, then applies its second copy. At 100,000 agents reporting at
+//! once, more than half of the reports timed out in the queue. So a request is refused while the requests the
+//! writer last took had waited over [`MAX_QUEUE_WAIT`], and a request whose caller stopped waiting (its agent gave
+//! up, or the server's own timeout ended it) is dropped when its turn comes rather than applied: nobody would learn
+//! its outcome, and its agent sends it again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -27,6 +36,9 @@ pub const BATCH_REPORTS: usize = 1000;
 pub const QUEUE_BYTES: usize = 64 << 20;
 /// The unit the queue counts bytes in (a semaphore counts in `u32`).
 const QUEUE_UNIT: usize = 1024;
+/// The longest the oldest request of a batch may have waited before the queue refuses more: a third of the 30 s an
+/// agent waits for its answer, which leaves the rest for the batch's own write.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// One request's reports, and the agent's heartbeat if one is due.
 #[derive(Debug, Clone)]
@@ -43,10 +55,11 @@ pub struct Applied {
     pub revision: Option<Option<i64>>,
 }
 
-/// A submission waiting in the queue, its room in it, and who to tell.
+/// A submission waiting in the queue, its room in it, when it came, and who to tell.
 struct Job {
     submission: Submission,
     _room: OwnedSemaphorePermit,
+    queued: Instant,
     done: oneshot::Sender<Result<Applied, ApiError>>,
 }
 
@@ -55,6 +68,8 @@ struct Job {
 pub struct Ingest {
     sender: mpsc::UnboundedSender<Job>,
     room: Arc<Semaphore>,
+    /// How long, in milliseconds, the oldest request of the writer's last batch had waited; 0 once the queue is empty.
+    waited: Arc<AtomicU64>,
 }
 
 impl Ingest {
@@ -63,12 +78,28 @@ impl Ingest {
         // the semaphore bounds the queue; the channel itself need not
         let (sender, receiver) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(QUEUE_BYTES / QUEUE_UNIT));
-        (Self { sender, room }, tokio::spawn(apply(store, receiver)))
+        let waited = Arc::new(AtomicU64::new(0));
+        (
+            Self {
+                sender,
+                room,
+                waited: waited.clone(),
+            },
+            tokio::spawn(apply(store, receiver, waited)),
+        )
     }
 
     /// Applies `submission` with whatever else is waiting; `bytes` is the request's size, its share of the queue.
-    /// Answers once it is committed, or 503 `ServerBusy` at once if the queue has no room for it.
+    /// Answers once it is committed, or 503 `ServerBusy` at once if the queue has no room for it or keeps requests
+    /// waiting too long.
     pub async fn submit(&self, submission: Submission, bytes: usize) -> Result<Applied, ApiError> {
+        let waited = Duration::from_millis(self.waited.load(Ordering::Relaxed));
+        if waited > MAX_QUEUE_WAIT {
+            return Err(ApiError::ServerBusy(format!(
+                "status reports wait {} s in this server's queue; retry shortly",
+                waited.as_secs()
+            )));
+        }
         let units = u32::try_from(bytes.div_ceil(QUEUE_UNIT).clamp(1, QUEUE_BYTES / QUEUE_UNIT)).unwrap_or(u32::MAX);
         let room = self.room.clone().try_acquire_many_owned(units).map_err(|_| {
             ApiError::ServerBusy("the server holds as many status reports as it queues; retry shortly".into())
@@ -78,6 +109,7 @@ impl Ingest {
             .send(Job {
                 submission,
                 _room: room,
+                queued: Instant::now(),
                 done,
             })
             .map_err(|_| stopped())?;
@@ -106,10 +138,11 @@ pub fn batch_len(sizes: impl IntoIterator<Item = usize>, limit: usize) -> usize 
     taken
 }
 
-async fn apply(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Job>) {
+async fn apply(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Job>, waited: Arc<AtomicU64>) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     loop {
         if waiting.is_empty() {
+            waited.store(0, Ordering::Relaxed);
             match receiver.recv().await {
                 Some(job) => waiting.push_back(job),
                 None => return,
@@ -119,10 +152,27 @@ async fn apply(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Job>
         while let Ok(job) = receiver.try_recv() {
             waiting.push_back(job);
         }
-        let taken = batch_len(waiting.iter().map(|j| j.submission.reports.len()), BATCH_REPORTS);
-        let batch: Vec<Job> = waiting.drain(..taken).collect();
-        apply_batch(store.as_ref(), batch).await;
+        let batch = next_batch(&mut waiting);
+        if let Some(oldest) = batch.first() {
+            let wait = u64::try_from(oldest.queued.elapsed().as_millis()).unwrap_or(u64::MAX);
+            waited.store(wait, Ordering::Relaxed);
+            apply_batch(store.as_ref(), batch).await;
+        }
     }
+}
+
+/// The requests the next batch applies, taken from the front of `waiting`, without those whose caller has stopped
+/// waiting (dropped, and their room in the queue with them).
+fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
+    let taken = batch_len(waiting.iter().map(|j| j.submission.reports.len()), BATCH_REPORTS);
+    let batch: Vec<Job> = waiting.drain(..taken).filter(|job| !job.done.is_closed()).collect();
+    if batch.len() < taken {
+        tracing::debug!(
+            dropped = taken - batch.len(),
+            "status reports whose agents stopped waiting were not applied"
+        );
+    }
+    batch
 }
 
 /// Times a batch the database rolled back for another transaction (a fleet write locking the same clusters) is
@@ -192,6 +242,8 @@ fn split(submissions: &[&Submission], reports: Vec<ReportOutcome>, revisions: Ve
 mod tests {
     use super::*;
     use crate::model::{AgentInfo, ReportDisposition};
+    use crate::on_both_backends;
+    use crate::testing::{Backend, with_database};
 
     #[test]
     fn a_batch_takes_the_waiting_requests_in_order_while_their_reports_fit() {
@@ -271,16 +323,125 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_request_that_finds_the_queue_full_is_refused_as_busy_at_once() {
-        let (sender, _receiver) = mpsc::unbounded_channel();
+    /// A queue without its writer: what is submitted stays in `receiver`.
+    fn unattended() -> (Ingest, mpsc::UnboundedReceiver<Job>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
         let ingest = Ingest {
             sender,
             room: Arc::new(Semaphore::new(QUEUE_BYTES / QUEUE_UNIT)),
+            waited: Arc::new(AtomicU64::new(0)),
         };
+        (ingest, receiver)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_the_queue_full_is_refused_as_busy_at_once() {
+        let (ingest, _receiver) = unattended();
         let _held = ingest.room.clone().try_acquire_many_owned(10).unwrap();
         let refused = ingest.submit(submission(1, false), QUEUE_BYTES).await.unwrap_err();
         assert!(matches!(refused, ApiError::ServerBusy(_)), "{refused:?}");
         assert_eq!(refused.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_request_is_refused_while_the_queue_keeps_requests_waiting_past_its_bound() {
+        let (ingest, mut receiver) = unattended();
+        let past = u64::try_from(MAX_QUEUE_WAIT.as_millis()).unwrap();
+        ingest.waited.store(past + 1, Ordering::Relaxed);
+        let refused = ingest.submit(submission(1, false), 100).await.unwrap_err();
+        assert!(matches!(refused, ApiError::ServerBusy(_)), "{refused:?}");
+        assert!(receiver.try_recv().is_err(), "a refused request is not queued");
+        assert_eq!(
+            ingest.room.available_permits(),
+            QUEUE_BYTES / QUEUE_UNIT,
+            "a refused request holds no room"
+        );
+
+        ingest.waited.store(past, Ordering::Relaxed);
+        let queued = tokio::spawn({
+            let ingest = ingest.clone();
+            async move { ingest.submit(submission(1, false), 100).await }
+        });
+        let job = receiver.recv().await.expect("a request within the bound is queued");
+        job.done
+            .send(Ok(Applied {
+                reports: vec![outcome(ReportDisposition::Recorded)],
+                revision: None,
+            }))
+            .unwrap();
+        assert_eq!(
+            queued.await.unwrap().unwrap().reports,
+            vec![outcome(ReportDisposition::Recorded)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_caller_stopped_waiting_is_dropped_with_its_room_instead_of_applied() {
+        let (ingest, mut receiver) = unattended();
+        let mut callers = Vec::new();
+        for reports in [1, 2, 3] {
+            let ingest = ingest.clone();
+            callers.push(tokio::spawn(async move {
+                ingest.submit(submission(reports, false), 2048).await
+            }));
+        }
+        let mut waiting = VecDeque::new();
+        for _ in 0..3 {
+            waiting.push_back(receiver.recv().await.unwrap());
+        }
+        waiting
+            .make_contiguous()
+            .sort_by_key(|job| job.submission.reports.len());
+        // the second caller gives up (its agent's timeout, or the server's): its answer has nobody to go to
+        callers.remove(1).abort();
+        while !waiting[1].done.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        let batch = next_batch(&mut waiting);
+        let sizes: Vec<usize> = batch.iter().map(|job| job.submission.reports.len()).collect();
+        assert_eq!(sizes, vec![1, 3], "the abandoned request is not in the batch");
+        assert!(waiting.is_empty());
+        assert_eq!(
+            ingest.room.available_permits(),
+            QUEUE_BYTES / QUEUE_UNIT - 4,
+            "the abandoned request's room is free again, the others' held until they are answered"
+        );
+    }
+
+    on_both_backends!(
+        the_queue_admits_again_once_the_requests_that_waited_too_long_are_applied,
+        drained_case
+    );
+    async fn drained_case(backend: Backend) {
+        with_database(backend, |db| async move {
+            let (ingest, mut receiver) = unattended();
+            let submitted = tokio::spawn({
+                let ingest = ingest.clone();
+                async move { ingest.submit(submission(1, true), 100).await }
+            });
+            // the request came in, then waited past the bound behind others
+            let mut job = receiver.recv().await.unwrap();
+            job.queued = Instant::now() - 2 * MAX_QUEUE_WAIT;
+            let (sender, queue) = mpsc::unbounded_channel();
+            sender.send(job).unwrap();
+            let _writer = tokio::spawn(apply(db.store().await, queue, ingest.waited.clone()));
+
+            let applied = submitted
+                .await
+                .unwrap()
+                .expect("a queued request is applied however long it waited");
+            assert_eq!(applied.reports, vec![outcome(ReportDisposition::Unknown)]);
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while ingest.waited.load(Ordering::Relaxed) != 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("a drained queue keeps nobody waiting, and so admits again");
+            let (again, mut queued) = (ingest.clone(), receiver);
+            tokio::spawn(async move { again.submit(submission(1, false), 100).await });
+            assert!(queued.recv().await.is_some(), "admitted again");
+        })
+        .await;
     }
 }
