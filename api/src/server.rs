@@ -30,7 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::agents::ingest::Ingest;
-use crate::agents::lookups::{ClusterLookups, RevisionLookups};
+use crate::agents::lookups::{ClusterLookups, DesiredLookups, RevisionLookups};
 use crate::arm::segments::Vocabulary;
 use crate::auth::{self, Authenticator};
 use crate::availability::{self, DatabaseHealth, Guard};
@@ -132,6 +132,7 @@ impl AppState {
         let (reports, ingester) = Ingest::start(store.clone());
         let (agent_clusters, looker) = ClusterLookups::clusters(store.clone());
         let (agent_revisions, revision_looker) = RevisionLookups::revisions(store.clone());
+        let (agent_desired, desired_looker) = DesiredLookups::desired_states(store.clone());
         let database = Arc::new(DatabaseHealth::default());
         let watcher = tokio::spawn(availability::watch(store.clone(), database.clone()));
         let metrics = Arc::new(Metrics::default());
@@ -153,6 +154,7 @@ impl AppState {
             TaskGuard(ingester.abort_handle()),
             TaskGuard(looker.abort_handle()),
             TaskGuard(revision_looker.abort_handle()),
+            TaskGuard(desired_looker.abort_handle()),
             TaskGuard(watcher.abort_handle()),
             TaskGuard(outbox.abort_handle()),
         ];
@@ -170,6 +172,7 @@ impl AppState {
             agent_tokens: Arc::default(),
             agent_clusters,
             agent_revisions,
+            agent_desired,
             feed,
             writes,
             turns: Arc::default(),

@@ -6,7 +6,7 @@ use axum::extract::FromRef;
 
 use crate::agents::auth::VerifiedTokens;
 use crate::agents::ingest::Ingest;
-use crate::agents::lookups::{ClusterLookups, RevisionLookups};
+use crate::agents::lookups::{ClusterLookups, DesiredLookups, RevisionLookups};
 use crate::alerts::outbox::Sender;
 use crate::alerts::receivers_service::Receivers;
 use crate::alerts::rules_service::Rules;
@@ -46,6 +46,9 @@ pub struct AppState {
     pub agent_clusters: ClusterLookups,
     /// Where agents' polls read their cluster's revision, together with the others waiting (`agents::lookups`).
     pub agent_revisions: RevisionLookups,
+    /// Where woken agents' polls read their cluster's desired state, together with the others woken
+    /// (`agents::lookups`).
+    pub agent_desired: DesiredLookups,
     /// The live status changes this replica streams.
     pub feed: Arc<Feed>,
     /// Where accepted writes are recorded in the history.

@@ -4,6 +4,11 @@
 //! fleet reporting at once queued by the thousand on the pool. The look-ups of one kind waiting at a moment are
 //! instead read in one statement, up to [`IN_FLIGHT`] statements at a time: while they are busy, the look-ups
 //! arriving gather into the next. Alone, a look-up waits for nothing but a hop to the reading task.
+//!
+//! A woken poll reads its cluster's desired state the same way. A policy assignment wakes every agent of the
+//! clusters it writes at once, and each read its revision, configurations and extensions in three statements of
+//! its own: 30,000 statements queued on the pool for 10,000 agents, 300,000 for 100,000, while the polls behind
+//! them timed out. Read together, the desired states of 512 clusters are three statements.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,7 +18,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::ApiError;
-use crate::model::ClusterRecord;
+use crate::model::{ClusterRecord, DesiredRecords};
 use crate::store::{Store, StoreResult};
 
 /// Statements of one kind reading at once: a share of the pool, so that look-ups never take every connection.
@@ -45,6 +50,8 @@ impl<K, V> Clone for Lookups<K, V> {
 pub type ClusterLookups = Lookups<String, ClusterRecord>;
 /// The clusters' revisions, by cluster id.
 pub type RevisionLookups = Lookups<i64, i64>;
+/// The clusters' desired states, by cluster id.
+pub type DesiredLookups = Lookups<i64, DesiredRecords>;
 
 impl ClusterLookups {
     pub fn clusters(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
@@ -63,6 +70,15 @@ impl RevisionLookups {
         Self::start(move |ids: Vec<i64>| {
             let store = store.clone();
             async move { Ok(store.revisions(&ids).await?.into_iter().collect()) }
+        })
+    }
+}
+
+impl DesiredLookups {
+    pub fn desired_states(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start(move |ids: Vec<i64>| {
+            let store = store.clone();
+            async move { Ok(store.desired_states(&ids).await?.into_iter().collect()) }
         })
     }
 }
@@ -124,12 +140,28 @@ where
     }
 }
 
-/// Answers each look-up of a batch from what its statement read.
+/// Answers each look-up of a batch from what its statement read: the last look-up of a key gets the value itself,
+/// the others (requests of one agent at once) a copy.
 fn answer<K: Eq + Hash, V: Clone>(read: StoreResult<HashMap<K, V>>, batch: Vec<Lookup<K, V>>) {
     match read {
-        Ok(values) => {
-            for lookup in batch {
-                let _ = lookup.found.send(Ok(values.get(&lookup.key).cloned()));
+        Ok(mut values) => {
+            let mut left: HashMap<&K, usize> = HashMap::new();
+            for lookup in &batch {
+                *left.entry(&lookup.key).or_default() += 1;
+            }
+            let mut found = Vec::with_capacity(batch.len());
+            for lookup in &batch {
+                let remaining = left.get_mut(&lookup.key).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                found.push(match remaining {
+                    Some(0) => values.remove(&lookup.key),
+                    _ => values.get(&lookup.key).cloned(),
+                });
+            }
+            for (lookup, value) in batch.into_iter().zip(found) {
+                let _ = lookup.found.send(Ok(value));
             }
         }
         Err(err) => {
@@ -161,26 +193,49 @@ mod tests {
             }
             let (lookups, _reader) = ClusterLookups::clusters(store.clone());
             let (revisions, _revisions_reader) = RevisionLookups::revisions(store.clone());
+            let (desired, _desired_reader) = DesiredLookups::desired_states(store.clone());
+            // each cluster's own configuration, named after it
+            for cluster in &clusters {
+                let configuration = crate::store::tests::configuration(cluster.id, &format!("cfg-{}", cluster.name));
+                let operation = crate::store::tests::operation(&cluster.key, 1);
+                store
+                    .insert_configuration(&configuration, &crate::model::SecretsWrite::Keep, &operation)
+                    .await
+                    .unwrap();
+            }
             // every cluster asked for many times over, and clusters never registered, all at once
             let asked: Vec<_> = (0..2000)
                 .map(|i| {
                     let known = (i % 10 != 9).then(|| clusters[i % 20].clone());
-                    let (lookups, revisions) = (lookups.clone(), revisions.clone());
+                    let (lookups, revisions, desired) = (lookups.clone(), revisions.clone(), desired.clone());
                     tokio::spawn(async move {
                         let key = known.as_ref().map_or(format!("sub/rg/missing-{i}"), |c| c.key.clone());
                         let id = known.as_ref().map_or(1_000_000 + i as i64, |c| c.id);
-                        let (cluster, revision) = tokio::join!(lookups.get(key), revisions.get(id));
-                        (known, cluster.unwrap(), revision.unwrap())
+                        let (cluster, revision, desired) =
+                            tokio::join!(lookups.get(key), revisions.get(id), desired.get(id));
+                        (known, cluster.unwrap(), revision.unwrap(), desired.unwrap())
                     })
                 })
                 .collect();
             for asked in asked {
-                let (known, cluster, revision) = asked.await.unwrap();
+                let (known, cluster, revision, desired) = asked.await.unwrap();
                 assert_eq!(
                     cluster.map(|c| (c.id, c.key)),
                     known.as_ref().map(|c| (c.id, c.key.clone()))
                 );
-                assert_eq!(revision, known.map(|c| c.revision));
+                let now = match &known {
+                    Some(c) => store.revision(c.id).await.unwrap(),
+                    None => None,
+                };
+                assert_eq!(revision, now);
+                assert_eq!(desired.as_ref().map(|d| d.revision), now);
+                let names: Option<Vec<String>> =
+                    desired.map(|d| d.configurations.into_iter().map(|c| c.name).collect());
+                assert_eq!(
+                    names,
+                    known.map(|c| vec![format!("cfg-{}", c.name)]),
+                    "its own desired state"
+                );
             }
         })
         .await;

@@ -122,7 +122,12 @@ async fn desired_state(
         insert_etag(&mut headers, &revision.to_string());
         return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
     }
-    let desired = state.store.desired_state(agent.cluster_id).await?;
+    // read with the desired states of the other polls answering now (an assignment wakes thousands at once)
+    let desired = state
+        .agent_desired
+        .get(agent.cluster_id)
+        .await?
+        .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
     // the changes written while this poll waited reach the agent now: their propagation time (changes written
     // between polls are not timed, as nothing tells which of them the agent has already seen)
     if params.after.is_some_and(|after| desired.revision > after) {

@@ -505,9 +505,19 @@ pub trait Store: Dashboards + Receivers + Alerts {
 
     /// The cluster's revision; `None` if the cluster is gone.
     async fn revision(&self, cluster_id: i64) -> StoreResult<Option<i64>>;
-    /// The cluster's revision, every configuration of it and their undelivered sealed secrets; the
-    /// configurations are never older than the revision.
-    async fn desired_state(&self, cluster_id: i64) -> StoreResult<DesiredRecords>;
+    /// The desired states of these clusters, as (id, state), in no particular order (ids without a cluster are
+    /// left out): each cluster's revision, every configuration and extension of it and their undelivered sealed
+    /// secrets; the configurations are never older than the revision.
+    async fn desired_states(&self, cluster_ids: &[i64]) -> StoreResult<Vec<(i64, DesiredRecords)>>;
+    /// The cluster's desired state (see `desired_states`); revision 0 and nothing in it if the cluster is gone.
+    async fn desired_state(&self, cluster_id: i64) -> StoreResult<DesiredRecords> {
+        Ok(self
+            .desired_states(&[cluster_id])
+            .await?
+            .pop()
+            .map(|(_, state)| state)
+            .unwrap_or_default())
+    }
     /// Enforces the time limits as of `now`: deletes undelivered secrets past `secrets_expire_at` and fails
     /// generations past `generation_expires_at`, failing their configurations and operations. Safe to run on
     /// every replica at once: each row changes once.

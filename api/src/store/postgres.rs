@@ -43,6 +43,11 @@ pub(super) const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 const VACUUM_EVERY: Duration = Duration::from_secs(10);
 
 impl PgStore {
+    /// A set of ids as a statement's `in_ids` binds it: an array.
+    fn id_set(ids: &[i64]) -> &[i64] {
+        ids
+    }
+
     pub async fn connect(url: &str) -> StoreResult<Self> {
         // No JIT compilation: it pays off for long analytical queries, not for the control plane's short ones.
         // A plan costed high (the fleet summary's, on statistics a registration burst left behind) was compiled
@@ -138,18 +143,12 @@ sql_store!(
     row_lock = " FOR NO KEY UPDATE",
     write_begin = None,
     history_now = "now()",
+    in_ids = "= ANY($1)",
     {
         async fn clusters_by_key(&self, keys: &[String]) -> StoreResult<Vec<crate::model::ClusterRecord>> {
             let sql = concat!("SELECT ", cluster_columns!(), " FROM clusters WHERE key = ANY($1)");
             Ok(sqlx::query_as::<sqlx::Postgres, crate::model::ClusterRecord>(sql)
                 .bind(keys)
-                .fetch_all(&self.pool)
-                .await?)
-        }
-
-        async fn revisions(&self, cluster_ids: &[i64]) -> StoreResult<Vec<(i64, i64)>> {
-            Ok(sqlx::query_as("SELECT id, revision FROM clusters WHERE id = ANY($1)")
-                .bind(cluster_ids)
                 .fetch_all(&self.pool)
                 .await?)
         }

@@ -106,6 +106,7 @@ macro_rules! sql_store {
         row_lock = $row_lock:literal,
         write_begin = $write:expr,
         history_now = $history_now:literal,
+        in_ids = $in_ids:literal,
         { $($extra:tt)* }
     ) => {
         #[async_trait::async_trait]
@@ -1085,49 +1086,94 @@ macro_rules! sql_store {
                     .await?)
             }
 
-            async fn desired_state(
+            async fn revisions(&self, cluster_ids: &[i64]) -> $crate::store::StoreResult<Vec<(i64, i64)>> {
+                Ok(sqlx::query_as::<$db, (i64, i64)>(concat!("SELECT id, revision FROM clusters WHERE id ", $in_ids))
+                    .bind(Self::id_set(cluster_ids))
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn desired_states(
                 &self,
-                cluster_id: i64,
-            ) -> $crate::store::StoreResult<$crate::model::DesiredRecords> {
-                // The revision first, then the configurations, without a transaction: a write in between makes
+                cluster_ids: &[i64],
+            ) -> $crate::store::StoreResult<Vec<(i64, $crate::model::DesiredRecords)>> {
+                // The revisions first, then the configurations, without a transaction: a write in between makes
                 // the configurations newer than the revision, which costs the agent one redundant wake-up; the
                 // other order could hand out an old desired state under a new revision, and the agent would miss
                 // the change until the next one.
-                let revision = self.revision(cluster_id).await?.unwrap_or_default();
+                let mut states: std::collections::HashMap<i64, $crate::model::DesiredRecords> = self
+                    .revisions(cluster_ids)
+                    .await?
+                    .into_iter()
+                    .map(|(id, revision)| (id, $crate::model::DesiredRecords { revision, ..Default::default() }))
+                    .collect();
+                if states.is_empty() {
+                    return Ok(Vec::new());
+                }
                 let sql = concat!(
                     "SELECT ",
                     configuration_columns!(),
-                    " FROM flux_configurations WHERE cluster_id = $1 ORDER BY name"
+                    " FROM flux_configurations WHERE cluster_id ",
+                    $in_ids,
+                    " ORDER BY cluster_id, name"
                 );
                 let configurations = sqlx::query_as::<$db, $crate::model::ConfigurationRecord>(sql)
-                    .bind(cluster_id)
+                    .bind(Self::id_set(cluster_ids))
                     .fetch_all(&self.pool)
                     .await?;
-                // most polls find no undelivered secrets (an expiry is set exactly while some exist): skip the query
-                let sealed = if configurations.iter().any(|c| c.secrets_expire_at.is_some()) {
-                    sqlx::query_as::<$db, $crate::model::SealedSecretsRecord>(
+                // most polls find no undelivered secrets (an expiry is set exactly while some exist): read them only
+                // for the clusters that have some
+                let mut holding: Vec<i64> = configurations
+                    .iter()
+                    .filter(|c| c.secrets_expire_at.is_some())
+                    .map(|c| c.cluster_id)
+                    .collect();
+                holding.dedup();
+                let sealed = if holding.is_empty() {
+                    Vec::new()
+                } else {
+                    let sql = concat!(
                         "SELECT s.configuration_id, s.version, s.change, s.base_version, s.recipient, \
                          s.encapsulated_key, s.ciphertext \
                          FROM sealed_secrets s JOIN flux_configurations c ON c.id = s.configuration_id \
-                         WHERE c.cluster_id = $1 ORDER BY s.configuration_id, s.version",
-                    )
-                    .bind(cluster_id)
-                    .fetch_all(&self.pool)
-                    .await?
-                } else {
-                    Vec::new()
+                         WHERE c.cluster_id ",
+                        $in_ids,
+                        " ORDER BY s.configuration_id, s.version"
+                    );
+                    sqlx::query_as::<$db, $crate::model::SealedSecretsRecord>(sql)
+                        .bind(Self::id_set(&holding))
+                        .fetch_all(&self.pool)
+                        .await?
                 };
-                let sql = concat!("SELECT ", extension_columns!(), " FROM extensions WHERE cluster_id = $1 ORDER BY name");
+                let sql = concat!(
+                    "SELECT ",
+                    extension_columns!(),
+                    " FROM extensions WHERE cluster_id ",
+                    $in_ids,
+                    " ORDER BY cluster_id, name"
+                );
                 let extensions = sqlx::query_as::<$db, $crate::model::ExtensionRecord>(sql)
-                    .bind(cluster_id)
+                    .bind(Self::id_set(cluster_ids))
                     .fetch_all(&self.pool)
                     .await?;
-                Ok($crate::model::DesiredRecords {
-                    revision,
-                    configurations,
-                    sealed,
-                    extensions,
-                })
+                let cluster_of: std::collections::HashMap<i64, i64> =
+                    configurations.iter().map(|c| (c.id, c.cluster_id)).collect();
+                for c in configurations {
+                    if let Some(state) = states.get_mut(&c.cluster_id) {
+                        state.configurations.push(c);
+                    }
+                }
+                for s in sealed {
+                    if let Some(state) = cluster_of.get(&s.configuration_id).and_then(|id| states.get_mut(id)) {
+                        state.sealed.push(s);
+                    }
+                }
+                for e in extensions {
+                    if let Some(state) = states.get_mut(&e.cluster_id) {
+                        state.extensions.push(e);
+                    }
+                }
+                Ok(states.into_iter().collect())
             }
 
             async fn expire(

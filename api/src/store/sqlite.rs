@@ -103,6 +103,8 @@ sql_store!(
     write_begin = Some(WRITE),
     // the format the history triggers write (migration 0009), which its range scans compare as text
     history_now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
+    // a set of ids binds as one JSON array (`SqliteStore::id_set`)
+    in_ids = "IN (SELECT value FROM json_each($1))",
     {
         // SQLite binds no arrays: the keys go as one JSON array, unpacked by `json_each`
         async fn clusters_by_key(&self, keys: &[String]) -> StoreResult<Vec<crate::model::ClusterRecord>> {
@@ -115,15 +117,6 @@ sql_store!(
                 .bind(sqlx::types::Json(keys))
                 .fetch_all(&self.pool)
                 .await?)
-        }
-
-        async fn revisions(&self, cluster_ids: &[i64]) -> StoreResult<Vec<(i64, i64)>> {
-            Ok(
-                sqlx::query_as("SELECT id, revision FROM clusters WHERE id IN (SELECT value FROM json_each($1))")
-                    .bind(sqlx::types::Json(cluster_ids))
-                    .fetch_all(&self.pool)
-                    .await?,
-            )
         }
 
         /// Checkpoints the write-ahead log into the database file (where `secure_delete` has zeroed deleted rows) and
@@ -244,6 +237,11 @@ sql_store!(
 );
 
 impl SqliteStore {
+    /// A set of ids as a statement's `in_ids` binds it: SQLite binds no arrays, so one JSON array.
+    fn id_set(ids: &[i64]) -> sqlx::types::Json<&[i64]> {
+        sqlx::types::Json(ids)
+    }
+
     /// Writes what a configuration write does to its sealed secrets.
     async fn write_secrets(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,

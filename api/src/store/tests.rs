@@ -15,7 +15,9 @@ use crate::arm::system_data::SystemData;
 use crate::clusters::model::ClusterSpec;
 use crate::lifecycle::ManagedWrite;
 use crate::lifecycle::ProvisioningState;
-use crate::model::{AgentInfo, ClusterRecord, ConfigurationRecord, OperationRecord, SecretsWrite, Write};
+use crate::model::{
+    AgentInfo, ClusterRecord, ConfigurationRecord, DesiredRecords, OperationRecord, SecretsWrite, Write,
+};
 use crate::on_both_backends;
 use crate::testing::{Backend, TestDatabase, with_database};
 
@@ -46,7 +48,7 @@ fn cluster(subscription: &str, resource_group: &str, name: &str) -> ClusterRecor
     }
 }
 
-fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
+pub(crate) fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
     ConfigurationRecord {
         id: 0,
         cluster_id,
@@ -71,7 +73,7 @@ fn configuration(cluster_id: i64, name: &str) -> ConfigurationRecord {
     }
 }
 
-fn operation(resource_key: &str, generation: i64) -> OperationRecord {
+pub(crate) fn operation(resource_key: &str, generation: i64) -> OperationRecord {
     OperationRecord {
         id: uuid::Uuid::new_v4().to_string(),
         resource_key: resource_key.to_owned(),
@@ -749,6 +751,72 @@ async fn with_secrets(
         Write::Written
     );
     op
+}
+
+on_both_backends!(
+    desired_states_read_together_are_each_clusters_own,
+    desired_states_together_case
+);
+async fn desired_states_together_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let (a, b, bare) = (
+            registered(&store, "a").await,
+            registered(&store, "b").await,
+            registered(&store, "bare").await,
+        );
+        let expire_at = Utc::now() + chrono::Duration::hours(1);
+        for name in ["y", "x"] {
+            let op = operation(&format!("sub/rg/a/{name}"), 1);
+            store
+                .insert_configuration(&configuration(a.id, name), &SecretsWrite::Keep, &op)
+                .await
+                .unwrap();
+        }
+        with_secrets(&store, b.id, "z", "agent-key", expire_at).await;
+        with_secrets(&store, a.id, "w", "other-key", expire_at).await;
+
+        let missing = 1_000_000;
+        let states: std::collections::HashMap<i64, DesiredRecords> = store
+            .desired_states(&[bare.id, b.id, missing, a.id])
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(states.len(), 3, "a missing cluster is left out");
+        for cluster in [&a, &b, &bare] {
+            let alone = store.desired_state(cluster.id).await.unwrap();
+            let together = &states[&cluster.id];
+            assert_eq!(together.revision, alone.revision);
+            let names = |d: &DesiredRecords| d.configurations.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                names(together),
+                names(&alone),
+                "each cluster's own configurations, in name order"
+            );
+            let sealed = |d: &DesiredRecords| {
+                d.sealed
+                    .iter()
+                    .map(|s| (s.configuration_id, s.recipient.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(sealed(together), sealed(&alone), "each cluster's own sealed secrets");
+            let extensions = |d: &DesiredRecords| d.extensions.iter().map(|e| e.cluster_id).collect::<Vec<_>>();
+            assert_eq!(extensions(together), extensions(&alone));
+        }
+        let names: Vec<&str> = states[&a.id].configurations.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["w", "x", "y"]);
+        let recipients: Vec<&str> = states[&a.id].sealed.iter().map(|s| s.recipient.as_str()).collect();
+        assert_eq!(recipients, ["other-key"], "a's secrets, not b's");
+        assert_eq!(states[&b.id].sealed.len(), 1);
+        assert!(states[&bare.id].configurations.is_empty() && states[&bare.id].sealed.is_empty());
+        assert!(
+            states[&a.id].extensions.iter().all(|e| e.cluster_id == a.id) && !states[&a.id].extensions.is_empty(),
+            "the Flux extension a's first configuration brought, and only a's"
+        );
+        assert_eq!(store.desired_state(missing).await.unwrap().revision, 0);
+    })
+    .await;
 }
 
 on_both_backends!(sealed_secrets_are_kept_in_order_until_acknowledged, sealed_secrets_case);
