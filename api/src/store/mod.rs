@@ -503,8 +503,10 @@ pub trait Store: Dashboards + Receivers + Alerts {
     /// `managed_by`, if given); split further by configuration name or managing assignment when asked.
     async fn state_counts(&self, scope: &ClusterSet, query: &StateCountQuery) -> StoreResult<Vec<StateCount>>;
 
-    /// The cluster's revision; `None` if the cluster is gone.
-    async fn revision(&self, cluster_id: i64) -> StoreResult<Option<i64>>;
+    /// The cluster's revision (see `revisions`); `None` if the cluster is gone.
+    async fn revision(&self, cluster_id: i64) -> StoreResult<Option<i64>> {
+        Ok(self.revisions(&[cluster_id]).await?.pop().map(|(_, revision)| revision))
+    }
     /// The desired states of these clusters, as (id, state), in no particular order (ids without a cluster are
     /// left out): each cluster's revision, every configuration and extension of it and their undelivered sealed
     /// secrets; the configurations are never older than the revision.

@@ -1079,13 +1079,6 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            async fn revision(&self, cluster_id: i64) -> $crate::store::StoreResult<Option<i64>> {
-                Ok(sqlx::query_scalar::<$db, i64>("SELECT revision FROM clusters WHERE id = $1")
-                    .bind(cluster_id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
             async fn revisions(&self, cluster_ids: &[i64]) -> $crate::store::StoreResult<Vec<(i64, i64)>> {
                 Ok(sqlx::query_as::<$db, (i64, i64)>(concat!("SELECT id, revision FROM clusters WHERE id ", $in_ids))
                     .bind(Self::id_set(cluster_ids))
