@@ -57,23 +57,51 @@ pub(super) const INSTANCES_NOW: &str = concat!(
     ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
 );
 
-/// The summary's current cluster counts of the scope `$1`, `$2`.
-pub(super) const CLUSTERS_NOW: &str = concat!(
-    "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
-    current_clusters!(),
-    ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
-);
+/// The summary's cluster counts of the scope `$1`, `$2`: now, or with `as_of` as of the time `$3`; with `pending`,
+/// the rows (`dimension, value, clusters`) an engine adds for changes it has not folded into the deltas yet, which
+/// reads `$when` as the condition on their time (empty now).
+macro_rules! clusters_counted {
+    (now $(, pending = $pending:ident)?) => {
+        concat!(
+            "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
+            current_clusters!(),
+            $(" UNION ALL ", $pending!(""),)?
+            ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
+        )
+    };
+    (as_of $(, pending = $pending:ident)?) => {
+        concat!(
+            "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
+            current_clusters!(),
+            " UNION ALL SELECT dimension, value, -clusters FROM cluster_deltas WHERE at > $3 AND ",
+            in_scope!(),
+            " UNION ALL SELECT dimension, value, -clusters FROM cluster_delta_history WHERE at > $3 AND ",
+            in_scope!(),
+            $(" UNION ALL ", $pending!(" AND at <= $3"),)?
+            ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
+        )
+    };
+}
+
+/// The summary's current cluster counts of the scope `$1`, `$2`, where the deltas hold every change (SQLite).
+pub(super) const CLUSTERS_NOW: &str = clusters_counted!(now);
+
+/// The same as of the time `$3`.
+pub(super) const CLUSTERS_AS_OF: &str = clusters_counted!(as_of);
 
 /// Implements `Dashboards` for `$store` over `$db`; `$begin` starts a transaction whose reads are one snapshot (one
 /// statement: a connection handed back inside a cut-off transaction answers a second one with an error),
 /// `$unheard` reads the configurations of the clusters not in the Connected status (`UnheardCount`s of the scope
-/// `$1`, `$2`), `$extra` holds the methods the engine implements its own way.
+/// `$1`, `$2`), `$clusters_now` and `$clusters_as_of` the cluster counts (`clusters_counted!`), `$extra` holds the
+/// methods the engine implements its own way.
 macro_rules! dashboards_store {
     (
         $store:ty,
         $db:ty,
         begin = $begin:literal,
         unheard = $unheard:expr,
+        clusters_now = $clusters_now:expr,
+        clusters_as_of = $clusters_as_of:expr,
         { $($extra:tt)* }
     ) => {
         #[async_trait::async_trait]
@@ -90,10 +118,7 @@ macro_rules! dashboards_store {
             // The past is the present minus what changed since: the deltas written after `as_of`. Two statements
             // rather than one with an optional bound, so that the current summary never plans a scan of history.
             let (instances_sql, clusters_sql) = match as_of {
-                None => (
-                    $crate::store::dashboards::INSTANCES_NOW,
-                    $crate::store::dashboards::CLUSTERS_NOW,
-                ),
+                None => ($crate::store::dashboards::INSTANCES_NOW, $clusters_now),
                 Some(_) => (
                     concat!(
                         "SELECT policy_assignment, compliance_state, provisioning_state, reported, \
@@ -107,15 +132,7 @@ macro_rules! dashboards_store {
                         in_scope!(),
                         ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
                     ),
-                    concat!(
-                        "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
-                        current_clusters!(),
-                        " UNION ALL SELECT dimension, value, -clusters FROM cluster_deltas WHERE at > $3 AND ",
-                        in_scope!(),
-                        " UNION ALL SELECT dimension, value, -clusters FROM cluster_delta_history WHERE at > $3 AND ",
-                        in_scope!(),
-                        ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
-                    ),
+                    $clusters_as_of,
                 ),
             };
             // one snapshot: a write between the reads would count its configurations twice or not at all
@@ -541,4 +558,6 @@ macro_rules! dashboards_store {
     };
 }
 
-pub(super) use {current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns};
+pub(super) use {
+    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
+};

@@ -152,7 +152,7 @@ pub struct SummaryStatements {
 
 pub const POSTGRES_SUMMARY: SummaryStatements = SummaryStatements {
     instances: dashboards::INSTANCES_NOW,
-    clusters: dashboards::CLUSTERS_NOW,
+    clusters: postgres::CLUSTERS_NOW,
     unheard: postgres::UNHEARD,
 };
 

@@ -14,7 +14,7 @@ use crate::notify::Notifier;
 use super::StoreResult;
 use super::alerts::{alerts_store, delivery_columns, receiver_columns, rule_columns};
 use super::dashboards::{
-    current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
+    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
 };
 use super::receivers::git_receiver_columns;
 use super::sql::{
@@ -512,16 +512,46 @@ pub(super) const UNHEARD: &str = "SELECT c.id AS cluster_id, c.connectivity_stat
                    FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
                WHERE u.subscription_key = $1 AND ($2 = '' OR u.resource_group_key = $2)";
 
+/// What the changes of clusters' counts not folded yet (migration 0023) move in the scope `$1`, `$2`, `$when`
+/// restricting them by time: rows of `dimension, value, clusters`. A cluster enters a value whose folded count is
+/// zero and that they raise, and leaves one they bring to zero; the counts and the pending changes are read in the
+/// summary's snapshot, so a fold between two summaries moves nothing.
+macro_rules! pending_clusters {
+    ($when:literal) => {
+        concat!(
+            "SELECT s.dimension, s.value, CASE WHEN COALESCE(k.n, 0) = 0 AND s.d > 0 THEN 1 \
+             WHEN k.n > 0 AND k.n + s.d = 0 THEN -1 ELSE 0 END \
+             FROM (SELECT cluster_id, dimension, value, SUM(d) AS d FROM pending_cluster_counts WHERE ",
+            in_scope!(),
+            $when,
+            " GROUP BY 1, 2, 3 HAVING SUM(d) <> 0) s LEFT JOIN cluster_state_counts k \
+             ON k.cluster_id = s.cluster_id AND k.dimension = s.dimension AND k.value = s.value"
+        )
+    };
+}
+
+/// The summary's current cluster counts on PostgreSQL: the rollups and deltas with the changes not folded yet.
+pub(super) const CLUSTERS_NOW: &str = clusters_counted!(now, pending = pending_clusters);
+
+/// The same as of the time `$3`.
+const CLUSTERS_AS_OF: &str = clusters_counted!(as_of, pending = pending_clusters);
+
 dashboards_store!(
     PgStore,
     sqlx::Postgres,
     begin = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     unheard = UNHEARD,
+    clusters_now = CLUSTERS_NOW,
+    clusters_as_of = CLUSTERS_AS_OF,
     {
-        /// Moves the pending deltas into the rollups and the history in one statement: a delta committed meanwhile
+        /// Folds the clusters' pending changes into their counts and the cluster deltas (migration 0023), then
+        /// moves the pending deltas into the rollups and the history in one statement: a delta committed meanwhile
         /// is left for the next run, and two replicas compacting at once fold each delta once (the second waits
         /// on the first's rows, then finds them gone).
         async fn compact_rollups(&self) -> StoreResult<u64> {
+            let changes: i64 = sqlx::query_scalar("SELECT fluxplane_fold_cluster_changes()")
+                .fetch_one(&self.pool)
+                .await?;
             let instances = sqlx::query(
                 "WITH moved AS (DELETE FROM instance_deltas RETURNING at, subscription_key, resource_group_key, \
                  policy_assignment, compliance_state, provisioning_state, reported, instances), \
@@ -547,7 +577,7 @@ dashboards_store!(
             )
             .execute(&self.pool)
             .await?;
-            let folded = instances.rows_affected() + clusters.rows_affected();
+            let folded = changes.unsigned_abs() + instances.rows_affected() + clusters.rows_affected();
             // A burst of reports leaves the pending tables full of dead rows that every summary would read past until
             // autovacuum comes round (a minute or more): this replica vacuums them itself, a few milliseconds each time.
             let due = folded > 0 && {
@@ -559,9 +589,12 @@ dashboards_store!(
                 due
             };
             if due {
-                sqlx::query("VACUUM (SKIP_LOCKED) instance_deltas, cluster_deltas, instance_rollups, cluster_rollups")
-                    .execute(&self.pool)
-                    .await?;
+                sqlx::query(
+                    "VACUUM (SKIP_LOCKED) pending_cluster_changes, instance_deltas, cluster_deltas, \
+                     instance_rollups, cluster_rollups, cluster_state_counts",
+                )
+                .execute(&self.pool)
+                .await?;
             }
             Ok(folded)
         }

@@ -11,9 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::StoreResult;
 use super::alerts::{alerts_store, delivery_columns, receiver_columns, rule_columns};
-use super::dashboards::{
-    current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
-};
+use super::dashboards::{current_instances, dashboards_store, in_scope, status_columns, write_columns};
 use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
@@ -333,36 +331,44 @@ pub(super) const UNHEARD: &str = "SELECT f.cluster_id, \
     AND c.connectivity_status <> 'Connected' \
     GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7";
 
-dashboards_store!(SqliteStore, sqlx::Sqlite, begin = "BEGIN", unheard = UNHEARD, {
-    /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
-    async fn compact_rollups(&self) -> StoreResult<u64> {
-        let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
-        let mut folded = 0;
-        for sql in [
-            "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
+dashboards_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    begin = "BEGIN",
+    unheard = UNHEARD,
+    clusters_now = super::dashboards::CLUSTERS_NOW,
+    clusters_as_of = super::dashboards::CLUSTERS_AS_OF,
+    {
+        /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
+        async fn compact_rollups(&self) -> StoreResult<u64> {
+            let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
+            let mut folded = 0;
+            for sql in [
+                "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE TRUE \
                  GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported) DO UPDATE SET instances = instances + excluded.instances",
-            "INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, policy_assignment, \
+                "INSERT INTO instance_delta_history (at, subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported, instances) SELECT at, subscription_key, \
                  resource_group_key, policy_assignment, compliance_state, provisioning_state, reported, instances \
                  FROM instance_deltas ORDER BY id",
-            "DELETE FROM instance_deltas",
-            "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, \
+                "DELETE FROM instance_deltas",
+                "INSERT INTO cluster_rollups SELECT subscription_key, resource_group_key, dimension, value, \
                  SUM(clusters) FROM cluster_deltas WHERE TRUE GROUP BY 1, 2, 3, 4 \
                  ON CONFLICT (subscription_key, resource_group_key, dimension, value) \
                  DO UPDATE SET clusters = clusters + excluded.clusters",
-            "INSERT INTO cluster_delta_history (at, subscription_key, resource_group_key, dimension, value, \
+                "INSERT INTO cluster_delta_history (at, subscription_key, resource_group_key, dimension, value, \
                  clusters) SELECT at, subscription_key, resource_group_key, dimension, value, clusters \
                  FROM cluster_deltas ORDER BY id",
-            "DELETE FROM cluster_deltas",
-        ] {
-            folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
+                "DELETE FROM cluster_deltas",
+            ] {
+                folded += sqlx::query(sql).execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(folded)
         }
-        tx.commit().await?;
-        Ok(folded)
     }
-});
+);
 
 // One writer at a time: the outbox's steps need no row locks.
 alerts_store!(

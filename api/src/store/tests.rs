@@ -379,8 +379,10 @@ async fn cascade_case(backend: Backend) {
             .insert_configuration(&configuration(c.id, "b"), &SecretsWrite::Keep, &operation("k/b", 1))
             .await
             .unwrap();
-        // the only cluster with configurations: every per-cluster count is its own
+        // the only cluster with configurations: every per-cluster count is its own (folded by the compaction on
+        // PostgreSQL, migration 0023)
         let counts = "SELECT COUNT(*) FROM cluster_state_counts";
+        store.compact_rollups().await.unwrap();
         assert!(
             count_rows(&db, counts).await > 0,
             "the cluster's configurations are counted"
@@ -388,6 +390,7 @@ async fn cascade_case(backend: Backend) {
         assert!(store.delete_cluster(&c.key).await.unwrap());
         assert!(!store.delete_cluster(&c.key).await.unwrap());
         assert!(store.get_configuration(c.id, "a").await.unwrap().is_none());
+        store.compact_rollups().await.unwrap();
         assert_eq!(
             count_rows(&db, counts).await,
             0,
@@ -1267,6 +1270,80 @@ async fn rollup_case(backend: Backend) {
 }
 
 on_both_backends!(
+    cluster_counts_are_exact_now_and_as_of_a_past_time_before_and_after_the_changes_are_folded,
+    folded_later_case
+);
+async fn folded_later_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let scope = ClusterSet::Subscription {
+            subscription_key: "sub".to_owned(),
+        };
+        let c = registered(&store, "c1").await;
+        let other = registered(&store, "c2").await;
+        for cluster in [&c, &other] {
+            let key = format!("{}/a", cluster.key);
+            store
+                .insert_configuration(
+                    &configuration(cluster.id, "a"),
+                    &SecretsWrite::Keep,
+                    &operation(&key, 1),
+                )
+                .await
+                .unwrap();
+        }
+        store.compact_rollups().await.unwrap();
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(50));
+        pause().await;
+        let created = Utc::now();
+        pause().await;
+        // c1 goes Non-Compliant, then Compliant, and c2 Non-Compliant, all waiting to be folded together
+        let mut times = Vec::new();
+        for (cluster, state) in [
+            (&c, ComplianceState::NonCompliant),
+            (&c, ComplianceState::Compliant),
+            (&other, ComplianceState::NonCompliant),
+        ] {
+            let key = format!("{}/a", cluster.key);
+            let outcome = store
+                .apply_report(cluster.id, "a", 1, &key, &applied(state), None, Utc::now())
+                .await
+                .unwrap();
+            assert_eq!(outcome.disposition, crate::model::ReportDisposition::Recorded);
+            pause().await;
+            times.push(Utc::now());
+            pause().await;
+        }
+        let counted = |rollup: super::Rollup| {
+            let mut by_value: BTreeMap<String, i64> = BTreeMap::new();
+            for row in rollup.clusters.into_iter().filter(|r| r.dimension == "complianceState") {
+                by_value.insert(row.value, row.clusters);
+            }
+            by_value
+        };
+        let expect = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+        };
+        let expected = [
+            (Some(created), expect(&[("Pending", 2)])),
+            (Some(times[0]), expect(&[("Non-Compliant", 1), ("Pending", 1)])),
+            (Some(times[1]), expect(&[("Compliant", 1), ("Pending", 1)])),
+            (None, expect(&[("Compliant", 1), ("Non-Compliant", 1)])),
+        ];
+        for stage in ["pending", "folded"] {
+            if stage == "folded" {
+                assert!(store.compact_rollups().await.unwrap() > 0);
+            }
+            for (at, counts) in &expected {
+                let rolled = counted(store.rollup(&scope, *at, false).await.unwrap());
+                assert_eq!(&rolled, counts, "as of {at:?}, {stage}");
+            }
+        }
+    })
+    .await;
+}
+
+on_both_backends!(
     pruning_drops_old_history_but_each_configurations_last_state_and_leaves_the_current_counts,
     prune_case
 );
@@ -1472,6 +1549,26 @@ const SQLITE_ONLY: &[&str] = &[
 ];
 
 const POSTGRES_ONLY: &[&str] = &[
+    // 0023_cluster_counts_folded_later: the clusters' changes of counted states, folded by the compaction; SQLite
+    // counts them in its triggers
+    "pending_cluster_changes.at",
+    "pending_cluster_changes.cluster_id",
+    "pending_cluster_changes.compliance_state",
+    "pending_cluster_changes.d",
+    "pending_cluster_changes.id",
+    "pending_cluster_changes.policy_assignment",
+    "pending_cluster_changes.provisioning_state",
+    "pending_cluster_changes.reported",
+    "pending_cluster_changes.resource_group_key",
+    "pending_cluster_changes.subscription_key",
+    "pending_cluster_counts.at",
+    "pending_cluster_counts.cluster_id",
+    "pending_cluster_counts.d",
+    "pending_cluster_counts.dimension",
+    "pending_cluster_counts.id",
+    "pending_cluster_counts.resource_group_key",
+    "pending_cluster_counts.subscription_key",
+    "pending_cluster_counts.value",
     // 0013_one_trigger_per_event: the clusters not connected, kept by a trigger so that the summary reads them
     // without scanning every cluster; SQLite's summary filters the clusters table instead (`sqlite::UNHEARD`)
     "unconnected_clusters.cluster_id",
