@@ -480,6 +480,55 @@ async fn restart_case(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_agents_poll_is_answered_while_its_heartbeat_waits_behind_a_lock() {
+    use sqlx::Connection as _;
+    // a heartbeat every 2 s
+    let Some(server) = TestServer::start_with(Backend::Postgres, |c| c.offline_after = Duration::from_secs(8)).await
+    else {
+        return;
+    };
+    let url = server.database.url.clone();
+    let api = Api {
+        token: server.owner_token(),
+        server,
+        client: http_client(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let client = ControlPlane::new(registered(&api, "c1", dir.path()).await).unwrap();
+    let cluster = with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API);
+    client.desired_state(None, Duration::ZERO).await.unwrap();
+    let first = api.get(&cluster).await.body["properties"].clone();
+    assert_eq!(
+        first["connectivityStatus"], "Connected",
+        "the first poll's heartbeat is written before its answer"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // what a fleet write or a batch of reports does to the cluster's row for as long as its transaction lasts
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut lock = holder.begin().await.unwrap();
+    sqlx::query("SELECT id FROM clusters WHERE name = 'c1' FOR UPDATE")
+        .fetch_one(&mut *lock)
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), client.desired_state(None, Duration::ZERO)).await;
+    assert!(
+        matches!(answered, Ok(Ok(_))),
+        "a poll whose heartbeat is due is answered without waiting for it to be written: {answered:?}"
+    );
+    assert_eq!(
+        api.get(&cluster).await.body["properties"]["lastConnectivityTime"],
+        first["lastConnectivityTime"],
+        "the heartbeat waits for the lock"
+    );
+    lock.rollback().await.unwrap();
+    until(&api, &cluster, "the heartbeat written once the lock is gone", |p| {
+        p["lastConnectivityTime"] != first["lastConnectivityTime"]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_clusters_status_is_not_shown_as_fresh() {
     let Some(server) = TestServer::start_with(Backend::Sqlite, |c| c.offline_after = Duration::from_secs(1)).await
     else {

@@ -55,12 +55,26 @@ pub struct Applied {
     pub revision: Option<Option<i64>>,
 }
 
-/// A submission waiting in the queue, its room in it, when it came, and who to tell.
+/// A submission waiting in the queue, its room in it, when it came, and who to tell (nobody for a heartbeat sent
+/// with [`Ingest::beat`]).
 struct Job {
     submission: Submission,
     _room: OwnedSemaphorePermit,
     queued: Instant,
-    done: oneshot::Sender<Result<Applied, ApiError>>,
+    done: Option<oneshot::Sender<Result<Applied, ApiError>>>,
+}
+
+impl Job {
+    /// Whether the caller stopped waiting for the outcome it asked for.
+    fn abandoned(&self) -> bool {
+        self.done.as_ref().is_some_and(oneshot::Sender::is_closed)
+    }
+
+    fn answer(self, outcome: Result<Applied, ApiError>) {
+        if let Some(done) = self.done {
+            let _ = done.send(outcome);
+        }
+    }
 }
 
 /// The handle requests submit through.
@@ -93,6 +107,45 @@ impl Ingest {
     /// Answers once it is committed, or 503 `ServerBusy` at once if the queue has no room for it or keeps requests
     /// waiting too long.
     pub async fn submit(&self, submission: Submission, bytes: usize) -> Result<Applied, ApiError> {
+        let room = self.admit(bytes)?;
+        let (done, applied) = oneshot::channel();
+        self.sender
+            .send(Job {
+                submission,
+                _room: room,
+                queued: Instant::now(),
+                done: Some(done),
+            })
+            .map_err(|_| stopped())?;
+        applied.await.map_err(|_| stopped())?
+    }
+
+    /// Queues the heartbeat of an agent already Connected without waiting for its commit: a poll needs nothing from
+    /// it (its revision is read apart), and at 100,000 agents a poll waiting for a batch held up behind a fleet
+    /// write's locks timed out with it. Answers whether it was queued: one the queue refuses is not written, and
+    /// the agent's next request finds it due again (its last heartbeat unchanged), well inside the silence that
+    /// makes a cluster Offline (`auth::heartbeat_every`).
+    pub fn beat(&self, heartbeat: HeartbeatWrite) -> bool {
+        let Ok(room) = self.admit(0) else {
+            return false;
+        };
+        let submission = Submission {
+            reports: Vec::new(),
+            heartbeat: Some(heartbeat),
+        };
+        self.sender
+            .send(Job {
+                submission,
+                _room: room,
+                queued: Instant::now(),
+                done: None,
+            })
+            .is_ok()
+    }
+
+    /// The room for a request of `bytes`, or 503 `ServerBusy` if the queue has none or keeps requests waiting too
+    /// long.
+    fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
         let waited = Duration::from_millis(self.waited.load(Ordering::Relaxed));
         if waited > MAX_QUEUE_WAIT {
             return Err(ApiError::ServerBusy(format!(
@@ -101,19 +154,9 @@ impl Ingest {
             )));
         }
         let units = u32::try_from(bytes.div_ceil(QUEUE_UNIT).clamp(1, QUEUE_BYTES / QUEUE_UNIT)).unwrap_or(u32::MAX);
-        let room = self.room.clone().try_acquire_many_owned(units).map_err(|_| {
+        self.room.clone().try_acquire_many_owned(units).map_err(|_| {
             ApiError::ServerBusy("the server holds as many status reports as it queues; retry shortly".into())
-        })?;
-        let (done, applied) = oneshot::channel();
-        self.sender
-            .send(Job {
-                submission,
-                _room: room,
-                queued: Instant::now(),
-                done,
-            })
-            .map_err(|_| stopped())?;
-        applied.await.map_err(|_| stopped())?
+        })
     }
 }
 
@@ -165,7 +208,7 @@ async fn apply(store: Arc<dyn Store>, mut receiver: mpsc::UnboundedReceiver<Job>
 /// waiting (dropped, and their room in the queue with them).
 fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
     let taken = batch_len(waiting.iter().map(|j| j.submission.reports.len()), BATCH_REPORTS);
-    let batch: Vec<Job> = waiting.drain(..taken).filter(|job| !job.done.is_closed()).collect();
+    let batch: Vec<Job> = waiting.drain(..taken).filter(|job| !job.abandoned()).collect();
     if batch.len() < taken {
         tracing::debug!(
             dropped = taken - batch.len(),
@@ -195,14 +238,14 @@ async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
     match written {
         Ok(applied) => {
             for (job, applied) in batch.into_iter().zip(applied) {
-                let _ = job.done.send(Ok(applied));
+                job.answer(Ok(applied));
             }
         }
         Err(err) if batch.len() == 1 || err.is_unavailable() => {
             // the others are answered alike: a batch without a connection is not an outage until the watcher says so
             let answers = ApiError::from(err).for_each_of(batch.len());
             for (job, answer) in batch.into_iter().zip(answers) {
-                let _ = job.done.send(Err(answer));
+                job.answer(Err(answer));
             }
         }
         Err(err) => {
@@ -211,7 +254,7 @@ async fn apply_batch(store: &dyn Store, batch: Vec<Job>) {
                 let applied = write(store, &[&job.submission])
                     .await
                     .map(|mut applied| applied.remove(0));
-                let _ = job.done.send(applied.map_err(ApiError::from));
+                job.answer(applied.map_err(ApiError::from));
             }
         }
     }
@@ -363,12 +406,10 @@ mod tests {
             async move { ingest.submit(submission(1, false), 100).await }
         });
         let job = receiver.recv().await.expect("a request within the bound is queued");
-        job.done
-            .send(Ok(Applied {
-                reports: vec![outcome(ReportDisposition::Recorded)],
-                revision: None,
-            }))
-            .unwrap();
+        job.answer(Ok(Applied {
+            reports: vec![outcome(ReportDisposition::Recorded)],
+            revision: None,
+        }));
         assert_eq!(
             queued.await.unwrap().unwrap().reports,
             vec![outcome(ReportDisposition::Recorded)]
@@ -394,7 +435,7 @@ mod tests {
             .sort_by_key(|job| job.submission.reports.len());
         // the second caller gives up (its agent's timeout, or the server's): its answer has nobody to go to
         callers.remove(1).abort();
-        while !waiting[1].done.is_closed() {
+        while !waiting[1].abandoned() {
             tokio::task::yield_now().await;
         }
         let batch = next_batch(&mut waiting);
@@ -406,6 +447,38 @@ mod tests {
             QUEUE_BYTES / QUEUE_UNIT - 4,
             "the abandoned request's room is free again, the others' held until they are answered"
         );
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_nobody_waits_for_is_applied_in_its_batch_and_refused_quietly_when_the_queue_is_busy() {
+        let (ingest, mut receiver) = unattended();
+        let beat = |cluster_id| HeartbeatWrite {
+            cluster_id,
+            info: AgentInfo::default(),
+        };
+        assert!(ingest.beat(beat(7)), "a heartbeat is queued while there is room");
+        let job = receiver.recv().await.unwrap();
+        assert!(
+            job.done.is_none() && !job.abandoned(),
+            "nobody waits for it, yet it is no abandoned request"
+        );
+        let mut waiting = VecDeque::from([job]);
+        let batch = next_batch(&mut waiting);
+        assert_eq!(batch.len(), 1, "it is applied with its batch");
+        assert_eq!(batch[0].submission.heartbeat.as_ref().map(|h| h.cluster_id), Some(7));
+        batch.into_iter().for_each(|job| job.answer(Err(stopped())));
+        assert_eq!(
+            ingest.room.available_permits(),
+            QUEUE_BYTES / QUEUE_UNIT,
+            "its room is free once it is applied"
+        );
+
+        ingest.waited.store(
+            u64::try_from(MAX_QUEUE_WAIT.as_millis()).unwrap() + 1,
+            Ordering::Relaxed,
+        );
+        assert!(!ingest.beat(beat(8)), "a busy queue refuses it");
+        assert!(receiver.try_recv().is_err(), "a refused heartbeat is not queued");
     }
 
     on_both_backends!(

@@ -83,20 +83,25 @@ async fn desired_state(
     // subscribe before reading the revision: a write in between still wakes this poll
     let mut changes = state.notifier.subscribe(&agent.cluster.key());
     let now = Utc::now();
-    let revision = if agent.last_heard.heartbeat_due(quiet_since(&state, now), None) {
-        // written with the reports and the other polls' heartbeats waiting at that moment, one commit for them all:
-        // a commit per poll, at 100,000 agents polling every 30 s, was half of what one PostgreSQL primary commits
-        // one row at a time (docs/SCALING.md)
-        let heartbeat = HeartbeatWrite {
-            cluster_id: agent.cluster_id,
-            info: AgentInfo::default(),
-        };
+    // A due heartbeat is written with the reports and the other polls' heartbeats waiting at that moment, one commit
+    // for them all: a commit per poll, at 100,000 agents polling every 30 s, was half of what one PostgreSQL primary
+    // commits one row at a time (docs/SCALING.md). The poll waits for it only when it makes the cluster Connected
+    // (its answer says the agent is heard); otherwise it reads its revision apart and lets the heartbeat follow.
+    let due = agent.last_heard.heartbeat_due(quiet_since(&state, now), None);
+    let heartbeat = HeartbeatWrite {
+        cluster_id: agent.cluster_id,
+        info: AgentInfo::default(),
+    };
+    let revision = if due && !agent.last_heard.connected {
         let submission = Submission {
             reports: Vec::new(),
             heartbeat: Some(heartbeat),
         };
         state.reports.submit(submission, 0).await?.revision.flatten()
     } else {
+        if due && !state.reports.beat(heartbeat) {
+            tracing::debug!(cluster = %agent.cluster.key(), "the report queue is busy: this poll's heartbeat waits for the next");
+        }
         state.agent_revisions.get(agent.cluster_id).await?
     }
     .ok_or_else(|| ApiError::AuthenticationFailed("the cluster is no longer registered".into()))?;
