@@ -122,13 +122,11 @@ impl Ingest {
 
     /// Queues the heartbeat of an agent already Connected without waiting for its commit: a poll needs nothing from
     /// it (its revision is read apart), and at 100,000 agents a poll waiting for a batch held up behind a fleet
-    /// write's locks timed out with it. Answers whether it was queued: one the queue refuses is not written, and
-    /// the agent's next request finds it due again (its last heartbeat unchanged), well inside the silence that
-    /// makes a cluster Offline (`auth::heartbeat_every`).
-    pub fn beat(&self, heartbeat: HeartbeatWrite) -> bool {
-        let Ok(room) = self.admit(0) else {
-            return false;
-        };
+    /// write's locks timed out with it. Refused as [`Self::submit`] refuses (503 `ServerBusy`), so that a busy
+    /// server never answers a poll whose heartbeat it dropped: a fleet answered that way for minutes would be
+    /// marked Offline while it polls.
+    pub fn beat(&self, heartbeat: HeartbeatWrite) -> Result<(), ApiError> {
+        let room = self.admit(0)?;
         let submission = Submission {
             reports: Vec::new(),
             heartbeat: Some(heartbeat),
@@ -140,7 +138,7 @@ impl Ingest {
                 queued: Instant::now(),
                 done: None,
             })
-            .is_ok()
+            .map_err(|_| stopped())
     }
 
     /// The room for a request of `bytes`, or 503 `ServerBusy` if the queue has none or keeps requests waiting too
@@ -450,13 +448,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_heartbeat_nobody_waits_for_is_applied_in_its_batch_and_refused_quietly_when_the_queue_is_busy() {
+    async fn a_heartbeat_nobody_waits_for_is_applied_in_its_batch_and_refused_as_busy_like_a_report() {
         let (ingest, mut receiver) = unattended();
         let beat = |cluster_id| HeartbeatWrite {
             cluster_id,
             info: AgentInfo::default(),
         };
-        assert!(ingest.beat(beat(7)), "a heartbeat is queued while there is room");
+        ingest.beat(beat(7)).expect("a heartbeat is queued while there is room");
         let job = receiver.recv().await.unwrap();
         assert!(
             job.done.is_none() && !job.abandoned(),
@@ -477,7 +475,11 @@ mod tests {
             u64::try_from(MAX_QUEUE_WAIT.as_millis()).unwrap() + 1,
             Ordering::Relaxed,
         );
-        assert!(!ingest.beat(beat(8)), "a busy queue refuses it");
+        let refused = ingest.beat(beat(8)).unwrap_err();
+        assert!(
+            matches!(refused, ApiError::ServerBusy(_)),
+            "a busy queue refuses it: {refused:?}"
+        );
         assert!(receiver.try_recv().is_err(), "a refused heartbeat is not queued");
     }
 
