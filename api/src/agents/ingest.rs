@@ -16,6 +16,9 @@
 //! writer last took had waited over [`MAX_QUEUE_WAIT`], and a request whose caller stopped waiting (its agent gave
 //! up, or the server's own timeout ended it) is dropped when its turn comes rather than applied: nobody would learn
 //! its outcome, and its agent sends it again.
+//!
+//! A poll's heartbeat waits for its commit only when it makes the cluster Connected; the others are queued with
+//! nobody waiting (`Ingest::beat`), admitted as a report is, and not dropped as abandoned.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
