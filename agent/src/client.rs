@@ -20,7 +20,12 @@ pub enum ClientError {
     #[error("the control plane refused this agent's identity: {0}")]
     Unauthorized(String),
     #[error("the control plane answered {status}: {body}")]
-    Status { status: StatusCode, body: String },
+    Status {
+        status: StatusCode,
+        body: String,
+        /// How long the control plane asked the agent to wait before trying again (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
+    },
     #[error("the control plane could not be reached: {0}")]
     Transport(#[from] reqwest::Error),
     #[error(transparent)]
@@ -172,10 +177,56 @@ async fn refusal(response: reqwest::Response) -> Result<reqwest::Response, Clien
     if status.is_success() {
         return Ok(response);
     }
+    // in seconds, as the control plane sends it; the HTTP-date form, which it never sends, counts as none
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let body = response.text().await.unwrap_or_default();
     if status == StatusCode::UNAUTHORIZED {
         Err(ClientError::Unauthorized(body))
     } else {
-        Err(ClientError::Status { status, body })
+        Err(ClientError::Status {
+            status,
+            body,
+            retry_after,
+        })
+    }
+}
+
+impl ClientError {
+    /// How long the control plane asked to be left alone before the request is sent again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, retry_after: Option<&str>) -> reqwest::Response {
+        let mut answer = axum::http::Response::builder().status(status);
+        if let Some(value) = retry_after {
+            answer = answer.header("retry-after", value);
+        }
+        reqwest::Response::from(answer.body("busy").expect("a valid response"))
+    }
+
+    #[tokio::test]
+    async fn a_refusal_carries_the_wait_the_control_plane_asked_for() {
+        let busy = refusal(refused(503, Some("5"))).await.unwrap_err();
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(5)));
+        assert!(matches!(busy, ClientError::Status { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE));
+        let dated = refusal(refused(503, Some("Wed, 21 Oct 2015 07:28:00 GMT")))
+            .await
+            .unwrap_err();
+        assert_eq!(dated.retry_after(), None, "a date is not a number of seconds");
+        let failed = refusal(refused(500, None)).await.unwrap_err();
+        assert_eq!(failed.retry_after(), None);
     }
 }

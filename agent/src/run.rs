@@ -67,6 +67,16 @@ impl Backoff {
         ceiling.mul_f64(rand::random_range(0.5..=1.0))
     }
 
+    /// The next delay after `err`, never sooner than the control plane asked (`Retry-After`): what it asked and up
+    /// to half as much again, so that agents refused at the same moment do not all come back at the same moment.
+    pub fn after(&mut self, err: &ClientError) -> Duration {
+        let delay = self.next_delay();
+        match err.retry_after() {
+            Some(asked) => delay.max(asked.min(Self::CAP).mul_f64(rand::random_range(1.0..=1.5))),
+            None => delay,
+        }
+    }
+
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -241,6 +251,8 @@ pub struct Agent {
     inventoried: bool,
     /// Set while the target's cluster does not answer.
     unreachable: Option<Unreachable>,
+    /// Until when pending reports wait, as the control plane asked when it refused the last (`Retry-After`).
+    reports_wait_until: Option<Instant>,
     /// Whether the target writes with multi-tenancy enforced, as last set (`None`: not set by this run).
     multi_tenancy: Option<bool>,
 }
@@ -260,6 +272,7 @@ impl Agent {
             failed_extensions: HashMap::new(),
             inventoried: false,
             unreachable: None,
+            reports_wait_until: None,
             multi_tenancy: None,
         };
         agent.take_inventory().await;
@@ -417,7 +430,7 @@ impl Agent {
                 registered = self.control_plane.register_encryption_key() => registered,
             };
             let Err(err) = registered else { break };
-            let delay = backoff.next_delay();
+            let delay = backoff.after(&err);
             tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registering the encryption key failed");
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -462,7 +475,7 @@ impl Agent {
                     }
                 },
                 Err(err) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.after(&err);
                     match &err {
                         ClientError::Unauthorized(_) => {
                             tracing::error!(error = %err, "refused: was the cluster deleted or registered again?")
@@ -501,7 +514,7 @@ impl Agent {
         let now = Instant::now();
         let soonest = now + Duration::from_secs(1);
         if !self.pending.is_empty() || !self.pending_extensions.is_empty() {
-            return soonest;
+            return self.reports_wait_until.map_or(soonest, |until| until.max(soonest));
         }
         let due = match &self.unreachable {
             Some(state) => Some(state.retry_at),
@@ -910,9 +923,13 @@ impl Agent {
         self.pending.insert(report.name.clone(), report);
     }
 
-    /// Sends the pending reports; those not accepted stay pending for the next round.
+    /// Sends the pending reports; those not accepted stay pending for the next round, which a refusal asking the
+    /// agent to wait (`Retry-After`) puts off until then.
     pub async fn send_reports(&mut self) {
         if self.pending.is_empty() && self.pending_extensions.is_empty() {
+            return;
+        }
+        if self.reports_wait_until.is_some_and(|until| until > Instant::now()) {
             return;
         }
         let facts = self.target.cluster_facts().await;
@@ -927,6 +944,7 @@ impl Agent {
         };
         match self.control_plane.report(&report).await {
             Ok(accepted) => {
+                self.reports_wait_until = None;
                 for result in accepted.results {
                     if self
                         .pending
@@ -946,7 +964,10 @@ impl Agent {
                     }
                 }
             }
-            Err(err) => tracing::warn!(error = %err, pending = self.pending.len(), "reporting failed; will retry"),
+            Err(err) => {
+                self.reports_wait_until = err.retry_after().map(|asked| Instant::now() + asked);
+                tracing::warn!(error = %err, pending = self.pending.len(), "reporting failed; will retry");
+            }
         }
     }
 }
@@ -1304,6 +1325,86 @@ mod tests {
         assert!(
             agent.pending_extensions.is_empty(),
             "the failure is reported once per generation"
+        );
+    }
+
+    #[test]
+    fn a_retry_is_never_sooner_than_the_control_plane_asked() {
+        let refused = |retry_after| ClientError::Status {
+            status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            body: String::new(),
+            retry_after,
+        };
+        let mut backoff = Backoff::new();
+        for _ in 0..4 {
+            let delay = backoff.after(&refused(Some(Duration::from_secs(5))));
+            assert!(delay >= Duration::from_secs(5), "{delay:?}");
+            assert!(
+                delay <= Duration::from_millis(7500),
+                "jittered by half at most: {delay:?}"
+            );
+        }
+        backoff.reset();
+        assert!(
+            backoff.after(&refused(None)) <= Duration::from_millis(250),
+            "without it, the backoff's own"
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_refused_with_a_retry_after_wait_that_long_before_they_are_sent_again() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = sent.clone();
+        let app = axum::Router::new().route(
+            &format!("{}/status", fluxplane_agent_protocol::agent::PREFIX),
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "1")],
+                        "busy",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let identity = Identity::generate(
+            &server,
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c",
+        )
+        .unwrap()
+        .identity;
+        let mut agent = Agent::new(
+            ControlPlane::new(identity).unwrap(),
+            Box::new(Flaky::default()),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        let configuration = DesiredConfiguration {
+            name: "cfg".into(),
+            generation: 1,
+            ..Default::default()
+        };
+        let observed = Observation::only(ComplianceState::Compliant, None);
+        agent.queue(report_of(&configuration, ApplyOutcome::Applied, observed, None));
+        agent.send_reports().await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        assert!(
+            agent.next_due() >= Instant::now() + Duration::from_millis(900),
+            "the next round waits"
+        );
+        agent.send_reports().await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "not sent again before the time asked");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        agent.send_reports().await;
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "then sent again");
+        assert!(
+            agent.pending_report("cfg").is_some(),
+            "and still pending, refused again"
         );
     }
 

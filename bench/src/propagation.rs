@@ -182,7 +182,8 @@ pub(crate) async fn simulated_agent(
     let mut revision = None;
     let mut seen = std::collections::HashMap::<String, (i64, Option<String>)>::new();
     // A request the control plane could not answer is tried again as the real agent tries it: after an
-    // exponential backoff with jitter (`fluxplane_agent::run::Backoff`). An overloaded machine slows the figures
+    // exponential backoff with jitter, and never sooner than a refusal's `Retry-After` asked
+    // (`fluxplane_agent::run::Backoff::after`). An overloaded machine slows the figures
     // down rather than ending the run; retrying every agent each second, as the simulator did, kept 100,000 agents
     // arriving at once in a storm a real fleet does not make.
     let mut backoff = Backoff::new();
@@ -197,7 +198,7 @@ pub(crate) async fn simulated_agent(
             // the benchmark is over once nobody listens
             Err(_) if receipts.is_closed() => return Ok(()),
             Err(err) if transient(&err) => {
-                setbacks.retry_after("poll", &err, backoff.next_delay()).await;
+                setbacks.retry_after("poll", &err, backoff.after(&err)).await;
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -257,7 +258,7 @@ pub(crate) async fn simulated_agent(
             match control_plane.report(&report).await {
                 Ok(accepted) => break accepted,
                 Err(_) if receipts.is_closed() => return Ok(()),
-                Err(err) if transient(&err) => setbacks.retry_after("report", &err, backoff.next_delay()).await,
+                Err(err) if transient(&err) => setbacks.retry_after("report", &err, backoff.after(&err)).await,
                 Err(err) => return Err(err.into()),
             }
         };
