@@ -1073,12 +1073,25 @@ mod tests {
     }
 
     fn agent_identity() -> Identity {
+        agent_identity_at("http://127.0.0.1:9")
+    }
+
+    /// The agent of cluster `c` with the control plane at `server`.
+    fn agent_identity_at(server: &str) -> Identity {
         Identity::generate(
-            "http://127.0.0.1:9",
+            server,
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c",
         )
         .unwrap()
         .identity
+    }
+
+    /// An agent of cluster `c` writing to a `Flaky` target, its control plane at `server`.
+    async fn flaky_agent(server: &str) -> Agent {
+        let control_plane = ControlPlane::new(agent_identity_at(server)).unwrap();
+        Agent::new(control_plane, Box::new(Flaky::default()), Options::default())
+            .await
+            .unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -1224,14 +1237,7 @@ mod tests {
     #[tokio::test]
     async fn an_extension_is_recorded_with_its_opened_settings_and_reported_once_per_generation() {
         let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
-        let identity = Identity::generate("http://127.0.0.1:9", cluster).unwrap().identity;
-        let mut agent = Agent::new(
-            ControlPlane::new(identity).unwrap(),
-            Box::new(Flaky::default()),
-            Options::default(),
-        )
-        .await
-        .unwrap();
+        let mut agent = flaky_agent("http://127.0.0.1:9").await;
         let recipient = agent.control_plane.encryption_key().public_base64();
         let envelope = fluxplane_agent_protocol::sealing::Envelope {
             cluster_id: cluster,
@@ -1283,14 +1289,7 @@ mod tests {
     #[tokio::test]
     async fn settings_sealed_to_another_key_fail_the_extension_and_are_not_acknowledged() {
         let cluster = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c";
-        let identity = Identity::generate("http://127.0.0.1:9", cluster).unwrap().identity;
-        let mut agent = Agent::new(
-            ControlPlane::new(identity).unwrap(),
-            Box::new(Flaky::default()),
-            Options::default(),
-        )
-        .await
-        .unwrap();
+        let mut agent = flaky_agent("http://127.0.0.1:9").await;
         let other = fluxplane_agent_protocol::sealing::EncryptionKey::generate();
         let envelope = fluxplane_agent_protocol::sealing::Envelope {
             cluster_id: cluster,
@@ -1371,19 +1370,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let identity = Identity::generate(
-            &server,
-            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c",
-        )
-        .unwrap()
-        .identity;
-        let mut agent = Agent::new(
-            ControlPlane::new(identity).unwrap(),
-            Box::new(Flaky::default()),
-            Options::default(),
-        )
-        .await
-        .unwrap();
+        let mut agent = flaky_agent(&server).await;
         let configuration = DesiredConfiguration {
             name: "cfg".into(),
             generation: 1,
