@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::agents::*;
 use crate::common::git::MANIFEST;
 use crate::common::*;
-use fluxplane_agent::client::{ControlPlane, Polled};
+use fluxplane_agent::client::{ClientError, ControlPlane, Polled};
 use fluxplane_agent::identity::Identity;
 use fluxplane_agent::run::{Agent, Options};
 use fluxplane_agent::secrets::Credentials;
@@ -526,6 +526,32 @@ async fn a_connected_agents_poll_is_answered_while_its_heartbeat_waits_behind_a_
         p["lastConnectivityTime"] != first["lastConnectivityTime"]
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refused_by_a_busy_server_reads_when_to_come_back() {
+    let Some(server) = TestServer::start_with(Backend::Sqlite, |c| c.max_connections = 3).await else {
+        return;
+    };
+    let api = Api {
+        token: server.owner_token(),
+        server,
+        client: http_client(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let client = ControlPlane::new(registered(&api, "c1", dir.path()).await).unwrap();
+    // every place taken by a request: the agent's connection is refused by the server's own 503
+    let _held = hold_connections(api.server.address, &api.token, 3).await;
+    let refused = client.desired_state(None, Duration::ZERO).await.unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Status { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.retry_after(),
+        Some(Duration::from_secs(1)),
+        "the server's Retry-After, as the agent reads it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const FLEET_API: &str = "2026-01-01";
-
 /// The server's URL of `path` with the query `pairs`, encoded.
 fn with_query(api: &Api, path: &str, pairs: &[(&str, &str)]) -> String {
     let mut url = reqwest::Url::parse(&api.url(path)).unwrap();
@@ -737,19 +735,7 @@ async fn busy_case(backend: Backend) {
     let token = server.owner_token();
     let address = server.address;
     // three live streams hold every connection inside a request
-    let mut streams = Vec::new();
-    for _ in 0..3 {
-        let mut stream = TcpStream::connect(address).await.unwrap();
-        let request = format!(
-            "GET /subscriptions/s/providers/Fluxplane.Fleet/events?api-version={FLEET_API} HTTP/1.1\r\nHost: x\r\n\
-             Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
-        streams.push(stream);
-    }
+    let mut streams = hold_connections(address, &token, 3).await;
     let refused = reqwest::get(format!("http://{address}/healthz")).await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "1");

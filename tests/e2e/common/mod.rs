@@ -10,6 +10,27 @@ use serde_json::{Value, json};
 
 pub const CLUSTER_API: &str = "2024-01-01";
 pub const FLUX_API: &str = "2025-04-01";
+pub const FLEET_API: &str = "2026-01-01";
+
+/// `n` connections to the server at `address`, each held inside a request (the fleet's event stream, which stays
+/// open) as a busy server's clients hold theirs: at `--max-connections n` the next connection is refused.
+pub async fn hold_connections(address: std::net::SocketAddr, token: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!(
+            "GET /subscriptions/s/providers/Fluxplane.Fleet/events?api-version={FLEET_API} HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+        streams.push(stream);
+    }
+    streams
+}
 
 pub fn cluster_path(subscription: &str, resource_group: &str, name: &str) -> String {
     format!(
