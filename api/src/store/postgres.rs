@@ -291,44 +291,8 @@ sql_store!(
                 }
             }
         }
-
-        // Set-based: a round's plain reports (a status, no secrets acknowledged, nothing restored) are one UPDATE of
-        // the configurations, whose statement-level triggers (history, rollup deltas, alerts) then run once for
-        // them all, and one UPDATE of their operations; a round is a round trip or three, not three per report.
-        // The rest, rare, run one by one (`apply_one_report`). The heartbeats are one UPDATE of the clusters after.
-        async fn apply_reports(
-            &self,
-            reports: &[crate::model::ConfigurationReportWrite],
-            heartbeats: &[crate::model::HeartbeatWrite],
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> StoreResult<crate::model::BatchOutcome> {
-            let mut tx = super::begin(&self.pool, None).await?;
-            let mut outcomes = vec![None; reports.len()];
-            for round in super::batch::rounds(reports.iter().map(|r| (r.cluster_id, r.name.as_str()))) {
-                let (plain, others): (Vec<usize>, Vec<usize>) =
-                    round.into_iter().partition(|&i| set_based(&reports[i]));
-                for i in others {
-                    outcomes[i] = Some(Self::apply_one_report(&mut tx, &reports[i], at).await?);
-                }
-                apply_statuses(&mut tx, reports, &plain, at, &mut outcomes).await?;
-            }
-            let revisions = record_heartbeats(&mut tx, heartbeats, at).await?;
-            self.commit(tx).await?;
-            let reports = outcomes
-                .into_iter()
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| super::StoreError::NotReady("a report of the batch was left unapplied".into()))?;
-            Ok(crate::model::BatchOutcome { reports, revisions })
-        }
     }
 );
-
-/// Whether a report is applied with its round's others in one statement: a status, acknowledging no secrets (their
-/// deletion locks the row first, report by report) and restoring nothing (a history row of its own).
-fn set_based(report: &crate::model::ConfigurationReportWrite) -> bool {
-    report.secrets_version.is_none()
-        && matches!(&report.write, crate::model::ReportWrite::Status { restored, .. } if restored.is_empty())
-}
 
 /// Applies the plain reports at `positions` (each naming another configuration) as `apply_one_report` would, in three
 /// statements for them all, and fills their outcomes.
@@ -462,8 +426,9 @@ async fn apply_statuses(
     Ok(())
 }
 
-/// Records the heartbeats as `heartbeat` would one after another, in one statement: a cluster heard from twice gets
-/// the time once and what its agent said last of each fact. Answers each heartbeat's revision, in order.
+/// Records the heartbeats as they would be one after another, in one statement: a cluster heard from twice gets
+/// the time once and what its agent said last of each fact (`batch::merged_heartbeats`). Answers each heartbeat's
+/// revision, in order.
 async fn record_heartbeats(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     heartbeats: &[crate::model::HeartbeatWrite],
@@ -472,15 +437,7 @@ async fn record_heartbeats(
     if heartbeats.is_empty() {
         return Ok(Vec::new());
     }
-    // in id order, so that two batches lock the clusters they share in the same order
-    let mut merged: std::collections::BTreeMap<i64, crate::model::AgentInfo> = std::collections::BTreeMap::new();
-    for heartbeat in heartbeats {
-        let known = merged.entry(heartbeat.cluster_id).or_default();
-        let said = heartbeat.info.clone();
-        known.agent_version = said.agent_version.or(known.agent_version.take());
-        known.kubernetes_version = said.kubernetes_version.or(known.kubernetes_version.take());
-        known.total_node_count = said.total_node_count.or(known.total_node_count);
-    }
+    let merged = super::batch::merged_heartbeats(heartbeats);
     // the rows locked in id order first, as every statement that writes many clusters does (the configurations'
     // trigger, 0013): an UPDATE joined to a list locks in whatever order its plan reads, and a fleet write locking
     // the same clusters in id order would deadlock with it

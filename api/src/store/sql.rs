@@ -58,16 +58,6 @@ macro_rules! cluster_group_columns {
     };
 }
 
-/// Records that the agent of cluster `$5` was heard from at `$1`, saying its agent version `$2`, Kubernetes version
-/// `$3` and node count `$4` where it says them; answers the cluster's revision.
-macro_rules! heartbeat_statement {
-    () => {
-        "UPDATE clusters SET last_connectivity_time = $1, connectivity_status = 'Connected', \
-         agent_version = COALESCE($2, agent_version), kubernetes_version = COALESCE($3, kubernetes_version), \
-         total_node_count = COALESCE($4, total_node_count) WHERE id = $5 RETURNING revision"
-    };
-}
-
 /// Binds what both configuration writes store of `$c` (a `ConfigurationRecord`), eleven parameters in this
 /// order: spec, secrets version, generation, etag, provisioning and compliance state, observed, system data, the
 /// secrets' and the generation's expiry, failure. A macro because the writes' queries differ in type.
@@ -112,6 +102,37 @@ macro_rules! sql_store {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             $($extra)*
+
+            // Set-based: a round's plain reports (a status, no secrets acknowledged, nothing restored, see
+            // `batch::set_based`) are one UPDATE of the configurations and one of their operations
+            // (`apply_statuses`, each backend's), a round a few statements, not three per report; the rest, rare, run
+            // one by one (`apply_one_report`). The heartbeats are one UPDATE of the clusters after
+            // (`record_heartbeats`). On PostgreSQL the configurations' statement triggers (history, rollups, alerts)
+            // then run once per round; SQLite's row triggers run a row at a time as before, but a statement sent
+            // through `sqlx`'s worker thread costs more than the row it writes.
+            async fn apply_reports(
+                &self,
+                reports: &[$crate::model::ConfigurationReportWrite],
+                heartbeats: &[$crate::model::HeartbeatWrite],
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<$crate::model::BatchOutcome> {
+                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut outcomes = vec![None; reports.len()];
+                for round in $crate::store::batch::rounds(reports.iter().map(|r| (r.cluster_id, r.name.as_str()))) {
+                    let (plain, others): (Vec<usize>, Vec<usize>) =
+                        round.into_iter().partition(|&i| $crate::store::batch::set_based(&reports[i]));
+                    for i in others {
+                        outcomes[i] = Some(Self::apply_one_report(&mut tx, &reports[i], at).await?);
+                    }
+                    apply_statuses(&mut tx, reports, &plain, at, &mut outcomes).await?;
+                }
+                let revisions = record_heartbeats(&mut tx, heartbeats, at).await?;
+                self.commit(tx).await?;
+                let reports = outcomes.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+                    $crate::store::StoreError::NotReady("a report of the batch was left unapplied".into())
+                })?;
+                Ok($crate::model::BatchOutcome { reports, revisions })
+            }
 
             async fn reachable(&self) -> $crate::store::StoreResult<()> {
                 use sqlx::Connection as _;
@@ -1247,8 +1268,8 @@ macro_rules! sql_store {
         $crate::store::fleet::fleet_helpers!($store, $db, $lock, $write);
 
         impl $store {
-            /// Applies one configuration's report in `tx`, as `Store::apply_reports` says: SQLite's batches apply each
-            /// report so, PostgreSQL's those it does not apply set-based.
+            /// Applies one configuration's report in `tx`, as `Store::apply_reports` says: the reports of a batch that
+            /// are not applied set-based (`batch::set_based`).
             async fn apply_one_report(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 report: &$crate::model::ConfigurationReportWrite,
@@ -1534,5 +1555,5 @@ macro_rules! sql_store {
 
 pub(super) use {
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
-    extension_columns, heartbeat_statement, policy_assignment_columns, sql_store,
+    extension_columns, policy_assignment_columns, sql_store,
 };

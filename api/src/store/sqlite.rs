@@ -15,7 +15,7 @@ use super::dashboards::{current_instances, dashboards_store, in_scope, status_co
 use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
-    extension_columns, heartbeat_statement, policy_assignment_columns, sql_store,
+    extension_columns, policy_assignment_columns, sql_store,
 };
 use crate::notify::Notifier;
 
@@ -137,34 +137,6 @@ sql_store!(
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Arc::downgrade(&notifier));
             Ok(())
-        }
-
-        // A statement costs SQLite a call into the library in this process, and a commit a flush of its log: a batch
-        // is each report's statements (`apply_one_report`), in a transaction for all.
-        async fn apply_reports(
-            &self,
-            reports: &[crate::model::ConfigurationReportWrite],
-            heartbeats: &[crate::model::HeartbeatWrite],
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> StoreResult<crate::model::BatchOutcome> {
-            let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
-            let mut outcome = crate::model::BatchOutcome::default();
-            for report in reports {
-                outcome.reports.push(Self::apply_one_report(&mut tx, report, at).await?);
-            }
-            for heartbeat in heartbeats {
-                let revision = sqlx::query_scalar::<sqlx::Sqlite, i64>(heartbeat_statement!())
-                    .bind(at)
-                    .bind(&heartbeat.info.agent_version)
-                    .bind(&heartbeat.info.kubernetes_version)
-                    .bind(heartbeat.info.total_node_count)
-                    .bind(heartbeat.cluster_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                outcome.revisions.push(revision);
-            }
-            self.commit(tx).await?;
-            Ok(outcome)
         }
 
         // SQLite has no data-modifying CTEs: a configuration write is a transaction of a statement per table.
@@ -379,3 +351,172 @@ alerts_store!(
     lock = "",
     write_begin = Some(WRITE)
 );
+
+/// Applies the plain reports at `positions` (each naming another configuration) as `apply_one_report` would, in two
+/// statements for them all and a third for those it did not record, and fills their outcomes. SQLite binds no
+/// arrays: each statement's rows go as one JSON array of arrays, unpacked by `json_each`, and its `RETURNING` names
+/// only the updated table's columns, so rows are matched back by configuration (unique in a round).
+async fn apply_statuses(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    reports: &[crate::model::ConfigurationReportWrite],
+    positions: &[usize],
+    at: chrono::DateTime<chrono::Utc>,
+    outcomes: &mut [Option<crate::model::ReportOutcome>],
+) -> Result<(), sqlx::Error> {
+    use std::collections::HashMap;
+
+    use fluxplane_agent_protocol::flux::ComplianceState;
+    use serde_json::{Value, json};
+
+    use crate::model::{ReportDisposition, ReportOutcome, ReportWrite};
+
+    let mut statuses = Vec::with_capacity(positions.len());
+    let mut operations: HashMap<&str, Value> = HashMap::with_capacity(positions.len());
+    for &i in positions {
+        let report = &reports[i];
+        let ReportWrite::Status {
+            provisioning_state,
+            compliance_state,
+            observed,
+            operation_status,
+            operation_error,
+            ..
+        } = &report.write
+        else {
+            continue;
+        };
+        statuses.push(json!([
+            report.cluster_id,
+            report.name,
+            report.generation,
+            provisioning_state.as_str(),
+            compliance_state.as_str(),
+            json_text(observed)?,
+        ]));
+        let error = operation_error.as_ref().map(json_text).transpose()?;
+        // an operation that waits for reconciliation succeeds only on a Compliant report; a failure ends it
+        let compliant = *compliance_state == ComplianceState::Compliant;
+        operations.insert(
+            report.resource_key.as_str(),
+            json!([
+                report.resource_key,
+                report.generation,
+                operation_status.as_str(),
+                error,
+                compliant
+            ]),
+        );
+    }
+    if statuses.is_empty() {
+        return Ok(());
+    }
+    let recorded: std::collections::HashSet<(i64, String)> = sqlx::query_as::<_, (i64, String)>(
+        "UPDATE flux_configurations AS f SET provisioning_state = r.provisioning_state, \
+         compliance_state = r.compliance_state, observed = r.observed, reported_generation = r.generation, \
+         generation_expires_at = NULL \
+         FROM (SELECT value ->> 0 AS cluster_id, value ->> 1 AS name, value ->> 2 AS generation, \
+         value ->> 3 AS provisioning_state, value ->> 4 AS compliance_state, value ->> 5 AS observed \
+         FROM json_each($1)) AS r \
+         WHERE f.cluster_id = r.cluster_id AND f.name = r.name AND f.generation = r.generation \
+         AND f.provisioning_state <> 'Deleting' AND f.failure IS NULL \
+         RETURNING cluster_id, name",
+    )
+    .bind(sqlx::types::Json(statuses))
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let (ended, missed): (Vec<usize>, Vec<usize>) = positions.iter().partition(|&&i| {
+        let report = &reports[i];
+        recorded.contains(&(report.cluster_id, report.name.clone()))
+    });
+    if !missed.is_empty() {
+        // the others are stale or unknown: the generation the configuration holds, if it is there, says which
+        let keys: Vec<Value> = missed
+            .iter()
+            .map(|&i| json!([i, reports[i].cluster_id, reports[i].name]))
+            .collect();
+        let current: Vec<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT r.value ->> 0, f.generation FROM json_each($1) AS r \
+             LEFT JOIN flux_configurations f ON f.cluster_id = r.value ->> 1 AND f.name = r.value ->> 2",
+        )
+        .bind(sqlx::types::Json(keys))
+        .fetch_all(&mut **tx)
+        .await?;
+        for (position, generation) in current {
+            outcomes[position as usize] = Some(ReportOutcome {
+                disposition: crate::lifecycle::unrecorded(generation),
+                written_at: None,
+            });
+        }
+    }
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let ending: Vec<Value> = ended
+        .iter()
+        .filter_map(|&i| operations.remove(reports[i].resource_key.as_str()))
+        .collect();
+    let started: HashMap<String, chrono::DateTime<chrono::Utc>> = sqlx::query_as(
+        "UPDATE operations AS o SET status = r.status, end_time = $1, error = r.error \
+         FROM (SELECT value ->> 0 AS resource_key, value ->> 1 AS generation, value ->> 2 AS status, \
+         value ->> 3 AS error, value ->> 4 AS compliant FROM json_each($2)) AS r \
+         WHERE o.resource_key = r.resource_key AND o.generation = r.generation AND o.status = 'InProgress' \
+         AND (o.reconcile_by IS NULL OR r.compliant OR r.status <> 'Succeeded') \
+         RETURNING resource_key, start_time",
+    )
+    .bind(at)
+    .bind(sqlx::types::Json(ending))
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    for i in ended {
+        outcomes[i] = Some(ReportOutcome {
+            disposition: ReportDisposition::Recorded,
+            written_at: started.get(&reports[i].resource_key).copied(),
+        });
+    }
+    Ok(())
+}
+
+/// Records the heartbeats as they would be one after another, in one statement (`batch::merged_heartbeats`).
+/// Answers each heartbeat's revision, in order.
+async fn record_heartbeats(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    heartbeats: &[crate::model::HeartbeatWrite],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    if heartbeats.is_empty() {
+        return Ok(Vec::new());
+    }
+    let merged: Vec<serde_json::Value> = super::batch::merged_heartbeats(heartbeats)
+        .into_iter()
+        .map(|(id, info)| serde_json::json!([id, info.agent_version, info.kubernetes_version, info.total_node_count]))
+        .collect();
+    let revisions: std::collections::HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+        "UPDATE clusters AS c SET last_connectivity_time = $1, connectivity_status = 'Connected', \
+         agent_version = COALESCE(h.agent_version, c.agent_version), \
+         kubernetes_version = COALESCE(h.kubernetes_version, c.kubernetes_version), \
+         total_node_count = COALESCE(h.total_node_count, c.total_node_count) \
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS agent_version, value ->> 2 AS kubernetes_version, \
+         value ->> 3 AS total_node_count FROM json_each($2)) AS h \
+         WHERE c.id = h.id RETURNING id, revision",
+    )
+    .bind(at)
+    .bind(sqlx::types::Json(merged))
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(heartbeats
+        .iter()
+        .map(|h| revisions.get(&h.cluster_id).copied())
+        .collect())
+}
+
+/// `value` as the JSON text a column holds it in (what binding it as `Json` writes), for a row of a JSON array bound
+/// whole, whose `->>` answers the text unchanged.
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String, sqlx::Error> {
+    serde_json::to_string(value).map_err(|err| sqlx::Error::Encode(Box::new(err)))
+}
