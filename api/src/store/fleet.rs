@@ -158,7 +158,6 @@ macro_rules! fleet_helpers {
                 if a.spec.enforcement_mode == EnforcementMode::DoNotEnforce {
                     return Ok(()); // audit only: writes nothing
                 }
-                let now = chrono::Utc::now();
                 let clusters = Self::matched(tx, a, only).await?;
                 let matched: Vec<i64> = clusters.iter().map(|c| c.id).collect();
                 type Row = (i64, Option<i64>, Option<i64>, String, i64, Option<i64>, String, Option<String>, Option<String>);
@@ -175,6 +174,11 @@ macro_rules! fleet_helpers {
                 .bind(only.unwrap_or(0))
                 .fetch_all(&mut **tx)
                 .await?;
+                // the decision's time is after the reads it decides on: a report committed just before them started
+                // its transaction (its history's time) before this, so a batch is never recorded as started before
+                // the report that completed the one before it (READ COMMITTED reads each statement's own snapshot,
+                // so a time taken before the read could precede it)
+                let now = chrono::Utc::now();
                 // each configuration as the rollout sees it: whether it holds the generation rolled out, and how its
                 // agent reported on it
                 let members: std::collections::HashMap<i64, BatchMember> = rows
