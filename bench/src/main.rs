@@ -270,7 +270,13 @@ impl Target {
         let token = server.owner_token();
         Ok(Self {
             server,
-            client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                // the server closes a connection idle for its header read timeout (30 s): one pooled for as long is
+                // reused just as it closes, and the request fails (the rechecks scenario's metrics read after its
+                // 30 s window did)
+                .pool_idle_timeout(std::time::Duration::from_secs(10))
+                .build()?,
             token,
         })
     }
