@@ -488,11 +488,7 @@ async fn a_connected_agents_poll_is_answered_while_its_heartbeat_waits_behind_a_
         return;
     };
     let url = server.database.url.clone();
-    let api = Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    };
+    let api = Api::serving(server);
     let dir = tempfile::tempdir().unwrap();
     let client = ControlPlane::new(registered(&api, "c1", dir.path()).await).unwrap();
     let cluster = with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API);
@@ -533,11 +529,7 @@ async fn an_agent_refused_by_a_busy_server_reads_when_to_come_back() {
     let Some(server) = TestServer::start_with(Backend::Sqlite, |c| c.max_connections = 3).await else {
         return;
     };
-    let api = Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    };
+    let api = Api::serving(server);
     let dir = tempfile::tempdir().unwrap();
     let client = ControlPlane::new(registered(&api, "c1", dir.path()).await).unwrap();
     // every place taken by a request: the agent's connection is refused by the server's own 503
@@ -560,11 +552,7 @@ async fn an_offline_clusters_status_is_not_shown_as_fresh() {
     else {
         return;
     };
-    let api = Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    };
+    let api = Api::serving(server);
     let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;

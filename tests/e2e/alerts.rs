@@ -162,12 +162,7 @@ async fn put(api: &Api, path: &str, body: Value) -> Answer {
 /// An API on a server adjusted by `adjust`.
 async fn api_with(backend: Backend, adjust: impl FnOnce(&mut fluxplane_api::config::ServeConfig)) -> Option<Api> {
     let server = TestServer::start_with(backend, adjust).await?;
-    let token = server.owner_token();
-    Some(Api {
-        server,
-        client: http_client(),
-        token,
-    })
+    Some(Api::serving(server))
 }
 
 /// `count` configurations on the cluster `c1`, which has no agent: each fails as a change its agent did not pick

@@ -148,11 +148,7 @@ async fn media_case(backend: Backend) {
     let Some(server) = TestServer::start_with(backend, |c| c.max_body_bytes = 2048).await else {
         return;
     };
-    let api = Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    };
+    let api = Api::serving(server);
     let path = with_version(&cluster_path("s", "rg", "c1"), CLUSTER_API);
     let text = api
         .raw(

@@ -17,11 +17,7 @@ async fn start(backend: Backend, secret_ttl: u64, pending_ttl: u64) -> Option<Ap
         c.pending_ttl = Duration::from_secs(pending_ttl);
     })
     .await?;
-    Some(Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    })
+    Some(Api::serving(server))
 }
 
 async fn until(api: &Api, path: &str, done: impl Fn(&Value) -> bool) -> Value {

@@ -490,12 +490,7 @@ async fn sockets_case(backend: Backend) {
     else {
         return;
     };
-    let token = server.owner_token();
-    let api = Api {
-        server,
-        client: http_client(),
-        token,
-    };
+    let api = Api::serving(server);
     let (_repository, _git, url) = served_repository().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = RunningAgent::start(registered(&api, "c1", dir.path()).await).await;

@@ -26,11 +26,7 @@ async fn start(backend: Backend) -> Option<Api> {
         });
     })
     .await?;
-    Some(Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    })
+    Some(Api::serving(server))
 }
 
 /// Asks `base`'s endpoint for a token the way MSAL does, with `secret` as the identity header if any.

@@ -577,11 +577,7 @@ async fn drift_case(backend: Backend) {
     else {
         return;
     };
-    let api = Api {
-        token: server.owner_token(),
-        server,
-        client: http_client(),
-    };
+    let api = Api::serving(server);
     tagged_cluster(&api, "prod-1", json!({"env": "prod"})).await;
     tagged_cluster(&api, "prod-2", json!({"env": "prod"})).await;
     api.call(

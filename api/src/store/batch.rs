@@ -48,6 +48,15 @@ pub(super) fn merged_heartbeats(heartbeats: &[HeartbeatWrite]) -> BTreeMap<i64, 
     merged
 }
 
+/// Each heartbeat's cluster revision, in the heartbeats' order, from what their merged write answered (`None`: the
+/// cluster is gone).
+pub(super) fn revisions_in_order(heartbeats: &[HeartbeatWrite], revisions: &HashMap<i64, i64>) -> Vec<Option<i64>> {
+    heartbeats
+        .iter()
+        .map(|h| revisions.get(&h.cluster_id).copied())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -466,10 +466,7 @@ async fn record_heartbeats(
     .await?
     .into_iter()
     .collect();
-    Ok(heartbeats
-        .iter()
-        .map(|h| revisions.get(&h.cluster_id).copied())
-        .collect())
+    Ok(super::batch::revisions_in_order(heartbeats, &revisions))
 }
 
 super::receivers::receivers_store!(

@@ -509,10 +509,7 @@ async fn record_heartbeats(
     .await?
     .into_iter()
     .collect();
-    Ok(heartbeats
-        .iter()
-        .map(|h| revisions.get(&h.cluster_id).copied())
-        .collect())
+    Ok(super::batch::revisions_in_order(heartbeats, &revisions))
 }
 
 /// `value` as the JSON text a column holds it in (what binding it as `Json` writes), for a row of a JSON array bound

@@ -100,13 +100,16 @@ pub struct Api {
 
 impl Api {
     pub async fn start(backend: Backend) -> Option<Self> {
-        let server = TestServer::start(backend).await?;
-        let token = server.owner_token();
-        Some(Self {
+        Some(Self::serving(TestServer::start(backend).await?))
+    }
+
+    /// The API of `server` as its owner calls it, over a client trusting its certificate.
+    pub fn serving(server: TestServer) -> Self {
+        Self {
+            token: server.owner_token(),
             server,
             client: http_client(),
-            token,
-        })
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
