@@ -57,19 +57,38 @@ pub(super) const INSTANCES_NOW: &str = concat!(
     ") t GROUP BY 1, 2, 3, 4 HAVING SUM(instances) <> 0"
 );
 
-/// The summary's cluster counts of the scope `$1`, `$2`: now, or with `as_of` as of the time `$3`; with `pending`,
-/// the rows (`dimension, value, clusters`) an engine adds for changes it has not folded into the deltas yet, which
-/// reads `$when` as the condition on their time (empty now).
+/// What the clusters' changes not folded yet (`pending_cluster_counts`, migration 0023 on PostgreSQL, 0019 on
+/// SQLite) move in the scope `$1`, `$2`, `$when` restricting them by time: rows of `dimension, value, clusters`.
+/// Whether a cluster enters or leaves a value is the fold's own rule, `$moved!(before, after)` (each engine's
+/// `clusters_moved!`), over its folded count and the pending sum; the counts and the pending changes are read in the
+/// summary's snapshot, so a fold between two summaries moves nothing.
+macro_rules! pending_clusters {
+    ($moved:ident, $when:literal) => {
+        concat!(
+            "SELECT s.dimension, s.value, ",
+            $moved!("COALESCE(k.n, 0)", "COALESCE(k.n, 0) + s.d"),
+            " FROM (SELECT cluster_id, dimension, value, SUM(d) AS d FROM pending_cluster_counts WHERE ",
+            in_scope!(),
+            $when,
+            " GROUP BY 1, 2, 3 HAVING SUM(d) <> 0) s LEFT JOIN cluster_state_counts k \
+             ON k.cluster_id = s.cluster_id AND k.dimension = s.dimension AND k.value = s.value"
+        )
+    };
+}
+
+/// The summary's cluster counts of the scope `$1`, `$2`: the rollups, the deltas and what the pending changes move
+/// (`pending_clusters!`, with the engine's rule `$moved`); now, or with `as_of` as of the time `$3`.
 macro_rules! clusters_counted {
-    (now $(, pending = $pending:ident)?) => {
+    (now, $moved:ident) => {
         concat!(
             "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
             current_clusters!(),
-            $(" UNION ALL ", $pending!(""),)?
+            " UNION ALL ",
+            pending_clusters!($moved, ""),
             ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
         )
     };
-    (as_of $(, pending = $pending:ident)?) => {
+    (as_of, $moved:ident) => {
         concat!(
             "SELECT dimension, value, CAST(SUM(clusters) AS BIGINT) AS clusters FROM (",
             current_clusters!(),
@@ -77,17 +96,12 @@ macro_rules! clusters_counted {
             in_scope!(),
             " UNION ALL SELECT dimension, value, -clusters FROM cluster_delta_history WHERE at > $3 AND ",
             in_scope!(),
-            $(" UNION ALL ", $pending!(" AND at <= $3"),)?
+            " UNION ALL ",
+            pending_clusters!($moved, " AND at <= $3"),
             ") t GROUP BY 1, 2 HAVING SUM(clusters) <> 0"
         )
     };
 }
-
-/// The summary's current cluster counts of the scope `$1`, `$2`, where the deltas hold every change (SQLite).
-pub(super) const CLUSTERS_NOW: &str = clusters_counted!(now);
-
-/// The same as of the time `$3`.
-pub(super) const CLUSTERS_AS_OF: &str = clusters_counted!(as_of);
 
 /// Implements `Dashboards` for `$store` over `$db`; `$begin` starts a transaction whose reads are one snapshot (one
 /// statement: a connection handed back inside a cut-off transaction answers a second one with an error),
@@ -559,5 +573,6 @@ macro_rules! dashboards_store {
 }
 
 pub(super) use {
-    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
+    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, pending_clusters,
+    status_columns, write_columns,
 };

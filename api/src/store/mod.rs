@@ -158,7 +158,7 @@ pub const POSTGRES_SUMMARY: SummaryStatements = SummaryStatements {
 
 pub const SQLITE_SUMMARY: SummaryStatements = SummaryStatements {
     instances: dashboards::INSTANCES_NOW,
-    clusters: dashboards::CLUSTERS_NOW,
+    clusters: sqlite::CLUSTERS_NOW,
     unheard: sqlite::UNHEARD,
 };
 

@@ -14,7 +14,8 @@ use crate::notify::Notifier;
 use super::StoreResult;
 use super::alerts::{alerts_store, delivery_columns, receiver_columns, rule_columns};
 use super::dashboards::{
-    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, status_columns, write_columns,
+    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, pending_clusters,
+    status_columns, write_columns,
 };
 use super::receivers::git_receiver_columns;
 use super::sql::{
@@ -492,28 +493,19 @@ pub(super) const UNHEARD: &str = "SELECT c.id AS cluster_id, c.connectivity_stat
                    FROM flux_configurations WHERE cluster_id = c.id GROUP BY 1, 2, 3, 4) f \
                WHERE u.subscription_key = $1 AND ($2 = '' OR u.resource_group_key = $2)";
 
-/// What the changes of clusters' counts not folded yet (migration 0023) move in the scope `$1`, `$2`, `$when`
-/// restricting them by time: rows of `dimension, value, clusters`. Whether a cluster enters or leaves a value is the
-/// fold's own rule (`fluxplane_clusters_moved`, migration 0024) over its folded count and the pending sum; the counts
-/// and the pending changes are read in the summary's snapshot, so a fold between two summaries moves nothing.
-macro_rules! pending_clusters {
-    ($when:literal) => {
-        concat!(
-            "SELECT s.dimension, s.value, fluxplane_clusters_moved(COALESCE(k.n, 0), COALESCE(k.n, 0) + s.d) \
-             FROM (SELECT cluster_id, dimension, value, SUM(d) AS d FROM pending_cluster_counts WHERE ",
-            in_scope!(),
-            $when,
-            " GROUP BY 1, 2, 3 HAVING SUM(d) <> 0) s LEFT JOIN cluster_state_counts k \
-             ON k.cluster_id = s.cluster_id AND k.dimension = s.dimension AND k.value = s.value"
-        )
+/// Whether a cluster entered (1) or left (-1) a value as its count moved from `before` to `after`: the fold's rule,
+/// held once in the database (`fluxplane_clusters_moved`, migration 0024) and called by the summary's read.
+macro_rules! clusters_moved {
+    ($before:literal, $after:literal) => {
+        concat!("fluxplane_clusters_moved(", $before, ", ", $after, ")")
     };
 }
 
 /// The summary's current cluster counts on PostgreSQL: the rollups and deltas with the changes not folded yet.
-pub(super) const CLUSTERS_NOW: &str = clusters_counted!(now, pending = pending_clusters);
+pub(super) const CLUSTERS_NOW: &str = clusters_counted!(now, clusters_moved);
 
 /// The same as of the time `$3`.
-const CLUSTERS_AS_OF: &str = clusters_counted!(as_of, pending = pending_clusters);
+const CLUSTERS_AS_OF: &str = clusters_counted!(as_of, clusters_moved);
 
 dashboards_store!(
     PgStore,

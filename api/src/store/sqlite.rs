@@ -11,7 +11,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::StoreResult;
 use super::alerts::{alerts_store, delivery_columns, receiver_columns, rule_columns};
-use super::dashboards::{current_instances, dashboards_store, in_scope, status_columns, write_columns};
+use super::dashboards::{
+    clusters_counted, current_clusters, current_instances, dashboards_store, in_scope, pending_clusters,
+    status_columns, write_columns,
+};
 use super::receivers::git_receiver_columns;
 use super::sql::{
     bind_configuration, cluster_columns, cluster_group_columns, configuration_columns, ensure_flux_extension,
@@ -303,19 +306,80 @@ pub(super) const UNHEARD: &str = "SELECT f.cluster_id, \
     AND c.connectivity_status <> 'Connected' \
     GROUP BY f.cluster_id, c.connectivity_status, c.last_connectivity_time, 4, 5, 6, 7";
 
+/// Whether a cluster entered (1) or left (-1) a value as its count moved from `before` to `after`: the one rule of
+/// both the fold (`FOLD_CLUSTER_DELTAS`) and the summary's read of the changes not folded yet. PostgreSQL holds the
+/// same rule in a function (its migration 0024).
+macro_rules! clusters_moved {
+    ($before:literal, $after:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $before,
+            " = 0 AND ",
+            $after,
+            " > 0 THEN 1 WHEN ",
+            $before,
+            " > 0 AND ",
+            $after,
+            " = 0 THEN -1 ELSE 0 END"
+        )
+    };
+}
+
+/// The summary's current cluster counts on SQLite: the rollups and deltas with the changes not folded yet.
+pub(super) const CLUSTERS_NOW: &str = clusters_counted!(now, clusters_moved);
+
+/// The same as of the time `$3`.
+const CLUSTERS_AS_OF: &str = clusters_counted!(as_of, clusters_moved);
+
+/// The fold's cluster deltas (PostgreSQL's `fluxplane_fold_cluster_changes`, migrations 0023 and 0024): a
+/// statement's changes of one count netted (an update out of and back into a value is no change), then a cluster's
+/// changes applied in the order they were appended, a running sum over its folded count, so that each entry into or
+/// exit from a value is a delta at its own write's time. It reads the counts before `FOLD_CLUSTER_COUNTS` moves them.
+const FOLD_CLUSTER_DELTAS: &str = concat!(
+    "INSERT INTO cluster_deltas (at, subscription_key, resource_group_key, dimension, value, clusters) \
+     SELECT at, subscription_key, resource_group_key, dimension, value, SUM(moved) FROM (\
+     SELECT at, subscription_key, resource_group_key, dimension, value, ",
+    clusters_moved!("after - d", "after"),
+    " AS moved FROM (SELECT s.at, s.subscription_key, s.resource_group_key, s.dimension, s.value, s.d, \
+     COALESCE(k.n, 0) + SUM(s.d) OVER (PARTITION BY s.cluster_id, s.dimension, s.value ORDER BY s.first) AS after \
+     FROM (SELECT MIN(id) AS first, at, cluster_id, subscription_key, resource_group_key, dimension, value, \
+     SUM(d) AS d FROM pending_cluster_counts \
+     GROUP BY at, cluster_id, subscription_key, resource_group_key, dimension, value HAVING SUM(d) <> 0) s \
+     LEFT JOIN cluster_state_counts k \
+     ON k.cluster_id = s.cluster_id AND k.dimension = s.dimension AND k.value = s.value)) \
+     WHERE TRUE GROUP BY 1, 2, 3, 4, 5 HAVING SUM(moved) <> 0 ORDER BY 1"
+);
+
+/// The fold's counts: each count moved by the sum of its pending changes.
+const FOLD_CLUSTER_COUNTS: &str = "INSERT INTO cluster_state_counts (cluster_id, dimension, value, n) \
+     SELECT cluster_id, dimension, value, SUM(d) FROM pending_cluster_counts WHERE TRUE \
+     GROUP BY 1, 2, 3 HAVING SUM(d) <> 0 \
+     ON CONFLICT (cluster_id, dimension, value) DO UPDATE SET n = n + excluded.n";
+
+/// A deleted cluster's configurations were deleted first (`delete_cluster`), so the fold brought its counts to zero:
+/// they go with it.
+const FOLD_COUNTS_OF_CLUSTERS_GONE: &str = "DELETE FROM cluster_state_counts \
+     WHERE n = 0 AND cluster_id IN (SELECT cluster_id FROM pending_cluster_changes) \
+     AND NOT EXISTS (SELECT 1 FROM clusters c WHERE c.id = cluster_state_counts.cluster_id)";
+
 dashboards_store!(
     SqliteStore,
     sqlx::Sqlite,
     begin = "BEGIN",
     unheard = UNHEARD,
-    clusters_now = super::dashboards::CLUSTERS_NOW,
-    clusters_as_of = super::dashboards::CLUSTERS_AS_OF,
+    clusters_now = CLUSTERS_NOW,
+    clusters_as_of = CLUSTERS_AS_OF,
     {
-        /// Moves the pending deltas into the rollups and the history, in one transaction (the only writer).
+        /// Folds the clusters' pending changes into their counts and the cluster deltas (migration 0019), then
+        /// moves the pending deltas into the rollups and the history, in one transaction (the only writer).
         async fn compact_rollups(&self) -> StoreResult<u64> {
             let mut tx = crate::store::begin(&self.pool, Some(WRITE)).await?;
             let mut folded = 0;
             for sql in [
+                FOLD_CLUSTER_DELTAS,
+                FOLD_CLUSTER_COUNTS,
+                FOLD_COUNTS_OF_CLUSTERS_GONE,
+                "DELETE FROM pending_cluster_changes",
                 "INSERT INTO instance_rollups SELECT subscription_key, resource_group_key, policy_assignment, \
                  compliance_state, provisioning_state, reported, SUM(instances) FROM instance_deltas WHERE TRUE \
                  GROUP BY 1, 2, 3, 4, 5, 6 ON CONFLICT (subscription_key, resource_group_key, policy_assignment, \
