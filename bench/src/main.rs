@@ -172,6 +172,25 @@ enum Scenario {
     Scale,
 }
 
+impl Scenario {
+    /// The order scenarios run in: memory first, while the process has allocated the least.
+    const IN_ORDER: [Scenario; 13] = [
+        Scenario::Memory,
+        Scenario::Throughput,
+        Scenario::Listing,
+        Scenario::Ingestion,
+        Scenario::Burst,
+        Scenario::Propagation,
+        Scenario::Assignment,
+        Scenario::Rollout,
+        Scenario::Rechecks,
+        Scenario::Push,
+        Scenario::Summary,
+        Scenario::Alerts,
+        Scenario::Scale,
+    ];
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backends {
     Sqlite,
@@ -395,184 +414,198 @@ async fn main() -> anyhow::Result<()> {
         Backends::Postgres => &[(Backend::Postgres, "postgres")],
         Backends::Both => &[(Backend::Sqlite, "sqlite"), (Backend::Postgres, "postgres")],
     };
+    let results = match &args.json {
+        Some(path) => Some(report::Results::new(path, args.quick, options(&args)).await),
+        None => None,
+    };
     let mut figures = Vec::new();
     let mut scaling = Vec::new();
     let wanted = |scenario| args.scenarios.is_empty() || args.scenarios.contains(&scenario);
-    for (backend, name) in backends {
-        // first, while this process has allocated the least
-        if wanted(Scenario::Memory) {
-            eprintln!("{name}: server memory with {} idle long-polls", args.memory_agents);
-            let target = Target::start(*backend).await?;
-            let decay = if args.quick {
-                Duration::ZERO
-            } else {
-                memory::ALLOCATOR_DECAY
-            };
-            memory::memory(&target, args.memory_agents, decay, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Throughput) {
-            eprintln!(
-                "{name}: configuration PUT throughput ({} PUTs, {} clients)",
-                args.puts, args.clients
-            );
-            let target = Target::start(*backend).await?;
-            throughput::throughput(&target, args.puts, args.clients, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Listing) {
-            eprintln!("{name}: listing {} configurations", args.configurations);
-            let target = Target::start(*backend).await?;
-            listing::listing(&target, args.configurations, args.repeat, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Ingestion) {
-            eprintln!(
-                "{name}: status ingestion ({} agents, {} configurations each, {} reports each)",
-                args.ingestion_agents, args.ingestion_configurations, args.ingestion_reports
-            );
-            let target = Target::start(*backend).await?;
-            ingestion::ingestion(
-                &target,
-                args.ingestion_agents,
-                args.ingestion_configurations,
-                args.ingestion_reports,
-                &mut figures,
-                name,
-            )
-            .await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Burst) {
-            eprintln!(
-                "{name}: {} agents reporting at once ({} configurations each)",
-                args.burst_agents, args.burst_configurations
-            );
-            let target = Target::start(*backend).await?;
-            burst::burst(
-                &target,
-                args.burst_agents,
-                args.burst_configurations,
-                &mut figures,
-                name,
-            )
-            .await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Propagation) {
-            eprintln!(
-                "{name}: propagation ({} agents, {} writes, {})",
-                args.agents,
-                args.writes,
-                apply.describe()
-            );
-            let target = Target::start(*backend).await?;
-            propagation::propagation(&target, args.agents, args.writes, apply, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Assignment) {
-            eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
-            let target = Target::start(*backend).await?;
-            assignment::assignment_reach(&target, args.fleet, apply, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Rollout) {
-            eprintln!(
-                "{name}: a policy assignment rolled out to {} clusters in ten batches ({})",
-                args.fleet,
-                apply.describe()
-            );
-            let target = Target::start(*backend).await?;
-            rollout::rollout(&target, args.fleet, apply, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Rechecks) {
-            eprintln!(
-                "{name}: {} real agents re-checking their clusters every second, for {} s",
-                args.recheck_agents, args.recheck_window
-            );
-            let target = Target::start(*backend).await?;
-            rechecks::rechecks(
-                &target,
-                args.recheck_agents,
-                Duration::from_secs(args.recheck_window),
-                &mut figures,
-                name,
-            )
-            .await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Push) {
-            eprintln!(
-                "{name}: {} pushes to {} of {} agents' configurations",
-                args.pushes, args.push_touched, args.push_agents
-            );
-            let target = Target::start(*backend).await?;
-            push::push(
-                &target,
-                args.push_agents,
-                args.push_touched,
-                args.pushes,
-                &mut figures,
-                name,
-            )
-            .await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Summary) {
-            eprintln!(
-                "{name}: the compliance summary of {} clusters with ten configurations each",
-                args.summary_clusters
-            );
-            let target = Target::start(*backend).await?;
-            let quiet_after = if args.quick {
-                Duration::ZERO
-            } else {
-                summary::QUIET_AFTER
-            };
-            summary::summary(&target, args.summary_clusters, apply, quiet_after, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Alerts) {
-            eprintln!(
-                "{name}: the alert outbox delivering {} events from one change",
-                args.alert_events
-            );
-            let target = Target::start(*backend).await?;
-            alerts::outbox(&target, args.alert_events, &mut figures, name).await?;
-            target.server.stop().await;
-        }
-        if wanted(Scenario::Scale) {
-            eprintln!(
-                "{name}: scale, {} agents",
-                args.scale_agents
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let options = scale::Options {
-                sizes: args.scale_agents.clone(),
-                transport: args.scale_transport,
-                writes: args.scale_writes,
-                full: !args.quick,
-            };
-            // an assignment over 100,000 clusters answers after its transaction, which takes longer than the
-            // default request timeout of 60 s on this kind of machine; and the summary is read once nine such
-            // assignments are written after the fleet stopped (minutes at that size): its clusters are to count as
-            // connected then, as they would with their agents polling (heartbeats stay every 75 s)
-            let start = || {
-                Target::start_with(*backend, |config| {
-                    config.request_timeout = Duration::from_secs(900);
-                    config.offline_after = scale::SUMMARY_ONLINE;
-                })
-            };
-            for row in scale::scale(start, &options, &mut figures, name).await? {
-                scaling.push((*name, row));
+    let mut run = async || -> anyhow::Result<()> {
+        for (backend, name) in backends {
+            for scenario in Scenario::IN_ORDER.into_iter().filter(|s| wanted(*s)) {
+                match scenario {
+                    Scenario::Memory => {
+                        eprintln!("{name}: server memory with {} idle long-polls", args.memory_agents);
+                        let target = Target::start(*backend).await?;
+                        let decay = if args.quick {
+                            Duration::ZERO
+                        } else {
+                            memory::ALLOCATOR_DECAY
+                        };
+                        memory::memory(&target, args.memory_agents, decay, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Throughput => {
+                        eprintln!(
+                            "{name}: configuration PUT throughput ({} PUTs, {} clients)",
+                            args.puts, args.clients
+                        );
+                        let target = Target::start(*backend).await?;
+                        throughput::throughput(&target, args.puts, args.clients, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Listing => {
+                        eprintln!("{name}: listing {} configurations", args.configurations);
+                        let target = Target::start(*backend).await?;
+                        listing::listing(&target, args.configurations, args.repeat, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Ingestion => {
+                        eprintln!(
+                            "{name}: status ingestion ({} agents, {} configurations each, {} reports each)",
+                            args.ingestion_agents, args.ingestion_configurations, args.ingestion_reports
+                        );
+                        let target = Target::start(*backend).await?;
+                        ingestion::ingestion(
+                            &target,
+                            args.ingestion_agents,
+                            args.ingestion_configurations,
+                            args.ingestion_reports,
+                            &mut figures,
+                            name,
+                        )
+                        .await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Burst => {
+                        eprintln!(
+                            "{name}: {} agents reporting at once ({} configurations each)",
+                            args.burst_agents, args.burst_configurations
+                        );
+                        let target = Target::start(*backend).await?;
+                        burst::burst(
+                            &target,
+                            args.burst_agents,
+                            args.burst_configurations,
+                            &mut figures,
+                            name,
+                        )
+                        .await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Propagation => {
+                        eprintln!(
+                            "{name}: propagation ({} agents, {} writes, {})",
+                            args.agents,
+                            args.writes,
+                            apply.describe()
+                        );
+                        let target = Target::start(*backend).await?;
+                        propagation::propagation(&target, args.agents, args.writes, apply, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Assignment => {
+                        eprintln!("{name}: a policy assignment reaching {} clusters", args.fleet);
+                        let target = Target::start(*backend).await?;
+                        assignment::assignment_reach(&target, args.fleet, apply, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Rollout => {
+                        eprintln!(
+                            "{name}: a policy assignment rolled out to {} clusters in ten batches ({})",
+                            args.fleet,
+                            apply.describe()
+                        );
+                        let target = Target::start(*backend).await?;
+                        rollout::rollout(&target, args.fleet, apply, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Rechecks => {
+                        eprintln!(
+                            "{name}: {} real agents re-checking their clusters every second, for {} s",
+                            args.recheck_agents, args.recheck_window
+                        );
+                        let target = Target::start(*backend).await?;
+                        rechecks::rechecks(
+                            &target,
+                            args.recheck_agents,
+                            Duration::from_secs(args.recheck_window),
+                            &mut figures,
+                            name,
+                        )
+                        .await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Push => {
+                        eprintln!(
+                            "{name}: {} pushes to {} of {} agents' configurations",
+                            args.pushes, args.push_touched, args.push_agents
+                        );
+                        let target = Target::start(*backend).await?;
+                        push::push(
+                            &target,
+                            args.push_agents,
+                            args.push_touched,
+                            args.pushes,
+                            &mut figures,
+                            name,
+                        )
+                        .await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Summary => {
+                        eprintln!(
+                            "{name}: the compliance summary of {} clusters with ten configurations each",
+                            args.summary_clusters
+                        );
+                        let target = Target::start(*backend).await?;
+                        let quiet_after = if args.quick {
+                            Duration::ZERO
+                        } else {
+                            summary::QUIET_AFTER
+                        };
+                        summary::summary(&target, args.summary_clusters, apply, quiet_after, &mut figures, name)
+                            .await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Alerts => {
+                        eprintln!(
+                            "{name}: the alert outbox delivering {} events from one change",
+                            args.alert_events
+                        );
+                        let target = Target::start(*backend).await?;
+                        alerts::outbox(&target, args.alert_events, &mut figures, name).await?;
+                        target.server.stop().await;
+                    }
+                    Scenario::Scale => {
+                        eprintln!(
+                            "{name}: scale, {} agents",
+                            args.scale_agents
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                        let options = scale::Options {
+                            sizes: args.scale_agents.clone(),
+                            transport: args.scale_transport,
+                            writes: args.scale_writes,
+                            full: !args.quick,
+                        };
+                        // an assignment over 100,000 clusters answers after its transaction, which takes longer than the
+                        // default request timeout of 60 s on this kind of machine; and the summary is read once nine such
+                        // assignments are written after the fleet stopped (minutes at that size): its clusters are to count as
+                        // connected then, as they would with their agents polling (heartbeats stay every 75 s)
+                        let start = || {
+                            Target::start_with(*backend, |config| {
+                                config.request_timeout = Duration::from_secs(900);
+                                config.offline_after = scale::SUMMARY_ONLINE;
+                            })
+                        };
+                        for row in scale::scale(start, &options, &mut figures, name).await? {
+                            scaling.push((*name, row));
+                        }
+                    }
+                }
+                if let Some(results) = &results {
+                    results.write(&figures, &json_rows(&scaling), false)?;
+                }
             }
         }
-    }
-
+        Ok(())
+    };
+    let outcome = run().await;
     report::table(&figures);
     for backend in ["sqlite", "postgres"] {
         let rows: Vec<&scale::Row> = scaling
@@ -585,39 +618,47 @@ async fn main() -> anyhow::Result<()> {
             scale::table(&rows);
         }
     }
-    if let Some(path) = &args.json {
-        let options = json!({
-            "backend": format!("{:?}", args.backend).to_lowercase(),
-            "scenarios": args.scenarios.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
-            "puts": args.puts,
-            "clients": args.clients,
-            "configurations": args.configurations,
-            "repeat": args.repeat,
-            "ingestion_agents": args.ingestion_agents,
-            "ingestion_configurations": args.ingestion_configurations,
-            "ingestion_reports": args.ingestion_reports,
-            "burst_agents": args.burst_agents,
-            "burst_configurations": args.burst_configurations,
-            "memory_agents": args.memory_agents,
-            "agents": args.agents,
-            "writes": args.writes,
-            "fleet": args.fleet,
-            "summary_clusters": args.summary_clusters,
-            "push_agents": args.push_agents,
-            "push_touched": args.push_touched,
-            "pushes": args.pushes,
-            "alert_events": args.alert_events,
-            "scale_agents": args.scale_agents,
-            "scale_transport": format!("{:?}", args.scale_transport).to_lowercase(),
-            "scale_writes": args.scale_writes,
-            "apply_delay_ms": args.apply.apply_delay,
-            "failure_rate": args.apply.failure_rate,
-        });
-        let scaling: Vec<Value> = scaling
-            .iter()
-            .map(|(backend, row)| json!({"backend": backend, "row": row}))
-            .collect();
-        report::write_json(path, args.quick, options, &figures, &scaling).await?;
+    if let Some(results) = &results {
+        results.write(&figures, &json_rows(&scaling), outcome.is_ok())?;
     }
-    Ok(())
+    outcome
+}
+
+/// The scale scenario's rows as the results file holds them.
+fn json_rows(scaling: &[(&'static str, scale::Row)]) -> Vec<Value> {
+    scaling
+        .iter()
+        .map(|(backend, row)| json!({"backend": backend, "row": row}))
+        .collect()
+}
+
+/// The options of a run, as the results file records them.
+fn options(args: &Args) -> Value {
+    json!({
+        "backend": format!("{:?}", args.backend).to_lowercase(),
+        "scenarios": args.scenarios.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
+        "puts": args.puts,
+        "clients": args.clients,
+        "configurations": args.configurations,
+        "repeat": args.repeat,
+        "ingestion_agents": args.ingestion_agents,
+        "ingestion_configurations": args.ingestion_configurations,
+        "ingestion_reports": args.ingestion_reports,
+        "burst_agents": args.burst_agents,
+        "burst_configurations": args.burst_configurations,
+        "memory_agents": args.memory_agents,
+        "agents": args.agents,
+        "writes": args.writes,
+        "fleet": args.fleet,
+        "summary_clusters": args.summary_clusters,
+        "push_agents": args.push_agents,
+        "push_touched": args.push_touched,
+        "pushes": args.pushes,
+        "alert_events": args.alert_events,
+        "scale_agents": args.scale_agents,
+        "scale_transport": format!("{:?}", args.scale_transport).to_lowercase(),
+        "scale_writes": args.scale_writes,
+        "apply_delay_ms": args.apply.apply_delay,
+        "failure_rate": args.apply.failure_rate,
+    })
 }

@@ -98,16 +98,38 @@ async fn machine(quick: bool) -> Value {
     })
 }
 
-/// Writes the results: the machine, the options, the figures, and the scale scenario's table (its rows as
-/// `{"backend", "row"}`, none if it did not run).
-pub(crate) async fn write_json(
-    path: &Path,
-    quick: bool,
+/// Where the results go, with what is known of the run before it starts: the machine (its commit read once, so
+/// that a commit made during a long run does not relabel it) and the options.
+pub(crate) struct Results {
+    path: std::path::PathBuf,
+    machine: Value,
     options: Value,
-    figures: &[Figure],
-    scaling: &[Value],
-) -> anyhow::Result<()> {
-    let results = json!({"machine": machine(quick).await, "options": options, "figures": figures, "scaling": scaling});
-    std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
-    Ok(())
+}
+
+impl Results {
+    pub(crate) async fn new(path: &Path, quick: bool, options: Value) -> Self {
+        Self {
+            path: path.to_owned(),
+            machine: machine(quick).await,
+            options,
+        }
+    }
+
+    /// Writes the results so far: the machine, the options, the figures, the scale scenario's table (its rows as
+    /// `{"backend", "row"}`, none if it did not run) and whether every scenario asked for has run. Written after
+    /// each scenario, so that a run stopped by a late failure keeps what it measured before it.
+    pub(crate) fn write(&self, figures: &[Figure], scaling: &[Value], complete: bool) -> anyhow::Result<()> {
+        let results = json!({
+            "machine": self.machine,
+            "options": self.options,
+            "complete": complete,
+            "figures": figures,
+            "scaling": scaling,
+        });
+        let partial = self.path.with_extension("json.partial");
+        std::fs::write(&partial, serde_json::to_string_pretty(&results)?)?;
+        // renamed into place: an interrupted write never leaves a truncated file where the last good one was
+        std::fs::rename(&partial, &self.path)?;
+        Ok(())
+    }
 }
