@@ -133,3 +133,46 @@ impl Results {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(scenario: &str) -> Figure {
+        Figure {
+            backend: "sqlite",
+            scenario: scenario.to_owned(),
+            value: 1.0,
+            unit: "ms",
+            target: None,
+            met: None,
+            detail: String::new(),
+            http_ceiling: None,
+            db_ceiling: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn results_are_rewritten_whole_after_each_scenario_and_say_whether_the_run_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        let results = Results::new(&path, true, json!({"backend": "sqlite"})).await;
+        let read = || serde_json::from_slice::<Value>(&std::fs::read(&path).unwrap()).unwrap();
+
+        results.write(&[figure("first")], &[], false).unwrap();
+        let partial = read();
+        assert_eq!(partial["complete"], false, "a run with scenarios still to come");
+        assert_eq!(partial["figures"][0]["scenario"], "first");
+
+        results.write(&[figure("first"), figure("second")], &[], true).unwrap();
+        let whole = read();
+        assert_eq!(whole["complete"], true);
+        assert_eq!(whole["figures"].as_array().unwrap().len(), 2);
+        assert_eq!(whole["options"]["backend"], "sqlite");
+        assert_eq!(whole["machine"]["quick"], true);
+        assert!(
+            !path.with_extension("json.partial").exists(),
+            "the file is written beside the results, then renamed over them"
+        );
+    }
+}

@@ -2,8 +2,9 @@
 //! each on a server and database of its own, one row per size in the scaling table.
 //!
 //! At each size the simulated agents (in the simulator's process, see `fleet`) register and long-poll; then:
-//! - memory: this process's resident set (it runs the server) before the fleet connected and with every poll held
-//!   (15 s after the last one arrived, when jemalloc has returned the pages their arrival freed), per poll held;
+//! - memory: this process's resident set (it runs the server) before the fleet connected and with every poll held,
+//!   each read 15 s after what came before (when jemalloc has returned the pages earlier scenarios and the fleet's
+//!   arrival freed), per poll held;
 //! - polls' CPU: this process's CPU time over a window of `POLL_WINDOW` in which every agent renews its 30 s poll
 //!   once and nothing else happens, per 1,000 polls answered (counted by the server's metrics);
 //! - propagation: `--scale-writes` configuration writes one at a time, spread over the fleet, each timed to its
@@ -220,6 +221,11 @@ async fn size(
     backend: &'static str,
 ) -> anyhow::Result<Row> {
     let described = transport.describe(agents);
+    // what earlier scenarios of this process freed is returned first (jemalloc purges it over 10 s): returned during
+    // the fleet's arrival, it was subtracted from the polls' cost (one run measured -3.6 KiB per poll at 1,000)
+    if options.full {
+        tokio::time::sleep(ALLOCATOR_DECAY).await;
+    }
     let before = resident_mib()?;
     let started = Instant::now();
     let mut fleet = Fleet::spawn_over(target, agents, &[("fleet", "bench")], Apply::default(), transport).await?;
