@@ -662,3 +662,21 @@ fn options(args: &Args) -> Value {
         "failure_rate": args.apply.failure_rate,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_has_its_place_in_the_order_they_run_in() {
+        let listed: Vec<Scenario> = Scenario::value_variants().to_vec();
+        assert_eq!(
+            Scenario::IN_ORDER.len(),
+            listed.len(),
+            "a scenario missing from IN_ORDER never runs"
+        );
+        for scenario in listed {
+            assert!(Scenario::IN_ORDER.contains(&scenario), "{scenario:?} never runs");
+        }
+    }
+}
