@@ -389,6 +389,31 @@ const ASSIGN: &str = "WITH RECURSIVE n(i) AS (SELECT CAST($6 AS BIGINT) UNION AL
 /// A policy assignment's template change: every configuration it manages rewritten.
 const REASSIGN: &str = "UPDATE bench_ceiling_configurations SET spec = $1, generation = generation + 1, etag = $2 \
      WHERE name = 'baseline'";
+/// A transaction's writes without triggers or foreign-key checks (PostgreSQL, superuser).
+const UNTRIGGERED: &str = "SET LOCAL session_replication_role = replica";
+/// An assignment's creation as rows: each `baseline` configuration again under another name, as the server inserts
+/// one (generation 1, due in 48 hours, managed), and a Flux extension for each cluster.
+const ROWS_CREATED: [&str; 2] = [
+    "INSERT INTO flux_configurations (cluster_id, name, spec, generation, etag, provisioning_state, \
+     compliance_state, observed, system_data, generation_expires_at, managed_by, managed_by_id, managed_generation) \
+     SELECT cluster_id, 'bench-rows', spec, 1, 'e', 'Creating', 'Pending', '{}', system_data, \
+     now() + interval '48 hours', managed_by, managed_by_id, 1 FROM flux_configurations WHERE name = 'baseline'",
+    "INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, provisioning_state, observed, \
+     system_data, generation_expires_at) \
+     SELECT cluster_id, 'bench-rows', 'bench.rows', spec, 1, 'e', 'Creating', observed, system_data, \
+     now() + interval '48 hours' FROM extensions WHERE extension_type = 'microsoft.flux'",
+];
+/// An assignment's template change as rows: every copy rewritten as the server rewrites a managed configuration.
+const ROWS_REWRITTEN: [&str; 1] = [
+    "UPDATE flux_configurations SET spec = spec || '{\"namespace\": \"bench-rows\"}', generation = generation + 1, \
+     etag = 'e2', provisioning_state = 'Updating', compliance_state = 'Pending', failure = NULL, \
+     generation_expires_at = now() + interval '48 hours', managed_generation = 2 WHERE name = 'bench-rows'",
+];
+/// The copies gone again, as untracked as they came.
+const ROWS_REMOVED: [&str; 2] = [
+    "DELETE FROM flux_configurations WHERE name = 'bench-rows'",
+    "DELETE FROM extensions WHERE extension_type = 'bench.rows'",
+];
 /// A push's request to re-check: the touched configurations (those of the first `$2` clusters) marked at once.
 const MARK: &str = "UPDATE bench_ceiling_configurations SET etag = $1 WHERE cluster_id < $2";
 /// One batch of a rollout of a template change: the configurations of the clusters `$3` to `$4 - 1` rewritten.
@@ -485,6 +510,37 @@ impl Db {
         };
         sqlx::query(sql).execute(pool).await?;
         Ok(())
+    }
+
+    /// The assignment's two writes (`baseline`'s configurations copied under another name with the Flux extension
+    /// each brings, then rewritten) into the real tables with their indexes, each in a transaction of its own with
+    /// every trigger and foreign key off, so that no bookkeeping runs: what the rows themselves cost, which no
+    /// design of the bookkeeping can go below. The copies are deleted the same way after, so that the rollups
+    /// and the history, which never saw them, stay exact. PostgreSQL only (`session_replication_role`, a
+    /// superuser's setting); SQLite cannot turn its triggers off.
+    pub(crate) async fn assignment_rows(&self) -> anyhow::Result<[Duration; 2]> {
+        let Pool::Postgres(pool) = &self.pool else {
+            anyhow::bail!("only PostgreSQL can write without its triggers");
+        };
+        let mut steps = [Duration::ZERO; 2];
+        for (step, statements) in [&ROWS_CREATED[..], &ROWS_REWRITTEN[..], &ROWS_REMOVED[..]]
+            .into_iter()
+            .enumerate()
+        {
+            let started = Instant::now();
+            let mut tx = pool.begin().await?;
+            sqlx::query(UNTRIGGERED).execute(&mut *tx).await.context(
+                "writing without triggers needs a superuser's session_replication_role: run the benchmark as one",
+            )?;
+            for statement in statements.iter().copied() {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            if let Some(time) = steps.get_mut(step) {
+                *time = started.elapsed();
+            }
+        }
+        Ok(steps)
     }
 
     /// Closes the pool's connections before the scenario's database goes.
