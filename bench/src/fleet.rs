@@ -300,7 +300,14 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             .map_or(0, |_| args.transport.addresses(connections).min(250))
     );
     let http = reqwest::Client::new();
+    let started = Instant::now();
     let identities = register(&http, &args.base, &args.token, args.clusters, &args.tags).await?;
+    let took = started.elapsed().as_secs_f64();
+    eprintln!(
+        "  simulator: {} clusters registered in {took:.1} s ({:.0}/s, {REGISTRATION_WORKERS} at a time)",
+        args.clusters,
+        args.clusters as f64 / took
+    );
     let clients = agent_clients(&args.base, &args.transport, args.clusters)?;
     let (sender, receipts) = mpsc::unbounded_channel::<Receipt>();
     let setbacks = Arc::new(Setbacks::default());

@@ -5,10 +5,10 @@
 /// Clusters per statement of a set-based write (each statement binds one parameter per cluster).
 pub(super) const CHUNK: usize = 1000;
 
-/// Adds the fleet helpers to `$store`; `$lock` serialises fleet writes of one subscription (key `$1`), `$write`
-/// begins a transaction that writes (see `sql_store!`).
+/// Adds the fleet helpers to `$store`; `$lock` serialises fleet writes of one subscription (key `$1`),
+/// `$cluster_lock` takes the same lock shared, `$write` begins a transaction that writes (see `sql_store!`).
 macro_rules! fleet_helpers {
-    ($store:ty, $db:ty, $lock:literal, $write:expr) => {
+    ($store:ty, $db:ty, $lock:literal, $cluster_lock:expr, $write:expr) => {
         impl $store {
             /// Serialises the transactions that decide which clusters get which managed configurations, so that
             /// none of them decides on what another is changing.
@@ -17,6 +17,22 @@ macro_rules! fleet_helpers {
                 subscription_key: &str,
             ) -> Result<(), sqlx::Error> {
                 sqlx::query::<$db>($lock)
+                    .bind(subscription_key)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// Takes the fleet lock shared, for a write that decides for one cluster only (its registration, its
+            /// tags, its deletion). It changes that cluster's configurations alone and moves no assignment's
+            /// rollout, so such writes need not wait for one another, only for the writes that decide for many
+            /// (`lock_fleet`), and those for them: a fleet onboarding thousands of clusters at once registers them
+            /// side by side, where they queued for the lock one commit at a time.
+            async fn lock_fleet_for_cluster(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                subscription_key: &str,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query::<$db>($cluster_lock)
                     .bind(subscription_key)
                     .execute(&mut **tx)
                     .await?;

@@ -158,6 +158,10 @@ async fn announce(pool: PgPool, mut pending: mpsc::UnboundedReceiver<String>) {
     }
 }
 
+/// The fleet lock taken shared, by a write that decides for one cluster only (`lock_fleet_for_cluster`): such writes
+/// run side by side, and wait for the fleet writes that take it whole (`fleet_lock` below), as those wait for them.
+pub(super) const CLUSTER_FLEET_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(hashtext('fluxplane-fleet:' || $1))";
+
 // Fleet writes of one subscription take a transaction-scoped advisory lock, so that two of them never decide on
 // what the other is changing (READ COMMITTED alone would let each miss the other's write). In the same statement
 // they raise their own `work_mem`: an assignment's rollup sorts and joins five counts per cluster, which spilled to
@@ -167,6 +171,7 @@ sql_store!(
     sqlx::Postgres,
     fleet_lock = "SELECT pg_advisory_xact_lock(hashtext('fluxplane-fleet:' || $1)), \
                   set_config('work_mem', '64MB', TRUE)",
+    cluster_lock = CLUSTER_FLEET_LOCK,
     row_lock = " FOR NO KEY UPDATE",
     write_begin = None,
     history_now = "now()",

@@ -85,7 +85,8 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 
 /// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`; `$extra` holds the methods the
 /// engine implements its own way, `$lock` the statement that serialises fleet writes of one subscription (its
-/// key is `$1`) where the engine needs it, `$row_lock` what ends a `SELECT` that locks the rows it reads for an
+/// key is `$1`) where the engine needs it, `$cluster_lock` the statement by which a write that decides for one
+/// cluster only waits for those (but not for others of its kind), `$row_lock` what ends a `SELECT` that locks the rows it reads for an
 /// update where the engine locks rows, `$write` the statement that begins a transaction that writes (`None`: the
 /// engine's plain `BEGIN`).
 macro_rules! sql_store {
@@ -93,6 +94,7 @@ macro_rules! sql_store {
         $store:ty,
         $db:ty,
         fleet_lock = $lock:literal,
+        cluster_lock = $cluster_lock:expr,
         row_lock = $row_lock:literal,
         write_begin = $write:expr,
         history_now = $history_now:literal,
@@ -231,7 +233,7 @@ macro_rules! sql_store {
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
-                Self::lock_fleet(&mut tx, &c.subscription_key).await?;
+                Self::lock_fleet_for_cluster(&mut tx, &c.subscription_key).await?;
                 let inserted = sqlx::query_scalar::<$db, i64>(
                     "INSERT INTO clusters (key, subscription_key, resource_group_key, subscription, resource_group, \
                      name, location, tags, spec, connectivity_status, last_connectivity_time, agent_version, \
@@ -273,7 +275,7 @@ macro_rules! sql_store {
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
-                Self::lock_fleet(&mut tx, &c.subscription_key).await?;
+                Self::lock_fleet_for_cluster(&mut tx, &c.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5, \
                      agent_encryption_key = CASE WHEN $8 THEN NULL ELSE agent_encryption_key END \
@@ -321,10 +323,16 @@ macro_rules! sql_store {
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
                 let mut tx = $crate::store::begin(&self.pool, $write).await?;
-                // the fleet lock first, as every write that moves managed configurations takes it: a cluster PUT
-                // whose tags release configurations locks them in the other order, and the two deadlocked
+                // the fleet lock first, as every write that moves managed configurations takes it; then the
+                // cluster's row, before its configurations: a cluster PUT of the same cluster, which the shared lock
+                // lets run alongside, locks the row and then the configurations its tags release, and the two
+                // orders deadlocked
                 let subscription_key = key.split('/').next().unwrap_or_default();
-                Self::lock_fleet(&mut tx, subscription_key).await?;
+                Self::lock_fleet_for_cluster(&mut tx, subscription_key).await?;
+                sqlx::query::<$db>(concat!("SELECT id FROM clusters WHERE key = $1", $row_lock))
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 // the configurations first, while their cluster is there for the rollup and history triggers to
                 // read its scope (a cascade would run them after the cluster is gone)
                 sqlx::query::<$db>(
@@ -1265,7 +1273,7 @@ macro_rules! sql_store {
             }
         }
 
-        $crate::store::fleet::fleet_helpers!($store, $db, $lock, $write);
+        $crate::store::fleet::fleet_helpers!($store, $db, $lock, $cluster_lock, $write);
 
         impl $store {
             /// Applies one configuration's report in `tx`, as `Store::apply_reports` says: the reports of a batch that

@@ -100,6 +100,7 @@ sql_store!(
     SqliteStore,
     sqlx::Sqlite,
     fleet_lock = "SELECT $1",
+    cluster_lock = "SELECT $1",
     row_lock = "",
     write_begin = Some(WRITE),
     // the format the history triggers write (migration 0009), which its range scans compare as text

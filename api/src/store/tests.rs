@@ -1123,6 +1123,48 @@ async fn a_deadlock_postgres_breaks_is_transient_and_answered_503_to_retry() {
     .await;
 }
 
+/// Writes that decide for one cluster each (registrations here) take the subscription's fleet lock shared: one does
+/// not wait for another in flight, while an assignment, which decides for the whole fleet, waits for them, and then
+/// reaches the cluster registered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_do_not_wait_for_each_other_but_an_assignment_waits_for_them() {
+    with_database(Backend::Postgres, |db| async move {
+        let store = db.store().await;
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        // a registration of subscription `sub` in flight: its transaction holds the lock as the store takes it
+        let mut in_flight = pool.begin().await.unwrap();
+        sqlx::query(super::postgres::CLUSTER_FLEET_LOCK)
+            .bind("sub")
+            .execute(&mut *in_flight)
+            .await
+            .unwrap();
+        let waited = std::time::Duration::from_secs(30);
+        let other = tokio::time::timeout(waited, registered(&store, "c2"))
+            .await
+            .expect("a registration waited for another one in flight");
+        let assigning = tokio::spawn({
+            let store = store.clone();
+            async move { assignment(&store, "web", "https://example.com/web", None, None).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !assigning.is_finished(),
+            "the assignment did not wait for the registration in flight"
+        );
+        in_flight.commit().await.unwrap();
+        tokio::time::timeout(waited, assigning)
+            .await
+            .expect("the assignment went on once the registration committed")
+            .unwrap();
+        let given = store.get_configuration(other.id, "web").await.unwrap();
+        assert!(
+            given.is_some_and(|c| c.managed_by_id.is_some()),
+            "the cluster registered meanwhile got the assignment's configuration"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sweeping_at_once_expire_each_row_once() {
     with_database(Backend::Postgres, |db| async move {
