@@ -564,7 +564,14 @@ async fn main() -> anyhow::Result<()> {
                             "{name}: the alert outbox delivering {} events from one change",
                             args.alert_events
                         );
-                        let target = Target::start(*backend).await?;
+                        // the change raises an event per configuration and per cluster's Flux extension, all for
+                        // one receiver: the default backlog (10,000) held them only while its sender kept up with
+                        // the dispatcher, and on a slower host the last ones were dropped and never came
+                        let backlog = u32::try_from(args.alert_events.saturating_mul(2)).unwrap_or(u32::MAX);
+                        let target = Target::start_with(*backend, |config| {
+                            config.alert_backlog = config.alert_backlog.max(backlog);
+                        })
+                        .await?;
                         alerts::outbox(&target, args.alert_events, &mut figures, name).await?;
                         target.server.stop().await;
                     }
