@@ -536,6 +536,7 @@ impl Db {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
+            // the removal, last, is not timed
             if let Some(time) = steps.get_mut(step) {
                 *time = started.elapsed();
             }

@@ -86,9 +86,9 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 /// Implements `Store` for `$store`, whose `pool` field is a `sqlx::Pool<$db>`; `$extra` holds the methods the
 /// engine implements its own way, `$lock` the statement that serialises fleet writes of one subscription (its
 /// key is `$1`) where the engine needs it, `$cluster_lock` the statement by which a write that decides for one
-/// cluster only waits for those (but not for others of its kind), `$row_lock` what ends a `SELECT` that locks the rows it reads for an
-/// update where the engine locks rows, `$write` the statement that begins a transaction that writes (`None`: the
-/// engine's plain `BEGIN`).
+/// cluster only waits for those (but not for others of its kind), `$row_lock` what ends a `SELECT` that locks the
+/// rows it reads for an update where the engine locks rows, `$write` the statement that begins a transaction that
+/// writes (`None`: the engine's plain `BEGIN`).
 macro_rules! sql_store {
     (
         $store:ty,
