@@ -1748,6 +1748,57 @@ async fn extension_writes_case(backend: Backend) {
     .await;
 }
 
+/// An assignment writes each cluster's configuration, then its Flux extension, in one transaction: the extensions'
+/// trigger bumps the revision of a cluster the transaction has not written, and neither bumps nor locks again one
+/// it has (migration 0025): a lock on a row version of its own would be written into the row and the log for
+/// nothing.
+#[tokio::test]
+async fn extensions_leave_alone_the_clusters_their_transaction_already_wrote() {
+    with_database(Backend::Postgres, |db| async move {
+        let store = db.store().await;
+        let written = registered(&store, "c1").await;
+        let untouched = registered(&store, "c2").await;
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pgrowlocks")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("UPDATE clusters SET revision = revision + 1 WHERE id = $1")
+            .bind(written.id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, provisioning_state, \
+             observed, system_data) SELECT id, 'flux', 'microsoft.flux', '{}', 1, 'e', 'Creating', '{}', '{}' \
+             FROM clusters WHERE id = ANY($1)",
+        )
+        .bind(vec![written.id, untouched.id])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        // the row locks this transaction holds on the clusters' current versions (`pgrowlocks`, contrib): the
+        // foreign key's of each new extension, and for the cluster written first no second lock of its own
+        let rows: Vec<(i64, i64, Vec<String>)> = sqlx::query_as(
+            "SELECT c.id, c.revision, l.modes FROM clusters c JOIN pgrowlocks('clusters') l ON l.locked_row = c.ctid \
+             WHERE c.id = ANY($1) ORDER BY c.id",
+        )
+        .bind(vec![written.id, untouched.id])
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let key_share = vec!["For Key Share".to_owned()];
+        assert_eq!(
+            rows,
+            [(written.id, 1, key_share.clone()), (untouched.id, 1, key_share)],
+            "each cluster bumped once, and the one written first not locked again"
+        );
+    })
+    .await;
+}
+
 on_both_backends!(
     a_first_configuration_brings_the_flux_extension_and_leaves_one_the_cluster_has,
     extension_brought_case
