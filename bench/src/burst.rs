@@ -153,7 +153,11 @@ async fn ceiling_reporters(args: &BurstArgs) -> anyhow::Result<Vec<(Reporter, St
     let mut opening = Vec::with_capacity(args.agents);
     for agent in 0..args.agents {
         let identity = Identity::generate(&args.base, &fleet_cluster(agent))?.identity;
-        let (http, url, token) = (agent_http()?, args.base.clone(), identity.token()?.value);
+        let (http, url, token) = (
+            agent_http(&args.base, agent)?,
+            args.base.clone(),
+            identity.token()?.value,
+        );
         let (gate, report) = (gate.clone(), report(&held, true, agent));
         opening.push(tokio::spawn(async move {
             let _turn = gate.acquire().await?;

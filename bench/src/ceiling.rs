@@ -9,6 +9,7 @@
 //!   the scenario's query shapes directly through sqlx: writes go to a scratch table with the columns of
 //!   `flux_configurations` (no triggers, no foreign keys), reads to the real tables.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -238,9 +239,24 @@ async fn poll(State(fixed): State<Arc<Fixed>>, Path(i): Path<usize>, Query(query
         .into_response()
 }
 
-/// An HTTP client as `fluxplane_agent::client::ControlPlane::new` builds its own, one per agent.
-pub(crate) fn agent_http() -> reqwest::Result<reqwest::Client> {
+/// Source addresses the ceiling's agent-like clients connect from, one after the other: 127.0.1.2 and up.
+const CEILING_ADDRESSES: usize = 250;
+
+/// An HTTP client as `fluxplane_agent::client::ControlPlane::new` builds its own, for the `agent`th agent-like
+/// client of a ceiling, to the server at `base`. Without TLS roots, as the simulator's agents' (the ceiling's server
+/// speaks plain HTTP). To a loopback server it connects from an address of its own (127.0.1.2 and up, in turn):
+/// from 127.0.0.1, where the system chose each connection's port, 10,000 pollers ran out of ports after the
+/// simulator's 10,000 agents, whose connections, bound to 127.0.0.2 (`fleet::source_address`) and then in TIME_WAIT
+/// for a minute, held ports the system no longer chose for any connection (`Cannot assign requested address`).
+pub(crate) fn agent_http(base: &str, agent: usize) -> reqwest::Result<reqwest::Client> {
+    let loopback = reqwest::Url::parse(base)
+        .ok()
+        .and_then(|url| url.host_str()?.parse::<IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback());
+    let last = u8::try_from(2 + agent % CEILING_ADDRESSES).expect("at most 250 addresses");
     reqwest::Client::builder()
+        .tls_certs_only([])
+        .local_address(loopback.then_some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, last))))
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -291,7 +307,7 @@ async fn poller(
     delay: Duration,
     receipts: mpsc::UnboundedSender<Receipt>,
 ) -> anyhow::Result<()> {
-    let http = agent_http()?;
+    let http = agent_http(&base, i)?;
     let mut generation = 0;
     loop {
         let polled = http

@@ -204,8 +204,9 @@ pub async fn ingestion(
     let fixed = FixedServer::start(vec![server.answer.clone()], 0, Exchange::default(), Bytes::new()).await?;
     let ceiling_reporters = ceiling_reporters
         .into_iter()
-        .map(|(token, pair)| {
-            let http = agent_http().context("an HTTP client")?;
+        .enumerate()
+        .map(|(i, (token, pair))| {
+            let http = agent_http(&fixed.base, i).context("an HTTP client")?;
             Ok((
                 Reporter::Ceiling {
                     http,

@@ -373,8 +373,17 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(run());
+    // the subcommands read their standard input on a blocking thread, which nothing interrupts: dropping the runtime
+    // would wait for that read, so that a subcommand that failed would neither exit nor print why until its parent
+    // closed the pipe (the parent waited for its pollers for 10 minutes instead)
+    runtime.shutdown_background();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     // every reqwest client of the process speaks TLS through rustls with ring (fluxplane_agent::tls)
     fluxplane_agent::tls::install_crypto_provider();
     let mut args = Args::parse();

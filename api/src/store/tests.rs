@@ -2252,7 +2252,6 @@ async fn assignment_at(
     breaker: Option<serde_json::Value>,
     rollout: Option<serde_json::Value>,
 ) -> crate::model::PolicyAssignmentRecord {
-    use crate::fleet::assignments::model::{AssignmentSpec, render};
     let mut spec = serde_json::json!({
         "selector": {"matchLabels": {"env": "prod"}},
         "configurationName": name,
@@ -2264,6 +2263,16 @@ async fn assignment_at(
     if let Some(rollout) = rollout {
         spec["rollout"] = rollout;
     }
+    assignment_of(store, name, spec).await
+}
+
+/// Writes the assignment `name` of subscription `sub` as `spec` says.
+async fn assignment_of(
+    store: &Arc<dyn Store>,
+    name: &str,
+    spec: serde_json::Value,
+) -> crate::model::PolicyAssignmentRecord {
+    use crate::fleet::assignments::model::{AssignmentSpec, render};
     let spec: AssignmentSpec = serde_json::from_value(spec).unwrap();
     let rendered = render(&spec).unwrap();
     let scope = crate::arm::scope::FleetScope::parse("sub", None).unwrap();
@@ -2280,6 +2289,79 @@ async fn assignment_at(
         .await
         .unwrap()
         .unwrap()
+}
+
+on_both_backends!(
+    an_assignment_over_several_chunks_gives_each_cluster_its_own_rendering_and_the_flux_extension,
+    chunked_rendering_case
+);
+async fn chunked_rendering_case(backend: Backend) {
+    // past one chunk the template is rendered on a thread of its own, a chunk ahead of the writes
+    const CLUSTERS: usize = 2 * super::fleet::CHUNK + 150;
+    // these have no team tag, which the template reads: they get nothing, wherever they fall in a chunk
+    let unresolvable = |i: usize| i % 7 == 3;
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let mut registering = tokio::task::JoinSet::new();
+        for i in 0..CLUSTERS {
+            let store = store.clone();
+            registering.spawn(async move {
+                let mut record = cluster("sub", "rg", &format!("c{i:04}"));
+                if !unresolvable(i) {
+                    record.tags.insert("team".to_owned(), format!("team-{}", i % 5));
+                }
+                let written = store.insert_cluster(&record, &ManagedWrite::default()).await.unwrap();
+                assert_eq!(written, Write::Written);
+                (i, store.get_cluster(&record.key).await.unwrap().unwrap().id)
+            });
+        }
+        let mut ids = vec![0; CLUSTERS];
+        while let Some(registered) = registering.join_next().await {
+            let (i, id) = registered.unwrap();
+            ids[i] = id;
+        }
+        let spec = |branch: &str| {
+            serde_json::json!({
+                "selector": {"matchLabels": {"env": "prod"}},
+                "configurationName": "apps",
+                "configurationTemplate": {
+                    "gitRepository": {"url": "https://h/org/fleet", "repositoryRef": {"branch": branch}},
+                    "kustomizations": {"apps": {
+                        "path": "[concat('./clusters/', cluster().name)]",
+                        "postBuild": {"substitute": {"team": "[cluster().tags.team]"}}
+                    }}
+                }
+            })
+        };
+        let check = |generation: i64, branch: &'static str| {
+            let (store, ids) = (store.clone(), ids.clone());
+            async move {
+                for (i, id) in ids.into_iter().enumerate() {
+                    let configuration = store.get_configuration(id, "apps").await.unwrap();
+                    let extension = store.extension_of_type(id, "microsoft.flux").await.unwrap();
+                    if unresolvable(i) {
+                        assert!(configuration.is_none(), "c{i:04} cannot be rendered for");
+                        assert!(extension.is_none(), "nor given Flux");
+                        continue;
+                    }
+                    let configuration = configuration.unwrap_or_else(|| panic!("c{i:04} has the configuration"));
+                    assert_eq!(configuration.generation, generation, "c{i:04}");
+                    let spec = serde_json::to_value(&configuration.spec).unwrap();
+                    let apps = &spec["kustomizations"]["apps"];
+                    assert_eq!(apps["path"], format!("./clusters/c{i:04}"), "its own rendering");
+                    assert_eq!(apps["postBuild"]["substitute"]["team"], format!("team-{}", i % 5));
+                    assert_eq!(spec["gitRepository"]["repositoryRef"]["branch"], branch, "c{i:04}");
+                    assert!(extension.is_some(), "c{i:04} holds the Flux extension");
+                }
+            }
+        };
+        assignment_of(&store, "apps", spec("main")).await;
+        check(1, "main").await;
+        // the template changed: every configuration rewritten, each still its own
+        assignment_of(&store, "apps", spec("next")).await;
+        check(2, "next").await;
+    })
+    .await;
 }
 
 on_both_backends!(
