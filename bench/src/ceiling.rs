@@ -9,7 +9,6 @@
 //!   the scenario's query shapes directly through sqlx: writes go to a scratch table with the columns of
 //!   `flux_configurations` (no triggers, no foreign keys), reads to the real tables.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,7 +35,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::Target;
-use crate::fleet::{ApplyArgs, fleet_cluster, print_receipts, raise_file_limit, run_until_stdin_closes};
+use crate::fleet::{
+    ApplyArgs, fleet_cluster, loopback_source, print_receipts, raise_file_limit, run_until_stdin_closes,
+};
 use crate::propagation::{Exchange, Receipt};
 
 /// A figure's ceiling: its value in the figure's unit, and the figure as a fraction of it.
@@ -249,14 +250,9 @@ const CEILING_ADDRESSES: usize = 250;
 /// simulator's 10,000 agents, whose connections, bound to 127.0.0.2 (`fleet::source_address`) and then in TIME_WAIT
 /// for a minute, held ports the system no longer chose for any connection (`Cannot assign requested address`).
 pub(crate) fn agent_http(base: &str, agent: usize) -> reqwest::Result<reqwest::Client> {
-    let loopback = reqwest::Url::parse(base)
-        .ok()
-        .and_then(|url| url.host_str()?.parse::<IpAddr>().ok())
-        .is_some_and(|ip| ip.is_loopback());
-    let last = u8::try_from(2 + agent % CEILING_ADDRESSES).expect("at most 250 addresses");
     reqwest::Client::builder()
         .tls_certs_only([])
-        .local_address(loopback.then_some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, last))))
+        .local_address(loopback_source(base, 1, agent, CEILING_ADDRESSES))
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("fluxplane-agent/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -248,14 +248,19 @@ pub(crate) fn raise_file_limit(connections: usize) -> anyhow::Result<()> {
 /// The source address of the `connection`th of `connections` connections to `base`: 127.0.0.2 and up, each
 /// address taking its share in turn; none (the system's choice) when `base` is not on a loopback address.
 fn source_address(base: &str, transport: &TransportArgs, connection: usize, connections: usize) -> Option<IpAddr> {
+    loopback_source(base, 0, connection, transport.addresses(connections))
+}
+
+/// The `i`th connection's source address among `addresses` (at most 250) of the loopback block `block`:
+/// 127.0.`block`.2 and up, in turn; none (the system's choice) when `base` is not on a loopback address.
+pub(crate) fn loopback_source(base: &str, block: u8, i: usize, addresses: usize) -> Option<IpAddr> {
     let host = reqwest::Url::parse(base).ok()?.host_str()?.to_owned();
     let loopback = host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host == "localhost";
     if !loopback {
         return None;
     }
-    let addresses = transport.addresses(connections).min(250);
-    let last = u8::try_from(2 + connection % addresses).expect("at most 250 addresses");
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+    let last = u8::try_from(2 + i % addresses.clamp(1, 250)).expect("at most 250 addresses");
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, block, last)))
 }
 
 /// The HTTP clients of `agents` agents: one each over HTTP/1.1 (a connection each), or one per
