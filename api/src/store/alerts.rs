@@ -97,7 +97,7 @@ macro_rules! alerts_store {
                 .bind(sqlx::types::Json(&r.system_data))
                 .bind(r.tokens)
                 .bind(r.tokens_at)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(if done.rows_affected() == 1 {
                     $crate::model::Write::Written
@@ -125,7 +125,7 @@ macro_rules! alerts_store {
                 .bind(r.tokens)
                 .bind(&r.key)
                 .bind(expected_etag)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(if done.rows_affected() == 1 {
                     $crate::model::Write::Written
@@ -140,7 +140,7 @@ macro_rules! alerts_store {
             ) -> $crate::store::StoreResult<$crate::model::GroupDelete> {
                 let done = sqlx::query::<$db>("DELETE FROM alert_receivers WHERE key = $1")
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await;
                 Ok(match done {
                     Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
@@ -256,7 +256,7 @@ macro_rules! alerts_store {
                 &self,
                 r: &$crate::model::AlertRuleRecord,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let id = sqlx::query_scalar::<$db, i64>(
                     "INSERT INTO alert_rules (key, subscription_key, resource_group_key, subscription, resource_group, \
                      name, spec, cluster_group_id, etag, system_data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -297,7 +297,7 @@ macro_rules! alerts_store {
                 r: &$crate::model::AlertRuleRecord,
                 expected_etag: &str,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let id = sqlx::query_scalar::<$db, i64>(
                     "UPDATE alert_rules SET spec = $1, cluster_group_id = $2, etag = $3, system_data = $4 \
                      WHERE key = $5 AND etag = $6 RETURNING id",
@@ -335,7 +335,7 @@ macro_rules! alerts_store {
             async fn delete_alert_rule(&self, key: &str) -> $crate::store::StoreResult<bool> {
                 let done = sqlx::query::<$db>("DELETE FROM alert_rules WHERE key = $1")
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -345,7 +345,7 @@ macro_rules! alerts_store {
                 now: chrono::DateTime<chrono::Utc>,
                 limits: &$crate::model::DispatchLimits,
             ) -> $crate::store::StoreResult<$crate::model::Dispatched> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!(
                     "SELECT id, at, kind, subscription_key, resource_group_key, cluster_id, cluster_path, name, \
                      policy_assignment, facts FROM alert_events ORDER BY id LIMIT $1",
@@ -407,7 +407,7 @@ macro_rules! alerts_store {
                 now: chrono::DateTime<chrono::Utc>,
                 limits: &$crate::model::DispatchLimits,
             ) -> $crate::store::StoreResult<$crate::model::Dispatched> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!(
                     "SELECT rule_id, subject, held FROM alert_throttle WHERE flush_at IS NOT NULL AND flush_at <= $1 \
                      ORDER BY rule_id, subject LIMIT $2",
@@ -483,7 +483,7 @@ macro_rules! alerts_store {
             ) -> $crate::store::StoreResult<
                 Option<($crate::model::AlertReceiverRecord, Vec<$crate::model::DeliveryRecord>, bool)>,
             > {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!("SELECT ", receiver_columns!(), " FROM alert_receivers WHERE id = $1", $skip_no_key);
                 let receiver = sqlx::query_as::<$db, $crate::model::AlertReceiverRecord>(sql)
                     .bind(receiver_id)
@@ -540,7 +540,7 @@ macro_rules! alerts_store {
                 &self,
                 finished: &[$crate::model::FinishedDelivery],
             ) -> $crate::store::StoreResult<Vec<bool>> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let mut held = Vec::with_capacity(finished.len());
                 for f in finished {
                     let ended = f.outcome.state != $crate::lifecycle::DeliveryState::Pending;
@@ -586,7 +586,7 @@ macro_rules! alerts_store {
                 now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<Result<$crate::model::DeliveryRecord, std::time::Duration>>> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!("SELECT ", receiver_columns!(), " FROM alert_receivers WHERE id = $1", $lock);
                 let receiver = sqlx::query_as::<$db, $crate::model::AlertReceiverRecord>(sql)
                     .bind(receiver_id)
@@ -636,7 +636,7 @@ macro_rules! alerts_store {
                     "DELETE FROM alert_deliveries WHERE finished_at IS NOT NULL AND finished_at < $1",
                 )
                 .bind(finished_before)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?
                 .rows_affected();
                 let receivers = sqlx::query_scalar::<$db, i64>("SELECT id FROM alert_receivers")
@@ -650,7 +650,7 @@ macro_rules! alerts_store {
                     )
                     .bind(receiver)
                     .bind(keep_per_receiver - 1)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?
                     .rows_affected();
                 }
@@ -659,7 +659,7 @@ macro_rules! alerts_store {
                     "DELETE FROM alert_throttle WHERE flush_at IS NULL AND (last_sent_at IS NULL OR last_sent_at < $1)",
                 )
                 .bind(quiet_since)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?
                 .rows_affected();
                 Ok(pruned)

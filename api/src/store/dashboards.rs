@@ -184,7 +184,7 @@ macro_rules! dashboards_store {
                  AND (last_connectivity_time IS NULL OR last_connectivity_time < $1)",
             )
             .bind(heard_before)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await?
             .rows_affected())
         }
@@ -210,7 +210,7 @@ macro_rules! dashboards_store {
                 pruned += sqlx::query::<$db>(sql)
                     .bind(before)
                     .bind(since)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?
                     .rows_affected();
             }
@@ -223,7 +223,7 @@ macro_rules! dashboards_store {
             ] {
                 pruned += sqlx::query::<$db>(sql)
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?
                     .rows_affected();
             }
@@ -248,7 +248,7 @@ macro_rules! dashboards_store {
                     .push_bind(&write.request_id);
             })
             .build()
-            .execute(&self.pool)
+            .execute(self.writer())
             .await?;
             Ok(())
         }

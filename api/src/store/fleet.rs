@@ -654,7 +654,7 @@ macro_rules! fleet_helpers {
                     if watch.assignments.is_empty() {
                         continue;
                     }
-                    let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                    let mut tx = $crate::store::begin(self.writer(), $write).await?;
                     Self::lock_fleet(&mut tx, &watch.subscription_key).await?;
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT cluster_id, observed ->> 'sourceSyncedCommitId' AS commit_id, provisioning_state, \
@@ -731,7 +731,7 @@ macro_rules! fleet_helpers {
                 listed: &$crate::model::PolicyAssignmentRecord,
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> Result<bool, sqlx::Error> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 Self::lock_fleet(&mut tx, &listed.subscription_key).await?;
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE id = $1");
                 let current = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)

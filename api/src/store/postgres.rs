@@ -115,6 +115,11 @@ impl PgStore {
         &MIGRATOR
     }
 
+    /// The pool writing transactions draw from: the one pool, as PostgreSQL runs writers side by side.
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Commits a writing transaction. Its wake-ups need nothing more: the triggers notify every replica of the
     /// clusters whose desired state it changed, or leave it to `written` (migrations 0013 and 0014).
     async fn commit(&self, tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), sqlx::Error> {

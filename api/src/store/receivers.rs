@@ -95,7 +95,7 @@ macro_rules! receivers_store {
                 .bind(&r.sealed_secret)
                 .bind(&r.etag)
                 .bind(sqlx::types::Json(&r.system_data))
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(if done.rows_affected() == 1 {
                     $crate::model::Write::Written
@@ -119,7 +119,7 @@ macro_rules! receivers_store {
                 .bind(sqlx::types::Json(&r.system_data))
                 .bind(&r.key)
                 .bind(expected_etag)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(if done.rows_affected() == 1 {
                     $crate::model::Write::Written
@@ -131,7 +131,7 @@ macro_rules! receivers_store {
             async fn delete_git_receiver(&self, key: &str) -> $crate::store::StoreResult<bool> {
                 let done = sqlx::query::<$db>("DELETE FROM git_receivers WHERE key = $1")
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -197,7 +197,7 @@ macro_rules! receivers_store {
                 push: Option<(i64, &$crate::fleet::receivers::model::LastPush)>,
             ) -> $crate::store::StoreResult<u64> {
                 use $crate::model::ReconcileTarget;
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 // the configurations first, locked in id order, as every writer of several locks them
                 let mut rows: Vec<(i64, i64)> = Vec::new();
                 match target {

@@ -118,7 +118,7 @@ macro_rules! sql_store {
                 heartbeats: &[$crate::model::HeartbeatWrite],
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::model::BatchOutcome> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let mut outcomes = vec![None; reports.len()];
                 for round in $crate::store::batch::rounds(reports.iter().map(|r| (r.cluster_id, r.name.as_str()))) {
                     let (plain, others): (Vec<usize>, Vec<usize>) =
@@ -232,7 +232,7 @@ macro_rules! sql_store {
                 c: &$crate::model::ClusterRecord,
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 Self::lock_fleet_for_cluster(&mut tx, &c.subscription_key).await?;
                 let inserted = sqlx::query_scalar::<$db, i64>(
                     "INSERT INTO clusters (key, subscription_key, resource_group_key, subscription, resource_group, \
@@ -274,7 +274,7 @@ macro_rules! sql_store {
                 identity_changed: Option<&str>,
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 Self::lock_fleet_for_cluster(&mut tx, &c.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE clusters SET location = $1, tags = $2, spec = $3, etag = $4, system_data = $5, \
@@ -309,7 +309,7 @@ macro_rules! sql_store {
                 key: &str,
                 message: &str,
             ) -> $crate::store::StoreResult<Vec<$crate::model::Expired>> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 sqlx::query::<$db>("UPDATE clusters SET agent_encryption_key = $1 WHERE id = $2")
                     .bind(key)
                     .bind(cluster_id)
@@ -322,7 +322,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_cluster(&self, key: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 // the fleet lock first, as every write that moves managed configurations takes it; then the
                 // cluster's row, before its configurations: a cluster PUT of the same cluster, which the shared lock
                 // lets run alongside, locks the row and then the configurations its tags release, and the two
@@ -407,7 +407,7 @@ macro_rules! sql_store {
                 name: &str,
                 resource_key: &str,
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let done = sqlx::query::<$db>("DELETE FROM flux_configurations WHERE cluster_id = $1 AND name = $2")
                     .bind(cluster_id)
                     .bind(name)
@@ -432,7 +432,7 @@ macro_rules! sql_store {
                 )
                 .bind(now)
                 .bind(sqlx::types::Json(&error))
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -500,7 +500,7 @@ macro_rules! sql_store {
                 e: &$crate::model::ExtensionRecord,
                 op: &$crate::model::OperationRecord,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let inserted = sqlx::query::<$db>(
                     "INSERT INTO extensions (cluster_id, name, extension_type, spec, generation, etag, \
                      provisioning_state, observed, system_data, reported_generation, secrets_version, sealed, \
@@ -543,7 +543,7 @@ macro_rules! sql_store {
                 expected_etag: &str,
                 op: &$crate::model::OperationRecord,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let done = sqlx::query::<$db>(
                     "UPDATE extensions SET spec = $1, generation = $2, etag = $3, provisioning_state = $4, \
                      observed = $5, system_data = $6, secrets_version = $7, sealed = $8, secrets_expire_at = $9, \
@@ -579,7 +579,7 @@ macro_rules! sql_store {
                 name: &str,
                 resource_key: &str,
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let done = sqlx::query::<$db>("DELETE FROM extensions WHERE cluster_id = $1 AND name = $2")
                     .bind(cluster_id)
                     .bind(name)
@@ -600,7 +600,7 @@ macro_rules! sql_store {
                 secrets_version: Option<i64>,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::model::ReportOutcome> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!(
                     "SELECT ",
                     extension_columns!(),
@@ -749,7 +749,7 @@ macro_rules! sql_store {
                 .bind(sqlx::types::Json(&g.selector))
                 .bind(&g.etag)
                 .bind(sqlx::types::Json(&g.system_data))
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(if done.rows_affected() == 1 {
                     $crate::model::Write::Written
@@ -764,7 +764,7 @@ macro_rules! sql_store {
                 expected_etag: &str,
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::Write> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 Self::lock_fleet(&mut tx, &g.subscription_key).await?;
                 let updated = sqlx::query_scalar::<$db, i64>(
                     "UPDATE cluster_groups SET selector = $1, etag = $2, system_data = $3 \
@@ -802,7 +802,7 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<$crate::model::GroupDelete> {
                 let done = sqlx::query::<$db>("DELETE FROM cluster_groups WHERE key = $1")
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await;
                 Ok(match done {
                     Err(err) if $crate::store::sql::is_foreign_key_violation(&err) => {
@@ -852,7 +852,7 @@ macro_rules! sql_store {
                 expected_etag: Option<&str>,
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<$crate::model::AssignmentWrite> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 Self::lock_fleet(&mut tx, &a.subscription_key).await?;
                 // the rollout state it replaces, for the history of its transition
                 let previous = match expected_etag {
@@ -930,7 +930,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_policy_assignment(&self, key: &str) -> $crate::store::StoreResult<bool> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
                 let Some(a) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(key)
@@ -991,7 +991,7 @@ macro_rules! sql_store {
                 managed: &$crate::lifecycle::ManagedWrite,
             ) -> $crate::store::StoreResult<Option<Result<$crate::model::PolicyAssignmentRecord, $crate::fleet::assignments::rollout::Refused>>> {
                 use $crate::fleet::assignments::rollout::{Steer, pause, resume};
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let sql = concat!("SELECT ", policy_assignment_columns!(), " FROM policy_assignments WHERE key = $1");
                 let Some(a) = sqlx::query_as::<$db, $crate::model::PolicyAssignmentRecord>(sql)
                     .bind(key)
@@ -1038,7 +1038,7 @@ macro_rules! sql_store {
                 a: &$crate::model::PolicyAssignmentRecord,
             ) -> $crate::store::StoreResult<Vec<$crate::model::ClusterTags>> {
                 // the rule that writes managed configurations, read-only
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 let matched = Self::matched(&mut tx, a, None).await?;
                 tx.rollback().await?;
                 Ok(matched)
@@ -1203,7 +1203,7 @@ macro_rules! sql_store {
                 now: chrono::DateTime<chrono::Utc>,
                 messages: &$crate::lifecycle::ExpiryMessages,
             ) -> $crate::store::StoreResult<Vec<$crate::model::Expired>> {
-                let mut tx = $crate::store::begin(&self.pool, $write).await?;
+                let mut tx = $crate::store::begin(self.writer(), $write).await?;
                 // every stored secret is undelivered (acknowledged ones are deleted at once): all fail
                 let secrets = sqlx::query_as::<$db, (i64, i64, String, i64)>(
                     "UPDATE flux_configurations SET secrets_expire_at = NULL, generation_expires_at = NULL, \
