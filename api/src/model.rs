@@ -101,6 +101,24 @@ pub struct ConfigurationRecord {
     pub reconcile_requested_at: Option<DateTime<Utc>>,
 }
 
+/// What a configuration's write reads before it decides, in one statement and so on one snapshot
+/// (`Store::configuration_for_write`): the configuration as stored, and what its cluster's Flux extension gates the
+/// write on.
+#[derive(Debug, Clone)]
+pub struct ConfigurationForWrite {
+    pub current: Option<ConfigurationRecord>,
+    pub flux: FluxGate,
+}
+
+/// What a cluster's Flux extension gates a configuration's write on (`lifecycle::flux_extension_gate`).
+#[derive(Debug, Clone)]
+pub struct FluxGate {
+    /// The cluster's Flux extension, by name and provisioning state; `None` when it has none.
+    pub extension: Option<(String, ProvisioningState)>,
+    /// Whether the cluster holds any configuration.
+    pub has_configurations: bool,
+}
+
 /// A cluster extension (`Microsoft.KubernetesConfiguration/extensions`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExtensionRecord {

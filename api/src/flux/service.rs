@@ -18,7 +18,6 @@ use crate::arm::api_version::FluxConfigurations;
 use crate::arm::body::parse;
 use crate::arm::conditional::Preconditions;
 use crate::arm::ids::{ClusterScope, ConfigurationName};
-use crate::arm::paging::PageRequest;
 use crate::arm::system_data::SystemData;
 use crate::arm::write::{Attempt, contention, new_etag, retry};
 use crate::error::{ApiError, ApiResult};
@@ -26,7 +25,10 @@ use crate::extensions::model as extensions;
 use crate::lifecycle::{
     self, FluxExtensionRefusal, Lifetimes, OperationState, ProvisioningState, SecretsInput, SecretsStep, agent_online,
 };
-use crate::model::{ClusterRecord, ConfigurationRecord, OperationRecord, ReconcileTarget, SecretsWrite, Write};
+use crate::model::{
+    ClusterRecord, ConfigurationForWrite, ConfigurationRecord, FluxGate, OperationRecord, ReconcileTarget,
+    SecretsWrite, Write,
+};
 use crate::store::Store;
 use crate::turns::Turns;
 
@@ -127,10 +129,7 @@ impl Configurations {
             SecretsInput::Replace
         };
         let written = retry(&self.turns, &turn(target), preconditions, move || async move {
-            let current = self
-                .store
-                .get_configuration(target.cluster.id, target.name.as_str())
-                .await?;
+            let ConfigurationForWrite { current, flux } = self.read_for_write(target).await?;
             preconditions.check(current.as_ref().map(|c| c.etag.as_str()))?;
             if current
                 .as_ref()
@@ -138,7 +137,7 @@ impl Configurations {
             {
                 return Err(being_deleted(target));
             }
-            self.flux_extension_allows(target).await?;
+            Self::flux_extension_allows(target, &flux)?;
             let mut spec = match &current {
                 Some(current) if !version.is_newest() => kept_newer(spec, &current.spec, version)?,
                 _ => spec.clone(),
@@ -170,16 +169,13 @@ impl Configurations {
             SecretsInput::Merge
         };
         let written = retry(&self.turns, &turn(target), preconditions, move || async move {
-            let current = self
-                .store
-                .get_configuration(target.cluster.id, target.name.as_str())
-                .await?
-                .ok_or_else(|| not_found(target))?;
+            let ConfigurationForWrite { current, flux } = self.read_for_write(target).await?;
+            let current = current.ok_or_else(|| not_found(target))?;
             preconditions.check(Some(&current.etag))?;
             if current.provisioning_state == ProvisioningState::Deleting {
                 return Err(being_deleted(target));
             }
-            self.flux_extension_allows(target).await?;
+            Self::flux_extension_allows(target, &flux)?;
             let mut properties = serde_json::to_value(&current.spec).map_err(anyhow::Error::from)?;
             json_patch::merge(&mut properties, changes);
             let mut spec: FluxConfigurationSpec = parse(properties, "properties")?;
@@ -283,43 +279,40 @@ impl Configurations {
         .await
     }
 
+    /// The configuration as stored and what its cluster's Flux extension gates its write on (`flux_extension_allows`),
+    /// in one statement: a concurrent first configuration, which brings the extension with it, is seen with its
+    /// extension or not at all.
+    async fn read_for_write(&self, target: &Target) -> ApiResult<ConfigurationForWrite> {
+        Ok(self
+            .store
+            .configuration_for_write(target.cluster.id, target.name.as_str(), extensions::FLUX)
+            .await?)
+    }
+
     /// Refuses a write while the cluster's Flux extension is being deleted, or after it was deleted from a cluster
     /// that still holds configurations (`lifecycle::flux_extension_gate`).
-    async fn flux_extension_allows(&self, target: &Target) -> ApiResult<()> {
-        let mut extension = self
-            .store
-            .extension_of_type(target.cluster.id, extensions::FLUX)
-            .await?;
-        let has_configurations = extension.is_some()
-            || !self
-                .store
-                .list_configurations(target.cluster.id, &PageRequest { after: None, limit: 0 })
-                .await?
-                .is_empty();
-        if extension.is_none() && has_configurations {
-            // a concurrent first configuration may have committed, with the extension it brings, between the two
-            // reads: only an extension still missing after them is missing
-            extension = self
-                .store
-                .extension_of_type(target.cluster.id, extensions::FLUX)
-                .await?;
-        }
-        let name = extension.as_ref().map_or(extensions::FLUX_NAME, |e| e.name.as_str());
+    fn flux_extension_allows(target: &Target, flux: &FluxGate) -> ApiResult<()> {
+        let extension = flux.extension.as_ref();
+        let name = extension.map_or(extensions::FLUX_NAME, |(name, _)| name.as_str());
         let cluster = target.scope.cluster.name.as_str();
-        let install = format!(
-            "{}/providers/Microsoft.KubernetesConfiguration/extensions/{name}",
-            target.scope.id()
-        );
-        match lifecycle::flux_extension_gate(extension.as_ref().map(|e| e.provisioning_state), has_configurations) {
+        let install = || {
+            format!(
+                "{}/providers/Microsoft.KubernetesConfiguration/extensions/{name}",
+                target.scope.id()
+            )
+        };
+        match lifecycle::flux_extension_gate(extension.map(|(_, state)| *state), flux.has_configurations) {
             Ok(()) => Ok(()),
             Err(FluxExtensionRefusal::BeingDeleted) => Err(ApiError::Conflict(format!(
                 "The Flux extension '{name}' of cluster '{cluster}' is being deleted: Flux configurations cannot be \
-                 written until it is installed again (PUT {install} with extensionType microsoft.flux once the \
-                 deletion has finished)."
+                 written until it is installed again (PUT {} with extensionType microsoft.flux once the \
+                 deletion has finished).",
+                install()
             ))),
             Err(FluxExtensionRefusal::NotInstalled) => Err(ApiError::Conflict(format!(
                 "The Flux extension (microsoft.flux) is not installed on cluster '{cluster}': it must be installed \
-                 before Flux configurations are written (PUT {install} with extensionType microsoft.flux)."
+                 before Flux configurations are written (PUT {} with extensionType microsoft.flux).",
+                install()
             ))),
         }
     }

@@ -28,11 +28,11 @@ use crate::fleet::receivers::model::LastPush;
 use crate::lifecycle::{ExpiryMessages, ManagedWrite};
 use crate::model::{
     AlertReceiverRecord, AlertRuleRecord, AssignmentWrite, BatchOutcome, ClusterGroupRecord, ClusterRecord,
-    ClusterTags, ConfigurationRecord, ConfigurationReportWrite, ConfigurationState, DeliveryRecord, DesiredRecords,
-    DispatchLimits, Dispatched, Expired, ExtensionRecord, ExtensionReportWrite, FailingGauges, FinishedDelivery,
-    FleetGauges, GitReceiverRecord, GitSource, GroupDelete, HeartbeatWrite, HistoryQuery, HistoryRows, OperationRecord,
-    PolicyAssignmentRecord, ReceiverStatus, ReconcileTarget, ReportOutcome, Rollup, SecretsWrite, StateCount,
-    StateCountQuery, StatusRecord, Write, WriteRecord,
+    ClusterTags, ConfigurationForWrite, ConfigurationRecord, ConfigurationReportWrite, ConfigurationState,
+    DeliveryRecord, DesiredRecords, DispatchLimits, Dispatched, Expired, ExtensionRecord, ExtensionReportWrite,
+    FailingGauges, FinishedDelivery, FleetGauges, GitReceiverRecord, GitSource, GroupDelete, HeartbeatWrite,
+    HistoryQuery, HistoryRows, OperationRecord, PolicyAssignmentRecord, ReceiverStatus, ReconcileTarget, ReportOutcome,
+    Rollup, SecretsWrite, StateCount, StateCountQuery, StatusRecord, Write, WriteRecord,
 };
 use crate::notify::Notifier;
 
@@ -384,6 +384,15 @@ pub trait Store: Dashboards + Receivers + Alerts {
     async fn delete_cluster(&self, key: &str) -> StoreResult<bool>;
 
     async fn get_configuration(&self, cluster_id: i64, name: &str) -> StoreResult<Option<ConfigurationRecord>>;
+    /// The configuration `name` of the cluster with what its write is gated on, its cluster's extension of
+    /// `flux_type` and whether the cluster holds any configuration, in one statement: a PUT's or PATCH's reads in one
+    /// round trip instead of two or four, and on one snapshot.
+    async fn configuration_for_write(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        flux_type: &str,
+    ) -> StoreResult<ConfigurationForWrite>;
     /// Up to `page.limit + 1` configurations in name order after `page.after`.
     async fn list_configurations(&self, cluster_id: i64, page: &PageRequest) -> StoreResult<Vec<ConfigurationRecord>>;
     /// Inserts the configuration with its sealed secrets and starts `operation`; a cluster without a Flux extension

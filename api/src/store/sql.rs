@@ -383,6 +383,50 @@ macro_rules! sql_store {
                     .await?)
             }
 
+            async fn configuration_for_write(
+                &self,
+                cluster_id: i64,
+                name: &str,
+                flux_type: &str,
+            ) -> $crate::store::StoreResult<$crate::model::ConfigurationForWrite> {
+                use sqlx::Row;
+                let sql = concat!(
+                    "SELECT f.*, x.name AS flux_extension_name, x.provisioning_state AS flux_extension_state, \
+                     EXISTS (SELECT 1 FROM flux_configurations WHERE cluster_id = $1) AS has_configurations \
+                     FROM (SELECT 1) AS one LEFT JOIN (SELECT ",
+                    configuration_columns!(),
+                    " FROM flux_configurations WHERE cluster_id = $1 AND name = $2) AS f ON TRUE \
+                     LEFT JOIN (SELECT name, provisioning_state FROM extensions \
+                     WHERE cluster_id = $1 AND extension_type = $3) AS x ON TRUE"
+                );
+                let row = sqlx::query::<$db>(sql)
+                    .bind(cluster_id)
+                    .bind(name)
+                    .bind(flux_type)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let current = match row.try_get::<Option<i64>, _>("id")? {
+                    Some(_) => Some(<$crate::model::ConfigurationRecord as sqlx::FromRow<_>>::from_row(&row)?),
+                    None => None,
+                };
+                let extension = match row.try_get::<Option<String>, _>("flux_extension_name")? {
+                    Some(name) => {
+                        let state: String = row.try_get("flux_extension_state")?;
+                        let state = $crate::lifecycle::ProvisioningState::try_from(state)
+                            .map_err(|message| sqlx::Error::Decode(message.into()))?;
+                        Some((name, state))
+                    }
+                    None => None,
+                };
+                Ok($crate::model::ConfigurationForWrite {
+                    current,
+                    flux: $crate::model::FluxGate {
+                        extension,
+                        has_configurations: row.try_get("has_configurations")?,
+                    },
+                })
+            }
+
             async fn list_configurations(
                 &self,
                 cluster_id: i64,

@@ -1861,6 +1861,84 @@ async fn extension_brought_case(backend: Backend) {
 }
 
 on_both_backends!(
+    a_configurations_write_reads_it_with_what_its_clusters_flux_extension_gates,
+    configuration_for_write_case
+);
+async fn configuration_for_write_case(backend: Backend) {
+    with_database(backend, |db| async move {
+        let store = db.store().await;
+        let c = registered(&store, "c1").await;
+        let empty = store
+            .configuration_for_write(c.id, "cfg", "microsoft.flux")
+            .await
+            .unwrap();
+        assert!(empty.current.is_none());
+        assert!(empty.flux.extension.is_none());
+        assert!(!empty.flux.has_configurations);
+
+        let first = configuration(c.id, "cfg");
+        store
+            .insert_configuration(&first, &SecretsWrite::Keep, &operation("sub/rg/c1/cfg", 1))
+            .await
+            .unwrap();
+        let read = store
+            .configuration_for_write(c.id, "cfg", "microsoft.flux")
+            .await
+            .unwrap();
+        let current = read.current.expect("the configuration as stored");
+        assert_eq!(
+            (current.name.as_str(), current.etag.as_str()),
+            ("cfg", first.etag.as_str())
+        );
+        assert_eq!(current.generation, 1);
+        assert_eq!(
+            read.flux.extension,
+            Some(("flux".to_owned(), ProvisioningState::Creating))
+        );
+        assert!(read.flux.has_configurations);
+        let other = store
+            .configuration_for_write(c.id, "other", "microsoft.flux")
+            .await
+            .unwrap();
+        assert!(other.current.is_none(), "another name of the same cluster");
+        assert_eq!(other.flux.extension, read.flux.extension);
+        assert!(other.flux.has_configurations);
+
+        // the extension deleted from a cluster that still holds its configuration
+        assert!(
+            store
+                .delete_extension(c.id, "flux", "sub/rg/c1/extensions/flux")
+                .await
+                .unwrap()
+        );
+        let gone = store
+            .configuration_for_write(c.id, "cfg", "microsoft.flux")
+            .await
+            .unwrap();
+        assert!(gone.current.is_some());
+        assert!(gone.flux.extension.is_none());
+        assert!(gone.flux.has_configurations);
+
+        // a Flux extension of another name, on another cluster, is what that cluster's writes read
+        let d = registered(&store, "c2").await;
+        store
+            .insert_extension(&extension(d.id, "gitops"), &operation("sub/rg/c2/extensions/gitops", 1))
+            .await
+            .unwrap();
+        let own = store
+            .configuration_for_write(d.id, "cfg", "microsoft.flux")
+            .await
+            .unwrap();
+        assert_eq!(
+            own.flux.extension,
+            Some(("gitops".to_owned(), ProvisioningState::Creating))
+        );
+        assert!(!own.flux.has_configurations);
+    })
+    .await;
+}
+
+on_both_backends!(
     an_extension_report_acknowledges_its_settings_and_ends_its_generations_operation,
     extension_report_case
 );
